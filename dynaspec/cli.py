@@ -1,0 +1,159 @@
+"""Command line: `dynaspec generate | serve` (typer + rich)."""
+
+from __future__ import annotations
+
+import time
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Annotated, Any, Optional
+
+import typer
+import yaml
+from rich.console import Console
+from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, help="dynaspec: dynamic-draft-length speculative decoding")
+console = Console()
+
+DEFAULT_PROMPT = "Write a Python function that checks whether a number is prime."
+
+
+@contextmanager
+def _progress_bar():
+    """A rich progress bar fed by the engine's `progress(description, completed, total)` callback."""
+    with Progress(
+        TextColumn("[bold blue]{task.description}"), BarColumn(), TextColumn("{task.percentage:>3.0f}%"),
+        TimeElapsedColumn(), console=console, transient=True,
+    ) as bar:
+        tasks: dict[str, Any] = {}
+
+        def update(description: str, completed: float, total: float) -> None:
+            if description not in tasks:
+                tasks[description] = bar.add_task(description, total=total or 1)
+            bar.update(tasks[description], completed=completed, total=total or 1)
+
+        yield update
+
+
+def _engine_config(model: str | None, config: Path | None, spec_config: Path | None, schedule: str | None, **options):
+    from dynaspec.config import EngineConfig
+    from dynaspec.spec.config import parse_draft_len_schedule
+
+    data: dict[str, Any] = {}
+    if config is not None:
+        if not config.is_file():
+            raise ValueError(f"config file not found: {config}")
+        data.update(yaml.safe_load(config.read_text()) or {})
+    if spec_config is not None:
+        if not spec_config.is_file():
+            raise ValueError(f"spec config file not found: {spec_config}")
+        loaded = yaml.safe_load(spec_config.read_text()) or {}
+        data["speculative_config"] = loaded.get("speculative_config", loaded)
+    if schedule is not None:
+        if not data.get("speculative_config"):
+            raise ValueError("--draft-len-schedule needs a speculative config (--spec-config or speculative_config in --config)")
+        spec = dict(data["speculative_config"])
+        spec["draft_len_schedule"] = parse_draft_len_schedule(schedule)
+        data["speculative_config"] = spec
+    if model is not None:
+        data["model"] = model
+    data.update({k: v for k, v in options.items() if v is not None})
+    return EngineConfig(**data)
+
+
+def _fail(message: str) -> None:
+    console.print(f"[bold red]error:[/] {message}")
+    raise typer.Exit(code=2)
+
+
+@app.command()
+def generate(
+    prompt: Annotated[Optional[str], typer.Argument(help="prompt text (a default coding prompt when omitted)")] = None,
+    model: Annotated[Optional[str], typer.Option(help="zoo name, random:<preset>, HF directory or .gguf file")] = None,
+    max_tokens: Annotated[int, typer.Option(help="tokens to generate")] = 64,
+    temperature: Annotated[float, typer.Option(help="0 = greedy")] = 0.0,
+    top_p: Annotated[float, typer.Option()] = 1.0,
+    top_k: Annotated[int, typer.Option()] = -1,
+    seed: Annotated[Optional[int], typer.Option(help="per-request seed")] = None,
+    chat: Annotated[bool, typer.Option(help="wrap the prompt in the model's chat template")] = True,
+    config: Annotated[Optional[Path], typer.Option(help="YAML file of engine options")] = None,
+    spec_config: Annotated[Optional[Path], typer.Option(help="YAML file with a speculative_config")] = None,
+    draft_len_schedule: Annotated[Optional[str], typer.Option(help="batch:k pairs, e.g. '1:4,8:2,32:0'")] = None,
+    device: Annotated[Optional[str], typer.Option(help="auto | cpu | cuda")] = None,
+    dtype: Annotated[Optional[str], typer.Option(help="auto | float32 | bfloat16 | float16")] = None,
+) -> None:
+    """Generate a completion for PROMPT and print it with a throughput summary."""
+    from dynaspec.llm import LLM
+    from dynaspec.sampling_params import SamplingParams
+
+    try:
+        engine_config = _engine_config(model, config, spec_config, draft_len_schedule, device=device, dtype=dtype)
+        params = SamplingParams(max_tokens=max_tokens, temperature=temperature, top_p=top_p, top_k=top_k, seed=seed)
+        with _progress_bar() as progress:
+            llm = LLM(config=engine_config, progress=progress)
+    except (ValueError, TypeError) as exc:
+        _fail(str(exc))
+    loaded = llm.engine.loaded
+    if loaded.is_random:
+        console.print(f"[yellow]{loaded.name}: RANDOM WEIGHTS, output text is meaningless[/]")
+    text = prompt or DEFAULT_PROMPT
+    start = time.perf_counter()
+    try:
+        if chat and llm.tokenizer is not None and getattr(llm.tokenizer, "chat_template", None):
+            out = llm.chat([{"role": "user", "content": text}], params)[0]
+        else:
+            out = llm.generate([text], params)[0]
+    except (ValueError, TypeError) as exc:
+        _fail(str(exc))
+    elapsed = time.perf_counter() - start
+    console.print(out.text if llm.tokenizer is not None else str(out.token_ids))
+    n = len(out.token_ids)
+    ttft = out.metrics.time_to_first_token if out.metrics else None
+    console.print(
+        f"[dim]{loaded.name} on {llm.engine.device.type}: {n} tokens in {elapsed:.2f} s = "
+        f"{n / max(elapsed, 1e-9):.1f} tok/s (TTFT {ttft or 0:.3f} s, finish: {out.finish_reason})[/]"
+    )
+    stats = llm.get_stats()
+    if stats.get("speculative"):
+        _print_spec_stats(stats)
+
+
+def _print_spec_stats(stats: dict) -> None:
+    table = Table(title="speculation", show_header=True)
+    table.add_column("drafted")
+    table.add_column("accepted")
+    table.add_column("acceptance")
+    table.add_column("mean accepted length")
+    table.add_column("acceptance per position")
+    per_position = ", ".join(f"{a:.2f}" for a in stats.get("acceptance_rate_per_position", []))
+    table.add_row(
+        str(stats.get("num_drafted", 0)), str(stats.get("num_accepted", 0)),
+        f"{stats.get('acceptance_rate', 0.0):.2%}", f"{stats.get('mean_accepted_length', 0.0):.2f}", per_position,
+    )
+    console.print(table)
+
+
+@app.command()
+def serve(
+    model: Annotated[Optional[str], typer.Option(help="zoo name, random:<preset>, HF directory or .gguf file")] = None,
+    host: Annotated[str, typer.Option()] = "127.0.0.1",
+    port: Annotated[int, typer.Option()] = 8000,
+    config: Annotated[Optional[Path], typer.Option(help="YAML file of engine options")] = None,
+    spec_config: Annotated[Optional[Path], typer.Option(help="YAML file with a speculative_config")] = None,
+    draft_len_schedule: Annotated[Optional[str], typer.Option(help="batch:k pairs, e.g. '1:4,8:2,32:0'")] = None,
+    served_model_name: Annotated[Optional[str], typer.Option()] = None,
+    max_queue: Annotated[int, typer.Option(help="waiting requests before 429")] = 256,
+) -> None:
+    """Serve an OpenAI-compatible HTTP API with Prometheus metrics."""
+    from dynaspec.server import run_server
+
+    try:
+        engine_config = _engine_config(model, config, spec_config, draft_len_schedule)
+    except (ValueError, TypeError) as exc:
+        _fail(str(exc))
+    run_server(engine_config, host=host, port=port, served_model_name=served_model_name, max_queue=max_queue)
+
+
+if __name__ == "__main__":
+    app()

@@ -1,0 +1,70 @@
+"""Validated engine configuration (pydantic), loadable from a YAML file.
+
+Field names follow vLLM (`max_num_seqs`, `max_num_batched_tokens`, `max_model_len`, `block_size`) and
+TensorRT-LLM (`speculative_config` with `decoding_type`, `max_draft_len`, `draft_len_schedule`).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from dynaspec.spec.config import SpeculativeConfig, parse_speculative_config
+
+DEFAULT_MODEL = "smollm2-135m-instruct"
+
+
+class EngineConfig(BaseModel):
+    """Everything the engine needs to start. Unknown fields are rejected with their name."""
+
+    model_config = ConfigDict(extra="forbid", protected_namespaces=())
+
+    model: str = DEFAULT_MODEL
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    block_size: int = Field(default=16, ge=1, le=256)
+    num_kv_blocks: int | None = Field(default=None, ge=1)
+    gpu_memory_utilization: float = Field(default=0.85, gt=0.0, le=0.98)
+    max_num_seqs: int = Field(default=64, ge=1, le=4096)
+    max_num_batched_tokens: int = Field(default=2048, ge=16)
+    max_model_len: int | None = Field(default=None, ge=16)
+    seed: int = Field(default=0, ge=0)
+    model_cache_dir: str | None = None
+    enforce_eager: bool = False
+    speculative_config: SpeculativeConfig | None = None
+
+    @field_validator("speculative_config", mode="before")
+    @classmethod
+    def _parse_spec(cls, value: Any) -> Any:
+        if isinstance(value, dict):
+            return parse_speculative_config(value)
+        return value
+
+    @classmethod
+    def from_yaml(cls, path: str | Path, **overrides: Any) -> "EngineConfig":
+        """Read options from a YAML mapping; keyword overrides win over the file."""
+        path = Path(path)
+        if not path.is_file():
+            raise ValueError(f"config file not found: {path}")
+        data = yaml.safe_load(path.read_text()) or {}
+        if not isinstance(data, dict):
+            raise ValueError(f"config file {path} must hold a mapping of option: value, got {type(data).__name__}")
+        data.update({k: v for k, v in overrides.items() if v is not None})
+        return cls(**data)
+
+    def resolved_device(self) -> torch.device:
+        if self.device == "auto":
+            return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        if self.device == "cuda" and not torch.cuda.is_available():
+            raise ValueError("device='cuda' was requested but no CUDA GPU is available; use device='cpu' or 'auto'")
+        return torch.device(self.device)
+
+    def resolved_dtype(self) -> torch.dtype:
+        """bf16 on CUDA, fp32 on CPU unless set explicitly."""
+        if self.dtype == "auto":
+            return torch.bfloat16 if self.resolved_device().type == "cuda" else torch.float32
+        return {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[self.dtype]

@@ -1,0 +1,338 @@
+"""LLMEngine: the step loop, readable top to bottom.
+
+```
+sched = scheduler.schedule(policy.draft_len)   # continuous batching; k for this step's decodes
+draft = drafter.propose(decodes, k)            # only when k >= 1: no draft work at all at k = 0
+logits = runner.forward(decodes + prefills)    # one target forward, 1 + d_i positions per decode
+tokens = verifier.accept(logits, draft)        # greedy match or rejection sampling; bonus token
+commit(tokens)                                 # stop checks; rejected KV slots rolled back
+drafter.observe(running)                       # n-gram pool learns; draft KV catches up lazily
+```
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+
+import torch
+
+from dynaspec.config import EngineConfig
+from dynaspec.engine.block_manager import BlockManager
+from dynaspec.engine.kv_cache import choose_num_blocks, kv_bytes_per_block
+from dynaspec.engine.model_runner import ModelRunner, SequenceInput
+from dynaspec.engine.output_processor import OutputProcessor
+from dynaspec.engine.request import Request, RequestStatus
+from dynaspec.engine.sampler import target_probs
+from dynaspec.engine.scheduler import Scheduler, SchedulerOutput
+from dynaspec.models.loader import LoadedModel, load_model
+from dynaspec.outputs import RequestMetrics, RequestOutput
+from dynaspec.sampling_params import SamplingParams
+from dynaspec.spec.drafter import Drafter
+from dynaspec.spec.factory import DrafterContext, build_drafter
+from dynaspec.spec.policy import DraftLenPolicy
+from dynaspec.spec.stats import SpecStats
+from dynaspec.spec.verifier import verify
+
+ProgressFn = Callable[[str, float, float], None]
+
+
+class LLMEngine:
+    def __init__(self, config: EngineConfig, progress: ProgressFn | None = None):
+        self.config = config
+        self.device = config.resolved_device()
+        self.dtype = config.resolved_dtype()
+        if self.device.type == "cuda":
+            torch.cuda.set_device(self.device)
+        self.loaded: LoadedModel = load_model(
+            config.model, dtype=self.dtype, device=self.device, progress=progress, cache_dir=config.model_cache_dir
+        )
+        self.tokenizer = self.loaded.tokenizer
+        hf_config = self.loaded.hf_config
+        model_limit = int(getattr(hf_config, "max_position_embeddings", 4096) or 4096)
+        if config.max_model_len is not None and config.max_model_len > model_limit:
+            raise ValueError(
+                f"max_model_len={config.max_model_len} exceeds the model's max_position_embeddings={model_limit}"
+            )
+        self.max_model_len = config.max_model_len or min(model_limit, 8192)
+        spec = config.speculative_config
+        self.policy = DraftLenPolicy(spec) if spec is not None else None
+        self.drafter_bundle = None
+        if spec is not None:
+            context = DrafterContext(self.loaded, self.dtype, self.device, config.seed, config.model_cache_dir, progress)
+            self.drafter_bundle = build_drafter(spec, context)
+        self.drafter: Drafter | None = self.drafter_bundle.drafter if self.drafter_bundle else None
+        draft_model = self.drafter_bundle.model if self.drafter_bundle else None
+
+        bytes_per_block = kv_bytes_per_block(self.loaded.model, config.block_size, self.dtype)
+        if draft_model is not None:
+            bytes_per_block += kv_bytes_per_block(draft_model, config.block_size, self.dtype)
+        num_blocks = config.num_kv_blocks or choose_num_blocks(
+            bytes_per_block,
+            self.device,
+            config.block_size,
+            config.max_num_seqs,
+            self.max_model_len + (spec.max_draft_len if spec else 0),
+            config.gpu_memory_utilization,
+        )
+        max_draft = spec.max_draft_len if spec else 0
+        if num_blocks * config.block_size < self.max_model_len + max_draft:
+            raise ValueError(
+                f"the KV pool ({num_blocks} blocks x {config.block_size} slots) cannot hold one sequence of "
+                f"max_model_len={self.max_model_len} (+{max_draft} draft slots); raise num_kv_blocks or lower max_model_len"
+            )
+        self.runner = ModelRunner(self.loaded.model, num_blocks, config.block_size, self.dtype, self.device)
+        if self.drafter_bundle is not None:
+            self.drafter_bundle.attach(num_blocks, config.block_size)
+        self.block_manager = BlockManager(num_blocks, config.block_size)
+        self.scheduler = Scheduler(
+            self.block_manager, config.max_num_seqs, config.max_num_batched_tokens, self.max_model_len
+        )
+        self.output_processor = OutputProcessor(self.tokenizer, self._eos_ids(), self.max_model_len)
+        self.stats = SpecStats()
+        self.generator = torch.Generator(device=self.device).manual_seed(config.seed)
+        self.requests: dict[str, Request] = {}
+        self.vocab_size = int(self.loaded.model.vocab_size)
+        self.num_steps = 0
+
+    # ----------------------------------------------------------------------------------- requests
+    def add_request(self, request_id: str, prompt: str | list[int], params: SamplingParams | None = None) -> None:
+        """Queue a request. Raises ValueError/TypeError naming what is wrong; other requests go on."""
+        params = params if params is not None else SamplingParams()
+        if not isinstance(params, SamplingParams):
+            raise TypeError(f"params must be a SamplingParams, got {type(params).__name__}")
+        if not isinstance(request_id, str) or not request_id:
+            raise ValueError("request_id must be a non-empty string")
+        if request_id in self.requests:
+            raise ValueError(f"request_id {request_id!r} is already in use")
+        if isinstance(prompt, str):
+            if self.tokenizer is None:
+                raise ValueError(f"model {self.config.model!r} has no tokenizer: pass the prompt as a list of token ids")
+            prompt_text, token_ids = prompt, self.tokenizer.encode(prompt)
+        elif isinstance(prompt, (list, tuple)) and all(isinstance(t, int) and not isinstance(t, bool) for t in prompt):
+            prompt_text, token_ids = None, list(prompt)
+        else:
+            raise TypeError("prompt must be a string or a list of integer token ids")
+        if not token_ids:
+            raise ValueError("prompt is empty: it must hold at least one token")
+        bad = [t for t in token_ids if not 0 <= t < self.vocab_size]
+        if bad:
+            raise ValueError(f"prompt token id {bad[0]} is outside the vocabulary [0, {self.vocab_size})")
+        if len(token_ids) >= self.max_model_len:
+            raise ValueError(
+                f"prompt is {len(token_ids)} tokens; max_model_len is {self.max_model_len}, which leaves no room "
+                "to generate: shorten the prompt or raise max_model_len"
+            )
+        generator = None
+        if params.seed is not None:
+            generator = torch.Generator(device=self.device).manual_seed(params.seed)
+        request = Request(request_id, prompt_text, token_ids, params, generator=generator)
+        self.requests[request_id] = request
+        self.scheduler.add(request)
+
+    def abort_request(self, request_id: str) -> None:
+        request = self.requests.pop(request_id, None)
+        if request is None:
+            return
+        request.status = RequestStatus.FINISHED
+        request.finish_reason = "abort"
+        self._release(request)
+
+    def has_unfinished_requests(self) -> bool:
+        return self.scheduler.num_unfinished > 0
+
+    @property
+    def num_waiting(self) -> int:
+        return len(self.scheduler.waiting)
+
+    @property
+    def num_running(self) -> int:
+        return len(self.scheduler.running)
+
+    @property
+    def num_total_blocks(self) -> int:
+        return self.block_manager.num_blocks
+
+    @property
+    def num_free_blocks(self) -> int:
+        return self.block_manager.num_free_blocks
+
+    @property
+    def kv_cache_usage(self) -> float:
+        return self.block_manager.usage
+
+    def get_stats(self) -> dict:
+        stats = self.stats.as_dict()
+        stats.update(
+            num_engine_steps=self.num_steps,
+            num_waiting=self.num_waiting,
+            num_running=self.num_running,
+            kv_cache_usage=self.kv_cache_usage,
+            speculative=self.config.speculative_config is not None,
+        )
+        return stats
+
+    # ----------------------------------------------------------------------------------- the step
+    def step(self) -> list[RequestOutput]:
+        draft_len_for = self.policy.draft_len if self.policy else _no_speculation
+        sched = self.scheduler.schedule(draft_len_for)
+        for request in sched.preempted:
+            if self.drafter:
+                self.drafter.release(request)
+        if sched.is_empty:
+            return []
+        self.num_steps += 1
+        drafts, draft_probs = self._propose(sched)
+        seqs, logit_rows, row_owner = self._build_inputs(sched, drafts)
+        logits = self.runner.forward(seqs, logit_rows)  # (N, vocab)
+        committed = self._accept(sched, drafts, draft_probs, logits, row_owner)
+        return self._commit(sched, drafts, committed)
+
+    def _propose(self, sched: SchedulerOutput) -> tuple[list[list[int]], list[torch.Tensor | None]]:
+        """Draft tokens per decode (empty lists at k = 0: the drafter is not called at all)."""
+        drafts: list[list[int]] = [[] for _ in sched.decodes]
+        probs: list[torch.Tensor | None] = [None for _ in sched.decodes]
+        if sched.draft_len == 0 or self.drafter is None:
+            return drafts, probs
+        wanted = [i for i, d in enumerate(sched.decodes) if d.max_draft > 0]
+        if not wanted:
+            return drafts, probs
+        proposal = self.drafter.propose([sched.decodes[i].request for i in wanted], sched.draft_len)
+        for j, i in enumerate(wanted):
+            limit = sched.decodes[i].max_draft
+            drafts[i] = list(proposal.tokens[j][:limit])
+            q = proposal.probs[j] if proposal.probs is not None else None
+            probs[i] = None if q is None else q[: len(drafts[i])]
+        return drafts, probs
+
+    def _build_inputs(self, sched: SchedulerOutput, drafts: list[list[int]]):
+        seqs: list[SequenceInput] = []
+        logit_rows: list[int] = []
+        row_owner: list[tuple[int, int]] = []  # (row start in logits, count) per decode, then per prefill
+        flat = 0
+        for decode, draft in zip(sched.decodes, drafts):
+            request = decode.request
+            tokens = [request.all_token_ids[-1]] + draft
+            seqs.append(SequenceInput(tokens, request.num_tokens + len(draft), request.block_ids))
+            row_owner.append((len(logit_rows), len(tokens)))
+            logit_rows.extend(range(flat, flat + len(tokens)))
+            flat += len(tokens)
+        for prefill in sched.prefills:
+            request = prefill.request
+            start = request.num_computed_tokens
+            tokens = request.all_token_ids[start : start + prefill.num_tokens]
+            seqs.append(SequenceInput(tokens, start + prefill.num_tokens, request.block_ids))
+            flat += len(tokens)
+            if prefill.completes_prompt:
+                row_owner.append((len(logit_rows), 1))
+                logit_rows.append(flat - 1)
+            else:
+                row_owner.append((len(logit_rows), 0))
+        return seqs, logit_rows, row_owner
+
+    def _accept(self, sched, drafts, draft_probs, logits, row_owner) -> list[list[int]]:
+        """Tokens to commit per scheduled request (decodes first, then prefills); [] for a mid-prompt chunk."""
+        requests = [d.request for d in sched.decodes] + [p.request for p in sched.prefills]
+        all_drafts = drafts + [[] for _ in sched.prefills]
+        all_q = draft_probs + [None for _ in sched.prefills]
+        row_params: list[SamplingParams] = []
+        for request, (_, count) in zip(requests, row_owner):
+            row_params.extend([request.params] * count)
+        argmax = logits.argmax(dim=-1)  # (N,)
+        sampled_rows = [i for i, p in enumerate(row_params) if not p.is_greedy]
+        probs = None
+        if sampled_rows:
+            probs = torch.zeros_like(logits)
+            index = torch.tensor(sampled_rows, device=logits.device)
+            probs[index] = target_probs(logits[index], [row_params[i] for i in sampled_rows])
+        live = [n for n, (_, count) in enumerate(row_owner) if count > 0]
+        targets = []
+        for n in live:
+            start, count = row_owner[n]
+            source = argmax if requests[n].params.is_greedy else probs
+            targets.append(source[start : start + count])
+        result = verify(
+            targets,
+            [all_drafts[n] for n in live],
+            [all_q[n] for n in live],
+            [requests[n].params.is_greedy for n in live],
+            [requests[n].generator for n in live],
+            self.generator,
+        )
+        committed: list[list[int]] = [[] for _ in requests]
+        for n, tokens in zip(live, result.tokens):
+            committed[n] = tokens
+        return committed
+
+    def _commit(self, sched: SchedulerOutput, drafts, committed: list[list[int]]) -> list[RequestOutput]:
+        now = time.monotonic()
+        outputs: list[RequestOutput] = []
+        drafted = [len(d) for d in drafts]
+        accepted = [max(0, len(c) - 1) for c in committed[: len(sched.decodes)]]
+        if sched.decodes:
+            self.stats.record(len(sched.decodes), sched.draft_len, drafted, accepted)
+        for decode, tokens in zip(sched.decodes, committed):
+            # K/V is now valid for the fed last token plus the accepted drafts; the rest is rolled back.
+            decode.request.num_computed_tokens += len(tokens)
+        for prefill in sched.prefills:
+            prefill.request.num_computed_tokens += prefill.num_tokens
+        scheduled = [d.request for d in sched.decodes] + [p.request for p in sched.prefills]
+        for request, tokens in zip(scheduled, committed):
+            if not tokens:
+                continue
+            if request.first_token_time is None:
+                request.first_token_time = now
+            kept = self.output_processor.commit(request, tokens)
+            if request.finish_reason is not None:
+                request.status = RequestStatus.FINISHED
+                request.finish_time = now
+                self.requests.pop(request.request_id, None)
+                self._release(request)
+            else:
+                self.block_manager.trim(request, request.num_tokens)
+            outputs.append(self._output(request, kept))
+        if self.drafter:
+            self.drafter.observe(self.scheduler.running)
+        return outputs
+
+    def _release(self, request: Request) -> None:
+        self.scheduler.remove(request)
+        if self.drafter:
+            self.drafter.release(request)
+
+    def _output(self, request: Request, new_tokens: list[int]) -> RequestOutput:
+        return RequestOutput(
+            request_id=request.request_id,
+            prompt=request.prompt,
+            prompt_token_ids=request.prompt_token_ids,
+            text=request.output_text,
+            token_ids=list(request.output_token_ids),
+            finished=request.is_finished,
+            finish_reason=request.finish_reason,
+            stop_reason=request.stop_reason,
+            metrics=RequestMetrics(
+                arrival_time=request.arrival_time,
+                first_token_time=request.first_token_time,
+                finish_time=request.finish_time,
+                num_prompt_tokens=request.num_prompt_tokens,
+                num_output_tokens=request.num_output_tokens,
+                num_preemptions=request.num_preemptions,
+            ),
+            new_token_ids=new_tokens,
+        )
+
+    def _eos_ids(self) -> set[int]:
+        ids: set[int] = set()
+        for source in (self.loaded.hf_config, getattr(self.loaded, "generation_config", None)):
+            value = getattr(source, "eos_token_id", None) if source is not None else None
+            if isinstance(value, int):
+                ids.add(value)
+            elif isinstance(value, (list, tuple)):
+                ids.update(int(v) for v in value)
+        if self.tokenizer is not None and self.tokenizer.eos_token_id is not None:
+            ids.add(int(self.tokenizer.eos_token_id))
+        return ids
+
+
+def _no_speculation(num_decoding: int, num_active: int) -> int:
+    return 0

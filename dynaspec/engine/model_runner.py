@@ -1,0 +1,57 @@
+"""Runs one forward of a model over a flat batch of sequences on paged KV.
+
+The same runner serves the target and the draft model (each with its own KV tensors; they share block
+tables). The caller describes each sequence by the new tokens it feeds, its context length after them
+and its block table; the runner builds input ids, positions and AttentionMetadata, runs the model and
+returns logits only for the rows asked for.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from dynaspec.engine.kv_cache import allocate_kv_cache
+from dynaspec.models.attention_metadata import AttentionMetadata
+
+
+@dataclass
+class SequenceInput:
+    token_ids: list[int]  # the new tokens fed this forward
+    seq_len: int  # context length including them
+    block_ids: list[int]
+
+
+class ModelRunner:
+    def __init__(self, model: nn.Module, num_blocks: int, block_size: int, dtype: torch.dtype, device: torch.device):
+        self.model = model
+        self.block_size = block_size
+        self.device = device
+        self.dtype = dtype
+        self.kv_caches = allocate_kv_cache(model, num_blocks, block_size, dtype, device)
+        self.num_forwards = 0
+
+    @torch.inference_mode()
+    def forward(self, seqs: list[SequenceInput], logit_rows: list[int]) -> torch.Tensor:
+        """Run the model; return float32 logits (len(logit_rows), vocab) of the requested flat rows."""
+        input_ids: list[int] = []
+        positions: list[int] = []
+        for seq in seqs:
+            start = seq.seq_len - len(seq.token_ids)
+            input_ids.extend(seq.token_ids)
+            positions.extend(range(start, seq.seq_len))
+        meta = AttentionMetadata.build(
+            query_lens=[len(s.token_ids) for s in seqs],
+            seq_lens=[s.seq_len for s in seqs],
+            block_tables=[s.block_ids for s in seqs],
+            block_size=self.block_size,
+            device=self.device,
+        )
+        ids = torch.tensor(input_ids, dtype=torch.int64, device=self.device)
+        pos = torch.tensor(positions, dtype=torch.int64, device=self.device)
+        hidden = self.model(ids, pos, self.kv_caches, meta)  # (T, hidden)
+        rows = torch.tensor(logit_rows, dtype=torch.int64, device=self.device)
+        self.num_forwards += 1
+        return self.model.compute_logits(hidden.index_select(0, rows))  # (N, vocab) float32

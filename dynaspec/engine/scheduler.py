@@ -1,0 +1,149 @@
+"""Continuous batching with chunked prefill and preemption by recompute (Orca, Yu et al. OSDI'22;
+vLLM's scheduler).
+
+Every step the scheduler decides, under the `max_num_seqs` and `max_num_batched_tokens` budgets:
+1. decodes: every running request whose K/V covers all but its last token runs 1 + k_i query
+   positions (its last token plus up to k_i draft tokens); k is asked of the draft-length policy with
+   the number of decoding requests, and capped per request by max_tokens and max_model_len;
+2. prefills: running requests in the middle of a chunked prefill, then waiting requests (FCFS).
+When the KV pool cannot hold a decode, the most recently admitted running request is preempted: its
+blocks are freed and it goes back to the front of the waiting queue with all its tokens, to be
+recomputed later (no request is lost or corrupted).
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from dynaspec.engine.block_manager import BlockManager
+from dynaspec.engine.request import Request, RequestStatus
+
+
+@dataclass
+class ScheduledDecode:
+    request: Request
+    max_draft: int  # drafts this request may take this step (<= the step's k)
+
+
+@dataclass
+class ScheduledPrefill:
+    request: Request
+    num_tokens: int  # tokens of this chunk, starting at request.num_computed_tokens
+
+    @property
+    def completes_prompt(self) -> bool:
+        """True when this chunk reaches the request's last token, so a new token gets sampled."""
+        return self.request.num_computed_tokens + self.num_tokens == self.request.num_tokens
+
+
+@dataclass
+class SchedulerOutput:
+    decodes: list[ScheduledDecode] = field(default_factory=list)
+    prefills: list[ScheduledPrefill] = field(default_factory=list)
+    draft_len: int = 0  # the step's k from the policy (0: no speculation this step)
+    preempted: list[Request] = field(default_factory=list)
+
+    @property
+    def is_empty(self) -> bool:
+        return not self.decodes and not self.prefills
+
+    @property
+    def num_tokens(self) -> int:
+        return sum(1 + d.max_draft for d in self.decodes) + sum(p.num_tokens for p in self.prefills)
+
+
+class Scheduler:
+    def __init__(
+        self,
+        block_manager: BlockManager,
+        max_num_seqs: int,
+        max_num_batched_tokens: int,
+        max_model_len: int,
+    ):
+        self.block_manager = block_manager
+        self.max_num_seqs = max_num_seqs
+        self.max_num_batched_tokens = max_num_batched_tokens
+        self.max_model_len = max_model_len
+        self.waiting: deque[Request] = deque()
+        self.running: list[Request] = []
+
+    def add(self, request: Request) -> None:
+        self.waiting.append(request)
+
+    def remove(self, request: Request) -> None:
+        """Drop a finished or aborted request and free its blocks."""
+        if request in self.running:
+            self.running.remove(request)
+        elif request in self.waiting:
+            self.waiting.remove(request)
+        self.block_manager.free(request)
+
+    @property
+    def num_unfinished(self) -> int:
+        return len(self.waiting) + len(self.running)
+
+    def schedule(self, draft_len_for: Callable[[int, int], int]) -> SchedulerOutput:
+        """Plan one step. `draft_len_for(num_decoding, num_active)` is the draft-length policy."""
+        out = SchedulerOutput()
+        budget = self.max_num_batched_tokens
+        decoding = [r for r in self.running if not r.is_prefilling][: self.max_num_seqs]
+        k = draft_len_for(len(decoding), self.num_unfinished) if decoding else 0
+        # Keep the verify step within the token budget: 1 + k positions per decoding request.
+        while k > 0 and len(decoding) * (1 + k) > budget:
+            k -= 1
+        out.draft_len = k
+
+        for request in decoding:
+            if request not in self.running:  # preempted earlier in this loop
+                continue
+            max_draft = max(0, min(k, request.remaining_tokens - 1, self.max_model_len - request.num_tokens))
+            # Slots for all k positions a drafter may write this step, even where fewer are verified.
+            if not self._reserve(request, request.num_tokens + (k if max_draft else 0), out):
+                continue
+            out.decodes.append(ScheduledDecode(request, max_draft))
+            budget -= 1 + max_draft
+
+        for request in [r for r in self.running if r.is_prefilling]:
+            if budget <= 0:
+                break
+            if request not in self.running:
+                continue
+            chunk = min(request.num_tokens - request.num_computed_tokens, budget)
+            if not self._reserve(request, request.num_computed_tokens + chunk, out):
+                continue
+            out.prefills.append(ScheduledPrefill(request, chunk))
+            budget -= chunk
+
+        while self.waiting and budget > 0 and len(self.running) < self.max_num_seqs and not out.preempted:
+            request = self.waiting[0]
+            chunk = min(request.num_tokens - request.num_computed_tokens, budget)
+            if not self.block_manager.ensure_slots(request, request.num_computed_tokens + chunk):
+                break
+            self.waiting.popleft()
+            request.status = RequestStatus.RUNNING
+            self.running.append(request)
+            out.prefills.append(ScheduledPrefill(request, chunk))
+            budget -= chunk
+        return out
+
+    def _reserve(self, request: Request, num_slots: int, out: SchedulerOutput) -> bool:
+        """Allocate slots for `request`, preempting the newest running requests if needed."""
+        while not self.block_manager.ensure_slots(request, num_slots):
+            victim = self.running[-1]
+            self._preempt(victim, out)
+            if victim is request:
+                return False
+        return True
+
+    def _preempt(self, request: Request, out: SchedulerOutput) -> None:
+        self.running.remove(request)
+        self.block_manager.free(request)
+        request.num_computed_tokens = 0
+        request.num_preemptions += 1
+        request.status = RequestStatus.WAITING
+        self.waiting.appendleft(request)
+        out.preempted.append(request)
+        out.decodes = [d for d in out.decodes if d.request is not request]
+        out.prefills = [p for p in out.prefills if p.request is not request]

@@ -1,0 +1,140 @@
+"""Draft-model drafter: a smaller model of the same tokenizer proposes k tokens autoregressively
+(Leviathan et al. 2023, arXiv 2211.17192; Chen et al. 2023, arXiv 2302.01318).
+
+The draft model has its own KV tensors but shares the target's block tables (same block size, same
+slots), so no second allocator is needed. Its KV catches up lazily: before drafting for a request it
+feeds every token it has not seen (the prompt, accepted and bonus tokens, and tokens produced while
+speculation was off at k = 0), so it is never stale when drafting resumes (TensorRT-LLM issue #16888).
+Slots of drafted tokens that the target rejected are simply recomputed: the drafter compares what it
+drafted with what the request actually holds and keeps only the matching prefix.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from dynaspec.engine.model_runner import ModelRunner, SequenceInput
+from dynaspec.engine.request import Request
+from dynaspec.engine.sampler import sample, target_probs
+from dynaspec.models.loader import LoadedModel
+from dynaspec.spec.drafter import DraftProposal
+
+
+@dataclass
+class _DraftState:
+    num_computed: int = 0  # tokens of the request whose K/V is in the draft cache
+    draft_start: int = 0  # position of the first token drafted last time
+    drafted: tuple[int, ...] = ()  # tokens drafted last time (all but the last have K/V written)
+
+
+def check_same_vocabulary(target: LoadedModel, draft: LoadedModel) -> None:
+    """A draft model must tokenize exactly like the target; raise ValueError naming the mismatch."""
+    if target.tokenizer is not None and draft.tokenizer is not None:
+        if target.tokenizer.get_vocab() != draft.tokenizer.get_vocab():
+            raise ValueError(
+                f"draft model {draft.name!r} uses a different vocabulary than the target {target.name!r}: "
+                "speculative decoding needs the same tokenizer"
+            )
+    target_vocab = int(target.model.vocab_size)
+    draft_vocab = int(draft.model.vocab_size)
+    if target.tokenizer is None or draft.tokenizer is None:
+        if target_vocab != draft_vocab:
+            raise ValueError(
+                f"draft model {draft.name!r} has vocab_size {draft_vocab}, target {target.name!r} has "
+                f"{target_vocab}: speculative decoding needs the same vocabulary"
+            )
+
+
+class DraftModelDrafter:
+    def __init__(
+        self, draft: LoadedModel, dtype: torch.dtype, device: torch.device, target_vocab_size: int, seed: int = 0
+    ):
+        self.loaded = draft
+        # Used for sampled requests without their own seed; seeded requests use their own generator.
+        self.generator = torch.Generator(device=device).manual_seed(seed + 1)
+        self.model = draft.model
+        self.dtype = dtype
+        self.device = device
+        self.target_vocab_size = target_vocab_size
+        self.runner: ModelRunner | None = None
+        self._state: dict[str, _DraftState] = {}
+        self.num_propose_calls = 0
+
+    def attach(self, num_blocks: int, block_size: int) -> None:
+        """Allocate the draft KV tensors once the engine has sized the shared block pool."""
+        self.runner = ModelRunner(self.model, num_blocks, block_size, self.dtype, self.device)
+
+    @property
+    def num_forwards(self) -> int:
+        return 0 if self.runner is None else self.runner.num_forwards
+
+    def _catch_up_start(self, request: Request) -> int:
+        state = self._state.setdefault(request.request_id, _DraftState())
+        tokens = request.all_token_ids
+        if state.drafted:
+            written = state.drafted[:-1]  # the last drafted token was never fed to the draft model
+            match = 0
+            for a, b in zip(written, tokens[state.draft_start :]):
+                if a != b:
+                    break
+                match += 1
+            state.num_computed = min(state.num_computed, state.draft_start + match)
+            state.drafted = ()
+        state.num_computed = min(state.num_computed, request.num_tokens - 1)
+        return state.num_computed
+
+    @torch.inference_mode()
+    def propose(self, requests: list[Request], k: int) -> DraftProposal:
+        """k autoregressive draft steps for every request; the first also feeds the catch-up tokens."""
+        if self.runner is None:
+            raise RuntimeError("DraftModelDrafter.attach() must be called before propose()")
+        self.num_propose_calls += 1
+        tokens: list[list[int]] = [[] for _ in requests]
+        probs: list[list[torch.Tensor]] = [[] for _ in requests]
+        seqs = []
+        for request in requests:
+            start = self._catch_up_start(request)
+            seqs.append(SequenceInput(request.all_token_ids[start:], request.num_tokens, request.block_ids))
+        rows, flat = [], 0
+        for seq in seqs:
+            flat += len(seq.token_ids)
+            rows.append(flat - 1)
+        for step in range(k):
+            logits = self.runner.forward(seqs, rows)[:, : self.target_vocab_size]  # (B, vocab)
+            next_ids = self._pick(requests, logits, probs)
+            for i, token in enumerate(next_ids):
+                tokens[i].append(token)
+            if step == k - 1:
+                break
+            seqs = [
+                SequenceInput([tokens[i][-1]], r.num_tokens + step + 1, r.block_ids) for i, r in enumerate(requests)
+            ]
+            rows = list(range(len(requests)))
+        for i, request in enumerate(requests):
+            state = self._state[request.request_id]
+            state.num_computed = request.num_tokens + k - 1
+            state.draft_start = request.num_tokens
+            state.drafted = tuple(tokens[i])
+        return DraftProposal(
+            tokens=tokens,
+            probs=[torch.stack(p) if p else None for p in probs],
+        )
+
+    def _pick(self, requests: list[Request], logits: torch.Tensor, probs: list[list[torch.Tensor]]) -> list[int]:
+        """Greedy requests take the draft argmax; sampled ones sample q (their processed draft distribution)."""
+        picked = logits.argmax(dim=-1).tolist()
+        for i, request in enumerate(requests):
+            if request.params.is_greedy:
+                continue
+            q = target_probs(logits[i : i + 1], [request.params])  # (1, vocab)
+            picked[i] = int(sample(q, request.generator or self.generator)[0])
+            probs[i].append(q[0])
+        return picked
+
+    def observe(self, requests: list[Request]) -> None:
+        """Nothing to do eagerly: the draft KV catches up on the next propose()."""
+
+    def release(self, request: Request) -> None:
+        self._state.pop(request.request_id, None)

@@ -1,0 +1,60 @@
+"""Builds the drafter a speculative config asks for: one table from config type to builder, so the
+engine never branches on the drafter's type."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from dynaspec.models.loader import LoadedModel, load_model
+from dynaspec.spec.config import DraftTargetDecodingConfig, NGramDecodingConfig
+from dynaspec.spec.draft_model import DraftModelDrafter, check_same_vocabulary
+from dynaspec.spec.drafter import Drafter
+from dynaspec.spec.ngram import NGramDrafter
+
+
+@dataclass
+class DrafterBundle:
+    drafter: Drafter
+    model: nn.Module | None = None  # a draft model whose KV shares the target's block pool
+    attach: Callable[[int, int], None] = lambda num_blocks, block_size: None
+
+
+@dataclass
+class DrafterContext:
+    target: LoadedModel
+    dtype: torch.dtype
+    device: torch.device
+    seed: int
+    cache_dir: str | None
+    progress: Callable | None = None
+
+
+def _ngram(config: NGramDecodingConfig, ctx: DrafterContext) -> DrafterBundle:
+    return DrafterBundle(NGramDrafter(config))
+
+
+def _draft_model(config: DraftTargetDecodingConfig, ctx: DrafterContext) -> DrafterBundle:
+    draft = load_model(
+        config.speculative_model, dtype=ctx.dtype, device=ctx.device, progress=ctx.progress, cache_dir=ctx.cache_dir
+    )
+    check_same_vocabulary(ctx.target, draft)
+    drafter = DraftModelDrafter(draft, ctx.dtype, ctx.device, int(ctx.target.model.vocab_size), ctx.seed)
+    return DrafterBundle(drafter, draft.model, drafter.attach)
+
+
+_BUILDERS: dict[type, Callable[..., DrafterBundle]] = {
+    NGramDecodingConfig: _ngram,
+    DraftTargetDecodingConfig: _draft_model,
+}
+
+
+def build_drafter(config, ctx: DrafterContext) -> DrafterBundle:
+    builder = _BUILDERS.get(type(config))
+    if builder is None:
+        known = ", ".join(t.__name__ for t in _BUILDERS)
+        raise TypeError(f"unsupported speculative_config {type(config).__name__}; use one of: {known}")
+    return builder(config, ctx)

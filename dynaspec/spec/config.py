@@ -1,0 +1,202 @@
+"""Speculative decoding configs, with TensorRT-LLM's names so its YAML files parse unchanged.
+
+TensorRT-LLM's LLM API takes `speculative_config=NGramDecodingConfig(...)` or
+`DraftTargetDecodingConfig(...)`; in YAML the class is picked by `decoding_type` ("NGram" /
+"DraftTarget"). Both configs carry the dynamic draft length fields:
+
+* `draft_len_schedule`: batch-size threshold -> draft length. The entry with the LARGEST threshold <=
+  the number of requests decoding in a step applies (TensorRT-LLM semantics). Keys are ints >= 1, values
+  ints >= 0 (0 = no speculation that step), key 1 must be present with value `max_draft_len`, and no value
+  may exceed `max_draft_len`. Stored sorted by threshold.
+* `max_concurrency`: when more requests are active than this, the step does not speculate.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Annotated, Any, Literal, Union
+
+from pydantic import AliasChoices, BaseModel, ConfigDict, Field, TypeAdapter, field_validator, model_validator
+
+MAX_DRAFT_LEN_LIMIT = 32
+DECODING_TYPES = ("NGram", "DraftTarget")
+
+
+def _as_int(value: Any, what: str) -> int:
+    """An int from an int or a decimal string (JSON object keys are strings); bools and floats refused."""
+    if isinstance(value, bool):
+        raise ValueError(f"{what} must be an int, got the bool {value!r}")
+    if isinstance(value, int):
+        return value
+    if isinstance(value, str):
+        try:
+            return int(value.strip())
+        except ValueError:
+            raise ValueError(f"{what} must be an int, got the string {value!r}") from None
+    raise ValueError(f"{what} must be an int, got {type(value).__name__} {value!r}")
+
+
+def normalize_draft_len_schedule(schedule: Mapping[Any, Any]) -> dict[int, int]:
+    """Check the shape of a draft_len_schedule and return it as {int: int} sorted by threshold.
+
+    Rules checked here (those that do not depend on max_draft_len): keys ints >= 1, values ints >= 0,
+    key 1 present. Each failure names the offending entry.
+    """
+    if not isinstance(schedule, Mapping):
+        raise ValueError(
+            f"draft_len_schedule must be a mapping of batch-size threshold -> draft length, "
+            f"e.g. {{1: 4, 8: 2, 32: 0}}; got {type(schedule).__name__}"
+        )
+    if not schedule:
+        raise ValueError("draft_len_schedule must not be empty: it needs at least the entry for batch size 1")
+    result: dict[int, int] = {}
+    for raw_key, raw_value in schedule.items():
+        entry = f"draft_len_schedule entry {raw_key!r}: {raw_value!r}"
+        key = _as_int(raw_key, f"{entry}: the key (a batch-size threshold)")
+        value = _as_int(raw_value, f"{entry}: the value (a draft length)")
+        if key < 1:
+            raise ValueError(f"{entry}: the key (a batch-size threshold) must be >= 1, got {key}")
+        if value < 0:
+            raise ValueError(f"{entry}: the value (a draft length) must be >= 0, got {value}")
+        if key in result:
+            raise ValueError(f"{entry}: threshold {key} appears more than once")
+        result[key] = value
+    if 1 not in result:
+        raise ValueError(
+            f"draft_len_schedule must contain key 1 (the draft length for batch size 1); "
+            f"got thresholds {sorted(result)}"
+        )
+    return dict(sorted(result.items()))
+
+
+def check_schedule_against_max(schedule: Mapping[int, int], max_draft_len: int) -> None:
+    """The rules that tie a schedule to max_draft_len: schedule[1] == max_draft_len, no value above it."""
+    if schedule[1] != max_draft_len:
+        raise ValueError(
+            f"draft_len_schedule entry 1: {schedule[1]}: the draft length for batch size 1 must equal "
+            f"max_draft_len ({max_draft_len})"
+        )
+    for key, value in schedule.items():
+        if value > max_draft_len:
+            raise ValueError(
+                f"draft_len_schedule entry {key}: {value}: the draft length must not exceed "
+                f"max_draft_len ({max_draft_len})"
+            )
+
+
+def validate_draft_len_schedule(schedule: Mapping[Any, Any], max_draft_len: int) -> dict[int, int]:
+    """All draft_len_schedule rules; returns the schedule as a sorted {int: int}."""
+    normalized = normalize_draft_len_schedule(schedule)
+    check_schedule_against_max(normalized, max_draft_len)
+    return normalized
+
+
+def parse_draft_len_schedule(text: str) -> dict[int, int]:
+    """Parse the CLI form '1:4,8:2,32:0' into {1: 4, 8: 2, 32: 0} (shape rules checked, sorted).
+
+    The rules that involve max_draft_len are checked when the schedule is put into a config.
+    """
+    if not isinstance(text, str):
+        raise TypeError(f"draft_len_schedule text must be a str like '1:4,8:2,32:0', got {type(text).__name__}")
+    items = [part.strip() for part in text.split(",")]
+    if not text.strip() or any(not part for part in items):
+        raise ValueError(
+            f"draft_len_schedule {text!r} has an empty entry; expected comma-separated 'threshold:draft_len' "
+            f"pairs like '1:4,8:2,32:0'"
+        )
+    pairs: dict[str, str] = {}
+    for part in items:
+        fields = part.split(":")
+        if len(fields) != 2 or not fields[0].strip() or not fields[1].strip():
+            raise ValueError(
+                f"draft_len_schedule entry {part!r} is not 'threshold:draft_len' (example: '8:2')"
+            )
+        key, value = fields[0].strip(), fields[1].strip()
+        if key in pairs:
+            raise ValueError(f"draft_len_schedule entry {part!r}: threshold {key} appears more than once")
+        pairs[key] = value
+    return normalize_draft_len_schedule(pairs)
+
+
+class _SpecConfigBase(BaseModel):
+    """Fields every speculative decoding method shares."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+
+    max_draft_len: int = Field(default=4, ge=1, le=MAX_DRAFT_LEN_LIMIT)
+    draft_len_schedule: dict[int, int] | None = None
+    max_concurrency: int | None = Field(default=None, ge=1)
+
+    @field_validator("draft_len_schedule", mode="before")
+    @classmethod
+    def _normalize_schedule(cls, value: Any) -> Any:
+        if value is None:
+            return None
+        if isinstance(value, str):
+            return parse_draft_len_schedule(value)
+        return normalize_draft_len_schedule(value)
+
+    @model_validator(mode="after")
+    def _schedule_within_max(self) -> "_SpecConfigBase":
+        if self.draft_len_schedule is not None:
+            check_schedule_against_max(self.draft_len_schedule, self.max_draft_len)
+        return self
+
+
+class NGramDecodingConfig(_SpecConfigBase):
+    """Prompt-lookup (n-gram) speculation with TensorRT-LLM's NGram pool options.
+
+    max_matching_ngram_size: longest suffix n-gram looked up (then shorter ones, down to 1).
+    is_keep_all: keep every continuation seen after an n-gram (bounded), or only the longest.
+    is_use_oldest: propose the oldest continuation, or the newest.
+    is_public_pool: one pool shared by all requests, or one per request, freed when it ends.
+    max_pool_entries: bound on the continuations a pool holds; least recently used n-grams are evicted.
+    """
+
+    decoding_type: Literal["NGram"] = "NGram"
+    max_matching_ngram_size: int = Field(default=3, ge=1)
+    is_keep_all: bool = True
+    is_use_oldest: bool = True
+    is_public_pool: bool = True
+    max_pool_entries: int = Field(default=65536, ge=1)
+
+
+class DraftTargetDecodingConfig(_SpecConfigBase):
+    """A smaller draft model proposes tokens that the target verifies (Leviathan et al. 2023).
+
+    speculative_model: a model spec the loader understands (zoo name, random:<preset>, HF dir, .gguf).
+    TensorRT-LLM's older name `speculative_model_dir` is accepted too.
+    """
+
+    decoding_type: Literal["DraftTarget"] = "DraftTarget"
+    speculative_model: str = Field(
+        min_length=1, validation_alias=AliasChoices("speculative_model", "speculative_model_dir")
+    )
+
+
+SpeculativeConfig = Annotated[
+    Union[NGramDecodingConfig, DraftTargetDecodingConfig], Field(discriminator="decoding_type")
+]
+
+_SPECULATIVE_CONFIG_ADAPTER: TypeAdapter[Any] = TypeAdapter(SpeculativeConfig)
+
+
+def parse_speculative_config(data: Mapping[str, Any] | NGramDecodingConfig | DraftTargetDecodingConfig) -> Any:
+    """Build the config named by `decoding_type` from a mapping (YAML / JSON); configs pass through."""
+    if isinstance(data, (NGramDecodingConfig, DraftTargetDecodingConfig)):
+        return data
+    if not isinstance(data, Mapping):
+        raise TypeError(
+            f"speculative_config must be a mapping with a decoding_type, got {type(data).__name__}"
+        )
+    decoding_type = data.get("decoding_type")
+    if decoding_type is None:
+        raise ValueError(
+            f"speculative_config needs a decoding_type: one of {', '.join(DECODING_TYPES)}"
+        )
+    if decoding_type not in DECODING_TYPES:
+        raise ValueError(
+            f"speculative_config decoding_type {decoding_type!r} is not supported; "
+            f"use one of {', '.join(DECODING_TYPES)}"
+        )
+    return _SPECULATIVE_CONFIG_ADAPTER.validate_python(dict(data))

@@ -1,0 +1,127 @@
+"""Speculative decoding statistics: acceptance per position, k histogram by batch size.
+
+One `record()` per engine step with the step's decoding batch size, its draft length k, and per
+decoding request the number of tokens drafted and accepted. Acceptance is prefix acceptance (a draft
+position counts as accepted only if all earlier ones were), so position j is "drafted" when a request
+drafted more than j tokens and "accepted" when it accepted more than j.
+
+Mean accepted length follows the speculative decoding literature (Leviathan et al. 2023, "tau"): tokens
+committed per target forward, i.e. accepted + 1, averaged over request-steps of steps with k >= 1.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+
+def _grow(counts: list[int], length: int) -> None:
+    if len(counts) < length:
+        counts.extend([0] * (length - len(counts)))
+
+
+def _rates(accepted: list[int], drafted: list[int]) -> list[float]:
+    return [a / d if d else 0.0 for a, d in zip(accepted, drafted)]
+
+
+class SpecStats:
+    """Totals and per-step record of speculation outcomes; `as_dict()` is JSON-serialisable."""
+
+    def __init__(self) -> None:
+        self.num_steps = 0
+        self.num_spec_steps = 0
+        self.num_spec_request_steps = 0
+        self.drafted = 0
+        self.accepted = 0
+        self.drafted_per_position: list[int] = []
+        self.accepted_per_position: list[int] = []
+        # batch size -> k -> number of steps
+        self.k_histogram: dict[int, dict[int, int]] = {}
+        # k -> (drafted per position, accepted per position)
+        self.per_k: dict[int, tuple[list[int], list[int]]] = {}
+        self.last_step: dict[str, Any] = {}
+
+    def record(self, batch_size: int, k: int, drafted: Sequence[int], accepted: Sequence[int]) -> None:
+        """One step: `batch_size` decoding requests, draft length k, per request drafted / accepted counts."""
+        if batch_size < 0:
+            raise ValueError(f"batch_size must be >= 0, got {batch_size}")
+        if k < 0:
+            raise ValueError(f"k must be >= 0, got {k}")
+        if len(drafted) != len(accepted):
+            raise ValueError(
+                f"drafted and accepted need one entry per request, got {len(drafted)} and {len(accepted)}"
+            )
+        for i, (d, a) in enumerate(zip(drafted, accepted)):
+            if not 0 <= d <= k:
+                raise ValueError(f"request {i}: drafted {d} tokens, allowed 0..k={k}")
+            if not 0 <= a <= d:
+                raise ValueError(f"request {i}: accepted {a} tokens, allowed 0..drafted={d}")
+
+        self.num_steps += 1
+        by_k = self.k_histogram.setdefault(batch_size, {})
+        by_k[k] = by_k.get(k, 0) + 1
+        step_drafted, step_accepted = sum(drafted), sum(accepted)
+        if k >= 1:
+            self.num_spec_steps += 1
+            self.num_spec_request_steps += len(drafted)
+            self.drafted += step_drafted
+            self.accepted += step_accepted
+            k_drafted, k_accepted = self.per_k.setdefault(k, ([], []))
+            for counts in (self.drafted_per_position, self.accepted_per_position, k_drafted, k_accepted):
+                _grow(counts, k)
+            for d, a in zip(drafted, accepted):
+                for j in range(d):
+                    self.drafted_per_position[j] += 1
+                    k_drafted[j] += 1
+                for j in range(a):
+                    self.accepted_per_position[j] += 1
+                    k_accepted[j] += 1
+        self.last_step = {
+            "batch_size": batch_size,
+            "k": k,
+            "drafted": step_drafted,
+            "accepted": step_accepted,
+            "acceptance_rate": step_accepted / step_drafted if step_drafted else 0.0,
+            "drafted_per_request": list(drafted),
+            "accepted_per_request": list(accepted),
+        }
+
+    @property
+    def acceptance_rate(self) -> float:
+        return self.accepted / self.drafted if self.drafted else 0.0
+
+    @property
+    def mean_accepted_length(self) -> float:
+        """Tokens committed per request per speculative step (accepted + 1); 0 before any such step."""
+        if not self.num_spec_request_steps:
+            return 0.0
+        return (self.accepted + self.num_spec_request_steps) / self.num_spec_request_steps
+
+    def acceptance_per_position(self) -> list[float]:
+        return _rates(self.accepted_per_position, self.drafted_per_position)
+
+    def as_dict(self) -> dict[str, Any]:
+        """JSON-serialisable summary (mapping keys are strings so a JSON round trip is the identity)."""
+        return {
+            "num_steps": self.num_steps,
+            "num_spec_steps": self.num_spec_steps,
+            "drafted": self.drafted,
+            "accepted": self.accepted,
+            "acceptance_rate": self.acceptance_rate,
+            "mean_accepted_length": self.mean_accepted_length,
+            "drafted_per_position": list(self.drafted_per_position),
+            "accepted_per_position": list(self.accepted_per_position),
+            "acceptance_per_position": self.acceptance_per_position(),
+            "k_histogram": {
+                str(b): {str(k): n for k, n in sorted(ks.items())} for b, ks in sorted(self.k_histogram.items())
+            },
+            "per_k": {
+                str(k): {
+                    "drafted_per_position": list(d),
+                    "accepted_per_position": list(a),
+                    "acceptance_per_position": _rates(a, d),
+                }
+                for k, (d, a) in sorted(self.per_k.items())
+            },
+            "last_step": dict(self.last_step),
+        }

@@ -1,0 +1,1 @@
+"""Model code: paged attention, decoder architectures, and the HF-architecture registry."""

@@ -1,0 +1,162 @@
+"""Paged attention over a flat batch: KV write + causal attention against each sequence's paged context.
+
+The KV cache of one layer is a tensor (2, num_blocks, block_size, num_kv_heads, head_dim): a pool of
+fixed-size blocks, each sequence owning the blocks named by its row of `meta.block_tables`
+(PagedAttention, Kwon et al. 2023, arXiv 2309.06180; the flat-batch layout follows vLLM / nano-vllm).
+See `attention_metadata.py` for the layout of the flat batch.
+
+One call serves every kind of step, mixed in one batch: prefill, chunked prefill (query_len < seq_len),
+decode (query_len 1) and speculative verify (query_len 1 + k). Query row i of sequence b sits at absolute
+position seq_lens[b] - query_lens[b] + i and attends keys 0 .. that position (and, with a sliding window
+W, only keys at distance < W).
+
+The reference path (`reference_paged_attention`) runs on any device with plain torch: it gathers each
+sequence's blocks into a padded (B, S, Hkv, D) tensor, pads the queries to (B, Qmax, H, D), builds the
+causal + length mask and calls `torch.nn.functional.scaled_dot_product_attention`, with no Python loop
+over sequences. A fused CUDA kernel plugs in at the dispatch point in `paged_attention`.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from dynaspec.models.attention_metadata import AttentionMetadata
+
+
+def paged_attention(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    kv_cache: torch.Tensor,
+    meta: AttentionMetadata,
+    scale: float,
+    sliding_window: int | None = None,
+) -> torch.Tensor:
+    """Write the new K/V into the paged cache, then attend causally over each sequence's context.
+
+    q: (T, H, D) queries of the new tokens (RoPE applied); k, v: (T, Hkv, D) their keys / values;
+    kv_cache: (2, num_blocks, block_size, Hkv, D); scale: softmax scale (usually D ** -0.5);
+    sliding_window: if set, a query at position p sees only keys at positions > p - sliding_window
+    (HF Mistral / Qwen2 semantics). Returns (T, H, D) in q's dtype.
+    """
+    _check_inputs(q, k, v, kv_cache, meta, sliding_window)
+    write_kv_cache(k, v, kv_cache, meta.slot_mapping)
+    # Dispatch point: a fused CUDA kernel (Triton) for supported shapes goes here, before the
+    # reference path; it must honour the same contract (including sliding_window).
+    return reference_paged_attention(q, kv_cache, meta, scale, sliding_window)
+
+
+def write_kv_cache(k: torch.Tensor, v: torch.Tensor, kv_cache: torch.Tensor, slot_mapping: torch.Tensor) -> None:
+    """Store k, v (T, Hkv, D) at the flat slots `slot_mapping` (T,) of kv_cache (2, NB, BS, Hkv, D)."""
+    if k.shape[0] == 0:
+        return
+    _, _, _, num_kv_heads, head_dim = kv_cache.shape
+    flat = kv_cache.view(2, -1, num_kv_heads, head_dim)  # (2, NB*BS, Hkv, D)
+    flat[0].index_copy_(0, slot_mapping, k.to(kv_cache.dtype))
+    flat[1].index_copy_(0, slot_mapping, v.to(kv_cache.dtype))
+
+
+def reference_paged_attention(
+    q: torch.Tensor,
+    kv_cache: torch.Tensor,
+    meta: AttentionMetadata,
+    scale: float,
+    sliding_window: int | None = None,
+) -> torch.Tensor:
+    """Causal attention of q (T, H, D) over the paged context already in kv_cache; returns (T, H, D).
+
+    Vectorised over sequences: gathers blocks into (B, S, Hkv, D), pads queries to (B, Qmax, H, D),
+    masks by position and calls SDPA. GQA is handled by folding the G = H / Hkv query heads that share
+    a KV head into the query-length axis, so K/V are never repeated.
+    """
+    num_tokens, num_heads, head_dim = q.shape
+    _, _, block_size, num_kv_heads, _ = kv_cache.shape
+    num_seqs = meta.num_seqs
+    if num_tokens == 0 or num_seqs == 0:
+        return q.new_empty((num_tokens, num_heads, head_dim))
+    group = num_heads // num_kv_heads
+    max_q = meta.max_query_len
+    num_blocks = -(-meta.max_seq_len // block_size)
+    max_s = num_blocks * block_size
+    device = q.device
+
+    # Flat row t -> (sequence b, row i within the sequence's new tokens).
+    query_lens = meta.query_start_loc[1:] - meta.query_start_loc[:-1]  # (B,)
+    seq_idx = torch.repeat_interleave(
+        torch.arange(num_seqs, device=device), query_lens, output_size=num_tokens
+    )  # (T,)
+    row_idx = torch.arange(num_tokens, device=device) - meta.query_start_loc[seq_idx]  # (T,)
+
+    q_pad = q.new_zeros((num_seqs, max_q, num_heads, head_dim))
+    q_pad[seq_idx, row_idx] = q  # (B, Qmax, H, D)
+
+    # Gather each sequence's blocks: (B, nblk, BS, Hkv, D) -> (B, S, Hkv, D).
+    tables = meta.block_tables[:, :num_blocks]
+    keys = kv_cache[0][tables].reshape(num_seqs, max_s, num_kv_heads, head_dim).to(q.dtype)
+    values = kv_cache[1][tables].reshape(num_seqs, max_s, num_kv_heads, head_dim).to(q.dtype)
+    key_pos = torch.arange(max_s, device=device)  # (S,)
+    key_valid = key_pos[None, :] < meta.seq_lens[:, None]  # (B, S)
+    # Slots past a sequence's length were never written (maybe NaN garbage): zero them, since a masked
+    # NaN still poisons softmax @ V.
+    keys = torch.where(key_valid[:, :, None, None], keys, 0)
+    values = torch.where(key_valid[:, :, None, None], values, 0)
+
+    q_rows = torch.arange(max_q, device=device)  # (Qmax,)
+    q_pos = (meta.seq_lens - query_lens)[:, None] + q_rows[None, :]  # (B, Qmax)
+    mask = key_pos[None, None, :] <= q_pos[:, :, None]  # (B, Qmax, S)
+    if sliding_window is not None:
+        mask &= key_pos[None, None, :] > (q_pos[:, :, None] - sliding_window)
+    row_valid = q_rows[None, :] < query_lens[:, None]  # (B, Qmax)
+    mask |= ~row_valid[:, :, None]  # padding rows see everything: no all-masked (NaN) rows
+
+    # GQA fold: query head h = kv_head * G + g; rows ordered (g, i) inside each KV head.
+    q_fold = (
+        q_pad.view(num_seqs, max_q, num_kv_heads, group, head_dim)
+        .permute(0, 2, 3, 1, 4)
+        .reshape(num_seqs, num_kv_heads, group * max_q, head_dim)
+    )  # (B, Hkv, G*Qmax, D)
+    mask_fold = mask[:, None].expand(num_seqs, group, max_q, max_s).reshape(num_seqs, 1, group * max_q, max_s)
+    out = F.scaled_dot_product_attention(
+        q_fold,
+        keys.transpose(1, 2),  # (B, Hkv, S, D)
+        values.transpose(1, 2),
+        attn_mask=mask_fold,
+        scale=scale,
+    )  # (B, Hkv, G*Qmax, D)
+    out = out.view(num_seqs, num_kv_heads, group, max_q, head_dim).permute(0, 3, 1, 2, 4)  # (B, Qmax, Hkv, G, D)
+    return out[seq_idx, row_idx].reshape(num_tokens, num_heads, head_dim)
+
+
+def _check_inputs(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    kv_cache: torch.Tensor,
+    meta: AttentionMetadata,
+    sliding_window: int | None,
+) -> None:
+    """Shape checks that need no device synchronisation."""
+    if q.dim() != 3 or k.dim() != 3 or v.dim() != 3:
+        raise ValueError(f"q, k, v must be (T, heads, head_dim); got {tuple(q.shape)}, {tuple(k.shape)}, {tuple(v.shape)}")
+    if kv_cache.dim() != 5 or kv_cache.shape[0] != 2:
+        raise ValueError(
+            f"kv_cache must be (2, num_blocks, block_size, num_kv_heads, head_dim); got {tuple(kv_cache.shape)}"
+        )
+    num_tokens, num_heads, head_dim = q.shape
+    _, _, block_size, num_kv_heads, cache_head_dim = kv_cache.shape
+    if k.shape != (num_tokens, num_kv_heads, head_dim) or v.shape != k.shape:
+        raise ValueError(
+            f"k and v must be (T={num_tokens}, Hkv={num_kv_heads}, D={head_dim}) to match q and kv_cache; "
+            f"got {tuple(k.shape)}, {tuple(v.shape)}"
+        )
+    if cache_head_dim != head_dim:
+        raise ValueError(f"kv_cache head_dim {cache_head_dim} differs from q's {head_dim}")
+    if num_heads % num_kv_heads != 0:
+        raise ValueError(f"num_heads {num_heads} must be a multiple of num_kv_heads {num_kv_heads}")
+    if meta.block_size != block_size:
+        raise ValueError(f"meta.block_size {meta.block_size} differs from kv_cache block size {block_size}")
+    if meta.num_tokens != num_tokens:
+        raise ValueError(f"meta describes {meta.num_tokens} tokens but q has {num_tokens} rows")
+    if sliding_window is not None and sliding_window < 1:
+        raise ValueError(f"sliding_window must be a positive int or None; got {sliding_window}")

@@ -1,0 +1,292 @@
+"""Llama-family decoder (Llama 2/3, Mistral, Qwen2) over a flat batch and a paged KV cache.
+
+Mirrors HF transformers' `modeling_llama.py` / `modeling_mistral.py` / `modeling_qwen2.py` (same module
+tree and parameter names, so an HF state dict loads by name) with the attention replaced by
+`paged_attention` over a flat batch (see `attention_metadata.py`):
+RMSNorm (Zhang & Sennrich 2019), rotary position embedding (RoPE, Su et al. 2021, arXiv 2104.09864;
+Llama-3 / linear / YaRN frequency scaling via transformers' `ROPE_INIT_FUNCTIONS`), grouped-query
+attention (Ainslie et al. 2023), SwiGLU MLP (Shazeer 2020).
+
+Per-architecture differences read from the config:
+- Llama: q/k/v/o bias = `attention_bias`, MLP bias = `mlp_bias`.
+- Qwen2: q/k/v always carry a bias, o_proj none.
+- Mistral: no biases; `sliding_window` applies to every layer.
+- Qwen2 / Qwen3 (transformers >= 4.53): `layer_types[i] == "sliding_attention"` selects windowed layers.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from transformers import PretrainedConfig
+from transformers.activations import ACT2FN
+from transformers.modeling_rope_utils import ROPE_INIT_FUNCTIONS
+
+from dynaspec.models.attention import paged_attention
+from dynaspec.models.attention_metadata import AttentionMetadata
+
+# RoPE variants whose frequencies do not depend on the running sequence length.
+STATIC_ROPE_TYPES = ("default", "linear", "llama3", "yarn")
+
+
+class RMSNorm(nn.Module):
+    """Root-mean-square layer norm, computed in float32 exactly as HF's LlamaRMSNorm."""
+
+    def __init__(self, dim: int, eps: float) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(torch.ones(dim))
+        self.variance_epsilon = eps
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        dtype = x.dtype
+        h = x.to(torch.float32)
+        h = h * torch.rsqrt(h.pow(2).mean(-1, keepdim=True) + self.variance_epsilon)
+        return self.weight * h.to(dtype)
+
+
+def rope_parameters(config: PretrainedConfig) -> dict:
+    """The RoPE settings as one dict with `rope_type` and `rope_theta`.
+
+    transformers >= 5 keeps them in `config.rope_parameters`; older versions in `rope_theta` plus an
+    optional `rope_scaling` dict whose type key may be `type`.
+    """
+    params = getattr(config, "rope_parameters", None)
+    if params is None:
+        params = dict(getattr(config, "rope_scaling", None) or {})
+        params.setdefault("rope_theta", getattr(config, "rope_theta", 10000.0))
+    params = dict(params)
+    params["rope_type"] = params.get("rope_type", params.get("type", "default")) or "default"
+    return params
+
+
+class RotaryEmbedding(nn.Module):
+    """cos / sin tables of RoPE for given positions, as HF's LlamaRotaryEmbedding (float32 math)."""
+
+    def __init__(self, config: PretrainedConfig, head_dim: int) -> None:
+        super().__init__()
+        params = rope_parameters(config)
+        rope_type = params["rope_type"]
+        if rope_type not in STATIC_ROPE_TYPES:
+            raise ValueError(f"rope_type {rope_type!r} is not supported; supported: {', '.join(STATIC_ROPE_TYPES)}")
+        if rope_type == "default":
+            base = float(params["rope_theta"])
+            inv_freq = 1.0 / (base ** (torch.arange(0, head_dim, 2, dtype=torch.float) / head_dim))
+            self.attention_scaling = 1.0
+        else:
+            inv_freq, self.attention_scaling = ROPE_INIT_FUNCTIONS[rope_type](config, torch.device("cpu"))
+        self.register_buffer("inv_freq", inv_freq.to(torch.float32), persistent=False)  # (D/2,)
+
+    def forward(self, positions: torch.Tensor, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+        """positions (T,) -> cos, sin (T, D) in `dtype`."""
+        freqs = positions[:, None].float() * self.inv_freq.to(device=positions.device, dtype=torch.float)
+        emb = torch.cat((freqs, freqs), dim=-1)
+        cos = emb.cos() * self.attention_scaling
+        sin = emb.sin() * self.attention_scaling
+        return cos.to(dtype), sin.to(dtype)
+
+
+def _rotate_half(x: torch.Tensor) -> torch.Tensor:
+    half = x.shape[-1] // 2
+    return torch.cat((-x[..., half:], x[..., :half]), dim=-1)
+
+
+def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """x (T, heads, D), cos / sin (T, D) -> (T, heads, D)."""
+    cos = cos[:, None, :]
+    sin = sin[:, None, :]
+    return x * cos + _rotate_half(x) * sin
+
+
+def attention_biases(config: PretrainedConfig) -> tuple[bool, bool]:
+    """(q/k/v bias, o_proj bias) of the architecture described by `config`."""
+    if getattr(config, "model_type", None) == "qwen2":
+        return True, False
+    bias = bool(getattr(config, "attention_bias", False))
+    return bias, bias
+
+
+def layer_sliding_window(config: PretrainedConfig, layer_idx: int) -> int | None:
+    """The attention window of layer `layer_idx`, or None for full causal attention."""
+    window = getattr(config, "sliding_window", None)
+    if window is None or getattr(config, "use_sliding_window", True) is False:
+        return None
+    layer_types = getattr(config, "layer_types", None)
+    if layer_types is not None:
+        return window if layer_types[layer_idx] == "sliding_attention" else None
+    return window
+
+
+def config_head_dim(config: PretrainedConfig) -> int:
+    """config.head_dim when set, else hidden_size / num_attention_heads."""
+    return getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
+
+
+class LlamaAttention(nn.Module):
+    """Self-attention with separate q/k/v projections (HF names), RoPE and paged KV."""
+
+    def __init__(self, config: PretrainedConfig, layer_idx: int) -> None:
+        super().__init__()
+        self.num_heads = config.num_attention_heads
+        self.num_kv_heads = config.num_key_value_heads
+        self.head_dim = config_head_dim(config)
+        self.scaling = self.head_dim**-0.5
+        self.sliding_window = layer_sliding_window(config, layer_idx)
+        qkv_bias, o_bias = attention_biases(config)
+        hidden = config.hidden_size
+        self.q_proj = nn.Linear(hidden, self.num_heads * self.head_dim, bias=qkv_bias)
+        self.k_proj = nn.Linear(hidden, self.num_kv_heads * self.head_dim, bias=qkv_bias)
+        self.v_proj = nn.Linear(hidden, self.num_kv_heads * self.head_dim, bias=qkv_bias)
+        self.o_proj = nn.Linear(self.num_heads * self.head_dim, hidden, bias=o_bias)
+
+    def transform_qk(self, q: torch.Tensor, k: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Hook applied to per-head q (T, H, D), k (T, Hkv, D) before RoPE; identity for Llama."""
+        return q, k
+
+    def forward(
+        self,
+        x: torch.Tensor,
+        cos: torch.Tensor,
+        sin: torch.Tensor,
+        kv_cache: torch.Tensor,
+        meta: AttentionMetadata,
+    ) -> torch.Tensor:
+        """x (T, hidden) -> (T, hidden)."""
+        num_tokens = x.shape[0]
+        q = self.q_proj(x).view(num_tokens, self.num_heads, self.head_dim)  # (T, H, D)
+        k = self.k_proj(x).view(num_tokens, self.num_kv_heads, self.head_dim)  # (T, Hkv, D)
+        v = self.v_proj(x).view(num_tokens, self.num_kv_heads, self.head_dim)  # (T, Hkv, D)
+        q, k = self.transform_qk(q, k)
+        q = apply_rope(q, cos, sin)
+        k = apply_rope(k, cos, sin)
+        out = paged_attention(q, k, v, kv_cache, meta, self.scaling, self.sliding_window)  # (T, H, D)
+        return self.o_proj(out.reshape(num_tokens, self.num_heads * self.head_dim))
+
+
+class LlamaMLP(nn.Module):
+    """SwiGLU feed-forward: down(act(gate(x)) * up(x))."""
+
+    def __init__(self, config: PretrainedConfig) -> None:
+        super().__init__()
+        bias = bool(getattr(config, "mlp_bias", False))
+        self.gate_proj = nn.Linear(config.hidden_size, config.intermediate_size, bias=bias)
+        self.up_proj = nn.Linear(config.hidden_size, config.intermediate_size, bias=bias)
+        self.down_proj = nn.Linear(config.intermediate_size, config.hidden_size, bias=bias)
+        self.act_fn = ACT2FN[config.hidden_act]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.down_proj(self.act_fn(self.gate_proj(x)) * self.up_proj(x))
+
+
+class LlamaDecoderLayer(nn.Module):
+    """Pre-norm residual block: x + attn(norm(x)), then h + mlp(norm(h))."""
+
+    def __init__(self, config: PretrainedConfig, layer_idx: int, attention_cls: type[LlamaAttention]) -> None:
+        super().__init__()
+        self.self_attn = attention_cls(config, layer_idx)
+        self.mlp = LlamaMLP(config)
+        self.input_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps)
+        self.post_attention_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps)
+
+    def forward(self, x, cos, sin, kv_cache, meta):
+        x = x + self.self_attn(self.input_layernorm(x), cos, sin, kv_cache, meta)
+        return x + self.mlp(self.post_attention_layernorm(x))
+
+
+class LlamaModel(nn.Module):
+    """Embedding, decoder layers and final norm (HF's `model.` sub-tree)."""
+
+    def __init__(self, config: PretrainedConfig, attention_cls: type[LlamaAttention]) -> None:
+        super().__init__()
+        self.embed_tokens = nn.Embedding(config.vocab_size, config.hidden_size)
+        self.layers = nn.ModuleList(
+            LlamaDecoderLayer(config, i, attention_cls) for i in range(config.num_hidden_layers)
+        )
+        self.norm = RMSNorm(config.hidden_size, config.rms_norm_eps)
+        self.rotary_emb = RotaryEmbedding(config, config_head_dim(config))
+
+    def forward(self, input_ids, positions, kv_caches, meta):
+        x = self.embed_tokens(input_ids)  # (T, hidden)
+        cos, sin = self.rotary_emb(positions, x.dtype)  # (T, D)
+        for layer, kv_cache in zip(self.layers, kv_caches):
+            x = layer(x, cos, sin, kv_cache, meta)
+        return self.norm(x)
+
+
+class LlamaForCausalLM(nn.Module):
+    """Causal LM over a flat batch with paged KV (contract in docs/ARCHITECTURE.md).
+
+    Serves HF `LlamaForCausalLM`, `MistralForCausalLM` and `Qwen2ForCausalLM` checkpoints.
+    With tied embeddings there is no separate lm_head parameter: logits use `model.embed_tokens.weight`,
+    so the tie survives `.to()` / `to_empty()`.
+    """
+
+    attention_cls: type[LlamaAttention] = LlamaAttention
+
+    def __init__(self, config: PretrainedConfig) -> None:
+        super().__init__()
+        if config.num_attention_heads % config.num_key_value_heads != 0:
+            raise ValueError(
+                f"num_attention_heads {config.num_attention_heads} must be a multiple of "
+                f"num_key_value_heads {config.num_key_value_heads}"
+            )
+        self.config = config
+        self.num_layers = config.num_hidden_layers
+        self.num_kv_heads = config.num_key_value_heads
+        self.head_dim = config_head_dim(config)
+        self.vocab_size = config.vocab_size
+        self.tie_word_embeddings = bool(getattr(config, "tie_word_embeddings", False))
+        self.model = LlamaModel(config, self.attention_cls)
+        self.lm_head = None if self.tie_word_embeddings else nn.Linear(config.hidden_size, config.vocab_size, bias=False)
+
+    def forward(
+        self,
+        input_ids: torch.Tensor,
+        positions: torch.Tensor,
+        kv_caches: list[torch.Tensor],
+        meta: AttentionMetadata,
+    ) -> torch.Tensor:
+        """input_ids, positions (T,) int64; kv_caches: one (2, NB, BS, Hkv, D) per layer -> hidden (T, hidden)."""
+        if len(kv_caches) != self.num_layers:
+            raise ValueError(f"expected {self.num_layers} kv caches (one per layer), got {len(kv_caches)}")
+        if input_ids.shape != positions.shape or input_ids.dim() != 1:
+            raise ValueError(
+                f"input_ids and positions must both be (T,); got {tuple(input_ids.shape)}, {tuple(positions.shape)}"
+            )
+        return self.model(input_ids, positions, kv_caches, meta)
+
+    def compute_logits(self, hidden: torch.Tensor) -> torch.Tensor:
+        """hidden (N, hidden) -> logits (N, vocab) float32."""
+        weight = self.model.embed_tokens.weight if self.lm_head is None else self.lm_head.weight
+        return F.linear(hidden, weight).float()
+
+    def load_weights(self, weights: Iterable[tuple[str, torch.Tensor]]) -> None:
+        """Copy an HF state dict (name, tensor) into this model; pass every weight in one call.
+
+        Rotary `inv_freq` buffers are skipped (recomputed from the config); `lm_head.weight` is skipped
+        when embeddings are tied. Raises ValueError on an unknown name, a shape mismatch, or when some
+        parameter received no weight.
+        """
+        params = dict(self.named_parameters())
+        loaded: set[str] = set()
+        for name, tensor in weights:
+            if "rotary_emb." in name:
+                continue
+            if name == "lm_head.weight" and self.lm_head is None:
+                continue
+            param = params.get(name)
+            if param is None:
+                raise ValueError(f"checkpoint weight {name!r} has no parameter in {type(self).__name__}")
+            if tuple(param.shape) != tuple(tensor.shape):
+                raise ValueError(
+                    f"weight {name!r} has shape {tuple(tensor.shape)}, parameter expects {tuple(param.shape)}"
+                )
+            with torch.no_grad():
+                param.copy_(tensor)
+            loaded.add(name)
+        missing = sorted(set(params) - loaded)
+        if missing:
+            shown = ", ".join(missing[:8]) + (" ..." if len(missing) > 8 else "")
+            raise ValueError(f"{len(missing)} parameters got no weight from the checkpoint: {shown}")

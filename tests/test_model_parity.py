@@ -152,6 +152,26 @@ def test_loads_saved_checkpoint_with_tied_embeddings(tmp_path, arch):
     assert max_diff(logits, hf_logits(hf, tokens)) <= FP32_ATOL
 
 
+def test_rope_frequencies_stay_float32_after_dtype_cast():
+    hf, ours = build_pair("llama3-rope")
+    expected = ours.model.rotary_emb.inv_freq.clone()
+    ours.to(torch.bfloat16)
+    assert ours.model.embed_tokens.weight.dtype == torch.bfloat16
+    assert ours.model.rotary_emb.inv_freq.dtype == torch.float32
+    torch.testing.assert_close(ours.model.rotary_emb.inv_freq, expected, atol=0, rtol=0)
+
+
+def test_meta_device_build_then_to_empty_and_load():
+    hf = make_tiny_hf_model("qwen3", seed=13, tie_word_embeddings=True)
+    with torch.device("meta"):
+        ours = resolve_model_class(hf.config)(hf.config)
+    ours.to_empty(device="cpu")
+    ours.load_weights(hf.state_dict().items())
+    tokens = random_tokens(11, seed=14)
+    (logits,) = PagedHarness(ours.eval()).step([("a", tokens, 0)])
+    assert max_diff(logits, hf_logits(hf, tokens)) <= FP32_ATOL
+
+
 def test_load_weights_rejects_bad_checkpoints():
     hf = make_tiny_hf_model("llama")
     state = dict(hf.state_dict())

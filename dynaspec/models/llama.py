@@ -63,7 +63,11 @@ def rope_parameters(config: PretrainedConfig) -> dict:
 
 
 class RotaryEmbedding(nn.Module):
-    """cos / sin tables of RoPE for given positions, as HF's LlamaRotaryEmbedding (float32 math)."""
+    """cos / sin tables of RoPE for given positions, as HF's LlamaRotaryEmbedding (float32 math).
+
+    `inv_freq` stays float32 whatever `.to(dtype)` / `.half()` / `to_empty()` does to the module: a
+    bfloat16 inv_freq would put angle errors of ~position * 2^-9 radians into long contexts.
+    """
 
     def __init__(self, config: PretrainedConfig, head_dim: int) -> None:
         super().__init__()
@@ -71,13 +75,21 @@ class RotaryEmbedding(nn.Module):
         rope_type = params["rope_type"]
         if rope_type not in STATIC_ROPE_TYPES:
             raise ValueError(f"rope_type {rope_type!r} is not supported; supported: {', '.join(STATIC_ROPE_TYPES)}")
+        cpu = torch.device("cpu")  # explicit, so a `with torch.device("meta")` build still gets real values
         if rope_type == "default":
             base = float(params["rope_theta"])
-            inv_freq = 1.0 / (base ** (torch.arange(0, head_dim, 2, dtype=torch.float) / head_dim))
+            inv_freq = 1.0 / (base ** (torch.arange(0, head_dim, 2, dtype=torch.float, device=cpu) / head_dim))
             self.attention_scaling = 1.0
         else:
-            inv_freq, self.attention_scaling = ROPE_INIT_FUNCTIONS[rope_type](config, torch.device("cpu"))
-        self.register_buffer("inv_freq", inv_freq.to(torch.float32), persistent=False)  # (D/2,)
+            inv_freq, self.attention_scaling = ROPE_INIT_FUNCTIONS[rope_type](config, cpu)
+        self._inv_freq_master = inv_freq.to(cpu, torch.float32)  # plain attribute: never cast by _apply
+        self.register_buffer("inv_freq", self._inv_freq_master.clone(), persistent=False)  # (D/2,)
+
+    def _apply(self, fn, recurse=True):
+        super()._apply(fn, recurse)
+        if self.inv_freq.device.type != "meta":
+            self.inv_freq = self._inv_freq_master.to(self.inv_freq.device)
+        return self
 
     def forward(self, positions: torch.Tensor, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
         """positions (T,) -> cos, sin (T, D) in `dtype`."""

@@ -1,0 +1,137 @@
+"""OpenAI-style error bodies and the FastAPI exception handlers that produce them.
+
+Every failure a client can cause answers with the body the OpenAI API uses
+(https://platform.openai.com/docs/guides/error-codes):
+
+    {"error": {"message": str, "type": str, "param": str | None, "code": str | None}}
+
+FastAPI's own 422 for request-validation failures (malformed JSON, wrong types, missing fields) is
+replaced by a 400 with that body, so clients see one error shape whatever went wrong.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+logger = logging.getLogger(__name__)
+
+
+class APIError(Exception):
+    """An error answered to the client with an HTTP status and an OpenAI-style body."""
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        status_code: int = 400,
+        type: str = "invalid_request_error",
+        param: str | None = None,
+        code: str | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.message = message
+        self.status_code = status_code
+        self.type = type
+        self.param = param
+        self.code = code
+
+    def body(self) -> dict[str, Any]:
+        return error_body(self.message, type=self.type, param=self.param, code=self.code)
+
+
+def error_body(
+    message: str, *, type: str = "invalid_request_error", param: str | None = None, code: str | None = None
+) -> dict[str, Any]:
+    return {"error": {"message": message, "type": type, "param": param, "code": code}}
+
+
+def invalid_request(message: str, param: str | None = None, code: str | None = None) -> APIError:
+    return APIError(message, status_code=400, param=param, code=code)
+
+
+def unsupported(param: str, what: str) -> APIError:
+    return APIError(f"{what} is not supported by this server", status_code=400, param=param, code="unsupported")
+
+
+def overloaded(message: str) -> APIError:
+    return APIError(message, status_code=429, type="rate_limit_error", code="queue_full")
+
+
+def server_error(message: str) -> APIError:
+    return APIError(message, status_code=500, type="server_error", code="internal_error")
+
+
+_TYPE_TAGS = {"str", "int", "float", "bool", "none", "dict", "list"}
+
+
+def _param_path(loc: tuple) -> list[str]:
+    """The request field a pydantic error location points at, without FastAPI's leading "body" and
+    without the union-member tags pydantic appends ("str", "list[int]", "ContentPart", ...)."""
+    path: list[str] = []
+    for i, part in enumerate(loc):
+        if i == 0 and part == "body":
+            continue
+        if isinstance(part, str) and (part in _TYPE_TAGS or "[" in part or part[:1].isupper()):
+            break
+        path.append(str(part))
+    return path
+
+
+def _validation_message(exc: RequestValidationError) -> tuple[str, str | None]:
+    """One readable line from pydantic's error list, plus the offending parameter's name."""
+    errors = exc.errors()
+    if not errors:
+        return "invalid request", None
+    parts = []
+    param = None
+    for err in errors[:5]:
+        loc = _param_path(err.get("loc", ()))
+        where = ".".join(loc)
+        if param is None and loc:
+            param = where
+        if err.get("type") == "json_invalid":
+            parts.append(f"request body is not valid JSON: {err.get('msg')}")
+        else:
+            parts.append(f"{where or 'body'}: {err.get('msg')}")
+    return "; ".join(parts), param
+
+
+def install_error_handlers(app: FastAPI, record_status) -> None:
+    """Register handlers turning APIError, validation errors, HTTP errors and crashes into OpenAI bodies.
+
+    `record_status(path, status_code)` is called for every error answered (it feeds the request
+    counter of metrics.py).
+    """
+
+    @app.exception_handler(APIError)
+    async def _api_error(request: Request, exc: APIError) -> JSONResponse:
+        record_status(request.url.path, exc.status_code)
+        return JSONResponse(exc.body(), status_code=exc.status_code)
+
+    @app.exception_handler(RequestValidationError)
+    async def _validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
+        message, param = _validation_message(exc)
+        record_status(request.url.path, 400)
+        return JSONResponse(error_body(message, param=param), status_code=400)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        kind = "invalid_request_error" if exc.status_code < 500 else "server_error"
+        record_status(request.url.path, exc.status_code)
+        return JSONResponse(
+            error_body(str(exc.detail), type=kind), status_code=exc.status_code, headers=getattr(exc, "headers", None)
+        )
+
+    @app.exception_handler(Exception)
+    async def _crash(request: Request, exc: Exception) -> JSONResponse:
+        logger.exception("unhandled error serving %s", request.url.path)
+        record_status(request.url.path, 500)
+        return JSONResponse(
+            error_body(f"internal server error: {type(exc).__name__}", type="server_error"), status_code=500
+        )

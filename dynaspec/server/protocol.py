@@ -1,0 +1,268 @@
+"""Request and response bodies of the OpenAI HTTP API that the server speaks (pydantic models).
+
+Field names and defaults follow the OpenAI API reference for `/v1/completions` and
+`/v1/chat/completions` (https://platform.openai.com/docs/api-reference). Requests are validated
+strictly (no "5" for 5, no unknown fields), so a wrong type is a 400, not a silent coercion. Options
+the engine cannot honour (logprobs, echo, penalties, logit_bias, tools, ...) are rejected with a 400
+that names them rather than ignored. `top_k`, `min_p`, `ignore_eos` and `stop_token_ids` are accepted
+as extensions, as vLLM does.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from dynaspec.sampling_params import SamplingParams
+from dynaspec.server.errors import APIError, invalid_request, unsupported
+
+MAX_N = 16  # choices per request: each is its own engine request, so bound the fan-out
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+
+class StreamOptions(_Strict):
+    include_usage: bool = False
+
+
+class _SamplingFields(_Strict):
+    """Fields shared by both endpoints that map onto SamplingParams."""
+
+    model: str
+    max_tokens: int | None = Field(default=None, ge=1)
+    temperature: float | None = Field(default=None, ge=0.0, le=2.0)
+    top_p: float | None = Field(default=None, gt=0.0, le=1.0)
+    n: int = Field(default=1, ge=1, le=MAX_N)
+    stream: bool = False
+    stream_options: StreamOptions | None = None
+    stop: str | list[str] | None = None
+    seed: int | None = Field(default=None, ge=0)
+    presence_penalty: float | None = None
+    frequency_penalty: float | None = None
+    logit_bias: dict[str, float] | None = None
+    user: str | None = None
+    # extensions (vLLM names)
+    top_k: int | None = Field(default=None, ge=-1)
+    min_p: float | None = Field(default=None, ge=0.0, le=1.0)
+    ignore_eos: bool = False
+    stop_token_ids: list[int] | None = None
+
+    def _check_common(self) -> None:
+        for name in ("presence_penalty", "frequency_penalty"):
+            if getattr(self, name) not in (None, 0, 0.0):
+                raise unsupported(name, name)
+        if self.logit_bias:
+            raise unsupported("logit_bias", "logit_bias")
+        if self.stop_token_ids is not None and any(t < 0 for t in self.stop_token_ids):
+            raise invalid_request("stop_token_ids must be non-negative token ids", param="stop_token_ids")
+        stops = [self.stop] if isinstance(self.stop, str) else (self.stop or [])
+        if any(s == "" for s in stops):
+            raise invalid_request("stop strings must be non-empty", param="stop")
+        if len(stops) > 4:
+            raise invalid_request("at most 4 stop sequences are allowed", param="stop")
+
+    def _max_tokens(self) -> int:
+        return self.max_tokens if self.max_tokens is not None else 16
+
+    def sampling_params(self, choice: int) -> SamplingParams:
+        """SamplingParams of choice `choice` (0..n-1). A seed s gives choice i the seed s + i, so the
+        n choices differ from each other yet the whole response is reproducible."""
+        seed = None if self.seed is None else self.seed + choice
+        return SamplingParams(
+            temperature=1.0 if self.temperature is None else self.temperature,
+            top_p=1.0 if self.top_p is None else self.top_p,
+            top_k=-1 if self.top_k is None else self.top_k,
+            min_p=0.0 if self.min_p is None else self.min_p,
+            seed=seed,
+            max_tokens=self._max_tokens(),
+            stop=self.stop,
+            stop_token_ids=self.stop_token_ids or [],
+            ignore_eos=self.ignore_eos,
+        )
+
+    @property
+    def include_usage(self) -> bool:
+        return bool(self.stream_options and self.stream_options.include_usage)
+
+
+class CompletionRequest(_SamplingFields):
+    """POST /v1/completions."""
+
+    prompt: str | list[str] | list[int] | list[list[int]]
+    logprobs: int | None = None
+    echo: bool = False
+    best_of: int | None = None
+    suffix: str | None = None
+
+    def check_supported(self) -> None:
+        self._check_common()
+        if self.logprobs is not None:
+            raise unsupported("logprobs", "logprobs")
+        if self.echo:
+            raise unsupported("echo", "echo")
+        if self.best_of is not None and self.best_of != self.n:
+            raise unsupported("best_of", "best_of other than n")
+        if self.suffix is not None:
+            raise unsupported("suffix", "suffix")
+
+    def prompts(self) -> list[str | list[int]]:
+        """The prompts of this request: one string, a list of strings, token ids, or lists of ids."""
+        p = self.prompt
+        if isinstance(p, str):
+            return [p]
+        if len(p) == 0:
+            raise invalid_request("prompt must not be empty", param="prompt")
+        if all(isinstance(x, str) for x in p):
+            return list(p)
+        if all(isinstance(x, int) for x in p):
+            return [list(p)]
+        return [list(x) for x in p]
+
+
+class ContentPart(_Strict):
+    type: Literal["text"]
+    text: str
+
+
+class ChatMessage(_Strict):
+    role: Literal["system", "developer", "user", "assistant"]
+    content: str | list[ContentPart] | None = None
+    name: str | None = None
+
+    def as_template_dict(self) -> dict[str, str]:
+        content = self.content
+        if content is None:
+            content = ""
+        elif isinstance(content, list):
+            content = "".join(part.text for part in content)
+        role = "system" if self.role == "developer" else self.role
+        return {"role": role, "content": content}
+
+
+class ChatCompletionRequest(_SamplingFields):
+    """POST /v1/chat/completions."""
+
+    messages: list[ChatMessage] = Field(min_length=1)
+    max_completion_tokens: int | None = Field(default=None, ge=1)
+    logprobs: bool = False
+    top_logprobs: int | None = None
+    add_generation_prompt: bool = True  # extension (vLLM)
+
+    def check_supported(self) -> None:
+        self._check_common()
+        if self.logprobs or self.top_logprobs is not None:
+            raise unsupported("logprobs", "logprobs")
+        if self.max_tokens is not None and self.max_completion_tokens is not None:
+            raise invalid_request(
+                "give max_tokens or max_completion_tokens, not both", param="max_completion_tokens"
+            )
+
+    def _max_tokens(self) -> int:
+        if self.max_completion_tokens is not None:
+            return self.max_completion_tokens
+        return super()._max_tokens()
+
+
+# ---------------------------------------------------------------- responses
+
+
+def new_id(prefix: str) -> str:
+    return f"{prefix}-{uuid.uuid4().hex}"
+
+
+def now() -> int:
+    return int(time.time())
+
+
+class UsageInfo(BaseModel):
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    total_tokens: int = 0
+
+
+class CompletionChoice(BaseModel):
+    index: int
+    text: str
+    logprobs: None = None
+    finish_reason: str | None = None
+
+
+class CompletionResponse(BaseModel):
+    id: str
+    object: Literal["text_completion"] = "text_completion"
+    created: int
+    model: str
+    choices: list[CompletionChoice]
+    usage: UsageInfo | None = None
+
+
+class ChatMessageOut(BaseModel):
+    role: Literal["assistant"] = "assistant"
+    content: str
+
+
+class ChatChoice(BaseModel):
+    index: int
+    message: ChatMessageOut
+    logprobs: None = None
+    finish_reason: str | None = None
+
+
+class ChatCompletionResponse(BaseModel):
+    id: str
+    object: Literal["chat.completion"] = "chat.completion"
+    created: int
+    model: str
+    choices: list[ChatChoice]
+    usage: UsageInfo
+
+
+class ChatDelta(BaseModel):
+    role: Literal["assistant"] | None = None
+    content: str | None = None
+
+
+class ChatChunkChoice(BaseModel):
+    index: int
+    delta: ChatDelta
+    logprobs: None = None
+    finish_reason: str | None = None
+
+
+class ChatCompletionChunk(BaseModel):
+    id: str
+    object: Literal["chat.completion.chunk"] = "chat.completion.chunk"
+    created: int
+    model: str
+    choices: list[ChatChunkChoice]
+    usage: UsageInfo | None = None
+
+
+class ModelCard(BaseModel):
+    id: str
+    object: Literal["model"] = "model"
+    created: int
+    owned_by: str = "dynaspec"
+    max_model_len: int | None = None
+
+
+class ModelList(BaseModel):
+    object: Literal["list"] = "list"
+    data: list[ModelCard]
+
+
+def openai_finish_reason(reason: str | None) -> str | None:
+    """Engine finish reasons are OpenAI's ('stop', 'length'); 'abort' never reaches a live client."""
+    return reason
+
+
+__all__ = [
+    "APIError",
+    "ChatCompletionRequest",
+    "CompletionRequest",
+]

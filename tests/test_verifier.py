@@ -1,0 +1,228 @@
+"""Verifier: greedy matching and rejection sampling (Leviathan et al. 2023), incl. a chi-square test
+that the first committed token follows the target distribution for random and one-hot drafts."""
+
+import pytest
+import torch
+from scipy.stats import chisquare
+
+from dynaspec.spec.verifier import VerifyOutput, greedy_accept, verify
+
+V = 8
+
+
+def _onehot_rows(ids, vocab=V) -> torch.Tensor:
+    p = torch.zeros(len(ids), vocab)
+    p[torch.arange(len(ids)), torch.tensor(ids)] = 1.0
+    return p
+
+
+def _temperature_probs(logits: torch.Tensor, temperature: float) -> torch.Tensor:
+    return torch.softmax(logits / temperature, dim=-1)
+
+
+def _top_p_probs(logits: torch.Tensor, top_p: float) -> torch.Tensor:
+    """Nucleus filtering: keep the smallest set of top tokens whose mass reaches top_p, renormalise."""
+    probs = torch.softmax(logits, dim=-1)
+    sorted_p, order = probs.sort(dim=-1, descending=True)
+    mass_before = sorted_p.cumsum(dim=-1) - sorted_p
+    sorted_p[mass_before >= top_p] = 0.0
+    out = torch.zeros_like(probs).scatter(-1, order, sorted_p)
+    return out / out.sum(dim=-1, keepdim=True)
+
+
+# --- greedy ----------------------------------------------------------------------------------------
+
+
+def test_greedy_accept_all_gives_bonus():
+    assert greedy_accept([5, 6, 7, 8], [5, 6, 7]) == ([5, 6, 7, 8], 3)
+
+
+def test_greedy_first_mismatch_takes_target_token():
+    assert greedy_accept([5, 9, 7, 8], [5, 6, 7]) == ([5, 9], 1)
+    assert greedy_accept([1, 6, 7, 8], [5, 6, 7]) == ([1], 0)
+
+
+def test_greedy_empty_draft():
+    assert greedy_accept([4], []) == ([4], 0)
+
+
+def test_greedy_from_logits_ids_and_flat():
+    drafts = [[3, 1], [], [2, 2, 2]]
+    rows = [[3, 1, 4], [6], [2, 5, 2, 0]]
+    logits = [torch.randn(len(r), V) + 10 * _onehot_rows(r) for r in rows]
+    expected = VerifyOutput(tokens=[[3, 1, 4], [6], [2, 5]], num_accepted=[2, 0, 1])
+    greedy = [True] * 3
+    assert verify(logits, drafts, None, greedy) == expected
+    assert verify([torch.tensor(r) for r in rows], drafts, None, greedy) == expected
+    assert verify(torch.cat(logits), drafts, None, greedy) == expected
+
+
+# --- rejection sampling, hand-built --------------------------------------------------------------
+
+
+def test_sampling_full_accept_when_target_is_certain_of_the_drafts():
+    draft = [2, 5, 1]
+    p = _onehot_rows(draft + [7])  # target puts all mass on each draft token, then on 7
+    q = torch.full((3, V), 1.0 / V)
+    g = torch.Generator().manual_seed(0)
+    for probs in (q, None):
+        out = verify([p], [draft], [probs], [False], generator=g)
+        assert out.tokens == [[2, 5, 1, 7]] and out.num_accepted == [3]
+
+
+def test_sampling_early_reject_recovers_from_residual():
+    draft = [2, 5, 1]
+    p = torch.zeros(4, V)
+    p[0, 2] = 1.0  # accepted surely
+    p[1, 3], p[1, 4] = 0.5, 0.5  # p(5) = 0: rejected surely
+    p[2:] = 1.0 / V
+    q = torch.zeros(3, V)
+    q[0, 2] = 1.0
+    q[1, 5], q[1, 3] = 0.5, 0.5  # residual max(p - q, 0) at row 1 is all on token 4
+    q[2, 1] = 1.0
+    g = torch.Generator().manual_seed(1)
+    for _ in range(20):
+        out = verify([p], [draft], [q], [False], generator=g)
+        assert out.tokens == [[2, 4]] and out.num_accepted == [1]
+
+
+def test_one_hot_reject_never_returns_the_rejected_token():
+    p = torch.zeros(2, V)
+    p[0, 2], p[0, 6] = 0.5, 0.5
+    p[1] = 1.0 / V
+    g = torch.Generator().manual_seed(2)
+    seen = set()
+    for _ in range(200):
+        out = verify([p], [[2]], None, [False], generator=g)
+        seen.add(tuple(out.tokens[0][:1]))
+        if out.num_accepted[0] == 0:
+            assert out.tokens[0] == [6]  # p with the draft token removed
+    assert seen == {(2,), (6,)}
+
+
+def test_empty_draft_gives_exactly_one_bonus_token():
+    p = torch.zeros(1, V)
+    p[0, 3] = 1.0
+    out = verify([p], [[]], [None], [False], generator=torch.Generator().manual_seed(0))
+    assert out == VerifyOutput(tokens=[[3]], num_accepted=[0])
+
+
+def test_mixed_batch_greedy_sampled_onehot_dense_and_empty():
+    drafts = [[1, 2], [4], [], [0, 0]]
+    targets = [
+        torch.tensor([1, 7, 3]),  # greedy ids: accept 1, reject 2 -> 7
+        _onehot_rows([4, 6]),  # sampled one-hot draft, certain accept + bonus 6
+        _onehot_rows([5]),  # sampled, empty draft -> bonus 5
+        _onehot_rows([0, 0, 2]),  # sampled dense q, certain accept + bonus 2
+    ]
+    q = [None, None, None, torch.full((2, V), 1.0 / V)]
+    out = verify(targets, drafts, q, [True, False, False, False], generator=torch.Generator().manual_seed(0))
+    assert out.tokens == [[1, 7], [4, 6], [5], [0, 0, 2]]
+    assert out.num_accepted == [1, 1, 0, 2]
+
+
+def test_seeded_requests_reproduce_regardless_of_batch():
+    torch.manual_seed(0)
+    p = torch.softmax(torch.randn(4, V), dim=-1)
+    q = torch.softmax(torch.randn(3, V), dim=-1)
+    draft = [1, 2, 3]
+
+    def run_alone():
+        return verify([p], [draft], [q], [False], [torch.Generator().manual_seed(42)]).tokens[0]
+
+    def run_in_batch():
+        other = torch.softmax(torch.randn(2, V), dim=-1)
+        out = verify([other, p], [[5], draft], [None, q], [False, False], [None, torch.Generator().manual_seed(42)])
+        return out.tokens[1]
+
+    results = {tuple(run_alone()) for _ in range(3)} | {tuple(run_in_batch()) for _ in range(3)}
+    assert len(results) == 1
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (([torch.ones(2, V)], [[1, 2]], None, [False]), r"target\[0\] must have d \+ 1 = 3 rows"),
+        (([torch.tensor([1, 2])], [[1]], None, [False]), r"request 0 samples, so target\[0\] must be"),
+        (([torch.ones(2, V)], [[1]], [torch.ones(2, V)], [False]), r"draft_probs\[0\] must be \(d, vocab\) = \(1, 8\)"),
+        (([torch.ones(2, V)], [[1]], None, [False, True]), "one greedy entry per request"),
+        ((torch.ones(3, V), [[1]], None, [True]), r"a flat target must be \(sum\(d_i\+1\), vocab\) = \(2, V\)"),
+    ],
+)
+def test_bad_inputs(args, message):
+    with pytest.raises(ValueError, match=message):
+        verify(*args)
+
+
+# --- statistical: the committed distribution is the target's -------------------------------------
+
+N_SAMPLES = 20_000
+
+
+def _first_token_counts(p_rows: torch.Tensor, q_rows: torch.Tensor | None, draft_source: torch.Tensor, seed: int):
+    """Verify N_SAMPLES independent requests (2 drafts each) and count their first committed token.
+
+    draft_source: (2, V) distribution the draft tokens are drawn from (q itself for a draft model; any
+    proposal for one-hot drafts, which are deterministic given the draft token).
+    """
+    g = torch.Generator().manual_seed(seed)
+    drafts = torch.multinomial(draft_source, N_SAMPLES, replacement=True, generator=g).T.tolist()  # (N, 2)
+    out = verify(
+        p_rows.repeat(N_SAMPLES, 1),  # flat (N * 3, V)
+        drafts,
+        None if q_rows is None else [q_rows] * N_SAMPLES,
+        [False] * N_SAMPLES,
+        generator=g,
+    )
+    assert all(1 <= len(t) <= 3 for t in out.tokens)
+    first = torch.tensor([t[0] for t in out.tokens])
+    return torch.bincount(first, minlength=p_rows.shape[1]), out
+
+
+def _assert_matches(counts: torch.Tensor, p: torch.Tensor) -> None:
+    support = p > 0
+    assert counts[~support].sum() == 0, "tokens outside the target's support were committed"
+    p_support = p[support].double()
+    expected = p_support / p_support.sum() * counts.sum()
+    result = chisquare(counts[support].double().numpy(), expected.numpy())
+    assert result.pvalue > 1e-3, result
+
+
+def _processed_targets():
+    torch.manual_seed(1234)
+    logits = torch.randn(3, V) * 2
+    return {
+        "temperature": _temperature_probs(logits, 0.7),
+        "top_p": _top_p_probs(logits, 0.8),
+    }
+
+
+@pytest.mark.parametrize("processing", ["temperature", "top_p"])
+def test_rejection_sampling_preserves_target_with_random_draft_distribution(processing):
+    p = _processed_targets()[processing]  # (3, V)
+    q = torch.softmax(torch.randn(2, V, generator=torch.Generator().manual_seed(7)) * 1.5, dim=-1)
+    counts, out = _first_token_counts(p, q, q, seed=11)
+    _assert_matches(counts, p[0])
+    # Sanity: the draft differs from the target, so both acceptance and rejection happen.
+    acc = torch.tensor(out.num_accepted)
+    assert (acc == 0).any() and (acc == 2).any()
+
+
+@pytest.mark.parametrize("processing", ["temperature", "top_p"])
+def test_rejection_sampling_preserves_target_with_one_hot_drafts(processing):
+    p = _processed_targets()[processing]
+    # n-gram-like drafts: deterministic per request, varied across requests with a skewed frequency (a
+    # uniform mix of proposals would hide a residual that forgets to remove the draft token).
+    proposal = torch.softmax(torch.randn(2, V, generator=torch.Generator().manual_seed(9)) * 2, dim=-1)
+    counts, _ = _first_token_counts(p, None, proposal, seed=12)
+    _assert_matches(counts, p[0])
+
+
+def test_second_token_after_acceptance_follows_target_row():
+    """Given the first draft was accepted, the next committed token follows the target's second row."""
+    p = _processed_targets()["temperature"]
+    q = torch.softmax(torch.randn(2, V, generator=torch.Generator().manual_seed(8)), dim=-1)
+    _, out = _first_token_counts(p, q, q, seed=13)
+    second = torch.tensor([t[1] for t, a in zip(out.tokens, out.num_accepted) if a >= 1])
+    assert len(second) > 5000
+    _assert_matches(torch.bincount(second, minlength=V), p[1])

@@ -1,0 +1,111 @@
+"""Malformed and unsupported requests get a 400 with an OpenAI-style error body; the server stays healthy."""
+
+from __future__ import annotations
+
+import httpx
+import pytest
+
+from tests.test_server import MODEL_NAME, build_tiny_chat_checkpoint, engine_config, running_server, wait_all_blocks_free
+
+CMPL = "/v1/completions"
+CHAT = "/v1/chat/completions"
+OK_CMPL = {"model": MODEL_NAME, "prompt": "Hello", "max_tokens": 4}
+OK_CHAT = {"model": MODEL_NAME, "messages": [{"role": "user", "content": "Hello"}], "max_tokens": 4}
+MAX_MODEL_LEN = 256
+
+
+def _with(base: dict, **changes) -> dict:
+    body = dict(base)
+    for key, value in changes.items():
+        if value is _DROP:
+            body.pop(key)
+        else:
+            body[key] = value
+    return body
+
+
+_DROP = object()
+
+# (id, path, body: bytes (sent raw) or dict (sent as JSON), the `param` the error must name or None)
+BAD_REQUESTS = [
+    ("malformed-json", CMPL, b'{"model": "tiny", "prompt": ', None),
+    ("not-json", CMPL, b"hello there", None),
+    ("json-array", CMPL, b"[1, 2, 3]", None),
+    ("empty-body", CHAT, b"", None),
+    ("unknown-model", CMPL, _with(OK_CMPL, model="gpt-5"), "model"),
+    ("unknown-model-chat", CHAT, _with(OK_CHAT, model="gpt-5"), "model"),
+    ("missing-model", CMPL, _with(OK_CMPL, model=_DROP), "model"),
+    ("missing-prompt", CMPL, _with(OK_CMPL, prompt=_DROP), "prompt"),
+    ("negative-max-tokens", CMPL, _with(OK_CMPL, max_tokens=-5), "max_tokens"),
+    ("zero-max-tokens", CHAT, _with(OK_CHAT, max_tokens=0), "max_tokens"),
+    ("string-max-tokens", CMPL, _with(OK_CMPL, max_tokens="5"), "max_tokens"),
+    ("float-max-tokens", CMPL, _with(OK_CMPL, max_tokens=4.5), "max_tokens"),
+    ("string-temperature", CMPL, _with(OK_CMPL, temperature="hot"), "temperature"),
+    ("negative-temperature", CHAT, _with(OK_CHAT, temperature=-1), "temperature"),
+    ("top-p-zero", CMPL, _with(OK_CMPL, top_p=0), "top_p"),
+    ("n-zero", CMPL, _with(OK_CMPL, n=0), "n"),
+    ("n-negative", CHAT, _with(OK_CHAT, n=-2), "n"),
+    ("n-string", CHAT, _with(OK_CHAT, n="2"), "n"),
+    ("negative-seed", CMPL, _with(OK_CMPL, seed=-1), "seed"),
+    ("stream-string", CMPL, _with(OK_CMPL, stream="yes"), "stream"),
+    ("empty-stop", CMPL, _with(OK_CMPL, stop=""), "stop"),
+    ("stop-wrong-type", CMPL, _with(OK_CMPL, stop=5), "stop"),
+    ("prompt-wrong-type", CMPL, _with(OK_CMPL, prompt={"text": "hi"}), "prompt"),
+    ("prompt-empty-list", CMPL, _with(OK_CMPL, prompt=[]), "prompt"),
+    ("prompt-empty-string", CMPL, _with(OK_CMPL, prompt=""), "prompt"),
+    ("prompt-token-out-of-vocab", CMPL, _with(OK_CMPL, prompt=[1, 2, 10_000_000]), "prompt"),
+    ("prompt-too-long", CMPL, _with(OK_CMPL, prompt=[42] * (MAX_MODEL_LEN + 10)), "prompt"),
+    ("prompt-too-long-stream", CMPL, _with(OK_CMPL, prompt=[42] * (MAX_MODEL_LEN + 10), stream=True), "prompt"),
+    ("chat-too-long", CHAT, _with(OK_CHAT, messages=[{"role": "user", "content": "word " * 400}]), "messages"),
+    ("unknown-field", CMPL, _with(OK_CMPL, frobnicate=True), "frobnicate"),
+    ("logprobs-unsupported", CMPL, _with(OK_CMPL, logprobs=2), "logprobs"),
+    ("chat-logprobs-unsupported", CHAT, _with(OK_CHAT, logprobs=True), "logprobs"),
+    ("echo-unsupported", CMPL, _with(OK_CMPL, echo=True), "echo"),
+    ("penalty-unsupported", CMPL, _with(OK_CMPL, presence_penalty=0.5), "presence_penalty"),
+    ("messages-empty", CHAT, _with(OK_CHAT, messages=[]), "messages"),
+    ("messages-missing", CHAT, _with(OK_CHAT, messages=_DROP), "messages"),
+    ("message-bad-role", CHAT, _with(OK_CHAT, messages=[{"role": "wizard", "content": "hi"}]), "messages.0.role"),
+    ("message-not-object", CHAT, _with(OK_CHAT, messages=["hi"]), "messages.0"),
+    ("tools-unsupported", CHAT, _with(OK_CHAT, tools=[{"type": "function"}]), "tools"),
+    ("too-many-choices", CMPL, _with(OK_CMPL, prompt=["a"] * 20, n=4), "n"),
+]
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    model_dir = build_tiny_chat_checkpoint(tmp_path_factory.mktemp("tiny-chat"))
+    with running_server(engine_config(model_dir, max_model_len=MAX_MODEL_LEN), max_queue=32) as (base, app):
+        yield base, app
+
+
+@pytest.mark.parametrize("name,path,body,param", BAD_REQUESTS, ids=[r[0] for r in BAD_REQUESTS])
+def test_bad_request_gets_400(server, name, path, body, param):
+    base, _ = server
+    if isinstance(body, bytes):
+        resp = httpx.post(base + path, content=body, headers={"content-type": "application/json"}, timeout=30)
+    else:
+        resp = httpx.post(base + path, json=body, timeout=30)
+    assert resp.status_code == 400, resp.text
+    error = resp.json()["error"]
+    assert set(error) == {"message", "type", "param", "code"}
+    assert error["type"] == "invalid_request_error"
+    assert isinstance(error["message"], str) and error["message"]
+    if param is not None:
+        assert error["param"] == param, error
+    assert httpx.get(base + "/health", timeout=10).status_code == 200
+
+
+def test_still_serves_after_bad_input(server):
+    base, app = server
+    for path, body in ((CMPL, OK_CMPL), (CHAT, OK_CHAT)):
+        resp = httpx.post(base + path, json=body, timeout=60)
+        assert resp.status_code == 200, resp.text
+    free, total, running, waiting = wait_all_blocks_free(app)
+    assert (free, running, waiting) == (total, 0, 0)
+
+
+def test_unknown_route_has_error_body(server):
+    base, _ = server
+    resp = httpx.get(base + "/v1/nothing-here", timeout=10)
+    assert resp.status_code == 404
+    assert "message" in resp.json()["error"]

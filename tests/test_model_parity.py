@@ -220,8 +220,21 @@ def test_bf16_cuda_close_to_hf(case):
     truth = hf_logits(hf32, tokens)
     hf16, ours16 = build_pair(case, device="cuda", dtype=torch.bfloat16)
     ours = run_incremental(PagedHarness(ours16, device="cuda", dtype=torch.bfloat16), tokens, random_tokens(5, seed=4))
-    ours_err = max_diff(ours.cpu(), truth)
-    hf_err = max_diff(hf_logits(hf16, tokens).cpu(), truth)
+    theirs = hf_logits(hf16, tokens).cpu()
+    ours_err, hf_err = max_diff(ours.cpu(), truth), max_diff(theirs, truth)
     assert ours_err <= 2 * hf_err + 5e-2, (ours_err, hf_err)
-    agree = (ours.cpu().argmax(-1) == truth.argmax(-1)).float().mean().item()
-    assert agree >= 0.9
+    # Greedy choices: ours agree with fp32 about as often as HF's own bf16 run (near-ties flip in bf16).
+    ours_agree = (ours.cpu().argmax(-1) == truth.argmax(-1)).float().mean().item()
+    hf_agree = (theirs.argmax(-1) == truth.argmax(-1)).float().mean().item()
+    assert ours_agree >= hf_agree - 0.1, (ours_agree, hf_agree)
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_build_under_cuda_device_context_keeps_rope_on_gpu_in_fp32():
+    config = make_tiny_config("llama", rope_scaling=LLAMA3_ROPE, rope_theta=500000.0)
+    with torch.device("cuda"):
+        model = LlamaForCausalLM(config).to(torch.bfloat16)
+    inv_freq = model.model.rotary_emb.inv_freq
+    assert inv_freq.device.type == "cuda" and inv_freq.dtype == torch.float32
+    torch.testing.assert_close(inv_freq.cpu(), LlamaForCausalLM(config).model.rotary_emb.inv_freq, atol=0, rtol=0)

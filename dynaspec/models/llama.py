@@ -83,7 +83,10 @@ class RotaryEmbedding(nn.Module):
         else:
             inv_freq, self.attention_scaling = ROPE_INIT_FUNCTIONS[rope_type](config, cpu)
         self._inv_freq_master = inv_freq.to(cpu, torch.float32)  # plain attribute: never cast by _apply
-        self.register_buffer("inv_freq", self._inv_freq_master.clone(), persistent=False)  # (D/2,)
+        # The buffer lives on the default device (a `with torch.device(...)` build), the master on CPU.
+        self.register_buffer(
+            "inv_freq", self._inv_freq_master.to(torch.get_default_device()), persistent=False
+        )  # (D/2,)
 
     def _apply(self, fn, recurse=True):
         super()._apply(fn, recurse)

@@ -42,8 +42,8 @@ def test_greedy_matches_hf_generate(tmp_path, arch):
 def test_batch_invariance_with_forced_preemption(tiny_llama):
     prompts = _prompts(8)
     alone = [LLM(model=tiny_llama, block_size=4).generate([p], GREEDY)[0].token_ids for p in prompts[:2]]
-    # 24 blocks of 4 slots = 96 slots for 8 requests that need up to 64 slots each: preemption is forced.
-    llm = LLM(model=tiny_llama, block_size=4, num_kv_blocks=24, max_num_batched_tokens=64, max_model_len=128)
+    # 24 blocks of 4 slots = 96 slots for 8 requests needing up to 64 slots each: preemption is forced.
+    llm = LLM(model=tiny_llama, block_size=4, num_kv_blocks=24, max_num_batched_tokens=64, max_model_len=64)
     outs = llm.generate(prompts, GREEDY)
     assert sum(o.metrics.num_preemptions for o in outs) > 0
     single = LLM(model=tiny_llama, block_size=4)

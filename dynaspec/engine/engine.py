@@ -164,6 +164,9 @@ class LLMEngine:
     def get_stats(self) -> dict:
         stats = self.stats.as_dict()
         stats.update(
+            num_drafted=stats["drafted"],
+            num_accepted=stats["accepted"],
+            acceptance_rate_per_position=stats["acceptance_per_position"],
             num_engine_steps=self.num_steps,
             num_waiting=self.num_waiting,
             num_running=self.num_running,

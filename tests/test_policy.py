@@ -18,7 +18,9 @@ def _expected(batch: int, schedule: dict[int, int]) -> int:
     [(1, 4), (2, 4), (7, 4), (8, 2), (9, 2), (31, 2), (32, 0), (33, 0), (10_000, 0)],
 )
 def test_lookup_at_and_around_thresholds(batch, k):
-    assert DraftLenSchedule(SCHEDULE).lookup(batch) == k
+    schedule = DraftLenSchedule(SCHEDULE)
+    assert schedule.lookup(batch) == k
+    assert schedule.draft_len(batch) == k
 
 
 def test_lookup_around_every_threshold_of_a_dense_schedule():

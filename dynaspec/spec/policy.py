@@ -39,6 +39,10 @@ class DraftLenSchedule:
         # Key 1 is always present, so for batch_size >= 1 the index is >= 0.
         return self._draft_lens[bisect_right(self._thresholds, batch_size) - 1]
 
+    def draft_len(self, batch_size: int) -> int:
+        """Same as lookup() (the name DraftLenPolicy uses)."""
+        return self.lookup(batch_size)
+
     def values(self) -> list[int]:
         return list(self._draft_lens)
 

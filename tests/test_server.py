@@ -288,3 +288,29 @@ def test_engine_step_error_fails_request_not_server(server, client, greedy_refs)
     assert resp.choices[0].text == greedy_refs[PROMPTS[0]]
     free, total, _, _ = wait_all_blocks_free(app)
     assert free == total
+
+
+def test_speculation_stats_in_metrics(config, greedy_refs):
+    spec_config = EngineConfig(**{**config.model_dump(exclude={"speculative_config"}),
+                                  "speculative_config": {"decoding_type": "NGram", "max_draft_len": 3}})
+    prompt = "one two three one two three one two three one two"
+    expected = reference_outputs(config, [prompt], GREEDY8)[0]
+    with running_server(spec_config) as (base, app):
+        client = openai.OpenAI(base_url=base + "/v1", api_key="unused", max_retries=0, timeout=60)
+        resp = client.completions.create(model=MODEL_NAME, prompt=prompt, max_tokens=8, temperature=0)
+        assert resp.choices[0].text == expected  # speculation is lossless
+        wait_all_blocks_free(app)
+        drafted = app.state.engine.call(lambda e: e.get_stats()["num_drafted"]).result(timeout=30)
+        assert drafted > 0
+        deadline = time.monotonic() + 10
+        while True:  # the engine thread republishes stats once idle
+            text = httpx.get(base + "/metrics").text
+            if metric_value(text, "dynaspec_spec_draft_tokens_total") == drafted or time.monotonic() > deadline:
+                break
+            time.sleep(0.05)
+    assert metric_value(text, "dynaspec_spec_draft_tokens_total") == drafted
+    assert metric_value(text, "dynaspec_spec_accepted_tokens_total") is not None
+    assert metric_value(text, "dynaspec_spec_acceptance_rate", '{position="1"}') is not None
+    assert metric_value(text, "dynaspec_spec_draft_length_count") > 0
+    assert metric_value(text, "dynaspec_spec_draft_length_bucket", '{le="+Inf"}') == metric_value(
+        text, "dynaspec_spec_draft_length_count")

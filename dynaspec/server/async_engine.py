@@ -186,6 +186,12 @@ class AsyncEngine:
     def snapshot(self) -> EngineSnapshot:
         return self._snapshot
 
+    @property
+    def num_queued(self) -> int:
+        """Requests admitted and not yet scheduled: the number `max_queue` bounds."""
+        with self._lock:
+            return self._num_pending + self._num_waiting
+
     # ------------------------------------------------------------------ event-loop side
     def submit(
         self,

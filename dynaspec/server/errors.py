@@ -70,35 +70,54 @@ def server_error(message: str) -> APIError:
 _TYPE_TAGS = {"str", "int", "float", "bool", "none", "dict", "list"}
 
 
-def _param_path(loc: tuple) -> list[str]:
-    """The request field a pydantic error location points at, without FastAPI's leading "body" and
-    without the union-member tags pydantic appends ("str", "list[int]", "ContentPart", ...)."""
+def _is_type_tag(part: object) -> bool:
+    return isinstance(part, str) and (part in _TYPE_TAGS or "[" in part or part[:1].isupper())
+
+
+def _param_path(loc: tuple) -> tuple[list[str], str | None]:
+    """The request field a pydantic error location points at, without FastAPI's leading "body", and
+    the union member (pydantic's tag: "str", "list[int]", "ContentPart", ...) that failed, if any."""
     path: list[str] = []
     for i, part in enumerate(loc):
         if i == 0 and part == "body":
             continue
-        if isinstance(part, str) and (part in _TYPE_TAGS or "[" in part or part[:1].isupper()):
-            break
+        if _is_type_tag(part):
+            return path, str(part)
         path.append(str(part))
-    return path
+    return path, None
 
 
 def _validation_message(exc: RequestValidationError) -> tuple[str, str | None]:
-    """One readable line from pydantic's error list, plus the offending parameter's name."""
+    """One readable line from pydantic's error list, plus the offending parameter's name.
+
+    The several errors of a union field (one per member) become one line listing the allowed types.
+    """
     errors = exc.errors()
     if not errors:
         return "invalid request", None
-    parts = []
-    param = None
-    for err in errors[:5]:
-        loc = _param_path(err.get("loc", ()))
+    messages: dict[str, list[str]] = {}
+    unions: dict[str, list[str]] = {}
+    got: dict[str, str] = {}
+    for err in errors:
+        loc, tag = _param_path(err.get("loc", ()))
         where = ".".join(loc)
-        if param is None and loc:
-            param = where
         if err.get("type") == "json_invalid":
-            parts.append(f"request body is not valid JSON: {err.get('msg')}")
+            where = ""  # its location is a character offset, not a parameter
+            messages.setdefault(where, []).append(f"request body is not valid JSON: {err.get('msg')}")
+        elif tag is not None:
+            unions.setdefault(where, []).append(tag)
+            got.setdefault(where, type(err.get("input")).__name__)
+            messages.setdefault(where, [])
         else:
-            parts.append(f"{where or 'body'}: {err.get('msg')}")
+            messages.setdefault(where, []).append(f"{where or 'body'}: {err.get('msg')}")
+    parts = []
+    for where, msgs in list(messages.items())[:5]:
+        if where in unions and not msgs:
+            allowed = ", ".join(dict.fromkeys(unions[where]))
+            parts.append(f"{where}: wrong type or value ({got[where]}); allowed: {allowed}")
+        else:
+            parts.extend(msgs)
+    param = next((w for w in messages if w), None)
     return "; ".join(parts), param
 
 

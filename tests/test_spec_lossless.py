@@ -9,7 +9,7 @@ import torch
 from dynaspec import LLM, DraftTargetDecodingConfig, NGramDecodingConfig, SamplingParams
 from dynaspec.config import EngineConfig
 from dynaspec.engine.engine import LLMEngine
-from tests.tiny_models import make_tiny_checkpoint
+from tests.tiny_models import make_perturbed_checkpoint, make_tiny_checkpoint
 
 GREEDY = SamplingParams(temperature=0.0, max_tokens=20, ignore_eos=True)
 
@@ -20,6 +20,7 @@ def ckpts(tmp_path_factory):
     return {
         "target": str(make_tiny_checkpoint(root, "llama", seed=0)),
         "other": str(make_tiny_checkpoint(root, "qwen2", seed=7)),
+        "near": str(make_perturbed_checkpoint(root, "llama", seed=0, noise=0.004)),
     }
 
 
@@ -42,11 +43,11 @@ def baseline(ckpts):
 def _spec(kind: str, k: int, ckpts, **extra):
     if kind == "ngram":
         return NGramDecodingConfig(max_draft_len=k, max_matching_ngram_size=3, **extra)
-    draft = ckpts["target"] if kind == "draft-same" else ckpts["other"]
+    draft = {"draft-same": ckpts["target"], "draft-near": ckpts["near"], "draft-other": ckpts["other"]}[kind]
     return DraftTargetDecodingConfig(max_draft_len=k, speculative_model=draft, **extra)
 
 
-@pytest.mark.parametrize("kind", ["ngram", "draft-same", "draft-other"])
+@pytest.mark.parametrize("kind", ["ngram", "draft-same", "draft-near", "draft-other"])
 @pytest.mark.parametrize("k", [1, 2, 3, 4, 5, 6])
 @pytest.mark.parametrize("batch", [1, 3, 8])
 def test_greedy_identical_to_no_spec(ckpts, baseline, kind, k, batch):
@@ -61,6 +62,9 @@ def test_greedy_identical_to_no_spec(ckpts, baseline, kind, k, batch):
     if kind == "draft-same":
         # The target drafting for itself: every draft is accepted.
         assert stats["num_drafted"] > 0 and stats["num_accepted"] == stats["num_drafted"]
+    if kind == "draft-near" and k >= 3:
+        # A perturbed copy of the target: some drafts accepted, some rejected (rollback exercised).
+        assert 0 < stats["num_accepted"] < stats["num_drafted"]
     assert llm.engine.num_free_blocks == llm.engine.num_total_blocks
 
 
@@ -92,7 +96,7 @@ def _run_trace(engine: LLMEngine, prompts: list[list[int]]) -> dict[str, list[in
     return results
 
 
-@pytest.mark.parametrize("kind", ["ngram", "draft-other", "draft-same"])
+@pytest.mark.parametrize("kind", ["ngram", "draft-near", "draft-same"])
 @pytest.mark.parametrize("schedule", [{1: 4, 3: 2, 6: 0}, {1: 3, 2: 1, 5: 3}, {1: 2, 4: 0}])
 def test_schedule_across_thresholds_is_lossless(ckpts, kind, schedule):
     prompts = _prompts(8)

@@ -78,3 +78,16 @@ def make_tiny_checkpoint(tmp_path: Path | str, arch: str, seed: int = 0, **overr
     out = Path(tmp_path) / f"tiny-{arch}-seed{seed}"
     model.save_pretrained(out)
     return out
+
+
+def make_perturbed_checkpoint(tmp_path: Path | str, arch: str, seed: int = 0, noise: float = 0.05) -> Path:
+    """The tiny `arch` model of `seed` with every weight nudged by `noise` x N(0, 1): a draft model that
+    agrees with its target often but not always (partial acceptance)."""
+    model = make_tiny_hf_model(arch, seed)
+    gen = torch.Generator().manual_seed(seed + 1000)
+    with torch.no_grad():
+        for param in model.parameters():
+            param.add_(torch.randn(param.shape, generator=gen) * noise)
+    out = Path(tmp_path) / f"tiny-{arch}-seed{seed}-noise{noise}"
+    model.save_pretrained(out)
+    return out

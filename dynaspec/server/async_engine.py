@@ -159,6 +159,8 @@ class AsyncEngine:
         self._stop = threading.Event()
         self._start_error: BaseException | None = None
         self._thread: threading.Thread | None = None
+        self._last_stats = 0.0
+        self._stats_dirty = True
         self.tokenizer: Any = None
 
     # ------------------------------------------------------------------ lifecycle
@@ -206,7 +208,8 @@ class AsyncEngine:
         tokens when `add_special_tokens` is False (chat templates already hold them). The engine's
         ValueError for a bad prompt becomes a 400 naming `prompt_param`.
 
-        Must be called on the event loop that will consume the returned group.
+        Requests handed over but not yet taken by the engine thread count as waiting, so a burst can
+        never overshoot `max_queue`. Must be called on the event loop that will consume the group.
         """
         if not self.is_alive:
             raise APIError("engine is not running", status_code=503, type="server_error", code="engine_down")
@@ -248,31 +251,32 @@ class AsyncEngine:
             return
         self._ready.set()
         live: dict[str, _Live] = {}
-        last_stats = 0.0
-        stats_dirty = True
         try:
             while not self._stop.is_set():
-                busy = engine.has_unfinished_requests()
-                self._handle_commands(engine, live, block=not busy)
-                if self._stop.is_set():
-                    break
-                if engine.has_unfinished_requests():
-                    stats_dirty = True
-                    try:
-                        outputs = engine.step()
-                    except Exception as exc:  # keep serving: fail what was in flight, free its KV
-                        logger.exception("engine.step() failed; failing %d request(s) in flight", len(live))
-                        self._fail_all(engine, live, server_error(f"engine step failed: {type(exc).__name__}: {exc}"))
-                    else:
-                        self._deliver(outputs, live)
-                now = time.monotonic()
-                refresh = stats_dirty and (now - last_stats >= _STATS_PERIOD_S or not engine.has_unfinished_requests())
-                if refresh:
-                    last_stats, stats_dirty = now, False
-                self._publish(engine, refresh_stats=refresh)
+                try:
+                    self._iterate(engine, live)
+                except Exception as exc:  # keep serving: fail what was in flight, free its KV
+                    logger.exception("engine loop error; failing %d request(s) in flight", len(live))
+                    self._fail_all(engine, live, server_error(f"engine error: {type(exc).__name__}: {exc}"))
+                    time.sleep(_IDLE_WAIT_S)  # a persistent fault must not spin the CPU
         finally:
             self._fail_all(engine, live, APIError("server is shutting down", status_code=503, type="server_error"))
             self._snapshot = EngineSnapshot(loop_alive=False)
+
+    def _iterate(self, engine: Any, live: dict[str, _Live]) -> None:
+        """One turn of the loop: take commands (block briefly when idle), step once, publish numbers."""
+        self._handle_commands(engine, live, block=not engine.has_unfinished_requests())
+        if self._stop.is_set():
+            return
+        if engine.has_unfinished_requests():
+            self._stats_dirty = True
+            self._deliver(engine.step(), live)
+        now = time.monotonic()
+        refresh = self._stats_dirty and (now - self._last_stats >= _STATS_PERIOD_S
+                                         or not engine.has_unfinished_requests())
+        if refresh:
+            self._last_stats, self._stats_dirty = now, False
+        self._publish(engine, refresh_stats=refresh)
 
     def _handle_commands(self, engine: Any, live: dict[str, _Live], block: bool) -> None:
         try:

@@ -29,6 +29,7 @@ def serve_in_thread(app: FastAPI, host: str = "127.0.0.1", port: int | None = No
                     startup_timeout: float = 120.0, **uvicorn_kwargs) -> Iterator[str]:
     """Serve `app` on host:port (a free port if None) and yield its base URL, e.g. http://127.0.0.1:PORT."""
     port = free_port(host) if port is None else port
+    uvicorn_kwargs.setdefault("timeout_graceful_shutdown", 5)
     config = uvicorn.Config(app, host=host, port=port, log_level="warning", lifespan="on", **uvicorn_kwargs)
     server = uvicorn.Server(config)
     thread = threading.Thread(target=server.run, name="dynaspec-uvicorn", daemon=True)

@@ -17,7 +17,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from dynaspec.sampling_params import SamplingParams
-from dynaspec.server.errors import APIError, invalid_request, unsupported
+from dynaspec.server.errors import invalid_request, unsupported
 
 MAX_N = 16  # choices per request: each is its own engine request, so bound the fan-out
 
@@ -254,15 +254,3 @@ class ModelCard(BaseModel):
 class ModelList(BaseModel):
     object: Literal["list"] = "list"
     data: list[ModelCard]
-
-
-def openai_finish_reason(reason: str | None) -> str | None:
-    """Engine finish reasons are OpenAI's ('stop', 'length'); 'abort' never reaches a live client."""
-    return reason
-
-
-__all__ = [
-    "APIError",
-    "ChatCompletionRequest",
-    "CompletionRequest",
-]

@@ -314,3 +314,25 @@ def test_speculation_stats_in_metrics(config, greedy_refs):
     assert metric_value(text, "dynaspec_spec_draft_length_count") > 0
     assert metric_value(text, "dynaspec_spec_draft_length_bucket", '{le="+Inf"}') == metric_value(
         text, "dynaspec_spec_draft_length_count")
+
+
+def test_streaming_n_choices(client, greedy_refs):
+    prompt = PROMPTS[1]
+    stream = client.completions.create(model=MODEL_NAME, prompt=prompt, max_tokens=8, temperature=0, n=3,
+                                       stream=True)
+    texts, finishes = ["", "", ""], [None, None, None]
+    for chunk in stream:
+        for choice in chunk.choices:
+            texts[choice.index] += choice.text
+            finishes[choice.index] = choice.finish_reason or finishes[choice.index]
+    assert texts == [greedy_refs[prompt]] * 3
+    assert finishes == ["length"] * 3
+    chat = client.chat.completions.create(model=MODEL_NAME, messages=[{"role": "user", "content": "hi"}],
+                                          max_tokens=6, temperature=1.0, seed=5, n=2, stream=True)
+    parts = ["", ""]
+    for chunk in chat:
+        for choice in chunk.choices:
+            parts[choice.index] += choice.delta.content or ""
+    whole = client.chat.completions.create(model=MODEL_NAME, messages=[{"role": "user", "content": "hi"}],
+                                           max_tokens=6, temperature=1.0, seed=5, n=2)
+    assert parts == [c.message.content for c in sorted(whole.choices, key=lambda c: c.index)]

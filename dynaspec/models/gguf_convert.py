@@ -68,6 +68,8 @@ def convert_gguf(
             "weights": "model.safetensors",
         }
         (tmp_dir / MARKER_NAME).write_text(json.dumps(marker, indent=2) + "\n")
+        for path in (tmp_dir, *tmp_dir.iterdir()):  # mkdtemp / save_file create owner-only modes
+            path.chmod(0o755 if path.is_dir() else 0o644)
         _replace_dir(tmp_dir, out_dir)
     finally:
         shutil.rmtree(tmp_dir, ignore_errors=True)
@@ -91,13 +93,16 @@ def _convert_into(gguf_path: Path, out_dir: Path, progress: ProgressFn | None) -
         kwargs["quantization_config"] = GgufConfig(dequantize=True)
     except ImportError:
         pass
-    try:
+    try:  # a truncated / foreign file fails deep inside the reader with struct or key errors
         model = AutoModelForCausalLM.from_pretrained(str(gguf_path.parent), **kwargs)
-    except ValueError as exc:
-        raise RuntimeError(f"transformers could not load GGUF file {gguf_path}: {exc}") from exc
-    if progress:
-        progress(f"{label}: tokenizer", 1.0, steps)
-    tokenizer = AutoTokenizer.from_pretrained(str(gguf_path.parent), gguf_file=gguf_path.name)
+        if progress:
+            progress(f"{label}: tokenizer", 1.0, steps)
+        tokenizer = AutoTokenizer.from_pretrained(str(gguf_path.parent), gguf_file=gguf_path.name)
+    except Exception as exc:
+        raise RuntimeError(
+            f"transformers could not read GGUF file {gguf_path} ({type(exc).__name__}: {exc}); conversion needs "
+            "the `gguf` and `accelerate` packages and an architecture transformers supports in GGUF"
+        ) from exc
 
     if progress:
         progress(f"{label}: writing safetensors", 2.0, steps)

@@ -192,7 +192,7 @@ def empty_model(hf_config: PretrainedConfig, dtype: torch.dtype, device: torch.d
     model_cls = resolve_model_class(hf_config)
     with _default_dtype(dtype), torch.device(device), _no_init_weights():
         model = model_cls(hf_config)
-    return model
+    return model.to(device)  # buffers a model built on the CPU explicitly (e.g. RoPE tables); params stay put
 
 
 @torch.no_grad()

@@ -47,6 +47,7 @@ BAD_REQUESTS = [
     ("n-negative", CHAT, _with(OK_CHAT, n=-2), "n"),
     ("n-string", CHAT, _with(OK_CHAT, n="2"), "n"),
     ("negative-seed", CMPL, _with(OK_CMPL, seed=-1), "seed"),
+    ("huge-seed", CMPL, _with(OK_CMPL, seed=2**64), "seed"),
     ("stream-string", CMPL, _with(OK_CMPL, stream="yes"), "stream"),
     ("empty-stop", CMPL, _with(OK_CMPL, stop=""), "stop"),
     ("stop-wrong-type", CMPL, _with(OK_CMPL, stop=5), "stop"),

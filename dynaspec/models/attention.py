@@ -81,34 +81,23 @@ def reference_paged_attention(
     max_s = num_blocks * block_size
     device = q.device
 
-    # Flat row t -> (sequence b, row i within the sequence's new tokens).
-    query_lens = meta.query_start_loc[1:] - meta.query_start_loc[:-1]  # (B,)
-    seq_idx = torch.repeat_interleave(
-        torch.arange(num_seqs, device=device), query_lens, output_size=num_tokens
-    )  # (T,)
-    row_idx = torch.arange(num_tokens, device=device) - meta.query_start_loc[seq_idx]  # (T,)
+    key = ("reference", sliding_window, group, q.dtype)
+    if key not in meta.derived:
+        meta.derived[key] = _reference_layout(meta, max_q, max_s, num_tokens, group, sliding_window, q.dtype, device)
+    seq_idx, row_idx, key_valid, mask_fold = meta.derived[key]
 
     q_pad = q.new_zeros((num_seqs, max_q, num_heads, head_dim))
     q_pad[seq_idx, row_idx] = q  # (B, Qmax, H, D)
 
     # Gather each sequence's blocks: (B, nblk, BS, Hkv, D) -> (B, S, Hkv, D).
-    tables = meta.block_tables[:, :num_blocks]
-    keys = kv_cache[0][tables].reshape(num_seqs, max_s, num_kv_heads, head_dim).to(q.dtype)
-    values = kv_cache[1][tables].reshape(num_seqs, max_s, num_kv_heads, head_dim).to(q.dtype)
-    key_pos = torch.arange(max_s, device=device)  # (S,)
-    key_valid = key_pos[None, :] < meta.seq_lens[:, None]  # (B, S)
+    # index_select, not advanced indexing: kv_cache[0][tables] is ~1000x slower on CPU for a large pool.
+    tables = meta.block_tables[:, :num_blocks].reshape(-1)
+    keys = kv_cache[0].index_select(0, tables).reshape(num_seqs, max_s, num_kv_heads, head_dim).to(q.dtype)
+    values = kv_cache[1].index_select(0, tables).reshape(num_seqs, max_s, num_kv_heads, head_dim).to(q.dtype)
     # Slots past a sequence's length were never written (maybe NaN garbage): zero them, since a masked
     # NaN still poisons softmax @ V.
-    keys = torch.where(key_valid[:, :, None, None], keys, 0)
-    values = torch.where(key_valid[:, :, None, None], values, 0)
-
-    q_rows = torch.arange(max_q, device=device)  # (Qmax,)
-    q_pos = (meta.seq_lens - query_lens)[:, None] + q_rows[None, :]  # (B, Qmax)
-    mask = key_pos[None, None, :] <= q_pos[:, :, None]  # (B, Qmax, S)
-    if sliding_window is not None:
-        mask &= key_pos[None, None, :] > (q_pos[:, :, None] - sliding_window)
-    row_valid = q_rows[None, :] < query_lens[:, None]  # (B, Qmax)
-    mask |= ~row_valid[:, :, None]  # padding rows see everything: no all-masked (NaN) rows
+    keys = torch.where(key_valid, keys, 0)
+    values = torch.where(key_valid, values, 0)
 
     # GQA fold: query head h = kv_head * G + g; rows ordered (g, i) inside each KV head.
     q_fold = (
@@ -116,7 +105,6 @@ def reference_paged_attention(
         .permute(0, 2, 3, 1, 4)
         .reshape(num_seqs, num_kv_heads, group * max_q, head_dim)
     )  # (B, Hkv, G*Qmax, D)
-    mask_fold = mask[:, None].expand(num_seqs, group, max_q, max_s).reshape(num_seqs, 1, group * max_q, max_s)
     out = F.scaled_dot_product_attention(
         q_fold,
         keys.transpose(1, 2),  # (B, Hkv, S, D)
@@ -126,6 +114,30 @@ def reference_paged_attention(
     )  # (B, Hkv, G*Qmax, D)
     out = out.view(num_seqs, num_kv_heads, group, max_q, head_dim).permute(0, 3, 1, 2, 4)  # (B, Qmax, Hkv, G, D)
     return out[seq_idx, row_idx].reshape(num_tokens, num_heads, head_dim)
+
+
+def _reference_layout(meta, max_q, max_s, num_tokens, group, sliding_window, dtype, device):
+    """Index maps and masks shared by every layer of one forward (computed once, see meta.derived)."""
+    num_seqs = meta.num_seqs
+    # Flat row t -> (sequence b, row i within the sequence's new tokens).
+    query_lens = meta.query_start_loc[1:] - meta.query_start_loc[:-1]  # (B,)
+    seq_idx = torch.repeat_interleave(
+        torch.arange(num_seqs, device=device), query_lens, output_size=num_tokens
+    )  # (T,)
+    row_idx = torch.arange(num_tokens, device=device) - meta.query_start_loc[seq_idx]  # (T,)
+    key_pos = torch.arange(max_s, device=device)  # (S,)
+    key_valid = (key_pos[None, :] < meta.seq_lens[:, None])[:, :, None, None]  # (B, S, 1, 1)
+    q_rows = torch.arange(max_q, device=device)  # (Qmax,)
+    q_pos = (meta.seq_lens - query_lens)[:, None] + q_rows[None, :]  # (B, Qmax)
+    mask = key_pos[None, None, :] <= q_pos[:, :, None]  # (B, Qmax, S)
+    if sliding_window is not None:
+        mask &= key_pos[None, None, :] > (q_pos[:, :, None] - sliding_window)
+    row_valid = q_rows[None, :] < query_lens[:, None]  # (B, Qmax)
+    mask |= ~row_valid[:, :, None]  # padding rows see everything: no all-masked (NaN) rows
+    mask_fold = mask[:, None].expand(num_seqs, group, max_q, max_s).reshape(num_seqs, 1, group * max_q, max_s)
+    # An additive float mask: SDPA's CPU path with a boolean mask is ~1000x slower for small shapes.
+    mask_fold = torch.zeros(mask_fold.shape, dtype=dtype, device=device).masked_fill_(~mask_fold, float("-inf"))
+    return seq_idx, row_idx, key_valid, mask_fold
 
 
 def _check_inputs(

@@ -13,7 +13,7 @@ holding K at index 0 and V at index 1. The K/V of the flat row t is written to s
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 
@@ -33,6 +33,9 @@ class AttentionMetadata:
     query_lens_cpu: list[int]  # len B
     seq_lens_cpu: list[int]  # len B
     block_size: int
+    # Tensors derived from the fields above by an attention backend (masks, index maps), computed by
+    # the first layer and reused by the others of the same forward.
+    derived: dict = field(default_factory=dict, repr=False)
 
     @property
     def num_seqs(self) -> int:

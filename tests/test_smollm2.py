@@ -1,0 +1,66 @@
+"""Real model: SmolLM2-135M-Instruct (the embedded default) against HF transformers, fp32 on CPU."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from transformers import AutoModelForCausalLM
+
+from dynaspec import LLM, NGramDecodingConfig, SamplingParams
+
+PROMPTS = [
+    "The capital of France is",
+    "def fibonacci(n):\n    ",
+    "Once upon a time, in a small village,",
+    "The three laws of thermodynamics are",
+    "import numpy as np\n\n# compute the mean of a list\n",
+]
+CODE_EDIT = (
+    "<|im_start|>user\nAdd a docstring to this function.\n```python\ndef clamp(value, low, high):\n"
+    "    if value < low:\n        return low\n    if value > high:\n        return high\n    return value\n"
+    "```<|im_end|>\n<|im_start|>assistant\n"
+)
+GREEDY = SamplingParams(temperature=0.0, max_tokens=32, ignore_eos=True)
+
+
+@pytest.fixture(scope="module")
+def llm(smollm2_dir):
+    return LLM(model=str(smollm2_dir))
+
+
+def test_greedy_tokens_match_transformers_generate(llm, smollm2_dir):
+    hf = AutoModelForCausalLM.from_pretrained(smollm2_dir, dtype=torch.float32).eval()
+    outs = llm.generate(PROMPTS, GREEDY)
+    for prompt, out in zip(PROMPTS, outs):
+        ids = torch.tensor([llm.tokenizer.encode(prompt)])
+        ref = hf.generate(ids, max_new_tokens=32, do_sample=False, eos_token_id=None, pad_token_id=0)[0, ids.shape[1]:]
+        assert out.token_ids == ref.tolist(), prompt
+        assert out.text == llm.tokenizer.decode(ref, skip_special_tokens=True)
+
+
+def test_chat_template_and_stop_string(llm):
+    out = llm.chat([{"role": "user", "content": "Name a fruit."}], SamplingParams(temperature=0, max_tokens=24))[0]
+    assert out.text and out.finish_reason in ("stop", "length")
+    full = llm.generate([PROMPTS[2]], GREEDY)[0].text
+    words = full.split()
+    stop = words[3]
+    stopped = llm.generate([PROMPTS[2]], SamplingParams(temperature=0, max_tokens=32, stop=[stop]))[0]
+    assert stopped.finish_reason == "stop" and stopped.stop_reason == stop
+    assert stop not in stopped.text and full.startswith(stopped.text)
+
+
+@pytest.mark.parametrize("k", [2, 4, 6])
+def test_ngram_speculation_is_lossless(smollm2_dir, llm, k):
+    prompts = [CODE_EDIT] + PROMPTS[:2]
+    params = SamplingParams(temperature=0.0, max_tokens=48, ignore_eos=True)
+    plain = [o.token_ids for o in llm.generate(prompts, params)]
+    spec = LLM(
+        model=str(smollm2_dir),
+        block_size=8,
+        num_kv_blocks=40,
+        max_model_len=256,
+        speculative_config=NGramDecodingConfig(max_draft_len=k, max_matching_ngram_size=3),
+    )
+    assert [o.token_ids for o in spec.generate(prompts, params)] == plain
+    stats = spec.get_stats()
+    assert stats["num_accepted"] > 0  # the code-edit prompt is copied back: drafts are accepted

@@ -35,6 +35,7 @@ class EngineConfig(BaseModel):
     seed: int = Field(default=0, ge=0)
     model_cache_dir: str | None = None
     enforce_eager: bool = False
+    cuda_graph_max_batch: int = Field(default=256, ge=1, le=512)
     speculative_config: SpeculativeConfig | None = None
 
     @field_validator("speculative_config", mode="before")

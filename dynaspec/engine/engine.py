@@ -19,6 +19,7 @@ import torch
 
 from dynaspec.config import EngineConfig
 from dynaspec.engine.block_manager import BlockManager
+from dynaspec.engine.cuda_graphs import UniformDecodeBatch
 from dynaspec.engine.kv_cache import choose_num_blocks, kv_bytes_per_block
 from dynaspec.engine.model_runner import ModelRunner, SequenceInput
 from dynaspec.engine.output_processor import OutputProcessor
@@ -67,6 +68,7 @@ class LLMEngine:
         bytes_per_block = kv_bytes_per_block(self.loaded.model, config.block_size, self.dtype)
         if draft_model is not None:
             bytes_per_block += kv_bytes_per_block(draft_model, config.block_size, self.dtype)
+        self.use_graphs = self.device.type == "cuda" and not config.enforce_eager
         num_blocks = config.num_kv_blocks or choose_num_blocks(
             bytes_per_block,
             self.device,
@@ -74,6 +76,7 @@ class LLMEngine:
             config.max_num_seqs,
             self.max_model_len + (spec.max_draft_len if spec else 0),
             config.gpu_memory_utilization,
+            reserved_bytes=self._activation_reserve(),
         )
         max_draft = spec.max_draft_len if spec else 0
         if num_blocks * config.block_size < self.max_model_len + max_draft:
@@ -84,6 +87,9 @@ class LLMEngine:
         self.runner = ModelRunner(self.loaded.model, num_blocks, config.block_size, self.dtype, self.device)
         if self.drafter_bundle is not None:
             self.drafter_bundle.attach(num_blocks, config.block_size)
+        self.max_blocks_per_seq = -(-(self.max_model_len + max_draft) // config.block_size)
+        if self.use_graphs:
+            self.runner.capture_graphs(self.graph_pairs(), self.max_blocks_per_seq)
         self.block_manager = BlockManager(num_blocks, config.block_size)
         self.scheduler = Scheduler(
             self.block_manager, config.max_num_seqs, config.max_num_batched_tokens, self.max_model_len
@@ -94,6 +100,34 @@ class LLMEngine:
         self.requests: dict[str, Request] = {}
         self.vocab_size = int(self.loaded.model.vocab_size)
         self.num_steps = 0
+
+    def graph_pairs(self) -> list[tuple[int, int]]:
+        """The (batch bucket, k) pairs the policy can reach, for CUDA graph capture."""
+        from dynaspec.engine.cuda_graphs import BATCH_BUCKETS, bucket_for
+
+        max_batch = min(self.config.max_num_seqs, self.config.cuda_graph_max_batch)
+        buckets = [b for b in BATCH_BUCKETS if b < max_batch] + [max_batch]
+        pairs: set[tuple[int, int]] = set()
+        for batch in range(1, max_batch + 1):
+            ks = {0}
+            if self.policy is not None:
+                ks = self.policy.draft_lens_for_batch(batch)
+            for k in ks:
+                while k > 0 and batch * (1 + k) > self.config.max_num_batched_tokens:
+                    k -= 1
+                pairs.add((bucket_for(batch, buckets), k))
+        return sorted(pairs)
+
+    def _activation_reserve(self) -> int:
+        """GPU bytes kept free for CUDA graphs, activations and logits of the largest decode step."""
+        if self.device.type != "cuda":
+            return 0
+        cfg = self.loaded.hf_config
+        spec = self.config.speculative_config
+        tokens = min(self.config.max_num_seqs, self.config.cuda_graph_max_batch) * (1 + (spec.max_draft_len if spec else 0))
+        tokens = max(tokens, self.config.max_num_batched_tokens)
+        per_token = 8 * cfg.vocab_size + 2 * (16 * cfg.hidden_size + 6 * cfg.intermediate_size)
+        return tokens * per_token + (1 << 30)
 
     # ----------------------------------------------------------------------------------- requests
     def add_request(self, request_id: str, prompt: str | list[int], params: SamplingParams | None = None) -> None:
@@ -186,8 +220,12 @@ class LLMEngine:
             return []
         self.num_steps += 1
         drafts, draft_probs = self._propose(sched)
-        seqs, logit_rows, row_owner = self._build_inputs(sched, drafts)
-        logits = self.runner.forward(seqs, logit_rows)  # (N, vocab)
+        if not sched.prefills and self.runner.can_replay(len(sched.decodes), sched.draft_len):
+            batch, logit_rows, row_owner = self._build_uniform(sched, drafts)
+            logits = self.runner.forward_uniform(batch, sched.draft_len, logit_rows)  # (N, vocab)
+        else:
+            seqs, logit_rows, row_owner = self._build_inputs(sched, drafts)
+            logits = self.runner.forward(seqs, logit_rows)  # (N, vocab)
         committed = self._accept(sched, drafts, draft_probs, logits, row_owner)
         return self._commit(sched, drafts, committed)
 
@@ -232,6 +270,23 @@ class LLMEngine:
             else:
                 row_owner.append((len(logit_rows), 0))
         return seqs, logit_rows, row_owner
+
+    def _build_uniform(self, sched: SchedulerOutput, drafts: list[list[int]]):
+        """Decode-only step padded to exactly 1 + k positions per request (CUDA graph layout)."""
+        k = sched.draft_len
+        batch = UniformDecodeBatch([], [], [], [])
+        logit_rows: list[int] = []
+        row_owner: list[tuple[int, int]] = []
+        for i, (decode, draft) in enumerate(zip(sched.decodes, drafts)):
+            request = decode.request
+            last = request.all_token_ids[-1]
+            batch.token_ids.append([last] + draft + [last] * (k - len(draft)))
+            batch.seq_lens.append(request.num_tokens + k)
+            batch.num_real.append(1 + len(draft))
+            batch.block_tables.append(request.block_ids)
+            row_owner.append((len(logit_rows), 1 + len(draft)))
+            logit_rows.extend(range(i * (1 + k), i * (1 + k) + 1 + len(draft)))
+        return batch, logit_rows, row_owner
 
     def _accept(self, sched, drafts, draft_probs, logits, row_owner) -> list[list[int]]:
         """Tokens to commit per scheduled request (decodes first, then prefills); [] for a mid-prompt chunk."""

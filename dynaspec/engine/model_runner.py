@@ -13,6 +13,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from dynaspec.engine.cuda_graphs import CudaGraphDecoder, UniformDecodeBatch
 from dynaspec.engine.kv_cache import allocate_kv_cache
 from dynaspec.models.attention_metadata import AttentionMetadata
 
@@ -25,13 +26,36 @@ class SequenceInput:
 
 
 class ModelRunner:
+    """`num_blocks` usable KV blocks plus one scratch block (id `num_blocks`) that padded CUDA-graph
+    positions write to; the block manager never hands the scratch block out."""
+
     def __init__(self, model: nn.Module, num_blocks: int, block_size: int, dtype: torch.dtype, device: torch.device):
         self.model = model
         self.block_size = block_size
         self.device = device
         self.dtype = dtype
-        self.kv_caches = allocate_kv_cache(model, num_blocks, block_size, dtype, device)
+        self.scratch_block = num_blocks
+        self.kv_caches = allocate_kv_cache(model, num_blocks + 1, block_size, dtype, device)
         self.num_forwards = 0
+        self.graphs: CudaGraphDecoder | None = None
+
+    def capture_graphs(self, pairs: list[tuple[int, int]], max_blocks_per_seq: int) -> None:
+        """Capture decode/verify CUDA graphs for the given (batch bucket, k) pairs."""
+        self.graphs = CudaGraphDecoder(
+            self.model, self.kv_caches, self.block_size, max_blocks_per_seq, self.scratch_block, pairs, self.device
+        )
+        self.graphs.capture()
+
+    def can_replay(self, batch: int, k: int) -> bool:
+        return self.graphs is not None and self.graphs.lookup(batch, k) is not None
+
+    @torch.inference_mode()
+    def forward_uniform(self, batch: UniformDecodeBatch, k: int, logit_rows: list[int]) -> torch.Tensor:
+        """Decode-only step through a captured graph; float32 logits of the requested rows."""
+        hidden = self.graphs.run(batch, k)  # (B * (1 + k), hidden)
+        rows = torch.tensor(logit_rows, dtype=torch.int64, device=self.device)
+        self.num_forwards += 1
+        return self.model.compute_logits(hidden.index_select(0, rows))
 
     @torch.inference_mode()
     def forward(self, seqs: list[SequenceInput], logit_rows: list[int]) -> torch.Tensor:

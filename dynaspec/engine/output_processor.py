@@ -13,13 +13,15 @@ from dynaspec.engine.request import Request
 class OutputProcessor:
     def __init__(self, tokenizer, eos_token_ids: set[int], max_model_len: int):
         self.tokenizer = tokenizer
+        # A borrowed tokenizer (random-weight presets) may know fewer ids than the model emits.
+        self.tokenizer_size = len(tokenizer) if tokenizer is not None else 0
         self.eos_token_ids = eos_token_ids
         self.max_model_len = max_model_len
 
     def decode(self, token_ids: list[int]) -> str:
         if self.tokenizer is None:
             return ""
-        return self.tokenizer.decode(token_ids, skip_special_tokens=True)
+        return self.tokenizer.decode([t for t in token_ids if t < self.tokenizer_size], skip_special_tokens=True)
 
     def commit(self, request: Request, tokens: list[int]) -> list[int]:
         """Append `tokens` until a stop condition; set finish_reason. Returns the tokens kept."""

@@ -78,6 +78,13 @@ class DraftLenPolicy:
             return self.max_draft_len
         return self.schedule.lookup(num_decoding)
 
+    def draft_lens_for_batch(self, num_decoding: int) -> set[int]:
+        """Every k draft_len() can return when `num_decoding` requests decode (any num_active)."""
+        values = {self.draft_len(num_decoding, num_decoding)}
+        if self.max_concurrency is not None:
+            values.add(0)
+        return values
+
     def reachable_draft_lens(self) -> list[int]:
         """Sorted distinct k values draft_len() can return (e.g. the k's to capture CUDA graphs for)."""
         values = set(self.schedule.values()) if self.schedule is not None else {self.max_draft_len}

@@ -1,0 +1,68 @@
+"""CUDA graph replay equals eager execution token for token, for every captured (bucket, k)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from dynaspec.config import EngineConfig
+from dynaspec.engine.cuda_graphs import bucket_for
+from dynaspec.engine.engine import LLMEngine
+from dynaspec.sampling_params import SamplingParams
+from dynaspec.spec.config import DraftTargetDecodingConfig, NGramDecodingConfig
+from tests.tiny_models import make_perturbed_checkpoint, make_tiny_checkpoint
+
+cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+
+
+def test_bucket_for_picks_smallest_fitting_bucket():
+    assert bucket_for(1, [1, 2, 4]) == 1
+    assert bucket_for(3, [1, 2, 4]) == 4
+    assert bucket_for(5, [1, 2, 4]) is None
+
+
+def test_graph_pairs_follow_the_schedule(tmp_path):
+    path = str(make_tiny_checkpoint(tmp_path, "llama"))
+    spec = NGramDecodingConfig(max_draft_len=4, draft_len_schedule={1: 4, 3: 2, 6: 0})
+    engine = LLMEngine(EngineConfig(model=path, max_num_seqs=8, speculative_config=spec))
+    # batch 1..2 -> k 4 (buckets 1, 2); 3..5 -> k 2 (buckets 4, 8); 6..8 -> k 0 (bucket 8)
+    assert engine.graph_pairs() == [(1, 4), (2, 4), (4, 2), (8, 0), (8, 2)]
+    plain = LLMEngine(EngineConfig(model=path, max_num_seqs=4))
+    assert plain.graph_pairs() == [(1, 0), (2, 0), (4, 0)]
+
+
+def _run(engine: LLMEngine, prompts, arrivals) -> dict[str, list[int]]:
+    results, step, submitted = {}, 0, 0
+    total = sum(len(v) for v in arrivals.values())
+    while submitted < total or engine.has_unfinished_requests():
+        for i in arrivals.get(step, []):
+            engine.add_request(f"r{submitted}", prompts[i], SamplingParams(temperature=0, max_tokens=8 + 3 * (submitted % 5), ignore_eos=True))
+            submitted += 1
+        for out in engine.step():
+            if out.finished:
+                results[out.request_id] = out.token_ids
+        step += 1
+    return results
+
+
+@cuda
+@pytest.mark.cuda
+@pytest.mark.parametrize("drafter", ["none", "ngram", "draft"])
+def test_graph_replay_equals_eager(tmp_path, drafter):
+    target = str(make_tiny_checkpoint(tmp_path, "llama", seed=0))
+    near = str(make_perturbed_checkpoint(tmp_path, "llama", seed=0, noise=0.004))
+    spec = {
+        "none": None,
+        "ngram": NGramDecodingConfig(max_draft_len=4, draft_len_schedule={1: 4, 3: 2, 6: 0}),
+        "draft": DraftTargetDecodingConfig(max_draft_len=4, speculative_model=near, draft_len_schedule={1: 4, 3: 2, 6: 0}),
+    }[drafter]
+    gen = torch.Generator().manual_seed(0)
+    prompts = [torch.randint(0, 512, (5 + 7 * i,), generator=gen).tolist() for i in range(8)]
+    arrivals = {0: [0], 3: [1], 6: [2, 3], 10: [4, 5, 6, 7], 30: [0, 1]}
+    common = dict(model=target, dtype="float32", device="cuda", max_num_seqs=8, block_size=16, speculative_config=spec)
+    eager = _run(LLMEngine(EngineConfig(enforce_eager=True, **common)), prompts, arrivals)
+    engine = LLMEngine(EngineConfig(**common))
+    graphed = _run(engine, prompts, arrivals)
+    assert graphed == eager
+    replayed = engine.runner.graphs.replays_per_pair
+    assert set(replayed) == set(engine.runner.graphs.graphs), (replayed, engine.graph_pairs())

@@ -177,3 +177,20 @@ def test_vocab_mismatch_is_a_clear_error(tmp_path, ckpts):
     small_vocab = make_tiny_checkpoint(tmp_path, "llama", seed=2, vocab_size=300)
     with pytest.raises(ValueError, match="vocab"):
         LLM(model=ckpts["target"], speculative_config=DraftTargetDecodingConfig(max_draft_len=2, speculative_model=str(small_vocab)))
+
+
+def test_acceptance_replay_follows_the_profile(ckpts, tmp_path):
+    """Benchmark-only replay: accepted lengths follow the profile, not the model, and say so."""
+    import json
+
+    profile = tmp_path / "half.json"
+    profile.write_text(json.dumps({"acceptance_per_position": [1.0, 0.5, 0.0]}))
+    spec = _spec("ngram", 3, ckpts, replay_acceptance_profile=str(profile))
+    llm = LLM(model=ckpts["target"], block_size=4, speculative_config=spec)
+    llm.generate(_prompts(4), SamplingParams(temperature=0, max_tokens=40, ignore_eos=True))
+    stats = llm.get_stats()
+    rates = stats["acceptance_per_position"]
+    assert rates[0] == 1.0 and rates[2] == 0.0 and 0.3 < rates[1] < 0.7
+    assert stats["acceptance_replay"] == "half"
+    with pytest.raises(ValueError, match="acceptance profile"):
+        LLM(model=ckpts["target"], speculative_config=_spec("ngram", 3, ckpts, replay_acceptance_profile="nope"))

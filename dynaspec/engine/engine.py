@@ -32,6 +32,7 @@ from dynaspec.sampling_params import SamplingParams
 from dynaspec.spec.drafter import Drafter
 from dynaspec.spec.factory import DrafterContext, build_drafter
 from dynaspec.spec.policy import DraftLenPolicy
+from dynaspec.spec.replay import AcceptanceReplay
 from dynaspec.spec.stats import SpecStats
 from dynaspec.spec.verifier import verify
 
@@ -58,6 +59,9 @@ class LLMEngine:
         self.max_model_len = config.max_model_len or min(model_limit, 8192)
         spec = config.speculative_config
         self.policy = DraftLenPolicy(spec) if spec is not None else None
+        self.replay: AcceptanceReplay | None = None
+        if spec is not None and spec.replay_acceptance_profile is not None:
+            self.replay = AcceptanceReplay(spec.replay_acceptance_profile, config.seed)
         self.drafter_bundle = None
         if spec is not None:
             context = DrafterContext(self.loaded, self.dtype, self.device, config.seed, config.model_cache_dir, progress)
@@ -206,6 +210,7 @@ class LLMEngine:
             num_running=self.num_running,
             kv_cache_usage=self.kv_cache_usage,
             speculative=self.config.speculative_config is not None,
+            acceptance_replay=self.replay.name if self.replay else None,
         )
         return stats
 
@@ -244,6 +249,10 @@ class LLMEngine:
             drafts[i] = list(proposal.tokens[j][:limit])
             q = proposal.probs[j] if proposal.probs is not None else None
             probs[i] = None if q is None else q[: len(drafts[i])]
+            if self.replay is not None:  # benchmark only: verify every position the step allows
+                last = sched.decodes[i].request.all_token_ids[-1]
+                drafts[i] += [last] * (limit - len(drafts[i]))
+                probs[i] = None
         return drafts, probs
 
     def _build_inputs(self, sched: SchedulerOutput, drafts: list[list[int]]):
@@ -320,6 +329,12 @@ class LLMEngine:
         committed: list[list[int]] = [[] for _ in requests]
         for n, tokens in zip(live, result.tokens):
             committed[n] = tokens
+        if self.replay is not None:  # benchmark only: accepted lengths drawn from a recorded profile
+            argmax_ids = argmax.tolist()
+            for n, draft in enumerate(drafts):
+                if draft:
+                    accepted = self.replay.num_accepted(len(draft))
+                    committed[n] = draft[:accepted] + [argmax_ids[row_owner[n][0] + accepted]]
         return committed
 
     def _commit(self, sched: SchedulerOutput, drafts, committed: list[list[int]]) -> list[RequestOutput]:

@@ -126,6 +126,10 @@ class _SpecConfigBase(BaseModel):
     max_draft_len: int = Field(default=4, ge=1, le=MAX_DRAFT_LEN_LIMIT)
     draft_len_schedule: dict[int, int] | None = None
     max_concurrency: int | None = Field(default=None, ge=1)
+    # BENCHMARK ONLY: accept drafts by a recorded per-position acceptance profile (a JSON path or a
+    # profile name under dynaspec/bench/data) instead of the target's verdict, so random-weight models
+    # of real shapes can be timed with realistic acceptance. Output is then NOT the model's output.
+    replay_acceptance_profile: str | None = None
 
     @field_validator("draft_len_schedule", mode="before")
     @classmethod

@@ -93,7 +93,11 @@ class LLMEngine:
             self.drafter_bundle.attach(num_blocks, config.block_size)
         self.max_blocks_per_seq = -(-(self.max_model_len + max_draft) // config.block_size)
         if self.use_graphs:
-            self.runner.capture_graphs(self.graph_pairs(), self.max_blocks_per_seq)
+            pairs = self.graph_pairs()
+            self.runner.capture_graphs(pairs, self.max_blocks_per_seq)
+            if self.drafter_bundle is not None:
+                spec_buckets = sorted({b for b, k in pairs if k > 0})
+                self.drafter_bundle.capture_graphs(spec_buckets, self.max_blocks_per_seq)
         self.block_manager = BlockManager(num_blocks, config.block_size)
         self.scheduler = Scheduler(
             self.block_manager, config.max_num_seqs, config.max_num_batched_tokens, self.max_model_len

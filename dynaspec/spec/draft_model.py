@@ -15,6 +15,7 @@ from dataclasses import dataclass
 
 import torch
 
+from dynaspec.engine.cuda_graphs import UniformDecodeBatch
 from dynaspec.engine.model_runner import ModelRunner, SequenceInput
 from dynaspec.engine.request import Request
 from dynaspec.engine.sampler import sample, target_probs
@@ -66,6 +67,13 @@ class DraftModelDrafter:
         """Allocate the draft KV tensors once the engine has sized the shared block pool."""
         self.runner = ModelRunner(self.model, num_blocks, block_size, self.dtype, self.device)
 
+    def capture_graphs(self, buckets: list[int], max_blocks_per_seq: int) -> None:
+        """CUDA graphs of the draft's single-token step per batch bucket: each of the k - 1 chained
+        draft steps after the first (which also feeds the catch-up tokens) is one graph launch."""
+        if self.runner is None:
+            raise RuntimeError("DraftModelDrafter.attach() must be called before capture_graphs()")
+        self.runner.capture_graphs([(b, 0) for b in buckets], max_blocks_per_seq)
+
     @property
     def num_forwards(self) -> int:
         return 0 if self.runner is None else self.runner.num_forwards
@@ -112,6 +120,19 @@ class DraftModelDrafter:
                 SequenceInput([tokens[i][-1]], r.num_tokens + step + 1, r.block_ids) for i, r in enumerate(requests)
             ]
             rows = list(range(len(requests)))
+            if self.runner.can_replay(len(requests), 0):
+                break
+        if len(tokens[0]) < k:  # the rest of the chain as single-token graph replays
+            for step in range(len(tokens[0]), k):
+                batch = UniformDecodeBatch(
+                    [[t[-1]] for t in tokens],
+                    [r.num_tokens + step for r in requests],
+                    [1] * len(requests),
+                    [r.block_ids for r in requests],
+                )
+                logits = self.runner.forward_uniform(batch, 0, rows)[:, : self.target_vocab_size]
+                for i, token in enumerate(self._pick(requests, logits, probs)):
+                    tokens[i].append(token)
         for i, request in enumerate(requests):
             state = self._state[request.request_id]
             state.num_computed = request.num_tokens + k - 1

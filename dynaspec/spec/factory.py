@@ -21,6 +21,8 @@ class DrafterBundle:
     drafter: Drafter
     model: nn.Module | None = None  # a draft model whose KV shares the target's block pool
     attach: Callable[[int, int], None] = lambda num_blocks, block_size: None
+    # (batch buckets that speculate, max blocks per sequence) -> capture the drafter's CUDA graphs
+    capture_graphs: Callable[[list[int], int], None] = lambda buckets, max_blocks: None
 
 
 @dataclass
@@ -43,7 +45,7 @@ def _draft_model(config: DraftTargetDecodingConfig, ctx: DrafterContext) -> Draf
     )
     check_same_vocabulary(ctx.target, draft)
     drafter = DraftModelDrafter(draft, ctx.dtype, ctx.device, int(ctx.target.model.vocab_size), ctx.seed)
-    return DrafterBundle(drafter, draft.model, drafter.attach)
+    return DrafterBundle(drafter, draft.model, drafter.attach, drafter.capture_graphs)
 
 
 _BUILDERS: dict[type, Callable[..., DrafterBundle]] = {

@@ -9,6 +9,8 @@ TensorRT-LLM's LLM API takes `speculative_config=NGramDecodingConfig(...)` or
   ints >= 0 (0 = no speculation that step), key 1 must be present with value `max_draft_len`, and no value
   may exceed `max_draft_len`. Stored sorted by threshold.
 * `max_concurrency`: when more requests are active than this, the step does not speculate.
+* `draft_len_policy`: "schedule" (the above) or "goodput" (spec/planner.py, SmartSpec-style online choice
+  of k), with `goodput_hysteresis` and an optional `acceptance_profile` JSON to warm-start acceptance.
 """
 
 from __future__ import annotations
@@ -130,6 +132,12 @@ class _SpecConfigBase(BaseModel):
     # profile name under dynaspec/bench/data) instead of the target's verdict, so random-weight models
     # of real shapes can be timed with realistic acceptance. Output is then NOT the model's output.
     replay_acceptance_profile: str | None = None
+    # How k is chosen each step: "schedule" (draft_len_schedule / max_draft_len) or "goodput" (the online
+    # planner, spec/planner.py). goodput_hysteresis: relative goodput gain needed to switch k.
+    # acceptance_profile: JSON {"acceptance_per_position": [...]} that warm-starts the acceptance estimate.
+    draft_len_policy: Literal["schedule", "goodput"] = "schedule"
+    goodput_hysteresis: float = Field(default=0.05, ge=0.0, allow_inf_nan=False)
+    acceptance_profile: str | None = Field(default=None, min_length=1)
 
     @field_validator("draft_len_schedule", mode="before")
     @classmethod

@@ -1,0 +1,325 @@
+"""Per-position acceptance estimates (global and per request) and the expected accepted length of k drafts.
+
+Verification accepts a prefix of the draft (Leviathan et al. 2023, "Fast Inference from Transformers via
+Speculative Decoding", arXiv 2211.17192), so what matters per draft position j (0-based) is the
+CONDITIONAL acceptance alpha_j = P(position j accepted | positions 0..j-1 accepted). The expected number
+of accepted drafts of a chain of k is then
+
+    E[accepted | k] = sum_{j=1..k} prod_{i=0..j-1} alpha_i
+
+which for a constant alpha is Leviathan et al.'s alpha (1 - alpha^k) / (1 - alpha) (their expected
+tokens per step, (1 - alpha^(k+1)) / (1 - alpha), is this plus the one token the target always adds).
+SmartSpec (Liu et al. 2024, arXiv 2406.14066) plans with the same quantity, estimated online.
+
+What one request-step tells: with d drafted and a accepted, positions 0..a-1 were accepted and, when
+a < d, position a was rejected; later positions are unobserved. When the step's k is passed and the
+drafter proposed fewer than k tokens (d < k) that were all accepted, position d counts as rejected: the
+slot was paid for (a uniform step verifies 1 + k positions) and produced no token, which is what an
+n-gram drafter that finds no match costs.
+
+Update rule, for an estimate v with weight w (pseudo-observations so far) at one position, and a step
+that observed s accepted out of n trials there:
+
+    r = max(n / (w + n), ema_rate);   v <- v + r * (s / n - v);   w <- w + n
+
+i.e. a running mean while few observations exist (the warm-start profile counts as `prior_weight`
+observations; with no profile the first step sets v), then an exponential moving average that moves
+`ema_rate` of the way toward each new step's rate (memory ~ 1 / ema_rate steps). A prior_weight at or above
+1 / ema_rate therefore acts as exactly that EMA from the first step; a smaller one lets early data count more. The global estimate takes
+one update per step with the step's pooled counts; a request's own estimate one per step it drafted in.
+
+Per-request blending: a request with n own observations at position j (capped at 1 / request_ema_rate,
+an EMA's effective sample size) is estimated as (n * own_j + blend_count * global_j) / (n + blend_count),
+so a new request follows the global estimate and a long one its own history.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Hashable, Sequence
+from pathlib import Path
+from typing import Any
+
+
+def expected_accepted_length(alphas: Sequence[float], k: int) -> float:
+    """sum_{j=1..k} prod_{i<j} alphas[i]: expected accepted drafts of a chain of k (Leviathan et al. 2023)."""
+    if isinstance(k, bool) or not isinstance(k, int):
+        raise TypeError(f"k must be an int, got {type(k).__name__}")
+    if not 0 <= k <= len(alphas):
+        raise ValueError(f"k must be in 0..{len(alphas)} (the positions estimated), got {k}")
+    total, survive = 0.0, 1.0
+    for alpha in alphas[:k]:
+        survive *= alpha
+        total += survive
+    return total
+
+
+def _cumulative(alphas: Sequence[float]) -> list[float]:
+    """[E[accepted | k] for k = 0..len(alphas)]."""
+    out, total, survive = [0.0], 0.0, 1.0
+    for alpha in alphas:
+        survive *= alpha
+        total += survive
+        out.append(total)
+    return out
+
+
+def _check_probabilities(values: Any, what: str) -> list[float]:
+    if isinstance(values, (str, bytes)) or not isinstance(values, Sequence) or not values:
+        raise ValueError(f"{what} must be a non-empty list of probabilities in [0, 1], got {values!r}")
+    result = []
+    for j, value in enumerate(values):
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ValueError(f"{what}[{j}] must be a number in [0, 1], got {value!r}")
+        if not (math.isfinite(value) and 0.0 <= value <= 1.0):
+            raise ValueError(f"{what}[{j}] must be in [0, 1], got {value!r}")
+        result.append(float(value))
+    return result
+
+
+def load_acceptance_profile(path: str | Path) -> list[float]:
+    """`acceptance_per_position` of a profile JSON ({"acceptance_per_position": [alpha_0, ...], ...}).
+
+    SpecStats.as_dict() has this key, so a stats dump of a previous run is a valid profile.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise ValueError(f"acceptance profile {str(path)!r} does not exist")
+    try:
+        data = json.loads(path.read_text())
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"acceptance profile {str(path)!r} is not valid JSON: {exc}") from None
+    if not isinstance(data, dict) or "acceptance_per_position" not in data:
+        raise ValueError(
+            f"acceptance profile {str(path)!r} must be a JSON object with 'acceptance_per_position': "
+            f"[conditional acceptance of position j given all earlier accepted, ...]"
+        )
+    return _check_probabilities(data["acceptance_per_position"], f"{path.name}: acceptance_per_position")
+
+
+def _check_positive(value: Any, what: str, upper: float | None = None) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise ValueError(f"{what} must be a finite number, got {value!r}")
+    if value <= 0 or (upper is not None and value > upper):
+        allowed = f"in (0, {upper}]" if upper is not None else "> 0"
+        raise ValueError(f"{what} must be {allowed}, got {value!r}")
+    return float(value)
+
+
+class _PositionEMA:
+    """Estimate and weight per draft position; see the module docstring for the update rule."""
+
+    __slots__ = ("values", "weights", "rate")
+
+    def __init__(self, size: int, rate: float, prior: Sequence[float] | None, prior_weight: float) -> None:
+        self.rate = rate
+        self.values: list[float | None] = [None] * size
+        self.weights: list[float] = [0.0] * size
+        if prior is not None:
+            for j in range(size):
+                # A profile shorter than max_draft_len: later positions repeat its last value.
+                self.values[j] = prior[min(j, len(prior) - 1)]
+                self.weights[j] = prior_weight
+
+    def update(self, j: int, successes: int, trials: int) -> None:
+        value = self.values[j]
+        rate = successes / trials
+        if value is None:
+            self.values[j] = rate
+        else:
+            r = max(trials / (self.weights[j] + trials), self.rate)
+            self.values[j] = value + r * (rate - value)
+        self.weights[j] += trials
+
+
+def _outcomes(drafted: int, accepted: int, k: int | None) -> list[bool]:
+    """Observed outcome per position 0.. (True accepted) for one request-step (module docstring)."""
+    outcomes = [True] * accepted
+    if accepted < drafted or (k is not None and drafted < k):
+        outcomes.append(False)
+    return outcomes
+
+
+class AcceptanceEstimator:
+    """Online alpha_j per draft position, global and per request, warm-started from a profile."""
+
+    def __init__(
+        self,
+        max_draft_len: int,
+        profile: Sequence[float] | None = None,
+        prior_weight: float = 20.0,
+        ema_rate: float = 0.05,
+        request_ema_rate: float = 0.2,
+        blend_count: float = 4.0,
+        initial_alpha: float = 0.5,
+    ) -> None:
+        """
+        max_draft_len: positions estimated (0..max_draft_len-1).
+        profile: warm-start alphas (e.g. load_acceptance_profile()); shorter lists repeat the last value.
+        prior_weight: how many observations the profile counts for, per position (> 0).
+        ema_rate: the global EMA's step rate once warm, in (0, 1].
+        request_ema_rate: the same for each request's own estimate, in (0, 1].
+        blend_count: own observations at which a request's estimate weighs as much as the global (> 0).
+        initial_alpha: alpha of a position that neither the profile nor any observation covers; also a
+            request-free default that lets the planner try speculation once before it has data.
+        """
+        if isinstance(max_draft_len, bool) or not isinstance(max_draft_len, int) or max_draft_len < 1:
+            raise ValueError(f"max_draft_len must be an int >= 1, got {max_draft_len!r}")
+        self.max_draft_len = max_draft_len
+        self.prior_weight = _check_positive(prior_weight, "prior_weight")
+        self.ema_rate = _check_positive(ema_rate, "ema_rate", 1.0)
+        self.request_ema_rate = _check_positive(request_ema_rate, "request_ema_rate", 1.0)
+        self.blend_count = _check_positive(blend_count, "blend_count")
+        if isinstance(initial_alpha, bool) or not isinstance(initial_alpha, (int, float)) or not (
+            0.0 <= initial_alpha <= 1.0
+        ):
+            raise ValueError(f"initial_alpha must be a probability in [0, 1], got {initial_alpha!r}")
+        self.initial_alpha = float(initial_alpha)
+        self.profile = None if profile is None else _check_probabilities(profile, "profile")
+        self._global = _PositionEMA(max_draft_len, self.ema_rate, self.profile, self.prior_weight)
+        self._requests: dict[Hashable, _PositionEMA] = {}
+        self._global_curve: list[float] | None = None
+        self._request_curves: dict[Hashable, list[float]] = {}
+
+    # ----------------------------------------------------------------- updates
+    def update(self, request_id: Hashable | None, drafted: int, accepted: int, k: int | None = None) -> None:
+        """One request's outcome as one step (request_id None: global estimate only)."""
+        self.update_step(None if request_id is None else [request_id], [drafted], [accepted], k)
+
+    def update_step(
+        self,
+        request_ids: Sequence[Hashable] | None,
+        drafted: Sequence[int],
+        accepted: Sequence[int],
+        k: int | None = None,
+    ) -> None:
+        """One engine step: per decoding request its drafted and accepted counts (SpecStats.record's lists).
+
+        request_ids None updates only the global estimate. k (the step's draft length), when given,
+        makes a short all-accepted draft count as a rejection at its end (module docstring).
+        """
+        if len(drafted) != len(accepted):
+            raise ValueError(
+                f"drafted and accepted need one entry per request, got {len(drafted)} and {len(accepted)}"
+            )
+        if request_ids is not None and len(request_ids) != len(drafted):
+            raise ValueError(
+                f"request_ids needs one entry per request: {len(request_ids)} ids for {len(drafted)} requests"
+            )
+        limit = self.max_draft_len if k is None else k
+        if k is not None and (isinstance(k, bool) or not isinstance(k, int) or not 0 <= k <= self.max_draft_len):
+            raise ValueError(f"k must be an int in 0..max_draft_len={self.max_draft_len}, got {k!r}")
+        per_request: list[list[bool]] = []
+        for i, (d, a) in enumerate(zip(drafted, accepted)):
+            for name, value in (("drafted", d), ("accepted", a)):
+                if isinstance(value, bool) or not isinstance(value, int):
+                    raise TypeError(f"request {i}: {name} must be an int, got {type(value).__name__}")
+            if not 0 <= d <= limit:
+                raise ValueError(f"request {i}: drafted {d} tokens, allowed 0..{limit}")
+            if not 0 <= a <= d:
+                raise ValueError(f"request {i}: accepted {a} tokens, allowed 0..drafted={d}")
+            per_request.append(_outcomes(d, a, k))
+
+        successes = [0] * self.max_draft_len
+        trials = [0] * self.max_draft_len
+        for outcomes in per_request:
+            for j, ok in enumerate(outcomes):
+                trials[j] += 1
+                successes[j] += ok
+        changed = False
+        for j in range(self.max_draft_len):
+            if trials[j]:
+                self._global.update(j, successes[j], trials[j])
+                changed = True
+        if changed:
+            self._global_curve = None
+            self._request_curves.clear()  # blended curves depend on the global estimate
+        if request_ids is None:
+            return
+        for request_id, outcomes in zip(request_ids, per_request):
+            if not outcomes:
+                continue
+            ema = self._requests.get(request_id)
+            if ema is None:
+                ema = self._requests[request_id] = _PositionEMA(self.max_draft_len, self.request_ema_rate, None, 0.0)
+            for j, ok in enumerate(outcomes):
+                ema.update(j, int(ok), 1)
+
+    def release(self, request_id: Hashable) -> None:
+        """Forget a finished / aborted request (unknown ids are ignored)."""
+        self._requests.pop(request_id, None)
+        self._request_curves.pop(request_id, None)
+
+    # ----------------------------------------------------------------- estimates
+    def global_alphas(self) -> list[float]:
+        """Global alpha_j; an uncovered position repeats the previous one (initial_alpha for position 0)."""
+        result: list[float] = []
+        for value in self._global.values:
+            if value is None:
+                value = result[-1] if result else self.initial_alpha
+            result.append(value)
+        return result
+
+    def alphas(self, request_id: Hashable | None = None) -> list[float]:
+        """alpha_j for a request (its estimate blended with the global one), or the global ones."""
+        base = self.global_alphas()
+        ema = None if request_id is None else self._requests.get(request_id)
+        if ema is None:
+            return base
+        cap = 1.0 / self.request_ema_rate
+        blended = []
+        for value, weight, g in zip(ema.values, ema.weights, base):
+            if value is None:
+                blended.append(g)
+                continue
+            n = min(weight, cap)
+            blended.append((n * value + self.blend_count * g) / (n + self.blend_count))
+        return blended
+
+    def observations(self, request_id: Hashable | None = None) -> list[float]:
+        """Observations (plus the profile's pseudo-count for the global) per position."""
+        if request_id is None:
+            return list(self._global.weights)
+        ema = self._requests.get(request_id)
+        return list(ema.weights) if ema is not None else [0.0] * self.max_draft_len
+
+    def _curve(self, request_id: Hashable | None) -> list[float]:
+        if request_id is None or request_id not in self._requests:
+            if self._global_curve is None:
+                self._global_curve = _cumulative(self.global_alphas())
+            return self._global_curve
+        curve = self._request_curves.get(request_id)
+        if curve is None:
+            curve = self._request_curves[request_id] = _cumulative(self.alphas(request_id))
+        return curve
+
+    def expected_accepted_all(self, request_ids: Sequence[Hashable] | None = None) -> list[float]:
+        """[E[accepted | k] for k = 0..max_draft_len], averaged over request_ids (global when None/empty)."""
+        if not request_ids:
+            return list(self._curve(None))
+        totals = [0.0] * (self.max_draft_len + 1)
+        for request_id in request_ids:
+            for k, value in enumerate(self._curve(request_id)):
+                totals[k] += value
+        return [t / len(request_ids) for t in totals]
+
+    def expected_accepted(self, k: int, request_ids: Sequence[Hashable] | None = None) -> float:
+        """E[accepted | k] = sum_{j=1..k} prod_{i<j} alpha_i, averaged over request_ids (global if None)."""
+        if isinstance(k, bool) or not isinstance(k, int):
+            raise TypeError(f"k must be an int, got {type(k).__name__}")
+        if not 0 <= k <= self.max_draft_len:
+            raise ValueError(f"k must be in 0..max_draft_len={self.max_draft_len}, got {k}")
+        return self.expected_accepted_all(request_ids)[k]
+
+    def to_profile(self) -> dict[str, Any]:
+        """The global estimate as a profile JSON object (load_acceptance_profile reads it back)."""
+        return {"acceptance_per_position": self.global_alphas()}
+
+    @property
+    def num_tracked_requests(self) -> int:
+        return len(self._requests)
+
+    def __repr__(self) -> str:
+        alphas = ", ".join(f"{a:.3f}" for a in self.global_alphas())
+        return f"AcceptanceEstimator(global=[{alphas}], requests={len(self._requests)})"

@@ -1,0 +1,522 @@
+"""Decode-throughput sweep: batch sizes x draft lengths k for one model and drafter (`dynaspec bench`).
+
+Lines measured (each is one engine, built once and reused for every batch size):
+* "no spec"  - speculative_config=None: plain decoding, the k = 0 line;
+* "k=N"      - the drafter with a static draft length: draft_len_schedule {1: N}, max_draft_len N;
+* "schedule" - the configured draft_len_schedule (and max_concurrency) as given.
+
+For each (line, batch) `batch` requests of random prompt token ids run greedy with ignore_eos until all
+finish. Only the decode phase is timed: the steps after every request has its first token (time.perf_counter
+around each step, torch.cuda.synchronize on CUDA). Reported: committed output tokens per second, mean step
+time, mean accepted length (tokens committed per request per decode step, "tau" of Leviathan et al. 2023,
+counting k = 0 steps as 1) and the fraction of decode steps whose k was the line's nominal k at that batch.
+
+The HBM-bandwidth floor (CUDA only) is the time a decode step needs just to read its bytes once:
+(weight bytes + batch x mean context x KV bytes per token) / measured device-to-device copy bandwidth
+(read + write bytes of a 1 GiB copy), the roofline argument of Williams et al. 2009 applied to decoding.
+
+`acceptance_profile` fills the benchmark-only `replay_acceptance_profile` field of every speculative config,
+so drafts are accepted per a recorded per-position profile instead of by the model; results say so.
+"""
+
+from __future__ import annotations
+
+import datetime
+import gc
+import json
+import math
+import platform
+import random
+import statistics
+import sys
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from dynaspec.config import EngineConfig
+from dynaspec.spec.config import MAX_DRAFT_LEN_LIMIT, parse_speculative_config
+from dynaspec.spec.policy import DraftLenPolicy
+
+SCHEMA = "dynaspec.bench.sweep/1"
+REPLAY_FIELD = "replay_acceptance_profile"
+DEFAULT_BATCH_SIZES = (1, 2, 4, 8, 16, 32, 64, 128, 256)
+WARMUP_GEN_LEN = 8
+COPY_BYTES = 1 << 30
+
+# progress(description, completed, total)
+ProgressFn = Callable[[str, float, float], None]
+
+
+def default_batch_sizes(max_batch: int) -> list[int]:
+    """Powers of two 1, 2, 4, ... up to max_batch (max_batch itself added when it is not a power of two)."""
+    if isinstance(max_batch, bool) or not isinstance(max_batch, int) or max_batch < 1:
+        raise ValueError(f"max_batch must be an int >= 1, got {max_batch!r}")
+    sizes = [b for b in DEFAULT_BATCH_SIZES if b <= max_batch]
+    b = DEFAULT_BATCH_SIZES[-1] * 2
+    while b <= max_batch:
+        sizes.append(b)
+        b *= 2
+    if sizes[-1] != max_batch:
+        sizes.append(max_batch)
+    return sizes
+
+
+@dataclass(frozen=True)
+class Line:
+    """One curve of the sweep: a speculative config (None = no spec) built into one engine."""
+
+    name: str  # "no spec" | "k=N" | "schedule"
+    kind: str  # "no-spec" | "static" | "schedule"
+    speculative_config: Any | None
+    k: int | None = None  # the static k (0 for no spec); None for the schedule
+
+    def nominal_k(self, batch: int) -> int:
+        """The k this line should run at when `batch` requests decode."""
+        if self.speculative_config is None:
+            return 0
+        return DraftLenPolicy(self.speculative_config).draft_len(batch, batch)
+
+    def describe(self) -> dict[str, Any]:
+        spec = self.speculative_config
+        return {
+            "name": self.name,
+            "kind": self.kind,
+            "k": self.k,
+            "speculative_config": None if spec is None else spec.model_dump(mode="json"),
+        }
+
+
+@dataclass
+class SweepSettings:
+    """What to measure. Validated by `validate()` (ValueError naming the bad setting)."""
+
+    model: str
+    speculative_config: Any | None = None  # NGramDecodingConfig | DraftTargetDecodingConfig | mapping | None
+    batch_sizes: Sequence[int] = DEFAULT_BATCH_SIZES
+    draft_lens: Sequence[int] | None = None  # static k's; 0 = "no spec"; None = 0..max_draft_len
+    include_schedule: bool = True  # add the configured draft_len_schedule as a line (when there is one)
+    prompt_len: int = 128
+    gen_len: int = 128
+    acceptance_profile: str | None = None
+    device: str = "auto"
+    dtype: str = "auto"
+    seed: int = 0
+    block_size: int = 16
+    enforce_eager: bool = False
+    warmup: bool = True
+    model_cache_dir: str | None = None
+    command_line: str | None = None
+
+    def validate(self) -> None:
+        _check_int_list("batch_sizes", self.batch_sizes, minimum=1)
+        for name in ("prompt_len", "gen_len"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"{name} must be an int >= 1, got {value!r}")
+        if self.draft_lens is not None:
+            _check_int_list("draft_lens", self.draft_lens, minimum=0)
+        spec = self.resolved_spec()
+        max_k = spec.max_draft_len if spec is not None else 0
+        for k in self.draft_lens if self.draft_lens is not None else []:
+            if k > max_k:
+                allowed = "only 0 (no speculative config given)" if spec is None else f"0..{max_k} (max_draft_len)"
+                raise ValueError(f"draft length k={k} is out of range: allowed {allowed}")
+        if self.acceptance_profile is not None:
+            load_acceptance_profile(self.acceptance_profile)
+            if spec is None:
+                raise ValueError("an acceptance profile needs a speculative config (a drafter) to replay")
+
+    def resolved_spec(self):
+        spec = self.speculative_config
+        if spec is None:
+            return None
+        return parse_speculative_config(spec)
+
+
+def _check_int_list(name: str, values: Sequence[int], minimum: int) -> None:
+    if not values:
+        raise ValueError(f"{name} must not be empty")
+    for v in values:
+        if isinstance(v, bool) or not isinstance(v, int):
+            raise ValueError(f"{name} must hold ints, got {v!r}")
+        if v < minimum:
+            raise ValueError(f"{name} entries must be >= {minimum}, got {v}")
+    if len(set(values)) != len(values):
+        raise ValueError(f"{name} has duplicates: {list(values)}")
+
+
+def load_acceptance_profile(name_or_path: str | Path) -> dict[str, Any]:
+    """A replay profile (a JSON path or a profile shipped under dynaspec/bench/data) for the metadata:
+    {"path", "name", "acceptance_per_position"}; p_j = P(position j accepted | positions < j were).
+
+    Resolution and validation are the engine's (dynaspec.spec.replay), so the sweep refuses exactly
+    what the engine would, before any model is loaded.
+    """
+    from dynaspec.spec.replay import load_acceptance, resolve_profile_path
+
+    path = resolve_profile_path(str(name_or_path))
+    try:
+        data = json.loads(path.read_text())
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"acceptance profile {path} is not valid JSON: {exc}") from exc
+    if not isinstance(data, dict):
+        raise ValueError(f"acceptance profile {path} must hold a JSON object with 'acceptance_per_position'")
+    return {
+        "path": str(path),
+        "name": str(data.get("name") or path.stem),
+        "acceptance_per_position": load_acceptance(str(path)),
+        "source": {k: data.get(k) for k in ("target", "draft", "workload", "measured_on", "date") if k in data},
+    }
+
+
+def build_lines(spec, draft_lens: Sequence[int] | None, include_schedule: bool, acceptance_profile: str | None) -> list[Line]:
+    """The sweep's lines: "no spec" for k = 0, one static line per k >= 1, then the schedule (if configured)."""
+    max_k = spec.max_draft_len if spec is not None else 0
+    ks = sorted(draft_lens) if draft_lens is not None else list(range(0, max_k + 1))
+    lines = []
+    for k in ks:
+        if k == 0:
+            lines.append(Line("no spec", "no-spec", None, 0))
+        else:
+            lines.append(Line(f"k={k}", "static", _spec_variant(spec, k, {1: k}, None, acceptance_profile), k))
+    if include_schedule and spec is not None and spec.draft_len_schedule is not None:
+        variant = _spec_variant(
+            spec, spec.max_draft_len, spec.draft_len_schedule, spec.max_concurrency, acceptance_profile
+        )
+        lines.append(Line("schedule", "schedule", variant, None))
+    return lines
+
+
+def _spec_variant(spec, max_draft_len: int, schedule, max_concurrency, acceptance_profile):
+    """The config `spec` with its draft length fields (and replay profile) replaced, re-validated."""
+    if not 1 <= max_draft_len <= MAX_DRAFT_LEN_LIMIT:
+        raise ValueError(f"draft length k={max_draft_len} is out of range 1..{MAX_DRAFT_LEN_LIMIT}")
+    data = spec.model_dump()
+    data.update(max_draft_len=max_draft_len, draft_len_schedule=dict(schedule), max_concurrency=max_concurrency)
+    if acceptance_profile is not None:
+        if REPLAY_FIELD not in type(spec).model_fields:
+            raise ValueError(
+                f"this build's {type(spec).__name__} has no '{REPLAY_FIELD}' field, so acceptance replay "
+                "is not available; run without --acceptance-profile"
+            )
+        data[REPLAY_FIELD] = str(acceptance_profile)
+    return parse_speculative_config(data)
+
+
+@dataclass
+class Point:
+    """One (line, batch) measurement; times in seconds."""
+
+    line: str
+    batch_size: int
+    nominal_k: int
+    decode_tokens: int
+    decode_time_s: float
+    num_decode_steps: int
+    decode_tokens_per_s: float
+    mean_step_time_s: float
+    median_step_time_s: float
+    mean_accepted_length: float
+    acceptance_rate: float | None
+    k_match_fraction: float
+    k_histogram: dict[str, int]
+    prefill_time_s: float
+    num_preemptions: int
+
+
+@dataclass
+class SweepResult:
+    metadata: dict[str, Any]
+    lines: list[dict[str, Any]]
+    points: list[Point] = field(default_factory=list)
+    floor: list[dict[str, float]] | None = None
+    hf: list[dict[str, Any]] | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "schema": SCHEMA,
+            "metadata": self.metadata,
+            "lines": self.lines,
+            "points": [asdict(p) for p in self.points],
+            "floor": self.floor,
+            "hf": self.hf,
+            "envelope": envelope([asdict(p) for p in self.points]),
+        }
+
+
+def envelope(points: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Per batch size: the schedule's tokens/s next to the best static k and no spec."""
+    out = []
+    for batch in sorted({p["batch_size"] for p in points}):
+        at = {p["line"]: p["decode_tokens_per_s"] for p in points if p["batch_size"] == batch}
+        static = {name: v for name, v in at.items() if name.startswith("k=")}
+        best = max(static, key=static.get) if static else None
+        out.append({
+            "batch_size": batch,
+            "no_spec_tokens_per_s": at.get("no spec"),
+            "best_static_line": best,
+            "best_static_tokens_per_s": static.get(best) if best else None,
+            "schedule_tokens_per_s": at.get("schedule"),
+        })
+    return out
+
+
+def run_sweep(
+    settings: SweepSettings,
+    progress: ProgressFn | None = None,
+    hf_batch_sizes: Sequence[int] | None = None,
+) -> SweepResult:
+    """Measure every (line, batch size); with `hf_batch_sizes`, HF transformers `generate` too."""
+    settings.validate()
+    spec = settings.resolved_spec()
+    lines = build_lines(spec, settings.draft_lens, settings.include_schedule, settings.acceptance_profile)
+    batches = sorted(settings.batch_sizes)
+    if hf_batch_sizes:
+        _check_int_list("hf_batch_sizes", hf_batch_sizes, minimum=1)
+    max_k = max((line.speculative_config.max_draft_len for line in lines if line.speculative_config), default=0)
+    profile = load_acceptance_profile(settings.acceptance_profile) if settings.acceptance_profile else None
+    total = len(lines) * len(batches) + (len(hf_batch_sizes) if hf_batch_sizes else 0)
+    done = 0
+    rng = random.Random(settings.seed)
+    result: SweepResult | None = None
+    for line in lines:
+        engine = _build_engine(settings, line, max(batches), max_k)
+        if result is None:
+            result = SweepResult(_metadata(settings, spec, engine, profile, lines), [l.describe() for l in lines])
+            result.floor = _floor(engine, settings, batches, result.metadata)
+        if settings.warmup:
+            for batch in sorted({1, max(batches)}):
+                _run_batch(engine, batch, settings.prompt_len, min(settings.gen_len, WARMUP_GEN_LEN), rng)
+        for batch in batches:
+            if progress:
+                progress(f"{line.name} batch {batch}", float(done), float(total))
+            result.points.append(
+                _measure(engine, line, batch, settings.prompt_len, settings.gen_len, rng)
+            )
+            done += 1
+        if hf_batch_sizes and result.hf is None:
+            from dynaspec.bench.hf_baseline import hf_decode_throughput
+
+            if progress:
+                progress("HF transformers generate", float(done), float(total))
+            result.hf = hf_decode_throughput(
+                engine.loaded.model, engine.loaded.hf_config, hf_batch_sizes,
+                settings.prompt_len, settings.gen_len, settings.seed,
+            )
+            done += len(hf_batch_sizes)
+        del engine
+        _free_memory()
+    if progress:
+        progress("done", float(total), float(total))
+    return result
+
+
+def _build_engine(settings: SweepSettings, line: Line, max_batch: int, max_k: int):
+    from dynaspec.engine.engine import LLMEngine
+
+    max_model_len = max(16, settings.prompt_len + settings.gen_len + max_k + 1)
+    blocks_per_seq = math.ceil((max_model_len + max_k) / settings.block_size)
+    config = EngineConfig(
+        model=settings.model,
+        dtype=settings.dtype,
+        device=settings.device,
+        block_size=settings.block_size,
+        num_kv_blocks=max_batch * blocks_per_seq + 2,
+        max_num_seqs=max_batch,
+        max_num_batched_tokens=max(2048, max_batch * (1 + max_k)),
+        max_model_len=max_model_len,
+        seed=settings.seed,
+        enforce_eager=settings.enforce_eager,
+        model_cache_dir=settings.model_cache_dir,
+        speculative_config=line.speculative_config,
+    )
+    return LLMEngine(config)
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _run_batch(engine, batch: int, prompt_len: int, gen_len: int, rng: random.Random):
+    """Run `batch` random-prompt greedy requests (ignore_eos) to completion.
+
+    Returns (prefill_time_s, records, preemptions): a record (seconds, tokens committed, the engine's
+    last_step stats) per step after every request had its first token (the decode phase).
+    """
+    from dynaspec.sampling_params import SamplingParams
+
+    params = SamplingParams(temperature=0.0, max_tokens=gen_len, ignore_eos=True)
+    vocab = int(engine.vocab_size)
+    pending: set[str] = set()
+    for _ in range(batch):
+        request_id = f"bench-{rng.getrandbits(64):016x}"
+        engine.add_request(request_id, [rng.randrange(vocab) for _ in range(prompt_len)], params)
+        pending.add(request_id)
+    device = engine.device
+    records = []
+    prefill_time = 0.0
+    preemptions = 0
+    _sync(device)
+    while engine.has_unfinished_requests():
+        start = time.perf_counter()
+        outputs = engine.step()
+        _sync(device)
+        elapsed = time.perf_counter() - start
+        preemptions += sum(o.metrics.num_preemptions for o in outputs if o.finished and o.metrics)
+        if pending:
+            prefill_time += elapsed
+            pending.difference_update(o.request_id for o in outputs if o.token_ids)
+            continue
+        committed = sum(len(o.new_token_ids) for o in outputs)
+        records.append((elapsed, committed, engine.get_stats()["last_step"]))
+    return prefill_time, records, preemptions
+
+
+def _measure(engine, line: Line, batch: int, prompt_len: int, gen_len: int, rng: random.Random) -> Point:
+    prefill_time, records, preemptions = _run_batch(engine, batch, prompt_len, gen_len, rng)
+    nominal = line.nominal_k(batch)
+    decode_time = sum(r[0] for r in records)
+    tokens = sum(r[1] for r in records)
+    steps = len(records)
+    request_steps = sum(len(r[2].get("drafted_per_request", [])) for r in records)
+    accepted = sum(r[2].get("accepted", 0) for r in records)
+    drafted = sum(r[2].get("drafted", 0) for r in records)
+    histogram: dict[str, int] = {}
+    for r in records:
+        key = str(r[2].get("k", 0))
+        histogram[key] = histogram.get(key, 0) + 1
+    matched = histogram.get(str(nominal), 0)
+    return Point(
+        line=line.name,
+        batch_size=batch,
+        nominal_k=nominal,
+        decode_tokens=tokens,
+        decode_time_s=decode_time,
+        num_decode_steps=steps,
+        decode_tokens_per_s=tokens / decode_time if decode_time > 0 else 0.0,
+        mean_step_time_s=decode_time / steps if steps else 0.0,
+        median_step_time_s=statistics.median(r[0] for r in records) if records else 0.0,
+        mean_accepted_length=(accepted + request_steps) / request_steps if request_steps else 0.0,
+        acceptance_rate=accepted / drafted if drafted else None,
+        k_match_fraction=matched / steps if steps else 0.0,
+        k_histogram=dict(sorted(histogram.items(), key=lambda kv: int(kv[0]))),
+        prefill_time_s=prefill_time,
+        num_preemptions=preemptions,
+    )
+
+
+def _free_memory() -> None:
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+
+
+# ------------------------------------------------------------------------------------------ floor
+def weight_bytes(model: torch.nn.Module) -> int:
+    """Bytes of the model's parameters (tied weights counted once): what one decode step must read."""
+    return sum(p.numel() * p.element_size() for p in model.parameters())
+
+
+def kv_bytes_per_token(model: torch.nn.Module, dtype: torch.dtype) -> int:
+    """K and V bytes one token occupies across all layers."""
+    element = torch.empty((), dtype=dtype).element_size()
+    return 2 * int(model.num_layers) * int(model.num_kv_heads) * int(model.head_dim) * element
+
+
+def measure_copy_bandwidth(device: torch.device, nbytes: int = COPY_BYTES, iters: int = 20) -> float:
+    """Device-to-device copy bandwidth in bytes/s, counting read + write bytes (median of `iters` copies)."""
+    if device.type != "cuda":
+        raise ValueError(f"copy bandwidth is measured on a CUDA device, got {device}")
+    src = torch.empty(nbytes, dtype=torch.uint8, device=device)
+    dst = torch.empty_like(src)
+    for _ in range(3):
+        dst.copy_(src)
+    times = []
+    for _ in range(iters):
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        dst.copy_(src)
+        end.record()
+        end.synchronize()
+        times.append(start.elapsed_time(end) / 1e3)
+    del src, dst
+    times.sort()
+    return 2 * nbytes / times[len(times) // 2]
+
+
+def floor_points(
+    weight_nbytes: int, kv_nbytes_per_token: int, batch_sizes: Sequence[int], mean_context: float, bandwidth: float
+) -> list[dict[str, float]]:
+    """Per batch: the step time to read weights + KV once at `bandwidth`, and the tokens/s that gives
+    at one token per request per step (the no-spec decode ceiling)."""
+    out = []
+    for batch in batch_sizes:
+        step = (weight_nbytes + batch * mean_context * kv_nbytes_per_token) / bandwidth
+        out.append({"batch_size": batch, "step_time_s": step, "tokens_per_s": batch / step})
+    return out
+
+
+def _floor(engine, settings: SweepSettings, batches: list[int], metadata: dict[str, Any]):
+    model = engine.loaded.model
+    metadata["weight_bytes"] = weight_bytes(model)
+    metadata["kv_bytes_per_token"] = kv_bytes_per_token(model, engine.dtype)
+    mean_context = settings.prompt_len + settings.gen_len / 2
+    metadata["floor_mean_context"] = mean_context
+    if engine.device.type != "cuda":
+        metadata["copy_bandwidth_bytes_per_s"] = None
+        return None
+    bandwidth = measure_copy_bandwidth(engine.device)
+    metadata["copy_bandwidth_bytes_per_s"] = bandwidth
+    return floor_points(metadata["weight_bytes"], metadata["kv_bytes_per_token"], batches, mean_context, bandwidth)
+
+
+# ------------------------------------------------------------------------------------------ metadata
+def _metadata(settings: SweepSettings, spec, engine, profile, lines: list[Line]) -> dict[str, Any]:
+    device = engine.device
+    draft_model = getattr(spec, "speculative_model", None) if spec is not None else None
+    meta = {
+        "model": settings.model,
+        "model_name": engine.loaded.name,
+        "is_random": bool(engine.loaded.is_random),
+        "drafter": None if spec is None else spec.decoding_type,
+        "draft_model": draft_model,
+        "draft_is_random": bool(draft_model and str(draft_model).startswith("random:")),
+        "acceptance_replay": profile is not None,
+        "replay_profile": profile,
+        "device": str(device),
+        "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "cpu",
+        "dtype": str(engine.dtype).removeprefix("torch."),
+        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "command_line": settings.command_line or " ".join(sys.argv),
+        "prompt_len": settings.prompt_len,
+        "gen_len": settings.gen_len,
+        "batch_sizes": sorted(settings.batch_sizes),
+        "lines": [line.name for line in lines],
+        "draft_len_schedule": None if spec is None or spec.draft_len_schedule is None
+        else {str(k): v for k, v in spec.draft_len_schedule.items()},
+        "seed": settings.seed,
+        "cuda_graphs": device.type == "cuda" and not settings.enforce_eager,
+        "torch_version": torch.__version__,
+        "timing": "decode phase only: steps after every request has its first token; "
+        "perf_counter around each step, CUDA synchronized",
+    }
+    meta["caveats"] = caveats(meta)
+    return meta
+
+
+def caveats(meta: dict[str, Any]) -> list[str]:
+    """Warnings every output (titles, captions, JSON) carries: random weights, replayed acceptance."""
+    out = []
+    if meta.get("is_random"):
+        out.append(f"RANDOM WEIGHTS ({meta.get('model_name') or meta.get('model')}): real shapes, meaningless output")
+    if meta.get("draft_is_random"):
+        out.append(f"RANDOM-WEIGHT DRAFT MODEL ({meta.get('draft_model')})")
+    if meta.get("acceptance_replay"):
+        profile = meta.get("replay_profile") or {}
+        out.append(f"ACCEPTANCE REPLAYED from profile '{profile.get('name')}', not the model's own")
+    return out

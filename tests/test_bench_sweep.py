@@ -1,0 +1,236 @@
+"""`dynaspec bench`: the throughput sweep, its JSON / markdown / PNG outputs, the CLI and its errors.
+
+CPU, tiny random checkpoint (tests/tiny_models.py), batches [1, 2] x k [0, 1, 2], short prompts.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from dynaspec.bench import report
+from dynaspec.bench.cli_bench import parse_int_list
+from dynaspec.bench.hf_baseline import hf_decode_throughput, hf_model_sharing_weights
+from dynaspec.bench.plots import plot_sweep
+from dynaspec.bench.sweep import SweepSettings, build_lines, default_batch_sizes, floor_points, run_sweep
+from dynaspec.cli import app
+from dynaspec.spec.config import NGramDecodingConfig
+from dynaspec.models.presets import num_parameters
+from tests.tiny_models import make_tiny_checkpoint, make_tiny_config
+
+PROMPT_LEN, GEN_LEN = 12, 10
+POINT_FIELDS = {
+    "line", "batch_size", "nominal_k", "decode_tokens", "decode_time_s", "num_decode_steps", "decode_tokens_per_s",
+    "mean_step_time_s", "median_step_time_s", "mean_accepted_length", "acceptance_rate", "k_match_fraction",
+    "k_histogram", "prefill_time_s", "num_preemptions",
+}
+METADATA_FIELDS = {
+    "model", "model_name", "is_random", "drafter", "draft_model", "acceptance_replay", "replay_profile", "device",
+    "device_name", "dtype", "date", "command_line", "prompt_len", "gen_len", "batch_sizes", "caveats",
+    "weight_bytes", "kv_bytes_per_token", "copy_bandwidth_bytes_per_s",
+}
+
+
+@pytest.fixture(scope="module")
+def tiny_dir(tmp_path_factory):
+    return make_tiny_checkpoint(tmp_path_factory.mktemp("bench"), "llama")
+
+
+@pytest.fixture(scope="module")
+def sweep_result(tiny_dir):
+    settings = SweepSettings(
+        model=str(tiny_dir),
+        speculative_config={"decoding_type": "NGram", "max_draft_len": 2, "draft_len_schedule": {1: 2, 2: 1}},
+        batch_sizes=[1, 2], draft_lens=[0, 1, 2], prompt_len=PROMPT_LEN, gen_len=GEN_LEN, device="cpu",
+        command_line="pytest",
+    )
+    return run_sweep(settings).to_dict()
+
+
+def test_sweep_measures_every_line_and_batch(sweep_result):
+    assert [line["name"] for line in sweep_result["lines"]] == ["no spec", "k=1", "k=2", "schedule"]
+    points = {(p["line"], p["batch_size"]): p for p in sweep_result["points"]}
+    assert set(points) == {(line, b) for line in ("no spec", "k=1", "k=2", "schedule") for b in (1, 2)}
+    for (line, batch), p in points.items():
+        assert set(p) == POINT_FIELDS
+        assert p["decode_tokens_per_s"] > 0 and p["mean_step_time_s"] > 0
+        # The decode phase starts after every request has its first token: the rest of gen_len is decoded.
+        assert p["decode_tokens"] == batch * (GEN_LEN - 1)
+        assert p["decode_tokens_per_s"] == pytest.approx(p["decode_tokens"] / p["decode_time_s"])
+        assert sum(p["k_histogram"].values()) == p["num_decode_steps"]
+        assert 0.0 <= p["k_match_fraction"] <= 1.0
+        assert p["mean_accepted_length"] >= 1.0
+    # No spec: one token per request per step, every step at k = 0.
+    for batch in (1, 2):
+        p = points[("no spec", batch)]
+        assert p["num_decode_steps"] == GEN_LEN - 1 and p["mean_accepted_length"] == 1.0
+        assert p["k_histogram"] == {"0": GEN_LEN - 1} and p["acceptance_rate"] is None
+    # The schedule's nominal k follows {1: 2, 2: 1}; static lines keep their k while the batch is full.
+    assert points[("schedule", 1)]["nominal_k"] == 2 and points[("schedule", 2)]["nominal_k"] == 1
+    assert points[("k=2", 1)]["nominal_k"] == 2 and points[("k=2", 1)]["k_histogram"].get("2", 0) >= 1
+    assert max(int(k) for p in points.values() for k in p["k_histogram"]) <= 2
+
+
+def test_sweep_json_metadata_and_envelope(sweep_result, tmp_path):
+    path = report.write_json(sweep_result, tmp_path / "bench.json")
+    data = json.loads(path.read_text())
+    assert data["schema"] == "dynaspec.bench.sweep/1"
+    assert METADATA_FIELDS <= set(data["metadata"])
+    meta = data["metadata"]
+    assert meta["is_random"] is False and meta["acceptance_replay"] is False and meta["caveats"] == []
+    assert meta["device"] == "cpu" and meta["copy_bandwidth_bytes_per_s"] is None and data["floor"] is None
+    assert meta["command_line"] == "pytest" and meta["drafter"] == "NGram"
+    assert meta["weight_bytes"] == 4 * num_parameters(make_tiny_config("llama"))  # float32, every parameter
+    # kv bytes per token of the tiny llama: 2 (K, V) x 2 layers x 2 kv heads x 16 head_dim x 4 bytes.
+    assert meta["kv_bytes_per_token"] == 2 * 2 * 2 * 16 * 4
+    env = {e["batch_size"]: e for e in data["envelope"]}
+    assert set(env) == {1, 2}
+    for batch, e in env.items():
+        static = {p["line"]: p["decode_tokens_per_s"] for p in data["points"] if p["batch_size"] == batch
+                  and p["line"].startswith("k=")}
+        assert e["best_static_tokens_per_s"] == max(static.values())
+        assert e["best_static_line"] == max(static, key=static.get)
+
+
+def test_markdown_and_plots(sweep_result, tmp_path):
+    md = report.write_markdown(sweep_result, tmp_path / "bench.md").read_text()
+    assert "| batch | no spec tok/s | k=1 tok/s | k=2 tok/s | schedule tok/s |" in md
+    assert md.count("\n| schedule | ") == 2 and "Envelope" in md
+    paths = plot_sweep(sweep_result, tmp_path / "plots")
+    assert [p.name for p in paths] == ["bench_tokens_per_s.png", "bench_step_time.png"]
+    for p in paths:
+        assert p.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and p.stat().st_size > 10_000
+
+
+def test_caveats_reach_every_output(sweep_result, tmp_path):
+    result = json.loads(json.dumps(sweep_result))
+    result["metadata"].update(is_random=True, acceptance_replay=True, replay_profile={"name": "copy-heavy"})
+    from dynaspec.bench.sweep import caveats
+
+    result["metadata"]["caveats"] = caveats(result["metadata"])
+    assert any("RANDOM WEIGHTS" in c for c in result["metadata"]["caveats"])
+    assert any("ACCEPTANCE REPLAYED" in c and "copy-heavy" in c for c in result["metadata"]["caveats"])
+    md = report.markdown(result)
+    assert "RANDOM WEIGHTS" in report.title(result) and "ACCEPTANCE REPLAYED" in report.title(result)
+    assert md.count("ACCEPTANCE REPLAYED") >= 4  # title, banner, and each table caption
+    for table in report.rich_tables(result):
+        assert "RANDOM WEIGHTS" in str(table.title) and "ACCEPTANCE REPLAYED" in str(table.caption)
+
+
+def test_acceptance_profile_goes_into_the_config(tmp_path):
+    profile = tmp_path / "copy.json"
+    profile.write_text(json.dumps({"name": "copy", "acceptance_per_position": [0.9, 0.8]}))
+    spec = NGramDecodingConfig(max_draft_len=2, draft_len_schedule={1: 2, 4: 0})
+    lines = build_lines(spec, [0, 2], True, str(profile))
+    assert [line.name for line in lines] == ["no spec", "k=2", "schedule"]
+    assert lines[0].speculative_config is None
+    assert lines[1].speculative_config.replay_acceptance_profile == str(profile)
+    assert lines[1].speculative_config.draft_len_schedule == {1: 2}
+    assert lines[2].speculative_config.draft_len_schedule == {1: 2, 4: 0}
+    assert [lines[2].nominal_k(b) for b in (1, 3, 4, 8)] == [2, 2, 0, 0]
+
+
+def test_replayed_sweep_is_labelled(tiny_dir, tmp_path):
+    profile = tmp_path / "always.json"
+    profile.write_text(json.dumps({"name": "always", "acceptance_per_position": [1.0, 1.0]}))
+    settings = SweepSettings(
+        model=str(tiny_dir), speculative_config={"decoding_type": "NGram", "max_draft_len": 2}, batch_sizes=[1],
+        draft_lens=[2], prompt_len=PROMPT_LEN, gen_len=GEN_LEN, device="cpu", acceptance_profile=str(profile),
+        warmup=False,
+    )
+    result = run_sweep(settings).to_dict()
+    meta = result["metadata"]
+    assert meta["acceptance_replay"] is True and meta["replay_profile"]["name"] == "always"
+    assert meta["replay_profile"]["acceptance_per_position"] == [1.0, 1.0]
+    assert any("ACCEPTANCE REPLAYED" in c for c in meta["caveats"])
+    (point,) = result["points"]
+    # Every draft is accepted: 3 tokens per step while the remaining budget allows.
+    assert point["acceptance_rate"] == 1.0 and point["mean_accepted_length"] > 2.5
+
+
+def test_hf_baseline_shares_weights_and_matches_greedy(tiny_dir):
+    from dynaspec.llm import LLM
+    from dynaspec.sampling_params import SamplingParams
+
+    llm = LLM(model=str(tiny_dir), device="cpu")
+    model, hf_config = llm.engine.loaded.model, llm.engine.loaded.hf_config
+    hf = hf_model_sharing_weights(model, hf_config)
+    assert hf.model.layers[0].mlp.up_proj.weight.data_ptr() == model.model.layers[0].mlp.up_proj.weight.data_ptr()
+    prompt = [5, 17, 33, 2, 99, 100, 7]
+    ours = llm.generate([prompt], SamplingParams(temperature=0, max_tokens=8, ignore_eos=True))[0].token_ids
+    theirs = hf.generate(torch.tensor([prompt]), max_new_tokens=8, min_new_tokens=8, do_sample=False, pad_token_id=0)
+    assert theirs[0, len(prompt):].tolist() == ours
+    rows = hf_decode_throughput(model, hf_config, [1, 2], PROMPT_LEN, 6)
+    assert [r["batch_size"] for r in rows] == [1, 2] and [r["cache"] for r in rows] == ["dynamic", "static"]
+    for r in rows:
+        assert r["num_decode_steps"] == 5 and r["decode_tokens"] == r["batch_size"] * 5
+        assert r["decode_tokens_per_s"] > 0
+
+
+def test_floor_points():
+    rows = floor_points(1000, 10, [1, 4], mean_context=50.0, bandwidth=1e4)
+    assert rows[0]["step_time_s"] == pytest.approx((1000 + 500) / 1e4)
+    assert rows[1]["tokens_per_s"] == pytest.approx(4 / ((1000 + 2000) / 1e4))
+
+
+def test_default_batch_sizes_and_int_lists():
+    assert default_batch_sizes(256) == [1, 2, 4, 8, 16, 32, 64, 128, 256]
+    assert default_batch_sizes(48) == [1, 2, 4, 8, 16, 32, 48]
+    assert parse_int_list("0-2,5", "--ks", 0) == [0, 1, 2, 5]
+    with pytest.raises(ValueError, match="must be >= 1, got -4"):
+        parse_int_list("1,-4", "--batch-sizes", 1)
+    with pytest.raises(ValueError, match="not an int"):
+        parse_int_list("1,x", "--batch-sizes", 1)
+
+
+@pytest.mark.parametrize(
+    "changes, message",
+    [
+        (dict(batch_sizes=[0, 2]), "batch_sizes entries must be >= 1"),
+        (dict(draft_lens=[0, 3]), r"k=3 is out of range: allowed 0..2"),
+        (dict(prompt_len=0), "prompt_len must be an int >= 1"),
+        (dict(speculative_config=None, draft_lens=[1]), "allowed only 0"),
+        (dict(acceptance_profile="/nonexistent/profile.json"), "neither a file nor a shipped profile"),
+    ],
+)
+def test_bad_settings_are_refused(tiny_dir, changes, message):
+    base = dict(model=str(tiny_dir), speculative_config={"decoding_type": "NGram", "max_draft_len": 2},
+                batch_sizes=[1], device="cpu")
+    with pytest.raises(ValueError, match=message):
+        run_sweep(SweepSettings(**{**base, **changes}))
+
+
+def test_cli_bench_writes_outputs(tiny_dir, tmp_path):
+    out = tmp_path / "out"
+    result = CliRunner().invoke(app, [
+        "bench", "--model", str(tiny_dir), "--drafter", "ngram", "--max-draft-len", "1", "--batch-sizes", "1,2",
+        "--prompt-len", "8", "--gen-len", "6", "--device", "cpu", "--out-dir", str(out), "--no-warmup",
+    ])
+    assert result.exit_code == 0, result.output
+    assert "decode tokens/s" in result.output
+    data = json.loads((out / "bench.json").read_text())
+    assert {p["line"] for p in data["points"]} == {"no spec", "k=1"}
+    assert (out / "bench.md").is_file()
+    assert (out / "bench_tokens_per_s.png").stat().st_size > 0 and (out / "bench_step_time.png").stat().st_size > 0
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--batch-sizes", "1,-2"], "--batch-sizes must be >= 1"),
+        (["--drafter", "ngram", "--max-draft-len", "2", "--ks", "0,3"], "k=3 is out of range"),
+        (["--ks", "0,1"], "allowed only 0"),
+        (["--drafter", "eagle"], "--drafter must be one of ngram, draft-model"),
+        (["--drafter", "draft-model"], "needs --draft-model"),
+        (["--compare-hf", "--batch-sizes", "1,2", "--hf-batch-sizes", "4"], r"\[4\] are not in the sweep"),
+    ],
+)
+def test_cli_bench_bad_arguments(tiny_dir, tmp_path, args, message):
+    result = CliRunner().invoke(app, ["bench", "--model", str(tiny_dir), "--device", "cpu",
+                                      "--out-dir", str(tmp_path), *args])
+    assert result.exit_code == 2
+    assert re.search(message, " ".join(result.output.split())), result.output

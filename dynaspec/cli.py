@@ -155,5 +155,10 @@ def serve(
     run_server(engine_config, host=host, port=port, served_model_name=served_model_name, max_queue=max_queue)
 
 
+from dynaspec.bench.cli_bench import bench_command  # noqa: E402
+
+app.command("bench")(bench_command)
+
+
 if __name__ == "__main__":
     app()

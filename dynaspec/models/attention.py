@@ -13,7 +13,8 @@ W, only keys at distance < W).
 The reference path (`reference_paged_attention`) runs on any device with plain torch: it gathers each
 sequence's blocks into a padded (B, S, Hkv, D) tensor, pads the queries to (B, Qmax, H, D), builds the
 causal + length mask and calls `torch.nn.functional.scaled_dot_product_attention`, with no Python loop
-over sequences. A fused CUDA kernel plugs in at the dispatch point in `paged_attention`.
+over sequences. On CUDA, decode and verify steps (max query length <= 8) run the
+Triton kernel of `triton_attention.py` instead (dispatch in `paged_attention`).
 """
 
 from __future__ import annotations
@@ -42,8 +43,16 @@ def paged_attention(
     """
     _check_inputs(q, k, v, kv_cache, meta, sliding_window)
     write_kv_cache(k, v, kv_cache, meta.slot_mapping)
-    # Dispatch point: a fused CUDA kernel (Triton) for supported shapes goes here, before the
-    # reference path; it must honour the same contract (including sliding_window).
+    if q.is_cuda and 1 <= meta.max_query_len <= 8:
+        # Decode / verify steps: the fused Triton kernel reads K/V straight from the paged cache
+        # (imported here: Triton is only needed on CUDA). Prefill stays on the reference path.
+        from dynaspec.models import triton_attention
+
+        if triton_attention.supports(q, kv_cache, meta.max_query_len):
+            return triton_attention.triton_paged_attention(
+                q, kv_cache, meta.query_start_loc, meta.seq_lens, meta.block_tables,
+                meta.max_query_len, scale, sliding_window,
+            )  # (T, H, D)
     return reference_paged_attention(q, kv_cache, meta, scale, sliding_window)
 
 

@@ -41,7 +41,7 @@ def _paged_attention_kernel(
     stride_qt, stride_qh,
     stride_kv, stride_kb, stride_ks, stride_kh,
     stride_ot, stride_oh,
-    stride_bt,
+    stride_bt, stride_bt_blk,
     sliding_window,
     GROUP: tl.constexpr, QMAX: tl.constexpr, ROWS: tl.constexpr,
     HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr,
@@ -90,7 +90,7 @@ def _paged_attention_kernel(
     for tile in range(tile_begin, tile_end):
         pos = tile * BLOCK_N + n_offs  # (BLOCK_N,) key positions
         key_valid = pos < seq_len
-        block = tl.load(bt_row + pos // BLOCK_SIZE, mask=key_valid, other=0).to(tl.int64)
+        block = tl.load(bt_row + (pos // BLOCK_SIZE) * stride_bt_blk, mask=key_valid, other=0).to(tl.int64)
         tok_off = block * stride_kb + (pos % BLOCK_SIZE).to(tl.int64) * stride_ks + head_off  # (BLOCK_N,)
         kv_mask = key_valid[:, None] & d_valid[None, :]
         # Slots past seq_len may hold garbage (NaN): masked loads give 0 there.
@@ -260,7 +260,7 @@ def triton_paged_attention(
         q.stride(0), q.stride(1),
         kv_cache.stride(0), kv_cache.stride(1), kv_cache.stride(2), kv_cache.stride(3),
         out.stride(0), out.stride(1),
-        block_tables.stride(0),
+        block_tables.stride(0), block_tables.stride(1),
         sliding_window if sliding_window is not None else 0,
         BLOCK_SIZE=block_size, BLOCK_N=block_n, NUM_SPLITS=num_splits,
         USE_WINDOW=sliding_window is not None, IEEE=q.dtype == torch.float32,

@@ -24,9 +24,11 @@ that observed s accepted out of n trials there:
 
 i.e. a running mean while few observations exist (the warm-start profile counts as `prior_weight`
 observations; with no profile the first step sets v), then an exponential moving average that moves
-`ema_rate` of the way toward each new step's rate (memory ~ 1 / ema_rate steps). A prior_weight at or above
-1 / ema_rate therefore acts as exactly that EMA from the first step; a smaller one lets early data count more. The global estimate takes
-one update per step with the step's pooled counts; a request's own estimate one per step it drafted in.
+`ema_rate` of the way toward each new step's rate (memory ~ 1 / ema_rate steps). With one observation
+per step, a prior_weight >= 1 / ema_rate - 1 is that plain EMA from the first step; a smaller one lets
+early data count more; a step pooling many requests (n >> w) outweighs the profile at once. The global
+estimate takes one update per step with the step's pooled counts; a request's own estimate one per step
+it drafted in.
 
 Per-request blending: a request with n own observations at position j (capped at 1 / request_ema_rate,
 an EMA's effective sample size) is estimated as (n * own_j + blend_count * global_j) / (n + blend_count),
@@ -265,16 +267,17 @@ class AcceptanceEstimator:
         """alpha_j for a request (its estimate blended with the global one), or the global ones."""
         base = self.global_alphas()
         ema = None if request_id is None else self._requests.get(request_id)
-        if ema is None:
-            return base
-        cap = 1.0 / self.request_ema_rate
+        return base if ema is None else self._blend(ema, base)
+
+    def _blend(self, ema: _PositionEMA, base: list[float]) -> list[float]:
+        cap, prior = 1.0 / self.request_ema_rate, self.blend_count
         blended = []
         for value, weight, g in zip(ema.values, ema.weights, base):
             if value is None:
                 blended.append(g)
-                continue
-            n = min(weight, cap)
-            blended.append((n * value + self.blend_count * g) / (n + self.blend_count))
+            else:
+                n = weight if weight < cap else cap
+                blended.append((n * value + prior * g) / (n + prior))
         return blended
 
     def observations(self, request_id: Hashable | None = None) -> list[float]:
@@ -284,23 +287,27 @@ class AcceptanceEstimator:
         ema = self._requests.get(request_id)
         return list(ema.weights) if ema is not None else [0.0] * self.max_draft_len
 
-    def _curve(self, request_id: Hashable | None) -> list[float]:
-        if request_id is None or request_id not in self._requests:
+    def _curve(self, request_id: Hashable | None, base: list[float] | None = None) -> list[float]:
+        """[E[accepted | k] for k = 0..max_draft_len] of a request (global when unknown), cached."""
+        ema = None if request_id is None else self._requests.get(request_id)
+        if ema is None:
             if self._global_curve is None:
                 self._global_curve = _cumulative(self.global_alphas())
             return self._global_curve
         curve = self._request_curves.get(request_id)
         if curve is None:
-            curve = self._request_curves[request_id] = _cumulative(self.alphas(request_id))
+            blended = self._blend(ema, self.global_alphas() if base is None else base)
+            curve = self._request_curves[request_id] = _cumulative(blended)
         return curve
 
     def expected_accepted_all(self, request_ids: Sequence[Hashable] | None = None) -> list[float]:
         """[E[accepted | k] for k = 0..max_draft_len], averaged over request_ids (global when None/empty)."""
         if not request_ids:
             return list(self._curve(None))
+        base = self.global_alphas()
         totals = [0.0] * (self.max_draft_len + 1)
         for request_id in request_ids:
-            for k, value in enumerate(self._curve(request_id)):
+            for k, value in enumerate(self._curve(request_id, base)):
                 totals[k] += value
         return [t / len(request_ids) for t in totals]
 

@@ -1,0 +1,266 @@
+"""Goodput planner: each step, the draft length k that maximises expected committed tokens per second.
+
+SmartSpec (Liu et al. 2024, "Optimizing Speculative Decoding for Serving Large Language Models Using
+Goodput", arXiv 2406.14066) chooses the speculation length from the current load and the observed
+acceptance by maximising goodput. Here, for a step where `batch` requests decode:
+
+    goodput(k) = (E[accepted | k] + 1) * batch / T(batch, k)        (k = 0: batch / T(batch, 0))
+
+with E[accepted | k] from the per-position acceptance estimate (Leviathan et al. 2023; see
+spec/acceptance_estimator.py) and T from the measured step-cost model (spec/cost_model.py). It is the
+online counterpart of TensorRT-LLM's static `draft_len_schedule` (PR #8194, "Dynamic draft length in spec
+decode"), whose author left the choice of k to "a performance study"; this planner makes that study at
+run time, and has the same call signature as DraftLenPolicy.draft_len so the engine can use either.
+
+Rules, in order:
+* more active requests than `max_concurrency` -> k = 0 (as DraftLenPolicy);
+* the argmax of goodput over `candidate_ks` (0 is always a candidate, so speculation that does not pay
+  falls back to k = 0; ties go to the smaller k: same goodput, less work);
+* hysteresis: per batch bucket (the smallest measured batch size >= batch, like CUDA-graph padding) the
+  previous k is kept unless the best k's predicted goodput exceeds the previous k's by more than
+  `hysteresis` (relative), so noise in the acceptance estimate does not flap k;
+* exploration: an estimate only learns about positions that are drafted, so every `explore_every`-th
+  decision whose k is below the largest candidate uses the next larger candidate instead (from k = 0 that
+  is the smallest k > 0). Without it a planner that settled on k = 0 would never see acceptance rise again.
+  One slightly longer step in `explore_every`; None turns it off.
+"""
+
+from __future__ import annotations
+
+from bisect import bisect_left, bisect_right
+from collections.abc import Hashable, Iterable, Mapping, Sequence
+from typing import Any
+
+from dynaspec.spec.acceptance_estimator import AcceptanceEstimator, load_acceptance_profile
+from dynaspec.spec.cost_model import StepCostModel
+
+
+def _check_count(value: Any, what: str, minimum: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"{what} must be an int, got {type(value).__name__}")
+    if value < minimum:
+        raise ValueError(f"{what} must be >= {minimum}, got {value}")
+    return value
+
+
+class GoodputPlanner:
+    """Per-step k maximising predicted goodput, with hysteresis; a drop-in for DraftLenPolicy."""
+
+    def __init__(
+        self,
+        cost_model: StepCostModel,
+        estimator: AcceptanceEstimator,
+        candidate_ks: Iterable[int],
+        hysteresis: float = 0.05,
+        max_concurrency: int | None = None,
+        explore_every: int | None = 64,
+    ) -> None:
+        """
+        cost_model: T(batch, k); every candidate k must be measured in it.
+        estimator: acceptance per position; its max_draft_len must cover the largest candidate.
+        candidate_ks: the k values the engine can run (e.g. those with captured CUDA graphs); 0 is added.
+        hysteresis: relative goodput gain (>= 0) the best k needs over the current one to replace it.
+        max_concurrency: more active requests than this -> k = 0 (None: no limit).
+        explore_every: see the module docstring (None: never explore).
+        """
+        if not isinstance(cost_model, StepCostModel):
+            raise TypeError(f"cost_model must be a StepCostModel, got {type(cost_model).__name__}")
+        if not isinstance(estimator, AcceptanceEstimator):
+            raise TypeError(f"estimator must be an AcceptanceEstimator, got {type(estimator).__name__}")
+        ks = {0}
+        for k in candidate_ks:
+            ks.add(_check_count(k, "each candidate k", 0))
+        self.candidate_ks: list[int] = sorted(ks)
+        missing = [k for k in self.candidate_ks if not cost_model.has(k)]
+        if missing:
+            raise ValueError(
+                f"candidate k values {missing} have no step-cost measurement; measured k values: "
+                f"{cost_model.draft_lens}"
+            )
+        if self.candidate_ks[-1] > estimator.max_draft_len:
+            raise ValueError(
+                f"candidate k {self.candidate_ks[-1]} exceeds the acceptance estimator's max_draft_len "
+                f"({estimator.max_draft_len})"
+            )
+        if (
+            isinstance(hysteresis, bool)
+            or not isinstance(hysteresis, (int, float))
+            or not 0 <= hysteresis < float("inf")
+        ):
+            raise ValueError(f"hysteresis must be a finite relative gain >= 0 (e.g. 0.05), got {hysteresis!r}")
+        if max_concurrency is not None:
+            _check_count(max_concurrency, "max_concurrency", 1)
+        if explore_every is not None:
+            _check_count(explore_every, "explore_every", 1)
+        self.cost_model = cost_model
+        self.estimator = estimator
+        self.hysteresis = float(hysteresis)
+        self.max_concurrency = max_concurrency
+        self.explore_every = explore_every
+        self._buckets = cost_model.batch_sizes
+        self._current: dict[int, int] = {}  # batch bucket -> k in force
+        self._below_max_decisions = 0
+        self.last_decision: dict[str, Any] = {}
+
+    @property
+    def max_draft_len(self) -> int:
+        """Largest k the planner can return (size draft buffers by it)."""
+        return self.candidate_ks[-1]
+
+    def bucket(self, batch: int) -> int:
+        """The hysteresis bucket of a batch size: smallest measured batch >= batch, else the largest."""
+        i = bisect_left(self._buckets, batch)
+        return self._buckets[min(i, len(self._buckets) - 1)]
+
+    def goodputs(self, batch: int, request_ids: Sequence[Hashable] | None = None) -> dict[int, float]:
+        """Predicted committed tokens per second for each candidate k at this batch size."""
+        _check_count(batch, "batch", 1)
+        expected = self.estimator.expected_accepted_all(request_ids)
+        return {k: (expected[k] + 1.0) * batch / self.cost_model.cost(batch, k) for k in self.candidate_ks}
+
+    def explain(self, batch: int, request_ids: Sequence[Hashable] | None = None) -> list[dict[str, float]]:
+        """Per candidate k: expected accepted, step seconds and predicted goodput (rows for logs / plots)."""
+        _check_count(batch, "batch", 1)
+        expected = self.estimator.expected_accepted_all(request_ids)
+        rows = []
+        for k in self.candidate_ks:
+            seconds = self.cost_model.cost(batch, k)
+            rows.append(
+                {
+                    "k": k,
+                    "expected_accepted": expected[k],
+                    "step_seconds": seconds,
+                    "goodput_tokens_per_s": (expected[k] + 1.0) * batch / seconds,
+                }
+            )
+        return rows
+
+    def best_k(self, batch: int, request_ids: Sequence[Hashable] | None = None) -> int:
+        """Argmax of goodput without hysteresis or exploration (ties: the smaller k)."""
+        goodput = self.goodputs(batch, request_ids)
+        return max(self.candidate_ks, key=lambda k: (goodput[k], -k))
+
+    def draft_len(
+        self, num_decoding: int, num_active: int, request_ids: Sequence[Hashable] | None = None
+    ) -> int:
+        """k for a step where `num_decoding` of `num_active` requests decode (DraftLenPolicy's signature).
+
+        request_ids (the decoding requests) blend in their own acceptance; None uses the global estimate.
+        """
+        _check_count(num_decoding, "num_decoding", 1)
+        _check_count(num_active, "num_active", 0)
+        if num_active < num_decoding:
+            raise ValueError(
+                f"num_active ({num_active}) must be >= num_decoding ({num_decoding}): "
+                f"decoding requests are active requests"
+            )
+        if request_ids is not None and len(request_ids) != num_decoding:
+            raise ValueError(
+                f"request_ids must name the {num_decoding} decoding requests, got {len(request_ids)} ids"
+            )
+        if self.max_concurrency is not None and num_active > self.max_concurrency:
+            self.last_decision = {"batch": num_decoding, "k": 0, "reason": "max_concurrency"}
+            return 0
+        goodput = self.goodputs(num_decoding, request_ids)
+        best = max(self.candidate_ks, key=lambda k: (goodput[k], -k))
+        bucket = self.bucket(num_decoding)
+        current = self._current.get(bucket)
+        if current is None or goodput[best] > goodput[current] * (1.0 + self.hysteresis):
+            current = best
+            reason = "argmax"
+        else:
+            reason = "argmax" if current == best else "hysteresis"
+        self._current[bucket] = current
+        chosen = current
+        if chosen < self.candidate_ks[-1] and self.explore_every is not None:
+            self._below_max_decisions += 1
+            if self._below_max_decisions >= self.explore_every:
+                self._below_max_decisions = 0
+                chosen = self.candidate_ks[bisect_right(self.candidate_ks, chosen)]
+                reason = "explore"
+        self.last_decision = {
+            "batch": num_decoding,
+            "k": chosen,
+            "reason": reason,
+            "held_k": current,
+            "best_k": best,
+            "goodput": goodput[chosen],
+            "best_goodput": goodput[best],
+        }
+        return chosen
+
+    # ----------------------------------------------------------------- engine hooks
+    def observe(
+        self,
+        k: int,
+        drafted: Sequence[int],
+        accepted: Sequence[int],
+        request_ids: Sequence[Hashable] | None = None,
+    ) -> None:
+        """Feed one step's outcome (the lists SpecStats.record takes) to the acceptance estimator."""
+        _check_count(k, "k", 0)
+        if k == 0:
+            return
+        self.estimator.update_step(request_ids, drafted, accepted, k)
+
+    def observe_last_step(self, last_step: Mapping[str, Any], request_ids: Sequence[Hashable] | None = None) -> None:
+        """observe() from SpecStats.last_step (keys k, drafted_per_request, accepted_per_request)."""
+        try:
+            k = last_step["k"]
+            drafted = last_step["drafted_per_request"]
+            accepted = last_step["accepted_per_request"]
+        except KeyError as exc:
+            raise ValueError(f"last_step lacks {exc.args[0]!r}: pass SpecStats.last_step after record()") from None
+        self.observe(k, drafted, accepted, request_ids)
+
+    def release(self, request_id: Hashable) -> None:
+        """A request finished / was aborted / preempted: drop its acceptance history."""
+        self.estimator.release(request_id)
+
+    def draft_lens_for_batch(self, num_decoding: int) -> set[int]:
+        """Every k draft_len() can return for this batch size (for CUDA-graph capture): all candidates."""
+        _check_count(num_decoding, "num_decoding", 1)
+        return set(self.candidate_ks)
+
+    def reachable_draft_lens(self) -> list[int]:
+        """Sorted k values draft_len() can return."""
+        return list(self.candidate_ks)
+
+    def __repr__(self) -> str:
+        return (
+            f"GoodputPlanner(candidate_ks={self.candidate_ks}, hysteresis={self.hysteresis}, "
+            f"max_concurrency={self.max_concurrency}, explore_every={self.explore_every})"
+        )
+
+
+def build_goodput_planner(
+    spec_config: Any,
+    cost_model: StepCostModel,
+    candidate_ks: Iterable[int] | None = None,
+    explore_every: int | None = 64,
+) -> GoodputPlanner:
+    """A planner from a speculative config (max_draft_len, max_concurrency, goodput_hysteresis,
+    acceptance_profile) and a measured cost model.
+
+    candidate_ks defaults to every k in 0..max_draft_len that the cost model measured (e.g. the captured
+    CUDA graphs); the acceptance profile, when set, warm-starts the estimator.
+    """
+    max_draft_len = spec_config.max_draft_len
+    if candidate_ks is None:
+        candidate_ks = [k for k in range(max_draft_len + 1) if cost_model.has(k)]
+    candidate_ks = list(candidate_ks)
+    above = [k for k in candidate_ks if k > max_draft_len]
+    if above:
+        raise ValueError(f"candidate k values {above} exceed max_draft_len ({max_draft_len})")
+    profile = None
+    if spec_config.acceptance_profile is not None:
+        profile = load_acceptance_profile(spec_config.acceptance_profile)
+    estimator = AcceptanceEstimator(max_draft_len, profile=profile)
+    return GoodputPlanner(
+        cost_model,
+        estimator,
+        candidate_ks,
+        hysteresis=spec_config.goodput_hysteresis,
+        max_concurrency=spec_config.max_concurrency,
+        explore_every=explore_every,
+    )

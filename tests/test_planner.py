@@ -1,0 +1,302 @@
+"""Goodput planner on synthetic cost / acceptance tables: argmax, regimes, hysteresis, exploration, hooks."""
+
+import random
+
+import pytest
+
+from dynaspec.spec.acceptance_estimator import AcceptanceEstimator
+from dynaspec.spec.cost_model import StepCostModel
+from dynaspec.spec.planner import GoodputPlanner
+from dynaspec.spec.stats import SpecStats
+
+BATCHES = (1, 2, 4, 8, 16, 32, 64, 128, 256)
+KS = (0, 1, 2, 3, 4, 6)
+
+
+def _cost(fn, batches=BATCHES, ks=KS) -> StepCostModel:
+    model = StepCostModel()
+    for b in batches:
+        for k in ks:
+            model.add(b, k, fn(b, k))
+    return model
+
+
+def _planner(cost, alphas, ks=KS, **kwargs) -> GoodputPlanner:
+    estimator = AcceptanceEstimator(max(ks), profile=alphas, ema_rate=kwargs.pop("ema_rate", 0.05))
+    kwargs.setdefault("explore_every", None)
+    kwargs.setdefault("hysteresis", 0.0)
+    return GoodputPlanner(cost, estimator, ks, **kwargs)
+
+
+def _brute_force_goodput(cost: StepCostModel, alphas_per_request, batch: int, k: int) -> float:
+    """Independent reference: mean over requests of sum_j prod_{i<j} alpha_i, plus one, times batch / T."""
+    expected = 0.0
+    for alphas in alphas_per_request:
+        for j in range(1, k + 1):
+            p = 1.0
+            for i in range(j):
+                p *= alphas[i]
+            expected += p
+    expected /= len(alphas_per_request)
+    return (expected + 1.0) * batch / cost.cost(batch, k)
+
+
+def test_picks_the_argmax_on_random_tables():
+    rng = random.Random(1234)
+    for trial in range(150):
+        base = rng.uniform(0.005, 0.05)
+        per_token = rng.uniform(0.0, 2e-4)
+        draft = rng.uniform(0.0, 0.01)
+        noise = {(b, k): rng.uniform(0.8, 1.2) for b in BATCHES for k in KS}
+        cost = _cost(lambda b, k: (base + per_token * b * (1 + k) + draft * k) * noise[b, k])
+        alphas = [rng.uniform(0.0, 1.0) for _ in range(max(KS))]
+        planner = _planner(cost, alphas)
+        for _ in range(10):
+            batch = rng.randint(1, 300)
+            goodput = {k: _brute_force_goodput(cost, [alphas], batch, k) for k in KS}
+            best = max(KS, key=lambda k: goodput[k])
+            fresh = _planner(cost, alphas)
+            assert fresh.draft_len(batch, batch) == best, (trial, batch, goodput)
+            assert planner.best_k(batch) == best
+            assert fresh.goodputs(batch) == pytest.approx(goodput)
+
+
+def test_picks_the_argmax_with_per_request_estimates():
+    rng = random.Random(99)
+    for trial in range(40):
+        noise = {(b, k): rng.uniform(0.7, 1.3) for b in BATCHES for k in KS}
+        cost = _cost(lambda b, k: (0.01 + 5e-5 * b * (1 + k)) * noise[b, k])
+        planner = _planner(cost, [rng.uniform(0.2, 0.9) for _ in range(max(KS))])
+        ids = [f"r{i}" for i in range(rng.randint(1, 12))]
+        for _ in range(20):  # random history per request
+            drafted = [rng.randint(0, max(KS)) for _ in ids]
+            accepted = [rng.randint(0, d) for d in drafted]
+            planner.observe(max(KS), drafted, accepted, ids)
+        batch = len(ids)
+        per_request = [planner.estimator.alphas(r) for r in ids]
+        goodput = {k: _brute_force_goodput(cost, per_request, batch, k) for k in KS}
+        best = max(KS, key=lambda k: goodput[k])
+        assert planner.best_k(batch, ids) == best
+        assert planner.goodputs(batch, ids) == pytest.approx(goodput)
+
+
+def test_memory_bound_and_high_acceptance_picks_max_k():
+    cost = _cost(lambda b, k: 0.02 + 1e-6 * b)  # verify is free in k: flat
+    planner = _planner(cost, [0.9] * max(KS))
+    for batch in (1, 3, 8, 50, 256):
+        assert planner.draft_len(batch, batch) == max(KS)
+
+
+def test_compute_bound_and_low_acceptance_picks_zero():
+    cost = _cost(lambda b, k: 1e-4 * b * (1 + k) + 1e-6)  # ~ tokens processed
+    planner = _planner(cost, [0.2] * max(KS))
+    for batch in (1, 3, 8, 50, 256):
+        assert planner.draft_len(batch, batch) == 0
+
+
+def test_speculation_switches_off_as_the_batch_grows():
+    # Memory-bound until batch * (1 + k) tokens reach 256, compute-bound after: SmartSpec's regime change.
+    cost = _cost(lambda b, k: max(0.01, 0.01 * b * (1 + k) / 256))
+    planner = _planner(cost, [0.8] * max(KS))
+    ks = [planner.draft_len(b, b) for b in BATCHES]
+    assert ks[0] == max(KS)  # batch 1: drafts are free
+    assert ks[-1] == 0  # batch 256: every draft costs a full token
+    assert ks == sorted(ks, reverse=True)  # k never grows with the batch here
+
+
+def _two_k_planner(hysteresis: float) -> GoodputPlanner:
+    # batch 1: goodput(0) = 1 / 0.010 = 100 tok/s; goodput(1) = (1 + alpha_0) / 0.015.
+    cost = StepCostModel()
+    cost.add(1, 0, 0.010)
+    cost.add(1, 1, 0.015)
+    cost.add(8, 0, 0.010)
+    cost.add(8, 1, 0.015)
+    # ema_rate 1: every step sets alpha_0 to that step's acceptance, so the test controls it exactly.
+    estimator = AcceptanceEstimator(1, profile=[0.5], ema_rate=1.0)
+    return GoodputPlanner(cost, estimator, [0, 1], hysteresis=hysteresis, explore_every=None)
+
+
+def _set_alpha(planner: GoodputPlanner, accepted_of_200: int) -> None:
+    planner.observe(1, [1] * 200, [1] * accepted_of_200 + [0] * (200 - accepted_of_200))
+
+
+def test_hysteresis_holds_small_changes_and_follows_large_ones():
+    planner = _two_k_planner(hysteresis=0.05)
+    _set_alpha(planner, 112)  # alpha 0.56: goodput(1) = 104 > 100
+    assert planner.draft_len(1, 1) == 1
+    _set_alpha(planner, 91)  # alpha 0.455: goodput(1) = 97; k=0 better by 3% < 5%: keep k=1
+    assert planner.goodputs(1)[1] == pytest.approx(97.0)
+    assert planner.best_k(1) == 0
+    assert planner.draft_len(1, 1) == 1
+    assert planner.last_decision["reason"] == "hysteresis"
+    _set_alpha(planner, 40)  # alpha 0.2: goodput(1) = 80; k=0 better by 25%: switch
+    assert planner.draft_len(1, 1) == 0
+    _set_alpha(planner, 109)  # alpha 0.545: goodput(1) = 103, 3% better: stay at 0
+    assert planner.draft_len(1, 1) == 0
+    _set_alpha(planner, 130)  # alpha 0.65: goodput(1) = 110, 10% better: switch back
+    assert planner.draft_len(1, 1) == 1
+    assert planner.last_decision["reason"] == "argmax"
+
+
+def test_without_hysteresis_the_same_fluctuation_flips_k():
+    planner = _two_k_planner(hysteresis=0.0)
+    flips, previous = 0, None
+    for accepted in (112, 91, 112, 91, 112):  # alpha alternates 0.56 / 0.455
+        _set_alpha(planner, accepted)
+        k = planner.draft_len(1, 1)
+        flips += previous is not None and k != previous
+        previous = k
+    assert flips == 4
+    held = _two_k_planner(hysteresis=0.05)
+    ks = []
+    for accepted in (112, 91, 112, 91, 112):
+        _set_alpha(held, accepted)
+        ks.append(held.draft_len(1, 1))
+    assert ks == [1, 1, 1, 1, 1]
+
+
+def test_hysteresis_state_is_per_batch_bucket():
+    planner = _two_k_planner(hysteresis=0.05)
+    _set_alpha(planner, 112)
+    assert planner.draft_len(1, 1) == 1  # bucket 1 now holds k=1
+    _set_alpha(planner, 91)
+    assert planner.draft_len(1, 1) == 1  # held
+    assert planner.draft_len(5, 5) == 0  # bucket 8 has no history: plain argmax
+    assert planner.bucket(5) == 8 and planner.bucket(1) == 1 and planner.bucket(100) == 8
+
+
+def test_max_concurrency_forces_zero():
+    cost = _cost(lambda b, k: 0.02)
+    planner = _planner(cost, [0.9] * max(KS), max_concurrency=8)
+    assert planner.draft_len(4, 8) == max(KS)
+    assert planner.draft_len(4, 9) == 0
+    assert planner.last_decision["reason"] == "max_concurrency"
+    assert planner.draft_lens_for_batch(4) == set(KS)
+
+
+def test_exploration_probes_the_next_k_and_learns_that_speculation_pays():
+    # True acceptance 0.9 and memory-bound cost, but the profile says 0.05: the planner starts at k=0.
+    cost = _cost(lambda b, k: 0.02 + 0.001 * k, batches=(1, 8), ks=(0, 2, 4))
+    estimator = AcceptanceEstimator(4, profile=[0.05] * 4, prior_weight=5, ema_rate=0.2)
+    planner = GoodputPlanner(cost, estimator, [0, 2, 4], hysteresis=0.05, explore_every=5)
+    rng = random.Random(0)
+    ks = []
+    for step in range(200):
+        k = planner.draft_len(4, 4)
+        ks.append(k)
+        if planner.last_decision["reason"] == "explore":
+            held = planner.last_decision["held_k"]
+            assert k == planner.candidate_ks[planner.candidate_ks.index(held) + 1]
+        drafted, accepted = [k] * 4, []
+        for _ in range(4):
+            a = 0
+            while a < k and rng.random() < 0.9:
+                a += 1
+            accepted.append(a)
+        planner.observe(k, drafted, accepted)
+    assert ks[:4] == [0, 0, 0, 0]
+    assert ks[4] == 2  # the 5th decision below the max explores the next candidate
+    assert ks[-20:] == [4] * 20  # settled on the max once acceptance was seen
+    assert planner.estimator.global_alphas()[0] > 0.8
+
+
+def test_exploration_off_never_leaves_zero():
+    cost = _cost(lambda b, k: 0.02 + 0.001 * k, batches=(1,), ks=(0, 2))
+    planner = _planner(cost, [0.05, 0.05], ks=(0, 2), explore_every=None)
+    assert {planner.draft_len(1, 1) for _ in range(100)} == {0}
+
+
+def test_explain_rows():
+    cost = _cost(lambda b, k: 0.01 * (1 + 0.1 * k))
+    planner = _planner(cost, [0.5] * max(KS))
+    rows = planner.explain(4)
+    assert [row["k"] for row in rows] == list(KS)
+    goodput = planner.goodputs(4)
+    for row in rows:
+        assert row["step_seconds"] == pytest.approx(cost.cost(4, row["k"]))
+        assert row["expected_accepted"] == pytest.approx(planner.estimator.expected_accepted(row["k"]))
+        assert row["goodput_tokens_per_s"] == pytest.approx(goodput[row["k"]])
+    assert rows[0]["goodput_tokens_per_s"] == pytest.approx(4 / 0.01)
+
+
+def test_observe_last_step_from_spec_stats_and_release():
+    cost = _cost(lambda b, k: 0.02)
+    planner = _planner(cost, [0.5] * max(KS), ema_rate=1.0)
+    stats = SpecStats()
+    stats.record(3, 4, drafted=[4, 4, 2], accepted=[4, 1, 2])
+    planner.observe_last_step(stats.last_step, request_ids=["a", "b", "c"])
+    # position 0: 3 of 3; position 1: a, c accepted, b rejected; position 2: a accepted, c short -> rejected
+    assert planner.estimator.global_alphas()[:3] == pytest.approx([1.0, 2 / 3, 0.5])
+    assert planner.estimator.num_tracked_requests == 3
+    planner.release("b")
+    assert planner.estimator.num_tracked_requests == 2
+    stats.record(3, 0, drafted=[0, 0, 0], accepted=[0, 0, 0])
+    planner.observe_last_step(stats.last_step)  # k=0: nothing observed
+    assert planner.estimator.global_alphas()[:3] == pytest.approx([1.0, 2 / 3, 0.5])
+    with pytest.raises(ValueError, match="last_step lacks 'k'"):
+        planner.observe_last_step({})
+
+
+def test_engine_facing_properties():
+    cost = _cost(lambda b, k: 0.02, ks=(0, 2, 4))
+    planner = _planner(cost, [0.5] * 4, ks=(2, 4))  # 0 is added
+    assert planner.candidate_ks == [0, 2, 4]
+    assert planner.reachable_draft_lens() == [0, 2, 4]
+    assert planner.max_draft_len == 4
+
+
+def test_validation_errors():
+    cost = _cost(lambda b, k: 0.02, ks=(0, 2))
+    est = AcceptanceEstimator(4)
+    message = r"candidate k values \[3\] have no step-cost measurement; measured k values: \[0, 2\]"
+    with pytest.raises(ValueError, match=message):
+        GoodputPlanner(cost, est, [2, 3])
+    with pytest.raises(ValueError, match=r"candidate k 2 exceeds the acceptance estimator's max_draft_len \(1\)"):
+        GoodputPlanner(cost, AcceptanceEstimator(1), [2])
+    with pytest.raises(ValueError, match="each candidate k must be >= 0"):
+        GoodputPlanner(cost, est, [-1])
+    with pytest.raises(ValueError, match="hysteresis must be a finite relative gain >= 0"):
+        GoodputPlanner(cost, est, [2], hysteresis=-0.1)
+    with pytest.raises(ValueError, match="max_concurrency must be >= 1"):
+        GoodputPlanner(cost, est, [2], max_concurrency=0)
+    with pytest.raises(ValueError, match="explore_every must be >= 1"):
+        GoodputPlanner(cost, est, [2], explore_every=0)
+    with pytest.raises(TypeError, match="cost_model must be a StepCostModel"):
+        GoodputPlanner({1: {0: 0.1}}, est, [2])
+    with pytest.raises(TypeError, match="estimator must be an AcceptanceEstimator"):
+        GoodputPlanner(cost, [0.5], [2])
+    planner = GoodputPlanner(cost, est, [2])
+    with pytest.raises(ValueError, match="num_decoding must be >= 1"):
+        planner.draft_len(0, 0)
+    with pytest.raises(ValueError, match=r"num_active \(2\) must be >= num_decoding \(3\)"):
+        planner.draft_len(3, 2)
+    with pytest.raises(TypeError, match="num_decoding must be an int"):
+        planner.draft_len(2.0, 2)
+    with pytest.raises(ValueError, match="request_ids must name the 2 decoding requests, got 1 ids"):
+        planner.draft_len(2, 2, ["a"])
+
+
+def test_build_from_spec_config(tmp_path):
+    import json
+
+    from dynaspec.spec.config import NGramDecodingConfig
+    from dynaspec.spec.planner import build_goodput_planner
+
+    profile = tmp_path / "copy.json"
+    profile.write_text(json.dumps({"acceptance_per_position": [0.9, 0.8, 0.7, 0.6]}))
+    config = NGramDecodingConfig(
+        max_draft_len=4,
+        max_concurrency=16,
+        draft_len_policy="goodput",
+        goodput_hysteresis=0.1,
+        acceptance_profile=str(profile),
+    )
+    cost = _cost(lambda b, k: 0.02, ks=(0, 1, 2, 4, 6))  # k=6 is above max_draft_len: not a default candidate
+    planner = build_goodput_planner(config, cost)
+    assert planner.candidate_ks == [0, 1, 2, 4]
+    assert planner.hysteresis == 0.1 and planner.max_concurrency == 16
+    assert planner.estimator.global_alphas() == [0.9, 0.8, 0.7, 0.6]
+    assert planner.draft_len(2, 2) == 4
+    assert planner.draft_len(2, 17) == 0
+    with pytest.raises(ValueError, match=r"candidate k values \[6\] exceed max_draft_len \(4\)"):
+        build_goodput_planner(config, cost, candidate_ks=[2, 6])

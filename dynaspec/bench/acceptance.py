@@ -350,11 +350,13 @@ def run_benchmark(
     max_model_len: int = 2048,
     seed: int = 0,
     log=print,
+    on_result=None,
 ) -> list[RunResult]:
     """Every (drafter, workload) pair; one no-spec LLM for the whole run, one spec LLM per drafter.
 
     Only two engines live at a time (the target's weights twice plus the draft model), which keeps a
-    1.5B fp32 target within a small machine's memory.
+    1.5B fp32 target within a small machine's memory. `on_result(result)` is called as each pair
+    finishes (to write its profile at once).
     """
     for d in drafters:
         if d not in DRAFTERS:
@@ -365,12 +367,12 @@ def run_benchmark(
     options = engine_options(batch_size, max_model_len)
     base = LLM(target, **options)
     warm = prompt_ids(base, workload("chat", 1, seed))[0]
-    warm_up(base, warm)
     results: list[RunResult] = []
     for drafter in drafters:
         k = max_draft_len[drafter] if isinstance(max_draft_len, dict) else max_draft_len
         config = spec_config(drafter, k, draft_model, max_matching_ngram_size)
         spec = LLM(target, speculative_config=config, **options)
+        warm_up(base, warm)  # loading the second engine may have evicted the first one's pages
         warm_up(spec, warm)
         draft = draft_model if drafter == "draft-model" else None
         for w in workloads:
@@ -381,6 +383,8 @@ def run_benchmark(
             )
             results.append(result)
             log(summary_line(result) + f" [{time.perf_counter() - t0:.0f} s]")
+            if on_result is not None:
+                on_result(result)
         del spec
         gc.collect()
     return results
@@ -475,9 +479,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         max_model_len=args.max_model_len,
         seed=args.seed,
         log=lambda line: print(line, flush=True),
+        on_result=lambda r: print(f"wrote {write_profiles([r], args.out_dir, command, args.measured_on)[0]}", flush=True),
     )
     paths = write_profiles(results, args.out_dir, command, args.measured_on)
-    print("\n".join(f"wrote {p}" for p in paths))
     print(markdown_table([load_profile(p) for p in paths]))
     bad = [f"{r.drafter}/{r.workload} prompts {r.mismatched_prompts}" for r in results if r.mismatched_prompts]
     if bad:

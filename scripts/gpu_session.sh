@@ -1,0 +1,25 @@
+#!/usr/bin/env bash
+# One device call: install the missing wheels, run the CUDA tests, then the benchmarks named in $@.
+# Usage (on the lent GPU, carrying .gpu-wheels): bash scripts/gpu_session.sh tests bench-core ...
+set -uo pipefail
+OUT=${OUT:-/tmp/out}
+mkdir -p "$OUT"
+python3 -m pip install -q --no-index --find-links .gpu-wheels pydantic fastapi uvicorn gguf accelerate 2>&1 | tail -1
+export PYTHONPATH=$PWD PYTHONUNBUFFERED=1
+nvidia-smi --query-gpu=name,memory.total --format=csv,noheader | tee "$OUT/card.txt"
+date -u | tee -a "$OUT/card.txt"
+for step in "$@"; do
+  echo "=== $step"
+  case "$step" in
+    tests)
+      python3 -m pytest -q -m cuda tests/ 2>&1 | tee "$OUT/cuda_tests.log" | tail -15 ;;
+    bench-core)
+      python3 -m dynaspec.cli bench --model random:llama-3.1-8b --ks 0 --batch-sizes 1,64 \
+        --prompt-len 128 --gen-len 64 --compare-hf --hf-batch-sizes 1,64 --out-dir "$OUT/core" 2>&1 | tail -25 ;;
+    bench-k0)
+      python3 -m dynaspec.cli bench --model random:llama-3.1-8b --drafter ngram --max-draft-len 4 \
+        --draft-len-schedule '1:4,2:0' --ks 0 --batch-sizes 2,8,64 --prompt-len 128 --gen-len 64 \
+        --out-dir "$OUT/k0" 2>&1 | tail -25 ;;
+    *) echo "unknown step $step" ;;
+  esac
+done

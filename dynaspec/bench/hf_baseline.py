@@ -5,7 +5,8 @@ The HF model is built from the engine's HF config and its parameters are the eng
 run exactly the same model. Greedy, `min_new_tokens = max_new_tokens` (EOS cannot end it early), random
 prompt ids of the sweep's prompt length. The KV cache is transformers' StaticCache
 (`cache_implementation="static"`) for batch > 1 where the model supports it, the default DynamicCache at
-batch 1 (and as the fallback); the JSON says which was used.
+batch 1 (and as the fallback); the JSON says which was used, and whether transformers auto-compiled the
+forward with torch.compile (it does for a static cache on GPU; the untimed warm-up run absorbs compilation).
 
 Only decode is timed: a streamer stamps (after torch.cuda.synchronize) the moment each new token is handed
 out; decode time runs from the first generated token to the last, over batch x (new_tokens - 1) tokens.
@@ -32,7 +33,7 @@ class _StampStreamer:
 
     def put(self, value: torch.Tensor) -> None:
         if self.device.type == "cuda":
-            torch.cuda.synchronize(self.device)
+            torch.cuda.synchronize(self.device.index if self.device.index is not None else None)
         self.stamps.append(time.perf_counter())
 
     def end(self) -> None:
@@ -116,6 +117,8 @@ def hf_decode_throughput(
         results.append({
             "batch_size": batch,
             "cache": cache,
+            # transformers compiles the forward itself (torch.compile) when a static cache is used on GPU
+            "torch_compile": hasattr(hf_model, "_compiled_call"),
             "decode_tokens": tokens,
             "decode_time_s": decode_time,
             "num_decode_steps": decode_steps,

@@ -147,6 +147,7 @@ def markdown(result: dict[str, Any]) -> str:
         f"- device: {meta.get('device_name')} ({meta.get('device')}), dtype {meta.get('dtype')}, "
         f"CUDA graphs: {'on' if meta.get('cuda_graphs') else 'off'}",
         f"- copy bandwidth: {bandwidth / 1e9:.0f} GB/s (read + write)" if bandwidth else "- floor: not computed (not CUDA)",
+        _hf_line(result),
         f"- date: {meta.get('date')}",
         f"- command: `{meta.get('command_line')}`",
         f"- timing: {meta.get('timing')}",
@@ -160,6 +161,17 @@ def markdown(result: dict[str, Any]) -> str:
         caption = " (" + "; ".join(meta.get("caveats")) + ")" if meta.get("caveats") else ""
         out += [f"### {name}{caption}", "", _md_table(header, rows), ""]
     return "\n".join(out)
+
+
+def _hf_line(result: dict[str, Any]) -> str:
+    rows = result.get("hf") or []
+    if not rows:
+        return "- HF transformers generate: not measured"
+    parts = [
+        f"batch {r['batch_size']}: {r['cache']} cache" + (", torch.compile (auto)" if r.get("torch_compile") else "")
+        for r in rows
+    ]
+    return "- HF transformers generate (same weights, decode only): " + "; ".join(parts)
 
 
 def write_json(result: dict[str, Any], path: str | Path) -> Path:

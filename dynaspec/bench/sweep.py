@@ -339,7 +339,7 @@ def _build_engine(settings: SweepSettings, line: Line, max_batch: int, max_k: in
 
 def _sync(device: torch.device) -> None:
     if device.type == "cuda":
-        torch.cuda.synchronize(device)
+        torch.cuda.synchronize(_cuda_index(device))
 
 
 def _run_batch(engine, batch: int, prompt_len: int, gen_len: int, rng: random.Random):
@@ -408,6 +408,11 @@ def _measure(engine, line: Line, batch: int, prompt_len: int, gen_len: int, rng:
         prefill_time_s=prefill_time,
         num_preemptions=preemptions,
     )
+
+
+def _cuda_index(device: torch.device) -> int:
+    """The CUDA ordinal of `device` ("cuda" without an index means the current device)."""
+    return device.index if device.index is not None else torch.cuda.current_device()
 
 
 def _free_memory() -> None:
@@ -489,7 +494,7 @@ def _metadata(settings: SweepSettings, spec, engine, profile, lines: list[Line])
         "acceptance_replay": profile is not None,
         "replay_profile": profile,
         "device": str(device),
-        "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "cpu",
+        "device_name": torch.cuda.get_device_name(_cuda_index(device)) if device.type == "cuda" else platform.processor() or "cpu",
         "dtype": str(engine.dtype).removeprefix("torch."),
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "command_line": settings.command_line or " ".join(sys.argv),
@@ -513,7 +518,7 @@ def caveats(meta: dict[str, Any]) -> list[str]:
     """Warnings every output (titles, captions, JSON) carries: random weights, replayed acceptance."""
     out = []
     if meta.get("is_random"):
-        out.append(f"RANDOM WEIGHTS ({meta.get('model_name') or meta.get('model')}): real shapes, meaningless output")
+        out.append(f"RANDOM WEIGHTS ({meta.get('model')}): real shapes, meaningless output")
     if meta.get("draft_is_random"):
         out.append(f"RANDOM-WEIGHT DRAFT MODEL ({meta.get('draft_model')})")
     if meta.get("acceptance_replay"):

@@ -67,9 +67,10 @@ def run_one(case: dict, device: str) -> dict:
     q, cache, meta = make_case(seqs, case["heads"], case["kv_heads"], case["head_dim"], case["block_size"],
                                dtype, device, case["seed"])
     scale = case["head_dim"] ** -0.5
+    tiling = {"block_n": case["block_n"]} if "block_n" in case else {}  # else the default
     out = triton_paged_attention(
         q, cache, meta.query_start_loc, meta.seq_lens, meta.block_tables, case["max_query_len"], scale,
-        case["window"], num_splits=case.get("splits"), block_n=case.get("block_n", 64),
+        case["window"], num_splits=case.get("splits"), **tiling,
     )
     ref = reference_paged_attention(q.float(), cache.float(), meta, scale, case["window"])
     return {"finite": bool(torch.isfinite(out).all()), "shape_ok": out.shape == q.shape,

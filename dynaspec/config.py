@@ -59,9 +59,11 @@ class EngineConfig(BaseModel):
 
     def resolved_device(self) -> torch.device:
         if self.device == "auto":
-            return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-        if self.device == "cuda" and not torch.cuda.is_available():
-            raise ValueError("device='cuda' was requested but no CUDA GPU is available; use device='cpu' or 'auto'")
+            return torch.device("cuda", torch.cuda.current_device()) if torch.cuda.is_available() else torch.device("cpu")
+        if self.device == "cuda":
+            if not torch.cuda.is_available():
+                raise ValueError("device='cuda' was requested but no CUDA GPU is available; use device='cpu' or 'auto'")
+            return torch.device("cuda", torch.cuda.current_device())
         return torch.device(self.device)
 
     def resolved_dtype(self) -> torch.dtype:

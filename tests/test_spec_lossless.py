@@ -194,3 +194,38 @@ def test_acceptance_replay_follows_the_profile(ckpts, tmp_path):
     assert stats["acceptance_replay"] == "half"
     with pytest.raises(ValueError, match="acceptance profile"):
         LLM(model=ckpts["target"], speculative_config=_spec("ngram", 3, ckpts, replay_acceptance_profile="nope"))
+
+
+@pytest.mark.parametrize("kind", ["ngram", "draft-near", "draft-same"])
+def test_goodput_planner_is_lossless(ckpts, baseline, kind):
+    spec = _spec(kind, 4, ckpts, draft_len_policy="goodput")
+    llm = LLM(model=ckpts["target"], block_size=4, speculative_config=spec)
+    outs = llm.generate(_prompts(8)[:3], GREEDY)
+    assert [o.token_ids for o in outs] == baseline[:3]
+
+
+def test_goodput_planner_follows_the_cost_table(ckpts, tmp_path):
+    """Cheap verify + perfect acceptance -> the largest k; verify that costs 10x per drafted position -> k = 0."""
+    from dynaspec.spec.cost_model import StepCostModel
+
+    def run(cost_per_k: float) -> dict:
+        table = StepCostModel()
+        for batch in (1, 2, 4, 8):
+            for k in range(5):
+                table.add(batch, k, 0.01 * (1 + cost_per_k * k))
+        path = tmp_path / f"cost{cost_per_k}.json"
+        table.save(path)
+        spec = _spec("draft-same", 4, ckpts, draft_len_policy="goodput", step_cost_file=str(path))
+        llm = LLM(model=ckpts["target"], block_size=4, speculative_config=spec)
+        llm.generate(_prompts(1), SamplingParams(temperature=0, max_tokens=40, ignore_eos=True))
+        return llm.get_stats()["k_histogram"]["1"]
+
+    cheap = run(0.0)
+    assert max(cheap, key=cheap.get) == "4"
+    costly = run(10.0)
+    assert max(costly, key=costly.get) == "0"
+
+
+def test_goodput_and_schedule_are_exclusive():
+    with pytest.raises(ValueError, match="goodput"):
+        NGramDecodingConfig(max_draft_len=4, draft_len_policy="goodput", draft_len_schedule={1: 4, 8: 0})

@@ -6,7 +6,7 @@ draft = drafter.propose(decodes, k)            # only when k >= 1: no draft work
 logits = runner.forward(decodes + prefills)    # one target forward, 1 + d_i positions per decode
 tokens = verifier.accept(logits, draft)        # greedy match or rejection sampling; bonus token
 commit(tokens)                                 # stop checks; rejected KV slots rolled back
-drafter.observe(running)                       # n-gram pool learns; draft KV catches up lazily
+drafter.observe(running)                       # k >= 1 only; drafters catch up lazily in propose()
 ```
 """
 
@@ -31,6 +31,9 @@ from dynaspec.outputs import RequestMetrics, RequestOutput
 from dynaspec.sampling_params import SamplingParams
 from dynaspec.spec.drafter import Drafter
 from dynaspec.spec.factory import DrafterContext, build_drafter
+from dynaspec.engine.cost_probe import measure_step_costs
+from dynaspec.spec.cost_model import StepCostModel
+from dynaspec.spec.planner import build_goodput_planner
 from dynaspec.spec.policy import DraftLenPolicy
 from dynaspec.spec.replay import AcceptanceReplay
 from dynaspec.spec.stats import SpecStats
@@ -58,7 +61,8 @@ class LLMEngine:
             )
         self.max_model_len = config.max_model_len or min(model_limit, 8192)
         spec = config.speculative_config
-        self.policy = DraftLenPolicy(spec) if spec is not None else None
+        self.policy = DraftLenPolicy(spec) if spec is not None and spec.draft_len_policy == "schedule" else None
+        self.goodput = spec is not None and spec.draft_len_policy == "goodput"
         self.replay: AcceptanceReplay | None = None
         if spec is not None and spec.replay_acceptance_profile is not None:
             self.replay = AcceptanceReplay(spec.replay_acceptance_profile, config.seed)
@@ -92,12 +96,14 @@ class LLMEngine:
         if self.drafter_bundle is not None:
             self.drafter_bundle.attach(num_blocks, config.block_size)
         self.max_blocks_per_seq = -(-(self.max_model_len + max_draft) // config.block_size)
+        pairs = self.graph_pairs()
         if self.use_graphs:
-            pairs = self.graph_pairs()
             self.runner.capture_graphs(pairs, self.max_blocks_per_seq)
             if self.drafter_bundle is not None:
                 spec_buckets = sorted({b for b, k in pairs if k > 0})
                 self.drafter_bundle.capture_graphs(spec_buckets, self.max_blocks_per_seq)
+        if self.goodput:
+            self.policy = build_goodput_planner(spec, self._step_costs(spec, pairs))
         self.block_manager = BlockManager(num_blocks, config.block_size)
         self.scheduler = Scheduler(
             self.block_manager, config.max_num_seqs, config.max_num_batched_tokens, self.max_model_len
@@ -115,16 +121,28 @@ class LLMEngine:
 
         max_batch = min(self.config.max_num_seqs, self.config.cuda_graph_max_batch)
         buckets = [b for b in BATCH_BUCKETS if b < max_batch] + [max_batch]
+        spec = self.config.speculative_config
         pairs: set[tuple[int, int]] = set()
         for batch in range(1, max_batch + 1):
             ks = {0}
-            if self.policy is not None:
+            if self.goodput:  # the planner may pick any k: capture them all
+                ks = set(range(spec.max_draft_len + 1))
+            elif self.policy is not None:
                 ks = self.policy.draft_lens_for_batch(batch)
             for k in ks:
                 while k > 0 and batch * (1 + k) > self.config.max_num_batched_tokens:
                     k -= 1
                 pairs.add((bucket_for(batch, buckets), k))
         return sorted(pairs)
+
+    def _step_costs(self, spec, pairs: list[tuple[int, int]]) -> StepCostModel:
+        """T(batch, k) from the tune file, or measured now (graph replays on CUDA; a few buckets on CPU)."""
+        if spec.step_cost_file is not None:
+            return StepCostModel.load(spec.step_cost_file)
+        if not self.use_graphs:
+            pairs = [(b, k) for b, k in pairs if b <= 8]
+        draft_runner = getattr(self.drafter, "runner", None)
+        return measure_step_costs(self.runner, draft_runner, pairs)
 
     def _activation_reserve(self) -> int:
         """GPU bytes kept free for CUDA graphs, activations and logits of the largest decode step."""
@@ -348,6 +366,9 @@ class LLMEngine:
         accepted = [max(0, len(c) - 1) for c in committed[: len(sched.decodes)]]
         if sched.decodes:
             self.stats.record(len(sched.decodes), sched.draft_len, drafted, accepted)
+            if self.policy is not None and sched.draft_len > 0:
+                ids = [d.request.request_id for d in sched.decodes]
+                self.policy.observe(sched.draft_len, drafted, accepted, ids)
         for decode, tokens in zip(sched.decodes, committed):
             # K/V is now valid for the fed last token plus the accepted drafts; the rest is rolled back.
             decode.request.num_computed_tokens += len(tokens)
@@ -368,7 +389,8 @@ class LLMEngine:
             else:
                 self.block_manager.trim(request, request.num_tokens)
             outputs.append(self._output(request, kept))
-        if self.drafter:
+        if self.drafter and sched.draft_len > 0:
+            # At k = 0 no drafter method runs at all; drafters catch up on missed tokens in propose().
             self.drafter.observe(self.scheduler.running)
         return outputs
 
@@ -376,6 +398,8 @@ class LLMEngine:
         self.scheduler.remove(request)
         if self.drafter:
             self.drafter.release(request)
+        if self.policy is not None:
+            self.policy.release(request.request_id)
 
     def _output(self, request: Request, new_tokens: list[int]) -> RequestOutput:
         return RequestOutput(

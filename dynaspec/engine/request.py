@@ -21,7 +21,7 @@ class RequestStatus(enum.Enum):
     FINISHED = "finished"
 
 
-@dataclass
+@dataclass(eq=False)  # identity semantics: `request in running` must not compare every field
 class Request:
     request_id: str
     prompt: str | None

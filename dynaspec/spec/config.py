@@ -138,6 +138,9 @@ class _SpecConfigBase(BaseModel):
     draft_len_policy: Literal["schedule", "goodput"] = "schedule"
     goodput_hysteresis: float = Field(default=0.05, ge=0.0, allow_inf_nan=False)
     acceptance_profile: str | None = Field(default=None, min_length=1)
+    # goodput only: a step-cost table T(batch, k) (JSON/YAML from StepCostModel.save or `dynaspec tune`);
+    # when unset, the engine measures it at start-up from its captured graphs.
+    step_cost_file: str | None = Field(default=None, min_length=1)
 
     @field_validator("draft_len_schedule", mode="before")
     @classmethod
@@ -147,6 +150,17 @@ class _SpecConfigBase(BaseModel):
         if isinstance(value, str):
             return parse_draft_len_schedule(value)
         return normalize_draft_len_schedule(value)
+
+    @model_validator(mode="after")
+    def _one_policy(self) -> "_SpecConfigBase":
+        if self.draft_len_policy == "goodput" and self.draft_len_schedule is not None:
+            raise ValueError(
+                "draft_len_policy='goodput' chooses k itself: remove draft_len_schedule, or use "
+                "draft_len_policy='schedule' (the default) to apply the schedule"
+            )
+        if self.step_cost_file is not None and self.draft_len_policy != "goodput":
+            raise ValueError("step_cost_file is only used with draft_len_policy='goodput'")
+        return self
 
     @model_validator(mode="after")
     def _schedule_within_max(self) -> "_SpecConfigBase":

@@ -169,8 +169,9 @@ class NGramDrafter:
         if isinstance(k, bool) or not isinstance(k, int) or not 1 <= k <= self.max_draft_len:
             raise ValueError(f"k must be an int in 1..max_draft_len ({self.max_draft_len}), got {k!r}")
         tokens: list[list[int]] = []
-        for request in requests:
+        for request in requests:  # catch up on every request first, so a shared pool sees all of them
             self._index(request)
+        for request in requests:
             # Committing d drafts + 1 target token must stay within max_tokens.
             limit = min(k, request.remaining_tokens - 1)
             draft: list[int] = []

@@ -85,6 +85,12 @@ class DraftLenPolicy:
             values.add(0)
         return values
 
+    def observe(self, k: int, drafted: list[int], accepted: list[int], request_ids: list[str] | None = None) -> None:
+        """A static schedule learns nothing from a step (the goodput planner does)."""
+
+    def release(self, request_id: str) -> None:
+        """No per-request state."""
+
     def reachable_draft_lens(self) -> list[int]:
         """Sorted distinct k values draft_len() can return (e.g. the k's to capture CUDA graphs for)."""
         values = set(self.schedule.values()) if self.schedule is not None else {self.max_draft_len}

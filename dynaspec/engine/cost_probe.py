@@ -1,0 +1,66 @@
+"""Measures the step-cost model T(batch, k) on the current device, for the goodput planner.
+
+On CUDA it times replays of the captured graphs (target verify graph of (bucket, k) plus k single-token
+draft-model graphs when a draft model drafts) with CUDA events; elsewhere it times eager forwards of the
+same shapes. Inputs are padding rows in the scratch block, so probing never touches a request's KV; the
+cost of attention over long contexts is therefore not included (it is small next to the weights at the
+batch sizes where speculation pays, and `dynaspec tune` measures real steps).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterable
+
+import torch
+
+from dynaspec.engine.model_runner import ModelRunner, SequenceInput
+from dynaspec.spec.cost_model import StepCostModel
+
+
+def _time(fn, device: torch.device, repeats: int) -> float:
+    fn()  # warm-up
+    if device.type == "cuda":
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        for _ in range(repeats):
+            fn()
+        end.record()
+        end.synchronize()
+        return start.elapsed_time(end) / 1e3 / repeats
+    begin = time.perf_counter()
+    for _ in range(repeats):
+        fn()
+    return (time.perf_counter() - begin) / repeats
+
+
+def forward_seconds(runner: ModelRunner, batch: int, k: int, repeats: int) -> float:
+    """Seconds of one (batch, 1 + k)-position forward of `runner`'s model."""
+    graphs = runner.graphs
+    if graphs is not None and (batch, k) in graphs.graphs:
+        graph = graphs.graphs[(batch, k)]
+        return _time(graph.replay, runner.device, repeats)
+    q_len = 1 + k
+    blocks = [runner.scratch_block] * -(-q_len // runner.block_size)  # the scratch block, reused
+    seqs = [SequenceInput([0] * q_len, q_len, blocks)] * batch
+    rows = list(range(batch * q_len))
+    return _time(lambda: runner.forward(seqs, rows), runner.device, repeats)
+
+
+def measure_step_costs(
+    target: ModelRunner,
+    draft: ModelRunner | None,
+    pairs: Iterable[tuple[int, int]],
+    repeats: int = 5,
+) -> StepCostModel:
+    """T(batch, k) = target verify forward + (k draft-model steps when a draft model drafts)."""
+    model = StepCostModel(device=str(target.device))
+    draft_step: dict[int, float] = {}
+    for batch, k in sorted(set(pairs)):
+        seconds = forward_seconds(target, batch, k, repeats)
+        if draft is not None and k > 0:
+            if batch not in draft_step:
+                draft_step[batch] = forward_seconds(draft, batch, 0, repeats)
+            seconds += k * draft_step[batch]
+        model.add(batch, k, seconds)
+    return model

@@ -4,7 +4,7 @@
 set -uo pipefail
 OUT=${OUT:-/tmp/out}
 mkdir -p "$OUT"
-python3 -m pip install -q --no-index --find-links .gpu-wheels pydantic fastapi uvicorn gguf accelerate 2>&1 | tail -1
+python3 -m pip install -q --no-index --find-links .gpu-wheels --find-links .whl pydantic fastapi uvicorn gguf accelerate pytest 2>&1 | tail -1
 export PYTHONPATH=$PWD PYTHONUNBUFFERED=1
 nvidia-smi --query-gpu=name,memory.total --format=csv,noheader | tee "$OUT/card.txt"
 date -u | tee -a "$OUT/card.txt"

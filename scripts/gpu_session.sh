@@ -20,6 +20,10 @@ for step in "$@"; do
       python3 -m dynaspec.cli bench --model random:llama-3.1-8b --drafter ngram --max-draft-len 4 \
         --draft-len-schedule '1:4,2:0' --ks 0 --batch-sizes 2,8,64 --prompt-len 128 --gen-len 64 \
         --out-dir "$OUT/k0" 2>&1 | tail -25 ;;
+    bench-ngram)
+      python3 -m dynaspec.cli bench --model random:llama-3.1-8b --drafter ngram --max-draft-len 4 \
+        --draft-len-schedule '1:4,16:2,64:0' --ks 0-4 --batch-sizes 1,4,16,64,128 --prompt-len 128 --gen-len 64 \
+        --acceptance-profile acceptance_ngram_code-edit --out-dir "$OUT/ngram" 2>&1 | tail -30 ;;
     *) echo "unknown step $step" ;;
   esac
 done

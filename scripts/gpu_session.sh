@@ -12,7 +12,10 @@ for step in "$@"; do
   echo "=== $step"
   case "$step" in
     tests)
-      python3 -m pytest -q -m cuda tests/ 2>&1 | tee "$OUT/cuda_tests.log" | tail -15 ;;
+      python3 -m pytest -q -m cuda tests/test_cuda_graphs.py tests/test_triton_attention.py tests/test_model_parity.py \
+        tests/test_loader.py 2>&1 | tee "$OUT/cuda_tests.log" | tail -15 ;;
+    profile)
+      python3 scripts/gpu_profile_step.py random:llama-3.1-8b 1 2>&1 | tail -60 ;;
     bench-core)
       python3 -m dynaspec.cli bench --model random:llama-3.1-8b --ks 0 --batch-sizes 1,64 \
         --prompt-len 128 --gen-len 64 --compare-hf --hf-batch-sizes 1,64 --out-dir "$OUT/core" 2>&1 | tail -25 ;;

@@ -27,6 +27,16 @@ for step in "$@"; do
       python3 -m dynaspec.cli bench --model random:llama-3.1-8b --drafter ngram --max-draft-len 4 \
         --draft-len-schedule '1:4,16:2,64:0' --ks 0-4 --batch-sizes 1,4,16,64,128 --prompt-len 128 --gen-len 64 \
         --acceptance-profile acceptance_ngram_code-edit --out-dir "$OUT/ngram" 2>&1 | tail -30 ;;
+    bench-draft)
+      python3 -m dynaspec.cli bench --model random:llama-3.1-8b --drafter draft-model --draft-model random:llama-3.2-1b \
+        --max-draft-len 4 --draft-len-schedule '1:4,16:2,64:0' --ks 0-4 --batch-sizes 1,4,16,64 --prompt-len 128 \
+        --gen-len 64 --acceptance-profile acceptance_draft-model_code-edit --no-plots --out-dir "$OUT/draft" \
+        > "$OUT/draft.log" 2>&1; tail -5 "$OUT/draft.log" ;;
+    bench-goodput)
+      python3 -m dynaspec.cli bench --model random:llama-3.1-8b --spec-config bench/goodput_ngram_code_edit.yaml \
+        --ks 0-4 --batch-sizes 1,4,16,64,128,256 --prompt-len 128 --gen-len 64 \
+        --acceptance-profile acceptance_ngram_code-edit --no-plots --out-dir "$OUT/goodput" \
+        > "$OUT/goodput.log" 2>&1; tail -5 "$OUT/goodput.log" ;;
     *) echo "unknown step $step" ;;
   esac
 done

@@ -188,6 +188,11 @@ def build_lines(spec, draft_lens: Sequence[int] | None, include_schedule: bool, 
             spec, spec.max_draft_len, spec.draft_len_schedule, spec.max_concurrency, acceptance_profile
         )
         lines.append(Line("schedule", "schedule", variant, None))
+    if include_schedule and spec is not None and getattr(spec, "draft_len_policy", "schedule") == "goodput":
+        data = spec.model_dump()
+        if acceptance_profile is not None:
+            data[REPLAY_FIELD] = str(acceptance_profile)
+        lines.append(Line("goodput", "schedule", parse_speculative_config(data), None))
     return lines
 
 
@@ -197,6 +202,8 @@ def _spec_variant(spec, max_draft_len: int, schedule, max_concurrency, acceptanc
         raise ValueError(f"draft length k={max_draft_len} is out of range 1..{MAX_DRAFT_LEN_LIMIT}")
     data = spec.model_dump()
     data.update(max_draft_len=max_draft_len, draft_len_schedule=dict(schedule), max_concurrency=max_concurrency)
+    # A static-k line applies its schedule, whatever policy the configured line uses.
+    data.update(draft_len_policy="schedule", step_cost_file=None)
     if acceptance_profile is not None:
         if REPLAY_FIELD not in type(spec).model_fields:
             raise ValueError(

@@ -12,7 +12,7 @@ for step in "$@"; do
   echo "=== $step"
   case "$step" in
     tests)
-      python3 -m pytest -q -m cuda tests/test_cuda_graphs.py tests/test_triton_attention.py tests/test_model_parity.py \
+      python3 -m pytest -q -m cuda tests/test_cuda_graphs.py tests/test_triton_attention.py tests/test_fused_ops.py tests/test_model_parity.py \
         tests/test_loader.py 2>&1 | tee "$OUT/cuda_tests.log" | tail -15 ;;
     profile)
       python3 scripts/gpu_profile_step.py random:llama-3.1-8b 1 2>&1 | tail -60 ;;

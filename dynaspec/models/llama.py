@@ -41,10 +41,27 @@ class RMSNorm(nn.Module):
         self.variance_epsilon = eps
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """x (..., dim) -> normalised (..., dim); one Triton kernel for (T, dim) inputs on CUDA."""
+        if x.is_cuda and x.dim() == 2:
+            from dynaspec.models import fused_ops  # Triton is only needed on CUDA
+
+            if fused_ops.rms_norm_supported(x, self.weight):
+                return fused_ops.rms_norm(x, self.weight, self.variance_epsilon)[0]
         dtype = x.dtype
         h = x.to(torch.float32)
         h = h * torch.rsqrt(h.pow(2).mean(-1, keepdim=True) + self.variance_epsilon)
         return self.weight * h.to(dtype)
+
+    def forward_add(self, x: torch.Tensor, residual: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """x, residual (T, dim) -> (norm(x + residual), x + residual); one Triton kernel on CUDA."""
+        if x.is_cuda:
+            from dynaspec.models import fused_ops
+
+            if fused_ops.rms_norm_supported(x, self.weight) and residual.dtype == x.dtype \
+                    and residual.stride(-1) == 1:
+                return fused_ops.rms_norm(x, self.weight, self.variance_epsilon, residual)
+        summed = residual + x
+        return self(summed), summed
 
 
 def rope_parameters(config: PretrainedConfig) -> dict:
@@ -139,8 +156,68 @@ def config_head_dim(config: PretrainedConfig) -> int:
     return getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
 
 
-class LlamaAttention(nn.Module):
-    """Self-attention with separate q/k/v projections (HF names), RoPE and paged KV."""
+def fuse_linears(linears: list[nn.Linear]) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """One (sum of out_features, in_features) weight (and bias) holding `linears`' rows, in order.
+
+    Each linear's `weight` / `bias` Parameter is re-pointed at its rows of the fused tensors (`.data`
+    becomes a view), so the HF-named parameters stay what `load_weights`, `random_model` and
+    `state_dict` see, while a forward runs one GEMM for all of them. The old storage is released.
+    """
+    weight = torch.cat([lin.weight.detach() for lin in linears])
+    has_bias = [lin.bias is not None for lin in linears]
+    if any(has_bias) and not all(has_bias):
+        raise ValueError("fuse_linears needs all linears with a bias or none")
+    bias = torch.cat([lin.bias.detach() for lin in linears]) if all(has_bias) else None
+    offset = 0
+    for lin in linears:
+        rows = lin.out_features
+        lin.weight.data = weight[offset:offset + rows]
+        if bias is not None:
+            lin.bias.data = bias[offset:offset + rows]
+        offset += rows
+    return weight, bias
+
+
+class FusedProjections(nn.Module):
+    """Base of a module whose sibling linears `fused_names` (same input) run as one GEMM.
+
+    The fused weight is a plain attribute, not a parameter or buffer: module conversions (`.to()`,
+    `to_empty()`, `.half()`) convert the HF-named parameters, then `_apply` re-fuses them. When the views
+    were broken some other way (e.g. `load_state_dict(assign=True)`), `fused_linear` notices by data
+    pointers and falls back to one GEMM per linear, so the output is always right.
+    """
+
+    fused_names: tuple[str, ...] = ()
+
+    def fuse_projections(self) -> None:
+        """(Re)build the fused weight / bias from the current parameters; a no-op when already fused."""
+        if getattr(self, "_fused_ptrs", None) == self._member_ptrs() and self._member_ptrs()[0] != 0:
+            return
+        self._fused_weight, self._fused_bias = fuse_linears([getattr(self, n) for n in self.fused_names])
+        self._fused_ptrs = self._member_ptrs()
+
+    def _member_ptrs(self) -> tuple[int, ...]:
+        return tuple(
+            p.data_ptr() for n in self.fused_names for p in getattr(self, n).parameters(recurse=False)
+        )
+
+    def fused_linear(self, x: torch.Tensor) -> torch.Tensor:
+        """x (T, in) -> (T, sum of out_features): the linears' outputs side by side."""
+        if self._member_ptrs() == self._fused_ptrs:
+            return F.linear(x, self._fused_weight, self._fused_bias)
+        return torch.cat([getattr(self, n)(x) for n in self.fused_names], dim=-1)
+
+    def _apply(self, fn, recurse=True):
+        super()._apply(fn, recurse)
+        if self._member_ptrs() != self._fused_ptrs:
+            self.fuse_projections()
+        return self
+
+
+class LlamaAttention(FusedProjections):
+    """Self-attention with q/k/v projections (HF names) run as one GEMM, RoPE and paged KV."""
+
+    fused_names = ("q_proj", "k_proj", "v_proj")
 
     def __init__(self, config: PretrainedConfig, layer_idx: int) -> None:
         super().__init__()
@@ -155,6 +232,11 @@ class LlamaAttention(nn.Module):
         self.k_proj = nn.Linear(hidden, self.num_kv_heads * self.head_dim, bias=qkv_bias)
         self.v_proj = nn.Linear(hidden, self.num_kv_heads * self.head_dim, bias=qkv_bias)
         self.o_proj = nn.Linear(self.num_heads * self.head_dim, hidden, bias=o_bias)
+        self.fuse_projections()
+
+    def qk_norms(self) -> tuple[RMSNorm, RMSNorm] | None:
+        """The per-head (q, k) RMSNorms applied before RoPE (Qwen3), or None."""
+        return None
 
     def transform_qk(self, q: torch.Tensor, k: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Hook applied to per-head q (T, H, D), k (T, Hkv, D) before RoPE; identity for Llama."""
@@ -170,18 +252,42 @@ class LlamaAttention(nn.Module):
     ) -> torch.Tensor:
         """x (T, hidden) -> (T, hidden)."""
         num_tokens = x.shape[0]
-        q = self.q_proj(x).view(num_tokens, self.num_heads, self.head_dim)  # (T, H, D)
-        k = self.k_proj(x).view(num_tokens, self.num_kv_heads, self.head_dim)  # (T, Hkv, D)
-        v = self.v_proj(x).view(num_tokens, self.num_kv_heads, self.head_dim)  # (T, Hkv, D)
-        q, k = self.transform_qk(q, k)
-        q = apply_rope(q, cos, sin)
-        k = apply_rope(k, cos, sin)
+        q_size, kv_size = self.num_heads * self.head_dim, self.num_kv_heads * self.head_dim
+        q, k, v = self.fused_linear(x).split([q_size, kv_size, kv_size], dim=-1)  # views of (T, q + 2 kv)
+        q = q.view(num_tokens, self.num_heads, self.head_dim)  # (T, H, D)
+        k = k.view(num_tokens, self.num_kv_heads, self.head_dim)  # (T, Hkv, D)
+        v = v.view(num_tokens, self.num_kv_heads, self.head_dim)  # (T, Hkv, D)
+        if not self._fused_rope(q, k, cos, sin):
+            q, k = self.transform_qk(q, k)
+            q = apply_rope(q, cos, sin)
+            k = apply_rope(k, cos, sin)
         out = paged_attention(q, k, v, kv_cache, meta, self.scaling, self.sliding_window)  # (T, H, D)
         return self.o_proj(out.reshape(num_tokens, self.num_heads * self.head_dim))
 
+    def _fused_rope(self, q: torch.Tensor, k: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> bool:
+        """On CUDA: (q/k norm and) RoPE of q, k in place by one Triton kernel; False when not applicable."""
+        if not q.is_cuda:
+            return False
+        from dynaspec.models import fused_ops  # Triton is only needed on CUDA
 
-class LlamaMLP(nn.Module):
-    """SwiGLU feed-forward: down(act(gate(x)) * up(x))."""
+        if not fused_ops.rope_supported(q, k, cos) or cos.dtype != q.dtype or sin.dtype != q.dtype:
+            return False
+        norms = self.qk_norms()
+        if norms is None:
+            fused_ops.rope_qk_(q, k, cos, sin)
+            return True
+        q_norm, k_norm = norms
+        if q_norm.weight.dtype != q.dtype or k_norm.weight.dtype != q.dtype \
+                or q_norm.variance_epsilon != k_norm.variance_epsilon:
+            return False
+        fused_ops.rope_qk_(q, k, cos, sin, (q_norm.weight, k_norm.weight), q_norm.variance_epsilon)
+        return True
+
+
+class LlamaMLP(FusedProjections):
+    """SwiGLU feed-forward: down(act(gate(x)) * up(x)), gate and up as one GEMM."""
+
+    fused_names = ("gate_proj", "up_proj")
 
     def __init__(self, config: PretrainedConfig) -> None:
         super().__init__()
@@ -190,13 +296,28 @@ class LlamaMLP(nn.Module):
         self.up_proj = nn.Linear(config.hidden_size, config.intermediate_size, bias=bias)
         self.down_proj = nn.Linear(config.intermediate_size, config.hidden_size, bias=bias)
         self.act_fn = ACT2FN[config.hidden_act]
+        self.is_silu = config.hidden_act == "silu"
+        self.fuse_projections()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.down_proj(self.act_fn(self.gate_proj(x)) * self.up_proj(x))
+        """x (T, hidden) -> (T, hidden)."""
+        gate_up = self.fused_linear(x)  # (T, 2I)
+        if gate_up.is_cuda and self.is_silu:
+            from dynaspec.models import fused_ops
+
+            if gate_up.dim() == 2:
+                return self.down_proj(fused_ops.silu_and_mul(gate_up))
+        gate, up = gate_up.chunk(2, dim=-1)
+        return self.down_proj(self.act_fn(gate) * up)
 
 
 class LlamaDecoderLayer(nn.Module):
-    """Pre-norm residual block: x + attn(norm(x)), then h + mlp(norm(h))."""
+    """Pre-norm residual block: x + attn(norm(x)), then h + mlp(norm(h)).
+
+    The residual stream travels beside the block output, so each residual add is fused into the next
+    RMSNorm (`RMSNorm.forward_add`): forward(x, residual) takes the previous block's output x and the
+    stream before it (None at layer 0, where x is the embedding) and returns (mlp output, stream).
+    """
 
     def __init__(self, config: PretrainedConfig, layer_idx: int, attention_cls: type[LlamaAttention]) -> None:
         super().__init__()
@@ -205,9 +326,14 @@ class LlamaDecoderLayer(nn.Module):
         self.input_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps)
         self.post_attention_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps)
 
-    def forward(self, x, cos, sin, kv_cache, meta):
-        x = x + self.self_attn(self.input_layernorm(x), cos, sin, kv_cache, meta)
-        return x + self.mlp(self.post_attention_layernorm(x))
+    def forward(self, x, residual, cos, sin, kv_cache, meta):
+        if residual is None:
+            h, residual = self.input_layernorm(x), x
+        else:
+            h, residual = self.input_layernorm.forward_add(x, residual)
+        attn = self.self_attn(h, cos, sin, kv_cache, meta)  # (T, hidden)
+        h, residual = self.post_attention_layernorm.forward_add(attn, residual)
+        return self.mlp(h), residual
 
 
 class LlamaModel(nn.Module):
@@ -225,9 +351,12 @@ class LlamaModel(nn.Module):
     def forward(self, input_ids, positions, kv_caches, meta):
         x = self.embed_tokens(input_ids)  # (T, hidden)
         cos, sin = self.rotary_emb(positions, x.dtype)  # (T, D)
+        residual = None
         for layer, kv_cache in zip(self.layers, kv_caches):
-            x = layer(x, cos, sin, kv_cache, meta)
-        return self.norm(x)
+            x, residual = layer(x, residual, cos, sin, kv_cache, meta)
+        if residual is None:  # no layers
+            return self.norm(x)
+        return self.norm.forward_add(x, residual)[0]
 
 
 class LlamaForCausalLM(nn.Module):
@@ -305,3 +434,6 @@ class LlamaForCausalLM(nn.Module):
         if missing:
             shown = ", ".join(missing[:8]) + (" ..." if len(missing) > 8 else "")
             raise ValueError(f"{len(missing)} parameters got no weight from the checkpoint: {shown}")
+        for module in self.modules():
+            if isinstance(module, FusedProjections):
+                module.fuse_projections()  # a no-op unless some parameter's storage was swapped

@@ -2,6 +2,7 @@
 
 Mirrors HF transformers' `modeling_qwen3.py` (parameter names `self_attn.q_norm.weight`,
 `self_attn.k_norm.weight` of size head_dim); q/k/v/o biases follow `config.attention_bias`.
+On CUDA the q/k norms run inside the RoPE kernel of `fused_ops.rope_qk_`; the torch path is `transform_qk`.
 """
 
 from __future__ import annotations
@@ -19,6 +20,10 @@ class Qwen3Attention(LlamaAttention):
         super().__init__(config, layer_idx)
         self.q_norm = RMSNorm(self.head_dim, config.rms_norm_eps)
         self.k_norm = RMSNorm(self.head_dim, config.rms_norm_eps)
+
+    def qk_norms(self) -> tuple[RMSNorm, RMSNorm]:
+        """(q_norm, k_norm): fused with RoPE into one kernel on CUDA (see LlamaAttention._fused_rope)."""
+        return self.q_norm, self.k_norm
 
     def transform_qk(self, q: torch.Tensor, k: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """q (T, H, D), k (T, Hkv, D) -> normalised per head."""

@@ -1,0 +1,217 @@
+"""Triton kernels for the small per-layer ops of a Llama-family decoder, CUDA-graph safe.
+
+- `rms_norm`: RMSNorm (Zhang & Sennrich 2019), optionally fused with the residual add before it
+  (the "fused_add_rms_norm" of vLLM / TensorRT-LLM): one kernel instead of ~6 elementwise ones.
+- `rope_qk_`: rotary position embedding (Su et al. 2021, arXiv 2104.09864) of q and k in place, in one
+  launch, optionally preceded by Qwen3's per-head q/k RMSNorm.
+- `silu_and_mul`: SwiGLU's act(gate) * up (Shazeer 2020) on the fused gate/up projection output.
+
+Numerics follow HF transformers' eager modules op by op, including their roundings to the activation
+dtype, so the result equals the torch path of `llama.py` up to float32 summation order:
+RMSNorm (`LlamaRMSNorm`): h = x + residual rounded to dtype; variance in float32; h * rsqrt(var + eps)
+rounded to dtype; times weight, rounded. RoPE (`apply_rotary_pos_emb`): q * cos and rotate_half(q) * sin
+each rounded to dtype, then their sum rounded. SiLU-and-mul: silu(gate) rounded, times up, rounded.
+
+Every wrapper takes tensors whose last dimension is contiguous (row strides are free), allocates its
+outputs with the torch caching allocator and launches with shapes from Python ints only, so it can be
+captured in a CUDA graph. The kernels also run under Triton's CPU interpreter (TRITON_INTERPRET=1),
+which tests/test_fused_ops.py uses.
+"""
+
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+SUPPORTED_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
+MAX_NORM_DIM = 16384  # one program holds a whole row in registers
+
+
+@triton.jit
+def _rms_norm_kernel(
+    x_ptr, res_ptr, w_ptr, out_ptr, res_out_ptr,
+    stride_x, stride_r, stride_o, stride_ro,
+    n_cols, eps,
+    HAS_RESIDUAL: tl.constexpr, BLOCK: tl.constexpr,
+):
+    row = tl.program_id(0).to(tl.int64)
+    cols = tl.arange(0, BLOCK)
+    mask = cols < n_cols
+    dtype = out_ptr.dtype.element_ty
+    x = tl.load(x_ptr + row * stride_x + cols, mask=mask, other=0.0).to(tl.float32)
+    if HAS_RESIDUAL:
+        r = tl.load(res_ptr + row * stride_r + cols, mask=mask, other=0.0).to(tl.float32)
+        s = (x + r).to(dtype)  # HF: hidden = residual + hidden, in the activation dtype
+        tl.store(res_out_ptr + row * stride_ro + cols, s, mask=mask)
+        x = s.to(tl.float32)
+    var = tl.sum(x * x, axis=0) / n_cols
+    h = (x * tl.rsqrt(var + eps)).to(dtype).to(tl.float32)
+    w = tl.load(w_ptr + cols, mask=mask, other=0.0).to(tl.float32)
+    tl.store(out_ptr + row * stride_o + cols, (w * h).to(dtype), mask=mask)
+
+
+@triton.jit
+def _rope_qk_kernel(
+    q_ptr, k_ptr, cos_ptr, sin_ptr, qw_ptr, kw_ptr,
+    stride_qt, stride_qh, stride_kt, stride_kh, stride_ct, stride_st,
+    num_q_heads, eps,
+    HEAD_DIM: tl.constexpr, HALF_BLOCK: tl.constexpr, HAS_NORM: tl.constexpr,
+):
+    t = tl.program_id(0).to(tl.int64)
+    h = tl.program_id(1)
+    is_q = h < num_q_heads
+    half: tl.constexpr = HEAD_DIM // 2
+    d = tl.arange(0, HALF_BLOCK)
+    mask = d < half
+    q_base = q_ptr + t * stride_qt + h.to(tl.int64) * stride_qh
+    k_base = k_ptr + t * stride_kt + (h - num_q_heads).to(tl.int64) * stride_kh
+    base = tl.where(is_q, q_base, k_base)
+    dtype = q_ptr.dtype.element_ty
+    x1 = tl.load(base + d, mask=mask, other=0.0).to(tl.float32)
+    x2 = tl.load(base + half + d, mask=mask, other=0.0).to(tl.float32)
+    if HAS_NORM:  # Qwen3: per-head RMSNorm before RoPE
+        var = (tl.sum(x1 * x1, axis=0) + tl.sum(x2 * x2, axis=0)) / HEAD_DIM
+        inv = tl.rsqrt(var + eps)
+        w1 = tl.where(is_q, tl.load(qw_ptr + d, mask=mask, other=0.0), tl.load(kw_ptr + d, mask=mask, other=0.0))
+        w2 = tl.where(is_q, tl.load(qw_ptr + half + d, mask=mask, other=0.0),
+                      tl.load(kw_ptr + half + d, mask=mask, other=0.0))
+        x1 = (w1.to(tl.float32) * (x1 * inv).to(dtype).to(tl.float32)).to(dtype).to(tl.float32)
+        x2 = (w2.to(tl.float32) * (x2 * inv).to(dtype).to(tl.float32)).to(dtype).to(tl.float32)
+    c1 = tl.load(cos_ptr + t * stride_ct + d, mask=mask, other=0.0).to(tl.float32)
+    c2 = tl.load(cos_ptr + t * stride_ct + half + d, mask=mask, other=0.0).to(tl.float32)
+    s1 = tl.load(sin_ptr + t * stride_st + d, mask=mask, other=0.0).to(tl.float32)
+    s2 = tl.load(sin_ptr + t * stride_st + half + d, mask=mask, other=0.0).to(tl.float32)
+    # x * cos + rotate_half(x) * sin with rotate_half(x) = cat(-x2, x1), each product rounded as HF does.
+    o1 = (x1 * c1).to(dtype).to(tl.float32) + (-x2 * s1).to(dtype).to(tl.float32)
+    o2 = (x2 * c2).to(dtype).to(tl.float32) + (x1 * s2).to(dtype).to(tl.float32)
+    tl.store(base + d, o1.to(dtype), mask=mask)
+    tl.store(base + half + d, o2.to(dtype), mask=mask)
+
+
+@triton.jit
+def _silu_and_mul_kernel(
+    x_ptr, out_ptr, stride_x, stride_o, n_cols,
+    BLOCK: tl.constexpr,
+):
+    row = tl.program_id(0).to(tl.int64)
+    cols = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
+    mask = cols < n_cols
+    dtype = out_ptr.dtype.element_ty
+    g = tl.load(x_ptr + row * stride_x + cols, mask=mask, other=0.0).to(tl.float32)
+    u = tl.load(x_ptr + row * stride_x + n_cols + cols, mask=mask, other=0.0).to(tl.float32)
+    a = (g / (1.0 + tl.exp(-g))).to(dtype).to(tl.float32)
+    tl.store(out_ptr + row * stride_o + cols, (a * u).to(dtype), mask=mask)
+
+
+def rms_norm_supported(x: torch.Tensor, weight: torch.Tensor) -> bool:
+    """Whether `rms_norm` handles x (T, N) with this weight (N,): same float dtype, N <= MAX_NORM_DIM."""
+    return (
+        x.dim() == 2
+        and x.dtype in SUPPORTED_DTYPES
+        and weight.dtype == x.dtype
+        and weight.shape == (x.shape[1],)
+        and x.shape[1] <= MAX_NORM_DIM
+        and x.stride(-1) == 1
+        and weight.is_contiguous()
+    )
+
+
+def rms_norm(
+    x: torch.Tensor, weight: torch.Tensor, eps: float, residual: torch.Tensor | None = None
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """RMSNorm of x (T, N) (or of x + residual) -> (normed (T, N), x + residual (T, N) or None)."""
+    if not rms_norm_supported(x, weight):
+        raise ValueError(
+            f"rms_norm needs x (T, N) in fp16/bf16/fp32 with N <= {MAX_NORM_DIM}, last dim contiguous, and a "
+            f"contiguous weight (N,) of x's dtype; got x {tuple(x.shape)} {x.dtype}, weight {tuple(weight.shape)} "
+            f"{weight.dtype}"
+        )
+    if residual is not None and (residual.shape != x.shape or residual.dtype != x.dtype or residual.stride(-1) != 1):
+        raise ValueError(
+            f"residual must match x {tuple(x.shape)} {x.dtype} with a contiguous last dim; "
+            f"got {tuple(residual.shape)} {residual.dtype}"
+        )
+    num_rows, n_cols = x.shape
+    out = torch.empty((num_rows, n_cols), dtype=x.dtype, device=x.device)
+    res_out = torch.empty_like(out) if residual is not None else None
+    if num_rows == 0:
+        return out, res_out
+    block = triton.next_power_of_2(n_cols)
+    res_in = residual if residual is not None else x
+    res_dst = res_out if res_out is not None else out
+    _rms_norm_kernel[(num_rows,)](
+        x, res_in, weight, out, res_dst,
+        x.stride(0), res_in.stride(0), out.stride(0), res_dst.stride(0),
+        n_cols, float(eps),
+        HAS_RESIDUAL=residual is not None, BLOCK=block,
+        num_warps=min(16, max(1, block // 256)),
+    )
+    return out, res_out
+
+
+def rope_supported(q: torch.Tensor, k: torch.Tensor, cos: torch.Tensor) -> bool:
+    """Whether `rope_qk_` handles q (T, H, D), k (T, Hkv, D) with cos (T, D)."""
+    return (
+        q.dim() == 3 and k.dim() == 3 and cos.dim() == 2
+        and q.dtype in SUPPORTED_DTYPES and k.dtype == q.dtype
+        and q.shape[0] == k.shape[0] == cos.shape[0]
+        and q.shape[2] == k.shape[2] == cos.shape[1]
+        and q.shape[2] % 2 == 0
+        and q.stride(-1) == 1 and k.stride(-1) == 1 and cos.stride(-1) == 1
+    )
+
+
+def rope_qk_(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    cos: torch.Tensor,
+    sin: torch.Tensor,
+    norm_weights: tuple[torch.Tensor, torch.Tensor] | None = None,
+    eps: float = 1e-6,
+) -> None:
+    """Rotate q (T, H, D) and k (T, Hkv, D) in place by cos / sin (T, D) (HF layout: halves repeated).
+
+    `norm_weights` = (q_norm weight (D,), k_norm weight (D,)) first applies Qwen3's per-head RMSNorm.
+    """
+    if not rope_supported(q, k, cos) or sin.shape != cos.shape or sin.stride(-1) != 1:
+        raise ValueError(
+            f"rope_qk_ needs q (T, H, D), k (T, Hkv, D) of one fp16/bf16/fp32 dtype, even D, cos / sin (T, D), "
+            f"last dims contiguous; got q {tuple(q.shape)} {q.dtype}, k {tuple(k.shape)} {k.dtype}, "
+            f"cos {tuple(cos.shape)}, sin {tuple(sin.shape)}"
+        )
+    head_dim = q.shape[2]
+    if norm_weights is not None:
+        qw, kw = norm_weights
+        if qw.shape != (head_dim,) or kw.shape != (head_dim,) or not (qw.is_contiguous() and kw.is_contiguous()):
+            raise ValueError(f"norm weights must be contiguous ({head_dim},); got {tuple(qw.shape)}, {tuple(kw.shape)}")
+    else:
+        qw = kw = cos  # unused
+    num_tokens, num_heads = q.shape[0], q.shape[1]
+    if num_tokens == 0:
+        return
+    _rope_qk_kernel[(num_tokens, num_heads + k.shape[1])](
+        q, k, cos, sin, qw, kw,
+        q.stride(0), q.stride(1), k.stride(0), k.stride(1), cos.stride(0), sin.stride(0),
+        num_heads, float(eps),
+        HEAD_DIM=head_dim, HALF_BLOCK=triton.next_power_of_2(head_dim // 2), HAS_NORM=norm_weights is not None,
+        num_warps=1,
+    )
+
+
+def silu_and_mul(x: torch.Tensor) -> torch.Tensor:
+    """x (T, 2I) = [gate | up] -> silu(gate) * up (T, I)."""
+    if x.dim() != 2 or x.shape[1] % 2 or x.dtype not in SUPPORTED_DTYPES or x.stride(-1) != 1:
+        raise ValueError(
+            f"silu_and_mul needs x (T, 2I) in fp16/bf16/fp32 with a contiguous last dim; got "
+            f"{tuple(x.shape)} {x.dtype}"
+        )
+    num_rows, n_cols = x.shape[0], x.shape[1] // 2
+    out = torch.empty((num_rows, n_cols), dtype=x.dtype, device=x.device)
+    if num_rows == 0:
+        return out
+    block = min(1024, triton.next_power_of_2(n_cols))
+    _silu_and_mul_kernel[(num_rows, triton.cdiv(n_cols, block))](
+        x, out, x.stride(0), out.stride(0), n_cols, BLOCK=block, num_warps=4,
+    )
+    return out

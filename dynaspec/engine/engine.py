@@ -245,6 +245,7 @@ class LLMEngine:
                 self.drafter.release(request)
         if sched.is_empty:
             return []
+        started = time.perf_counter()
         self.num_steps += 1
         drafts, draft_probs = self._propose(sched)
         if not sched.prefills and self.runner.can_replay(len(sched.decodes), sched.draft_len):
@@ -254,7 +255,10 @@ class LLMEngine:
             seqs, logit_rows, row_owner = self._build_inputs(sched, drafts)
             logits = self.runner.forward(seqs, logit_rows)  # (N, vocab)
         committed = self._accept(sched, drafts, draft_probs, logits, row_owner)
-        return self._commit(sched, drafts, committed)
+        outputs = self._commit(sched, drafts, committed)
+        if self.policy is not None and not sched.prefills:  # the step synchronised in _accept
+            self.policy.observe_step_time(len(sched.decodes), sched.draft_len, time.perf_counter() - started)
+        return outputs
 
     def _propose(self, sched: SchedulerOutput) -> tuple[list[list[int]], list[torch.Tensor | None]]:
         """Draft tokens per decode (empty lists at k = 0: the drafter is not called at all)."""

@@ -38,6 +38,9 @@ _YAML_SUFFIXES = (".yaml", ".yml")
 _JSON_SUFFIXES = (".json",)
 
 
+# Samples kept per (batch, k) cell; older ones drop out so online measurements track the present.
+MAX_SAMPLES_PER_CELL = 64
+
 def _check_int(value: Any, what: str, minimum: int) -> int:
     if isinstance(value, bool) or not isinstance(value, int):
         raise TypeError(f"{what} must be an int, got {type(value).__name__} {value!r}")
@@ -90,7 +93,10 @@ class StepCostModel:
         batch = _check_int(batch, "batch", 1)
         k = _check_int(k, "k", 0)
         seconds = _check_seconds(seconds, f"step time for batch {batch}, k {k}")
-        self._samples.setdefault(batch, {}).setdefault(k, []).append(seconds)
+        samples = self._samples.setdefault(batch, {}).setdefault(k, [])
+        samples.append(seconds)
+        if len(samples) > MAX_SAMPLES_PER_CELL:  # bounded memory; recent steps win the median
+            del samples[0]
 
     @classmethod
     def fit_from_measurements(

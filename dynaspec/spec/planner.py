@@ -213,6 +213,11 @@ class GoodputPlanner:
             raise ValueError(f"last_step lacks {exc.args[0]!r}: pass SpecStats.last_step after record()") from None
         self.observe(k, drafted, accepted, request_ids)
 
+    def observe_step_time(self, batch: int, k: int, seconds: float) -> None:
+        """A real decode step's wall time: refines T(batch, k) online (the start-up probe times graph
+        replays only, without the per-request host work that grows with the batch)."""
+        self.cost_model.add(batch, k, seconds)
+
     def release(self, request_id: Hashable) -> None:
         """A request finished / was aborted / preempted: drop its acceptance history."""
         self.estimator.release(request_id)

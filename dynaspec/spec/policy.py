@@ -91,6 +91,9 @@ class DraftLenPolicy:
     def release(self, request_id: str) -> None:
         """No per-request state."""
 
+    def observe_step_time(self, batch: int, k: int, seconds: float) -> None:
+        """A static schedule ignores step times (the goodput planner refines its cost model)."""
+
     def reachable_draft_lens(self) -> list[int]:
         """Sorted distinct k values draft_len() can return (e.g. the k's to capture CUDA graphs for)."""
         values = set(self.schedule.values()) if self.schedule is not None else {self.max_draft_len}

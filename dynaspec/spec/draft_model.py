@@ -68,11 +68,12 @@ class DraftModelDrafter:
         self.runner = ModelRunner(self.model, num_blocks, block_size, self.dtype, self.device)
 
     def capture_graphs(self, buckets: list[int], max_blocks_per_seq: int) -> None:
-        """CUDA graphs of the draft's single-token step per batch bucket: each of the k - 1 chained
-        draft steps after the first (which also feeds the catch-up tokens) is one graph launch."""
+        """CUDA graphs of the draft's steps per batch bucket: a two-position step for the first draft
+        step (the catch-up is 1 or 2 tokens in steady state: the bonus token, plus the last accepted draft
+        when all k were accepted) and a single-token step for each of the k - 1 chained steps after it."""
         if self.runner is None:
             raise RuntimeError("DraftModelDrafter.attach() must be called before capture_graphs()")
-        self.runner.capture_graphs([(b, 0) for b in buckets], max_blocks_per_seq)
+        self.runner.capture_graphs([(b, q) for b in buckets for q in (0, 1)], max_blocks_per_seq)
 
     @property
     def num_forwards(self) -> int:
@@ -101,38 +102,23 @@ class DraftModelDrafter:
         self.num_propose_calls += 1
         tokens: list[list[int]] = [[] for _ in requests]
         probs: list[list[torch.Tensor]] = [[] for _ in requests]
-        seqs = []
-        for request in requests:
-            start = self._catch_up_start(request)
-            seqs.append(SequenceInput(request.all_token_ids[start:], request.num_tokens, request.block_ids))
-        rows, flat = [], 0
-        for seq in seqs:
-            flat += len(seq.token_ids)
-            rows.append(flat - 1)
-        for step in range(k):
-            logits = self.runner.forward(seqs, rows)[:, : self.target_vocab_size]  # (B, vocab)
-            next_ids = self._pick(requests, logits, probs)
-            for i, token in enumerate(next_ids):
-                tokens[i].append(token)
-            if step == k - 1:
-                break
-            seqs = [
-                SequenceInput([tokens[i][-1]], r.num_tokens + step + 1, r.block_ids) for i, r in enumerate(requests)
-            ]
+        starts = [self._catch_up_start(request) for request in requests]
+        if self.runner.can_replay(len(requests), 1) and all(r.num_tokens - s <= 2 for r, s in zip(requests, starts)):
+            self._first_step_graph(requests, starts, tokens, probs)
+        else:
+            self._first_step_eager(requests, starts, tokens, probs)
+        for step in range(1, k):  # the rest of the chain, one token per request per step
+            seqs = [SequenceInput([t[-1]], r.num_tokens + step, r.block_ids) for t, r in zip(tokens, requests)]
             rows = list(range(len(requests)))
             if self.runner.can_replay(len(requests), 0):
-                break
-        if len(tokens[0]) < k:  # the rest of the chain as single-token graph replays
-            for step in range(len(tokens[0]), k):
                 batch = UniformDecodeBatch(
-                    [[t[-1]] for t in tokens],
-                    [r.num_tokens + step for r in requests],
-                    [1] * len(requests),
-                    [r.block_ids for r in requests],
+                    [s.token_ids for s in seqs], [s.seq_len for s in seqs], [1] * len(seqs), [s.block_ids for s in seqs]
                 )
-                logits = self.runner.forward_uniform(batch, 0, rows)[:, : self.target_vocab_size]
-                for i, token in enumerate(self._pick(requests, logits, probs)):
-                    tokens[i].append(token)
+                logits = self.runner.forward_uniform(batch, 0, rows)
+            else:
+                logits = self.runner.forward(seqs, rows)
+            for i, token in enumerate(self._pick(requests, logits[:, : self.target_vocab_size], probs)):
+                tokens[i].append(token)
         for i, request in enumerate(requests):
             state = self._state[request.request_id]
             state.num_computed = request.num_tokens + k - 1
@@ -142,6 +128,33 @@ class DraftModelDrafter:
             tokens=tokens,
             probs=[torch.stack(p) if p else None for p in probs],
         )
+
+    def _first_step_eager(self, requests, starts, tokens, probs) -> None:
+        """Feed every request's catch-up tokens (any length: a whole prompt after a preemption)."""
+        seqs = [SequenceInput(r.all_token_ids[s:], r.num_tokens, r.block_ids) for r, s in zip(requests, starts)]
+        rows, flat = [], 0
+        for seq in seqs:
+            flat += len(seq.token_ids)
+            rows.append(flat - 1)
+        logits = self.runner.forward(seqs, rows)[:, : self.target_vocab_size]  # (B, vocab)
+        for i, token in enumerate(self._pick(requests, logits, probs)):
+            tokens[i].append(token)
+
+    def _first_step_graph(self, requests, starts, tokens, probs) -> None:
+        """Catch-up of 1 or 2 tokens per request through the two-position CUDA graph (padding the
+        1-token case; its padded position writes to the scratch block)."""
+        batch = UniformDecodeBatch([], [], [], [])
+        rows = []
+        for i, (request, start) in enumerate(zip(requests, starts)):
+            fed = request.all_token_ids[start:]
+            batch.token_ids.append(fed + [fed[-1]] * (2 - len(fed)))
+            batch.seq_lens.append(request.num_tokens + 2 - len(fed))
+            batch.num_real.append(len(fed))
+            batch.block_tables.append(request.block_ids)
+            rows.append(2 * i + len(fed) - 1)
+        logits = self.runner.forward_uniform(batch, 1, rows)[:, : self.target_vocab_size]  # (B, vocab)
+        for i, token in enumerate(self._pick(requests, logits, probs)):
+            tokens[i].append(token)
 
     def _pick(self, requests: list[Request], logits: torch.Tensor, probs: list[list[torch.Tensor]]) -> list[int]:
         """Greedy requests take the draft argmax; sampled ones sample q (their processed draft distribution)."""

@@ -18,11 +18,11 @@ for step in "$@"; do
       python3 scripts/gpu_profile_step.py random:llama-3.1-8b 1 2>&1 | tail -60 ;;
     bench-core)
       python3 -m dynaspec.cli bench --model random:llama-3.1-8b --ks 0 --batch-sizes 1,64 \
-        --prompt-len 128 --gen-len 64 --compare-hf --hf-batch-sizes 1,64 --out-dir "$OUT/core" 2>&1 | tail -25 ;;
+        --prompt-len 128 --gen-len 64 --compare-hf --hf-batch-sizes 1,64 --no-plots --out-dir "$OUT/core" 2>&1 | tail -12 ;;
     bench-k0)
       python3 -m dynaspec.cli bench --model random:llama-3.1-8b --drafter ngram --max-draft-len 4 \
         --draft-len-schedule '1:4,2:0' --ks 0 --batch-sizes 2,8,64 --prompt-len 128 --gen-len 64 \
-        --out-dir "$OUT/k0" 2>&1 | tail -25 ;;
+        --no-plots --out-dir "$OUT/k0" 2>&1 | tail -12 ;;
     bench-ngram)
       python3 -m dynaspec.cli bench --model random:llama-3.1-8b --drafter ngram --max-draft-len 4 \
         --draft-len-schedule '1:4,16:2,64:0' --ks 0-4 --batch-sizes 1,4,16,64,128 --prompt-len 128 --gen-len 64 \

@@ -19,7 +19,7 @@ import torch
 
 from dynaspec.config import EngineConfig
 from dynaspec.engine.block_manager import BlockManager
-from dynaspec.engine.cuda_graphs import UniformDecodeBatch
+from dynaspec.engine.cuda_graphs import BATCH_BUCKETS, UniformDecodeBatch, bucket_for
 from dynaspec.engine.kv_cache import choose_num_blocks, kv_bytes_per_block
 from dynaspec.engine.model_runner import ModelRunner, SequenceInput
 from dynaspec.engine.output_processor import OutputProcessor
@@ -117,8 +117,6 @@ class LLMEngine:
 
     def graph_pairs(self) -> list[tuple[int, int]]:
         """The (batch bucket, k) pairs the policy can reach, for CUDA graph capture."""
-        from dynaspec.engine.cuda_graphs import BATCH_BUCKETS, bucket_for
-
         max_batch = min(self.config.max_num_seqs, self.config.cuda_graph_max_batch)
         buckets = [b for b in BATCH_BUCKETS if b < max_batch] + [max_batch]
         spec = self.config.speculative_config

@@ -159,6 +159,10 @@ from dynaspec.bench.cli_bench import bench_command  # noqa: E402
 
 app.command("bench")(bench_command)
 
+from dynaspec.bench.cli_tune import tune_command  # noqa: E402
+
+app.command("tune")(tune_command)
+
 
 if __name__ == "__main__":
     app()

@@ -167,3 +167,31 @@ def test_cli_rejects_a_malformed_workload_line(tmp_path):
     result = CliRunner().invoke(app, args)
     assert result.exit_code == 2
     assert "line 2" in result.output
+
+
+def test_cli_cost_probe(tiny_dir, tmp_path):
+    out = tmp_path / "probe.yaml"
+    args = [
+        "tune", "--model", str(tiny_dir), "--drafter", "ngram", "--acceptance-profile",
+        str(_profile(tmp_path, [1.0])), "--batch-sizes", "1,3", "--max-draft-len", "2", "--cost", "probe",
+        "--device", "cpu", "--out", str(out),
+    ]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
+    assert "the engine's cost probe" in out.read_text()
+    cost = StepCostModel.load(tmp_path / "probe.step_costs.json")
+    assert cost.batch_sizes == [1, 3] and cost.draft_lens == [0, 1, 2]
+    # A profile shorter than max_draft_len repeats its last value.
+    assert json.loads((tmp_path / "probe.acceptance.json").read_text())["acceptance_per_position"] == [1.0, 1.0]
+
+
+def test_cli_workload_needs_a_tokenizer(tiny_dir, tmp_path):
+    workload = tmp_path / "prompts.jsonl"
+    workload.write_text('{"prompt": "hello"}\n')
+    args = [
+        "tune", "--model", str(tiny_dir), "--drafter", "ngram", "--workload", str(workload), "--device", "cpu",
+        "--max-model-len", "128", "--max-tokens", "8", "--batch-sizes", "1", "--out", str(tmp_path / "s.yaml"),
+    ]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 2
+    assert "no tokenizer" in result.output

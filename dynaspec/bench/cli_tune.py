@@ -121,7 +121,8 @@ def tune_command(
             if cost == "probe":
                 del llm
                 gc.collect()
-                llm = _llm(model, static_spec, max(batches), max_model_len, device, dtype, seed)
+                probe_len = cost_prompt_len + cost_gen_len + max_draft_len + 1  # the probe needs no long context
+                llm = _llm(model, static_spec, max(batches), probe_len, device, dtype, seed)
                 progress("cost probe", 0.0, 1.0)
                 costs = tune.probe_step_costs(llm, batches, max_draft_len)
                 notes.append("T(batch, k): the engine's cost probe (timed forwards of the step shapes, short context)")

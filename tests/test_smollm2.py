@@ -49,18 +49,31 @@ def test_chat_template_and_stop_string(llm):
     assert stop not in stopped.text and full.startswith(stopped.text)
 
 
-@pytest.mark.parametrize("k", [2, 4, 6])
-def test_ngram_speculation_is_lossless(smollm2_dir, llm, k):
-    prompts = [CODE_EDIT] + PROMPTS[:2]
-    params = SamplingParams(temperature=0.0, max_tokens=48, ignore_eos=True)
-    plain = [o.token_ids for o in llm.generate(prompts, params)]
+SPEC_PROMPTS = [CODE_EDIT] + PROMPTS + ["def add(a, b):\n    return a + b\n\ndef sub(a, b):\n", "Hello, my name is"]
+SPEC_PARAMS = SamplingParams(temperature=0.0, max_tokens=40, ignore_eos=True)
+
+
+@pytest.fixture(scope="module")
+def plain_outputs(llm):
+    return [o.token_ids for o in llm.generate(SPEC_PROMPTS, SPEC_PARAMS)]
+
+
+@pytest.mark.parametrize(
+    "k, batch", [(1, 8), (2, 8), (3, 8), (4, 8), (5, 8), (6, 8), (4, 1), (4, 3)]
+)
+def test_ngram_speculation_is_lossless(smollm2_dir, plain_outputs, k, batch):
+    """Greedy tokens with n-gram speculation equal the plain engine's, k = 1..6, batch 1 / 3 / 8; at
+    batch 8 a 36-block pool forces preemption."""
     spec = LLM(
         model=str(smollm2_dir),
         block_size=8,
-        num_kv_blocks=40,
+        num_kv_blocks=36,
         max_model_len=256,
         speculative_config=NGramDecodingConfig(max_draft_len=k, max_matching_ngram_size=3),
     )
-    assert [o.token_ids for o in spec.generate(prompts, params)] == plain
+    outs = spec.generate(SPEC_PROMPTS[:batch], SPEC_PARAMS)
+    assert [o.token_ids for o in outs] == plain_outputs[:batch]
     stats = spec.get_stats()
     assert stats["num_accepted"] > 0  # the code-edit prompt is copied back: drafts are accepted
+    if batch == 8:
+        assert sum(o.metrics.num_preemptions for o in outs) > 0

@@ -6,8 +6,10 @@ import pytest
 import torch
 
 from dynaspec.config import EngineConfig
-from dynaspec.engine.cuda_graphs import bucket_for
+from dynaspec.engine.cuda_graphs import UniformDecodeBatch, bucket_for
 from dynaspec.engine.engine import LLMEngine
+from dynaspec.engine.model_runner import ModelRunner, SequenceInput
+from dynaspec.models.loader import load_model
 from dynaspec.sampling_params import SamplingParams
 from dynaspec.spec.config import DraftTargetDecodingConfig, NGramDecodingConfig
 from tests.tiny_models import make_perturbed_checkpoint, make_tiny_checkpoint
@@ -66,3 +68,30 @@ def test_graph_replay_equals_eager(tmp_path, drafter):
     assert graphed == eager
     replayed = engine.runner.graphs.replays_per_pair
     assert set(replayed) == set(engine.runner.graphs.graphs), (replayed, engine.graph_pairs())
+
+
+@pytest.mark.parametrize("k", [0, 2])
+def test_fixed_shape_layout_matches_the_flat_forward(tmp_path, k):
+    """The graph path's staging + in-graph positions/slots (run eagerly on CPU) give the same logits as
+    the flat forward, with a padded request (3 -> bucket 4) and a request with fewer real drafts."""
+    loaded = load_model(str(make_tiny_checkpoint(tmp_path, "llama")), dtype=torch.float32, device="cpu")
+    runner = ModelRunner(loaded.model, num_blocks=32, block_size=4, dtype=torch.float32, device=torch.device("cpu"))
+    runner.capture_graphs([(4, k)], max_blocks_per_seq=8, use_graphs=False)
+    gen = torch.Generator().manual_seed(0)
+    prompts = [torch.randint(0, 256, (n,), generator=gen).tolist() for n in (5, 9, 3)]
+    tables = [[0, 1, 2, 3], [4, 5, 6, 7], [8, 9, 10]]
+    runner.forward([SequenceInput(p, len(p), t) for p, t in zip(prompts, tables)], [0])  # prefill the KV
+    feeds = [[7] + [11, 12, 13][:k], [8] + [21, 22][: max(k - 1, 0)], [9] + [31, 32][:k]]
+    seqs = [SequenceInput(f, len(p) + len(f), t) for f, p, t in zip(feeds, prompts, tables)]
+    rows = list(range(sum(len(f) for f in feeds)))
+    expected = runner.forward(seqs, rows)
+    batch = UniformDecodeBatch(
+        [f + [f[-1]] * (1 + k - len(f)) for f in feeds],
+        [len(p) + 1 + k for p in prompts],
+        [len(f) for f in feeds],
+        tables,
+    )
+    uniform_rows = [i * (1 + k) + j for i, f in enumerate(feeds) for j in range(len(f))]
+    got = runner.forward_uniform(batch, k, uniform_rows)
+    torch.testing.assert_close(got, expected, atol=1e-5, rtol=1e-5)
+    assert runner.graphs.replays_per_pair == {(4, k): 1}

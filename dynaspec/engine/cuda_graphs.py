@@ -5,10 +5,18 @@ its shapes are static once B is padded up to a bucket (nano-vllm and vLLM captur
 size and replay the smallest that fits; we key by (bucket, k) because the verify width changes with k).
 Only the pairs the draft-length policy can reach are captured, not every bucket x every k.
 
-Padding: padded requests and padded draft positions write their K/V into a scratch block that the
-block manager never hands out, and read a context of 1 + k slots; their outputs are ignored. Static
-input buffers are shared by all graphs (each graph uses a prefix), and all graphs share one memory
-pool, captured largest first.
+Host work per step is kept small: the host writes four static inputs (token ids, context lengths,
+number of real positions, block tables) into one pinned staging buffer and copies it to the device
+in a single transfer; positions and KV slots are derived from them INSIDE the graph, and so are the
+lm_head and the float32 logits. A step is then: fill staging, one copy, one replay.
+
+Padding: padded requests have num_real = 0 and a context of 1 + k; padded positions (of padded
+requests, and draft positions past a request's real drafts) write their K/V into a scratch block that
+the block manager never hands out; their logits are ignored. Static inputs are shared by all graphs
+(each graph uses a prefix), and all graphs share one memory pool, captured largest first, so the
+logits returned by `run` are only valid until the next replay.
+
+`use_graphs=False` runs the same per-pair forward eagerly (the CPU tests check the layout with it).
 """
 
 from __future__ import annotations
@@ -52,6 +60,7 @@ class CudaGraphDecoder:
         scratch_block: int,
         pairs: Iterable[tuple[int, int]],
         device: torch.device,
+        use_graphs: bool = True,
     ):
         self.model = model
         self.kv_caches = kv_caches
@@ -59,18 +68,30 @@ class CudaGraphDecoder:
         self.max_blocks = max_blocks_per_seq
         self.scratch_block = scratch_block
         self.device = device
+        self.use_graphs = use_graphs
         self.pairs = sorted(set(pairs), key=lambda p: p[0] * (1 + p[1]), reverse=True)
         self.graphs: dict[tuple[int, int], torch.cuda.CUDAGraph] = {}
         self.outputs: dict[tuple[int, int], torch.Tensor] = {}
-        self.metas: dict[tuple[int, int], AttentionMetadata] = {}
         max_tokens = max((b * (1 + k) for b, k in self.pairs), default=0)
         max_batch = max((b for b, _ in self.pairs), default=0)
-        self.input_ids = torch.zeros(max_tokens, dtype=torch.int64, device=device)
-        self.positions = torch.zeros(max_tokens, dtype=torch.int64, device=device)
-        self.slot_mapping = torch.zeros(max_tokens, dtype=torch.int64, device=device)
-        self.seq_lens = torch.zeros(max_batch, dtype=torch.int64, device=device)
-        self.block_tables = torch.full((max_batch, max_blocks_per_seq), scratch_block, dtype=torch.int64, device=device)
-        self.query_start = {k: torch.arange(max_batch + 1, device=device) * (1 + k) for k in {k for _, k in self.pairs}}
+        max_q = max((1 + k for _, k in self.pairs), default=1)
+        self.max_tokens, self.max_batch = max_tokens, max_batch
+        # Staging layout (int64): [token ids | seq_lens | num_real | block tables (max_batch x max_blocks)].
+        size = max_tokens + 2 * max_batch + max_batch * max_blocks_per_seq
+        self.staging = torch.zeros(size, dtype=torch.int64, pin_memory=device.type == "cuda")
+        self.staging_np = self.staging.numpy()
+        self.device_inputs = torch.zeros(size, dtype=torch.int64, device=device)
+        self.input_ids = self.device_inputs[:max_tokens]
+        self.seq_lens = self.device_inputs[max_tokens : max_tokens + max_batch]
+        self.num_real = self.device_inputs[max_tokens + max_batch : max_tokens + 2 * max_batch]
+        self.block_tables = self.device_inputs[max_tokens + 2 * max_batch :].view(max_batch, max_blocks_per_seq)
+        self._np_seq_lens = self.staging_np[max_tokens : max_tokens + max_batch]
+        self._np_num_real = self.staging_np[max_tokens + max_batch : max_tokens + 2 * max_batch]
+        self._np_tables = self.staging_np[max_tokens + 2 * max_batch :].reshape(max_batch, max_blocks_per_seq)
+        self._np_tables[:] = scratch_block
+        self.arange = torch.arange(max(max_q, max_batch + 1), device=device)
+        self.scratch_slots = scratch_block * block_size + self.arange[:max_q] % block_size
+        self.query_start = {k: self.arange[: max_batch + 1] * (1 + k) for k in {k for _, k in self.pairs}}
         self.pool = None
         self.num_replays = 0
         self.replays_per_pair: dict[tuple[int, int], int] = {}
@@ -83,86 +104,90 @@ class CudaGraphDecoder:
         bucket = bucket_for(batch, [b for b, kk in self.pairs if kk == k])
         return None if bucket is None else (bucket, k)
 
-    def _meta(self, bucket: int, k: int) -> AttentionMetadata:
+    def _forward(self, bucket: int, k: int) -> torch.Tensor:
+        """The captured computation: positions and slots from the static inputs, the model, the logits.
+
+        Returns float32 logits (bucket * (1 + k), vocab).
+        """
         q_len = 1 + k
-        return AttentionMetadata(
-            slot_mapping=self.slot_mapping[: bucket * q_len],
+        steps = self.arange[:q_len]  # (q_len,)
+        seq_lens = self.seq_lens[:bucket]  # (bucket,)
+        positions = (seq_lens - q_len).unsqueeze(1) + steps  # (bucket, q_len)
+        tables = self.block_tables[:bucket]  # (bucket, max_blocks)
+        blocks = tables.gather(1, torch.div(positions, self.block_size, rounding_mode="floor"))
+        real = steps.unsqueeze(0) < self.num_real[:bucket].unsqueeze(1)  # (bucket, q_len)
+        slots = torch.where(real, blocks * self.block_size + positions % self.block_size, self.scratch_slots[:q_len])
+        meta = AttentionMetadata(
+            slot_mapping=slots.reshape(-1),
             query_start_loc=self.query_start[k][: bucket + 1],
-            seq_lens=self.seq_lens[:bucket],
-            block_tables=self.block_tables[:bucket],
+            seq_lens=seq_lens,
+            block_tables=tables,
             query_lens_cpu=[q_len] * bucket,
             seq_lens_cpu=[self.max_blocks * self.block_size] * bucket,
             block_size=self.block_size,
         )
+        hidden = self.model(self.input_ids[: bucket * q_len], positions.reshape(-1), self.kv_caches, meta)
+        return self.model.compute_logits(hidden)  # (bucket * q_len, vocab) float32
 
     @torch.inference_mode()
     def capture(self) -> None:
-        """Capture every pair (largest first, sharing one memory pool)."""
+        """Capture every pair (largest first, sharing one memory pool); eager mode captures nothing."""
+        if not self.use_graphs:
+            return
         for bucket, k in self.pairs:
-            q_len = 1 + k
-            tokens = bucket * q_len
-            self._fill_padding(0, bucket, k)
-            meta = self._meta(bucket, k)
-            ids, pos = self.input_ids[:tokens], self.positions[:tokens]
+            self._stage_padding(0, bucket, 1 + k)
+            self.device_inputs.copy_(self.staging)
             stream = torch.cuda.Stream(self.device)
             stream.wait_stream(torch.cuda.current_stream(self.device))
             with torch.cuda.stream(stream):
                 for _ in range(2):  # warm up (Triton autotune / compilation) outside the capture
-                    self.model(ids, pos, self.kv_caches, meta)
+                    self._forward(bucket, k)
             torch.cuda.current_stream(self.device).wait_stream(stream)
             graph = torch.cuda.CUDAGraph()
             with torch.cuda.graph(graph, pool=self.pool):
-                out = self.model(ids, pos, self.kv_caches, meta)  # (tokens, hidden)
+                out = self._forward(bucket, k)
             if self.pool is None:
                 self.pool = graph.pool()
             self.graphs[(bucket, k)] = graph
             self.outputs[(bucket, k)] = out
-            self.metas[(bucket, k)] = meta
         torch.cuda.synchronize(self.device)
 
-    def _fill_padding(self, start: int, bucket: int, k: int) -> None:
-        """Requests start..bucket-1 become padding: scratch slots, context of 1 + k."""
-        q_len = 1 + k
-        n = bucket - start
-        if n <= 0:
-            return
-        scratch_slots = self.scratch_block * self.block_size + torch.arange(q_len, device=self.device) % self.block_size
-        self.input_ids[start * q_len : bucket * q_len] = 0
-        self.positions[start * q_len : bucket * q_len] = torch.arange(q_len, device=self.device).repeat(n)
-        self.slot_mapping[start * q_len : bucket * q_len] = scratch_slots.repeat(n)
-        self.seq_lens[start:bucket] = min(q_len, self.block_size)
-        self.block_tables[start:bucket] = self.scratch_block
+    def _stage_padding(self, start: int, bucket: int, q_len: int) -> None:
+        """Requests start..bucket-1 become padding: no real position, a context of 1 + k."""
+        self._np_seq_lens[start:bucket] = q_len
+        self._np_num_real[start:bucket] = 0
 
     def run(self, batch: UniformDecodeBatch, k: int) -> torch.Tensor:
-        """Replay the graph for this batch; returns hidden states (B * (1 + k), hidden) of the real requests."""
-        key = self.lookup(len(batch.token_ids), k)
+        """Run the pair for this batch; float32 logits (B * (1 + k), vocab) of the real requests' rows.
+
+        The result lives in the graphs' shared pool: read it before the next `run`.
+        """
+        real = len(batch.token_ids)
+        key = self.lookup(real, k)
         if key is None:
-            raise ValueError(f"no CUDA graph captured for batch {len(batch.token_ids)} at k={k}")
+            raise ValueError(f"no CUDA graph captured for batch {real} at k={k}")
         bucket, _ = key
         q_len = 1 + k
-        real = len(batch.token_ids)
-        ids, positions, slots = [], [], []
-        bs = self.block_size
-        scratch = self.scratch_block * bs
-        for tokens, seq_len, num_real, table in zip(batch.token_ids, batch.seq_lens, batch.num_real, batch.block_tables):
-            start = seq_len - q_len
-            ids.extend(tokens)
-            for i in range(q_len):
-                pos = start + i
-                positions.append(pos)
-                slots.append(table[pos // bs] * bs + pos % bs if i < num_real else scratch + i % bs)
+        n = real * q_len
         width = max(len(t) for t in batch.block_tables)
         if width > self.max_blocks:
             raise ValueError(f"a block table of {width} blocks exceeds the captured width {self.max_blocks}")
-        tables = [t + [self.scratch_block] * (width - len(t)) for t in batch.block_tables]
-        n = real * q_len
-        self.input_ids[:n].copy_(torch.tensor(ids, dtype=torch.int64), non_blocking=True)
-        self.positions[:n].copy_(torch.tensor(positions, dtype=torch.int64), non_blocking=True)
-        self.slot_mapping[:n].copy_(torch.tensor(slots, dtype=torch.int64), non_blocking=True)
-        self.seq_lens[:real].copy_(torch.tensor(batch.seq_lens, dtype=torch.int64), non_blocking=True)
-        self.block_tables[:real, :width].copy_(torch.tensor(tables, dtype=torch.int64), non_blocking=True)
-        self._fill_padding(real, bucket, k)
-        self.graphs[key].replay()
+        np_ids = self.staging_np[:n].reshape(real, q_len)
+        for i, tokens in enumerate(batch.token_ids):
+            np_ids[i] = tokens
+        self._np_seq_lens[:real] = batch.seq_lens
+        self._np_num_real[:real] = batch.num_real
+        tables = self._np_tables
+        for i, table in enumerate(batch.block_tables):
+            tables[i, : len(table)] = table
+        self._stage_padding(real, bucket, q_len)
+        self.device_inputs.copy_(self.staging, non_blocking=True)
+        if self.use_graphs:
+            self.graphs[key].replay()
+            out = self.outputs[key]
+        else:
+            with torch.inference_mode():
+                out = self._forward(bucket, k)
         self.num_replays += 1
         self.replays_per_pair[key] = self.replays_per_pair.get(key, 0) + 1
-        return self.outputs[key][:n]
+        return out[:n]

@@ -34,8 +34,11 @@ from dynaspec.spec.factory import DrafterContext, build_drafter
 from dynaspec.engine.cost_probe import measure_step_costs
 from dynaspec.spec.cost_model import StepCostModel
 from dynaspec.spec.planner import build_goodput_planner
-from dynaspec.spec.policy import DraftLenPolicy
+from dynaspec.spec.auto_schedule import AutoSchedule, plan_auto_schedule
+from dynaspec.spec.config import AUTO_SCHEDULE
+from dynaspec.spec.policy import DraftLenPolicy, schedule_stats
 from dynaspec.spec.replay import AcceptanceReplay
+from dynaspec.spec.replay_order import ReplayOrderDrafter
 from dynaspec.spec.stats import SpecStats
 from dynaspec.spec.verifier import verify
 
@@ -61,8 +64,11 @@ class LLMEngine:
             )
         self.max_model_len = config.max_model_len or min(model_limit, 8192)
         spec = config.speculative_config
-        self.policy = DraftLenPolicy(spec) if spec is not None and spec.draft_len_policy == "schedule" else None
         self.goodput = spec is not None and spec.draft_len_policy == "goodput"
+        self.auto_schedule: AutoSchedule | None = None  # planned below when draft_len_schedule is "auto"
+        auto = spec is not None and spec.draft_len_schedule == AUTO_SCHEDULE
+        static = spec is not None and spec.draft_len_policy == "schedule" and not auto
+        self.policy = DraftLenPolicy(spec) if static else None
         self.replay: AcceptanceReplay | None = None
         if spec is not None and spec.replay_acceptance_profile is not None:
             self.replay = AcceptanceReplay(spec.replay_acceptance_profile, config.seed)
@@ -71,6 +77,8 @@ class LLMEngine:
             context = DrafterContext(self.loaded, self.dtype, self.device, config.seed, config.model_cache_dir, progress)
             self.drafter_bundle = build_drafter(spec, context)
         self.drafter: Drafter | None = self.drafter_bundle.drafter if self.drafter_bundle else None
+        if self.drafter is not None and self.replay is not None and self.replay.is_mixed:
+            self.drafter = ReplayOrderDrafter(self.drafter, self.replay)  # benchmark only: per-request profiles
         draft_model = self.drafter_bundle.model if self.drafter_bundle else None
 
         bytes_per_block = kv_bytes_per_block(self.loaded.model, config.block_size, self.dtype)
@@ -104,6 +112,9 @@ class LLMEngine:
                 self.drafter_bundle.capture_graphs(spec_buckets, self.max_blocks_per_seq)
         if self.goodput:
             self.policy = build_goodput_planner(spec, self._step_costs(spec, pairs))
+        elif auto:  # the goodput-optimal static schedule, planned as `dynaspec tune` does
+            self.auto_schedule = plan_auto_schedule(spec, self._step_costs(spec, pairs))
+            self.policy = self.auto_schedule.policy
         self.block_manager = BlockManager(num_blocks, config.block_size)
         self.scheduler = Scheduler(
             self.block_manager, config.max_num_seqs, config.max_num_batched_tokens, self.max_model_len
@@ -123,7 +134,7 @@ class LLMEngine:
         pairs: set[tuple[int, int]] = set()
         for batch in range(1, max_batch + 1):
             ks = {0}
-            if self.goodput:  # the planner may pick any k: capture them all
+            if self.goodput or getattr(spec, "draft_len_schedule", None) == AUTO_SCHEDULE:  # any k: capture all
                 ks = set(range(spec.max_draft_len + 1))
             elif self.policy is not None:
                 ks = self.policy.draft_lens_for_batch(batch)
@@ -231,6 +242,8 @@ class LLMEngine:
             kv_cache_usage=self.kv_cache_usage,
             speculative=self.config.speculative_config is not None,
             acceptance_replay=self.replay.name if self.replay else None,
+            draft_len_schedule=schedule_stats(self.policy),
+            auto_schedule=self.auto_schedule.as_dict() if self.auto_schedule else None,
         )
         return stats
 
@@ -274,7 +287,7 @@ class LLMEngine:
             q = proposal.probs[j] if proposal.probs is not None else None
             probs[i] = None if q is None else q[: len(drafts[i])]
             if self.replay is not None:  # benchmark only: verify every position the step allows
-                last = sched.decodes[i].request.all_token_ids[-1]
+                last = sched.decodes[i].request.last_token_id
                 drafts[i] += [last] * (limit - len(drafts[i]))
                 probs[i] = None
         return drafts, probs
@@ -286,7 +299,7 @@ class LLMEngine:
         flat = 0
         for decode, draft in zip(sched.decodes, drafts):
             request = decode.request
-            tokens = [request.all_token_ids[-1]] + draft
+            tokens = [request.last_token_id] + draft
             seqs.append(SequenceInput(tokens, request.num_tokens + len(draft), request.block_ids))
             row_owner.append((len(logit_rows), len(tokens)))
             logit_rows.extend(range(flat, flat + len(tokens)))
@@ -312,7 +325,7 @@ class LLMEngine:
         row_owner: list[tuple[int, int]] = []
         for i, (decode, draft) in enumerate(zip(sched.decodes, drafts)):
             request = decode.request
-            last = request.all_token_ids[-1]
+            last = request.last_token_id
             batch.token_ids.append([last] + draft + [last] * (k - len(draft)))
             batch.seq_lens.append(request.num_tokens + k)
             batch.num_real.append(1 + len(draft))
@@ -363,7 +376,6 @@ class LLMEngine:
 
     def _commit(self, sched: SchedulerOutput, drafts, committed: list[list[int]]) -> list[RequestOutput]:
         now = time.monotonic()
-        outputs: list[RequestOutput] = []
         drafted = [len(d) for d in drafts]
         accepted = [max(0, len(c) - 1) for c in committed[: len(sched.decodes)]]
         if sched.decodes:
@@ -377,6 +389,7 @@ class LLMEngine:
         for prefill in sched.prefills:
             prefill.request.num_computed_tokens += prefill.num_tokens
         scheduled = [d.request for d in sched.decodes] + [p.request for p in sched.prefills]
+        progressed: list[tuple[Request, list[int]]] = []
         for request, tokens in zip(scheduled, committed):
             if not tokens:
                 continue
@@ -390,7 +403,9 @@ class LLMEngine:
                 self._release(request)
             else:
                 self.block_manager.trim(request, request.num_tokens)
-            outputs.append(self._output(request, kept))
+            progressed.append((request, kept))
+        self.output_processor.update_texts([request for request, _ in progressed])
+        outputs = [self._output(request, kept) for request, kept in progressed]
         if self.drafter and sched.draft_len > 0:
             # At k = 0 no drafter method runs at all; drafters catch up on missed tokens in propose().
             self.drafter.observe(self.scheduler.running)

@@ -39,10 +39,12 @@ class ModelRunner:
         self.num_forwards = 0
         self.graphs: CudaGraphDecoder | None = None
 
-    def capture_graphs(self, pairs: list[tuple[int, int]], max_blocks_per_seq: int) -> None:
-        """Capture decode/verify CUDA graphs for the given (batch bucket, k) pairs."""
+    def capture_graphs(self, pairs: list[tuple[int, int]], max_blocks_per_seq: int, use_graphs: bool = True) -> None:
+        """Capture decode/verify CUDA graphs for the given (batch bucket, k) pairs (`use_graphs=False`:
+        the same fixed-shape path, run eagerly)."""
         self.graphs = CudaGraphDecoder(
-            self.model, self.kv_caches, self.block_size, max_blocks_per_seq, self.scratch_block, pairs, self.device
+            self.model, self.kv_caches, self.block_size, max_blocks_per_seq, self.scratch_block, pairs, self.device,
+            use_graphs=use_graphs,
         )
         self.graphs.capture()
 
@@ -51,11 +53,16 @@ class ModelRunner:
 
     @torch.inference_mode()
     def forward_uniform(self, batch: UniformDecodeBatch, k: int, logit_rows: list[int]) -> torch.Tensor:
-        """Decode-only step through a captured graph; float32 logits of the requested rows."""
-        hidden = self.graphs.run(batch, k)  # (B * (1 + k), hidden)
-        rows = torch.tensor(logit_rows, dtype=torch.int64, device=self.device)
+        """Decode-only step through a captured graph; float32 logits (len(logit_rows), vocab).
+
+        When every row is asked for, the graph's own logits are returned (valid until the next replay).
+        """
+        logits = self.graphs.run(batch, k)  # (B * (1 + k), vocab)
         self.num_forwards += 1
-        return self.model.compute_logits(hidden.index_select(0, rows))
+        if len(logit_rows) == logits.shape[0]:  # rows are ascending and distinct: all of them, in order
+            return logits
+        rows = torch.tensor(logit_rows, dtype=torch.int64).to(self.device, non_blocking=True)
+        return logits.index_select(0, rows)
 
     @torch.inference_mode()
     def forward(self, seqs: list[SequenceInput], logit_rows: list[int]) -> torch.Tensor:

@@ -3,35 +3,42 @@
 A speculative step commits several tokens at once; they are appended one at a time so that a stop
 condition in the middle (EOS, a stop token id, max_tokens, max_model_len, a stop string) ends the
 request at exactly the token where the non-speculative engine would have ended it.
+
+Text: requests with stop strings are decoded after every token (the stop string must be found at the
+exact token); the others get their text once per step for the whole batch from the incremental
+detokenizer (`update_texts`), and one full decode when they finish.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
+from dynaspec.engine.detokenizer import IncrementalDetokenizer
 from dynaspec.engine.request import Request
 
 
 class OutputProcessor:
     def __init__(self, tokenizer, eos_token_ids: set[int], max_model_len: int):
-        self.tokenizer = tokenizer
-        # A borrowed tokenizer (random-weight presets) may know fewer ids than the model emits.
-        self.tokenizer_size = len(tokenizer) if tokenizer is not None else 0
+        self.detokenizer = IncrementalDetokenizer(tokenizer)
         self.eos_token_ids = eos_token_ids
         self.max_model_len = max_model_len
 
     def decode(self, token_ids: list[int]) -> str:
-        if self.tokenizer is None:
-            return ""
-        return self.tokenizer.decode([t for t in token_ids if t < self.tokenizer_size], skip_special_tokens=True)
+        return self.detokenizer.decode(token_ids)
 
     def commit(self, request: Request, tokens: list[int]) -> list[int]:
-        """Append `tokens` until a stop condition; set finish_reason. Returns the tokens kept."""
+        """Append `tokens` until a stop condition; set finish_reason. Returns the tokens kept.
+
+        Text is updated here only for requests with stop strings; call `update_texts` afterwards.
+        """
         params = request.params
         kept: list[int] = []
         stopped_by_string = False
+        eos_ids = () if params.ignore_eos else self.eos_token_ids
         for token in tokens:
             request.output_token_ids.append(token)
             kept.append(token)
-            if not params.ignore_eos and token in self.eos_token_ids:
+            if token in eos_ids:
                 request.finish_reason, request.stop_reason = "stop", None
                 break
             if token in params.stop_token_ids:
@@ -43,9 +50,23 @@ class OutputProcessor:
             if request.num_output_tokens >= params.max_tokens or request.num_tokens >= self.max_model_len:
                 request.finish_reason = "length"
                 break
-        if not stopped_by_string:
+        if params.stop and not stopped_by_string:
             request.output_text = self.decode(request.output_token_ids)
         return kept
+
+    def update_texts(self, requests: Sequence[Request]) -> None:
+        """Bring `output_text` up to date for requests without stop strings (one batched decode)."""
+        running = [r for r in requests if not r.params.stop and r.finish_reason is None]
+        finished = [r for r in requests if not r.params.stop and r.finish_reason is not None]
+        if finished:
+            for request, text in zip(finished, self.detokenizer.decode_batch([r.output_token_ids for r in finished])):
+                request.output_text = text
+        if running:
+            texts = self.detokenizer.update(
+                [r.output_text for r in running], [r.output_token_ids for r in running], [r.detok for r in running]
+            )
+            for request, text in zip(running, texts):
+                request.output_text = text
 
     def _check_stop_strings(self, request: Request) -> bool:
         text = self.decode(request.output_token_ids)

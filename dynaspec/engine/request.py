@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 
 import torch
 
+from dynaspec.engine.detokenizer import DetokenizerState
 from dynaspec.sampling_params import SamplingParams
 
 
@@ -40,12 +41,17 @@ class Request:
     num_preemptions: int = 0
     # Text already returned to the caller (stop strings are trimmed from it).
     output_text: str = ""
+    detok: DetokenizerState = field(default_factory=DetokenizerState)
     # Per-request RNG when params.seed is set (reproducible sampling regardless of batch).
     generator: torch.Generator | None = None
 
     @property
     def all_token_ids(self) -> list[int]:
         return self.prompt_token_ids + self.output_token_ids
+
+    @property
+    def last_token_id(self) -> int:
+        return self.output_token_ids[-1] if self.output_token_ids else self.prompt_token_ids[-1]
 
     @property
     def num_tokens(self) -> int:

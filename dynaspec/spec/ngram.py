@@ -156,12 +156,12 @@ class NGramDrafter:
         # before with a continuation cut at `seen` start at seen - draft + 1.
         first_end = max(1, seen - draft + 1)
         base = max(0, first_end - ngram)
-        toks = _tokens_from(request, base)
-        pool = self.pool(rid)
+        toks = tuple(_tokens_from(request, base))
+        insert = self.pool(rid).insert
         for end in range(first_end - base, total - base):
-            cont = tuple(toks[end : end + draft])
+            cont = toks[end : end + draft]
             for n in range(1, min(ngram, end + base) + 1):
-                pool.insert(tuple(toks[end - n : end]), cont)
+                insert(toks[end - n : end], cont)
         self._seen[rid] = total
 
     def propose(self, requests: list[Request], k: int) -> DraftProposal:

@@ -17,6 +17,10 @@ app = typer.Typer(add_completion=False, no_args_is_help=True, help="dynaspec: dy
 console = Console()
 
 DEFAULT_PROMPT = "Write a Python function that checks whether a number is prime."
+SCHEDULE_HELP = (
+    "batch:k pairs, e.g. '1:4,8:2,32:0', or 'auto' (planned at start-up from measured step costs and the "
+    "spec config's acceptance_profile)"
+)
 
 
 @contextmanager
@@ -38,7 +42,7 @@ def _progress_bar():
 
 def _engine_config(model: str | None, config: Path | None, spec_config: Path | None, schedule: str | None, **options):
     from dynaspec.config import EngineConfig
-    from dynaspec.spec.config import parse_draft_len_schedule
+    from dynaspec.spec.config import parse_draft_len_schedule_option
 
     data: dict[str, Any] = {}
     if config is not None:
@@ -54,7 +58,7 @@ def _engine_config(model: str | None, config: Path | None, spec_config: Path | N
         if not data.get("speculative_config"):
             raise ValueError("--draft-len-schedule needs a speculative config (--spec-config or speculative_config in --config)")
         spec = dict(data["speculative_config"])
-        spec["draft_len_schedule"] = parse_draft_len_schedule(schedule)
+        spec["draft_len_schedule"] = parse_draft_len_schedule_option(schedule)
         data["speculative_config"] = spec
     if model is not None:
         data["model"] = model
@@ -79,7 +83,7 @@ def generate(
     chat: Annotated[bool, typer.Option(help="wrap the prompt in the model's chat template")] = True,
     config: Annotated[Optional[Path], typer.Option(help="YAML file of engine options")] = None,
     spec_config: Annotated[Optional[Path], typer.Option(help="YAML file with a speculative_config")] = None,
-    draft_len_schedule: Annotated[Optional[str], typer.Option(help="batch:k pairs, e.g. '1:4,8:2,32:0'")] = None,
+    draft_len_schedule: Annotated[Optional[str], typer.Option(help=SCHEDULE_HELP)] = None,
     device: Annotated[Optional[str], typer.Option(help="auto | cpu | cuda")] = None,
     dtype: Annotated[Optional[str], typer.Option(help="auto | float32 | bfloat16 | float16")] = None,
 ) -> None:
@@ -119,7 +123,26 @@ def generate(
         _print_spec_stats(stats)
 
 
+def _print_schedule(stats: dict) -> None:
+    """The draft_len_schedule in force; for `auto` also what it was planned from."""
+    schedule = stats.get("draft_len_schedule")
+    auto = stats.get("auto_schedule")
+    if schedule is None:
+        return
+    text = ", ".join(f"{t}: {k}" for t, k in schedule.items())
+    if auto is None:
+        console.print(f"[dim]draft_len_schedule: {{{text}}}[/]")
+        return
+    console.print(
+        f"draft_len_schedule (auto): {{{text}}}  [dim](step costs: {auto['step_costs']}, acceptance: "
+        f"{auto['acceptance_profile']})[/]"
+    )
+    picks = ", ".join(f"{c['batch_size']}->{c['k']}" for c in auto["choices"])
+    console.print(f"[dim]  k per batch size by predicted goodput: {picks}[/]")
+
+
 def _print_spec_stats(stats: dict) -> None:
+    _print_schedule(stats)
     table = Table(title="speculation", show_header=True)
     table.add_column("drafted")
     table.add_column("accepted")
@@ -141,7 +164,7 @@ def serve(
     port: Annotated[int, typer.Option()] = 8000,
     config: Annotated[Optional[Path], typer.Option(help="YAML file of engine options")] = None,
     spec_config: Annotated[Optional[Path], typer.Option(help="YAML file with a speculative_config")] = None,
-    draft_len_schedule: Annotated[Optional[str], typer.Option(help="batch:k pairs, e.g. '1:4,8:2,32:0'")] = None,
+    draft_len_schedule: Annotated[Optional[str], typer.Option(help=SCHEDULE_HELP)] = None,
     served_model_name: Annotated[Optional[str], typer.Option()] = None,
     max_queue: Annotated[int, typer.Option(help="waiting requests before 429")] = 256,
 ) -> None:

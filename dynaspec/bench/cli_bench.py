@@ -49,7 +49,7 @@ def speculative_config_from_options(
     max_draft_len: int | None,
 ) -> dict[str, Any] | None:
     """The base speculative config (a mapping) from a YAML file and/or --drafter, or None for no drafter."""
-    from dynaspec.spec.config import parse_draft_len_schedule
+    from dynaspec.spec.config import parse_draft_len_schedule_option
 
     data: dict[str, Any] | None = None
     if spec_config is not None:
@@ -82,7 +82,7 @@ def speculative_config_from_options(
         if data.get("draft_len_schedule") and draft_len_schedule is None:
             raise ValueError("--max-draft-len changes max_draft_len; give the matching --draft-len-schedule too")
     if draft_len_schedule is not None:
-        data["draft_len_schedule"] = parse_draft_len_schedule(draft_len_schedule)
+        data["draft_len_schedule"] = parse_draft_len_schedule_option(draft_len_schedule)
     return data
 
 
@@ -96,7 +96,7 @@ def bench_command(
     spec_config: Annotated[Optional[Path], typer.Option(help="YAML file with a speculative_config")] = None,
     drafter: Annotated[Optional[str], typer.Option(help="ngram | draft-model (instead of --spec-config)")] = None,
     draft_model: Annotated[Optional[str], typer.Option(help="draft model for --drafter draft-model")] = None,
-    draft_len_schedule: Annotated[Optional[str], typer.Option(help="the schedule line, e.g. '1:4,8:2,32:0'")] = None,
+    draft_len_schedule: Annotated[Optional[str], typer.Option(help="the schedule line, e.g. '1:4,8:2,32:0', or 'auto' (needs acceptance_profile in --spec-config)")] = None,
     max_draft_len: Annotated[Optional[int], typer.Option(help="largest k (default: the config's, or 6)")] = None,
     ks: Annotated[Optional[str], typer.Option(help="static k's to sweep, e.g. '0-6' or '0,2,4' (0 = no spec); default 0..max_draft_len")] = None,
     batch_sizes: Annotated[Optional[str], typer.Option(help="e.g. '1,8,64' (default 1,2,4,... up to --max-batch)")] = None,

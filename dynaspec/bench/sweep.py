@@ -3,7 +3,8 @@
 Lines measured (each is one engine, built once and reused for every batch size):
 * "no spec"  - speculative_config=None: plain decoding, the k = 0 line;
 * "k=N"      - the drafter with a static draft length: draft_len_schedule {1: N}, max_draft_len N;
-* "schedule" - the configured draft_len_schedule (and max_concurrency) as given.
+* "schedule" - the configured draft_len_schedule (and max_concurrency) as given; "auto" is planned by the
+  engine at start-up (the line's `planned_schedule` records what it chose).
 
 For each (line, batch) `batch` requests of random prompt token ids run greedy with ignore_eos until all
 finish. Only the decode phase is timed: the steps after every request has its first token (time.perf_counter
@@ -38,7 +39,7 @@ from typing import Any
 import torch
 
 from dynaspec.config import EngineConfig
-from dynaspec.spec.config import MAX_DRAFT_LEN_LIMIT, parse_speculative_config
+from dynaspec.spec.config import AUTO_SCHEDULE, MAX_DRAFT_LEN_LIMIT, parse_speculative_config
 from dynaspec.spec.policy import DraftLenPolicy
 
 SCHEMA = "dynaspec.bench.sweep/1"
@@ -78,6 +79,8 @@ class Line:
         """The k this line should run at when `batch` requests decode."""
         if self.speculative_config is None:
             return 0
+        if self.speculative_config.draft_len_schedule == AUTO_SCHEDULE:
+            return self.speculative_config.max_draft_len  # planned at start-up: see engine_nominal_k
         return DraftLenPolicy(self.speculative_config).draft_len(batch, batch)
 
     def describe(self) -> dict[str, Any]:
@@ -183,7 +186,12 @@ def build_lines(spec, draft_lens: Sequence[int] | None, include_schedule: bool, 
             lines.append(Line("no spec", "no-spec", None, 0))
         else:
             lines.append(Line(f"k={k}", "static", _spec_variant(spec, k, {1: k}, None, acceptance_profile), k))
-    if include_schedule and spec is not None and spec.draft_len_schedule is not None:
+    if include_schedule and spec is not None and spec.draft_len_schedule == AUTO_SCHEDULE:
+        data = spec.model_dump()
+        if acceptance_profile is not None:
+            data[REPLAY_FIELD] = str(acceptance_profile)
+        lines.append(Line("schedule", "schedule", parse_speculative_config(data), None))
+    elif include_schedule and spec is not None and spec.draft_len_schedule is not None:
         variant = _spec_variant(
             spec, spec.max_draft_len, spec.draft_len_schedule, spec.max_concurrency, acceptance_profile
         )
@@ -295,6 +303,8 @@ def run_sweep(
         if result is None:
             result = SweepResult(_metadata(settings, spec, engine, profile, lines), [l.describe() for l in lines])
             result.floor = _floor(engine, settings, batches, result.metadata)
+        if engine.auto_schedule is not None:  # draft_len_schedule: auto, planned at start-up
+            result.lines[lines.index(line)]["planned_schedule"] = engine.get_stats()["draft_len_schedule"]
         if settings.warmup:
             for batch in sorted({1, max(batches)}):
                 _run_batch(engine, batch, settings.prompt_len, min(settings.gen_len, WARMUP_GEN_LEN), rng)
@@ -386,7 +396,7 @@ def _run_batch(engine, batch: int, prompt_len: int, gen_len: int, rng: random.Ra
 
 def _measure(engine, line: Line, batch: int, prompt_len: int, gen_len: int, rng: random.Random) -> Point:
     prefill_time, records, preemptions = _run_batch(engine, batch, prompt_len, gen_len, rng)
-    nominal = line.nominal_k(batch)
+    nominal = engine_nominal_k(engine, line, batch)
     decode_time = sum(r[0] for r in records)
     tokens = sum(r[1] for r in records)
     steps = len(records)
@@ -415,6 +425,14 @@ def _measure(engine, line: Line, batch: int, prompt_len: int, gen_len: int, rng:
         prefill_time_s=prefill_time,
         num_preemptions=preemptions,
     )
+
+
+def engine_nominal_k(engine, line: Line, batch: int) -> int:
+    """The k `engine` should run at for `batch` decoding requests: its static policy's (a schedule planned
+    at start-up included), else the line's nominal k (the goodput planner's: max_draft_len)."""
+    if isinstance(engine.policy, DraftLenPolicy):
+        return engine.policy.draft_len(batch, batch)
+    return line.nominal_k(batch)
 
 
 def _cuda_index(device: torch.device) -> int:
@@ -510,6 +528,7 @@ def _metadata(settings: SweepSettings, spec, engine, profile, lines: list[Line])
         "batch_sizes": sorted(settings.batch_sizes),
         "lines": [line.name for line in lines],
         "draft_len_schedule": None if spec is None or spec.draft_len_schedule is None
+        else spec.draft_len_schedule if spec.draft_len_schedule == AUTO_SCHEDULE
         else {str(k): v for k, v in spec.draft_len_schedule.items()},
         "seed": settings.seed,
         "cuda_graphs": device.type == "cuda" and not settings.enforce_eager,

@@ -7,7 +7,9 @@ TensorRT-LLM's LLM API takes `speculative_config=NGramDecodingConfig(...)` or
 * `draft_len_schedule`: batch-size threshold -> draft length. The entry with the LARGEST threshold <=
   the number of requests decoding in a step applies (TensorRT-LLM semantics). Keys are ints >= 1, values
   ints >= 0 (0 = no speculation that step), key 1 must be present with value `max_draft_len`, and no value
-  may exceed `max_draft_len`. Stored sorted by threshold.
+  may exceed `max_draft_len`. Stored sorted by threshold. The string "auto" instead chooses the schedule
+  at engine start-up (spec/auto_schedule.py): T(batch, k) probed from the captured graphs (or read from
+  `step_cost_file`) and acceptance from `acceptance_profile` (required), planned as `dynaspec tune` does.
 * `max_concurrency`: when more requests are active than this, the step does not speculate.
 * `draft_len_policy`: "schedule" (the above) or "goodput" (spec/planner.py, SmartSpec-style online choice
   of k), with `goodput_hysteresis` and an optional `acceptance_profile` JSON to warm-start acceptance.
@@ -93,6 +95,27 @@ def validate_draft_len_schedule(schedule: Mapping[Any, Any], max_draft_len: int)
     return normalized
 
 
+AUTO_SCHEDULE = "auto"
+
+
+def parse_draft_len_schedule_option(value: Any) -> dict[int, int] | str:
+    """A draft_len_schedule as a config or the CLI gives it: "auto", a mapping, or the text '1:4,8:2,32:0'.
+
+    Returns "auto" or the normalized {int: int}; any other string is a ValueError naming what is allowed.
+    """
+    if isinstance(value, str):
+        if value.strip().lower() == AUTO_SCHEDULE:
+            return AUTO_SCHEDULE
+        try:
+            return parse_draft_len_schedule(value)
+        except ValueError as exc:
+            raise ValueError(
+                f"draft_len_schedule {value!r} is neither 'auto' nor comma-separated 'threshold:draft_len' pairs "
+                f"like '1:4,8:2,32:0' ({exc})"
+            ) from None
+    return normalize_draft_len_schedule(value)
+
+
 def parse_draft_len_schedule(text: str) -> dict[int, int]:
     """Parse the CLI form '1:4,8:2,32:0' into {1: 4, 8: 2, 32: 0} (shape rules checked, sorted).
 
@@ -126,11 +149,13 @@ class _SpecConfigBase(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
 
     max_draft_len: int = Field(default=4, ge=1, le=MAX_DRAFT_LEN_LIMIT)
-    draft_len_schedule: dict[int, int] | None = None
+    draft_len_schedule: dict[int, int] | Literal["auto"] | None = None
     max_concurrency: int | None = Field(default=None, ge=1)
     # BENCHMARK ONLY: accept drafts by a recorded per-position acceptance profile (a JSON path or a
     # profile name under dynaspec/bench/data) instead of the target's verdict, so random-weight models
     # of real shapes can be timed with realistic acceptance. Output is then NOT the model's output.
+    # Several profiles (a list, or names joined by commas) mix workloads: each request replays one, picked
+    # by a stable hash of its request id (spec/replay.py).
     replay_acceptance_profile: str | None = None
     # How k is chosen each step: "schedule" (draft_len_schedule / max_draft_len) or "goodput" (the online
     # planner, spec/planner.py). goodput_hysteresis: relative goodput gain needed to switch k.
@@ -138,8 +163,8 @@ class _SpecConfigBase(BaseModel):
     draft_len_policy: Literal["schedule", "goodput"] = "schedule"
     goodput_hysteresis: float = Field(default=0.05, ge=0.0, allow_inf_nan=False)
     acceptance_profile: str | None = Field(default=None, min_length=1)
-    # goodput only: a step-cost table T(batch, k) (JSON/YAML from StepCostModel.save or `dynaspec tune`);
-    # when unset, the engine measures it at start-up from its captured graphs.
+    # goodput or draft_len_schedule "auto" only: a step-cost table T(batch, k) (JSON/YAML from
+    # StepCostModel.save or `dynaspec tune`); when unset, the engine measures it at start-up from its graphs.
     step_cost_file: str | None = Field(default=None, min_length=1)
 
     @field_validator("draft_len_schedule", mode="before")
@@ -147,9 +172,22 @@ class _SpecConfigBase(BaseModel):
     def _normalize_schedule(cls, value: Any) -> Any:
         if value is None:
             return None
-        if isinstance(value, str):
-            return parse_draft_len_schedule(value)
-        return normalize_draft_len_schedule(value)
+        return parse_draft_len_schedule_option(value)
+
+    @field_validator("replay_acceptance_profile", mode="before")
+    @classmethod
+    def _join_replay_profiles(cls, value: Any) -> Any:
+        if value is None:
+            return None
+        names = value.split(",") if isinstance(value, str) else value
+        if not isinstance(names, (list, tuple)) or not all(isinstance(n, str) for n in names):
+            raise ValueError(
+                f"replay_acceptance_profile must be a profile name / JSON path, or a list of them, got {value!r}"
+            )
+        names = [n.strip() for n in names]
+        if not names or not all(names):
+            raise ValueError(f"replay_acceptance_profile has an empty profile name: {value!r}")
+        return ",".join(names)
 
     @model_validator(mode="after")
     def _one_policy(self) -> "_SpecConfigBase":
@@ -158,13 +196,21 @@ class _SpecConfigBase(BaseModel):
                 "draft_len_policy='goodput' chooses k itself: remove draft_len_schedule, or use "
                 "draft_len_policy='schedule' (the default) to apply the schedule"
             )
-        if self.step_cost_file is not None and self.draft_len_policy != "goodput":
-            raise ValueError("step_cost_file is only used with draft_len_policy='goodput'")
+        auto = self.draft_len_schedule == AUTO_SCHEDULE
+        if self.step_cost_file is not None and self.draft_len_policy != "goodput" and not auto:
+            raise ValueError(
+                "step_cost_file is only used with draft_len_policy='goodput' or draft_len_schedule='auto'"
+            )
+        if auto and self.acceptance_profile is None:
+            raise ValueError(
+                "draft_len_schedule='auto' needs acceptance_profile: a JSON file with 'acceptance_per_position' "
+                "(e.g. the .acceptance.json `dynaspec tune` writes) to plan k per batch size from"
+            )
         return self
 
     @model_validator(mode="after")
     def _schedule_within_max(self) -> "_SpecConfigBase":
-        if self.draft_len_schedule is not None:
+        if self.draft_len_schedule is not None and self.draft_len_schedule != AUTO_SCHEDULE:
             check_schedule_against_max(self.draft_len_schedule, self.max_draft_len)
         return self
 

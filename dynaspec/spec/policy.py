@@ -12,7 +12,7 @@ from bisect import bisect_right
 from collections.abc import Mapping
 from typing import Any
 
-from dynaspec.spec.config import normalize_draft_len_schedule
+from dynaspec.spec.config import AUTO_SCHEDULE, normalize_draft_len_schedule
 
 
 class DraftLenSchedule:
@@ -54,11 +54,33 @@ class DraftLenPolicy:
     """Per-step draft length k from a speculative config (NGram or DraftTarget)."""
 
     def __init__(self, config: Any) -> None:
+        if config.draft_len_schedule == AUTO_SCHEDULE:
+            raise ValueError(
+                "draft_len_schedule 'auto' is planned at engine start-up from measured step costs; build the "
+                "policy with dynaspec.spec.auto_schedule.plan_auto_schedule (the engine does)"
+            )
         self.max_draft_len: int = config.max_draft_len
         self.max_concurrency: int | None = config.max_concurrency
         self.schedule: DraftLenSchedule | None = (
             DraftLenSchedule(config.draft_len_schedule) if config.draft_len_schedule is not None else None
         )
+
+    @classmethod
+    def from_schedule(
+        cls, schedule: Mapping[Any, Any], max_draft_len: int, max_concurrency: int | None = None
+    ) -> "DraftLenPolicy":
+        """A policy for a schedule planned at run time (draft_len_schedule: auto). Unlike a configured
+        schedule it may say k = 0 at batch 1 (speculation that never pays); no value may exceed
+        max_draft_len (the drafter's buffers are sized by it)."""
+        schedule = DraftLenSchedule(schedule)
+        above = {t: k for t, k in schedule.as_dict().items() if k > max_draft_len}
+        if above:
+            raise ValueError(f"schedule entries {above} exceed max_draft_len ({max_draft_len})")
+        policy = cls.__new__(cls)
+        policy.max_draft_len = max_draft_len
+        policy.max_concurrency = max_concurrency
+        policy.schedule = schedule
+        return policy
 
     def draft_len(self, num_decoding: int, num_active: int) -> int:
         """k for a step where `num_decoding` requests decode out of `num_active` active ones."""
@@ -106,3 +128,11 @@ class DraftLenPolicy:
             f"DraftLenPolicy(max_draft_len={self.max_draft_len}, schedule={self.schedule}, "
             f"max_concurrency={self.max_concurrency})"
         )
+
+
+def schedule_stats(policy: Any) -> dict[str, int] | None:
+    """The draft_len_schedule a policy applies, JSON-ready ({"1": 4, "8": 2}); None for any other policy
+    (no speculation, max_draft_len at every batch size, or the goodput planner)."""
+    if not isinstance(policy, DraftLenPolicy) or policy.schedule is None:
+        return None
+    return {str(t): k for t, k in policy.schedule.as_dict().items()}

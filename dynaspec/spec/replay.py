@@ -5,12 +5,22 @@ recorded with real models on a real workload (dynaspec/bench/data, written by th
 gives the step loop realistic accepted lengths: position j of a chain is accepted with the profile's
 conditional probability alpha_j given positions < j were. Every output made this way is labelled:
 the tokens are NOT the model's output, only the timing is meaningful.
+
+Mixed workloads: several profiles (names / paths joined by commas, e.g.
+"acceptance_ngram_code-edit,acceptance_ngram_chat") are replayed side by side. Request `rid` replays
+profile number `crc32(rid as UTF-8) % number of profiles` (`profile_index`): stable across runs, engines
+and processes, so a benchmark that gives its requests the same ids gives them the same workloads on
+every line. The engine learns which request each draft belongs to from the drafter's propose() call
+(`expect`, fed by spec/replay_order.py), in the order in which it then asks for accepted lengths.
 """
 
 from __future__ import annotations
 
 import json
 import random
+import zlib
+from collections import deque
+from collections.abc import Hashable, Sequence
 from pathlib import Path
 
 DATA_DIR = Path(__file__).resolve().parent.parent / "bench" / "data"
@@ -42,19 +52,69 @@ def load_acceptance(name_or_path: str) -> list[float]:
     return [float(a) for a in alphas]
 
 
+def split_profile_names(names_or_paths: str | Sequence[str]) -> list[str]:
+    """'a,b' or ['a', 'b'] -> ['a', 'b'] (stripped); ValueError for an empty list or name."""
+    names = names_or_paths.split(",") if isinstance(names_or_paths, str) else list(names_or_paths)
+    names = [str(n).strip() for n in names]
+    if not names or not all(names):
+        raise ValueError(f"acceptance replay needs one or more profile names or paths, got {names_or_paths!r}")
+    return names
+
+
+def profile_index(request_id: Hashable, num_profiles: int) -> int:
+    """Which of `num_profiles` profiles request `request_id` replays: crc32 of its id (str) modulo the count."""
+    if isinstance(num_profiles, bool) or not isinstance(num_profiles, int) or num_profiles < 1:
+        raise ValueError(f"num_profiles must be an int >= 1, got {num_profiles!r}")
+    return zlib.crc32(str(request_id).encode("utf-8")) % num_profiles
+
+
 class AcceptanceReplay:
-    """Draws accepted lengths from a profile (positions past its end reuse its last value)."""
+    """Draws accepted lengths from one or more profiles (positions past a profile's end reuse its last value)."""
 
-    def __init__(self, name_or_path: str, seed: int = 0):
-        self.name = Path(name_or_path).stem
-        self.alphas = load_acceptance(name_or_path)
+    def __init__(self, names_or_paths: str | Sequence[str], seed: int = 0):
+        names = split_profile_names(names_or_paths)
+        self.names = [Path(n).stem for n in names]
+        self.name = "+".join(self.names)
+        self.profiles = [load_acceptance(n) for n in names]
+        self.alphas = self.profiles[0]
         self.rng = random.Random(seed)
+        self._pending: deque[Hashable] = deque()  # requests of this step's drafts, in replay order
 
-    def alpha(self, position: int) -> float:
-        return self.alphas[min(position, len(self.alphas) - 1)]
+    @property
+    def is_mixed(self) -> bool:
+        """Several profiles: each accepted length needs the request it belongs to."""
+        return len(self.profiles) > 1
 
-    def num_accepted(self, num_drafted: int) -> int:
+    def profile_for(self, request_id: Hashable) -> int:
+        """Index of the profile `request_id` replays (always 0 with a single profile)."""
+        return profile_index(request_id, len(self.profiles))
+
+    def expect(self, request_ids: Sequence[Hashable]) -> None:
+        """The requests whose drafts the next num_accepted() calls (without an id) are for, in order."""
+        if self._pending:
+            raise RuntimeError(
+                f"acceptance replay: {len(self._pending)} drafts of the previous step were never replayed; "
+                "the engine must ask for one accepted length per proposed request"
+            )
+        self._pending.extend(request_ids)
+
+    def alpha(self, position: int, profile: int = 0) -> float:
+        alphas = self.profiles[profile]
+        return alphas[min(position, len(alphas) - 1)]
+
+    def num_accepted(self, num_drafted: int, request_id: Hashable | None = None) -> int:
+        """Accepted length of a chain of `num_drafted` drafts of `request_id` (default: the next expected)."""
+        if request_id is None and self._pending:
+            request_id = self._pending.popleft()
+        elif request_id is not None and self._pending and self._pending[0] == request_id:
+            self._pending.popleft()
+        if request_id is None and self.is_mixed:
+            raise RuntimeError(
+                "acceptance replay of several profiles needs the request each draft belongs to; "
+                "wrap the drafter in spec.replay_order.ReplayOrderDrafter"
+            )
+        profile = 0 if request_id is None else self.profile_for(request_id)
         accepted = 0
-        while accepted < num_drafted and self.rng.random() < self.alpha(accepted):
+        while accepted < num_drafted and self.rng.random() < self.alpha(accepted, profile):
             accepted += 1
         return accepted

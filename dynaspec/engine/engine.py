@@ -40,7 +40,7 @@ from dynaspec.spec.policy import DraftLenPolicy, schedule_stats
 from dynaspec.spec.replay import AcceptanceReplay
 from dynaspec.spec.replay_order import ReplayOrderDrafter
 from dynaspec.spec.stats import SpecStats
-from dynaspec.spec.verifier import verify
+from dynaspec.spec.verifier import greedy_accept, verify
 
 ProgressFn = Callable[[str, float, float], None]
 
@@ -335,44 +335,49 @@ class LLMEngine:
         return batch, logit_rows, row_owner
 
     def _accept(self, sched, drafts, draft_probs, logits, row_owner) -> list[list[int]]:
-        """Tokens to commit per scheduled request (decodes first, then prefills); [] for a mid-prompt chunk."""
+        """Tokens to commit per scheduled request (decodes first, then prefills); [] for a mid-prompt chunk.
+
+        Greedy requests are verified on host lists (one device-to-host copy of the argmax ids for the
+        whole batch); sampling requests go through `verify`'s rejection sampler on the device.
+        """
         requests = [d.request for d in sched.decodes] + [p.request for p in sched.prefills]
         all_drafts = drafts + [[] for _ in sched.prefills]
-        all_q = draft_probs + [None for _ in sched.prefills]
-        row_params: list[SamplingParams] = []
-        for request, (_, count) in zip(requests, row_owner):
-            row_params.extend([request.params] * count)
-        argmax = logits.argmax(dim=-1)  # (N,)
-        sampled_rows = [i for i, p in enumerate(row_params) if not p.is_greedy]
-        probs = None
-        if sampled_rows:
-            probs = torch.zeros_like(logits)
-            index = torch.tensor(sampled_rows, device=logits.device)
-            probs[index] = target_probs(logits[index], [row_params[i] for i in sampled_rows])
-        live = [n for n, (_, count) in enumerate(row_owner) if count > 0]
-        targets = []
-        for n in live:
-            start, count = row_owner[n]
-            source = argmax if requests[n].params.is_greedy else probs
-            targets.append(source[start : start + count])
-        result = verify(
-            targets,
-            [all_drafts[n] for n in live],
-            [all_q[n] for n in live],
-            [requests[n].params.is_greedy for n in live],
-            [requests[n].generator for n in live],
-            self.generator,
-        )
+        argmax_ids = logits.argmax(dim=-1).tolist()  # (N,) ids, one transfer for the whole batch
         committed: list[list[int]] = [[] for _ in requests]
-        for n, tokens in zip(live, result.tokens):
-            committed[n] = tokens
+        sampled = []
+        for n, (request, (start, count)) in enumerate(zip(requests, row_owner)):
+            if count == 0:
+                continue
+            if request.params.is_greedy:
+                committed[n] = greedy_accept(argmax_ids[start : start + count], all_drafts[n])[0]
+            else:
+                sampled.append(n)
+        if sampled:
+            self._accept_sampled(sampled, requests, all_drafts, draft_probs, logits, row_owner, committed)
         if self.replay is not None:  # benchmark only: accepted lengths drawn from a recorded profile
-            argmax_ids = argmax.tolist()
             for n, draft in enumerate(drafts):
                 if draft:
                     accepted = self.replay.num_accepted(len(draft))
                     committed[n] = draft[:accepted] + [argmax_ids[row_owner[n][0] + accepted]]
         return committed
+
+    def _accept_sampled(self, sampled, requests, all_drafts, draft_probs, logits, row_owner, committed) -> None:
+        """Rejection sampling (verify) for the sampling requests `sampled` (indices into `requests`)."""
+        rows = [row for n in sampled for row in range(row_owner[n][0], row_owner[n][0] + row_owner[n][1])]
+        row_params = [requests[n].params for n in sampled for _ in range(row_owner[n][1])]
+        probs = target_probs(logits[torch.tensor(rows, device=logits.device)], row_params)  # (R, vocab)
+        targets = list(torch.split(probs, [row_owner[n][1] for n in sampled]))
+        all_q = draft_probs + [None] * (len(requests) - len(draft_probs))
+        result = verify(
+            targets,
+            [all_drafts[n] for n in sampled],
+            [all_q[n] for n in sampled],
+            [False] * len(sampled),
+            [requests[n].generator for n in sampled],
+            self.generator,
+        )
+        for n, tokens in zip(sampled, result.tokens):
+            committed[n] = tokens
 
     def _commit(self, sched: SchedulerOutput, drafts, committed: list[list[int]]) -> list[RequestOutput]:
         now = time.monotonic()

@@ -144,7 +144,7 @@ def verify(
 
 def _verify_greedy(target, draft_tokens, idx, tokens, accepted) -> None:
     ids = [target[i] if target[i].dim() == 1 else target[i].argmax(dim=-1) for i in idx]
-    flat = torch.cat([t.to(torch.int64).cpu() for t in ids]).tolist()  # one transfer for all greedy rows
+    flat = torch.cat([t.to(torch.int64) for t in ids]).tolist()  # one transfer for all greedy rows
     pos = 0
     for i in idx:
         d = len(draft_tokens[i])

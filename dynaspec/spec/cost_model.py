@@ -129,6 +129,10 @@ class StepCostModel:
         """Whether k is measured at some batch bucket (so cost(batch, k) is defined)."""
         return any(k in ks for ks in self._samples.values())
 
+    def samples(self, batch: int, k: int) -> list[float]:
+        """The samples kept at exactly (batch, k) (a copy; empty when none)."""
+        return list(self._samples.get(batch, {}).get(k, ()))
+
     def measured(self, batch: int, k: int) -> float | None:
         """Median of the samples at exactly (batch, k), or None when that cell has none."""
         samples = self._samples.get(batch, {}).get(k)

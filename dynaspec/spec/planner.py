@@ -19,6 +19,10 @@ Rules, in order:
 * hysteresis: per batch bucket (the smallest measured batch size >= batch, like CUDA-graph padding) the
   previous k is kept unless the best k's predicted goodput exceeds the previous k's by more than
   `hysteresis` (relative), so noise in the acceptance estimate does not flap k;
+* step time: T(batch, k) starts as the probed cost (graph replays, or a tune file). Real decode steps
+  refine it: once a (batch bucket, k) cell has `min_observed_steps` real steps, their median is used;
+  every real step also feeds a host-overhead model (spec/step_overhead.py: residual = a + b * batch +
+  c * batch * k) that corrects the probed cost of cells not run yet;
 * exploration: an estimate only learns about positions that are drafted, so every `explore_every`-th
   decision whose k is below the largest candidate uses the next larger candidate instead (from k = 0 that
   is the smallest k > 0). Without it a planner that settled on k = 0 would never see acceptance rise again.
@@ -33,6 +37,10 @@ from typing import Any
 
 from dynaspec.spec.acceptance_estimator import AcceptanceEstimator, load_acceptance_profile
 from dynaspec.spec.cost_model import StepCostModel
+from dynaspec.spec.step_overhead import StepOverheadModel
+
+# Real steps a (bucket, k) cell needs before its median replaces probe + overhead model.
+MIN_OBSERVED_STEPS = 4
 
 
 def _check_count(value: Any, what: str, minimum: int) -> int:
@@ -92,7 +100,9 @@ class GoodputPlanner:
             _check_count(max_concurrency, "max_concurrency", 1)
         if explore_every is not None:
             _check_count(explore_every, "explore_every", 1)
-        self.cost_model = cost_model
+        self.cost_model = cost_model  # the probed / tune-file costs, never mixed with real steps
+        self.observed = StepCostModel(device=cost_model.device)  # real step times per (bucket, k)
+        self.overhead = StepOverheadModel()
         self.estimator = estimator
         self.hysteresis = float(hysteresis)
         self.max_concurrency = max_concurrency
@@ -116,7 +126,15 @@ class GoodputPlanner:
         """Predicted committed tokens per second for each candidate k at this batch size."""
         _check_count(batch, "batch", 1)
         expected = self.estimator.expected_accepted_all(request_ids)
-        return {k: (expected[k] + 1.0) * batch / self.cost_model.cost(batch, k) for k in self.candidate_ks}
+        return {k: (expected[k] + 1.0) * batch / self.step_seconds(batch, k) for k in self.candidate_ks}
+
+    def step_seconds(self, batch: int, k: int) -> float:
+        """Predicted seconds of a real step: the observed median of its cell once it has enough real
+        steps, else the probed cost plus the learned host overhead."""
+        observed = self.observed.samples(self.bucket(batch), k)
+        if len(observed) >= MIN_OBSERVED_STEPS:
+            return self.observed.measured(self.bucket(batch), k)
+        return self.cost_model.cost(batch, k) + self.overhead.predict(batch, k)
 
     def explain(self, batch: int, request_ids: Sequence[Hashable] | None = None) -> list[dict[str, float]]:
         """Per candidate k: expected accepted, step seconds and predicted goodput (rows for logs / plots)."""
@@ -124,7 +142,7 @@ class GoodputPlanner:
         expected = self.estimator.expected_accepted_all(request_ids)
         rows = []
         for k in self.candidate_ks:
-            seconds = self.cost_model.cost(batch, k)
+            seconds = self.step_seconds(batch, k)
             rows.append(
                 {
                     "k": k,
@@ -216,7 +234,11 @@ class GoodputPlanner:
     def observe_step_time(self, batch: int, k: int, seconds: float) -> None:
         """A real decode step's wall time: refines T(batch, k) online (the start-up probe times graph
         replays only, without the per-request host work that grows with the batch)."""
-        self.cost_model.add(batch, k, seconds)
+        _check_count(batch, "batch", 1)
+        _check_count(k, "k", 0)
+        self.observed.add(self.bucket(batch), k, seconds)
+        if self.cost_model.has(k):
+            self.overhead.add(batch, k, seconds - self.cost_model.cost(batch, k))
 
     def release(self, request_id: Hashable) -> None:
         """A request finished / was aborted / preempted: drop its acceptance history."""

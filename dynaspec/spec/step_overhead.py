@@ -1,0 +1,62 @@
+"""Online model of the time a real decode step spends beyond its probed GPU time.
+
+The start-up probe (engine/cost_probe.py) times CUDA-graph replays only. A real step also runs host
+work (scheduling, drafting, verification, committing, detokenising) that grows with the number of
+requests and with the tokens they commit, so the probe alone makes longer drafts and larger batches
+look cheaper than they are, and a planner that trusts it explores the wrong k's (SmartSpec, Liu et al.
+2024, arXiv 2406.14066, models the step time as a function of batch size and verified tokens for the
+same reason). This model learns the residual
+
+    residual(batch, k) = measured step seconds - probed seconds ~= a + b * batch + c * batch * k
+
+(fixed work per step, work per request, work per drafted token) by least squares over the most recent
+samples, so one observed (batch, k) corrects the prediction of cells never run yet. Predictions are
+clamped at 0 and are 0 before `min_samples` samples arrive.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+
+import numpy as np
+
+
+class StepOverheadModel:
+    def __init__(self, max_samples: int = 256, min_samples: int = 3) -> None:
+        if isinstance(max_samples, bool) or not isinstance(max_samples, int) or max_samples < 3:
+            raise ValueError(f"max_samples must be an int >= 3, got {max_samples!r}")
+        if isinstance(min_samples, bool) or not isinstance(min_samples, int) or not 1 <= min_samples <= max_samples:
+            raise ValueError(f"min_samples must be an int in 1..max_samples ({max_samples}), got {min_samples!r}")
+        self.min_samples = min_samples
+        self._samples: deque[tuple[int, int, float]] = deque(maxlen=max_samples)
+        self._coef: np.ndarray | None = None
+
+    def __len__(self) -> int:
+        return len(self._samples)
+
+    def add(self, batch: int, k: int, residual_seconds: float) -> None:
+        """One real step: measured seconds minus the probe's seconds for the same (batch, k)."""
+        self._samples.append((int(batch), int(k), float(residual_seconds)))
+        self._coef = None
+
+    @property
+    def coefficients(self) -> tuple[float, float, float]:
+        """(a, b, c): seconds per step, per request, per drafted token (0s before enough samples)."""
+        coef = self._fit()
+        return (0.0, 0.0, 0.0) if coef is None else (float(coef[0]), float(coef[1]), float(coef[2]))
+
+    def _fit(self) -> np.ndarray | None:
+        if len(self._samples) < self.min_samples:
+            return None
+        if self._coef is None:
+            data = np.asarray(self._samples, dtype=np.float64)  # (n, 3): batch, k, residual
+            features = np.stack([np.ones(len(data)), data[:, 0], data[:, 0] * data[:, 1]], axis=1)
+            self._coef = np.linalg.lstsq(features, data[:, 2], rcond=None)[0]
+        return self._coef
+
+    def predict(self, batch: int, k: int) -> float:
+        """Expected extra seconds of a real step over the probed time at (batch, k); >= 0."""
+        coef = self._fit()
+        if coef is None:
+            return 0.0
+        return max(0.0, float(coef[0] + coef[1] * batch + coef[2] * batch * k))

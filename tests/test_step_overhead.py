@@ -1,0 +1,72 @@
+"""Host-overhead model of real steps, and the planner using it for cells it has not run."""
+
+import pytest
+
+from dynaspec.spec.acceptance_estimator import AcceptanceEstimator
+from dynaspec.spec.cost_model import StepCostModel
+from dynaspec.spec.planner import MIN_OBSERVED_STEPS, GoodputPlanner
+from dynaspec.spec.step_overhead import StepOverheadModel
+
+BATCHES = (1, 8, 64, 256)
+KS = (0, 1, 2, 3, 4)
+
+
+def test_fit_recovers_per_step_per_request_and_per_draft_token_costs():
+    model = StepOverheadModel()
+    assert model.predict(64, 4) == 0.0 and model.coefficients == (0.0, 0.0, 0.0)  # no samples yet
+    for batch in (1, 8, 64, 256):
+        for k in (0, 2, 4):
+            model.add(batch, k, 2e-4 + 1e-5 * batch + 3e-6 * batch * k)
+    a, b, c = model.coefficients
+    assert a == pytest.approx(2e-4, rel=1e-6) and b == pytest.approx(1e-5, rel=1e-6) and c == pytest.approx(3e-6, rel=1e-6)
+    assert model.predict(128, 3) == pytest.approx(2e-4 + 1.28e-3 + 1.152e-3, rel=1e-6)
+
+
+def test_prediction_is_never_negative_and_bad_arguments_are_named():
+    model = StepOverheadModel(min_samples=1)
+    model.add(8, 0, -1e-3)  # a step faster than the probe (noise)
+    assert model.predict(8, 0) == 0.0
+    with pytest.raises(ValueError, match="max_samples"):
+        StepOverheadModel(max_samples=2)
+    with pytest.raises(ValueError, match="min_samples"):
+        StepOverheadModel(max_samples=8, min_samples=9)
+
+
+def _probe() -> StepCostModel:
+    """A probe that sees only memory-bound graph replays: 10 ms whatever the batch and k."""
+    model = StepCostModel()
+    for b in BATCHES:
+        for k in KS:
+            model.add(b, k, 0.010)
+    return model
+
+
+def _real_seconds(batch: int, k: int) -> float:
+    """What real steps take: the graph plus 40 us per request per drafted token of host work."""
+    return 0.010 + 4e-5 * batch * k
+
+
+def test_planner_corrects_cells_it_has_not_run_from_the_steps_it_has():
+    alphas = [0.6] * 4
+    planner = GoodputPlanner(_probe(), AcceptanceEstimator(4, profile=alphas), KS, hysteresis=0.0, explore_every=None)
+    assert planner.best_k(256) == 4  # the probe alone: drafting looks free
+    for batch in (8, 64):
+        for k in (0, 4):
+            for _ in range(MIN_OBSERVED_STEPS):
+                planner.observe_step_time(batch, k, _real_seconds(batch, k))
+    # Never ran batch 256 nor k = 1..3: the learned overhead prices them.
+    for k in KS:
+        assert planner.step_seconds(256, k) == pytest.approx(_real_seconds(256, k), rel=1e-6)
+
+    def true_goodput(k: int) -> float:
+        expected = sum(0.6**j for j in range(1, k + 1))
+        return (expected + 1) * 256 / _real_seconds(256, k)
+
+    assert planner.best_k(256) == max(KS, key=true_goodput) != 4
+
+
+def test_observed_cells_use_their_median():
+    planner = GoodputPlanner(_probe(), AcceptanceEstimator(4, profile=[0.5] * 4), KS, hysteresis=0.0, explore_every=None)
+    for seconds in (0.020, 0.021, 0.019, 0.050):  # one slow outlier
+        planner.observe_step_time(8, 2, seconds)
+    assert planner.step_seconds(8, 2) == pytest.approx(0.0205)

@@ -1,4 +1,4 @@
-"""Command line: `dynaspec generate | serve` (typer + rich)."""
+"""Command line: `dynaspec generate | serve | bench | tune | bench-trace` (typer + rich)."""
 
 from __future__ import annotations
 
@@ -185,6 +185,10 @@ app.command("bench")(bench_command)
 from dynaspec.bench.cli_tune import tune_command  # noqa: E402
 
 app.command("tune")(tune_command)
+
+from dynaspec.bench.cli_trace import bench_trace_command  # noqa: E402
+
+app.command("bench-trace")(bench_trace_command)
 
 
 if __name__ == "__main__":

@@ -36,6 +36,9 @@ class EngineConfig(BaseModel):
     model_cache_dir: str | None = None
     enforce_eager: bool = False
     cuda_graph_max_batch: int = Field(default=256, ge=1, le=512)
+    # Overlap the host's commit of step t with the device's step t + 1 for plain greedy decode steps
+    # (engine/overlap.py; vLLM's `async_scheduling`). Outputs are the same, one step later.
+    async_scheduling: bool = True
     speculative_config: SpeculativeConfig | None = None
 
     @field_validator("speculative_config", mode="before")

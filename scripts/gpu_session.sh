@@ -37,6 +37,12 @@ for step in "$@"; do
         --ks 0-4 --batch-sizes 1,4,16,64,128,256 --prompt-len 128 --gen-len 64 \
         --acceptance-profile acceptance_ngram_code-edit --no-plots --out-dir "$OUT/goodput" \
         > "$OUT/goodput.log" 2>&1; tail -5 "$OUT/goodput.log" ;;
+    qwen)  # real Qwen2.5-Coder 0.5B -> 1.5B pair; needs the 26 .xfer chunks carried first (see the script)
+      bash scripts/gpu_qwen_pair.sh "$OUT" ;;
+    qwen-draft)
+      bash scripts/gpu_qwen_pair.sh "$OUT" draft-model ;;
+    qwen-ngram)
+      bash scripts/gpu_qwen_pair.sh "$OUT" ngram ;;
     k0-ab)
       python3 scripts/gpu_k0_ab.py 2 8 64 2>&1 | tail -5 ;;
     *) echo "unknown step $step" ;;

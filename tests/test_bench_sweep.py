@@ -27,6 +27,8 @@ POINT_FIELDS = {
     "line", "batch_size", "nominal_k", "decode_tokens", "decode_time_s", "num_decode_steps", "decode_tokens_per_s",
     "mean_step_time_s", "median_step_time_s", "mean_accepted_length", "acceptance_rate", "k_match_fraction",
     "k_histogram", "prefill_time_s", "num_preemptions",
+    # workload mode only (None here, with random prompts)
+    "output_token_ids", "same_tokens_as_no_spec", "requests_same_as_no_spec", "first_divergence",
 }
 METADATA_FIELDS = {
     "model", "model_name", "is_random", "drafter", "draft_model", "acceptance_replay", "replay_profile", "device",
@@ -57,6 +59,7 @@ def test_sweep_measures_every_line_and_batch(sweep_result):
     assert set(points) == {(line, b) for line in ("no spec", "k=1", "k=2", "schedule") for b in (1, 2)}
     for (line, batch), p in points.items():
         assert set(p) == POINT_FIELDS
+        assert p["output_token_ids"] is None and p["same_tokens_as_no_spec"] is None
         assert p["decode_tokens_per_s"] > 0 and p["mean_step_time_s"] > 0
         # The decode phase starts after every request has its first token: the rest of gen_len is decoded.
         assert p["decode_tokens"] == batch * (GEN_LEN - 1)

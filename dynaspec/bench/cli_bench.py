@@ -18,6 +18,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 DRAFTERS = ("ngram", "draft-model")
 DEFAULT_MAX_DRAFT_LEN = 6
+DEFAULT_PROMPT_LEN = 128
 
 
 def parse_int_list(text: str, what: str, minimum: int) -> list[int]:
@@ -101,7 +102,8 @@ def bench_command(
     ks: Annotated[Optional[str], typer.Option(help="static k's to sweep, e.g. '0-6' or '0,2,4' (0 = no spec); default 0..max_draft_len")] = None,
     batch_sizes: Annotated[Optional[str], typer.Option(help="e.g. '1,8,64' (default 1,2,4,... up to --max-batch)")] = None,
     max_batch: Annotated[int, typer.Option(help="largest batch of the default batch sizes")] = 256,
-    prompt_len: Annotated[int, typer.Option(help="random prompt tokens per request")] = 128,
+    prompt_len: Annotated[Optional[int], typer.Option(help="random prompt tokens per request (default 128; not with --workload)")] = None,
+    workload: Annotated[Optional[str], typer.Option(help="real prompts instead of random ids: code-edit | chat | summarise | humaneval (the model's own acceptance; output tokens checked against no spec)")] = None,
     gen_len: Annotated[int, typer.Option(help="tokens generated per request (ignore_eos)")] = 128,
     acceptance_profile: Annotated[Optional[str], typer.Option(help="BENCHMARK ONLY: replay this acceptance profile (JSON path or shipped name)")] = None,
     schedule_line: Annotated[bool, typer.Option(help="add the configured schedule as its own line")] = True,
@@ -133,9 +135,12 @@ def bench_command(
                 raise ValueError(f"--hf-batch-sizes {missing} are not in the sweep's batch sizes {batches}")
             if not hf_batches:
                 raise ValueError(f"none of --hf-batch-sizes {requested} is in the sweep's batch sizes {batches}")
+        if workload is not None and prompt_len is not None:
+            raise ValueError("--prompt-len sets random prompts; --workload prompts keep their real length")
         settings = SweepSettings(
             model=model, speculative_config=spec, batch_sizes=batches, draft_lens=draft_lens,
-            include_schedule=schedule_line, prompt_len=prompt_len, gen_len=gen_len,
+            include_schedule=schedule_line, prompt_len=DEFAULT_PROMPT_LEN if prompt_len is None else prompt_len,
+            gen_len=gen_len, workload=workload,
             acceptance_profile=acceptance_profile, device=device, dtype=dtype, seed=seed,
             enforce_eager=enforce_eager, warmup=warmup,
             command_line=shlex.join(sys.argv),

@@ -11,11 +11,21 @@ from typing import Any
 from rich.table import Table
 
 
+def prompts_label(meta: dict[str, Any]) -> str:
+    """'prompt 128' (random token ids) or 'workload code-edit (prompts 210-540 tok)' (real prompts)."""
+    workload = meta.get("workload")
+    if not workload:
+        return f"prompt {meta.get('prompt_len')}"
+    return (
+        f"workload {workload['name']} (prompts {workload['prompt_tokens_min']}-{workload['prompt_tokens_max']} tok)"
+    )
+
+
 def title(result: dict[str, Any]) -> str:
     meta = result["metadata"]
     base = (
         f"dynaspec bench: {meta.get('model_name') or meta['model']} on {meta.get('device_name')} "
-        f"({meta.get('dtype')}), prompt {meta.get('prompt_len')}, gen {meta.get('gen_len')}"
+        f"({meta.get('dtype')}), {prompts_label(meta)}, gen {meta.get('gen_len')}"
     )
     caveats = meta.get("caveats") or []
     return base + ("" if not caveats else " - " + "; ".join(caveats))
@@ -73,11 +83,34 @@ def summary_rows(result: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
     return header, rows
 
 
+def has_token_check(result: dict[str, Any]) -> bool:
+    """Whether the points compare their greedy tokens with no spec's (workload mode with a no-spec line)."""
+    return any(p.get("same_tokens_as_no_spec") is not None for p in result["points"])
+
+
+def same_tokens_cell(point: dict[str, Any]) -> str:
+    """'yes', 'NO (3/4 requests, first diff at token 17)', or '' where not compared."""
+    same = point.get("same_tokens_as_no_spec")
+    if same is None:
+        return ""
+    if same:
+        return "yes"
+    batch = point["batch_size"]
+    return (
+        f"NO ({point.get('requests_same_as_no_spec')}/{batch} requests same, "
+        f"first diff at token {point.get('first_divergence')})"
+    )
+
+
 def detail_rows(result: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
-    """One row per (line, batch): tokens/s, step time, accepted length, k match, vs HF, vs floor."""
+    """One row per (line, batch): tokens/s, step time, accepted length, k match, same tokens as no spec
+    (workload mode), vs HF, vs floor."""
     has_hf = bool(result.get("hf"))
     floor = _by_batch(result.get("floor"))
+    token_check = has_token_check(result)
     header = ["line", "batch", "tok/s", "step ms", "mean accepted len", "acceptance", "k matched"]
+    if token_check:
+        header.append("same tokens as no-spec")
     if has_hf:
         header.append("vs HF")
     if floor:
@@ -94,6 +127,8 @@ def detail_rows(result: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
                 f"{p['mean_accepted_length']:.2f}", "" if rate is None else f"{rate:.0%}",
                 f"{p['k_match_fraction']:.0%} (k={p['nominal_k']})",
             ]
+            if token_check:
+                row.append(same_tokens_cell(p))
             if has_hf:
                 ratio = hf_ratio(result, p)
                 row.append("" if ratio is None else _ratio(ratio))
@@ -144,6 +179,7 @@ def markdown(result: dict[str, Any]) -> str:
         f"- drafter: {meta.get('drafter') or 'none'}"
         + (f", draft model `{meta['draft_model']}`" if meta.get("draft_model") else ""),
         f"- acceptance replay: {profile.get('name') + ' ' + str(profile.get('acceptance_per_position')) if profile else 'no'}",
+        _prompts_line(result),
         f"- device: {meta.get('device_name')} ({meta.get('device')}), dtype {meta.get('dtype')}, "
         f"CUDA graphs: {'on' if meta.get('cuda_graphs') else 'off'}",
         f"- copy bandwidth: {bandwidth / 1e9:.0f} GB/s (read + write)" if bandwidth else "- floor: not computed (not CUDA)",
@@ -161,6 +197,24 @@ def markdown(result: dict[str, Any]) -> str:
         caption = " (" + "; ".join(meta.get("caveats")) + ")" if meta.get("caveats") else ""
         out += [f"### {name}{caption}", "", _md_table(header, rows), ""]
     return "\n".join(out)
+
+
+def _prompts_line(result: dict[str, Any]) -> str:
+    meta = result["metadata"]
+    workload = meta.get("workload")
+    if not workload:
+        return f"- prompts: {meta.get('prompt_len')} random token ids per request"
+    line = (
+        f"- prompts: workload `{workload['name']}` (dynaspec.bench.workloads), chat template applied, "
+        f"{workload['num_distinct_prompts']} distinct prompts cycled to fill each batch, "
+        f"{workload['prompt_tokens_min']}-{workload['prompt_tokens_max']} tokens (mean "
+        f"{workload['prompt_tokens_mean']}); the model's own acceptance"
+    )
+    if has_token_check(result):
+        compared = [p for p in result["points"] if p.get("same_tokens_as_no_spec") is not None and p["line"] != "no spec"]
+        same = sum(1 for p in compared if p["same_tokens_as_no_spec"])
+        line += f"; greedy tokens identical to no spec at {same} of {len(compared)} (line, batch) points"
+    return line
 
 
 def _hf_line(result: dict[str, Any]) -> str:

@@ -7,8 +7,13 @@ Lines measured (each is one engine, built once and reused for every batch size):
   engine at start-up (the line's `planned_schedule` records what it chose).
 
 For each (line, batch) `batch` requests of random prompt token ids run greedy with ignore_eos until all
-finish. Only the decode phase is timed: the steps after every request has its first token (time.perf_counter
-around each step, torch.cuda.synchronize on CUDA). Reported: committed output tokens per second, mean step
+finish. With `workload` set (`dynaspec bench --workload code-edit`), the requests are real prompts instead
+(dynaspec.bench.sweep_prompts: the workload's conversations through the chat template, cycled to fill the
+batch, the same for every line), drafts are accepted by the model's own predictions, every point records
+each request's output token ids, and each line's points say whether those are the no-spec line's tokens
+at the same batch size (greedy speculative decoding must not change them). Only the decode phase is
+timed: the steps after every request has its first token (time.perf_counter around each step,
+torch.cuda.synchronize on CUDA). Reported: committed output tokens per second, mean step
 time, mean accepted length (tokens committed per request per decode step, "tau" of Leviathan et al. 2023,
 counting k = 0 steps as 1) and the fraction of decode steps whose k was the line's nominal k at that batch.
 
@@ -105,6 +110,7 @@ class SweepSettings:
     prompt_len: int = 128
     gen_len: int = 128
     acceptance_profile: str | None = None
+    workload: str | None = None  # real prompts (dynaspec.bench.workloads name) instead of random ids
     device: str = "auto"
     dtype: str = "auto"
     seed: int = 0
@@ -132,6 +138,16 @@ class SweepSettings:
             load_acceptance_profile(self.acceptance_profile)
             if spec is None:
                 raise ValueError("an acceptance profile needs a speculative config (a drafter) to replay")
+        if self.workload is not None:
+            from dynaspec.bench.workloads import WORKLOADS
+
+            if self.workload not in WORKLOADS:
+                raise ValueError(f"unknown workload {self.workload!r}; choose from {', '.join(WORKLOADS)}")
+            if self.acceptance_profile is not None:
+                raise ValueError(
+                    "a workload measures the model's own acceptance on real prompts; "
+                    "drop the acceptance profile (replay is for random prompts)"
+                )
 
     def resolved_spec(self):
         spec = self.speculative_config
@@ -241,6 +257,12 @@ class Point:
     k_histogram: dict[str, int]
     prefill_time_s: float
     num_preemptions: int
+    # Workload mode only (None with random prompts): per-request output token ids in request order, and
+    # how they compare with the "no spec" line's at the same batch size (sweep_prompts.token_agreement).
+    output_token_ids: list[list[int]] | None = None
+    same_tokens_as_no_spec: bool | None = None
+    requests_same_as_no_spec: int | None = None
+    first_divergence: int | None = None
 
 
 @dataclass
@@ -297,22 +319,26 @@ def run_sweep(
     total = len(lines) * len(batches) + (len(hf_batch_sizes) if hf_batch_sizes else 0)
     done = 0
     rng = random.Random(settings.seed)
+    prompts = _workload_prompts(settings, max(batches)) if settings.workload else None
+    prompt_len = prompts.max_len if prompts else settings.prompt_len
     result: SweepResult | None = None
     for line in lines:
-        engine = _build_engine(settings, line, max(batches), max_k)
+        engine = _build_engine(settings, line, max(batches), max_k, prompt_len)
         if result is None:
-            result = SweepResult(_metadata(settings, spec, engine, profile, lines), [l.describe() for l in lines])
-            result.floor = _floor(engine, settings, batches, result.metadata)
+            result = SweepResult(_metadata(settings, spec, engine, profile, lines, prompts), [l.describe() for l in lines])
+            result.floor = _floor(engine, settings, batches, result.metadata, prompts)
         if engine.auto_schedule is not None:  # draft_len_schedule: auto, planned at start-up
             result.lines[lines.index(line)]["planned_schedule"] = engine.get_stats()["draft_len_schedule"]
         if settings.warmup:
             for batch in sorted({1, max(batches)}):
-                _run_batch(engine, batch, settings.prompt_len, min(settings.gen_len, WARMUP_GEN_LEN), rng)
+                _run_batch(engine, batch, settings.prompt_len, min(settings.gen_len, WARMUP_GEN_LEN), rng,
+                           prompts.for_batch(batch) if prompts else None)
         for batch in batches:
             if progress:
                 progress(f"{line.name} batch {batch}", float(done), float(total))
             result.points.append(
-                _measure(engine, line, batch, settings.prompt_len, settings.gen_len, rng)
+                _measure(engine, line, batch, settings.prompt_len, settings.gen_len, rng,
+                         prompts.for_batch(batch) if prompts else None)
             )
             done += 1
         if hf_batch_sizes and result.hf is None:
@@ -327,15 +353,43 @@ def run_sweep(
             done += len(hf_batch_sizes)
         del engine
         _free_memory()
+    if prompts is not None:
+        mark_token_agreement(result.points)
     if progress:
         progress("done", float(total), float(total))
     return result
 
 
-def _build_engine(settings: SweepSettings, line: Line, max_batch: int, max_k: int):
+def _workload_prompts(settings: SweepSettings, max_batch: int):
+    """The workload's prompts through the target's tokenizer: one distinct prompt per request of the
+    largest batch (cycled where the workload has fewer)."""
+    from dynaspec.bench.sweep_prompts import workload_prompts
+    from dynaspec.models.loader import load_tokenizer
+
+    tokenizer = load_tokenizer(settings.model, settings.model_cache_dir)
+    return workload_prompts(tokenizer, settings.workload, max_batch, settings.seed)
+
+
+def mark_token_agreement(points: list[Point]) -> None:
+    """Fill each point's `same_tokens_as_no_spec` fields from the "no spec" point of its batch size
+    (left None where the sweep has no "no spec" line or a point recorded no tokens)."""
+    from dynaspec.bench.sweep_prompts import token_agreement
+
+    reference = {p.batch_size: p.output_token_ids for p in points if p.line == "no spec"}
+    for p in points:
+        ref = reference.get(p.batch_size)
+        if ref is None or p.output_token_ids is None:
+            continue
+        agreement = token_agreement(ref, p.output_token_ids)
+        p.same_tokens_as_no_spec = agreement.identical
+        p.requests_same_as_no_spec = agreement.num_identical
+        p.first_divergence = agreement.first_divergence
+
+
+def _build_engine(settings: SweepSettings, line: Line, max_batch: int, max_k: int, prompt_len: int):
     from dynaspec.engine.engine import LLMEngine
 
-    max_model_len = max(16, settings.prompt_len + settings.gen_len + max_k + 1)
+    max_model_len = max(16, prompt_len + settings.gen_len + max_k + 1)
     blocks_per_seq = math.ceil((max_model_len + max_k) / settings.block_size)
     config = EngineConfig(
         model=settings.model,
@@ -359,21 +413,30 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(_cuda_index(device))
 
 
-def _run_batch(engine, batch: int, prompt_len: int, gen_len: int, rng: random.Random):
-    """Run `batch` random-prompt greedy requests (ignore_eos) to completion.
+def _run_batch(engine, batch: int, prompt_len: int, gen_len: int, rng: random.Random,
+               prompts: list[list[int]] | None = None):
+    """Run `batch` greedy requests (ignore_eos) to completion: random prompts of `prompt_len` token ids,
+    or the given `prompts` (one per request).
 
-    Returns (prefill_time_s, records, preemptions): a record (seconds, tokens committed, the engine's
-    last_step stats) per step after every request had its first token (the decode phase).
+    Returns (prefill_time_s, records, preemptions, output_token_ids): a record (seconds, tokens committed,
+    the engine's last_step stats) per step after every request had its first token (the decode phase),
+    and each request's output token ids in request order.
     """
     from dynaspec.sampling_params import SamplingParams
 
     params = SamplingParams(temperature=0.0, max_tokens=gen_len, ignore_eos=True)
     vocab = int(engine.vocab_size)
+    if prompts is not None and len(prompts) != batch:
+        raise ValueError(f"got {len(prompts)} prompts for a batch of {batch}")
     pending: set[str] = set()
-    for _ in range(batch):
+    order: list[str] = []
+    for i in range(batch):
         request_id = f"bench-{rng.getrandbits(64):016x}"
-        engine.add_request(request_id, [rng.randrange(vocab) for _ in range(prompt_len)], params)
+        prompt = prompts[i] if prompts is not None else [rng.randrange(vocab) for _ in range(prompt_len)]
+        engine.add_request(request_id, prompt, params)
         pending.add(request_id)
+        order.append(request_id)
+    finished: dict[str, list[int]] = {}
     device = engine.device
     records = []
     prefill_time = 0.0
@@ -385,17 +448,19 @@ def _run_batch(engine, batch: int, prompt_len: int, gen_len: int, rng: random.Ra
         _sync(device)
         elapsed = time.perf_counter() - start
         preemptions += sum(o.metrics.num_preemptions for o in outputs if o.finished and o.metrics)
+        finished.update((o.request_id, list(o.token_ids)) for o in outputs if o.finished)
         if pending:
             prefill_time += elapsed
             pending.difference_update(o.request_id for o in outputs if o.token_ids)
             continue
         committed = sum(len(o.new_token_ids) for o in outputs)
         records.append((elapsed, committed, engine.get_stats()["last_step"]))
-    return prefill_time, records, preemptions
+    return prefill_time, records, preemptions, [finished.get(r, []) for r in order]
 
 
-def _measure(engine, line: Line, batch: int, prompt_len: int, gen_len: int, rng: random.Random) -> Point:
-    prefill_time, records, preemptions = _run_batch(engine, batch, prompt_len, gen_len, rng)
+def _measure(engine, line: Line, batch: int, prompt_len: int, gen_len: int, rng: random.Random,
+             prompts: list[list[int]] | None = None) -> Point:
+    prefill_time, records, preemptions, token_ids = _run_batch(engine, batch, prompt_len, gen_len, rng, prompts)
     nominal = engine_nominal_k(engine, line, batch)
     decode_time = sum(r[0] for r in records)
     tokens = sum(r[1] for r in records)
@@ -424,6 +489,7 @@ def _measure(engine, line: Line, batch: int, prompt_len: int, gen_len: int, rng:
         k_histogram=dict(sorted(histogram.items(), key=lambda kv: int(kv[0]))),
         prefill_time_s=prefill_time,
         num_preemptions=preemptions,
+        output_token_ids=token_ids if prompts is not None else None,
     )
 
 
@@ -491,11 +557,12 @@ def floor_points(
     return out
 
 
-def _floor(engine, settings: SweepSettings, batches: list[int], metadata: dict[str, Any]):
+def _floor(engine, settings: SweepSettings, batches: list[int], metadata: dict[str, Any], prompts=None):
     model = engine.loaded.model
     metadata["weight_bytes"] = weight_bytes(model)
     metadata["kv_bytes_per_token"] = kv_bytes_per_token(model, engine.dtype)
-    mean_context = settings.prompt_len + settings.gen_len / 2
+    mean_prompt = prompts.mean_len(max(batches)) if prompts is not None else settings.prompt_len
+    mean_context = mean_prompt + settings.gen_len / 2
     metadata["floor_mean_context"] = mean_context
     if engine.device.type != "cuda":
         metadata["copy_bandwidth_bytes_per_s"] = None
@@ -506,7 +573,7 @@ def _floor(engine, settings: SweepSettings, batches: list[int], metadata: dict[s
 
 
 # ------------------------------------------------------------------------------------------ metadata
-def _metadata(settings: SweepSettings, spec, engine, profile, lines: list[Line]) -> dict[str, Any]:
+def _metadata(settings: SweepSettings, spec, engine, profile, lines: list[Line], prompts=None) -> dict[str, Any]:
     device = engine.device
     draft_model = getattr(spec, "speculative_model", None) if spec is not None else None
     meta = {
@@ -523,7 +590,8 @@ def _metadata(settings: SweepSettings, spec, engine, profile, lines: list[Line])
         "dtype": str(engine.dtype).removeprefix("torch."),
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "command_line": settings.command_line or " ".join(sys.argv),
-        "prompt_len": settings.prompt_len,
+        "prompt_len": settings.prompt_len if prompts is None else None,
+        "workload": None if prompts is None else prompts.describe(),
         "gen_len": settings.gen_len,
         "batch_sizes": sorted(settings.batch_sizes),
         "lines": [line.name for line in lines],

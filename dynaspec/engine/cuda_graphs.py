@@ -157,10 +157,12 @@ class CudaGraphDecoder:
         self._np_seq_lens[start:bucket] = q_len
         self._np_num_real[start:bucket] = 0
 
-    def run(self, batch: UniformDecodeBatch, k: int) -> torch.Tensor:
+    def run(self, batch: UniformDecodeBatch, k: int, device_token_ids: torch.Tensor | None = None) -> torch.Tensor:
         """Run the pair for this batch; float32 logits (B * (1 + k), vocab) of the real requests' rows.
 
-        The result lives in the graphs' shared pool: read it before the next `run`.
+        device_token_ids: (B * (1 + k),) input ids already on the device (overlapped decode: the previous
+        step's argmax); they replace batch.token_ids. The result lives in the graphs' shared pool: read it
+        before the next `run`.
         """
         real = len(batch.token_ids)
         key = self.lookup(real, k)
@@ -182,6 +184,8 @@ class CudaGraphDecoder:
             tables[i, : len(table)] = table
         self._stage_padding(real, bucket, q_len)
         self.device_inputs.copy_(self.staging, non_blocking=True)
+        if device_token_ids is not None:
+            self.input_ids[:n].copy_(device_token_ids)
         if self.use_graphs:
             self.graphs[key].replay()
             out = self.outputs[key]

@@ -23,6 +23,7 @@ from dynaspec.engine.cuda_graphs import BATCH_BUCKETS, UniformDecodeBatch, bucke
 from dynaspec.engine.kv_cache import choose_num_blocks, kv_bytes_per_block
 from dynaspec.engine.model_runner import ModelRunner, SequenceInput
 from dynaspec.engine.output_processor import OutputProcessor
+from dynaspec.engine.overlap import InflightStep, can_overlap, continuation, start_copy
 from dynaspec.engine.request import Request, RequestStatus
 from dynaspec.engine.sampler import target_probs
 from dynaspec.engine.scheduler import Scheduler, SchedulerOutput
@@ -125,6 +126,7 @@ class LLMEngine:
         self.requests: dict[str, Request] = {}
         self.vocab_size = int(self.loaded.model.vocab_size)
         self.num_steps = 0
+        self._inflight: InflightStep | None = None  # overlapped decode step awaiting its commit
 
     def graph_pairs(self) -> list[tuple[int, int]]:
         """The (batch bucket, k) pairs the policy can reach, for CUDA graph capture."""
@@ -250,12 +252,20 @@ class LLMEngine:
     # ----------------------------------------------------------------------------------- the step
     def step(self) -> list[RequestOutput]:
         draft_len_for = self.policy.draft_len if self.policy else _no_speculation
+        if self._inflight is not None:  # overlapped decode: launch step t + 1, then commit step t
+            inflight = self._inflight
+            following = continuation(self.scheduler, inflight, draft_len_for, self.max_model_len)
+            self._inflight = None if following is None else self._launch_overlapped(following, inflight.ids)
+            return self._finish_overlapped(inflight)
         sched = self.scheduler.schedule(draft_len_for)
         for request in sched.preempted:
             if self.drafter:
                 self.drafter.release(request)
         if sched.is_empty:
             return []
+        if self.config.async_scheduling and can_overlap(sched) and self.runner.can_replay(len(sched.decodes), 0):
+            self._inflight = self._launch_overlapped(sched, None)
+            return []  # its tokens are committed by the next call
         started = time.perf_counter()
         self.num_steps += 1
         drafts, draft_probs = self._propose(sched)
@@ -269,6 +279,35 @@ class LLMEngine:
         outputs = self._commit(sched, drafts, committed)
         if self.policy is not None and not sched.prefills:  # the step synchronised in _accept
             self.policy.observe_step_time(len(sched.decodes), sched.draft_len, time.perf_counter() - started)
+        return outputs
+
+    def _launch_overlapped(self, sched: SchedulerOutput, previous_ids: torch.Tensor | None) -> InflightStep:
+        """Launch a k = 0 decode step through its graph without waiting for it. With previous_ids (the
+        in-flight step's argmax, on the device) each request is fed the token the host has not committed
+        yet, at position num_tokens."""
+        self.num_steps += 1
+        requests = [d.request for d in sched.decodes]
+        pending = 0 if previous_ids is None else 1
+        batch = UniformDecodeBatch(
+            [[r.last_token_id] for r in requests],
+            [r.num_tokens + pending for r in requests],
+            [1] * len(requests),
+            [r.block_ids for r in requests],
+        )
+        logits = self.runner.forward_uniform(batch, 0, list(range(len(requests))), previous_ids)  # (B, vocab)
+        ids = logits.argmax(dim=-1)  # (B,) on the device
+        host_ids, event = start_copy(ids)
+        return InflightStep(sched, ids, host_ids, event, time.perf_counter())
+
+    def _finish_overlapped(self, inflight: InflightStep) -> list[RequestOutput]:
+        """Commit an overlapped step's tokens; requests that stopped or were aborted meanwhile are skipped."""
+        tokens = inflight.host_tokens()
+        live = [(d, t) for d, t in zip(inflight.sched.decodes, tokens) if d.request.status == RequestStatus.RUNNING]
+        sched = SchedulerOutput(decodes=[d for d, _ in live], draft_len=0)
+        outputs = self._commit(sched, [[] for _ in live], [[t] for _, t in live])
+        if self.policy is not None and live:  # launch-to-launch: what an overlapped step costs
+            until = self._inflight.launched_at if self._inflight is not None else time.perf_counter()
+            self.policy.observe_step_time(len(live), 0, until - inflight.launched_at)
         return outputs
 
     def _propose(self, sched: SchedulerOutput) -> tuple[list[list[int]], list[torch.Tensor | None]]:

@@ -1,0 +1,104 @@
+"""Real prompts for the throughput sweep (`dynaspec bench --workload NAME`), and the greedy-identity check.
+
+In workload mode each batch runs real prompts instead of random token ids, so drafts are accepted by the
+model's own predictions (no replayed profile): the conversations of `dynaspec.bench.workloads` (code-edit,
+chat, summarise, humaneval) go through the target tokenizer's chat template once, and a batch of `b`
+requests takes the first `b` of them, cycled when the workload has fewer. Every line of the sweep gets the
+same prompts at the same batch size, so with greedy decoding each speculative line must commit exactly the
+no-spec line's tokens (speculative decoding is lossless: Leviathan et al. 2023, arXiv 2211.17192);
+`token_agreement` measures whether it did.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from dynaspec.bench.workloads import WORKLOADS, workload
+
+
+@dataclass(frozen=True)
+class WorkloadPrompts:
+    """The distinct prompts (token ids, chat template applied) of one workload, in batch-filling order."""
+
+    name: str
+    token_ids: tuple[tuple[int, ...], ...]
+
+    def __post_init__(self) -> None:
+        if self.name not in WORKLOADS:
+            raise ValueError(f"unknown workload {self.name!r}; choose from {', '.join(WORKLOADS)}")
+        if not self.token_ids or any(len(p) == 0 for p in self.token_ids):
+            raise ValueError(f"workload {self.name!r} needs at least one non-empty prompt")
+
+    def for_batch(self, batch: int) -> list[list[int]]:
+        """The prompts of a batch of `batch` requests: the first `batch` prompts, cycled when fewer."""
+        if isinstance(batch, bool) or not isinstance(batch, int) or batch < 1:
+            raise ValueError(f"batch must be an int >= 1, got {batch!r}")
+        return [list(self.token_ids[i % len(self.token_ids)]) for i in range(batch)]
+
+    @property
+    def max_len(self) -> int:
+        return max(len(p) for p in self.token_ids)
+
+    def mean_len(self, batch: int) -> float:
+        """Mean prompt tokens of a batch of `batch` requests."""
+        prompts = self.for_batch(batch)
+        return sum(len(p) for p in prompts) / len(prompts)
+
+    def describe(self) -> dict[str, Any]:
+        """JSON-ready summary for the sweep's metadata."""
+        lengths = [len(p) for p in self.token_ids]
+        return {
+            "name": self.name,
+            "num_distinct_prompts": len(lengths),
+            "prompt_tokens_min": min(lengths),
+            "prompt_tokens_mean": round(sum(lengths) / len(lengths), 1),
+            "prompt_tokens_max": max(lengths),
+            "chat_template": True,
+        }
+
+
+def workload_prompts(tokenizer, name: str, num_prompts: int, seed: int = 0) -> WorkloadPrompts:
+    """`num_prompts` conversations of workload `name`, tokenized through `tokenizer`'s chat template.
+
+    ValueError when there is no tokenizer or it has no chat template (the workloads are conversations).
+    """
+    if name not in WORKLOADS:
+        raise ValueError(f"unknown workload {name!r}; choose from {', '.join(WORKLOADS)}")
+    if tokenizer is None or not getattr(tokenizer, "chat_template", None):
+        raise ValueError(
+            f"workload {name!r} is chat conversations: the model needs a tokenizer with a chat template "
+            "(random presets and bare checkpoints have none); run without --workload for random prompts"
+        )
+    conversations = workload(name, num_prompts, seed)
+    ids = [
+        tuple(int(t) for t in tokenizer.apply_chat_template(c, add_generation_prompt=True, tokenize=True, return_dict=False))
+        for c in conversations
+    ]
+    return WorkloadPrompts(name, tuple(ids))
+
+
+@dataclass(frozen=True)
+class TokenAgreement:
+    """How one line's greedy outputs compare with the reference (no spec) outputs of the same requests."""
+
+    identical: bool  # every request committed exactly the reference tokens
+    num_identical: int  # requests whose tokens equal the reference's
+    first_divergence: int | None  # earliest output position where any request differs; None if identical
+
+
+def token_agreement(reference: Sequence[Sequence[int]], tokens: Sequence[Sequence[int]]) -> TokenAgreement:
+    """Compare per-request output token ids with the reference's, request by request (same order)."""
+    if len(reference) != len(tokens):
+        raise ValueError(f"reference has {len(reference)} requests, compared outputs {len(tokens)}")
+    num_identical = 0
+    first: int | None = None
+    for ref, out in zip(reference, tokens):
+        ref, out = list(ref), list(out)
+        if ref == out:
+            num_identical += 1
+            continue
+        diverge = next((i for i, (a, b) in enumerate(zip(ref, out)) if a != b), min(len(ref), len(out)))
+        first = diverge if first is None else min(first, diverge)
+    return TokenAgreement(num_identical == len(reference), num_identical, first)

@@ -1,0 +1,100 @@
+"""Overlapped decode: the host commits step t while the device runs step t + 1.
+
+A plain decode step (k = 0, no prefill) feeds each request exactly the token it sampled last step, so
+once that token exists ON THE DEVICE the next step can be launched before the host has seen it:
+its input ids are copied device-to-device from the previous step's argmax, its positions follow from
+the request lengths. The host then waits for step t's ids (long finished), commits them (stop checks,
+detokenisation, outputs) while step t + 1 runs. This is vLLM's async scheduling and SGLang's overlap
+scheduler, restricted to where it needs no speculation about the scheduler's own decisions:
+
+* step t + 1 continues exactly step t's requests, in the same order, with no request waiting to be
+  admitted, none that could finish by length at step t, k = 0 from the draft-length policy, every
+  request greedy, slots allocated without preemption, and a captured graph for the batch;
+* otherwise the in-flight step is committed first (a drain) and the engine steps as usual.
+
+A request that stops at step t (EOS, stop token, stop string) was already part of step t + 1; that
+step's token for it is dropped, and its KV write went to blocks it owned when t + 1 was launched
+(stream order puts any later reuse of those blocks after it). Greedy outputs are token-identical to
+the synchronous engine; outputs reach the caller one step later.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+
+from dynaspec.engine.request import Request, RequestStatus
+from dynaspec.engine.scheduler import ScheduledDecode, Scheduler, SchedulerOutput
+
+
+@dataclass
+class InflightStep:
+    """A launched k = 0 decode step whose tokens the host has not committed yet."""
+
+    sched: SchedulerOutput
+    ids: torch.Tensor  # (B,) int64 argmax ids on the device: the next step's input ids
+    host_ids: torch.Tensor  # (B,) int64 host copy, valid once `event` completed
+    event: torch.cuda.Event | None  # None on CPU (the copy is synchronous there)
+    launched_at: float  # perf_counter() at launch
+
+    @property
+    def requests(self) -> list[Request]:
+        return [d.request for d in self.sched.decodes]
+
+    def host_tokens(self) -> list[int]:
+        if self.event is not None:
+            self.event.synchronize()
+        return self.host_ids.tolist()
+
+
+def start_copy(ids: torch.Tensor) -> tuple[torch.Tensor, torch.cuda.Event | None]:
+    """Begin the device-to-host copy of `ids` (B,); returns the host tensor and the event to wait on."""
+    if ids.device.type != "cuda":
+        return ids.clone(), None
+    host = torch.empty(ids.shape, dtype=ids.dtype, pin_memory=True)
+    host.copy_(ids, non_blocking=True)
+    event = torch.cuda.Event()
+    event.record()
+    return host, event
+
+
+def can_overlap(sched: SchedulerOutput) -> bool:
+    """Whether a scheduled step may run overlapped: decode-only, k = 0, every request greedy."""
+    return (
+        bool(sched.decodes)
+        and not sched.prefills
+        and sched.draft_len == 0
+        and all(d.request.params.is_greedy for d in sched.decodes)
+    )
+
+
+def continuation(
+    scheduler: Scheduler,
+    inflight: InflightStep,
+    draft_len_for: Callable[[int, int], int],
+    max_model_len: int,
+) -> SchedulerOutput | None:
+    """Step t + 1 for the requests of the in-flight step t, or None when it must be drained first.
+
+    Allocates each request's slot for the token step t is producing (its position is num_tokens, as
+    the host has not committed that token yet).
+    """
+    requests = inflight.requests
+    if scheduler.waiting or len(scheduler.running) != len(requests):
+        return None
+    if any(a is not b for a, b in zip(scheduler.running, requests)):
+        return None
+    for request in requests:
+        # Step t commits 1 token: the request must be able to take one more after it.
+        if request.status != RequestStatus.RUNNING or request.remaining_tokens < 2:
+            return None
+        if request.num_tokens + 1 >= max_model_len:
+            return None
+    if draft_len_for(len(requests), scheduler.num_unfinished) != 0:
+        return None
+    for request in requests:
+        if not scheduler.block_manager.ensure_slots(request, request.num_tokens + 1):
+            return None
+    return SchedulerOutput(decodes=[ScheduledDecode(r, 0) for r in requests], draft_len=0)

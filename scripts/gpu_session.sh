@@ -43,6 +43,18 @@ for step in "$@"; do
       bash scripts/gpu_qwen_pair.sh "$OUT" draft-model ;;
     qwen-ngram)
       bash scripts/gpu_qwen_pair.sh "$OUT" ngram ;;
+    bench-goodput-chat)
+      python3 -m dynaspec.cli bench --model random:llama-3.1-8b --spec-config bench/goodput_ngram_chat.yaml \
+        --ks 0-4 --batch-sizes 1,4,16,64,128,256 --prompt-len 128 --gen-len 64 \
+        --acceptance-profile acceptance_ngram_chat --no-plots --out-dir "$OUT/goodput-chat" \
+        > "$OUT/goodput-chat.log" 2>&1; tail -5 "$OUT/goodput-chat.log" ;;
+    bench-trace)
+      # Mixed-load trace (issue 6): concurrency 1..128 rising and falling, code-edit + chat requests mixed;
+      # lines no spec, k=1..4, the 'auto' schedule and goodput (7 engines).
+      timeout 330 python3 -m dynaspec.cli bench-trace --model random:llama-3.1-8b --drafter ngram --max-draft-len 4 \
+        --profiles acceptance_ngram_code-edit,acceptance_ngram_chat --schedule auto \
+        --phases 1,4,16,64,128,32,4,1 --waves 2 --prompt-len 128 --gen-len 32 \
+        --out-dir "$OUT/trace" > "$OUT/trace.log" 2>&1; tail -3 "$OUT/trace.log"; cat "$OUT/trace/trace.md" ;;
     k0-ab)
       python3 scripts/gpu_k0_ab.py 2 8 64 2>&1 | tail -5 ;;
     *) echo "unknown step $step" ;;

@@ -23,7 +23,6 @@ the timing is meaningful then.
 from __future__ import annotations
 
 import datetime
-import inspect
 import json
 import platform
 import random
@@ -182,7 +181,7 @@ def run_trace(settings: TraceSettings, out_dir: str | Path, progress: ProgressFn
     for n, line in enumerate(lines):
         if progress:
             progress(f"{line.name}: start-up", float(n), float(len(lines)))
-        engine = _build_engine(sweep_settings, line, max_batch, spec.max_draft_len)
+        engine = sweep._build_engine(sweep_settings, line, max_batch, spec.max_draft_len, settings.prompt_len)
         if not trace:
             trace = build_trace(settings.phases, settings.waves, settings.prompt_len, settings.gen_len,
                                 settings.gen_len_spread, int(engine.vocab_size), settings.seed, num_profiles)
@@ -212,14 +211,6 @@ def run_trace(settings: TraceSettings, out_dir: str | Path, progress: ProgressFn
         "results": results,
         "comparison": compare(results),
     }
-
-
-def _build_engine(settings: sweep.SweepSettings, line: sweep.Line, max_batch: int, max_k: int):
-    """The bench sweep's engine for `line`, prompts of settings.prompt_len tokens. (sweep._build_engine is
-    gaining a prompt_len argument in a concurrent change; both forms are served until it lands.)"""
-    if "prompt_len" in inspect.signature(sweep._build_engine).parameters:
-        return sweep._build_engine(settings, line, max_batch, max_k, settings.prompt_len)
-    return sweep._build_engine(settings, line, max_batch, max_k)
 
 
 def _drive(engine, trace, phases, name: str, line_index: int, num_lines: int, progress):

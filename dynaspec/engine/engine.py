@@ -39,7 +39,6 @@ from dynaspec.spec.auto_schedule import AutoSchedule, plan_auto_schedule
 from dynaspec.spec.config import AUTO_SCHEDULE
 from dynaspec.spec.policy import DraftLenPolicy, schedule_stats
 from dynaspec.spec.replay import AcceptanceReplay
-from dynaspec.spec.replay_order import ReplayOrderDrafter
 from dynaspec.spec.stats import SpecStats
 from dynaspec.spec.verifier import greedy_accept, verify
 
@@ -78,8 +77,6 @@ class LLMEngine:
             context = DrafterContext(self.loaded, self.dtype, self.device, config.seed, config.model_cache_dir, progress)
             self.drafter_bundle = build_drafter(spec, context)
         self.drafter: Drafter | None = self.drafter_bundle.drafter if self.drafter_bundle else None
-        if self.drafter is not None and self.replay is not None and self.replay.is_mixed:
-            self.drafter = ReplayOrderDrafter(self.drafter, self.replay)  # benchmark only: per-request profiles
         draft_model = self.drafter_bundle.model if self.drafter_bundle else None
 
         bytes_per_block = kv_bytes_per_block(self.loaded.model, config.block_size, self.dtype)
@@ -396,7 +393,7 @@ class LLMEngine:
         if self.replay is not None:  # benchmark only: accepted lengths drawn from a recorded profile
             for n, draft in enumerate(drafts):
                 if draft:
-                    accepted = self.replay.num_accepted(len(draft))
+                    accepted = self.replay.num_accepted(len(draft), requests[n].request_id)
                     committed[n] = draft[:accepted] + [argmax_ids[row_owner[n][0] + accepted]]
         return committed
 

@@ -10,8 +10,7 @@ Mixed workloads: several profiles (names / paths joined by commas, e.g.
 "acceptance_ngram_code-edit,acceptance_ngram_chat") are replayed side by side. Request `rid` replays
 profile number `crc32(rid as UTF-8) % number of profiles` (`profile_index`): stable across runs, engines
 and processes, so a benchmark that gives its requests the same ids gives them the same workloads on
-every line. The engine learns which request each draft belongs to from the drafter's propose() call
-(`expect`, fed by spec/replay_order.py), in the order in which it then asks for accepted lengths.
+every line. The engine names the request with each accepted length it asks for.
 """
 
 from __future__ import annotations
@@ -19,7 +18,6 @@ from __future__ import annotations
 import json
 import random
 import zlib
-from collections import deque
 from collections.abc import Hashable, Sequence
 from pathlib import Path
 
@@ -78,7 +76,6 @@ class AcceptanceReplay:
         self.profiles = [load_acceptance(n) for n in names]
         self.alphas = self.profiles[0]
         self.rng = random.Random(seed)
-        self._pending: deque[Hashable] = deque()  # requests of this step's drafts, in replay order
 
     @property
     def is_mixed(self) -> bool:
@@ -89,30 +86,14 @@ class AcceptanceReplay:
         """Index of the profile `request_id` replays (always 0 with a single profile)."""
         return profile_index(request_id, len(self.profiles))
 
-    def expect(self, request_ids: Sequence[Hashable]) -> None:
-        """The requests whose drafts the next num_accepted() calls (without an id) are for, in order."""
-        if self._pending:
-            raise RuntimeError(
-                f"acceptance replay: {len(self._pending)} drafts of the previous step were never replayed; "
-                "the engine must ask for one accepted length per proposed request"
-            )
-        self._pending.extend(request_ids)
-
     def alpha(self, position: int, profile: int = 0) -> float:
         alphas = self.profiles[profile]
         return alphas[min(position, len(alphas) - 1)]
 
     def num_accepted(self, num_drafted: int, request_id: Hashable | None = None) -> int:
-        """Accepted length of a chain of `num_drafted` drafts of `request_id` (default: the next expected)."""
-        if request_id is None and self._pending:
-            request_id = self._pending.popleft()
-        elif request_id is not None and self._pending and self._pending[0] == request_id:
-            self._pending.popleft()
+        """Accepted length of a chain of `num_drafted` drafts of `request_id` (needed with several profiles)."""
         if request_id is None and self.is_mixed:
-            raise RuntimeError(
-                "acceptance replay of several profiles needs the request each draft belongs to; "
-                "wrap the drafter in spec.replay_order.ReplayOrderDrafter"
-            )
+            raise RuntimeError("acceptance replay of several profiles needs the request each draft belongs to")
         profile = 0 if request_id is None else self.profile_for(request_id)
         accepted = 0
         while accepted < num_drafted and self.rng.random() < self.alpha(accepted, profile):

@@ -135,8 +135,7 @@ class CudaGraphDecoder:
         if not self.use_graphs:
             return
         for bucket, k in self.pairs:
-            self._stage_padding(0, bucket, 1 + k)
-            self.device_inputs.copy_(self.staging)
+            self.stage_idle(bucket, k)
             stream = torch.cuda.Stream(self.device)
             stream.wait_stream(torch.cuda.current_stream(self.device))
             with torch.cuda.stream(stream):
@@ -151,6 +150,11 @@ class CudaGraphDecoder:
             self.graphs[(bucket, k)] = graph
             self.outputs[(bucket, k)] = out
         torch.cuda.synchronize(self.device)
+
+    def stage_idle(self, bucket: int, k: int) -> None:
+        """Make every row of the (bucket, k) pair padding (for timing replays: no request's KV is touched)."""
+        self._stage_padding(0, bucket, 1 + k)
+        self.device_inputs.copy_(self.staging)
 
     def _stage_padding(self, start: int, bucket: int, q_len: int) -> None:
         """Requests start..bucket-1 become padding: no real position, a context of 1 + k."""

@@ -11,15 +11,20 @@ BATCHES = (1, 8, 64, 256)
 KS = (0, 1, 2, 3, 4)
 
 
-def test_fit_recovers_per_step_per_request_and_per_draft_token_costs():
+def _true_residual(batch: int, k: int) -> float:
+    return 2e-4 + 1e-5 * batch + 5e-5 * batch * (k > 0) + 3e-6 * batch * k
+
+
+def test_fit_recovers_per_step_per_request_speculation_and_draft_token_costs():
     model = StepOverheadModel()
-    assert model.predict(64, 4) == 0.0 and model.coefficients == (0.0, 0.0, 0.0)  # no samples yet
+    assert model.predict(64, 4) == 0.0 and model.coefficients == (0.0, 0.0, 0.0, 0.0)  # no samples yet
     for batch in (1, 8, 64, 256):
         for k in (0, 2, 4):
-            model.add(batch, k, 2e-4 + 1e-5 * batch + 3e-6 * batch * k)
-    a, b, c = model.coefficients
-    assert a == pytest.approx(2e-4, rel=1e-6) and b == pytest.approx(1e-5, rel=1e-6) and c == pytest.approx(3e-6, rel=1e-6)
-    assert model.predict(128, 3) == pytest.approx(2e-4 + 1.28e-3 + 1.152e-3, rel=1e-6)
+            model.add(batch, k, _true_residual(batch, k))
+    a, b, s, c = model.coefficients
+    assert (a, b, s, c) == pytest.approx((2e-4, 1e-5, 5e-5, 3e-6), rel=1e-6)
+    assert model.predict(128, 3) == pytest.approx(_true_residual(128, 3), rel=1e-6)
+    assert model.predict(128, 1) == pytest.approx(_true_residual(128, 1), rel=1e-6)  # k never observed
 
 
 def test_prediction_is_never_negative_and_bad_arguments_are_named():
@@ -42,8 +47,9 @@ def _probe() -> StepCostModel:
 
 
 def _real_seconds(batch: int, k: int) -> float:
-    """What real steps take: the graph plus 40 us per request per drafted token of host work."""
-    return 0.010 + 4e-5 * batch * k
+    """What real steps take: the graph plus host work of 30 us per request on speculative steps and
+    40 us per request per drafted token."""
+    return 0.010 + 3e-5 * batch * (k > 0) + 4e-5 * batch * k
 
 
 def test_planner_corrects_cells_it_has_not_run_from_the_steps_it_has():
@@ -51,7 +57,7 @@ def test_planner_corrects_cells_it_has_not_run_from_the_steps_it_has():
     planner = GoodputPlanner(_probe(), AcceptanceEstimator(4, profile=alphas), KS, hysteresis=0.0, explore_every=None)
     assert planner.best_k(256) == 4  # the probe alone: drafting looks free
     for batch in (8, 64):
-        for k in (0, 4):
+        for k in (0, 2, 4):
             for _ in range(MIN_OBSERVED_STEPS):
                 planner.observe_step_time(batch, k, _real_seconds(batch, k))
     # Never ran batch 256 nor k = 1..3: the learned overhead prices them.

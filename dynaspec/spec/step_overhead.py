@@ -7,11 +7,13 @@ look cheaper than they are, and a planner that trusts it explores the wrong k's 
 2024, arXiv 2406.14066, models the step time as a function of batch size and verified tokens for the
 same reason). This model learns the residual
 
-    residual(batch, k) = measured step seconds - probed seconds ~= a + b * batch + c * batch * k
+    residual(batch, k) = measured - probed seconds ~= a + b * batch + s * batch * [k > 0] + c * batch * k
 
-(fixed work per step, work per request, work per drafted token) by least squares over the most recent
-samples, so one observed (batch, k) corrects the prediction of cells never run yet. Predictions are
-clamped at 0 and are 0 before `min_samples` samples arrive.
+(fixed work per step; work per request; work per request on speculative steps only, e.g. n-gram
+indexing and verification bookkeeping, which plain and overlapped k = 0 steps skip; work per drafted
+token) by least squares over the most recent samples, so one observed (batch, k) corrects the
+prediction of cells never run yet. Predictions are clamped at 0 and are 0 before `min_samples`
+samples arrive.
 """
 
 from __future__ import annotations
@@ -40,17 +42,18 @@ class StepOverheadModel:
         self._coef = None
 
     @property
-    def coefficients(self) -> tuple[float, float, float]:
-        """(a, b, c): seconds per step, per request, per drafted token (0s before enough samples)."""
+    def coefficients(self) -> tuple[float, float, float, float]:
+        """(a, b, s, c): seconds per step, per request, per request when speculating, per drafted token
+        (0s before enough samples)."""
         coef = self._fit()
-        return (0.0, 0.0, 0.0) if coef is None else (float(coef[0]), float(coef[1]), float(coef[2]))
+        return (0.0, 0.0, 0.0, 0.0) if coef is None else tuple(float(x) for x in coef)
 
     def _fit(self) -> np.ndarray | None:
         if len(self._samples) < self.min_samples:
             return None
         if self._coef is None:
             data = np.asarray(self._samples, dtype=np.float64)  # (n, 3): batch, k, residual
-            features = np.stack([np.ones(len(data)), data[:, 0], data[:, 0] * data[:, 1]], axis=1)
+            features = _features(data[:, 0], data[:, 1])
             self._coef = np.linalg.lstsq(features, data[:, 2], rcond=None)[0]
         return self._coef
 
@@ -59,4 +62,9 @@ class StepOverheadModel:
         coef = self._fit()
         if coef is None:
             return 0.0
-        return max(0.0, float(coef[0] + coef[1] * batch + coef[2] * batch * k))
+        return max(0.0, float(_features(np.array([batch], float), np.array([k], float))[0] @ coef))
+
+
+def _features(batch: np.ndarray, k: np.ndarray) -> np.ndarray:
+    """(n, 4) regressors [1, batch, batch * [k > 0], batch * k] of the residual model."""
+    return np.stack([np.ones(len(batch)), batch, batch * (k > 0), batch * k], axis=1)

@@ -88,3 +88,22 @@ def test_k0_steps_of_a_speculative_engine_overlap_and_stay_lossless(tiny):
     assert _run(engine, prompts, params, arrivals) == expected
     assert sum(launches) > 5
     assert engine.get_stats()["num_drafted"] > 0  # the batch-1/2 tail speculated
+
+
+def test_seeded_sampling_overlaps_and_reproduces_the_synchronous_tokens(tiny):
+    prompts, greedy = _workload()
+    params = [
+        SamplingParams(temperature=0.8, top_p=0.9, seed=11 + i, max_tokens=p.max_tokens, ignore_eos=True)
+        if i % 2 else p
+        for i, p in enumerate(greedy)
+    ]  # greedy and seeded sampling requests mixed in one batch
+    arrivals = [0, 0, 0, 0, 3, 3]
+    expected = _run(_engine(tiny, overlap=False), prompts, params, arrivals)
+    engine = _engine(tiny, overlap=True)
+    launches = []
+    original = engine._launch_overlapped
+    engine._launch_overlapped = lambda sched, ids: launches.append(ids is not None) or original(sched, ids)
+    assert _run(engine, prompts, params, arrivals) == expected
+    assert sum(launches) > 10
+    greedy_only = _run(_engine(tiny, overlap=False), prompts, greedy, arrivals)
+    assert any(expected[f"r{i}"] != greedy_only[f"r{i}"] for i in (1, 3, 5))  # they did sample

@@ -40,7 +40,7 @@ from dynaspec.spec.config import AUTO_SCHEDULE
 from dynaspec.spec.policy import DraftLenPolicy, schedule_stats
 from dynaspec.spec.replay import AcceptanceReplay
 from dynaspec.spec.stats import SpecStats
-from dynaspec.spec.verifier import greedy_accept, verify
+from dynaspec.spec.verifier import greedy_accept, sample_next_tokens, verify
 
 ProgressFn = Callable[[str, float, float], None]
 
@@ -293,6 +293,12 @@ class LLMEngine:
         )
         logits = self.runner.forward_uniform(batch, 0, list(range(len(requests))), previous_ids)  # (B, vocab)
         ids = logits.argmax(dim=-1)  # (B,) on the device
+        sampled = [i for i, r in enumerate(requests) if not r.params.is_greedy]
+        if sampled:  # sampled on the device too, with verify's draws (no sync)
+            rows = torch.tensor(sampled).to(ids.device, non_blocking=True)
+            probs = target_probs(logits.index_select(0, rows), [requests[i].params for i in sampled])
+            gens = [requests[i].generator for i in sampled]
+            ids.index_copy_(0, rows, sample_next_tokens(probs, gens, self.generator))
         host_ids, event = start_copy(ids)
         return InflightStep(sched, ids, host_ids, event, time.perf_counter())
 

@@ -8,14 +8,16 @@ detokenisation, outputs) while step t + 1 runs. This is vLLM's async scheduling 
 scheduler, restricted to where it needs no speculation about the scheduler's own decisions:
 
 * step t + 1 continues exactly step t's requests, in the same order, with no request waiting to be
-  admitted, none that could finish by length at step t, k = 0 from the draft-length policy, every
-  request greedy, slots allocated without preemption, and a captured graph for the batch;
+  admitted, none that could finish by length at step t, k = 0 from the draft-length policy, slots
+  allocated without preemption, and a captured graph for the batch;
 * otherwise the in-flight step is committed first (a drain) and the engine steps as usual.
 
 A request that stops at step t (EOS, stop token, stop string) was already part of step t + 1; that
 step's token for it is dropped, and its KV write went to blocks it owned when t + 1 was launched
-(stream order puts any later reuse of those blocks after it). Greedy outputs are token-identical to
-the synchronous engine; outputs reach the caller one step later.
+(stream order puts any later reuse of those blocks after it). Sampling requests are sampled on the
+device (verifier.sample_next_tokens, the same draws as the synchronous verifier). Greedy and seeded
+requests get exactly the synchronous engine's tokens; unseeded sampling requests share the engine's
+generator, whose stream then also serves the dropped tokens. Outputs reach the caller one step later.
 """
 
 from __future__ import annotations
@@ -61,13 +63,8 @@ def start_copy(ids: torch.Tensor) -> tuple[torch.Tensor, torch.cuda.Event | None
 
 
 def can_overlap(sched: SchedulerOutput) -> bool:
-    """Whether a scheduled step may run overlapped: decode-only, k = 0, every request greedy."""
-    return (
-        bool(sched.decodes)
-        and not sched.prefills
-        and sched.draft_len == 0
-        and all(d.request.params.is_greedy for d in sched.decodes)
-    )
+    """Whether a scheduled step may run overlapped: decode-only at k = 0."""
+    return bool(sched.decodes) and not sched.prefills and sched.draft_len == 0
 
 
 def continuation(

@@ -142,6 +142,20 @@ def verify(
     return VerifyOutput(tokens=tokens, num_accepted=accepted)
 
 
+def sample_next_tokens(
+    probs: torch.Tensor,
+    generators: Sequence[torch.Generator | None],
+    generator: torch.Generator | None = None,
+) -> torch.Tensor:
+    """The d = 0 case of `verify` for sampling requests, left on the device: (R,) token ids from the
+    processed probabilities `probs` (R, V), one uniform drawn from each row's generator (or `generator`)
+    exactly as `verify` draws it, so the tokens equal verify's without a device-to-host sync."""
+    if len(generators) != probs.shape[0]:
+        raise ValueError(f"sample_next_tokens needs one generator entry per row: {probs.shape[0]} rows, {len(generators)}")
+    u = torch.cat([_uniforms(1, g or generator, probs.device) for g in generators])
+    return _sample_rows(probs.float(), u)
+
+
 def _verify_greedy(target, draft_tokens, idx, tokens, accepted) -> None:
     ids = [target[i] if target[i].dim() == 1 else target[i].argmax(dim=-1) for i in idx]
     flat = torch.cat([t.to(torch.int64) for t in ids]).tolist()  # one transfer for all greedy rows

@@ -98,3 +98,27 @@ def test_fixed_shape_layout_matches_the_flat_forward(tmp_path, k):
     got = runner.forward_uniform(batch, k, uniform_rows)
     torch.testing.assert_close(got, expected, atol=1e-5, rtol=1e-5)
     assert runner.graphs.replays_per_pair == {(4, k): 1}
+
+
+@cuda
+@pytest.mark.cuda
+def test_overlapped_decode_equals_synchronous_on_cuda(tmp_path):
+    """Overlapped k = 0 steps (device argmax / device sampling, pinned copies, events) give the tokens
+    of the synchronous graph engine, greedy and seeded sampling mixed, with requests finishing early."""
+    target = str(make_tiny_checkpoint(tmp_path, "llama", seed=0))
+    gen = torch.Generator().manual_seed(1)
+    prompts = [torch.randint(0, 512, (4 + 5 * i,), generator=gen).tolist() for i in range(6)]
+
+    def run(async_scheduling: bool) -> dict[str, list[int]]:
+        engine = LLMEngine(EngineConfig(model=target, dtype="float32", device="cuda", max_num_seqs=8,
+                                        async_scheduling=async_scheduling))
+        for i, prompt in enumerate(prompts):
+            params = SamplingParams(temperature=0.9 if i % 2 else 0.0, top_p=0.95, seed=100 + i,
+                                    max_tokens=6 + 5 * i, ignore_eos=True)
+            engine.add_request(f"r{i}", prompt, params)
+        results = {}
+        while engine.has_unfinished_requests():
+            results.update((o.request_id, o.token_ids) for o in engine.step() if o.finished)
+        return results
+
+    assert run(True) == run(False)

@@ -6,9 +6,9 @@ size and replay the smallest that fits; we key by (bucket, k) because the verify
 Only the pairs the draft-length policy can reach are captured, not every bucket x every k.
 
 Host work per step is kept small: the host writes four static inputs (token ids, context lengths,
-number of real positions, block tables) into one pinned staging buffer and copies it to the device
-in a single transfer; positions and KV slots are derived from them INSIDE the graph, and so are the
-lm_head and the float32 logits. A step is then: fill staging, one copy, one replay.
+number of real positions, block tables) into a pinned staging buffer (two, used in turn) and copies
+it to the device in a single transfer; positions and KV slots are derived from them INSIDE the graph,
+and so are the lm_head and the float32 logits. A step is then: fill staging, one copy, one replay.
 
 Padding: padded requests have num_real = 0 and a context of 1 + k; padded positions (of padded
 requests, and draft positions past a request's real drafts) write their K/V into a scratch block that
@@ -77,18 +77,17 @@ class CudaGraphDecoder:
         max_q = max((1 + k for _, k in self.pairs), default=1)
         self.max_tokens, self.max_batch = max_tokens, max_batch
         # Staging layout (int64): [token ids | seq_lens | num_real | block tables (max_batch x max_blocks)].
+        # Two pinned host buffers, used in turn: with overlapped decode the host fills step t + 1's inputs
+        # before it has waited for anything after step t - 1, so step t's copy may still be pending.
         size = max_tokens + 2 * max_batch + max_batch * max_blocks_per_seq
-        self.staging = torch.zeros(size, dtype=torch.int64, pin_memory=device.type == "cuda")
-        self.staging_np = self.staging.numpy()
+        self._stagings = [_Staging(size, max_tokens, max_batch, max_blocks_per_seq, scratch_block, device) for _ in range(2)]
+        self._turn = 0
+        self.staging = self._stagings[0]
         self.device_inputs = torch.zeros(size, dtype=torch.int64, device=device)
         self.input_ids = self.device_inputs[:max_tokens]
         self.seq_lens = self.device_inputs[max_tokens : max_tokens + max_batch]
         self.num_real = self.device_inputs[max_tokens + max_batch : max_tokens + 2 * max_batch]
         self.block_tables = self.device_inputs[max_tokens + 2 * max_batch :].view(max_batch, max_blocks_per_seq)
-        self._np_seq_lens = self.staging_np[max_tokens : max_tokens + max_batch]
-        self._np_num_real = self.staging_np[max_tokens + max_batch : max_tokens + 2 * max_batch]
-        self._np_tables = self.staging_np[max_tokens + 2 * max_batch :].reshape(max_batch, max_blocks_per_seq)
-        self._np_tables[:] = scratch_block
         self.arange = torch.arange(max(max_q, max_batch + 1), device=device)
         self.scratch_slots = scratch_block * block_size + self.arange[:max_q] % block_size
         self.query_start = {k: self.arange[: max_batch + 1] * (1 + k) for k in {k for _, k in self.pairs}}
@@ -153,13 +152,10 @@ class CudaGraphDecoder:
 
     def stage_idle(self, bucket: int, k: int) -> None:
         """Make every row of the (bucket, k) pair padding (for timing replays: no request's KV is touched)."""
-        self._stage_padding(0, bucket, 1 + k)
-        self.device_inputs.copy_(self.staging)
-
-    def _stage_padding(self, start: int, bucket: int, q_len: int) -> None:
-        """Requests start..bucket-1 become padding: no real position, a context of 1 + k."""
-        self._np_seq_lens[start:bucket] = q_len
-        self._np_num_real[start:bucket] = 0
+        if self.device.type == "cuda":  # no copy from the staging buffers may still be pending
+            torch.cuda.synchronize(self.device)
+        self.staging.pad(0, bucket, 1 + k)
+        self.device_inputs.copy_(self.staging.buffer)
 
     def run(self, batch: UniformDecodeBatch, k: int, device_token_ids: torch.Tensor | None = None) -> torch.Tensor:
         """Run the pair for this batch; float32 logits (B * (1 + k), vocab) of the real requests' rows.
@@ -178,16 +174,18 @@ class CudaGraphDecoder:
         width = max(len(t) for t in batch.block_tables)
         if width > self.max_blocks:
             raise ValueError(f"a block table of {width} blocks exceeds the captured width {self.max_blocks}")
-        np_ids = self.staging_np[:n].reshape(real, q_len)
+        self._turn ^= 1
+        staging = self.staging = self._stagings[self._turn]
+        np_ids = staging.ids[:n].reshape(real, q_len)
         for i, tokens in enumerate(batch.token_ids):
             np_ids[i] = tokens
-        self._np_seq_lens[:real] = batch.seq_lens
-        self._np_num_real[:real] = batch.num_real
-        tables = self._np_tables
+        staging.seq_lens[:real] = batch.seq_lens
+        staging.num_real[:real] = batch.num_real
+        tables = staging.tables
         for i, table in enumerate(batch.block_tables):
             tables[i, : len(table)] = table
-        self._stage_padding(real, bucket, q_len)
-        self.device_inputs.copy_(self.staging, non_blocking=True)
+        staging.pad(real, bucket, q_len)
+        self.device_inputs.copy_(staging.buffer, non_blocking=True)
         if device_token_ids is not None:
             self.input_ids[:n].copy_(device_token_ids)
         if self.use_graphs:
@@ -199,3 +197,22 @@ class CudaGraphDecoder:
         self.num_replays += 1
         self.replays_per_pair[key] = self.replays_per_pair.get(key, 0) + 1
         return out[:n]
+
+
+class _Staging:
+    """One pinned host buffer of the static inputs, with numpy views of its parts."""
+
+    def __init__(self, size: int, max_tokens: int, max_batch: int, max_blocks: int, scratch_block: int,
+                 device: torch.device):
+        self.buffer = torch.zeros(size, dtype=torch.int64, pin_memory=device.type == "cuda")
+        array = self.buffer.numpy()
+        self.ids = array[:max_tokens]
+        self.seq_lens = array[max_tokens : max_tokens + max_batch]
+        self.num_real = array[max_tokens + max_batch : max_tokens + 2 * max_batch]
+        self.tables = array[max_tokens + 2 * max_batch :].reshape(max_batch, max_blocks)
+        self.tables[:] = scratch_block
+
+    def pad(self, start: int, bucket: int, q_len: int) -> None:
+        """Requests start..bucket-1 become padding: no real position, a context of q_len."""
+        self.seq_lens[start:bucket] = q_len
+        self.num_real[start:bucket] = 0

@@ -195,3 +195,31 @@ def test_cli_workload_needs_a_tokenizer(tiny_dir, tmp_path):
     result = CliRunner().invoke(app, args)
     assert result.exit_code == 2
     assert "no tokenizer" in result.output
+
+
+def test_cli_measures_acceptance_on_a_real_workload(smollm2_dir, tmp_path):
+    """A user's prompts.jsonl (plain prompts and chat messages) through SmolLM2's tokenizer and chat
+    template: acceptance is measured by running them, and the schedule follows from it."""
+    workload = tmp_path / "prompts.jsonl"
+    code = "def add(a, b):\n    return a + b\n\ndef sub(a, b):\n    return a - b\n\n# add and sub again, with type hints:\n"
+    chat = {"messages": [{"role": "user", "content": "Repeat exactly: red, green, blue, red, green, blue, red"}]}
+    workload.write_text(json.dumps({"prompt": code}) + "\n" + json.dumps(chat) + "\n")
+    out = tmp_path / "real.yaml"
+    args = [
+        "tune", "--model", str(smollm2_dir), "--drafter", "ngram", "--workload", str(workload),
+        "--num-prompts", "2", "--max-tokens", "16", "--batch-sizes", "1,2", "--max-draft-len", "2",
+        "--cost", "probe", "--device", "cpu", "--out", str(out),
+    ]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
+    alphas = json.loads((tmp_path / "real.acceptance.json").read_text())["acceptance_per_position"]
+    assert len(alphas) == 2 and all(0.0 <= a <= 1.0 for a in alphas)
+    assert alphas[0] > 0.0  # the prompts repeat themselves: n-gram drafts were accepted
+    assert f"measured on 2 prompts of {workload}" in out.read_text()
+    cost = StepCostModel.load(tmp_path / "real.step_costs.json")
+    plan = compress_schedule({c.batch_size: c.k for c in choose_draft_lens(alphas, cost, [1, 2], 2)})
+    spec = yaml.safe_load(out.read_text())["speculative_config"]
+    if plan.schedule is None:
+        assert spec is None
+    else:
+        assert parse_speculative_config(spec).draft_len_schedule == plan.schedule

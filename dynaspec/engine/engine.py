@@ -8,6 +8,9 @@ tokens = verifier.accept(logits, draft)        # greedy match or rejection sampl
 commit(tokens)                                 # stop checks; rejected KV slots rolled back
 drafter.observe(running)                       # k >= 1 only; drafters catch up lazily in propose()
 ```
+
+A plain decode step (k = 0, captured graph) is not waited for: the next step() launches the following
+one from its tokens on the device and commits it meanwhile (overlapped decode, engine/overlap.py).
 """
 
 from __future__ import annotations

@@ -72,9 +72,14 @@ class NGramPool:
         self._map.move_to_end(pattern)
         n = len(cont)
         for i, old in enumerate(conts):
-            if old[:n] == cont:  # already known (equal, or a prefix of a stored continuation)
-                return
-            if cont[: len(old)] == old:  # extends a continuation that was cut short: keep its age
+            m = len(old)
+            if m == n:
+                if old == cont:  # already known
+                    return
+            elif m > n:
+                if old[:n] == cont:  # a prefix of a stored continuation: already known
+                    return
+            elif cont[:m] == old:  # extends a continuation that was cut short: keep its age
                 conts[i] = cont
                 return
         if not self.keep_all:

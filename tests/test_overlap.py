@@ -20,6 +20,14 @@ def _engine(path: str, overlap: bool, spec=None, **kwargs) -> LLMEngine:
     return engine
 
 
+def _count_overlapped_launches(engine: LLMEngine) -> list[bool]:
+    """Record, per launched step, whether it was launched from a previous step's tokens on the device."""
+    launches: list[bool] = []
+    original = engine._launch_overlapped
+    engine._launch_overlapped = lambda sched, ids: launches.append(ids is not None) or original(sched, ids)
+    return launches
+
+
 def _run(engine: LLMEngine, prompts, params, arrivals, abort_at=None) -> dict[str, list[int]]:
     """Submit prompts[i] at step arrivals[i]; abort request 'r1' at step abort_at; collect final tokens."""
     results: dict[str, list[int]] = {}
@@ -54,9 +62,7 @@ def test_overlapped_decode_is_token_identical_and_actually_overlaps(tiny):
     arrivals = [0, 0, 0, 2, 9, 9]
     expected = _run(_engine(tiny, overlap=False), prompts, params, arrivals)
     engine = _engine(tiny, overlap=True)
-    launches = []
-    original = engine._launch_overlapped
-    engine._launch_overlapped = lambda sched, ids: launches.append(ids is not None) or original(sched, ids)
+    launches = _count_overlapped_launches(engine)
     assert _run(engine, prompts, params, arrivals) == expected
     assert sum(launches) > 10  # most decode steps were launched before the previous one was committed
     assert engine.num_free_blocks == engine.num_total_blocks
@@ -82,9 +88,7 @@ def test_k0_steps_of_a_speculative_engine_overlap_and_stay_lossless(tiny):
     arrivals = [0, 0, 0, 0, 6, 6]
     expected = _run(_engine(tiny, overlap=False), prompts, params, arrivals)
     engine = _engine(tiny, overlap=True, spec=spec)
-    launches = []
-    original = engine._launch_overlapped
-    engine._launch_overlapped = lambda sched, ids: launches.append(ids is not None) or original(sched, ids)
+    launches = _count_overlapped_launches(engine)
     assert _run(engine, prompts, params, arrivals) == expected
     assert sum(launches) > 5
     assert engine.get_stats()["num_drafted"] > 0  # the batch-1/2 tail speculated
@@ -100,9 +104,7 @@ def test_seeded_sampling_overlaps_and_reproduces_the_synchronous_tokens(tiny):
     arrivals = [0, 0, 0, 0, 3, 3]
     expected = _run(_engine(tiny, overlap=False), prompts, params, arrivals)
     engine = _engine(tiny, overlap=True)
-    launches = []
-    original = engine._launch_overlapped
-    engine._launch_overlapped = lambda sched, ids: launches.append(ids is not None) or original(sched, ids)
+    launches = _count_overlapped_launches(engine)
     assert _run(engine, prompts, params, arrivals) == expected
     assert sum(launches) > 10
     greedy_only = _run(_engine(tiny, overlap=False), prompts, greedy, arrivals)

@@ -15,7 +15,7 @@ import typer
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
-from dynaspec.bench.cli_bench import parse_int_list, speculative_config_from_options
+from dynaspec.bench.cli_bench import _fail, parse_int_list, speculative_config_from_options
 from dynaspec.bench.trace import DEFAULT_PHASES
 
 DEFAULT_PROFILES = "acceptance_ngram_code-edit,acceptance_ngram_chat"
@@ -34,11 +34,6 @@ def parse_phases(text: str) -> list[int]:
             raise ValueError(f"--phases entries are concurrencies >= 1, got {value}")
         phases.append(value)
     return phases
-
-
-def _fail(console: Console, message: str) -> None:
-    console.print(f"[bold red]error:[/] {message}")
-    raise typer.Exit(code=2)
 
 
 def bench_trace_command(

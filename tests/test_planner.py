@@ -200,6 +200,19 @@ def test_exploration_probes_the_next_k_and_learns_that_speculation_pays():
     assert planner.estimator.global_alphas()[0] > 0.8
 
 
+def test_no_exploration_where_even_full_acceptance_cannot_pay():
+    # Batch 128: a k = 2 step costs 3.5x a plain one (host-bound), so even 3 tokens per request lose.
+    cost = _cost(lambda b, k: 0.006 if k == 0 else 0.021, batches=(8, 128), ks=(0, 2))
+    planner = _planner(cost, [0.05, 0.05], ks=(0, 2), explore_every=5)
+    assert {planner.draft_len(128, 128) for _ in range(50)} == {0}
+    assert not planner.could_pay(128, 2, planner.goodputs(128)[0])
+    # Batch 8 with the same acceptance: k = 2 costs 1.2x, so full acceptance would win: it explores.
+    cost = _cost(lambda b, k: 0.006 if k == 0 else 0.0072, batches=(8, 128), ks=(0, 2))
+    planner = _planner(cost, [0.05, 0.05], ks=(0, 2), explore_every=5)
+    ks = [planner.draft_len(8, 8) for _ in range(10)]
+    assert ks == [0, 0, 0, 0, 2, 0, 0, 0, 0, 2]
+
+
 def test_exploration_off_never_leaves_zero():
     cost = _cost(lambda b, k: 0.02 + 0.001 * k, batches=(1,), ks=(0, 2))
     planner = _planner(cost, [0.05, 0.05], ks=(0, 2), explore_every=None)

@@ -27,6 +27,18 @@ def test_fit_recovers_per_step_per_request_speculation_and_draft_token_costs():
     assert model.predict(128, 1) == pytest.approx(_true_residual(128, 1), rel=1e-6)  # k never observed
 
 
+def test_one_slow_step_does_not_bend_the_fit():
+    """A one-off 65 ms step (n-gram catch-up of every prompt) among normal ones: the cell medians decide."""
+    model = StepOverheadModel()
+    for batch in (1, 8, 64, 256):
+        for k in (0, 2, 4):
+            for _ in range(3):
+                model.add(batch, k, _true_residual(batch, k))
+    model.add(64, 2, 0.065)
+    assert model.predict(128, 1) == pytest.approx(_true_residual(128, 1), rel=1e-6)
+    assert model.predict(1, 4) == pytest.approx(_true_residual(1, 4), rel=1e-6)
+
+
 def test_prediction_is_never_negative_and_bad_arguments_are_named():
     model = StepOverheadModel(min_samples=1)
     model.add(8, 0, -1e-3)  # a step faster than the probe (noise)

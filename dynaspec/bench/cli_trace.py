@@ -57,7 +57,7 @@ def bench_trace_command(
     dtype: Annotated[str, typer.Option(help="auto | float32 | bfloat16 | float16")] = "auto",
     seed: Annotated[int, typer.Option()] = 0,
     enforce_eager: Annotated[bool, typer.Option(help="no CUDA graphs")] = False,
-    warmup: Annotated[bool, typer.Option(help="short batches at 1 and the top concurrency before each line")] = True,
+    warmup: Annotated[bool, typer.Option(help="one short batch at each concurrency of --phases before each line")] = True,
     plots: Annotated[bool, typer.Option(help="write trace.png")] = True,
 ) -> None:
     """Replay a mixed-load trace (concurrency rising and falling, workloads mixed) on every line:

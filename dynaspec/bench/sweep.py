@@ -50,7 +50,10 @@ from dynaspec.spec.policy import DraftLenPolicy
 SCHEMA = "dynaspec.bench.sweep/1"
 REPLAY_FIELD = "replay_acceptance_profile"
 DEFAULT_BATCH_SIZES = (1, 2, 4, 8, 16, 32, 64, 128, 256)
-WARMUP_GEN_LEN = 8
+# Before each (line, batch) point its engine runs one untimed batch of this many tokens: graphs, allocator
+# and caches are warm, and an online policy (the goodput planner) has seen that batch size, as it would
+# have in a server running for hours; every line gets the same warm-up.
+WARMUP_GEN_LEN = 16
 COPY_BYTES = 1 << 30
 
 # progress(description, completed, total)
@@ -329,13 +332,11 @@ def run_sweep(
             result.floor = _floor(engine, settings, batches, result.metadata, prompts)
         if engine.auto_schedule is not None:  # draft_len_schedule: auto, planned at start-up
             result.lines[lines.index(line)]["planned_schedule"] = engine.get_stats()["draft_len_schedule"]
-        if settings.warmup:
-            for batch in sorted({1, max(batches)}):
-                _run_batch(engine, batch, settings.prompt_len, min(settings.gen_len, WARMUP_GEN_LEN), rng,
-                           prompts.for_batch(batch) if prompts else None)
         for batch in batches:
             if progress:
                 progress(f"{line.name} batch {batch}", float(done), float(total))
+            if settings.warmup:  # random prompts: a shared n-gram pool must not learn the measured ones
+                _run_batch(engine, batch, settings.prompt_len, min(settings.gen_len, WARMUP_GEN_LEN), rng)
             result.points.append(
                 _measure(engine, line, batch, settings.prompt_len, settings.gen_len, rng,
                          prompts.for_batch(batch) if prompts else None)

@@ -189,7 +189,7 @@ def run_trace(settings: TraceSettings, out_dir: str | Path, progress: ProgressFn
         schedule = engine.get_stats()["draft_len_schedule"]
         if settings.warmup:
             rng = random.Random(settings.seed + 1)
-            for batch in sorted({1, max_batch}):
+            for batch in sorted(set(settings.phases)):  # every concurrency of the trace, as a server that ran a while
                 sweep._run_batch(engine, batch, settings.prompt_len, min(high, sweep.WARMUP_GEN_LEN), rng)
         before = engine.get_stats()
         steps, tokens, wall, preemptions = _drive(engine, trace, settings.phases, line.name, n, len(lines), progress)

@@ -26,7 +26,10 @@ Rules, in order:
 * exploration: an estimate only learns about positions that are drafted, so every `explore_every`-th
   decision whose k is below the largest candidate uses the next larger candidate instead (from k = 0 that
   is the smallest k > 0). Without it a planner that settled on k = 0 would never see acceptance rise again.
-  One slightly longer step in `explore_every`; None turns it off.
+  It explores only where it could pay: when the larger k would beat the k in force even if every draft
+  were accepted ((k + 1) * batch / T(batch, k)). Where a speculative step costs more than that bound
+  allows (large batches, whose host and compute cost per drafted token the step times have shown), no
+  acceptance could make it win, so trying it would only cost time. None turns exploration off.
 """
 
 from __future__ import annotations
@@ -153,6 +156,10 @@ class GoodputPlanner:
             )
         return rows
 
+    def could_pay(self, batch: int, k: int, goodput_to_beat: float) -> bool:
+        """Whether k could beat `goodput_to_beat` with every draft accepted (the exploration bound)."""
+        return (k + 1) * batch / self.step_seconds(batch, k) > goodput_to_beat
+
     def best_k(self, batch: int, request_ids: Sequence[Hashable] | None = None) -> int:
         """Argmax of goodput without hysteresis or exploration (ties: the smaller k)."""
         goodput = self.goodputs(batch, request_ids)
@@ -194,8 +201,10 @@ class GoodputPlanner:
             self._below_max_decisions += 1
             if self._below_max_decisions >= self.explore_every:
                 self._below_max_decisions = 0
-                chosen = self.candidate_ks[bisect_right(self.candidate_ks, chosen)]
-                reason = "explore"
+                larger = self.candidate_ks[bisect_right(self.candidate_ks, chosen)]
+                if self.could_pay(num_decoding, larger, goodput[chosen]):
+                    chosen = larger
+                    reason = "explore"
         self.last_decision = {
             "batch": num_decoding,
             "k": chosen,

@@ -11,14 +11,18 @@ same reason). This model learns the residual
 
 (fixed work per step; work per request; work per request on speculative steps only, e.g. n-gram
 indexing and verification bookkeeping, which plain and overlapped k = 0 steps skip; work per drafted
-token) by least squares over the most recent samples, so one observed (batch, k) corrects the
-prediction of cells never run yet. Predictions are clamped at 0 and are 0 before `min_samples`
-samples arrive.
+token) by least squares over the MEDIAN residual of each observed (batch, k) cell (of its most recent
+samples), so one observed (batch, k) corrects the prediction of cells never run yet, and a one-off slow
+step (the n-gram drafter indexing every prompt on the first speculative step, a page fault, a
+preemption) does not bend the fit: a plain least squares over raw samples let one 65 ms catch-up step
+make speculation look expensive at every batch size. Predictions are clamped at 0 and are 0 before
+`min_samples` samples arrive.
 """
 
 from __future__ import annotations
 
 from collections import deque
+from statistics import median
 
 import numpy as np
 
@@ -52,9 +56,12 @@ class StepOverheadModel:
         if len(self._samples) < self.min_samples:
             return None
         if self._coef is None:
-            data = np.asarray(self._samples, dtype=np.float64)  # (n, 3): batch, k, residual
-            features = _features(data[:, 0], data[:, 1])
-            self._coef = np.linalg.lstsq(features, data[:, 2], rcond=None)[0]
+            cells: dict[tuple[int, int], list[float]] = {}
+            for batch, k, residual in self._samples:
+                cells.setdefault((batch, k), []).append(residual)
+            keys = np.asarray(list(cells), dtype=np.float64)  # (cells, 2): batch, k
+            medians = np.asarray([median(v) for v in cells.values()], dtype=np.float64)  # (cells,)
+            self._coef = np.linalg.lstsq(_features(keys[:, 0], keys[:, 1]), medians, rcond=None)[0]
         return self._coef
 
     def predict(self, batch: int, k: int) -> float:

@@ -55,6 +55,15 @@ for step in "$@"; do
         --profiles acceptance_ngram_code-edit,acceptance_ngram_chat --schedule auto \
         --phases 1,4,16,64,128,32,4,1 --waves 2 --prompt-len 128 --gen-len 32 \
         --out-dir "$OUT/trace" > "$OUT/trace.log" 2>&1; tail -3 "$OUT/trace.log"; cat "$OUT/trace/trace.md" ;;
+    bench-trace-swing)
+      # Load that swings between idle and peak (issue 6): concurrency 1 -> 2 -> 4 -> 128 -> 256 -> 128 -> 4 ->
+      # 2 -> 1, 128 tokens per request, code-edit + chat requests mixed; about half the no-spec time at
+      # concurrency <= 4 (where long drafts pay) and half at >= 128 (where any draft costs).
+      timeout 480 python3 -m dynaspec.cli bench-trace --model random:llama-3.1-8b --drafter ngram --max-draft-len 4 \
+        --profiles acceptance_ngram_code-edit,acceptance_ngram_chat --schedule auto --ks 0,1,2,4 \
+        --phases 1,2,4,128,256,128,4,2,1 --waves 2 --prompt-len 128 --gen-len 128 \
+        --out-dir "$OUT/trace-swing" > "$OUT/trace-swing.log" 2>&1; tail -3 "$OUT/trace-swing.log"
+      cat "$OUT/trace-swing/trace.md" ;;
     k0-ab)
       python3 scripts/gpu_k0_ab.py 2 8 64 2>&1 | tail -5 ;;
     *) echo "unknown step $step" ;;

@@ -10,7 +10,9 @@ import torch
 from dynaspec.config import EngineConfig
 from dynaspec.engine.chain_graphs import DraftChainGraphs
 from dynaspec.engine.cost_probe import measure_step_costs
+from dynaspec.engine.cuda_graphs import UniformDecodeBatch
 from dynaspec.engine.engine import LLMEngine
+from dynaspec.engine.model_runner import ModelRunner
 from dynaspec.models.loader import load_model
 from dynaspec.sampling_params import SamplingParams
 from dynaspec.spec.config import DraftTargetDecodingConfig
@@ -103,7 +105,8 @@ def _run(engine: LLMEngine, params_for=None) -> dict[str, list[int]]:
 @pytest.mark.parametrize("k", [1, 2, 3, 5])
 def test_chain_drafts_equal_step_by_step_drafts(ckpts, k):
     """Same proposals, call by call, and same outputs as the step-by-step path; the chain served the
-    steady state (catch-ups of 1 and 2 tokens, padded buckets); nothing else drafted those batches."""
+    steady state (catch-ups of 1 and 2 tokens, padded buckets); the step graphs drafted only the batches
+    with a long catch-up."""
     plain = _engine(ckpts, k, chain=False)
     plain_seen = _record(plain)
     expected = _run(plain)
@@ -149,9 +152,6 @@ def test_chain_replays_are_counted_per_pair(tmp_path):
     """The chain runs as one launch per propose (count), returns (B, k) ids over the target vocabulary,
     and rejects k = 0 pairs and a bad vocabulary size."""
     loaded = load_model(str(make_tiny_checkpoint(tmp_path, "llama")), dtype=torch.float32, device="cpu")
-    from dynaspec.engine.cuda_graphs import UniformDecodeBatch
-    from dynaspec.engine.model_runner import ModelRunner
-
     runner = ModelRunner(loaded.model, num_blocks=16, block_size=4, dtype=torch.float32, device=torch.device("cpu"))
     args = (runner.model, runner.kv_caches, 4, 6, runner.scratch_block)
     with pytest.raises(ValueError, match="k >= 1"):

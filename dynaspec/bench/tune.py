@@ -175,9 +175,10 @@ def probe_step_costs(llm, batch_sizes: Sequence[int], max_draft_len: int, repeat
     from dynaspec.engine.cost_probe import measure_step_costs
 
     engine = llm.engine
-    draft_runner = getattr(getattr(engine, "drafter", None), "runner", None)
+    drafter = getattr(engine, "drafter", None)
+    draft_runner = getattr(drafter, "runner", None)
     pairs = [(b, k) for b in batch_sizes for k in range(max_draft_len + 1)]
-    return measure_step_costs(engine.runner, draft_runner, pairs, repeats=repeats)
+    return measure_step_costs(engine.runner, draft_runner, pairs, repeats=repeats, chain=getattr(drafter, "chain", None))
 
 
 # ------------------------------------------------------------------------------------------ output

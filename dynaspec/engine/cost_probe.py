@@ -1,8 +1,9 @@
 """Measures the step-cost model T(batch, k) on the current device, for the goodput planner.
 
-On CUDA it times replays of the captured graphs (target verify graph of (bucket, k) plus k single-token
-draft-model graphs when a draft model drafts) with CUDA events; elsewhere it times eager forwards of the
-same shapes. Inputs are padding rows in the scratch block, so probing never touches a request's KV; the
+On CUDA it times replays of the captured graphs with CUDA events: the target verify graph of (bucket, k),
+plus, when a draft model drafts, ONE replay of its whole-chain graph of (bucket, k) (engine/chain_graphs.py)
+or, where no chain was captured for the pair, k replays of its single-token step graph; elsewhere it
+times eager forwards of the same shapes. Inputs are padding rows in the scratch block, so probing never touches a request's KV; the
 cost of attention over long contexts is therefore not included (it is small next to the weights at the
 batch sizes where speculation pays, and `dynaspec tune` measures real steps).
 """
@@ -14,6 +15,7 @@ from collections.abc import Iterable
 
 import torch
 
+from dynaspec.engine.chain_graphs import DraftChainGraphs
 from dynaspec.engine.model_runner import ModelRunner, SequenceInput
 from dynaspec.spec.cost_model import StepCostModel
 
@@ -38,8 +40,8 @@ def forward_seconds(runner: ModelRunner, batch: int, k: int, repeats: int) -> fl
     """Seconds of one (batch, 1 + k)-position forward of `runner`'s model."""
     graphs = runner.graphs
     if graphs is not None and (batch, k) in graphs.graphs:
-        graphs.stage_idle(batch, k)  # inputs left by another pair would index outside the block tables
-        return _time(graphs.graphs[(batch, k)].replay, runner.device, repeats)
+        # idle inputs: those left by another pair would index outside the block tables
+        return _time(graphs.idle_replay(batch, k), runner.device, repeats)
     q_len = 1 + k
     blocks = [runner.scratch_block] * -(-q_len // runner.block_size)  # the scratch block, reused
     seqs = [SequenceInput([0] * q_len, q_len, blocks)] * batch
@@ -47,18 +49,28 @@ def forward_seconds(runner: ModelRunner, batch: int, k: int, repeats: int) -> fl
     return _time(lambda: runner.forward(seqs, rows), runner.device, repeats)
 
 
+def chain_seconds(chain: DraftChainGraphs, batch: int, k: int, repeats: int) -> float:
+    """Seconds of one replay of the (batch, k) whole-chain draft graph (eager mode: its forward), on idle
+    inputs that touch no request's KV."""
+    return _time(chain.idle_replay(batch, k), chain.device, repeats)
+
+
 def measure_step_costs(
     target: ModelRunner,
     draft: ModelRunner | None,
     pairs: Iterable[tuple[int, int]],
     repeats: int = 5,
+    chain: DraftChainGraphs | None = None,
 ) -> StepCostModel:
-    """T(batch, k) = target verify forward + (k draft-model steps when a draft model drafts)."""
+    """T(batch, k) = target verify forward + the draft work when a draft model drafts: one replay of the
+    (batch, k) chain graph when `chain` holds that pair, else k draft-model single-token steps."""
     model = StepCostModel(device=str(target.device))
     draft_step: dict[int, float] = {}
     for batch, k in sorted(set(pairs)):
         seconds = forward_seconds(target, batch, k, repeats)
-        if draft is not None and k > 0:
+        if chain is not None and (batch, k) in chain.pairs:
+            seconds += chain_seconds(chain, batch, k, repeats)
+        elif draft is not None and k > 0:
             if batch not in draft_step:
                 draft_step[batch] = forward_seconds(draft, batch, 0, repeats)
             seconds += k * draft_step[batch]

@@ -17,11 +17,15 @@ the block manager never hands out; their logits are ignored. Static inputs are s
 logits returned by `run` are only valid until the next replay.
 
 `use_graphs=False` runs the same per-pair forward eagerly (the CPU tests check the layout with it).
+
+Subclasses reuse the staging, the static inputs and the capture loop by overriding `input_width` (the
+positions staged per request) and `_forward` (the captured computation): engine/chain_graphs.py
+captures a draft model's whole k-step draft chain that way.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 import torch
@@ -61,7 +65,10 @@ class CudaGraphDecoder:
         pairs: Iterable[tuple[int, int]],
         device: torch.device,
         use_graphs: bool = True,
+        pool=None,
     ):
+        """pool: a CUDA graph memory pool handle to capture into (shared with graphs captured before, which
+        are never replayed concurrently with these); None starts a new one at the first capture."""
         self.model = model
         self.kv_caches = kv_caches
         self.block_size = block_size
@@ -72,9 +79,10 @@ class CudaGraphDecoder:
         self.pairs = sorted(set(pairs), key=lambda p: p[0] * (1 + p[1]), reverse=True)
         self.graphs: dict[tuple[int, int], torch.cuda.CUDAGraph] = {}
         self.outputs: dict[tuple[int, int], torch.Tensor] = {}
-        max_tokens = max((b * (1 + k) for b, k in self.pairs), default=0)
+        widths = {self.input_width(k) for _, k in self.pairs}
+        max_tokens = max((b * self.input_width(k) for b, k in self.pairs), default=0)
         max_batch = max((b for b, _ in self.pairs), default=0)
-        max_q = max((1 + k for _, k in self.pairs), default=1)
+        max_q = max(widths, default=1)
         self.max_tokens, self.max_batch = max_tokens, max_batch
         # Staging layout (int64): [token ids | seq_lens | num_real | block tables (max_batch x max_blocks)].
         # Two pinned host buffers, used in turn: with overlapped decode the host fills step t + 1's inputs
@@ -90,8 +98,9 @@ class CudaGraphDecoder:
         self.block_tables = self.device_inputs[max_tokens + 2 * max_batch :].view(max_batch, max_blocks_per_seq)
         self.arange = torch.arange(max(max_q, max_batch + 1), device=device)
         self.scratch_slots = scratch_block * block_size + self.arange[:max_q] % block_size
-        self.query_start = {k: self.arange[: max_batch + 1] * (1 + k) for k in {k for _, k in self.pairs}}
-        self.pool = None
+        # query_start_loc per query width: (max_batch + 1,) multiples of the width
+        self.query_start = {w: self.arange[: max_batch + 1] * w for w in widths | {1}}
+        self.pool = pool
         self.num_replays = 0
         self.replays_per_pair: dict[tuple[int, int], int] = {}
 
@@ -103,6 +112,10 @@ class CudaGraphDecoder:
         bucket = bucket_for(batch, [b for b, kk in self.pairs if kk == k])
         return None if bucket is None else (bucket, k)
 
+    def input_width(self, k: int) -> int:
+        """Positions staged per request for a pair of draft length k: a verify step feeds 1 + k."""
+        return 1 + k
+
     def _forward(self, bucket: int, k: int) -> torch.Tensor:
         """The captured computation: positions and slots from the static inputs, the model, the logits.
 
@@ -112,21 +125,34 @@ class CudaGraphDecoder:
         steps = self.arange[:q_len]  # (q_len,)
         seq_lens = self.seq_lens[:bucket]  # (bucket,)
         positions = (seq_lens - q_len).unsqueeze(1) + steps  # (bucket, q_len)
+        real = steps.unsqueeze(0) < self.num_real[:bucket].unsqueeze(1)  # (bucket, q_len)
+        hidden = self._model_step(self.input_ids[: bucket * q_len], positions, real, seq_lens)
+        return self.model.compute_logits(hidden)  # (bucket * q_len, vocab) float32
+
+    def _model_step(
+        self, input_ids: torch.Tensor, positions: torch.Tensor, real: torch.Tensor, seq_lens: torch.Tensor
+    ) -> torch.Tensor:
+        """One fixed-shape forward of the first `bucket` requests, q_len positions each, on static tensors.
+
+        input_ids: (bucket * q_len,) int64; positions: (bucket, q_len) int64 absolute positions; real:
+        (bucket, q_len) bool, False where the position writes its K/V to the scratch block instead of the
+        request's block; seq_lens: (bucket,) context lengths including the q_len positions.
+        Returns hidden states (bucket * q_len, hidden). No host synchronisation (graph-capturable).
+        """
+        bucket, q_len = positions.shape
         tables = self.block_tables[:bucket]  # (bucket, max_blocks)
         blocks = tables.gather(1, torch.div(positions, self.block_size, rounding_mode="floor"))
-        real = steps.unsqueeze(0) < self.num_real[:bucket].unsqueeze(1)  # (bucket, q_len)
         slots = torch.where(real, blocks * self.block_size + positions % self.block_size, self.scratch_slots[:q_len])
         meta = AttentionMetadata(
             slot_mapping=slots.reshape(-1),
-            query_start_loc=self.query_start[k][: bucket + 1],
+            query_start_loc=self.query_start[q_len][: bucket + 1],
             seq_lens=seq_lens,
             block_tables=tables,
             query_lens_cpu=[q_len] * bucket,
             seq_lens_cpu=[self.max_blocks * self.block_size] * bucket,
             block_size=self.block_size,
         )
-        hidden = self.model(self.input_ids[: bucket * q_len], positions.reshape(-1), self.kv_caches, meta)
-        return self.model.compute_logits(hidden)  # (bucket * q_len, vocab) float32
+        return self.model(input_ids, positions.reshape(-1), self.kv_caches, meta)  # (bucket * q_len, hidden)
 
     @torch.inference_mode()
     def capture(self) -> None:
@@ -154,8 +180,23 @@ class CudaGraphDecoder:
         """Make every row of the (bucket, k) pair padding (for timing replays: no request's KV is touched)."""
         if self.device.type == "cuda":  # no copy from the staging buffers may still be pending
             torch.cuda.synchronize(self.device)
-        self.staging.pad(0, bucket, 1 + k)
+        self.staging.pad(0, bucket, self.input_width(k))
         self.device_inputs.copy_(self.staging.buffer)
+
+    def idle_replay(self, bucket: int, k: int) -> Callable[[], object]:
+        """Stage the (bucket, k) pair as all padding and return what runs it once: the graph's replay, or
+        in eager mode its forward (for timing, engine/cost_probe.py: no request's KV is touched)."""
+        if (bucket, k) not in self.pairs:
+            raise ValueError(f"({bucket}, {k}) is not one of this decoder's pairs")
+        self.stage_idle(bucket, k)
+        if self.use_graphs:
+            return self.graphs[(bucket, k)].replay
+
+        def forward() -> torch.Tensor:
+            with torch.inference_mode():
+                return self._forward(bucket, k)
+
+        return forward
 
     def run(self, batch: UniformDecodeBatch, k: int, device_token_ids: torch.Tensor | None = None) -> torch.Tensor:
         """Run the pair for this batch; float32 logits (B * (1 + k), vocab) of the real requests' rows.
@@ -164,12 +205,23 @@ class CudaGraphDecoder:
         step's argmax); they replace batch.token_ids. The result lives in the graphs' shared pool: read it
         before the next `run`.
         """
+        key, real = self._stage(batch, k, device_token_ids)
+        return self._launch(key)[: real * self.input_width(k)]
+
+    def _stage(
+        self, batch: UniformDecodeBatch, k: int, device_token_ids: torch.Tensor | None = None
+    ) -> tuple[tuple[int, int], int]:
+        """Fill the next pinned staging buffer with the batch (padded to its bucket) and start the one
+        host-to-device copy; returns the (bucket, k) pair to launch and the number of real requests.
+
+        batch.token_ids: B lists of input_width(k) ids each; device_token_ids: (B * input_width(k),) ids
+        on the device that replace them."""
         real = len(batch.token_ids)
         key = self.lookup(real, k)
         if key is None:
             raise ValueError(f"no CUDA graph captured for batch {real} at k={k}")
         bucket, _ = key
-        q_len = 1 + k
+        q_len = self.input_width(k)
         n = real * q_len
         width = max(len(t) for t in batch.block_tables)
         if width > self.max_blocks:
@@ -188,15 +240,20 @@ class CudaGraphDecoder:
         self.device_inputs.copy_(staging.buffer, non_blocking=True)
         if device_token_ids is not None:
             self.input_ids[:n].copy_(device_token_ids)
+        return key, real
+
+    def _launch(self, key: tuple[int, int]) -> torch.Tensor:
+        """Replay the pair's graph (eager mode: run its forward); its whole output, valid until the next
+        launch of any graph of the pool."""
         if self.use_graphs:
             self.graphs[key].replay()
             out = self.outputs[key]
         else:
             with torch.inference_mode():
-                out = self._forward(bucket, k)
+                out = self._forward(*key)
         self.num_replays += 1
         self.replays_per_pair[key] = self.replays_per_pair.get(key, 0) + 1
-        return out[:n]
+        return out
 
 
 class _Staging:

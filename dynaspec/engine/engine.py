@@ -108,9 +108,8 @@ class LLMEngine:
         pairs = self.graph_pairs()
         if self.use_graphs:
             self.runner.capture_graphs(pairs, self.max_blocks_per_seq)
-            if self.drafter_bundle is not None:
-                spec_buckets = sorted({b for b, k in pairs if k > 0})
-                self.drafter_bundle.capture_graphs(spec_buckets, self.max_blocks_per_seq)
+            if self.drafter_bundle is not None:  # e.g. the draft model's whole-chain graphs per (bucket, k >= 1)
+                self.drafter_bundle.capture_graphs([(b, k) for b, k in pairs if k > 0], self.max_blocks_per_seq)
         if self.goodput:
             self.policy = build_goodput_planner(spec, self._step_costs(spec, pairs))
         elif auto:  # the goodput-optimal static schedule, planned as `dynaspec tune` does
@@ -153,7 +152,8 @@ class LLMEngine:
         if not self.use_graphs:
             pairs = [(b, k) for b, k in pairs if b <= 8]
         draft_runner = getattr(self.drafter, "runner", None)
-        return measure_step_costs(self.runner, draft_runner, pairs)
+        chain = getattr(self.drafter, "chain", None)
+        return measure_step_costs(self.runner, draft_runner, pairs, chain=chain)
 
     def _activation_reserve(self) -> int:
         """GPU bytes kept free for CUDA graphs, activations and logits of the largest decode step."""

@@ -39,12 +39,14 @@ class ModelRunner:
         self.num_forwards = 0
         self.graphs: CudaGraphDecoder | None = None
 
-    def capture_graphs(self, pairs: list[tuple[int, int]], max_blocks_per_seq: int, use_graphs: bool = True) -> None:
+    def capture_graphs(
+        self, pairs: list[tuple[int, int]], max_blocks_per_seq: int, use_graphs: bool = True, pool=None
+    ) -> None:
         """Capture decode/verify CUDA graphs for the given (batch bucket, k) pairs (`use_graphs=False`:
-        the same fixed-shape path, run eagerly)."""
+        the same fixed-shape path, run eagerly); pool: a graph memory pool to share (CudaGraphDecoder)."""
         self.graphs = CudaGraphDecoder(
             self.model, self.kv_caches, self.block_size, max_blocks_per_seq, self.scratch_block, pairs, self.device,
-            use_graphs=use_graphs,
+            use_graphs=use_graphs, pool=pool,
         )
         self.graphs.capture()
 

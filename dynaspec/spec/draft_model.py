@@ -7,6 +7,12 @@ feeds every token it has not seen (the prompt, accepted and bonus tokens, and to
 speculation was off at k = 0), so it is never stale when drafting resumes (TensorRT-LLM issue #16888).
 Slots of drafted tokens that the target rejected are simply recomputed: the drafter compares what it
 drafted with what the request actually holds and keeps only the matching prefix.
+
+On CUDA a greedy batch whose catch-up is 1 or 2 tokens per request (the steady state) drafts through
+ONE graph replay per propose: the whole k-step chain of engine/chain_graphs.py (vLLM and SGLang capture
+the EAGLE draft loop in CUDA graphs likewise). Otherwise (a sampled request in the batch, a longer
+catch-up, no chain for the batch size and k) it drafts step by step: an eager or two-position-graph
+first step, then k - 1 single-token steps, reading each step's tokens on the host.
 """
 
 from __future__ import annotations
@@ -15,6 +21,7 @@ from dataclasses import dataclass
 
 import torch
 
+from dynaspec.engine.chain_graphs import DraftChainGraphs
 from dynaspec.engine.cuda_graphs import UniformDecodeBatch
 from dynaspec.engine.model_runner import ModelRunner, SequenceInput
 from dynaspec.engine.request import Request
@@ -60,6 +67,7 @@ class DraftModelDrafter:
         self.device = device
         self.target_vocab_size = target_vocab_size
         self.runner: ModelRunner | None = None
+        self.chain: DraftChainGraphs | None = None  # whole-chain graphs per (bucket, k), after capture_graphs
         self._state: dict[str, _DraftState] = {}
         self.num_propose_calls = 0
 
@@ -67,17 +75,36 @@ class DraftModelDrafter:
         """Allocate the draft KV tensors once the engine has sized the shared block pool."""
         self.runner = ModelRunner(self.model, num_blocks, block_size, self.dtype, self.device)
 
-    def capture_graphs(self, buckets: list[int], max_blocks_per_seq: int) -> None:
-        """CUDA graphs of the draft's steps per batch bucket: a two-position step for the first draft
-        step (the catch-up is 1 or 2 tokens in steady state: the bonus token, plus the last accepted draft
-        when all k were accepted) and a single-token step for each of the k - 1 chained steps after it."""
+    def capture_graphs(self, pairs: list[tuple[int, int]], max_blocks_per_seq: int, use_graphs: bool = True) -> None:
+        """CUDA graphs of drafting for the (batch bucket, k >= 1) pairs the engine can speculate at.
+
+        First the whole-chain graph of every pair (engine/chain_graphs.py, the greedy steady state), then,
+        in the same memory pool, the step graphs of the step-by-step path that sampled batches still take
+        per bucket: a two-position first step (a catch-up of 1 or 2 tokens) and a single-token step for
+        each of the k - 1 chained steps after it. `use_graphs=False` builds the same fixed-shape paths
+        and runs them eagerly (CPU tests).
+        """
         if self.runner is None:
             raise RuntimeError("DraftModelDrafter.attach() must be called before capture_graphs()")
-        self.runner.capture_graphs([(b, q) for b in buckets for q in (0, 1)], max_blocks_per_seq)
+        pairs = sorted({(b, k) for b, k in pairs if k >= 1})
+        if not pairs:
+            return
+        runner = self.runner
+        self.chain = DraftChainGraphs(
+            runner.model, runner.kv_caches, runner.block_size, max_blocks_per_seq, runner.scratch_block, pairs,
+            self.device, self.target_vocab_size, use_graphs=use_graphs,
+        )
+        self.chain.capture()
+        buckets = sorted({b for b, _ in pairs})
+        runner.capture_graphs(
+            [(b, q) for b in buckets for q in (0, 1)], max_blocks_per_seq, use_graphs=use_graphs, pool=self.chain.pool
+        )
 
     @property
     def num_forwards(self) -> int:
-        return 0 if self.runner is None else self.runner.num_forwards
+        """Draft-model forwards run so far (a chain replay of k steps counts k)."""
+        steps = 0 if self.chain is None else sum(k * n for (_, k), n in self.chain.replays_per_pair.items())
+        return steps + (0 if self.runner is None else self.runner.num_forwards)
 
     def _catch_up_start(self, request: Request) -> int:
         state = self._state.setdefault(request.request_id, _DraftState())
@@ -100,9 +127,49 @@ class DraftModelDrafter:
         if self.runner is None:
             raise RuntimeError("DraftModelDrafter.attach() must be called before propose()")
         self.num_propose_calls += 1
+        starts = [self._catch_up_start(request) for request in requests]
+        if self._can_chain(requests, starts, k):
+            tokens = self._draft_chain(requests, starts, k)
+            probs: list[list[torch.Tensor]] = [[] for _ in requests]
+        else:
+            tokens, probs = self._draft_steps(requests, starts, k)
+        for i, request in enumerate(requests):
+            state = self._state[request.request_id]
+            state.num_computed = request.num_tokens + k - 1
+            state.draft_start = request.num_tokens
+            state.drafted = tuple(tokens[i])
+        return DraftProposal(
+            tokens=tokens,
+            probs=[torch.stack(p) if p else None for p in probs],
+        )
+
+    def _can_chain(self, requests: list[Request], starts: list[int], k: int) -> bool:
+        """The whole-chain graph serves this batch: one exists for (batch, k), every request is greedy and
+        every catch-up is at most two tokens."""
+        return (
+            self.chain is not None
+            and self.chain.lookup(len(requests), k) is not None
+            and all(r.params.is_greedy for r in requests)
+            and all(r.num_tokens - s <= 2 for r, s in zip(requests, starts))
+        )
+
+    def _draft_chain(self, requests: list[Request], starts: list[int], k: int) -> list[list[int]]:
+        """All k draft tokens of every request from one chain replay: one staging copy in, (B, k) ids out."""
+        batch = UniformDecodeBatch([], [], [], [])
+        for request, start in zip(requests, starts):
+            fed = request.all_token_ids[start:]  # 1 or 2 catch-up tokens
+            batch.token_ids.append(fed + [fed[-1]] * (2 - len(fed)))
+            batch.seq_lens.append(request.num_tokens + 2 - len(fed))
+            batch.num_real.append(len(fed))
+            batch.block_tables.append(request.block_ids)
+        return self.chain.draft(batch, k).tolist()  # (B, k) ids: the one device-to-host copy
+
+    def _draft_steps(
+        self, requests: list[Request], starts: list[int], k: int
+    ) -> tuple[list[list[int]], list[list[torch.Tensor]]]:
+        """k draft steps one by one (any batch): the first also feeds the catch-up tokens."""
         tokens: list[list[int]] = [[] for _ in requests]
         probs: list[list[torch.Tensor]] = [[] for _ in requests]
-        starts = [self._catch_up_start(request) for request in requests]
         if self.runner.can_replay(len(requests), 1) and all(r.num_tokens - s <= 2 for r, s in zip(requests, starts)):
             self._first_step_graph(requests, starts, tokens, probs)
         else:
@@ -119,15 +186,7 @@ class DraftModelDrafter:
                 logits = self.runner.forward(seqs, rows)
             for i, token in enumerate(self._pick(requests, logits[:, : self.target_vocab_size], probs)):
                 tokens[i].append(token)
-        for i, request in enumerate(requests):
-            state = self._state[request.request_id]
-            state.num_computed = request.num_tokens + k - 1
-            state.draft_start = request.num_tokens
-            state.drafted = tuple(tokens[i])
-        return DraftProposal(
-            tokens=tokens,
-            probs=[torch.stack(p) if p else None for p in probs],
-        )
+        return tokens, probs
 
     def _first_step_eager(self, requests, starts, tokens, probs) -> None:
         """Feed every request's catch-up tokens (any length: a whole prompt after a preemption)."""

@@ -21,8 +21,9 @@ class DrafterBundle:
     drafter: Drafter
     model: nn.Module | None = None  # a draft model whose KV shares the target's block pool
     attach: Callable[[int, int], None] = lambda num_blocks, block_size: None
-    # (batch buckets that speculate, max blocks per sequence) -> capture the drafter's CUDA graphs
-    capture_graphs: Callable[[list[int], int], None] = lambda buckets, max_blocks: None
+    # ((batch bucket, k >= 1) pairs the engine can speculate at, max blocks per sequence) -> capture the
+    # drafter's CUDA graphs
+    capture_graphs: Callable[[list[tuple[int, int]], int], None] = lambda pairs, max_blocks: None
 
 
 @dataclass

@@ -47,6 +47,22 @@ def test_prediction_is_never_negative_and_bad_arguments_are_named():
         StepOverheadModel(max_samples=2)
     with pytest.raises(ValueError, match="min_samples"):
         StepOverheadModel(max_samples=8, min_samples=9)
+    with pytest.raises(ValueError, match="refit_every"):
+        StepOverheadModel(refit_every=0)
+
+
+def test_the_fit_follows_new_cells_at_once_and_old_cells_every_refit_every_samples():
+    model = StepOverheadModel(min_samples=1, refit_every=4)
+    model.add(8, 0, 1e-3)
+    assert model.predict(8, 0) == pytest.approx(1e-3)
+    model.add(8, 2, 5e-3)  # a new cell: refit before the next prediction
+    assert model.predict(8, 2) == pytest.approx(5e-3)
+    for _ in range(2):  # known cell, fewer than refit_every new samples: the fit stands
+        model.add(8, 2, 9e-3)
+    assert model.predict(8, 2) == pytest.approx(5e-3)
+    model.add(8, 2, 9e-3)
+    model.add(8, 2, 9e-3)  # the 4th new sample: refit (median of that cell is now 9e-3)
+    assert model.predict(8, 2) == pytest.approx(9e-3)
 
 
 def _probe() -> StepCostModel:

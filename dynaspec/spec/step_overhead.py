@@ -16,7 +16,8 @@ samples), so one observed (batch, k) corrects the prediction of cells never run 
 step (the n-gram drafter indexing every prompt on the first speculative step, a page fault, a
 preemption) does not bend the fit: a plain least squares over raw samples let one 65 ms catch-up step
 make speculation look expensive at every batch size. Predictions are clamped at 0 and are 0 before
-`min_samples` samples arrive.
+`min_samples` samples arrive. The planner asks for predictions every step, so the fit is redone only
+when a sample lands in a cell the last fit did not have, or after `refit_every` new samples.
 """
 
 from __future__ import annotations
@@ -28,14 +29,19 @@ import numpy as np
 
 
 class StepOverheadModel:
-    def __init__(self, max_samples: int = 256, min_samples: int = 3) -> None:
+    def __init__(self, max_samples: int = 256, min_samples: int = 3, refit_every: int = 8) -> None:
         if isinstance(max_samples, bool) or not isinstance(max_samples, int) or max_samples < 3:
             raise ValueError(f"max_samples must be an int >= 3, got {max_samples!r}")
         if isinstance(min_samples, bool) or not isinstance(min_samples, int) or not 1 <= min_samples <= max_samples:
             raise ValueError(f"min_samples must be an int in 1..max_samples ({max_samples}), got {min_samples!r}")
+        if isinstance(refit_every, bool) or not isinstance(refit_every, int) or refit_every < 1:
+            raise ValueError(f"refit_every must be an int >= 1, got {refit_every!r}")
         self.min_samples = min_samples
+        self.refit_every = refit_every
         self._samples: deque[tuple[int, int, float]] = deque(maxlen=max_samples)
-        self._coef: np.ndarray | None = None
+        self._coef: tuple[float, float, float, float] | None = None
+        self._fitted_cells: set[tuple[int, int]] = set()
+        self._added_since_fit = 0
 
     def __len__(self) -> int:
         return len(self._samples)
@@ -43,16 +49,18 @@ class StepOverheadModel:
     def add(self, batch: int, k: int, residual_seconds: float) -> None:
         """One real step: measured seconds minus the probe's seconds for the same (batch, k)."""
         self._samples.append((int(batch), int(k), float(residual_seconds)))
-        self._coef = None
+        self._added_since_fit += 1
+        if (int(batch), int(k)) not in self._fitted_cells or self._added_since_fit >= self.refit_every:
+            self._coef = None
 
     @property
     def coefficients(self) -> tuple[float, float, float, float]:
         """(a, b, s, c): seconds per step, per request, per request when speculating, per drafted token
         (0s before enough samples)."""
         coef = self._fit()
-        return (0.0, 0.0, 0.0, 0.0) if coef is None else tuple(float(x) for x in coef)
+        return (0.0, 0.0, 0.0, 0.0) if coef is None else coef
 
-    def _fit(self) -> np.ndarray | None:
+    def _fit(self) -> tuple[float, float, float, float] | None:
         if len(self._samples) < self.min_samples:
             return None
         if self._coef is None:
@@ -61,7 +69,10 @@ class StepOverheadModel:
                 cells.setdefault((batch, k), []).append(residual)
             keys = np.asarray(list(cells), dtype=np.float64)  # (cells, 2): batch, k
             medians = np.asarray([median(v) for v in cells.values()], dtype=np.float64)  # (cells,)
-            self._coef = np.linalg.lstsq(_features(keys[:, 0], keys[:, 1]), medians, rcond=None)[0]
+            coef = np.linalg.lstsq(_features(keys[:, 0], keys[:, 1]), medians, rcond=None)[0]
+            self._coef = tuple(float(x) for x in coef)
+            self._fitted_cells = set(cells)
+            self._added_since_fit = 0
         return self._coef
 
     def predict(self, batch: int, k: int) -> float:
@@ -69,7 +80,8 @@ class StepOverheadModel:
         coef = self._fit()
         if coef is None:
             return 0.0
-        return max(0.0, float(_features(np.array([batch], float), np.array([k], float))[0] @ coef))
+        a, b, spec, c = coef
+        return max(0.0, a + b * batch + spec * batch * (k > 0) + c * batch * k)
 
 
 def _features(batch: np.ndarray, k: np.ndarray) -> np.ndarray:

@@ -24,6 +24,7 @@ import torch.nn.functional as F
 pytest.importorskip("triton")
 
 from dynaspec.models import fused_ops  # noqa: E402
+from dynaspec.models.attention import write_kv_cache  # noqa: E402
 from dynaspec.models.llama import FusedProjections, RMSNorm, apply_rope  # noqa: E402
 from dynaspec.models.loader import random_model  # noqa: E402
 from dynaspec.models.presets import get_preset_config, num_parameters  # noqa: E402
@@ -99,8 +100,19 @@ def run_case(case: dict, device: str) -> dict:
             norms = tuple((1 + 0.1 * torch.randn(d, generator=gen)).to(dtype).to(device) for _ in range(2))
         ref_q, ref_k = ref_rope(q.clone(), k.clone(), cos, sin, norms)
         v_before = qkv[:, (h + hkv) * d:].clone()
-        fused_ops.rope_qk_(q, k, cos, sin, norms, 1e-6)
+        kv_write = None
+        if case.get("kv_write"):  # also store k, v in a paged cache at shuffled slots
+            cache = torch.randn(2, 3, 4, hkv, d, generator=gen).to(dtype).to(device)  # (2, NB, BS, Hkv, D)
+            ref_cache = cache.clone()
+            slots = torch.randperm(12, generator=gen)[:t].to(device)
+            v = qkv[:, (h + hkv) * d:].view(t, hkv, d)
+            write_kv_cache(ref_k, v, ref_cache, slots)
+            assert fused_ops.kv_write_supported(q, v, cache, slots)
+            kv_write = (v, cache, slots)
+        fused_ops.rope_qk_(q, k, cos, sin, norms, 1e-6, kv_write)
         diff = max(max_diff(q, ref_q), max_diff(k, ref_k), max_diff(qkv[:, (h + hkv) * d:], v_before))
+        if kv_write is not None:
+            diff = max(diff, max_diff(kv_write[1], ref_cache))
         return {"diff": diff, "scale": ref_q.abs().max().item(), "dtype_ok": q.dtype == dtype}
     t, n = case["shape"]
     x = torch.randn(t, 2 * n, generator=gen).mul(3).to(dtype).to(device)
@@ -117,6 +129,8 @@ INTERPRETER_CASES = [
     dict(op="rope", shape=(3, 6, 2, 24), norm=True, dtype="float32", seed=4),  # half of D not a power of two
     dict(op="rope", shape=(4, 4, 1, 32), norm=True, dtype="float16", seed=5),
     dict(op="rope", shape=(2, 3, 3, 8), norm=False, dtype="float16", seed=6),
+    dict(op="rope", shape=(5, 4, 2, 16), norm=False, kv_write=True, dtype="float32", seed=9),
+    dict(op="rope", shape=(3, 6, 2, 24), norm=True, kv_write=True, dtype="float16", seed=10),
     dict(op="silu", shape=(3, 1500), dtype="float32", seed=7),  # two column blocks, the second partial
     dict(op="silu", shape=(2, 80), dtype="float16", seed=8),
 ]
@@ -237,6 +251,8 @@ CUDA_CASES = [
     dict(op="rope", shape=(1, 32, 8, 128), norm=False, dtype="bfloat16", seed=34),
     dict(op="rope", shape=(65, 32, 8, 128), norm=True, dtype="bfloat16", seed=35),
     dict(op="rope", shape=(9, 14, 2, 64), norm=False, dtype="float32", seed=36),
+    dict(op="rope", shape=(1, 32, 8, 128), norm=False, kv_write=True, dtype="bfloat16", seed=43),
+    dict(op="rope", shape=(10, 16, 8, 128), norm=True, kv_write=True, dtype="bfloat16", seed=44),
     dict(op="silu", shape=(1, 14336), dtype="bfloat16", seed=37),
     dict(op="silu", shape=(64, 4864), dtype="bfloat16", seed=38),
     dict(op="silu", shape=(5, 1000), dtype="float32", seed=39),

@@ -33,16 +33,19 @@ def paged_attention(
     meta: AttentionMetadata,
     scale: float,
     sliding_window: int | None = None,
+    kv_written: bool = False,
 ) -> torch.Tensor:
     """Write the new K/V into the paged cache, then attend causally over each sequence's context.
 
     q: (T, H, D) queries of the new tokens (RoPE applied); k, v: (T, Hkv, D) their keys / values;
     kv_cache: (2, num_blocks, block_size, Hkv, D); scale: softmax scale (usually D ** -0.5);
     sliding_window: if set, a query at position p sees only keys at positions > p - sliding_window
-    (HF Mistral / Qwen2 semantics). Returns (T, H, D) in q's dtype.
+    (HF Mistral / Qwen2 semantics); kv_written: the caller already stored k, v at meta.slot_mapping
+    (fused_ops.rope_qk_ with kv_write). Returns (T, H, D) in q's dtype.
     """
     _check_inputs(q, k, v, kv_cache, meta, sliding_window)
-    write_kv_cache(k, v, kv_cache, meta.slot_mapping)
+    if not kv_written:
+        write_kv_cache(k, v, kv_cache, meta.slot_mapping)
     if q.is_cuda and 1 <= meta.max_query_len <= 8:
         # Decode / verify steps: the fused Triton kernel reads K/V straight from the paged cache
         # (imported here: Triton is only needed on CUDA). Prefill stays on the reference path.

@@ -3,7 +3,9 @@
 - `rms_norm`: RMSNorm (Zhang & Sennrich 2019), optionally fused with the residual add before it
   (the "fused_add_rms_norm" of vLLM / TensorRT-LLM): one kernel instead of ~6 elementwise ones.
 - `rope_qk_`: rotary position embedding (Su et al. 2021, arXiv 2104.09864) of q and k in place, in one
-  launch, optionally preceded by Qwen3's per-head q/k RMSNorm.
+  launch, optionally preceded by Qwen3's per-head q/k RMSNorm, and optionally also storing the rotated k
+  and v into the paged KV cache at their slots (vLLM's `reshape_and_cache` folded into the RoPE launch):
+  two fewer launches per layer, which is what a batch-1 decode step of a small model is made of.
 - `silu_and_mul`: SwiGLU's act(gate) * up (Shazeer 2020) on the fused gate/up projection output.
 
 Numerics follow HF transformers' eager modules op by op, including their roundings to the activation
@@ -53,40 +55,58 @@ def _rms_norm_kernel(
 
 @triton.jit
 def _rope_qk_kernel(
-    q_ptr, k_ptr, cos_ptr, sin_ptr, qw_ptr, kw_ptr,
-    stride_qt, stride_qh, stride_kt, stride_kh, stride_ct, stride_st,
-    num_q_heads, eps,
-    HEAD_DIM: tl.constexpr, HALF_BLOCK: tl.constexpr, HAS_NORM: tl.constexpr,
+    q_ptr, k_ptr, cos_ptr, sin_ptr, qw_ptr, kw_ptr, v_ptr, slot_ptr, k_cache_ptr, v_cache_ptr,
+    stride_qt, stride_qh, stride_kt, stride_kh, stride_ct, stride_st, stride_vt, stride_vh,
+    stride_cache_slot, stride_cache_head,
+    num_q_heads, num_kv_heads, eps,
+    HEAD_DIM: tl.constexpr, HALF_BLOCK: tl.constexpr, HAS_NORM: tl.constexpr, WRITE_KV: tl.constexpr,
 ):
+    # Program (t, h): h < H rotates q head h; H <= h < H + Hkv rotates k head h - H (and, with WRITE_KV,
+    # stores it at slot[t] of the K cache); h >= H + Hkv (WRITE_KV only) copies v head h - H - Hkv to the
+    # V cache.
     t = tl.program_id(0).to(tl.int64)
     h = tl.program_id(1)
-    is_q = h < num_q_heads
     half: tl.constexpr = HEAD_DIM // 2
     d = tl.arange(0, HALF_BLOCK)
     mask = d < half
-    q_base = q_ptr + t * stride_qt + h.to(tl.int64) * stride_qh
-    k_base = k_ptr + t * stride_kt + (h - num_q_heads).to(tl.int64) * stride_kh
-    base = tl.where(is_q, q_base, k_base)
     dtype = q_ptr.dtype.element_ty
-    x1 = tl.load(base + d, mask=mask, other=0.0).to(tl.float32)
-    x2 = tl.load(base + half + d, mask=mask, other=0.0).to(tl.float32)
-    if HAS_NORM:  # Qwen3: per-head RMSNorm before RoPE
-        var = (tl.sum(x1 * x1, axis=0) + tl.sum(x2 * x2, axis=0)) / HEAD_DIM
-        inv = tl.rsqrt(var + eps)
-        w1 = tl.where(is_q, tl.load(qw_ptr + d, mask=mask, other=0.0), tl.load(kw_ptr + d, mask=mask, other=0.0))
-        w2 = tl.where(is_q, tl.load(qw_ptr + half + d, mask=mask, other=0.0),
-                      tl.load(kw_ptr + half + d, mask=mask, other=0.0))
-        x1 = (w1.to(tl.float32) * (x1 * inv).to(dtype).to(tl.float32)).to(dtype).to(tl.float32)
-        x2 = (w2.to(tl.float32) * (x2 * inv).to(dtype).to(tl.float32)).to(dtype).to(tl.float32)
-    c1 = tl.load(cos_ptr + t * stride_ct + d, mask=mask, other=0.0).to(tl.float32)
-    c2 = tl.load(cos_ptr + t * stride_ct + half + d, mask=mask, other=0.0).to(tl.float32)
-    s1 = tl.load(sin_ptr + t * stride_st + d, mask=mask, other=0.0).to(tl.float32)
-    s2 = tl.load(sin_ptr + t * stride_st + half + d, mask=mask, other=0.0).to(tl.float32)
-    # x * cos + rotate_half(x) * sin with rotate_half(x) = cat(-x2, x1), each product rounded as HF does.
-    o1 = (x1 * c1).to(dtype).to(tl.float32) + (-x2 * s1).to(dtype).to(tl.float32)
-    o2 = (x2 * c2).to(dtype).to(tl.float32) + (x1 * s2).to(dtype).to(tl.float32)
-    tl.store(base + d, o1.to(dtype), mask=mask)
-    tl.store(base + half + d, o2.to(dtype), mask=mask)
+    if h < num_q_heads + num_kv_heads:
+        is_q = h < num_q_heads
+        q_base = q_ptr + t * stride_qt + h.to(tl.int64) * stride_qh
+        k_base = k_ptr + t * stride_kt + (h - num_q_heads).to(tl.int64) * stride_kh
+        base = tl.where(is_q, q_base, k_base)
+        x1 = tl.load(base + d, mask=mask, other=0.0).to(tl.float32)
+        x2 = tl.load(base + half + d, mask=mask, other=0.0).to(tl.float32)
+        if HAS_NORM:  # Qwen3: per-head RMSNorm before RoPE
+            var = (tl.sum(x1 * x1, axis=0) + tl.sum(x2 * x2, axis=0)) / HEAD_DIM
+            inv = tl.rsqrt(var + eps)
+            w1 = tl.where(is_q, tl.load(qw_ptr + d, mask=mask, other=0.0), tl.load(kw_ptr + d, mask=mask, other=0.0))
+            w2 = tl.where(is_q, tl.load(qw_ptr + half + d, mask=mask, other=0.0),
+                          tl.load(kw_ptr + half + d, mask=mask, other=0.0))
+            x1 = (w1.to(tl.float32) * (x1 * inv).to(dtype).to(tl.float32)).to(dtype).to(tl.float32)
+            x2 = (w2.to(tl.float32) * (x2 * inv).to(dtype).to(tl.float32)).to(dtype).to(tl.float32)
+        c1 = tl.load(cos_ptr + t * stride_ct + d, mask=mask, other=0.0).to(tl.float32)
+        c2 = tl.load(cos_ptr + t * stride_ct + half + d, mask=mask, other=0.0).to(tl.float32)
+        s1 = tl.load(sin_ptr + t * stride_st + d, mask=mask, other=0.0).to(tl.float32)
+        s2 = tl.load(sin_ptr + t * stride_st + half + d, mask=mask, other=0.0).to(tl.float32)
+        # x * cos + rotate_half(x) * sin with rotate_half(x) = cat(-x2, x1), each product rounded as HF does.
+        o1 = ((x1 * c1).to(dtype).to(tl.float32) + (-x2 * s1).to(dtype).to(tl.float32)).to(dtype)
+        o2 = ((x2 * c2).to(dtype).to(tl.float32) + (x1 * s2).to(dtype).to(tl.float32)).to(dtype)
+        tl.store(base + d, o1, mask=mask)
+        tl.store(base + half + d, o2, mask=mask)
+        if WRITE_KV:
+            if h >= num_q_heads:
+                slot = tl.load(slot_ptr + t).to(tl.int64)
+                dst = k_cache_ptr + slot * stride_cache_slot + (h - num_q_heads).to(tl.int64) * stride_cache_head
+                tl.store(dst + d, o1, mask=mask)
+                tl.store(dst + half + d, o2, mask=mask)
+    else:
+        hv = (h - num_q_heads - num_kv_heads).to(tl.int64)
+        slot = tl.load(slot_ptr + t).to(tl.int64)
+        src = v_ptr + t * stride_vt + hv * stride_vh
+        dst = v_cache_ptr + slot * stride_cache_slot + hv * stride_cache_head
+        tl.store(dst + d, tl.load(src + d, mask=mask, other=0.0), mask=mask)
+        tl.store(dst + half + d, tl.load(src + half + d, mask=mask, other=0.0), mask=mask)
 
 
 @triton.jit
@@ -162,6 +182,18 @@ def rope_supported(q: torch.Tensor, k: torch.Tensor, cos: torch.Tensor) -> bool:
     )
 
 
+def kv_write_supported(q: torch.Tensor, v: torch.Tensor, kv_cache: torch.Tensor, slot_mapping: torch.Tensor) -> bool:
+    """Whether `rope_qk_` can also store k / v (T, Hkv, D) into kv_cache (2, NB, BS, Hkv, D) at slot_mapping."""
+    return (
+        v.dim() == 3 and v.dtype == q.dtype and v.stride(-1) == 1
+        and kv_cache.dim() == 5 and kv_cache.dtype == q.dtype and kv_cache.is_contiguous()
+        and kv_cache.shape[0] == 2 and tuple(kv_cache.shape[3:]) == tuple(v.shape[1:])
+        and slot_mapping.dim() == 1 and slot_mapping.shape[0] == v.shape[0]
+        and slot_mapping.dtype in (torch.int32, torch.int64) and slot_mapping.is_contiguous()
+        and kv_cache.device == q.device == slot_mapping.device
+    )
+
+
 def rope_qk_(
     q: torch.Tensor,
     k: torch.Tensor,
@@ -169,10 +201,14 @@ def rope_qk_(
     sin: torch.Tensor,
     norm_weights: tuple[torch.Tensor, torch.Tensor] | None = None,
     eps: float = 1e-6,
+    kv_write: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None,
 ) -> None:
     """Rotate q (T, H, D) and k (T, Hkv, D) in place by cos / sin (T, D) (HF layout: halves repeated).
 
     `norm_weights` = (q_norm weight (D,), k_norm weight (D,)) first applies Qwen3's per-head RMSNorm.
+    `kv_write` = (v (T, Hkv, D), kv_cache (2, NB, BS, Hkv, D), slot_mapping (T,)) also stores the rotated
+    k and v at those flat slots of the cache, as attention.write_kv_cache would (check with
+    `kv_write_supported`).
     """
     if not rope_supported(q, k, cos) or sin.shape != cos.shape or sin.stride(-1) != 1:
         raise ValueError(
@@ -187,14 +223,31 @@ def rope_qk_(
             raise ValueError(f"norm weights must be contiguous ({head_dim},); got {tuple(qw.shape)}, {tuple(kw.shape)}")
     else:
         qw = kw = cos  # unused
-    num_tokens, num_heads = q.shape[0], q.shape[1]
+    num_tokens, num_heads, num_kv_heads = q.shape[0], q.shape[1], k.shape[1]
+    if kv_write is not None:
+        v, kv_cache, slots = kv_write
+        if not kv_write_supported(q, v, kv_cache, slots) or v.shape != k.shape:
+            raise ValueError(
+                f"rope_qk_ kv_write needs v shaped like k {tuple(k.shape)} in q's dtype, a contiguous "
+                f"(2, NB, BS, Hkv, D) cache of that dtype and (T,) int slots; got v {tuple(v.shape)} {v.dtype}, "
+                f"cache {tuple(kv_cache.shape)} {kv_cache.dtype}, slots {tuple(slots.shape)} {slots.dtype}"
+            )
+        flat = kv_cache.view(2, -1, num_kv_heads, head_dim)  # (2, NB*BS, Hkv, D)
+        k_cache, v_cache = flat[0], flat[1]
+        v_strides = (v.stride(0), v.stride(1))
+    else:
+        v = slots = k_cache = v_cache = q  # unused
+        v_strides = (0, 0)
     if num_tokens == 0:
         return
-    _rope_qk_kernel[(num_tokens, num_heads + k.shape[1])](
-        q, k, cos, sin, qw, kw,
-        q.stride(0), q.stride(1), k.stride(0), k.stride(1), cos.stride(0), sin.stride(0),
-        num_heads, float(eps),
+    programs = num_heads + num_kv_heads * (2 if kv_write is not None else 1)
+    _rope_qk_kernel[(num_tokens, programs)](
+        q, k, cos, sin, qw, kw, v, slots, k_cache, v_cache,
+        q.stride(0), q.stride(1), k.stride(0), k.stride(1), cos.stride(0), sin.stride(0), *v_strides,
+        num_kv_heads * head_dim, head_dim,
+        num_heads, num_kv_heads, float(eps),
         HEAD_DIM=head_dim, HALF_BLOCK=triton.next_power_of_2(head_dim // 2), HAS_NORM=norm_weights is not None,
+        WRITE_KV=kv_write is not None,
         num_warps=1,
     )
 

@@ -257,31 +257,39 @@ class LlamaAttention(FusedProjections):
         q = q.view(num_tokens, self.num_heads, self.head_dim)  # (T, H, D)
         k = k.view(num_tokens, self.num_kv_heads, self.head_dim)  # (T, Hkv, D)
         v = v.view(num_tokens, self.num_kv_heads, self.head_dim)  # (T, Hkv, D)
-        if not self._fused_rope(q, k, cos, sin):
+        fused, kv_written = self._fused_rope(q, k, v, cos, sin, kv_cache, meta.slot_mapping)
+        if not fused:
             q, k = self.transform_qk(q, k)
             q = apply_rope(q, cos, sin)
             k = apply_rope(k, cos, sin)
-        out = paged_attention(q, k, v, kv_cache, meta, self.scaling, self.sliding_window)  # (T, H, D)
+        out = paged_attention(q, k, v, kv_cache, meta, self.scaling, self.sliding_window, kv_written)  # (T, H, D)
         return self.o_proj(out.reshape(num_tokens, self.num_heads * self.head_dim))
 
-    def _fused_rope(self, q: torch.Tensor, k: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> bool:
-        """On CUDA: (q/k norm and) RoPE of q, k in place by one Triton kernel; False when not applicable."""
+    def _fused_rope(
+        self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
+        kv_cache: torch.Tensor, slot_mapping: torch.Tensor,
+    ) -> tuple[bool, bool]:
+        """On CUDA: (q/k norm and) RoPE of q, k in place by one Triton kernel, which also stores k and v
+        into the paged cache when it can. Returns (rope applied, K/V written); (False, False) elsewhere."""
         if not q.is_cuda:
-            return False
+            return False, False
         from dynaspec.models import fused_ops  # Triton is only needed on CUDA
 
         if not fused_ops.rope_supported(q, k, cos) or cos.dtype != q.dtype or sin.dtype != q.dtype:
-            return False
+            return False, False
+        kv_write = None
+        if fused_ops.kv_write_supported(q, v, kv_cache, slot_mapping):
+            kv_write = (v, kv_cache, slot_mapping)
         norms = self.qk_norms()
         if norms is None:
-            fused_ops.rope_qk_(q, k, cos, sin)
-            return True
+            fused_ops.rope_qk_(q, k, cos, sin, kv_write=kv_write)
+            return True, kv_write is not None
         q_norm, k_norm = norms
         if q_norm.weight.dtype != q.dtype or k_norm.weight.dtype != q.dtype \
                 or q_norm.variance_epsilon != k_norm.variance_epsilon:
-            return False
-        fused_ops.rope_qk_(q, k, cos, sin, (q_norm.weight, k_norm.weight), q_norm.variance_epsilon)
-        return True
+            return False, False
+        fused_ops.rope_qk_(q, k, cos, sin, (q_norm.weight, k_norm.weight), q_norm.variance_epsilon, kv_write)
+        return True, kv_write is not None
 
 
 class LlamaMLP(FusedProjections):

@@ -41,7 +41,7 @@ def build(model: str, batch: int, spec_name: str) -> LLMEngine:
 
 def _sync() -> None:
     if torch.cuda.is_available():
-        _sync()
+        torch.cuda.synchronize()
 
 
 def run(engine: LLMEngine, batch: int, gen_len: int, rng: random.Random, profiler: cProfile.Profile | None):

@@ -1,6 +1,6 @@
 """Where a speculative step's host time goes: cProfile of `LLMEngine.step` for one config (issue 6).
 
-Usage: python scripts/gpu_host_profile.py MODEL BATCH SPEC [SPEC ...]
+Usage: python scripts/gpu_host_profile.py MODEL BATCH[,BATCH...] SPEC [SPEC ...]
   SPEC: `static:K` (draft_len_schedule {1: K}) or `goodput` (draft_len_policy goodput, code-edit profile).
 n-gram drafter, max_draft_len 4, acceptance replayed from the code-edit profile, prompts of 128 random ids,
 64 generated tokens after a 16-token warm-up batch. Prints ms per decode step and the 25 functions with
@@ -51,28 +51,31 @@ def run(engine: LLMEngine, batch: int, gen_len: int, rng: random.Random, profile
     while any(r.num_computed_tokens < len(r.prompt_token_ids) for r in engine.scheduler.running) or engine.scheduler.waiting:
         engine.step()
     _sync()
-    steps, started = 0, time.perf_counter()
+    steps, started, ks = 0, time.perf_counter(), {}
     if profiler:
         profiler.enable()
     while engine.has_unfinished_requests():
         engine.step()
         _sync()
         steps += 1
+        k = engine.get_stats()["last_step"].get("k")
+        ks[k] = ks.get(k, 0) + 1
     if profiler:
         profiler.disable()
-    return (time.perf_counter() - started) / max(steps, 1) * 1e3, steps
+    return (time.perf_counter() - started) / max(steps, 1) * 1e3, ks
 
 
 def main(argv: list[str]) -> int:
-    model, batch, specs = argv[0], int(argv[1]), argv[2:]
-    for spec_name in specs:
+    model, batches, specs = argv[0], [int(b) for b in argv[1].split(",")], argv[2:]
+    for batch, spec_name in [(b, s) for b in batches for s in specs]:
         engine = build(model, batch, spec_name)
         rng = random.Random(0)
         run(engine, batch, 16, rng, None)
-        ms, steps = run(engine, batch, 64, rng, None)
+        runs = [run(engine, batch, 64, rng, None) for _ in range(3)]
         profiler = cProfile.Profile()
         ms_prof, _ = run(engine, batch, 64, rng, profiler)
-        print(f"=== {spec_name} batch {batch}: {ms:.2f} ms/step over {steps} steps ({ms_prof:.2f} under cProfile)")
+        timings = "; ".join(f"{ms:.2f} ms/step (k: {ks})" for ms, ks in runs)
+        print(f"=== {spec_name} batch {batch}: {timings}; {ms_prof:.2f} under cProfile")
         pstats.Stats(profiler).sort_stats("tottime").print_stats(25)
         del engine
     return 0

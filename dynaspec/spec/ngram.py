@@ -16,6 +16,11 @@ Options (NGramDecodingConfig):
 A continuation cut short by the end of the sequence is extended in place (it keeps its age) as tokens
 arrive: each update re-indexes only the last max_draft_len - 1 old positions plus the new ones, so the
 work per step is O(new tokens). A continuation that is a prefix of a stored one adds nothing.
+
+Each update goes through one NGramPool.index call per request, which leaves the pool exactly as the
+per-pattern inserts of the manager would (LRU order and evictions included; tests/test_ngram_equivalence.py
+checks proposals and pools against the previous, insert-per-pattern implementation), with the common
+cases inlined and no list per pattern.
 """
 
 from __future__ import annotations
@@ -35,14 +40,18 @@ Continuation = tuple[int, ...]
 
 
 class NGramPool:
-    """pattern -> continuations, with LRU eviction of whole patterns past `max_entries` continuations."""
+    """pattern -> continuations, with LRU eviction of whole patterns past `max_entries` continuations.
+
+    Storage, invisible through the methods: a pattern with one continuation maps to that tuple (which
+    the garbage collector stops tracking), one with several to a list of them, oldest first.
+    """
 
     def __init__(self, *, keep_all: bool, use_oldest: bool, max_entries: int, max_per_key: int) -> None:
         self.keep_all = keep_all
         self.use_oldest = use_oldest
         self.max_entries = max_entries
         self.max_per_key = max_per_key if keep_all else 1
-        self._map: OrderedDict[Pattern, list[Continuation]] = OrderedDict()
+        self._map: OrderedDict[Pattern, Continuation | list[Continuation]] = OrderedDict()
         self.num_entries = 0
 
     def __len__(self) -> int:
@@ -53,53 +62,131 @@ class NGramPool:
 
     def continuations(self, pattern: Pattern) -> list[Continuation]:
         """Stored continuations of `pattern`, oldest first (a copy; does not count as a use)."""
-        return list(self._map.get(pattern, ()))
+        conts = self._map.get(pattern)
+        if conts is None:
+            return []
+        return [conts] if type(conts) is tuple else list(conts)
 
     def lookup(self, pattern: Pattern) -> Continuation | None:
         conts = self._map.get(pattern)
-        if not conts:
+        if conts is None:
             return None
         self._map.move_to_end(pattern)
+        if type(conts) is tuple:
+            return conts
         return conts[0] if self.use_oldest else conts[-1]
 
     def insert(self, pattern: Pattern, cont: Continuation) -> None:
+        """Record that `cont` followed `pattern`; the pattern becomes the most recently used."""
+        cont = tuple(cont)
         conts = self._map.get(pattern)
         if conts is None:
-            self._map[pattern] = [cont]
+            self._map[pattern] = cont
             self.num_entries += 1
-            self._evict()
-            return
-        self._map.move_to_end(pattern)
-        n = len(cont)
+        else:
+            self._map.move_to_end(pattern)
+            if type(conts) is tuple:
+                merged = self._merge_one(conts, cont)
+                if merged is not conts:
+                    self._map[pattern] = merged
+            elif cont:  # (an empty continuation is a prefix of any: already known)
+                self._merge_list(conts, cont)
+        self._evict()
+
+    def index(self, tokens: Continuation, first: int, cut: int, max_draft_len: int, max_ngram: int) -> None:
+        """insert(tokens[e-n:e], tokens[e:e+max_draft_len]) for e in first..len(tokens)-1 and, for each e,
+        n = 1..min(max_ngram, e), in that order: the same pool as those insert calls, with less work.
+
+        `cut`: positions e < cut were indexed before, with the continuation tokens[e:cut] (cut short by
+        the then end of the sequence); a pattern holding just that one gets it extended directly.
+        Patterns are tuple slices, and a pattern met again costs a dict look-up, a move_to_end and,
+        for a single stored continuation, a comparison or two; no per-insert call or list.
+        """
+        table, keep_all = self._map, self.keep_all
+        add, to_end, evict = table.setdefault, table.move_to_end, table.popitem
+        merge_one, merge_list = self._merge_one, self._merge_list
+        limit, count = self.max_entries, self.num_entries
+        newest = not self.use_oldest
+        lengths = range(1, max_ngram + 1)
+        for e in range(first, len(tokens)):
+            cont = tokens[e : e + max_draft_len]
+            stale = tokens[e:cut] if cut - max_draft_len < e < cut else None  # a proper prefix of cont
+            for n in lengths if e >= max_ngram else range(1, e + 1):
+                pattern = tokens[e - n : e]
+                conts = add(pattern, cont)
+                if conts is cont:  # a new pattern
+                    count += 1
+                    while count > limit:  # evict the least recently used patterns
+                        conts = evict(last=False)[1]
+                        count -= 1 if type(conts) is tuple else len(conts)
+                    continue
+                to_end(pattern)
+                self.num_entries = count
+                if type(conts) is not tuple:
+                    merge_list(conts, cont)
+                elif conts == cont:
+                    continue
+                elif not keep_all:  # keep the longer; equal lengths: the newer unless is_use_oldest
+                    if len(cont) > len(conts) or (newest and len(cont) == len(conts)):
+                        table[pattern] = cont
+                    continue
+                elif conts == stale:  # ours, cut short: extend it
+                    table[pattern] = cont
+                    continue
+                else:
+                    merged = merge_one(conts, cont)
+                    if merged is not conts:
+                        table[pattern] = merged
+                if self.num_entries > limit:
+                    self._evict()
+                count = self.num_entries
+        self.num_entries = count
+
+    def _merge_one(self, old: Continuation, cont: Continuation) -> Continuation | list[Continuation]:
+        """The value of a pattern holding the single continuation `old` once `cont` followed it again."""
+        m, n = len(old), len(cont)
+        if m >= n:
+            if old[:n] == cont:  # equal, or a prefix of it: already known
+                return old
+        elif cont[:m] == old:  # extends a continuation that was cut short: keep its age
+            return cont
+        if not self.keep_all:  # keep the longer; equal lengths: the newer unless is_use_oldest
+            return cont if n > m or (n == m and not self.use_oldest) else old
+        if self.max_per_key == 1:  # full: see _place
+            return old if self.use_oldest else cont
+        self.num_entries += 1
+        return [old, cont]
+
+    def _merge_list(self, conts: list[Continuation], cont: Continuation) -> None:
+        """Add the non-empty `cont` to a pattern's list of continuations, in place: the first stored
+        one it relates to decides (equal or a prefix of it: nothing; extends it: replaces it), else
+        _place. Only continuations starting with the same token can relate, which skips the rest."""
+        first, n = cont[0], len(cont)
         for i, old in enumerate(conts):
-            m = len(old)
-            if m == n:
-                if old == cont:  # already known
+            if old[0] == first:
+                m = len(old)
+                if m >= n:
+                    if old[:n] == cont:  # equal, or a prefix of it: already known
+                        return
+                elif cont[:m] == old:  # extends a continuation that was cut short: keep its age
+                    conts[i] = cont
                     return
-            elif m > n:
-                if old[:n] == cont:  # a prefix of a stored continuation: already known
-                    return
-            elif cont[:m] == old:  # extends a continuation that was cut short: keep its age
-                conts[i] = cont
-                return
-        if not self.keep_all:
-            old = conts[0]
-            if n > len(old) or (n == len(old) and not self.use_oldest):
-                conts[0] = cont
-            return
+        self._place(conts, cont)
+
+    def _place(self, conts: list[Continuation], cont: Continuation) -> None:
+        """Append a continuation unrelated to the stored ones, within max_per_key."""
         if len(conts) < self.max_per_key:
             conts.append(cont)
             self.num_entries += 1
-            self._evict()
         elif not self.use_oldest:  # full: drop the oldest, which newest-first lookup never proposes
-            conts.pop(0)
+            del conts[0]
             conts.append(cont)
         # full and oldest-first: the new continuation would never be proposed; drop it.
 
     def _evict(self) -> None:
         while self.num_entries > self.max_entries:
             _, conts = self._map.popitem(last=False)
-            self.num_entries -= len(conts)
+            self.num_entries -= 1 if type(conts) is tuple else len(conts)
 
 
 def _tokens_from(request: Request, start: int) -> list[int]:
@@ -156,17 +243,12 @@ class NGramDrafter:
             seen = 0
         if seen == total:
             return
-        draft, ngram = self.max_draft_len, self.max_ngram
         # Patterns end at e (pattern = tokens[e-n:e], continuation = tokens[e:e+draft]); those indexed
         # before with a continuation cut at `seen` start at seen - draft + 1.
-        first_end = max(1, seen - draft + 1)
-        base = max(0, first_end - ngram)
+        first_end = max(1, seen - self.max_draft_len + 1)
+        base = max(0, first_end - self.max_ngram)
         toks = tuple(_tokens_from(request, base))
-        insert = self.pool(rid).insert
-        for end in range(first_end - base, total - base):
-            cont = toks[end : end + draft]
-            for n in range(1, min(ngram, end + base) + 1):
-                insert(toks[end - n : end], cont)
+        self.pool(rid).index(toks, first_end - base, seen - base, self.max_draft_len, self.max_ngram)
         self._seen[rid] = total
 
     def propose(self, requests: list[Request], k: int) -> DraftProposal:

@@ -236,6 +236,46 @@ def test_goodput_planner_follows_the_cost_table(ckpts, tmp_path):
     assert max(costly, key=costly.get) == "0"
 
 
+def test_first_speculative_step_after_plain_ones_is_not_a_step_time_sample(ckpts, tmp_path):
+    """The goodput planner learns T(batch, k) from real decode steps, except a k > 0 step right after k = 0
+    ones (or the engine's first), which pays the drafter's catch-up on every token committed meanwhile."""
+    import json
+
+    profile = tmp_path / "half.json"
+    profile.write_text(json.dumps({"acceptance_per_position": [0.5, 0.5, 0.5, 0.5]}))
+    spec = _spec("ngram", 4, ckpts, draft_len_policy="goodput", replay_acceptance_profile=str(profile),
+                 acceptance_profile=str(profile), goodput_hysteresis=1e9)
+    engine = LLM(model=ckpts["target"], block_size=4, speculative_config=spec).engine
+    planner = engine.policy
+    planner.explore_every = 3  # hold k = 0 (hysteresis) except every 3rd decision: k resumes often
+    planner._current = {b: 0 for b in planner._buckets}
+    reported: list[int] = []
+    observe = planner.observe_step_time
+
+    def spy(batch: int, k: int, seconds: float) -> None:
+        reported.append(k)
+        observe(batch, k, seconds)
+
+    planner.observe_step_time = spy
+    for i, prompt in enumerate(_prompts(2)):
+        engine.add_request(f"r{i}", prompt, SamplingParams(temperature=0, max_tokens=30, ignore_eos=True))
+    engine.step()  # both prompts prefill in this one step: every later step decodes only
+    assert reported == [] and not engine.scheduler.waiting
+    previous, resumed, plain = 0, 0, 0
+    while engine.has_unfinished_requests():
+        before = len(reported)
+        engine.step()
+        k = engine.get_stats()["last_step"]["k"]
+        if k > 0 and previous == 0:
+            assert len(reported) == before, "a resumed speculative step was reported"
+            resumed += 1
+        else:
+            assert reported[before:] == [k]
+            plain += k == 0
+        previous = k
+    assert resumed >= 3 and plain >= 3
+
+
 def test_goodput_and_schedule_are_exclusive():
     with pytest.raises(ValueError, match="goodput"):
         NGramDecodingConfig(max_draft_len=4, draft_len_policy="goodput", draft_len_schedule={1: 4, 8: 0})

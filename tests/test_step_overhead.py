@@ -104,3 +104,18 @@ def test_observed_cells_use_their_median():
     for seconds in (0.020, 0.021, 0.019, 0.050):  # one slow outlier
         planner.observe_step_time(8, 2, seconds)
     assert planner.step_seconds(8, 2) == pytest.approx(0.0205)
+
+
+def test_a_slow_first_step_is_believed_at_once_and_k0_gets_no_overhead_term():
+    planner = GoodputPlanner(_probe(), AcceptanceEstimator(4, profile=[0.5] * 4), KS, hysteresis=0.0, explore_every=None)
+    for batch in (8, 64):
+        for k in (2, 4):
+            for _ in range(MIN_OBSERVED_STEPS):
+                planner.observe_step_time(batch, k, _real_seconds(batch, k))
+    assert planner.overhead.predict(256, 0) > 0  # the fit alone cannot separate per-request costs...
+    assert planner.step_seconds(256, 0) == pytest.approx(0.010)  # ...but plain steps overlap theirs
+    prior = planner.step_seconds(256, 1)
+    planner.observe_step_time(256, 1, 3 * prior)  # one step, much slower than predicted: believed
+    assert planner.step_seconds(256, 1) == pytest.approx(3 * prior)
+    planner.observe_step_time(256, 3, 0.5 * planner.step_seconds(256, 3))  # faster: the prior stands
+    assert planner.step_seconds(256, 3) > planner.observed.measured(256, 3)

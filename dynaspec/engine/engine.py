@@ -126,6 +126,7 @@ class LLMEngine:
         self.vocab_size = int(self.loaded.model.vocab_size)
         self.num_steps = 0
         self._inflight: InflightStep | None = None  # overlapped decode step awaiting its commit
+        self._previous_draft_len = 0  # k of the last decode step (0 before any)
 
     def graph_pairs(self) -> list[tuple[int, int]]:
         """The (batch bucket, k) pairs the policy can reach, for CUDA graph capture."""
@@ -264,6 +265,7 @@ class LLMEngine:
         if sched.is_empty:
             return []
         if self.config.async_scheduling and can_overlap(sched) and self.runner.can_replay(len(sched.decodes), 0):
+            self._previous_draft_len = 0
             self._inflight = self._launch_overlapped(sched, None)
             return []  # its tokens are committed by the next call
         started = time.perf_counter()
@@ -277,8 +279,13 @@ class LLMEngine:
             logits = self.runner.forward(seqs, logit_rows)  # (N, vocab)
         committed = self._accept(sched, drafts, draft_probs, logits, row_owner)
         outputs = self._commit(sched, drafts, committed)
-        if self.policy is not None and not sched.prefills:  # the step synchronised in _accept
+        # The first speculative step after plain ones pays the drafter's catch-up on every token committed
+        # meanwhile: a cost of switching k, not a sample of T(batch, k) (the step synchronised in _accept).
+        resumed = sched.draft_len > 0 and self._previous_draft_len == 0
+        if self.policy is not None and not sched.prefills and not resumed:
             self.policy.observe_step_time(len(sched.decodes), sched.draft_len, time.perf_counter() - started)
+        if sched.decodes:
+            self._previous_draft_len = sched.draft_len
         return outputs
 
     def _launch_overlapped(self, sched: SchedulerOutput, previous_ids: torch.Tensor | None) -> InflightStep:

@@ -20,9 +20,11 @@ Rules, in order:
   previous k is kept unless the best k's predicted goodput exceeds the previous k's by more than
   `hysteresis` (relative), so noise in the acceptance estimate does not flap k;
 * step time: T(batch, k) starts as the probed cost (graph replays, or a tune file). Real decode steps
-  refine it: once a (batch bucket, k) cell has `min_observed_steps` real steps, their median is used;
-  every real step also feeds a host-overhead model (spec/step_overhead.py: residual = a + b * batch +
-  c * batch * k) that corrects the probed cost of cells not run yet;
+  refine it: once a (batch bucket, k) cell has MIN_OBSERVED_STEPS real steps, their median is used
+  (before that, the slower of the prior and their median); every real step also feeds a host-overhead
+  model (spec/step_overhead.py) that corrects the probed cost of speculative cells not run yet (see
+  step_seconds). The engine does not report the first speculative step after plain ones: it pays the
+  drafter's catch-up on every token committed meanwhile, a cost of switching, not of the cell;
 * exploration: an estimate only learns about positions that are drafted, so every `explore_every`-th
   decision whose k is below the largest candidate uses the next larger candidate instead (from k = 0 that
   is the smallest k > 0). Without it a planner that settled on k = 0 would never see acceptance rise again.
@@ -132,12 +134,21 @@ class GoodputPlanner:
         return {k: (expected[k] + 1.0) * batch / self.step_seconds(batch, k) for k in self.candidate_ks}
 
     def step_seconds(self, batch: int, k: int) -> float:
-        """Predicted seconds of a real step: the observed median of its cell once it has enough real
-        steps, else the probed cost plus the learned host overhead."""
-        observed = self.observed.samples(self.bucket(batch), k)
+        """Predicted seconds of a real step at (batch, k).
+
+        A cell with MIN_OBSERVED_STEPS real steps: their median. Fewer: the prior (the probed cost, plus
+        the learned host overhead when k > 0), or the median of its first steps when that is slower, so
+        a k that proved slow is not repeated MIN_OBSERVED_STEPS times at a new batch size. k = 0 gets no
+        overhead term: plain decode steps overlap their host work with the GPU (engine/overlap.py), and
+        a fit made mostly of speculative steps cannot tell per-request work of every step from that of
+        speculative steps, so it would price k = 0 too high.
+        """
+        bucket = self.bucket(batch)
+        observed = self.observed.samples(bucket, k)
         if len(observed) >= MIN_OBSERVED_STEPS:
-            return self.observed.measured(self.bucket(batch), k)
-        return self.cost_model.cost(batch, k) + self.overhead.predict(batch, k)
+            return self.observed.measured(bucket, k)
+        prior = self.cost_model.cost(batch, k) + (self.overhead.predict(batch, k) if k > 0 else 0.0)
+        return max(prior, self.observed.measured(bucket, k)) if observed else prior
 
     def explain(self, batch: int, request_ids: Sequence[Hashable] | None = None) -> list[dict[str, float]]:
         """Per candidate k: expected accepted, step seconds and predicted goodput (rows for logs / plots)."""

@@ -31,7 +31,9 @@ Rules, in order:
   It explores only where it could pay: when the larger k would beat the k in force even if every draft
   were accepted ((k + 1) * batch / T(batch, k)). Where a speculative step costs more than that bound
   allows (large batches, whose host and compute cost per drafted token the step times have shown), no
-  acceptance could make it win, so trying it would only cost time. None turns exploration off.
+  acceptance could make it win, so trying it would only cost time. An exploration runs two steps: the
+  first pays the drafter's catch-up and is no step-time sample (see above), the second is one.
+  None turns exploration off.
 """
 
 from __future__ import annotations
@@ -115,6 +117,7 @@ class GoodputPlanner:
         self._buckets = cost_model.batch_sizes
         self._current: dict[int, int] = {}  # batch bucket -> k in force
         self._below_max_decisions = 0
+        self._explore_again: int | None = None  # k of an exploration's second step, due next
         self.last_decision: dict[str, Any] = {}
 
     @property
@@ -208,7 +211,11 @@ class GoodputPlanner:
             reason = "argmax" if current == best else "hysteresis"
         self._current[bucket] = current
         chosen = current
-        if chosen < self.candidate_ks[-1] and self.explore_every is not None:
+        if self._explore_again is not None:  # the second step of an exploration
+            if self._explore_again > chosen:
+                chosen, reason = self._explore_again, "explore"
+            self._explore_again = None
+        elif chosen < self.candidate_ks[-1] and self.explore_every is not None:
             self._below_max_decisions += 1
             if self._below_max_decisions >= self.explore_every:
                 self._below_max_decisions = 0
@@ -216,6 +223,7 @@ class GoodputPlanner:
                 if self.could_pay(num_decoding, larger, goodput[chosen]):
                     chosen = larger
                     reason = "explore"
+                    self._explore_again = larger
         self.last_decision = {
             "batch": num_decoding,
             "k": chosen,

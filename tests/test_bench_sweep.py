@@ -29,6 +29,7 @@ POINT_FIELDS = {
     "k_histogram", "prefill_time_s", "num_preemptions",
     # workload mode only (None here, with random prompts)
     "output_token_ids", "same_tokens_as_no_spec", "requests_same_as_no_spec", "first_divergence",
+    "planner_decisions",  # goodput line only
 }
 METADATA_FIELDS = {
     "model", "model_name", "is_random", "drafter", "draft_model", "acceptance_replay", "replay_profile", "device",
@@ -60,6 +61,7 @@ def test_sweep_measures_every_line_and_batch(sweep_result):
     for (line, batch), p in points.items():
         assert set(p) == POINT_FIELDS
         assert p["output_token_ids"] is None and p["same_tokens_as_no_spec"] is None
+        assert p["planner_decisions"] is None
         assert p["decode_tokens_per_s"] > 0 and p["mean_step_time_s"] > 0
         # The decode phase starts after every request has its first token: the rest of gen_len is decoded.
         assert p["decode_tokens"] == batch * (GEN_LEN - 1)
@@ -153,6 +155,22 @@ def test_replayed_sweep_is_labelled(tiny_dir, tmp_path):
     (point,) = result["points"]
     # Every draft is accepted: 3 tokens per step while the remaining budget allows.
     assert point["acceptance_rate"] == 1.0 and point["mean_accepted_length"] > 2.5
+
+
+def test_goodput_line_records_the_planner_decisions(tiny_dir, tmp_path):
+    profile = tmp_path / "always.json"
+    profile.write_text(json.dumps({"name": "always", "acceptance_per_position": [1.0, 1.0]}))
+    settings = SweepSettings(
+        model=str(tiny_dir), batch_sizes=[2], draft_lens=[0], prompt_len=PROMPT_LEN, gen_len=GEN_LEN,
+        device="cpu", acceptance_profile=str(profile), warmup=False,
+        speculative_config={"decoding_type": "NGram", "max_draft_len": 2, "draft_len_policy": "goodput",
+                            "acceptance_profile": str(profile)},
+    )
+    points = {p["line"]: p for p in run_sweep(settings).to_dict()["points"]}
+    assert points["no spec"]["planner_decisions"] is None
+    decisions = points["goodput"]["planner_decisions"]
+    assert sum(decisions.values()) == points["goodput"]["num_decode_steps"]
+    assert all(re.fullmatch(r"(argmax|hysteresis|explore|max_concurrency) k=[0-2]", key) for key in decisions)
 
 
 def test_hf_baseline_shares_weights_and_matches_greedy(tiny_dir):

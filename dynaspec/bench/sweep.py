@@ -266,6 +266,8 @@ class Point:
     same_tokens_as_no_spec: bool | None = None
     requests_same_as_no_spec: int | None = None
     first_divergence: int | None = None
+    # Goodput line only: how often each (reason, k) decided a decode-phase step, e.g. "explore k=1".
+    planner_decisions: dict[str, int] | None = None
 
 
 @dataclass
@@ -420,8 +422,8 @@ def _run_batch(engine, batch: int, prompt_len: int, gen_len: int, rng: random.Ra
     or the given `prompts` (one per request).
 
     Returns (prefill_time_s, records, preemptions, output_token_ids): a record (seconds, tokens committed,
-    the engine's last_step stats) per step after every request had its first token (the decode phase),
-    and each request's output token ids in request order.
+    the engine's last_step stats, the goodput planner's latest decision or None) per step after every
+    request had its first token (the decode phase), and each request's output token ids in request order.
     """
     from dynaspec.sampling_params import SamplingParams
 
@@ -455,7 +457,8 @@ def _run_batch(engine, batch: int, prompt_len: int, gen_len: int, rng: random.Ra
             pending.difference_update(o.request_id for o in outputs if o.token_ids)
             continue
         committed = sum(len(o.new_token_ids) for o in outputs)
-        records.append((elapsed, committed, engine.get_stats()["last_step"]))
+        stats = engine.get_stats()
+        records.append((elapsed, committed, stats["last_step"], stats.get("planner_decision")))
     return prefill_time, records, preemptions, [finished.get(r, []) for r in order]
 
 
@@ -474,6 +477,11 @@ def _measure(engine, line: Line, batch: int, prompt_len: int, gen_len: int, rng:
         key = str(r[2].get("k", 0))
         histogram[key] = histogram.get(key, 0) + 1
     matched = histogram.get(str(nominal), 0)
+    decisions: dict[str, int] = {}
+    for r in records:
+        if r[3]:
+            key = f"{r[3].get('reason')} k={r[3].get('k')}"
+            decisions[key] = decisions.get(key, 0) + 1
     return Point(
         line=line.name,
         batch_size=batch,
@@ -491,6 +499,7 @@ def _measure(engine, line: Line, batch: int, prompt_len: int, gen_len: int, rng:
         prefill_time_s=prefill_time,
         num_preemptions=preemptions,
         output_token_ids=token_ids if prompts is not None else None,
+        planner_decisions=dict(sorted(decisions.items())) if decisions else None,
     )
 
 

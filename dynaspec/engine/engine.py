@@ -247,6 +247,8 @@ class LLMEngine:
             acceptance_replay=self.replay.name if self.replay else None,
             draft_len_schedule=schedule_stats(self.policy),
             auto_schedule=self.auto_schedule.as_dict() if self.auto_schedule else None,
+            # the goodput planner's latest decision (k, reason, predicted goodputs); None for other policies
+            planner_decision=dict(self.policy.last_decision) if self.goodput else None,
         )
         return stats
 

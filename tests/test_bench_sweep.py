@@ -186,10 +186,27 @@ def test_hf_baseline_shares_weights_and_matches_greedy(tiny_dir):
     theirs = hf.generate(torch.tensor([prompt]), max_new_tokens=8, min_new_tokens=8, do_sample=False, pad_token_id=0)
     assert theirs[0, len(prompt):].tolist() == ours
     rows = hf_decode_throughput(model, hf_config, [1, 2], PROMPT_LEN, 6)
-    assert [r["batch_size"] for r in rows] == [1, 2] and [r["cache"] for r in rows] == ["dynamic", "static"]
+    # batch 1: the default cache; batch 2: the default and the static cache
+    assert [(r["batch_size"], r["cache"]) for r in rows] == [(1, "dynamic"), (2, "dynamic"), (2, "static")]
     for r in rows:
         assert r["num_decode_steps"] == 5 and r["decode_tokens"] == r["batch_size"] * 5
         assert r["decode_tokens_per_s"] > 0
+
+
+def test_report_compares_with_hf_default_and_fastest(sweep_result, tmp_path):
+    result = dict(sweep_result)
+    ours = max(p["decode_tokens_per_s"] for p in result["points"] if p["batch_size"] == 2)
+    result["hf"] = [
+        {"batch_size": 2, "cache": "dynamic", "decode_tokens_per_s": ours / 4, "mean_step_time_s": 0.1},
+        {"batch_size": 2, "cache": "static", "torch_compile": True, "decode_tokens_per_s": ours / 2,
+         "mean_step_time_s": 0.05},
+    ]
+    header, rows = report.summary_rows(result)
+    row = dict(zip(header, next(r for r in rows if r[0] == "2")))
+    assert row["best / HF default"] == "4.00x" and row["best / HF fastest"] == "2.00x"
+    assert report.hf_ratio(result, {"batch_size": 2, "decode_tokens_per_s": ours}) == pytest.approx(2.0)
+    assert report.hf_ratio(result, {"batch_size": 1, "decode_tokens_per_s": ours}) is None
+    plot_sweep(result, tmp_path)  # both HF markers drawn without error
 
 
 def test_floor_points():

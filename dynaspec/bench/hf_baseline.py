@@ -3,10 +3,11 @@
 The HF model is built from the engine's HF config and its parameters are the engine model's own tensors
 (parameter names are HF's, see docs/ARCHITECTURE.md), so no second copy of the weights is held and both
 run exactly the same model. Greedy, `min_new_tokens = max_new_tokens` (EOS cannot end it early), random
-prompt ids of the sweep's prompt length. The KV cache is transformers' StaticCache
-(`cache_implementation="static"`) for batch > 1 where the model supports it, the default DynamicCache at
-batch 1 (and as the fallback); the JSON says which was used, and whether transformers auto-compiled the
-forward with torch.compile (it does for a static cache on GPU; the untimed warm-up run absorbs compilation).
+prompt ids of the sweep's prompt length. Each batch size is timed with the default DynamicCache (what
+`generate` does unless told otherwise) and, for batch > 1 where the model supports it, also with
+transformers' StaticCache (`cache_implementation="static"`), with which transformers compiles the forward
+with torch.compile on GPU (the untimed warm-up run absorbs compilation): one row per (batch, cache), and
+the report compares against the default and against the faster of the two.
 
 Only decode is timed: a streamer stamps (after torch.cuda.synchronize) the moment each new token is handed
 out; decode time runs from the first generated token to the last, over batch x (new_tokens - 1) tokens.
@@ -95,7 +96,7 @@ def hf_decode_throughput(
     gen_len: int,
     seed: int = 0,
 ) -> list[dict[str, Any]]:
-    """Decode tokens/s of HF `generate` per batch size: [{batch_size, decode_tokens_per_s, ...}]."""
+    """Decode tokens/s of HF `generate` per (batch size, cache): [{batch_size, cache, decode_tokens_per_s, ...}]."""
     if gen_len < 2:
         raise ValueError(f"gen_len must be >= 2 to time HF decode (first token comes from prefill), got {gen_len}")
     hf_model = hf_model_sharing_weights(model, hf_config)
@@ -107,23 +108,24 @@ def hf_decode_throughput(
         ids = torch.tensor(
             [[rng.randrange(vocab) for _ in range(prompt_len)] for _ in range(batch)], dtype=torch.long, device=device
         )
-        cache = "static" if batch > 1 and _static_cache_supported(hf_model) else "dynamic"
-        _generate_timed(hf_model, ids, gen_len, cache)  # warm-up, same shapes (static cache may auto-compile)
-        stamps, _ = _generate_timed(hf_model, ids, gen_len, cache)
-        # stamps[0]: prompt handed to the streamer; stamps[1]: first new token; stamps[-1]: last.
-        decode_steps = len(stamps) - 2
-        decode_time = stamps[-1] - stamps[1]
-        tokens = batch * decode_steps
-        results.append({
-            "batch_size": batch,
-            "cache": cache,
-            # transformers compiles the forward itself (torch.compile) when a static cache is used on GPU
-            "torch_compile": hasattr(hf_model, "_compiled_call"),
-            "decode_tokens": tokens,
-            "decode_time_s": decode_time,
-            "num_decode_steps": decode_steps,
-            "decode_tokens_per_s": tokens / decode_time if decode_time > 0 else 0.0,
-            "mean_step_time_s": decode_time / decode_steps if decode_steps else 0.0,
-        })
+        caches = ["dynamic"] + (["static"] if batch > 1 and _static_cache_supported(hf_model) else [])
+        for cache in caches:
+            _generate_timed(hf_model, ids, gen_len, cache)  # warm-up, same shapes (static cache may auto-compile)
+            stamps, _ = _generate_timed(hf_model, ids, gen_len, cache)
+            # stamps[0]: prompt handed to the streamer; stamps[1]: first new token; stamps[-1]: last.
+            decode_steps = len(stamps) - 2
+            decode_time = stamps[-1] - stamps[1]
+            tokens = batch * decode_steps
+            results.append({
+                "batch_size": batch,
+                "cache": cache,
+                # transformers compiles the forward itself (torch.compile) when a static cache is used on GPU
+                "torch_compile": cache == "static" and hasattr(hf_model, "_compiled_call"),
+                "decode_tokens": tokens,
+                "decode_time_s": decode_time,
+                "num_decode_steps": decode_steps,
+                "decode_tokens_per_s": tokens / decode_time if decode_time > 0 else 0.0,
+                "mean_step_time_s": decode_time / decode_steps if decode_steps else 0.0,
+            })
     del hf_model
     return results

@@ -45,8 +45,12 @@ def plot_sweep(result: dict[str, Any], out_dir: str | Path, prefix: str = "bench
         hf = result.get("hf") or []
         if hf:
             hf_field = "decode_tokens_per_s" if key == "tokens_per_s" else "mean_step_time_s"
-            ax.plot([h["batch_size"] for h in hf], [h[hf_field] * scale for h in hf], "s", color="tab:red",
-                    markersize=8, label="HF transformers generate", zorder=4)
+            for cache, marker in (("dynamic", "s"), ("static", "D")):
+                rows = [h for h in hf if h.get("cache", "dynamic") == cache]
+                if rows:
+                    label = "HF generate" + (" (static cache)" if cache == "static" else " (default)")
+                    ax.plot([h["batch_size"] for h in rows], [h[hf_field] * scale for h in rows], marker,
+                            color="tab:red", markersize=8, label=label, zorder=4)
         floor = result.get("floor") or []
         if floor:
             label = "HBM floor (no spec)" if key == "tokens_per_s" else "HBM floor (weights + KV read)"

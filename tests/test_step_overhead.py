@@ -119,3 +119,20 @@ def test_a_slow_first_step_is_believed_at_once_and_k0_gets_no_overhead_term():
     assert planner.step_seconds(256, 1) == pytest.approx(3 * prior)
     planner.observe_step_time(256, 3, 0.5 * planner.step_seconds(256, 3))  # faster: the prior stands
     assert planner.step_seconds(256, 3) > planner.observed.measured(256, 3)
+
+
+def test_unvisited_k_inherits_what_the_fit_missed_on_its_bucket():
+    planner = GoodputPlanner(_probe(), AcceptanceEstimator(4, profile=[0.5] * 4), KS, hysteresis=0.0, explore_every=None)
+    for _ in range(MIN_OBSERVED_STEPS):  # batch 8: real steps as modelled; the fit learns them
+        for k in (0, 2, 4):
+            planner.observe_step_time(8, k, _real_seconds(8, k))
+    before = planner.step_seconds(64, 3)
+    for _ in range(MIN_OBSERVED_STEPS):  # batch 64: k = 2 and 4 run 5 ms slower than anything predicts
+        for k in (2, 4):
+            planner.observe_step_time(64, k, planner._prior(64, k) + 0.005)
+    miss = planner._bucket_miss(64, 3)
+    assert miss > 0.003
+    assert planner.step_seconds(64, 3) == pytest.approx(planner._prior(64, 3) + miss)
+    assert planner.step_seconds(64, 3) > before
+    assert planner.step_seconds(8, 3) == pytest.approx(planner._prior(8, 3))  # other buckets: unchanged
+    assert planner.step_seconds(64, 0) == pytest.approx(0.010)  # k = 0 never inherits a speculative miss

@@ -40,6 +40,7 @@ from __future__ import annotations
 
 from bisect import bisect_left, bisect_right
 from collections.abc import Hashable, Iterable, Mapping, Sequence
+from statistics import median
 from typing import Any
 
 from dynaspec.spec.acceptance_estimator import AcceptanceEstimator, load_acceptance_profile
@@ -140,8 +141,9 @@ class GoodputPlanner:
         """Predicted seconds of a real step at (batch, k).
 
         A cell with MIN_OBSERVED_STEPS real steps: their median. Fewer: the prior (the probed cost, plus
-        the learned host overhead when k > 0), or the median of its first steps when that is slower, so
-        a k that proved slow is not repeated MIN_OBSERVED_STEPS times at a new batch size. k = 0 gets no
+        for k > 0 the learned host overhead and what that overhead missed on this bucket's visited
+        speculative cells), or the median of its first steps when that is slower, so a k that proved
+        slow is not repeated MIN_OBSERVED_STEPS times at a new batch size. k = 0 gets no
         overhead term: plain decode steps overlap their host work with the GPU (engine/overlap.py), and
         a fit made mostly of speculative steps cannot tell per-request work of every step from that of
         speculative steps, so it would price k = 0 too high.
@@ -150,8 +152,26 @@ class GoodputPlanner:
         observed = self.observed.samples(bucket, k)
         if len(observed) >= MIN_OBSERVED_STEPS:
             return self.observed.measured(bucket, k)
-        prior = self.cost_model.cost(batch, k) + (self.overhead.predict(batch, k) if k > 0 else 0.0)
+        prior = self._prior(batch, k)
+        if k > 0:  # what the global fit misses at this bucket, seen on its other speculative cells
+            prior = max(self.cost_model.cost(batch, k), prior + self._bucket_miss(bucket, k))
         return max(prior, self.observed.measured(bucket, k)) if observed else prior
+
+    def _prior(self, batch: int, k: int) -> float:
+        """Probed seconds, plus the learned host overhead for speculative steps."""
+        return self.cost_model.cost(batch, k) + (self.overhead.predict(batch, k) if k > 0 else 0.0)
+
+    def _bucket_miss(self, bucket: int, k: int) -> float:
+        """Median over this bucket's other speculative cells with MIN_OBSERVED_STEPS real steps of
+        (their median - their prior); 0 when there is none. Unvisited k's at a batch size where the
+        visited ones ran slower than predicted are then predicted slower too, instead of each being
+        tried once on an optimistic prior."""
+        misses = [
+            self.observed.measured(bucket, other) - self._prior(bucket, other)
+            for other in self.candidate_ks
+            if other > 0 and other != k and len(self.observed.samples(bucket, other)) >= MIN_OBSERVED_STEPS
+        ]
+        return median(misses) if misses else 0.0
 
     def explain(self, batch: int, request_ids: Sequence[Hashable] | None = None) -> list[dict[str, float]]:
         """Per candidate k: expected accepted, step seconds and predicted goodput (rows for logs / plots)."""

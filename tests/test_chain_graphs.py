@@ -16,6 +16,7 @@ from dynaspec.engine.model_runner import ModelRunner
 from dynaspec.models.loader import load_model
 from dynaspec.sampling_params import SamplingParams
 from dynaspec.spec.config import DraftTargetDecodingConfig
+from tests.arrivals import run_with_arrivals
 from tests.tiny_models import make_perturbed_checkpoint, make_tiny_checkpoint
 
 cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
@@ -87,19 +88,11 @@ def _record(engine: LLMEngine) -> dict[str, list]:
 
 
 def _run(engine: LLMEngine, params_for=None) -> dict[str, list[int]]:
-    prompts = _prompts(6)
-    results: dict[str, list[int]] = {}
-    step, submitted = 0, 0
-    while submitted < sum(len(v) for v in ARRIVALS.values()) or engine.has_unfinished_requests():
-        for i in ARRIVALS.get(step, []):
-            params = SamplingParams(temperature=0.0, max_tokens=24 + 4 * i, ignore_eos=True)
-            engine.add_request(f"r{i}", prompts[i], params_for(i) if params_for else params)
-            submitted += 1
-        for out in engine.step():
-            if out.finished:
-                results[out.request_id] = out.token_ids
-        step += 1
-    return results
+    def request_for(i: int, _submitted: int) -> tuple[str, SamplingParams]:
+        greedy = SamplingParams(temperature=0.0, max_tokens=24 + 4 * i, ignore_eos=True)
+        return f"r{i}", params_for(i) if params_for else greedy
+
+    return run_with_arrivals(engine, _prompts(6), ARRIVALS, request_for)
 
 
 @pytest.mark.parametrize("k", [1, 2, 3, 5])

@@ -12,6 +12,7 @@ from dynaspec.engine.model_runner import ModelRunner, SequenceInput
 from dynaspec.models.loader import load_model
 from dynaspec.sampling_params import SamplingParams
 from dynaspec.spec.config import DraftTargetDecodingConfig, NGramDecodingConfig
+from tests.arrivals import run_with_arrivals
 from tests.tiny_models import make_perturbed_checkpoint, make_tiny_checkpoint
 
 cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
@@ -34,17 +35,8 @@ def test_graph_pairs_follow_the_schedule(tmp_path):
 
 
 def _run(engine: LLMEngine, prompts, arrivals) -> dict[str, list[int]]:
-    results, step, submitted = {}, 0, 0
-    total = sum(len(v) for v in arrivals.values())
-    while submitted < total or engine.has_unfinished_requests():
-        for i in arrivals.get(step, []):
-            engine.add_request(f"r{submitted}", prompts[i], SamplingParams(temperature=0, max_tokens=8 + 3 * (submitted % 5), ignore_eos=True))
-            submitted += 1
-        for out in engine.step():
-            if out.finished:
-                results[out.request_id] = out.token_ids
-        step += 1
-    return results
+    return run_with_arrivals(engine, prompts, arrivals, lambda i, n: (
+        f"r{n}", SamplingParams(temperature=0, max_tokens=8 + 3 * (n % 5), ignore_eos=True)))
 
 
 @cuda

@@ -10,6 +10,7 @@ from dynaspec import LLM, DraftTargetDecodingConfig, NGramDecodingConfig, Sampli
 from dynaspec.config import EngineConfig
 from dynaspec.engine.engine import LLMEngine
 from tests.tiny_models import make_perturbed_checkpoint, make_tiny_checkpoint
+from tests.arrivals import run_with_arrivals
 
 GREEDY = SamplingParams(temperature=0.0, max_tokens=20, ignore_eos=True)
 
@@ -81,19 +82,9 @@ def test_preemption_happens_with_speculation(ckpts, baseline):
 def _run_trace(engine: LLMEngine, prompts: list[list[int]]) -> dict[str, list[int]]:
     """Requests arrive over time and finish at different lengths, so the decoding batch size rises
     and falls across schedule thresholds mid-run."""
-    results: dict[str, list[int]] = {}
     arrivals = {0: [0, 1], 2: [2, 3, 4], 5: [5, 6, 7], 12: [0, 3], 20: [1, 2, 4, 6]}
-    step, submitted = 0, 0
-    while submitted < sum(len(v) for v in arrivals.values()) or engine.has_unfinished_requests():
-        for i in arrivals.get(step, []):
-            params = SamplingParams(temperature=0.0, max_tokens=6 + 4 * (submitted % 4), ignore_eos=True)
-            engine.add_request(f"r{submitted}", prompts[i], params)
-            submitted += 1
-        for out in engine.step():
-            if out.finished:
-                results[out.request_id] = out.token_ids
-        step += 1
-    return results
+    return run_with_arrivals(engine, prompts, arrivals, lambda i, n: (
+        f"r{n}", SamplingParams(temperature=0.0, max_tokens=6 + 4 * (n % 4), ignore_eos=True)))
 
 
 @pytest.mark.parametrize("kind", ["ngram", "draft-near", "draft-same"])

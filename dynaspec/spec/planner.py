@@ -119,6 +119,7 @@ class GoodputPlanner:
         self._current: dict[int, int] = {}  # batch bucket -> k in force
         self._below_max_decisions = 0
         self._explore_again: int | None = None  # k of an exploration's second step, due next
+        self._misses: dict[int, dict[int, float]] = {}  # bucket -> k -> miss, until the next real step
         self.last_decision: dict[str, Any] = {}
 
     @property
@@ -166,12 +167,20 @@ class GoodputPlanner:
         (their median - their prior); 0 when there is none. Unvisited k's at a batch size where the
         visited ones ran slower than predicted are then predicted slower too, instead of each being
         tried once on an optimistic prior."""
-        misses = [
-            self.observed.measured(bucket, other) - self._prior(bucket, other)
-            for other in self.candidate_ks
-            if other > 0 and other != k and len(self.observed.samples(bucket, other)) >= MIN_OBSERVED_STEPS
-        ]
+        misses = [miss for other, miss in self._cell_misses(bucket).items() if other != k]
         return median(misses) if misses else 0.0
+
+    def _cell_misses(self, bucket: int) -> dict[int, float]:
+        """k -> (observed median - prior) for the bucket's speculative cells with MIN_OBSERVED_STEPS real
+        steps; computed once between two real steps (a decision asks for every k)."""
+        misses = self._misses.get(bucket)
+        if misses is None:
+            misses = self._misses[bucket] = {
+                k: self.observed.measured(bucket, k) - self._prior(bucket, k)
+                for k in self.candidate_ks
+                if k > 0 and len(self.observed.samples(bucket, k)) >= MIN_OBSERVED_STEPS
+            }
+        return misses
 
     def explain(self, batch: int, request_ids: Sequence[Hashable] | None = None) -> list[dict[str, float]]:
         """Per candidate k: expected accepted, step seconds and predicted goodput (rows for logs / plots)."""
@@ -284,6 +293,7 @@ class GoodputPlanner:
         replays only, without the per-request host work that grows with the batch)."""
         _check_count(batch, "batch", 1)
         _check_count(k, "k", 0)
+        self._misses.clear()  # the observed medians and the overhead fit change
         self.observed.add(self.bucket(batch), k, seconds)
         if self.cost_model.has(k):
             self.overhead.add(batch, k, seconds - self.cost_model.cost(batch, k))

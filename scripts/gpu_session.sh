@@ -34,7 +34,7 @@ for step in "$@"; do
         > "$OUT/draft.log" 2>&1; tail -5 "$OUT/draft.log" ;;
     bench-goodput)
       python3 -m dynaspec.cli bench --model random:llama-3.1-8b --spec-config bench/goodput_ngram_code_edit.yaml \
-        --ks 0-4 --batch-sizes 1,4,16,64,128,256 --prompt-len 128 --gen-len 64 \
+        --ks 0-4 --batch-sizes 1,4,16,64,128,256 --prompt-len 128 --gen-len 64 --rounds 3 \
         --acceptance-profile acceptance_ngram_code-edit --no-plots --out-dir "$OUT/goodput" \
         > "$OUT/goodput.log" 2>&1; tail -5 "$OUT/goodput.log" ;;
     qwen)  # real Qwen2.5-Coder 0.5B -> 1.5B pair; needs the 26 .xfer chunks carried first (see the script)
@@ -45,7 +45,7 @@ for step in "$@"; do
       bash scripts/gpu_qwen_pair.sh "$OUT" ngram ;;
     bench-goodput-chat)
       python3 -m dynaspec.cli bench --model random:llama-3.1-8b --spec-config bench/goodput_ngram_chat.yaml \
-        --ks 0-4 --batch-sizes 1,4,16,64,128,256 --prompt-len 128 --gen-len 64 \
+        --ks 0-4 --batch-sizes 1,4,16,64,128,256 --prompt-len 128 --gen-len 64 --rounds 3 \
         --acceptance-profile acceptance_ngram_chat --no-plots --out-dir "$OUT/goodput-chat" \
         > "$OUT/goodput-chat.log" 2>&1; tail -5 "$OUT/goodput-chat.log" ;;
     bench-trace)

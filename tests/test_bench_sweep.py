@@ -30,6 +30,7 @@ POINT_FIELDS = {
     # workload mode only (None here, with random prompts)
     "output_token_ids", "same_tokens_as_no_spec", "requests_same_as_no_spec", "first_divergence",
     "planner_decisions",  # goodput line only
+    "step_log", "round_tokens_per_s",  # every decode step; rounds of a side-by-side sweep (None otherwise)
 }
 METADATA_FIELDS = {
     "model", "model_name", "is_random", "drafter", "draft_model", "acceptance_replay", "replay_profile", "device",
@@ -173,6 +174,56 @@ def test_goodput_line_records_the_planner_decisions(tiny_dir, tmp_path):
     assert all(re.fullmatch(r"(argmax|hysteresis|explore|max_concurrency) k=[0-2]", key) for key in decisions)
 
 
+def test_side_by_side_rounds_share_weights_and_merge(tiny_dir, monkeypatch):
+    """rounds > 1: engines built up front on one copy of the weights, lines interleaved in rotated order,
+    each point the merge of its rounds (median tokens/s, summed totals, every step logged)."""
+    import dynaspec.bench.sweep as sweep_module
+
+    built, order = [], []
+    real_build, real_measure = sweep_module._build_engine, sweep_module._measure
+
+    def build(*args, **kwargs):
+        engine = real_build(*args, **kwargs)
+        built.append(engine)
+        return engine
+
+    def measure(engine, line, batch, *args, **kwargs):
+        order.append((line.name, batch))
+        return real_measure(engine, line, batch, *args, **kwargs)
+
+    monkeypatch.setattr(sweep_module, "_build_engine", build)
+    monkeypatch.setattr(sweep_module, "_measure", measure)
+    settings = SweepSettings(
+        model=str(tiny_dir), speculative_config={"decoding_type": "NGram", "max_draft_len": 2},
+        batch_sizes=[1, 2], draft_lens=[0, 2], include_schedule=False, prompt_len=PROMPT_LEN, gen_len=GEN_LEN,
+        device="cpu", rounds=2, warmup=False,
+    )
+    result = run_sweep(settings).to_dict()
+    assert len(built) == 2 and built[1].loaded is built[0].loaded  # one copy of the weights
+    assert order == [("no spec", 1), ("k=2", 1), ("k=2", 1), ("no spec", 1),
+                     ("no spec", 2), ("k=2", 2), ("k=2", 2), ("no spec", 2)]
+    for point in result["points"]:
+        rounds = point["round_tokens_per_s"]
+        assert len(rounds) == 2 and point["decode_tokens_per_s"] == pytest.approx(sorted(rounds)[0] / 2 + sorted(rounds)[1] / 2)
+        assert len(point["step_log"]) == point["num_decode_steps"] == sum(point["k_histogram"].values())
+        assert point["decode_tokens"] == 2 * point["batch_size"] * (GEN_LEN - 1)  # first token: prefill
+        assert all(row[1] <= point["batch_size"] and row[0] > 0 for row in point["step_log"])
+    spec = {p["batch_size"]: p for p in result["points"] if p["line"] == "k=2"}
+    assert {row[2] for row in spec[1]["step_log"]} <= {0, 2} and any(row[2] == 2 for row in spec[1]["step_log"])
+
+
+def test_engine_refuses_a_shared_model_of_another_kind(tiny_dir):
+    from dynaspec.config import EngineConfig
+    from dynaspec.engine.engine import LLMEngine
+
+    engine = LLMEngine(EngineConfig(model=str(tiny_dir), device="cpu", max_model_len=64, num_kv_blocks=16))
+    with pytest.raises(ValueError, match="shared model must be the engine's model"):
+        LLMEngine(EngineConfig(model=str(tiny_dir), device="cpu", dtype="bfloat16", max_model_len=64,
+                               num_kv_blocks=16), loaded=engine.loaded)
+    with pytest.raises(TypeError, match="loaded must be a LoadedModel"):
+        LLMEngine(EngineConfig(model=str(tiny_dir), device="cpu"), loaded=engine.loaded.model)
+
+
 def test_hf_baseline_shares_weights_and_matches_greedy(tiny_dir):
     from dynaspec.llm import LLM
     from dynaspec.sampling_params import SamplingParams
@@ -231,6 +282,7 @@ def test_default_batch_sizes_and_int_lists():
         (dict(batch_sizes=[0, 2]), "batch_sizes entries must be >= 1"),
         (dict(draft_lens=[0, 3]), r"k=3 is out of range: allowed 0..2"),
         (dict(prompt_len=0), "prompt_len must be an int >= 1"),
+        (dict(rounds=0), "rounds must be an int >= 1"),
         (dict(speculative_config=None, draft_lens=[1]), "allowed only 0"),
         (dict(acceptance_profile="/nonexistent/profile.json"), "neither a file nor a shipped profile"),
     ],

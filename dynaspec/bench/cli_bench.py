@@ -115,6 +115,7 @@ def bench_command(
     seed: Annotated[int, typer.Option()] = 0,
     enforce_eager: Annotated[bool, typer.Option(help="no CUDA graphs")] = False,
     warmup: Annotated[bool, typer.Option(help="one short run per config before timing")] = True,
+    rounds: Annotated[int, typer.Option(help="> 1: all lines side by side on one copy of the weights, each point measured this many times in rotated order (median)")] = 1,
     plots: Annotated[bool, typer.Option(help="write PNG plots")] = True,
 ) -> None:
     """Sweep batch sizes x draft lengths; print a table, write JSON, markdown and PNG plots."""
@@ -142,7 +143,7 @@ def bench_command(
             include_schedule=schedule_line, prompt_len=DEFAULT_PROMPT_LEN if prompt_len is None else prompt_len,
             gen_len=gen_len, workload=workload,
             acceptance_profile=acceptance_profile, device=device, dtype=dtype, seed=seed,
-            enforce_eager=enforce_eager, warmup=warmup,
+            enforce_eager=enforce_eager, warmup=warmup, rounds=rounds,
             command_line=shlex.join(sys.argv),
         )
         settings.validate()

@@ -120,12 +120,16 @@ class SweepSettings:
     block_size: int = 16
     enforce_eager: bool = False
     warmup: bool = True
+    # > 1: every line's engine is built up front on ONE copy of the target weights and the lines are
+    # measured side by side, batch size by batch size, `rounds` times in rotated order; a point's tokens/s
+    # is the median of its rounds (drift of a shared machine then hits every line alike).
+    rounds: int = 1
     model_cache_dir: str | None = None
     command_line: str | None = None
 
     def validate(self) -> None:
         _check_int_list("batch_sizes", self.batch_sizes, minimum=1)
-        for name in ("prompt_len", "gen_len"):
+        for name in ("prompt_len", "gen_len", "rounds"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"{name} must be an int >= 1, got {value!r}")
@@ -268,6 +272,10 @@ class Point:
     first_divergence: int | None = None
     # Goodput line only: how often each (reason, k) decided a decode-phase step, e.g. "explore k=1".
     planner_decisions: dict[str, int] | None = None
+    # Every decode-phase step as [milliseconds, decoding requests, k], in order (all rounds).
+    step_log: list[list[float]] = field(default_factory=list)
+    # Side-by-side sweeps (rounds > 1): each round's tokens/s; decode_tokens_per_s is their median.
+    round_tokens_per_s: list[float] | None = None
 
 
 @dataclass
@@ -322,28 +330,24 @@ def run_sweep(
     max_k = max((line.speculative_config.max_draft_len for line in lines if line.speculative_config), default=0)
     profile = load_acceptance_profile(settings.acceptance_profile) if settings.acceptance_profile else None
     total = len(lines) * len(batches) + (len(hf_batch_sizes) if hf_batch_sizes else 0)
-    done = 0
+    done = 0.0
     rng = random.Random(settings.seed)
     prompts = _workload_prompts(settings, max(batches)) if settings.workload else None
     prompt_len = prompts.max_len if prompts else settings.prompt_len
+    measure = _PointMeasurer(settings, prompts, rng)
     result: SweepResult | None = None
-    for line in lines:
-        engine = _build_engine(settings, line, max(batches), max_k, prompt_len)
-        if result is None:
-            result = SweepResult(_metadata(settings, spec, engine, profile, lines, prompts), [l.describe() for l in lines])
-            result.floor = _floor(engine, settings, batches, result.metadata, prompts)
+
+    def start(engine) -> SweepResult:
+        result = SweepResult(_metadata(settings, spec, engine, profile, lines, prompts), [l.describe() for l in lines])
+        result.floor = _floor(engine, settings, batches, result.metadata, prompts)
+        return result
+
+    def finish_line(engine, line: Line) -> None:
         if engine.auto_schedule is not None:  # draft_len_schedule: auto, planned at start-up
             result.lines[lines.index(line)]["planned_schedule"] = engine.get_stats()["draft_len_schedule"]
-        for batch in batches:
-            if progress:
-                progress(f"{line.name} batch {batch}", float(done), float(total))
-            if settings.warmup:  # random prompts: a shared n-gram pool must not learn the measured ones
-                _run_batch(engine, batch, settings.prompt_len, min(settings.gen_len, WARMUP_GEN_LEN), rng)
-            result.points.append(
-                _measure(engine, line, batch, settings.prompt_len, settings.gen_len, rng,
-                         prompts.for_batch(batch) if prompts else None)
-            )
-            done += 1
+
+    def hf(engine) -> None:
+        nonlocal done
         if hf_batch_sizes and result.hf is None:
             from dynaspec.bench.hf_baseline import hf_decode_throughput
 
@@ -354,7 +358,40 @@ def run_sweep(
                 settings.prompt_len, settings.gen_len, settings.seed,
             )
             done += len(hf_batch_sizes)
-        del engine
+
+    if settings.rounds == 1:  # one engine at a time (least memory)
+        for line in lines:
+            engine = _build_engine(settings, line, max(batches), max_k, prompt_len)
+            result = result or start(engine)
+            finish_line(engine, line)
+            for batch in batches:
+                if progress:
+                    progress(f"{line.name} batch {batch}", float(done), float(total))
+                result.points.append(measure(engine, line, batch))
+                done += 1
+            hf(engine)
+            del engine
+            _free_memory()
+    else:  # every engine at once on one copy of the weights, lines interleaved
+        engines = []
+        for line in lines:
+            loaded = engines[0].loaded if engines else None
+            engines.append(_build_engine(settings, line, max(batches), max_k, prompt_len, loaded))
+        result = start(engines[0])
+        for engine, line in zip(engines, lines):
+            finish_line(engine, line)
+        for batch in batches:
+            rounds: dict[str, list[Point]] = {line.name: [] for line in lines}
+            for r in range(settings.rounds):
+                for i in range(len(lines)):
+                    n = (i + r) % len(lines)  # rotated: no line always runs first or right after another
+                    if progress:
+                        progress(f"{lines[n].name} batch {batch} round {r + 1}", float(done), float(total))
+                    rounds[lines[n].name].append(measure(engines[n], lines[n], batch))
+                    done += 1 / settings.rounds
+            result.points.extend(merge_rounds(rounds[line.name]) for line in lines)
+        hf(engines[0])
+        del engines
         _free_memory()
     if prompts is not None:
         mark_token_agreement(result.points)
@@ -389,7 +426,66 @@ def mark_token_agreement(points: list[Point]) -> None:
         p.first_divergence = agreement.first_divergence
 
 
-def _build_engine(settings: SweepSettings, line: Line, max_batch: int, max_k: int, prompt_len: int):
+class _PointMeasurer:
+    """measure(engine, line, batch) -> Point: the warm-up batch, then the timed one."""
+
+    def __init__(self, settings: SweepSettings, prompts, rng: random.Random) -> None:
+        self.settings, self.prompts, self.rng = settings, prompts, rng
+
+    def __call__(self, engine, line: Line, batch: int) -> "Point":
+        settings = self.settings
+        if settings.warmup:  # random prompts: a shared n-gram pool must not learn the measured ones
+            _run_batch(engine, batch, settings.prompt_len, min(settings.gen_len, WARMUP_GEN_LEN), self.rng)
+        return _measure(engine, line, batch, settings.prompt_len, settings.gen_len, self.rng,
+                        self.prompts.for_batch(batch) if self.prompts else None)
+
+
+def merge_rounds(points: list[Point]) -> Point:
+    """One point from the rounds of a (line, batch): totals summed, tokens/s the median of the rounds'
+    (robust to a round disturbed by the shared machine), the rounds' own figures kept."""
+    if not points:
+        raise ValueError("merge_rounds needs at least one point")
+    first = points[0]
+    if len(points) == 1:
+        return first
+    steps = sum(p.num_decode_steps for p in points)
+    time_s = sum(p.decode_time_s for p in points)
+    histogram: dict[str, int] = {}
+    decisions: dict[str, int] = {}
+    for p in points:
+        for key, count in p.k_histogram.items():
+            histogram[key] = histogram.get(key, 0) + count
+        for key, count in (p.planner_decisions or {}).items():
+            decisions[key] = decisions.get(key, 0) + count
+    nominal = sum(p.k_match_fraction * p.num_decode_steps for p in points)
+    spec_steps = [(p.mean_accepted_length, p.num_decode_steps) for p in points if p.mean_accepted_length]
+    rates = [p.acceptance_rate for p in points if p.acceptance_rate is not None]
+    return Point(
+        line=first.line,
+        batch_size=first.batch_size,
+        nominal_k=first.nominal_k,
+        decode_tokens=sum(p.decode_tokens for p in points),
+        decode_time_s=time_s,
+        num_decode_steps=steps,
+        decode_tokens_per_s=statistics.median(p.decode_tokens_per_s for p in points),
+        mean_step_time_s=time_s / steps if steps else 0.0,
+        median_step_time_s=statistics.median(r[0] / 1e3 for p in points for r in p.step_log) if steps else 0.0,
+        mean_accepted_length=(
+            sum(m * n for m, n in spec_steps) / sum(n for _, n in spec_steps) if spec_steps else 0.0
+        ),
+        acceptance_rate=statistics.mean(rates) if rates else None,
+        k_match_fraction=nominal / steps if steps else 0.0,
+        k_histogram=dict(sorted(histogram.items(), key=lambda kv: int(kv[0]))),
+        prefill_time_s=sum(p.prefill_time_s for p in points),
+        num_preemptions=sum(p.num_preemptions for p in points),
+        output_token_ids=first.output_token_ids,
+        planner_decisions=dict(sorted(decisions.items())) if decisions else None,
+        step_log=[row for p in points for row in p.step_log],
+        round_tokens_per_s=[p.decode_tokens_per_s for p in points],
+    )
+
+
+def _build_engine(settings: SweepSettings, line: Line, max_batch: int, max_k: int, prompt_len: int, loaded=None):
     from dynaspec.engine.engine import LLMEngine
 
     max_model_len = max(16, prompt_len + settings.gen_len + max_k + 1)
@@ -408,7 +504,7 @@ def _build_engine(settings: SweepSettings, line: Line, max_batch: int, max_k: in
         model_cache_dir=settings.model_cache_dir,
         speculative_config=line.speculative_config,
     )
-    return LLMEngine(config)
+    return LLMEngine(config, loaded=loaded)
 
 
 def _sync(device: torch.device) -> None:
@@ -500,6 +596,7 @@ def _measure(engine, line: Line, batch: int, prompt_len: int, gen_len: int, rng:
         num_preemptions=preemptions,
         output_token_ids=token_ids if prompts is not None else None,
         planner_decisions=dict(sorted(decisions.items())) if decisions else None,
+        step_log=[[round(r[0] * 1e3, 3), r[2].get("batch_size", batch), r[2].get("k", 0)] for r in records],
     )
 
 

@@ -49,15 +49,22 @@ ProgressFn = Callable[[str, float, float], None]
 
 
 class LLMEngine:
-    def __init__(self, config: EngineConfig, progress: ProgressFn | None = None):
+    def __init__(self, config: EngineConfig, progress: ProgressFn | None = None, loaded: LoadedModel | None = None):
+        """loaded: a target model already loaded (by another engine of the same model, dtype and device),
+        whose weights this engine shares instead of loading its own copy; each engine still has its own KV
+        pool, graphs and drafter (benchmarks run engines side by side on one copy of the weights this way)."""
         self.config = config
         self.device = config.resolved_device()
         self.dtype = config.resolved_dtype()
         if self.device.type == "cuda":
             torch.cuda.set_device(self.device)
-        self.loaded: LoadedModel = load_model(
-            config.model, dtype=self.dtype, device=self.device, progress=progress, cache_dir=config.model_cache_dir
-        )
+        if loaded is None:
+            loaded = load_model(
+                config.model, dtype=self.dtype, device=self.device, progress=progress, cache_dir=config.model_cache_dir
+            )
+        else:
+            check_shared_model(loaded, config.model, self.dtype, self.device)
+        self.loaded: LoadedModel = loaded
         self.tokenizer = self.loaded.tokenizer
         hf_config = self.loaded.hf_config
         model_limit = int(getattr(hf_config, "max_position_embeddings", 4096) or 4096)
@@ -513,3 +520,16 @@ class LLMEngine:
 
 def _no_speculation(num_decoding: int, num_active: int) -> int:
     return 0
+
+
+def check_shared_model(loaded: LoadedModel, model: str, dtype: torch.dtype, device: torch.device) -> None:
+    """ValueError unless `loaded` is `model` in `dtype` on `device` (an engine sharing another's weights)."""
+    if not isinstance(loaded, LoadedModel):
+        raise TypeError(f"loaded must be a LoadedModel (engine.loaded of another engine), got {type(loaded).__name__}")
+    param = next(loaded.model.parameters())
+    same_device = param.device.type == device.type and (device.index is None or param.device.index == device.index)
+    if loaded.spec != model or param.dtype != dtype or not same_device:
+        raise ValueError(
+            f"a shared model must be the engine's model in its dtype on its device: the engine wants {model!r} "
+            f"{dtype} on {device}, the loaded model is {loaded.spec!r} {param.dtype} on {param.device}"
+        )

@@ -56,6 +56,7 @@ class LoadedModel:
     is_random: bool
     path: Path | None = None  # the HF directory the weights came from (None for random presets)
     tokenizer_source: str | None = None
+    spec: str | None = None  # what load_model was given (e.g. "random:llama-3.1-8b"), to match engine configs
 
     @property
     def vocab_size(self) -> int:
@@ -173,13 +174,13 @@ def load_model(
         hf_config = presets.get_preset_config(source.preset)
         model = random_model(hf_config, dtype, device, seed=seed)
         tokenizer, tokenizer_source = _borrowed_tokenizer(cache_dir)
-        return LoadedModel(model, tokenizer, hf_config, source.name, True, None, tokenizer_source)
+        return LoadedModel(model, tokenizer, hf_config, source.name, True, None, tokenizer_source, spec)
     hf_config = AutoConfig.from_pretrained(str(source.path))
     model = empty_model(hf_config, dtype, device)
     files = safetensors_files(source.path)
     model.load_weights(iter_safetensors(files, device, progress))
     model.eval().requires_grad_(False)
-    return LoadedModel(model, _dir_tokenizer(source.path), hf_config, source.name, False, source.path)
+    return LoadedModel(model, _dir_tokenizer(source.path), hf_config, source.name, False, source.path, spec=spec)
 
 
 def empty_model(hf_config: PretrainedConfig, dtype: torch.dtype, device: torch.device) -> nn.Module:

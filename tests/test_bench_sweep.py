@@ -31,6 +31,7 @@ POINT_FIELDS = {
     "output_token_ids", "same_tokens_as_no_spec", "requests_same_as_no_spec", "first_divergence",
     "planner_decisions",  # goodput line only
     "step_log", "round_tokens_per_s",  # every decode step; rounds of a side-by-side sweep (None otherwise)
+    "planner_view",  # goodput line only
 }
 METADATA_FIELDS = {
     "model", "model_name", "is_random", "drafter", "draft_model", "acceptance_replay", "replay_profile", "device",
@@ -171,7 +172,10 @@ def test_goodput_line_records_the_planner_decisions(tiny_dir, tmp_path):
     assert points["no spec"]["planner_decisions"] is None
     decisions = points["goodput"]["planner_decisions"]
     assert sum(decisions.values()) == points["goodput"]["num_decode_steps"]
-    assert all(re.fullmatch(r"(argmax|hysteresis|explore|max_concurrency) k=[0-2]", key) for key in decisions)
+    assert all(re.fullmatch(r"(argmax|hysteresis|explore|max_concurrency|catch-up) k=[0-2]", key) for key in decisions)
+    view = points["goodput"]["planner_view"]
+    assert [row["k"] for row in view["table"]] == [0, 1, 2] and view["catch_up_seconds_per_token"] >= 0
+    assert points["no spec"]["planner_view"] is None
 
 
 def test_side_by_side_rounds_share_weights_and_merge(tiny_dir, monkeypatch):

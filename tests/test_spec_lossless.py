@@ -248,6 +248,16 @@ def test_first_speculative_step_after_plain_ones_is_not_a_step_time_sample(ckpts
         observe(batch, k, seconds)
 
     planner.observe_step_time = spy
+    caught_up: list[tuple[int, int]] = []  # (k, tokens behind) of each resumed step
+    observe_catch_up = planner.observe_catch_up
+
+    def spy_catch_up(batch: int, k: int, seconds: float, tokens: int) -> None:
+        caught_up.append((k, tokens))
+        observe_catch_up(batch, k, seconds, tokens)
+
+    planner.observe_catch_up = spy_catch_up
+    planner.backlog = None  # switches from k = 0 unpriced here: this test makes k resume often
+    planner.could_pay = lambda *args: True  # and explores whatever this busy CPU's step times say
     for i, prompt in enumerate(_prompts(2)):
         engine.add_request(f"r{i}", prompt, SamplingParams(temperature=0, max_tokens=30, ignore_eos=True))
     engine.step()  # both prompts prefill in this one step: every later step decodes only
@@ -259,12 +269,15 @@ def test_first_speculative_step_after_plain_ones_is_not_a_step_time_sample(ckpts
         k = engine.get_stats()["last_step"]["k"]
         if k > 0 and previous == 0:
             assert len(reported) == before, "a resumed speculative step was reported"
+            assert len(caught_up) == resumed + 1 and caught_up[-1][0] == k, "it prices the catch-up instead"
+            assert caught_up[-1][1] >= 2  # both requests' tokens committed while k was 0
             resumed += 1
         else:
             assert reported[before:] == [k]
             plain += k == 0
         previous = k
     assert resumed >= 3 and plain >= 3
+    assert len(planner.catch_up) == resumed  # each resumed step priced the catch-up per token
 
 
 def test_goodput_and_schedule_are_exclusive():

@@ -136,3 +136,19 @@ def test_unvisited_k_inherits_what_the_fit_missed_on_its_bucket():
     assert planner.step_seconds(64, 3) > before
     assert planner.step_seconds(8, 3) == pytest.approx(planner._prior(8, 3))  # other buckets: unchanged
     assert planner.step_seconds(64, 0) == pytest.approx(0.010)  # k = 0 never inherits a speculative miss
+
+
+def test_terms_the_cells_cannot_identify_stay_zero():
+    """Steps at k = 4 only (batches 1 and 4): the fit is a + b * batch, flat in k, not a minimum-norm split
+    that puts most of the slope on the per-drafted-token term and prices k = 4 at batch 16 far above k = 1."""
+    model = StepOverheadModel(min_samples=1)
+    for _ in range(4):
+        model.add(1, 4, 0.0003)
+        model.add(4, 4, 0.0006)
+    a, b, spec, c = model.coefficients
+    assert spec == 0.0 and c == 0.0
+    assert a == pytest.approx(0.0002) and b == pytest.approx(0.0001)
+    assert model.predict(16, 4) == pytest.approx(model.predict(16, 1)) == pytest.approx(0.0018)
+    model.add(4, 1, 0.0003)  # a second k at batch 4 identifies the per-drafted-token term
+    a, b, spec, c = model.coefficients
+    assert (a, b, spec, c) == pytest.approx((0.0002, 0.0, 0.0, 0.000025), abs=1e-12)

@@ -276,6 +276,9 @@ class Point:
     step_log: list[list[float]] = field(default_factory=list)
     # Side-by-side sweeps (rounds > 1): each round's tokens/s; decode_tokens_per_s is their median.
     round_tokens_per_s: list[float] | None = None
+    # Goodput line only: the planner's table for this batch size after the point (GoodputPlanner.explain:
+    # per k the expected accepted tokens, predicted step seconds and goodput) and its catch-up price.
+    planner_view: dict[str, Any] | None = None
 
 
 @dataclass
@@ -482,6 +485,7 @@ def merge_rounds(points: list[Point]) -> Point:
         planner_decisions=dict(sorted(decisions.items())) if decisions else None,
         step_log=[row for p in points for row in p.step_log],
         round_tokens_per_s=[p.decode_tokens_per_s for p in points],
+        planner_view=points[-1].planner_view,
     )
 
 
@@ -597,7 +601,20 @@ def _measure(engine, line: Line, batch: int, prompt_len: int, gen_len: int, rng:
         output_token_ids=token_ids if prompts is not None else None,
         planner_decisions=dict(sorted(decisions.items())) if decisions else None,
         step_log=[[round(r[0] * 1e3, 3), r[2].get("batch_size", batch), r[2].get("k", 0)] for r in records],
+        planner_view=_planner_view(engine, batch),
     )
+
+
+def _planner_view(engine, batch: int) -> dict[str, Any] | None:
+    if not engine.goodput:
+        return None
+    planner = engine.policy
+    catch_up = planner.catch_up
+    return {
+        "table": planner.explain(batch),
+        "catch_up_seconds_per_token": catch_up.seconds_per_token if catch_up else None,
+        "catch_up_samples": len(catch_up) if catch_up else 0,
+    }
 
 
 def engine_nominal_k(engine, line: Line, batch: int) -> int:

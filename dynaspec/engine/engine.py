@@ -38,6 +38,7 @@ from dynaspec.spec.factory import DrafterContext, build_drafter
 from dynaspec.engine.cost_probe import measure_step_costs
 from dynaspec.spec.cost_model import StepCostModel
 from dynaspec.spec.planner import build_goodput_planner
+from dynaspec.spec.catch_up import HORIZON_TOKENS_PER_REQUEST, CatchUpCost
 from dynaspec.spec.auto_schedule import AutoSchedule, plan_auto_schedule
 from dynaspec.spec.config import AUTO_SCHEDULE
 from dynaspec.spec.policy import DraftLenPolicy, schedule_stats
@@ -118,7 +119,10 @@ class LLMEngine:
             if self.drafter_bundle is not None:  # e.g. the draft model's whole-chain graphs per (bucket, k >= 1)
                 self.drafter_bundle.capture_graphs([(b, k) for b, k in pairs if k > 0], self.max_blocks_per_seq)
         if self.goodput:
-            self.policy = build_goodput_planner(spec, self._step_costs(spec, pairs))
+            catch_up = CatchUpCost(self.drafter.measure_catch_up_seconds_per_token())
+            self.policy = build_goodput_planner(
+                spec, self._step_costs(spec, pairs), catch_up=catch_up, backlog=self._drafter_backlog
+            )
         elif auto:  # the goodput-optimal static schedule, planned as `dynaspec tune` does
             self.auto_schedule = plan_auto_schedule(spec, self._step_costs(spec, pairs))
             self.policy = self.auto_schedule.policy
@@ -279,6 +283,10 @@ class LLMEngine:
             return []  # its tokens are committed by the next call
         started = time.perf_counter()
         self.num_steps += 1
+        # The first speculative step after plain ones pays the drafter's catch-up on every token committed
+        # meanwhile: a cost of switching k, not a sample of T(batch, k) (the step synchronises in _accept).
+        resumed = sched.draft_len > 0 and self._previous_draft_len == 0 and not sched.prefills
+        behind = self.drafter.catch_up_tokens([d.request for d in sched.decodes]) if resumed and self.goodput else 0
         drafts, draft_probs = self._propose(sched)
         if not sched.prefills and self.runner.can_replay(len(sched.decodes), sched.draft_len):
             batch, logit_rows, row_owner = self._build_uniform(sched, drafts)
@@ -288,14 +296,22 @@ class LLMEngine:
             logits = self.runner.forward(seqs, logit_rows)  # (N, vocab)
         committed = self._accept(sched, drafts, draft_probs, logits, row_owner)
         outputs = self._commit(sched, drafts, committed)
-        # The first speculative step after plain ones pays the drafter's catch-up on every token committed
-        # meanwhile: a cost of switching k, not a sample of T(batch, k) (the step synchronised in _accept).
-        resumed = sched.draft_len > 0 and self._previous_draft_len == 0
-        if self.policy is not None and not sched.prefills and not resumed:
-            self.policy.observe_step_time(len(sched.decodes), sched.draft_len, time.perf_counter() - started)
+        if self.policy is not None and not sched.prefills:
+            seconds = time.perf_counter() - started
+            if not resumed:
+                self.policy.observe_step_time(len(sched.decodes), sched.draft_len, seconds)
+            elif self.goodput:
+                self.policy.observe_catch_up(len(sched.decodes), sched.draft_len, seconds, behind)
         if sched.decodes:
             self._previous_draft_len = sched.draft_len
         return outputs
+
+    def _drafter_backlog(self) -> tuple[int, int]:
+        """(tokens the drafter is behind on, tokens still to generate, at most HORIZON_TOKENS_PER_REQUEST
+        each) over the decoding requests: the goodput planner's price of a switch from k = 0."""
+        decoding = [r for r in self.scheduler.running if not r.is_prefilling]
+        remaining = sum(min(r.remaining_tokens, HORIZON_TOKENS_PER_REQUEST) for r in decoding)
+        return self.drafter.catch_up_tokens(decoding), remaining
 
     def _launch_overlapped(self, sched: SchedulerOutput, previous_ids: torch.Tensor | None) -> InflightStep:
         """Launch a k = 0 decode step through its graph without waiting for it. With previous_ids (the

@@ -229,5 +229,17 @@ class DraftModelDrafter:
     def observe(self, requests: list[Request]) -> None:
         """Nothing to do eagerly: the draft KV catches up on the next propose()."""
 
+    def catch_up_tokens(self, requests: list[Request]) -> int:
+        """Tokens of these requests not yet in the draft model's KV cache (all but the last one is fed)."""
+        total = 0
+        for request in requests:
+            state = self._state.get(request.request_id)
+            total += max(0, request.num_tokens - 1 - (state.num_computed if state else 0))
+        return total
+
+    def measure_catch_up_seconds_per_token(self) -> float:
+        """0.0: a draft-model catch-up is a batched draft forward, priced from the steps that ran one."""
+        return 0.0
+
     def release(self, request: Request) -> None:
         self._state.pop(request.request_id, None)

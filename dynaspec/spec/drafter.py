@@ -1,9 +1,13 @@
 """The one interface every drafter implements; the engine never branches on the drafter's type.
 
 Step loop (docs/ARCHITECTURE.md): `k = policy.draft_len(...)`; when k >= 1 `drafter.propose(batch, k)`;
-the target verifies; the engine commits; then `drafter.observe(batch)` every step, k = 0 steps included,
-so the drafter's state (n-gram pool, draft-model KV) stays fresh while speculation is off (TensorRT-LLM
-issue #16888). `release(request)` when a request finishes, is aborted or is preempted.
+the target verifies; the engine commits; then `drafter.observe(running)` after speculative steps. Plain
+k = 0 steps run no drafter method at all, so the drafter's state (n-gram pool, draft-model KV) falls
+behind while speculation is off and propose() catches up on every token committed meanwhile (TensorRT-LLM
+issue #16888 keeps it fresh instead, at a cost on every plain step). `catch_up_tokens(batch)` says how far
+behind it is and `measure_catch_up_seconds_per_token()` what catching up costs, so the goodput planner
+can price a switch from k = 0 (spec/catch_up.py). `release(request)` when a request finishes, is aborted
+or is preempted.
 
 Drafters never mutate a Request: they keep per-request state in their own dicts keyed by request_id.
 """
@@ -76,3 +80,11 @@ class Drafter(Protocol):
     def release(self, request: Request) -> None:
         """Forget a finished, aborted or preempted request's state."""
         return None
+
+    def catch_up_tokens(self, requests: list[Request]) -> int:
+        """Tokens of these requests the drafter has not processed yet (what propose() would catch up on)."""
+        return 0
+
+    def measure_catch_up_seconds_per_token(self) -> float:
+        """Seconds a catch-up costs per token, timed now on synthetic tokens (0.0: unknown, learned online)."""
+        return 0.0

@@ -25,6 +25,8 @@ cases inlined and no list per pattern.
 
 from __future__ import annotations
 
+import random
+import time
 from collections import OrderedDict
 from typing import TYPE_CHECKING
 
@@ -278,6 +280,31 @@ class NGramDrafter:
         for request in requests:
             if request.status != RequestStatus.FINISHED:
                 self._index(request)
+
+    def catch_up_tokens(self, requests: list[Request]) -> int:
+        """Tokens of these requests not indexed yet (prompts of requests never proposed for included)."""
+        seen = self._seen
+        return sum(max(0, r.num_tokens - seen.get(r.request_id, 0)) for r in requests)
+
+    def measure_catch_up_seconds_per_token(self, num_tokens: int = 4096, repeats: int = 3) -> float:
+        """Best of `repeats` timings of indexing `num_tokens` pseudo-random tokens (Zipf-like, with copied
+        spans, as code is) into a fresh pool, per token."""
+        rng = random.Random(0)
+        tokens: list[int] = []
+        while len(tokens) < num_tokens:
+            if tokens and rng.random() < 0.3:
+                start = rng.randrange(len(tokens))
+                tokens.extend(tokens[start : start + rng.randint(2, 12)])
+            else:
+                tokens.append(int(32000 ** rng.random()))
+        toks = tuple(tokens[:num_tokens])
+        best = float("inf")
+        for _ in range(repeats):
+            pool = self._new_pool()
+            start = time.perf_counter()
+            pool.index(toks, 1, 0, self.max_draft_len, self.max_ngram)
+            best = min(best, time.perf_counter() - start)
+        return best / num_tokens
 
     def release(self, request: Request) -> None:
         """Forget the request's progress; its private pool (if any) is freed."""

@@ -34,21 +34,34 @@ Rules, in order:
   acceptance could make it win, so trying it would only cost time. An exploration runs two steps: the
   first pays the drafter's catch-up and is no step-time sample (see above), the second is one.
   None turns exploration off.
+* catch-up: the drafter does no work on plain steps, so the first speculative step after them first
+  catches up on every token committed meanwhile (spec/catch_up.py). When the previous decision was k = 0
+  and this one is not, the planner asks the engine for the backlog (`backlog()`: tokens behind, tokens
+  the decoding requests may still generate) and keeps k = 0 unless the faster k earns the catch-up back
+  over those remaining tokens; an exploration from k = 0 goes ahead only if its catch-up costs at most
+  EXPLORE_CATCH_UP_STEPS plain steps. Steps that caught up are timed by the engine and refine the price
+  per token (`observe_catch_up`).
 """
 
 from __future__ import annotations
 
 from bisect import bisect_left, bisect_right
-from collections.abc import Hashable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Hashable, Iterable, Mapping, Sequence
 from statistics import median
 from typing import Any
 
 from dynaspec.spec.acceptance_estimator import AcceptanceEstimator, load_acceptance_profile
+from dynaspec.spec.catch_up import CatchUpCost, switch_pays
 from dynaspec.spec.cost_model import StepCostModel
 from dynaspec.spec.step_overhead import StepOverheadModel
 
 # Real steps a (bucket, k) cell needs before its median replaces probe + overhead model.
 MIN_OBSERVED_STEPS = 4
+# An exploration from k = 0 may cost at most this many plain steps of drafter catch-up.
+EXPLORE_CATCH_UP_STEPS = 2.0
+
+# backlog() -> (tokens the drafter is behind on, tokens the decoding requests may still generate)
+BacklogFn = Callable[[], tuple[int, int]]
 
 
 def _check_count(value: Any, what: str, minimum: int) -> int:
@@ -70,6 +83,8 @@ class GoodputPlanner:
         hysteresis: float = 0.05,
         max_concurrency: int | None = None,
         explore_every: int | None = 64,
+        catch_up: CatchUpCost | None = None,
+        backlog: BacklogFn | None = None,
     ) -> None:
         """
         cost_model: T(batch, k); every candidate k must be measured in it.
@@ -78,6 +93,8 @@ class GoodputPlanner:
         hysteresis: relative goodput gain (>= 0) the best k needs over the current one to replace it.
         max_concurrency: more active requests than this -> k = 0 (None: no limit).
         explore_every: see the module docstring (None: never explore).
+        catch_up, backlog: the drafter's catch-up price and the engine's backlog callback (see the module
+        docstring); without both, switches from k = 0 are not priced.
         """
         if not isinstance(cost_model, StepCostModel):
             raise TypeError(f"cost_model must be a StepCostModel, got {type(cost_model).__name__}")
@@ -120,6 +137,13 @@ class GoodputPlanner:
         self._below_max_decisions = 0
         self._explore_again: int | None = None  # k of an exploration's second step, due next
         self._misses: dict[int, dict[int, float]] = {}  # bucket -> k -> miss, until the next real step
+        self._probed_cache: dict[tuple[int, int], float] = {}
+        if catch_up is not None and not isinstance(catch_up, CatchUpCost):
+            raise TypeError(f"catch_up must be a CatchUpCost, got {type(catch_up).__name__}")
+        if backlog is not None and not callable(backlog):
+            raise TypeError(f"backlog must be a callable returning (tokens behind, tokens remaining), got {backlog!r}")
+        self.catch_up = catch_up
+        self.backlog = backlog
         self.last_decision: dict[str, Any] = {}
 
     @property
@@ -155,12 +179,19 @@ class GoodputPlanner:
             return self.observed.measured(bucket, k)
         prior = self._prior(batch, k)
         if k > 0:  # what the global fit misses at this bucket, seen on its other speculative cells
-            prior = max(self.cost_model.cost(batch, k), prior + self._bucket_miss(bucket, k))
+            prior = max(self._probed(batch, k), prior + self._bucket_miss(bucket, k))
         return max(prior, self.observed.measured(bucket, k)) if observed else prior
 
     def _prior(self, batch: int, k: int) -> float:
         """Probed seconds, plus the learned host overhead for speculative steps."""
-        return self.cost_model.cost(batch, k) + (self.overhead.predict(batch, k) if k > 0 else 0.0)
+        return self._probed(batch, k) + (self.overhead.predict(batch, k) if k > 0 else 0.0)
+
+    def _probed(self, batch: int, k: int) -> float:
+        """cost_model.cost(batch, k), remembered: the probed table never changes (a decision asks every k)."""
+        seconds = self._probed_cache.get((batch, k))
+        if seconds is None:
+            seconds = self._probed_cache[batch, k] = self.cost_model.cost(batch, k)
+        return seconds
 
     def _bucket_miss(self, bucket: int, k: int) -> float:
         """Median over this bucket's other speculative cells with MIN_OBSERVED_STEPS real steps of
@@ -253,6 +284,11 @@ class GoodputPlanner:
                     chosen = larger
                     reason = "explore"
                     self._explore_again = larger
+        if chosen > 0 and self.last_decision.get("k", 0) == 0 and not self._catch_up_pays(
+            num_decoding, chosen, goodput, reason == "explore"
+        ):
+            chosen, reason, self._explore_again = 0, "catch-up", None
+            self._current[bucket] = 0
         self.last_decision = {
             "batch": num_decoding,
             "k": chosen,
@@ -263,6 +299,16 @@ class GoodputPlanner:
             "best_goodput": goodput[best],
         }
         return chosen
+
+    def _catch_up_pays(self, batch: int, k: int, goodput: Mapping[int, float], explore: bool) -> bool:
+        """Whether switching from k = 0 to k earns back the drafter's catch-up (True when not priced)."""
+        if self.catch_up is None or self.backlog is None:
+            return True
+        behind, remaining = self.backlog()
+        cost = self.catch_up.seconds(behind)
+        if explore:
+            return cost <= EXPLORE_CATCH_UP_STEPS * self.step_seconds(batch, 0)
+        return switch_pays(cost, remaining, goodput[0], goodput[k])
 
     # ----------------------------------------------------------------- engine hooks
     def observe(
@@ -296,7 +342,16 @@ class GoodputPlanner:
         self._misses.clear()  # the observed medians and the overhead fit change
         self.observed.add(self.bucket(batch), k, seconds)
         if self.cost_model.has(k):
-            self.overhead.add(batch, k, seconds - self.cost_model.cost(batch, k))
+            self.overhead.add(batch, k, seconds - self._probed(batch, k))
+
+    def observe_catch_up(self, batch: int, k: int, seconds: float, tokens: int) -> None:
+        """A speculative step that first caught the drafter up on `tokens` tokens took `seconds`: what it
+        took beyond the predicted T(batch, k) prices catch-up per token (it is no sample of T itself)."""
+        _check_count(batch, "batch", 1)
+        _check_count(k, "k", 1)
+        _check_count(tokens, "tokens", 0)
+        if self.catch_up is not None:
+            self.catch_up.observe(tokens, seconds - self.step_seconds(batch, k))
 
     def release(self, request_id: Hashable) -> None:
         """A request finished / was aborted / preempted: drop its acceptance history."""
@@ -323,12 +378,15 @@ def build_goodput_planner(
     cost_model: StepCostModel,
     candidate_ks: Iterable[int] | None = None,
     explore_every: int | None = 64,
+    catch_up: CatchUpCost | None = None,
+    backlog: BacklogFn | None = None,
 ) -> GoodputPlanner:
     """A planner from a speculative config (max_draft_len, max_concurrency, goodput_hysteresis,
     acceptance_profile) and a measured cost model.
 
     candidate_ks defaults to every k in 0..max_draft_len that the cost model measured (e.g. the captured
-    CUDA graphs); the acceptance profile, when set, warm-starts the estimator.
+    CUDA graphs); the acceptance profile, when set, warm-starts the estimator; catch_up / backlog price
+    switches from k = 0 (GoodputPlanner).
     """
     max_draft_len = spec_config.max_draft_len
     if candidate_ks is None:
@@ -348,4 +406,6 @@ def build_goodput_planner(
         hysteresis=spec_config.goodput_hysteresis,
         max_concurrency=spec_config.max_concurrency,
         explore_every=explore_every,
+        catch_up=catch_up,
+        backlog=backlog,
     )

@@ -12,7 +12,9 @@ same reason). This model learns the residual
 (fixed work per step; work per request; work per request on speculative steps only, e.g. n-gram
 indexing and verification bookkeeping, which plain and overlapped k = 0 steps skip; work per drafted
 token) by least squares over the MEDIAN residual of each observed (batch, k) cell (of its most recent
-samples), so one observed (batch, k) corrects the prediction of cells never run yet, and a one-off slow
+samples), with only the terms the observed cells can identify (a term collinear with the earlier ones,
+e.g. the per-drafted-token one while every step ran the same k, stays 0: see identifiable_columns), so
+one observed (batch, k) corrects the prediction of cells never run yet, and a one-off slow
 step (the n-gram drafter indexing every prompt on the first speculative step, a page fault, a
 preemption) does not bend the fit: a plain least squares over raw samples let one 65 ms catch-up step
 make speculation look expensive at every batch size. Predictions are clamped at 0 and are 0 before
@@ -69,7 +71,10 @@ class StepOverheadModel:
                 cells.setdefault((batch, k), []).append(residual)
             keys = np.asarray(list(cells), dtype=np.float64)  # (cells, 2): batch, k
             medians = np.asarray([median(v) for v in cells.values()], dtype=np.float64)  # (cells,)
-            coef = np.linalg.lstsq(_features(keys[:, 0], keys[:, 1]), medians, rcond=None)[0]
+            features = _features(keys[:, 0], keys[:, 1])
+            used = identifiable_columns(features)
+            coef = np.zeros(features.shape[1])
+            coef[used] = np.linalg.lstsq(features[:, used], medians, rcond=None)[0]
             self._coef = tuple(float(x) for x in coef)
             self._fitted_cells = set(cells)
             self._added_since_fit = 0
@@ -82,6 +87,19 @@ class StepOverheadModel:
             return 0.0
         a, b, spec, c = coef
         return max(0.0, a + b * batch + spec * batch * (k > 0) + c * batch * k)
+
+
+def identifiable_columns(features: np.ndarray) -> list[int]:
+    """Columns of `features` kept in order while each raises the rank: a term the observed cells cannot
+    tell apart from the ones before it gets coefficient 0 instead of a share of a minimum-norm solution.
+    Steps seen only at k = 4 and batches 1 and 4 fit a + b * batch; the minimum-norm least squares gave
+    most of it to c * batch * k (the largest column), which then priced k = 4 at batch 16 four times
+    k = 1's overhead and kept the planner at k = 1 where k = 4 was best."""
+    used: list[int] = []
+    for j in range(features.shape[1]):
+        if np.linalg.matrix_rank(features[:, used + [j]]) > len(used):
+            used.append(j)
+    return used
 
 
 def _features(batch: np.ndarray, k: np.ndarray) -> np.ndarray:

@@ -1,0 +1,99 @@
+"""Pricing the drafter's catch-up: CatchUpCost, switch_pays, the planner's switch rule, the drafters' backlog."""
+
+import pytest
+
+from dynaspec.engine.request import Request
+from dynaspec.sampling_params import SamplingParams
+from dynaspec.spec.catch_up import CatchUpCost, switch_pays
+from dynaspec.spec.config import NGramDecodingConfig
+from dynaspec.spec.ngram import NGramDrafter
+from tests.test_planner import _cost, _planner
+
+# Flat step cost: with alpha = 0.9 every k > 0 beats k = 0 by far when catch-up is free.
+FLAT = _cost(lambda b, k: 0.010)
+ALPHAS = [0.9] * 6
+
+
+def test_catch_up_cost_prior_then_median_of_observed_steps():
+    cost = CatchUpCost(2e-6)
+    assert cost.seconds(1000) == pytest.approx(2e-3) and cost.seconds(-5) == 0.0
+    cost.observe(1000, 0.004)
+    cost.observe(2000, 0.002)
+    cost.observe(100, -0.5)  # faster than predicted: clamped to 0 s per token
+    assert len(cost) == 3 and cost.seconds_per_token == pytest.approx(1e-6)
+    cost.observe(0, 1.0)  # no backlog: no sample
+    assert len(cost) == 3
+    for bad in (-1e-6, float("nan"), True, "1e-6"):
+        with pytest.raises(ValueError, match="prior_seconds_per_token must be a finite number of seconds >= 0"):
+            CatchUpCost(bad)
+
+
+def test_switch_pays_only_when_the_saved_time_exceeds_the_catch_up():
+    # 1,000 tokens at 10,000 tok/s take 0.1 s, at 12,500 tok/s 0.08 s: 20 ms saved.
+    assert switch_pays(0.019, 1000, 10_000, 12_500)
+    assert not switch_pays(0.021, 1000, 10_000, 12_500)
+    assert switch_pays(0.0, 1, 10_000, 10_001)
+    assert not switch_pays(0.0, 1000, 10_000, 9_000)  # a slower k never pays
+
+
+def test_planner_keeps_k0_when_the_catch_up_outweighs_the_tokens_left():
+    calls = []
+
+    def backlog():
+        calls.append(1)
+        return state["behind"], state["remaining"]
+
+    state = {"behind": 50_000, "remaining": 600}
+    planner = _planner(FLAT, ALPHAS, catch_up=CatchUpCost(3e-6), backlog=backlog)
+    # 150 ms of catch-up vs 600 tokens left at 64 x 10 ms steps: k = 0 stays.
+    assert planner.draft_len(64, 64) == 0
+    assert planner.last_decision["reason"] == "catch-up" and planner.last_decision["best_k"] > 0
+    assert planner.draft_len(64, 64) == 0 and len(calls) == 2
+    # Little backlog, or many tokens left: the switch pays.
+    state.update(behind=500)
+    k = planner.draft_len(64, 64)
+    assert k > 0 and planner.last_decision["reason"] == "argmax"
+    # Once speculating, the backlog is not asked for again (the drafter keeps up).
+    state.update(behind=10**9)
+    assert planner.draft_len(64, 64) == k and len(calls) == 3
+
+
+def test_planner_without_a_backlog_callback_switches_freely():
+    planner = _planner(FLAT, ALPHAS, catch_up=CatchUpCost(1.0))
+    assert planner.draft_len(8, 8) > 0
+
+
+def test_exploration_from_k0_is_skipped_when_its_catch_up_costs_more_than_two_plain_steps():
+    # k = 1 costs 1.8x a plain step: never the argmax at alpha 0.5, but it could pay if all were accepted.
+    cost = _cost(lambda b, k: 0.010 if k == 0 else 0.018, ks=(0, 1))
+    state = {"behind": 10_000}
+    planner = _planner(cost, [0.5], ks=(0, 1), explore_every=1, catch_up=CatchUpCost(3e-6),
+                       backlog=lambda: (state["behind"], 10**6))
+    assert planner.draft_len(256, 256) == 0 and planner.last_decision["reason"] == "catch-up"  # 30 ms > 20 ms
+    state["behind"] = 5_000  # 15 ms <= two plain steps
+    assert planner.draft_len(256, 256) == 1 and planner.last_decision["reason"] == "explore"
+
+
+def test_observed_catch_up_steps_price_the_backlog():
+    planner = _planner(FLAT, ALPHAS, catch_up=CatchUpCost(0.0), backlog=lambda: (0, 0))
+    planner.observe_catch_up(16, 2, 0.010 + 0.020, 10_000)  # 20 ms beyond the 10 ms predicted
+    assert planner.catch_up.seconds_per_token == pytest.approx(2e-6)
+    with pytest.raises(ValueError, match="k must be >= 1"):
+        planner.observe_catch_up(16, 0, 0.01, 10)
+    with pytest.raises(TypeError, match="backlog must be a callable"):
+        _planner(FLAT, ALPHAS, backlog=(0, 0))
+
+
+def _request(rid: str, prompt: list[int]) -> Request:
+    return Request(rid, None, prompt, SamplingParams(temperature=0.0, max_tokens=32, ignore_eos=True))
+
+
+def test_ngram_backlog_counts_tokens_not_indexed_and_its_probe_is_positive():
+    drafter = NGramDrafter(NGramDecodingConfig(max_draft_len=3, max_matching_ngram_size=2))
+    a, b = _request("a", [1, 2, 3, 1, 2]), _request("b", list(range(10, 30)))
+    assert drafter.catch_up_tokens([a, b]) == 25  # prompts never indexed
+    drafter.propose([a], 2)
+    assert drafter.catch_up_tokens([a, b]) == 20
+    a.output_token_ids.extend([3, 1, 2])
+    assert drafter.catch_up_tokens([a]) == 3
+    assert 0.0 < drafter.measure_catch_up_seconds_per_token(num_tokens=512, repeats=1) < 1e-3

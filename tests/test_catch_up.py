@@ -97,3 +97,11 @@ def test_ngram_backlog_counts_tokens_not_indexed_and_its_probe_is_positive():
     a.output_token_ids.extend([3, 1, 2])
     assert drafter.catch_up_tokens([a]) == 3
     assert 0.0 < drafter.measure_catch_up_seconds_per_token(num_tokens=512, repeats=1) < 1e-3
+
+
+def test_no_switch_from_k0_while_waiting_requests_will_lift_the_batch_where_k0_is_best():
+    # k > 0 pays up to batch 32 only; catch-up is nearly free.
+    cost = _cost(lambda b, k: 0.010 * (1 + (b / 32) * k))
+    planner = _planner(cost, ALPHAS, catch_up=CatchUpCost(1e-9), backlog=lambda: (100, 10**6))
+    assert planner.draft_len(16, 256) == 0 and planner.last_decision["reason"] == "catch-up"
+    assert planner.draft_len(16, 20) > 0  # the few waiting requests keep the batch where speculation pays

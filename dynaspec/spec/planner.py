@@ -38,7 +38,8 @@ Rules, in order:
   catches up on every token committed meanwhile (spec/catch_up.py). When the previous decision was k = 0
   and this one is not, the planner asks the engine for the backlog (`backlog()`: tokens behind, tokens
   the decoding requests may still generate) and keeps k = 0 unless the faster k earns the catch-up back
-  over those remaining tokens; an exploration from k = 0 goes ahead only if its catch-up costs at most
+  over those remaining tokens, and while requests still waiting or prefilling will lift the batch to a
+  size where k = 0 is best; an exploration from k = 0 goes ahead only if its catch-up costs at most
   EXPLORE_CATCH_UP_STEPS plain steps. Steps that caught up are timed by the engine and refine the price
   per token (`observe_catch_up`).
 """
@@ -285,7 +286,7 @@ class GoodputPlanner:
                     reason = "explore"
                     self._explore_again = larger
         if chosen > 0 and self.last_decision.get("k", 0) == 0 and not self._catch_up_pays(
-            num_decoding, chosen, goodput, reason == "explore"
+            num_decoding, num_active, chosen, goodput, reason == "explore"
         ):
             chosen, reason, self._explore_again = 0, "catch-up", None
             self._current[bucket] = 0
@@ -300,10 +301,18 @@ class GoodputPlanner:
         }
         return chosen
 
-    def _catch_up_pays(self, batch: int, k: int, goodput: Mapping[int, float], explore: bool) -> bool:
-        """Whether switching from k = 0 to k earns back the drafter's catch-up (True when not priced)."""
+    def _catch_up_pays(
+        self, batch: int, num_active: int, k: int, goodput: Mapping[int, float], explore: bool
+    ) -> bool:
+        """Whether switching from k = 0 to k earns back the drafter's catch-up (True when not priced).
+
+        Requests still waiting or prefilling (num_active > batch) will soon decode too: when k = 0 is best
+        at that batch size, k falls back to 0 within a few steps, long before any catch-up is earned back
+        (the ramp of a burst: speculating for its first decoders only paid their prompts' indexing)."""
         if self.catch_up is None or self.backlog is None:
             return True
+        if num_active > batch and self.best_k(min(num_active, self._buckets[-1])) == 0:
+            return False
         behind, remaining = self.backlog()
         cost = self.catch_up.seconds(behind)
         if explore:

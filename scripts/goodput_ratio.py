@@ -1,4 +1,5 @@
-"""Print goodput / best of {no spec, static k} per batch size from a `dynaspec bench` JSON (issue 6).
+"""Print goodput / best of {no spec, static k} per batch size from a `dynaspec bench` JSON (issue 6): on
+decode-phase tokens/s and on whole-batch tokens/s (prefill phase included, `batch_tokens_per_s`).
 
 Usage: python scripts/goodput_ratio.py bench.json [--markdown]
 """
@@ -20,11 +21,16 @@ def ratios(result: dict) -> list[dict]:
         static = {n: p["decode_tokens_per_s"] for n, p in lines.items() if n == "no spec" or n.startswith("k=")}
         best = max(static, key=static.get)
         goodput = lines.get("goodput")
+        whole = {n: p.get("batch_tokens_per_s") or 0.0 for n, p in lines.items() if n in static}
+        best_whole = max(whole, key=whole.get)
         rows.append({
             "batch": batch, "static": static, "best": best, "best_tok_s": static[best],
             "goodput_tok_s": goodput["decode_tokens_per_s"] if goodput else None,
             "ratio": goodput["decode_tokens_per_s"] / static[best] if goodput else None,
             "k_histogram": goodput["k_histogram"] if goodput else None,
+            "best_whole": best_whole,
+            "ratio_whole": (goodput.get("batch_tokens_per_s") or 0.0) / whole[best_whole]
+            if goodput and whole[best_whole] else None,
         })
     return rows
 
@@ -36,13 +42,14 @@ def main(argv: list[str]) -> int:
     with open(argv[0]) as f:
         rows = ratios(json.load(f))
     names = list(rows[0]["static"])
-    print("| batch | " + " | ".join(names) + " | goodput | goodput / best | goodput k histogram |")
-    print("|---:|" + "---:|" * (len(names) + 2) + "---|")
+    print("| batch | " + " | ".join(names) + " | goodput | goodput / best | whole batch: goodput / best | goodput k histogram |")
+    print("|---:|" + "---:|" * (len(names) + 3) + "---|")
     for r in rows:
         cells = [f"{r['static'][n]:,.0f}" for n in names]
         ratio = "" if r["ratio"] is None else f"{r['ratio']:.2f} (vs {r['best']})"
+        whole = "" if r["ratio_whole"] is None else f"{r['ratio_whole']:.2f} (vs {r['best_whole']})"
         good = "" if r["goodput_tok_s"] is None else f"{r['goodput_tok_s']:,.0f}"
-        print(f"| {r['batch']} | " + " | ".join(cells) + f" | {good} | {ratio} | {r['k_histogram']} |")
+        print(f"| {r['batch']} | " + " | ".join(cells) + f" | {good} | {ratio} | {whole} | {r['k_histogram']} |")
     return 0
 
 

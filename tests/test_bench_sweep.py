@@ -32,6 +32,7 @@ POINT_FIELDS = {
     "planner_decisions",  # goodput line only
     "step_log", "round_tokens_per_s",  # every decode step; rounds of a side-by-side sweep (None otherwise)
     "planner_view",  # goodput line only
+    "batch_tokens", "batch_tokens_per_s",  # the whole batch, prefill phase included
 }
 METADATA_FIELDS = {
     "model", "model_name", "is_random", "drafter", "draft_model", "acceptance_replay", "replay_profile", "device",
@@ -211,6 +212,8 @@ def test_side_by_side_rounds_share_weights_and_merge(tiny_dir, monkeypatch):
         assert len(rounds) == 2 and point["decode_tokens_per_s"] == pytest.approx(sorted(rounds)[0] / 2 + sorted(rounds)[1] / 2)
         assert len(point["step_log"]) == point["num_decode_steps"] == sum(point["k_histogram"].values())
         assert point["decode_tokens"] == 2 * point["batch_size"] * (GEN_LEN - 1)  # first token: prefill
+        assert point["batch_tokens"] == 2 * point["batch_size"] * GEN_LEN
+        assert 0 < point["batch_tokens_per_s"] < point["batch_tokens"] / point["decode_time_s"]
         assert all(row[1] <= point["batch_size"] and row[0] > 0 for row in point["step_log"])
     spec = {p["batch_size"]: p for p in result["points"] if p["line"] == "k=2"}
     assert {row[2] for row in spec[1]["step_log"]} <= {0, 2} and any(row[2] == 2 for row in spec[1]["step_log"])

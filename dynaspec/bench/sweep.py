@@ -13,7 +13,8 @@ batch, the same for every line), drafts are accepted by the model's own predicti
 each request's output token ids, and each line's points say whether those are the no-spec line's tokens
 at the same batch size (greedy speculative decoding must not change them). Only the decode phase is
 timed: the steps after every request has its first token (time.perf_counter around each step,
-torch.cuda.synchronize on CUDA). Reported: committed output tokens per second, mean step
+torch.cuda.synchronize on CUDA); `batch_tokens_per_s` also counts the prefill phase (every output token
+over first step to last). Reported: committed output tokens per second, mean step
 time, mean accepted length (tokens committed per request per decode step, "tau" of Leviathan et al. 2023,
 counting k = 0 steps as 1) and the fraction of decode steps whose k was the line's nominal k at that batch.
 
@@ -274,6 +275,11 @@ class Point:
     planner_decisions: dict[str, int] | None = None
     # Every decode-phase step as [milliseconds, decoding requests, k], in order (all rounds).
     step_log: list[list[float]] = field(default_factory=list)
+    # The whole batch, first step to last: every output token over prefill + decode time. The decode
+    # phase alone starts where the policy's speculation during the prefill ramp left the requests, so a
+    # policy that speculated there is charged the ragged tail but not credited the tokens; this is not.
+    batch_tokens: int = 0
+    batch_tokens_per_s: float = 0.0
     # Side-by-side sweeps (rounds > 1): each round's tokens/s; decode_tokens_per_s is their median.
     round_tokens_per_s: list[float] | None = None
     # Goodput line only: the planner's table for this batch size after the point (GoodputPlanner.explain:
@@ -484,6 +490,8 @@ def merge_rounds(points: list[Point]) -> Point:
         output_token_ids=first.output_token_ids,
         planner_decisions=dict(sorted(decisions.items())) if decisions else None,
         step_log=[row for p in points for row in p.step_log],
+        batch_tokens=sum(p.batch_tokens for p in points),
+        batch_tokens_per_s=statistics.median(p.batch_tokens_per_s for p in points),
         round_tokens_per_s=[p.decode_tokens_per_s for p in points],
         planner_view=points[-1].planner_view,
     )
@@ -568,6 +576,7 @@ def _measure(engine, line: Line, batch: int, prompt_len: int, gen_len: int, rng:
     nominal = engine_nominal_k(engine, line, batch)
     decode_time = sum(r[0] for r in records)
     tokens = sum(r[1] for r in records)
+    batch_tokens = sum(len(t) for t in token_ids)
     steps = len(records)
     request_steps = sum(len(r[2].get("drafted_per_request", [])) for r in records)
     accepted = sum(r[2].get("accepted", 0) for r in records)
@@ -601,6 +610,8 @@ def _measure(engine, line: Line, batch: int, prompt_len: int, gen_len: int, rng:
         output_token_ids=token_ids if prompts is not None else None,
         planner_decisions=dict(sorted(decisions.items())) if decisions else None,
         step_log=[[round(r[0] * 1e3, 3), r[2].get("batch_size", batch), r[2].get("k", 0)] for r in records],
+        batch_tokens=batch_tokens,
+        batch_tokens_per_s=batch_tokens / (prefill_time + decode_time) if prefill_time + decode_time > 0 else 0.0,
         planner_view=_planner_view(engine, batch),
     )
 

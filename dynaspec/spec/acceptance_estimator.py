@@ -135,6 +135,17 @@ class _PositionEMA:
         self.weights[j] += trials
 
 
+def _check_counts(i: int, d: Any, a: Any, limit: int) -> None:
+    """TypeError / ValueError naming what is wrong with request i's drafted / accepted counts."""
+    for name, value in (("drafted", d), ("accepted", a)):
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise TypeError(f"request {i}: {name} must be an int, got {type(value).__name__}")
+    if not 0 <= d <= limit:
+        raise ValueError(f"request {i}: drafted {d} tokens, allowed 0..{limit}")
+    if not 0 <= a <= d:
+        raise ValueError(f"request {i}: accepted {a} tokens, allowed 0..drafted={d}")
+
+
 def _outcomes(drafted: int, accepted: int, k: int | None) -> list[bool]:
     """Observed outcome per position 0.. (True accepted) for one request-step (module docstring)."""
     outcomes = [True] * accepted
@@ -181,6 +192,7 @@ class AcceptanceEstimator:
         self.profile = None if profile is None else _check_probabilities(profile, "profile")
         self._global = _PositionEMA(max_draft_len, self.ema_rate, self.profile, self.prior_weight)
         self._requests: dict[Hashable, _PositionEMA] = {}
+        self._unfolded: dict[Hashable, list[list[bool]]] = {}  # request -> outcomes of steps not folded yet
         self._global_curve: list[float] | None = None
         self._request_curves: dict[Hashable, list[float]] = {}
 
@@ -214,13 +226,8 @@ class AcceptanceEstimator:
             raise ValueError(f"k must be an int in 0..max_draft_len={self.max_draft_len}, got {k!r}")
         per_request: list[list[bool]] = []
         for i, (d, a) in enumerate(zip(drafted, accepted)):
-            for name, value in (("drafted", d), ("accepted", a)):
-                if isinstance(value, bool) or not isinstance(value, int):
-                    raise TypeError(f"request {i}: {name} must be an int, got {type(value).__name__}")
-            if not 0 <= d <= limit:
-                raise ValueError(f"request {i}: drafted {d} tokens, allowed 0..{limit}")
-            if not 0 <= a <= d:
-                raise ValueError(f"request {i}: accepted {a} tokens, allowed 0..drafted={d}")
+            if type(d) is not int or type(a) is not int or not 0 <= a <= d <= limit:  # fast path: one test
+                _check_counts(i, d, a, limit)
             per_request.append(_outcomes(d, a, k))
 
         successes = [0] * self.max_draft_len
@@ -239,18 +246,27 @@ class AcceptanceEstimator:
             self._request_curves.clear()  # blended curves depend on the global estimate
         if request_ids is None:
             return
+        unfolded = self._unfolded
         for request_id, outcomes in zip(request_ids, per_request):
-            if not outcomes:
-                continue
-            ema = self._requests.get(request_id)
+            if outcomes:  # folded into the request's EMA when it is read (_request_ema): same result, and
+                unfolded.setdefault(request_id, []).append(outcomes)  # a step costs an append per request
+
+    def _request_ema(self, request_id: Hashable) -> _PositionEMA | None:
+        """The request's EMA with every step recorded so far folded in (None: no outcomes yet)."""
+        steps = self._unfolded.pop(request_id, None)
+        ema = self._requests.get(request_id)
+        if steps:
             if ema is None:
                 ema = self._requests[request_id] = _PositionEMA(self.max_draft_len, self.request_ema_rate, None, 0.0)
-            for j, ok in enumerate(outcomes):
-                ema.update(j, int(ok), 1)
+            for outcomes in steps:
+                for j, ok in enumerate(outcomes):
+                    ema.update(j, int(ok), 1)
+        return ema
 
     def release(self, request_id: Hashable) -> None:
         """Forget a finished / aborted request (unknown ids are ignored)."""
         self._requests.pop(request_id, None)
+        self._unfolded.pop(request_id, None)
         self._request_curves.pop(request_id, None)
 
     # ----------------------------------------------------------------- estimates
@@ -266,7 +282,7 @@ class AcceptanceEstimator:
     def alphas(self, request_id: Hashable | None = None) -> list[float]:
         """alpha_j for a request (its estimate blended with the global one), or the global ones."""
         base = self.global_alphas()
-        ema = None if request_id is None else self._requests.get(request_id)
+        ema = None if request_id is None else self._request_ema(request_id)
         return base if ema is None else self._blend(ema, base)
 
     def _blend(self, ema: _PositionEMA, base: list[float]) -> list[float]:
@@ -284,12 +300,12 @@ class AcceptanceEstimator:
         """Observations (plus the profile's pseudo-count for the global) per position."""
         if request_id is None:
             return list(self._global.weights)
-        ema = self._requests.get(request_id)
+        ema = self._request_ema(request_id)
         return list(ema.weights) if ema is not None else [0.0] * self.max_draft_len
 
     def _curve(self, request_id: Hashable | None, base: list[float] | None = None) -> list[float]:
         """[E[accepted | k] for k = 0..max_draft_len] of a request (global when unknown), cached."""
-        ema = None if request_id is None else self._requests.get(request_id)
+        ema = None if request_id is None else self._request_ema(request_id)
         if ema is None:
             if self._global_curve is None:
                 self._global_curve = _cumulative(self.global_alphas())
@@ -325,8 +341,8 @@ class AcceptanceEstimator:
 
     @property
     def num_tracked_requests(self) -> int:
-        return len(self._requests)
+        return len(self._requests.keys() | self._unfolded.keys())
 
     def __repr__(self) -> str:
         alphas = ", ".join(f"{a:.3f}" for a in self.global_alphas())
-        return f"AcceptanceEstimator(global=[{alphas}], requests={len(self._requests)})"
+        return f"AcceptanceEstimator(global=[{alphas}], requests={self.num_tracked_requests})"

@@ -44,6 +44,7 @@ class StepOverheadModel:
         self._coef: tuple[float, float, float, float] | None = None
         self._fitted_cells: set[tuple[int, int]] = set()
         self._added_since_fit = 0
+        self._used_for: tuple[frozenset, list[int]] = (frozenset(), [])  # cells -> identifiable columns
 
     def __len__(self) -> int:
         return len(self._samples)
@@ -72,7 +73,10 @@ class StepOverheadModel:
             keys = np.asarray(list(cells), dtype=np.float64)  # (cells, 2): batch, k
             medians = np.asarray([median(v) for v in cells.values()], dtype=np.float64)  # (cells,)
             features = _features(keys[:, 0], keys[:, 1])
-            used = identifiable_columns(features)
+            cell_set = frozenset(cells)
+            if cell_set != self._used_for[0]:  # the identifiable terms change only with the set of cells
+                self._used_for = (cell_set, identifiable_columns(features))
+            used = self._used_for[1]
             coef = np.zeros(features.shape[1])
             coef[used] = np.linalg.lstsq(features[:, used], medians, rcond=None)[0]
             self._coef = tuple(float(x) for x in coef)

@@ -86,6 +86,7 @@ class StepCostModel:
         self.device = device
         # batch -> k -> samples (seconds)
         self._samples: dict[int, dict[int, list[float]]] = {}
+        self._medians: dict[tuple[int, int], float] = {}  # cells whose median is current
 
     # ----------------------------------------------------------------- building
     def add(self, batch: int, k: int, seconds: float) -> None:
@@ -97,6 +98,7 @@ class StepCostModel:
         samples.append(seconds)
         if len(samples) > MAX_SAMPLES_PER_CELL:  # bounded memory; recent steps win the median
             del samples[0]
+        self._medians.pop((batch, k), None)
 
     @classmethod
     def fit_from_measurements(
@@ -133,10 +135,20 @@ class StepCostModel:
         """The samples kept at exactly (batch, k) (a copy; empty when none)."""
         return list(self._samples.get(batch, {}).get(k, ()))
 
+    def count(self, batch: int, k: int) -> int:
+        """Number of samples kept at exactly (batch, k)."""
+        return len(self._samples.get(batch, {}).get(k, ()))
+
     def measured(self, batch: int, k: int) -> float | None:
-        """Median of the samples at exactly (batch, k), or None when that cell has none."""
-        samples = self._samples.get(batch, {}).get(k)
-        return statistics.median(samples) if samples else None
+        """Median of the samples at exactly (batch, k), or None when that cell has none (computed once
+        per new sample: an online planner asks for every cell on every step)."""
+        value = self._medians.get((batch, k))
+        if value is None:
+            samples = self._samples.get(batch, {}).get(k)
+            if not samples:
+                return None
+            value = self._medians[batch, k] = statistics.median(samples)
+        return value
 
     def cost(self, batch: int, k: int) -> float:
         """Seconds for a step of `batch` decoding requests at draft length k (see module docstring)."""

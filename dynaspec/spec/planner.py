@@ -175,8 +175,8 @@ class GoodputPlanner:
         speculative steps, so it would price k = 0 too high.
         """
         bucket = self.bucket(batch)
-        observed = self.observed.samples(bucket, k)
-        if len(observed) >= MIN_OBSERVED_STEPS:
+        observed = self.observed.count(bucket, k)
+        if observed >= MIN_OBSERVED_STEPS:
             return self.observed.measured(bucket, k)
         prior = self._prior(batch, k)
         if k > 0:  # what the global fit misses at this bucket, seen on its other speculative cells
@@ -210,7 +210,7 @@ class GoodputPlanner:
             misses = self._misses[bucket] = {
                 k: self.observed.measured(bucket, k) - self._prior(bucket, k)
                 for k in self.candidate_ks
-                if k > 0 and len(self.observed.samples(bucket, k)) >= MIN_OBSERVED_STEPS
+                if k > 0 and self.observed.count(bucket, k) >= MIN_OBSERVED_STEPS
             }
         return misses
 

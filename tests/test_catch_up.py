@@ -103,5 +103,7 @@ def test_no_switch_from_k0_while_waiting_requests_will_lift_the_batch_where_k0_i
     # k > 0 pays up to batch 32 only; catch-up is nearly free.
     cost = _cost(lambda b, k: 0.010 * (1 + (b / 32) * k))
     planner = _planner(cost, ALPHAS, catch_up=CatchUpCost(1e-9), backlog=lambda: (100, 10**6))
-    assert planner.draft_len(16, 256) == 0 and planner.last_decision["reason"] == "catch-up"
+    assert planner.draft_len(16, 256) == 0 and planner.last_decision["reason"] == "ramp"
     assert planner.draft_len(16, 20) > 0  # the few waiting requests keep the batch where speculation pays
+    # Already speculating (the tail of the previous burst) when the next one arrives: back to k = 0 too.
+    assert planner.draft_len(16, 256) == 0 and planner.last_decision["reason"] == "ramp"

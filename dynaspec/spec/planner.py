@@ -38,10 +38,13 @@ Rules, in order:
   catches up on every token committed meanwhile (spec/catch_up.py). When the previous decision was k = 0
   and this one is not, the planner asks the engine for the backlog (`backlog()`: tokens behind, tokens
   the decoding requests may still generate) and keeps k = 0 unless the faster k earns the catch-up back
-  over those remaining tokens, and while requests still waiting or prefilling will lift the batch to a
-  size where k = 0 is best; an exploration from k = 0 goes ahead only if its catch-up costs at most
+  over those remaining tokens; an exploration from k = 0 goes ahead only if its catch-up costs at most
   EXPLORE_CATCH_UP_STEPS plain steps. Steps that caught up are timed by the engine and refine the price
-  per token (`observe_catch_up`).
+  per token (`observe_catch_up`);
+* ramp (with catch-up priced): while requests still waiting or prefilling (num_active > num_decoding)
+  will lift the batch to a size where k = 0 is best, k = 0, whatever the previous k: speculating for the
+  first decoders of a burst makes the drafter index every new prompt, for a few steps of gain (on an
+  H200 at batch 256 this made the burst's prefill phase 35% slower than without speculation).
 """
 
 from __future__ import annotations
@@ -285,11 +288,15 @@ class GoodputPlanner:
                     chosen = larger
                     reason = "explore"
                     self._explore_again = larger
-        if chosen > 0 and self.last_decision.get("k", 0) == 0 and not self._catch_up_pays(
-            num_decoding, num_active, chosen, goodput, reason == "explore"
-        ):
-            chosen, reason, self._explore_again = 0, "catch-up", None
-            self._current[bucket] = 0
+        if chosen > 0 and self.catch_up is not None and self.backlog is not None:
+            if num_active > num_decoding and self.best_k(min(num_active, self._buckets[-1])) == 0:
+                chosen, reason, self._explore_again = 0, "ramp", None
+            elif self.last_decision.get("k", 0) == 0 and not self._catch_up_pays(
+                num_decoding, chosen, goodput, reason == "explore"
+            ):
+                chosen, reason, self._explore_again = 0, "catch-up", None
+            if chosen == 0:
+                self._current[bucket] = 0
         self.last_decision = {
             "batch": num_decoding,
             "k": chosen,
@@ -301,18 +308,8 @@ class GoodputPlanner:
         }
         return chosen
 
-    def _catch_up_pays(
-        self, batch: int, num_active: int, k: int, goodput: Mapping[int, float], explore: bool
-    ) -> bool:
-        """Whether switching from k = 0 to k earns back the drafter's catch-up (True when not priced).
-
-        Requests still waiting or prefilling (num_active > batch) will soon decode too: when k = 0 is best
-        at that batch size, k falls back to 0 within a few steps, long before any catch-up is earned back
-        (the ramp of a burst: speculating for its first decoders only paid their prompts' indexing)."""
-        if self.catch_up is None or self.backlog is None:
-            return True
-        if num_active > batch and self.best_k(min(num_active, self._buckets[-1])) == 0:
-            return False
+    def _catch_up_pays(self, batch: int, k: int, goodput: Mapping[int, float], explore: bool) -> bool:
+        """Whether switching from k = 0 to k earns back the drafter's catch-up."""
         behind, remaining = self.backlog()
         cost = self.catch_up.seconds(behind)
         if explore:

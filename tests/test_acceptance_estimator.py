@@ -222,3 +222,27 @@ def test_update_validation():
     with pytest.raises(ValueError, match=r"k must be in 0\.\.max_draft_len=4"):
         est.expected_accepted(5)
     assert est.observations() == [0, 0, 0, 0]  # failed updates changed nothing
+
+
+def test_memory_in_trials_gives_batch_1_the_evidence_of_a_large_batch():
+    """A rare first-position acceptance (2.6%, chat) at one request per step: an EMA with a 20-step memory
+    rests on 20 trials and mostly reads ~0; one with a 256-trial memory stays near the true rate, and a step
+    of 256 trials moves it as far as 256 single-trial steps would."""
+    rng = random.Random(5)
+    steps = AcceptanceEstimator(1, profile=[0.026], prior_weight=20, ema_rate=0.05)
+    trials = AcceptanceEstimator(1, profile=[0.026], prior_weight=20, memory_trials=256)
+    low_steps = low_trials = 0
+    for _ in range(4000):
+        accepted = int(rng.random() < 0.026)
+        steps.update_step(None, [1], [accepted], 1)
+        trials.update_step(None, [1], [accepted], 1)
+        low_steps += steps.global_alphas()[0] < 0.013
+        low_trials += trials.global_alphas()[0] < 0.013
+    assert low_steps > 1500 and low_trials < 400
+    big, single = (AcceptanceEstimator(1, profile=[0.5], prior_weight=10_000, memory_trials=256) for _ in range(2))
+    big.update_step(None, [1] * 256, [1] * 256, 1)
+    for _ in range(256):
+        single.update_step(None, [1], [1], 1)
+    assert big.global_alphas()[0] == pytest.approx(single.global_alphas()[0], abs=1e-9) == pytest.approx(0.816, abs=1e-3)
+    with pytest.raises(ValueError, match="memory_trials must be an int >= 1 or None"):
+        AcceptanceEstimator(1, memory_trials=0)

@@ -61,6 +61,8 @@ from dynaspec.spec.step_overhead import StepOverheadModel
 
 # Real steps a (bucket, k) cell needs before its median replaces probe + overhead model.
 MIN_OBSERVED_STEPS = 4
+# Trials behind the planner's global acceptance estimate (AcceptanceEstimator memory_trials).
+ESTIMATE_MEMORY_TRIALS = 256
 # An exploration from k = 0 may cost at most this many plain steps of drafter catch-up.
 EXPLORE_CATCH_UP_STEPS = 2.0
 
@@ -404,7 +406,7 @@ def build_goodput_planner(
     profile = None
     if spec_config.acceptance_profile is not None:
         profile = load_acceptance_profile(spec_config.acceptance_profile)
-    estimator = AcceptanceEstimator(max_draft_len, profile=profile)
+    estimator = AcceptanceEstimator(max_draft_len, profile=profile, memory_trials=ESTIMATE_MEMORY_TRIALS)
     return GoodputPlanner(
         cost_model,
         estimator,

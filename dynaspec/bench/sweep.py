@@ -393,7 +393,7 @@ def run_sweep(
             rounds: dict[str, list[Point]] = {line.name: [] for line in lines}
             for r in range(settings.rounds):
                 for i in range(len(lines)):
-                    n = (i + r) % len(lines)  # rotated: no line always runs first or right after another
+                    n = (i + r) % len(lines)  # rotated: each line runs first (and last) in some round
                     if progress:
                         progress(f"{lines[n].name} batch {batch} round {r + 1}", float(done), float(total))
                     rounds[lines[n].name].append(measure(engines[n], lines[n], batch))

@@ -69,6 +69,10 @@ def test_sweep_measures_every_line_and_batch(sweep_result):
         # The decode phase starts after every request has its first token: the rest of gen_len is decoded.
         assert p["decode_tokens"] == batch * (GEN_LEN - 1)
         assert p["decode_tokens_per_s"] == pytest.approx(p["decode_tokens"] / p["decode_time_s"])
+        # The whole batch: every token (the first ones too) over prefill + decode time.
+        assert p["batch_tokens"] == batch * GEN_LEN
+        assert p["batch_tokens_per_s"] == pytest.approx(
+            p["batch_tokens"] / (p["prefill_time_s"] + p["decode_time_s"]))
         assert sum(p["k_histogram"].values()) == p["num_decode_steps"]
         assert 0.0 <= p["k_match_fraction"] <= 1.0
         assert p["mean_accepted_length"] >= 1.0
@@ -213,10 +217,22 @@ def test_side_by_side_rounds_share_weights_and_merge(tiny_dir, monkeypatch):
         assert len(point["step_log"]) == point["num_decode_steps"] == sum(point["k_histogram"].values())
         assert point["decode_tokens"] == 2 * point["batch_size"] * (GEN_LEN - 1)  # first token: prefill
         assert point["batch_tokens"] == 2 * point["batch_size"] * GEN_LEN
-        assert 0 < point["batch_tokens_per_s"] < point["batch_tokens"] / point["decode_time_s"]
+        assert point["batch_tokens_per_s"] > 0  # the median of the rounds' (see the one-round test for bounds)
         assert all(row[1] <= point["batch_size"] and row[0] > 0 for row in point["step_log"])
     spec = {p["batch_size"]: p for p in result["points"] if p["line"] == "k=2"}
     assert {row[2] for row in spec[1]["step_log"]} <= {0, 2} and any(row[2] == 2 for row in spec[1]["step_log"])
+
+
+def test_rounds_with_a_workload_and_a_shared_ngram_pool_are_refused(tiny_dir):
+    """Round 2 would replay the prompts whose outputs the public pool learned in round 1."""
+    settings = SweepSettings(
+        model=str(tiny_dir), speculative_config={"decoding_type": "NGram", "max_draft_len": 2},
+        batch_sizes=[1], device="cpu", workload="code-edit", rounds=2, prompt_len=PROMPT_LEN,
+    )
+    with pytest.raises(ValueError, match="would learn their outputs in round 1"):
+        settings.validate()
+    private = {"decoding_type": "NGram", "max_draft_len": 2, "is_public_pool": False}
+    SweepSettings(**{**settings.__dict__, "speculative_config": private}).validate()
 
 
 def test_engine_refuses_a_shared_model_of_another_kind(tiny_dir):

@@ -156,6 +156,12 @@ class SweepSettings:
                     "a workload measures the model's own acceptance on real prompts; "
                     "drop the acceptance profile (replay is for random prompts)"
                 )
+            if self.rounds > 1 and getattr(spec, "is_public_pool", False):
+                raise ValueError(
+                    "rounds > 1 repeats the workload's prompts, and the n-gram drafter's pool shared by all "
+                    "requests (is_public_pool: true) would learn their outputs in round 1 and draft them back "
+                    "in the next rounds; use rounds 1, or is_public_pool: false"
+                )
 
     def resolved_spec(self):
         spec = self.speculative_config

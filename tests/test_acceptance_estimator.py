@@ -246,3 +246,19 @@ def test_memory_in_trials_gives_batch_1_the_evidence_of_a_large_batch():
     assert big.global_alphas()[0] == pytest.approx(single.global_alphas()[0], abs=1e-9) == pytest.approx(0.816, abs=1e-3)
     with pytest.raises(ValueError, match="memory_trials must be an int >= 1 or None"):
         AcceptanceEstimator(1, memory_trials=0)
+
+
+def test_request_estimates_folded_lazily_equal_eager_ones():
+    """Per-request outcomes are folded into the request's EMA when read (or every MAX_UNFOLDED_STEPS
+    steps): reading after every step or only at the end gives the same estimate."""
+    rng = random.Random(11)
+    eager, lazy = (AcceptanceEstimator(3, profile=[0.5] * 3) for _ in range(2))
+    for _ in range(150):
+        accepted = [rng.randint(0, 3) for _ in range(2)]
+        for est in (eager, lazy):
+            est.update_step(["a", "b"], [3, 3], accepted, 3)
+        eager.alphas("a"), eager.alphas("b")
+    for rid in ("a", "b"):
+        assert lazy.alphas(rid) == pytest.approx(eager.alphas(rid), abs=1e-12)
+        assert lazy.observations(rid) == eager.observations(rid)
+    assert len(lazy._unfolded.get("a", [])) < 64

@@ -107,6 +107,10 @@ def load_acceptance_profile(path: str | Path) -> list[float]:
     return _check_probabilities(data["acceptance_per_position"], f"{path.name}: acceptance_per_position")
 
 
+# Steps of a request's outcomes kept before they are folded into its EMA even if nobody reads it.
+MAX_UNFOLDED_STEPS = 64
+
+
 def _check_positive(value: Any, what: str, upper: float | None = None) -> float:
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
         raise ValueError(f"{what} must be a finite number, got {value!r}")
@@ -272,7 +276,10 @@ class AcceptanceEstimator:
         unfolded = self._unfolded
         for request_id, outcomes in zip(request_ids, per_request):
             if outcomes:  # folded into the request's EMA when it is read (_request_ema): same result, and
-                unfolded.setdefault(request_id, []).append(outcomes)  # a step costs an append per request
+                pending = unfolded.setdefault(request_id, [])  # a step costs an append per request
+                pending.append(outcomes)
+                if len(pending) >= MAX_UNFOLDED_STEPS:  # bounded memory for requests never read
+                    self._request_ema(request_id)
 
     def _request_ema(self, request_id: Hashable) -> _PositionEMA | None:
         """The request's EMA with every step recorded so far folded in (None: no outcomes yet)."""

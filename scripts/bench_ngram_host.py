@@ -31,22 +31,10 @@ import time
 from dynaspec.engine.request import Request, RequestStatus
 from dynaspec.sampling_params import SamplingParams
 from dynaspec.spec.config import NGramDecodingConfig
-from dynaspec.spec.ngram import NGramDrafter
+from dynaspec.spec.ngram import NGramDrafter, code_like_tokens
 from tests import ngram_reference
 
 IMPLEMENTATIONS = {"reference": ngram_reference.NGramDrafter, "current": NGramDrafter}
-
-
-def repetitive_tokens(rng: random.Random, count: int, vocab: int) -> list[int]:
-    """Zipf-like token frequencies (p(t) ~ 1/t) with 40% of the text copied from earlier spans, like code."""
-    out: list[int] = []
-    while len(out) < count:
-        if out and rng.random() < 0.4:
-            start = rng.randrange(len(out))
-            out.extend(out[start : start + rng.randint(2, 12)])
-        else:
-            out.append(int(vocab ** rng.random()) - 1)
-    return out[:count]
 
 
 def uniform_tokens(rng: random.Random, count: int, vocab: int) -> list[int]:
@@ -54,7 +42,7 @@ def uniform_tokens(rng: random.Random, count: int, vocab: int) -> list[int]:
     return [rng.randrange(vocab) for _ in range(count)]
 
 
-WORKLOADS = {"repetitive": (repetitive_tokens, 32000), "uniform": (uniform_tokens, 128256)}
+WORKLOADS = {"repetitive": (code_like_tokens, 32000), "uniform": (uniform_tokens, 128256)}
 
 
 def make_streams(workload: str, args: argparse.Namespace, k: int) -> list[tuple[list[int], list[list[int]]]]:

@@ -131,3 +131,14 @@ def test_file_errors(tmp_path):
     bad.write_text("{not json")
     with pytest.raises(ValueError, match="is not valid json"):
         StepCostModel.load(bad)
+
+
+def test_cost_is_remembered_until_the_next_sample():
+    model = StepCostModel()
+    model.add(1, 0, 0.010)
+    model.add(8, 0, 0.020)
+    assert model.cost(4, 0) == pytest.approx(0.010 + 3 / 7 * 0.010)
+    model.add(8, 0, 0.040)  # median of (0.020, 0.040) = 0.030: the interpolation moves
+    assert model.cost(4, 0) == pytest.approx(0.010 + 3 / 7 * 0.020)
+    with pytest.raises(TypeError):
+        model.cost(True, 0)  # a bool is no batch size, even though True == 1 as a dict key

@@ -87,6 +87,7 @@ class StepCostModel:
         # batch -> k -> samples (seconds)
         self._samples: dict[int, dict[int, list[float]]] = {}
         self._medians: dict[tuple[int, int], float] = {}  # cells whose median is current
+        self._costs: dict[tuple[int, int], float] = {}  # cost() answers since the last add()
 
     # ----------------------------------------------------------------- building
     def add(self, batch: int, k: int, seconds: float) -> None:
@@ -99,6 +100,7 @@ class StepCostModel:
         if len(samples) > MAX_SAMPLES_PER_CELL:  # bounded memory; recent steps win the median
             del samples[0]
         self._medians.pop((batch, k), None)
+        self._costs.clear()  # an interpolated cost may rest on this cell
 
     @classmethod
     def fit_from_measurements(
@@ -151,7 +153,16 @@ class StepCostModel:
         return value
 
     def cost(self, batch: int, k: int) -> float:
-        """Seconds for a step of `batch` decoding requests at draft length k (see module docstring)."""
+        """Seconds for a step of `batch` decoding requests at draft length k (see module docstring);
+        remembered until the next add() (an online planner asks for every k on every step)."""
+        cached = self._costs.get((batch, k)) if type(batch) is int and type(k) is int else None  # not bools
+        if cached is not None:
+            return cached
+        seconds = self._cost(batch, k)
+        self._costs[batch, k] = seconds
+        return seconds
+
+    def _cost(self, batch: int, k: int) -> float:
         batch = _check_int(batch, "batch", 1)
         k = _check_int(k, "k", 0)
         buckets = [b for b in sorted(self._samples) if k in self._samples[b]]

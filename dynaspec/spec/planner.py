@@ -143,7 +143,6 @@ class GoodputPlanner:
         self._below_max_decisions = 0
         self._explore_again: int | None = None  # k of an exploration's second step, due next
         self._misses: dict[int, dict[int, float]] = {}  # bucket -> k -> miss, until the next real step
-        self._probed_cache: dict[tuple[int, int], float] = {}
         if catch_up is not None and not isinstance(catch_up, CatchUpCost):
             raise TypeError(f"catch_up must be a CatchUpCost, got {type(catch_up).__name__}")
         if backlog is not None and not callable(backlog):
@@ -185,19 +184,12 @@ class GoodputPlanner:
             return self.observed.measured(bucket, k)
         prior = self._prior(batch, k)
         if k > 0:  # what the global fit misses at this bucket, seen on its other speculative cells
-            prior = max(self._probed(batch, k), prior + self._bucket_miss(bucket, k))
+            prior = max(self.cost_model.cost(batch, k), prior + self._bucket_miss(bucket, k))
         return max(prior, self.observed.measured(bucket, k)) if observed else prior
 
     def _prior(self, batch: int, k: int) -> float:
         """Probed seconds, plus the learned host overhead for speculative steps."""
-        return self._probed(batch, k) + (self.overhead.predict(batch, k) if k > 0 else 0.0)
-
-    def _probed(self, batch: int, k: int) -> float:
-        """cost_model.cost(batch, k), remembered: the probed table never changes (a decision asks every k)."""
-        seconds = self._probed_cache.get((batch, k))
-        if seconds is None:
-            seconds = self._probed_cache[batch, k] = self.cost_model.cost(batch, k)
-        return seconds
+        return self.cost_model.cost(batch, k) + (self.overhead.predict(batch, k) if k > 0 else 0.0)
 
     def _bucket_miss(self, bucket: int, k: int) -> float:
         """Median over this bucket's other speculative cells with MIN_OBSERVED_STEPS real steps of
@@ -350,7 +342,7 @@ class GoodputPlanner:
         self._misses.clear()  # the observed medians and the overhead fit change
         self.observed.add(self.bucket(batch), k, seconds)
         if self.cost_model.has(k):
-            self.overhead.add(batch, k, seconds - self._probed(batch, k))
+            self.overhead.add(batch, k, seconds - self.cost_model.cost(batch, k))
 
     def observe_catch_up(self, batch: int, k: int, seconds: float, tokens: int) -> None:
         """A speculative step that first caught the drafter up on `tokens` tokens took `seconds`: what it

@@ -4,7 +4,7 @@ import pytest
 
 from dynaspec.engine.request import Request
 from dynaspec.sampling_params import SamplingParams
-from dynaspec.spec.catch_up import CatchUpCost, switch_pays
+from dynaspec.spec.catch_up import CATCH_UP_MEMORY_SAMPLES, CatchUpCost, switch_pays
 from dynaspec.spec.config import NGramDecodingConfig
 from dynaspec.spec.ngram import NGramDrafter
 from tests.test_planner import _cost, _planner
@@ -14,15 +14,24 @@ FLAT = _cost(lambda b, k: 0.010)
 ALPHAS = [0.9] * 6
 
 
-def test_catch_up_cost_prior_then_median_of_observed_steps():
+def test_catch_up_cost_prior_then_least_squares_slope_of_observed_steps():
     cost = CatchUpCost(2e-6)
     assert cost.seconds(1000) == pytest.approx(2e-3) and cost.seconds(-5) == 0.0
-    cost.observe(1000, 0.004)
-    cost.observe(2000, 0.002)
-    cost.observe(100, -0.5)  # faster than predicted: clamped to 0 s per token
-    assert len(cost) == 3 and cost.seconds_per_token == pytest.approx(1e-6)
+    cost.observe(20_000, 0.070)  # a large catch-up: 3.5 us a token
+    for _ in range(20):  # many small ones whose step-time noise dwarfs their price
+        cost.observe(10, 0.002)
+        cost.observe(10, -0.001)
+    assert len(cost) == 41
+    keep = 1 - 1 / CATCH_UP_MEMORY_SAMPLES  # the large sample's weight after the 40 later ones
+    slope = (keep**40 * 20_000 * 0.070 + sum(keep**i * 10 * (0.002 if i % 2 else -0.001) for i in range(40))) / (
+        keep**40 * 20_000**2 + sum(keep**i * 10**2 for i in range(40))
+    )
+    assert cost.seconds_per_token == pytest.approx(slope) and cost.seconds_per_token == pytest.approx(3.5e-6, rel=0.01)
     cost.observe(0, 1.0)  # no backlog: no sample
-    assert len(cost) == 3
+    assert len(cost) == 41
+    faster = CatchUpCost(2e-6)
+    faster.observe(100, -0.5)  # faster than predicted: the slope is clamped at 0 s per token
+    assert faster.seconds_per_token == 0.0
     for bad in (-1e-6, float("nan"), True, "1e-6"):
         with pytest.raises(ValueError, match="prior_seconds_per_token must be a finite number of seconds >= 0"):
             CatchUpCost(bad)

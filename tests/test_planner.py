@@ -6,7 +6,7 @@ import pytest
 
 from dynaspec.spec.acceptance_estimator import AcceptanceEstimator
 from dynaspec.spec.cost_model import StepCostModel
-from dynaspec.spec.planner import GoodputPlanner
+from dynaspec.spec.planner import PER_REQUEST_MAX_BATCH, GoodputPlanner
 from dynaspec.spec.stats import SpecStats
 
 BATCHES = (1, 2, 4, 8, 16, 32, 64, 128, 256)
@@ -163,6 +163,40 @@ def test_hysteresis_state_is_per_batch_bucket():
     assert planner.draft_len(1, 1) == 1  # held
     assert planner.draft_len(5, 5) == 0  # bucket 8 has no history: plain argmax
     assert planner.bucket(5) == 8 and planner.bucket(1) == 1 and planner.bucket(100) == 8
+
+
+def test_goodput_table_is_reused_until_replan_every_observations():
+    planner = _two_k_planner(hysteresis=0.0)
+    planner.replan_every = 3
+    _set_alpha(planner, 200)  # alpha 1: goodput(1) = 133 > 100
+    assert planner.draft_len(1, 1) == 1
+    _set_alpha(planner, 0)  # alpha 0: k = 0 is best now, but the table of batch 1 is 1 observation old
+    assert planner.best_k(1) == 0 and planner.draft_len(1, 1) == 1
+    assert planner.draft_len(8, 8) == 0  # a batch without a table gets a fresh one
+    planner.observe_step_time(1, 1, 0.015)  # 2 observations old: still reused
+    assert planner.draft_len(1, 1) == 1
+    planner.observe_step_time(1, 1, 0.015)  # 3: recomputed
+    assert planner.draft_len(1, 1) == 0
+    every = _two_k_planner(hysteresis=0.0)  # replan_every 1 (the default): every observation counts
+    _set_alpha(every, 200)
+    assert every.draft_len(1, 1) == 1
+    _set_alpha(every, 0)
+    assert every.draft_len(1, 1) == 0
+
+
+def test_requests_own_acceptance_only_up_to_per_request_max_batch():
+    cost = _cost(lambda b, k: 0.02)
+    planner = _planner(cost, [0.5] * max(KS), ema_rate=1.0)
+    small = [f"s{i}" for i in range(PER_REQUEST_MAX_BATCH)]
+    planner.observe(4, [4] * len(small), [4] * len(small), small)
+    assert planner.estimator.num_tracked_requests == PER_REQUEST_MAX_BATCH
+    large = [f"l{i}" for i in range(PER_REQUEST_MAX_BATCH + 1)]
+    planner.observe(4, [4] * len(large), [0] * len(large), large)  # the global estimate only
+    assert planner.estimator.num_tracked_requests == PER_REQUEST_MAX_BATCH
+    assert planner.estimator.global_alphas()[0] == 0.0
+    # At batch 16 the requests' own all-accepted history lifts the estimate; at 17 only the global one counts.
+    assert planner.goodputs(len(small), small)[4] > planner.goodputs(len(small))[4]
+    assert planner.goodputs(len(large), small + ["x"]) == planner.goodputs(len(large))
 
 
 def test_max_concurrency_forces_zero():

@@ -262,22 +262,22 @@ def test_first_speculative_step_after_plain_ones_is_not_a_step_time_sample(ckpts
         engine.add_request(f"r{i}", prompt, SamplingParams(temperature=0, max_tokens=30, ignore_eos=True))
     engine.step()  # both prompts prefill in this one step: every later step decodes only
     assert reported == [] and not engine.scheduler.waiting
-    previous, resumed, plain = 0, 0, 0
+    previous, resumed, plain, timed = 0, 0, 0, []
     while engine.has_unfinished_requests():
-        before = len(reported)
         engine.step()
         k = engine.get_stats()["last_step"]["k"]
         if k > 0 and previous == 0:
-            assert len(reported) == before, "a resumed speculative step was reported"
             assert len(caught_up) == resumed + 1 and caught_up[-1][0] == k, "it prices the catch-up instead"
             assert caught_up[-1][1] >= 2  # both requests' tokens committed while k was 0
             resumed += 1
         else:
-            assert reported[before:] == [k]
+            timed.append(k)
             plain += k == 0
         previous = k
     assert resumed >= 3 and plain >= 3
     assert len(planner.catch_up) == resumed  # each resumed step priced the catch-up per token
+    # Step times reach the planner one step late (while the next forward runs); resumed steps never do.
+    assert reported == timed[: len(reported)] and len(reported) >= len(timed) - 1
 
 
 def test_goodput_and_schedule_are_exclusive():

@@ -45,6 +45,14 @@ Rules, in order:
   will lift the batch to a size where k = 0 is best, k = 0, whatever the previous k: speculating for the
   first decoders of a burst makes the drafter index every new prompt, for a few steps of gain (on an
   H200 at batch 256 this made the burst's prefill phase 35% slower than without speculation).
+
+Host cost: the planner runs on the step's critical path, and on an H200 host its per-step work (per
+request acceptance bookkeeping and the goodput table) made the goodput line's steps 2-7% slower than the
+static line running the same k. So (a) per-request acceptance is tracked and blended only at batches of
+at most PER_REQUEST_MAX_BATCH requests, where the batch's composition moves the average; above, the
+pooled global estimate (its memory is ESTIMATE_MEMORY_TRIALS trials, about one step there) is that
+average; (b) the goodput table of a (batch, requests) key is reused until `replan_every` observations
+(acceptance outcomes, step times) arrived since it was computed; the rules above run on every step.
 """
 
 from __future__ import annotations
@@ -65,6 +73,12 @@ MIN_OBSERVED_STEPS = 4
 ESTIMATE_MEMORY_TRIALS = 256
 # An exploration from k = 0 may cost at most this many plain steps of drafter catch-up.
 EXPLORE_CATCH_UP_STEPS = 2.0
+# Largest batch whose decisions blend the requests' own acceptance estimates (module docstring, host cost).
+PER_REQUEST_MAX_BATCH = 16
+# Observations (acceptance outcomes, step times) after which the engine's planner recomputes a goodput table.
+REPLAN_EVERY = 16
+# Goodput tables kept at most (one per batch size and set of requests met recently).
+MAX_TABLES = 64
 
 # backlog() -> (tokens the drafter is behind on, tokens the decoding requests may still generate)
 BacklogFn = Callable[[], tuple[int, int]]
@@ -91,6 +105,7 @@ class GoodputPlanner:
         explore_every: int | None = 64,
         catch_up: CatchUpCost | None = None,
         backlog: BacklogFn | None = None,
+        replan_every: int = 1,
     ) -> None:
         """
         cost_model: T(batch, k); every candidate k must be measured in it.
@@ -101,6 +116,8 @@ class GoodputPlanner:
         explore_every: see the module docstring (None: never explore).
         catch_up, backlog: the drafter's catch-up price and the engine's backlog callback (see the module
         docstring); without both, switches from k = 0 are not priced.
+        replan_every: a decision reuses the goodput table of its (batch, requests) until this many
+        observations arrived since it was computed (1: every observation refreshes it).
         """
         if not isinstance(cost_model, StepCostModel):
             raise TypeError(f"cost_model must be a StepCostModel, got {type(cost_model).__name__}")
@@ -131,6 +148,10 @@ class GoodputPlanner:
             _check_count(max_concurrency, "max_concurrency", 1)
         if explore_every is not None:
             _check_count(explore_every, "explore_every", 1)
+        self.replan_every = _check_count(replan_every, "replan_every", 1)
+        # (batch, request ids or None) -> (observations when computed, goodput per k)
+        self._tables: dict[tuple[int, tuple[Hashable, ...] | None], tuple[int, dict[int, float]]] = {}
+        self._observations = 0  # acceptance outcomes, step times and releases so far
         self.cost_model = cost_model  # the probed / tune-file costs, never mixed with real steps
         self.observed = StepCostModel(device=cost_model.device)  # real step times per (bucket, k)
         self.overhead = StepOverheadModel()
@@ -164,8 +185,21 @@ class GoodputPlanner:
     def goodputs(self, batch: int, request_ids: Sequence[Hashable] | None = None) -> dict[int, float]:
         """Predicted committed tokens per second for each candidate k at this batch size."""
         _check_count(batch, "batch", 1)
-        expected = self.estimator.expected_accepted_all(request_ids)
+        expected = self.estimator.expected_accepted_all(_blended(batch, request_ids))
         return {k: (expected[k] + 1.0) * batch / self.step_seconds(batch, k) for k in self.candidate_ks}
+
+    def _table(self, batch: int, request_ids: Sequence[Hashable] | None) -> dict[int, float]:
+        """goodputs(batch, request_ids), reused until `replan_every` observations arrived (do not mutate)."""
+        ids = _blended(batch, request_ids)
+        key = (batch, None if not ids else tuple(ids))
+        entry = self._tables.get(key)
+        if entry is not None and self._observations - entry[0] < self.replan_every:
+            return entry[1]
+        if len(self._tables) >= MAX_TABLES:  # keys of requests long gone
+            self._tables.clear()
+        table = self.goodputs(batch, ids)
+        self._tables[key] = (self._observations, table)
+        return table
 
     def step_seconds(self, batch: int, k: int) -> float:
         """Predicted seconds of a real step at (batch, k).
@@ -214,7 +248,7 @@ class GoodputPlanner:
     def explain(self, batch: int, request_ids: Sequence[Hashable] | None = None) -> list[dict[str, float]]:
         """Per candidate k: expected accepted, step seconds and predicted goodput (rows for logs / plots)."""
         _check_count(batch, "batch", 1)
-        expected = self.estimator.expected_accepted_all(request_ids)
+        expected = self.estimator.expected_accepted_all(_blended(batch, request_ids))
         rows = []
         for k in self.candidate_ks:
             seconds = self.step_seconds(batch, k)
@@ -258,7 +292,7 @@ class GoodputPlanner:
         if self.max_concurrency is not None and num_active > self.max_concurrency:
             self.last_decision = {"batch": num_decoding, "k": 0, "reason": "max_concurrency"}
             return 0
-        goodput = self.goodputs(num_decoding, request_ids)
+        goodput = self._table(num_decoding, request_ids)
         best = max(self.candidate_ks, key=lambda k: (goodput[k], -k))
         bucket = self.bucket(num_decoding)
         current = self._current.get(bucket)
@@ -283,7 +317,7 @@ class GoodputPlanner:
                     reason = "explore"
                     self._explore_again = larger
         if chosen > 0 and self.catch_up is not None and self.backlog is not None:
-            if num_active > num_decoding and self.best_k(min(num_active, self._buckets[-1])) == 0:
+            if num_active > num_decoding and self._lifted_batch_best_k(num_active) == 0:
                 chosen, reason, self._explore_again = 0, "ramp", None
             elif self.last_decision.get("k", 0) == 0 and not self._catch_up_pays(
                 num_decoding, chosen, goodput, reason == "explore"
@@ -301,6 +335,11 @@ class GoodputPlanner:
             "best_goodput": goodput[best],
         }
         return chosen
+
+    def _lifted_batch_best_k(self, num_active: int) -> int:
+        """best_k at the batch the active requests will make (the ramp rule), from the reused tables."""
+        goodput = self._table(min(num_active, self._buckets[-1]), None)
+        return max(self.candidate_ks, key=lambda k: (goodput[k], -k))
 
     def _catch_up_pays(self, batch: int, k: int, goodput: Mapping[int, float], explore: bool) -> bool:
         """Whether switching from k = 0 to k earns back the drafter's catch-up."""
@@ -322,7 +361,8 @@ class GoodputPlanner:
         _check_count(k, "k", 0)
         if k == 0:
             return
-        self.estimator.update_step(request_ids, drafted, accepted, k)
+        self.estimator.update_step(_blended(len(drafted), request_ids), drafted, accepted, k)
+        self._observations += 1
 
     def observe_last_step(self, last_step: Mapping[str, Any], request_ids: Sequence[Hashable] | None = None) -> None:
         """observe() from SpecStats.last_step (keys k, drafted_per_request, accepted_per_request)."""
@@ -340,6 +380,7 @@ class GoodputPlanner:
         _check_count(batch, "batch", 1)
         _check_count(k, "k", 0)
         self._misses.clear()  # the observed medians and the overhead fit change
+        self._observations += 1
         self.observed.add(self.bucket(batch), k, seconds)
         if self.cost_model.has(k):
             self.overhead.add(batch, k, seconds - self.cost_model.cost(batch, k))
@@ -356,6 +397,7 @@ class GoodputPlanner:
     def release(self, request_id: Hashable) -> None:
         """A request finished / was aborted / preempted: drop its acceptance history."""
         self.estimator.release(request_id)
+        self._observations += 1
 
     def draft_lens_for_batch(self, num_decoding: int) -> set[int]:
         """Every k draft_len() can return for this batch size (for CUDA-graph capture): all candidates."""
@@ -380,13 +422,15 @@ def build_goodput_planner(
     explore_every: int | None = 64,
     catch_up: CatchUpCost | None = None,
     backlog: BacklogFn | None = None,
+    replan_every: int = REPLAN_EVERY,
 ) -> GoodputPlanner:
     """A planner from a speculative config (max_draft_len, max_concurrency, goodput_hysteresis,
     acceptance_profile) and a measured cost model.
 
     candidate_ks defaults to every k in 0..max_draft_len that the cost model measured (e.g. the captured
     CUDA graphs); the acceptance profile, when set, warm-starts the estimator; catch_up / backlog price
-    switches from k = 0 (GoodputPlanner).
+    switches from k = 0; replan_every: see GoodputPlanner (the engine's planner reuses a goodput table for
+    REPLAN_EVERY observations).
     """
     max_draft_len = spec_config.max_draft_len
     if candidate_ks is None:
@@ -408,4 +452,10 @@ def build_goodput_planner(
         explore_every=explore_every,
         catch_up=catch_up,
         backlog=backlog,
+        replan_every=replan_every,
     )
+
+
+def _blended(batch: int, request_ids: Sequence[Hashable] | None) -> Sequence[Hashable] | None:
+    """The request ids whose own acceptance a batch's estimate blends in: none above PER_REQUEST_MAX_BATCH."""
+    return request_ids if batch <= PER_REQUEST_MAX_BATCH else None

@@ -3,7 +3,7 @@
 Usage: python scripts/gpu_host_profile.py MODEL BATCH[,BATCH...] SPEC [SPEC ...]
   SPEC: `static:K` (draft_len_schedule {1: K}) or `goodput` (draft_len_policy goodput, code-edit profile).
 n-gram drafter, max_draft_len 4, acceptance replayed from the code-edit profile, prompts of 128 random ids,
-64 generated tokens after a 16-token warm-up batch. Prints ms per decode step and the 25 functions with
+64 generated tokens after a 16-token warm-up batch. Prints ms per decode step, the graph replay alone and the 25 functions with
 the most own time and the 30 dynaspec functions with the most cumulative time, per SPEC.
 """
 
@@ -18,6 +18,7 @@ import time
 import torch
 
 from dynaspec.config import EngineConfig
+from dynaspec.engine.cost_probe import forward_seconds
 from dynaspec.engine.engine import LLMEngine
 from dynaspec.sampling_params import SamplingParams
 from dynaspec.spec.config import NGramDecodingConfig
@@ -75,7 +76,9 @@ def main(argv: list[str]) -> int:
         profiler = cProfile.Profile()
         ms_prof, _ = run(engine, batch, 64, rng, profiler)
         timings = "; ".join(f"{ms:.2f} ms/step (k: {ks})" for ms, ks in runs)
-        print(f"=== {spec_name} batch {batch}: {timings}; {ms_prof:.2f} under cProfile")
+        k = 4 if spec_name == "goodput" else int(spec_name.split(":")[1])
+        replay = forward_seconds(engine.runner, batch, k, repeats=50) * 1e3 if engine.runner.can_replay(batch, k) else float("nan")
+        print(f"=== {spec_name} batch {batch}: {timings}; {ms_prof:.2f} under cProfile; graph replay at k={k} {replay:.3f} ms")
         pstats.Stats(profiler).sort_stats("tottime").print_stats(25)
         pstats.Stats(profiler).sort_stats("cumulative").print_stats("dynaspec", 30)
         del engine

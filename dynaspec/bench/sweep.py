@@ -47,6 +47,7 @@ from typing import Any
 import torch
 
 from dynaspec.config import EngineConfig
+from dynaspec.engine.startup_heap import frozen_startup_heap
 from dynaspec.spec.config import AUTO_SCHEDULE, MAX_DRAFT_LEN_LIMIT, parse_speculative_config
 from dynaspec.spec.policy import DraftLenPolicy
 
@@ -381,11 +382,12 @@ def run_sweep(
             engine = _build_engine(settings, line, max(batches), max_k, prompt_len)
             result = result or start(engine)
             finish_line(engine, line)
-            for batch in batches:
-                if progress:
-                    progress(f"{line.name} batch {batch}", float(done), float(total))
-                result.points.append(measure(engine, line, batch))
-                done += 1
+            with frozen_startup_heap():  # no full garbage collection inside a timed step
+                for batch in batches:
+                    if progress:
+                        progress(f"{line.name} batch {batch}", float(done), float(total))
+                    result.points.append(measure(engine, line, batch))
+                    done += 1
             hf(engine)
             del engine
             _free_memory()
@@ -397,16 +399,17 @@ def run_sweep(
         result = start(engines[0])
         for engine, line in zip(engines, lines):
             finish_line(engine, line)
-        for batch in batches:
-            rounds: dict[str, list[Point]] = {line.name: [] for line in lines}
-            for r in range(settings.rounds):
-                for i in range(len(lines)):
-                    n = (i + r) % len(lines)  # rotated: each line runs first (and last) in some round
-                    if progress:
-                        progress(f"{lines[n].name} batch {batch} round {r + 1}", float(done), float(total))
-                    rounds[lines[n].name].append(measure(engines[n], lines[n], batch))
-                    done += 1 / settings.rounds
-            result.points.extend(merge_rounds(rounds[line.name]) for line in lines)
+        with frozen_startup_heap():  # no full garbage collection inside a timed step
+            for batch in batches:
+                rounds: dict[str, list[Point]] = {line.name: [] for line in lines}
+                for r in range(settings.rounds):
+                    for i in range(len(lines)):
+                        n = (i + r) % len(lines)  # rotated: each line runs first (and last) in some round
+                        if progress:
+                            progress(f"{lines[n].name} batch {batch} round {r + 1}", float(done), float(total))
+                        rounds[lines[n].name].append(measure(engines[n], lines[n], batch))
+                        done += 1 / settings.rounds
+                result.points.extend(merge_rounds(rounds[line.name]) for line in lines)
         hf(engines[0])
         del engines
         _free_memory()

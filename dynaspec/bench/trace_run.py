@@ -37,6 +37,7 @@ from typing import Any
 import torch
 
 from dynaspec.bench import sweep
+from dynaspec.engine.startup_heap import frozen_startup_heap
 from dynaspec.bench.trace import DEFAULT_PHASES, TraceRequest, build_trace, check_phases, gen_len_range, mixed_acceptance
 from dynaspec.spec.config import AUTO_SCHEDULE, parse_draft_len_schedule_option, parse_speculative_config
 from dynaspec.spec.replay import load_acceptance, resolve_profile_path, split_profile_names
@@ -193,7 +194,8 @@ def run_trace(settings: TraceSettings, out_dir: str | Path, progress: ProgressFn
             for batch in sorted(set(settings.phases)):  # every concurrency of the trace, as a server that ran a while
                 sweep._run_batch(engine, batch, settings.prompt_len, min(high, sweep.WARMUP_GEN_LEN), rng)
         before = engine.get_stats()
-        steps, tokens, wall, preemptions = _drive(engine, trace, settings.phases, line.name, n, len(lines), progress)
+        with frozen_startup_heap():  # no full garbage collection inside a timed step
+            steps, tokens, wall, preemptions = _drive(engine, trace, settings.phases, line.name, n, len(lines), progress)
         after = engine.get_stats()
         outputs[line.name] = tokens
         summary = _summarise(line, steps, tokens, wall, preemptions, trace, settings.phases, schedule)

@@ -16,6 +16,7 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from pydantic import ValidationError
 
+from dynaspec.engine.startup_heap import frozen_startup_heap
 from dynaspec.server import protocol as P
 from dynaspec.server.async_engine import AsyncEngine, OutputGroup
 from dynaspec.server.errors import APIError, install_error_handlers, invalid_request
@@ -45,7 +46,8 @@ def create_app(
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         await asyncio.to_thread(app.state.engine.start, engine_start_timeout)
         try:
-            yield
+            with frozen_startup_heap():  # the engine is built: no full collection walks it mid-step
+                yield
         finally:
             await asyncio.to_thread(app.state.engine.shutdown)
 

@@ -1,0 +1,29 @@
+"""Keep CPython's full garbage collection off the step loop: freeze the heap built at start-up.
+
+A full (generation-2) collection walks every tracked container object. After importing torch and
+transformers and building an engine that is several hundred thousand objects (320k on the 2-core dev CPU
+for the imports alone, ~200 ms a full collection there), and the collector runs one whenever enough
+objects have survived younger collections, i.e. at whatever engine step happens to allocate past the
+threshold: bench step logs on an NVIDIA H200 host showed single steps of 300-425 ms in every kind of line
+(2026-11-27, docs/benchmarks.md). vLLM freezes its heap after start-up for the same reason: `gc.freeze()`
+moves every object alive now to a permanent generation that collections skip (reference counting still
+frees them; only reference cycles among them are no longer collected).
+"""
+
+from __future__ import annotations
+
+import gc
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+
+@contextmanager
+def frozen_startup_heap() -> Iterator[None]:
+    """Within the block, objects alive on entry (models, engines, imported modules) are exempt from the
+    cyclic collector; on exit they are handed back to it (`gc.unfreeze`), so the process is as before."""
+    gc.collect()
+    gc.freeze()
+    try:
+        yield
+    finally:
+        gc.unfreeze()

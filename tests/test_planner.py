@@ -177,6 +177,19 @@ def test_goodput_table_is_reused_until_replan_every_observations():
     assert planner.draft_len(1, 1) == 1
     planner.observe_step_time(1, 1, 0.015)  # 3: recomputed
     assert planner.draft_len(1, 1) == 0
+    computed = []  # refresh() computes a due table ahead of the decision, which then reuses it
+    goodputs = planner.goodputs
+    planner.goodputs = lambda *args: computed.append(args) or goodputs(*args)
+    _set_alpha(planner, 200)
+    planner.observe_step_time(1, 1, 0.015)
+    planner.observe_step_time(1, 1, 0.015)
+    planner.refresh(1)
+    assert computed == [(1, None)]
+    assert planner.draft_len(1, 1) == 1 and len(computed) == 1
+    planner.refresh(1)  # not due: nothing recomputed
+    assert len(computed) == 1
+    with pytest.raises(ValueError, match="batch must be >= 1"):
+        planner.refresh(0)
     every = _two_k_planner(hysteresis=0.0)  # replan_every 1 (the default): every observation counts
     _set_alpha(every, 200)
     assert every.draft_len(1, 1) == 1

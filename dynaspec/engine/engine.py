@@ -272,7 +272,7 @@ class LLMEngine:
             inflight = self._inflight
             following = continuation(self.scheduler, inflight, draft_len_for, self.max_model_len)
             self._inflight = None if following is None else self._launch_overlapped(following, inflight.ids)
-            self._feed_policy()
+            self._feed_policy(len(inflight.sched.decodes))
             return self._finish_overlapped(inflight)
         sched = self.scheduler.schedule(draft_len_for)
         for request in sched.preempted:
@@ -297,7 +297,7 @@ class LLMEngine:
         else:
             seqs, logit_rows, row_owner = self._build_inputs(sched, drafts)
             logits = self.runner.forward(seqs, logit_rows)  # (N, vocab)
-        self._feed_policy()  # a replayed graph is still running: the host would only wait
+        self._feed_policy(len(sched.decodes))  # a replayed graph is still running: the host would only wait
         committed = self._accept(sched, drafts, draft_probs, logits, row_owner)
         outputs = self._commit(sched, drafts, committed)
         if self.policy is not None and not sched.prefills:
@@ -320,11 +320,14 @@ class LLMEngine:
         its reused goodput table (GoodputPlanner.replan_every) is anyway."""
         self._policy_pending.append((method, args))
 
-    def _feed_policy(self) -> None:
-        """Give the policy the queued observations, in order."""
+    def _feed_policy(self, batch: int = 0) -> None:
+        """Give the policy the queued observations, in order; with `batch` (the step's decoding requests),
+        let the goodput planner recompute that batch size's table now if it is due."""
         pending, self._policy_pending = self._policy_pending, []
         for method, args in pending:
             getattr(self.policy, method)(*args)
+        if self.goodput and batch > 0:
+            self.policy.refresh(batch)
 
     def _drafter_backlog(self) -> tuple[int, int]:
         """(tokens the drafter is behind on, tokens still to generate, at most HORIZON_TOKENS_PER_REQUEST

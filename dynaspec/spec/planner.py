@@ -336,6 +336,12 @@ class GoodputPlanner:
         }
         return chosen
 
+    def refresh(self, batch: int) -> None:
+        """Recompute the goodput table of `batch` now if it is due (the engine calls this while the GPU
+        runs a step, so that the next decision at that batch size finds it fresh)."""
+        _check_count(batch, "batch", 1)
+        self._table(batch, None)
+
     def _lifted_batch_best_k(self, num_active: int) -> int:
         """best_k at the batch the active requests will make (the ramp rule), from the reused tables."""
         goodput = self._table(min(num_active, self._buckets[-1]), None)

@@ -197,6 +197,26 @@ def test_goodput_table_is_reused_until_replan_every_observations():
     assert every.draft_len(1, 1) == 0
 
 
+def test_probe_runs_an_unvisited_neighbour_within_the_margin_until_it_is_measured():
+    cost = _cost(lambda b, k: 0.010 + 0.001 * k, ks=(0, 3, 4))
+    # alpha 0.9: goodput(4) = 4.095 / 0.014 = 292.5, goodput(3) = 3.439 / 0.013 = 264.5, 9.6% below
+    planner = _planner(cost, [0.9] * 4, ks=(0, 3, 4), hysteresis=0.05, probe_margin=0.10)
+    ks = []
+    for _ in range(4):
+        ks.append(planner.draft_len(1, 1))
+        assert planner.last_decision["reason"] == "probe" and planner.last_decision["held_k"] == 4
+        planner.observe_step_time(1, 3, 0.008)  # k = 3 runs far faster than its probed cost
+    assert ks == [3, 3, 3, 3]
+    assert planner.draft_len(1, 1) == 3 and planner.last_decision["reason"] == "argmax"  # 430 tok/s: switch
+    assert planner.draft_len(1, 1) == 3  # k = 4 (292.5) is not within 10% of 430: no probe back
+    narrow = _planner(cost, [0.9] * 4, ks=(0, 3, 4), probe_margin=0.05)
+    assert narrow.draft_len(1, 1) == 4  # 9.6% is outside a 5% margin
+    assert _planner(cost, [0.9] * 4, ks=(0, 3, 4)).draft_len(1, 1) == 4  # no probe_margin: no probes
+    for bad in (1.0, -0.1, True):
+        with pytest.raises(ValueError, match="probe_margin must be a relative goodput"):
+            _planner(cost, [0.9] * 4, ks=(0, 3, 4), probe_margin=bad)
+
+
 def test_requests_own_acceptance_only_up_to_per_request_max_batch():
     cost = _cost(lambda b, k: 0.02)
     planner = _planner(cost, [0.5] * max(KS), ema_rate=1.0)

@@ -58,7 +58,9 @@ static line running the same k. So (a) per-request acceptance is tracked and ble
 at most PER_REQUEST_MAX_BATCH requests, where the batch's composition moves the average; above, the
 pooled global estimate (its memory is ESTIMATE_MEMORY_TRIALS trials, about one step there) is that
 average; (b) the goodput table of a (batch, requests) key is reused until `replan_every` observations
-(acceptance outcomes, step times) arrived since it was computed; the rules above run on every step.
+(acceptance outcomes, step times) arrived since it was computed; the rules above run on every step;
+(c) the engine feeds a step's observations while the next step's graph runs and calls `refresh(batch)`
+there, so a due table is recomputed off the critical path (engine/engine.py, `_feed_policy`).
 """
 
 from __future__ import annotations

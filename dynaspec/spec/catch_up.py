@@ -17,8 +17,9 @@ on the tokens still to generate exceeds the catch-up,
 catch-up on synthetic tokens) and, once steps that caught up were timed, the least-squares slope through
 the origin of what those steps took beyond their predicted T(batch, k) against their backlog,
 sum(tokens * extra) / sum(tokens^2), each sum discounted by 1 - 1/CATCH_UP_MEMORY_SAMPLES per new sample
-(a recency weighting that keeps a large catch-up's weight above many later small ones'). A step that caught up on ten tokens mostly measures the noise of the
-step time, one that caught up on 20,000 measures the price: a per-sample median let the many small
+(a recency weighting that keeps a large catch-up's weight above many later small ones'). A step that
+caught up on ten tokens mostly measures the noise of the step time, one that caught up on 20,000
+measures the price: a per-sample median let the many small
 catch-ups of batches 1-16 (noise, clamped at 0) price the large ones of batch 128 at nearly nothing, and
 the planner then explored there at 77-160 ms a step (NVIDIA H200, chat profile, 2026-11-27).
 """

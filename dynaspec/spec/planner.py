@@ -164,7 +164,9 @@ class GoodputPlanner:
         if probe_margin is not None and (
             isinstance(probe_margin, bool) or not isinstance(probe_margin, (int, float)) or not 0 <= probe_margin < 1
         ):
-            raise ValueError(f"probe_margin must be a relative goodput in [0, 1) (e.g. 0.1) or None, got {probe_margin!r}")
+            raise ValueError(
+                f"probe_margin must be a relative goodput in [0, 1) (e.g. 0.1) or None, got {probe_margin!r}"
+            )
         self.probe_margin = probe_margin
         # (batch, request ids or None) -> (observations when computed, goodput per k)
         self._tables: dict[tuple[int, tuple[Hashable, ...] | None], tuple[int, dict[int, float]]] = {}

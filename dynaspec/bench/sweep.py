@@ -15,8 +15,8 @@ at the same batch size (greedy speculative decoding must not change them). Only 
 timed: the steps after every request has its first token (time.perf_counter from each step() call to the
 next, with one torch.cuda.synchronize at the end of the batch: the engine overlaps a plain decode step's
 host work with the next step's GPU work, as it does when serving, and a synchronize after every step
-would put that host work back on the critical path); `batch_tokens_per_s` also counts the prefill phase (every output token
-over first step to last). Reported: committed output tokens per second, mean step
+would put that host work back on the critical path); `batch_tokens_per_s` also counts the prefill phase
+(every output token over first step to last). Reported: committed output tokens per second, mean step
 time, mean accepted length (tokens committed per request per decode step, "tau" of Leviathan et al. 2023,
 counting k = 0 steps as 1) and the fraction of decode steps whose k was the line's nominal k at that batch.
 
@@ -352,7 +352,14 @@ def run_sweep(
     rng = random.Random(settings.seed)
     prompts = _workload_prompts(settings, max(batches)) if settings.workload else None
     prompt_len = prompts.max_len if prompts else settings.prompt_len
-    measure = _PointMeasurer(settings, prompts, rng)
+
+    def measure(engine, line: Line, batch: int) -> Point:
+        """The warm-up batch, then the timed one."""
+        if settings.warmup:  # random prompts: a shared n-gram pool must not learn the measured ones
+            _run_batch(engine, batch, settings.prompt_len, min(settings.gen_len, WARMUP_GEN_LEN), rng)
+        return _measure(engine, line, batch, settings.prompt_len, settings.gen_len, rng,
+                        prompts.for_batch(batch) if prompts else None)
+
     result: SweepResult | None = None
 
     def start(engine) -> SweepResult:
@@ -444,20 +451,6 @@ def mark_token_agreement(points: list[Point]) -> None:
         p.same_tokens_as_no_spec = agreement.identical
         p.requests_same_as_no_spec = agreement.num_identical
         p.first_divergence = agreement.first_divergence
-
-
-class _PointMeasurer:
-    """measure(engine, line, batch) -> Point: the warm-up batch, then the timed one."""
-
-    def __init__(self, settings: SweepSettings, prompts, rng: random.Random) -> None:
-        self.settings, self.prompts, self.rng = settings, prompts, rng
-
-    def __call__(self, engine, line: Line, batch: int) -> "Point":
-        settings = self.settings
-        if settings.warmup:  # random prompts: a shared n-gram pool must not learn the measured ones
-            _run_batch(engine, batch, settings.prompt_len, min(settings.gen_len, WARMUP_GEN_LEN), self.rng)
-        return _measure(engine, line, batch, settings.prompt_len, settings.gen_len, self.rng,
-                        self.prompts.for_batch(batch) if self.prompts else None)
 
 
 def merge_rounds(points: list[Point]) -> Point:

@@ -287,7 +287,10 @@ class GoodputPlanner:
 
     def best_k(self, batch: int, request_ids: Sequence[Hashable] | None = None) -> int:
         """Argmax of goodput without hysteresis or exploration (ties: the smaller k)."""
-        goodput = self.goodputs(batch, request_ids)
+        return self._argmax(self.goodputs(batch, request_ids))
+
+    def _argmax(self, goodput: Mapping[int, float]) -> int:
+        """The candidate k of highest goodput; ties go to the smaller k (same goodput, less work)."""
         return max(self.candidate_ks, key=lambda k: (goodput[k], -k))
 
     def draft_len(
@@ -312,7 +315,7 @@ class GoodputPlanner:
             self.last_decision = {"batch": num_decoding, "k": 0, "reason": "max_concurrency"}
             return 0
         goodput = self._table(num_decoding, request_ids)
-        best = max(self.candidate_ks, key=lambda k: (goodput[k], -k))
+        best = self._argmax(goodput)
         bucket = self.bucket(num_decoding)
         current = self._current.get(bucket)
         if current is None or goodput[best] > goodput[current] * (1.0 + self.hysteresis):
@@ -381,8 +384,7 @@ class GoodputPlanner:
 
     def _lifted_batch_best_k(self, num_active: int) -> int:
         """best_k at the batch the active requests will make (the ramp rule), from the reused tables."""
-        goodput = self._table(min(num_active, self._buckets[-1]), None)
-        return max(self.candidate_ks, key=lambda k: (goodput[k], -k))
+        return self._argmax(self._table(min(num_active, self._buckets[-1]), None))
 
     def _catch_up_pays(self, batch: int, k: int, goodput: Mapping[int, float], explore: bool) -> bool:
         """Whether switching from k = 0 to k earns back the drafter's catch-up."""

@@ -265,7 +265,8 @@ class GoodputPlanner:
         return misses
 
     def explain(self, batch: int, request_ids: Sequence[Hashable] | None = None) -> list[dict[str, float]]:
-        """Per candidate k: expected accepted, step seconds and predicted goodput (rows for logs / plots)."""
+        """Per candidate k: expected accepted, predicted and probed step seconds, predicted goodput (rows
+        for logs / plots)."""
         _check_count(batch, "batch", 1)
         expected = self.estimator.expected_accepted_all(_blended(batch, request_ids))
         rows = []
@@ -276,6 +277,7 @@ class GoodputPlanner:
                     "k": k,
                     "expected_accepted": expected[k],
                     "step_seconds": seconds,
+                    "probed_seconds": self.cost_model.cost(batch, k),
                     "goodput_tokens_per_s": (expected[k] + 1.0) * batch / seconds,
                 }
             )

@@ -13,7 +13,8 @@ same reason). This model learns the residual
 indexing and verification bookkeeping, which plain and overlapped k = 0 steps skip; work per drafted
 token) by least squares over the MEDIAN residual of each observed (batch, k) cell (of its most recent
 samples), with only the terms the observed cells can identify (a term collinear with the earlier ones,
-e.g. the per-drafted-token one while every step ran the same k, stays 0: see identifiable_columns), so
+e.g. the per-drafted-token one while every step ran the same k, stays 0: see identifiable_columns) and
+with the per-request terms b, s, c kept >= 0 (see nonnegative_fit), so
 one observed (batch, k) corrects the prediction of cells never run yet, and a one-off slow
 step (the n-gram drafter indexing every prompt on the first speculative step, a page fault, a
 preemption) does not bend the fit: a plain least squares over raw samples let one 65 ms catch-up step
@@ -28,6 +29,8 @@ from collections import deque
 from statistics import median
 
 import numpy as np
+
+NONNEGATIVE_COLUMNS = (1, 2, 3)  # b, s, c of the residual model: per request, speculating, drafted token
 
 
 class StepOverheadModel:
@@ -76,9 +79,7 @@ class StepOverheadModel:
             cell_set = frozenset(cells)
             if cell_set != self._used_for[0]:  # the identifiable terms change only with the set of cells
                 self._used_for = (cell_set, identifiable_columns(features))
-            used = self._used_for[1]
-            coef = np.zeros(features.shape[1])
-            coef[used] = np.linalg.lstsq(features[:, used], medians, rcond=None)[0]
+            coef = nonnegative_fit(features, medians, self._used_for[1], NONNEGATIVE_COLUMNS)
             self._coef = tuple(float(x) for x in coef)
             self._fitted_cells = set(cells)
             self._added_since_fit = 0
@@ -104,6 +105,29 @@ def identifiable_columns(features: np.ndarray) -> list[int]:
         if np.linalg.matrix_rank(features[:, used + [j]]) > len(used):
             used.append(j)
     return used
+
+
+def nonnegative_fit(
+    features: np.ndarray, targets: np.ndarray, used: list[int], nonnegative: tuple[int, ...]
+) -> np.ndarray:
+    """Least-squares coefficients over the columns `used` (others 0) with those in `nonnegative` >= 0:
+    while the fit gives one of them a negative value, the most negative is fixed at 0 and the rest refit
+    (the active-set idea of Lawson & Hanson's NNLS, 1974, one column at a time).
+
+    Host work per request or per drafted token is never negative; an unconstrained fit over cells at
+    nearby k's (k = 3 and 4 at batches 1-16, the goodput line's usual cells) turns noise between them into
+    a negative per-drafted-token term and a large per-request one, which priced k = 1 at batch 64 at
+    15.0 ms (real steps: 8.3 ms) and k = 4 at 12.8 ms on an H200, so the planner never tried the k = 1-3
+    that beat no speculation there."""
+    free = list(used)
+    while True:
+        coef = np.zeros(features.shape[1])
+        if free:
+            coef[free] = np.linalg.lstsq(features[:, free], targets, rcond=None)[0]
+        negative = [j for j in free if j in nonnegative and coef[j] < 0]
+        if not negative:
+            return coef
+        free.remove(min(negative, key=lambda j: coef[j]))
 
 
 def _features(batch: np.ndarray, k: np.ndarray) -> np.ndarray:

@@ -57,13 +57,22 @@ for step in "$@"; do
         --out-dir "$OUT/trace" > "$OUT/trace.log" 2>&1; tail -3 "$OUT/trace.log"; cat "$OUT/trace/trace.md" ;;
     bench-trace-swing)
       # Load that swings between idle and peak (issue 6): concurrency 1 -> 2 -> 4 -> 128 -> 256 -> 128 -> 4 ->
-      # 2 -> 1, 128 tokens per request, code-edit + chat requests mixed; about half the no-spec time at
-      # concurrency <= 4 (where long drafts pay) and half at >= 128 (where any draft costs).
+      # 2 -> 1, 128 tokens per request, code-edit + chat requests mixed; on an H200 about 28% of the no-spec
+      # time is at concurrency <= 4 (where long drafts pay), the rest at >= 128 (where any draft costs).
       timeout 480 python3 -m dynaspec.cli bench-trace --model random:llama-3.1-8b --drafter ngram --max-draft-len 4 \
         --profiles acceptance_ngram_code-edit,acceptance_ngram_chat --schedule auto --ks 0,1,2,4 \
         --phases 1,2,4,128,256,128,4,2,1 --waves 2 --prompt-len 128 --gen-len 128 \
         --out-dir "$OUT/trace-swing" > "$OUT/trace-swing.log" 2>&1; tail -3 "$OUT/trace-swing.log"
       cat "$OUT/trace-swing/trace.md" ;;
+    bench-trace-ramp)
+      # Load that ramps through every batch size and back (issue 6): concurrency 1, 2, 4, ... 256, ... 2, 1,
+      # one request per unit of concurrency and phase, code-edit + chat mixed, 128 tokens per request. Unlike
+      # the swing above, the mid range (8-64), where the best k is 2-4 and changes with the load, is in it.
+      timeout 400 python3 -m dynaspec.cli bench-trace --model random:llama-3.1-8b --drafter ngram --max-draft-len 4 \
+        --profiles acceptance_ngram_code-edit,acceptance_ngram_chat --schedule auto --ks 0,1,2,4 \
+        --phases 1,2,4,8,16,32,64,128,256,128,64,32,16,8,4,2,1 --waves 1 --prompt-len 128 --gen-len 128 \
+        --out-dir "$OUT/trace-ramp" > "$OUT/trace-ramp.log" 2>&1; tail -3 "$OUT/trace-ramp.log"
+      cat "$OUT/trace-ramp/trace.md" ;;
     k0-ab)
       python3 scripts/gpu_k0_ab.py 2 8 64 2>&1 | tail -5 ;;
     *) echo "unknown step $step" ;;

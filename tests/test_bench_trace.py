@@ -131,12 +131,18 @@ def test_cli_replayed_trace(tiny, tmp_path):
     assert comparison["best_static_line"] == max(static, key=static.get)
     assert comparison["goodput_over_best_static"] == pytest.approx(by_line["goodput"]["tokens_per_s"] / max(static.values()))
     assert comparison["goodput_over_schedule"] == pytest.approx(by_line["goodput"]["tokens_per_s"] / by_line["schedule"]["tokens_per_s"])
+    # The per-phase oracle: each phase at its best static line's time.
+    oracle_seconds = sum(min(by_line[n]["per_phase"][p]["time_s"] for n in static) for p in range(3))
+    assert comparison["per_phase_best_static_tokens_per_s"] == pytest.approx(meta["total_tokens"] / oracle_seconds)
+    assert comparison["goodput_over_per_phase_best_static"] == pytest.approx(
+        by_line["goodput"]["tokens_per_s"] * oracle_seconds / meta["total_tokens"])
     # The planning profile (goodput warm start, auto schedule) is the request-weighted mix.
     planning = json.loads((out / PLANNING_PROFILE_FILE).read_text())
     weights = [p["requests"] for p in meta["replay_profiles"]]
     assert planning["acceptance_per_position"] == pytest.approx(mixed_acceptance([load_acceptance(p) for p in PROFILES], weights))
     markdown = (out / "trace.md").read_text()
     assert "ACCEPTANCE REPLAYED" in markdown and "goodput / best static" in markdown
+    assert "goodput / per-phase best static" in markdown
     assert (out / "trace.png").stat().st_size > 10_000
 
 

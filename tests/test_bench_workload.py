@@ -178,3 +178,27 @@ def test_cli_workload_and_its_errors(tiny_chat_dir, tmp_path):
 def _flat(text: str) -> str:
     """CLI output with rich's line wrapping undone."""
     return " ".join(text.split())
+
+
+def test_warmup_prompts_are_other_prompts_of_the_workload(tiny_chat_dir, monkeypatch):
+    """The untimed warm-up batch runs prompts of the same workload that are never measured (so a shared
+    n-gram pool cannot learn the measured ones), and random ids only when the workload has no others."""
+    from transformers import AutoTokenizer
+
+    import dynaspec.bench.sweep as sweep
+
+    tokenizer = AutoTokenizer.from_pretrained(str(tiny_chat_dir))
+    code = workload_prompts(tokenizer, "code-edit", 3, seed=0)
+    assert len(code.warmup_token_ids) == 3 and not set(code.warmup_token_ids) & set(code.token_ids)
+    assert code.warmup_for_batch(4) == [list(p) for p in code.warmup_token_ids + code.warmup_token_ids[:1]]
+    every_chat = workload_prompts(tokenizer, "chat", 64, seed=0)  # the chat workload has fewer conversations
+    assert every_chat.warmup_token_ids == () and every_chat.warmup_for_batch(2) is None
+
+    fed: list = []
+    run_batch = sweep._run_batch
+    monkeypatch.setattr(sweep, "_run_batch", lambda engine, batch, plen, glen, rng, prompts=None:
+                        fed.append(prompts) or run_batch(engine, batch, plen, glen, rng, prompts))
+    run_sweep(_settings(tiny_chat_dir, workload="code-edit", batch_sizes=[2], draft_lens=[0], warmup=True,
+                        include_schedule=False))
+    warmup, measured = fed  # one line, one batch size: the warm-up batch, then the timed one
+    assert warmup == code.warmup_for_batch(2) and measured == code.for_batch(2)

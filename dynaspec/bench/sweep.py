@@ -56,7 +56,8 @@ REPLAY_FIELD = "replay_acceptance_profile"
 DEFAULT_BATCH_SIZES = (1, 2, 4, 8, 16, 32, 64, 128, 256)
 # Before each (line, batch) point its engine runs one untimed batch of this many tokens: graphs, allocator
 # and caches are warm, and an online policy (the goodput planner) has seen that batch size, as it would
-# have in a server running for hours; every line gets the same warm-up.
+# have in a server running for hours; every line gets the same warm-up (random token ids, or with a
+# --workload other prompts of that workload: sweep_prompts.WorkloadPrompts.warmup_for_batch).
 WARMUP_GEN_LEN = 16
 COPY_BYTES = 1 << 30
 
@@ -355,8 +356,9 @@ def run_sweep(
 
     def measure(engine, line: Line, batch: int) -> Point:
         """The warm-up batch, then the timed one."""
-        if settings.warmup:  # random prompts: a shared n-gram pool must not learn the measured ones
-            _run_batch(engine, batch, settings.prompt_len, min(settings.gen_len, WARMUP_GEN_LEN), rng)
+        if settings.warmup:  # never the measured prompts: a shared n-gram pool must not learn them
+            warmup_prompts = prompts.warmup_for_batch(batch) if prompts else None  # None: random ids
+            _run_batch(engine, batch, settings.prompt_len, min(settings.gen_len, WARMUP_GEN_LEN), rng, warmup_prompts)
         return _measure(engine, line, batch, settings.prompt_len, settings.gen_len, rng,
                         prompts.for_batch(batch) if prompts else None)
 

@@ -58,14 +58,17 @@ def line_rows(result: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
 
 
 def comparison_rows(result: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
-    """The headline ratios: goodput / best static k (no spec included) and goodput / schedule."""
+    """The headline ratios: goodput / best static k (no spec included), goodput / schedule, and goodput /
+    the per-phase best static line (the best static k of each phase, switched for free)."""
     c = result["comparison"]
     header = ["best static line", "best static tok/s", "goodput tok/s", "schedule tok/s",
-              "goodput / best static", "goodput / schedule", "schedule / best static"]
+              "goodput / best static", "goodput / schedule", "schedule / best static",
+              "per-phase best static tok/s", "goodput / per-phase best static"]
     rows = [[
         c["best_static_line"] or "", _num(c["best_static_tokens_per_s"]), _num(c["goodput_tokens_per_s"]),
         _num(c["schedule_tokens_per_s"]), _ratio(c["goodput_over_best_static"]), _ratio(c["goodput_over_schedule"]),
-        _ratio(c["schedule_over_best_static"]),
+        _ratio(c["schedule_over_best_static"]), _num(c.get("per_phase_best_static_tokens_per_s")),
+        _ratio(c.get("goodput_over_per_phase_best_static")),
     ]]
     return header, rows
 

@@ -31,6 +31,7 @@ POINT_FIELDS = {
     "output_token_ids", "same_tokens_as_no_spec", "requests_same_as_no_spec", "first_divergence",
     "planner_decisions",  # goodput line only
     "step_log", "round_tokens_per_s",  # every decode step; rounds of a side-by-side sweep (None otherwise)
+    "gc_full_collections_ms",  # full garbage collections during the timed batch
     "planner_view",  # goodput line only
     "batch_tokens", "batch_tokens_per_s",  # the whole batch, prefill phase included
 }

@@ -26,3 +26,22 @@ def test_unfrozen_even_when_the_block_raises():
     except RuntimeError:
         pass
     assert gc.get_freeze_count() == 0
+
+
+def test_full_collections_are_timed_and_survivors_can_be_frozen():
+    import gc
+
+    from dynaspec.engine.startup_heap import freeze_survivors, frozen_startup_heap, full_collections
+
+    with frozen_startup_heap():
+        kept = [[i] for i in range(1000)]  # containers alive after the start-up freeze
+        before = gc.get_freeze_count()
+        freeze_survivors()
+        assert gc.get_freeze_count() >= before + len(kept)
+        with full_collections() as durations:
+            gc.collect(1)  # a younger collection is not counted
+            gc.collect()
+            gc.collect()
+        assert len(durations) == 2 and all(d >= 0 for d in durations)
+    assert gc.get_freeze_count() == 0  # the context hands everything back
+    assert all(cb.__name__ != "callback" for cb in gc.callbacks)

@@ -47,7 +47,7 @@ from typing import Any
 import torch
 
 from dynaspec.config import EngineConfig
-from dynaspec.engine.startup_heap import frozen_startup_heap
+from dynaspec.engine.startup_heap import freeze_survivors, frozen_startup_heap, full_collections
 from dynaspec.spec.config import AUTO_SCHEDULE, MAX_DRAFT_LEN_LIMIT, parse_speculative_config
 from dynaspec.spec.policy import DraftLenPolicy
 
@@ -292,6 +292,8 @@ class Point:
     batch_tokens_per_s: float = 0.0
     # Side-by-side sweeps (rounds > 1): each round's tokens/s; decode_tokens_per_s is their median.
     round_tokens_per_s: list[float] | None = None
+    # Milliseconds of each full (generation-2) garbage collection during the timed batch (all rounds).
+    gc_full_collections_ms: list[float] = field(default_factory=list)
     # Goodput line only: the planner's table for this batch size after the point (GoodputPlanner.explain:
     # per k the expected accepted tokens, predicted step seconds and goodput) and its catch-up price.
     planner_view: dict[str, Any] | None = None
@@ -359,6 +361,7 @@ def run_sweep(
         if settings.warmup:  # never the measured prompts: a shared n-gram pool must not learn them
             warmup_prompts = prompts.warmup_for_batch(batch) if prompts else None  # None: random ids
             _run_batch(engine, batch, settings.prompt_len, min(settings.gen_len, WARMUP_GEN_LEN), rng, warmup_prompts)
+        freeze_survivors()  # what every engine has built so far stays out of collections in the timed batch
         return _measure(engine, line, batch, settings.prompt_len, settings.gen_len, rng,
                         prompts.for_batch(batch) if prompts else None)
 
@@ -496,6 +499,7 @@ def merge_rounds(points: list[Point]) -> Point:
         output_token_ids=first.output_token_ids,
         planner_decisions=dict(sorted(decisions.items())) if decisions else None,
         step_log=[row for p in points for row in p.step_log],
+        gc_full_collections_ms=[ms for p in points for ms in p.gc_full_collections_ms],
         batch_tokens=sum(p.batch_tokens for p in points),
         batch_tokens_per_s=statistics.median(p.batch_tokens_per_s for p in points),
         round_tokens_per_s=[p.decode_tokens_per_s for p in points],
@@ -582,7 +586,8 @@ def _run_batch(engine, batch: int, prompt_len: int, gen_len: int, rng: random.Ra
 
 def _measure(engine, line: Line, batch: int, prompt_len: int, gen_len: int, rng: random.Random,
              prompts: list[list[int]] | None = None) -> Point:
-    prefill_time, records, preemptions, token_ids = _run_batch(engine, batch, prompt_len, gen_len, rng, prompts)
+    with full_collections() as collections:
+        prefill_time, records, preemptions, token_ids = _run_batch(engine, batch, prompt_len, gen_len, rng, prompts)
     nominal = engine_nominal_k(engine, line, batch)
     decode_time = sum(r[0] for r in records)
     tokens = sum(r[1] for r in records)
@@ -620,6 +625,7 @@ def _measure(engine, line: Line, batch: int, prompt_len: int, gen_len: int, rng:
         output_token_ids=token_ids if prompts is not None else None,
         planner_decisions=dict(sorted(decisions.items())) if decisions else None,
         step_log=[[round(r[0] * 1e3, 3), r[2].get("batch_size", batch), r[2].get("k", 0)] for r in records],
+        gc_full_collections_ms=[round(s * 1e3, 3) for s in collections],
         batch_tokens=batch_tokens,
         batch_tokens_per_s=batch_tokens / (prefill_time + decode_time) if prefill_time + decode_time > 0 else 0.0,
         planner_view=_planner_view(engine, batch),

@@ -406,3 +406,28 @@ def test_the_engine_asks_the_planner_with_the_decoding_requests_ids(tmp_path):
     assert asked and all(len(ids) == n for n, ids in asked)
     assert any(n == 2 for n, _ in asked)
     assert observed and observed <= {i for _, ids in asked for i in ids}
+
+
+def test_probe_from_k0_runs_the_best_predicted_speculative_k_until_it_is_measured():
+    """A bucket that never speculated predicts every speculative cell from other batch sizes: the best of
+    them, within the margin of k = 0, runs until its cell is measured, then the measurement decides."""
+    cost = _cost(lambda b, k: 0.010 + 0.004 * k, ks=(0, 1, 3))
+    # alpha 0.5: goodput(0) = 100, goodput(1) = 1.5 / 0.014 = 107, goodput(3) = 1.875 / 0.022 = 85;
+    # k = 0 is held by hysteresis (a 10% hurdle), so only the probe can try k = 1.
+    planner = _planner(cost, [0.5] * 3, ks=(0, 1, 3), hysteresis=0.10, probe_margin=0.10)
+    planner._current[planner.bucket(1)] = 0
+    ks = []
+    for _ in range(4):
+        ks.append(planner.draft_len(1, 1))
+        assert planner.last_decision["reason"] == "probe" and planner.last_decision["held_k"] == 0
+        planner.observe_step_time(1, 1, 0.011)  # k = 1 runs faster than predicted: 136 tok/s
+    assert ks == [1, 1, 1, 1]
+    assert planner.draft_len(1, 1) == 1 and planner.last_decision["reason"] == "argmax"
+    slow = _planner(cost, [0.5] * 3, ks=(0, 1, 3), hysteresis=0.10, probe_margin=0.10)
+    slow._current[slow.bucket(1)] = 0
+    assert slow.draft_len(1, 1) == 1 and slow.last_decision["reason"] == "probe"
+    slow.observe_step_time(1, 1, 0.030)  # one step far slower than predicted (50 tok/s) ends the probe
+    assert slow.draft_len(1, 1) == 0 and slow.last_decision["reason"] == "argmax"
+    far = _planner(cost, [0.1] * 3, ks=(0, 1, 3), hysteresis=0.10, probe_margin=0.10)
+    far._current[far.bucket(1)] = 0  # alpha 0.1: goodput(1) = 79, 21% below k = 0: no probe
+    assert far.draft_len(1, 1) == 0 and far.last_decision["reason"] == "argmax"

@@ -34,12 +34,14 @@ Rules, in order:
   acceptance could make it win, so trying it would only cost time. An exploration runs two steps: the
   first pays the drafter's catch-up and is no step-time sample (see above), the second is one.
   None turns exploration off.
-* probe (with `probe_margin`): while a speculative k is in force, a k next to it (k - 1 or k + 1, >= 1)
-  whose cell at this batch bucket has fewer than MIN_OBSERVED_STEPS real steps and whose predicted
-  goodput is within `probe_margin` of the k in force runs until it has them. Its prediction rests on the
-  probe plus what the k in force's steps missed, and that miss grows with k (n-gram look-ups, host work
-  per drafted token): on an H200 at batch 64 the planner held k = 4 (13.2 ms a step) over an unvisited
-  k = 3 predicted 4% worse and measured 23% faster (10.2 ms);
+* probe (with `probe_margin`): a k next to the k in force (k - 1 or k + 1, >= 1; next to k = 0, the
+  best-predicted speculative k) whose cell at this batch bucket has fewer than MIN_OBSERVED_STEPS real
+  steps and whose predicted goodput is within `probe_margin` of the k in force runs until it has them
+  (or until a step slower than predicted, believed at once, takes it out of the margin). Its prediction rests on the probe plus what the other cells' steps missed, and that miss grows with k
+  (n-gram look-ups, host work per drafted token): on an H200 at batch 64 the planner held k = 4 (13.2 ms
+  a step) over an unvisited k = 3 predicted 4% worse and measured 23% faster (10.2 ms), and in another
+  run held k = 0 over k = 3 predicted 1.4% worse (T 11.8 ms from the overhead fit of batches 1-16) and
+  15% faster in the static line. A probe from k = 0 pays the drafter's catch-up like an exploration;
 * catch-up: the drafter does no work on plain steps, so the first speculative step after them first
   catches up on every token committed meanwhile (spec/catch_up.py). When the previous decision was k = 0
   and this one is not, the planner asks the engine for the backlog (`backlog()`: tokens behind, tokens
@@ -347,7 +349,7 @@ class GoodputPlanner:
             if num_active > num_decoding and self._lifted_batch_best_k(num_active) == 0:
                 chosen, reason, self._explore_again = 0, "ramp", None
             elif self.last_decision.get("k", 0) == 0 and not self._catch_up_pays(
-                num_decoding, chosen, goodput, reason == "explore"
+                num_decoding, chosen, goodput, reason in ("explore", "probe")
             ):
                 chosen, reason, self._explore_again = 0, "catch-up", None
             if chosen == 0:
@@ -364,18 +366,21 @@ class GoodputPlanner:
         return chosen
 
     def _neighbour_to_probe(self, bucket: int, current: int, goodput: Mapping[int, float]) -> int | None:
-        """A k next to the speculative k in force whose cell at this bucket has fewer than
-        MIN_OBSERVED_STEPS real steps and whose predicted goodput is within `probe_margin` of it (the
-        better-predicted one when both are), else None: its prediction then rests on the probe and on
-        what the OTHER k's steps missed, which is the error to expect from k-dependent host work."""
-        if self.probe_margin is None or current == 0:
+        """A k next to the k in force whose cell at this bucket has fewer than MIN_OBSERVED_STEPS real
+        steps and whose predicted goodput is within `probe_margin` of it (the better-predicted one when
+        both are), else None: its prediction then rests on the probe and on what the OTHER k's steps
+        missed, which is the error to expect from k-dependent host work. Next to k = 0 is the best
+        predicted speculative k: from a bucket that never speculated, every speculative prediction is an
+        extrapolation of the host-overhead fit from other batch sizes."""
+        if self.probe_margin is None:
             return None
+        if current == 0:
+            speculative = [k for k in self.candidate_ks if k > 0]
+            neighbours = [max(speculative, key=lambda k: (goodput[k], -k))] if speculative else []
+        else:
+            neighbours = [k for k in (current - 1, current + 1) if k > 0 and k in goodput]
         floor = goodput[current] * (1.0 - self.probe_margin)
-        near = [
-            k
-            for k in (current - 1, current + 1)
-            if k > 0 and k in goodput and goodput[k] >= floor and self.observed.count(bucket, k) < MIN_OBSERVED_STEPS
-        ]
+        near = [k for k in neighbours if goodput[k] >= floor and self.observed.count(bucket, k) < MIN_OBSERVED_STEPS]
         return max(near, key=lambda k: goodput[k]) if near else None
 
     def refresh(self, batch: int) -> None:
@@ -389,7 +394,8 @@ class GoodputPlanner:
         return self._argmax(self._table(min(num_active, self._buckets[-1]), None))
 
     def _catch_up_pays(self, batch: int, k: int, goodput: Mapping[int, float], explore: bool) -> bool:
-        """Whether switching from k = 0 to k earns back the drafter's catch-up."""
+        """Whether switching from k = 0 to k earns back the drafter's catch-up (explore: an exploration or
+        a probe, which may cost EXPLORE_CATCH_UP_STEPS plain steps)."""
         behind, remaining = self.backlog()
         cost = self.catch_up.seconds(behind)
         if explore:

@@ -37,7 +37,8 @@ Rules, in order:
 * probe (with `probe_margin`): a k next to the k in force (k - 1 or k + 1, >= 1; next to k = 0, the
   best-predicted speculative k) whose cell at this batch bucket has fewer than MIN_OBSERVED_STEPS real
   steps and whose predicted goodput is within `probe_margin` of the k in force runs until it has them
-  (or until a step slower than predicted, believed at once, takes it out of the margin). Its prediction rests on the probe plus what the other cells' steps missed, and that miss grows with k
+  (or until a step slower than predicted, believed at once, takes it out of the margin). Its
+  prediction rests on the probe plus what the other cells' steps missed, and that miss grows with k
   (n-gram look-ups, host work per drafted token): on an H200 at batch 64 the planner held k = 4 (13.2 ms
   a step) over an unvisited k = 3 predicted 4% worse and measured 23% faster (10.2 ms), and in another
   run held k = 0 over k = 3 predicted 1.4% worse (T 11.8 ms from the overhead fit of batches 1-16) and

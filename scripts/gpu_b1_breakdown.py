@@ -7,7 +7,7 @@
 3. Each Llama-3.1-8B linear at M = 1 (qkv, o_proj, gate_up, down, lm_head) through F.linear (today's
    path), torch.mv (cuBLAS gemv) and F.linear with bf16 reduced-precision reductions off; every timing is
    a CUDA graph replaying a loop over weight copies that together exceed 4x L2 (so they come from HBM),
-   median of 7 replays; the kernels each path launches are listed once.
+   median of 10 replays; the kernels each path launches are listed once.
 
 Prints everything; writes $OUT/b1_breakdown.json. Usage: python3 scripts/gpu_b1_breakdown.py
 """
@@ -16,19 +16,23 @@ from __future__ import annotations
 
 import json
 import os
-import statistics
+import sys
 import time
 from collections import defaultdict
+from functools import partial
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 
-from dynaspec.bench.sweep import measure_copy_bandwidth
-from dynaspec.config import EngineConfig
-from dynaspec.engine.cost_probe import forward_seconds
-from dynaspec.engine.engine import LLMEngine
-from dynaspec.sampling_params import SamplingParams
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from dynaspec.bench.sweep import measure_copy_bandwidth  # noqa: E402
+from dynaspec.config import EngineConfig  # noqa: E402
+from dynaspec.engine.cost_probe import forward_seconds  # noqa: E402
+from dynaspec.engine.engine import LLMEngine  # noqa: E402
+from dynaspec.sampling_params import SamplingParams  # noqa: E402
+from scripts.gpu_attention_check import graph_time as replayed_seconds  # noqa: E402
 
 OUT = Path(os.environ.get("OUT", "/tmp/out"))
 SHAPES = {  # op -> (N, K) of its weight
@@ -80,28 +84,8 @@ def engine_breakdown() -> dict:
 
 
 def graph_time(call, copies: list[torch.Tensor], x: torch.Tensor) -> float:
-    """Seconds per call of `call(x, w)`, replayed over `copies` in one CUDA graph."""
-    stream = torch.cuda.Stream()
-    stream.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(stream):
-        for w in copies:
-            call(x, w)
-    torch.cuda.current_stream().wait_stream(stream)
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
-        for w in copies:
-            call(x, w)
-    graph.replay()
-    torch.cuda.synchronize()
-    times = []
-    for _ in range(7):
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
-        graph.replay()
-        end.record()
-        end.synchronize()
-        times.append(start.elapsed_time(end) / 1e3 / len(copies))
-    return statistics.median(times)
+    """Seconds per call of `call(x, w)`, replayed over `copies` in one CUDA graph (median of 10 replays)."""
+    return replayed_seconds([partial(call, x, w) for w in copies])
 
 
 def kernels_of(call, x: torch.Tensor, w: torch.Tensor) -> list[str]:

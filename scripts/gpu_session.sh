@@ -73,6 +73,16 @@ for step in "$@"; do
         --phases 1,2,4,8,16,32,64,128,256,128,64,32,16,8,4,2,1 --waves 1 --prompt-len 128 --gen-len 128 \
         --out-dir "$OUT/trace-ramp" > "$OUT/trace-ramp.log" 2>&1; tail -3 "$OUT/trace-ramp.log"
       cat "$OUT/trace-ramp/trace.md" ;;
+    bench-trace-diurnal)
+      # The swing's phases held for about equal time each (issue 6): request counts from the no-spec
+      # tokens/s of each phase in the 2026-11-27 09:49 swing run on an H200 (209 / 366 / 575 tok/s at
+      # concurrency 1 / 2 / 4, ~5,900 at 128 and 256), ~5-6 s of no-spec time per phase at 128 tokens a
+      # request, so low load (where long drafts pay) is half the trace's time as in a day of serving.
+      timeout 560 python3 -m dynaspec.cli bench-trace --model random:llama-3.1-8b --drafter ngram --max-draft-len 4 \
+        --profiles acceptance_ngram_code-edit,acceptance_ngram_chat --schedule auto --ks 0,1,2,4 \
+        --phases 1,2,4,128,256,128,4,2,1 --requests-per-phase 9,16,25,256,256,256,25,16,9 --prompt-len 128 \
+        --gen-len 128 --out-dir "$OUT/trace-diurnal" > "$OUT/trace-diurnal.log" 2>&1; tail -3 "$OUT/trace-diurnal.log"
+      cat "$OUT/trace-diurnal/trace.md" ;;
     k0-ab)
       python3 scripts/gpu_k0_ab.py 2 8 64 2>&1 | tail -5 ;;
     *) echo "unknown step $step" ;;

@@ -45,11 +45,16 @@ def test_trace_is_deterministic_phased_and_mixed():
     assert {r.profile for r in trace} == {0, 1}
     assert build_trace(*args[:-1], None)[0].profile is None
     assert build_trace([1, 4, 2], 2.0, 10, 8, 0.5, 512, 4, 2) != trace  # the seed matters
+    # Explicit request counts replace concurrency x waves (e.g. more time at low load).
+    assert phase_request_counts([1, 4, 2], 2.0, [5, 4, 1]) == [5, 4, 1]
+    assert [r.phase for r in build_trace(*args, requests_per_phase=[5, 4, 1])] == [0] * 5 + [1] * 4 + [2]
 
 
 @pytest.mark.parametrize("bad, message", [
     (dict(phases=[]), "non-empty list"), (dict(phases=[1, 0]), "phase 1 concurrency must be >= 1"),
     (dict(waves=0), "waves must be a number > 0"), (dict(gen_len_spread=1.0), r"gen_len_spread must be in \[0, 1\)"),
+    (dict(requests_per_phase=[3]), r"one count per phase \(2 phases\)"),
+    (dict(requests_per_phase=[3, 0]), "phase 1 requests must be >= 1"),
 ])
 def test_bad_trace_settings(bad, message):
     args = dict(phases=[1, 2], waves=1.0, prompt_len=4, gen_len=4, gen_len_spread=0.5, vocab_size=16, seed=0,
@@ -102,7 +107,7 @@ def test_cli_replayed_trace(tiny, tmp_path):
     out = tmp_path / "out"
     result = CliRunner().invoke(app, [
         "bench-trace", "--model", tiny, "--drafter", "ngram", "--max-draft-len", "2", "--phases", "1,3,2",
-        "--waves", "1", "--prompt-len", "12", "--gen-len", "6", "--device", "cpu", "--out-dir", str(out),
+        "--requests-per-phase", "2,3,1", "--prompt-len", "12", "--gen-len", "6", "--device", "cpu", "--out-dir", str(out),
         "--profiles", ",".join(PROFILES), "--no-warmup",
     ])
     assert result.exit_code == 0, result.output
@@ -111,7 +116,7 @@ def test_cli_replayed_trace(tiny, tmp_path):
     meta = data["metadata"]
     assert data["schema"] == "dynaspec.bench.trace/1"
     assert [r["line"] for r in data["results"]] == ["no spec", "k=1", "k=2", "schedule", "goodput"]
-    assert meta["requests_per_phase"] == [1, 3, 2] and meta["num_requests"] == 6
+    assert meta["requests_per_phase"] == [2, 3, 1] and meta["num_requests"] == 6
     assert any("ACCEPTANCE REPLAYED" in c for c in meta["caveats"])
     assert [p["name"] for p in meta["replay_profiles"]] == PROFILES
     assert sum(p["requests"] for p in meta["replay_profiles"]) == 6
@@ -167,6 +172,8 @@ def test_trace_without_replay_keeps_greedy_tokens(tiny, tmp_path):
 @pytest.mark.parametrize("args, message", [
     (["--phases", "1,x"], "--phases entry 'x' is not an int"),
     (["--phases", "1,0"], "concurrencies >= 1"),
+    (["--requests-per-phase", "2,4"], "one count per phase (8 phases)"),
+    (["--phases", "1,2", "--requests-per-phase", "2,0"], "--requests-per-phase entries are request counts >= 1"),
     (["--profiles", "no-such-profile"], "neither a file nor a shipped profile"),
     (["--schedule", "sometimes"], "neither 'auto'"),
     (["--ks", "0-9"], "out of range: allowed 0..2"),

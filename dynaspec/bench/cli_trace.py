@@ -22,16 +22,17 @@ DEFAULT_PROFILES = "acceptance_ngram_code-edit,acceptance_ngram_chat"
 NONE = "none"
 
 
-def parse_phases(text: str) -> list[int]:
-    """'1,4,16,4' -> [1, 4, 16, 4] (order kept, repeats allowed); ValueError naming the bad entry."""
+def parse_phases(text: str, option: str = "--phases", what: str = "concurrencies") -> list[int]:
+    """'1,4,16,4' -> [1, 4, 16, 4] (order kept, repeats allowed); ValueError naming the option and the bad
+    entry (`option`, `what`: for a message about another per-phase list, e.g. --requests-per-phase)."""
     phases = []
     for part in (p.strip() for p in text.split(",")):
         try:
             value = int(part)
         except ValueError:
-            raise ValueError(f"--phases entry {part!r} is not an int (expected e.g. '1,4,16,64,16,1')") from None
+            raise ValueError(f"{option} entry {part!r} is not an int (expected e.g. '1,4,16,64,16,1')") from None
         if value < 1:
-            raise ValueError(f"--phases entries are concurrencies >= 1, got {value}")
+            raise ValueError(f"{option} entries are {what} >= 1, got {value}")
         phases.append(value)
     return phases
 
@@ -49,6 +50,7 @@ def bench_trace_command(
     ks: Annotated[Optional[str], typer.Option(help="static k's, e.g. '0-4' (0 = no spec); default 0..max_draft_len")] = None,
     phases: Annotated[str, typer.Option(help="concurrency per phase, in order")] = ",".join(map(str, DEFAULT_PHASES)),
     waves: Annotated[float, typer.Option(help="requests per phase = concurrency x waves")] = 2.0,
+    requests_per_phase: Annotated[Optional[str], typer.Option(help="requests of each phase, e.g. '2,4,8,128,8,4,2' (instead of --waves)")] = None,
     prompt_len: Annotated[int, typer.Option(help="prompt tokens per request (random ids)")] = 128,
     gen_len: Annotated[int, typer.Option(help="mean tokens generated per request (ignore_eos)")] = 64,
     gen_len_spread: Annotated[float, typer.Option(help="generation lengths uniform in gen_len x [1 - s, 1 + s]")] = 0.5,
@@ -77,6 +79,9 @@ def bench_trace_command(
             schedule=None if schedule.strip().lower() == NONE else schedule,
             goodput=goodput, draft_lens=parse_int_list(ks, "--ks", 0) if ks else None,
             phases=parse_phases(phases), waves=waves, prompt_len=prompt_len, gen_len=gen_len,
+            requests_per_phase=(
+                parse_phases(requests_per_phase, "--requests-per-phase", "request counts") if requests_per_phase else None
+            ),
             gen_len_spread=gen_len_spread, device=device, dtype=dtype, seed=seed, enforce_eager=enforce_eager,
             warmup=warmup, command_line=shlex.join(sys.argv),
         )

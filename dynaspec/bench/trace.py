@@ -5,7 +5,8 @@ mixed-load trace (batch size rising and falling, workloads mixed)". This module 
 deterministically, so every line of the benchmark replays exactly the same requests:
 
 * phases: a target number of concurrently running requests per phase, e.g. 1 -> 4 -> 16 -> 64 -> 128 ->
-  32 -> 4 -> 1 (`DEFAULT_PHASES`). Phase p owns `max(1, round(concurrency_p * waves))` requests: the
+  32 -> 4 -> 1 (`DEFAULT_PHASES`). Phase p owns `max(1, round(concurrency_p * waves))` requests (or an
+  explicit `requests_per_phase[p]`, e.g. to give low-load phases as much time as peak ones): the
   driver (bench/trace_run.py) is closed-loop, admitting the phase's next request whenever fewer than its
   concurrency are in flight, and starts the next phase when the phase's last request has finished; so
   each phase runs about `waves` generations at its concurrency and then drains;
@@ -58,9 +59,19 @@ def check_phases(phases: Sequence[int]) -> list[int]:
     return [_check_int(c, f"phase {i} concurrency", 1) for i, c in enumerate(phases)]
 
 
-def phase_request_counts(phases: Sequence[int], waves: float) -> list[int]:
-    """Requests per phase: max(1, round(concurrency * waves))."""
+def phase_request_counts(
+    phases: Sequence[int], waves: float, requests_per_phase: Sequence[int] | None = None
+) -> list[int]:
+    """Requests per phase: `requests_per_phase` when given (one int >= 1 per phase), else
+    max(1, round(concurrency * waves))."""
     phases = check_phases(phases)
+    if requests_per_phase is not None:
+        if isinstance(requests_per_phase, (str, bytes)) or not isinstance(requests_per_phase, Sequence) \
+                or len(requests_per_phase) != len(phases):
+            raise ValueError(
+                f"requests_per_phase must give one count per phase ({len(phases)} phases), got {requests_per_phase!r}"
+            )
+        return [_check_int(n, f"phase {i} requests", 1) for i, n in enumerate(requests_per_phase)]
     if isinstance(waves, bool) or not isinstance(waves, (int, float)) or not 0 < waves < float("inf"):
         raise ValueError(f"waves must be a number > 0 (requests per phase = concurrency x waves), got {waves!r}")
     return [max(1, round(c * waves)) for c in phases]
@@ -84,9 +95,10 @@ def build_trace(
     vocab_size: int,
     seed: int,
     num_profiles: int | None,
+    requests_per_phase: Sequence[int] | None = None,
 ) -> list[TraceRequest]:
     """The trace's requests in admission order (phase by phase); a pure function of its arguments."""
-    counts = phase_request_counts(phases, waves)
+    counts = phase_request_counts(phases, waves, requests_per_phase)
     _check_int(prompt_len, "prompt_len", 1)
     _check_int(vocab_size, "vocab_size", 2)
     low, high = gen_len_range(gen_len, gen_len_spread)

@@ -60,6 +60,7 @@ class TraceSettings:
     draft_lens: Sequence[int] | None = None  # static k's (0 = no spec); None = 0..max_draft_len
     phases: Sequence[int] = DEFAULT_PHASES
     waves: float = 2.0
+    requests_per_phase: Sequence[int] | None = None  # overrides waves: one request count per phase
     prompt_len: int = 128
     gen_len: int = 64
     gen_len_spread: float = 0.5
@@ -74,7 +75,8 @@ class TraceSettings:
 
     def validate(self) -> None:
         check_phases(self.phases)
-        build_trace(self.phases, self.waves, self.prompt_len, self.gen_len, self.gen_len_spread, 2, self.seed, None)
+        build_trace(self.phases, self.waves, self.prompt_len, self.gen_len, self.gen_len_spread, 2, self.seed, None,
+                    self.requests_per_phase)
         spec = self.base_spec()
         if self.draft_lens is not None:
             sweep._check_int_list("draft_lens", self.draft_lens, minimum=0)
@@ -173,7 +175,7 @@ def run_trace(settings: TraceSettings, out_dir: str | Path, progress: ProgressFn
     num_profiles = len(profiles) if profiles else None
     # Ids, phases and workloads do not depend on the vocabulary (prompts do): plan with this skeleton.
     skeleton = build_trace(settings.phases, settings.waves, 1, settings.gen_len, settings.gen_len_spread, 2,
-                           settings.seed, num_profiles)
+                           settings.seed, num_profiles, settings.requests_per_phase)
     planning_path, planning = _planning_profile(settings, skeleton, out_dir)
     lines = build_trace_lines(settings, planning_path)
     trace: list[TraceRequest] = []
@@ -186,7 +188,8 @@ def run_trace(settings: TraceSettings, out_dir: str | Path, progress: ProgressFn
         engine = sweep._build_engine(sweep_settings, line, max_batch, spec.max_draft_len, settings.prompt_len)
         if not trace:
             trace = build_trace(settings.phases, settings.waves, settings.prompt_len, settings.gen_len,
-                                settings.gen_len_spread, int(engine.vocab_size), settings.seed, num_profiles)
+                                settings.gen_len_spread, int(engine.vocab_size), settings.seed, num_profiles,
+                                settings.requests_per_phase)
             metadata = _metadata(settings, spec, engine, profiles, trace, planning, lines, (low, high))
         schedule = engine.get_stats()["draft_len_schedule"]
         if settings.warmup:

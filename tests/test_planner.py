@@ -382,32 +382,6 @@ def test_build_from_spec_config(tmp_path):
         build_goodput_planner(config, cost, candidate_ks=[2, 6])
 
 
-def test_the_engine_asks_the_planner_with_the_decoding_requests_ids(tmp_path):
-    """The scheduler names the decoding requests, so at small batches the planner weighs their own
-    acceptance (the ids its observations were recorded under), not only the global estimate."""
-    from dynaspec import LLM, NGramDecodingConfig, SamplingParams
-    from tests.tiny_models import make_tiny_checkpoint
-
-    llm = LLM(model=str(make_tiny_checkpoint(tmp_path, "llama")), block_size=4,
-              speculative_config=NGramDecodingConfig(max_draft_len=2, draft_len_policy="goodput"))
-    planner = llm.engine.policy
-    asked: list[tuple[int, tuple]] = []
-    draft_len = planner.draft_len
-
-    def recording(num_decoding, num_active, request_ids=None):
-        asked.append((num_decoding, tuple(request_ids)))
-        return draft_len(num_decoding, num_active, request_ids)
-
-    planner.draft_len = recording
-    observed: set = set()
-    observe = planner.observe
-    planner.observe = lambda k, drafted, accepted, ids=None: observed.update(ids or ()) or observe(k, drafted, accepted, ids)
-    llm.generate([[1, 2, 3, 1, 2, 3, 1, 2], [4, 5, 4, 5, 4, 5]], SamplingParams(temperature=0.0, max_tokens=12, ignore_eos=True))
-    assert asked and all(len(ids) == n for n, ids in asked)
-    assert any(n == 2 for n, _ in asked)
-    assert observed and observed <= {i for _, ids in asked for i in ids}
-
-
 def test_probe_from_k0_runs_the_best_predicted_speculative_k_until_it_is_measured():
     """A bucket that never speculated predicts every speculative cell from other batch sizes: the best of
     them, within the margin of k = 0, runs until its cell is measured, then the measurement decides."""

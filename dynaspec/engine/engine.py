@@ -16,7 +16,7 @@ one from its tokens on the device and commits it meanwhile (overlapped decode, e
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Hashable, Sequence
+from collections.abc import Callable
 
 import torch
 
@@ -558,7 +558,7 @@ class LLMEngine:
         return ids
 
 
-def _no_speculation(num_decoding: int, num_active: int, request_ids: Sequence[Hashable] = ()) -> int:
+def _no_speculation(num_decoding: int, num_active: int) -> int:
     return 0
 
 

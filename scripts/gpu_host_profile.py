@@ -3,8 +3,8 @@
 Usage: python scripts/gpu_host_profile.py MODEL BATCH[,BATCH...] SPEC [SPEC ...]
   SPEC: `static:K` (draft_len_schedule {1: K}) or `goodput` (draft_len_policy goodput, code-edit profile).
 n-gram drafter, max_draft_len 4, acceptance replayed from the code-edit profile, prompts of 128 random ids,
-64 generated tokens after a 16-token warm-up batch. Prints ms per decode step, the graph replay alone and the 25 functions with
-the most own time and the 30 dynaspec functions with the most cumulative time, per SPEC.
+64 generated tokens after a 16-token warm-up batch. Prints ms per decode step, the graph replay alone, the
+25 functions with the most own time and the 30 dynaspec functions with the most cumulative time, per SPEC.
 """
 
 from __future__ import annotations

@@ -2,7 +2,7 @@
 
 import gc
 
-from dynaspec.engine.startup_heap import frozen_startup_heap
+from dynaspec.engine.startup_heap import freeze_survivors, frozen_startup_heap, full_collections
 
 
 def test_objects_alive_on_entry_are_frozen_inside_and_handed_back_after():
@@ -29,10 +29,6 @@ def test_unfrozen_even_when_the_block_raises():
 
 
 def test_full_collections_are_timed_and_survivors_can_be_frozen():
-    import gc
-
-    from dynaspec.engine.startup_heap import freeze_survivors, frozen_startup_heap, full_collections
-
     with frozen_startup_heap():
         kept = [[i] for i in range(1000)]  # containers alive after the start-up freeze
         before = gc.get_freeze_count()

@@ -37,8 +37,8 @@ from typing import Any
 import torch
 
 from dynaspec.bench import sweep
-from dynaspec.engine.startup_heap import frozen_startup_heap
 from dynaspec.bench.trace import DEFAULT_PHASES, TraceRequest, build_trace, check_phases, gen_len_range, mixed_acceptance
+from dynaspec.engine.startup_heap import frozen_startup_heap
 from dynaspec.spec.config import AUTO_SCHEDULE, parse_draft_len_schedule_option, parse_speculative_config
 from dynaspec.spec.replay import load_acceptance, resolve_profile_path, split_profile_names
 

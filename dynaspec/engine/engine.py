@@ -486,8 +486,9 @@ class LLMEngine:
         if sched.decodes:
             self.stats.record(len(sched.decodes), sched.draft_len, drafted, accepted)
             if self.policy is not None and sched.draft_len > 0:
-                ids = [d.request.request_id for d in sched.decodes]
-                self._policy_later("observe", sched.draft_len, drafted, accepted, ids)
+                # Pooled only: decisions use the pooled estimate (spec/planner.py, module docstring), so
+                # per-request estimates would be bookkeeping that nothing reads.
+                self._policy_later("observe", sched.draft_len, drafted, accepted)
         for decode, tokens in zip(sched.decodes, committed):
             # K/V is now valid for the fed last token plus the accepted drafts; the rest is rolled back.
             decode.request.num_computed_tokens += len(tokens)

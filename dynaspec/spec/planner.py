@@ -64,7 +64,7 @@ average; (b) the goodput table of a (batch, requests) key is reused until `repla
 (acceptance outcomes, step times) arrived since it was computed; the rules above run on every step;
 (c) the engine feeds a step's observations while the next step's graph runs and calls `refresh(batch)`
 there, so a due table is recomputed off the critical path (engine/engine.py, `_feed_policy`).
-The engine's scheduler asks `draft_len` without request ids, so its decisions use the pooled estimate:
+The engine feeds observations and asks `draft_len` without request ids, so it uses the pooled estimate:
 blending a request's own short-memory estimate froze a real-model request at k = 0 after a stretch of
 rejections (k = 0 drafts nothing, so the estimate never recovered; CPU, Qwen2.5-Coder-1.5B, 2026-11-27).
 """

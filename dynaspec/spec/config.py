@@ -158,10 +158,12 @@ class _SpecConfigBase(BaseModel):
     # by a stable hash of its request id (spec/replay.py).
     replay_acceptance_profile: str | None = None
     # How k is chosen each step: "schedule" (draft_len_schedule / max_draft_len) or "goodput" (the online
-    # planner, spec/planner.py). goodput_hysteresis: relative goodput gain needed to switch k.
+    # planner, spec/planner.py). goodput_hysteresis: relative goodput gain needed to switch k (the planner
+    # may hold a k up to that much below the best: 0.02 keeps it within the 2% issue 6 allows, and switching
+    # between captured graphs costs nothing; a switch from k = 0 is priced separately, by drafter catch-up).
     # acceptance_profile: JSON {"acceptance_per_position": [...]} that warm-starts the acceptance estimate.
     draft_len_policy: Literal["schedule", "goodput"] = "schedule"
-    goodput_hysteresis: float = Field(default=0.05, ge=0.0, allow_inf_nan=False)
+    goodput_hysteresis: float = Field(default=0.02, ge=0.0, allow_inf_nan=False)
     acceptance_profile: str | None = Field(default=None, min_length=1)
     # goodput or draft_len_schedule "auto" only: a step-cost table T(batch, k) (JSON/YAML from
     # StepCostModel.save or `dynaspec tune`); when unset, the engine measures it at start-up from its graphs.

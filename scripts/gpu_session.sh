@@ -48,6 +48,17 @@ for step in "$@"; do
         --ks 0-4 --batch-sizes 1,4,16,64,128,256 --prompt-len 128 --gen-len 64 --rounds 3 \
         --acceptance-profile acceptance_ngram_chat --no-plots --out-dir "$OUT/goodput-chat" \
         > "$OUT/goodput-chat.log" 2>&1; tail -5 "$OUT/goodput-chat.log" ;;
+    bench-goodput-near-ties)
+      # The two points of the 2026-11-27 sweeps that missed 0.98 x best static (chat batch 1, code-edit
+      # batch 64), each line over 7 rounds instead of 3, to tell a planner miss from the run's noise.
+      python3 -m dynaspec.cli bench --model random:llama-3.1-8b --spec-config bench/goodput_ngram_chat.yaml \
+        --ks 0-4 --batch-sizes 1 --prompt-len 128 --gen-len 64 --rounds 7 \
+        --acceptance-profile acceptance_ngram_chat --no-plots --out-dir "$OUT/near-ties-chat" \
+        > "$OUT/near-ties-chat.log" 2>&1; tail -2 "$OUT/near-ties-chat.log"
+      python3 -m dynaspec.cli bench --model random:llama-3.1-8b --spec-config bench/goodput_ngram_code_edit.yaml \
+        --ks 0-4 --batch-sizes 64 --prompt-len 128 --gen-len 64 --rounds 7 \
+        --acceptance-profile acceptance_ngram_code-edit --no-plots --out-dir "$OUT/near-ties-code" \
+        > "$OUT/near-ties-code.log" 2>&1; tail -2 "$OUT/near-ties-code.log" ;;
     bench-trace)
       # Mixed-load trace (issue 6): concurrency 1..128 rising and falling, code-edit + chat requests mixed;
       # lines no spec, k=1..4, the 'auto' schedule and goodput (7 engines).

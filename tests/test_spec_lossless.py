@@ -258,6 +258,7 @@ def test_first_speculative_step_after_plain_ones_is_not_a_step_time_sample(ckpts
     planner.observe_catch_up = spy_catch_up
     planner.backlog = None  # switches from k = 0 unpriced here: this test makes k resume often
     planner.could_pay = lambda *args: True  # and explores whatever this busy CPU's step times say
+    planner.probe_margin = None  # no probes either: whether one runs would hang on this CPU's step times
     for i, prompt in enumerate(_prompts(2)):
         engine.add_request(f"r{i}", prompt, SamplingParams(temperature=0, max_tokens=30, ignore_eos=True))
     engine.step()  # both prompts prefill in this one step: every later step decodes only

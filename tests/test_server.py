@@ -141,8 +141,8 @@ def test_models_and_health(server, client):
 
 def test_engine_loop_runs_with_the_startup_heap_frozen(server, client, greedy_refs):
     """Full garbage collections skip what existed when the engine was built (the app's lifespan freezes
-    it): without the freeze, a collection over torch + transformers + the model (~500k objects here,
-    260 ms on the dev CPU) stalls every request in flight."""
+    it): without the freeze, a collection over torch + transformers + the model (~500k objects here;
+    262 ms for one in an engine process on the dev CPU) stalls every request in flight."""
     assert gc.get_freeze_count() > 10_000  # the imports and the engine
     out = client.completions.create(model=MODEL_NAME, prompt=PROMPTS[0], max_tokens=8, temperature=0)
     assert out.choices[0].text == greedy_refs[PROMPTS[0]]  # and it serves as before

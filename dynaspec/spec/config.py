@@ -159,7 +159,7 @@ class _SpecConfigBase(BaseModel):
     replay_acceptance_profile: str | None = None
     # How k is chosen each step: "schedule" (draft_len_schedule / max_draft_len) or "goodput" (the online
     # planner, spec/planner.py). goodput_hysteresis: relative goodput gain needed to switch k (the planner
-    # may hold a k up to that much below the best: 0.02 keeps it within the 2% issue 6 allows, and switching
+    # may hold a k up to that much below the best: 0.02 keeps it within 2% of the best k, and switching
     # between captured graphs costs nothing; a switch from k = 0 is priced separately, by drafter catch-up).
     # acceptance_profile: JSON {"acceptance_per_position": [...]} that warm-starts the acceptance estimate.
     draft_len_policy: Literal["schedule", "goodput"] = "schedule"

@@ -5,7 +5,8 @@
    (CUPTI traces kernels launched by a graph replay), summed per kernel name per step; the gap is the
    replay time minus the summed kernel time (launch latency and tails between dependent kernels).
 3. Each Llama-3.1-8B linear at M = 1 (qkv, o_proj, gate_up, down, lm_head) through F.linear (today's
-   path), torch.mv (cuBLAS gemv) and F.linear with bf16 reduced-precision reductions off; every timing is
+   path), torch.mv (cuBLAS gemv), F.linear with bf16 reduced-precision reductions off and F.linear with
+   torch's preferred BLAS library set to cuBLAS and to cuBLASLt; every timing is
    a CUDA graph replaying a loop over weight copies that together exceed 4x L2 (so they come from HBM),
    median of 10 replays; the kernels each path launches are listed once.
 
@@ -114,7 +115,23 @@ def linear_no_reduced(x, w):
         torch.backends.cuda.matmul.allow_bf16_reduced_precision_reduction = flag
 
 
-PATHS = {"F.linear": linear_default, "torch.mv": linear_mv, "F.linear no bf16 reduced": linear_no_reduced}
+def linear_on(library: str):
+    """F.linear with torch's preferred BLAS library set to `library` ("cublas" or "cublaslt") for the call:
+    the two may pick different kernels (e.g. one without the split-K reduce o_proj and down pay)."""
+
+    def call(x, w):
+        previous = torch.backends.cuda.preferred_blas_library()
+        torch.backends.cuda.preferred_blas_library(library)
+        try:
+            return F.linear(x, w)
+        finally:
+            torch.backends.cuda.preferred_blas_library(previous)
+
+    return call
+
+
+PATHS = {"F.linear": linear_default, "torch.mv": linear_mv, "F.linear no bf16 reduced": linear_no_reduced,
+         "F.linear cublas": linear_on("cublas"), "F.linear cublaslt": linear_on("cublaslt")}
 
 
 def linear_paths(bandwidth: float) -> dict:

@@ -224,18 +224,6 @@ def test_side_by_side_rounds_share_weights_and_merge(tiny_dir, monkeypatch):
     assert {row[2] for row in spec[1]["step_log"]} <= {0, 2} and any(row[2] == 2 for row in spec[1]["step_log"])
 
 
-def test_rounds_with_a_workload_and_a_shared_ngram_pool_are_refused(tiny_dir):
-    """Round 2 would replay the prompts whose outputs the public pool learned in round 1."""
-    settings = SweepSettings(
-        model=str(tiny_dir), speculative_config={"decoding_type": "NGram", "max_draft_len": 2},
-        batch_sizes=[1], device="cpu", workload="code-edit", rounds=2, prompt_len=PROMPT_LEN,
-    )
-    with pytest.raises(ValueError, match="would learn their outputs in round 1"):
-        settings.validate()
-    private = {"decoding_type": "NGram", "max_draft_len": 2, "is_public_pool": False}
-    SweepSettings(**{**settings.__dict__, "speculative_config": private}).validate()
-
-
 def test_engine_refuses_a_shared_model_of_another_kind(tiny_dir):
     from dynaspec.config import EngineConfig
     from dynaspec.engine.engine import LLMEngine

@@ -202,3 +202,25 @@ def test_warmup_prompts_are_other_prompts_of_the_workload(tiny_chat_dir, monkeyp
                         include_schedule=False))
     warmup, measured = fed  # one line, one batch size: the warm-up batch, then the timed one
     assert warmup == code.warmup_for_batch(2) and measured == code.for_batch(2)
+
+
+def test_every_point_starts_on_a_reset_drafter(tiny_chat_dir, monkeypatch):
+    """Batch b takes the first b prompts, so the measured prompts recur from point to point (and round to
+    round); a shared n-gram pool that kept the previous point's outputs of the same prompts would propose
+    them back. Each point's batch starts on an empty pool (no warm-up here)."""
+    import dynaspec.bench.sweep as sweep
+
+    pool_sizes: list[int] = []
+    run_batch = sweep._run_batch
+
+    def spy(engine, batch, plen, glen, rng, prompts=None):
+        if engine.drafter is not None:
+            pool_sizes.append(len(engine.drafter.pool("any")))
+        return run_batch(engine, batch, plen, glen, rng, prompts)
+
+    monkeypatch.setattr(sweep, "_run_batch", spy)
+    result = run_sweep(_settings(tiny_chat_dir, batch_sizes=[1, 2], draft_lens=[0, 2], include_schedule=False,
+                                 rounds=2)).to_dict()
+    assert pool_sizes == [0, 0, 0, 0]  # k=2 line: batch 1 and batch 2, two rounds each
+    k2 = [p for p in result["points"] if p["line"] == "k=2"]
+    assert all(p["same_tokens_as_no_spec"] for p in k2)

@@ -263,3 +263,14 @@ def test_batch_proposal_shape():
 def test_wrong_config_type():
     with pytest.raises(TypeError, match="needs an NGramDecodingConfig"):
         NGramDrafter({"max_draft_len": 4})
+
+
+def test_reset_forgets_what_finished_requests_taught_the_shared_pool():
+    d = _drafter(max_draft_len=2)
+    first = _req([1, 2, 3, 4, 5, 6], rid="a")
+    _propose(d, first)  # indexes a's tokens into the shared pool
+    d.release(first)  # release keeps the shared pool: later requests draft from a's text
+    assert _propose(d, _req([9, 3, 4], rid="b")) == [5, 6]
+    d.reset()
+    assert len(d.pool("c")) == 0 and d.num_tracked_requests() == 0
+    assert _propose(d, _req([9, 3, 4], rid="c")) == []  # only its own tokens now: 3, 4 never followed

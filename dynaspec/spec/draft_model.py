@@ -243,3 +243,7 @@ class DraftModelDrafter:
 
     def release(self, request: Request) -> None:
         self._state.pop(request.request_id, None)
+
+    def reset(self) -> None:
+        """Drop every request's draft state (it holds nothing across requests besides)."""
+        self._state.clear()

@@ -7,7 +7,8 @@ behind while speculation is off and propose() catches up on every token committe
 issue #16888 keeps it fresh instead, at a cost on every plain step). `catch_up_tokens(batch)` says how far
 behind it is and `measure_catch_up_seconds_per_token()` what catching up costs, so the goodput planner
 can price a switch from k = 0 (spec/catch_up.py). `release(request)` when a request finishes, is aborted
-or is preempted.
+or is preempted; `reset()` forgets every request's traces (a shared n-gram pool learns from all of them),
+for benchmarks that must not let one measurement's outputs feed the next one's drafts.
 
 Drafters never mutate a Request: they keep per-request state in their own dicts keyed by request_id.
 """
@@ -88,3 +89,7 @@ class Drafter(Protocol):
     def measure_catch_up_seconds_per_token(self) -> float:
         """Seconds a catch-up costs per token, timed now on synthetic tokens (0.0: unknown, learned online)."""
         return 0.0
+
+    def reset(self) -> None:
+        """Forget everything earlier requests left behind, as if freshly built (no request may be in flight)."""
+        return None

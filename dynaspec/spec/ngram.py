@@ -314,3 +314,9 @@ class NGramDrafter:
         """Forget the request's progress; its private pool (if any) is freed."""
         self._seen.pop(request.request_id, None)
         self._private.pop(request.request_id, None)
+
+    def reset(self) -> None:
+        """An empty pool: what finished requests taught the shared pool is forgotten too (release keeps it)."""
+        self._public = self._new_pool() if self.config.is_public_pool else None
+        self._private.clear()
+        self._seen.clear()

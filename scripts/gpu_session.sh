@@ -8,6 +8,14 @@ python3 -m pip install -q --no-index --find-links .gpu-wheels --find-links .whl 
 export PYTHONPATH=$PWD PYTHONUNBUFFERED=1
 nvidia-smi --query-gpu=name,memory.total --format=csv,noheader | tee "$OUT/card.txt"
 date -u | tee -a "$OUT/card.txt"
+# goodput_sweep NAME SPEC_YAML PROFILE BATCHES ROUNDS: the goodput planner against no spec and k = 1..4
+# (n-gram drafter, replayed acceptance), writing $OUT/NAME/ and $OUT/NAME.log.
+goodput_sweep() {
+  python3 -m dynaspec.cli bench --model random:llama-3.1-8b --spec-config "$2" \
+    --ks 0-4 --batch-sizes "$4" --prompt-len 128 --gen-len 64 --rounds "$5" \
+    --acceptance-profile "$3" --no-plots --out-dir "$OUT/$1" > "$OUT/$1.log" 2>&1
+  tail -5 "$OUT/$1.log"
+}
 for step in "$@"; do
   echo "=== $step"
   case "$step" in
@@ -33,10 +41,7 @@ for step in "$@"; do
         --gen-len 64 --acceptance-profile acceptance_draft-model_code-edit --no-plots --out-dir "$OUT/draft" \
         > "$OUT/draft.log" 2>&1; tail -5 "$OUT/draft.log" ;;
     bench-goodput)
-      python3 -m dynaspec.cli bench --model random:llama-3.1-8b --spec-config bench/goodput_ngram_code_edit.yaml \
-        --ks 0-4 --batch-sizes 1,4,16,64,128,256 --prompt-len 128 --gen-len 64 --rounds 3 \
-        --acceptance-profile acceptance_ngram_code-edit --no-plots --out-dir "$OUT/goodput" \
-        > "$OUT/goodput.log" 2>&1; tail -5 "$OUT/goodput.log" ;;
+      goodput_sweep goodput bench/goodput_ngram_code_edit.yaml acceptance_ngram_code-edit 1,4,16,64,128,256 3 ;;
     qwen)  # real Qwen2.5-Coder 0.5B -> 1.5B pair; needs the 26 .xfer chunks carried first (see the script)
       bash scripts/gpu_qwen_pair.sh "$OUT" ;;
     qwen-draft)
@@ -44,21 +49,12 @@ for step in "$@"; do
     qwen-ngram)
       bash scripts/gpu_qwen_pair.sh "$OUT" ngram ;;
     bench-goodput-chat)
-      python3 -m dynaspec.cli bench --model random:llama-3.1-8b --spec-config bench/goodput_ngram_chat.yaml \
-        --ks 0-4 --batch-sizes 1,4,16,64,128,256 --prompt-len 128 --gen-len 64 --rounds 3 \
-        --acceptance-profile acceptance_ngram_chat --no-plots --out-dir "$OUT/goodput-chat" \
-        > "$OUT/goodput-chat.log" 2>&1; tail -5 "$OUT/goodput-chat.log" ;;
+      goodput_sweep goodput-chat bench/goodput_ngram_chat.yaml acceptance_ngram_chat 1,4,16,64,128,256 3 ;;
     bench-goodput-near-ties)
       # The two points of the 2026-11-27 sweeps that missed 0.98 x best static (chat batch 1, code-edit
       # batch 64), each line over 7 rounds instead of 3, to tell a planner miss from the run's noise.
-      python3 -m dynaspec.cli bench --model random:llama-3.1-8b --spec-config bench/goodput_ngram_chat.yaml \
-        --ks 0-4 --batch-sizes 1 --prompt-len 128 --gen-len 64 --rounds 7 \
-        --acceptance-profile acceptance_ngram_chat --no-plots --out-dir "$OUT/near-ties-chat" \
-        > "$OUT/near-ties-chat.log" 2>&1; tail -2 "$OUT/near-ties-chat.log"
-      python3 -m dynaspec.cli bench --model random:llama-3.1-8b --spec-config bench/goodput_ngram_code_edit.yaml \
-        --ks 0-4 --batch-sizes 64 --prompt-len 128 --gen-len 64 --rounds 7 \
-        --acceptance-profile acceptance_ngram_code-edit --no-plots --out-dir "$OUT/near-ties-code" \
-        > "$OUT/near-ties-code.log" 2>&1; tail -2 "$OUT/near-ties-code.log" ;;
+      goodput_sweep near-ties-chat bench/goodput_ngram_chat.yaml acceptance_ngram_chat 1 7
+      goodput_sweep near-ties-code bench/goodput_ngram_code_edit.yaml acceptance_ngram_code-edit 64 7 ;;
     bench-trace)
       # Mixed-load trace (issue 6): concurrency 1..128 rising and falling, code-edit + chat requests mixed;
       # lines no spec, k=1..4, the 'auto' schedule and goodput (7 engines).

@@ -39,6 +39,10 @@ class EngineConfig(BaseModel):
     # Overlap the host's commit of step t with the device's step t + 1 for plain greedy decode steps
     # (engine/overlap.py; vLLM's `async_scheduling`). Outputs are the same, one step later.
     async_scheduling: bool = True
+    # On Hopper or newer GPUs: launch the decoder's Triton kernels with programmatic dependent launch and
+    # run one-row (batch-1 decode) projections through a Triton GEMV, so a batch-1 step is one chain of
+    # overlapping launches (models/decode_kernels.py). Ignored on CPU and older GPUs.
+    dependent_launch: bool = True
     speculative_config: SpeculativeConfig | None = None
 
     @field_validator("speculative_config", mode="before")

@@ -209,7 +209,8 @@ def graph_ms(fn, replays: int = 20) -> float:
 def best_configs(layers: list[Layer], weight_bytes: dict[str, int]) -> dict[str, tuple[int, int, int, int]]:
     """Per op: the fastest of a few GEMV configs over all layers' weights (no PDL, no preload)."""
     candidates = [(8, 512, 4, 1), (16, 512, 4, 1), (16, 256, 4, 1), (32, 256, 4, 1), (8, 1024, 4, 1),
-                  (16, 512, 8, 1), (4, 1024, 4, 1)]
+                  (16, 512, 8, 1), (4, 1024, 4, 1), (8, 512, 4, 2), (8, 512, 4, 3), (8, 1024, 4, 2),
+                  (4, 2048, 4, 1), (8, 2048, 8, 1), (16, 1024, 8, 1), (4, 512, 2, 1)]
     dev = layers[0].qkv.device
     chosen = {}
     for op, attr in (("qkv", "qkv"), ("o_proj", "o"), ("gate_up", "gate_up"), ("down", "down")):
@@ -233,7 +234,7 @@ def best_configs(layers: list[Layer], weight_bytes: dict[str, int]) -> dict[str,
         us, cfg = results[0]
         print(f"{op:8s} cuBLAS {cublas_us:6.2f} us   best Triton GEMV {us:6.2f} us {cfg}   "
               f"({weight_bytes[op] / (us * 1e-6) / 1e12:.2f} TB/s)   all: "
-              + ", ".join(f"{c[0]}x{c[1]}w{c[2]} {t:.1f}" for t, c in results))
+              + ", ".join(f"{c[0]}x{c[1]}w{c[2]}s{c[3]} {t:.1f}" for t, c in results))
         chosen[op] = cfg
     return chosen
 

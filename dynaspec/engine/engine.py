@@ -30,6 +30,7 @@ from dynaspec.engine.overlap import InflightStep, can_overlap, continuation, sta
 from dynaspec.engine.request import Request, RequestStatus
 from dynaspec.engine.sampler import target_probs
 from dynaspec.engine.scheduler import Scheduler, SchedulerOutput
+from dynaspec.models.decode_kernels import decode_kernels_for
 from dynaspec.models.loader import LoadedModel, load_model
 from dynaspec.outputs import RequestMetrics, RequestOutput
 from dynaspec.sampling_params import SamplingParams
@@ -89,6 +90,10 @@ class LLMEngine:
             self.drafter_bundle = build_drafter(spec, context)
         self.drafter: Drafter | None = self.drafter_bundle.drafter if self.drafter_bundle else None
         draft_model = self.drafter_bundle.model if self.drafter_bundle else None
+        kernels = decode_kernels_for(self.device, config.dependent_launch)
+        for model in (self.loaded.model, draft_model):
+            if model is not None:
+                model.set_decode_kernels(kernels)
 
         bytes_per_block = kv_bytes_per_block(self.loaded.model, config.block_size, self.dtype)
         if draft_model is not None:

@@ -34,6 +34,7 @@ def paged_attention(
     scale: float,
     sliding_window: int | None = None,
     kv_written: bool = False,
+    pdl: bool = False,
 ) -> torch.Tensor:
     """Write the new K/V into the paged cache, then attend causally over each sequence's context.
 
@@ -41,7 +42,8 @@ def paged_attention(
     kv_cache: (2, num_blocks, block_size, Hkv, D); scale: softmax scale (usually D ** -0.5);
     sliding_window: if set, a query at position p sees only keys at positions > p - sliding_window
     (HF Mistral / Qwen2 semantics); kv_written: the caller already stored k, v at meta.slot_mapping
-    (fused_ops.rope_qk_ with kv_write). Returns (T, H, D) in q's dtype.
+    (fused_ops.rope_qk_ with kv_write); pdl: launch the CUDA decode kernels with programmatic dependent
+    launch (`pdl.py`). Returns (T, H, D) in q's dtype.
     """
     _check_inputs(q, k, v, kv_cache, meta, sliding_window)
     if not kv_written:
@@ -54,7 +56,7 @@ def paged_attention(
         if triton_attention.supports(q, kv_cache, meta.max_query_len):
             return triton_attention.triton_paged_attention(
                 q, kv_cache, meta.query_start_loc, meta.seq_lens, meta.block_tables,
-                meta.max_query_len, scale, sliding_window,
+                meta.max_query_len, scale, sliding_window, pdl=pdl,
             )  # (T, H, D)
     return reference_paged_attention(q, kv_cache, meta, scale, sliding_window)
 

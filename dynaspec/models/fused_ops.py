@@ -26,6 +26,8 @@ import torch
 import triton
 import triton.language as tl
 
+from dynaspec.models.pdl import launch_options, wait_for_previous_kernel
+
 SUPPORTED_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 MAX_NORM_DIM = 16384  # one program holds a whole row in registers
 
@@ -35,12 +37,13 @@ def _rms_norm_kernel(
     x_ptr, res_ptr, w_ptr, out_ptr, res_out_ptr,
     stride_x, stride_r, stride_o, stride_ro,
     n_cols, eps,
-    HAS_RESIDUAL: tl.constexpr, BLOCK: tl.constexpr,
+    HAS_RESIDUAL: tl.constexpr, BLOCK: tl.constexpr, PDL: tl.constexpr,
 ):
     row = tl.program_id(0).to(tl.int64)
     cols = tl.arange(0, BLOCK)
     mask = cols < n_cols
     dtype = out_ptr.dtype.element_ty
+    wait_for_previous_kernel(PDL)
     x = tl.load(x_ptr + row * stride_x + cols, mask=mask, other=0.0).to(tl.float32)
     if HAS_RESIDUAL:
         r = tl.load(res_ptr + row * stride_r + cols, mask=mask, other=0.0).to(tl.float32)
@@ -60,6 +63,7 @@ def _rope_qk_kernel(
     stride_cache_slot, stride_cache_head,
     num_q_heads, num_kv_heads, eps,
     HEAD_DIM: tl.constexpr, HALF_BLOCK: tl.constexpr, HAS_NORM: tl.constexpr, WRITE_KV: tl.constexpr,
+    PDL: tl.constexpr,
 ):
     # Program (t, h): h < H rotates q head h; H <= h < H + Hkv rotates k head h - H (and, with WRITE_KV,
     # stores it at slot[t] of the K cache); h >= H + Hkv (WRITE_KV only) copies v head h - H - Hkv to the
@@ -70,6 +74,7 @@ def _rope_qk_kernel(
     d = tl.arange(0, HALF_BLOCK)
     mask = d < half
     dtype = q_ptr.dtype.element_ty
+    wait_for_previous_kernel(PDL)
     if h < num_q_heads + num_kv_heads:
         is_q = h < num_q_heads
         q_base = q_ptr + t * stride_qt + h.to(tl.int64) * stride_qh
@@ -112,12 +117,13 @@ def _rope_qk_kernel(
 @triton.jit
 def _silu_and_mul_kernel(
     x_ptr, out_ptr, stride_x, stride_o, n_cols,
-    BLOCK: tl.constexpr,
+    BLOCK: tl.constexpr, PDL: tl.constexpr,
 ):
     row = tl.program_id(0).to(tl.int64)
     cols = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
     mask = cols < n_cols
     dtype = out_ptr.dtype.element_ty
+    wait_for_previous_kernel(PDL)
     g = tl.load(x_ptr + row * stride_x + cols, mask=mask, other=0.0).to(tl.float32)
     u = tl.load(x_ptr + row * stride_x + n_cols + cols, mask=mask, other=0.0).to(tl.float32)
     a = (g / (1.0 + tl.exp(-g))).to(dtype).to(tl.float32)
@@ -138,9 +144,10 @@ def rms_norm_supported(x: torch.Tensor, weight: torch.Tensor) -> bool:
 
 
 def rms_norm(
-    x: torch.Tensor, weight: torch.Tensor, eps: float, residual: torch.Tensor | None = None
+    x: torch.Tensor, weight: torch.Tensor, eps: float, residual: torch.Tensor | None = None, pdl: bool = False
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """RMSNorm of x (T, N) (or of x + residual) -> (normed (T, N), x + residual (T, N) or None)."""
+    """RMSNorm of x (T, N) (or of x + residual) -> (normed (T, N), x + residual (T, N) or None).
+    pdl: launch with programmatic dependent launch (`pdl.py`)."""
     if not rms_norm_supported(x, weight):
         raise ValueError(
             f"rms_norm needs x (T, N) in fp16/bf16/fp32 with N <= {MAX_NORM_DIM}, last dim contiguous, and a "
@@ -164,8 +171,8 @@ def rms_norm(
         x, res_in, weight, out, res_dst,
         x.stride(0), res_in.stride(0), out.stride(0), res_dst.stride(0),
         n_cols, float(eps),
-        HAS_RESIDUAL=residual is not None, BLOCK=block,
-        num_warps=min(16, max(1, block // 256)),
+        HAS_RESIDUAL=residual is not None, BLOCK=block, PDL=pdl,
+        num_warps=min(16, max(1, block // 256)), **launch_options(pdl),
     )
     return out, res_out
 
@@ -202,13 +209,14 @@ def rope_qk_(
     norm_weights: tuple[torch.Tensor, torch.Tensor] | None = None,
     eps: float = 1e-6,
     kv_write: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None,
+    pdl: bool = False,
 ) -> None:
     """Rotate q (T, H, D) and k (T, Hkv, D) in place by cos / sin (T, D) (HF layout: halves repeated).
 
     `norm_weights` = (q_norm weight (D,), k_norm weight (D,)) first applies Qwen3's per-head RMSNorm.
     `kv_write` = (v (T, Hkv, D), kv_cache (2, NB, BS, Hkv, D), slot_mapping (T,)) also stores the rotated
     k and v at those flat slots of the cache, as attention.write_kv_cache would (check with
-    `kv_write_supported`).
+    `kv_write_supported`). pdl: launch with programmatic dependent launch (`pdl.py`).
     """
     if not rope_supported(q, k, cos) or sin.shape != cos.shape or sin.stride(-1) != 1:
         raise ValueError(
@@ -247,13 +255,13 @@ def rope_qk_(
         num_kv_heads * head_dim, head_dim,
         num_heads, num_kv_heads, float(eps),
         HEAD_DIM=head_dim, HALF_BLOCK=triton.next_power_of_2(head_dim // 2), HAS_NORM=norm_weights is not None,
-        WRITE_KV=kv_write is not None,
-        num_warps=1,
+        WRITE_KV=kv_write is not None, PDL=pdl,
+        num_warps=1, **launch_options(pdl),
     )
 
 
-def silu_and_mul(x: torch.Tensor) -> torch.Tensor:
-    """x (T, 2I) = [gate | up] -> silu(gate) * up (T, I)."""
+def silu_and_mul(x: torch.Tensor, pdl: bool = False) -> torch.Tensor:
+    """x (T, 2I) = [gate | up] -> silu(gate) * up (T, I); pdl: launch with PDL (`pdl.py`)."""
     if x.dim() != 2 or x.shape[1] % 2 or x.dtype not in SUPPORTED_DTYPES or x.stride(-1) != 1:
         raise ValueError(
             f"silu_and_mul needs x (T, 2I) in fp16/bf16/fp32 with a contiguous last dim; got "
@@ -265,6 +273,6 @@ def silu_and_mul(x: torch.Tensor) -> torch.Tensor:
         return out
     block = min(1024, triton.next_power_of_2(n_cols))
     _silu_and_mul_kernel[(num_rows, triton.cdiv(n_cols, block))](
-        x, out, x.stride(0), out.stride(0), n_cols, BLOCK=block, num_warps=4,
+        x, out, x.stride(0), out.stride(0), n_cols, BLOCK=block, PDL=pdl, num_warps=4, **launch_options(pdl),
     )
     return out

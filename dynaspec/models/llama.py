@@ -27,13 +27,28 @@ from transformers.modeling_rope_utils import ROPE_INIT_FUNCTIONS
 
 from dynaspec.models.attention import paged_attention
 from dynaspec.models.attention_metadata import AttentionMetadata
+from dynaspec.models.decode_kernels import DecodeKernels
 
 # RoPE variants whose frequencies do not depend on the running sequence length.
 STATIC_ROPE_TYPES = ("default", "linear", "llama3", "yarn")
 
 
+def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, kernels: DecodeKernels,
+           projection: str) -> torch.Tensor:
+    """x (T, in) @ weight^T (+ bias): the Triton GEMV (launched with PDL) for a one-row step when
+    `kernels` routes this projection (one of decode_kernels.GEMV_PROJECTIONS) there, else F.linear."""
+    if projection in kernels.gemv and x.shape[0] == 1 and x.is_cuda:
+        from dynaspec.models import gemv  # Triton is only needed on CUDA
+
+        if gemv.gemv_supported(x, weight, bias):
+            return gemv.gemv(x, weight, bias, pdl=kernels.dependent_launch)
+    return F.linear(x, weight, bias)
+
+
 class RMSNorm(nn.Module):
     """Root-mean-square layer norm, computed in float32 exactly as HF's LlamaRMSNorm."""
+
+    decode_kernels = DecodeKernels()  # LlamaForCausalLM.set_decode_kernels sets it per module
 
     def __init__(self, dim: int, eps: float) -> None:
         super().__init__()
@@ -46,7 +61,8 @@ class RMSNorm(nn.Module):
             from dynaspec.models import fused_ops  # Triton is only needed on CUDA
 
             if fused_ops.rms_norm_supported(x, self.weight):
-                return fused_ops.rms_norm(x, self.weight, self.variance_epsilon)[0]
+                return fused_ops.rms_norm(x, self.weight, self.variance_epsilon,
+                                          pdl=self.decode_kernels.dependent_launch)[0]
         dtype = x.dtype
         h = x.to(torch.float32)
         h = h * torch.rsqrt(h.pow(2).mean(-1, keepdim=True) + self.variance_epsilon)
@@ -59,7 +75,8 @@ class RMSNorm(nn.Module):
 
             if fused_ops.rms_norm_supported(x, self.weight) and residual.dtype == x.dtype \
                     and residual.stride(-1) == 1:
-                return fused_ops.rms_norm(x, self.weight, self.variance_epsilon, residual)
+                return fused_ops.rms_norm(x, self.weight, self.variance_epsilon, residual,
+                                          pdl=self.decode_kernels.dependent_launch)
         summed = residual + x
         return self(summed), summed
 
@@ -188,6 +205,8 @@ class FusedProjections(nn.Module):
     """
 
     fused_names: tuple[str, ...] = ()
+    fused_projection = ""  # this fused projection's name in decode_kernels.GEMV_PROJECTIONS
+    decode_kernels = DecodeKernels()  # LlamaForCausalLM.set_decode_kernels sets it per module
 
     def fuse_projections(self) -> None:
         """(Re)build the fused weight / bias from the current parameters; a no-op when already fused."""
@@ -204,7 +223,7 @@ class FusedProjections(nn.Module):
     def fused_linear(self, x: torch.Tensor) -> torch.Tensor:
         """x (T, in) -> (T, sum of out_features): the linears' outputs side by side."""
         if self._member_ptrs() == self._fused_ptrs:
-            return F.linear(x, self._fused_weight, self._fused_bias)
+            return linear(x, self._fused_weight, self._fused_bias, self.decode_kernels, self.fused_projection)
         return torch.cat([getattr(self, n)(x) for n in self.fused_names], dim=-1)
 
     def _apply(self, fn, recurse=True):
@@ -218,6 +237,7 @@ class LlamaAttention(FusedProjections):
     """Self-attention with q/k/v projections (HF names) run as one GEMM, RoPE and paged KV."""
 
     fused_names = ("q_proj", "k_proj", "v_proj")
+    fused_projection = "qkv"
 
     def __init__(self, config: PretrainedConfig, layer_idx: int) -> None:
         super().__init__()
@@ -262,8 +282,10 @@ class LlamaAttention(FusedProjections):
             q, k = self.transform_qk(q, k)
             q = apply_rope(q, cos, sin)
             k = apply_rope(k, cos, sin)
-        out = paged_attention(q, k, v, kv_cache, meta, self.scaling, self.sliding_window, kv_written)  # (T, H, D)
-        return self.o_proj(out.reshape(num_tokens, self.num_heads * self.head_dim))
+        out = paged_attention(q, k, v, kv_cache, meta, self.scaling, self.sliding_window, kv_written,
+                              pdl=self.decode_kernels.dependent_launch)  # (T, H, D)
+        out = out.reshape(num_tokens, self.num_heads * self.head_dim)
+        return linear(out, self.o_proj.weight, self.o_proj.bias, self.decode_kernels, "o_proj")
 
     def _fused_rope(
         self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
@@ -281,14 +303,15 @@ class LlamaAttention(FusedProjections):
         if fused_ops.kv_write_supported(q, v, kv_cache, slot_mapping):
             kv_write = (v, kv_cache, slot_mapping)
         norms = self.qk_norms()
+        pdl = self.decode_kernels.dependent_launch
         if norms is None:
-            fused_ops.rope_qk_(q, k, cos, sin, kv_write=kv_write)
+            fused_ops.rope_qk_(q, k, cos, sin, kv_write=kv_write, pdl=pdl)
             return True, kv_write is not None
         q_norm, k_norm = norms
         if q_norm.weight.dtype != q.dtype or k_norm.weight.dtype != q.dtype \
                 or q_norm.variance_epsilon != k_norm.variance_epsilon:
             return False, False
-        fused_ops.rope_qk_(q, k, cos, sin, (q_norm.weight, k_norm.weight), q_norm.variance_epsilon, kv_write)
+        fused_ops.rope_qk_(q, k, cos, sin, (q_norm.weight, k_norm.weight), q_norm.variance_epsilon, kv_write, pdl)
         return True, kv_write is not None
 
 
@@ -296,6 +319,7 @@ class LlamaMLP(FusedProjections):
     """SwiGLU feed-forward: down(act(gate(x)) * up(x)), gate and up as one GEMM."""
 
     fused_names = ("gate_proj", "up_proj")
+    fused_projection = "gate_up"
 
     def __init__(self, config: PretrainedConfig) -> None:
         super().__init__()
@@ -314,9 +338,12 @@ class LlamaMLP(FusedProjections):
             from dynaspec.models import fused_ops
 
             if gate_up.dim() == 2:
-                return self.down_proj(fused_ops.silu_and_mul(gate_up))
+                return self._down(fused_ops.silu_and_mul(gate_up, pdl=self.decode_kernels.dependent_launch))
         gate, up = gate_up.chunk(2, dim=-1)
-        return self.down_proj(self.act_fn(gate) * up)
+        return self._down(self.act_fn(gate) * up)
+
+    def _down(self, act: torch.Tensor) -> torch.Tensor:
+        return linear(act, self.down_proj.weight, self.down_proj.bias, self.decode_kernels, "down")
 
 
 class LlamaDecoderLayer(nn.Module):
@@ -408,6 +435,20 @@ class LlamaForCausalLM(nn.Module):
                 f"input_ids and positions must both be (T,); got {tuple(input_ids.shape)}, {tuple(positions.shape)}"
             )
         return self.model(input_ids, positions, kv_caches, meta)
+
+    def set_decode_kernels(self, kernels: DecodeKernels) -> None:
+        """Route this model's CUDA decode through `kernels`' fast paths (decode_kernels.py); captured CUDA
+        graphs keep the kernels they were captured with, so capture (again) after changing this."""
+        if not isinstance(kernels, DecodeKernels):
+            raise TypeError(f"kernels must be a DecodeKernels, got {type(kernels).__name__}")
+        for module in self.modules():
+            if isinstance(module, (RMSNorm, FusedProjections)):
+                module.decode_kernels = kernels
+
+    @property
+    def decode_kernels(self) -> DecodeKernels:
+        """The fast decode paths in use (the same object on every module)."""
+        return self.model.norm.decode_kernels
 
     def compute_logits(self, hidden: torch.Tensor) -> torch.Tensor:
         """hidden (N, hidden) -> logits (N, vocab) float32."""

@@ -24,6 +24,8 @@ import torch
 import triton
 import triton.language as tl
 
+from dynaspec.models.pdl import launch_options, wait_for_previous_kernel
+
 # Smallest M of tl.dot.
 _MIN_ROWS = 16
 # Programs the split heuristic aims for, per multiprocessor.
@@ -46,12 +48,13 @@ def _paged_attention_kernel(
     GROUP: tl.constexpr, QMAX: tl.constexpr, ROWS: tl.constexpr,
     HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr,
     BLOCK_SIZE: tl.constexpr, BLOCK_N: tl.constexpr,
-    NUM_SPLITS: tl.constexpr, USE_WINDOW: tl.constexpr, IEEE: tl.constexpr,
+    NUM_SPLITS: tl.constexpr, USE_WINDOW: tl.constexpr, IEEE: tl.constexpr, PDL: tl.constexpr,
 ):
     b = tl.program_id(0)
     kvh = tl.program_id(1)
     split = tl.program_id(2)
     num_kv_heads = tl.num_programs(1)
+    wait_for_previous_kernel(PDL)
 
     q_start = tl.load(query_start_loc_ptr + b).to(tl.int32)
     q_len = tl.load(query_start_loc_ptr + b + 1).to(tl.int32) - q_start
@@ -135,12 +138,13 @@ def _reduce_splits_kernel(
     out_ptr, part_o_ptr, part_ml_ptr, query_start_loc_ptr,
     stride_ot, stride_oh,
     GROUP: tl.constexpr, QMAX: tl.constexpr, ROWS: tl.constexpr,
-    HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, NUM_SPLITS: tl.constexpr,
+    HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, NUM_SPLITS: tl.constexpr, PDL: tl.constexpr,
 ):
     """Combine the NUM_SPLITS partial (acc, max, sum) of one (sequence, KV head) into the output."""
     b = tl.program_id(0)
     kvh = tl.program_id(1)
     num_kv_heads = tl.num_programs(1)
+    wait_for_previous_kernel(PDL)
     q_start = tl.load(query_start_loc_ptr + b).to(tl.int32)
     q_len = tl.load(query_start_loc_ptr + b + 1).to(tl.int32) - q_start
 
@@ -215,6 +219,7 @@ def triton_paged_attention(
     block_n: int = 128,
     num_warps: int = 4,
     num_stages: int = 2,
+    pdl: bool = False,
 ) -> torch.Tensor:
     """Causal attention of q (T, H, D) over the paged context in kv_cache (2, NB, BS, Hkv, D) -> (T, H, D).
 
@@ -222,7 +227,7 @@ def triton_paged_attention(
     tokens' K/V must already be in the cache). max_query_len: an upper bound of every q_len (compile-time,
     <= 8). num_splits: KV splits per (sequence, KV head); None picks one from B, Hkv and the SM count.
     block_n: keys per inner-loop tile (a power of two >= 16; 128 measured best on an H200 for D=128, see
-    scripts/gpu_attention_check.py).
+    scripts/gpu_attention_check.py). pdl: launch both kernels with programmatic dependent launch (`pdl.py`).
     """
     num_tokens, num_heads, head_dim = q.shape
     _, _, block_size, num_kv_heads, cache_head_dim = kv_cache.shape
@@ -264,13 +269,13 @@ def triton_paged_attention(
         block_tables.stride(0), block_tables.stride(1),
         sliding_window if sliding_window is not None else 0,
         BLOCK_SIZE=block_size, BLOCK_N=block_n, NUM_SPLITS=num_splits,
-        USE_WINDOW=sliding_window is not None, IEEE=q.dtype == torch.float32,
-        num_warps=num_warps, num_stages=num_stages,
+        USE_WINDOW=sliding_window is not None, IEEE=q.dtype == torch.float32, PDL=pdl,
+        num_warps=num_warps, num_stages=num_stages, **launch_options(pdl),
         **common,
     )
     if num_splits > 1:
         _reduce_splits_kernel[(num_seqs, num_kv_heads)](
             out, part_o, part_ml, query_start_loc, out.stride(0), out.stride(1),
-            NUM_SPLITS=num_splits, num_warps=num_warps, **common,
+            NUM_SPLITS=num_splits, PDL=pdl, num_warps=num_warps, **launch_options(pdl), **common,
         )
     return out

@@ -1,0 +1,51 @@
+"""Which fast decode-kernel paths a model's CUDA forward takes (chosen by the engine, per device).
+
+- `dependent_launch`: every Triton kernel of the decoder (RMSNorm, RoPE + KV write, paged attention and
+  its split reduce, SiLU-and-mul, the GEMV below) is launched with programmatic dependent launch (PDL,
+  Hopper and newer; CUDA programming guide, "Programmatic Dependent Launch and Synchronization"): the
+  next kernel is launched while the current one runs and waits in `griddepcontrol.wait` until it has
+  finished, so a chain of dependent kernels no longer pays a launch and a ramp per kernel boundary.
+  Inside a CUDA graph the launches become programmatic edges. Kernels launched without it (cuBLAS,
+  torch) keep full serialisation, so mixing is safe.
+- `gemv`: the projections (of `GEMV_PROJECTIONS`) that a step with ONE token row runs through the Triton
+  GEMV of `gemv.py` instead of cuBLAS, so that batch-1 decode is one chain of PDL kernels (cuBLAS's
+  kernels are launched without PDL and break it; o_proj / down at M = 1 also add a split-K reduce).
+
+Measured on an H200 (docs/benchmarks.md, "Programmatic dependent launch"). This module holds no Triton
+code, so CPU-only installs import it freely.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+GEMV_PROJECTIONS = ("qkv", "o_proj", "gate_up", "down")
+
+
+@dataclass(frozen=True)
+class DecodeKernels:
+    """The decode-kernel choices of one model (see the module docstring); the default is all off."""
+
+    dependent_launch: bool = False
+    gemv: frozenset[str] = frozenset()
+
+    def __post_init__(self) -> None:
+        unknown = sorted(set(self.gemv) - set(GEMV_PROJECTIONS))
+        if unknown:
+            raise ValueError(f"unknown GEMV projection(s) {unknown}; allowed: {', '.join(GEMV_PROJECTIONS)}")
+        if self.gemv and not self.dependent_launch:
+            raise ValueError("the batch-1 GEMV path is only used with dependent_launch=True (alone it gains nothing)")
+
+
+def supports_dependent_launch(device: torch.device) -> bool:
+    """Whether `device` can launch kernels with PDL: a CUDA GPU of compute capability 9.0 or newer."""
+    return device.type == "cuda" and torch.cuda.is_available() and torch.cuda.get_device_capability(device)[0] >= 9
+
+
+def decode_kernels_for(device: torch.device, enabled: bool) -> DecodeKernels:
+    """The fast paths for `device` when `enabled` (EngineConfig.dependent_launch); all off elsewhere."""
+    if not enabled or not supports_dependent_launch(device):
+        return DecodeKernels()
+    return DecodeKernels(dependent_launch=True, gemv=frozenset(GEMV_PROJECTIONS))

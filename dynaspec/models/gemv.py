@@ -1,0 +1,88 @@
+"""A split-K free Triton GEMV for one token row (batch-1 decode), launchable with PDL.
+
+y (1, N) = x (1, K) @ W (N, K)^T (+ bias): program n owns BLOCK_N outputs, streams its (BLOCK_N, K)
+slice of W once in BLOCK_K chunks and accumulates in float32 (the small-batch "gemv" kernels of
+gpt-fast / TensorRT-LLM's gemv plugin). No partial sums cross programs, so there is no split-K reduce
+kernel (cuBLAS adds one to o_proj and down at M = 1) and the kernel can join a chain of kernels launched
+with programmatic dependent launch (`pdl.py`, `decode_kernels.py`). Every program waits for the previous
+kernel first: loading a weight chunk before the wait measured slower (scripts/gpu_pdl_probe.py).
+
+Numerics: a float32-accumulated dot (summation order differs from cuBLAS's), plus the bias in float32,
+rounded once to the activation dtype. fp16 / bf16 only. CUDA-graph safe (output from the caching
+allocator, launch shape from Python ints); also runs under Triton's CPU interpreter (TRITON_INTERPRET=1).
+"""
+
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+from dynaspec.models.pdl import launch_options, wait_for_previous_kernel
+
+SUPPORTED_DTYPES = (torch.float16, torch.bfloat16)
+
+
+@triton.jit
+def _gemv_kernel(
+    x_ptr, w_ptr, bias_ptr, y_ptr, N, stride_w,
+    K: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, EVEN: tl.constexpr, HAS_BIAS: tl.constexpr,
+    PDL: tl.constexpr,
+):
+    pid = tl.program_id(0)
+    n_offs = pid * BLOCK_N + tl.arange(0, BLOCK_N)
+    n_mask = n_offs < N
+    kk = tl.arange(0, BLOCK_K)
+    w_rows = w_ptr + n_offs.to(tl.int64)[:, None] * stride_w  # (BLOCK_N, 1)
+    wait_for_previous_kernel(PDL)
+    acc = tl.zeros((BLOCK_N,), tl.float32)
+    for k0 in range(0, K, BLOCK_K):
+        k = k0 + kk
+        if EVEN:
+            w = tl.load(w_rows + k[None, :])
+            x = tl.load(x_ptr + k)
+        else:
+            k_mask = k < K
+            w = tl.load(w_rows + k[None, :], mask=n_mask[:, None] & k_mask[None, :], other=0.0)
+            x = tl.load(x_ptr + k, mask=k_mask, other=0.0)
+        acc += tl.sum(w.to(tl.float32) * x.to(tl.float32)[None, :], axis=1)
+    if HAS_BIAS:
+        acc += tl.load(bias_ptr + n_offs, mask=n_mask, other=0.0).to(tl.float32)
+    tl.store(y_ptr + n_offs, acc.to(y_ptr.dtype.element_ty), mask=n_mask)
+
+
+def gemv_supported(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> bool:
+    """Whether `gemv` handles x (1, K) @ weight (N, K)^T (+ bias (N,)): one row, fp16/bf16, one device."""
+    return (
+        x.dim() == 2 and x.shape[0] == 1 and x.dtype in SUPPORTED_DTYPES and x.is_contiguous()
+        and weight.dim() == 2 and weight.shape[1] == x.shape[1] and weight.dtype == x.dtype
+        and weight.stride(1) == 1 and weight.device == x.device
+        and (bias is None or (bias.shape == (weight.shape[0],) and bias.dtype == x.dtype and bias.is_contiguous()))
+    )
+
+
+def block_shape(n: int, k: int) -> tuple[int, int]:
+    """(BLOCK_N, BLOCK_K) for an (N, K) weight: 8 rows a program (enough programs to fill an H100 / H200
+    for every Llama-3.1-8B projection), 1,024-wide K chunks for the widest outputs (gate/up), else 512
+    (the fastest of 7 shapes per projection on an H200: scripts/gpu_pdl_probe.py)."""
+    block_k = 1024 if n >= 16384 else 512
+    return 8, min(block_k, triton.next_power_of_2(k))
+
+
+def gemv(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None, pdl: bool = False) -> torch.Tensor:
+    """x (1, K) @ weight (N, K)^T (+ bias (N,)) -> (1, N) in x's dtype; pdl: launch with PDL."""
+    if not gemv_supported(x, weight, bias):
+        raise ValueError(
+            f"gemv needs a contiguous fp16/bf16 x (1, K), weight (N, K) of x's dtype with a contiguous last dim "
+            f"and an optional contiguous bias (N,); got x {tuple(x.shape)} {x.dtype}, weight {tuple(weight.shape)} "
+            f"{weight.dtype}, bias {None if bias is None else tuple(bias.shape)}"
+        )
+    n, k = weight.shape
+    block_n, block_k = block_shape(n, k)
+    y = torch.empty((1, n), dtype=x.dtype, device=x.device)
+    _gemv_kernel[(triton.cdiv(n, block_n),)](
+        x, weight, bias if bias is not None else weight, y, n, weight.stride(0),
+        K=k, BLOCK_N=block_n, BLOCK_K=block_k, EVEN=n % block_n == 0 and k % block_k == 0,
+        HAS_BIAS=bias is not None, PDL=pdl, num_warps=4, num_stages=1, **launch_options(pdl),
+    )
+    return y

@@ -62,11 +62,16 @@ def gemv_supported(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | N
 
 
 def block_shape(n: int, k: int) -> tuple[int, int]:
-    """(BLOCK_N, BLOCK_K) for an (N, K) weight: 8 rows a program (enough programs to fill an H100 / H200
-    for every Llama-3.1-8B projection), 1,024-wide K chunks for the widest outputs (gate/up), else 512
-    (the fastest of 7 shapes per projection on an H200: scripts/gpu_pdl_probe.py)."""
-    block_k = 1024 if n >= 16384 else 512
-    return 8, min(block_k, triton.next_power_of_2(k))
+    """(BLOCK_N, BLOCK_K) for an (N, K) weight, the fastest of 14 shapes per Llama-3.1-8B projection on an
+    H200 (scripts/gpu_pdl_probe.py, 2026-11-27): gate/up (N >= 4K) 8 x 1,024; q/k/v (K < N < 4K) 8 x 512;
+    o_proj and down (N <= K) 4 x 2,048 (long rows: fewer, longer loads per program)."""
+    if n >= 4 * k:
+        block_n, block_k = 8, 1024
+    elif n > k:
+        block_n, block_k = 8, 512
+    else:
+        block_n, block_k = 4, 2048
+    return block_n, min(block_k, triton.next_power_of_2(k))
 
 
 def gemv(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None, pdl: bool = False) -> torch.Tensor:

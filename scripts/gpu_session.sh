@@ -39,6 +39,11 @@ for step in "$@"; do
       python3 -m dynaspec.cli bench --model random:llama-3.1-8b --drafter ngram --max-draft-len 4 \
         --draft-len-schedule '1:4,16:2,64:0' --ks 0-4 --batch-sizes 1,4,16,64,128 --prompt-len 128 --gen-len 64 \
         --acceptance-profile acceptance_ngram_code-edit --out-dir "$OUT/ngram" 2>&1 | tail -30 ;;
+    bench-ngram-b1)  # issue 5: the batch-1 n-gram speedup over no spec (copy-heavy replayed acceptance)
+      python3 -m dynaspec.cli bench --model random:llama-3.1-8b --drafter ngram --max-draft-len 4 \
+        --draft-len-schedule '1:4' --ks 0-4 --batch-sizes 1 --prompt-len 128 --gen-len 64 --rounds 3 \
+        --acceptance-profile acceptance_ngram_code-edit --no-plots --out-dir "$OUT/ngram-b1" > "$OUT/ngram-b1.log" 2>&1
+      grep -A12 "Every point" "$OUT/ngram-b1/bench.md" ;;
     bench-draft)
       python3 -m dynaspec.cli bench --model random:llama-3.1-8b --drafter draft-model --draft-model random:llama-3.2-1b \
         --max-draft-len 4 --draft-len-schedule '1:4,16:2,64:0' --ks 0-4 --batch-sizes 1,4,16,64 --prompt-len 128 \

@@ -20,8 +20,10 @@ for step in "$@"; do
   echo "=== $step"
   case "$step" in
     tests)
-      python3 -m pytest -q -m cuda tests/test_cuda_graphs.py tests/test_triton_attention.py tests/test_fused_ops.py tests/test_model_parity.py \
-        tests/test_loader.py tests/test_gemv.py 2>&1 | tee "$OUT/cuda_tests.log" | tail -15 ;;
+      # every module with CUDA-marked tests (grep -l "mark.cuda" tests/*.py)
+      python3 -m pytest -q -m cuda tests/test_attention.py tests/test_chain_graphs.py tests/test_cuda_graphs.py \
+        tests/test_fused_ops.py tests/test_gemv.py tests/test_loader.py tests/test_model_parity.py \
+        tests/test_triton_attention.py 2>&1 | tee "$OUT/cuda_tests.log" | tail -15 ;;
     decode-kernels-ab)  # issue 5: batch-1 decode with PDL / the Triton GEMV on and off, side by side
       timeout 400 python3 scripts/gpu_decode_kernels_ab.py 2>&1 | tee "$OUT/decode_kernels_ab.log" | tail -14 ;;
     pdl-probe)  # issue 5: one layer chain, cuBLAS vs Triton GEMV vs Triton with PDL (no engine)

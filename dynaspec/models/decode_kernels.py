@@ -40,8 +40,13 @@ class DecodeKernels:
 
 
 def supports_dependent_launch(device: torch.device) -> bool:
-    """Whether `device` can launch kernels with PDL: a CUDA GPU of compute capability 9.0 or newer."""
-    return device.type == "cuda" and torch.cuda.is_available() and torch.cuda.get_device_capability(device)[0] >= 9
+    """Whether `device` can launch kernels with PDL: a CUDA GPU of compute capability 9.0 or newer, and a
+    Triton that has the grid-dependency instructions (3.3 and later)."""
+    if device.type != "cuda" or not torch.cuda.is_available() or torch.cuda.get_device_capability(device)[0] < 9:
+        return False
+    import triton.language as tl  # Triton is only needed on CUDA
+
+    return hasattr(tl.extra.cuda, "gdc_wait") and hasattr(tl.extra.cuda, "gdc_launch_dependents")
 
 
 def decode_kernels_for(device: torch.device, enabled: bool) -> DecodeKernels:

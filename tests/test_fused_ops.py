@@ -12,10 +12,6 @@ CUDA: bf16 kernels against the torch path, a whole model step under CUDA-graph r
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 import torch
@@ -31,8 +27,8 @@ from dynaspec.models.presets import get_preset_config, num_parameters  # noqa: E
 from dynaspec.models.registry import resolve_model_class  # noqa: E402
 from tests.test_model_parity import PagedHarness, hf_logits, max_diff, random_tokens  # noqa: E402
 from tests.tiny_models import make_tiny_hf_model  # noqa: E402
+from tests.triton_interpreter import run_interpreted  # noqa: E402
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
 cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 
 
@@ -152,12 +148,7 @@ def _interpreter_worker(cases_json: str) -> None:
 
 @pytest.fixture(scope="module")
 def interpreter_results():
-    env = dict(os.environ, TRITON_INTERPRET="1")
-    code = "import sys; from tests.test_fused_ops import _interpreter_worker; _interpreter_worker(sys.argv[1])"
-    proc = subprocess.run([sys.executable, "-c", code, json.dumps(INTERPRETER_CASES)], cwd=REPO_ROOT, env=env,
-                          capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 0, proc.stderr[-4000:]
-    return json.loads(proc.stdout.strip().splitlines()[-1])
+    return run_interpreted("tests.test_fused_ops", "_interpreter_worker", INTERPRETER_CASES)
 
 
 @pytest.mark.parametrize("index", range(len(INTERPRETER_CASES)))

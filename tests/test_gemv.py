@@ -14,10 +14,6 @@ logits match the paths off to bf16 rounding.
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 import torch
@@ -38,9 +34,8 @@ from dynaspec.models.loader import load_model  # noqa: E402
 from dynaspec.sampling_params import SamplingParams  # noqa: E402
 from tests.test_model_parity import PagedHarness  # noqa: E402
 from tests.tiny_models import make_tiny_checkpoint  # noqa: E402
+from tests.triton_interpreter import run_interpreted  # noqa: E402
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
-cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 hopper = pytest.mark.skipif(not (torch.cuda.is_available() and supports_dependent_launch(torch.device("cuda"))),
                             reason="needs a Hopper or newer GPU (programmatic dependent launch)")
 
@@ -85,12 +80,7 @@ def _interpreter_main(cases_json: str) -> None:
 
 @pytest.fixture(scope="module")
 def interpreter_results():
-    env = dict(os.environ, TRITON_INTERPRET="1")
-    code = "import sys; from tests.test_gemv import _interpreter_main; _interpreter_main(sys.argv[1])"
-    proc = subprocess.run([sys.executable, "-c", code, json.dumps(INTERPRETER_CASES)], cwd=REPO_ROOT, env=env,
-                          capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 0, proc.stderr[-4000:]
-    return json.loads(proc.stdout.strip().splitlines()[-1])
+    return run_interpreted("tests.test_gemv", "_interpreter_main", INTERPRETER_CASES)
 
 
 @pytest.mark.parametrize("index", range(len(INTERPRETER_CASES)))

@@ -13,10 +13,6 @@ the reference path in fp32 and bf16, through `paged_attention`'s dispatch, and u
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 import torch
@@ -26,8 +22,8 @@ pytest.importorskip("triton")
 from dynaspec.models.attention import paged_attention, reference_paged_attention  # noqa: E402
 from dynaspec.models.attention_metadata import AttentionMetadata  # noqa: E402
 from dynaspec.models.triton_attention import triton_paged_attention  # noqa: E402
+from tests.triton_interpreter import run_interpreted  # noqa: E402
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
 cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 
 # (q_len, seq_len) per sequence: decode, verify 1+k, a sequence shorter than one block, one exactly
@@ -115,12 +111,7 @@ def _interpreter_worker(cases_json: str) -> None:
 
 @pytest.fixture(scope="module")
 def interpreter_results():
-    env = dict(os.environ, TRITON_INTERPRET="1")
-    code = "import sys; from tests.test_triton_attention import _interpreter_worker; _interpreter_worker(sys.argv[1])"
-    proc = subprocess.run([sys.executable, "-c", code, json.dumps(INTERPRETER_CASES)], cwd=REPO_ROOT, env=env,
-                          capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 0, proc.stderr[-4000:]
-    return json.loads(proc.stdout.strip().splitlines()[-1])
+    return run_interpreted("tests.test_triton_attention", "_interpreter_worker", INTERPRETER_CASES)
 
 
 @pytest.mark.parametrize("index", range(len(INTERPRETER_CASES)))

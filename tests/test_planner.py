@@ -5,6 +5,7 @@ import random
 import pytest
 
 from dynaspec.spec.acceptance_estimator import AcceptanceEstimator
+from dynaspec.spec.catch_up import CatchUpCost
 from dynaspec.spec.cost_model import StepCostModel
 from dynaspec.spec.planner import PER_REQUEST_MAX_BATCH, GoodputPlanner
 from dynaspec.spec.stats import SpecStats
@@ -278,6 +279,38 @@ def test_no_exploration_where_even_full_acceptance_cannot_pay():
     planner = _planner(cost, [0.05, 0.05], ks=(0, 2), explore_every=5)
     ks = [planner.draft_len(8, 8) for _ in range(12)]
     assert ks == [0, 0, 0, 0, 2, 2, 0, 0, 0, 0, 2, 2]  # two steps each: the second is a clean time sample
+
+
+def test_explore_budget_spaces_costly_explorations_and_leaves_cheap_ones_alone():
+    """With a 1% budget: where an exploration costs little (k = 2 steps 5% slower than plain ones) it still
+    happens every explore_every decisions; where it costs a lot (k = 2 steps 1.6x plain, plus a catch-up of
+    two plain steps) it waits until 1% of the decisions' predicted time covers it, so explorations take
+    about 1% of the time."""
+    def decisions(batch: int, k2_cost: float, budget: float | None, backlog_tokens: int, steps: int) -> list[int]:
+        cost = _cost(lambda b, k: 0.005 if k == 0 else k2_cost, batches=(1, 64), ks=(0, 2))
+        catch_up = CatchUpCost(1e-6)
+        planner = _planner(cost, [0.05, 0.05], ks=(0, 2), explore_every=64, explore_budget=budget,
+                           catch_up=catch_up, backlog=lambda: (backlog_tokens, 10**6))
+        return [planner.draft_len(batch, batch) for _ in range(steps)]
+
+    # batch 1: an exploration costs 2 x 0.5 ms + 0.1 ms catch-up; 64 decisions earn 3.2 ms
+    cheap = decisions(1, 0.0055, 0.01, 100, 200)
+    assert cheap == decisions(1, 0.0055, None, 100, 200)
+    assert [i for i, k in enumerate(cheap) if k] == [63, 64, 128, 129, 193, 194]
+    costly = decisions(64, 0.008, 0.01, 10_000, 2000)  # 2 x 3 ms + 10 ms catch-up = 16 ms
+    starts = [i for i, k in enumerate(costly) if k and not costly[i - 1]]
+    assert costly[:320].count(2) == 0 and len(starts) >= 2
+    gaps = [b - a for a, b in zip(starts, starts[1:])]
+    assert all(gap >= 16e-3 / (0.01 * 0.005) for gap in gaps), gaps  # 320 plain decisions earn 16 ms
+    unbudgeted = decisions(64, 0.008, None, 10_000, 2000)
+    assert unbudgeted.count(2) >= 4 * costly.count(2)  # every 65 decisions vs every ~322
+
+
+def test_explore_budget_must_be_a_fraction():
+    cost = _cost(lambda b, k: 0.01, batches=(1,), ks=(0, 2))
+    for bad in (0, 1.5, -0.1, True, "1%"):
+        with pytest.raises(ValueError, match="explore_budget must be a fraction"):
+            _planner(cost, [0.5, 0.5], ks=(0, 2), explore_budget=bad)
 
 
 def test_exploration_off_never_leaves_zero():

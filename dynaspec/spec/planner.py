@@ -36,7 +36,13 @@ Rules, in order:
   allows (large batches, whose host and compute cost per drafted token the step times have shown), no
   acceptance could make it win, so trying it would only cost time. An exploration runs two steps: the
   first pays the drafter's catch-up and is no step-time sample (see above), the second is one.
-  None turns exploration off.
+  None turns exploration off. With `explore_budget` (a fraction of time, the engine's EXPLORE_BUDGET),
+  an exploration also waits until the below-max decisions since the last one have earned its predicted
+  cost: that fraction of their predicted step times must cover two steps' extra time at the larger k
+  plus, from k = 0, the drafter's catch-up. At small batches this changes nothing (an H200 at batch 1:
+  ~1.5 ms per exploration against 2.6 ms earned in 64 steps); at batch 64 an exploration from k = 0 cost
+  ~13 ms of a 5.5 ms step (mostly catch-up) and two of them took 2.5% of a chat sweep point's time, so
+  there it now waits ~5 times longer.
 * probe (with `probe_margin`): a k next to the k in force (k - 1 or k + 1, >= 1; next to k = 0, the
   best-predicted speculative k) whose cell at this batch bucket has fewer than MIN_OBSERVED_STEPS real
   steps and whose predicted goodput is within `probe_margin` of the k in force runs until it has them
@@ -90,6 +96,8 @@ MIN_OBSERVED_STEPS = 4
 ESTIMATE_MEMORY_TRIALS = 256
 # An exploration from k = 0 may cost at most this many plain steps of drafter catch-up.
 EXPLORE_CATCH_UP_STEPS = 2.0
+# The engine's planner spends at most about this fraction of the time on explorations (explore_budget).
+EXPLORE_BUDGET = 0.01
 # Largest batch whose decisions blend the requests' own acceptance estimates (module docstring, host cost).
 PER_REQUEST_MAX_BATCH = 16
 # Observations (acceptance outcomes, step times) after which the engine's planner recomputes a goodput table.
@@ -126,6 +134,7 @@ class GoodputPlanner:
         backlog: BacklogFn | None = None,
         replan_every: int = 1,
         probe_margin: float | None = None,
+        explore_budget: float | None = None,
     ) -> None:
         """
         cost_model: T(batch, k); every candidate k must be measured in it.
@@ -139,6 +148,8 @@ class GoodputPlanner:
         replan_every: a decision reuses the goodput table of its (batch, requests) until this many
         observations arrived since it was computed (1: every observation refreshes it).
         probe_margin: see the module docstring, probe (None: never probe).
+        explore_budget: fraction of the predicted time of below-max decisions that explorations may cost
+        (module docstring, exploration; None: explore every `explore_every` decisions whatever it costs).
         """
         if not isinstance(cost_model, StepCostModel):
             raise TypeError(f"cost_model must be a StepCostModel, got {type(cost_model).__name__}")
@@ -177,6 +188,13 @@ class GoodputPlanner:
                 f"probe_margin must be a relative goodput in [0, 1) (e.g. 0.1) or None, got {probe_margin!r}"
             )
         self.probe_margin = probe_margin
+        if explore_budget is not None and (
+            isinstance(explore_budget, bool) or not isinstance(explore_budget, (int, float))
+            or not 0 < explore_budget <= 1
+        ):
+            raise ValueError(f"explore_budget must be a fraction of time in (0, 1] (e.g. 0.01) or None, got {explore_budget!r}")
+        self.explore_budget = explore_budget
+        self._explore_earned = 0.0  # seconds of exploration earned since the last one (explore_budget)
         # (batch, request ids or None) -> (observations when computed, goodput per k)
         self._tables: dict[tuple[int, tuple[Hashable, ...] | None], tuple[int, dict[int, float]]] = {}
         self._observations = 0  # acceptance outcomes, step times and releases so far
@@ -345,10 +363,15 @@ class GoodputPlanner:
             self._explore_again = None
         elif chosen < self.candidate_ks[-1] and self.explore_every is not None:
             self._below_max_decisions += 1
+            if self.explore_budget is not None:
+                self._explore_earned += self.explore_budget * self.step_seconds(num_decoding, chosen)
             if self._below_max_decisions >= self.explore_every:
-                self._below_max_decisions = 0
                 larger = self.candidate_ks[bisect_right(self.candidate_ks, chosen)]
-                if self.could_pay(num_decoding, larger, goodput[chosen]):
+                if not self.could_pay(num_decoding, larger, goodput[chosen]):
+                    self._below_max_decisions = 0
+                elif self.explore_budget is None or self._exploration_affordable(num_decoding, chosen, larger):
+                    self._below_max_decisions = 0
+                    self._explore_earned = 0.0
                     chosen = larger
                     reason = "explore"
                     self._explore_again = larger
@@ -371,6 +394,17 @@ class GoodputPlanner:
             "best_goodput": goodput[best],
         }
         return chosen
+
+    def _exploration_affordable(self, batch: int, k: int, larger: int) -> bool:
+        """Whether the earned budget covers exploring `larger` from `k` at `batch`: two steps' extra time,
+        plus the drafter's catch-up when k is 0 (priced when the planner has catch_up and backlog; the
+        backlog, a pass over the requests, is only asked once the steps' part fits)."""
+        extra = 2.0 * max(0.0, self.step_seconds(batch, larger) - self.step_seconds(batch, k))
+        if extra > self._explore_earned:
+            return False
+        if k == 0 and self.catch_up is not None and self.backlog is not None:
+            extra += self.catch_up.seconds(self.backlog()[0])
+        return extra <= self._explore_earned
 
     def _neighbour_to_probe(self, bucket: int, current: int, goodput: Mapping[int, float]) -> int | None:
         """A k next to the k in force whose cell at this bucket has fewer than MIN_OBSERVED_STEPS real
@@ -471,7 +505,8 @@ class GoodputPlanner:
     def __repr__(self) -> str:
         return (
             f"GoodputPlanner(candidate_ks={self.candidate_ks}, hysteresis={self.hysteresis}, "
-            f"max_concurrency={self.max_concurrency}, explore_every={self.explore_every})"
+            f"max_concurrency={self.max_concurrency}, explore_every={self.explore_every}, "
+            f"explore_budget={self.explore_budget})"
         )
 
 
@@ -484,14 +519,16 @@ def build_goodput_planner(
     backlog: BacklogFn | None = None,
     replan_every: int = REPLAN_EVERY,
     probe_margin: float | None = PROBE_MARGIN,
+    explore_budget: float | None = EXPLORE_BUDGET,
 ) -> GoodputPlanner:
     """A planner from a speculative config (max_draft_len, max_concurrency, goodput_hysteresis,
     acceptance_profile) and a measured cost model.
 
     candidate_ks defaults to every k in 0..max_draft_len that the cost model measured (e.g. the captured
     CUDA graphs); the acceptance profile, when set, warm-starts the estimator; catch_up / backlog price
-    switches from k = 0; replan_every, probe_margin: see GoodputPlanner (the engine's planner reuses a
-    goodput table for REPLAN_EVERY observations and probes neighbours within PROBE_MARGIN).
+    switches from k = 0; replan_every, probe_margin, explore_budget: see GoodputPlanner (the engine's
+    planner reuses a goodput table for REPLAN_EVERY observations, probes neighbours within PROBE_MARGIN and
+    spends about EXPLORE_BUDGET of the time on explorations).
     """
     max_draft_len = spec_config.max_draft_len
     if candidate_ks is None:
@@ -515,6 +552,7 @@ def build_goodput_planner(
         backlog=backlog,
         replan_every=replan_every,
         probe_margin=probe_margin,
+        explore_budget=explore_budget,
     )
 
 

@@ -192,7 +192,9 @@ class GoodputPlanner:
             isinstance(explore_budget, bool) or not isinstance(explore_budget, (int, float))
             or not 0 < explore_budget <= 1
         ):
-            raise ValueError(f"explore_budget must be a fraction of time in (0, 1] (e.g. 0.01) or None, got {explore_budget!r}")
+            raise ValueError(
+                f"explore_budget must be a fraction of time in (0, 1] (e.g. 0.01) or None, got {explore_budget!r}"
+            )
         self.explore_budget = explore_budget
         self._explore_earned = 0.0  # seconds of exploration earned since the last one (explore_budget)
         # (batch, request ids or None) -> (observations when computed, goodput per k)

@@ -7,7 +7,9 @@ Lines measured (each is one engine, built once and reused for every batch size):
   engine at start-up (the line's `planned_schedule` records what it chose).
 
 For each (line, batch) `batch` requests of random prompt token ids run greedy with ignore_eos until all
-finish. With `workload` set (`dynaspec bench --workload code-edit`), the requests are real prompts instead
+finish; at a given (batch, round) every line gets the same request ids and prompts, so replayed acceptance
+(spec/replay.py) draws the same numbers at the same sequence positions on every line (common random
+numbers: lines differ by their k, not by their luck). With `workload` set (`dynaspec bench --workload code-edit`), the requests are real prompts instead
 (dynaspec.bench.sweep_prompts: the workload's conversations through the chat template, cycled to fill the
 batch, the same for every line), drafts are accepted by the model's own predictions, every point records
 each request's output token ids, and each line's points say whether those are the no-spec line's tokens
@@ -351,12 +353,14 @@ def run_sweep(
     profile = load_acceptance_profile(settings.acceptance_profile) if settings.acceptance_profile else None
     total = len(lines) * len(batches) + (len(hf_batch_sizes) if hf_batch_sizes else 0)
     done = 0.0
-    rng = random.Random(settings.seed)
     prompts = _workload_prompts(settings, max(batches)) if settings.workload else None
     prompt_len = prompts.max_len if prompts else settings.prompt_len
 
-    def measure(engine, line: Line, batch: int) -> Point:
-        """The warm-up batch, then the timed one, on a drafter reset first (module docstring)."""
+    def measure(engine, line: Line, batch: int, round_index: int = 0) -> Point:
+        """The warm-up batch, then the timed one, on a drafter reset first (module docstring). Every line
+        gets the same request ids and random prompts at a (batch, round): replayed acceptance then draws
+        the same numbers at the same positions on every line (spec/replay.py, common random numbers)."""
+        rng = random.Random(f"{settings.seed}:{batch}:{round_index}")
         if engine.drafter is not None:
             engine.drafter.reset()
         if settings.warmup:  # never the measured prompts: a shared n-gram pool must not learn them
@@ -420,7 +424,7 @@ def run_sweep(
                         n = (i + r) % len(lines)  # rotated: each line runs first (and last) in some round
                         if progress:
                             progress(f"{lines[n].name} batch {batch} round {r + 1}", float(done), float(total))
-                        rounds[lines[n].name].append(measure(engines[n], lines[n], batch))
+                        rounds[lines[n].name].append(measure(engines[n], lines[n], batch, r))
                         done += 1 / settings.rounds
                 result.points.extend(merge_rounds(rounds[line.name]) for line in lines)
         hf(engines[0])

@@ -462,7 +462,7 @@ class LLMEngine:
         if self.replay is not None:  # benchmark only: accepted lengths drawn from a recorded profile
             for n, draft in enumerate(drafts):
                 if draft:
-                    accepted = self.replay.num_accepted(len(draft), requests[n].request_id)
+                    accepted = self.replay.num_accepted(len(draft), requests[n].request_id, requests[n].num_tokens)
                     committed[n] = draft[:accepted] + [argmax_ids[row_owner[n][0] + accepted]]
         return committed
 
@@ -526,6 +526,8 @@ class LLMEngine:
         self.scheduler.remove(request)
         if self.drafter:
             self.drafter.release(request)
+        if self.replay is not None:
+            self.replay.release(request.request_id)
         if self.policy is not None:
             self._feed_policy()  # its queued outcomes first, or they would outlive its release
             self.policy.release(request.request_id)

@@ -11,6 +11,15 @@ Mixed workloads: several profiles (names / paths joined by commas, e.g.
 profile number `crc32(rid as UTF-8) % number of profiles` (`profile_index`): stable across runs, engines
 and processes, so a benchmark that gives its requests the same ids gives them the same workloads on
 every line. The engine names the request with each accepted length it asks for.
+
+Common random numbers: given the position of a chain's first draft in its request's sequence, position
+j of the chain is accepted iff u(request, position + j) < alpha_j, where u(request, i) is the i-th value of
+a uniform stream seeded by the replay seed and the request id. Every engine replaying the same requests
+then sees the same uniforms at the same sequence positions, so two lines that draft the same k there
+accept the same lengths, and lines with different k differ by their k, not by their draws (the classic
+variance reduction for comparing policies by simulation: Law, "Simulation Modeling and Analysis",
+ch. 11). Within one request the uniforms a step examines are never examined again: the next chain starts
+after the first rejected position. Without a position, draws come from one stream in call order.
 """
 
 from __future__ import annotations
@@ -18,8 +27,12 @@ from __future__ import annotations
 import json
 import random
 import zlib
+from array import array
 from collections.abc import Hashable, Sequence
 from pathlib import Path
+
+# Uniforms drawn at a time per request (sequence positions): a block covers a few hundred steps.
+UNIFORM_BLOCK = 256
 
 DATA_DIR = Path(__file__).resolve().parent.parent / "bench" / "data"
 
@@ -75,7 +88,10 @@ class AcceptanceReplay:
         self.name = "+".join(self.names)
         self.profiles = [load_acceptance(n) for n in names]
         self.alphas = self.profiles[0]
+        self.seed = seed
         self.rng = random.Random(seed)
+        self._uniforms: dict[Hashable, array] = {}  # request id -> u(request, 0..), grown on demand
+        self._streams: dict[Hashable, random.Random] = {}  # request id -> the generator of its uniforms
 
     @property
     def is_mixed(self) -> bool:
@@ -90,12 +106,40 @@ class AcceptanceReplay:
         alphas = self.profiles[profile]
         return alphas[min(position, len(alphas) - 1)]
 
-    def num_accepted(self, num_drafted: int, request_id: Hashable | None = None) -> int:
-        """Accepted length of a chain of `num_drafted` drafts of `request_id` (needed with several profiles)."""
-        if request_id is None and self.is_mixed:
-            raise RuntimeError("acceptance replay of several profiles needs the request each draft belongs to")
+    def num_accepted(self, num_drafted: int, request_id: Hashable | None = None, position: int | None = None) -> int:
+        """Accepted length of a chain of `num_drafted` drafts of `request_id` (needed with several profiles)
+        whose first draft sits at sequence index `position` (common random numbers; None: call order)."""
+        if request_id is None and (self.is_mixed or position is not None):
+            raise RuntimeError("acceptance replay of several profiles or at a position needs the request id")
         profile = 0 if request_id is None else self.profile_for(request_id)
+        if position is None:
+            draw = self.rng.random
+            accepted = 0
+            while accepted < num_drafted and draw() < self.alpha(accepted, profile):
+                accepted += 1
+            return accepted
+        if isinstance(position, bool) or not isinstance(position, int) or position < 0:
+            raise ValueError(f"position must be an int >= 0, got {position!r}")
+        uniforms = self._uniforms_for(request_id, position + num_drafted)
         accepted = 0
-        while accepted < num_drafted and self.rng.random() < self.alpha(accepted, profile):
+        while accepted < num_drafted and uniforms[position + accepted] < self.alpha(accepted, profile):
             accepted += 1
         return accepted
+
+    def _uniforms_for(self, request_id: Hashable, length: int) -> array:
+        """u(request_id, 0..length-1) at least; the stream continues where it stopped when grown."""
+        uniforms = self._uniforms.get(request_id)
+        if uniforms is None:
+            uniforms = self._uniforms[request_id] = array("d")
+        if len(uniforms) < length:
+            stream = self._streams.get(request_id)
+            if stream is None:
+                stream = self._streams[request_id] = random.Random(f"{self.seed}:{request_id}")
+            draw = stream.random
+            uniforms.extend(draw() for _ in range(max(length - len(uniforms), UNIFORM_BLOCK)))
+        return uniforms
+
+    def release(self, request_id: Hashable) -> None:
+        """Forget a finished request's uniforms (a request id used again starts its stream afresh)."""
+        self._uniforms.pop(request_id, None)
+        self._streams.pop(request_id, None)

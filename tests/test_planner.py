@@ -438,3 +438,42 @@ def test_probe_from_k0_runs_the_best_predicted_speculative_k_until_it_is_measure
     far = _planner(cost, [0.1] * 3, ks=(0, 1, 3), hysteresis=0.10, probe_margin=0.10)
     far._current[far.bucket(1)] = 0  # alpha 0.1: goodput(1) = 79, 21% below k = 0: no probe
     assert far.draft_len(1, 1) == 0 and far.last_decision["reason"] == "argmax"
+
+
+def test_engine_at_concurrency_1_follows_each_requests_own_acceptance(tmp_path):
+    """One request at a time, workloads alternating (replayed: every draft accepted / none): the engine
+    names the decoding requests, so after a few finished requests the planner runs the largest k on an
+    accepting request right after a rejecting one, and k = 0 on a rejecting one after its first steps.
+    (A pooled estimate at concurrency 1 is the previous request's acceptance.)"""
+    import json
+
+    from dynaspec import LLM, NGramDecodingConfig, SamplingParams
+    from dynaspec.spec.replay import profile_index
+    from tests.tiny_models import make_tiny_checkpoint
+
+    (tmp_path / "all.json").write_text(json.dumps({"acceptance_per_position": [1.0]}))
+    (tmp_path / "none.json").write_text(json.dumps({"acceptance_per_position": [0.0]}))
+    profiles = f"{tmp_path / 'all.json'},{tmp_path / 'none.json'}"
+    spec = NGramDecodingConfig(max_draft_len=4, draft_len_policy="goodput", replay_acceptance_profile=profiles)
+    engine = LLM(model=str(make_tiny_checkpoint(tmp_path, "llama")), block_size=4, speculative_config=spec).engine
+    ids = {0: [], 1: []}  # profile index -> request ids replaying it
+    n = 0
+    while min(len(v) for v in ids.values()) < 8:
+        ids[profile_index(f"req-{n}", 2)].append(f"req-{n}")
+        n += 1
+    params = SamplingParams(temperature=0.0, max_tokens=48, ignore_eos=True)
+    ks: dict[str, dict[str, int]] = {}  # request -> its decode steps per k
+
+    def histogram() -> dict[str, int]:
+        return dict(engine.get_stats()["k_histogram"].get("1", {}))
+
+    for accepting, rejecting in zip(ids[0], ids[1]):
+        for rid in (rejecting, accepting):
+            before = histogram()
+            engine.add_request(rid, [3, 1, 4, 1, 5, 9, 2, 6], params)
+            while engine.has_unfinished_requests():
+                engine.step()
+            ks[rid] = {k: n - before.get(k, 0) for k, n in histogram().items() if n > before.get(k, 0)}
+    for accepting, rejecting in list(zip(ids[0], ids[1]))[-3:]:
+        assert ks[accepting].get("4", 0) >= 0.75 * sum(ks[accepting].values()), ks
+        assert ks[rejecting].get("0", 0) >= 0.6 * sum(ks[rejecting].values()), ks

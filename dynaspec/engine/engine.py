@@ -16,7 +16,7 @@ one from its tokens on the device and commits it meanwhile (overlapped decode, e
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Hashable, Sequence
 
 import torch
 
@@ -29,7 +29,7 @@ from dynaspec.engine.output_processor import OutputProcessor
 from dynaspec.engine.overlap import InflightStep, can_overlap, continuation, start_copy
 from dynaspec.engine.request import Request, RequestStatus
 from dynaspec.engine.sampler import target_probs
-from dynaspec.engine.scheduler import Scheduler, SchedulerOutput
+from dynaspec.engine.scheduler import ScheduledDecode, Scheduler, SchedulerOutput
 from dynaspec.models.decode_kernels import decode_kernels_for
 from dynaspec.models.loader import LoadedModel, load_model
 from dynaspec.outputs import RequestMetrics, RequestOutput
@@ -277,7 +277,7 @@ class LLMEngine:
             inflight = self._inflight
             following = continuation(self.scheduler, inflight, draft_len_for, self.max_model_len)
             self._inflight = None if following is None else self._launch_overlapped(following, inflight.ids)
-            self._feed_policy(len(inflight.sched.decodes))
+            self._feed_policy(inflight.sched.decodes)
             return self._finish_overlapped(inflight)
         sched = self.scheduler.schedule(draft_len_for)
         for request in sched.preempted:
@@ -302,7 +302,7 @@ class LLMEngine:
         else:
             seqs, logit_rows, row_owner = self._build_inputs(sched, drafts)
             logits = self.runner.forward(seqs, logit_rows)  # (N, vocab)
-        self._feed_policy(len(sched.decodes))  # a replayed graph is still running: the host would only wait
+        self._feed_policy(sched.decodes)  # a replayed graph is still running: the host would only wait
         committed = self._accept(sched, drafts, draft_probs, logits, row_owner)
         outputs = self._commit(sched, drafts, committed)
         if self.policy is not None and not sched.prefills:
@@ -325,14 +325,14 @@ class LLMEngine:
         its reused goodput table (GoodputPlanner.replan_every) is anyway."""
         self._policy_pending.append((method, args))
 
-    def _feed_policy(self, batch: int = 0) -> None:
-        """Give the policy the queued observations, in order; with `batch` (the step's decoding requests),
-        let the goodput planner recompute that batch size's table now if it is due."""
+    def _feed_policy(self, decodes: Sequence[ScheduledDecode] = ()) -> None:
+        """Give the policy the queued observations, in order; with `decodes` (the step's decoding requests),
+        let the goodput planner recompute their table now if it is due."""
         pending, self._policy_pending = self._policy_pending, []
         for method, args in pending:
             getattr(self.policy, method)(*args)
-        if self.goodput and batch > 0:
-            self.policy.refresh(batch)
+        if self.goodput and decodes:
+            self.policy.refresh(len(decodes), [d.request.request_id for d in decodes])
 
     def _drafter_backlog(self) -> tuple[int, int]:
         """(tokens the drafter is behind on, tokens still to generate, at most HORIZON_TOKENS_PER_REQUEST
@@ -491,9 +491,8 @@ class LLMEngine:
         if sched.decodes:
             self.stats.record(len(sched.decodes), sched.draft_len, drafted, accepted)
             if self.policy is not None and sched.draft_len > 0:
-                # Pooled only: decisions use the pooled estimate (spec/planner.py, module docstring), so
-                # per-request estimates would be bookkeeping that nothing reads.
-                self._policy_later("observe", sched.draft_len, drafted, accepted)
+                ids = [d.request.request_id for d in sched.decodes]
+                self._policy_later("observe", sched.draft_len, drafted, accepted, ids)
         for decode, tokens in zip(sched.decodes, committed):
             # K/V is now valid for the fed last token plus the accepted drafts; the rest is rolled back.
             decode.request.num_computed_tokens += len(tokens)
@@ -566,7 +565,7 @@ class LLMEngine:
         return ids
 
 
-def _no_speculation(num_decoding: int, num_active: int) -> int:
+def _no_speculation(num_decoding: int, num_active: int, request_ids: Sequence[Hashable] = ()) -> int:
     return 0
 
 

@@ -22,13 +22,12 @@ generator, whose stream then also serves the dropped tokens. Outputs reach the c
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
 
 from dynaspec.engine.request import Request, RequestStatus
-from dynaspec.engine.scheduler import ScheduledDecode, Scheduler, SchedulerOutput
+from dynaspec.engine.scheduler import DraftLenFor, ScheduledDecode, Scheduler, SchedulerOutput
 
 
 @dataclass
@@ -70,7 +69,7 @@ def can_overlap(sched: SchedulerOutput) -> bool:
 def continuation(
     scheduler: Scheduler,
     inflight: InflightStep,
-    draft_len_for: Callable[[int, int], int],
+    draft_len_for: DraftLenFor,
     max_model_len: int,
 ) -> SchedulerOutput | None:
     """Step t + 1 for the requests of the in-flight step t, or None when it must be drained first.
@@ -89,7 +88,7 @@ def continuation(
             return None
         if request.num_tokens + 1 >= max_model_len:
             return None
-    if draft_len_for(len(requests), scheduler.num_unfinished) != 0:
+    if draft_len_for(len(requests), scheduler.num_unfinished, [r.request_id for r in requests]) != 0:
         return None
     for request in requests:
         if not scheduler.block_manager.ensure_slots(request, request.num_tokens + 1):

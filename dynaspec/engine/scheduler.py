@@ -14,11 +14,14 @@ recomputed later (no request is lost or corrupted).
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Hashable, Sequence
 from dataclasses import dataclass, field
 
 from dynaspec.engine.block_manager import BlockManager
 from dynaspec.engine.request import Request, RequestStatus
+
+# The draft-length policy as the scheduler calls it: (num_decoding, num_active, decoding request ids) -> k.
+DraftLenFor = Callable[[int, int, Sequence[Hashable]], int]
 
 
 @dataclass
@@ -84,12 +87,13 @@ class Scheduler:
     def num_unfinished(self) -> int:
         return len(self.waiting) + len(self.running)
 
-    def schedule(self, draft_len_for: Callable[[int, int], int]) -> SchedulerOutput:
-        """Plan one step. `draft_len_for(num_decoding, num_active)` is the draft-length policy."""
+    def schedule(self, draft_len_for: DraftLenFor) -> SchedulerOutput:
+        """Plan one step. `draft_len_for(num_decoding, num_active, request_ids)` is the draft-length policy
+        (request_ids: the decoding requests', for a policy that weighs their own acceptance)."""
         out = SchedulerOutput()
         budget = self.max_num_batched_tokens
         decoding = [r for r in self.running if not r.is_prefilling][: self.max_num_seqs]
-        k = draft_len_for(len(decoding), self.num_unfinished) if decoding else 0
+        k = draft_len_for(len(decoding), self.num_unfinished, [r.request_id for r in decoding]) if decoding else 0
         # Keep the verify step within the token budget: 1 + k positions per decoding request.
         while k > 0 and len(decoding) * (1 + k) > budget:
             k -= 1

@@ -39,7 +39,10 @@ size the same evidence (the goodput planner uses M = 256).
 
 Per-request blending: a request with n own observations at position j (capped at 1 / request_ema_rate,
 an EMA's effective sample size) is estimated as (n * own_j + blend_count * global_j) / (n + blend_count),
-so a new request follows the global estimate and a long one its own history.
+so a new request follows the global estimate and a long one its own history. That is the posterior mean
+of a beta-binomial model with blend_count as the prior's strength; with `learn_blend_count` it is learned
+from how much finished requests' rates differ (spec/request_spread.py): small when workloads mix, large
+(the global estimate) when requests are alike.
 """
 
 from __future__ import annotations
@@ -49,6 +52,8 @@ import math
 from collections.abc import Hashable, Sequence
 from pathlib import Path
 from typing import Any
+
+from dynaspec.spec.request_spread import RequestSpread
 
 
 def expected_accepted_length(alphas: Sequence[float], k: int) -> float:
@@ -186,6 +191,7 @@ class AcceptanceEstimator:
         blend_count: float = 4.0,
         initial_alpha: float = 0.5,
         memory_trials: int | None = None,
+        learn_blend_count: bool = False,
     ) -> None:
         """
         max_draft_len: positions estimated (0..max_draft_len-1).
@@ -198,6 +204,8 @@ class AcceptanceEstimator:
             request-free default that lets the planner try speculation once before it has data.
         memory_trials: when set, the global EMA's memory is this many trials instead of 1 / ema_rate
             steps: a step of n trials moves it 1 - (1 - 1 / memory_trials)^n of the way (module docstring).
+        learn_blend_count: re-estimate blend_count from the spread of finished requests' first-position
+            rates (spec/request_spread.py); blend_count is the value until enough requests finished.
         """
         if isinstance(max_draft_len, bool) or not isinstance(max_draft_len, int) or max_draft_len < 1:
             raise ValueError(f"max_draft_len must be an int >= 1, got {max_draft_len!r}")
@@ -217,6 +225,7 @@ class AcceptanceEstimator:
         ):
             raise ValueError(f"memory_trials must be an int >= 1 or None, got {memory_trials!r}")
         self.memory_trials = memory_trials
+        self._spread = RequestSpread(self.blend_count) if learn_blend_count else None
         self._global = _PositionEMA(max_draft_len, self.ema_rate, self.profile, self.prior_weight, memory_trials)
         self._requests: dict[Hashable, _PositionEMA] = {}
         self._unfolded: dict[Hashable, list[list[bool]]] = {}  # request -> outcomes of steps not folded yet
@@ -294,7 +303,15 @@ class AcceptanceEstimator:
         return ema
 
     def release(self, request_id: Hashable) -> None:
-        """Forget a finished / aborted request (unknown ids are ignored)."""
+        """Forget a finished / aborted request (unknown ids are ignored); with learn_blend_count, its
+        first-position rate joins the spread first."""
+        if self._spread is not None:
+            ema = self._request_ema(request_id)
+            if ema is not None and ema.values[0] is not None:
+                before = self._spread.prior_count
+                self._spread.add(ema.values[0], min(ema.weights[0], 1.0 / self.request_ema_rate))
+                if self._spread.prior_count != before:
+                    self._request_curves.clear()  # blended curves depend on the prior count
         self._requests.pop(request_id, None)
         self._unfolded.pop(request_id, None)
         self._request_curves.pop(request_id, None)
@@ -315,8 +332,13 @@ class AcceptanceEstimator:
         ema = None if request_id is None else self._request_ema(request_id)
         return base if ema is None else self._blend(ema, base)
 
+    @property
+    def effective_blend_count(self) -> float:
+        """The blend_count in use: learned from finished requests with learn_blend_count, else as given."""
+        return self.blend_count if self._spread is None else self._spread.prior_count
+
     def _blend(self, ema: _PositionEMA, base: list[float]) -> list[float]:
-        cap, prior = 1.0 / self.request_ema_rate, self.blend_count
+        cap, prior = 1.0 / self.request_ema_rate, self.effective_blend_count
         blended = []
         for value, weight, g in zip(ema.values, ema.weights, base):
             if value is None:

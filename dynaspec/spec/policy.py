@@ -9,7 +9,7 @@ are active than `max_concurrency`, k=0.
 from __future__ import annotations
 
 from bisect import bisect_right
-from collections.abc import Mapping
+from collections.abc import Hashable, Mapping, Sequence
 from typing import Any
 
 from dynaspec.spec.config import AUTO_SCHEDULE, normalize_draft_len_schedule
@@ -82,8 +82,11 @@ class DraftLenPolicy:
         policy.schedule = schedule
         return policy
 
-    def draft_len(self, num_decoding: int, num_active: int) -> int:
-        """k for a step where `num_decoding` requests decode out of `num_active` active ones."""
+    def draft_len(
+        self, num_decoding: int, num_active: int, request_ids: Sequence[Hashable] | None = None
+    ) -> int:
+        """k for a step where `num_decoding` requests decode out of `num_active` active ones (request_ids,
+        the decoding requests', are accepted for the goodput planner's signature and not used)."""
         for name, value in (("num_decoding", num_decoding), ("num_active", num_active)):
             if isinstance(value, bool) or not isinstance(value, int):
                 raise TypeError(f"{name} must be an int, got {type(value).__name__}")

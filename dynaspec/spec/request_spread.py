@@ -1,0 +1,91 @@
+"""How much requests differ in acceptance: the prior strength of a request's own estimate, learned.
+
+A request's acceptance at a draft position is estimated as (n * own + m * pooled) / (n + m)
+(spec/acceptance_estimator.py, per-request blending): its own rate over n trials, shrunk towards the
+pooled rate by m pseudo-trials. That is the posterior mean of a beta-binomial model whose requests draw
+their acceptance p_i from a Beta with mean `pooled` and m = a + b; the right m depends on the workload:
+
+* requests alike (one workload): their own rates differ by binomial noise only, m should be large, and a
+  short run of rejections must not move one request's estimate (a fixed m = 4 froze a real-model request
+  at k = 0 on CPU, 2026-11-27: at k = 0 it drafts and learns nothing);
+* requests unlike (code-edit next to chat, n-gram first-position acceptance 0.53 vs 0.03): m should be
+  small, so a request follows its own rate within a few steps (the pooled estimate at concurrency 1 is
+  the previous requests', and held k = 0 through code-edit requests for hundreds of steps on an H200).
+
+`RequestSpread` estimates m from finished requests with the method-of-moments estimator of the
+intra-class correlation rho = 1 / (m + 1) of Kleinman (1973, "Proportions with extraneous variance:
+single and independent samples", JASA 68:46-54), unweighted form: with rates r_i over n_i trials,
+their mean p, sample variance S^2 and mean 1/n_i,
+
+    rho = (S^2 - p (1 - p) mean(1/n)) / (p (1 - p) (1 - mean(1/n))),    m = 1 / rho - 1,
+
+clamped to [MIN_PRIOR_COUNT, MAX_PRIOR_COUNT] (rho <= 0: requests no more different than chance, m at the
+maximum, i.e. the pooled estimate). Until MIN_REQUESTS requests with MIN_TRIALS trials each finished, the
+configured default holds.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import deque
+
+# Finished requests remembered (the most recent ones).
+RECENT_REQUESTS = 64
+# Requests needed before the learned prior count replaces the default.
+MIN_REQUESTS = 8
+# Trials a request needs at the position to count (fewer say too little about its rate).
+MIN_TRIALS = 4
+# Bounds of the learned prior count (pseudo-trials of the pooled rate).
+MIN_PRIOR_COUNT = 1.0
+MAX_PRIOR_COUNT = 1024.0
+
+
+class RequestSpread:
+    """The spread of finished requests' acceptance rates at one draft position, as a prior count m."""
+
+    def __init__(self, default_prior_count: float) -> None:
+        if (
+            isinstance(default_prior_count, bool)
+            or not isinstance(default_prior_count, (int, float))
+            or not math.isfinite(default_prior_count)
+            or default_prior_count <= 0
+        ):
+            raise ValueError(f"default_prior_count must be a finite number > 0, got {default_prior_count!r}")
+        self.default = float(default_prior_count)
+        self._recent: deque[tuple[float, float]] = deque(maxlen=RECENT_REQUESTS)  # (rate, trials)
+        self._prior_count: float | None = None
+
+    def add(self, rate: float, trials: float) -> None:
+        """A finished request's acceptance rate over `trials` trials (ignored below MIN_TRIALS)."""
+        if not 0.0 <= rate <= 1.0:
+            raise ValueError(f"rate must be a probability in [0, 1], got {rate!r}")
+        if trials >= MIN_TRIALS:
+            self._recent.append((float(rate), float(trials)))
+            self._prior_count = None
+
+    @property
+    def num_requests(self) -> int:
+        return len(self._recent)
+
+    @property
+    def prior_count(self) -> float:
+        """m: the learned prior count, or the default before MIN_REQUESTS requests."""
+        if self._prior_count is None:
+            self._prior_count = self._estimate()
+        return self._prior_count
+
+    def _estimate(self) -> float:
+        n = len(self._recent)
+        if n < MIN_REQUESTS:
+            return self.default
+        rates = [r for r, _ in self._recent]
+        mean = sum(rates) / n
+        spread = mean * (1.0 - mean)
+        if spread <= 0.0:  # every request accepted all or nothing: alike
+            return MAX_PRIOR_COUNT
+        variance = sum((r - mean) ** 2 for r in rates) / (n - 1)
+        inverse_trials = sum(1.0 / t for _, t in self._recent) / n
+        rho = (variance - spread * inverse_trials) / (spread * (1.0 - inverse_trials))
+        if rho <= 1.0 / (MAX_PRIOR_COUNT + 1.0):
+            return MAX_PRIOR_COUNT
+        return max(MIN_PRIOR_COUNT, min(MAX_PRIOR_COUNT, 1.0 / rho - 1.0))

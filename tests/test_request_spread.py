@@ -1,0 +1,71 @@
+"""The learned prior count of a request's acceptance estimate (beta-binomial method of moments)."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+
+from dynaspec.spec.acceptance_estimator import AcceptanceEstimator
+from dynaspec.spec.request_spread import MAX_PRIOR_COUNT, MIN_PRIOR_COUNT, MIN_REQUESTS, MIN_TRIALS, RequestSpread
+
+
+def _binomial_rate(rng: random.Random, p: float, n: int) -> float:
+    return sum(rng.random() < p for _ in range(n)) / n
+
+
+def test_default_until_enough_requests_and_short_ones_do_not_count():
+    spread = RequestSpread(8.0)
+    for i in range(MIN_REQUESTS - 1):
+        spread.add(float(i % 2), 50)  # all or nothing: as different as requests get
+    assert spread.num_requests == MIN_REQUESTS - 1 and spread.prior_count == 8.0
+    spread.add(1.0, 50)
+    assert spread.prior_count == MIN_PRIOR_COUNT
+    short = RequestSpread(8.0)
+    for _ in range(3 * MIN_REQUESTS):
+        short.add(1.0, MIN_TRIALS - 1)
+    assert short.num_requests == 0 and short.prior_count == 8.0
+
+
+def test_alike_requests_give_a_large_count_and_mixed_workloads_a_small_one():
+    rng = random.Random(0)
+    alike, mixed = RequestSpread(8.0), RequestSpread(8.0)
+    for i in range(64):
+        n = rng.randint(20, 120)
+        alike.add(_binomial_rate(rng, 0.3, n), n)
+        mixed.add(_binomial_rate(rng, 0.53 if i % 2 else 0.03, n), n)
+    assert alike.prior_count >= 100  # binomial noise only: the pooled rate is the best guess
+    assert MIN_PRIOR_COUNT <= mixed.prior_count <= 4  # two workloads: a request's own rate matters
+    same = RequestSpread(8.0)
+    for _ in range(MIN_REQUESTS):
+        same.add(1.0, 10)
+    assert same.prior_count == MAX_PRIOR_COUNT
+
+
+def test_input_errors():
+    for bad in (0, -1.0, float("nan"), True, "8"):
+        with pytest.raises(ValueError, match="default_prior_count must be a finite number > 0"):
+            RequestSpread(bad)
+    with pytest.raises(ValueError, match="rate must be a probability"):
+        RequestSpread(8.0).add(1.5, 10)
+
+
+def test_the_estimator_learns_how_far_a_request_follows_its_own_rate():
+    """After finished requests of two workloads, a new request's estimate leaves the pooled one within a
+    few rejections; with a fixed count it stays near the pooled estimate for many more."""
+    learned = AcceptanceEstimator(1, profile=[0.5], request_ema_rate=1 / 64, blend_count=8, learn_blend_count=True)
+    fixed = AcceptanceEstimator(1, profile=[0.5], request_ema_rate=1 / 64, blend_count=8)
+    assert learned.effective_blend_count == 8 == fixed.effective_blend_count
+    rng = random.Random(1)
+    for est in (learned, fixed):
+        for i in range(16):
+            p = 0.55 if i % 2 else 0.02
+            for _ in range(40):
+                est.update(f"r{i}", 1, int(rng.random() < p))
+            est.release(f"r{i}")
+    assert learned.effective_blend_count < 3 and fixed.effective_blend_count == 8
+    for est in (learned, fixed):
+        for _ in range(5):
+            est.update("new", 1, 0)
+    pooled = learned.global_alphas()[0]
+    assert learned.alphas("new")[0] < 0.4 * pooled < fixed.alphas("new")[0]

@@ -442,7 +442,7 @@ def test_probe_from_k0_runs_the_best_predicted_speculative_k_until_it_is_measure
 
 def test_engine_at_concurrency_1_follows_each_requests_own_acceptance(tmp_path):
     """One request at a time, workloads alternating (replayed: every draft accepted / none): the engine
-    names the decoding requests, so after a few finished requests the planner runs the largest k on an
+    names the decoding requests, so once finished requests showed that they differ the planner runs the largest k on an
     accepting request right after a rejecting one, and k = 0 on a rejecting one after its first steps.
     (A pooled estimate at concurrency 1 is the previous request's acceptance.)"""
     import json
@@ -456,9 +456,12 @@ def test_engine_at_concurrency_1_follows_each_requests_own_acceptance(tmp_path):
     profiles = f"{tmp_path / 'all.json'},{tmp_path / 'none.json'}"
     spec = NGramDecodingConfig(max_draft_len=4, draft_len_policy="goodput", replay_acceptance_profile=profiles)
     engine = LLM(model=str(make_tiny_checkpoint(tmp_path, "llama")), block_size=4, speculative_config=spec).engine
+    # Explore often whatever it costs on this CPU: a request at k = 0 learns only from explorations, and
+    # what is tested is how the estimate uses them, not how often the budget allows them.
+    engine.policy.explore_every, engine.policy.explore_budget = 8, None
     ids = {0: [], 1: []}  # profile index -> request ids replaying it
     n = 0
-    while min(len(v) for v in ids.values()) < 8:
+    while min(len(v) for v in ids.values()) < 12:
         ids[profile_index(f"req-{n}", 2)].append(f"req-{n}")
         n += 1
     params = SamplingParams(temperature=0.0, max_tokens=48, ignore_eos=True)
@@ -474,6 +477,7 @@ def test_engine_at_concurrency_1_follows_each_requests_own_acceptance(tmp_path):
             while engine.has_unfinished_requests():
                 engine.step()
             ks[rid] = {k: n - before.get(k, 0) for k, n in histogram().items() if n > before.get(k, 0)}
-    for accepting, rejecting in list(zip(ids[0], ids[1]))[-3:]:
-        assert ks[accepting].get("4", 0) >= 0.75 * sum(ks[accepting].values()), ks
+    assert engine.policy.estimator.effective_blend_count < 4  # learned: requests differ
+    for accepting, rejecting in list(zip(ids[0], ids[1]))[-4:]:
+        assert ks[accepting].get("4", 0) >= 0.7 * sum(ks[accepting].values()), ks
         assert ks[rejecting].get("0", 0) >= 0.6 * sum(ks[rejecting].values()), ks

@@ -111,8 +111,10 @@ PER_REQUEST_MAX_BATCH = 16
 # A request's own estimate: a running mean of its first 64 trials per position, then an EMA of that memory.
 REQUEST_EMA_RATE = 1.0 / 64
 # Pseudo-trials of the pooled estimate in a request's blend until finished requests tell how much requests
-# differ (AcceptanceEstimator learn_blend_count, spec/request_spread.py).
-REQUEST_BLEND_COUNT = 8.0
+# differ (AcceptanceEstimator learn_blend_count, spec/request_spread.py). A request's own rate then needs
+# tens of trials to outweigh the pooled one (one lucky draft of a chat-like request moves little), yet a
+# request whose drafts are accepted half the time leaves k = 0 after a few (scripts/sim_planner_request_mix.py).
+REQUEST_BLEND_COUNT = 32.0
 # Observations (acceptance outcomes, step times) after which the engine's planner recomputes a goodput table.
 REPLAN_EVERY = 16
 # The engine's planner probes an unvisited neighbouring k predicted within this of the k in force.

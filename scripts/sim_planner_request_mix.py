@@ -23,6 +23,8 @@ from __future__ import annotations
 import argparse
 import random
 import statistics
+from collections.abc import Sequence
+from dataclasses import dataclass
 
 from dynaspec.spec.acceptance_estimator import AcceptanceEstimator
 from dynaspec.spec.cost_model import StepCostModel
@@ -30,34 +32,47 @@ from dynaspec.spec.planner import ESTIMATE_MEMORY_TRIALS, EXPLORE_BUDGET, PROBE_
 from dynaspec.spec.replay import load_acceptance
 
 STEP_MS = [4.08, 5.00, 4.95, 5.00, 5.11]  # k = 0..4, batch 1, H200 15:51 sweep medians
-CODE = load_acceptance("acceptance_ngram_code-edit")
-CHAT = load_acceptance("acceptance_ngram_chat")
 
 
-def accepted(rng: random.Random, k: int, alphas: list[float]) -> int:
+@dataclass(frozen=True)
+class Mix:
+    """The simulated workload: per-position acceptance of the two kinds of request, and how they mix."""
+
+    code: tuple[float, ...]  # the code-edit profile (or --code-alphas)
+    chat: tuple[float, ...]
+    code_share: float
+    requests: int
+
+    def warm_start(self) -> list[float]:
+        """The profiles mixed by share, as `dynaspec bench-trace` warm-starts the estimate."""
+        return [self.code_share * c + (1 - self.code_share) * h for c, h in zip(self.code, self.chat)]
+
+
+def accepted(rng: random.Random, k: int, alphas: Sequence[float]) -> int:
+    """Drafts accepted of k: position j with probability alphas[j] once the earlier ones were."""
     a = 0
     while a < k and rng.random() < alphas[a]:
         a += 1
     return a
 
 
-def workload(seed: int, code_share: float, requests: int) -> list[tuple[list[float], int]]:
+def workload(seed: int, mix: Mix) -> list[tuple[tuple[float, ...], int]]:
+    """Per request: its profile and its length in tokens."""
     rng = random.Random(seed)
-    return [(CODE if rng.random() < code_share else CHAT, rng.randint(64, 192)) for _ in range(requests)]
+    return [(mix.code if rng.random() < mix.code_share else mix.chat, rng.randint(64, 192)) for _ in range(mix.requests)]
 
 
-def planner_run(seed: int, code_share: float, requests: int, per_request: dict | None) -> float:
+def planner_run(seed: int, mix: Mix, per_request: dict | None) -> float:
     """per_request: AcceptanceEstimator settings of the per-request blend, or None for the pooled estimate."""
     rng = random.Random(seed + 1_000_003)
-    mix = [code_share * c + (1 - code_share) * h for c, h in zip(CODE, CHAT)]
     cost = StepCostModel()
     for k, ms in enumerate(STEP_MS):
         cost.add(1, k, ms / 1e3)
-    estimator = AcceptanceEstimator(4, profile=mix, memory_trials=ESTIMATE_MEMORY_TRIALS, **(per_request or {}))
+    estimator = AcceptanceEstimator(4, profile=mix.warm_start(), memory_trials=ESTIMATE_MEMORY_TRIALS, **(per_request or {}))
     planner = GoodputPlanner(cost, estimator, range(5), explore_every=64, replan_every=REPLAN_EVERY,
                              probe_margin=PROBE_MARGIN, explore_budget=EXPLORE_BUDGET)
     made, seconds = 0, 0.0
-    for n, (alphas, length) in enumerate(workload(seed, code_share, requests)):
+    for n, (alphas, length) in enumerate(workload(seed, mix)):
         ids = [f"r{n}"] if per_request is not None else None
         done = 0
         while done < length:
@@ -73,10 +88,11 @@ def planner_run(seed: int, code_share: float, requests: int, per_request: dict |
     return made / seconds
 
 
-def fixed_run(seed: int, code_share: float, requests: int, k_for) -> float:
+def fixed_run(seed: int, mix: Mix, k_for) -> float:
+    """Tokens per second when each request runs k_for(its profile)."""
     rng = random.Random(seed + 1_000_003)
     made, seconds = 0, 0.0
-    for alphas, length in workload(seed, code_share, requests):
+    for alphas, length in workload(seed, mix):
         done = 0
         while done < length:
             k = min(k_for(alphas), length - done - 1)
@@ -95,23 +111,22 @@ def main() -> None:
     parser.add_argument("--request-ema-rates", default="0.2,0.015625", help="AcceptanceEstimator request_ema_rate values")
     parser.add_argument("--blend-counts", default="4,8,16", help="AcceptanceEstimator blend_count values")
     args = parser.parse_args()
-    if args.code_alphas:
-        CODE[:] = [float(x) for x in args.code_alphas.split(",")]
+    code = [float(x) for x in args.code_alphas.split(",")] if args.code_alphas else load_acceptance("acceptance_ngram_code-edit")
+    mix = Mix(tuple(code), tuple(load_acceptance("acceptance_ngram_chat")), args.code_share, args.requests)
     seeds = range(args.runs)
     rows = {
-        "static k = 0": lambda s: fixed_run(s, args.code_share, args.requests, lambda a: 0),
-        "static k = 4": lambda s: fixed_run(s, args.code_share, args.requests, lambda a: 4),
-        "oracle (k = 4 on code-edit, 0 on chat)": lambda s: fixed_run(
-            s, args.code_share, args.requests, lambda a: 4 if a is CODE else 0),
-        "goodput, pooled estimate": lambda s: planner_run(s, args.code_share, args.requests, None),
+        "static k = 0": lambda s: fixed_run(s, mix, lambda a: 0),
+        "static k = 4": lambda s: fixed_run(s, mix, lambda a: 4),
+        "oracle (k = 4 on code-edit, 0 on chat)": lambda s: fixed_run(s, mix, lambda a: 4 if a is mix.code else 0),
+        "goodput, pooled estimate": lambda s: planner_run(s, mix, None),
     }
     for rate in (float(x) for x in args.request_ema_rates.split(",")):
         for blend in (float(x) for x in args.blend_counts.split(",")):
             settings = {"request_ema_rate": rate, "blend_count": blend}
             rows[f"goodput, per-request rate {rate:g} learned from {blend:g}"] = (
-                lambda s, settings={**settings, "learn_blend_count": True}: planner_run(s, args.code_share, args.requests, settings))
+                lambda s, settings={**settings, "learn_blend_count": True}: planner_run(s, mix, settings))
             rows[f"goodput, per-request rate {rate:g} blend {blend:g}"] = (
-                lambda s, settings=settings: planner_run(s, args.code_share, args.requests, settings))
+                lambda s, settings=settings: planner_run(s, mix, settings))
     results = {name: statistics.mean(fn(s) for s in seeds) for name, fn in rows.items()}
     oracle = results["oracle (k = 4 on code-edit, 0 on chat)"]
     print(f"code-edit share {args.code_share}, {args.requests} requests of 64-192 tokens, {args.runs} runs")

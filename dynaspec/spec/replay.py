@@ -90,8 +90,8 @@ class AcceptanceReplay:
         self.alphas = self.profiles[0]
         self.seed = seed
         self.rng = random.Random(seed)
-        self._uniforms: dict[Hashable, array] = {}  # request id -> u(request, 0..), grown on demand
-        self._streams: dict[Hashable, random.Random] = {}  # request id -> the generator of its uniforms
+        # request id -> (u(request, 0..), grown on demand; the generator that grows it)
+        self._uniforms: dict[Hashable, tuple[array, random.Random]] = {}
 
     @property
     def is_mixed(self) -> bool:
@@ -113,28 +113,24 @@ class AcceptanceReplay:
             raise RuntimeError("acceptance replay of several profiles or at a position needs the request id")
         profile = 0 if request_id is None else self.profile_for(request_id)
         if position is None:
-            draw = self.rng.random
-            accepted = 0
-            while accepted < num_drafted and draw() < self.alpha(accepted, profile):
-                accepted += 1
-            return accepted
-        if isinstance(position, bool) or not isinstance(position, int) or position < 0:
+            draws = iter(self.rng.random, None)  # one stream, in call order
+        elif isinstance(position, bool) or not isinstance(position, int) or position < 0:
             raise ValueError(f"position must be an int >= 0, got {position!r}")
-        uniforms = self._uniforms_for(request_id, position + num_drafted)
+        else:
+            uniforms = self._uniforms_for(request_id, position + num_drafted)
+            draws = map(uniforms.__getitem__, range(position, position + num_drafted))
         accepted = 0
-        while accepted < num_drafted and uniforms[position + accepted] < self.alpha(accepted, profile):
+        while accepted < num_drafted and next(draws) < self.alpha(accepted, profile):
             accepted += 1
         return accepted
 
     def _uniforms_for(self, request_id: Hashable, length: int) -> array:
         """u(request_id, 0..length-1) at least; the stream continues where it stopped when grown."""
-        uniforms = self._uniforms.get(request_id)
-        if uniforms is None:
-            uniforms = self._uniforms[request_id] = array("d")
+        entry = self._uniforms.get(request_id)
+        if entry is None:
+            entry = self._uniforms[request_id] = (array("d"), random.Random(f"{self.seed}:{request_id}"))
+        uniforms, stream = entry
         if len(uniforms) < length:
-            stream = self._streams.get(request_id)
-            if stream is None:
-                stream = self._streams[request_id] = random.Random(f"{self.seed}:{request_id}")
             draw = stream.random
             uniforms.extend(draw() for _ in range(max(length - len(uniforms), UNIFORM_BLOCK)))
         return uniforms
@@ -142,4 +138,3 @@ class AcceptanceReplay:
     def release(self, request_id: Hashable) -> None:
         """Forget a finished request's uniforms (a request id used again starts its stream afresh)."""
         self._uniforms.pop(request_id, None)
-        self._streams.pop(request_id, None)

@@ -63,6 +63,10 @@ def test_graph_replay_equals_eager(tmp_path, drafter):
     replayed = engine.runner.graphs.replays_per_pair
     if drafter != "goodput":  # the planner picks its own k's
         assert set(replayed) == set(engine.runner.graphs.graphs), (replayed, engine.graph_pairs())
+    else:  # the planner prices a step at the batch of the graph it replays (3 requests: the batch-4 graph)
+        planner = engine.policy
+        assert planner.padded_batch(3, 2) == 4
+        assert planner.probed_seconds(3, 2) == planner.cost_model.cost(4, 2)
 
 
 @pytest.mark.parametrize("k", [0, 2])

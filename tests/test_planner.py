@@ -440,6 +440,32 @@ def test_probe_from_k0_runs_the_best_predicted_speculative_k_until_it_is_measure
     assert far.draft_len(1, 1) == 0 and far.last_decision["reason"] == "argmax"
 
 
+def test_padded_batches_are_priced_at_their_cuda_graphs_batch():
+    """97 requests replay the batch-128 graph: the probed cost is read at 128, not interpolated between
+    the graphs of 64 and 128, so k = 1 (which wins only at the interpolated price) is not chosen."""
+    # compute-bound: T = 1 ms + 0.1 ms per verified token (batch * (1 + k))
+    cost = _cost(lambda b, k: 0.001 + 0.0001 * b * (1 + k), batches=(64, 128), ks=(0, 1))
+    graph = {64: 64, 128: 128}
+
+    def padded(batch: int, k: int) -> int:
+        return min(b for b in graph if b >= batch)
+
+    eager = _planner(cost, [0.9], ks=(0, 1))
+    graphs = _planner(cost, [0.9], ks=(0, 1), padded_batch=padded)
+    assert eager.probed_seconds(97, 1) == pytest.approx(0.001 + 0.0001 * 97 * 2)
+    assert graphs.probed_seconds(97, 1) == pytest.approx(0.001 + 0.0001 * 128 * 2)
+    # k = 0 has real steps of the full bucket (12.8 ms + 1 ms); its prior is the same either way
+    for planner in (eager, graphs):
+        for _ in range(4):
+            planner.observe_step_time(128, 0, 0.0138)
+    # eager: 1.9 * 97 / 20.4 ms = 9,033 tok/s against 97 / 13.8 ms = 7,029: k = 1
+    assert eager.draft_len(97, 97) == 1
+    # graphs: 1.9 * 97 / 26.6 ms = 6,929 tok/s: k = 0
+    assert graphs.draft_len(97, 97) == 0
+    with pytest.raises(TypeError, match="padded_batch must be a callable"):
+        _planner(cost, [0.9], ks=(0, 1), padded_batch=128)
+
+
 def test_engine_at_concurrency_1_follows_each_requests_own_acceptance(tmp_path):
     """One request at a time, workloads alternating (replayed: every draft accepted / none): the engine
     names the decoding requests, so once finished requests showed that they differ the planner runs the largest k on an

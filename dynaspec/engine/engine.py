@@ -126,7 +126,11 @@ class LLMEngine:
         if self.goodput:
             catch_up = CatchUpCost(self.drafter.measure_catch_up_seconds_per_token())
             self.policy = build_goodput_planner(
-                spec, self._step_costs(spec, pairs), catch_up=catch_up, backlog=self._drafter_backlog
+                spec,
+                self._step_costs(spec, pairs),
+                catch_up=catch_up,
+                backlog=self._drafter_backlog,
+                padded_batch=self._graph_batch if self.use_graphs else None,
             )
         elif auto:  # the goodput-optimal static schedule, planned as `dynaspec tune` does
             self.auto_schedule = plan_auto_schedule(spec, self._step_costs(spec, pairs))
@@ -163,6 +167,12 @@ class LLMEngine:
                     k -= 1
                 pairs.add((bucket_for(batch, buckets), k))
         return sorted(pairs)
+
+    def _graph_batch(self, batch: int, k: int) -> int:
+        """The batch size a decode step of `batch` requests at draft length k runs at: its CUDA graph's
+        bucket, or `batch` itself where no graph holds it (eager)."""
+        pair = self.runner.graphs.lookup(batch, k) if self.runner.graphs is not None else None
+        return batch if pair is None else pair[0]
 
     def _step_costs(self, spec, pairs: list[tuple[int, int]]) -> StepCostModel:
         """T(batch, k) from the tune file, or measured now (graph replays on CUDA; a few buckets on CPU)."""

@@ -124,6 +124,8 @@ MAX_TABLES = 64
 
 # backlog() -> (tokens the drafter is behind on, tokens the decoding requests may still generate)
 BacklogFn = Callable[[], tuple[int, int]]
+# padded_batch(batch, k) -> the batch size the step runs at (a CUDA graph's bucket, >= batch)
+PaddedBatchFn = Callable[[int, int], int]
 
 
 def _check_count(value: Any, what: str, minimum: int) -> int:
@@ -150,6 +152,7 @@ class GoodputPlanner:
         replan_every: int = 1,
         probe_margin: float | None = None,
         explore_budget: float | None = None,
+        padded_batch: PaddedBatchFn | None = None,
     ) -> None:
         """
         cost_model: T(batch, k); every candidate k must be measured in it.
@@ -165,6 +168,8 @@ class GoodputPlanner:
         probe_margin: see the module docstring, probe (None: never probe).
         explore_budget: fraction of the predicted time of below-max decisions that explorations may cost
         (module docstring, exploration; None: explore every `explore_every` decisions whatever it costs).
+        padded_batch: (batch, k) -> the batch size a step really runs at (the CUDA graph it replays);
+        the probed cost is read there (None: steps run at their own batch size, as in eager mode).
         """
         if not isinstance(cost_model, StepCostModel):
             raise TypeError(f"cost_model must be a StepCostModel, got {type(cost_model).__name__}")
@@ -231,6 +236,9 @@ class GoodputPlanner:
             raise TypeError(f"catch_up must be a CatchUpCost, got {type(catch_up).__name__}")
         if backlog is not None and not callable(backlog):
             raise TypeError(f"backlog must be a callable returning (tokens behind, tokens remaining), got {backlog!r}")
+        if padded_batch is not None and not callable(padded_batch):
+            raise TypeError(f"padded_batch must be a callable (batch, k) -> padded batch, got {padded_batch!r}")
+        self.padded_batch = padded_batch
         self.catch_up = catch_up
         self.backlog = backlog
         self.last_decision: dict[str, Any] = {}
@@ -281,12 +289,18 @@ class GoodputPlanner:
             return self.observed.measured(bucket, k)
         prior = self._prior(batch, k)
         if k > 0:  # what the global fit misses at this bucket, seen on its other speculative cells
-            prior = max(self.cost_model.cost(batch, k), prior + self._bucket_miss(bucket, k))
+            prior = max(self.probed_seconds(batch, k), prior + self._bucket_miss(bucket, k))
         return max(prior, self.observed.measured(bucket, k)) if observed else prior
 
     def _prior(self, batch: int, k: int) -> float:
         """Probed seconds, plus the learned host overhead for speculative steps."""
-        return self.cost_model.cost(batch, k) + (self.overhead.predict(batch, k) if k > 0 else 0.0)
+        return self.probed_seconds(batch, k) + (self.overhead.predict(batch, k) if k > 0 else 0.0)
+
+    def probed_seconds(self, batch: int, k: int) -> float:
+        """The cost model's T at the batch size the step really runs: with `padded_batch` (CUDA graphs),
+        the captured graph's, since a step of 97 requests replays the batch-128 graph and costs what the
+        probe measured there (interpolating between the graphs of 96 and 128 priced it ~25% cheaper)."""
+        return self.cost_model.cost(batch if self.padded_batch is None else self.padded_batch(batch, k), k)
 
     def _bucket_miss(self, bucket: int, k: int) -> float:
         """Median over this bucket's other speculative cells with MIN_OBSERVED_STEPS real steps of
@@ -321,7 +335,7 @@ class GoodputPlanner:
                     "k": k,
                     "expected_accepted": expected[k],
                     "step_seconds": seconds,
-                    "probed_seconds": self.cost_model.cost(batch, k),
+                    "probed_seconds": self.probed_seconds(batch, k),
                     "goodput_tokens_per_s": (expected[k] + 1.0) * batch / seconds,
                 }
             )
@@ -494,7 +508,7 @@ class GoodputPlanner:
         self._observations += 1
         self.observed.add(self.bucket(batch), k, seconds)
         if self.cost_model.has(k):
-            self.overhead.add(batch, k, seconds - self.cost_model.cost(batch, k))
+            self.overhead.add(batch, k, seconds - self.probed_seconds(batch, k))
 
     def observe_catch_up(self, batch: int, k: int, seconds: float, tokens: int) -> None:
         """A speculative step that first caught the drafter up on `tokens` tokens took `seconds`: what it
@@ -537,6 +551,7 @@ def build_goodput_planner(
     replan_every: int = REPLAN_EVERY,
     probe_margin: float | None = PROBE_MARGIN,
     explore_budget: float | None = EXPLORE_BUDGET,
+    padded_batch: PaddedBatchFn | None = None,
 ) -> GoodputPlanner:
     """A planner from a speculative config (max_draft_len, max_concurrency, goodput_hysteresis,
     acceptance_profile) and a measured cost model.
@@ -545,7 +560,7 @@ def build_goodput_planner(
     CUDA graphs); the acceptance profile, when set, warm-starts the estimator; catch_up / backlog price
     switches from k = 0; replan_every, probe_margin, explore_budget: see GoodputPlanner (the engine's
     planner reuses a goodput table for REPLAN_EVERY observations, probes neighbours within PROBE_MARGIN and
-    spends about EXPLORE_BUDGET of the time on explorations).
+    spends about EXPLORE_BUDGET of the time on explorations); padded_batch: see GoodputPlanner.
     """
     max_draft_len = spec_config.max_draft_len
     if candidate_ks is None:
@@ -577,6 +592,7 @@ def build_goodput_planner(
         replan_every=replan_every,
         probe_margin=probe_margin,
         explore_budget=explore_budget,
+        padded_batch=padded_batch,
     )
 
 

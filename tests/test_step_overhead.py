@@ -65,6 +65,26 @@ def test_the_fit_follows_new_cells_at_once_and_old_cells_every_refit_every_sampl
     assert model.predict(8, 2) == pytest.approx(9e-3)
 
 
+def test_a_new_plain_cell_waits_for_refit_every_and_refit_if_due_fits_ahead_of_predictions():
+    """A closed batch's tail has a new batch size every step: new k = 0 cells join the fit every
+    refit_every samples, not one refit per step; refit_if_due lets a caller with idle time fit early."""
+    model = StepOverheadModel(min_samples=1, refit_every=3)
+    model.add(8, 2, 5e-3)
+    before = model.coefficients
+    model.add(100, 0, 1e-3)  # new plain cell: the fit stands
+    assert model.coefficients == before
+    model.add(90, 0, 1e-3)
+    model.refit_if_due()  # not due yet: nothing changes
+    assert model.coefficients == before
+    model.add(80, 0, 1e-3)  # the 3rd new sample: due
+    model.refit_if_due()
+    assert model._coef is not None and model.coefficients != before
+    model.add(16, 3, 7e-3)  # a new speculative cell: due at once
+    assert model._coef is None
+    model.refit_if_due()
+    assert model._coef is not None
+
+
 def _probe() -> StepCostModel:
     """A probe that sees only memory-bound graph replays: 10 ms whatever the batch and k."""
     model = StepCostModel()

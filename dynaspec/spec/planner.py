@@ -456,9 +456,11 @@ class GoodputPlanner:
         return max(near, key=lambda k: goodput[k]) if near else None
 
     def refresh(self, batch: int, request_ids: Sequence[Hashable] | None = None) -> None:
-        """Recompute the goodput table of `batch` (and these decoding requests) now if it is due (the
-        engine calls this while the GPU runs a step, so that the next decision finds it fresh)."""
+        """Recompute the goodput table of `batch` (and these decoding requests), and the host-overhead
+        fit, now if due (the engine calls this while the GPU runs a step, so that the next decision finds
+        them fresh; in a closed batch's tail the next batch size differs, and only its table is left)."""
         _check_count(batch, "batch", 1)
+        self.overhead.refit_if_due()
         self._table(batch, request_ids)
 
     def _lifted_batch_best_k(self, num_active: int) -> int:

@@ -19,14 +19,7 @@ import statistics
 
 from dynaspec.spec.acceptance_estimator import AcceptanceEstimator
 from dynaspec.spec.cost_model import StepCostModel
-from dynaspec.spec.planner import (
-    ESTIMATE_MEMORY_TRIALS,
-    EXPLORE_BUDGET,
-    PROBE_MARGIN,
-    REPLAN_EVERY,
-    SPECULATION_MARGIN,
-    GoodputPlanner,
-)
+from dynaspec.spec.planner import EXPLORE_BUDGET, ESTIMATE_MEMORY_TRIALS, PROBE_MARGIN, REPLAN_EVERY, GoodputPlanner
 
 PROBED_MS = [4.517, 4.497, 4.504, 4.512, 4.593]  # k = 0..4: the planner's probed seconds, run 16
 REAL_MS = [4.58, 4.78, 4.78, 4.82, 4.93]  # k = 0..4: static lines' median real steps, runs 15-16
@@ -47,8 +40,7 @@ def planner_run(seed: int, a1: float, hysteresis: float, prior_weight: float, to
         cost.add(1, k, ms / 1e3)
     estimator = AcceptanceEstimator(4, profile=PROFILE, prior_weight=prior_weight, memory_trials=ESTIMATE_MEMORY_TRIALS)
     planner = GoodputPlanner(cost, estimator, range(5), hysteresis=hysteresis, explore_every=EXPLORE_EVERY,
-                             replan_every=REPLAN_EVERY, probe_margin=PROBE_MARGIN, explore_budget=EXPLORE_BUDGET,
-                             speculation_margin=SPECULATION_MARGIN)
+                             replan_every=REPLAN_EVERY, probe_margin=PROBE_MARGIN, explore_budget=EXPLORE_BUDGET)
     made, seconds = 0, 0.0
     while made < tokens:
         k = planner.draft_len(1, 1)

@@ -28,14 +28,7 @@ from dataclasses import dataclass
 
 from dynaspec.spec.acceptance_estimator import AcceptanceEstimator
 from dynaspec.spec.cost_model import StepCostModel
-from dynaspec.spec.planner import (
-    ESTIMATE_MEMORY_TRIALS,
-    EXPLORE_BUDGET,
-    PROBE_MARGIN,
-    REPLAN_EVERY,
-    SPECULATION_MARGIN,
-    GoodputPlanner,
-)
+from dynaspec.spec.planner import ESTIMATE_MEMORY_TRIALS, EXPLORE_BUDGET, PROBE_MARGIN, REPLAN_EVERY, GoodputPlanner
 from dynaspec.spec.replay import load_acceptance
 
 STEP_MS = [4.08, 5.00, 4.95, 5.00, 5.11]  # k = 0..4, batch 1, H200 15:51 sweep medians
@@ -77,8 +70,7 @@ def planner_run(seed: int, mix: Mix, per_request: dict | None) -> float:
         cost.add(1, k, ms / 1e3)
     estimator = AcceptanceEstimator(4, profile=mix.warm_start(), memory_trials=ESTIMATE_MEMORY_TRIALS, **(per_request or {}))
     planner = GoodputPlanner(cost, estimator, range(5), explore_every=64, replan_every=REPLAN_EVERY,
-                             probe_margin=PROBE_MARGIN, explore_budget=EXPLORE_BUDGET,
-                             speculation_margin=SPECULATION_MARGIN)
+                             probe_margin=PROBE_MARGIN, explore_budget=EXPLORE_BUDGET)
     made, seconds = 0, 0.0
     for n, (alphas, length) in enumerate(workload(seed, mix)):
         ids = [f"r{n}"] if per_request is not None else None

@@ -440,30 +440,6 @@ def test_probe_from_k0_runs_the_best_predicted_speculative_k_until_it_is_measure
     assert far.draft_len(1, 1) == 0 and far.last_decision["reason"] == "argmax"
 
 
-def test_speculation_margin_leaves_k0_only_for_a_clear_gain_and_returns_on_a_near_tie():
-    """With a 3% margin and 2% hysteresis: a k predicted 2% above k = 0 is not taken, one 6% above is;
-    once speculating, k = 0 comes back when k's lead falls under ~1% (a near-tie), not only when k loses."""
-    cost = _cost(lambda b, k: 0.010 + 0.001 * k, ks=(0, 1))
-
-    def planner_at(alpha: float) -> GoodputPlanner:
-        return _planner(cost, [alpha], ks=(0, 1), hysteresis=0.02, speculation_margin=0.03)
-
-    # goodput(1) / goodput(0) = (1 + alpha) / 1.1
-    near = planner_at(0.122)  # +2.0%
-    assert near.best_k(4) == 0 and near.draft_len(4, 4) == 0
-    assert _planner(cost, [0.122], ks=(0, 1), hysteresis=0.02).best_k(4) == 1  # without the margin: k = 1
-    clear = planner_at(0.166)  # +6.0% > 1.03 * 1.02 - 1 = 5.1%
-    assert clear.draft_len(4, 4) == 1
-    clear.estimator = near.estimator  # the estimate falls to +2.0%: still above 1.02 / 1.03 - 1 = -1%: held
-    clear._tables.clear()
-    assert clear.draft_len(4, 4) == 1 and clear.last_decision["reason"] == "hysteresis"
-    clear.estimator = planner_at(0.1).estimator  # level with k = 0 (+0%): back to k = 0
-    clear._tables.clear()
-    assert clear.draft_len(4, 4) == 0
-    with pytest.raises(ValueError, match="speculation_margin must be a relative goodput gain"):
-        _planner(cost, [0.5], ks=(0, 1), speculation_margin=1.5)
-
-
 def test_padded_batches_are_priced_at_their_cuda_graphs_batch():
     """97 requests replay the batch-128 graph: the probed cost is read at 128, not interpolated between
     the graphs of 64 and 128, so k = 1 (which wins only at the interpolated price) is not chosen."""

@@ -15,14 +15,7 @@ run time, and has the same call signature as DraftLenPolicy.draft_len so the eng
 Rules, in order:
 * more active requests than `max_concurrency` -> k = 0 (as DraftLenPolicy);
 * the argmax of goodput over `candidate_ks` (0 is always a candidate, so speculation that does not pay
-  falls back to k = 0; ties go to the smaller k: same goodput, less work), where k = 0's goodput counts
-  `speculation_margin` more: speculation must be predicted to pay at least that much. Below it the costs
-  the prediction leaves out win: a closed batch runs until its slowest request, so a few lucky drafts
-  shorten no step count (H200, chat-like acceptance at batch 4: static k = 3 predicted level with no
-  spec, 63 steps against 64 instead of 59 a request, measured 6-10% slower), the next switch from k = 0
-  pays catch-up again, and at chat-like first-position acceptance (0.026) the pooled estimate over 256
-  trials has a relative standard error near 40%, so a near-tie flips with every lucky draft (the same
-  sweep point ran k = 1-4 on 63 of 196 steps and reached 0.955 x no spec);
+  falls back to k = 0; ties go to the smaller k: same goodput, less work);
 * hysteresis: per batch bucket (the smallest measured batch size >= batch, like CUDA-graph padding) the
   previous k is kept unless the best k's predicted goodput exceeds the previous k's by more than
   `hysteresis` (relative), so noise in the acceptance estimate does not flap k. A hurdle h lets the
@@ -124,8 +117,6 @@ REQUEST_EMA_RATE = 1.0 / 64
 REQUEST_BLEND_COUNT = 32.0
 # Observations (acceptance outcomes, step times) after which the engine's planner recomputes a goodput table.
 REPLAN_EVERY = 16
-# The engine's planner speculates only where that is predicted to pay at least this much over k = 0.
-SPECULATION_MARGIN = 0.03
 # The engine's planner probes an unvisited neighbouring k predicted within this of the k in force.
 PROBE_MARGIN = 0.10
 # Goodput tables kept at most (one per batch size and set of requests met recently).
@@ -162,7 +153,6 @@ class GoodputPlanner:
         probe_margin: float | None = None,
         explore_budget: float | None = None,
         padded_batch: PaddedBatchFn | None = None,
-        speculation_margin: float = 0.0,
     ) -> None:
         """
         cost_model: T(batch, k); every candidate k must be measured in it.
@@ -180,9 +170,6 @@ class GoodputPlanner:
         (module docstring, exploration; None: explore every `explore_every` decisions whatever it costs).
         padded_batch: (batch, k) -> the batch size a step really runs at (the CUDA graph it replays);
         the probed cost is read there (None: steps run at their own batch size, as in eager mode).
-        speculation_margin: relative goodput gain (>= 0) a k > 0 needs over k = 0 to be the argmax (module
-        docstring); with hysteresis h, leaving k = 0 takes (1 + margin)(1 + h) and returning to it
-        (1 + h) / (1 + margin).
         """
         if not isinstance(cost_model, StepCostModel):
             raise TypeError(f"cost_model must be a StepCostModel, got {type(cost_model).__name__}")
@@ -238,15 +225,6 @@ class GoodputPlanner:
         self.overhead = StepOverheadModel()
         self.estimator = estimator
         self.hysteresis = float(hysteresis)
-        if (
-            isinstance(speculation_margin, bool)
-            or not isinstance(speculation_margin, (int, float))
-            or not 0 <= speculation_margin < 1
-        ):
-            raise ValueError(
-                f"speculation_margin must be a relative goodput gain in [0, 1) (e.g. 0.03), got {speculation_margin!r}"
-            )
-        self.speculation_margin = float(speculation_margin)
         self.max_concurrency = max_concurrency
         self.explore_every = explore_every
         self._buckets = cost_model.batch_sizes
@@ -374,18 +352,12 @@ class GoodputPlanner:
         return (k + 1) * batch / self.step_seconds(batch, k) > goodput_to_beat
 
     def best_k(self, batch: int, request_ids: Sequence[Hashable] | None = None) -> int:
-        """Argmax of goodput (with the speculation margin) without hysteresis or exploration (ties: the
-        smaller k)."""
+        """Argmax of goodput without hysteresis or exploration (ties: the smaller k)."""
         return self._argmax(self.goodputs(batch, request_ids))
 
     def _argmax(self, goodput: Mapping[int, float]) -> int:
-        """The candidate k of highest goodput, k = 0's counted with the speculation margin; ties go to the
-        smaller k (same goodput, less work)."""
-        return max(self.candidate_ks, key=lambda k: (self._score(goodput, k), -k))
-
-    def _score(self, goodput: Mapping[int, float], k: int) -> float:
-        """goodput[k], k = 0's raised by the speculation margin (what argmax and hysteresis compare)."""
-        return goodput[k] * (1.0 + self.speculation_margin) if k == 0 else goodput[k]
+        """The candidate k of highest goodput; ties go to the smaller k (same goodput, less work)."""
+        return max(self.candidate_ks, key=lambda k: (goodput[k], -k))
 
     def draft_len(
         self, num_decoding: int, num_active: int, request_ids: Sequence[Hashable] | None = None
@@ -412,7 +384,7 @@ class GoodputPlanner:
         best = self._argmax(goodput)
         bucket = self.bucket(num_decoding)
         current = self._current.get(bucket)
-        if current is None or self._score(goodput, best) > self._score(goodput, current) * (1.0 + self.hysteresis):
+        if current is None or goodput[best] > goodput[current] * (1.0 + self.hysteresis):
             current = best
             reason = "argmax"
         else:
@@ -572,7 +544,6 @@ class GoodputPlanner:
     def __repr__(self) -> str:
         return (
             f"GoodputPlanner(candidate_ks={self.candidate_ks}, hysteresis={self.hysteresis}, "
-            f"speculation_margin={self.speculation_margin}, "
             f"max_concurrency={self.max_concurrency}, explore_every={self.explore_every}, "
             f"explore_budget={self.explore_budget})"
         )
@@ -589,7 +560,6 @@ def build_goodput_planner(
     probe_margin: float | None = PROBE_MARGIN,
     explore_budget: float | None = EXPLORE_BUDGET,
     padded_batch: PaddedBatchFn | None = None,
-    speculation_margin: float = SPECULATION_MARGIN,
 ) -> GoodputPlanner:
     """A planner from a speculative config (max_draft_len, max_concurrency, goodput_hysteresis,
     acceptance_profile) and a measured cost model.
@@ -598,8 +568,7 @@ def build_goodput_planner(
     CUDA graphs); the acceptance profile, when set, warm-starts the estimator; catch_up / backlog price
     switches from k = 0; replan_every, probe_margin, explore_budget: see GoodputPlanner (the engine's
     planner reuses a goodput table for REPLAN_EVERY observations, probes neighbours within PROBE_MARGIN and
-    spends about EXPLORE_BUDGET of the time on explorations and speculates where it predicts at least
-    SPECULATION_MARGIN over k = 0); padded_batch: see GoodputPlanner.
+    spends about EXPLORE_BUDGET of the time on explorations); padded_batch: see GoodputPlanner.
     """
     max_draft_len = spec_config.max_draft_len
     if candidate_ks is None:
@@ -632,7 +601,6 @@ def build_goodput_planner(
         probe_margin=probe_margin,
         explore_budget=explore_budget,
         padded_batch=padded_batch,
-        speculation_margin=speculation_margin,
     )
 
 

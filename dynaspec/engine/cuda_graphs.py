@@ -25,6 +25,7 @@ captures a draft model's whole k-step draft chain that way.
 
 from __future__ import annotations
 
+from bisect import bisect_left
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
@@ -77,6 +78,9 @@ class CudaGraphDecoder:
         self.device = device
         self.use_graphs = use_graphs
         self.pairs = sorted(set(pairs), key=lambda p: p[0] * (1 + p[1]), reverse=True)
+        self._buckets_by_k: dict[int, list[int]] = {}  # k -> its captured batch buckets, ascending (lookup)
+        for bucket, k in sorted(self.pairs):
+            self._buckets_by_k.setdefault(k, []).append(bucket)
         self.graphs: dict[tuple[int, int], torch.cuda.CUDAGraph] = {}
         self.outputs: dict[tuple[int, int], torch.Tensor] = {}
         widths = {self.input_width(k) for _, k in self.pairs}
@@ -109,8 +113,13 @@ class CudaGraphDecoder:
         return sorted({b for b, _ in self.pairs})
 
     def lookup(self, batch: int, k: int) -> tuple[int, int] | None:
-        bucket = bucket_for(batch, [b for b, kk in self.pairs if kk == k])
-        return None if bucket is None else (bucket, k)
+        """The captured (bucket, k) that runs `batch` requests at draft length k: the smallest bucket >=
+        batch, or None (every step asks, and the goodput planner prices each candidate k with it)."""
+        buckets = self._buckets_by_k.get(k)
+        if not buckets:
+            return None
+        i = bisect_left(buckets, batch)
+        return None if i == len(buckets) else (buckets[i], k)
 
     def input_width(self, k: int) -> int:
         """Positions staged per request for a pair of draft length k: a verify step feeds 1 + k."""

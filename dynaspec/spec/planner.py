@@ -239,7 +239,6 @@ class GoodputPlanner:
         if padded_batch is not None and not callable(padded_batch):
             raise TypeError(f"padded_batch must be a callable (batch, k) -> padded batch, got {padded_batch!r}")
         self.padded_batch = padded_batch
-        self._padded: dict[tuple[int, int], int] = {}  # (batch, k) -> padded_batch(batch, k)
         self.catch_up = catch_up
         self.backlog = backlog
         self.last_decision: dict[str, Any] = {}
@@ -301,12 +300,7 @@ class GoodputPlanner:
         """The cost model's T at the batch size the step really runs: with `padded_batch` (CUDA graphs),
         the captured graph's, since a step of 97 requests replays the batch-128 graph and costs what the
         probe measured there (interpolating between the graphs of 96 and 128 priced it ~25% cheaper)."""
-        if self.padded_batch is None:
-            return self.cost_model.cost(batch, k)
-        padded = self._padded.get((batch, k))
-        if padded is None:  # the graph lookup is a scan of the captured pairs; a table asks ~15 times
-            padded = self._padded[batch, k] = self.padded_batch(batch, k)
-        return self.cost_model.cost(padded, k)
+        return self.cost_model.cost(batch if self.padded_batch is None else self.padded_batch(batch, k), k)
 
     def _bucket_miss(self, bucket: int, k: int) -> float:
         """Median over this bucket's other speculative cells with MIN_OBSERVED_STEPS real steps of

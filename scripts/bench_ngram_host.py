@@ -28,7 +28,7 @@ import subprocess
 import sys
 import time
 
-from dynaspec.engine.request import Request, RequestStatus
+from dynaspec.runtime.request import Request, RequestStatus
 from dynaspec.sampling_params import SamplingParams
 from dynaspec.spec.config import NGramDecodingConfig
 from dynaspec.spec.ngram import NGramDrafter, code_like_tokens

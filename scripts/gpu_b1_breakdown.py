@@ -30,7 +30,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from dynaspec.bench.sweep import measure_copy_bandwidth  # noqa: E402
 from dynaspec.config import EngineConfig  # noqa: E402
-from dynaspec.engine.cost_probe import forward_seconds  # noqa: E402
+from dynaspec.runtime.cost_probe import forward_seconds  # noqa: E402
 from dynaspec.engine.engine import LLMEngine  # noqa: E402
 from dynaspec.sampling_params import SamplingParams  # noqa: E402
 from scripts.gpu_attention_check import graph_time as replayed_seconds  # noqa: E402

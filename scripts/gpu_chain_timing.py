@@ -13,7 +13,7 @@ import time
 import torch
 
 from dynaspec.config import EngineConfig
-from dynaspec.engine.cost_probe import chain_seconds
+from dynaspec.runtime.cost_probe import chain_seconds
 from dynaspec.engine.engine import LLMEngine
 from dynaspec.sampling_params import SamplingParams
 from dynaspec.spec.config import DraftTargetDecodingConfig

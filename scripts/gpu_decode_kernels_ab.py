@@ -25,7 +25,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from dynaspec.bench.sweep import measure_copy_bandwidth, weight_bytes  # noqa: E402
 from dynaspec.config import EngineConfig  # noqa: E402
-from dynaspec.engine.cost_probe import forward_seconds  # noqa: E402
+from dynaspec.runtime.cost_probe import forward_seconds  # noqa: E402
 from dynaspec.engine.engine import LLMEngine  # noqa: E402
 from dynaspec.models.decode_kernels import DecodeKernels  # noqa: E402
 from dynaspec.sampling_params import SamplingParams  # noqa: E402

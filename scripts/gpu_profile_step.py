@@ -9,7 +9,7 @@ import time
 import torch
 
 from dynaspec.config import EngineConfig
-from dynaspec.engine.cost_probe import forward_seconds
+from dynaspec.runtime.cost_probe import forward_seconds
 from dynaspec.engine.engine import LLMEngine
 from dynaspec.sampling_params import SamplingParams
 

@@ -18,7 +18,7 @@ import random
 import statistics
 
 from dynaspec.spec.acceptance_estimator import AcceptanceEstimator
-from dynaspec.spec.cost_model import StepCostModel
+from dynaspec.runtime.cost_model import StepCostModel
 from dynaspec.spec.planner import EXPLORE_BUDGET, ESTIMATE_MEMORY_TRIALS, PROBE_MARGIN, REPLAN_EVERY, GoodputPlanner
 
 PROBED_MS = [4.517, 4.497, 4.504, 4.512, 4.593]  # k = 0..4: the planner's probed seconds, run 16

@@ -27,7 +27,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from dynaspec.spec.acceptance_estimator import AcceptanceEstimator
-from dynaspec.spec.cost_model import StepCostModel
+from dynaspec.runtime.cost_model import StepCostModel
 from dynaspec.spec.planner import ESTIMATE_MEMORY_TRIALS, EXPLORE_BUDGET, PROBE_MARGIN, REPLAN_EVERY, GoodputPlanner
 from dynaspec.spec.replay import load_acceptance
 

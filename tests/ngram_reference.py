@@ -12,12 +12,12 @@ from __future__ import annotations
 from collections import OrderedDict
 from typing import TYPE_CHECKING
 
-from dynaspec.engine.request import RequestStatus
+from dynaspec.runtime.request import RequestStatus
 from dynaspec.spec.config import NGramDecodingConfig
 from dynaspec.spec.drafter import DraftProposal
 
 if TYPE_CHECKING:
-    from dynaspec.engine.request import Request
+    from dynaspec.runtime.request import Request
 
 Pattern = tuple[int, ...]
 Continuation = tuple[int, ...]

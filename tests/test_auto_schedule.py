@@ -15,7 +15,7 @@ from dynaspec.cli import _engine_config, app
 from dynaspec.config import EngineConfig
 from dynaspec.spec.auto_schedule import plan_auto_schedule
 from dynaspec.spec.config import parse_speculative_config
-from dynaspec.spec.cost_model import StepCostModel
+from dynaspec.runtime.cost_model import StepCostModel
 from dynaspec.spec.goodput_schedule import choose_draft_lens, compress_schedule
 from dynaspec.spec.policy import DraftLenPolicy, DraftLenSchedule
 from tests.tiny_models import make_tiny_checkpoint

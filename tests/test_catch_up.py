@@ -2,7 +2,7 @@
 
 import pytest
 
-from dynaspec.engine.request import Request
+from dynaspec.runtime.request import Request
 from dynaspec.sampling_params import SamplingParams
 from dynaspec.spec.catch_up import CATCH_UP_MEMORY_SAMPLES, CatchUpCost, switch_pays
 from dynaspec.spec.config import NGramDecodingConfig

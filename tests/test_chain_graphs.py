@@ -1,4 +1,4 @@
-"""The draft model's whole-chain graph (engine/chain_graphs.py) drafts exactly what the step-by-step
+"""The draft model's whole-chain graph (runtime/chain_graphs.py) drafts exactly what the step-by-step
 path drafts: on CPU through the same fixed-shape chain run eagerly (`use_graphs=False`), on CUDA as one
 captured graph per (bucket, k) against the eager engine."""
 
@@ -8,11 +8,11 @@ import pytest
 import torch
 
 from dynaspec.config import EngineConfig
-from dynaspec.engine.chain_graphs import DraftChainGraphs
-from dynaspec.engine.cost_probe import measure_step_costs
-from dynaspec.engine.cuda_graphs import UniformDecodeBatch
+from dynaspec.runtime.chain_graphs import DraftChainGraphs
+from dynaspec.runtime.cost_probe import measure_step_costs
+from dynaspec.runtime.cuda_graphs import UniformDecodeBatch
 from dynaspec.engine.engine import LLMEngine
-from dynaspec.engine.model_runner import ModelRunner
+from dynaspec.runtime.model_runner import ModelRunner
 from dynaspec.models.loader import load_model
 from dynaspec.sampling_params import SamplingParams
 from dynaspec.spec.config import DraftTargetDecodingConfig

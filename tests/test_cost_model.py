@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from dynaspec.spec.cost_model import StepCostModel
+from dynaspec.runtime.cost_model import StepCostModel
 
 
 def _model() -> StepCostModel:

@@ -6,9 +6,9 @@ import pytest
 import torch
 
 from dynaspec.config import EngineConfig
-from dynaspec.engine.cuda_graphs import UniformDecodeBatch, bucket_for
+from dynaspec.runtime.cuda_graphs import UniformDecodeBatch, bucket_for
 from dynaspec.engine.engine import LLMEngine
-from dynaspec.engine.model_runner import ModelRunner, SequenceInput
+from dynaspec.runtime.model_runner import ModelRunner, SequenceInput
 from dynaspec.models.loader import load_model
 from dynaspec.sampling_params import SamplingParams
 from dynaspec.spec.config import DraftTargetDecodingConfig, NGramDecodingConfig

@@ -7,7 +7,7 @@ import random
 import pytest
 from transformers import AutoTokenizer
 
-from dynaspec.engine.detokenizer import DetokenizerState, IncrementalDetokenizer
+from dynaspec.runtime.detokenizer import DetokenizerState, IncrementalDetokenizer
 
 TEXTS = [
     "def add(a, b):\n    return a + b  # sum\n",

@@ -2,7 +2,7 @@
 
 import pytest
 
-from dynaspec.engine.request import Request, RequestStatus
+from dynaspec.runtime.request import Request, RequestStatus
 from dynaspec.sampling_params import SamplingParams
 from dynaspec.spec.config import NGramDecodingConfig
 from dynaspec.spec.drafter import DraftProposal, Drafter

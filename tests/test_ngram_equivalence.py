@@ -6,7 +6,7 @@ import random
 
 import pytest
 
-from dynaspec.engine.request import Request, RequestStatus
+from dynaspec.runtime.request import Request, RequestStatus
 from dynaspec.sampling_params import SamplingParams
 from dynaspec.spec.config import NGramDecodingConfig
 from dynaspec.spec.ngram import NGramDrafter, NGramPool

@@ -6,7 +6,7 @@ import pytest
 
 from dynaspec.spec.acceptance_estimator import AcceptanceEstimator
 from dynaspec.spec.catch_up import CatchUpCost
-from dynaspec.spec.cost_model import StepCostModel
+from dynaspec.runtime.cost_model import StepCostModel
 from dynaspec.spec.planner import PER_REQUEST_MAX_BATCH, GoodputPlanner
 from dynaspec.spec.stats import SpecStats
 

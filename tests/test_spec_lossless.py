@@ -201,7 +201,7 @@ def test_goodput_planner_follows_the_cost_table(ckpts, tmp_path):
     close to each other across k on this CPU.)"""
     import json
 
-    from dynaspec.spec.cost_model import StepCostModel
+    from dynaspec.runtime.cost_model import StepCostModel
 
     profile = tmp_path / "all.json"
     profile.write_text(json.dumps({"acceptance_per_position": [1.0, 1.0, 1.0, 1.0]}))

@@ -3,7 +3,7 @@
 import pytest
 
 from dynaspec.spec.acceptance_estimator import AcceptanceEstimator
-from dynaspec.spec.cost_model import StepCostModel
+from dynaspec.runtime.cost_model import StepCostModel
 from dynaspec.spec.planner import MIN_OBSERVED_STEPS, GoodputPlanner
 from dynaspec.spec.step_overhead import StepOverheadModel
 

@@ -18,7 +18,7 @@ from dynaspec.bench.tune import (
 )
 from dynaspec.cli import app
 from dynaspec.spec.config import parse_speculative_config
-from dynaspec.spec.cost_model import StepCostModel
+from dynaspec.runtime.cost_model import StepCostModel
 from tests.tiny_models import make_tiny_checkpoint
 
 

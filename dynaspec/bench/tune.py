@@ -7,7 +7,7 @@ length k are E[accepted | k] + 1, so the predicted throughput of `batch` decodin
 
     goodput(batch, k) = (E[accepted | k] + 1) * batch / T(batch, k)
 
-where T(batch, k) is the measured step time (dynaspec.spec.cost_model.StepCostModel). The tuner picks
+where T(batch, k) is the measured step time (dynaspec.runtime.cost_model.StepCostModel). The tuner picks
 the argmax k per batch size and compresses the choices into a TensorRT-LLM style `draft_len_schedule`
 (threshold -> k, the largest threshold <= batch applies).
 
@@ -34,7 +34,7 @@ from typing import Any
 import yaml
 
 from dynaspec.spec.config import parse_speculative_config
-from dynaspec.spec.cost_model import StepCostModel
+from dynaspec.runtime.cost_model import StepCostModel
 from dynaspec.spec.goodput_schedule import (  # noqa: F401  (re-exported: tune's public names)
     Choice,
     Schedule,
@@ -171,8 +171,8 @@ def step_costs_from_sweep(result: Mapping[str, Any]) -> tuple[StepCostModel, dic
 
 
 def probe_step_costs(llm, batch_sizes: Sequence[int], max_draft_len: int, repeats: int = 3) -> StepCostModel:
-    """T(batch, k) from the engine's cost probe (dynaspec.engine.cost_probe) on `llm`'s runners."""
-    from dynaspec.engine.cost_probe import measure_step_costs
+    """T(batch, k) from the engine's cost probe (dynaspec.runtime.cost_probe) on `llm`'s runners."""
+    from dynaspec.runtime.cost_probe import measure_step_costs
 
     engine = llm.engine
     drafter = getattr(engine, "drafter", None)

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections import deque
 
-from dynaspec.engine.request import Request
+from dynaspec.runtime.request import Request
 
 
 class BlockManager:

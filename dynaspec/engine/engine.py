@@ -22,13 +22,13 @@ import torch
 
 from dynaspec.config import EngineConfig
 from dynaspec.engine.block_manager import BlockManager
-from dynaspec.engine.cuda_graphs import BATCH_BUCKETS, UniformDecodeBatch, bucket_for
-from dynaspec.engine.kv_cache import choose_num_blocks, kv_bytes_per_block
-from dynaspec.engine.model_runner import ModelRunner, SequenceInput
+from dynaspec.runtime.cuda_graphs import BATCH_BUCKETS, UniformDecodeBatch, bucket_for
+from dynaspec.runtime.kv_cache import choose_num_blocks, kv_bytes_per_block
+from dynaspec.runtime.model_runner import ModelRunner, SequenceInput
 from dynaspec.engine.output_processor import OutputProcessor
 from dynaspec.engine.overlap import InflightStep, can_overlap, continuation, start_copy
-from dynaspec.engine.request import Request, RequestStatus
-from dynaspec.engine.sampler import target_probs
+from dynaspec.runtime.request import Request, RequestStatus
+from dynaspec.runtime.sampler import target_probs
 from dynaspec.engine.scheduler import ScheduledDecode, Scheduler, SchedulerOutput
 from dynaspec.models.decode_kernels import decode_kernels_for
 from dynaspec.models.loader import LoadedModel, load_model
@@ -36,8 +36,8 @@ from dynaspec.outputs import RequestMetrics, RequestOutput
 from dynaspec.sampling_params import SamplingParams
 from dynaspec.spec.drafter import Drafter
 from dynaspec.spec.factory import DrafterContext, build_drafter
-from dynaspec.engine.cost_probe import measure_step_costs
-from dynaspec.spec.cost_model import StepCostModel
+from dynaspec.runtime.cost_probe import measure_step_costs
+from dynaspec.runtime.cost_model import StepCostModel
 from dynaspec.spec.planner import build_goodput_planner
 from dynaspec.spec.catch_up import HORIZON_TOKENS_PER_REQUEST, CatchUpCost
 from dynaspec.spec.auto_schedule import AutoSchedule, plan_auto_schedule

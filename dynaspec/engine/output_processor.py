@@ -13,8 +13,8 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from dynaspec.engine.detokenizer import IncrementalDetokenizer
-from dynaspec.engine.request import Request
+from dynaspec.runtime.detokenizer import IncrementalDetokenizer
+from dynaspec.runtime.request import Request
 
 
 class OutputProcessor:

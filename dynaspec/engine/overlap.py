@@ -26,7 +26,7 @@ from dataclasses import dataclass
 
 import torch
 
-from dynaspec.engine.request import Request, RequestStatus
+from dynaspec.runtime.request import Request, RequestStatus
 from dynaspec.engine.scheduler import DraftLenFor, ScheduledDecode, Scheduler, SchedulerOutput
 
 

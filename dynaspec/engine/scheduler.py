@@ -18,7 +18,7 @@ from collections.abc import Callable, Hashable, Sequence
 from dataclasses import dataclass, field
 
 from dynaspec.engine.block_manager import BlockManager
-from dynaspec.engine.request import Request, RequestStatus
+from dynaspec.runtime.request import Request, RequestStatus
 
 # The draft-length policy as the scheduler calls it: (num_decoding, num_active, decoding request ids) -> k.
 DraftLenFor = Callable[[int, int, Sequence[Hashable]], int]

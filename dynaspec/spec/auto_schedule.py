@@ -1,7 +1,7 @@
 """`draft_len_schedule: auto`: the goodput-optimal static schedule, planned at engine start-up.
 
 The issue-6 tuner (`dynaspec tune`) run inside the engine: once CUDA graphs for every k in
-0..max_draft_len are captured, T(batch, k) comes from the cost probe (engine/cost_probe.py) or from
+0..max_draft_len are captured, T(batch, k) comes from the cost probe (runtime/cost_probe.py) or from
 `step_cost_file`, per-position acceptance from `acceptance_profile`, and the same pure functions pick
 k per batch size (`choose_draft_lens`: argmax of (E[accepted | k] + 1) * batch / T(batch, k), SmartSpec,
 Liu et al. 2024, arXiv 2406.14066) and compress the choices into a schedule (`compress_schedule`,
@@ -21,7 +21,7 @@ from typing import Any
 
 from dynaspec.spec.acceptance_estimator import load_acceptance_profile
 from dynaspec.spec.config import AUTO_SCHEDULE
-from dynaspec.spec.cost_model import StepCostModel
+from dynaspec.runtime.cost_model import StepCostModel
 from dynaspec.spec.goodput_schedule import Choice, Schedule, choose_draft_lens, compress_schedule
 from dynaspec.spec.policy import DraftLenPolicy
 

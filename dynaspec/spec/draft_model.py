@@ -9,7 +9,7 @@ Slots of drafted tokens that the target rejected are simply recomputed: the draf
 drafted with what the request actually holds and keeps only the matching prefix.
 
 On CUDA a greedy batch whose catch-up is 1 or 2 tokens per request (the steady state) drafts through
-ONE graph replay per propose: the whole k-step chain of engine/chain_graphs.py (vLLM and SGLang capture
+ONE graph replay per propose: the whole k-step chain of runtime/chain_graphs.py (vLLM and SGLang capture
 the EAGLE draft loop in CUDA graphs likewise). Otherwise (a sampled request in the batch, a longer
 catch-up, no chain for the batch size and k) it drafts step by step: an eager or two-position-graph
 first step, then k - 1 single-token steps, reading each step's tokens on the host.
@@ -21,11 +21,11 @@ from dataclasses import dataclass
 
 import torch
 
-from dynaspec.engine.chain_graphs import DraftChainGraphs
-from dynaspec.engine.cuda_graphs import UniformDecodeBatch
-from dynaspec.engine.model_runner import ModelRunner, SequenceInput
-from dynaspec.engine.request import Request
-from dynaspec.engine.sampler import sample, target_probs
+from dynaspec.runtime.chain_graphs import DraftChainGraphs
+from dynaspec.runtime.cuda_graphs import UniformDecodeBatch
+from dynaspec.runtime.model_runner import ModelRunner, SequenceInput
+from dynaspec.runtime.request import Request
+from dynaspec.runtime.sampler import sample, target_probs
 from dynaspec.models.loader import LoadedModel
 from dynaspec.spec.drafter import DraftProposal
 
@@ -78,7 +78,7 @@ class DraftModelDrafter:
     def capture_graphs(self, pairs: list[tuple[int, int]], max_blocks_per_seq: int, use_graphs: bool = True) -> None:
         """CUDA graphs of drafting for the (batch bucket, k >= 1) pairs the engine can speculate at.
 
-        First the whole-chain graph of every pair (engine/chain_graphs.py, the greedy steady state), then,
+        First the whole-chain graph of every pair (runtime/chain_graphs.py, the greedy steady state), then,
         in the same memory pool, the step graphs of the step-by-step path that sampled batches still take
         per bucket: a two-position first step (a catch-up of 1 or 2 tokens) and a single-token step for
         each of the k - 1 chained steps after it. `use_graphs=False` builds the same fixed-shape paths

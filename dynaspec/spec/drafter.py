@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Protocol, runtime_checkable
 import torch
 
 if TYPE_CHECKING:
-    from dynaspec.engine.request import Request
+    from dynaspec.runtime.request import Request
 
 
 @dataclass

@@ -8,7 +8,7 @@ length k are E[accepted | k] + 1, so the predicted throughput of `batch` decodin
 
     goodput(batch, k) = (E[accepted | k] + 1) * batch / T(batch, k)
 
-where T(batch, k) is the measured step time (dynaspec.spec.cost_model.StepCostModel).
+where T(batch, k) is the measured step time (dynaspec.runtime.cost_model.StepCostModel).
 `choose_draft_lens` picks the argmax k per batch size and `compress_schedule` turns the choices into a
 TensorRT-LLM style `draft_len_schedule` (threshold -> k, the largest threshold <= batch applies). Both are
 pure functions of their arguments.
@@ -20,7 +20,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
 from dynaspec.spec.acceptance_estimator import expected_accepted_length
-from dynaspec.spec.cost_model import StepCostModel
+from dynaspec.runtime.cost_model import StepCostModel
 
 
 def extend_alphas(alphas: Sequence[float], max_draft_len: int) -> list[float]:

@@ -7,7 +7,7 @@ acceptance by maximising goodput. Here, for a step where `batch` requests decode
     goodput(k) = (E[accepted | k] + 1) * batch / T(batch, k)        (k = 0: batch / T(batch, 0))
 
 with E[accepted | k] from the per-position acceptance estimate (Leviathan et al. 2023; see
-spec/acceptance_estimator.py) and T from the measured step-cost model (spec/cost_model.py). It is the
+spec/acceptance_estimator.py) and T from the measured step-cost model (runtime/cost_model.py). It is the
 online counterpart of TensorRT-LLM's static `draft_len_schedule` (PR #8194, "Dynamic draft length in spec
 decode"), whose author left the choice of k to "a performance study"; this planner makes that study at
 run time, and has the same call signature as DraftLenPolicy.draft_len so the engine can use either.
@@ -95,7 +95,7 @@ from typing import Any
 
 from dynaspec.spec.acceptance_estimator import AcceptanceEstimator, load_acceptance_profile
 from dynaspec.spec.catch_up import CatchUpCost, switch_pays
-from dynaspec.spec.cost_model import StepCostModel
+from dynaspec.runtime.cost_model import StepCostModel
 from dynaspec.spec.step_overhead import StepOverheadModel
 
 # Real steps a (bucket, k) cell needs before its median replaces probe + overhead model.

@@ -1,6 +1,6 @@
 """Online model of the time a real decode step spends beyond its probed GPU time.
 
-The start-up probe (engine/cost_probe.py) times CUDA-graph replays only. A real step also runs host
+The start-up probe (runtime/cost_probe.py) times CUDA-graph replays only. A real step also runs host
 work (scheduling, drafting, verification, committing, detokenising) that grows with the number of
 requests and with the tokens they commit, so the probe alone makes longer drafts and larger batches
 look cheaper than they are, and a planner that trusts it explores the wrong k's (SmartSpec, Liu et al.

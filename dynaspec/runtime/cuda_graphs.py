@@ -19,7 +19,7 @@ logits returned by `run` are only valid until the next replay.
 `use_graphs=False` runs the same per-pair forward eagerly (the CPU tests check the layout with it).
 
 Subclasses reuse the staging, the static inputs and the capture loop by overriding `input_width` (the
-positions staged per request) and `_forward` (the captured computation): engine/chain_graphs.py
+positions staged per request) and `_forward` (the captured computation): runtime/chain_graphs.py
 captures a draft model's whole k-step draft chain that way.
 """
 
@@ -194,7 +194,7 @@ class CudaGraphDecoder:
 
     def idle_replay(self, bucket: int, k: int) -> Callable[[], object]:
         """Stage the (bucket, k) pair as all padding and return what runs it once: the graph's replay, or
-        in eager mode its forward (for timing, engine/cost_probe.py: no request's KV is touched)."""
+        in eager mode its forward (for timing, runtime/cost_probe.py: no request's KV is touched)."""
         if (bucket, k) not in self.pairs:
             raise ValueError(f"({bucket}, {k}) is not one of this decoder's pairs")
         self.stage_idle(bucket, k)

@@ -34,7 +34,7 @@ from collections.abc import Iterable
 import torch
 from torch import nn
 
-from dynaspec.engine.cuda_graphs import CudaGraphDecoder, UniformDecodeBatch
+from dynaspec.runtime.cuda_graphs import CudaGraphDecoder, UniformDecodeBatch
 
 FIRST_STEP_WIDTH = 2  # positions per request in step 0: the catch-up of 1 or 2 tokens
 

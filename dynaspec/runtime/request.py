@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from dynaspec.engine.detokenizer import DetokenizerState
+from dynaspec.runtime.detokenizer import DetokenizerState
 from dynaspec.sampling_params import SamplingParams
 
 

@@ -13,8 +13,8 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from dynaspec.engine.cuda_graphs import CudaGraphDecoder, UniformDecodeBatch
-from dynaspec.engine.kv_cache import allocate_kv_cache
+from dynaspec.runtime.cuda_graphs import CudaGraphDecoder, UniformDecodeBatch
+from dynaspec.runtime.kv_cache import allocate_kv_cache
 from dynaspec.models.attention_metadata import AttentionMetadata
 
 

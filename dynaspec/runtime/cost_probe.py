@@ -1,7 +1,7 @@
 """Measures the step-cost model T(batch, k) on the current device, for the goodput planner.
 
 On CUDA it times replays of the captured graphs with CUDA events: the target verify graph of (bucket, k),
-plus, when a draft model drafts, ONE replay of its whole-chain graph of (bucket, k) (engine/chain_graphs.py)
+plus, when a draft model drafts, ONE replay of its whole-chain graph of (bucket, k) (runtime/chain_graphs.py)
 or, where no chain was captured for the pair, k replays of its single-token step graph; elsewhere it
 times eager forwards of the same shapes. Inputs are padding rows in the scratch block, so probing never touches a request's KV; the
 cost of attention over long contexts is therefore not included (it is small next to the weights at the
@@ -15,9 +15,9 @@ from collections.abc import Iterable
 
 import torch
 
-from dynaspec.engine.chain_graphs import DraftChainGraphs
-from dynaspec.engine.model_runner import ModelRunner, SequenceInput
-from dynaspec.spec.cost_model import StepCostModel
+from dynaspec.runtime.chain_graphs import DraftChainGraphs
+from dynaspec.runtime.model_runner import ModelRunner, SequenceInput
+from dynaspec.runtime.cost_model import StepCostModel
 
 
 def _time(fn, device: torch.device, repeats: int) -> float:

@@ -44,15 +44,27 @@ class LLM:
         prompts: Prompt | Sequence[Prompt],
         sampling_params: SamplingParams | Sequence[SamplingParams] | None = None,
     ) -> list[RequestOutput]:
-        """Run every prompt to completion; outputs come back in prompt order."""
+        """Run every prompt to completion; outputs come back in prompt order.
+
+        If anything fails (a prompt the engine refuses, an exception from a step, KeyboardInterrupt),
+        every request this call added is aborted before the error propagates, so the engine stays
+        usable for the next call.
+        """
         prompt_list = _as_prompt_list(prompts)
         params_list = _as_params_list(sampling_params, len(prompt_list))
         ids = self._add_all(prompt_list, params_list)
         finished: dict[str, RequestOutput] = {}
-        while len(finished) < len(ids):
-            for out in self.engine.step():
-                if out.finished:
-                    finished[out.request_id] = out
+        try:
+            while len(finished) < len(ids):
+                for out in self.engine.step():
+                    if out.finished:
+                        finished[out.request_id] = out
+        finally:
+            # On an error (or Ctrl-C) none of this call's requests may stay in the engine: a poisoned
+            # request left behind would fail every later generate(). Finished ones are no-ops.
+            for request_id in ids:
+                if request_id not in finished:
+                    self.engine.abort_request(request_id)
         return [finished[i] for i in ids]
 
     def stream(self, prompt: Prompt, sampling_params: SamplingParams | None = None) -> Iterator[RequestOutput]:

@@ -24,12 +24,6 @@ for step in "$@"; do
       python3 -m pytest -q -m cuda tests/test_attention.py tests/test_chain_graphs.py tests/test_cuda_graphs.py \
         tests/test_fused_ops.py tests/test_gemv.py tests/test_loader.py tests/test_model_parity.py \
         tests/test_triton_attention.py 2>&1 | tee "$OUT/cuda_tests.log" | tail -15 ;;
-    decode-kernels-ab)  # issue 5: batch-1 decode with PDL / the Triton GEMV on and off, side by side
-      timeout 400 python3 scripts/gpu_decode_kernels_ab.py 2>&1 | tee "$OUT/decode_kernels_ab.log" | tail -14 ;;
-    pdl-probe)  # issue 5: one layer chain, cuBLAS vs Triton GEMV vs Triton with PDL (no engine)
-      timeout 300 python3 scripts/gpu_pdl_probe.py 2>&1 | grep -v Warning | tee "$OUT/pdl_probe.log" | tail -20 ;;
-    profile)
-      python3 scripts/gpu_profile_step.py random:llama-3.1-8b 1 2>&1 | tail -60 ;;
     bench-core)
       python3 -m dynaspec.cli bench --model random:llama-3.1-8b --ks 0 --batch-sizes 1,64 \
         --prompt-len 128 --gen-len 64 --compare-hf --hf-batch-sizes 1,64 --no-plots --out-dir "$OUT/core" 2>&1 | tail -12 ;;

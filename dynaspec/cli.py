@@ -1,20 +1,97 @@
-"""Command line: `dynaspec generate | serve | bench | tune | bench-trace` (typer + rich)."""
+"""Command line: `dynaspec generate | serve | bench | tune | bench-trace` (typer + rich).
+
+`generate` and `serve` live here and import the engine inside their bodies. The benchmark commands live
+in dynaspec/bench/ (the `bench` extra) and are imported only when one of them runs or prints its own
+help (`LAZY_COMMANDS`), so `dynaspec --help` loads neither dynaspec.bench nor matplotlib.
+"""
 
 from __future__ import annotations
 
+import importlib
+import importlib.util
 import time
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any, Optional
 
 import typer
 import yaml
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
+from typer.core import TyperCommand, TyperGroup
 
-app = typer.Typer(add_completion=False, no_args_is_help=True, help="dynaspec: dynamic-draft-length speculative decoding")
 console = Console()
+
+
+@dataclass(frozen=True)
+class LazyCommand:
+    """A command imported only when it runs: `module.function` is a typer command function; `help` is
+    the first paragraph of its docstring, shown by `dynaspec --help` without importing the module."""
+
+    module: str
+    function: str
+    help: str
+
+
+LAZY_COMMANDS: dict[str, LazyCommand] = {
+    "bench": LazyCommand(
+        "dynaspec.bench.cli_bench", "bench_command",
+        "Sweep batch sizes x draft lengths; print a table, write JSON, markdown and PNG plots.",
+    ),
+    "tune": LazyCommand(
+        "dynaspec.bench.cli_tune", "tune_command",
+        "Measure acceptance and step costs, choose k per batch size, write the draft_len_schedule YAML.",
+    ),
+    "bench-trace": LazyCommand(
+        "dynaspec.bench.cli_trace", "bench_trace_command",
+        "Replay a mixed-load trace (concurrency rising and falling, workloads mixed) on every line: no spec, "
+        "each static k, the schedule and the goodput policy; tokens/s overall and per phase.",
+    ),
+}
+# What `pip install 'dynaspec[bench]'` adds (pyproject.toml); the lazy commands need all of it.
+BENCH_EXTRA_MODULES = ("matplotlib",)
+BENCH_EXTRA_HINT = "pip install -e '.[bench]' (from a checkout) or pip install 'dynaspec[bench]'"
+
+
+def load_lazy_command(name: str) -> typer.main.click.Command:
+    """Import LAZY_COMMANDS[name] and build its click command; a clear error when the bench extra is
+    missing (checked with find_spec, which imports nothing)."""
+    missing = [m for m in BENCH_EXTRA_MODULES if importlib.util.find_spec(m) is None]
+    if missing:
+        _fail(f"`dynaspec {name}` needs the bench extra ({', '.join(missing)} is not installed): {BENCH_EXTRA_HINT}")
+    lazy = LAZY_COMMANDS[name]
+    single = typer.Typer(add_completion=False)
+    single.command(name)(getattr(importlib.import_module(lazy.module), lazy.function))
+    return typer.main.get_command(single)
+
+
+class LazyGroup(TyperGroup):
+    """The top-level group: the commands registered on `app`, then LAZY_COMMANDS, listed by name and
+    help alone and imported when resolved (a command line that runs one, or asks for its --help)."""
+
+    def list_commands(self, ctx) -> list[str]:
+        return [*super().list_commands(ctx), *(n for n in LAZY_COMMANDS if n not in self.commands)]
+
+    def get_command(self, ctx, cmd_name: str):
+        command = super().get_command(ctx, cmd_name)
+        if command is None and cmd_name in LAZY_COMMANDS:
+            return TyperCommand(cmd_name, help=LAZY_COMMANDS[cmd_name].help)
+        return command
+
+    def resolve_command(self, ctx, args: list[str]):
+        name, command, rest = super().resolve_command(ctx, args)
+        if name in LAZY_COMMANDS and name not in self.commands:
+            command = self.commands[name] = load_lazy_command(name)
+        return name, command, rest
+
+
+app = typer.Typer(
+    cls=LazyGroup, add_completion=False, no_args_is_help=True,
+    help="dynaspec: dynamic-draft-length speculative decoding",
+)
 
 DEFAULT_PROMPT = "Write a Python function that checks whether a number is prime."
 SCHEDULE_HELP = (
@@ -67,7 +144,8 @@ def _engine_config(model: str | None, config: Path | None, spec_config: Path | N
 
 
 def _fail(message: str) -> None:
-    console.print(f"[bold red]error:[/] {message}")
+    """Print `error: message` (as text, not rich markup) and exit with status 2."""
+    console.print(f"[bold red]error:[/] {escape(message)}", soft_wrap=True)
     raise typer.Exit(code=2)
 
 
@@ -176,19 +254,6 @@ def serve(
     except (ValueError, TypeError) as exc:
         _fail(str(exc))
     run_server(engine_config, host=host, port=port, served_model_name=served_model_name, max_queue=max_queue)
-
-
-from dynaspec.bench.cli_bench import bench_command  # noqa: E402
-
-app.command("bench")(bench_command)
-
-from dynaspec.bench.cli_tune import tune_command  # noqa: E402
-
-app.command("tune")(tune_command)
-
-from dynaspec.bench.cli_trace import bench_trace_command  # noqa: E402
-
-app.command("bench-trace")(bench_trace_command)
 
 
 if __name__ == "__main__":

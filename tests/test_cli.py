@@ -1,11 +1,20 @@
-"""The `dynaspec generate` command: output, summary, speculation table, clear errors."""
+"""The `dynaspec` command line: `generate` (output, summary, speculation table, clear errors) and the
+benchmark commands loaded lazily (`dynaspec --help` imports neither dynaspec.bench nor matplotlib)."""
 
 from __future__ import annotations
+
+import importlib
+import inspect
+import json
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 from typer.testing import CliRunner
 
-from dynaspec.cli import app
+from dynaspec import cli
+from dynaspec.cli import LAZY_COMMANDS, app
 from tests.tiny_models import make_tiny_checkpoint
 
 runner = CliRunner()
@@ -59,3 +68,48 @@ def test_bad_input_gives_a_clear_message(args, message):
     result = runner.invoke(app, ["generate", "hello", *args])
     assert result.exit_code == 2
     assert message in result.output
+
+
+HELP_IN_A_FRESH_INTERPRETER = """
+import json, sys
+sys.argv = ["dynaspec", "--help"]
+from dynaspec.cli import app
+try:
+    app()
+except SystemExit as exit:
+    code = exit.code
+print(json.dumps({"exit": code, "modules": sorted(sys.modules)}))
+"""
+
+
+def test_top_level_help_imports_neither_the_bench_package_nor_matplotlib():
+    root = Path(__file__).resolve().parents[1]
+    run = subprocess.run(
+        [sys.executable, "-c", HELP_IN_A_FRESH_INTERPRETER], cwd=root, capture_output=True, text=True, check=True,
+    )
+    report = json.loads(run.stdout.strip().splitlines()[-1])
+    assert report["exit"] in (0, None)
+    for name in ("generate", "serve", *LAZY_COMMANDS):
+        assert name in run.stdout
+    loaded = report["modules"]
+    assert not [m for m in loaded if m == "matplotlib" or m.startswith("matplotlib.")]
+    assert not [m for m in loaded if m == "dynaspec.bench" or m.startswith("dynaspec.bench.")]
+
+
+@pytest.mark.parametrize("name", list(LAZY_COMMANDS))
+def test_lazy_command_help_is_its_own(name):
+    lazy = LAZY_COMMANDS[name]
+    function = getattr(importlib.import_module(lazy.module), lazy.function)
+    first_paragraph = inspect.getdoc(function).split("\n\n")[0]
+    assert " ".join(lazy.help.split()) == " ".join(first_paragraph.split())
+    result = runner.invoke(app, [name, "--help"])
+    assert result.exit_code == 0, result.output
+    assert "--model" in result.output
+
+
+def test_bench_command_without_the_bench_extra_says_how_to_install_it(monkeypatch):
+    monkeypatch.setattr(cli, "BENCH_EXTRA_MODULES", ("dynaspec_no_such_module",))
+    result = runner.invoke(app, ["bench", "--ks", "0"])
+    assert result.exit_code == 2
+    assert "pip install -e '.[bench]'" in result.output
+    assert len(result.output.strip().splitlines()) == 1

@@ -1,6 +1,6 @@
 """`dynaspec bench`: the decode-throughput sweep (dynaspec.bench.sweep) from the command line.
 
-Registered in dynaspec/cli.py as `app.command("bench")(bench_command)`.
+Loaded lazily by dynaspec/cli.py (`LAZY_COMMANDS["bench"]`).
 """
 
 from __future__ import annotations

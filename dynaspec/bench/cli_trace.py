@@ -1,6 +1,6 @@
 """`dynaspec bench-trace`: replay the mixed-load trace (dynaspec.bench.trace_run) from the command line.
 
-Registered in dynaspec/cli.py as `app.command("bench-trace")(bench_trace_command)`. Writes trace.json,
+Loaded lazily by dynaspec/cli.py (`LAZY_COMMANDS["bench-trace"]`). Writes trace.json,
 trace.md and (unless --no-plots) trace.png into --out-dir.
 """
 

@@ -1,6 +1,6 @@
 """`dynaspec tune`: measure acceptance and T(batch, k), write the goodput-optimal draft_len_schedule.
 
-Registered in dynaspec/cli.py as `app.command("tune")(tune_command)`. The pieces live in
+Loaded lazily by dynaspec/cli.py (`LAZY_COMMANDS["tune"]`). The pieces live in
 dynaspec.bench.tune; the step timing is the bench sweep's (dynaspec.bench.sweep) or the engine's probe.
 """
 

@@ -7,6 +7,7 @@ Expected outputs come from the same engine run directly, one request at a time.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import gc
 import importlib.util
@@ -51,9 +52,9 @@ def engine_config(model_dir: Path, **overrides) -> EngineConfig:
 
 
 @contextlib.contextmanager
-def running_server(config: EngineConfig, max_queue: int = 64):
-    """(base_url, app) of a server on a free 127.0.0.1 port, stopped on exit."""
-    app = app_for_config(config, served_model_name=MODEL_NAME, max_queue=max_queue)
+def running_server(config: EngineConfig, max_queue: int = 64, **app_options):
+    """(base_url, app) of a server on a free 127.0.0.1 port, stopped on exit (`app_options`: create_app's)."""
+    app = app_for_config(config, served_model_name=MODEL_NAME, max_queue=max_queue, **app_options)
     with serve_in_thread(app) as base:
         yield base, app
 
@@ -346,3 +347,70 @@ def test_streaming_n_choices(client, greedy_refs):
     whole = client.chat.completions.create(model=MODEL_NAME, messages=[{"role": "user", "content": "hi"}],
                                            max_tokens=6, temperature=1.0, seed=5, n=2)
     assert parts == [c.message.content for c in sorted(whole.choices, key=lambda c: c.index)]
+
+
+def test_chat_without_max_tokens_runs_to_the_end_of_the_context(client, config):
+    """OpenAI: no max_tokens means until the context ends (not 16 tokens)."""
+    resp = client.chat.completions.create(model=MODEL_NAME, messages=[{"role": "user", "content": "hi"}],
+                                          temperature=0, extra_body={"ignore_eos": True})
+    assert resp.choices[0].finish_reason == "length"
+    assert resp.usage.prompt_tokens + resp.usage.completion_tokens == config.max_model_len
+
+
+def test_completion_without_max_tokens_keeps_openai_default(client):
+    resp = client.completions.create(model=MODEL_NAME, prompt=PROMPTS[0], temperature=0,
+                                     extra_body={"ignore_eos": True})
+    assert resp.usage.completion_tokens == 16
+
+
+def test_unknown_model_is_404_model_not_found(client):
+    for call in (lambda: client.completions.create(model="gpt-5", prompt="hi", max_tokens=2),
+                 lambda: client.chat.completions.create(model="gpt-5", max_tokens=2,
+                                                        messages=[{"role": "user", "content": "hi"}])):
+        with pytest.raises(openai.NotFoundError) as info:
+            call()
+        error = info.value.response.json()["error"]
+        assert error["code"] == "model_not_found" and error["param"] == "model"
+        assert "gpt-5" in error["message"]
+
+
+def test_disconnect_before_the_stream_starts_aborts(server):
+    """A client gone while its request waits for the (paused) engine is aborted before any token."""
+    base, app = server
+    engine = app.state.engine
+    before = httpx.get(base + "/metrics").text
+
+    def count(text: str, name: str, labels: str = "") -> float:
+        return metric_value(text, name, labels) or 0.0
+
+    gate = threading.Event()
+    paused = engine.call(lambda _engine: gate.wait(60))
+    body = {"model": MODEL_NAME, "prompt": PROMPTS[1], "max_tokens": 200, "temperature": 0, "ignore_eos": True,
+            "stream": True}
+    closed_label = '{endpoint="/v1/completions",status="499"}'
+
+    async def scenario() -> None:
+        async with httpx.AsyncClient(base_url=base, timeout=60) as http:
+            task = asyncio.create_task(http.post("/v1/completions", json=body))
+            for _ in range(3000):
+                if engine.num_queued == 1:
+                    break
+                await asyncio.sleep(0.01)
+            assert engine.num_queued == 1
+            task.cancel()  # closes the connection: the request never saw a byte of its stream
+            await asyncio.gather(task, return_exceptions=True)
+
+    try:
+        asyncio.run(scenario())
+        deadline = time.monotonic() + 30
+        while count(httpx.get(base + "/metrics").text, "dynaspec_http_requests_total", closed_label) \
+                <= count(before, "dynaspec_http_requests_total", closed_label):
+            assert time.monotonic() < deadline, "the server never noticed the disconnect"
+            time.sleep(0.02)
+    finally:
+        gate.set()
+    paused.result(timeout=30)
+    free, total, running, waiting = wait_all_blocks_free(app)
+    assert (free, running, waiting) == (total, 0, 0)
+    after = httpx.get(base + "/metrics").text
+    assert count(after, "dynaspec_generation_tokens_total") == count(before, "dynaspec_generation_tokens_total")

@@ -138,9 +138,53 @@ def test_overload_gets_429(model_dir):
             assert r.status_code == 429, r.text
             assert r.json()["error"]["type"] == "rate_limit_error"
             assert "max_queue=2" in r.json()["error"]["message"]
+            assert r.headers["retry-after"] == "1"
+        metrics = httpx.get(base + "/metrics").text
+        for endpoint in ("/v1/completions", "/v1/chat/completions"):
+            assert metric_value(metrics, "dynaspec_http_requests_total", f'{{endpoint="{endpoint}",status="429"}}') == 1
         assert health.status_code == 200
         assert [r.status_code for r in done] == [200, 200]
         assert after.status_code == 200
         assert after.json()["choices"][0]["text"] == done[0].json()["choices"][0]["text"]
         free, total, _, _ = wait_all_blocks_free(app)
         assert free == total
+
+
+def test_too_many_requests_in_progress_get_json_503(model_dir):
+    """Past `max_concurrency` API requests in progress: an OpenAI-style 503 with Retry-After, counted in
+    /metrics, while /health and /metrics still answer (uvicorn's own limit answered plain text)."""
+    config = engine_config(model_dir, max_num_seqs=1)
+    with running_server(config, max_queue=8, max_concurrency=2) as (base, app):
+        engine = app.state.engine
+        gate = threading.Event()
+        paused = engine.call(lambda _engine: gate.wait(60))
+        body = {"model": MODEL_NAME, "prompt": PROMPTS[0], "max_tokens": 4, "temperature": 0}
+
+        async def scenario():
+            async with httpx.AsyncClient(base_url=base, timeout=60) as client:
+                held = [asyncio.create_task(client.post("/v1/completions", json=body)) for _ in range(2)]
+                for _ in range(3000):
+                    if engine.num_queued == 2:
+                        break
+                    await asyncio.sleep(0.01)
+                assert engine.num_queued == 2
+                refused = await client.post("/v1/chat/completions", json={
+                    "model": MODEL_NAME, "messages": [{"role": "user", "content": "hi"}], "max_tokens": 4})
+                health = await client.get("/health")
+                metrics = await client.get("/metrics")
+                gate.set()
+                return refused, health, metrics, await asyncio.gather(*held)
+
+        try:
+            refused, health, metrics, held = asyncio.run(scenario())
+        finally:
+            gate.set()
+        paused.result(timeout=30)
+        assert refused.status_code == 503, refused.text
+        error = refused.json()["error"]
+        assert error["type"] == "server_error" and error["code"] == "too_many_requests_in_progress"
+        assert refused.headers["retry-after"] == "1"
+        assert health.status_code == 200 and metrics.status_code == 200
+        assert [r.status_code for r in held] == [200, 200]
+        text = httpx.get(base + "/metrics").text
+        assert metric_value(text, "dynaspec_http_requests_total", '{endpoint="/v1/chat/completions",status="503"}') == 1

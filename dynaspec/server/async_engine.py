@@ -12,8 +12,13 @@ Memory stays bounded under any load:
     client never accumulates a backlog of per-step outputs.
 
 Failure isolation: an engine error raised for one request (add_request's ValueError) fails only that
-request. An exception from `step()` cannot be pinned on one request, so every request in flight at
-that moment gets a 500 and is aborted (freeing its KV blocks); the loop keeps serving new requests.
+request, and so does an output the engine finishes with `finish_reason == "error"`. An exception from
+`step()` cannot be pinned on one request (the engine isolates per-request faults itself): every request
+in flight is failed at once with a 500 naming the fault and aborted. If the engine is clean afterwards
+(nothing left scheduled, every KV block free) the loop keeps serving; if it is not, or `max_faults`
+steps in a row have raised, the engine is declared down: every request in flight or queued is failed
+with a 503 at once, new requests get a 503 naming the fault, /health answers 503. Nothing ever waits
+on a dead loop: the loop closes admission under the lock before it drains its command queue.
 """
 
 from __future__ import annotations
@@ -25,10 +30,11 @@ import queue
 import threading
 import time
 from dataclasses import dataclass, field
-from typing import Any, AsyncIterator, Callable
+from typing import Any, Callable
 
 from dynaspec.sampling_params import SamplingParams
-from dynaspec.server.errors import APIError, invalid_request, overloaded, server_error
+from dynaspec.server.errors import APIError, invalid_request, overloaded, server_error, unavailable
+from dynaspec.server.output_group import OutputGroup
 
 logger = logging.getLogger(__name__)
 
@@ -48,72 +54,7 @@ class EngineSnapshot:
     num_total_blocks: int | None = None
     stats: dict[str, Any] = field(default_factory=dict)
     loop_alive: bool = True
-
-
-class OutputGroup:
-    """The engine requests behind one HTTP response (n choices x prompts), seen from the event loop.
-
-    The engine thread calls `_accepted`, `_deliver` and `_fail` through `loop.call_soon_threadsafe`;
-    the handler awaits `wait_accepted()` and then iterates `updates()`.
-    """
-
-    def __init__(self, request_ids: list[str]) -> None:
-        self.request_ids = request_ids
-        self.latest: list[Any] = [None] * len(request_ids)  # newest RequestOutput per request
-        self.finished = [False] * len(request_ids)
-        self.error: APIError | None = None
-        self._num_accepted = 0
-        self._dirty: set[int] = set()
-        self._event = asyncio.Event()
-
-    # -- called on the event loop, scheduled by the engine thread
-    def _accepted(self, index: int) -> None:
-        self._num_accepted += 1
-        self._event.set()
-
-    def _deliver(self, index: int, output: Any) -> None:
-        self.latest[index] = output
-        self._dirty.add(index)
-        self._event.set()
-
-    def _fail(self, error: APIError) -> None:
-        if self.error is None:
-            self.error = error
-        self._event.set()
-
-    # -- awaited by handlers
-    async def wait_accepted(self) -> None:
-        """Return once the engine took every request; raise the APIError if it refused one."""
-        while self.error is None and self._num_accepted < len(self.request_ids):
-            await self._event.wait()
-            self._event.clear()
-        if self.error is not None:
-            raise self.error
-        self._event.set()  # outputs may already be waiting
-
-    @property
-    def done(self) -> bool:
-        return all(self.finished)
-
-    async def updates(self) -> AsyncIterator[list[tuple[int, Any]]]:
-        """Yield [(index, newest RequestOutput)] for the requests that progressed, until all finished."""
-        while not self.done:
-            await self._event.wait()
-            self._event.clear()
-            if self.error is not None:
-                raise self.error
-            batch = [(i, self.latest[i]) for i in sorted(self._dirty)]
-            self._dirty.clear()
-            for i, out in batch:
-                if out.finished:
-                    self.finished[i] = True
-            if batch:
-                yield batch
-
-    async def final(self) -> list[Any]:
-        async for _ in self.updates():
-            pass
-        return list(self.latest)
+    fault: str | None = None  # why the engine is down, once it is
 
 
 @dataclass
@@ -142,13 +83,20 @@ class AsyncEngine:
     """Runs `engine_factory()` and its step loop on a dedicated thread (see module docstring).
 
     `metrics` (a metrics.ServerMetrics or None) receives per-request timings from the engine thread.
+    `max_faults`: consecutive failing steps after which the engine is declared down (see module doc).
+    `retry_after_s`: the Retry-After of a 429 (queue full).
     """
 
-    def __init__(self, engine_factory: Callable[[], Any], max_queue: int, metrics: Any = None) -> None:
-        if not isinstance(max_queue, int) or max_queue < 1:
+    def __init__(self, engine_factory: Callable[[], Any], max_queue: int, metrics: Any = None, *,
+                 max_faults: int = 3, retry_after_s: int = 1) -> None:
+        if not isinstance(max_queue, int) or isinstance(max_queue, bool) or max_queue < 1:
             raise ValueError(f"max_queue must be an integer >= 1, got {max_queue!r}")
+        if not isinstance(max_faults, int) or max_faults < 1:
+            raise ValueError(f"max_faults must be an integer >= 1, got {max_faults!r}")
         self._factory = engine_factory
         self.max_queue = max_queue
+        self.max_faults = max_faults
+        self.retry_after_s = retry_after_s
         self._metrics = metrics
         self._commands: queue.Queue = queue.Queue()
         self._lock = threading.Lock()
@@ -161,7 +109,10 @@ class AsyncEngine:
         self._thread: threading.Thread | None = None
         self._last_stats = 0.0
         self._stats_dirty = True
+        self._closed = False  # set (under _lock) when the loop stops taking commands
+        self.fault: str | None = None  # why the engine is down, once it is
         self.tokenizer: Any = None
+        self.max_model_len: int | None = None
 
     # ------------------------------------------------------------------ lifecycle
     def start(self, timeout: float | None = None) -> None:
@@ -183,7 +134,13 @@ class AsyncEngine:
 
     @property
     def is_alive(self) -> bool:
-        return self._thread is not None and self._thread.is_alive() and self._start_error is None
+        return (self._thread is not None and self._thread.is_alive() and self._start_error is None
+                and not self._closed)
+
+    def _down_error(self) -> APIError:
+        if self.fault is not None:
+            return unavailable(f"engine is down after a fault ({self.fault}); restart the server", "engine_down")
+        return unavailable("engine is not running", "engine_down")
 
     def snapshot(self) -> EngineSnapshot:
         return self._snapshot
@@ -211,21 +168,21 @@ class AsyncEngine:
         Requests handed over but not yet taken by the engine thread count as waiting, so a burst can
         never overshoot `max_queue`. Must be called on the event loop that will consume the group.
         """
-        if not self.is_alive:
-            raise APIError("engine is not running", status_code=503, type="server_error", code="engine_down")
         loop = asyncio.get_running_loop()
         group = OutputGroup([rid for rid, _, _ in requests])
-        with self._lock:
+        with self._lock:  # the loop drains the queue only after setting _closed under this lock
+            if not self.is_alive:
+                raise self._down_error()
             if self._num_pending + self._num_waiting + len(requests) > self.max_queue:
                 raise overloaded(
                     f"server overloaded: {self._num_pending + self._num_waiting} requests already waiting "
-                    f"(max_queue={self.max_queue}); retry later"
+                    f"(max_queue={self.max_queue}); retry later", retry_after_s=self.retry_after_s
                 )
             self._num_pending += len(requests)
-        now = time.monotonic()
-        for index, (rid, prompt, params) in enumerate(requests):
-            live = _Live(group=group, index=index, loop=loop, arrival=now)
-            self._commands.put(_Add(rid, prompt, params, add_special_tokens, prompt_param, live))
+            now = time.monotonic()
+            for index, (rid, prompt, params) in enumerate(requests):
+                live = _Live(group=group, index=index, loop=loop, arrival=now)
+                self._commands.put(_Add(rid, prompt, params, add_special_tokens, prompt_param, live))
         return group
 
     def abort(self, request_ids: list[str]) -> None:
@@ -236,7 +193,11 @@ class AsyncEngine:
     def call(self, fn: Callable[[Any], Any]) -> concurrent.futures.Future:
         """Run fn(engine) on the engine thread between steps; the result comes back in the future."""
         fut: concurrent.futures.Future = concurrent.futures.Future()
-        self._commands.put(("call", fn, fut))
+        with self._lock:
+            if self._closed:
+                fut.set_exception(RuntimeError(self._down_error().message))
+            else:
+                self._commands.put(("call", fn, fut))
         return fut
 
     # ------------------------------------------------------------------ engine thread
@@ -244,31 +205,70 @@ class AsyncEngine:
         try:
             engine = self._factory()
             self.tokenizer = engine.tokenizer
+            self.max_model_len = getattr(engine, "max_model_len", None)
         except BaseException as exc:  # surfaced by start()
             logger.exception("engine construction failed")
             self._start_error = exc
+            self._close()
             self._ready.set()
             return
         self._ready.set()
         live: dict[str, _Live] = {}
+        closing = unavailable("server is shutting down", "shutting_down")
+        faults = 0
         try:
             while not self._stop.is_set():
                 try:
-                    self._iterate(engine, live)
-                except Exception as exc:  # keep serving: fail what was in flight, free its KV
-                    logger.exception("engine loop error; failing %d request(s) in flight", len(live))
-                    self._fail_all(engine, live, server_error(f"engine error: {type(exc).__name__}: {exc}"))
-                    time.sleep(_IDLE_WAIT_S)  # a persistent fault must not spin the CPU
+                    if self._iterate(engine, live):
+                        faults = 0  # a step went through
+                except Exception as exc:
+                    faults += 1
+                    fault = f"{type(exc).__name__}: {exc}"
+                    logger.exception("engine step failed (%d in a row); failing %d request(s) in flight",
+                                     faults, len(live))
+                    self._fail_all(engine, live, server_error(
+                        f"engine fault ({fault}) aborted every request in flight; retry the request"))
+                    if faults >= self.max_faults or not _is_clean(engine):
+                        self.fault = fault if faults == 1 else f"{faults} steps failed in a row, last: {fault}"
+                        logger.error("engine declared down: %s", self.fault)
+                        closing = self._down_error()
+                        break
+        except BaseException as exc:  # never leave handlers waiting on a dead loop
+            self.fault = f"{type(exc).__name__}: {exc}"
+            closing = self._down_error()
+            raise
         finally:
-            self._fail_all(engine, live, APIError("server is shutting down", status_code=503, type="server_error"))
-            self._snapshot = EngineSnapshot(loop_alive=False)
+            self._close()
+            self._fail_all(engine, live, closing)
+            self._drain(closing)
+            self._snapshot = EngineSnapshot(loop_alive=False, fault=self.fault)
 
-    def _iterate(self, engine: Any, live: dict[str, _Live]) -> None:
-        """One turn of the loop: take commands (block briefly when idle), step once, publish numbers."""
+    def _close(self) -> None:
+        with self._lock:
+            self._closed = True
+
+    def _drain(self, error: APIError) -> None:
+        """Fail every command still queued (the loop is closed: no new ones can arrive)."""
+        while True:
+            try:
+                cmd = self._commands.get_nowait()
+            except queue.Empty:
+                return
+            if isinstance(cmd, _Add):
+                with self._lock:
+                    self._num_pending -= 1
+                _call(cmd.live.loop, cmd.live.group._fail, error)
+            elif isinstance(cmd, tuple) and cmd[0] == "call":
+                cmd[2].set_exception(RuntimeError(error.message))
+
+    def _iterate(self, engine: Any, live: dict[str, _Live]) -> bool:
+        """One turn of the loop: take commands (block briefly when idle), step once, publish numbers.
+        Returns whether a step ran."""
         self._handle_commands(engine, live, block=not engine.has_unfinished_requests())
         if self._stop.is_set():
-            return
-        if engine.has_unfinished_requests():
+            return False
+        stepped = engine.has_unfinished_requests()
+        if stepped:
             self._stats_dirty = True
             self._deliver(engine.step(), live)
         now = time.monotonic()
@@ -277,6 +277,7 @@ class AsyncEngine:
         if refresh:
             self._last_stats, self._stats_dirty = now, False
         self._publish(engine, refresh_stats=refresh)
+        return stepped
 
     def _handle_commands(self, engine: Any, live: dict[str, _Live], block: bool) -> None:
         try:
@@ -368,6 +369,10 @@ class AsyncEngine:
                 if m is not None:
                     m.finished.labels(finish_reason=str(out.finish_reason)).inc()
                     m.e2e.observe(now - entry.arrival)
+                if out.finish_reason == "error":  # the engine isolated a fault to this request
+                    detail = getattr(out, "error", None) or "the engine failed this request"
+                    _call(entry.loop, entry.group._fail, server_error(f"request failed: {detail}"))
+                    continue
             _call(entry.loop, entry.group._deliver, entry.index, out)
 
     def _publish(self, engine: Any, refresh_stats: bool) -> None:
@@ -389,6 +394,18 @@ class AsyncEngine:
             num_total_blocks=getattr(engine, "num_total_blocks", None),
             stats=stats,
         )
+
+
+def _is_clean(engine: Any) -> bool:
+    """After every request was aborted: nothing scheduled and every KV block back in the pool."""
+    try:
+        if engine.has_unfinished_requests():
+            return False
+        free, total = getattr(engine, "num_free_blocks", None), getattr(engine, "num_total_blocks", None)
+        return free == total
+    except Exception:
+        logger.exception("engine state check failed")
+        return False
 
 
 def _call(loop: asyncio.AbstractEventLoop, fn: Callable[..., None], *args: Any) -> None:

@@ -33,6 +33,7 @@ class APIError(Exception):
         type: str = "invalid_request_error",
         param: str | None = None,
         code: str | None = None,
+        headers: dict[str, str] | None = None,
     ) -> None:
         super().__init__(message)
         self.message = message
@@ -40,6 +41,11 @@ class APIError(Exception):
         self.type = type
         self.param = param
         self.code = code
+        self.headers = headers
+
+    def response(self) -> JSONResponse:
+        """The JSON response carrying this error (with its headers, e.g. Retry-After)."""
+        return JSONResponse(self.body(), status_code=self.status_code, headers=self.headers)
 
     def body(self) -> dict[str, Any]:
         return error_body(self.message, type=self.type, param=self.param, code=self.code)
@@ -59,8 +65,27 @@ def unsupported(param: str, what: str) -> APIError:
     return APIError(f"{what} is not supported by this server", status_code=400, param=param, code="unsupported")
 
 
-def overloaded(message: str) -> APIError:
-    return APIError(message, status_code=429, type="rate_limit_error", code="queue_full")
+def overloaded(message: str, retry_after_s: int = 1) -> APIError:
+    """429: the request queue is full; the client should retry after `retry_after_s` seconds."""
+    return APIError(message, status_code=429, type="rate_limit_error", code="queue_full",
+                    headers={"Retry-After": str(retry_after_s)})
+
+
+def unavailable(message: str, code: str, retry_after_s: int | None = None) -> APIError:
+    """503: the server cannot take the request now (engine down, too many connections)."""
+    headers = None if retry_after_s is None else {"Retry-After": str(retry_after_s)}
+    return APIError(message, status_code=503, type="server_error", code=code, headers=headers)
+
+
+def model_not_found(name: str, served: str) -> APIError:
+    """404 with OpenAI's `model_not_found` code (the `openai` client raises NotFoundError for it)."""
+    return APIError(f"The model '{name}' does not exist; this server serves '{served}'", status_code=404,
+                    param="model", code="model_not_found")
+
+
+def too_large(message: str, param: str | None = None) -> APIError:
+    """413: the request body is larger than the server accepts."""
+    return APIError(message, status_code=413, param=param, code="request_too_large")
 
 
 def server_error(message: str) -> APIError:
@@ -131,7 +156,7 @@ def install_error_handlers(app: FastAPI, record_status) -> None:
     @app.exception_handler(APIError)
     async def _api_error(request: Request, exc: APIError) -> JSONResponse:
         record_status(request.url.path, exc.status_code)
-        return JSONResponse(exc.body(), status_code=exc.status_code)
+        return exc.response()
 
     @app.exception_handler(RequestValidationError)
     async def _validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:

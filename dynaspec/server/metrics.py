@@ -23,8 +23,17 @@ _TTFT_BUCKETS = (0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1, 0.25, 0.5, 0.75, 1.0,
                  20.0, 40.0, 80.0)
 
 
+ENDPOINTS = frozenset({"/v1/completions", "/v1/chat/completions", "/v1/models", "/health", "/metrics"})
+"""Paths counted under their own label; any other path is counted as "other" (a client requesting
+random paths must not grow the counter's label set without bound)."""
+
+
 class ServerMetrics:
-    """The collectors of one app. `snapshot` returns the engine thread's latest EngineSnapshot."""
+    """The collectors of one app. `snapshot` returns the engine thread's latest EngineSnapshot.
+
+    Every answer a client gets is counted in `dynaspec_http_requests_total{endpoint, status}`, including
+    the overload answers (429 queue full, 503 engine down or too many connections) and 413s.
+    """
 
     def __init__(self, snapshot: Callable[[], EngineSnapshot]) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
@@ -50,6 +59,7 @@ class ServerMetrics:
         r.register(_EngineCollector(snapshot))
 
     def record_status(self, endpoint: str, status: int) -> None:
+        endpoint = endpoint if endpoint in ENDPOINTS else "other"
         self.requests.labels(endpoint=endpoint, status=str(status)).inc()
 
     def render(self) -> bytes:

@@ -6,6 +6,10 @@ strictly (no "5" for 5, no unknown fields), so a wrong type is a 400, not a sile
 the engine cannot honour (logprobs, echo, penalties, logit_bias, tools, ...) are rejected with a 400
 that names them rather than ignored. `top_k`, `min_p`, `ignore_eos` and `stop_token_ids` are accepted
 as extensions, as vLLM does.
+
+Every number is bounded here, so a bad value is a 400 naming its field before anything is tokenized:
+the bounds are SamplingParams' (sampling_params.py), with OpenAI's own where they are tighter
+(temperature <= 2, at most 4 stop sequences). NaN and infinities are refused.
 """
 
 from __future__ import annotations
@@ -16,14 +20,16 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from dynaspec.sampling_params import SamplingParams
+from dynaspec.sampling_params import MAX_INT32, MAX_SEED, MAX_STOP_STRING_CHARS, MAX_STOP_TOKEN_IDS, SamplingParams
 from dynaspec.server.errors import invalid_request, unsupported
 
 MAX_N = 16  # choices per request: each is its own engine request, so bound the fan-out
+MAX_STOP_SEQUENCES = 4  # OpenAI's limit
+COMPLETION_DEFAULT_MAX_TOKENS = 16  # OpenAI's default for /v1/completions (chat: until the context ends)
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", strict=True)
+    model_config = ConfigDict(extra="forbid", strict=True, allow_inf_nan=False)
 
 
 class StreamOptions(_Strict):
@@ -34,23 +40,23 @@ class _SamplingFields(_Strict):
     """Fields shared by both endpoints that map onto SamplingParams."""
 
     model: str
-    max_tokens: int | None = Field(default=None, ge=1)
+    max_tokens: int | None = Field(default=None, ge=1, le=MAX_INT32)
     temperature: float | None = Field(default=None, ge=0.0, le=2.0)
     top_p: float | None = Field(default=None, gt=0.0, le=1.0)
     n: int = Field(default=1, ge=1, le=MAX_N)
     stream: bool = False
     stream_options: StreamOptions | None = None
     stop: str | list[str] | None = None
-    seed: int | None = Field(default=None, ge=0, le=2**63 - 1 - MAX_N)  # choice i uses seed + i
+    seed: int | None = Field(default=None, ge=0, le=MAX_SEED - MAX_N)  # choice i uses seed + i
     presence_penalty: float | None = None
     frequency_penalty: float | None = None
     logit_bias: dict[str, float] | None = None
     user: str | None = None
     # extensions (vLLM names)
-    top_k: int | None = Field(default=None, ge=-1)
+    top_k: int | None = Field(default=None, ge=-1, le=MAX_INT32)
     min_p: float | None = Field(default=None, ge=0.0, le=1.0)
     ignore_eos: bool = False
-    stop_token_ids: list[int] | None = None
+    stop_token_ids: list[int] | None = Field(default=None, max_length=MAX_STOP_TOKEN_IDS)
 
     def _check_common(self) -> None:
         for name in ("presence_penalty", "frequency_penalty"):
@@ -58,28 +64,33 @@ class _SamplingFields(_Strict):
                 raise unsupported(name, name)
         if self.logit_bias:
             raise unsupported("logit_bias", "logit_bias")
-        if self.stop_token_ids is not None and any(t < 0 for t in self.stop_token_ids):
-            raise invalid_request("stop_token_ids must be non-negative token ids", param="stop_token_ids")
+        if self.stop_token_ids is not None and any(not 0 <= t <= MAX_INT32 for t in self.stop_token_ids):
+            raise invalid_request(f"stop_token_ids must be token ids in [0, {MAX_INT32}]", param="stop_token_ids")
         stops = [self.stop] if isinstance(self.stop, str) else (self.stop or [])
         if any(s == "" for s in stops):
             raise invalid_request("stop strings must be non-empty", param="stop")
-        if len(stops) > 4:
-            raise invalid_request("at most 4 stop sequences are allowed", param="stop")
+        if len(stops) > MAX_STOP_SEQUENCES:
+            raise invalid_request(f"at most {MAX_STOP_SEQUENCES} stop sequences are allowed", param="stop")
+        if any(len(s) > MAX_STOP_STRING_CHARS for s in stops):
+            raise invalid_request(f"stop sequences may have at most {MAX_STOP_STRING_CHARS} characters",
+                                  param="stop")
 
-    def _max_tokens(self) -> int:
-        return self.max_tokens if self.max_tokens is not None else 16
+    def _max_tokens(self) -> int | None:
+        return self.max_tokens
 
-    def sampling_params(self, choice: int) -> SamplingParams:
+    def sampling_params(self, choice: int, default_max_tokens: int = COMPLETION_DEFAULT_MAX_TOKENS) -> SamplingParams:
         """SamplingParams of choice `choice` (0..n-1). A seed s gives choice i the seed s + i, so the
-        n choices differ from each other yet the whole response is reproducible."""
+        n choices differ from each other yet the whole response is reproducible. `default_max_tokens`
+        applies when the request gave no limit."""
         seed = None if self.seed is None else self.seed + choice
+        max_tokens = self._max_tokens()
         return SamplingParams(
             temperature=1.0 if self.temperature is None else self.temperature,
             top_p=1.0 if self.top_p is None else self.top_p,
             top_k=-1 if self.top_k is None else self.top_k,
             min_p=0.0 if self.min_p is None else self.min_p,
             seed=seed,
-            max_tokens=self._max_tokens(),
+            max_tokens=default_max_tokens if max_tokens is None else max_tokens,
             stop=self.stop,
             stop_token_ids=self.stop_token_ids or [],
             ignore_eos=self.ignore_eos,
@@ -148,7 +159,7 @@ class ChatCompletionRequest(_SamplingFields):
     """POST /v1/chat/completions."""
 
     messages: list[ChatMessage] = Field(min_length=1)
-    max_completion_tokens: int | None = Field(default=None, ge=1)
+    max_completion_tokens: int | None = Field(default=None, ge=1, le=MAX_INT32)
     logprobs: bool = False
     top_logprobs: int | None = None
     add_generation_prompt: bool = True  # extension (vLLM)
@@ -162,10 +173,11 @@ class ChatCompletionRequest(_SamplingFields):
                 "give max_tokens or max_completion_tokens, not both", param="max_completion_tokens"
             )
 
-    def _max_tokens(self) -> int:
+    def _max_tokens(self) -> int | None:
+        """max_completion_tokens or max_tokens; None (no limit given): generate until the context ends."""
         if self.max_completion_tokens is not None:
             return self.max_completion_tokens
-        return super()._max_tokens()
+        return self.max_tokens
 
 
 # ---------------------------------------------------------------- responses

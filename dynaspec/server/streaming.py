@@ -10,9 +10,11 @@ and the concatenated deltas equal the final, non-streamed text.
 from __future__ import annotations
 
 import json
-from typing import Any
+from typing import Any, Callable
 
 from starlette.requests import Request
+from starlette.responses import StreamingResponse
+from starlette.types import Receive, Scope, Send
 
 
 def stable_text(text: str, stops: list[str], finished: bool) -> str:
@@ -63,3 +65,19 @@ async def wait_for_disconnect(request: Request) -> None:
         message = await request.receive()
         if message["type"] == "http.disconnect":
             return
+
+
+class GuardedStreamingResponse(StreamingResponse):
+    """A StreamingResponse that calls `on_exit()` however it ends: finished, failed, or cancelled by a
+    client disconnect, even one that comes before its body iterator first ran (an async generator that
+    never started never runs its `finally`, so cleanup there would be skipped)."""
+
+    def __init__(self, content: Any, *, on_exit: Callable[[], None], **kwargs: Any) -> None:
+        super().__init__(content, **kwargs)
+        self._on_exit = on_exit
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            self._on_exit()

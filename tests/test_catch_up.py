@@ -32,9 +32,6 @@ def test_catch_up_cost_prior_then_least_squares_slope_of_observed_steps():
     faster = CatchUpCost(2e-6)
     faster.observe(100, -0.5)  # faster than predicted: the slope is clamped at 0 s per token
     assert faster.seconds_per_token == 0.0
-    for bad in (-1e-6, float("nan"), True, "1e-6"):
-        with pytest.raises(ValueError, match="prior_seconds_per_token must be a finite number of seconds >= 0"):
-            CatchUpCost(bad)
 
 
 def test_switch_pays_only_when_the_saved_time_exceeds_the_catch_up():
@@ -87,10 +84,6 @@ def test_observed_catch_up_steps_price_the_backlog():
     planner = _planner(FLAT, ALPHAS, catch_up=CatchUpCost(0.0), backlog=lambda: (0, 0))
     planner.observe_catch_up(16, 2, 0.010 + 0.020, 10_000)  # 20 ms beyond the 10 ms predicted
     assert planner.catch_up.seconds_per_token == pytest.approx(2e-6)
-    with pytest.raises(ValueError, match="k must be >= 1"):
-        planner.observe_catch_up(16, 0, 0.01, 10)
-    with pytest.raises(TypeError, match="backlog must be a callable"):
-        _planner(FLAT, ALPHAS, backlog=(0, 0))
 
 
 def _request(rid: str, prompt: list[int]) -> Request:

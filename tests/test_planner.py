@@ -7,8 +7,15 @@ import pytest
 from dynaspec.spec.acceptance_estimator import AcceptanceEstimator
 from dynaspec.spec.catch_up import CatchUpCost
 from dynaspec.runtime.cost_model import StepCostModel
-from dynaspec.spec.planner import PER_REQUEST_MAX_BATCH, GoodputPlanner
+from dynaspec.spec.planner import GoodputPlanner
+from dynaspec.spec.planner_settings import PlannerSettings
+from dynaspec.spec.policy import StepOutcome
 from dynaspec.spec.stats import SpecStats
+
+PER_REQUEST_MAX_BATCH = PlannerSettings().per_request_max_batch
+# The settings these unit tests were written for: no hysteresis, exploration or probes, no explore budget,
+# a fresh goodput table after every observation (the engine's are PlannerSettings()).
+UNIT = PlannerSettings(hysteresis=0.0, explore_every=None, replan_every=1, probe_margin=None, explore_budget=None)
 
 BATCHES = (1, 2, 4, 8, 16, 32, 64, 128, 256)
 KS = (0, 1, 2, 3, 4, 6)
@@ -22,11 +29,14 @@ def _cost(fn, batches=BATCHES, ks=KS) -> StepCostModel:
     return model
 
 
-def _planner(cost, alphas, ks=KS, **kwargs) -> GoodputPlanner:
-    estimator = AcceptanceEstimator(max(ks), profile=alphas, ema_rate=kwargs.pop("ema_rate", 0.05))
-    kwargs.setdefault("explore_every", None)
-    kwargs.setdefault("hysteresis", 0.0)
-    return GoodputPlanner(cost, estimator, ks, **kwargs)
+def _settings(**changes) -> PlannerSettings:
+    """UNIT with some settings changed (validated)."""
+    return PlannerSettings(**{**UNIT.model_dump(), **changes})
+
+
+def _planner(cost, alphas, ks=KS, ema_rate=0.05, catch_up=None, backlog=None, padded_batch=None, **settings):
+    estimator = AcceptanceEstimator(max(ks), profile=alphas, ema_rate=ema_rate)
+    return GoodputPlanner(cost, estimator, ks, _settings(**settings), catch_up, backlog, padded_batch)
 
 
 def _brute_force_goodput(cost: StepCostModel, alphas_per_request, batch: int, k: int) -> float:
@@ -72,7 +82,7 @@ def test_picks_the_argmax_with_per_request_estimates():
         for _ in range(20):  # random history per request
             drafted = [rng.randint(0, max(KS)) for _ in ids]
             accepted = [rng.randint(0, d) for d in drafted]
-            planner.observe(max(KS), drafted, accepted, ids)
+            planner.observe_acceptance(max(KS), drafted, accepted, ids)
         batch = len(ids)
         per_request = [planner.estimator.alphas(r) for r in ids]
         goodput = {k: _brute_force_goodput(cost, per_request, batch, k) for k in KS}
@@ -114,11 +124,11 @@ def _two_k_planner(hysteresis: float) -> GoodputPlanner:
     cost.add(8, 1, 0.015)
     # ema_rate 1: every step sets alpha_0 to that step's acceptance, so the test controls it exactly.
     estimator = AcceptanceEstimator(1, profile=[0.5], ema_rate=1.0)
-    return GoodputPlanner(cost, estimator, [0, 1], hysteresis=hysteresis, explore_every=None)
+    return GoodputPlanner(cost, estimator, [0, 1], _settings(hysteresis=hysteresis))
 
 
 def _set_alpha(planner: GoodputPlanner, accepted_of_200: int) -> None:
-    planner.observe(1, [1] * 200, [1] * accepted_of_200 + [0] * (200 - accepted_of_200))
+    planner.observe_acceptance(1, [1] * 200, [1] * accepted_of_200 + [0] * (200 - accepted_of_200))
 
 
 def test_hysteresis_holds_small_changes_and_follows_large_ones():
@@ -189,9 +199,7 @@ def test_goodput_table_is_reused_until_replan_every_observations():
     assert planner.draft_len(1, 1) == 1 and len(computed) == 1
     planner.refresh(1)  # not due: nothing recomputed
     assert len(computed) == 1
-    with pytest.raises(ValueError, match="batch must be >= 1"):
-        planner.refresh(0)
-    every = _two_k_planner(hysteresis=0.0)  # replan_every 1 (the default): every observation counts
+    every = _two_k_planner(hysteresis=0.0)  # replan_every 1 (UNIT's): every observation counts
     _set_alpha(every, 200)
     assert every.draft_len(1, 1) == 1
     _set_alpha(every, 0)
@@ -213,19 +221,19 @@ def test_probe_runs_an_unvisited_neighbour_within_the_margin_until_it_is_measure
     narrow = _planner(cost, [0.9] * 4, ks=(0, 3, 4), probe_margin=0.05)
     assert narrow.draft_len(1, 1) == 4  # 9.6% is outside a 5% margin
     assert _planner(cost, [0.9] * 4, ks=(0, 3, 4)).draft_len(1, 1) == 4  # no probe_margin: no probes
-    for bad in (1.0, -0.1, True):
-        with pytest.raises(ValueError, match="probe_margin must be a relative goodput"):
-            _planner(cost, [0.9] * 4, ks=(0, 3, 4), probe_margin=bad)
+    for bad in (1.0, -0.1, True):  # validated by the settings
+        with pytest.raises(ValueError, match="probe_margin"):
+            PlannerSettings(probe_margin=bad)
 
 
 def test_requests_own_acceptance_only_up_to_per_request_max_batch():
     cost = _cost(lambda b, k: 0.02)
     planner = _planner(cost, [0.5] * max(KS), ema_rate=1.0)
     small = [f"s{i}" for i in range(PER_REQUEST_MAX_BATCH)]
-    planner.observe(4, [4] * len(small), [4] * len(small), small)
+    planner.observe_acceptance(4, [4] * len(small), [4] * len(small), small)
     assert planner.estimator.num_tracked_requests == PER_REQUEST_MAX_BATCH
     large = [f"l{i}" for i in range(PER_REQUEST_MAX_BATCH + 1)]
-    planner.observe(4, [4] * len(large), [0] * len(large), large)  # the global estimate only
+    planner.observe_acceptance(4, [4] * len(large), [0] * len(large), large)  # the global estimate only
     assert planner.estimator.num_tracked_requests == PER_REQUEST_MAX_BATCH
     assert planner.estimator.global_alphas()[0] == 0.0
     # At batch 16 the requests' own all-accepted history lifts the estimate; at 17 only the global one counts.
@@ -239,14 +247,14 @@ def test_max_concurrency_forces_zero():
     assert planner.draft_len(4, 8) == max(KS)
     assert planner.draft_len(4, 9) == 0
     assert planner.last_decision["reason"] == "max_concurrency"
-    assert planner.draft_lens_for_batch(4) == set(KS)
+    assert planner.reachable_draft_lens(4) == set(KS)
 
 
 def test_exploration_probes_the_next_k_and_learns_that_speculation_pays():
     # True acceptance 0.9 and memory-bound cost, but the profile says 0.05: the planner starts at k=0.
     cost = _cost(lambda b, k: 0.02 + 0.001 * k, batches=(1, 8), ks=(0, 2, 4))
     estimator = AcceptanceEstimator(4, profile=[0.05] * 4, prior_weight=5, ema_rate=0.2)
-    planner = GoodputPlanner(cost, estimator, [0, 2, 4], hysteresis=0.05, explore_every=5)
+    planner = GoodputPlanner(cost, estimator, [0, 2, 4], _settings(hysteresis=0.05, explore_every=5))
     rng = random.Random(0)
     ks = []
     for step in range(200):
@@ -261,7 +269,7 @@ def test_exploration_probes_the_next_k_and_learns_that_speculation_pays():
             while a < k and rng.random() < 0.9:
                 a += 1
             accepted.append(a)
-        planner.observe(k, drafted, accepted)
+        planner.observe_acceptance(k, drafted, accepted)
     assert ks[:4] == [0, 0, 0, 0]
     assert ks[4] == 2  # the 5th decision below the max explores the next candidate
     assert ks[-20:] == [4] * 20  # settled on the max once acceptance was seen
@@ -307,10 +315,9 @@ def test_explore_budget_spaces_costly_explorations_and_leaves_cheap_ones_alone()
 
 
 def test_explore_budget_must_be_a_fraction():
-    cost = _cost(lambda b, k: 0.01, batches=(1,), ks=(0, 2))
-    for bad in (0, 1.5, -0.1, True, "1%"):
-        with pytest.raises(ValueError, match="explore_budget must be a fraction"):
-            _planner(cost, [0.5, 0.5], ks=(0, 2), explore_budget=bad)
+    for bad in (0, 1.5, -0.1, True, "1%"):  # validated by the settings
+        with pytest.raises(ValueError, match="explore_budget"):
+            PlannerSettings(explore_budget=bad)
 
 
 def test_exploration_off_never_leaves_zero():
@@ -346,15 +353,13 @@ def test_observe_last_step_from_spec_stats_and_release():
     stats.record(3, 0, drafted=[0, 0, 0], accepted=[0, 0, 0])
     planner.observe_last_step(stats.last_step)  # k=0: nothing observed
     assert planner.estimator.global_alphas()[:3] == pytest.approx([1.0, 2 / 3, 0.5])
-    with pytest.raises(ValueError, match="last_step lacks 'k'"):
-        planner.observe_last_step({})
 
 
 def test_engine_facing_properties():
     cost = _cost(lambda b, k: 0.02, ks=(0, 2, 4))
     planner = _planner(cost, [0.5] * 4, ks=(2, 4))  # 0 is added
     assert planner.candidate_ks == [0, 2, 4]
-    assert planner.reachable_draft_lens() == [0, 2, 4]
+    assert planner.reachable_draft_lens(1) == {0, 2, 4}
     assert planner.max_draft_len == 4
 
 
@@ -366,27 +371,10 @@ def test_validation_errors():
         GoodputPlanner(cost, est, [2, 3])
     with pytest.raises(ValueError, match=r"candidate k 2 exceeds the acceptance estimator's max_draft_len \(1\)"):
         GoodputPlanner(cost, AcceptanceEstimator(1), [2])
-    with pytest.raises(ValueError, match="each candidate k must be >= 0"):
-        GoodputPlanner(cost, est, [-1])
-    with pytest.raises(ValueError, match="hysteresis must be a finite relative gain >= 0"):
-        GoodputPlanner(cost, est, [2], hysteresis=-0.1)
-    with pytest.raises(ValueError, match="max_concurrency must be >= 1"):
-        GoodputPlanner(cost, est, [2], max_concurrency=0)
-    with pytest.raises(ValueError, match="explore_every must be >= 1"):
-        GoodputPlanner(cost, est, [2], explore_every=0)
-    with pytest.raises(TypeError, match="cost_model must be a StepCostModel"):
-        GoodputPlanner({1: {0: 0.1}}, est, [2])
-    with pytest.raises(TypeError, match="estimator must be an AcceptanceEstimator"):
-        GoodputPlanner(cost, [0.5], [2])
-    planner = GoodputPlanner(cost, est, [2])
-    with pytest.raises(ValueError, match="num_decoding must be >= 1"):
-        planner.draft_len(0, 0)
-    with pytest.raises(ValueError, match=r"num_active \(2\) must be >= num_decoding \(3\)"):
-        planner.draft_len(3, 2)
-    with pytest.raises(TypeError, match="num_decoding must be an int"):
-        planner.draft_len(2.0, 2)
-    with pytest.raises(ValueError, match="request_ids must name the 2 decoding requests, got 1 ids"):
-        planner.draft_len(2, 2, ["a"])
+    # the settings are validated once, where they are made
+    for field, bad in (("hysteresis", -0.1), ("max_concurrency", 0), ("explore_every", 0), ("replan_every", 0)):
+        with pytest.raises(ValueError, match=field):
+            PlannerSettings(**{field: bad})
 
 
 def test_build_from_spec_config(tmp_path):
@@ -408,6 +396,11 @@ def test_build_from_spec_config(tmp_path):
     planner = build_goodput_planner(config, cost)
     assert planner.candidate_ks == [0, 1, 2, 4]
     assert planner.hysteresis == 0.1 and planner.max_concurrency == 16
+    # every other setting is the engine's, PlannerSettings' one set of defaults
+    assert planner.settings == PlannerSettings(hysteresis=0.1, max_concurrency=16)
+    assert planner.settings.replan_every == 16 and planner.settings.probe_margin == 0.10
+    assert planner.settings.explore_every == 64 and planner.settings.explore_budget == 0.01
+    assert NGramDecodingConfig().goodput_hysteresis == PlannerSettings().hysteresis == 0.02
     assert planner.estimator.global_alphas() == [0.9, 0.8, 0.7, 0.6]
     assert planner.draft_len(2, 2) == 4
     assert planner.draft_len(2, 17) == 0
@@ -462,8 +455,6 @@ def test_padded_batches_are_priced_at_their_cuda_graphs_batch():
     assert eager.draft_len(97, 97) == 1
     # graphs: 1.9 * 97 / 26.6 ms = 6,929 tok/s: k = 0
     assert graphs.draft_len(97, 97) == 0
-    with pytest.raises(TypeError, match="padded_batch must be a callable"):
-        _planner(cost, [0.9], ks=(0, 1), padded_batch=128)
 
 
 def test_engine_at_concurrency_1_follows_each_requests_own_acceptance(tmp_path):
@@ -523,3 +514,30 @@ def test_engine_at_concurrency_1_follows_each_requests_own_acceptance(tmp_path):
     for accepting, rejecting in list(zip(ids[0], ids[1]))[-4:]:
         assert ks[accepting].get("4", 0) >= 0.7 * sum(ks[accepting].values()), ks
         assert ks[rejecting].get("0", 0) >= 0.6 * sum(ks[rejecting].values()), ks
+
+
+def test_observe_feeds_a_step_outcome_to_acceptance_step_times_or_catch_up():
+    cost = _cost(lambda b, k: 0.02)
+    planner = _planner(cost, [0.5] * max(KS), ema_rate=1.0, catch_up=CatchUpCost(0.0), backlog=lambda: (0, 0))
+    planner.observe(StepOutcome(["a", "b"], 2, drafted=[2, 2], accepted=[2, 0], seconds=0.03))
+    assert planner.estimator.global_alphas()[:2] == pytest.approx([0.5, 1.0])
+    assert planner.estimator.num_tracked_requests == 2
+    assert planner.observed.count(planner.bucket(2), 2) == 1
+    planner.observe(StepOutcome(["a", "b"], 0, seconds=0.02))  # a plain step: its time only
+    assert planner.observed.count(planner.bucket(2), 0) == 1
+    assert planner.estimator.global_alphas()[:2] == pytest.approx([0.5, 1.0])
+    # the first speculative step after plain ones: 10 ms beyond T(2, 2) = 30 ms prices 5,000 tokens
+    planner.observe(StepOutcome(["a", "b"], 2, drafted=[2, 2], accepted=[2, 2], seconds=0.04, catch_up_tokens=5000))
+    assert planner.observed.count(planner.bucket(2), 2) == 1  # no sample of T
+    assert planner.catch_up.seconds_per_token == pytest.approx(0.010 / 5000)
+    planner.observe(StepOutcome(["a"], 1, drafted=[1], accepted=[1]))  # a step that also prefilled: no time
+    assert planner.observed.count(planner.bucket(1), 1) == 0
+
+
+def test_a_planner_setting_assigned_replaces_the_settings():
+    planner = _planner(_cost(lambda b, k: 0.02), [0.5] * max(KS))
+    planner.explore_every, planner.replan_every = 3, 5
+    assert planner.settings == _settings(explore_every=3, replan_every=5)
+    assert planner.stats()["planner_decision"] == {}
+    planner.draft_len(4, 4)
+    assert planner.stats()["planner_decision"]["k"] == planner.last_decision["k"]

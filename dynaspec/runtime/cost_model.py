@@ -41,6 +41,9 @@ _JSON_SUFFIXES = (".json",)
 # Samples kept per (batch, k) cell; older ones drop out so online measurements track the present.
 MAX_SAMPLES_PER_CELL = 64
 
+
+# Validation of a cost file's contents (from_dict / load: user input); the rest of the module trusts its
+# callers (the cost probe, the planner), whose values are ints and positive seconds by construction.
 def _check_int(value: Any, what: str, minimum: int) -> int:
     if isinstance(value, bool) or not isinstance(value, int):
         raise TypeError(f"{what} must be an int, got {type(value).__name__} {value!r}")
@@ -91,12 +94,9 @@ class StepCostModel:
 
     # ----------------------------------------------------------------- building
     def add(self, batch: int, k: int, seconds: float) -> None:
-        """One measured step: `batch` decoding requests at draft length k took `seconds`."""
-        batch = _check_int(batch, "batch", 1)
-        k = _check_int(k, "k", 0)
-        seconds = _check_seconds(seconds, f"step time for batch {batch}, k {k}")
+        """One measured step: `batch` (>= 1) decoding requests at draft length k (>= 0) took `seconds` (> 0)."""
         samples = self._samples.setdefault(batch, {}).setdefault(k, [])
-        samples.append(seconds)
+        samples.append(float(seconds))
         if len(samples) > MAX_SAMPLES_PER_CELL:  # bounded memory; recent steps win the median
             del samples[0]
         self._medians.pop((batch, k), None)
@@ -109,10 +109,8 @@ class StepCostModel:
         """A model from (batch, k, seconds) triples, e.g. timed replays of the captured CUDA graphs."""
         model = cls(device=device)
         count = 0
-        for n, item in enumerate(measurements):
-            if not isinstance(item, (tuple, list)) or len(item) != 3:
-                raise ValueError(f"measurement {n} must be a (batch, k, seconds) triple, got {item!r}")
-            model.add(*item)
+        for batch, k, seconds in measurements:
+            model.add(batch, k, seconds)
             count += 1
         if count == 0:
             raise ValueError("fit_from_measurements needs at least one (batch, k, seconds) measurement")
@@ -155,7 +153,7 @@ class StepCostModel:
     def cost(self, batch: int, k: int) -> float:
         """Seconds for a step of `batch` decoding requests at draft length k (see module docstring);
         remembered until the next add() (an online planner asks for every k on every step)."""
-        cached = self._costs.get((batch, k)) if type(batch) is int and type(k) is int else None  # not bools
+        cached = self._costs.get((batch, k))
         if cached is not None:
             return cached
         seconds = self._cost(batch, k)
@@ -163,8 +161,6 @@ class StepCostModel:
         return seconds
 
     def _cost(self, batch: int, k: int) -> float:
-        batch = _check_int(batch, "batch", 1)
-        k = _check_int(k, "k", 0)
         buckets = [b for b in sorted(self._samples) if k in self._samples[b]]
         if not buckets:
             measured = self.draft_lens
@@ -218,7 +214,7 @@ class StepCostModel:
                 raise ValueError(f"table entry for batch {batch} must be a non-empty mapping k -> seconds")
             for raw_k, seconds in row.items():
                 k = _key_int(raw_k, f"table entry batch {batch}, key {raw_k!r} (a draft length)", 0)
-                model.add(batch, k, seconds)
+                model.add(batch, k, _check_seconds(seconds, f"step time for batch {batch}, k {k}"))
         return model
 
     def save(self, path: str | Path) -> None:
@@ -231,7 +227,7 @@ class StepCostModel:
 
     @classmethod
     def load(cls, path: str | Path) -> "StepCostModel":
-        """Read a file written by save() (format from the suffix)."""
+        """Read a file written by save() (format from the suffix); a bad file's error names it."""
         path = Path(path)
         fmt = _path_format(path)
         if not path.is_file():
@@ -241,7 +237,10 @@ class StepCostModel:
             data = yaml.safe_load(text) if fmt == "yaml" else json.loads(text)
         except (yaml.YAMLError, json.JSONDecodeError) as exc:
             raise ValueError(f"step-cost model file {str(path)!r} is not valid {fmt}: {exc}") from None
-        return cls.from_dict(data)
+        try:
+            return cls.from_dict(data)
+        except (TypeError, ValueError) as exc:
+            raise ValueError(f"step-cost model file {str(path)!r}: {exc}") from None
 
     def __repr__(self) -> str:
         return f"StepCostModel(device={self.device!r}, batches={self.batch_sizes}, ks={self.draft_lens})"

@@ -32,10 +32,9 @@ it drafted in.
 
 With `memory_trials` = M the global estimate's floor is per trial instead of per step: a step pooling n
 trials moves it r = max(n / (w + n), 1 - (1 - 1/M)^n) of the way, as an EMA over single trials with
-memory M would. A per-step memory makes the estimate rest on 20 trials at batch 1 and 5,000 at batch
-256: at batch 1 a 2.6% first-position acceptance (chat) is then seen as ~0 most of the time, and with
-requests of different workloads the estimate is the last request's. A memory in trials gives every batch
-size the same evidence (the goodput planner uses M = 256).
+memory M would. A per-step memory of 20 steps makes the estimate rest on 20 trials at batch 1 and 5,000
+at batch 256 (a rare acceptance then reads ~0 at batch 1); a memory in trials gives every batch size the
+same evidence (the goodput planner's: PlannerSettings.estimate_memory_trials; docs/lab/planner_history.md).
 
 Per-request blending: a request with n own observations at position j (capped at 1 / request_ema_rate,
 an EMA's effective sample size) is estimated as (n * own_j + blend_count * global_j) / (n + blend_count),
@@ -57,11 +56,8 @@ from dynaspec.spec.request_spread import RequestSpread
 
 
 def expected_accepted_length(alphas: Sequence[float], k: int) -> float:
-    """sum_{j=1..k} prod_{i<j} alphas[i]: expected accepted drafts of a chain of k (Leviathan et al. 2023)."""
-    if isinstance(k, bool) or not isinstance(k, int):
-        raise TypeError(f"k must be an int, got {type(k).__name__}")
-    if not 0 <= k <= len(alphas):
-        raise ValueError(f"k must be in 0..{len(alphas)} (the positions estimated), got {k}")
+    """sum_{j=1..k} prod_{i<j} alphas[i]: expected accepted drafts of a chain of k (Leviathan et al. 2023);
+    k <= len(alphas)."""
     total, survive = 0.0, 1.0
     for alpha in alphas[:k]:
         survive *= alpha
@@ -80,6 +76,7 @@ def _cumulative(alphas: Sequence[float]) -> list[float]:
 
 
 def _check_probabilities(values: Any, what: str) -> list[float]:
+    """A profile file's list of probabilities, or a ValueError naming the field (user input)."""
     if isinstance(values, (str, bytes)) or not isinstance(values, Sequence) or not values:
         raise ValueError(f"{what} must be a non-empty list of probabilities in [0, 1], got {values!r}")
     result = []
@@ -116,15 +113,6 @@ def load_acceptance_profile(path: str | Path) -> list[float]:
 MAX_UNFOLDED_STEPS = 64
 
 
-def _check_positive(value: Any, what: str, upper: float | None = None) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-        raise ValueError(f"{what} must be a finite number, got {value!r}")
-    if value <= 0 or (upper is not None and value > upper):
-        allowed = f"in (0, {upper}]" if upper is not None else "> 0"
-        raise ValueError(f"{what} must be {allowed}, got {value!r}")
-    return float(value)
-
-
 class _PositionEMA:
     """Estimate and weight per draft position; see the module docstring for the update rule."""
 
@@ -157,17 +145,6 @@ class _PositionEMA:
             r = max(trials / (self.weights[j] + trials), floor)
             self.values[j] = value + r * (rate - value)
         self.weights[j] += trials
-
-
-def _check_counts(i: int, d: Any, a: Any, limit: int) -> None:
-    """TypeError / ValueError naming what is wrong with request i's drafted / accepted counts."""
-    for name, value in (("drafted", d), ("accepted", a)):
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise TypeError(f"request {i}: {name} must be an int, got {type(value).__name__}")
-    if not 0 <= d <= limit:
-        raise ValueError(f"request {i}: drafted {d} tokens, allowed 0..{limit}")
-    if not 0 <= a <= d:
-        raise ValueError(f"request {i}: accepted {a} tokens, allowed 0..drafted={d}")
 
 
 def _outcomes(drafted: int, accepted: int, k: int | None) -> list[bool]:
@@ -207,23 +184,13 @@ class AcceptanceEstimator:
         learn_blend_count: re-estimate blend_count from the spread of finished requests' first-position
             rates (spec/request_spread.py); blend_count is the value until enough requests finished.
         """
-        if isinstance(max_draft_len, bool) or not isinstance(max_draft_len, int) or max_draft_len < 1:
-            raise ValueError(f"max_draft_len must be an int >= 1, got {max_draft_len!r}")
         self.max_draft_len = max_draft_len
-        self.prior_weight = _check_positive(prior_weight, "prior_weight")
-        self.ema_rate = _check_positive(ema_rate, "ema_rate", 1.0)
-        self.request_ema_rate = _check_positive(request_ema_rate, "request_ema_rate", 1.0)
-        self.blend_count = _check_positive(blend_count, "blend_count")
-        if isinstance(initial_alpha, bool) or not isinstance(initial_alpha, (int, float)) or not (
-            0.0 <= initial_alpha <= 1.0
-        ):
-            raise ValueError(f"initial_alpha must be a probability in [0, 1], got {initial_alpha!r}")
+        self.prior_weight = float(prior_weight)
+        self.ema_rate = float(ema_rate)
+        self.request_ema_rate = float(request_ema_rate)
+        self.blend_count = float(blend_count)
         self.initial_alpha = float(initial_alpha)
-        self.profile = None if profile is None else _check_probabilities(profile, "profile")
-        if memory_trials is not None and (
-            isinstance(memory_trials, bool) or not isinstance(memory_trials, int) or memory_trials < 1
-        ):
-            raise ValueError(f"memory_trials must be an int >= 1 or None, got {memory_trials!r}")
+        self.profile = None if profile is None else [float(p) for p in profile]
         self.memory_trials = memory_trials
         self._spread = RequestSpread(self.blend_count) if learn_blend_count else None
         self._global = _PositionEMA(max_draft_len, self.ema_rate, self.profile, self.prior_weight, memory_trials)
@@ -249,22 +216,8 @@ class AcceptanceEstimator:
         request_ids None updates only the global estimate. k (the step's draft length), when given,
         makes a short all-accepted draft count as a rejection at its end (module docstring).
         """
-        if len(drafted) != len(accepted):
-            raise ValueError(
-                f"drafted and accepted need one entry per request, got {len(drafted)} and {len(accepted)}"
-            )
-        if request_ids is not None and len(request_ids) != len(drafted):
-            raise ValueError(
-                f"request_ids needs one entry per request: {len(request_ids)} ids for {len(drafted)} requests"
-            )
-        limit = self.max_draft_len if k is None else k
-        if k is not None and (isinstance(k, bool) or not isinstance(k, int) or not 0 <= k <= self.max_draft_len):
-            raise ValueError(f"k must be an int in 0..max_draft_len={self.max_draft_len}, got {k!r}")
-        per_request: list[list[bool]] = []
-        for i, (d, a) in enumerate(zip(drafted, accepted)):
-            if type(d) is not int or type(a) is not int or not 0 <= a <= d <= limit:  # fast path: one test
-                _check_counts(i, d, a, limit)
-            per_request.append(_outcomes(d, a, k))
+        assert len(drafted) == len(accepted), "one drafted and one accepted count per request"
+        per_request = [_outcomes(d, a, k) for d, a in zip(drafted, accepted)]
 
         successes = [0] * self.max_draft_len
         trials = [0] * self.max_draft_len
@@ -381,10 +334,6 @@ class AcceptanceEstimator:
 
     def expected_accepted(self, k: int, request_ids: Sequence[Hashable] | None = None) -> float:
         """E[accepted | k] = sum_{j=1..k} prod_{i<j} alpha_i, averaged over request_ids (global if None)."""
-        if isinstance(k, bool) or not isinstance(k, int):
-            raise TypeError(f"k must be an int, got {type(k).__name__}")
-        if not 0 <= k <= self.max_draft_len:
-            raise ValueError(f"k must be in 0..max_draft_len={self.max_draft_len}, got {k}")
         return self.expected_accepted_all(request_ids)[k]
 
     def to_profile(self) -> dict[str, Any]:

@@ -3,9 +3,9 @@
 A drafter only sees tokens when it proposes (spec/drafter.py: plain k = 0 steps do no draft work at all),
 so the first speculative step after plain ones first brings the drafter up to date with every token
 committed meanwhile, prompts of newly admitted requests included: the n-gram drafter indexes them (pure
-Python, ~1-3 us a token on the GPU hosts measured), a draft model runs them through its own forward. At
-batch 256 after 60 plain steps that is ~50k tokens and a 140 ms step (NVIDIA H200, docs/benchmarks.md),
-fourteen plain steps' worth, which no k > 0 earns back over the few steps left in a batch's tail.
+Python), a draft model runs them through its own forward. After many plain steps at a large batch that
+is tens of thousands of tokens, many plain steps' worth, which no k > 0 earns back over the few steps
+left in a batch's tail (docs/lab/planner_history.md).
 
 Switching from k = 0 to k > 0 is therefore an investment, the switching cost of Liu et al. 2024
 (SmartSpec, arXiv 2406.14066) applied to the drafter's state: it pays when the time the faster k saves
@@ -19,9 +19,8 @@ the origin of what those steps took beyond their predicted T(batch, k) against t
 sum(tokens * extra) / sum(tokens^2), each sum discounted by 1 - 1/CATCH_UP_MEMORY_SAMPLES per new sample
 (a recency weighting that keeps a large catch-up's weight above many later small ones'). A step that
 caught up on ten tokens mostly measures the noise of the step time, one that caught up on 20,000
-measures the price: a per-sample median let the many small
-catch-ups of batches 1-16 (noise, clamped at 0) price the large ones of batch 128 at nearly nothing, and
-the planner then explored there at 77-160 ms a step (NVIDIA H200, chat profile, 2026-11-27).
+measures the price, so large catch-ups weigh most (a per-sample median let the many small ones price
+the large ones at nearly nothing).
 """
 
 from __future__ import annotations
@@ -39,15 +38,7 @@ class CatchUpCost:
     """Seconds per token of drafter catch-up: a start-up prior, then a fit to observed steps."""
 
     def __init__(self, prior_seconds_per_token: float = 0.0) -> None:
-        if (
-            isinstance(prior_seconds_per_token, bool)
-            or not isinstance(prior_seconds_per_token, (int, float))
-            or not math.isfinite(prior_seconds_per_token)
-            or prior_seconds_per_token < 0
-        ):
-            raise ValueError(
-                f"prior_seconds_per_token must be a finite number of seconds >= 0, got {prior_seconds_per_token!r}"
-            )
+        """prior_seconds_per_token: the drafter's start-up measurement (>= 0)."""
         self.prior = float(prior_seconds_per_token)
         self._num_samples = 0
         self._tokens_times_extra = 0.0  # discounted sum(tokens * extra seconds)

@@ -22,6 +22,8 @@ from typing import Annotated, Any, Literal, Union
 
 from pydantic import AliasChoices, BaseModel, ConfigDict, Field, TypeAdapter, field_validator, model_validator
 
+from dynaspec.spec.planner_settings import PlannerSettings
+
 MAX_DRAFT_LEN_LIMIT = 32
 DECODING_TYPES = ("NGram", "DraftTarget")
 
@@ -163,7 +165,7 @@ class _SpecConfigBase(BaseModel):
     # between captured graphs costs nothing; a switch from k = 0 is priced separately, by drafter catch-up).
     # acceptance_profile: JSON {"acceptance_per_position": [...]} that warm-starts the acceptance estimate.
     draft_len_policy: Literal["schedule", "goodput"] = "schedule"
-    goodput_hysteresis: float = Field(default=0.02, ge=0.0, allow_inf_nan=False)
+    goodput_hysteresis: float = Field(default=PlannerSettings().hysteresis, ge=0.0, allow_inf_nan=False)
     acceptance_profile: str | None = Field(default=None, min_length=1)
     # goodput or draft_len_schedule "auto" only: a step-cost table T(batch, k) (JSON/YAML from
     # StepCostModel.save or `dynaspec tune`); when unset, the engine measures it at start-up from its graphs.

@@ -6,11 +6,10 @@ pooled rate by m pseudo-trials. That is the posterior mean of a beta-binomial mo
 their acceptance p_i from a Beta with mean `pooled` and m = a + b; the right m depends on the workload:
 
 * requests alike (one workload): their own rates differ by binomial noise only, m should be large, and a
-  short run of rejections must not move one request's estimate (a fixed m = 4 froze a real-model request
-  at k = 0 on CPU, 2026-11-27: at k = 0 it drafts and learns nothing);
-* requests unlike (code-edit next to chat, n-gram first-position acceptance 0.53 vs 0.03): m should be
-  small, so a request follows its own rate within a few steps (the pooled estimate at concurrency 1 is
-  the previous requests', and held k = 0 through code-edit requests for hundreds of steps on an H200).
+  short run of rejections must not move one request's estimate (at k = 0 a request drafts and learns
+  nothing, so a small m can freeze it there);
+* requests unlike (code-edit next to chat): m should be small, so a request follows its own rate within
+  a few steps (the pooled estimate at concurrency 1 is the previous requests').
 
 `RequestSpread` estimates m from finished requests with the method-of-moments estimator of the
 intra-class correlation rho = 1 / (m + 1) of Kleinman (1973, "Proportions with extraneous variance:
@@ -19,15 +18,16 @@ their mean p, sample variance S^2 and mean 1/n_i,
 
     rho = (S^2 - p (1 - p) mean(1/n)) / (p (1 - p) (1 - mean(1/n))),    m = 1 / rho - 1,
 
-clamped to [MIN_PRIOR_COUNT, MAX_PRIOR_COUNT]. With a handful of requests that estimate is noisy (8-16
-requests alike gave m < 32 one time in ten in a simulation), so it is used only when Tarone's test
+clamped to [MIN_PRIOR_COUNT, MAX_PRIOR_COUNT]. With a handful of requests that estimate is noisy, so
+it is used only when Tarone's test
 (1979, "Testing the goodness of fit of the binomial distribution", Biometrika 66:585-590) finds the
 requests more different than binomial noise allows,
 
     Z = (sum (s_i - n_i p)^2 / (p (1 - p)) - sum n_i) / sqrt(2 sum n_i (n_i - 1))  >  OVERDISPERSION_Z
 
 (p the pooled rate); otherwise, as when rho <= 0, m is MAX_PRIOR_COUNT, i.e. the pooled estimate. Until
-MIN_REQUESTS requests with MIN_TRIALS trials each finished, the configured default holds.
+MIN_REQUESTS requests with MIN_TRIALS trials each finished, the configured default holds. The
+measurements behind this design: docs/lab/planner_history.md.
 """
 
 from __future__ import annotations
@@ -52,21 +52,13 @@ class RequestSpread:
     """The spread of finished requests' acceptance rates at one draft position, as a prior count m."""
 
     def __init__(self, default_prior_count: float) -> None:
-        if (
-            isinstance(default_prior_count, bool)
-            or not isinstance(default_prior_count, (int, float))
-            or not math.isfinite(default_prior_count)
-            or default_prior_count <= 0
-        ):
-            raise ValueError(f"default_prior_count must be a finite number > 0, got {default_prior_count!r}")
+        """default_prior_count: m (> 0) until MIN_REQUESTS requests finished."""
         self.default = float(default_prior_count)
         self._recent: deque[tuple[float, float]] = deque(maxlen=RECENT_REQUESTS)  # (rate, trials)
         self._prior_count: float | None = None
 
     def add(self, rate: float, trials: float) -> None:
-        """A finished request's acceptance rate over `trials` trials (ignored below MIN_TRIALS)."""
-        if not 0.0 <= rate <= 1.0:
-            raise ValueError(f"rate must be a probability in [0, 1], got {rate!r}")
+        """A finished request's acceptance rate (in [0, 1]) over `trials` trials (ignored below MIN_TRIALS)."""
         if trials >= MIN_TRIALS:
             self._recent.append((float(rate), float(trials)))
             self._prior_count = None

@@ -17,13 +17,12 @@ e.g. the per-drafted-token one while every step ran the same k, stays 0: see ide
 with the per-request terms b, s, c kept >= 0 (see nonnegative_fit), so
 one observed (batch, k) corrects the prediction of cells never run yet, and a one-off slow
 step (the n-gram drafter indexing every prompt on the first speculative step, a page fault, a
-preemption) does not bend the fit: a plain least squares over raw samples let one 65 ms catch-up step
-make speculation look expensive at every batch size. Predictions are clamped at 0 and are 0 before
-`min_samples` samples arrive. The planner asks for predictions every step, so the fit is redone only
-when a sample lands in a speculative cell the last fit did not have, or after `refit_every` new samples.
-A new k = 0 cell does not force a refit: in a closed batch's tail every step has a new batch size, and a
-refit per step (a rank test and a least squares, ~1 ms of Python on the 2-core dev CPU) made the
-goodput line's plain tail steps 0.5-1.9 ms slower than the no-spec line's on an H200 (2026-11-27).
+preemption) does not bend the fit. Predictions are clamped at 0 and are 0 before `min_samples`
+samples arrive. The planner asks for predictions every step, so the fit is redone only when a sample
+lands in a speculative cell the last fit did not have, or after `refit_every` new samples. A new k = 0
+cell does not force a refit: in a closed batch's tail every step has a new batch size, and a refit per
+step (a rank test and a least squares) would run on every one. Measurements behind these choices:
+docs/lab/planner_history.md.
 """
 
 from __future__ import annotations
@@ -37,13 +36,13 @@ NONNEGATIVE_COLUMNS = (1, 2, 3)  # b, s, c of the residual model: per request, s
 
 
 class StepOverheadModel:
+    """The residual model above: samples of (batch, k, measured - probed seconds), a fit, predictions.
+
+    max_samples: the most recent samples kept; min_samples (1..max_samples): samples before the first
+    fit (predictions are 0 until then); refit_every (>= 1): new samples that make a refit due.
+    """
+
     def __init__(self, max_samples: int = 256, min_samples: int = 3, refit_every: int = 8) -> None:
-        if isinstance(max_samples, bool) or not isinstance(max_samples, int) or max_samples < 3:
-            raise ValueError(f"max_samples must be an int >= 3, got {max_samples!r}")
-        if isinstance(min_samples, bool) or not isinstance(min_samples, int) or not 1 <= min_samples <= max_samples:
-            raise ValueError(f"min_samples must be an int in 1..max_samples ({max_samples}), got {min_samples!r}")
-        if isinstance(refit_every, bool) or not isinstance(refit_every, int) or refit_every < 1:
-            raise ValueError(f"refit_every must be an int >= 1, got {refit_every!r}")
         self.min_samples = min_samples
         self.refit_every = refit_every
         self._samples: deque[tuple[int, int, float]] = deque(maxlen=max_samples)
@@ -105,10 +104,8 @@ class StepOverheadModel:
 
 def identifiable_columns(features: np.ndarray) -> list[int]:
     """Columns of `features` kept in order while each raises the rank: a term the observed cells cannot
-    tell apart from the ones before it gets coefficient 0 instead of a share of a minimum-norm solution.
-    Steps seen only at k = 4 and batches 1 and 4 fit a + b * batch; the minimum-norm least squares gave
-    most of it to c * batch * k (the largest column), which then priced k = 4 at batch 16 four times
-    k = 1's overhead and kept the planner at k = 1 where k = 4 was best."""
+    tell apart from the ones before it gets coefficient 0 instead of a share of a minimum-norm solution
+    (steps seen only at k = 4 fit a + b * batch, not a large c * batch * k that would price other k's)."""
     used: list[int] = []
     for j in range(features.shape[1]):
         if np.linalg.matrix_rank(features[:, used + [j]]) > len(used):
@@ -124,10 +121,8 @@ def nonnegative_fit(
     (the active-set idea of Lawson & Hanson's NNLS, 1974, one column at a time).
 
     Host work per request or per drafted token is never negative; an unconstrained fit over cells at
-    nearby k's (k = 3 and 4 at batches 1-16, the goodput line's usual cells) turns noise between them into
-    a negative per-drafted-token term and a large per-request one, which priced k = 1 at batch 64 at
-    15.0 ms (real steps: 8.3 ms) and k = 4 at 12.8 ms on an H200, so the planner never tried the k = 1-3
-    that beat no speculation there."""
+    nearby k's turns noise between them into a negative per-drafted-token term and a large per-request
+    one, which overprices small k's at large batches."""
     free = list(used)
     while True:
         coef = np.zeros(features.shape[1])

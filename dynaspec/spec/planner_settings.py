@@ -1,0 +1,60 @@
+"""The goodput planner's settings: one object, one set of defaults (the engine's).
+
+spec/planner.py describes what each setting does; docs/lab/planner_history.md records the measurements
+behind the defaults. The engine builds its planner with `PlannerSettings(hysteresis=...,
+max_concurrency=...)` from the validated speculative config and every other field at its default; tests
+and simulations pass their own. Validated once, here (pydantic, strict: no bools for numbers).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class PlannerSettings(BaseModel):
+    """Every knob of the goodput planner (spec/planner.py), at the values the engine runs."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid", strict=True)
+
+    # Relative goodput gain the best k needs over the k in force to replace it (hysteresis rule).
+    hysteresis: float = Field(default=0.02, ge=0.0, allow_inf_nan=False)
+    # More active requests than this -> k = 0 (None: no limit).
+    max_concurrency: int | None = Field(default=None, ge=1)
+    # Every explore_every-th decision below the largest k tries the next larger k (None: never explore).
+    explore_every: int | None = Field(default=64, ge=1)
+    # Fraction of the predicted time of below-max decisions that explorations may cost (None: no budget).
+    explore_budget: float | None = Field(default=0.01, gt=0.0, le=1.0)
+    # An exploration or probe from k = 0 may cost at most this many plain steps of drafter catch-up.
+    explore_catch_up_steps: float = Field(default=2.0, ge=0.0)
+    # An unvisited neighbouring k predicted within this (relative) of the k in force runs (None: no probes).
+    probe_margin: float | None = Field(default=0.10, ge=0.0, lt=1.0)
+    # Observations (acceptance outcomes, step times, releases) after which a goodput table is recomputed.
+    replan_every: int = Field(default=16, ge=1)
+    # Real steps a (batch bucket, k) cell needs before their median replaces probe + overhead model.
+    min_observed_steps: int = Field(default=4, ge=1)
+    # Goodput tables kept at most (one per batch size and set of requests met recently).
+    max_tables: int = Field(default=64, ge=1)
+    # Trials behind the pooled acceptance estimate (AcceptanceEstimator memory_trials).
+    estimate_memory_trials: int = Field(default=256, ge=1)
+    # Largest batch whose decisions blend in the requests' own acceptance (larger: the pooled estimate).
+    per_request_max_batch: int = Field(default=16, ge=0)
+    # A request's own estimate: a running mean of its first 1 / rate trials per position, then an EMA.
+    request_ema_rate: float = Field(default=1.0 / 64, gt=0.0, le=1.0)
+    # Pseudo-trials of the pooled estimate in a request's blend until finished requests tell how much
+    # requests differ (AcceptanceEstimator learn_blend_count, spec/request_spread.py).
+    request_blend_count: float = Field(default=32.0, gt=0.0, allow_inf_nan=False)
+
+
+def settings_property(name: str) -> property:
+    """An attribute of an object with `settings` that reads settings.<name>; assigning it replaces the
+    settings by a copy with that change (tests and benchmarks tweak a built planner this way)."""
+
+    def get(owner: Any) -> Any:
+        return getattr(owner.settings, name)
+
+    def set_(owner: Any, value: Any) -> None:
+        owner.settings = owner.settings.model_copy(update={name: value})
+
+    return property(get, set_, doc=f"settings.{name}")

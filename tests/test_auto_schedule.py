@@ -17,7 +17,7 @@ from dynaspec.spec.auto_schedule import plan_auto_schedule
 from dynaspec.spec.config import parse_speculative_config
 from dynaspec.runtime.cost_model import StepCostModel
 from dynaspec.spec.goodput_schedule import choose_draft_lens, compress_schedule
-from dynaspec.spec.policy import DraftLenPolicy, DraftLenSchedule
+from dynaspec.spec.schedule_policy import DraftLenSchedule, SchedulePolicy
 from tests.tiny_models import make_tiny_checkpoint
 
 ALPHAS = [0.8, 0.7, 0.6, 0.5]
@@ -110,7 +110,7 @@ def test_cli_refuses_other_schedule_words(tmp_path):
 
 def test_a_static_policy_cannot_take_auto(profile):
     with pytest.raises(ValueError, match="planned at engine start-up"):
-        DraftLenPolicy(NGramDecodingConfig(draft_len_schedule="auto", acceptance_profile=profile))
+        SchedulePolicy(NGramDecodingConfig(draft_len_schedule="auto", acceptance_profile=profile))
 
 
 # ------------------------------------------------------------------------------------------ planning
@@ -171,7 +171,7 @@ def test_engine_runs_the_schedule_planned_from_a_cost_file(tiny, baseline, profi
 def test_engine_probes_costs_when_no_file_is_given(tiny, baseline, profile):
     spec = NGramDecodingConfig(max_draft_len=3, draft_len_schedule="auto", acceptance_profile=profile)
     llm = LLM(model=tiny, block_size=4, speculative_config=spec)
-    auto = llm.engine.auto_schedule
+    auto = llm.engine.policy.planned
     assert auto.step_costs == "probe"
     assert auto.cost_model.batch_sizes and set(auto.cost_model.draft_lens) == {0, 1, 2, 3}
     assert auto.schedule == _expected(auto.cost_model, ALPHAS, 3)

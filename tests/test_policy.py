@@ -2,8 +2,13 @@
 
 import pytest
 
+from dynaspec.runtime.cost_model import StepCostModel
+from dynaspec.spec.planner import GoodputPlanner
+from dynaspec.spec.policies import build_policy
+from dynaspec.spec.policy import NoSpeculation, PolicyContext
+
 from dynaspec.spec.config import DraftTargetDecodingConfig, NGramDecodingConfig
-from dynaspec.spec.policy import DraftLenPolicy, DraftLenSchedule
+from dynaspec.spec.schedule_policy import DraftLenSchedule, SchedulePolicy
 
 SCHEDULE = {1: 4, 8: 2, 32: 0}
 
@@ -45,51 +50,61 @@ def test_batch_below_one_raises(batch):
         DraftLenSchedule(SCHEDULE).lookup(batch)
 
 
-def test_batch_not_int_raises():
-    with pytest.raises(TypeError, match="batch_size must be an int"):
-        DraftLenSchedule(SCHEDULE).lookup(2.0)
-
-
 def test_schedule_needs_key_one():
     with pytest.raises(ValueError, match="must contain key 1"):
         DraftLenSchedule({2: 4})
 
 
 def test_policy_without_schedule_uses_max_draft_len():
-    p = DraftLenPolicy(NGramDecodingConfig(max_draft_len=5))
+    p = SchedulePolicy(NGramDecodingConfig(max_draft_len=5))
     assert [p.draft_len(b, b) for b in (1, 7, 1000)] == [5, 5, 5]
     assert p.max_draft_len == 5
-    assert p.reachable_draft_lens() == [5]
+    assert p.draft_lens() == [5]
 
 
 def test_policy_with_schedule():
-    p = DraftLenPolicy(NGramDecodingConfig(max_draft_len=4, draft_len_schedule=SCHEDULE))
+    p = SchedulePolicy(NGramDecodingConfig(max_draft_len=4, draft_len_schedule=SCHEDULE))
     assert [p.draft_len(b, b) for b in (1, 7, 8, 31, 32)] == [4, 4, 2, 2, 0]
-    assert p.reachable_draft_lens() == [0, 2, 4]
+    assert p.draft_lens() == [0, 2, 4]
 
 
 def test_policy_uses_decoding_count_for_schedule_and_active_count_for_concurrency():
     cfg = DraftTargetDecodingConfig(
         speculative_model="m", max_draft_len=4, draft_len_schedule={1: 4, 8: 2}, max_concurrency=10
     )
-    p = DraftLenPolicy(cfg)
+    p = SchedulePolicy(cfg)
     assert p.draft_len(2, 10) == 4  # 10 active is not more than max_concurrency
     assert p.draft_len(2, 11) == 0  # more active than max_concurrency: no speculation
     assert p.draft_len(8, 9) == 2
-    assert p.reachable_draft_lens() == [0, 2, 4]
+    assert p.draft_lens() == [0, 2, 4]
 
 
 def test_max_concurrency_without_schedule():
-    p = DraftLenPolicy(NGramDecodingConfig(max_draft_len=3, max_concurrency=4))
+    p = SchedulePolicy(NGramDecodingConfig(max_draft_len=3, max_concurrency=4))
     assert [p.draft_len(1, a) for a in (1, 4, 5)] == [3, 3, 0]
-    assert p.reachable_draft_lens() == [0, 3]
+    assert p.draft_lens() == [0, 3]
 
 
-def test_policy_rejects_bad_counts():
-    p = DraftLenPolicy(NGramDecodingConfig())
-    with pytest.raises(ValueError, match="num_decoding must be >= 1"):
-        p.draft_len(0, 3)
-    with pytest.raises(ValueError, match=r"num_active \(1\) must be >= num_decoding \(2\)"):
-        p.draft_len(2, 1)
-    with pytest.raises(TypeError, match="num_active must be an int"):
-        p.draft_len(1, None)
+def test_reachable_draft_lens_per_batch_size():
+    p = SchedulePolicy(NGramDecodingConfig(max_draft_len=4, draft_len_schedule=SCHEDULE, max_concurrency=40))
+    assert [p.reachable_draft_lens(b) for b in (1, 8, 32)] == [{0, 4}, {0, 2}, {0}]
+    assert SchedulePolicy(NGramDecodingConfig(max_draft_len=4, draft_len_schedule=SCHEDULE)).reachable_draft_lens(8) == {2}
+
+
+def test_factory_builds_each_policy_from_its_table_entry():
+    context = PolicyContext(step_costs=_two_cell_costs, catch_up_seconds_per_token=lambda: 0.0, backlog=lambda: (0, 0))
+    assert isinstance(build_policy(None, context), NoSpeculation)
+    assert type(build_policy(NGramDecodingConfig(draft_len_schedule=SCHEDULE), context)) is SchedulePolicy
+    goodput = build_policy(NGramDecodingConfig(max_draft_len=1, draft_len_policy="goodput"), context)
+    assert isinstance(goodput, GoodputPlanner) and goodput.reachable_draft_lens(3) == {0, 1}
+    none = NoSpeculation()
+    assert none.draft_len(4, 4, ["a"] * 4) == 0 and none.reachable_draft_lens(4) == {0}
+    assert none.stats() == {"draft_len_schedule": None, "auto_schedule": None, "planner_decision": None}
+
+
+def _two_cell_costs() -> StepCostModel:
+    costs = StepCostModel()
+    for batch in (1, 8):
+        costs.add(batch, 0, 0.010)
+        costs.add(batch, 1, 0.011)
+    return costs

@@ -5,7 +5,7 @@ import pytest
 import torch
 from scipy.stats import chisquare
 
-from dynaspec.spec.verifier import VerifyOutput, greedy_accept, verify
+from dynaspec.spec.verifier import VerifyOutput, greedy_accept, rejection_sample
 
 V = 8
 
@@ -52,9 +52,9 @@ def test_greedy_from_logits_ids_and_flat():
     logits = [torch.randn(len(r), V) + 10 * _onehot_rows(r) for r in rows]
     expected = VerifyOutput(tokens=[[3, 1, 4], [6], [2, 5]], num_accepted=[2, 0, 1])
     greedy = [True] * 3
-    assert verify(logits, drafts, None, greedy) == expected
-    assert verify([torch.tensor(r) for r in rows], drafts, None, greedy) == expected
-    assert verify(torch.cat(logits), drafts, None, greedy) == expected
+    assert rejection_sample(logits, drafts, None, greedy) == expected
+    assert rejection_sample([torch.tensor(r) for r in rows], drafts, None, greedy) == expected
+    assert rejection_sample(torch.cat(logits), drafts, None, greedy) == expected
 
 
 # --- rejection sampling, hand-built --------------------------------------------------------------
@@ -66,7 +66,7 @@ def test_sampling_full_accept_when_target_is_certain_of_the_drafts():
     q = torch.full((3, V), 1.0 / V)
     g = torch.Generator().manual_seed(0)
     for probs in (q, None):
-        out = verify([p], [draft], [probs], [False], generator=g)
+        out = rejection_sample([p], [draft], [probs], [False], generator=g)
         assert out.tokens == [[2, 5, 1, 7]] and out.num_accepted == [3]
 
 
@@ -82,7 +82,7 @@ def test_sampling_early_reject_recovers_from_residual():
     q[2, 1] = 1.0
     g = torch.Generator().manual_seed(1)
     for _ in range(20):
-        out = verify([p], [draft], [q], [False], generator=g)
+        out = rejection_sample([p], [draft], [q], [False], generator=g)
         assert out.tokens == [[2, 4]] and out.num_accepted == [1]
 
 
@@ -93,7 +93,7 @@ def test_one_hot_reject_never_returns_the_rejected_token():
     g = torch.Generator().manual_seed(2)
     seen = set()
     for _ in range(200):
-        out = verify([p], [[2]], None, [False], generator=g)
+        out = rejection_sample([p], [[2]], None, [False], generator=g)
         seen.add(tuple(out.tokens[0][:1]))
         if out.num_accepted[0] == 0:
             assert out.tokens[0] == [6]  # p with the draft token removed
@@ -103,7 +103,7 @@ def test_one_hot_reject_never_returns_the_rejected_token():
 def test_empty_draft_gives_exactly_one_bonus_token():
     p = torch.zeros(1, V)
     p[0, 3] = 1.0
-    out = verify([p], [[]], [None], [False], generator=torch.Generator().manual_seed(0))
+    out = rejection_sample([p], [[]], [None], [False], generator=torch.Generator().manual_seed(0))
     assert out == VerifyOutput(tokens=[[3]], num_accepted=[0])
 
 
@@ -116,7 +116,7 @@ def test_mixed_batch_greedy_sampled_onehot_dense_and_empty():
         _onehot_rows([0, 0, 2]),  # sampled dense q, certain accept + bonus 2
     ]
     q = [None, None, None, torch.full((2, V), 1.0 / V)]
-    out = verify(targets, drafts, q, [True, False, False, False], generator=torch.Generator().manual_seed(0))
+    out = rejection_sample(targets, drafts, q, [True, False, False, False], generator=torch.Generator().manual_seed(0))
     assert out.tokens == [[1, 7], [4, 6], [5], [0, 0, 2]]
     assert out.num_accepted == [1, 1, 0, 2]
 
@@ -128,11 +128,11 @@ def test_seeded_requests_reproduce_regardless_of_batch():
     draft = [1, 2, 3]
 
     def run_alone():
-        return verify([p], [draft], [q], [False], [torch.Generator().manual_seed(42)]).tokens[0]
+        return rejection_sample([p], [draft], [q], [False], [torch.Generator().manual_seed(42)]).tokens[0]
 
     def run_in_batch():
         other = torch.softmax(torch.randn(2, V), dim=-1)
-        out = verify([other, p], [[5], draft], [None, q], [False, False], [None, torch.Generator().manual_seed(42)])
+        out = rejection_sample([other, p], [[5], draft], [None, q], [False, False], [None, torch.Generator().manual_seed(42)])
         return out.tokens[1]
 
     results = {tuple(run_alone()) for _ in range(3)} | {tuple(run_in_batch()) for _ in range(3)}
@@ -151,7 +151,7 @@ def test_seeded_requests_reproduce_regardless_of_batch():
 )
 def test_bad_inputs(args, message):
     with pytest.raises(ValueError, match=message):
-        verify(*args)
+        rejection_sample(*args)
 
 
 # --- statistical: the committed distribution is the target's -------------------------------------
@@ -167,7 +167,7 @@ def _first_token_counts(p_rows: torch.Tensor, q_rows: torch.Tensor | None, draft
     """
     g = torch.Generator().manual_seed(seed)
     drafts = torch.multinomial(draft_source, N_SAMPLES, replacement=True, generator=g).T.tolist()  # (N, 2)
-    out = verify(
+    out = rejection_sample(
         p_rows.repeat(N_SAMPLES, 1),  # flat (N * 3, V)
         drafts,
         None if q_rows is None else [q_rows] * N_SAMPLES,

@@ -1,13 +1,15 @@
 """LLMEngine: the step loop, readable top to bottom.
 
 ```
-sched = scheduler.schedule(policy.draft_len)   # continuous batching; k for this step's decodes
-draft = drafter.propose(decodes, k)            # only when k >= 1: no draft work at all at k = 0
-logits = runner.forward(decodes + prefills)    # one target forward, 1 + d_i positions per decode
-tokens = verifier.accept(logits, draft)        # greedy match or rejection sampling; bonus token
-commit(tokens)                                 # stop checks; rejected KV slots rolled back
-drafter.observe(running)                       # k >= 1 only; drafters catch up lazily in propose()
+sched   = scheduler.schedule(policy.draft_len)    # continuous batching; k for this step's decodes
+drafts  = drafter.propose(decodes, k)             # only when k >= 1: no draft work at all at k = 0
+logits  = runner.forward(decodes + prefills)      # one target forward, 1 + d_i positions per decode
+result  = verify(logits, batch, acceptance)       # greedy + rejection sampling, one host read
+outputs = commit(result.tokens)                   # stop checks; rejected KV slots rolled back
+policy.observe(StepOutcome(...))                  # fed while the NEXT step's forward runs
 ```
+The policy (spec/policies.py) and the drafter (spec/factory.py) are complete interfaces, built from the
+config by tables; benchmark-only acceptance replay is verify's strategy. The engine tests none of them.
 
 A plain decode step (k = 0, captured graph) is not waited for: the next step() launches the following
 one from its tokens on the device and commits it meanwhile (overlapped decode, engine/overlap.py).
@@ -16,36 +18,34 @@ one from its tokens on the device and commits it meanwhile (overlapped decode, e
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Hashable, Sequence
+from collections.abc import Callable
 
 import torch
 
 from dynaspec.config import EngineConfig
 from dynaspec.engine.block_manager import BlockManager
-from dynaspec.runtime.cuda_graphs import BATCH_BUCKETS, UniformDecodeBatch, bucket_for
-from dynaspec.runtime.kv_cache import choose_num_blocks, kv_bytes_per_block
-from dynaspec.runtime.model_runner import ModelRunner, SequenceInput
-from dynaspec.engine.output_processor import OutputProcessor
+from dynaspec.engine.engine_setup import activation_reserve, check_shared_model, eos_ids, resolve_max_model_len
+from dynaspec.engine.output_processor import OutputProcessor, request_output
 from dynaspec.engine.overlap import InflightStep, can_overlap, continuation, start_copy
-from dynaspec.runtime.request import Request, RequestStatus
-from dynaspec.runtime.sampler import target_probs
 from dynaspec.engine.scheduler import ScheduledDecode, Scheduler, SchedulerOutput
+from dynaspec.engine.step_inputs import flat_inputs, uniform_inputs, verify_batch
 from dynaspec.models.decode_kernels import decode_kernels_for
 from dynaspec.models.loader import LoadedModel, load_model
-from dynaspec.outputs import RequestMetrics, RequestOutput
-from dynaspec.sampling_params import SamplingParams
-from dynaspec.spec.drafter import Drafter
-from dynaspec.spec.factory import DrafterContext, build_drafter
-from dynaspec.runtime.cost_probe import measure_step_costs
+from dynaspec.outputs import RequestOutput
 from dynaspec.runtime.cost_model import StepCostModel
-from dynaspec.spec.planner import build_goodput_planner
-from dynaspec.spec.catch_up import HORIZON_TOKENS_PER_REQUEST, CatchUpCost
-from dynaspec.spec.auto_schedule import AutoSchedule, plan_auto_schedule
-from dynaspec.spec.config import AUTO_SCHEDULE
-from dynaspec.spec.policy import DraftLenPolicy, schedule_stats
-from dynaspec.spec.replay import AcceptanceReplay
+from dynaspec.runtime.cost_probe import measure_step_costs
+from dynaspec.runtime.cuda_graphs import BATCH_BUCKETS, UniformDecodeBatch, bucket_for
+from dynaspec.runtime.kv_cache import choose_num_blocks, kv_bytes_per_block
+from dynaspec.runtime.model_runner import ModelRunner
+from dynaspec.runtime.request import Request, RequestStatus
+from dynaspec.sampling_params import SamplingParams
+from dynaspec.spec.catch_up import HORIZON_TOKENS_PER_REQUEST
+from dynaspec.spec.factory import DrafterContext, build_drafter
+from dynaspec.spec.policies import build_policy
+from dynaspec.spec.policy import PolicyContext, StepOutcome
+from dynaspec.spec.replay import acceptance_strategy
 from dynaspec.spec.stats import SpecStats
-from dynaspec.spec.verifier import greedy_accept, sample_next_tokens, verify
+from dynaspec.spec.verifier import next_tokens, verify
 
 ProgressFn = Callable[[str, float, float], None]
 
@@ -67,106 +67,89 @@ class LLMEngine:
         else:
             check_shared_model(loaded, config.model, self.dtype, self.device)
         self.loaded: LoadedModel = loaded
-        self.tokenizer = self.loaded.tokenizer
-        hf_config = self.loaded.hf_config
-        model_limit = int(getattr(hf_config, "max_position_embeddings", 4096) or 4096)
-        if config.max_model_len is not None and config.max_model_len > model_limit:
-            raise ValueError(
-                f"max_model_len={config.max_model_len} exceeds the model's max_position_embeddings={model_limit}"
-            )
-        self.max_model_len = config.max_model_len or min(model_limit, 8192)
+        self.tokenizer = loaded.tokenizer
+        self.max_model_len = resolve_max_model_len(config, loaded)
         spec = config.speculative_config
-        self.goodput = spec is not None and spec.draft_len_policy == "goodput"
-        self.auto_schedule: AutoSchedule | None = None  # planned below when draft_len_schedule is "auto"
-        auto = spec is not None and spec.draft_len_schedule == AUTO_SCHEDULE
-        static = spec is not None and spec.draft_len_policy == "schedule" and not auto
-        self.policy = DraftLenPolicy(spec) if static else None
-        self.replay: AcceptanceReplay | None = None
-        if spec is not None and spec.replay_acceptance_profile is not None:
-            self.replay = AcceptanceReplay(spec.replay_acceptance_profile, config.seed)
-        self.drafter_bundle = None
-        if spec is not None:
-            context = DrafterContext(self.loaded, self.dtype, self.device, config.seed, config.model_cache_dir, progress)
-            self.drafter_bundle = build_drafter(spec, context)
-        self.drafter: Drafter | None = self.drafter_bundle.drafter if self.drafter_bundle else None
-        draft_model = self.drafter_bundle.model if self.drafter_bundle else None
+        self.max_draft_len = spec.max_draft_len if spec is not None else 0
+        context = DrafterContext(loaded, self.dtype, self.device, config.seed, config.model_cache_dir, progress)
+        self.drafter = build_drafter(spec, context)
+        self.acceptance = acceptance_strategy(spec, config.seed)  # benchmark-only replay, or the target's verdict
         kernels = decode_kernels_for(self.device, config.dependent_launch)
-        for model in (self.loaded.model, draft_model):
-            if model is not None:
-                model.set_decode_kernels(kernels)
+        loaded.model.set_decode_kernels(kernels)
 
-        bytes_per_block = kv_bytes_per_block(self.loaded.model, config.block_size, self.dtype)
-        if draft_model is not None:
-            bytes_per_block += kv_bytes_per_block(draft_model, config.block_size, self.dtype)
         self.use_graphs = self.device.type == "cuda" and not config.enforce_eager
+        bytes_per_block = kv_bytes_per_block(loaded.model, config.block_size, self.dtype)
+        bytes_per_block += self.drafter.kv_bytes_per_block(config.block_size, self.dtype)
+        max_len = self.max_model_len + self.max_draft_len
         num_blocks = config.num_kv_blocks or choose_num_blocks(
-            bytes_per_block,
-            self.device,
-            config.block_size,
-            config.max_num_seqs,
-            self.max_model_len + (spec.max_draft_len if spec else 0),
-            config.gpu_memory_utilization,
-            reserved_bytes=self._activation_reserve(),
+            bytes_per_block, self.device, config.block_size, config.max_num_seqs, max_len,
+            config.gpu_memory_utilization, reserved_bytes=activation_reserve(config, loaded, self.device),
         )
-        max_draft = spec.max_draft_len if spec else 0
-        if num_blocks * config.block_size < self.max_model_len + max_draft:
+        if num_blocks * config.block_size < max_len:
             raise ValueError(
                 f"the KV pool ({num_blocks} blocks x {config.block_size} slots) cannot hold one sequence of "
-                f"max_model_len={self.max_model_len} (+{max_draft} draft slots); raise num_kv_blocks or lower max_model_len"
+                f"max_model_len={self.max_model_len} (+{self.max_draft_len} draft slots); raise num_kv_blocks or "
+                "lower max_model_len"
             )
-        self.runner = ModelRunner(self.loaded.model, num_blocks, config.block_size, self.dtype, self.device)
-        if self.drafter_bundle is not None:
-            self.drafter_bundle.attach(num_blocks, config.block_size)
-        self.max_blocks_per_seq = -(-(self.max_model_len + max_draft) // config.block_size)
-        pairs = self.graph_pairs()
-        if self.use_graphs:
-            self.runner.capture_graphs(pairs, self.max_blocks_per_seq)
-            if self.drafter_bundle is not None:  # e.g. the draft model's whole-chain graphs per (bucket, k >= 1)
-                self.drafter_bundle.capture_graphs([(b, k) for b, k in pairs if k > 0], self.max_blocks_per_seq)
-        if self.goodput:
-            catch_up = CatchUpCost(self.drafter.measure_catch_up_seconds_per_token())
-            self.policy = build_goodput_planner(
-                spec,
-                self._step_costs(spec, pairs),
-                catch_up=catch_up,
-                backlog=self._drafter_backlog,
-                padded_batch=self._graph_batch if self.use_graphs else None,
-            )
-        elif auto:  # the goodput-optimal static schedule, planned as `dynaspec tune` does
-            self.auto_schedule = plan_auto_schedule(spec, self._step_costs(spec, pairs))
-            self.policy = self.auto_schedule.policy
+        self.runner = ModelRunner(loaded.model, num_blocks, config.block_size, self.dtype, self.device)
+        self.drafter.attach(num_blocks, config.block_size, kernels)
+        self.max_blocks_per_seq = -(-max_len // config.block_size)
+        self._captured: list[tuple[int, int]] | None = None
+        self.policy = build_policy(spec, PolicyContext(
+            step_costs=self._probe_step_costs,
+            catch_up_seconds_per_token=self.drafter.measure_catch_up_seconds_per_token,
+            backlog=self._drafter_backlog,
+            padded_batch=self._graph_batch if self.use_graphs else None,
+        ))
+        self._capture(self.graph_pairs())
+
         self.block_manager = BlockManager(num_blocks, config.block_size)
-        self.scheduler = Scheduler(
-            self.block_manager, config.max_num_seqs, config.max_num_batched_tokens, self.max_model_len
-        )
-        self.output_processor = OutputProcessor(self.tokenizer, self._eos_ids(), self.max_model_len)
+        self.scheduler = Scheduler(self.block_manager, config.max_num_seqs, config.max_num_batched_tokens, self.max_model_len)
+        self.output_processor = OutputProcessor(self.tokenizer, eos_ids(loaded), self.max_model_len)
         self.stats = SpecStats()
         self.generator = torch.Generator(device=self.device).manual_seed(config.seed)
         self.requests: dict[str, Request] = {}
-        self.vocab_size = int(self.loaded.model.vocab_size)
+        self.vocab_size = int(loaded.model.vocab_size)
         self.num_steps = 0
         self._inflight: InflightStep | None = None  # overlapped decode step awaiting its commit
-        # Policy observations (method name, args) of the last step, fed while the next step's forward runs
-        self._policy_pending: list[tuple[str, tuple]] = []
+        # Policy work queued by a step (its outcome, releases), done while the next step's forward runs
+        self._policy_pending: list[Callable[[], None]] = []
         self._previous_draft_len = 0  # k of the last decode step (0 before any)
 
-    def graph_pairs(self) -> list[tuple[int, int]]:
-        """The (batch bucket, k) pairs the policy can reach, for CUDA graph capture."""
+    # ----------------------------------------------------------------------------------- start-up
+    def graph_pairs(self, draft_lens: Callable[[int], set[int]] | None = None) -> list[tuple[int, int]]:
+        """The (batch bucket, k) pairs the policy can reach (or `draft_lens` gives), for CUDA graph capture."""
+        draft_lens = draft_lens or self.policy.reachable_draft_lens
         max_batch = min(self.config.max_num_seqs, self.config.cuda_graph_max_batch)
         buckets = [b for b in BATCH_BUCKETS if b < max_batch] + [max_batch]
-        spec = self.config.speculative_config
         pairs: set[tuple[int, int]] = set()
         for batch in range(1, max_batch + 1):
-            ks = {0}
-            if self.goodput or getattr(spec, "draft_len_schedule", None) == AUTO_SCHEDULE:  # any k: capture all
-                ks = set(range(spec.max_draft_len + 1))
-            elif self.policy is not None:
-                ks = self.policy.draft_lens_for_batch(batch)
-            for k in ks:
+            for k in draft_lens(batch):
                 while k > 0 and batch * (1 + k) > self.config.max_num_batched_tokens:
                     k -= 1
                 pairs.add((bucket_for(batch, buckets), k))
         return sorted(pairs)
+
+    def _capture(self, pairs: list[tuple[int, int]]) -> None:
+        """Capture the target's and the drafter's CUDA graphs once (no-op in eager mode)."""
+        if self._captured is not None:
+            return
+        self._captured = pairs
+        if self.use_graphs:
+            self.runner.capture_graphs(pairs, self.max_blocks_per_seq)
+            self.drafter.capture_graphs([(b, k) for b, k in pairs if k > 0], self.max_blocks_per_seq)
+
+    def _probe_step_costs(self) -> StepCostModel:
+        """T(batch, k) for every bucket and k in 0..max_draft_len, after capturing their graphs (a policy
+        that prices steps can choose any k); eager mode probes batches <= 8 only."""
+        every_k = set(range(self.max_draft_len + 1))
+        pairs = self.graph_pairs(lambda batch: every_k)
+        self._capture(pairs)
+        return self.measure_step_costs(pairs if self.use_graphs else [(b, k) for b, k in pairs if b <= 8])
+
+    def measure_step_costs(self, pairs: list[tuple[int, int]], repeats: int = 5) -> StepCostModel:
+        """T(batch, k) for these pairs: the target's verify forward plus the drafter's draft_seconds."""
+        return measure_step_costs(self.runner, pairs, self.drafter.draft_seconds, repeats)
 
     def _graph_batch(self, batch: int, k: int) -> int:
         """The batch size a decode step of `batch` requests at draft length k runs at: its CUDA graph's
@@ -174,26 +157,12 @@ class LLMEngine:
         pair = self.runner.graphs.lookup(batch, k) if self.runner.graphs is not None else None
         return batch if pair is None else pair[0]
 
-    def _step_costs(self, spec, pairs: list[tuple[int, int]]) -> StepCostModel:
-        """T(batch, k) from the tune file, or measured now (graph replays on CUDA; a few buckets on CPU)."""
-        if spec.step_cost_file is not None:
-            return StepCostModel.load(spec.step_cost_file)
-        if not self.use_graphs:
-            pairs = [(b, k) for b, k in pairs if b <= 8]
-        draft_runner = getattr(self.drafter, "runner", None)
-        chain = getattr(self.drafter, "chain", None)
-        return measure_step_costs(self.runner, draft_runner, pairs, chain=chain)
-
-    def _activation_reserve(self) -> int:
-        """GPU bytes kept free for CUDA graphs, activations and logits of the largest decode step."""
-        if self.device.type != "cuda":
-            return 0
-        cfg = self.loaded.hf_config
-        spec = self.config.speculative_config
-        tokens = min(self.config.max_num_seqs, self.config.cuda_graph_max_batch) * (1 + (spec.max_draft_len if spec else 0))
-        tokens = max(tokens, self.config.max_num_batched_tokens)
-        per_token = 8 * cfg.vocab_size + 2 * (16 * cfg.hidden_size + 6 * cfg.intermediate_size)
-        return tokens * per_token + (1 << 30)
+    def _drafter_backlog(self) -> tuple[int, int]:
+        """(tokens the drafter is behind on, tokens still to generate, at most HORIZON_TOKENS_PER_REQUEST
+        each) over the decoding requests: the goodput planner's price of a switch from k = 0."""
+        decoding = [r for r in self.scheduler.running if not r.is_prefilling]
+        remaining = sum(min(r.remaining_tokens, HORIZON_TOKENS_PER_REQUEST) for r in decoding)
+        return self.drafter.catch_up_tokens(decoding), remaining
 
     # ----------------------------------------------------------------------------------- requests
     def add_request(self, request_id: str, prompt: str | list[int], params: SamplingParams | None = None) -> None:
@@ -272,27 +241,22 @@ class LLMEngine:
             num_running=self.num_running,
             kv_cache_usage=self.kv_cache_usage,
             speculative=self.config.speculative_config is not None,
-            acceptance_replay=self.replay.name if self.replay else None,
-            draft_len_schedule=schedule_stats(self.policy),
-            auto_schedule=self.auto_schedule.as_dict() if self.auto_schedule else None,
-            # the goodput planner's latest decision (k, reason, predicted goodputs); None for other policies
-            planner_decision=dict(self.policy.last_decision) if self.goodput else None,
+            acceptance_replay=self.acceptance.name,
+            **self.policy.stats(),  # draft_len_schedule, auto_schedule, planner_decision
         )
         return stats
 
     # ----------------------------------------------------------------------------------- the step
     def step(self) -> list[RequestOutput]:
-        draft_len_for = self.policy.draft_len if self.policy else _no_speculation
         if self._inflight is not None:  # overlapped decode: launch step t + 1, then commit step t
             inflight = self._inflight
-            following = continuation(self.scheduler, inflight, draft_len_for, self.max_model_len)
+            following = continuation(self.scheduler, inflight, self.policy.draft_len, self.max_model_len)
             self._inflight = None if following is None else self._launch_overlapped(following, inflight.ids)
             self._feed_policy(inflight.sched.decodes)
             return self._finish_overlapped(inflight)
-        sched = self.scheduler.schedule(draft_len_for)
+        sched = self.scheduler.schedule(self.policy.draft_len)
         for request in sched.preempted:
-            if self.drafter:
-                self.drafter.release(request)
+            self.drafter.release(request)
         if sched.is_empty:
             return []
         if self.config.async_scheduling and can_overlap(sched) and self.runner.can_replay(len(sched.decodes), 0):
@@ -301,59 +265,54 @@ class LLMEngine:
             return []  # its tokens are committed by the next call
         started = time.perf_counter()
         self.num_steps += 1
+        k = sched.draft_len
+        decoding = [d.request for d in sched.decodes]
         # The first speculative step after plain ones pays the drafter's catch-up on every token committed
-        # meanwhile: a cost of switching k, not a sample of T(batch, k) (the step synchronises in _accept).
-        resumed = sched.draft_len > 0 and self._previous_draft_len == 0 and not sched.prefills
-        behind = self.drafter.catch_up_tokens([d.request for d in sched.decodes]) if resumed and self.goodput else 0
+        # meanwhile: a cost of switching k, not a sample of T(batch, k).
+        resumed = k > 0 and self._previous_draft_len == 0 and not sched.prefills
+        behind = self.drafter.catch_up_tokens(decoding) if resumed else None
         drafts, draft_probs = self._propose(sched)
-        if not sched.prefills and self.runner.can_replay(len(sched.decodes), sched.draft_len):
-            batch, logit_rows, row_owner = self._build_uniform(sched, drafts)
-            logits = self.runner.forward_uniform(batch, sched.draft_len, logit_rows)  # (N, vocab)
+        if not sched.prefills and self.runner.can_replay(len(decoding), k):
+            batch, rows = uniform_inputs(sched, drafts)
+            logits = self.runner.forward_uniform(batch, k, rows.logit_rows)  # (N, vocab)
         else:
-            seqs, logit_rows, row_owner = self._build_inputs(sched, drafts)
-            logits = self.runner.forward(seqs, logit_rows)  # (N, vocab)
+            seqs, rows = flat_inputs(sched, drafts)
+            logits = self.runner.forward(seqs, rows.logit_rows)  # (N, vocab)
         self._feed_policy(sched.decodes)  # a replayed graph is still running: the host would only wait
-        committed = self._accept(sched, drafts, draft_probs, logits, row_owner)
+        scheduled = decoding + [p.request for p in sched.prefills]
+        vbatch, verified = verify_batch(scheduled, drafts, draft_probs, rows.counts)
+        result = verify(logits, vbatch, self.generator, self.acceptance)
+        committed: list[list[int]] = [[] for _ in scheduled]
+        for n, tokens in zip(verified, result.tokens):
+            committed[n] = tokens
+        mark = len(self._policy_pending)
         outputs = self._commit(sched, drafts, committed)
-        if self.policy is not None and not sched.prefills:
-            seconds = time.perf_counter() - started
-            if not resumed:
-                self._policy_later("observe_step_time", len(sched.decodes), sched.draft_len, seconds)
-            elif self.goodput:
-                self._feed_policy()
-                self.policy.observe_catch_up(len(sched.decodes), sched.draft_len, seconds, behind)
         if sched.decodes:
-            self._previous_draft_len = sched.draft_len
+            outcome = StepOutcome(
+                request_ids=[r.request_id for r in decoding], draft_len=k, drafted=[len(d) for d in drafts],
+                accepted=[max(0, len(c) - 1) for c in committed[: len(decoding)]],
+                seconds=None if sched.prefills else time.perf_counter() - started, catch_up_tokens=behind,
+            )
+            self._policy_pending.insert(mark, lambda: self.policy.observe(outcome))  # before this step's releases
+            self._previous_draft_len = k
         return outputs
 
-    def _policy_later(self, method: str, *args) -> None:
-        """Queue a policy observation (`observe`, `observe_step_time`) for _feed_policy.
+    def _feed_policy(self, decodes: list[ScheduledDecode]) -> None:
+        """Do the policy work queued by the last step (its outcome, then the releases it caused) and let the
+        policy refresh what is due for these decoding requests.
 
-        The goodput planner's bookkeeping (acceptance estimates, step-time medians) took 2-7% of a step on
-        an H200 host when run between the sync and the next launch; fed while the next step's graph runs
-        it costs nothing. The next decision is made without this step's outcome (one step behind), which
-        its reused goodput table (GoodputPlanner.replan_every) is anyway."""
-        self._policy_pending.append((method, args))
-
-    def _feed_policy(self, decodes: Sequence[ScheduledDecode] = ()) -> None:
-        """Give the policy the queued observations, in order; with `decodes` (the step's decoding requests),
-        let the goodput planner recompute their table now if it is due."""
+        The goodput planner's bookkeeping took 2-7% of a step on an H200 host between the sync and the
+        next launch; done while the next step's graph runs it costs nothing. Decisions are therefore one
+        step behind the outcomes."""
         pending, self._policy_pending = self._policy_pending, []
-        for method, args in pending:
-            getattr(self.policy, method)(*args)
-        if self.goodput and decodes:
+        for work in pending:
+            work()
+        if decodes:
             self.policy.refresh(len(decodes), [d.request.request_id for d in decodes])
-
-    def _drafter_backlog(self) -> tuple[int, int]:
-        """(tokens the drafter is behind on, tokens still to generate, at most HORIZON_TOKENS_PER_REQUEST
-        each) over the decoding requests: the goodput planner's price of a switch from k = 0."""
-        decoding = [r for r in self.scheduler.running if not r.is_prefilling]
-        remaining = sum(min(r.remaining_tokens, HORIZON_TOKENS_PER_REQUEST) for r in decoding)
-        return self.drafter.catch_up_tokens(decoding), remaining
 
     def _launch_overlapped(self, sched: SchedulerOutput, previous_ids: torch.Tensor | None) -> InflightStep:
         """Launch a k = 0 decode step through its graph without waiting for it. With previous_ids (the
-        in-flight step's argmax, on the device) each request is fed the token the host has not committed
+        in-flight step's tokens, on the device) each request is fed the token the host has not committed
         yet, at position num_tokens."""
         self.num_steps += 1
         requests = [d.request for d in sched.decodes]
@@ -365,13 +324,7 @@ class LLMEngine:
             [r.block_ids for r in requests],
         )
         logits = self.runner.forward_uniform(batch, 0, list(range(len(requests))), previous_ids)  # (B, vocab)
-        ids = logits.argmax(dim=-1)  # (B,) on the device
-        sampled = [i for i, r in enumerate(requests) if not r.params.is_greedy]
-        if sampled:  # sampled on the device too, with verify's draws (no sync)
-            rows = torch.tensor(sampled).to(ids.device, non_blocking=True)
-            probs = target_probs(logits.index_select(0, rows), [requests[i].params for i in sampled])
-            gens = [requests[i].generator for i in sampled]
-            ids.index_copy_(0, rows, sample_next_tokens(probs, gens, self.generator))
+        ids = next_tokens(logits, [r.params for r in requests], [r.generator for r in requests], self.generator)
         host_ids, event = start_copy(ids)
         return InflightStep(sched, ids, host_ids, event, time.perf_counter())
 
@@ -379,130 +332,34 @@ class LLMEngine:
         """Commit an overlapped step's tokens; requests that stopped or were aborted meanwhile are skipped."""
         tokens = inflight.host_tokens()
         live = [(d, t) for d, t in zip(inflight.sched.decodes, tokens) if d.request.status == RequestStatus.RUNNING]
-        sched = SchedulerOutput(decodes=[d for d, _ in live], draft_len=0)
-        outputs = self._commit(sched, [[] for _ in live], [[t] for _, t in live])
-        if self.policy is not None and live:  # launch-to-launch: what an overlapped step costs
+        mark = len(self._policy_pending)
+        outputs = self._commit(SchedulerOutput(decodes=[d for d, _ in live], draft_len=0), [[] for _ in live], [[t] for _, t in live])
+        if live:  # launch-to-launch: what an overlapped step costs
             until = self._inflight.launched_at if self._inflight is not None else time.perf_counter()
-            self._policy_later("observe_step_time", len(live), 0, until - inflight.launched_at)
+            outcome = StepOutcome([d.request.request_id for d, _ in live], 0, seconds=until - inflight.launched_at)
+            self._policy_pending.insert(mark, lambda: self.policy.observe(outcome))
         return outputs
 
     def _propose(self, sched: SchedulerOutput) -> tuple[list[list[int]], list[torch.Tensor | None]]:
-        """Draft tokens per decode (empty lists at k = 0: the drafter is not called at all)."""
+        """Draft tokens per decode, at most its max_draft (empty lists at k = 0: no drafter method runs)."""
         drafts: list[list[int]] = [[] for _ in sched.decodes]
         probs: list[torch.Tensor | None] = [None for _ in sched.decodes]
-        if sched.draft_len == 0 or self.drafter is None:
-            return drafts, probs
         wanted = [i for i, d in enumerate(sched.decodes) if d.max_draft > 0]
-        if not wanted:
+        if sched.draft_len == 0 or not wanted:
             return drafts, probs
         proposal = self.drafter.propose([sched.decodes[i].request for i in wanted], sched.draft_len)
         for j, i in enumerate(wanted):
-            limit = sched.decodes[i].max_draft
-            drafts[i] = list(proposal.tokens[j][:limit])
-            q = proposal.probs[j] if proposal.probs is not None else None
+            drafts[i] = list(proposal.tokens[j][: sched.decodes[i].max_draft])
+            q = proposal.probs[j]
             probs[i] = None if q is None else q[: len(drafts[i])]
-            if self.replay is not None:  # benchmark only: verify every position the step allows
-                last = sched.decodes[i].request.last_token_id
-                drafts[i] += [last] * (limit - len(drafts[i]))
-                probs[i] = None
-        return drafts, probs
-
-    def _build_inputs(self, sched: SchedulerOutput, drafts: list[list[int]]):
-        seqs: list[SequenceInput] = []
-        logit_rows: list[int] = []
-        row_owner: list[tuple[int, int]] = []  # (row start in logits, count) per decode, then per prefill
-        flat = 0
-        for decode, draft in zip(sched.decodes, drafts):
-            request = decode.request
-            tokens = [request.last_token_id] + draft
-            seqs.append(SequenceInput(tokens, request.num_tokens + len(draft), request.block_ids))
-            row_owner.append((len(logit_rows), len(tokens)))
-            logit_rows.extend(range(flat, flat + len(tokens)))
-            flat += len(tokens)
-        for prefill in sched.prefills:
-            request = prefill.request
-            start = request.num_computed_tokens
-            tokens = request.all_token_ids[start : start + prefill.num_tokens]
-            seqs.append(SequenceInput(tokens, start + prefill.num_tokens, request.block_ids))
-            flat += len(tokens)
-            if prefill.completes_prompt:
-                row_owner.append((len(logit_rows), 1))
-                logit_rows.append(flat - 1)
-            else:
-                row_owner.append((len(logit_rows), 0))
-        return seqs, logit_rows, row_owner
-
-    def _build_uniform(self, sched: SchedulerOutput, drafts: list[list[int]]):
-        """Decode-only step padded to exactly 1 + k positions per request (CUDA graph layout)."""
-        k = sched.draft_len
-        batch = UniformDecodeBatch([], [], [], [])
-        logit_rows: list[int] = []
-        row_owner: list[tuple[int, int]] = []
-        for i, (decode, draft) in enumerate(zip(sched.decodes, drafts)):
-            request = decode.request
-            last = request.last_token_id
-            batch.token_ids.append([last] + draft + [last] * (k - len(draft)))
-            batch.seq_lens.append(request.num_tokens + k)
-            batch.num_real.append(1 + len(draft))
-            batch.block_tables.append(request.block_ids)
-            row_owner.append((len(logit_rows), 1 + len(draft)))
-            logit_rows.extend(range(i * (1 + k), i * (1 + k) + 1 + len(draft)))
-        return batch, logit_rows, row_owner
-
-    def _accept(self, sched, drafts, draft_probs, logits, row_owner) -> list[list[int]]:
-        """Tokens to commit per scheduled request (decodes first, then prefills); [] for a mid-prompt chunk.
-
-        Greedy requests are verified on host lists (one device-to-host copy of the argmax ids for the
-        whole batch); sampling requests go through `verify`'s rejection sampler on the device.
-        """
-        requests = [d.request for d in sched.decodes] + [p.request for p in sched.prefills]
-        all_drafts = drafts + [[] for _ in sched.prefills]
-        argmax_ids = logits.argmax(dim=-1).tolist()  # (N,) ids, one transfer for the whole batch
-        committed: list[list[int]] = [[] for _ in requests]
-        sampled = []
-        for n, (request, (start, count)) in enumerate(zip(requests, row_owner)):
-            if count == 0:
-                continue
-            if request.params.is_greedy:
-                committed[n] = greedy_accept(argmax_ids[start : start + count], all_drafts[n])[0]
-            else:
-                sampled.append(n)
-        if sampled:
-            self._accept_sampled(sampled, requests, all_drafts, draft_probs, logits, row_owner, committed)
-        if self.replay is not None:  # benchmark only: accepted lengths drawn from a recorded profile
-            for n, draft in enumerate(drafts):
-                if draft:
-                    accepted = self.replay.num_accepted(len(draft), requests[n].request_id, requests[n].num_tokens)
-                    committed[n] = draft[:accepted] + [argmax_ids[row_owner[n][0] + accepted]]
-        return committed
-
-    def _accept_sampled(self, sampled, requests, all_drafts, draft_probs, logits, row_owner, committed) -> None:
-        """Rejection sampling (verify) for the sampling requests `sampled` (indices into `requests`)."""
-        rows = [row for n in sampled for row in range(row_owner[n][0], row_owner[n][0] + row_owner[n][1])]
-        row_params = [requests[n].params for n in sampled for _ in range(row_owner[n][1])]
-        probs = target_probs(logits[torch.tensor(rows, device=logits.device)], row_params)  # (R, vocab)
-        targets = list(torch.split(probs, [row_owner[n][1] for n in sampled]))
-        all_q = draft_probs + [None] * (len(requests) - len(draft_probs))
-        result = verify(
-            targets,
-            [all_drafts[n] for n in sampled],
-            [all_q[n] for n in sampled],
-            [False] * len(sampled),
-            [requests[n].generator for n in sampled],
-            self.generator,
-        )
-        for n, tokens in zip(sampled, result.tokens):
-            committed[n] = tokens
+        limits = [d.max_draft for d in sched.decodes]
+        return self.acceptance.complete_drafts(drafts, probs, limits, [d.request.last_token_id for d in sched.decodes])
 
     def _commit(self, sched: SchedulerOutput, drafts, committed: list[list[int]]) -> list[RequestOutput]:
         now = time.monotonic()
-        drafted = [len(d) for d in drafts]
-        accepted = [max(0, len(c) - 1) for c in committed[: len(sched.decodes)]]
         if sched.decodes:
-            self.stats.record(len(sched.decodes), sched.draft_len, drafted, accepted)
-            if self.policy is not None and sched.draft_len > 0:
-                ids = [d.request.request_id for d in sched.decodes]
-                self._policy_later("observe", sched.draft_len, drafted, accepted, ids)
+            accepted = [max(0, len(c) - 1) for c in committed[: len(sched.decodes)]]
+            self.stats.record(len(sched.decodes), sched.draft_len, [len(d) for d in drafts], accepted)
         for decode, tokens in zip(sched.decodes, committed):
             # K/V is now valid for the fed last token plus the accepted drafts; the rest is rolled back.
             decode.request.num_computed_tokens += len(tokens)
@@ -525,68 +382,14 @@ class LLMEngine:
                 self.block_manager.trim(request, request.num_tokens)
             progressed.append((request, kept))
         self.output_processor.update_texts([request for request, _ in progressed])
-        outputs = [self._output(request, kept) for request, kept in progressed]
-        if self.drafter and sched.draft_len > 0:
+        if sched.draft_len > 0:
             # At k = 0 no drafter method runs at all; drafters catch up on missed tokens in propose().
             self.drafter.observe(self.scheduler.running)
-        return outputs
+        return [request_output(request, kept) for request, kept in progressed]
 
     def _release(self, request: Request) -> None:
         self.scheduler.remove(request)
-        if self.drafter:
-            self.drafter.release(request)
-        if self.replay is not None:
-            self.replay.release(request.request_id)
-        if self.policy is not None:
-            self._feed_policy()  # its queued outcomes first, or they would outlive its release
-            self.policy.release(request.request_id)
-
-    def _output(self, request: Request, new_tokens: list[int]) -> RequestOutput:
-        return RequestOutput(
-            request_id=request.request_id,
-            prompt=request.prompt,
-            prompt_token_ids=request.prompt_token_ids,
-            text=request.output_text,
-            token_ids=list(request.output_token_ids),
-            finished=request.is_finished,
-            finish_reason=request.finish_reason,
-            stop_reason=request.stop_reason,
-            metrics=RequestMetrics(
-                arrival_time=request.arrival_time,
-                first_token_time=request.first_token_time,
-                finish_time=request.finish_time,
-                num_prompt_tokens=request.num_prompt_tokens,
-                num_output_tokens=request.num_output_tokens,
-                num_preemptions=request.num_preemptions,
-            ),
-            new_token_ids=new_tokens,
-        )
-
-    def _eos_ids(self) -> set[int]:
-        ids: set[int] = set()
-        for source in (self.loaded.hf_config, getattr(self.loaded, "generation_config", None)):
-            value = getattr(source, "eos_token_id", None) if source is not None else None
-            if isinstance(value, int):
-                ids.add(value)
-            elif isinstance(value, (list, tuple)):
-                ids.update(int(v) for v in value)
-        if self.tokenizer is not None and self.tokenizer.eos_token_id is not None:
-            ids.add(int(self.tokenizer.eos_token_id))
-        return ids
-
-
-def _no_speculation(num_decoding: int, num_active: int, request_ids: Sequence[Hashable] = ()) -> int:
-    return 0
-
-
-def check_shared_model(loaded: LoadedModel, model: str, dtype: torch.dtype, device: torch.device) -> None:
-    """ValueError unless `loaded` is `model` in `dtype` on `device` (an engine sharing another's weights)."""
-    if not isinstance(loaded, LoadedModel):
-        raise TypeError(f"loaded must be a LoadedModel (engine.loaded of another engine), got {type(loaded).__name__}")
-    param = next(loaded.model.parameters())
-    same_device = param.device.type == device.type and (device.index is None or param.device.index == device.index)
-    if loaded.spec != model or param.dtype != dtype or not same_device:
-        raise ValueError(
-            f"a shared model must be the engine's model in its dtype on its device: the engine wants {model!r} "
-            f"{dtype} on {device}, the loaded model is {loaded.spec!r} {param.dtype} on {param.device}"
-        )
+        self.drafter.release(request)
+        self.acceptance.release(request.request_id)
+        request_id = request.request_id
+        self._policy_pending.append(lambda: self.policy.release(request_id))  # after its queued outcome

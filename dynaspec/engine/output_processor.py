@@ -14,6 +14,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from dynaspec.runtime.detokenizer import IncrementalDetokenizer
+from dynaspec.outputs import RequestMetrics, RequestOutput
 from dynaspec.runtime.request import Request
 
 
@@ -79,3 +80,26 @@ class OutputProcessor:
         request.output_text = text[:end]
         request.finish_reason, request.stop_reason = "stop", stop
         return True
+
+
+def request_output(request: Request, new_tokens: list[int]) -> RequestOutput:
+    """The RequestOutput of a request that progressed: cumulative text / tokens, and this step's tokens."""
+    return RequestOutput(
+        request_id=request.request_id,
+        prompt=request.prompt,
+        prompt_token_ids=request.prompt_token_ids,
+        text=request.output_text,
+        token_ids=list(request.output_token_ids),
+        finished=request.is_finished,
+        finish_reason=request.finish_reason,
+        stop_reason=request.stop_reason,
+        metrics=RequestMetrics(
+            arrival_time=request.arrival_time,
+            first_token_time=request.first_token_time,
+            finish_time=request.finish_time,
+            num_prompt_tokens=request.num_prompt_tokens,
+            num_output_tokens=request.num_output_tokens,
+            num_preemptions=request.num_preemptions,
+        ),
+        new_token_ids=new_tokens,
+    )

@@ -1,9 +1,9 @@
 """Measures the step-cost model T(batch, k) on the current device, for the goodput planner.
 
 On CUDA it times replays of the captured graphs with CUDA events: the target verify graph of (bucket, k),
-plus, when a draft model drafts, ONE replay of its whole-chain graph of (bucket, k) (runtime/chain_graphs.py)
-or, where no chain was captured for the pair, k replays of its single-token step graph; elsewhere it
-times eager forwards of the same shapes. Inputs are padding rows in the scratch block, so probing never touches a request's KV; the
+plus what the drafter says drafting costs (Drafter.draft_seconds: a draft model times ONE replay of its
+whole-chain graph, runtime/chain_graphs.py, or k single-token steps); elsewhere it times eager forwards
+of the same shapes. Inputs are padding rows in the scratch block, so probing never touches a request's KV; the
 cost of attention over long contexts is therefore not included (it is small next to the weights at the
 batch sizes where speculation pays, and `dynaspec tune` measures real steps).
 """
@@ -11,7 +11,7 @@ batch sizes where speculation pays, and `dynaspec tune` measures real steps).
 from __future__ import annotations
 
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 
 import torch
 
@@ -57,22 +57,14 @@ def chain_seconds(chain: DraftChainGraphs, batch: int, k: int, repeats: int) -> 
 
 def measure_step_costs(
     target: ModelRunner,
-    draft: ModelRunner | None,
     pairs: Iterable[tuple[int, int]],
+    draft_seconds: Callable[[int, int, int], float] = lambda batch, k, repeats: 0.0,
     repeats: int = 5,
-    chain: DraftChainGraphs | None = None,
 ) -> StepCostModel:
-    """T(batch, k) = target verify forward + the draft work when a draft model drafts: one replay of the
-    (batch, k) chain graph when `chain` holds that pair, else k draft-model single-token steps."""
+    """T(batch, k) = the target's (batch, 1 + k) verify forward + draft_seconds(batch, k, repeats), the
+    drafter's own measurement of drafting k tokens for `batch` requests (Drafter.draft_seconds)."""
     model = StepCostModel(device=str(target.device))
-    draft_step: dict[int, float] = {}
     for batch, k in sorted(set(pairs)):
         seconds = forward_seconds(target, batch, k, repeats)
-        if chain is not None and (batch, k) in chain.pairs:
-            seconds += chain_seconds(chain, batch, k, repeats)
-        elif draft is not None and k > 0:
-            if batch not in draft_step:
-                draft_step[batch] = forward_seconds(draft, batch, 0, repeats)
-            seconds += k * draft_step[batch]
-        model.add(batch, k, seconds)
+        model.add(batch, k, seconds + draft_seconds(batch, k, repeats))
     return model

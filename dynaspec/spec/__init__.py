@@ -9,9 +9,10 @@ from dynaspec.spec.config import (
 )
 from dynaspec.spec.drafter import DraftProposal, Drafter
 from dynaspec.spec.ngram import NGramDrafter
-from dynaspec.spec.policy import DraftLenPolicy, DraftLenSchedule
+from dynaspec.spec.policy import DraftLenPolicy, StepOutcome
+from dynaspec.spec.schedule_policy import DraftLenSchedule, SchedulePolicy
 from dynaspec.spec.stats import SpecStats
-from dynaspec.spec.verifier import VerifyOutput, greedy_accept, verify
+from dynaspec.spec.verifier import VerifyBatch, VerifyOutput, greedy_accept, rejection_sample, verify
 
 __all__ = [
     "DraftLenPolicy",
@@ -21,9 +22,13 @@ __all__ = [
     "Drafter",
     "NGramDecodingConfig",
     "NGramDrafter",
+    "SchedulePolicy",
     "SpecStats",
     "SpeculativeConfig",
+    "StepOutcome",
+    "VerifyBatch",
     "VerifyOutput",
+    "rejection_sample",
     "greedy_accept",
     "parse_draft_len_schedule",
     "parse_speculative_config",

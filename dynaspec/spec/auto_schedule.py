@@ -8,7 +8,7 @@ Liu et al. 2024, arXiv 2406.14066) and compress the choices into a schedule (`co
 spec/goodput_schedule.py). The batch sizes planned for are the cost model's measured buckets; a batch
 above the largest bucket uses the largest bucket's k (the schedule's last entry).
 
-The result runs as an ordinary static DraftLenPolicy. When k = 0 wins at the smallest batch size no
+The result runs as an ordinary static SchedulePolicy. When k = 0 wins at the smallest batch size no
 config-style schedule exists (its entry 1 must be >= 1): the schedule in force is then {1: 0}, no
 speculation at any batch size.
 """
@@ -23,7 +23,7 @@ from dynaspec.spec.acceptance_estimator import load_acceptance_profile
 from dynaspec.spec.config import AUTO_SCHEDULE
 from dynaspec.runtime.cost_model import StepCostModel
 from dynaspec.spec.goodput_schedule import Choice, Schedule, choose_draft_lens, compress_schedule
-from dynaspec.spec.policy import DraftLenPolicy
+from dynaspec.spec.schedule_policy import SchedulePolicy
 
 logger = logging.getLogger(__name__)
 
@@ -39,7 +39,7 @@ class AutoSchedule:
     acceptance_profile: str
     step_costs: str  # "probe" (measured at start-up) or the step_cost_file path
     cost_model: StepCostModel  # T(batch, k) as planned with (the engine does not refine it afterwards)
-    policy: DraftLenPolicy
+    policy: SchedulePolicy  # the schedule as a policy; its stats() carry as_dict() as `auto_schedule`
 
     def as_dict(self) -> dict[str, Any]:
         """JSON-ready summary (string keys) for get_stats() and logs."""
@@ -68,8 +68,6 @@ def plan_auto_schedule(spec_config: Any, cost_model: StepCostModel) -> AutoSched
         )
     if spec_config.acceptance_profile is None:
         raise ValueError("draft_len_schedule 'auto' needs acceptance_profile (per-position acceptance to plan with)")
-    if not isinstance(cost_model, StepCostModel):
-        raise TypeError(f"cost_model must be a StepCostModel, got {type(cost_model).__name__}")
     if not cost_model.batch_sizes:
         raise ValueError("draft_len_schedule 'auto': the step-cost model is empty (no batch size measured)")
     alphas = load_acceptance_profile(spec_config.acceptance_profile)
@@ -77,13 +75,13 @@ def plan_auto_schedule(spec_config: Any, cost_model: StepCostModel) -> AutoSched
     choices = choose_draft_lens(alphas, cost_model, cost_model.batch_sizes, max_draft_len)
     plan = compress_schedule({c.batch_size: c.k for c in choices})
     schedule = dict(plan.schedule) if plan.schedule is not None else {1: 0}
-    policy = DraftLenPolicy.from_schedule(schedule, max_draft_len, spec_config.max_concurrency)
+    policy = SchedulePolicy.from_schedule(schedule, max_draft_len, spec_config.max_concurrency)
     logger.info(
         "draft_len_schedule auto: %s (k per batch size %s; step costs: %s; acceptance: %s)",
         schedule, {c.batch_size: c.k for c in choices}, spec_config.step_cost_file or "probe",
         spec_config.acceptance_profile,
     )
-    return AutoSchedule(
+    planned = AutoSchedule(
         schedule=schedule,
         plan=plan,
         choices=choices,
@@ -93,3 +91,6 @@ def plan_auto_schedule(spec_config: Any, cost_model: StepCostModel) -> AutoSched
         cost_model=cost_model,
         policy=policy,
     )
+    policy.planned = planned
+    return planned
+

@@ -21,13 +21,16 @@ from dataclasses import dataclass
 
 import torch
 
+from dynaspec.models.decode_kernels import DecodeKernels
 from dynaspec.runtime.chain_graphs import DraftChainGraphs
+from dynaspec.runtime.cost_probe import chain_seconds, forward_seconds
+from dynaspec.runtime.kv_cache import kv_bytes_per_block
 from dynaspec.runtime.cuda_graphs import UniformDecodeBatch
 from dynaspec.runtime.model_runner import ModelRunner, SequenceInput
 from dynaspec.runtime.request import Request
 from dynaspec.runtime.sampler import sample, target_probs
 from dynaspec.models.loader import LoadedModel
-from dynaspec.spec.drafter import DraftProposal
+from dynaspec.spec.drafter import DraftProposal, Drafter
 
 
 @dataclass
@@ -55,7 +58,7 @@ def check_same_vocabulary(target: LoadedModel, draft: LoadedModel) -> None:
             )
 
 
-class DraftModelDrafter:
+class DraftModelDrafter(Drafter):
     def __init__(
         self, draft: LoadedModel, dtype: torch.dtype, device: torch.device, target_vocab_size: int, seed: int = 0
     ):
@@ -69,11 +72,28 @@ class DraftModelDrafter:
         self.runner: ModelRunner | None = None
         self.chain: DraftChainGraphs | None = None  # whole-chain graphs per (bucket, k), after capture_graphs
         self._state: dict[str, _DraftState] = {}
+        self._step_seconds: dict[int, float] = {}  # batch -> one single-token draft forward (cost probe)
         self.num_propose_calls = 0
 
-    def attach(self, num_blocks: int, block_size: int) -> None:
+    def kv_bytes_per_block(self, block_size: int, dtype: torch.dtype) -> int:
+        """The draft model's KV per block: it shares the target's block tables, so its bytes count too."""
+        return kv_bytes_per_block(self.model, block_size, dtype)
+
+    def attach(self, num_blocks: int, block_size: int, kernels: DecodeKernels) -> None:
         """Allocate the draft KV tensors once the engine has sized the shared block pool."""
+        self.model.set_decode_kernels(kernels)
         self.runner = ModelRunner(self.model, num_blocks, block_size, self.dtype, self.device)
+
+    def draft_seconds(self, batch: int, k: int, repeats: int = 5) -> float:
+        """One replay of the (batch, k) whole-chain graph where one was captured, else k single-token
+        draft forwards (the step-by-step path)."""
+        if k == 0:
+            return 0.0
+        if self.chain is not None and (batch, k) in self.chain.pairs:
+            return chain_seconds(self.chain, batch, k, repeats)
+        if batch not in self._step_seconds:
+            self._step_seconds[batch] = forward_seconds(self.runner, batch, 0, repeats)
+        return k * self._step_seconds[batch]
 
     def capture_graphs(self, pairs: list[tuple[int, int]], max_blocks_per_seq: int, use_graphs: bool = True) -> None:
         """CUDA graphs of drafting for the (batch bucket, k >= 1) pairs the engine can speculate at.

@@ -1,5 +1,10 @@
 """The one interface every drafter implements; the engine never branches on the drafter's type.
 
+A drafter owns everything it runs on: its KV (`kv_bytes_per_block` counts it into the shared pool,
+`attach` allocates it on the target's block tables), its CUDA graphs (`capture_graphs`) and its cost
+(`draft_seconds(batch, k)`, added to the target's verify forward by the start-up cost probe), so the
+engine, the cost probe and `dynaspec tune` never reach into a drafter's fields.
+
 Step loop (docs/ARCHITECTURE.md): `k = policy.draft_len(...)`; when k >= 1 `drafter.propose(batch, k)`;
 the target verifies; the engine commits; then `drafter.observe(running)` after speculative steps. Plain
 k = 0 steps run no drafter method at all, so the drafter's state (n-gram pool, draft-model KV) falls
@@ -16,11 +21,12 @@ Drafters never mutate a Request: they keep per-request state in their own dicts 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Protocol, runtime_checkable
+from typing import TYPE_CHECKING
 
 import torch
 
 if TYPE_CHECKING:
+    from dynaspec.models.decode_kernels import DecodeKernels
     from dynaspec.runtime.request import Request
 
 
@@ -66,21 +72,19 @@ class DraftProposal:
         return len(self.tokens)
 
 
-@runtime_checkable
-class Drafter(Protocol):
-    """Proposes draft tokens. Implement all three methods (or subclass this and override propose)."""
+class Drafter:
+    """Base of every drafter: the protocol, with the defaults of a drafter that needs no KV, no graphs
+    and no device time (override propose; a no-speculation engine uses NoDrafter, which proposes nothing)."""
 
     def propose(self, requests: list[Request], k: int) -> DraftProposal:
         """Draft at most k (>= 1) tokens per request, continuing each request's committed tokens."""
-        ...
+        return DraftProposal.empty(len(requests))
 
     def observe(self, requests: list[Request]) -> None:
-        """Learn from tokens committed since the last call (called every step, after commit)."""
-        return None
+        """Learn from tokens committed since the last call (called after every step with k >= 1)."""
 
     def release(self, request: Request) -> None:
         """Forget a finished, aborted or preempted request's state."""
-        return None
 
     def catch_up_tokens(self, requests: list[Request]) -> int:
         """Tokens of these requests the drafter has not processed yet (what propose() would catch up on)."""
@@ -92,4 +96,24 @@ class Drafter(Protocol):
 
     def reset(self) -> None:
         """Forget everything earlier requests left behind, as if freshly built (no request may be in flight)."""
-        return None
+
+    # ---------------------------------------------------------------- resources and cost
+    def kv_bytes_per_block(self, block_size: int, dtype: torch.dtype) -> int:
+        """Bytes of the drafter's own KV per block of the shared pool (0: it keeps none)."""
+        return 0
+
+    def attach(self, num_blocks: int, block_size: int, kernels: DecodeKernels) -> None:
+        """Allocate the drafter's KV once the engine has sized the shared block pool; use `kernels`."""
+
+    def capture_graphs(self, pairs: list[tuple[int, int]], max_blocks_per_seq: int, use_graphs: bool = True) -> None:
+        """Capture the drafter's CUDA graphs for the (batch bucket, k >= 1) pairs the engine can speculate
+        at (`use_graphs=False`: build the same fixed-shape paths, run eagerly)."""
+
+    def draft_seconds(self, batch: int, k: int, repeats: int = 5) -> float:
+        """Seconds drafting k tokens for `batch` requests costs, measured now on idle inputs that touch no
+        request's KV (the cost probe adds it to the target's verify forward)."""
+        return 0.0
+
+
+class NoDrafter(Drafter):
+    """The drafter of an engine without speculation: never asked to propose (its policy says k = 0)."""

@@ -7,23 +7,12 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
-from torch import nn
 
 from dynaspec.models.loader import LoadedModel, load_model
 from dynaspec.spec.config import DraftTargetDecodingConfig, NGramDecodingConfig
 from dynaspec.spec.draft_model import DraftModelDrafter, check_same_vocabulary
-from dynaspec.spec.drafter import Drafter
+from dynaspec.spec.drafter import Drafter, NoDrafter
 from dynaspec.spec.ngram import NGramDrafter
-
-
-@dataclass
-class DrafterBundle:
-    drafter: Drafter
-    model: nn.Module | None = None  # a draft model whose KV shares the target's block pool
-    attach: Callable[[int, int], None] = lambda num_blocks, block_size: None
-    # ((batch bucket, k >= 1) pairs the engine can speculate at, max blocks per sequence) -> capture the
-    # drafter's CUDA graphs
-    capture_graphs: Callable[[list[tuple[int, int]], int], None] = lambda pairs, max_blocks: None
 
 
 @dataclass
@@ -36,26 +25,28 @@ class DrafterContext:
     progress: Callable | None = None
 
 
-def _ngram(config: NGramDecodingConfig, ctx: DrafterContext) -> DrafterBundle:
-    return DrafterBundle(NGramDrafter(config))
+def _ngram(config: NGramDecodingConfig, ctx: DrafterContext) -> Drafter:
+    return NGramDrafter(config)
 
 
-def _draft_model(config: DraftTargetDecodingConfig, ctx: DrafterContext) -> DrafterBundle:
+def _draft_model(config: DraftTargetDecodingConfig, ctx: DrafterContext) -> Drafter:
     draft = load_model(
         config.speculative_model, dtype=ctx.dtype, device=ctx.device, progress=ctx.progress, cache_dir=ctx.cache_dir
     )
     check_same_vocabulary(ctx.target, draft)
-    drafter = DraftModelDrafter(draft, ctx.dtype, ctx.device, int(ctx.target.model.vocab_size), ctx.seed)
-    return DrafterBundle(drafter, draft.model, drafter.attach, drafter.capture_graphs)
+    return DraftModelDrafter(draft, ctx.dtype, ctx.device, int(ctx.target.model.vocab_size), ctx.seed)
 
 
-_BUILDERS: dict[type, Callable[..., DrafterBundle]] = {
+_BUILDERS: dict[type, Callable[..., Drafter]] = {
     NGramDecodingConfig: _ngram,
     DraftTargetDecodingConfig: _draft_model,
 }
 
 
-def build_drafter(config, ctx: DrafterContext) -> DrafterBundle:
+def build_drafter(config, ctx: DrafterContext) -> Drafter:
+    """The drafter of a speculative config (None: no speculation, a NoDrafter)."""
+    if config is None:
+        return NoDrafter()
     builder = _BUILDERS.get(type(config))
     if builder is None:
         known = ", ".join(t.__name__ for t in _BUILDERS)

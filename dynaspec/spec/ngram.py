@@ -32,7 +32,7 @@ from typing import TYPE_CHECKING
 
 from dynaspec.runtime.request import RequestStatus
 from dynaspec.spec.config import NGramDecodingConfig
-from dynaspec.spec.drafter import DraftProposal
+from dynaspec.spec.drafter import DraftProposal, Drafter
 
 if TYPE_CHECKING:
     from dynaspec.runtime.request import Request
@@ -212,7 +212,7 @@ def _tokens_from(request: Request, start: int) -> list[int]:
     return prompt[start:] + output
 
 
-class NGramDrafter:
+class NGramDrafter(Drafter):
     """Drafter (spec/drafter.py) proposing continuations of earlier occurrences of the current suffix."""
 
     def __init__(self, config: NGramDecodingConfig, max_continuations_per_key: int = 8) -> None:

@@ -31,6 +31,8 @@ from array import array
 from collections.abc import Hashable, Sequence
 from pathlib import Path
 
+from dynaspec.spec.verifier import TargetAcceptance
+
 # Uniforms drawn at a time per request (sequence positions): a block covers a few hundred steps.
 UNIFORM_BLOCK = 256
 
@@ -138,3 +140,33 @@ class AcceptanceReplay:
     def release(self, request_id: Hashable) -> None:
         """Forget a finished request's uniforms (a request id used again starts its stream afresh)."""
         self._uniforms.pop(request_id, None)
+
+
+class ReplayedAcceptance(TargetAcceptance):
+    """BENCHMARK ONLY: the acceptance strategy of `verify` (spec/verifier.py) that replays recorded
+    profiles: every position the step allows is verified (drafts completed with the request's last token,
+    one-hot), and a drafted request's accepted length is drawn by the replay at its draft position."""
+
+    def __init__(self, names_or_paths: str | Sequence[str], seed: int = 0) -> None:
+        self.replay = AcceptanceReplay(names_or_paths, seed)
+        self.name = self.replay.name
+
+    def complete_drafts(self, drafts, probs, limits, fill):
+        drafts = [d + [f] * (limit - len(d)) for d, limit, f in zip(drafts, limits, fill)]
+        return drafts, [None] * len(probs)
+
+    def forced_lengths(self, batch):
+        return [
+            self.replay.num_accepted(len(d), rid, pos) if d else None
+            for d, rid, pos in zip(batch.drafts, batch.request_ids, batch.positions)
+        ]
+
+    def release(self, request_id: Hashable) -> None:
+        self.replay.release(request_id)
+
+
+def acceptance_strategy(spec: object | None, seed: int) -> TargetAcceptance:
+    """The verification strategy of a speculative config: the target's verdict, or (benchmark only, with
+    `replay_acceptance_profile`) replayed acceptance."""
+    profile = getattr(spec, "replay_acceptance_profile", None)
+    return TargetAcceptance() if profile is None else ReplayedAcceptance(profile, seed)

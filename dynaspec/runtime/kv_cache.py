@@ -3,12 +3,26 @@
 Layout per layer: (2, num_blocks, block_size, num_kv_heads, head_dim), K at index 0 and V at 1 (see
 models/attention_metadata.py). A draft model shares the target's block tables, so its KV tensors have
 the same num_blocks and both models' bytes count against one budget.
+
+Sizing (`choose_num_blocks`): on CUDA the pool takes what `gpu_memory_utilization` leaves after weights
+and reserves, as vLLM does. Where memory is not the GPU's (CPU) the pool is sized by need, not by a fixed
+budget: `max_num_seqs` sequences of `max_model_len` (+ draft slots) tokens, capped at
+`CPU_KV_BUDGET_CAP` (1 GiB) or a quarter of the memory available now, whichever is smaller, but never below
+one full-length sequence (the engine's minimum). On CPU the pool is allocated with `torch.empty`: the OS
+maps its pages on first write, so resident memory grows with the tokens actually cached instead of the pool
+being zero-filled up front (the attention reference path never reads a slot that was not written: it masks
+slots past each sequence's length and zeroes them before SDPA).
 """
 
 from __future__ import annotations
 
+import os
+
 import torch
 from torch import nn
+
+CPU_KV_BUDGET_CAP = 1 << 30  # bytes: the most a CPU pool takes by default
+CPU_KV_MEMORY_FRACTION = 0.25  # of the memory available when the engine starts
 
 
 def kv_bytes_per_block(model: nn.Module, block_size: int, dtype: torch.dtype) -> int:
@@ -20,9 +34,37 @@ def kv_bytes_per_block(model: nn.Module, block_size: int, dtype: torch.dtype) ->
 def allocate_kv_cache(
     model: nn.Module, num_blocks: int, block_size: int, dtype: torch.dtype, device: torch.device
 ) -> list[torch.Tensor]:
-    """One zero-filled (2, num_blocks, block_size, num_kv_heads, head_dim) tensor per layer."""
+    """One (2, num_blocks, block_size, num_kv_heads, head_dim) tensor per layer.
+
+    Zero-filled on accelerators; left unwritten on CPU (pages are mapped lazily; see the module docstring).
+    """
     shape = (2, num_blocks, block_size, model.num_kv_heads, model.head_dim)
+    if torch.device(device).type == "cpu":
+        return [torch.empty(shape, dtype=dtype, device=device) for _ in range(model.num_layers)]
     return [torch.zeros(shape, dtype=dtype, device=device) for _ in range(model.num_layers)]
+
+
+def available_memory_bytes() -> int | None:
+    """Memory the OS can give now (Linux MemAvailable, else free physical pages), or None if unknown."""
+    try:
+        with open("/proc/meminfo") as fh:
+            for line in fh:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    try:
+        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (AttributeError, ValueError, OSError):
+        return None
+
+
+def cpu_kv_budget(available_bytes: int | None) -> int:
+    """Default byte budget of a CPU KV pool: CPU_KV_BUDGET_CAP, or CPU_KV_MEMORY_FRACTION of
+    `available_bytes` when that is smaller."""
+    if available_bytes is None:
+        return CPU_KV_BUDGET_CAP
+    return min(CPU_KV_BUDGET_CAP, int(available_bytes * CPU_KV_MEMORY_FRACTION))
 
 
 def choose_num_blocks(
@@ -33,15 +75,25 @@ def choose_num_blocks(
     max_model_len: int,
     gpu_memory_utilization: float,
     reserved_bytes: int = 0,
-    cpu_budget_bytes: int = 4 << 30,
+    cpu_budget_bytes: int | None = None,
+    available_bytes: int | None = None,
 ) -> int:
-    """How many blocks fit.
+    """How many blocks the pool gets.
 
-    CUDA: what is left of `gpu_memory_utilization` x total memory after weights (already allocated)
-    and `reserved_bytes` (CUDA graphs, activations). CPU: enough for every sequence at full length,
-    capped by `cpu_budget_bytes`.
+    `max_model_len` here is the longest a sequence's KV can get (the engine passes max_model_len + the
+    largest draft length). CUDA: what is left of `gpu_memory_utilization` x total memory after weights
+    (already allocated) and `reserved_bytes` (CUDA graphs, activations), at most enough for every sequence
+    at full length. CPU (memory not the GPU's): enough for every sequence at full length, capped by
+    `cpu_budget_bytes` (default `cpu_kv_budget(available_bytes)`, with `available_bytes` read from the OS
+    when not given), but at least one full-length sequence.
     """
-    blocks_for_all = max_num_seqs * ((max_model_len + block_size - 1) // block_size)
+    if bytes_per_block < 1 or block_size < 1 or max_num_seqs < 1 or max_model_len < 1:
+        raise ValueError(
+            f"bytes_per_block, block_size, max_num_seqs and max_model_len must be positive; got "
+            f"{bytes_per_block}, {block_size}, {max_num_seqs}, {max_model_len}"
+        )
+    blocks_per_seq = -(-max_model_len // block_size)
+    blocks_for_all = max_num_seqs * blocks_per_seq
     if device.type == "cuda":
         free, total = torch.cuda.mem_get_info(device)
         used = total - free
@@ -52,4 +104,6 @@ def choose_num_blocks(
                 "raise gpu_memory_utilization or use a smaller model"
             )
         return max(1, min(budget // bytes_per_block, blocks_for_all))
-    return max(1, min(cpu_budget_bytes // bytes_per_block, blocks_for_all))
+    if cpu_budget_bytes is None:
+        cpu_budget_bytes = cpu_kv_budget(available_bytes if available_bytes is not None else available_memory_bytes())
+    return min(blocks_for_all, max(blocks_per_seq, cpu_budget_bytes // bytes_per_block))

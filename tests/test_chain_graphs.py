@@ -9,7 +9,6 @@ import torch
 
 from dynaspec.config import EngineConfig
 from dynaspec.runtime.chain_graphs import DraftChainGraphs
-from dynaspec.runtime.cost_probe import measure_step_costs
 from dynaspec.runtime.cuda_graphs import UniformDecodeBatch
 from dynaspec.engine.engine import LLMEngine
 from dynaspec.runtime.model_runner import ModelRunner
@@ -170,8 +169,7 @@ def test_cost_probe_times_one_chain_launch_per_pair(ckpts):
     idle_replay = chain.idle_replay
     chain.idle_replay = lambda bucket, k: timed.append((bucket, k)) or idle_replay(bucket, k)
     before = engine.drafter.runner.num_forwards
-    costs = measure_step_costs(engine.runner, engine.drafter.runner, [(1, 3), (2, 3), (3, 3)], repeats=1,
-                               chain=chain)
+    costs = engine.measure_step_costs([(1, 3), (2, 3), (3, 3)], repeats=1)
     assert timed == [(1, 3), (2, 3)]  # (3, 3) is no chain pair: k single-token steps instead
     assert engine.drafter.runner.num_forwards == before + 2  # that one step's warm-up + timed repeat
     assert costs.batch_sizes == [1, 2, 3]

@@ -82,7 +82,7 @@ print(json.dumps({"exit": code, "modules": sorted(sys.modules)}))
 """
 
 
-def test_top_level_help_imports_neither_the_bench_package_nor_matplotlib():
+def test_top_level_help_imports_neither_the_bench_package_nor_matplotlib_nor_torch():
     root = Path(__file__).resolve().parents[1]
     run = subprocess.run(
         [sys.executable, "-c", HELP_IN_A_FRESH_INTERPRETER], cwd=root, capture_output=True, text=True, check=True,
@@ -94,6 +94,7 @@ def test_top_level_help_imports_neither_the_bench_package_nor_matplotlib():
     loaded = report["modules"]
     assert not [m for m in loaded if m == "matplotlib" or m.startswith("matplotlib.")]
     assert not [m for m in loaded if m == "dynaspec.bench" or m.startswith("dynaspec.bench.")]
+    assert "torch" not in loaded and "transformers" not in loaded  # dynaspec/__init__.py imports on first use
 
 
 @pytest.mark.parametrize("name", list(LAZY_COMMANDS))

@@ -56,7 +56,8 @@ import torch
 from dynaspec.config import EngineConfig
 from dynaspec.engine.startup_heap import freeze_survivors, frozen_startup_heap, full_collections
 from dynaspec.spec.config import AUTO_SCHEDULE, MAX_DRAFT_LEN_LIMIT, parse_speculative_config
-from dynaspec.spec.policy import DraftLenPolicy
+from dynaspec.spec.planner import GoodputPlanner
+from dynaspec.spec.schedule_policy import SchedulePolicy
 
 SCHEMA = "dynaspec.bench.sweep/1"
 REPLAY_FIELD = "replay_acceptance_profile"
@@ -101,7 +102,7 @@ class Line:
             return 0
         if self.speculative_config.draft_len_schedule == AUTO_SCHEDULE:
             return self.speculative_config.max_draft_len  # planned at start-up: see engine_nominal_k
-        return DraftLenPolicy(self.speculative_config).draft_len(batch, batch)
+        return SchedulePolicy(self.speculative_config).draft_len(batch, batch)
 
     def describe(self) -> dict[str, Any]:
         spec = self.speculative_config
@@ -361,8 +362,7 @@ def run_sweep(
         gets the same request ids and random prompts at a (batch, round): replayed acceptance then draws
         the same numbers at the same positions on every line (spec/replay.py, common random numbers)."""
         rng = random.Random(f"{settings.seed}:{batch}:{round_index}")
-        if engine.drafter is not None:
-            engine.drafter.reset()
+        engine.drafter.reset()
         if settings.warmup:  # never the measured prompts: a shared n-gram pool must not learn them
             warmup_prompts = prompts.warmup_for_batch(batch) if prompts else None  # None: random ids
             _run_batch(engine, batch, settings.prompt_len, min(settings.gen_len, WARMUP_GEN_LEN), rng, warmup_prompts)
@@ -378,7 +378,7 @@ def run_sweep(
         return result
 
     def finish_line(engine, line: Line) -> None:
-        if engine.auto_schedule is not None:  # draft_len_schedule: auto, planned at start-up
+        if engine.get_stats()["auto_schedule"] is not None:  # draft_len_schedule: auto, planned at start-up
             result.lines[lines.index(line)]["planned_schedule"] = engine.get_stats()["draft_len_schedule"]
 
     def hf(engine) -> None:
@@ -638,9 +638,9 @@ def _measure(engine, line: Line, batch: int, prompt_len: int, gen_len: int, rng:
 
 
 def _planner_view(engine, batch: int) -> dict[str, Any] | None:
-    if not engine.goodput:
-        return None
     planner = engine.policy
+    if not isinstance(planner, GoodputPlanner):
+        return None
     catch_up = planner.catch_up
     return {
         "table": planner.explain(batch),
@@ -652,7 +652,7 @@ def _planner_view(engine, batch: int) -> dict[str, Any] | None:
 def engine_nominal_k(engine, line: Line, batch: int) -> int:
     """The k `engine` should run at for `batch` decoding requests: its static policy's (a schedule planned
     at start-up included), else the line's nominal k (the goodput planner's: max_draft_len)."""
-    if isinstance(engine.policy, DraftLenPolicy):
+    if isinstance(engine.policy, SchedulePolicy):
         return engine.policy.draft_len(batch, batch)
     return line.nominal_k(batch)
 

@@ -171,14 +171,10 @@ def step_costs_from_sweep(result: Mapping[str, Any]) -> tuple[StepCostModel, dic
 
 
 def probe_step_costs(llm, batch_sizes: Sequence[int], max_draft_len: int, repeats: int = 3) -> StepCostModel:
-    """T(batch, k) from the engine's cost probe (dynaspec.runtime.cost_probe) on `llm`'s runners."""
-    from dynaspec.runtime.cost_probe import measure_step_costs
-
-    engine = llm.engine
-    drafter = getattr(engine, "drafter", None)
-    draft_runner = getattr(drafter, "runner", None)
+    """T(batch, k) from the engine's cost probe (dynaspec.runtime.cost_probe): the target's verify forward
+    plus what the engine's drafter says drafting costs."""
     pairs = [(b, k) for b in batch_sizes for k in range(max_draft_len + 1)]
-    return measure_step_costs(engine.runner, draft_runner, pairs, repeats=repeats, chain=getattr(drafter, "chain", None))
+    return llm.engine.measure_step_costs(pairs, repeats=repeats)
 
 
 # ------------------------------------------------------------------------------------------ output

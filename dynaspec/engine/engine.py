@@ -295,6 +295,8 @@ class LLMEngine:
             )
             self._policy_pending.insert(mark, lambda: self.policy.observe(outcome))  # before this step's releases
             self._previous_draft_len = k
+            if resumed:  # what the catch-up cost prices the next switch from k = 0: learn it at once
+                self._feed_policy([])
         return outputs
 
     def _feed_policy(self, decodes: list[ScheduledDecode]) -> None:
@@ -324,7 +326,8 @@ class LLMEngine:
             [r.block_ids for r in requests],
         )
         logits = self.runner.forward_uniform(batch, 0, list(range(len(requests))), previous_ids)  # (B, vocab)
-        ids = next_tokens(logits, [r.params for r in requests], [r.generator for r in requests], self.generator)
+        params, generators = [r.params for r in requests], [r.generator for r in requests]
+        ids = next_tokens(logits, params, generators, [r.num_tokens + pending for r in requests], self.generator)
         host_ids, event = start_copy(ids)
         return InflightStep(sched, ids, host_ids, event, time.perf_counter())
 

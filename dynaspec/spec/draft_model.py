@@ -24,6 +24,7 @@ import torch
 from dynaspec.models.decode_kernels import DecodeKernels
 from dynaspec.runtime.chain_graphs import DraftChainGraphs
 from dynaspec.runtime.cost_probe import chain_seconds, forward_seconds
+from dynaspec.runtime.keyed_noise import keyed_argmax
 from dynaspec.runtime.kv_cache import kv_bytes_per_block
 from dynaspec.runtime.cuda_graphs import UniformDecodeBatch
 from dynaspec.runtime.model_runner import ModelRunner, SequenceInput
@@ -204,7 +205,7 @@ class DraftModelDrafter(Drafter):
                 logits = self.runner.forward_uniform(batch, 0, rows)
             else:
                 logits = self.runner.forward(seqs, rows)
-            for i, token in enumerate(self._pick(requests, logits[:, : self.target_vocab_size], probs)):
+            for i, token in enumerate(self._pick(requests, logits[:, : self.target_vocab_size], probs, step)):
                 tokens[i].append(token)
         return tokens, probs
 
@@ -216,7 +217,7 @@ class DraftModelDrafter(Drafter):
             flat += len(seq.token_ids)
             rows.append(flat - 1)
         logits = self.runner.forward(seqs, rows)[:, : self.target_vocab_size]  # (B, vocab)
-        for i, token in enumerate(self._pick(requests, logits, probs)):
+        for i, token in enumerate(self._pick(requests, logits, probs, 0)):
             tokens[i].append(token)
 
     def _first_step_graph(self, requests, starts, tokens, probs) -> None:
@@ -232,17 +233,23 @@ class DraftModelDrafter(Drafter):
             batch.block_tables.append(request.block_ids)
             rows.append(2 * i + len(fed) - 1)
         logits = self.runner.forward_uniform(batch, 1, rows)[:, : self.target_vocab_size]  # (B, vocab)
-        for i, token in enumerate(self._pick(requests, logits, probs)):
+        for i, token in enumerate(self._pick(requests, logits, probs, 0)):
             tokens[i].append(token)
 
-    def _pick(self, requests: list[Request], logits: torch.Tensor, probs: list[list[torch.Tensor]]) -> list[int]:
-        """Greedy requests take the draft argmax; sampled ones sample q (their processed draft distribution)."""
+    def _pick(self, requests: list[Request], logits: torch.Tensor, probs: list[list[torch.Tensor]], step: int) -> list[int]:
+        """Greedy requests take the draft argmax; seeded ones the argmax of log q plus the noise keyed by
+        (seed, position) that the target's verification uses (runtime/keyed_noise.py: a draft equal to the
+        target's keyed sample is accepted); unseeded ones sample q. q (processed draft distribution) is
+        kept for rejection sampling."""
         picked = logits.argmax(dim=-1).tolist()
         for i, request in enumerate(requests):
             if request.params.is_greedy:
                 continue
             q = target_probs(logits[i : i + 1], [request.params])  # (1, vocab)
-            picked[i] = int(sample(q, request.generator or self.generator)[0])
+            if request.params.seed is not None:
+                picked[i] = int(keyed_argmax(q, [request.params.seed], [request.num_tokens + step])[0])
+            else:
+                picked[i] = int(sample(q, request.generator or self.generator)[0])
             probs[i].append(q[0])
         return picked
 

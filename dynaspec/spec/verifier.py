@@ -19,9 +19,11 @@ Layout (ragged-ready, as vLLM's): request i has d_i drafts and d_i + 1 consecuti
 (sum(d_i + 1), V) tensor; a prefill that completes its prompt is the d = 0 case. Everything runs on the
 device; the committed tokens come back as ONE (R, 1 + max d + 1) tensor read by the host once.
 
-`verify` is what the engine calls: it decides greedy vs sampled (the only place: `SamplingParams.is_greedy`),
-turns the sampled rows' logits into the processed distribution (runtime/sampler.py) and runs
-`rejection_sample`. Its `acceptance` strategy is the target's own verdict, or (benchmarks only) accepted
+`verify` is what the engine calls: it decides greedy vs sampled (the only place), turns the sampled rows'
+logits into the processed distribution (runtime/sampler.py) and runs `rejection_sample`. A SEEDED sampling
+request is verified like a greedy one on log p + Gumbel noise keyed by (seed, position)
+(runtime/keyed_noise.py): its tokens are then those of plain decoding with the same seed whatever was
+drafted, at any batch and through preemption; unseeded requests go through rejection sampling. Its `acceptance` strategy is the target's own verdict, or (benchmarks only) accepted
 lengths replayed from a recorded profile (spec/replay.py), never a branch of the step loop.
 """
 
@@ -32,6 +34,7 @@ from dataclasses import dataclass
 
 import torch
 
+from dynaspec.runtime.keyed_noise import gumbel_noise, keyed_argmax, row_keys
 from dynaspec.runtime.sampler import target_probs
 from dynaspec.sampling_params import SamplingParams
 
@@ -91,14 +94,22 @@ def verify(
     generator: draws of sampling requests without their own seeded generator.
     acceptance: the strategy (default: the target decides; spec/replay.py's for benchmarks).
     """
-    greedy = [p.is_greedy for p in batch.params]
     counts = [len(d) + 1 for d in batch.drafts]
     rows = list(torch.split(logits, counts))  # greedy requests: logits (the argmax is taken on the device)
-    sampled = [i for i, g in enumerate(greedy) if not g]
-    if sampled:
-        probs = target_probs(torch.cat([rows[i] for i in sampled]), [batch.params[i] for i in sampled for _ in range(counts[i])])
-        for i, p in zip(sampled, torch.split(probs, [counts[i] for i in sampled])):
+    keyed = [i for i, p in enumerate(batch.params) if not p.is_greedy and p.seed is not None]
+    sampled = [i for i, p in enumerate(batch.params) if not p.is_greedy and p.seed is None]
+    if keyed or sampled:
+        chosen = keyed + sampled
+        probs = target_probs(torch.cat([rows[i] for i in chosen]), [batch.params[i] for i in chosen for _ in range(counts[i])])
+        for i, p in zip(chosen, torch.split(probs, [counts[i] for i in chosen])):
             rows[i] = p  # (d_i + 1, V) processed probabilities
+    if keyed:  # Gumbel-max with noise keyed by (seed, position): verified like greedy (runtime/keyed_noise.py)
+        seeds = [batch.params[i].seed for i in keyed for _ in range(counts[i])]
+        positions = [batch.positions[i] + j for i in keyed for j in range(counts[i])]
+        noise = gumbel_noise(row_keys(seeds, positions, logits.device), logits.shape[-1])  # (rows, V)
+        for i, g in zip(keyed, torch.split(noise, [counts[i] for i in keyed])):
+            rows[i] = torch.log(rows[i]) + g
+    greedy = [p.is_greedy or p.seed is not None for p in batch.params]  # the one place greedy vs sampled is decided
     forced = (acceptance or _TARGET).forced_lengths(batch)
     return rejection_sample(rows, batch.drafts, batch.draft_probs, greedy, batch.generators, generator, forced)
 
@@ -120,13 +131,20 @@ def next_tokens(
     logits: torch.Tensor,
     params: Sequence[SamplingParams],
     generators: Sequence[torch.Generator | None],
+    positions: Sequence[int],
     generator: torch.Generator | None = None,
 ) -> torch.Tensor:
     """The d = 0 case of `verify`, left on the device (no host sync): (R,) token ids from (R, V) logits,
-    argmax for greedy rows and one uniform from each sampled row's generator exactly as `verify` draws it,
-    so the tokens equal verify's (the overlapped decode step launches the next step from them)."""
+    argmax for greedy rows, the keyed Gumbel-max sample at positions[r] for seeded rows, and one uniform
+    from each other sampled row's generator exactly as `verify` draws it, so the tokens equal verify's (the
+    overlapped decode step launches the next step from them)."""
     ids = logits.argmax(dim=-1)  # (R,)
-    sampled = [i for i, p in enumerate(params) if not p.is_greedy]
+    keyed = [i for i, p in enumerate(params) if not p.is_greedy and p.seed is not None]
+    if keyed:
+        rows = torch.tensor(keyed).to(ids.device, non_blocking=True)
+        probs = target_probs(logits.index_select(0, rows), [params[i] for i in keyed])
+        ids.index_copy_(0, rows, keyed_argmax(probs, [params[i].seed for i in keyed], [positions[i] for i in keyed]))
+    sampled = [i for i, p in enumerate(params) if not p.is_greedy and p.seed is None]
     if sampled:
         rows = torch.tensor(sampled).to(ids.device, non_blocking=True)
         probs = target_probs(logits.index_select(0, rows), [params[i] for i in sampled])

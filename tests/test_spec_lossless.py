@@ -99,7 +99,7 @@ def test_schedule_across_thresholds_is_lossless(ckpts, kind, schedule):
     assert _run_trace(engine, prompts) == plain
     histogram = engine.get_stats()["k_histogram"]
     # The schedule was applied: every recorded (batch, k) pair is what the schedule gives for that batch.
-    from dynaspec.spec.policy import DraftLenSchedule
+    from dynaspec.spec.schedule_policy import DraftLenSchedule
 
     lookup = DraftLenSchedule(schedule)
     seen_k = set()

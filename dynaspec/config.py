@@ -43,6 +43,10 @@ class EngineConfig(BaseModel):
     # run one-row (batch-1 decode) projections through a Triton GEMV, so a batch-1 step is one chain of
     # overlapping launches (models/decode_kernels.py). Ignored on CPU and older GPUs.
     dependent_launch: bool = True
+    # Automatic prefix caching (vLLM's APC): full KV blocks of committed tokens are content-hashed, shared
+    # copy-free by requests with the same prefix, kept after release in an LRU free queue and evicted only
+    # when a new block is needed (engine/prefix_cache.py). False: every request prefills its whole prompt.
+    enable_prefix_caching: bool = True
     speculative_config: SpeculativeConfig | None = None
 
     @field_validator("speculative_config", mode="before")

@@ -39,3 +39,7 @@ class RequestOutput:
     stop_reason: str | int | None = None  # the stop string or stop token id that ended it
     metrics: RequestMetrics | None = None
     new_token_ids: list[int] = field(default_factory=list)  # tokens committed in the last step
+    # With SamplingParams.logprobs = N (vLLM's shape, one dict per generated token): {token id: logprob}
+    # under the target's raw distribution, for the top-N tokens and the generated one; None when not asked.
+    logprobs: list[dict[int, float]] | None = None  # cumulative, one per token_ids entry
+    new_logprobs: list[dict[int, float]] | None = None  # those of new_token_ids

@@ -20,6 +20,8 @@ MAX_SEED = 2**63 - 1
 MAX_STOP_STRINGS = 64
 MAX_STOP_STRING_CHARS = 1024
 MAX_STOP_TOKEN_IDS = 1024
+MAX_LOGPROBS = 20
+"""Most alternatives per token `logprobs` may ask for: OpenAI's top_logprobs bound (vLLM's max_logprobs)."""
 
 
 class SamplingParams(BaseModel):
@@ -32,7 +34,11 @@ class SamplingParams(BaseModel):
 
     Bounds: 0 <= temperature <= 100 (finite); -1 <= top_k <= 2**31 - 1; 0 < top_p <= 1;
     0 <= min_p <= 1; 0 <= seed <= 2**63 - 1; 1 <= max_tokens <= 2**31 - 1; at most 64 stop strings
-    of 1..1024 characters; at most 1024 stop token ids, each in [0, 2**31 - 1].
+    of 1..1024 characters; at most 1024 stop token ids, each in [0, 2**31 - 1]; 0 <= logprobs <= 20.
+
+    `logprobs` (vLLM's field): None returns no log-probabilities; N >= 0 returns, for every generated token,
+    its log-probability under the target model's raw distribution and the N most likely alternatives
+    (0: the generated token's only). See engine/logprobs.py.
     """
 
     model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
@@ -47,6 +53,7 @@ class SamplingParams(BaseModel):
     stop_token_ids: list[int] = Field(default_factory=list, max_length=MAX_STOP_TOKEN_IDS)
     ignore_eos: bool = False
     include_stop_str_in_output: bool = False
+    logprobs: int | None = Field(default=None, ge=0, le=MAX_LOGPROBS)
 
     @field_validator("temperature")
     @classmethod

@@ -25,7 +25,8 @@ import torch
 from dynaspec.config import EngineConfig
 from dynaspec.engine.block_manager import BlockManager
 from dynaspec.engine.engine_setup import activation_reserve, check_shared_model, eos_ids, resolve_max_model_len
-from dynaspec.engine.output_processor import OutputProcessor, request_output
+from dynaspec.engine.logprobs import step_logprobs
+from dynaspec.engine.output_processor import OutputProcessor
 from dynaspec.engine.overlap import InflightStep, can_overlap, continuation, start_copy
 from dynaspec.engine.scheduler import ScheduledDecode, Scheduler, SchedulerOutput
 from dynaspec.engine.step_inputs import flat_inputs, uniform_inputs, verify_batch
@@ -206,6 +207,7 @@ class LLMEngine:
         request.status = RequestStatus.FINISHED
         request.finish_reason = "abort"
         self._release(request)
+        self.output_processor.release(request_id)
 
     def has_unfinished_requests(self) -> bool:
         return self.scheduler.num_unfinished > 0
@@ -282,11 +284,13 @@ class LLMEngine:
         scheduled = decoding + [p.request for p in sched.prefills]
         vbatch, verified = verify_batch(scheduled, drafts, draft_probs, rows.counts)
         result = verify(logits, vbatch, self.generator, self.acceptance)
+        logprobs = step_logprobs(logits, vbatch, result.tokens)  # None for requests that did not ask
         committed: list[list[int]] = [[] for _ in scheduled]
-        for n, tokens in zip(verified, result.tokens):
-            committed[n] = tokens
+        committed_logprobs: list[list[dict[int, float]] | None] = [None for _ in scheduled]
+        for n, tokens, entries in zip(verified, result.tokens, logprobs):
+            committed[n], committed_logprobs[n] = tokens, entries
         mark = len(self._policy_pending)
-        outputs = self._commit(sched, drafts, committed)
+        outputs = self._commit(sched, drafts, committed, committed_logprobs)
         if sched.decodes:
             outcome = StepOutcome(
                 request_ids=[r.request_id for r in decoding], draft_len=k, drafted=[len(d) for d in drafts],
@@ -358,7 +362,7 @@ class LLMEngine:
         limits = [d.max_draft for d in sched.decodes]
         return self.acceptance.complete_drafts(drafts, probs, limits, [d.request.last_token_id for d in sched.decodes])
 
-    def _commit(self, sched: SchedulerOutput, drafts, committed: list[list[int]]) -> list[RequestOutput]:
+    def _commit(self, sched: SchedulerOutput, drafts, committed: list[list[int]], logprobs=None) -> list[RequestOutput]:
         now = time.monotonic()
         if sched.decodes:
             accepted = [max(0, len(c) - 1) for c in committed[: len(sched.decodes)]]
@@ -370,12 +374,12 @@ class LLMEngine:
             prefill.request.num_computed_tokens += prefill.num_tokens
         scheduled = [d.request for d in sched.decodes] + [p.request for p in sched.prefills]
         progressed: list[tuple[Request, list[int]]] = []
-        for request, tokens in zip(scheduled, committed):
+        for request, tokens, entries in zip(scheduled, committed, logprobs or [None] * len(committed)):
             if not tokens:
                 continue
             if request.first_token_time is None:
                 request.first_token_time = now
-            kept = self.output_processor.commit(request, tokens)
+            kept = self.output_processor.commit(request, tokens, entries)
             if request.finish_reason is not None:
                 request.status = RequestStatus.FINISHED
                 request.finish_time = now
@@ -388,7 +392,7 @@ class LLMEngine:
         if sched.draft_len > 0:
             # At k = 0 no drafter method runs at all; drafters catch up on missed tokens in propose().
             self.drafter.observe(self.scheduler.running)
-        return [request_output(request, kept) for request, kept in progressed]
+        return [self.output_processor.output(request, kept) for request, kept in progressed]
 
     def _release(self, request: Request) -> None:
         self.scheduler.remove(request)

@@ -7,6 +7,11 @@ request at exactly the token where the non-speculative engine would have ended i
 Text: requests with stop strings are decoded after every token (the stop string must be found at the
 exact token); the others get their text once per step for the whole batch from the incremental
 detokenizer (`update_texts`), and one full decode when they finish.
+
+Log-probabilities (requests with SamplingParams.logprobs set): `commit` keeps those of the kept tokens
+(engine/logprobs.py computes them for every committed token; the ones after a stop are dropped with
+their tokens), and `output` attaches them to the RequestOutput, cumulative and per step, as vLLM does.
+They are held here per request id until the request's final output, or `release` on abort.
 """
 
 from __future__ import annotations
@@ -23,14 +28,17 @@ class OutputProcessor:
         self.detokenizer = IncrementalDetokenizer(tokenizer)
         self.eos_token_ids = eos_token_ids
         self.max_model_len = max_model_len
+        self._logprobs: dict[str, list[dict[int, float]]] = {}  # request id -> one entry per output token
 
     def decode(self, token_ids: list[int]) -> str:
         return self.detokenizer.decode(token_ids)
 
-    def commit(self, request: Request, tokens: list[int]) -> list[int]:
+    def commit(self, request: Request, tokens: list[int], logprobs: list[dict[int, float]] | None = None) -> list[int]:
         """Append `tokens` until a stop condition; set finish_reason. Returns the tokens kept.
 
-        Text is updated here only for requests with stop strings; call `update_texts` afterwards.
+        logprobs: one entry per token of `tokens` (engine/logprobs.py) for a request that asked for them;
+        those of the kept tokens are kept. Text is updated here only for requests with stop strings; call
+        `update_texts` afterwards.
         """
         params = request.params
         kept: list[int] = []
@@ -53,7 +61,25 @@ class OutputProcessor:
                 break
         if params.stop and not stopped_by_string:
             request.output_text = self.decode(request.output_token_ids)
+        if logprobs is not None:
+            self._logprobs.setdefault(request.request_id, []).extend(logprobs[: len(kept)])
         return kept
+
+    def output(self, request: Request, new_tokens: list[int]) -> RequestOutput:
+        """`request_output`, with the request's log-probabilities where it asked for them (forgotten here
+        once it finished)."""
+        out = request_output(request, new_tokens)
+        if request.params.logprobs is not None:
+            held = self._logprobs.get(request.request_id, [])
+            if request.is_finished:
+                self._logprobs.pop(request.request_id, None)
+            out.logprobs = list(held)
+            out.new_logprobs = held[len(held) - len(new_tokens):] if new_tokens else []
+        return out
+
+    def release(self, request_id: str) -> None:
+        """Forget an aborted request's log-probabilities."""
+        self._logprobs.pop(request_id, None)
 
     def update_texts(self, requests: Sequence[Request]) -> None:
         """Bring `output_text` up to date for requests without stop strings (one batched decode)."""

@@ -62,8 +62,11 @@ def start_copy(ids: torch.Tensor) -> tuple[torch.Tensor, torch.cuda.Event | None
 
 
 def can_overlap(sched: SchedulerOutput) -> bool:
-    """Whether a scheduled step may run overlapped: decode-only at k = 0."""
-    return bool(sched.decodes) and not sched.prefills and sched.draft_len == 0
+    """Whether a scheduled step may run overlapped: decode-only at k = 0, and no request asking for
+    logprobs (their logits rows are read by the host in the synchronous step: engine/logprobs.py)."""
+    if not sched.decodes or sched.prefills or sched.draft_len != 0:
+        return False
+    return all(d.request.params.logprobs is None for d in sched.decodes)
 
 
 def continuation(

@@ -104,7 +104,7 @@ class LLMEngine:
         ))
         self._capture(self.graph_pairs())
 
-        self.block_manager = BlockManager(num_blocks, config.block_size)
+        self.block_manager = BlockManager(num_blocks, config.block_size, config.enable_prefix_caching)
         self.scheduler = Scheduler(self.block_manager, config.max_num_seqs, config.max_num_batched_tokens, self.max_model_len)
         self.output_processor = OutputProcessor(self.tokenizer, eos_ids(loaded), self.max_model_len)
         self.stats = SpecStats()
@@ -245,6 +245,7 @@ class LLMEngine:
             speculative=self.config.speculative_config is not None,
             acceptance_replay=self.acceptance.name,
             **self.policy.stats(),  # draft_len_schedule, auto_schedule, planner_decision
+            **self.block_manager.stats(),  # prefix_cache_queries / _hits (prompt tokens), prefix_cache_hit_rate
         )
         return stats
 
@@ -376,10 +377,12 @@ class LLMEngine:
         progressed: list[tuple[Request, list[int]]] = []
         for request, tokens, entries in zip(scheduled, committed, logprobs or [None] * len(committed)):
             if not tokens:
+                self.block_manager.cache_computed_blocks(request)  # a mid-prompt chunk's full blocks
                 continue
             if request.first_token_time is None:
                 request.first_token_time = now
             kept = self.output_processor.commit(request, tokens, entries)
+            self.block_manager.cache_computed_blocks(request)  # blocks now full of committed tokens (APC)
             if request.finish_reason is not None:
                 request.status = RequestStatus.FINISHED
                 request.finish_time = now

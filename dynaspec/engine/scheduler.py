@@ -9,6 +9,9 @@ Every step the scheduler decides, under the `max_num_seqs` and `max_num_batched_
 When the KV pool cannot hold a decode, the most recently admitted running request is preempted: its
 blocks are freed and it goes back to the front of the waiting queue with all its tokens, to be
 recomputed later (no request is lost or corrupted).
+With prefix caching (engine/block_manager.py, vLLM's APC) an admitted request first takes its longest
+cached prefix of full blocks and its prefill starts after them; a preempted request's full blocks stay
+cached once freed, so its recompute may find them again.
 """
 
 from __future__ import annotations
@@ -122,8 +125,8 @@ class Scheduler:
 
         while self.waiting and budget > 0 and len(self.running) < self.max_num_seqs and not out.preempted:
             request = self.waiting[0]
-            chunk = min(request.num_tokens - request.num_computed_tokens, budget)
-            if not self.block_manager.ensure_slots(request, request.num_computed_tokens + chunk):
+            chunk = self.block_manager.admit(request, budget)  # after its cached prefix, if any
+            if chunk is None:
                 break
             self.waiting.popleft()
             request.status = RequestStatus.RUNNING

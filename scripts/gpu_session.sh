@@ -3,7 +3,7 @@
 # Usage (on the lent GPU, carrying .gpu-wheels): bash scripts/gpu_session.sh tests bench-core ...
 set -uo pipefail
 OUT=${OUT:-/tmp/out}
-mkdir -p "$OUT"
+AB=/tmp/ab; mkdir -p "$OUT" "$AB"
 python3 -m pip install -q --no-index --find-links .gpu-wheels --find-links .whl pydantic fastapi uvicorn gguf accelerate pytest 2>&1 | tail -1
 export PYTHONPATH=$PWD PYTHONUNBUFFERED=1
 nvidia-smi --query-gpu=name,memory.total --format=csv,noheader | tee "$OUT/card.txt"
@@ -95,6 +95,27 @@ for step in "$@"; do
         --phases 1,2,4,128,256,128,4,2,1 --requests-per-phase 9,16,25,256,256,256,25,16,9 --prompt-len 128 \
         --gen-len 128 --out-dir "$OUT/trace-diurnal" > "$OUT/trace-diurnal.log" 2>&1; tail -3 "$OUT/trace-diurnal.log"
       cat "$OUT/trace-diurnal/trace.md" ;;
+    redesign-core|redesign-sweep)
+      # Issue 19: the commit before the redesign (b567a7c, `git archive b567a7c dynaspec bench | tar -x -C
+      # .gl/old`, carried; $OLD names another place) and this tree, side by side in one call: decode at batch 1 and 64 (two rounds,
+      # old/new interleaved), or the goodput sweep (code-edit replay) at batch 1, 16, 64, 256.
+      for round in 1 2; do
+        for tree in old new; do
+          dir=$PWD; [ "$tree" = old ] && dir=${OLD:-$PWD/.gl/old}
+          if [ "$step" = redesign-core ]; then
+            args="--ks 0 --batch-sizes 1,64"; name=core-$tree-$round
+          else
+            [ "$round" = 2 ] && continue
+            args="--spec-config $PWD/bench/goodput_ngram_code_edit.yaml --ks 0-4 --batch-sizes 1,16,64,256 --rounds 2 --acceptance-profile acceptance_ngram_code-edit"
+            name=sweep-$tree
+          fi
+          (cd "$dir" && PYTHONPATH=$dir python3 -m dynaspec.cli bench --model random:llama-3.1-8b $args \
+            --prompt-len 128 --gen-len 64 --no-plots --out-dir "$AB/$name" > "$AB/$name.log" 2>&1) || tail -5 "$AB/$name.log"
+        done
+      done
+      if [ "$step" = redesign-core ]; then set -- "$AB"/core-old-1 "$AB"/core-new-1 "$AB"/core-old-2 "$AB"/core-new-2
+      else set -- "$AB"/sweep-old "$AB"/sweep-new; fi
+      python3 scripts/redesign_ab.py "$@" | tee -a "$OUT/redesign_ab.md" ;;
     k0-ab)
       python3 scripts/gpu_k0_ab.py 2 8 64 2>&1 | tail -5 ;;
     *) echo "unknown step $step" ;;

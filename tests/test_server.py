@@ -83,7 +83,7 @@ def engine_blocks(app) -> tuple[int, int, int, int]:
         lambda e: (e.num_free_blocks, e.num_total_blocks, e.num_running, e.num_waiting)).result(timeout=30)
 
 
-def wait_all_blocks_free(app, timeout: float = 20.0) -> tuple[int, int, int, int]:
+def wait_all_blocks_free(app, timeout: float = 120.0) -> tuple[int, int, int, int]:
     deadline = time.monotonic() + timeout
     while True:
         state = engine_blocks(app)
@@ -313,7 +313,7 @@ def test_speculation_stats_in_metrics(config, greedy_refs):
         wait_all_blocks_free(app)
         drafted = app.state.engine.call(lambda e: e.get_stats()["num_drafted"]).result(timeout=30)
         assert drafted > 0
-        deadline = time.monotonic() + 10
+        deadline = time.monotonic() + 120  # generous: a loaded CI machine is slow, the condition is what is tested
         while True:  # the engine thread republishes stats once idle
             text = httpx.get(base + "/metrics").text
             if metric_value(text, "dynaspec_spec_draft_tokens_total") == drafted or time.monotonic() > deadline:
@@ -402,7 +402,7 @@ def test_disconnect_before_the_stream_starts_aborts(server):
 
     try:
         asyncio.run(scenario())
-        deadline = time.monotonic() + 30
+        deadline = time.monotonic() + 120  # generous: see above
         while count(httpx.get(base + "/metrics").text, "dynaspec_http_requests_total", closed_label) \
                 <= count(before, "dynaspec_http_requests_total", closed_label):
             assert time.monotonic() < deadline, "the server never noticed the disconnect"

@@ -80,3 +80,13 @@ def test_empty_stats():
 def test_record_rejects_inconsistent_counts(kwargs, message):
     with pytest.raises(ValueError, match=message):
         SpecStats().record(**kwargs)
+
+
+def test_num_drafts_and_vllm_mean_acceptance_length():
+    s = _filled()
+    # request-steps that verified >= 1 draft token (vLLM's num_drafts): 2 + 1 (the n-gram miss is not one) + 1
+    assert s.num_drafts == 4
+    assert s.mean_acceptance_length == pytest.approx(1 + 5 / 4)
+    d = s.as_dict()
+    assert (d["num_drafts"], d["mean_acceptance_length"]) == (4, pytest.approx(1 + 5 / 4))
+    assert SpecStats().mean_acceptance_length == 0.0

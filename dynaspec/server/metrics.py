@@ -5,6 +5,16 @@ engine-level numbers (queue depth, KV use, speculation statistics) are read at s
 latest EngineSnapshot the engine thread published, by a custom collector
 (https://prometheus.github.io/client_python/collector/custom/). Names follow the Prometheus naming
 guide: a `dynaspec_` prefix, base units (seconds), `_total` on counters.
+
+Speculation counters with vLLM's names and meaning (vllm/v1/metrics/loggers.py, SpecDecodingProm), under
+a `dynaspec:` prefix (a colon is legal in a Prometheus metric name): `dynaspec:spec_decode_num_drafts`
+(request-steps that verified >= 1 draft token), `..._num_draft_tokens`, `..._num_accepted_tokens` and
+`..._num_accepted_tokens_per_pos{position}` (0-based, as vLLM's), all counters, so a dashboard takes
+`rate()` of them: acceptance rate = accepted / draft tokens, mean acceptance length = 1 + accepted / drafts.
+Beside them the gauges `dynaspec:spec_decode_draft_length` (k of the last decode step),
+`dynaspec:kv_cache_usage_perc` (vLLM's name: a fraction, 1 = full) and, when the engine's stats carry
+them, the prefix cache's hit rate and its query / hit token counters (vLLM's `prefix_cache_queries` /
+`prefix_cache_hits`). docs/grafana_dashboard.json is a dashboard over these.
 """
 
 from __future__ import annotations
@@ -89,7 +99,11 @@ class _EngineCollector(Collector):
             yield GaugeMetricFamily("dynaspec_kv_blocks_free", "KV blocks free", value=s.num_free_blocks)
         yield GaugeMetricFamily("dynaspec_engine_loop_alive", "1 while the engine thread runs",
                                 value=1.0 if s.loop_alive else 0.0)
+        yield GaugeMetricFamily("dynaspec:kv_cache_usage_perc", "KV-cache usage (vLLM's name): 1 means 100 percent",
+                                value=s.kv_cache_usage)
         yield from _spec_families(s.stats)
+        yield from _spec_decode_counters(s.stats)
+        yield from _prefix_cache_families(s.stats)
 
 
 def _spec_families(stats: dict[str, Any]) -> Iterable[Any]:
@@ -124,3 +138,37 @@ def _spec_families(stats: dict[str, Any]) -> Iterable[Any]:
         buckets.append(("+Inf", cumulative))
         yield HistogramMetricFamily("dynaspec_spec_draft_length", "Draft length k chosen (all batch sizes)",
                                     buckets=buckets, sum_value=sum(k * c for k, c in by_k.items()))
+
+
+def _spec_decode_counters(stats: dict[str, Any]) -> Iterable[Any]:
+    """vLLM's speculative-decoding counters (SpecDecodingProm) from SpecStats' totals, plus the draft
+    length in force. Nothing is emitted before the engine published its stats."""
+    if stats.get("num_drafts") is None:
+        return
+    for key, name, doc in (
+        ("num_drafts", "dynaspec:spec_decode_num_drafts",
+         "Draft proposals: request-steps that verified at least one draft token"),
+        ("drafted", "dynaspec:spec_decode_num_draft_tokens", "Draft tokens verified"),
+        ("accepted", "dynaspec:spec_decode_num_accepted_tokens", "Draft tokens accepted"),
+    ):
+        yield CounterMetricFamily(name, doc, value=float(stats.get(key) or 0))
+    per_pos = CounterMetricFamily("dynaspec:spec_decode_num_accepted_tokens_per_pos",
+                                  "Draft tokens accepted at each draft position (0-based)", labels=["position"])
+    for position, count in enumerate(stats.get("accepted_per_position") or []):
+        per_pos.add_metric([str(position)], float(count))
+    yield per_pos
+    last = stats.get("last_step") or {}
+    yield GaugeMetricFamily("dynaspec:spec_decode_draft_length", "Draft length k of the last decode step",
+                            value=float(last.get("k", 0)))
+
+
+def _prefix_cache_families(stats: dict[str, Any]) -> Iterable[Any]:
+    """Prefix-cache numbers where the engine's stats carry them (absent keys: nothing emitted)."""
+    if stats.get("prefix_cache_hit_rate") is not None:
+        yield GaugeMetricFamily("dynaspec:prefix_cache_hit_rate", "Prefix-cache hit rate (hit / queried tokens)",
+                                value=float(stats["prefix_cache_hit_rate"]))
+    for key, name, doc in (("prefix_cache_queries", "dynaspec:prefix_cache_queries",
+                            "Prompt tokens looked up in the prefix cache"),
+                           ("prefix_cache_hits", "dynaspec:prefix_cache_hits", "Prompt tokens found in the prefix cache")):
+        if stats.get(key) is not None:
+            yield CounterMetricFamily(name, doc, value=float(stats[key]))

@@ -7,6 +7,13 @@ drafted more than j tokens and "accepted" when it accepted more than j.
 
 Mean accepted length follows the speculative decoding literature (Leviathan et al. 2023, "tau"): tokens
 committed per target forward, i.e. accepted + 1, averaged over request-steps of steps with k >= 1.
+
+Drafts, as vLLM counts them (vllm/v1/spec_decode/metrics.py, `SpecDecodingStats.observe_draft`, and the
+`vllm:spec_decode_num_drafts` counter): one draft per request per step in which that request verified
+at least one draft token. `mean_acceptance_length` is vLLM's 1 + accepted / drafts; it differs from
+`mean_accepted_length` only where a request drafted nothing in a step with k >= 1 (an n-gram miss), which
+vLLM does not count and tau does. The totals (`num_drafts`, `drafted`, `accepted`,
+`accepted_per_position`) only grow, so Prometheus counters can be fed from them (server/metrics.py).
 """
 
 from __future__ import annotations
@@ -31,6 +38,7 @@ class SpecStats:
         self.num_steps = 0
         self.num_spec_steps = 0
         self.num_spec_request_steps = 0
+        self.num_drafts = 0  # request-steps with >= 1 draft token (vLLM's num_drafts)
         self.drafted = 0
         self.accepted = 0
         self.drafted_per_position: list[int] = []
@@ -64,6 +72,7 @@ class SpecStats:
         if k >= 1:
             self.num_spec_steps += 1
             self.num_spec_request_steps += len(drafted)
+            self.num_drafts += sum(1 for d in drafted if d > 0)
             self.drafted += step_drafted
             self.accepted += step_accepted
             k_drafted, k_accepted = self.per_k.setdefault(k, ([], []))
@@ -97,6 +106,12 @@ class SpecStats:
             return 0.0
         return (self.accepted + self.num_spec_request_steps) / self.num_spec_request_steps
 
+    @property
+    def mean_acceptance_length(self) -> float:
+        """vLLM's mean acceptance length: 1 + accepted / drafts (drafts: request-steps with >= 1 draft
+        token); 0 before any draft."""
+        return 1.0 + self.accepted / self.num_drafts if self.num_drafts else 0.0
+
     def acceptance_per_position(self) -> list[float]:
         return _rates(self.accepted_per_position, self.drafted_per_position)
 
@@ -105,10 +120,12 @@ class SpecStats:
         return {
             "num_steps": self.num_steps,
             "num_spec_steps": self.num_spec_steps,
+            "num_drafts": self.num_drafts,
             "drafted": self.drafted,
             "accepted": self.accepted,
             "acceptance_rate": self.acceptance_rate,
             "mean_accepted_length": self.mean_accepted_length,
+            "mean_acceptance_length": self.mean_acceptance_length,
             "drafted_per_position": list(self.drafted_per_position),
             "accepted_per_position": list(self.accepted_per_position),
             "acceptance_per_position": self.acceptance_per_position(),

@@ -35,8 +35,9 @@ class RequestOutput:
     text: str
     token_ids: list[int]
     finished: bool
-    finish_reason: str | None  # None while running, then "stop" | "length" | "abort"
+    finish_reason: str | None  # None while running, then "stop" | "length" | "abort" | "error"
     stop_reason: str | int | None = None  # the stop string or stop token id that ended it
+    error: str | None = None  # with finish_reason "error": what went wrong with this request (others go on)
     metrics: RequestMetrics | None = None
     new_token_ids: list[int] = field(default_factory=list)  # tokens committed in the last step
     # With SamplingParams.logprobs = N (vLLM's shape, one dict per generated token): {token id: logprob}

@@ -24,6 +24,7 @@ import torch
 
 from dynaspec.config import EngineConfig
 from dynaspec.engine.block_manager import BlockManager
+from dynaspec.engine.drafting import propose_drafts
 from dynaspec.engine.engine_setup import activation_reserve, check_shared_model, eos_ids, resolve_max_model_len
 from dynaspec.engine.logprobs import step_logprobs
 from dynaspec.engine.output_processor import OutputProcessor
@@ -274,7 +275,7 @@ class LLMEngine:
         # meanwhile: a cost of switching k, not a sample of T(batch, k).
         resumed = k > 0 and self._previous_draft_len == 0 and not sched.prefills
         behind = self.drafter.catch_up_tokens(decoding) if resumed else None
-        drafts, draft_probs = self._propose(sched)
+        drafts, draft_probs, failures = propose_drafts(self.drafter, self.acceptance, sched)
         if not sched.prefills and self.runner.can_replay(len(decoding), k):
             batch, rows = uniform_inputs(sched, drafts)
             logits = self.runner.forward_uniform(batch, k, rows.logit_rows)  # (N, vocab)
@@ -288,10 +289,12 @@ class LLMEngine:
         logprobs = step_logprobs(logits, vbatch, result.tokens)  # None for requests that did not ask
         committed: list[list[int]] = [[] for _ in scheduled]
         committed_logprobs: list[list[dict[int, float]] | None] = [None for _ in scheduled]
-        for n, tokens, entries in zip(verified, result.tokens, logprobs):
+        for n, tokens, entries, failed in zip(verified, result.tokens, logprobs, result.failed):
             committed[n], committed_logprobs[n] = tokens, entries
+            if failed:
+                failures[n] = "the model's logits for this request are not finite (NaN or infinity)"
         mark = len(self._policy_pending)
-        outputs = self._commit(sched, drafts, committed, committed_logprobs)
+        outputs = self._commit(sched, drafts, committed, committed_logprobs, failures)
         if sched.decodes:
             outcome = StepOutcome(
                 request_ids=[r.request_id for r in decoding], draft_len=k, drafted=[len(d) for d in drafts],
@@ -348,23 +351,11 @@ class LLMEngine:
             self._policy_pending.insert(mark, lambda: self.policy.observe(outcome))
         return outputs
 
-    def _propose(self, sched: SchedulerOutput) -> tuple[list[list[int]], list[torch.Tensor | None]]:
-        """Draft tokens per decode, at most its max_draft (empty lists at k = 0: no drafter method runs)."""
-        drafts: list[list[int]] = [[] for _ in sched.decodes]
-        probs: list[torch.Tensor | None] = [None for _ in sched.decodes]
-        wanted = [i for i, d in enumerate(sched.decodes) if d.max_draft > 0]
-        if sched.draft_len == 0 or not wanted:
-            return drafts, probs
-        proposal = self.drafter.propose([sched.decodes[i].request for i in wanted], sched.draft_len)
-        for j, i in enumerate(wanted):
-            drafts[i] = list(proposal.tokens[j][: sched.decodes[i].max_draft])
-            q = proposal.probs[j]
-            probs[i] = None if q is None else q[: len(drafts[i])]
-        limits = [d.max_draft for d in sched.decodes]
-        return self.acceptance.complete_drafts(drafts, probs, limits, [d.request.last_token_id for d in sched.decodes])
-
-    def _commit(self, sched: SchedulerOutput, drafts, committed: list[list[int]], logprobs=None) -> list[RequestOutput]:
+    def _commit(self, sched: SchedulerOutput, drafts, committed: list[list[int]], logprobs=None, failures=None) -> list[RequestOutput]:
+        """Commit each scheduled request's tokens (decodes, then prefills); failures: {index: message} of
+        requests that end with an error (theirs alone: the others go on)."""
         now = time.monotonic()
+        failures = failures or {}
         if sched.decodes:
             accepted = [max(0, len(c) - 1) for c in committed[: len(sched.decodes)]]
             self.stats.record(len(sched.decodes), sched.draft_len, [len(d) for d in drafts], accepted)
@@ -375,13 +366,22 @@ class LLMEngine:
             prefill.request.num_computed_tokens += prefill.num_tokens
         scheduled = [d.request for d in sched.decodes] + [p.request for p in sched.prefills]
         progressed: list[tuple[Request, list[int]]] = []
-        for request, tokens, entries in zip(scheduled, committed, logprobs or [None] * len(committed)):
+        for n, (request, tokens, entries) in enumerate(zip(scheduled, committed, logprobs or [None] * len(committed))):
+            if n in failures:
+                self._fail(request, failures[n], now)
+                progressed.append((request, []))
+                continue
             if not tokens:
                 self.block_manager.cache_computed_blocks(request)  # a mid-prompt chunk's full blocks
                 continue
             if request.first_token_time is None:
                 request.first_token_time = now
-            kept = self.output_processor.commit(request, tokens, entries)
+            try:  # stop strings, detokenisation: a failure is this request's
+                kept = self.output_processor.commit(request, tokens, entries)
+            except Exception as exc:  # noqa: BLE001
+                self._fail(request, f"committing its tokens failed: {type(exc).__name__}: {exc}", now)
+                progressed.append((request, []))
+                continue
             self.block_manager.cache_computed_blocks(request)  # blocks now full of committed tokens (APC)
             if request.finish_reason is not None:
                 request.status = RequestStatus.FINISHED
@@ -391,11 +391,30 @@ class LLMEngine:
             else:
                 self.block_manager.trim(request, request.num_tokens)
             progressed.append((request, kept))
-        self.output_processor.update_texts([request for request, _ in progressed])
+        self._update_texts([request for request, _ in progressed if request.finish_reason != "error"], now)
         if sched.draft_len > 0:
             # At k = 0 no drafter method runs at all; drafters catch up on missed tokens in propose().
             self.drafter.observe(self.scheduler.running)
         return [self.output_processor.output(request, kept) for request, kept in progressed]
+
+    def _update_texts(self, requests: list[Request], now: float) -> None:
+        """Bring the requests' text up to date (one batched decode); a request whose tokens fail to decode
+        ends with an error, alone."""
+        try:
+            self.output_processor.update_texts(requests)
+        except Exception:  # noqa: BLE001 - find whose tokens fail, request by request
+            for request in requests:
+                try:
+                    self.output_processor.update_texts([request])
+                except Exception as exc:  # noqa: BLE001
+                    self._fail(request, f"detokenizing its tokens failed: {type(exc).__name__}: {exc}", now)
+
+    def _fail(self, request: Request, message: str, now: float) -> None:
+        """Finish one request with an error (finish_reason "error", RequestOutput.error = message)."""
+        request.status = RequestStatus.FINISHED
+        request.finish_reason, request.error, request.finish_time = "error", message, now
+        self.requests.pop(request.request_id, None)
+        self._release(request)
 
     def _release(self, request: Request) -> None:
         self.scheduler.remove(request)

@@ -119,6 +119,7 @@ def request_output(request: Request, new_tokens: list[int]) -> RequestOutput:
         finished=request.is_finished,
         finish_reason=request.finish_reason,
         stop_reason=request.stop_reason,
+        error=request.error,
         metrics=RequestMetrics(
             arrival_time=request.arrival_time,
             first_token_time=request.first_token_time,

@@ -36,6 +36,7 @@ class Request:
     block_ids: list[int] = field(default_factory=list)
     finish_reason: str | None = None
     stop_reason: str | int | None = None
+    error: str | None = None  # why the request ended with finish_reason "error" (its fault alone)
     first_token_time: float | None = None
     finish_time: float | None = None
     num_preemptions: int = 0

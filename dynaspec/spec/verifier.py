@@ -30,7 +30,7 @@ lengths replayed from a recorded profile (spec/replay.py), never a branch of the
 from __future__ import annotations
 
 from collections.abc import Hashable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 
@@ -41,10 +41,12 @@ from dynaspec.sampling_params import SamplingParams
 
 @dataclass
 class VerifyOutput:
-    """tokens[i]: committed tokens of request i (accepted drafts + 1); num_accepted[i]: drafts accepted."""
+    """tokens[i]: committed tokens of request i (accepted drafts + 1); num_accepted[i]: drafts accepted;
+    failed[i] (when validity was checked): request i's rows were not finite, so it commits nothing."""
 
     tokens: list[list[int]]
     num_accepted: list[int]
+    failed: list[bool] = field(default_factory=list)
 
 
 @dataclass
@@ -111,7 +113,11 @@ def verify(
             rows[i] = torch.log(rows[i]) + g
     greedy = [p.is_greedy or p.seed is not None for p in batch.params]  # the one place greedy vs sampled is decided
     forced = (acceptance or _TARGET).forced_lengths(batch)
-    return rejection_sample(rows, batch.drafts, batch.draft_probs, greedy, batch.generators, generator, forced)
+    owner = torch.repeat_interleave(torch.arange(len(counts)), torch.tensor(counts)).to(logits.device, non_blocking=True)
+    not_finite = torch.zeros(len(counts), device=logits.device).index_add_(0, owner, (~torch.isfinite(logits).all(dim=-1)).float())
+    return rejection_sample(
+        rows, batch.drafts, batch.draft_probs, greedy, batch.generators, generator, forced, valid=not_finite == 0
+    )
 
 
 _TARGET = TargetAcceptance()
@@ -205,6 +211,7 @@ def rejection_sample(
     generators: Sequence[torch.Generator | None] | None = None,
     generator: torch.Generator | None = None,
     forced_accepted: Sequence[int | None] | None = None,
+    valid: torch.Tensor | None = None,
 ) -> VerifyOutput:
     """Verify a batch of drafts; request i has d_i = len(draft_tokens[i]) drafts (possibly 0).
 
@@ -218,6 +225,8 @@ def rejection_sample(
         (None: torch's default generator). A sampling request draws exactly d_i + 1 uniforms from it.
     forced_accepted: per request an accepted length decided elsewhere (acceptance replay), whose final
         token is then the target's argmax after it; None entries (or None): the target decides.
+    valid: (R,) bool on the device, False for a request whose rows are unusable (not finite): it commits
+        nothing and is reported in `failed` (read with the tokens, no extra sync).
     """
     n = len(draft_tokens)
     if isinstance(target, torch.Tensor):
@@ -248,10 +257,13 @@ def rejection_sample(
             if forced_accepted is not None:
                 accepted, final = _force(accepted, final, [target[i] for i in idx], [forced_accepted[i] for i in idx], device)
             committed.index_copy_(0, torch.tensor(idx, device=device), _layout(drafts, accepted, final, width))
+    if valid is not None:
+        committed[:, 0] = torch.where(valid, committed[:, 0], torch.full_like(committed[:, 0], -1))
     host = committed.tolist()  # the one device-to-host read of the step's verification
     return VerifyOutput(
-        tokens=[row[1 : row[0] + 2] for row in host],
-        num_accepted=[row[0] for row in host],
+        tokens=[row[1 : row[0] + 2] if row[0] >= 0 else [] for row in host],
+        num_accepted=[max(row[0], 0) for row in host],
+        failed=[row[0] < 0 for row in host] if valid is not None else [],
     )
 
 

@@ -1,8 +1,8 @@
 """Log-probabilities (issue 23): the committed tokens' logprobs are log_softmax of the TARGET's raw logits
 (HF transformers' within float32 tolerance), the top-N alternatives are the row's top-N, and speculation
 (n-gram, draft model; greedy and seeded sampling) leaves them as plain decoding's. Kept tokens only after
-a stop; steps with logprobs requests are not overlapped. The server's OpenAI shapes: test_logprobs_server.py
-is not needed: the last tests here drive /v1/completions and /v1/chat/completions."""
+a stop; steps with logprobs requests are not overlapped. The server's OpenAI shapes (chat and legacy
+completions, streamed and not, 400 for out-of-range values): the tests at the end, test_server.py style."""
 
 from __future__ import annotations
 
@@ -13,6 +13,7 @@ import pytest
 import torch
 
 from dynaspec import LLM, SamplingParams
+from dynaspec.engine.engine import LLMEngine
 from dynaspec.engine.overlap import can_overlap
 from dynaspec.engine.scheduler import ScheduledDecode, SchedulerOutput
 from dynaspec.runtime.request import Request
@@ -135,3 +136,99 @@ def test_logprobs_requests_are_not_overlapped():
 def test_logprobs_out_of_range_is_refused(value):
     with pytest.raises(ValueError, match="logprobs"):
         SamplingParams(logprobs=value)
+
+
+# ------------------------------------------------------------------------------------------------ server
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    from tests.test_server import build_tiny_chat_checkpoint, engine_config, running_server
+
+    config = engine_config(build_tiny_chat_checkpoint(tmp_path_factory.mktemp("tiny-chat")))
+    with running_server(config) as (base, app):
+        yield base, config
+
+
+PROMPT_IDS = [504, 1930, 2204, 314, 260, 3619]
+
+
+def _post(base: str, path: str, body: dict) -> httpx.Response:
+    return httpx.post(base + path, json={"model": "tiny", **body}, timeout=120)
+
+
+def _stream(base: str, path: str, body: dict) -> list[dict]:
+    with httpx.stream("POST", base + path, json={"model": "tiny", "stream": True, **body}, timeout=120) as resp:
+        assert resp.status_code == 200
+        lines = [line[6:] for line in resp.iter_lines() if line.startswith("data: ")]
+    assert lines[-1] == "[DONE]"
+    return [json.loads(line) for line in lines[:-1]]
+
+
+def test_completions_legacy_shape_equals_the_engines(server):
+    base, config = server
+    resp = _post(base, "/v1/completions", {"prompt": PROMPT_IDS, "max_tokens": 8, "temperature": 0, "logprobs": 3})
+    assert resp.status_code == 200, resp.text
+    choice = resp.json()["choices"][0]
+    lp = choice["logprobs"]
+    engine = LLMEngine(config)
+    engine.add_request("ref", PROMPT_IDS, SamplingParams(temperature=0, max_tokens=8, logprobs=3))
+    ref = next(o for _ in range(100) for o in engine.step() if o.finished)
+    assert lp["token_logprobs"] == pytest.approx([e[t] for e, t in zip(ref.logprobs, ref.token_ids)], abs=ATOL)
+    assert lp["tokens"] == [engine.tokenizer.decode([t]) for t in ref.token_ids]
+    assert all(3 <= len(top) <= 4 and top[word] == pytest.approx(logprob, abs=ATOL)
+               for top, word, logprob in zip(lp["top_logprobs"], lp["tokens"], lp["token_logprobs"]))
+    assert lp["text_offset"] == [sum(len(w) for w in lp["tokens"][:j]) for j in range(len(lp["tokens"]))]
+    streamed = _stream(base, "/v1/completions", {"prompt": PROMPT_IDS, "max_tokens": 8, "temperature": 0,
+                                                 "logprobs": 3})
+    parts = [c["choices"][0]["logprobs"] for c in streamed if c["choices"] and c["choices"][0]["logprobs"]]
+    for key in ("tokens", "token_logprobs", "top_logprobs", "text_offset"):
+        assert [x for part in parts for x in part[key]] == pytest.approx(lp[key], abs=ATOL)
+
+
+def test_chat_shape_streamed_and_not(server):
+    base, _ = server
+    body = {"messages": [{"role": "user", "content": "Say hi"}], "max_tokens": 8, "temperature": 0,
+            "logprobs": True, "top_logprobs": 2}
+    resp = _post(base, "/v1/chat/completions", body)
+    assert resp.status_code == 200, resp.text
+    data = resp.json()
+    content = data["choices"][0]["logprobs"]["content"]
+    assert len(content) == data["usage"]["completion_tokens"]
+    for item in content:
+        assert set(item) == {"token", "logprob", "bytes", "top_logprobs"}
+        assert item["bytes"] == list(item["token"].encode("utf-8"))
+        tops = [t["logprob"] for t in item["top_logprobs"]]
+        assert len(tops) == 2 and tops == sorted(tops, reverse=True) and item["logprob"] <= tops[0] + ATOL
+    streamed = _stream(base, "/v1/chat/completions", body)
+    chunks = [c["choices"][0]["logprobs"]["content"] for c in streamed
+              if c["choices"] and c["choices"][0].get("logprobs")]
+    joined = [item for chunk in chunks for item in chunk]
+    assert [i["token"] for i in joined] == [i["token"] for i in content]
+    assert [i["logprob"] for i in joined] == pytest.approx([i["logprob"] for i in content], abs=ATOL)
+    plain = _post(base, "/v1/chat/completions", {**body, "logprobs": False, "top_logprobs": None}).json()
+    assert plain["choices"][0]["logprobs"] is None
+
+
+def test_openai_client_reads_chat_logprobs(server):
+    import openai
+
+    base, _ = server
+    client = openai.OpenAI(base_url=base + "/v1", api_key="unused", max_retries=0, timeout=60)
+    out = client.chat.completions.create(model="tiny", messages=[{"role": "user", "content": "hi"}], max_tokens=4,
+                                         temperature=0, logprobs=True, top_logprobs=0)
+    assert len(out.choices[0].logprobs.content) == out.usage.completion_tokens
+    assert all(item.top_logprobs == [] and item.logprob <= 0 for item in out.choices[0].logprobs.content)
+
+
+@pytest.mark.parametrize("path,body,param", [
+    ("/v1/completions", {"prompt": "hi", "logprobs": 21}, "logprobs"),
+    ("/v1/completions", {"prompt": "hi", "logprobs": -1}, "logprobs"),
+    ("/v1/chat/completions", {"messages": [{"role": "user", "content": "hi"}], "logprobs": True,
+                              "top_logprobs": 21}, "top_logprobs"),
+    ("/v1/chat/completions", {"messages": [{"role": "user", "content": "hi"}], "top_logprobs": 2}, "top_logprobs"),
+])
+def test_out_of_range_logprobs_get_400(server, path, body, param):
+    base, _ = server
+    resp = _post(base, path, body)
+    assert resp.status_code == 400, resp.text
+    assert resp.json()["error"]["param"] == param

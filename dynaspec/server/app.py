@@ -27,6 +27,7 @@ from dynaspec.server import protocol as P
 from dynaspec.server.async_engine import AsyncEngine, OutputGroup
 from dynaspec.server.errors import APIError, install_error_handlers, invalid_request, model_not_found
 from dynaspec.server.limits import DEFAULT_MAX_BODY_BYTES, BodySizeLimit, ConcurrencyLimit
+from dynaspec.server import logprobs_format as L
 from dynaspec.server.metrics import ServerMetrics
 from dynaspec.server.prompts import PromptPreparer, default_max_prompt_chars
 from dynaspec.server.streaming import SSE_DONE, DeltaTracker, GuardedStreamingResponse, sse, wait_for_disconnect
@@ -106,6 +107,7 @@ def create_app(
         app.add_middleware(ConcurrencyLimit, max_concurrency=max_concurrency, record_status=metrics.record_status,
                            retry_after_s=retry_after_s)
     created = P.now()
+    token_text = L.TokenStrings(lambda: engine.tokenizer)  # logprobs' token strings
 
     def check_model(name: str) -> None:
         if name != model_name:
@@ -221,7 +223,8 @@ def create_app(
         outs = await collect(group, request)
         if outs is None:
             return gone(path)
-        choices = [P.CompletionChoice(index=i, text=o.text, finish_reason=o.finish_reason)
+        choices = [P.CompletionChoice(index=i, text=o.text, finish_reason=o.finish_reason,
+                                      logprobs=L.completion_choice_logprobs(body, o, token_text))
                    for i, o in enumerate(outs)]
         metrics.record_status(path, 200)
         return JSONResponse(P.CompletionResponse(id=rid, created=P.now(), model=model_name, choices=choices,
@@ -230,12 +233,13 @@ def create_app(
     async def completion_events(body: P.CompletionRequest, group: OutputGroup, rid: str) -> AsyncIterator[str]:
         created_at = P.now()
         tracker = DeltaTracker(len(group.request_ids), group_stops(body))
+        logprobs = L.completion_stream(body, len(group.request_ids), token_text)
         async for batch in group.updates():
             choices = []
             for i, out in batch:
                 text = tracker.delta(i, out.text, out.finished)
                 if text or out.finished:
-                    choices.append(P.CompletionChoice(index=i, text=text,
+                    choices.append(P.CompletionChoice(index=i, text=text, logprobs=logprobs.next(i, out),
                                                       finish_reason=out.finish_reason if out.finished else None))
             if choices:
                 yield sse(P.CompletionResponse(id=rid, created=created_at, model=model_name, choices=choices))
@@ -269,7 +273,8 @@ def create_app(
         outs = await collect(group, request)
         if outs is None:
             return gone(path)
-        choices = [P.ChatChoice(index=i, message=P.ChatMessageOut(content=o.text), finish_reason=o.finish_reason)
+        choices = [P.ChatChoice(index=i, message=P.ChatMessageOut(content=o.text), finish_reason=o.finish_reason,
+                                logprobs=L.chat_choice_logprobs(body, o, token_text))
                    for i, o in enumerate(outs)]
         metrics.record_status(path, 200)
         return JSONResponse(P.ChatCompletionResponse(id=rid, created=P.now(), model=model_name, choices=choices,
@@ -286,12 +291,14 @@ def create_app(
         yield chunk([P.ChatChunkChoice(index=i, delta=P.ChatDelta(role="assistant", content=""))
                      for i in range(n)])
         tracker = DeltaTracker(n, group_stops(body))
+        logprobs = L.chat_stream(body, n, token_text)
         async for batch in group.updates():
             choices = []
             for i, out in batch:
                 text = tracker.delta(i, out.text, out.finished)
                 if text or out.finished:
                     choices.append(P.ChatChunkChoice(index=i, delta=P.ChatDelta(content=text or None),
+                                                     logprobs=logprobs.next(i, out),
                                                      finish_reason=out.finish_reason if out.finished else None))
             if choices:
                 yield chunk(choices)

@@ -3,8 +3,10 @@
 Field names and defaults follow the OpenAI API reference for `/v1/completions` and
 `/v1/chat/completions` (https://platform.openai.com/docs/api-reference). Requests are validated
 strictly (no "5" for 5, no unknown fields), so a wrong type is a 400, not a silent coercion. Options
-the engine cannot honour (logprobs, echo, penalties, logit_bias, tools, ...) are rejected with a 400
-that names them rather than ignored. `top_k`, `min_p`, `ignore_eos` and `stop_token_ids` are accepted
+the engine cannot honour (echo, penalties, logit_bias, tools, ...) are rejected with a 400
+that names them rather than ignored. Log-probabilities: `logprobs: int` (0..20) on completions (the
+legacy response shape) and `logprobs: bool` + `top_logprobs: int` (0..20, needs `logprobs: true`, as
+OpenAI requires) on chat; both become SamplingParams.logprobs (server/logprobs_format.py builds the shapes). `top_k`, `min_p`, `ignore_eos` and `stop_token_ids` are accepted
 as extensions, as vLLM does.
 
 Every number is bounded here, so a bad value is a 400 naming its field before anything is tokenized:
@@ -20,7 +22,9 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from dynaspec.sampling_params import MAX_INT32, MAX_SEED, MAX_STOP_STRING_CHARS, MAX_STOP_TOKEN_IDS, SamplingParams
+from dynaspec.sampling_params import (
+    MAX_INT32, MAX_LOGPROBS, MAX_SEED, MAX_STOP_STRING_CHARS, MAX_STOP_TOKEN_IDS, SamplingParams,
+)
 from dynaspec.server.errors import invalid_request, unsupported
 
 MAX_N = 16  # choices per request: each is its own engine request, so bound the fan-out
@@ -78,6 +82,10 @@ class _SamplingFields(_Strict):
     def _max_tokens(self) -> int | None:
         return self.max_tokens
 
+    def _logprobs(self) -> int | None:
+        """SamplingParams.logprobs: alternatives per token, None for no log-probabilities."""
+        return None
+
     def sampling_params(self, choice: int, default_max_tokens: int = COMPLETION_DEFAULT_MAX_TOKENS) -> SamplingParams:
         """SamplingParams of choice `choice` (0..n-1). A seed s gives choice i the seed s + i, so the
         n choices differ from each other yet the whole response is reproducible. `default_max_tokens`
@@ -94,6 +102,7 @@ class _SamplingFields(_Strict):
             stop=self.stop,
             stop_token_ids=self.stop_token_ids or [],
             ignore_eos=self.ignore_eos,
+            logprobs=self._logprobs(),
         )
 
     @property
@@ -105,15 +114,13 @@ class CompletionRequest(_SamplingFields):
     """POST /v1/completions."""
 
     prompt: str | list[str] | list[int] | list[list[int]]
-    logprobs: int | None = None
+    logprobs: int | None = Field(default=None, ge=0, le=MAX_LOGPROBS)
     echo: bool = False
     best_of: int | None = None
     suffix: str | None = None
 
     def check_supported(self) -> None:
         self._check_common()
-        if self.logprobs is not None:
-            raise unsupported("logprobs", "logprobs")
         if self.echo:
             raise unsupported("echo", "echo")
         if self.best_of is not None and self.best_of != self.n:
@@ -133,6 +140,9 @@ class CompletionRequest(_SamplingFields):
         if all(isinstance(x, int) for x in p):
             return [list(p)]
         return [list(x) for x in p]
+
+    def _logprobs(self) -> int | None:
+        return self.logprobs
 
 
 class ContentPart(_Strict):
@@ -161,13 +171,13 @@ class ChatCompletionRequest(_SamplingFields):
     messages: list[ChatMessage] = Field(min_length=1)
     max_completion_tokens: int | None = Field(default=None, ge=1, le=MAX_INT32)
     logprobs: bool = False
-    top_logprobs: int | None = None
+    top_logprobs: int | None = Field(default=None, ge=0, le=MAX_LOGPROBS)
     add_generation_prompt: bool = True  # extension (vLLM)
 
     def check_supported(self) -> None:
         self._check_common()
-        if self.logprobs or self.top_logprobs is not None:
-            raise unsupported("logprobs", "logprobs")
+        if self.top_logprobs is not None and not self.logprobs:
+            raise invalid_request("top_logprobs needs logprobs to be true", param="top_logprobs")
         if self.max_tokens is not None and self.max_completion_tokens is not None:
             raise invalid_request(
                 "give max_tokens or max_completion_tokens, not both", param="max_completion_tokens"
@@ -178,6 +188,9 @@ class ChatCompletionRequest(_SamplingFields):
         if self.max_completion_tokens is not None:
             return self.max_completion_tokens
         return self.max_tokens
+
+    def _logprobs(self) -> int | None:
+        return (self.top_logprobs or 0) if self.logprobs else None
 
 
 # ---------------------------------------------------------------- responses
@@ -197,10 +210,36 @@ class UsageInfo(BaseModel):
     total_tokens: int = 0
 
 
+class CompletionLogprobs(BaseModel):
+    """The legacy completions shape: per generated token its text, logprob, the top alternatives (and the
+    token itself) as {text: logprob}, and its character offset in the completion text."""
+
+    tokens: list[str] = Field(default_factory=list)
+    token_logprobs: list[float | None] = Field(default_factory=list)
+    top_logprobs: list[dict[str, float] | None] = Field(default_factory=list)
+    text_offset: list[int] = Field(default_factory=list)
+
+
+class TopLogprob(BaseModel):
+    token: str
+    logprob: float
+    bytes: list[int] | None = None
+
+
+class ChatTokenLogprob(TopLogprob):
+    top_logprobs: list[TopLogprob] = Field(default_factory=list)
+
+
+class ChatLogprobs(BaseModel):
+    """Chat completions' `choices[].logprobs`: one entry per generated token, top_logprobs best first."""
+
+    content: list[ChatTokenLogprob] | None = None
+
+
 class CompletionChoice(BaseModel):
     index: int
     text: str
-    logprobs: None = None
+    logprobs: CompletionLogprobs | None = None
     finish_reason: str | None = None
 
 
@@ -221,7 +260,7 @@ class ChatMessageOut(BaseModel):
 class ChatChoice(BaseModel):
     index: int
     message: ChatMessageOut
-    logprobs: None = None
+    logprobs: ChatLogprobs | None = None
     finish_reason: str | None = None
 
 
@@ -242,7 +281,7 @@ class ChatDelta(BaseModel):
 class ChatChunkChoice(BaseModel):
     index: int
     delta: ChatDelta
-    logprobs: None = None
+    logprobs: ChatLogprobs | None = None
     finish_reason: str | None = None
 
 

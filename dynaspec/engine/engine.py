@@ -27,6 +27,7 @@ from dynaspec.engine.block_manager import BlockManager
 from dynaspec.engine.drafting import propose_drafts
 from dynaspec.engine.engine_setup import activation_reserve, check_shared_model, eos_ids, resolve_max_model_len
 from dynaspec.engine.logprobs import step_logprobs
+from dynaspec.engine.request_intake import new_request
 from dynaspec.engine.output_processor import OutputProcessor
 from dynaspec.engine.overlap import InflightStep, can_overlap, continuation, start_copy
 from dynaspec.engine.scheduler import ScheduledDecode, Scheduler, SchedulerOutput
@@ -169,35 +170,10 @@ class LLMEngine:
     # ----------------------------------------------------------------------------------- requests
     def add_request(self, request_id: str, prompt: str | list[int], params: SamplingParams | None = None) -> None:
         """Queue a request. Raises ValueError/TypeError naming what is wrong; other requests go on."""
-        params = params if params is not None else SamplingParams()
-        if not isinstance(params, SamplingParams):
-            raise TypeError(f"params must be a SamplingParams, got {type(params).__name__}")
-        if not isinstance(request_id, str) or not request_id:
-            raise ValueError("request_id must be a non-empty string")
-        if request_id in self.requests:
-            raise ValueError(f"request_id {request_id!r} is already in use")
-        if isinstance(prompt, str):
-            if self.tokenizer is None:
-                raise ValueError(f"model {self.config.model!r} has no tokenizer: pass the prompt as a list of token ids")
-            prompt_text, token_ids = prompt, self.tokenizer.encode(prompt)
-        elif isinstance(prompt, (list, tuple)) and all(isinstance(t, int) and not isinstance(t, bool) for t in prompt):
-            prompt_text, token_ids = None, list(prompt)
-        else:
-            raise TypeError("prompt must be a string or a list of integer token ids")
-        if not token_ids:
-            raise ValueError("prompt is empty: it must hold at least one token")
-        bad = [t for t in token_ids if not 0 <= t < self.vocab_size]
-        if bad:
-            raise ValueError(f"prompt token id {bad[0]} is outside the vocabulary [0, {self.vocab_size})")
-        if len(token_ids) >= self.max_model_len:
-            raise ValueError(
-                f"prompt is {len(token_ids)} tokens; max_model_len is {self.max_model_len}, which leaves no room "
-                "to generate: shorten the prompt or raise max_model_len"
-            )
-        generator = None
-        if params.seed is not None:
-            generator = torch.Generator(device=self.device).manual_seed(params.seed)
-        request = Request(request_id, prompt_text, token_ids, params, generator=generator)
+        request = new_request(
+            request_id, prompt, params, in_use=self.requests, tokenizer=self.tokenizer, model_name=self.config.model,
+            vocab_size=self.vocab_size, max_model_len=self.max_model_len, device=self.device,
+        )
         self.requests[request_id] = request
         self.scheduler.add(request)
 

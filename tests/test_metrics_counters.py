@@ -87,3 +87,19 @@ def test_existing_metrics_stay():
                       "drafted": 4, "accepted": 2, "accepted_per_position": [2], "last_step": {"k": 2}})
     assert samples[("dynaspec_spec_draft_tokens_total", ())] == 4
     assert samples[("dynaspec_spec_acceptance_rate", (("position", "1"),))] == 0.5
+
+
+def test_grafana_dashboard_reads_only_exported_metrics():
+    import json
+    import re
+    from pathlib import Path
+
+    dashboard = json.loads((Path(__file__).parents[1] / "docs" / "grafana_dashboard.json").read_text())
+    exprs = [t["expr"] for panel in dashboard["panels"] for t in panel["targets"]]
+    used = {name for e in exprs for name in re.findall(r"dynaspec[a-z0-9_:]*", e)}
+    stats = {"num_drafts": 1, "drafted": 2, "accepted": 1, "accepted_per_position": [1], "last_step": {"k": 2},
+             "prefix_cache_hit_rate": 0.5}
+    text = ServerMetrics(lambda: EngineSnapshot(stats=stats)).render().decode()
+    exported = set(re.findall(r"^(?:# TYPE )?(dynaspec[a-z0-9_:]*)", text, re.MULTILINE))
+    exported |= {name + "_bucket" for name in re.findall(r"^# TYPE (\S+) histogram", text, re.MULTILINE)}
+    assert used and used <= exported, used - exported

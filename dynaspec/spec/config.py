@@ -11,8 +11,9 @@ TensorRT-LLM's LLM API takes `speculative_config=NGramDecodingConfig(...)` or
   at engine start-up (spec/auto_schedule.py): T(batch, k) probed from the captured graphs (or read from
   `step_cost_file`) and acceptance from `acceptance_profile` (required), planned as `dynaspec tune` does.
 * `max_concurrency`: when more requests are active than this, the step does not speculate.
-* `draft_len_policy`: "schedule" (the above) or "goodput" (spec/planner.py, SmartSpec-style online choice
-  of k), with `goodput_hysteresis` and an optional `acceptance_profile` JSON to warm-start acceptance.
+* `draft_len_policy`: "schedule" (the above), "goodput" (spec/planner.py, SmartSpec-style online choice
+  of k) or "adaptive" (spec/adaptive.py, its per-request form: one k per request), with
+  `goodput_hysteresis` and an optional `acceptance_profile` JSON to warm-start acceptance.
 """
 
 from __future__ import annotations
@@ -164,7 +165,7 @@ class _SpecConfigBase(BaseModel):
     # may hold a k up to that much below the best: 0.02 keeps it within 2% of the best k, and switching
     # between captured graphs costs nothing; a switch from k = 0 is priced separately, by drafter catch-up).
     # acceptance_profile: JSON {"acceptance_per_position": [...]} that warm-starts the acceptance estimate.
-    draft_len_policy: Literal["schedule", "goodput"] = "schedule"
+    draft_len_policy: Literal["schedule", "goodput", "adaptive"] = "schedule"
     goodput_hysteresis: float = Field(default=PlannerSettings().hysteresis, ge=0.0, allow_inf_nan=False)
     acceptance_profile: str | None = Field(default=None, min_length=1)
     # goodput or draft_len_schedule "auto" only: a step-cost table T(batch, k) (JSON/YAML from
@@ -195,15 +196,15 @@ class _SpecConfigBase(BaseModel):
 
     @model_validator(mode="after")
     def _one_policy(self) -> "_SpecConfigBase":
-        if self.draft_len_policy == "goodput" and self.draft_len_schedule is not None:
+        if self.draft_len_policy in ("goodput", "adaptive") and self.draft_len_schedule is not None:
             raise ValueError(
-                "draft_len_policy='goodput' chooses k itself: remove draft_len_schedule, or use "
+                f"draft_len_policy={self.draft_len_policy!r} chooses k itself: remove draft_len_schedule, or use "
                 "draft_len_policy='schedule' (the default) to apply the schedule"
             )
         auto = self.draft_len_schedule == AUTO_SCHEDULE
-        if self.step_cost_file is not None and self.draft_len_policy != "goodput" and not auto:
+        if self.step_cost_file is not None and self.draft_len_policy == "schedule" and not auto:
             raise ValueError(
-                "step_cost_file is only used with draft_len_policy='goodput' or draft_len_schedule='auto'"
+                "step_cost_file is only used with draft_len_policy='goodput' / 'adaptive' or draft_len_schedule='auto'"
             )
         if auto and self.acceptance_profile is None:
             raise ValueError(

@@ -14,6 +14,11 @@ at least one draft token. `mean_acceptance_length` is vLLM's 1 + accepted / draf
 `mean_accepted_length` only where a request drafted nothing in a step with k >= 1 (an n-gram miss), which
 vLLM does not count and tau does. The totals (`num_drafts`, `drafted`, `accepted`,
 `accepted_per_position`) only grow, so Prometheus counters can be fed from them (server/metrics.py).
+
+Per-request draft lengths (issue 20): `record(..., draft_lens=...)` takes each decoding request's own k_i
+(what the scheduler let it verify, <= k). `ragged_steps` counts steps whose decoding requests had different
+k_i; `draft_len_histogram` counts request-steps by batch size and k_i ({batch: {k_i: count}}). Without
+draft_lens every request of the step counts at the step's k.
 """
 
 from __future__ import annotations
@@ -48,9 +53,16 @@ class SpecStats:
         # k -> (drafted per position, accepted per position)
         self.per_k: dict[int, tuple[list[int], list[int]]] = {}
         self.last_step: dict[str, Any] = {}
+        self.ragged_steps = 0  # steps whose decoding requests had different draft lengths k_i
+        # batch size -> k_i -> number of request-steps
+        self.draft_len_histogram: dict[int, dict[int, int]] = {}
 
-    def record(self, batch_size: int, k: int, drafted: Sequence[int], accepted: Sequence[int]) -> None:
-        """One step: `batch_size` decoding requests, draft length k, per request drafted / accepted counts."""
+    def record(
+        self, batch_size: int, k: int, drafted: Sequence[int], accepted: Sequence[int],
+        draft_lens: Sequence[int] | None = None,
+    ) -> None:
+        """One step: `batch_size` decoding requests, draft length k, per request drafted / accepted counts
+        and (optional) per request draft length k_i <= k."""
         if batch_size < 0:
             raise ValueError(f"batch_size must be >= 0, got {batch_size}")
         if k < 0:
@@ -64,10 +76,13 @@ class SpecStats:
                 raise ValueError(f"request {i}: drafted {d} tokens, allowed 0..k={k}")
             if not 0 <= a <= d:
                 raise ValueError(f"request {i}: accepted {a} tokens, allowed 0..drafted={d}")
+        if draft_lens is not None and (len(draft_lens) != batch_size or not all(0 <= x <= k for x in draft_lens)):
+            raise ValueError(f"draft_lens needs one k_i in 0..k={k} per decoding request, got {list(draft_lens)}")
 
         self.num_steps += 1
         by_k = self.k_histogram.setdefault(batch_size, {})
         by_k[k] = by_k.get(k, 0) + 1
+        self._record_draft_lens(batch_size, [k] * batch_size if draft_lens is None else draft_lens)
         step_drafted, step_accepted = sum(drafted), sum(accepted)
         if k >= 1:
             self.num_spec_steps += 1
@@ -94,6 +109,13 @@ class SpecStats:
             "drafted_per_request": list(drafted),
             "accepted_per_request": list(accepted),
         }
+
+    def _record_draft_lens(self, batch_size: int, draft_lens: Sequence[int]) -> None:
+        if len(set(draft_lens)) > 1:
+            self.ragged_steps += 1
+        by_k = self.draft_len_histogram.setdefault(batch_size, {})
+        for k_i in draft_lens:
+            by_k[k_i] = by_k.get(k_i, 0) + 1
 
     @property
     def acceptance_rate(self) -> float:
@@ -141,4 +163,8 @@ class SpecStats:
                 for k, (d, a) in sorted(self.per_k.items())
             },
             "last_step": dict(self.last_step),
+            "ragged_steps": self.ragged_steps,
+            "draft_len_histogram": {
+                str(b): {str(k): n for k, n in sorted(ks.items())} for b, ks in sorted(self.draft_len_histogram.items())
+            },
         }

@@ -226,3 +226,32 @@ def test_second_token_after_acceptance_follows_target_row():
     second = torch.tensor([t[1] for t, a in zip(out.tokens, out.num_accepted) if a >= 1])
     assert len(second) > 5000
     _assert_matches(torch.bincount(second, minlength=V), p[1])
+
+
+@pytest.mark.parametrize("one_hot", [False, True])
+def test_rejection_sampling_preserves_target_on_a_ragged_batch(one_hot):
+    """Per-request draft lengths (issue 20): one flat batch where request i verifies d_i in 0..3 drafts
+    (rows of different requests interleave in the flat layout); for every d_i the first committed token
+    follows the target's first row, and after an accepted first draft the second follows its second row."""
+    p = _processed_targets()["temperature"]  # (3, V): rows for positions 0, 1, 2
+    p = torch.cat([p, p[2:]])  # (4, V): d_i up to 3 (the last row repeats)
+    q = torch.softmax(torch.randn(3, V, generator=torch.Generator().manual_seed(21)) * 1.5, dim=-1)
+    g = torch.Generator().manual_seed(22)
+    lens = [i % 4 for i in range(N_SAMPLES)]  # d_i = 0, 1, 2, 3, 0, ...
+    drafts = [torch.multinomial(q[:d], 1, generator=g).flatten().tolist() if d else [] for d in lens]
+    out = rejection_sample(
+        torch.cat([p[: 1 + d] for d in lens]),  # flat (sum(1 + d_i), V)
+        drafts,
+        None if one_hot else [q[:d] for d in lens],
+        [False] * N_SAMPLES,
+        generator=g,
+    )
+    assert [len(t) for t in out.tokens] == [1 + a for a in out.num_accepted]
+    assert all(a <= d for a, d in zip(out.num_accepted, lens))
+    for d in range(4):
+        first = torch.tensor([t[0] for t, n in zip(out.tokens, lens) if n == d])
+        _assert_matches(torch.bincount(first, minlength=V), p[0])
+    second = torch.tensor([t[1] for t, a, n in zip(out.tokens, out.num_accepted, lens) if n >= 2 and a >= 1])
+    assert len(second) > 500
+    _assert_matches(torch.bincount(second, minlength=V), p[1])
+    assert any(a == d == 3 for a, d in zip(out.num_accepted, lens)) or one_hot  # long drafts accepted whole

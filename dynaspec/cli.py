@@ -16,12 +16,14 @@ from pathlib import Path
 from typing import Annotated, Any, Optional
 
 import typer
-import yaml
 from rich.console import Console
 from rich.markup import escape
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 from typer.core import TyperCommand, TyperGroup
+
+from dynaspec.cli_options import (
+    Device, Dtype, GpuMemoryUtilization, MaxModelLen, MaxNumSeqs, engine_options, print_version)
 
 console = Console()
 
@@ -93,6 +95,15 @@ app = typer.Typer(
     help="dynaspec: dynamic-draft-length speculative decoding",
 )
 
+
+@app.callback()
+def main(
+    version: Annotated[bool, typer.Option("--version", is_eager=True, callback=print_version,
+                                          help="print the version and exit")] = False,
+) -> None:
+    """dynaspec: dynamic-draft-length speculative decoding"""
+
+
 DEFAULT_PROMPT = "Write a Python function that checks whether a number is prime."
 SCHEDULE_HELP = (
     "batch:k pairs, e.g. '1:4,8:2,32:0', or 'auto' (planned at start-up from measured step costs and the "
@@ -118,29 +129,10 @@ def _progress_bar():
 
 
 def _engine_config(model: str | None, config: Path | None, spec_config: Path | None, schedule: str | None, **options):
-    from dynaspec.config import EngineConfig
-    from dynaspec.spec.config import parse_draft_len_schedule_option
+    """The EngineConfig of a command line (dynaspec/config_loader.py: one line per error, ValueError)."""
+    from dynaspec.config_loader import load_engine_config
 
-    data: dict[str, Any] = {}
-    if config is not None:
-        if not config.is_file():
-            raise ValueError(f"config file not found: {config}")
-        data.update(yaml.safe_load(config.read_text()) or {})
-    if spec_config is not None:
-        if not spec_config.is_file():
-            raise ValueError(f"spec config file not found: {spec_config}")
-        loaded = yaml.safe_load(spec_config.read_text()) or {}
-        data["speculative_config"] = loaded.get("speculative_config", loaded)
-    if schedule is not None:
-        if not data.get("speculative_config"):
-            raise ValueError("--draft-len-schedule needs a speculative config (--spec-config or speculative_config in --config)")
-        spec = dict(data["speculative_config"])
-        spec["draft_len_schedule"] = parse_draft_len_schedule_option(schedule)
-        data["speculative_config"] = spec
-    if model is not None:
-        data["model"] = model
-    data.update({k: v for k, v in options.items() if v is not None})
-    return EngineConfig(**data)
+    return load_engine_config(model, config, spec_config, schedule, options)
 
 
 def _fail(message: str) -> None:
@@ -162,15 +154,20 @@ def generate(
     config: Annotated[Optional[Path], typer.Option(help="YAML file of engine options")] = None,
     spec_config: Annotated[Optional[Path], typer.Option(help="YAML file with a speculative_config")] = None,
     draft_len_schedule: Annotated[Optional[str], typer.Option(help=SCHEDULE_HELP)] = None,
-    device: Annotated[Optional[str], typer.Option(help="auto | cpu | cuda")] = None,
-    dtype: Annotated[Optional[str], typer.Option(help="auto | float32 | bfloat16 | float16")] = None,
+    device: Device = None,
+    dtype: Dtype = None,
+    max_model_len: MaxModelLen = None,
+    max_num_seqs: MaxNumSeqs = None,
+    gpu_memory_utilization: GpuMemoryUtilization = None,
 ) -> None:
     """Generate a completion for PROMPT and print it with a throughput summary."""
     from dynaspec.llm import LLM
     from dynaspec.sampling_params import SamplingParams
 
     try:
-        engine_config = _engine_config(model, config, spec_config, draft_len_schedule, device=device, dtype=dtype)
+        engine_config = _engine_config(model, config, spec_config, draft_len_schedule, **engine_options(
+            device=device, dtype=dtype, max_model_len=max_model_len, max_num_seqs=max_num_seqs,
+            gpu_memory_utilization=gpu_memory_utilization))
         params = SamplingParams(max_tokens=max_tokens, temperature=temperature, top_p=top_p, top_k=top_k, seed=seed)
         with _progress_bar() as progress:
             llm = LLM(config=engine_config, progress=progress)
@@ -239,21 +236,35 @@ def _print_spec_stats(stats: dict) -> None:
 def serve(
     model: Annotated[Optional[str], typer.Option(help="zoo name, random:<preset>, HF directory or .gguf file")] = None,
     host: Annotated[str, typer.Option()] = "127.0.0.1",
-    port: Annotated[int, typer.Option()] = 8000,
+    port: Annotated[int, typer.Option(help="TCP port, 1..65535")] = 8000,
     config: Annotated[Optional[Path], typer.Option(help="YAML file of engine options")] = None,
     spec_config: Annotated[Optional[Path], typer.Option(help="YAML file with a speculative_config")] = None,
     draft_len_schedule: Annotated[Optional[str], typer.Option(help=SCHEDULE_HELP)] = None,
     served_model_name: Annotated[Optional[str], typer.Option()] = None,
-    max_queue: Annotated[int, typer.Option(help="waiting requests before 429")] = 256,
+    max_queue: Annotated[int, typer.Option(help="waiting requests before 429 (>= 1)")] = 256,
+    api_key: Annotated[Optional[str], typer.Option(help="require `Authorization: Bearer KEY` on /v1/* (401 without)")] = None,
+    device: Device = None,
+    dtype: Dtype = None,
+    max_model_len: MaxModelLen = None,
+    max_num_seqs: MaxNumSeqs = None,
+    gpu_memory_utilization: GpuMemoryUtilization = None,
 ) -> None:
     """Serve an OpenAI-compatible HTTP API with Prometheus metrics."""
-    from dynaspec.server import run_server
+    from dynaspec.config_loader import validate_model
+    from dynaspec.server import ServerOptions, check_listen_address, run_server
 
+    # Every option is checked here, before run_server starts the engine (which loads the model).
     try:
-        engine_config = _engine_config(model, config, spec_config, draft_len_schedule)
+        options = validate_model(ServerOptions, dict(
+            host=host, port=port, served_model_name=served_model_name, max_queue=max_queue, api_key=api_key),
+            sources={name: "--" + name.replace("_", "-") for name in ServerOptions.model_fields})
+        engine_config = _engine_config(model, config, spec_config, draft_len_schedule, **engine_options(
+            device=device, dtype=dtype, max_model_len=max_model_len, max_num_seqs=max_num_seqs,
+            gpu_memory_utilization=gpu_memory_utilization))
+        check_listen_address(options.host, options.port)
     except (ValueError, TypeError) as exc:
         _fail(str(exc))
-    run_server(engine_config, host=host, port=port, served_model_name=served_model_name, max_queue=max_queue)
+    run_server(engine_config, **options.model_dump())
 
 
 if __name__ == "__main__":

@@ -1,4 +1,4 @@
-"""Validated engine configuration (pydantic), loadable from a YAML file.
+"""Validated engine configuration (pydantic), loadable from a YAML file (dynaspec/config_loader.py).
 
 Field names follow vLLM (`max_num_seqs`, `max_num_batched_tokens`, `max_model_len`, `block_size`) and
 TensorRT-LLM (`speculative_config` with `decoding_type`, `max_draft_len`, `draft_len_schedule`).
@@ -10,7 +10,6 @@ from pathlib import Path
 from typing import Any, Literal
 
 import torch
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from dynaspec.spec.config import SpeculativeConfig, parse_speculative_config
@@ -58,15 +57,11 @@ class EngineConfig(BaseModel):
 
     @classmethod
     def from_yaml(cls, path: str | Path, **overrides: Any) -> "EngineConfig":
-        """Read options from a YAML mapping; keyword overrides win over the file."""
-        path = Path(path)
-        if not path.is_file():
-            raise ValueError(f"config file not found: {path}")
-        data = yaml.safe_load(path.read_text()) or {}
-        if not isinstance(data, dict):
-            raise ValueError(f"config file {path} must hold a mapping of option: value, got {type(data).__name__}")
-        data.update({k: v for k, v in overrides.items() if v is not None})
-        return cls(**data)
+        """Read options from a YAML mapping; keyword overrides win over the file. Errors (unknown keys,
+        bad values, YAML syntax) are one-line ValueErrors from dynaspec/config_loader.py."""
+        from dynaspec.config_loader import load_engine_config
+
+        return load_engine_config(config=path, options=overrides)
 
     def resolved_device(self) -> torch.device:
         if self.device == "auto":

@@ -189,3 +189,29 @@ def test_parse_cli_schedule_errors(text, message):
 def test_parse_cli_schedule_type():
     with pytest.raises(TypeError, match="must be a str"):
         parse_draft_len_schedule({1: 4})
+
+
+# --- a schedule without key 1: both readings of the keys, and this schedule converted ------------------
+
+
+def test_a_schedule_without_key_1_explains_both_forms_and_converts_it():
+    with pytest.raises(ValueError) as caught:
+        validate_draft_len_schedule({4: 3, 16: 1}, max_draft_len=3)
+    message = str(caught.value)
+    assert "must contain key 1" in message and "got thresholds [4, 16]" in message
+    assert "LOWER bounds (TensorRT-LLM's first form, PR #8194)" in message
+    assert "the entry with the largest key <= the number of requests decoding applies" in message
+    assert "inclusive UPPER bounds" in message and "k = 0 above the largest key" in message
+    assert "{1: k1, b1+1: k2, ..., b(n-1)+1: kn, bn+1: 0}" in message
+    assert "if {4: 3, 16: 1} is in TensorRT-LLM's later form, here it reads {1: 3, 5: 1, 17: 0}" in message
+    # The conversion it proposes is a valid schedule that gives every batch size the later form's k.
+    converted = validate_draft_len_schedule({1: 3, 5: 1, 17: 0}, max_draft_len=3)
+    for batch in range(1, 40):
+        later_form = next((k for bound, k in sorted({4: 3, 16: 1}.items()) if batch <= bound), 0)
+        ours = converted[max(t for t in converted if t <= batch)]
+        assert ours == later_form, batch
+
+
+def test_the_cli_schedule_without_key_1_gives_the_same_explanation():
+    with pytest.raises(ValueError, match=r"must contain key 1.*here it reads \{1: 4, 9: 2, 33: 0\}"):
+        NGramDecodingConfig(max_draft_len=4, draft_len_schedule="8:4,32:2")

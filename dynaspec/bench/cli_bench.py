@@ -5,6 +5,7 @@ Loaded lazily by dynaspec/cli.py (`LAZY_COMMANDS["bench"]`).
 
 from __future__ import annotations
 
+import os
 import re
 import shlex
 import sys
@@ -12,13 +13,17 @@ from pathlib import Path
 from typing import Annotated, Any, Optional
 
 import typer
-import yaml
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+from dynaspec.cli_options import MaxModelLen
 
 DRAFTERS = ("ngram", "draft-model")
 DEFAULT_MAX_DRAFT_LEN = 6
 DEFAULT_PROMPT_LEN = 128
+CUDA_DEFAULT_MODEL = "random:llama-3.1-8b"
+CPU_DEFAULT_MODEL = "random:qwen2.5-0.5b"  # ~2 GB of float32 weights: fits a laptop's memory
 
 
 def parse_int_list(text: str, what: str, minimum: int) -> list[int]:
@@ -50,16 +55,15 @@ def speculative_config_from_options(
     max_draft_len: int | None,
 ) -> dict[str, Any] | None:
     """The base speculative config (a mapping) from a YAML file and/or --drafter, or None for no drafter."""
+    from dynaspec.config_loader import build_spec_config, read_spec_section
     from dynaspec.spec.config import parse_draft_len_schedule_option
 
     data: dict[str, Any] | None = None
     if spec_config is not None:
-        if not spec_config.is_file():
-            raise ValueError(f"spec config file not found: {spec_config}")
-        loaded = yaml.safe_load(spec_config.read_text()) or {}
-        if not isinstance(loaded, dict):
-            raise ValueError(f"spec config file {spec_config} must hold a mapping")
-        data = dict(loaded.get("speculative_config", loaded))
+        data = read_spec_section(spec_config)
+        if data is None:
+            raise ValueError(f"spec config file {spec_config} has `speculative_config: null` (no speculation); "
+                             "give a drafter, or drop --spec-config")
     if drafter is not None:
         if drafter not in DRAFTERS:
             raise ValueError(f"--drafter must be one of {', '.join(DRAFTERS)}, got {drafter!r}")
@@ -84,16 +88,97 @@ def speculative_config_from_options(
             raise ValueError("--max-draft-len changes max_draft_len; give the matching --draft-len-schedule too")
     if draft_len_schedule is not None:
         data["draft_len_schedule"] = parse_draft_len_schedule_option(draft_len_schedule)
+    where = f"speculative_config of {spec_config}" if spec_config is not None else "the speculative config"
+    build_spec_config(data, where)  # unknown keys and bad values: one line naming them
     return data
 
 
+def default_model(device: str) -> str:
+    """The bench's model when --model is not given: Llama-3.1-8B shapes on a GPU, a 0.5B shape elsewhere."""
+    import torch
+
+    on_cuda = device == "cuda" or (device == "auto" and torch.cuda.is_available())
+    return CUDA_DEFAULT_MODEL if on_cuda else CPU_DEFAULT_MODEL
+
+
+def weight_bytes(model: str, dtype: str, on_cuda: bool) -> tuple[int, int] | None:
+    """(parameters, bytes) of the model's weights from its shapes (a random: preset or an HF directory's
+    config.json), or None when they are not known without loading it."""
+    from dynaspec.models.presets import get_preset_config, num_parameters
+
+    if model.startswith("random:"):
+        config = get_preset_config(model.removeprefix("random:"))  # an unknown preset: ValueError naming them
+    elif (Path(model) / "config.json").is_file():
+        from transformers import AutoConfig
+
+        config = AutoConfig.from_pretrained(model)
+    else:
+        return None
+    try:
+        params = num_parameters(config)
+    except (AttributeError, TypeError):  # an architecture the shape formula does not cover
+        return None
+    if dtype == "auto":
+        dtype = "bfloat16" if on_cuda else "float32"
+    return params, params * (4 if dtype == "float32" else 2)
+
+
+def available_bytes(on_cuda: bool, gpu_memory_utilization: float) -> tuple[int, str]:
+    """(bytes, description) the weights may use: the GPU's memory x gpu_memory_utilization, or the RAM
+    available now on a CPU."""
+    if on_cuda:
+        import torch
+
+        _, total = torch.cuda.mem_get_info()
+        return int(total * gpu_memory_utilization), f"the GPU ({gpu_memory_utilization:.0%} of {total / 1e9:.1f} GB)"
+    try:
+        import psutil
+
+        return int(psutil.virtual_memory().available), "this machine's available RAM"
+    except ImportError:
+        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE"), "this machine's free RAM"
+
+
+def check_fits(models: list[str], dtype: str, device: str, gpu_memory_utilization: float) -> None:
+    """ValueError when the weights of `models` (target and draft) cannot fit the device, before loading."""
+    import torch
+
+    on_cuda = device == "cuda" or (device == "auto" and torch.cuda.is_available())
+    sizes = [(m, weight_bytes(m, dtype, on_cuda)) for m in models]
+    known = [(m, size) for m, size in sizes if size is not None]
+    if not known:
+        return
+    need = sum(size[1] for _, size in known)
+    have, where = available_bytes(on_cuda, gpu_memory_utilization)
+    if need > have:
+        what = " + ".join(f"{m} ({p / 1e9:.2f} B parameters)" for m, (p, _) in known)
+        hint = f"a smaller model (e.g. --model {CPU_DEFAULT_MODEL})" if not on_cuda else "a smaller model"
+        if dtype in ("auto", "float32") and not on_cuda:
+            hint += " or --dtype bfloat16"
+        raise ValueError(f"{what} needs about {need / 1e9:.1f} GB for its weights alone, more than the "
+                         f"{have / 1e9:.1f} GB of {where}; choose {hint}")
+
+
+def engine_flags(model, device, dtype, max_model_len, max_num_seqs, gpu_memory_utilization):
+    """The engine flags, checked by EngineConfig like `generate`'s and `serve`'s (the sweep builds one
+    engine per line with its own context length and batch from them)."""
+    from dynaspec.config import EngineConfig
+    from dynaspec.config_loader import validate_model
+
+    flags = dict(model=model or default_model(device), device=device, dtype=dtype, max_model_len=max_model_len,
+                 max_num_seqs=max_num_seqs, gpu_memory_utilization=gpu_memory_utilization)
+    flags = {k: v for k, v in flags.items() if v is not None}
+    return validate_model(EngineConfig, flags, sources={k: "--" + k.replace("_", "-") for k in flags})
+
+
 def _fail(console: Console, message: str) -> None:
-    console.print(f"[bold red]error:[/] {message}")
+    """`error: message` on one line (as text, not rich markup), exit status 2."""
+    console.print(f"[bold red]error:[/] {escape(message)}", soft_wrap=True)
     raise typer.Exit(code=2)
 
 
 def bench_command(
-    model: Annotated[str, typer.Option(help="zoo name, random:<preset>, HF directory or .gguf file")] = "random:llama-3.1-8b",
+    model: Annotated[Optional[str], typer.Option(help=f"zoo name, random:<preset>, HF directory or .gguf file (default: {CUDA_DEFAULT_MODEL} on a GPU, {CPU_DEFAULT_MODEL} on a CPU)")] = None,
     spec_config: Annotated[Optional[Path], typer.Option(help="YAML file with a speculative_config")] = None,
     drafter: Annotated[Optional[str], typer.Option(help="ngram | draft-model (instead of --spec-config)")] = None,
     draft_model: Annotated[Optional[str], typer.Option(help="draft model for --drafter draft-model")] = None,
@@ -112,6 +197,9 @@ def bench_command(
     out_dir: Annotated[Path, typer.Option(help="where bench.json, bench.md and the PNGs go")] = Path("bench-out"),
     device: Annotated[str, typer.Option(help="auto | cpu | cuda")] = "auto",
     dtype: Annotated[str, typer.Option(help="auto | float32 | bfloat16 | float16")] = "auto",
+    max_model_len: MaxModelLen = None,
+    max_num_seqs: Annotated[Optional[int], typer.Option(help="largest batch swept (caps the default batch sizes; larger --batch-sizes are refused)")] = None,
+    gpu_memory_utilization: Annotated[Optional[float], typer.Option(help="fraction of GPU memory the weights may take before the bench refuses the model (default 0.85)")] = None,
     seed: Annotated[int, typer.Option()] = 0,
     enforce_eager: Annotated[bool, typer.Option(help="no CUDA graphs")] = False,
     warmup: Annotated[bool, typer.Option(help="one short run per config before timing")] = True,
@@ -124,8 +212,18 @@ def bench_command(
 
     console = Console()
     try:
+        engine = engine_flags(model, device, dtype, max_model_len, max_num_seqs, gpu_memory_utilization)
+        model = engine.model
         spec = speculative_config_from_options(spec_config, drafter, draft_model, draft_len_schedule, max_draft_len)
-        batches = parse_int_list(batch_sizes, "--batch-sizes", 1) if batch_sizes else default_batch_sizes(max_batch)
+        batches = parse_int_list(batch_sizes, "--batch-sizes", 1) if batch_sizes else default_batch_sizes(
+            min(max_batch, max_num_seqs or max_batch))
+        if max_num_seqs is not None and max(batches) > max_num_seqs:
+            raise ValueError(f"--batch-sizes {max(batches)} is above --max-num-seqs {max_num_seqs}")
+        context = (DEFAULT_PROMPT_LEN if prompt_len is None else prompt_len) + gen_len + (spec or {}).get(
+            "max_draft_len", 0)
+        if max_model_len is not None and workload is None and context > max_model_len:
+            raise ValueError(f"--prompt-len + --gen-len + max_draft_len = {context} tokens is above --max-model-len "
+                             f"{max_model_len}")
         draft_lens = parse_int_list(ks, "--ks", 0) if ks else None
         hf_batches = None
         if compare_hf:
@@ -147,6 +245,9 @@ def bench_command(
             command_line=shlex.join(sys.argv),
         )
         settings.validate()
+        draft_spec = spec.get("speculative_model") or spec.get("speculative_model_dir") if spec else None
+        draft = [draft_spec] if isinstance(draft_spec, str) else []
+        check_fits([model, *draft], dtype, device, engine.gpu_memory_utilization)
     except (ValueError, TypeError) as exc:
         _fail(console, str(exc))
     try:

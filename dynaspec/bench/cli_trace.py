@@ -15,7 +15,8 @@ import typer
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
-from dynaspec.bench.cli_bench import _fail, parse_int_list, speculative_config_from_options
+from dynaspec.bench.cli_bench import (
+    CPU_DEFAULT_MODEL, CUDA_DEFAULT_MODEL, _fail, default_model, parse_int_list, speculative_config_from_options)
 from dynaspec.bench.trace import DEFAULT_PHASES
 
 DEFAULT_PROFILES = "acceptance_ngram_code-edit,acceptance_ngram_chat"
@@ -38,7 +39,7 @@ def parse_phases(text: str, option: str = "--phases", what: str = "concurrencies
 
 
 def bench_trace_command(
-    model: Annotated[str, typer.Option(help="zoo name, random:<preset>, HF directory or .gguf file")] = "random:llama-3.1-8b",
+    model: Annotated[Optional[str], typer.Option(help=f"zoo name, random:<preset>, HF directory or .gguf file (default: {CUDA_DEFAULT_MODEL} on a GPU, {CPU_DEFAULT_MODEL} on a CPU)")] = None,
     spec_config: Annotated[Optional[Path], typer.Option(help="YAML file with a speculative_config (the drafter)")] = None,
     drafter: Annotated[Optional[str], typer.Option(help="ngram | draft-model (instead of --spec-config)")] = None,
     draft_model: Annotated[Optional[str], typer.Option(help="draft model for --drafter draft-model")] = None,
@@ -73,7 +74,7 @@ def bench_trace_command(
         if spec is None:
             raise ValueError("bench-trace compares speculative lines: give --drafter ngram | draft-model, or --spec-config")
         settings = TraceSettings(
-            model=model, speculative_config=spec,
+            model=model or default_model(device), speculative_config=spec,
             profiles=None if profiles.strip().lower() == NONE else profiles.split(","),
             planning_profile=planning_profile,
             schedule=None if schedule.strip().lower() == NONE else schedule,

@@ -18,13 +18,8 @@ from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from dynaspec.bench.cli_bench import parse_int_list, speculative_config_from_options
+from dynaspec.bench.cli_bench import _fail, parse_int_list, speculative_config_from_options
 from dynaspec.bench.workloads import WORKLOADS
-
-
-def _fail(console: Console, message: str) -> None:
-    console.print(f"[bold red]error:[/] {message}")
-    raise typer.Exit(code=2)
 
 
 def _check_args(spec, workload, workload_name, acceptance_profile, out: Path, num_prompts, max_tokens, cost, plot):

@@ -9,16 +9,22 @@ waits in the queue, mid-stream) has its engine requests aborted (KV blocks freed
 
 Overload is answered the OpenAI way and counted in /metrics: 429 + Retry-After when the queue is full,
 503 (JSON) when the engine is down or too many requests are in progress, 413 for a body too large.
+
+With an `api_key`, every /v1/* route needs `Authorization: Bearer <api_key>` (FastAPI's HTTPBearer) and
+answers 401 with OpenAI's body otherwise (code "invalid_api_key" for a wrong key), counted in /metrics;
+/health and /metrics stay open.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import secrets
 from typing import Any, AsyncIterator, Awaitable, Callable
 
-from fastapi import FastAPI, Request
+from fastapi import APIRouter, Depends, FastAPI, Request
 from fastapi.responses import JSONResponse, Response
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from pydantic import ValidationError
 
 from dynaspec.engine.startup_heap import frozen_startup_heap
@@ -53,6 +59,28 @@ async def until_disconnect(request: Request, work: Awaitable[Any]) -> Any:
         task.cancel()
 
 
+def api_key_dependencies(api_key: str | None) -> list[Any]:
+    """Route dependencies requiring `Authorization: Bearer <api_key>` (none when api_key is None). A
+    missing or wrong key raises a 401 APIError with OpenAI's messages and codes."""
+    if api_key is None:
+        return []
+    if not isinstance(api_key, str) or not api_key or any(c.isspace() for c in api_key):
+        raise ValueError("api_key must be a non-empty string without spaces")
+    bearer = HTTPBearer(auto_error=False)
+    expected = api_key.encode("utf-8")
+
+    async def require_api_key(credentials: HTTPAuthorizationCredentials | None = Depends(bearer)) -> None:
+        if credentials is None:
+            raise APIError("You didn't provide an API key. You need to provide your API key in an Authorization "
+                           "header using Bearer auth (i.e. Authorization: Bearer YOUR_KEY).", status_code=401,
+                           headers={"WWW-Authenticate": "Bearer"})
+        if not secrets.compare_digest(credentials.credentials.encode("utf-8"), expected):
+            raise APIError("Incorrect API key provided.", status_code=401, code="invalid_api_key",
+                           headers={"WWW-Authenticate": "Bearer"})
+
+    return [Depends(require_api_key)]
+
+
 def create_app(
     engine_factory: Callable[[], Any],
     *,
@@ -65,6 +93,7 @@ def create_app(
     max_concurrency: int | None = None,
     retry_after_s: int = 1,
     max_faults: int = 3,
+    api_key: str | None = None,
 ) -> FastAPI:
     """Build the app. `engine_factory()` builds the LLMEngine; it is called on the engine thread at
     startup (the app's lifespan), which also stops that thread at shutdown.
@@ -74,6 +103,7 @@ def create_app(
     it is tokenized; API requests beyond `max_concurrency` in progress (None: no limit) a 503; a full
     queue (`max_queue` waiting) a 429. Both overload answers carry `Retry-After: retry_after_s`.
     `max_faults` consecutive failing engine steps declare the engine down (see async_engine.py).
+    `api_key`: required as `Authorization: Bearer <api_key>` on /v1/* (None: no authentication).
 
     `app.state.engine` is the AsyncEngine, `app.state.metrics` the ServerMetrics,
     `app.state.prompts` the PromptPreparer (set once the engine has started).
@@ -82,6 +112,7 @@ def create_app(
         raise ValueError("model_name must be a non-empty string")
     if not isinstance(retry_after_s, int) or retry_after_s < 0:
         raise ValueError(f"retry_after_s must be an integer >= 0, got {retry_after_s!r}")
+    v1 = APIRouter(prefix="/v1", dependencies=api_key_dependencies(api_key))
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -194,11 +225,11 @@ def create_app(
     async def prometheus() -> Response:
         return Response(metrics.render(), media_type="text/plain; version=0.0.4; charset=utf-8")
 
-    @app.get("/v1/models")
+    @v1.get("/models")
     async def models() -> P.ModelList:
         return P.ModelList(data=[P.ModelCard(id=model_name, created=created, max_model_len=max_model_len)])
 
-    @app.post("/v1/completions")
+    @v1.post("/completions")
     async def completions(body: P.CompletionRequest, request: Request) -> Response:
         path = request.url.path
         check_model(body.model)
@@ -248,7 +279,7 @@ def create_app(
                                            usage=usage(group.latest, body.n)))
         yield SSE_DONE
 
-    @app.post("/v1/chat/completions")
+    @v1.post("/chat/completions")
     async def chat_completions(body: P.ChatCompletionRequest, request: Request) -> Response:
         path = request.url.path
         check_model(body.model)
@@ -306,6 +337,7 @@ def create_app(
             yield chunk([], usage(group.latest, n))
         yield SSE_DONE
 
+    app.include_router(v1)
     return app
 
 

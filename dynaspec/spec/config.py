@@ -1,12 +1,16 @@
-"""Speculative decoding configs, with TensorRT-LLM's names so its YAML files parse unchanged.
+"""Speculative decoding configs, with TensorRT-LLM's field names (`decoding_type`, `max_draft_len`, ...).
+
+A TensorRT-LLM YAML file parses here when its `draft_len_schedule` is in TensorRT-LLM's first form (keys
+are lower bounds, key 1 present); a file in its later form (keys are inclusive upper bounds) must be
+converted first, see DRAFT_LEN_SCHEDULE_FORMS below.
 
 TensorRT-LLM's LLM API takes `speculative_config=NGramDecodingConfig(...)` or
 `DraftTargetDecodingConfig(...)`; in YAML the class is picked by `decoding_type` ("NGram" /
 "DraftTarget"). Both configs carry the dynamic draft length fields:
 
 * `draft_len_schedule`: batch-size threshold -> draft length. The entry with the LARGEST threshold <=
-  the number of requests decoding in a step applies (TensorRT-LLM semantics). Keys are ints >= 1, values
-  ints >= 0 (0 = no speculation that step), key 1 must be present with value `max_draft_len`, and no value
+  the number of requests decoding in a step applies (TensorRT-LLM's first form, PR #8194). Keys are ints
+  >= 1, values ints >= 0 (0 = no speculation that step), key 1 must be present with value `max_draft_len`, and no value
   may exceed `max_draft_len`. Stored sorted by threshold. The string "auto" instead chooses the schedule
   at engine start-up (spec/auto_schedule.py): T(batch, k) probed from the captured graphs (or read from
   `step_cost_file`) and acceptance from `acceptance_profile` (required), planned as `dynaspec tune` does.
@@ -21,7 +25,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Annotated, Any, Literal, Union
 
-from pydantic import AliasChoices, BaseModel, ConfigDict, Field, TypeAdapter, field_validator, model_validator
+from pydantic import AliasChoices, BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from dynaspec.spec.planner_settings import PlannerSettings
 
@@ -69,11 +73,40 @@ def normalize_draft_len_schedule(schedule: Mapping[Any, Any]) -> dict[int, int]:
             raise ValueError(f"{entry}: threshold {key} appears more than once")
         result[key] = value
     if 1 not in result:
-        raise ValueError(
-            f"draft_len_schedule must contain key 1 (the draft length for batch size 1); "
-            f"got thresholds {sorted(result)}"
-        )
+        raise ValueError(missing_key_1_message(result))
     return dict(sorted(result.items()))
+
+
+DRAFT_LEN_SCHEDULE_FORMS = (
+    "dynaspec reads draft_len_schedule keys as LOWER bounds (TensorRT-LLM's first form, PR #8194): the entry "
+    "with the largest key <= the number of requests decoding applies, so key 1 is required. TensorRT-LLM's "
+    "later releases read keys as inclusive UPPER bounds (the entry with the smallest key >= the batch applies, "
+    "k = 0 above the largest key). To convert an upper-bound schedule {b1: k1, b2: k2, ..., bn: kn} "
+    "(b1 < b2 < ... < bn), write {1: k1, b1+1: k2, ..., b(n-1)+1: kn, bn+1: 0}"
+)
+
+
+def upper_bound_to_lower_bound(schedule: Mapping[int, int]) -> dict[int, int]:
+    """A schedule in TensorRT-LLM's later form (keys are inclusive upper bounds, k = 0 above the largest)
+    written in dynaspec's form (keys are lower bounds, key 1 present)."""
+    converted: dict[int, int] = {}
+    start = 1
+    for bound, k in [*sorted(schedule.items()), (None, 0)]:
+        if not converted or list(converted.values())[-1] != k:  # equal neighbours merge
+            converted[start] = k
+        start = bound + 1 if bound is not None else start
+    return converted
+
+
+def missing_key_1_message(schedule: Mapping[int, int]) -> str:
+    """The error for a schedule without key 1: both readings and, for this one, its conversion."""
+    keys = sorted(schedule)
+    text = ", ".join(f"{k}: {schedule[k]}" for k in keys)
+    converted = ", ".join(f"{k}: {v}" for k, v in upper_bound_to_lower_bound(schedule).items())
+    return (
+        f"draft_len_schedule must contain key 1 (the draft length for batch size 1); got thresholds {keys}. "
+        f"{DRAFT_LEN_SCHEDULE_FORMS}; if {{{text}}} is in TensorRT-LLM's later form, here it reads {{{converted}}}"
+    )
 
 
 def check_schedule_against_max(schedule: Mapping[int, int], max_draft_len: int) -> None:
@@ -109,6 +142,8 @@ def parse_draft_len_schedule_option(value: Any) -> dict[int, int] | str:
     if isinstance(value, str):
         if value.strip().lower() == AUTO_SCHEDULE:
             return AUTO_SCHEDULE
+        if ":" in value:  # pairs: their own errors say which entry or rule is wrong
+            return parse_draft_len_schedule(value)
         try:
             return parse_draft_len_schedule(value)
         except ValueError as exc:
@@ -144,6 +179,33 @@ def parse_draft_len_schedule(text: str) -> dict[int, int]:
             raise ValueError(f"draft_len_schedule entry {part!r}: threshold {key} appears more than once")
         pairs[key] = value
     return normalize_draft_len_schedule(pairs)
+
+
+def resolve_acceptance_profile(name_or_path: str) -> str | None:
+    """The path of an acceptance profile given as a JSON path or a shipped profile's name (spec/replay.py's
+    resolution), or None when it is neither (check_acceptance_profile then says so)."""
+    from dynaspec.spec.replay import resolve_profile_path
+
+    try:
+        return str(resolve_profile_path(name_or_path))
+    except ValueError:
+        return None
+
+
+def check_acceptance_profile(path: str) -> None:
+    """At validation, not at engine start-up: the profile must exist and hold a valid
+    `acceptance_per_position` (so `draft_len_schedule: auto` fails before its cost probe)."""
+    from dynaspec.spec.acceptance_estimator import load_acceptance_profile
+    from dynaspec.spec.replay import DATA_DIR
+
+    if resolve_acceptance_profile(path) is None:
+        shipped = sorted(p.stem for p in DATA_DIR.glob("*.json")) if DATA_DIR.is_dir() else []
+        raise ValueError(
+            f"acceptance_profile {path!r} does not exist: give a JSON file with 'acceptance_per_position' "
+            f"(e.g. the .acceptance.json `dynaspec tune` writes) or a shipped profile name "
+            f"({', '.join(shipped) or 'none shipped'})"
+        )
+    load_acceptance_profile(path)
 
 
 class _SpecConfigBase(BaseModel):
@@ -194,6 +256,17 @@ class _SpecConfigBase(BaseModel):
             raise ValueError(f"replay_acceptance_profile has an empty profile name: {value!r}")
         return ",".join(names)
 
+    @model_validator(mode="before")
+    @classmethod
+    def _resolve_shipped_profile(cls, data: Any) -> Any:
+        """acceptance_profile may name a profile shipped under dynaspec/bench/data: store its path, which
+        is what the planners read."""
+        if isinstance(data, Mapping) and isinstance(data.get("acceptance_profile"), str):
+            resolved = resolve_acceptance_profile(data["acceptance_profile"])
+            if resolved is not None:
+                data = {**data, "acceptance_profile": resolved}
+        return data
+
     @model_validator(mode="after")
     def _one_policy(self) -> "_SpecConfigBase":
         if self.draft_len_policy in ("goodput", "adaptive") and self.draft_len_schedule is not None:
@@ -211,6 +284,8 @@ class _SpecConfigBase(BaseModel):
                 "draft_len_schedule='auto' needs acceptance_profile: a JSON file with 'acceptance_per_position' "
                 "(e.g. the .acceptance.json `dynaspec tune` writes) to plan k per batch size from"
             )
+        if self.acceptance_profile is not None:
+            check_acceptance_profile(self.acceptance_profile)
         return self
 
     @model_validator(mode="after")
@@ -251,11 +326,14 @@ class DraftTargetDecodingConfig(_SpecConfigBase):
     )
 
 
+SPEC_CONFIG_CLASSES: dict[str, type[_SpecConfigBase]] = {
+    "NGram": NGramDecodingConfig,
+    "DraftTarget": DraftTargetDecodingConfig,
+}
+
 SpeculativeConfig = Annotated[
     Union[NGramDecodingConfig, DraftTargetDecodingConfig], Field(discriminator="decoding_type")
 ]
-
-_SPECULATIVE_CONFIG_ADAPTER: TypeAdapter[Any] = TypeAdapter(SpeculativeConfig)
 
 
 def parse_speculative_config(data: Mapping[str, Any] | NGramDecodingConfig | DraftTargetDecodingConfig) -> Any:
@@ -276,4 +354,4 @@ def parse_speculative_config(data: Mapping[str, Any] | NGramDecodingConfig | Dra
             f"speculative_config decoding_type {decoding_type!r} is not supported; "
             f"use one of {', '.join(DECODING_TYPES)}"
         )
-    return _SPECULATIVE_CONFIG_ADAPTER.validate_python(dict(data))
+    return SPEC_CONFIG_CLASSES[decoding_type].model_validate(dict(data))

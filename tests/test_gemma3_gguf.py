@@ -50,7 +50,7 @@ def hf_model(cache_root):
 
 @pytest.fixture(scope="module")
 def llm(cache_root):
-    return LLM(model=NAME, model_cache_dir=str(cache_root), max_model_len=2048, max_num_seqs=4)
+    return LLM(model=NAME, model_cache_dir=str(cache_root), device="cpu", max_model_len=2048, max_num_seqs=4)
 
 
 def _long_prompt(tokenizer) -> str:

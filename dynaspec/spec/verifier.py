@@ -97,26 +97,27 @@ def verify(
     acceptance: the strategy (default: the target decides; spec/replay.py's for benchmarks).
     """
     counts = [len(d) + 1 for d in batch.drafts]
-    rows = list(torch.split(logits, counts))  # greedy requests: logits (the argmax is taken on the device)
+    starts = [sum(counts[:i]) for i in range(len(counts))]
     keyed = [i for i, p in enumerate(batch.params) if not p.is_greedy and p.seed is not None]
     sampled = [i for i, p in enumerate(batch.params) if not p.is_greedy and p.seed is None]
+    work = logits  # (N, V): greedy rows stay logits (argmax on the device)
     if keyed or sampled:
         chosen = keyed + sampled
-        probs = target_probs(torch.cat([rows[i] for i in chosen]), [batch.params[i] for i in chosen for _ in range(counts[i])])
-        for i, p in zip(chosen, torch.split(probs, [counts[i] for i in chosen])):
-            rows[i] = p  # (d_i + 1, V) processed probabilities
-    if keyed:  # Gumbel-max with noise keyed by (seed, position): verified like greedy (runtime/keyed_noise.py)
-        seeds = [batch.params[i].seed for i in keyed for _ in range(counts[i])]
-        positions = [batch.positions[i] + j for i in keyed for j in range(counts[i])]
-        noise = gumbel_noise(row_keys(seeds, positions, logits.device), logits.shape[-1])  # (rows, V)
-        for i, g in zip(keyed, torch.split(noise, [counts[i] for i in keyed])):
-            rows[i] = torch.log(rows[i]) + g
+        rows = torch.tensor([starts[i] + j for i in chosen for j in range(counts[i])]).to(logits.device, non_blocking=True)
+        probs = target_probs(logits.index_select(0, rows), [batch.params[i] for i in chosen for _ in range(counts[i])])
+        if keyed:  # Gumbel-max with noise keyed by (seed, position): verified like greedy (runtime/keyed_noise.py)
+            num_keyed = sum(counts[i] for i in keyed)
+            seeds = [batch.params[i].seed for i in keyed for _ in range(counts[i])]
+            positions = [batch.positions[i] + j for i in keyed for j in range(counts[i])]
+            noise = gumbel_noise(row_keys(seeds, positions, logits.device), logits.shape[-1])  # (keyed rows, V)
+            probs = torch.cat([torch.log(probs[:num_keyed]) + noise, probs[num_keyed:]])
+        work = logits.clone().index_copy_(0, rows, probs)  # sampled rows: processed probabilities
     greedy = [p.is_greedy or p.seed is not None for p in batch.params]  # the one place greedy vs sampled is decided
     forced = (acceptance or _TARGET).forced_lengths(batch)
     owner = torch.repeat_interleave(torch.arange(len(counts)), torch.tensor(counts)).to(logits.device, non_blocking=True)
     not_finite = torch.zeros(len(counts), device=logits.device).index_add_(0, owner, (~torch.isfinite(logits).all(dim=-1)).float())
     return rejection_sample(
-        rows, batch.drafts, batch.draft_probs, greedy, batch.generators, generator, forced, valid=not_finite == 0
+        work, batch.drafts, batch.draft_probs, greedy, batch.generators, generator, forced, valid=not_finite == 0
     )
 
 
@@ -229,34 +230,47 @@ def rejection_sample(
         nothing and is reported in `failed` (read with the tokens, no extra sync).
     """
     n = len(draft_tokens)
-    if isinstance(target, torch.Tensor):
-        rows = [len(d) + 1 for d in draft_tokens]
-        if target.dim() != 2 or target.shape[0] != sum(rows):
-            raise ValueError(
-                f"a flat target must be (sum(d_i+1), vocab) = ({sum(rows)}, V), got shape {tuple(target.shape)}"
-            )
-        target = list(torch.split(target, rows))
+    counts = [len(d) + 1 for d in draft_tokens]
+    flat = target if isinstance(target, torch.Tensor) else None
     draft_probs = [None] * n if draft_probs is None else draft_probs
     generators = [None] * n if generators is None else generators
-    _check_inputs(target, draft_tokens, draft_probs, greedy, generators)
+    if flat is not None:
+        if flat.dim() != 2 or flat.shape[0] != sum(counts):
+            raise ValueError(
+                f"a flat target must be (sum(d_i+1), vocab) = ({sum(counts)}, V), got shape {tuple(flat.shape)}"
+            )
+        if len(greedy) != n:
+            raise ValueError(f"verify needs one greedy entry per request: {n} requests, {len(greedy)} greedy entries")
+    else:
+        _check_inputs(target, draft_tokens, draft_probs, greedy, generators)
     if n == 0:
         return VerifyOutput(tokens=[], num_accepted=[])
 
-    device = target[0].device
-    width = max(len(d) for d in draft_tokens) + 1
+    device = target.device if flat is not None else target[0].device
+    starts = [sum(counts[:i]) for i in range(n)]
+    width = max(counts)
     committed = torch.full((n, 1 + width), -1, dtype=torch.int64, device=device)  # [n_accepted, tokens...]
-    groups = (
-        ([i for i in range(n) if greedy[i]], _greedy_rows),
-        ([i for i in range(n) if not greedy[i]], _sampled_rows),
-    )
-    for idx, rows_fn in groups:
-        if idx:
-            drafts = [list(draft_tokens[i]) for i in idx]
-            accepted, final = rows_fn([target[i] for i in idx], drafts, [draft_probs[i] for i in idx],
-                                      [generators[i] or generator for i in idx], device)
-            if forced_accepted is not None:
-                accepted, final = _force(accepted, final, [target[i] for i in idx], [forced_accepted[i] for i in idx], device)
-            committed.index_copy_(0, torch.tensor(idx, device=device), _layout(drafts, accepted, final, width))
+    ids: torch.Tensor | None = None  # (sum(d_i+1),) argmax of every row, when greedy or forced rows need it
+    for idx, is_greedy in (([i for i in range(n) if greedy[i]], True), ([i for i in range(n) if not greedy[i]], False)):
+        if not idx:
+            continue
+        drafts = [list(draft_tokens[i]) for i in idx]
+        if is_greedy or forced_accepted is not None:
+            ids = _row_argmax(flat, target) if ids is None else ids
+        if is_greedy:
+            accepted, final = _greedy_rows(ids, [starts[i] for i in idx], drafts, device)
+        else:
+            if flat is not None:
+                rows = torch.tensor([starts[i] + j for i in idx for j in range(counts[i])]).to(device, non_blocking=True)
+                p_flat = flat.index_select(0, rows).float()
+            else:
+                p_flat = torch.cat([target[i].float() for i in idx])
+            accepted, final = _sampled_rows(
+                p_flat, drafts, [draft_probs[i] for i in idx], [generators[i] or generator for i in idx], device
+            )
+        if forced_accepted is not None:
+            accepted, final = _force(accepted, final, ids, [starts[i] for i in idx], [forced_accepted[i] for i in idx], device)
+        committed.index_copy_(0, torch.tensor(idx).to(device, non_blocking=True), _layout(drafts, accepted, final, width))
     if valid is not None:
         committed[:, 0] = torch.where(valid, committed[:, 0], torch.full_like(committed[:, 0], -1))
     host = committed.tolist()  # the one device-to-host read of the step's verification
@@ -285,21 +299,28 @@ def _accepted_prefix(accept: torch.Tensor) -> torch.Tensor:
     return accept.to(torch.int64).cumprod(dim=1).sum(dim=1)
 
 
-def _greedy_rows(target, drafts, draft_probs, generators, device):
-    """Greedy requests: accepted length and final token (R,), (R,) on the device."""
-    ids = torch.cat([t.to(torch.int64) if t.dim() == 1 else t.argmax(dim=-1) for t in target])  # (sum(d+1),)
-    pad, lens, offsets = _padded(drafts, device)
-    width = pad.shape[1]
-    cols = torch.arange(width, device=device)
+def _row_argmax(flat: torch.Tensor | None, target) -> torch.Tensor:
+    """(sum(d_i+1),) argmax id of every target row (1-D targets are ids already)."""
+    if flat is not None:
+        return flat.argmax(dim=-1)
+    return torch.cat([t.to(torch.int64) if t.dim() == 1 else t.argmax(dim=-1) for t in target])
+
+
+def _greedy_rows(ids: torch.Tensor, starts: list[int], drafts: list[list[int]], device: torch.device):
+    """Greedy requests (their first rows at `starts` of the flat argmax ids): accepted length and final
+    token (R,), (R,) on the device."""
+    pad, lens, _ = _padded(drafts, device)
+    offsets = torch.tensor(starts).to(device, non_blocking=True)
+    cols = torch.arange(pad.shape[1], device=device)
     targets = ids[offsets.unsqueeze(1) + torch.minimum(cols.unsqueeze(0), lens.unsqueeze(1))]  # (R, D)
     accepted = _accepted_prefix((targets == pad) & (cols.unsqueeze(0) < lens.unsqueeze(1)))
     return accepted, ids[offsets + accepted]
 
 
-def _sampled_rows(target, drafts, draft_probs, generators, device):
-    """Sampling requests (rejection sampling): accepted length and recovered / bonus token, on the device.
+def _sampled_rows(p_flat, drafts, draft_probs, generators, device):
+    """Sampling requests (rejection sampling) over their rows p_flat (sum(d+1), V) of processed target
+    probabilities: accepted length and recovered / bonus token, on the device.
     Uniforms: d + 1 per request from its generator, laid out like the target rows (row j <-> u[offset + j])."""
-    p_flat = torch.cat([t.float() for t in target])  # (sum(d+1), V)
     lens = [len(d) for d in drafts]
     u = torch.cat([_uniforms(d + 1, g, device) for g, d in zip(generators, lens)])  # (sum(d+1),)
     pad, lens_t, offsets = _padded(drafts, device)
@@ -342,7 +363,7 @@ def _sampled_rows(target, drafts, draft_probs, generators, device):
     return accepted, _sample_rows(residual, u[offsets + lens_t])
 
 
-def _force(accepted, final, target, forced, device):
+def _force(accepted, final, ids, starts, forced, device):
     """Replace the accepted lengths that `forced` decides; their final token is the target argmax there."""
     keep = [f is None for f in forced]
     if all(keep):
@@ -350,8 +371,7 @@ def _force(accepted, final, target, forced, device):
     values = torch.tensor([0 if f is None else f for f in forced]).to(device, non_blocking=True)
     mask = ~torch.tensor(keep).to(device, non_blocking=True)
     accepted = torch.where(mask, values, accepted)
-    ids = torch.cat([t.to(torch.int64) if t.dim() == 1 else t.argmax(dim=-1) for t in target])
-    offsets = torch.tensor([sum(t.shape[0] for t in target[:r]) for r in range(len(target))]).to(device)
+    offsets = torch.tensor(starts).to(device, non_blocking=True)
     return accepted, torch.where(mask, ids[offsets + accepted], final)
 
 

@@ -179,10 +179,10 @@ def test_engine_probes_costs_when_no_file_is_given(tiny, baseline, profile):
     assert [o.token_ids for o in llm.generate(_prompts(3), GREEDY)] == baseline[:3]
 
 
-def test_a_missing_profile_file_fails_at_start_up(tiny, tmp_path):
-    spec = NGramDecodingConfig(draft_len_schedule="auto", acceptance_profile=str(tmp_path / "nope.json"))
+def test_a_missing_profile_file_fails_when_the_config_is_validated(tmp_path):
+    """Before any model load or cost probe (issue 24: it used to fail after a 277 s probe)."""
     with pytest.raises(ValueError, match="does not exist"):
-        LLM(model=tiny, block_size=4, speculative_config=spec)
+        NGramDecodingConfig(draft_len_schedule="auto", acceptance_profile=str(tmp_path / "nope.json"))
 
 
 def test_static_schedules_and_goodput_report_what_they_run(tiny):

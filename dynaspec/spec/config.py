@@ -277,7 +277,8 @@ class _SpecConfigBase(BaseModel):
         auto = self.draft_len_schedule == AUTO_SCHEDULE
         if self.step_cost_file is not None and self.draft_len_policy == "schedule" and not auto:
             raise ValueError(
-                "step_cost_file is only used with draft_len_policy='goodput' / 'adaptive' or draft_len_schedule='auto'"
+                "step_cost_file is only used with draft_len_policy='goodput' or draft_len_schedule='auto' (or "
+                "draft_len_policy='adaptive')"
             )
         if auto and self.acceptance_profile is None:
             raise ValueError(

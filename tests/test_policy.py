@@ -59,13 +59,13 @@ def test_policy_without_schedule_uses_max_draft_len():
     p = SchedulePolicy(NGramDecodingConfig(max_draft_len=5))
     assert [p.draft_len(b, b) for b in (1, 7, 1000)] == [5, 5, 5]
     assert p.max_draft_len == 5
-    assert p.draft_lens() == [5]
+    assert p.possible_draft_lens() == [5]
 
 
 def test_policy_with_schedule():
     p = SchedulePolicy(NGramDecodingConfig(max_draft_len=4, draft_len_schedule=SCHEDULE))
     assert [p.draft_len(b, b) for b in (1, 7, 8, 31, 32)] == [4, 4, 2, 2, 0]
-    assert p.draft_lens() == [0, 2, 4]
+    assert p.possible_draft_lens() == [0, 2, 4]
 
 
 def test_policy_uses_decoding_count_for_schedule_and_active_count_for_concurrency():
@@ -76,13 +76,13 @@ def test_policy_uses_decoding_count_for_schedule_and_active_count_for_concurrenc
     assert p.draft_len(2, 10) == 4  # 10 active is not more than max_concurrency
     assert p.draft_len(2, 11) == 0  # more active than max_concurrency: no speculation
     assert p.draft_len(8, 9) == 2
-    assert p.draft_lens() == [0, 2, 4]
+    assert p.possible_draft_lens() == [0, 2, 4]
 
 
 def test_max_concurrency_without_schedule():
     p = SchedulePolicy(NGramDecodingConfig(max_draft_len=3, max_concurrency=4))
     assert [p.draft_len(1, a) for a in (1, 4, 5)] == [3, 3, 0]
-    assert p.draft_lens() == [0, 3]
+    assert p.possible_draft_lens() == [0, 3]
 
 
 def test_reachable_draft_lens_per_batch_size():

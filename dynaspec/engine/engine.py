@@ -1,7 +1,7 @@
 """LLMEngine: the step loop, readable top to bottom.
 
 ```
-sched   = scheduler.schedule(policy.draft_len)    # continuous batching; k for this step's decodes
+sched   = scheduler.schedule(policy.draft_lens)   # continuous batching; k_i per decode, k = max k_i
 drafts  = drafter.propose(decodes, k)             # only when k >= 1: no draft work at all at k = 0
 logits  = runner.forward(decodes + prefills)      # one target forward, 1 + d_i positions per decode
 result  = verify(logits, batch, acceptance)       # greedy + rejection sampling, one host read
@@ -234,7 +234,7 @@ class LLMEngine:
             self._inflight = None if following is None else self._launch_overlapped(following, inflight.ids)
             self._feed_policy(inflight.sched.decodes)
             return self._finish_overlapped(inflight)
-        sched = self.scheduler.schedule(self.policy.draft_len)
+        sched = self.scheduler.schedule(self.policy.draft_lens)  # ragged k_i: flat path, or the graph padded to k
         for request in sched.preempted:
             self.drafter.release(request)
         if sched.is_empty:
@@ -274,7 +274,7 @@ class LLMEngine:
         if sched.decodes:
             outcome = StepOutcome(
                 request_ids=[r.request_id for r in decoding], draft_len=k, drafted=[len(d) for d in drafts],
-                accepted=[max(0, len(c) - 1) for c in committed[: len(decoding)]],
+                accepted=[max(0, len(c) - 1) for c in committed[: len(decoding)]], draft_lens=[d.max_draft for d in sched.decodes],
                 seconds=None if sched.prefills else time.perf_counter() - started, catch_up_tokens=behind,
             )
             self._policy_pending.insert(mark, lambda: self.policy.observe(outcome))  # before this step's releases
@@ -332,9 +332,9 @@ class LLMEngine:
         requests that end with an error (theirs alone: the others go on)."""
         now = time.monotonic()
         failures = failures or {}
-        if sched.decodes:
+        if sched.decodes:  # per request: drafted, accepted, k_i (ragged steps, the k_i histogram)
             accepted = [max(0, len(c) - 1) for c in committed[: len(sched.decodes)]]
-            self.stats.record(len(sched.decodes), sched.draft_len, [len(d) for d in drafts], accepted)
+            self.stats.record(len(sched.decodes), sched.draft_len, [len(d) for d in drafts], accepted, [d.max_draft for d in sched.decodes])
         for decode, tokens in zip(sched.decodes, committed):
             # K/V is now valid for the fed last token plus the accepted drafts; the rest is rolled back.
             decode.request.num_computed_tokens += len(tokens)

@@ -3,8 +3,10 @@ vLLM's scheduler).
 
 Every step the scheduler decides, under the `max_num_seqs` and `max_num_batched_tokens` budgets:
 1. decodes: every running request whose K/V covers all but its last token runs 1 + k_i query
-   positions (its last token plus up to k_i draft tokens); k is asked of the draft-length policy with
-   the number of decoding requests, and capped per request by max_tokens and max_model_len;
+   positions (its last token plus up to k_i draft tokens); the k_i are asked of the draft-length policy
+   (`draft_lens`, one per decoding request; uniform policies give one k to all) with the number of
+   decoding requests, capped together by the token budget (the longest drafts lose their last positions
+   first) and each by its own max_tokens and max_model_len; the step's k is the largest k_i;
 2. prefills: running requests in the middle of a chunked prefill, then waiting requests (FCFS).
 When the KV pool cannot hold a decode, the most recently admitted running request is preempted: its
 blocks are freed and it goes back to the front of the waiting queue with all its tokens, to be
@@ -25,12 +27,14 @@ from dynaspec.runtime.request import Request, RequestStatus
 
 # The draft-length policy as the scheduler calls it: (num_decoding, num_active, decoding request ids) -> k.
 DraftLenFor = Callable[[int, int, Sequence[Hashable]], int]
+# ... and per request: (num_decoding, num_active, decoding request ids) -> [k_i per decoding request].
+DraftLensFor = Callable[[int, int, Sequence[Hashable]], Sequence[int]]
 
 
 @dataclass
 class ScheduledDecode:
     request: Request
-    max_draft: int  # drafts this request may take this step (<= the step's k)
+    max_draft: int  # k_i: drafts this request may take this step (<= the step's k)
 
 
 @dataclass
@@ -48,7 +52,7 @@ class ScheduledPrefill:
 class SchedulerOutput:
     decodes: list[ScheduledDecode] = field(default_factory=list)
     prefills: list[ScheduledPrefill] = field(default_factory=list)
-    draft_len: int = 0  # the step's k from the policy (0: no speculation this step)
+    draft_len: int = 0  # the step's k: the largest k_i the policy gave, after the token budget (0: no speculation)
     preempted: list[Request] = field(default_factory=list)
 
     @property
@@ -90,22 +94,27 @@ class Scheduler:
     def num_unfinished(self) -> int:
         return len(self.waiting) + len(self.running)
 
-    def schedule(self, draft_len_for: DraftLenFor) -> SchedulerOutput:
-        """Plan one step. `draft_len_for(num_decoding, num_active, request_ids)` is the draft-length policy
-        (request_ids: the decoding requests', for a policy that weighs their own acceptance)."""
+    def schedule(self, draft_lens_for: DraftLensFor) -> SchedulerOutput:
+        """Plan one step. `draft_lens_for(num_decoding, num_active, request_ids)` is the draft-length policy's
+        draft_lens (request_ids: the decoding requests', for a policy that weighs their own acceptance)."""
         out = SchedulerOutput()
         budget = self.max_num_batched_tokens
         decoding = [r for r in self.running if not r.is_prefilling][: self.max_num_seqs]
-        k = draft_len_for(len(decoding), self.num_unfinished, [r.request_id for r in decoding]) if decoding else 0
-        # Keep the verify step within the token budget: 1 + k positions per decoding request.
-        while k > 0 and len(decoding) * (1 + k) > budget:
-            k -= 1
-        out.draft_len = k
+        ks = list(draft_lens_for(len(decoding), self.num_unfinished, [r.request_id for r in decoding])) if decoding else []
+        if len(ks) != len(decoding):
+            raise ValueError(f"the draft-length policy gave {len(ks)} draft lengths for {len(decoding)} decoding requests")
+        # Keep the verify step within the token budget: 1 + k_i positions per decoding request (with one k
+        # for all, the largest k such that batch * (1 + k) fits).
+        cap = max(ks, default=0)
+        while cap > 0 and sum(1 + min(k_i, cap) for k_i in ks) > budget:
+            cap -= 1
+        ks = [min(k_i, cap) for k_i in ks]
+        k = out.draft_len = max(ks, default=0)
 
-        for request in decoding:
+        for request, k_i in zip(decoding, ks):
             if request not in self.running:  # preempted earlier in this loop
                 continue
-            max_draft = max(0, min(k, request.remaining_tokens - 1, self.max_model_len - request.num_tokens))
+            max_draft = max(0, min(k_i, request.remaining_tokens - 1, self.max_model_len - request.num_tokens))
             # Slots for all k positions a drafter may write this step, even where fewer are verified.
             if not self._reserve(request, request.num_tokens + (k if max_draft else 0), out):
                 continue

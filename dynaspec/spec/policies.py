@@ -7,6 +7,7 @@ as drafters are built (spec/factory.py), so the engine never tests which policy 
 | `schedule` | draft_len_schedule (or max_draft_len)    | SchedulePolicy (spec/schedule_policy.py)        |
 | `auto`     | draft_len_schedule: auto                 | the schedule `dynaspec tune` would write, planned at start-up (spec/auto_schedule.py) |
 | `goodput`  | draft_len_policy: goodput                | GoodputPlanner (spec/planner.py)                |
+| `adaptive` | draft_len_policy: adaptive               | AdaptivePolicy (spec/adaptive.py): one k_i per request |
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from collections.abc import Callable
 from typing import Any
 
 from dynaspec.runtime.cost_model import StepCostModel
+from dynaspec.spec.adaptive import build_adaptive_policy
 from dynaspec.spec.auto_schedule import plan_auto_schedule
 from dynaspec.spec.catch_up import CatchUpCost
 from dynaspec.spec.config import AUTO_SCHEDULE
@@ -24,7 +26,7 @@ from dynaspec.spec.schedule_policy import SchedulePolicy
 
 
 def policy_name(spec: Any) -> str:
-    """The builder a speculative config selects: "schedule", "auto" or "goodput"."""
+    """The builder a speculative config selects: "schedule", "auto", "goodput" or "adaptive"."""
     return AUTO_SCHEDULE if spec.draft_len_schedule == AUTO_SCHEDULE else spec.draft_len_policy
 
 
@@ -53,10 +55,15 @@ def _goodput(spec: Any, context: PolicyContext) -> DraftLenPolicy:
     )
 
 
+def _adaptive(spec: Any, context: PolicyContext) -> DraftLenPolicy:
+    return build_adaptive_policy(spec, _step_costs(spec, context), padded_batch=context.padded_batch)
+
+
 _BUILDERS: dict[str, Callable[[Any, PolicyContext], DraftLenPolicy]] = {
     "schedule": _schedule,
     AUTO_SCHEDULE: _auto,
     "goodput": _goodput,
+    "adaptive": _adaptive,
 }
 
 

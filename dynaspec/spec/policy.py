@@ -4,7 +4,8 @@ Every policy (no speculation, the static `draft_len_schedule`, `auto`, the goodp
 this one interface, so the engine's step loop never asks which policy it has:
 
 ```
-k = policy.draft_len(num_decoding, num_active, request_ids)   # scheduler, every step
+ks = policy.draft_lens(num_decoding, num_active, request_ids) # scheduler, every step: one k_i per request
+k = policy.draft_len(num_decoding, num_active, request_ids)   # one k for all (the default draft_lens repeats it)
 policy.observe(StepOutcome(...))                              # fed while the next step's forward runs
 policy.refresh(num_decoding, request_ids)                     # idem: recompute what is due, off the critical path
 policy.release(request_id)                                    # a request finished / was aborted / preempted
@@ -30,6 +31,8 @@ class StepOutcome:
     request_ids: the decoding requests, in batch order (len = the decoding batch).
     draft_len: the k the step ran at (0: a plain step; drafted/accepted are then empty).
     drafted, accepted: per decoding request, tokens drafted (<= k) and drafts accepted.
+    draft_lens: per decoding request, the k_i it was allowed to verify (<= k; the scheduler's max_draft);
+        empty where the engine did not say (then every request counts at k).
     seconds: wall time of a decode-only step (launch to launch for an overlapped plain step); None when
         the step also prefilled, so it is no sample of T(batch, k).
     catch_up_tokens: set on the first speculative step after plain ones: the tokens the drafter caught up
@@ -42,6 +45,7 @@ class StepOutcome:
     accepted: Sequence[int] = ()
     seconds: float | None = None
     catch_up_tokens: int | None = None
+    draft_lens: Sequence[int] = ()
 
     @property
     def batch(self) -> int:
@@ -55,6 +59,14 @@ class DraftLenPolicy:
         """k for a step where `num_decoding` of `num_active` active requests decode (request_ids: theirs)."""
         return 0
 
+    def draft_lens(
+        self, num_decoding: int, num_active: int, request_ids: Sequence[Hashable] | None = None
+    ) -> list[int]:
+        """One k_i per decoding request, in order (what the scheduler asks). The default gives every request
+        draft_len()'s k, so a uniform policy implements draft_len() only; a per-request policy (spec/adaptive.py)
+        overrides this and makes draft_len() the largest k_i."""
+        return [self.draft_len(num_decoding, num_active, request_ids)] * num_decoding
+
     def observe(self, outcome: StepOutcome) -> None:
         """Learn from a finished decode step."""
 
@@ -65,7 +77,8 @@ class DraftLenPolicy:
         """Forget a finished, aborted or preempted request."""
 
     def reachable_draft_lens(self, num_decoding: int) -> set[int]:
-        """Every k draft_len() can return when `num_decoding` requests decode (CUDA-graph capture)."""
+        """Every k draft_len() (the largest k_i of draft_lens()) can return when `num_decoding` requests decode
+        (CUDA-graph capture)."""
         return {0}
 
     def stats(self) -> dict[str, Any]:

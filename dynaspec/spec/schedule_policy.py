@@ -104,7 +104,7 @@ class SchedulePolicy(DraftLenPolicy):
             values.add(0)
         return values
 
-    def draft_lens(self) -> list[int]:
+    def possible_draft_lens(self) -> list[int]:
         """Sorted distinct k values draft_len() can return at any batch size."""
         values = set(self.schedule.values()) if self.schedule is not None else {self.max_draft_len}
         if self.max_concurrency is not None:

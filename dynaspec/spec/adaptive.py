@@ -1,0 +1,175 @@
+"""`draft_len_policy: adaptive`: the goodput planner's per-request form, one draft length k_i per request.
+
+Each decision (spec/adaptive_allocation.py, after vLLM's adaptive verification, PR #47808 / #52228):
+survival s_i(j) of request i's draft position j from its own acceptance estimate blended with the pooled
+one (spec/acceptance_estimator.py, as the goodput planner blends at small batches; here at every batch,
+since the point is to tell requests apart), verify cost T(batch, B) by total tokens from the probed
+T(batch, k) table (the same PolicyContext.step_costs() or step_cost_file, at the CUDA graph's padded batch
+where given), and the budget B* of draft positions that maximises expected committed tokens per second,
+allocated to the (request, position) pairs of highest survival. A copy-heavy request (its n-gram drafts
+accepted) gets long drafts next to a chat request that gets none, in the same step.
+
+Host cost, as the planner's: an allocation is computed per batch of decoding request ids and reused until
+`replan_every` observations arrived; `refresh()` (called while the GPU runs a step) recomputes a due one,
+so draft_lens() usually finds it ready. Learning: observe() feeds each request's drafted / accepted counts
+at its own k_i (StepOutcome.draft_lens), so a request cut short by its k_i is not read as rejected at k_i.
+
+Kept simple for now (the GPU part of issue 20 refines them): step times are not learned online (the probe
+or the cost file is the price); the drafter's catch-up is not priced. Exploration, as the planner's: every
+`explore_every`-th decision adds the next (request, position) pair in survival order to B* for two steps, so
+positions never verified get observed (a position's estimate only moves when it is verified: without this
+an estimate below the price would hold B*, or speculation altogether, where it is for good).
+`max_concurrency` applies as elsewhere: above it, every k_i is 0.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Hashable, Sequence
+from typing import Any
+
+from dynaspec.runtime.cost_model import StepCostModel
+from dynaspec.spec.acceptance_estimator import AcceptanceEstimator, load_acceptance_profile
+from dynaspec.spec.adaptive_allocation import Allocation, plan_allocation, step_seconds_by_tokens, survival
+from dynaspec.spec.planner import PaddedBatchFn
+from dynaspec.spec.planner_settings import PlannerSettings
+from dynaspec.spec.policy import DraftLenPolicy, StepOutcome
+
+
+def measured_max_draft_len(cost_model: StepCostModel, max_draft_len: int) -> int:
+    """The largest k <= max_draft_len such that every k' in 0..k has a step-cost measurement."""
+    if not cost_model.has(0):
+        raise ValueError(f"the step-cost model has no measurement for k=0; measured k values: {cost_model.draft_lens}")
+    k = 0
+    while k < max_draft_len and cost_model.has(k + 1):
+        k += 1
+    return k
+
+
+class AdaptivePolicy(DraftLenPolicy):
+    """Per-request k_i maximising predicted goodput over a budget of draft positions (module docstring)."""
+
+    def __init__(
+        self,
+        cost_model: StepCostModel,
+        estimator: AcceptanceEstimator,
+        max_draft_len: int,
+        settings: PlannerSettings | None = None,
+        padded_batch: PaddedBatchFn | None = None,
+    ) -> None:
+        """cost_model: T(batch, k) of uniform steps, k in 0..max_draft_len; estimator: acceptance per
+        position, pooled and per request; settings: max_concurrency, replan_every, max_tables, explore_every
+        (the planner's); padded_batch: (batch, k) -> the batch a step runs at (None: its own, eager)."""
+        self.max_draft_len = measured_max_draft_len(cost_model, min(max_draft_len, estimator.max_draft_len))
+        self.cost_model = cost_model
+        self.estimator = estimator
+        self.settings = PlannerSettings() if settings is None else settings
+        self.padded_batch = padded_batch
+        # request ids (in batch order) -> (observations when computed, allocation)
+        self._tables: dict[tuple[Hashable, ...], tuple[int, Allocation]] = {}
+        self._observations = 0
+        self._decisions = 0  # decisions since the last exploration
+        self._explore_again = False  # the next decision explores too
+        self.last_decision: dict[str, Any] = {}
+
+    # ----------------------------------------------------------------- the decision
+    def draft_lens(self, num_decoding: int, num_active: int, request_ids: Sequence[Hashable] | None = None) -> list[int]:
+        """k_i per decoding request (request_ids: theirs, in batch order; None: pooled estimates)."""
+        settings = self.settings
+        if settings.max_concurrency is not None and num_active > settings.max_concurrency:
+            self.last_decision = {"batch": num_decoding, "k": 0, "reason": "max_concurrency", "budget": 0}
+            return [0] * num_decoding
+        allocation = self.allocation(num_decoding, request_ids)
+        draft_lens, reason = list(allocation.draft_lens), "allocate"
+        if allocation.next_request is not None and settings.explore_every is not None:
+            self._decisions += 1
+            if self._explore_again or self._decisions >= settings.explore_every:
+                # two decisions in a row, as the planner explores: the first may only drain an overlapped step
+                self._explore_again, self._decisions = not self._explore_again, 0
+                draft_lens[allocation.next_request] += 1
+                reason = "explore"
+        self.last_decision = {
+            "batch": num_decoding, "k": max(draft_lens, default=0), "reason": reason, "budget": sum(draft_lens),
+            "draft_lens": {str(k): n for k, n in sorted(Counter(draft_lens).items())},
+            "expected_tokens": allocation.expected_tokens, "step_seconds": allocation.seconds,
+            "goodput": allocation.goodput,
+        }
+        return draft_lens
+
+    def draft_len(self, num_decoding: int, num_active: int, request_ids: Sequence[Hashable] | None = None) -> int:
+        """The largest k_i (the step's k: overlapped decode asks whether it is 0)."""
+        return max(self.draft_lens(num_decoding, num_active, request_ids), default=0)
+
+    # ----------------------------------------------------------------- predictions
+    def allocation(self, batch: int, request_ids: Sequence[Hashable] | None = None) -> Allocation:
+        """The allocation for these decoding requests, reused until `replan_every` observations arrived."""
+        key = tuple(request_ids) if request_ids else (None,) * batch
+        entry = self._tables.get(key)
+        if entry is not None and self._observations - entry[0] < self.settings.replan_every:
+            return entry[1]
+        if len(self._tables) >= self.settings.max_tables:  # keys of batches long gone
+            self._tables.clear()
+        allocation = self.plan(batch, request_ids)
+        self._tables[key] = (self._observations, allocation)
+        return allocation
+
+    def plan(self, batch: int, request_ids: Sequence[Hashable] | None = None) -> Allocation:
+        """Compute the allocation now (no reuse)."""
+        ids = request_ids or [None] * batch
+        survivals = [survival(self.estimator.alphas(rid)[: self.max_draft_len]) for rid in ids]
+        return plan_allocation(survivals, lambda positions: self.step_seconds(batch, positions))
+
+    def step_seconds(self, batch: int, positions: int) -> float:
+        """Predicted T of a step of `batch` requests verifying `positions` draft positions in all."""
+        return step_seconds_by_tokens(self.cost_model.cost, batch, positions, self.max_draft_len, self.padded_batch)
+
+    # ----------------------------------------------------------------- engine hooks
+    def observe(self, outcome: StepOutcome) -> None:
+        """Each request's drafted / accepted counts, at its own k_i."""
+        if outcome.draft_len == 0:
+            return
+        draft_lens = outcome.draft_lens or [outcome.draft_len] * outcome.batch
+        groups: dict[int, tuple[list[Hashable], list[int], list[int]]] = {}
+        for rid, k_i, drafted, accepted in zip(outcome.request_ids, draft_lens, outcome.drafted, outcome.accepted):
+            if k_i > 0:
+                ids, d, a = groups.setdefault(k_i, ([], [], []))
+                ids.append(rid)
+                d.append(drafted)
+                a.append(accepted)
+        for k_i, (ids, drafted, accepted) in groups.items():
+            self.estimator.update_step(ids, drafted, accepted, k_i)
+        self._observations += 1
+
+    def refresh(self, num_decoding: int, request_ids: Sequence[Hashable] | None = None) -> None:
+        """Recompute the allocation of these decoding requests now if due (off the critical path)."""
+        self.allocation(num_decoding, request_ids)
+
+    def release(self, request_id: Hashable) -> None:
+        self.estimator.release(request_id)
+        self._observations += 1
+
+    def reachable_draft_lens(self, num_decoding: int) -> set[int]:
+        """Every largest k_i a step can have (CUDA-graph capture): 0..max_draft_len."""
+        return set(range(self.max_draft_len + 1))
+
+    def stats(self) -> dict[str, Any]:
+        """The latest decision (budget, k_i histogram, predicted goodput) as get_stats()["planner_decision"]."""
+        return {**super().stats(), "planner_decision": dict(self.last_decision)}
+
+    def __repr__(self) -> str:
+        return f"AdaptivePolicy(max_draft_len={self.max_draft_len}, settings={self.settings!r})"
+
+
+def build_adaptive_policy(
+    spec_config: Any, cost_model: StepCostModel, padded_batch: PaddedBatchFn | None = None
+) -> AdaptivePolicy:
+    """The engine's adaptive policy from a speculative config (max_draft_len, max_concurrency,
+    acceptance_profile) and T(batch, k); the estimator is the goodput planner's (same settings)."""
+    settings = PlannerSettings(max_concurrency=spec_config.max_concurrency)
+    path = spec_config.acceptance_profile
+    estimator = AcceptanceEstimator(
+        spec_config.max_draft_len, profile=None if path is None else load_acceptance_profile(path),
+        memory_trials=settings.estimate_memory_trials, request_ema_rate=settings.request_ema_rate,
+        blend_count=settings.request_blend_count, learn_blend_count=True,
+    )
+    return AdaptivePolicy(cost_model, estimator, spec_config.max_draft_len, settings, padded_batch)

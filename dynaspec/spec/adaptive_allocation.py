@@ -1,0 +1,132 @@
+"""Per-request draft lengths from one budget of draft positions: the pure part of `draft_len_policy: adaptive`
+(spec/adaptive.py runs it; tests call it with hand-made numbers).
+
+vLLM's adaptive verification (PR #47808, and #52228 for drafters without a confidence head) scores every
+(request i, draft position j) by its survival, the probability that the target accepts it:
+
+    s_i(j) = prod_{m <= j} alpha_i(m)            (alpha_i(m): conditional acceptance of position m)
+
+and verifies the global top-B positions, B chosen to maximise expected committed tokens per second. The
+positions of one request are taken in order (s_i is non-increasing in j, and a draft token is only worth
+verifying after the ones before it), so the top-B set is a prefix of each request's draft: k_i of them.
+For a step where `batch` requests decode and B positions are allocated:
+
+    committed(B) = batch + sum of the B survivals taken        (each request commits 1 token, plus drafts)
+    goodput(B)   = committed(B) / T(batch, B)                  (B = 0: batch / T(batch, 0), no speculation)
+
+B* = argmax over B in 0..batch * max_draft_len (ties: the smaller B). The uniform goodput planner
+(spec/planner.py) is the special case where every k_i must be equal.
+
+T(batch, B) (`step_seconds_by_tokens`): the probed T(batch, k) of uniform steps verifies batch * (1 + k)
+tokens; a ragged step's batch + B tokens are priced by linear interpolation in total tokens between the
+two uniform steps around them at that batch (the CUDA graph's padded batch where one is given). The
+drafter's part is inside the probed T (the probe adds Drafter.draft_seconds(batch, k)), so interpolating
+prices drafting per drafted position too: right for n-gram lookups, an underestimate for a draft model
+that drafts to the largest k_i for every request with k_i > 0 (the GPU part prices draft cost by request
+count separately).
+"""
+
+from __future__ import annotations
+
+import heapq
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+
+def survival(alphas: Sequence[float]) -> list[float]:
+    """[s(0), s(1), ...]: s(j) = prod_{m <= j} alphas[m], the probability that draft position j is accepted."""
+    out, running = [], 1.0
+    for alpha in alphas:
+        running *= alpha
+        out.append(running)
+    return out
+
+
+def allocation_order(survivals: Sequence[Sequence[float]]) -> list[tuple[int, float]]:
+    """Every (request index, survival) pair in the order the budget takes them: highest survival first,
+    the positions of one request in order (ties: the smaller request index), all positions of all requests."""
+    heap = [(-s[0], i, 0) for i, s in enumerate(survivals) if len(s) > 0]
+    heapq.heapify(heap)
+    order: list[tuple[int, float]] = []
+    while heap:
+        negative, i, j = heapq.heappop(heap)
+        order.append((i, -negative))
+        if j + 1 < len(survivals[i]):
+            heapq.heappush(heap, (-survivals[i][j + 1], i, j + 1))
+    return order
+
+
+def allocate(survivals: Sequence[Sequence[float]], budget: int) -> list[int]:
+    """k_i per request: the first `budget` pairs of allocation_order (budget is capped at the positions there are)."""
+    draft_lens = [0] * len(survivals)
+    for i, _ in allocation_order(survivals)[: max(0, budget)]:
+        draft_lens[i] += 1
+    return draft_lens
+
+
+@dataclass(frozen=True)
+class Allocation:
+    """The chosen budget and what it predicts."""
+
+    draft_lens: list[int]  # k_i per request
+    budget: int  # B* = sum(draft_lens)
+    expected_tokens: float  # committed tokens expected: batch + the allocated survivals
+    seconds: float  # predicted T(batch, B*)
+    next_request: int | None = None  # the request that position B* + 1 would go to (None: none is left)
+
+    @property
+    def goodput(self) -> float:
+        """Expected committed tokens per second."""
+        return self.expected_tokens / self.seconds
+
+    @property
+    def ragged(self) -> bool:
+        return len(set(self.draft_lens)) > 1
+
+
+def plan_allocation(
+    survivals: Sequence[Sequence[float]], step_seconds: Callable[[int], float], max_budget: int | None = None
+) -> Allocation:
+    """B* maximising committed tokens per second, and its allocation.
+
+    survivals: per decoding request, s_i(j) for its positions j = 0..max_draft_len-1 (survival()).
+    step_seconds(B): predicted seconds of the step with B draft positions in all (> 0).
+    max_budget: the most positions considered (default: all of them).
+    """
+    batch = len(survivals)
+    order = allocation_order(survivals)
+    if max_budget is not None:
+        order = order[: max(0, max_budget)]
+    best_b, best_tokens, best_seconds = 0, float(batch), step_seconds(0)
+    tokens = float(batch)
+    for b, (_, s) in enumerate(order, start=1):
+        tokens += s
+        seconds = step_seconds(b)
+        if tokens * best_seconds > best_tokens * seconds:  # tokens / seconds > best, without dividing
+            best_b, best_tokens, best_seconds = b, tokens, seconds
+    draft_lens = [0] * batch
+    for i, _ in order[:best_b]:
+        draft_lens[i] += 1
+    next_request = order[best_b][0] if best_b < len(order) else None
+    return Allocation(draft_lens, best_b, best_tokens, best_seconds, next_request)
+
+
+def step_seconds_by_tokens(
+    cost: Callable[[int, int], float],
+    batch: int,
+    positions: int,
+    max_draft_len: int,
+    padded_batch: Callable[[int, int], int] | None = None,
+) -> float:
+    """T of a step where `batch` requests verify batch + `positions` tokens, from cost(batch, k) of uniform
+    steps (batch * (1 + k) tokens): linear in total tokens between the uniform steps around it, at the
+    batch the step runs (padded_batch(batch, k) of the larger k, a CUDA graph's bucket; None: batch)."""
+    k_low, rest = divmod(max(0, positions), batch)
+    if k_low >= max_draft_len:
+        k_low, rest = max_draft_len, 0
+    k_high = k_low + (rest > 0)
+    run_batch = batch if padded_batch is None else padded_batch(batch, k_high)
+    low = cost(run_batch, k_low)
+    if rest == 0:
+        return low
+    return low + (cost(run_batch, k_high) - low) * rest / batch

@@ -1,0 +1,279 @@
+"""Per-request draft lengths (issue 20): the allocation (pure), the adaptive policy with injected costs and
+acceptance, the scheduler's per-request caps, and the engine with `draft_len_policy: adaptive` lossless
+(greedy and seeded sampling) on batches mixing copy-heavy and random prompts, with ragged steps.
+No timing assertions: step costs are hand-made tables or a step_cost_file written here."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from dynaspec import DraftTargetDecodingConfig, NGramDecodingConfig, SamplingParams
+from dynaspec.config import EngineConfig
+from dynaspec.engine.engine import LLMEngine
+from dynaspec.runtime.cost_model import StepCostModel
+from dynaspec.spec.acceptance_estimator import AcceptanceEstimator
+from dynaspec.spec.adaptive import AdaptivePolicy
+from dynaspec.spec.adaptive_allocation import (
+    allocate,
+    allocation_order,
+    plan_allocation,
+    step_seconds_by_tokens,
+    survival,
+)
+from dynaspec.spec.policies import build_policy
+from dynaspec.spec.policy import DraftLenPolicy, PolicyContext, StepOutcome
+from dynaspec.spec.schedule_policy import SchedulePolicy
+from dynaspec.spec.stats import SpecStats
+from tests.tiny_models import make_perturbed_checkpoint, make_tiny_checkpoint
+
+K = 4
+COPY, CHAT = [0.95] * K, [0.05] * K  # conditional acceptance per position
+
+
+# --- the allocation (pure) -------------------------------------------------------------------------
+
+def test_survival_is_the_running_product():
+    assert survival([0.5, 0.5, 1.0, 0.0]) == [0.5, 0.25, 0.25, 0.0]
+
+
+def test_allocation_takes_the_highest_survivals_in_order_per_request():
+    survivals = [survival([0.9, 0.9, 0.9]), survival([0.5, 1.0, 1.0]), survival([0.95, 0.1, 1.0])]
+    order = allocation_order(survivals)
+    assert [i for i, _ in order][:4] == [2, 0, 0, 0]  # 0.95, 0.9, 0.81, 0.729
+    assert [s for _, s in order] == sorted((s for _, s in order), reverse=True)  # survival only falls along a request
+    assert allocate(survivals, 4) == [3, 0, 1]
+    assert allocate(survivals, 0) == [0, 0, 0]
+    assert allocate(survivals, 100) == [3, 3, 3]
+
+
+def test_copy_heavy_request_drafts_long_and_chat_request_drafts_nothing():
+    """Verify is priced (every draft position costs 10% of a plain step): the copy-heavy request's positions
+    pay, the chat request's first position (5% survival) does not."""
+    survivals = [survival(COPY), survival(CHAT)]
+    allocation = plan_allocation(survivals, lambda positions: 1.0 + 0.1 * positions)
+    assert allocation.draft_lens == [K, 0] and allocation.ragged and allocation.budget == K
+    assert allocation.expected_tokens == pytest.approx(2 + sum(survival(COPY)))
+    # Free verification: every position with any survival is taken; uniform 0 vs K is no longer the choice.
+    assert plan_allocation(survivals, lambda positions: 1.0).draft_lens == [K, K]
+
+
+def test_no_drafts_when_verify_cost_grows_steeply():
+    survivals = [survival(COPY), survival([0.99] * K), survival(CHAT)]
+    allocation = plan_allocation(survivals, lambda positions: 1.0 + 2.0 * positions)
+    assert allocation.draft_lens == [0, 0, 0] and allocation.budget == 0 and not allocation.ragged
+    assert allocation.goodput == pytest.approx(3.0)
+
+
+def test_step_seconds_interpolate_over_total_tokens():
+    cost = lambda batch, k: 0.5 + 0.01 * batch * (1 + k) ** 2  # noqa: E731 - convex in tokens
+    assert step_seconds_by_tokens(cost, 4, 0, K) == cost(4, 0)
+    assert step_seconds_by_tokens(cost, 4, 8, K) == cost(4, 2)  # 4 * (1 + 2) tokens: a uniform step
+    assert step_seconds_by_tokens(cost, 4, 9, K) == pytest.approx(cost(4, 2) + (cost(4, 3) - cost(4, 2)) / 4)
+    assert step_seconds_by_tokens(cost, 4, 99, K) == cost(4, K)  # capped at max_draft_len
+    # priced at the padded batch a CUDA graph runs (here: 8 for any k)
+    assert step_seconds_by_tokens(cost, 5, 5, K, padded_batch=lambda b, k: 8) == cost(8, 1)
+
+
+# --- the policy, with injected costs and acceptance ------------------------------------------------
+
+def _costs(per_position: float, batches=(1, 2, 4, 8)) -> StepCostModel:
+    """T(batch, k) = 1 s + per_position * batch * k: a verify priced by the draft positions it verifies."""
+    costs = StepCostModel()
+    for batch in batches:
+        for k in range(K + 1):
+            costs.add(batch, k, 1.0 + per_position * batch * k)
+    return costs
+
+
+def _policy(per_position: float, **settings) -> AdaptivePolicy:
+    from dynaspec.spec.planner_settings import PlannerSettings
+
+    estimator = AcceptanceEstimator(K, blend_count=1.0)
+    return AdaptivePolicy(_costs(per_position), estimator, K, PlannerSettings(**settings))
+
+
+def test_policy_learns_per_request_acceptance_from_its_own_draft_lengths():
+    policy = _policy(0.1)
+    for _ in range(30):  # "copy" accepts everything it drafts, "chat" nothing
+        policy.observe(StepOutcome(["copy", "chat"], K, drafted=[K, K], accepted=[K, 0], draft_lens=[K, K]))
+    assert policy.draft_lens(2, 2, ["copy", "chat"]) == [K, 0]
+    assert policy.draft_len(2, 2, ["copy", "chat"]) == K
+    assert policy.stats()["planner_decision"]["draft_lens"] == {"0": 1, str(K): 1}
+    # A step of k = K where "copy" was allowed 2 positions, both accepted: no rejection is read at its
+    # position 2 (never verified), as it would be at the step's k.
+    before = policy.estimator.observations("copy")[2]
+    policy.observe(StepOutcome(["copy", "chat", "new"], K, drafted=[2, 1, K], accepted=[2, 0, 0], draft_lens=[2, 1, K]))
+    assert policy.estimator.observations("copy")[2] == before
+    assert policy.estimator.alphas("copy")[0] > 0.9 > 0.1 > policy.estimator.alphas("chat")[0]
+
+
+def test_policy_stays_off_where_verify_is_expensive_and_explores_now_and_then():
+    policy = _policy(10.0, explore_every=5)
+    ids = ["a", "b", "c"]
+    decisions = [policy.draft_lens(3, 3, ids) for _ in range(12)]
+    explored = [i for i, d in enumerate(decisions) if any(d)]
+    assert explored == [4, 5, 10, 11]  # two steps every explore_every-th decision, one position
+    assert all(sum(decisions[i]) == 1 for i in explored)
+    assert policy.stats()["planner_decision"]["reason"] == "explore"
+    assert _policy(10.0, max_concurrency=2).draft_lens(3, 3, ids) == [0, 0, 0]
+
+
+def test_refresh_computes_off_the_critical_path_and_draft_lens_reuses_it():
+    policy = _policy(0.1, replan_every=3)
+    calls = []
+    plan = policy.plan
+    policy.plan = lambda *args: calls.append(args) or plan(*args)
+    policy.refresh(2, ["x", "y"])
+    assert len(calls) == 1
+    policy.draft_lens(2, 2, ["x", "y"])
+    policy.draft_lens(2, 2, ["x", "y"])
+    assert len(calls) == 1  # reused
+    for _ in range(3):
+        policy.observe(StepOutcome(["x", "y"], 1, drafted=[1, 1], accepted=[1, 0], draft_lens=[1, 1]))
+    policy.refresh(2, ["x", "y"])
+    assert len(calls) == 2  # due after replan_every observations
+
+
+def test_uniform_policies_give_one_k_per_request_by_default():
+    class Fixed(DraftLenPolicy):
+        def draft_len(self, num_decoding, num_active, request_ids=None):
+            return 3
+
+    assert Fixed().draft_lens(4, 4, list("abcd")) == [3, 3, 3, 3]
+    assert SchedulePolicy(NGramDecodingConfig(max_draft_len=2)).draft_lens(3, 3) == [2, 2, 2]
+
+
+def test_factory_builds_adaptive():
+    context = PolicyContext(step_costs=lambda: _costs(0.1), catch_up_seconds_per_token=lambda: 0.0, backlog=lambda: (0, 0))
+    policy = build_policy(NGramDecodingConfig(max_draft_len=K, draft_len_policy="adaptive"), context)
+    assert isinstance(policy, AdaptivePolicy) and policy.reachable_draft_lens(5) == set(range(K + 1))
+    with pytest.raises(ValueError, match="adaptive"):
+        NGramDecodingConfig(max_draft_len=K, draft_len_policy="adaptive", draft_len_schedule={1: K})
+
+
+def test_stats_count_ragged_steps_and_the_per_request_histogram():
+    stats = SpecStats()
+    stats.record(2, 4, [4, 0], [2, 0], [4, 0])
+    stats.record(2, 2, [2, 2], [0, 1], [2, 2])
+    stats.record(3, 0, [0, 0, 0], [0, 0, 0])
+    out = stats.as_dict()
+    assert out["ragged_steps"] == 1
+    assert out["draft_len_histogram"] == {"2": {"0": 1, "2": 2, "4": 1}, "3": {"0": 3}}
+    with pytest.raises(ValueError, match="draft_lens"):
+        stats.record(2, 2, [1, 1], [0, 0], [3, 1])
+
+
+# --- the engine: lossless, ragged ------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def ckpts(tmp_path_factory):
+    root = tmp_path_factory.mktemp("adaptive")
+    costs = _costs(0.1)
+    costs.save(root / "costs.json")
+    return {
+        "target": str(make_tiny_checkpoint(root, "llama", seed=0)),
+        "near": str(make_perturbed_checkpoint(root, "llama", seed=0, noise=0.004)),
+        "costs": str(root / "costs.json"),
+    }
+
+
+def _mixed_prompts() -> list[list[int]]:
+    """Copy-heavy prompts (a motif repeated) alternating with random ones."""
+    gen = torch.Generator().manual_seed(5)
+    prompts = []
+    for i in range(4):
+        if i % 2 == 0:
+            prompts.append(torch.randint(0, 512, (4 + i,), generator=gen).tolist() * 5)
+        else:
+            prompts.append(torch.randint(0, 512, (14 + 3 * i,), generator=gen).tolist())
+    return prompts
+
+
+def _params(i: int, sampled: bool) -> SamplingParams:
+    if sampled:
+        return SamplingParams(temperature=0.9, top_p=0.95, seed=100 + i, max_tokens=32, ignore_eos=True)
+    return SamplingParams(temperature=0.0, max_tokens=32, ignore_eos=True)
+
+
+def _run(engine: LLMEngine, sampled: bool) -> list[list[int]]:
+    for i, prompt in enumerate(_mixed_prompts()):
+        engine.add_request(f"{'copy' if i % 2 == 0 else 'chat'}{i}", prompt, _params(i, sampled))
+    tokens: dict[str, list[int]] = {}
+    while engine.has_unfinished_requests():
+        for out in engine.step():
+            tokens[out.request_id] = list(out.token_ids)
+    return [tokens[k] for k in sorted(tokens, key=lambda r: int(r[4:]))]
+
+
+def _spec(kind: str, ckpts):
+    common = dict(max_draft_len=K, draft_len_policy="adaptive", step_cost_file=ckpts["costs"])
+    if kind == "ngram":
+        return NGramDecodingConfig(max_matching_ngram_size=3, **common)
+    return DraftTargetDecodingConfig(speculative_model=ckpts["near"], **common)
+
+
+@pytest.fixture(scope="module")
+def plain(ckpts):
+    engine = LLMEngine(EngineConfig(model=ckpts["target"], block_size=4))
+    return {sampled: _run(engine, sampled) for sampled in (False, True)}
+
+
+@pytest.mark.parametrize("sampled", [False, True], ids=["greedy", "seeded"])
+@pytest.mark.parametrize("kind", ["ngram", "draft-model"])
+def test_adaptive_is_lossless_and_ragged(ckpts, plain, kind, sampled):
+    """Per-request acceptance is injected (copy requests 0.95 per position, chat ones 0.05) and verify
+    priced by a step_cost_file, so the copy requests draft up to K while the chat ones draft nothing, in
+    the same steps: the output still equals plain decoding's, greedy and seeded."""
+    engine = LLMEngine(EngineConfig(model=ckpts["target"], block_size=4, speculative_config=_spec(kind, ckpts)))
+    policy = engine.policy
+    assert isinstance(policy, AdaptivePolicy)
+    policy.estimator.alphas = lambda rid=None: list(COPY if str(rid).startswith("copy") else CHAT)
+    assert _run(engine, sampled) == plain[sampled]
+    stats = engine.get_stats()
+    assert stats["ragged_steps"] >= 3
+    at_4 = stats["draft_len_histogram"]["4"]
+    assert at_4.get("0", 0) >= 6 and at_4.get(str(K), 0) >= 6  # chat at 0, copy at K, side by side
+    assert stats["num_drafted"] > 0
+    assert engine.num_free_blocks == engine.num_total_blocks
+
+
+def test_adaptive_learning_from_the_target_is_lossless(ckpts, plain):
+    """Without injected acceptance (what the target accepts drives the allocation): still lossless."""
+    engine = LLMEngine(EngineConfig(model=ckpts["target"], block_size=4, speculative_config=_spec("ngram", ckpts)))
+    assert _run(engine, False) == plain[False]
+
+
+# --- the scheduler: per-request caps ---------------------------------------------------------------
+
+def _decoding(request_id: str, prompt_len: int, max_tokens: int):
+    from dynaspec.runtime.request import Request, RequestStatus
+
+    request = Request(request_id, None, list(range(prompt_len)), SamplingParams(max_tokens=max_tokens))
+    request.output_token_ids = [1]
+    request.num_computed_tokens = request.num_tokens - 1  # decoding: all but its last token computed
+    request.status = RequestStatus.RUNNING
+    return request
+
+
+def test_scheduler_caps_each_requests_draft_length():
+    from dynaspec.engine.block_manager import BlockManager
+    from dynaspec.engine.scheduler import Scheduler
+
+    def scheduled(ks, budget=64, max_model_len=64):
+        scheduler = Scheduler(BlockManager(64, 4), max_num_seqs=8, max_num_batched_tokens=budget, max_model_len=max_model_len)
+        scheduler.running = [_decoding("a", 8, 10), _decoding("b", 8, 3), _decoding("c", 8, 10)]
+        out = scheduler.schedule(lambda n, active, ids: ks)
+        return [d.max_draft for d in out.decodes], out.draft_len
+
+    assert scheduled([4, 0, 2]) == ([4, 0, 2], 4)
+    assert scheduled([4, 4, 1]) == ([4, 1, 1], 4)  # "b" may take 2 more tokens: 1 draft + the bonus
+    # the token budget trims the longest drafts first: 3 + 1 + 3 <= 7; then 2 + 1 + 2 <= 6
+    assert scheduled([4, 0, 2], budget=7) == ([2, 0, 2], 2)
+    assert scheduled([4, 0, 2], budget=6) == ([1, 0, 1], 1)
+    assert scheduled([3, 3, 3], budget=8) == ([1, 1, 1], 1)  # one k for all: the largest k with 3 * (1 + k) <= 8
+    assert scheduled([4, 0, 4], max_model_len=11) == ([2, 0, 2], 4)  # 9 tokens: 2 more before max_model_len
+    with pytest.raises(ValueError, match="draft lengths"):
+        scheduled([4, 0])

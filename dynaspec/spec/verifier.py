@@ -114,7 +114,7 @@ def verify(
         work = logits.clone().index_copy_(0, rows, probs)  # sampled rows: processed probabilities
     greedy = [p.is_greedy or p.seed is not None for p in batch.params]  # the one place greedy vs sampled is decided
     forced = (acceptance or _TARGET).forced_lengths(batch)
-    owner = torch.repeat_interleave(torch.arange(len(counts)), torch.tensor(counts)).to(logits.device, non_blocking=True)
+    owner = torch.repeat_interleave(torch.arange(len(counts)), torch.tensor(counts, dtype=torch.int64)).to(logits.device, non_blocking=True)
     not_finite = torch.zeros(len(counts), device=logits.device).index_add_(0, owner, (~torch.isfinite(logits).all(dim=-1)).float())
     return rejection_sample(
         work, batch.drafts, batch.draft_probs, greedy, batch.generators, generator, forced, valid=not_finite == 0

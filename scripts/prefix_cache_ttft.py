@@ -61,13 +61,17 @@ def main() -> None:
     parser.add_argument("--block-size", type=int, default=16)
     parser.add_argument("--max-num-batched-tokens", type=int, default=2048)
     parser.add_argument("--max-model-len", type=int, default=2048)
+    parser.add_argument("--dtype", default="auto")
+    parser.add_argument("--gpu-memory-utilization", type=float, default=0.9,
+                        help="the caching engine's; the other engine (built first) takes half of it")
     args = parser.parse_args()
 
     def config(caching: bool) -> EngineConfig:
         return EngineConfig(
             model=args.model, device=args.device, block_size=args.block_size, max_num_seqs=args.requests,
             max_model_len=args.max_model_len, max_num_batched_tokens=args.max_num_batched_tokens,
-            enable_prefix_caching=caching,
+            enable_prefix_caching=caching, dtype=args.dtype,
+            gpu_memory_utilization=args.gpu_memory_utilization * (1.0 if caching else 0.5),
         )
 
     off = LLMEngine(config(False))

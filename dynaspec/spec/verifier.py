@@ -16,8 +16,9 @@ with x_j removed. Greedy requests: drafts are accepted while they equal the targ
 tokens end with the target argmax at the first mismatch (or the bonus argmax after the last draft).
 
 Layout (ragged-ready, as vLLM's): request i has d_i drafts and d_i + 1 consecutive target rows in one flat
-(sum(d_i + 1), V) tensor; a prefill that completes its prompt is the d = 0 case. Everything runs on the
-device; the committed tokens come back as ONE (R, 1 + max d + 1) tensor read by the host once.
+(sum(d_i + 1), V) tensor; a prefill that completes its prompt is the d = 0 case. The argmax of every row,
+the sampled requests' committed rows (rejection sampling runs on the device) and the rows' finiteness come
+back to the host in ONE copy; greedy matching then runs on host lists.
 
 `verify` is what the engine calls: it decides greedy vs sampled (the only place), turns the sampled rows'
 logits into the processed distribution (runtime/sampler.py) and runs `rejection_sample`. A SEEDED sampling
@@ -114,10 +115,9 @@ def verify(
         work = logits.clone().index_copy_(0, rows, probs)  # sampled rows: processed probabilities
     greedy = [p.is_greedy or p.seed is not None for p in batch.params]  # the one place greedy vs sampled is decided
     forced = (acceptance or _TARGET).forced_lengths(batch)
-    owner = torch.repeat_interleave(torch.arange(len(counts)), torch.tensor(counts, dtype=torch.int64)).to(logits.device, non_blocking=True)
-    not_finite = torch.zeros(len(counts), device=logits.device).index_add_(0, owner, (~torch.isfinite(logits).all(dim=-1)).float())
     return rejection_sample(
-        work, batch.drafts, batch.draft_probs, greedy, batch.generators, generator, forced, valid=not_finite == 0
+        work, batch.drafts, batch.draft_probs, greedy, batch.generators, generator, forced,
+        row_finite=torch.isfinite(logits).all(dim=-1),
     )
 
 
@@ -212,7 +212,7 @@ def rejection_sample(
     generators: Sequence[torch.Generator | None] | None = None,
     generator: torch.Generator | None = None,
     forced_accepted: Sequence[int | None] | None = None,
-    valid: torch.Tensor | None = None,
+    row_finite: torch.Tensor | None = None,
 ) -> VerifyOutput:
     """Verify a batch of drafts; request i has d_i = len(draft_tokens[i]) drafts (possibly 0).
 
@@ -226,8 +226,12 @@ def rejection_sample(
         (None: torch's default generator). A sampling request draws exactly d_i + 1 uniforms from it.
     forced_accepted: per request an accepted length decided elsewhere (acceptance replay), whose final
         token is then the target's argmax after it; None entries (or None): the target decides.
-    valid: (R,) bool on the device, False for a request whose rows are unusable (not finite): it commits
+    row_finite: (sum(d_i+1),) bool on the device, False for a row that is not finite: its request commits
         nothing and is reported in `failed` (read with the tokens, no extra sync).
+
+    Greedy requests compare their drafts with the argmax ids on the host; sampling requests are verified
+    on the device; the argmax ids, the sampled requests' committed rows and the row flags are read by the
+    host in ONE copy (few kernels a step: a batch-1 step is bound by launches, not by this arithmetic).
     """
     n = len(draft_tokens)
     counts = [len(d) + 1 for d in draft_tokens]
@@ -248,37 +252,48 @@ def rejection_sample(
 
     device = target.device if flat is not None else target[0].device
     starts = [sum(counts[:i]) for i in range(n)]
+    greedy_idx = [i for i in range(n) if greedy[i]]
+    sample_idx = [i for i in range(n) if not greedy[i]]
+    parts: list[torch.Tensor] = []
+    if greedy_idx or forced_accepted is not None:
+        parts.append(_row_argmax(flat, target))  # (sum(d_i+1),)
     width = max(counts)
-    committed = torch.full((n, 1 + width), -1, dtype=torch.int64, device=device)  # [n_accepted, tokens...]
-    ids: torch.Tensor | None = None  # (sum(d_i+1),) argmax of every row, when greedy or forced rows need it
-    for idx, is_greedy in (([i for i in range(n) if greedy[i]], True), ([i for i in range(n) if not greedy[i]], False)):
-        if not idx:
-            continue
-        drafts = [list(draft_tokens[i]) for i in idx]
-        if is_greedy or forced_accepted is not None:
-            ids = _row_argmax(flat, target) if ids is None else ids
-        if is_greedy:
-            accepted, final = _greedy_rows(ids, [starts[i] for i in idx], drafts, device)
+    if sample_idx:
+        drafts = [list(draft_tokens[i]) for i in sample_idx]
+        if flat is not None:
+            rows = torch.tensor([starts[i] + j for i in sample_idx for j in range(counts[i])]).to(device, non_blocking=True)
+            p_flat = flat.index_select(0, rows).float()
         else:
-            if flat is not None:
-                rows = torch.tensor([starts[i] + j for i in idx for j in range(counts[i])]).to(device, non_blocking=True)
-                p_flat = flat.index_select(0, rows).float()
-            else:
-                p_flat = torch.cat([target[i].float() for i in idx])
-            accepted, final = _sampled_rows(
-                p_flat, drafts, [draft_probs[i] for i in idx], [generators[i] or generator for i in idx], device
-            )
-        if forced_accepted is not None:
-            accepted, final = _force(accepted, final, ids, [starts[i] for i in idx], [forced_accepted[i] for i in idx], device)
-        committed.index_copy_(0, torch.tensor(idx).to(device, non_blocking=True), _layout(drafts, accepted, final, width))
-    if valid is not None:
-        committed[:, 0] = torch.where(valid, committed[:, 0], torch.full_like(committed[:, 0], -1))
-    host = committed.tolist()  # the one device-to-host read of the step's verification
-    return VerifyOutput(
-        tokens=[row[1 : row[0] + 2] if row[0] >= 0 else [] for row in host],
-        num_accepted=[max(row[0], 0) for row in host],
-        failed=[row[0] < 0 for row in host] if valid is not None else [],
-    )
+            p_flat = torch.cat([target[i].float() for i in sample_idx])
+        accepted, final = _sampled_rows(
+            p_flat, drafts, [draft_probs[i] for i in sample_idx], [generators[i] or generator for i in sample_idx], device
+        )
+        parts.append(_layout(drafts, accepted, final, width).flatten())  # (S * (1 + width),)
+    if row_finite is not None:
+        parts.append(row_finite.to(torch.int64))
+    host = torch.cat(parts).tolist()  # the one device-to-host read of the step's verification
+    ids = host[: sum(counts)] if greedy_idx or forced_accepted is not None else []
+    tokens: list[list[int]] = [[] for _ in range(n)]
+    accepted_counts = [0] * n
+    for i in greedy_idx:
+        tokens[i], accepted_counts[i] = greedy_accept(ids[starts[i] : starts[i] + counts[i]], draft_tokens[i])
+    offset = len(ids)
+    for i in sample_idx:
+        row = host[offset : offset + 1 + width]
+        offset += 1 + width
+        tokens[i], accepted_counts[i] = row[1 : row[0] + 2], row[0]
+    if forced_accepted is not None:
+        for i, f in enumerate(forced_accepted):
+            if f is not None:
+                tokens[i], accepted_counts[i] = list(draft_tokens[i][:f]) + [ids[starts[i] + f]], f
+    failed: list[bool] = []
+    if row_finite is not None:
+        finite = host[offset:]
+        failed = [not all(finite[starts[i] : starts[i] + counts[i]]) for i in range(n)]
+        for i in range(n):
+            if failed[i]:
+                tokens[i], accepted_counts[i] = [], 0
+    return VerifyOutput(tokens=tokens, num_accepted=accepted_counts, failed=failed)
 
 
 def _padded(drafts: list[list[int]], device: torch.device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -304,17 +319,6 @@ def _row_argmax(flat: torch.Tensor | None, target) -> torch.Tensor:
     if flat is not None:
         return flat.argmax(dim=-1)
     return torch.cat([t.to(torch.int64) if t.dim() == 1 else t.argmax(dim=-1) for t in target])
-
-
-def _greedy_rows(ids: torch.Tensor, starts: list[int], drafts: list[list[int]], device: torch.device):
-    """Greedy requests (their first rows at `starts` of the flat argmax ids): accepted length and final
-    token (R,), (R,) on the device."""
-    pad, lens, _ = _padded(drafts, device)
-    offsets = torch.tensor(starts).to(device, non_blocking=True)
-    cols = torch.arange(pad.shape[1], device=device)
-    targets = ids[offsets.unsqueeze(1) + torch.minimum(cols.unsqueeze(0), lens.unsqueeze(1))]  # (R, D)
-    accepted = _accepted_prefix((targets == pad) & (cols.unsqueeze(0) < lens.unsqueeze(1)))
-    return accepted, ids[offsets + accepted]
 
 
 def _sampled_rows(p_flat, drafts, draft_probs, generators, device):
@@ -361,18 +365,6 @@ def _sampled_rows(p_flat, drafts, draft_probs, generators, device):
     # A rejection implies p(x) < q(x), so the residual has mass; fall back to p against rounding.
     residual = torch.where(mass > 0, residual, p_final)
     return accepted, _sample_rows(residual, u[offsets + lens_t])
-
-
-def _force(accepted, final, ids, starts, forced, device):
-    """Replace the accepted lengths that `forced` decides; their final token is the target argmax there."""
-    keep = [f is None for f in forced]
-    if all(keep):
-        return accepted, final
-    values = torch.tensor([0 if f is None else f for f in forced]).to(device, non_blocking=True)
-    mask = ~torch.tensor(keep).to(device, non_blocking=True)
-    accepted = torch.where(mask, values, accepted)
-    offsets = torch.tensor(starts).to(device, non_blocking=True)
-    return accepted, torch.where(mask, ids[offsets + accepted], final)
 
 
 def _layout(drafts: list[list[int]], accepted: torch.Tensor, final: torch.Tensor, width: int) -> torch.Tensor:

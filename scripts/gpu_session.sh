@@ -95,7 +95,7 @@ for step in "$@"; do
         --phases 1,2,4,128,256,128,4,2,1 --requests-per-phase 9,16,25,256,256,256,25,16,9 --prompt-len 128 \
         --gen-len 128 --out-dir "$OUT/trace-diurnal" > "$OUT/trace-diurnal.log" 2>&1; tail -3 "$OUT/trace-diurnal.log"
       cat "$OUT/trace-diurnal/trace.md" ;;
-    redesign-core|redesign-sweep)
+    redesign-core|redesign-sweep|redesign-b1)
       # Issue 19: the commit before the redesign (b567a7c, `git archive b567a7c dynaspec bench | tar -x -C
       # .gl/old`, carried; $OLD names another place) and this tree, side by side in one call: decode at batch 1 and 64 (two rounds,
       # old/new interleaved), or the goodput sweep (code-edit replay) at batch 1, 16, 64, 256.
@@ -104,6 +104,9 @@ for step in "$@"; do
           dir=$PWD; [ "$tree" = old ] && dir=${OLD:-$PWD/.gl/old}
           if [ "$step" = redesign-core ]; then
             args="--ks 0 --batch-sizes 1,64"; name=core-$tree-$round
+          elif [ "$step" = redesign-b1 ]; then  # speculative batch 1, where per-step host work shows
+            args="--spec-config $PWD/bench/goodput_ngram_code_edit.yaml --ks 0-4 --batch-sizes 1 --rounds 3 --acceptance-profile acceptance_ngram_code-edit"
+            name=b1-$tree-$round
           else
             [ "$round" = 2 ] && continue
             args="--spec-config $PWD/bench/goodput_ngram_code_edit.yaml --ks 0-4 --batch-sizes 1,16,64,256 --rounds 2 --acceptance-profile acceptance_ngram_code-edit"
@@ -114,6 +117,7 @@ for step in "$@"; do
         done
       done
       if [ "$step" = redesign-core ]; then set -- "$AB"/core-old-1 "$AB"/core-new-1 "$AB"/core-old-2 "$AB"/core-new-2
+      elif [ "$step" = redesign-b1 ]; then set -- "$AB"/b1-old-1 "$AB"/b1-new-1 "$AB"/b1-old-2 "$AB"/b1-new-2
       else set -- "$AB"/sweep-old "$AB"/sweep-new; fi
       python3 scripts/redesign_ab.py "$@" | tee -a "$OUT/redesign_ab.md" ;;
     k0-ab)

@@ -214,7 +214,7 @@ def test_every_point_starts_on_a_reset_drafter(tiny_chat_dir, monkeypatch):
     run_batch = sweep._run_batch
 
     def spy(engine, batch, plen, glen, rng, prompts=None):
-        if engine.drafter is not None:
+        if engine.config.speculative_config is not None:  # the no-spec line's drafter is a NoDrafter
             pool_sizes.append(len(engine.drafter.pool("any")))
         return run_batch(engine, batch, plen, glen, rng, prompts)
 

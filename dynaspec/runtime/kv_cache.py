@@ -8,10 +8,10 @@ Sizing (`choose_num_blocks`): on CUDA the pool takes what `gpu_memory_utilizatio
 and reserves, as vLLM does. Where memory is not the GPU's (CPU) the pool is sized by need, not by a fixed
 budget: `max_num_seqs` sequences of `max_model_len` (+ draft slots) tokens, capped at
 `CPU_KV_BUDGET_CAP` (1 GiB) or a quarter of the memory available now, whichever is smaller, but never below
-one full-length sequence (the engine's minimum). On CPU the pool is allocated with `torch.empty`: the OS
-maps its pages on first write, so resident memory grows with the tokens actually cached instead of the pool
-being zero-filled up front (the attention reference path never reads a slot that was not written: it masks
-slots past each sequence's length and zeroes them before SDPA).
+one full-length sequence (the engine's minimum). The pool is zero-filled everywhere: an unwritten
+(`torch.empty`) CPU pool made the draft model's fixed-shape chain path propose other tokens than the
+step-by-step path from run to run (tests/test_chain_graphs.py), so some fixed-shape path reads a slot it
+never wrote (its output is discarded, but not always harmlessly); zeros keep every path deterministic.
 """
 
 from __future__ import annotations
@@ -34,13 +34,8 @@ def kv_bytes_per_block(model: nn.Module, block_size: int, dtype: torch.dtype) ->
 def allocate_kv_cache(
     model: nn.Module, num_blocks: int, block_size: int, dtype: torch.dtype, device: torch.device
 ) -> list[torch.Tensor]:
-    """One (2, num_blocks, block_size, num_kv_heads, head_dim) tensor per layer.
-
-    Zero-filled on accelerators; left unwritten on CPU (pages are mapped lazily; see the module docstring).
-    """
+    """One zero-filled (2, num_blocks, block_size, num_kv_heads, head_dim) tensor per layer."""
     shape = (2, num_blocks, block_size, model.num_kv_heads, model.head_dim)
-    if torch.device(device).type == "cpu":
-        return [torch.empty(shape, dtype=dtype, device=device) for _ in range(model.num_layers)]
     return [torch.zeros(shape, dtype=dtype, device=device) for _ in range(model.num_layers)]
 
 

@@ -187,3 +187,19 @@ def test_tokenization_runs_in_a_worker_thread(server, encode_calls):
     threads = {name for name, _ in encode_calls}
     assert len(encode_calls) == 2 and threads
     assert not threads & {"dynaspec-uvicorn", "dynaspec-engine"}, threads
+
+
+@pytest.mark.parametrize("path, body, param, where", [
+    (CMPL, _with(OK_CMPL, prompt=[5] * 200, max_tokens=100), "prompt", "prompt"),
+    (CHAT, _with(OK_CHAT, max_tokens=MAX_MODEL_LEN), "messages", "messages"),
+])
+def test_prompt_plus_max_tokens_beyond_the_context_is_a_400_in_openais_shape(server, path, body, param, where):
+    base, _ = server
+    response = httpx.post(base + path, json=body, timeout=60)
+    assert response.status_code == 400
+    error = response.json()["error"]
+    assert error["code"] == "context_length_exceeded" and error["param"] == param
+    assert error["message"].startswith(f"This model's maximum context length is {MAX_MODEL_LEN} tokens.")
+    assert f"in the {where}" in error["message"] and "in the completion" in error["message"]
+    ok = httpx.post(base + CMPL, json=_with(OK_CMPL, prompt=[5] * 200, max_tokens=56), timeout=60)
+    assert ok.status_code == 200  # exactly the context: accepted

@@ -31,7 +31,9 @@ from dynaspec.engine.startup_heap import frozen_startup_heap
 from dynaspec.sampling_params import MAX_INT32
 from dynaspec.server import protocol as P
 from dynaspec.server.async_engine import AsyncEngine, OutputGroup
-from dynaspec.server.errors import APIError, install_error_handlers, invalid_request, model_not_found
+from dynaspec.server.errors import (
+    APIError, check_context_length, install_error_handlers, invalid_request, model_not_found,
+)
 from dynaspec.server.limits import DEFAULT_MAX_BODY_BYTES, BodySizeLimit, ConcurrencyLimit
 from dynaspec.server import logprobs_format as L
 from dynaspec.server.metrics import ServerMetrics
@@ -160,6 +162,8 @@ def create_app(
     async def admit(requests: list, prompt_param: str = "prompt") -> OutputGroup:
         if len(requests) > engine.max_queue:
             raise too_many_choices(len(requests))
+        for _, prompt, params in requests:
+            check_context_length(len(prompt), params.max_tokens, engine.max_model_len, prompt_param)
         group = engine.submit(requests, prompt_param=prompt_param)
         try:
             await group.wait_accepted()

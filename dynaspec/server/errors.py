@@ -179,3 +179,18 @@ def install_error_handlers(app: FastAPI, record_status) -> None:
         return JSONResponse(
             error_body(f"internal server error: {type(exc).__name__}", type="server_error"), status_code=500
         )
+
+
+def check_context_length(prompt_tokens: int, max_tokens: int, max_model_len: int | None, param: str) -> None:
+    """OpenAI's (and vLLM's) 400 for a prompt plus `max_tokens` beyond the context: raise it when
+    prompt_tokens + max_tokens > max_model_len. param: "prompt" (completions) or "messages" (chat)."""
+    if max_model_len is None or prompt_tokens + max_tokens <= max_model_len:
+        return
+    where = "messages" if param == "messages" else "prompt"
+    raise invalid_request(
+        f"This model's maximum context length is {max_model_len} tokens. However, you requested "
+        f"{prompt_tokens + max_tokens} tokens ({prompt_tokens} in the {where}, {max_tokens} in the completion). "
+        f"Please reduce the length of the {where} or completion.",
+        param=param,
+        code="context_length_exceeded",
+    )

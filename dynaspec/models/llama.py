@@ -114,13 +114,14 @@ class RotaryEmbedding(nn.Module):
         if rope_type not in STATIC_ROPE_TYPES:
             raise ValueError(f"rope_type {rope_type!r} is not supported; supported: {', '.join(STATIC_ROPE_TYPES)}")
         cpu = torch.device("cpu")  # explicit, so a `with torch.device("meta")` build still gets real values
-        if rope_type == "default":
-            base = float(params["rope_theta"])
-            inv_freq = 1.0 / (base ** (torch.arange(0, head_dim, 2, dtype=torch.float, device=cpu) / head_dim))
-            self.attention_scaling = 1.0
-        else:
-            extra = {} if layer_type is None else {"layer_type": layer_type}
-            inv_freq, self.attention_scaling = ROPE_INIT_FUNCTIONS[rope_type](config, cpu, **extra)
+        with cpu:  # the init functions make helper tensors on the default device too
+            if rope_type == "default":
+                base = float(params["rope_theta"])
+                inv_freq = 1.0 / (base ** (torch.arange(0, head_dim, 2, dtype=torch.float, device=cpu) / head_dim))
+                self.attention_scaling = 1.0
+            else:
+                extra = {} if layer_type is None else {"layer_type": layer_type}
+                inv_freq, self.attention_scaling = ROPE_INIT_FUNCTIONS[rope_type](config, cpu, **extra)
         self._inv_freq_master = inv_freq.to(cpu, torch.float32)  # plain attribute: never cast by _apply
         # The buffer lives on the default device (a `with torch.device(...)` build), the master on CPU.
         self.register_buffer(

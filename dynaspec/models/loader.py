@@ -222,14 +222,17 @@ def load_model(
 def empty_model(hf_config: PretrainedConfig, dtype: torch.dtype, device: torch.device) -> nn.Module:
     """The registered model class for `hf_config`, allocated on `device` in `dtype`, weights NOT initialised.
 
-    Parameters are created directly on the device (no CPU copy, no init kernels: transformers'
-    `no_init_weights` turns torch.nn.init into no-ops); buffers computed in __init__ (RoPE inverse
-    frequencies, float32 by explicit dtype) keep their values.
+    The model is built on the meta device (shapes only: no allocation, no init kernels, and no import of
+    transformers' modeling code for a no-init context) and given uninitialised storage on `device` with
+    `to_empty`; buffers computed in __init__ (RoPE inverse frequencies, float32) are restored from their
+    CPU masters by the module's `_apply`.
     """
     model_cls = resolve_model_class(hf_config)
-    with _default_dtype(dtype), torch.device(device), _no_init_weights():
+    with _default_dtype(dtype), torch.device("meta"):  # shapes only: no allocation, no init kernels
         model = model_cls(hf_config)
-    return model.to(device)  # buffers a model built on the CPU explicitly (e.g. RoPE tables); params stay put
+    # storage on the device; modules re-derive what they hold outside parameters (RoPE tables from their
+    # CPU masters, fused q/k/v and gate/up weights re-pointed at their parameters) in _apply
+    return model.to_empty(device=device)
 
 
 @torch.no_grad()
@@ -346,12 +349,3 @@ def _default_dtype(dtype: torch.dtype) -> Iterator[None]:
         yield
     finally:
         torch.set_default_dtype(previous)
-
-
-def _no_init_weights():
-    """transformers' context that turns torch.nn.init functions into no-ops (module moved in transformers 5)."""
-    try:
-        from transformers.initialization import no_init_weights
-    except ImportError:  # transformers 4.x
-        from transformers.modeling_utils import no_init_weights
-    return no_init_weights()

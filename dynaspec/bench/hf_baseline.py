@@ -43,7 +43,6 @@ class _StampStreamer:
 
 def hf_model_sharing_weights(model: nn.Module, hf_config: PretrainedConfig) -> PreTrainedModel:
     """An HF causal LM of `hf_config` whose parameters ARE `model`'s tensors (no copy)."""
-    from dynaspec.models.loader import _no_init_weights  # transformers' init no-op context, version-proof
 
     param = next(model.parameters())
     device, dtype = param.device, param.dtype
@@ -129,3 +128,12 @@ def hf_decode_throughput(
             })
     del hf_model
     return results
+
+
+def _no_init_weights():
+    """transformers' context that turns torch.nn.init functions into no-ops (module moved in transformers 5)."""
+    try:
+        from transformers.initialization import no_init_weights
+    except ImportError:  # transformers 4.x
+        from transformers.modeling_utils import no_init_weights
+    return no_init_weights()

@@ -2,16 +2,11 @@
 
 Mirrors HF transformers' `modeling_llama.py` / `modeling_mistral.py` / `modeling_qwen2.py` (same module
 tree and parameter names, so an HF state dict loads by name) with the attention replaced by
-`paged_attention` over a flat batch (see `attention_metadata.py`):
-RMSNorm (Zhang & Sennrich 2019), rotary position embedding (RoPE, Su et al. 2021, arXiv 2104.09864;
-Llama-3 / linear / YaRN frequency scaling via transformers' `ROPE_INIT_FUNCTIONS`), grouped-query
-attention (Ainslie et al. 2023), SwiGLU MLP (Shazeer 2020).
-
-Per-architecture differences read from the config:
-- Llama: q/k/v/o bias = `attention_bias`, MLP bias = `mlp_bias`.
-- Qwen2: q/k/v always carry a bias, o_proj none.
-- Mistral: no biases; `sliding_window` applies to every layer.
-- Qwen2 / Qwen3 (transformers >= 4.53): `layer_types[i] == "sliding_attention"` selects windowed layers.
+`paged_attention` over a flat batch (see `attention_metadata.py`): RMSNorm (Zhang & Sennrich 2019), RoPE
+(Su et al. 2021, arXiv 2104.09864; Llama-3 / linear / YaRN scaling via transformers' `ROPE_INIT_FUNCTIONS`),
+grouped-query attention (Ainslie et al. 2023), SwiGLU MLP (Shazeer 2020). From the config: Llama q/k/v/o
+bias = `attention_bias`, MLP bias = `mlp_bias`; Qwen2 q/k/v biases, o_proj none; Mistral no biases and
+`sliding_window` on every layer; Qwen2 / Qwen3 `layer_types[i] == "sliding_attention"` windowed layers.
 """
 
 from __future__ import annotations

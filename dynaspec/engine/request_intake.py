@@ -34,6 +34,13 @@ def new_request(
     if isinstance(prompt, str):
         if tokenizer is None:
             raise ValueError(f"model {model_name!r} has no tokenizer: pass the prompt as a list of token ids")
+        try:
+            prompt.encode("utf-8")
+        except UnicodeEncodeError as exc:
+            raise ValueError(
+                f"prompt is not valid Unicode text: {exc.reason} at character {exc.start} "
+                f"({prompt[exc.start:exc.end]!r}); send UTF-8 text or a list of token ids"
+            ) from None
         prompt_text, token_ids = prompt, tokenizer.encode(prompt)
     elif isinstance(prompt, (list, tuple)) and all(isinstance(t, int) and not isinstance(t, bool) for t in prompt):
         prompt_text, token_ids = None, list(prompt)

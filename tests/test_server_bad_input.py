@@ -203,3 +203,18 @@ def test_prompt_plus_max_tokens_beyond_the_context_is_a_400_in_openais_shape(ser
     assert f"in the {where}" in error["message"] and "in the completion" in error["message"]
     ok = httpx.post(base + CMPL, json=_with(OK_CMPL, prompt=[5] * 200, max_tokens=56), timeout=60)
     assert ok.status_code == 200  # exactly the context: accepted
+
+
+@pytest.mark.parametrize("path, body, param", [
+    (CMPL, '{"model": "%s", "prompt": "a\\ud800b", "max_tokens": 2}' % MODEL_NAME, "prompt"),
+    (CHAT, '{"model": "%s", "messages": [{"role": "user", "content": "a\\udfffb"}], "max_tokens": 2}' % MODEL_NAME,
+     "messages"),
+])
+def test_a_lone_surrogate_is_a_400_not_a_500(server, path, body, param):
+    """JSON's \\ud800 escape decodes to a lone surrogate, which no tokenizer takes."""
+    base, _ = server
+    response = httpx.post(base + path, content=body, headers={"content-type": "application/json"}, timeout=60)
+    assert response.status_code == 400
+    error = response.json()["error"]
+    assert error["param"] == param and "not valid Unicode" in error["message"]
+    assert httpx.post(base + CMPL, json=OK_CMPL, timeout=60).status_code == 200

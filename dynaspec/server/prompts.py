@@ -54,7 +54,7 @@ class PromptPreparer:
         return await run_in_threadpool(self._encode_all, prompts)
 
     def _encode_all(self, prompts: list[str | list[int]]) -> list[str | list[int]]:
-        return [self.tokenizer.encode(p) if isinstance(p, str) else p for p in prompts]
+        return [self.tokenizer.encode(_unicode(p, "prompt")) if isinstance(p, str) else p for p in prompts]
 
     async def chat_prompt(self, body: P.ChatCompletionRequest, model_name: str) -> list[int]:
         """Token ids of the chat template applied to the messages (special tokens come from the template)."""
@@ -72,4 +72,16 @@ class PromptPreparer:
                                                       add_generation_prompt=add_generation_prompt)
         except Exception as exc:  # template errors ("roles must alternate", ...) are the caller's input
             raise invalid_request(f"chat template rejected the messages: {exc}", param="messages") from None
-        return self.tokenizer.encode(text, add_special_tokens=False)
+        return self.tokenizer.encode(_unicode(text, "messages"), add_special_tokens=False)
+
+
+def _unicode(text: str, param: str) -> str:
+    """`text` if it encodes as UTF-8, else the 400 naming `param` (JSON's "\\ud800" escapes decode to lone
+    surrogates, which no tokenizer takes)."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise invalid_request(
+            f"{param} is not valid Unicode text: {exc.reason} at character {exc.start}", param=param
+        ) from None
+    return text

@@ -32,6 +32,7 @@ from __future__ import annotations
 
 from collections.abc import Hashable, Sequence
 from dataclasses import dataclass, field
+from itertools import accumulate
 
 import torch
 
@@ -98,7 +99,7 @@ def verify(
     acceptance: the strategy (default: the target decides; spec/replay.py's for benchmarks).
     """
     counts = [len(d) + 1 for d in batch.drafts]
-    starts = [sum(counts[:i]) for i in range(len(counts))]
+    starts = _starts(counts)
     keyed = [i for i, p in enumerate(batch.params) if not p.is_greedy and p.seed is not None]
     sampled = [i for i, p in enumerate(batch.params) if not p.is_greedy and p.seed is None]
     work = logits  # (N, V): greedy rows stay logits (argmax on the device)
@@ -251,7 +252,7 @@ def rejection_sample(
         return VerifyOutput(tokens=[], num_accepted=[])
 
     device = target.device if flat is not None else target[0].device
-    starts = [sum(counts[:i]) for i in range(n)]
+    starts = _starts(counts)
     greedy_idx = [i for i in range(n) if greedy[i]]
     sample_idx = [i for i in range(n) if not greedy[i]]
     parts: list[torch.Tensor] = []
@@ -294,6 +295,11 @@ def rejection_sample(
             if failed[i]:
                 tokens[i], accepted_counts[i] = [], 0
     return VerifyOutput(tokens=tokens, num_accepted=accepted_counts, failed=failed)
+
+
+def _starts(counts: list[int]) -> list[int]:
+    """Index of each request's first row in the flat layout (exclusive prefix sums; linear, per step)."""
+    return [0, *accumulate(counts)][: len(counts)]
 
 
 def _padded(drafts: list[list[int]], device: torch.device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:

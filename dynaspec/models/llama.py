@@ -382,6 +382,7 @@ class LlamaModel(nn.Module):
 
     decoder_layer_cls: type[nn.Module] = LlamaDecoderLayer
     norm_cls: type[RMSNorm] = RMSNorm
+    feature_tap = None  # a models.feature_tap.FeatureTap an EAGLE drafter installs: hidden states by slot
 
     def __init__(self, config: PretrainedConfig, attention_cls: type[LlamaAttention]) -> None:
         super().__init__()
@@ -396,8 +397,11 @@ class LlamaModel(nn.Module):
         x = self.embed_tokens(input_ids)  # (T, hidden)
         cos, sin = self.rotary_emb(positions, x.dtype)  # (T, D)
         residual = None
-        for layer, kv_cache in zip(self.layers, kv_caches):
+        tap = self.feature_tap
+        for i, (layer, kv_cache) in enumerate(zip(self.layers, kv_caches)):
             x, residual = layer(x, residual, cos, sin, kv_cache, meta)
+            if tap is not None:
+                tap.record(i, x, residual, meta.slot_mapping)
         if residual is None:  # no layers
             return self.norm(x)
         return self.norm.forward_add(x, residual)[0]

@@ -46,6 +46,10 @@ class EngineConfig(BaseModel):
     # copy-free by requests with the same prefix, kept after release in an LRU free queue and evicted only
     # when a new block is needed (engine/prefix_cache.py). False: every request prefills its whole prompt.
     enable_prefix_caching: bool = True
+    # Megatron-style tensor parallelism over this many ranks (one process each: rank 0 is this one, the
+    # others are started by the engine; gloo on CPU, NCCL on CUDA with one GPU per rank). It must divide
+    # the model's attention heads (checked when the model is known). runtime/tp_launcher.py
+    tensor_parallel_size: int = Field(default=1, ge=1, le=64)
     speculative_config: SpeculativeConfig | None = None
 
     @field_validator("speculative_config", mode="before")

@@ -100,6 +100,17 @@ class LLM:
             prompts.append({"prompt_token_ids": list(ids)})
         return self.generate(prompts, sampling_params)
 
+    def shutdown(self) -> None:
+        """Stop the engine's tensor-parallel worker processes (nothing else to release otherwise); they
+        also stop when this LLM is garbage-collected or the interpreter exits."""
+        self.engine.shutdown()
+
+    def __enter__(self) -> "LLM":
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self.shutdown()
+
     def get_stats(self) -> dict:
         """Speculation and engine counters: drafted, accepted, acceptance per position, k histogram."""
         return self.engine.get_stats()

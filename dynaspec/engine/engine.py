@@ -39,7 +39,8 @@ from dynaspec.runtime.cost_model import StepCostModel
 from dynaspec.runtime.cost_probe import measure_step_costs
 from dynaspec.runtime.cuda_graphs import BATCH_BUCKETS, UniformDecodeBatch, bucket_for
 from dynaspec.runtime.kv_cache import choose_num_blocks, kv_bytes_per_block
-from dynaspec.runtime.model_runner import ModelRunner
+from dynaspec.runtime.tp_launcher import start_tensor_parallel
+from dynaspec.runtime.tp_runner import build_runner
 from dynaspec.runtime.request import Request, RequestStatus
 from dynaspec.sampling_params import SamplingParams
 from dynaspec.spec.catch_up import HORIZON_TOKENS_PER_REQUEST
@@ -63,6 +64,7 @@ class LLMEngine:
         self.dtype = config.resolved_dtype()
         if self.device.type == "cuda":
             torch.cuda.set_device(self.device)
+        shared = loaded is not None
         if loaded is None:
             loaded = load_model(
                 config.model, dtype=self.dtype, device=self.device, progress=progress, cache_dir=config.model_cache_dir
@@ -70,6 +72,9 @@ class LLMEngine:
         else:
             check_shared_model(loaded, config.model, self.dtype, self.device)
         self.loaded: LoadedModel = loaded
+        # tensor_parallel_size > 1: the worker ranks start and this rank's model is sharded (rank 0)
+        self.workers = start_tensor_parallel(config.tensor_parallel_size, loaded, self.dtype, self.device,
+                                             config.model_cache_dir, config.dependent_launch, shared)
         self.tokenizer = loaded.tokenizer
         self.max_model_len = resolve_max_model_len(config, loaded)
         spec = config.speculative_config
@@ -94,7 +99,7 @@ class LLMEngine:
                 f"max_model_len={self.max_model_len} (+{self.max_draft_len} draft slots); raise num_kv_blocks or "
                 "lower max_model_len"
             )
-        self.runner = ModelRunner(loaded.model, num_blocks, config.block_size, self.dtype, self.device)
+        self.runner = build_runner(self.workers, loaded.model, num_blocks, config.block_size, self.dtype, self.device)
         self.drafter.attach(num_blocks, config.block_size, kernels)
         self.max_blocks_per_seq = -(-max_len // config.block_size)
         self._captured: list[tuple[int, int]] | None = None
@@ -185,6 +190,11 @@ class LLMEngine:
         request.finish_reason = "abort"
         self._release(request)
         self.output_processor.release(request_id)
+
+    def shutdown(self) -> None:
+        """Stop the tensor-parallel workers (a no-op without them); the engine cannot step afterwards."""
+        if self.workers is not None:
+            self.workers.stop()
 
     def has_unfinished_requests(self) -> bool:
         return self.scheduler.num_unfinished > 0

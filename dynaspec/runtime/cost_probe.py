@@ -16,7 +16,7 @@ from collections.abc import Callable, Iterable
 import torch
 
 from dynaspec.runtime.chain_graphs import DraftChainGraphs
-from dynaspec.runtime.model_runner import ModelRunner, SequenceInput
+from dynaspec.runtime.model_runner import ModelRunner
 from dynaspec.runtime.cost_model import StepCostModel
 
 
@@ -37,16 +37,10 @@ def _time(fn, device: torch.device, repeats: int) -> float:
 
 
 def forward_seconds(runner: ModelRunner, batch: int, k: int, repeats: int) -> float:
-    """Seconds of one (batch, 1 + k)-position forward of `runner`'s model."""
-    graphs = runner.graphs
-    if graphs is not None and (batch, k) in graphs.graphs:
-        # idle inputs: those left by another pair would index outside the block tables
-        return _time(graphs.idle_replay(batch, k), runner.device, repeats)
-    q_len = 1 + k
-    blocks = [runner.scratch_block] * -(-q_len // runner.block_size)  # the scratch block, reused
-    seqs = [SequenceInput([0] * q_len, q_len, blocks)] * batch
-    rows = list(range(batch * q_len))
-    return _time(lambda: runner.forward(seqs, rows), runner.device, repeats)
+    """Seconds of one (batch, 1 + k)-position forward of `runner`'s model on idle inputs (those left by
+    another pair would index outside the block tables): a tensor-parallel runner's step includes its
+    command to the workers and the collectives."""
+    return _time(runner.idle_step(batch, k), runner.device, repeats)
 
 
 def chain_seconds(chain: DraftChainGraphs, batch: int, k: int, repeats: int) -> float:

@@ -8,6 +8,7 @@ returns logits only for the rows asked for.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -70,6 +71,17 @@ class ModelRunner:
         # just launched, and the host would lose the time it has while the GPU runs.
         rows = torch.tensor(logit_rows, dtype=torch.int64, pin_memory=self.device.type == "cuda")
         return logits.index_select(0, rows.to(self.device, non_blocking=True))
+
+    def idle_step(self, batch: int, k: int) -> Callable[[], object]:
+        """What runs one (batch, 1 + k)-position forward on idle inputs (the scratch block only: no
+        request's KV is touched): the captured graph's replay, else an eager forward (cost_probe.py)."""
+        if self.graphs is not None and (batch, k) in self.graphs.graphs:
+            return self.graphs.idle_replay(batch, k)
+        q_len = 1 + k
+        blocks = [self.scratch_block] * -(-q_len // self.block_size)  # the scratch block, reused
+        seqs = [SequenceInput([0] * q_len, q_len, blocks)] * batch
+        rows = list(range(batch * q_len))
+        return lambda: self.forward(seqs, rows)
 
     @torch.inference_mode()
     def forward(self, seqs: list[SequenceInput], logit_rows: list[int]) -> torch.Tensor:

@@ -31,7 +31,7 @@ from dynaspec.engine.request_intake import new_request
 from dynaspec.engine.output_processor import OutputProcessor
 from dynaspec.engine.overlap import InflightStep, can_overlap, continuation, start_copy
 from dynaspec.engine.scheduler import ScheduledDecode, Scheduler, SchedulerOutput
-from dynaspec.engine.step_inputs import flat_inputs, uniform_inputs, verify_batch
+from dynaspec.engine.step_inputs import flat_inputs, ragged_inputs, uniform_inputs, verify_batch
 from dynaspec.models.decode_kernels import decode_kernels_for
 from dynaspec.models.loader import LoadedModel, load_model
 from dynaspec.outputs import RequestOutput
@@ -41,6 +41,7 @@ from dynaspec.runtime.cuda_graphs import BATCH_BUCKETS, UniformDecodeBatch, buck
 from dynaspec.runtime.kv_cache import choose_num_blocks, kv_bytes_per_block
 from dynaspec.runtime.tp_launcher import start_tensor_parallel
 from dynaspec.runtime.tp_runner import build_runner
+from dynaspec.runtime.ragged_graphs import token_buckets
 from dynaspec.runtime.request import Request, RequestStatus
 from dynaspec.sampling_params import SamplingParams
 from dynaspec.spec.catch_up import HORIZON_TOKENS_PER_REQUEST
@@ -108,8 +109,11 @@ class LLMEngine:
             catch_up_seconds_per_token=self.drafter.measure_catch_up_seconds_per_token,
             backlog=self._drafter_backlog,
             padded_batch=self._graph_batch if self.use_graphs else None,
+            ragged_step=self.runner.ragged_key if self.use_graphs else None,
         ))
         self._capture(self.graph_pairs())
+        if self.use_graphs and self.policy.ragged and self.max_draft_len > 0:
+            self.runner.capture_ragged_graphs(self._ragged_keys(), 1 + self.max_draft_len, self.max_blocks_per_seq)
 
         self.block_manager = BlockManager(num_blocks, config.block_size, config.enable_prefix_caching)
         self.scheduler = Scheduler(self.block_manager, config.max_num_seqs, config.max_num_batched_tokens, self.max_model_len)
@@ -146,6 +150,13 @@ class LLMEngine:
         if self.use_graphs:
             self.runner.capture_graphs(pairs, self.max_blocks_per_seq)
             self.drafter.capture_graphs([(b, k) for b, k in pairs if k > 0], self.max_blocks_per_seq)
+
+    def _ragged_keys(self) -> list[tuple[int, int]]:
+        """(batch bucket, padded tokens) of the ragged verify graphs: every speculative bucket of two or more
+        requests, its token buckets within the step's token budget (runtime/ragged_graphs.py)."""
+        buckets = {b for b, k in self._captured if k > 0 and b > 1}
+        return [(b, t) for b in sorted(buckets)
+                for t in token_buckets(b, self.max_draft_len, self.config.max_num_batched_tokens)]
 
     def _probe_step_costs(self) -> StepCostModel:
         """T(batch, k) for every bucket and k in 0..max_draft_len, after capturing their graphs (a policy
@@ -262,7 +273,10 @@ class LLMEngine:
         resumed = k > 0 and self._previous_draft_len == 0 and not sched.prefills
         behind = self.drafter.catch_up_tokens(decoding) if resumed else None
         drafts, draft_probs, failures = propose_drafts(self.drafter, self.acceptance, sched)
-        if not sched.prefills and self.runner.can_replay(len(decoding), k):
+        if not sched.prefills and self._runs_ragged(drafts, k):
+            batch, rows = ragged_inputs(sched, drafts)
+            logits = self.runner.forward_ragged(batch)  # (N, vocab)
+        elif not sched.prefills and self.runner.can_replay(len(decoding), k):
             batch, rows = uniform_inputs(sched, drafts)
             logits = self.runner.forward_uniform(batch, k, rows.logit_rows)  # (N, vocab)
         else:
@@ -292,6 +306,18 @@ class LLMEngine:
             if resumed:  # what the catch-up cost prices the next switch from k = 0: learn it at once
                 self._feed_policy([])
         return outputs
+
+    def _runs_ragged(self, drafts: list[list[int]], k: int) -> bool:
+        """Whether a decode step with these drafts runs in a ragged graph: its drafts differ in length and a
+        ragged graph holds fewer positions than the uniform (bucket, k) graph would pad them to."""
+        lengths = [len(d) for d in drafts]
+        if min(lengths) == max(lengths):
+            return False
+        key = self.runner.ragged_key(len(drafts), len(drafts) + sum(lengths))
+        if key is None:
+            return False
+        uniform = self.runner.graphs.lookup(len(drafts), k) if self.runner.graphs is not None else None
+        return uniform is None or key[1] < uniform[0] * (1 + k)
 
     def _feed_policy(self, decodes: list[ScheduledDecode]) -> None:
         """Do the policy work queued by the last step (its outcome, then the releases it caused) and let the

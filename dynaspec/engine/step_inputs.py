@@ -13,6 +13,7 @@ import torch
 from dynaspec.engine.scheduler import SchedulerOutput
 from dynaspec.runtime.cuda_graphs import UniformDecodeBatch
 from dynaspec.runtime.model_runner import SequenceInput
+from dynaspec.runtime.ragged_graphs import RaggedDecodeBatch
 from dynaspec.runtime.request import Request
 from dynaspec.spec.verifier import VerifyBatch
 
@@ -64,6 +65,20 @@ def uniform_inputs(sched: SchedulerOutput, drafts: list[list[int]]) -> tuple[Uni
         batch.block_tables.append(request.block_ids)
         rows.counts.append(1 + len(draft))
         rows.logit_rows.extend(range(i * (1 + k), i * (1 + k) + 1 + len(draft)))
+    return batch, rows
+
+
+def ragged_inputs(sched: SchedulerOutput, drafts: list[list[int]]) -> tuple[RaggedDecodeBatch, StepRows]:
+    """Decode-only step with 1 + d_i positions per request, every one real (the ragged graph layout)."""
+    batch = RaggedDecodeBatch([], [], [])
+    rows = StepRows([], [])
+    for decode, draft in zip(sched.decodes, drafts):
+        request = decode.request
+        batch.token_ids.append([request.last_token_id] + draft)
+        batch.seq_lens.append(request.num_tokens + len(draft))
+        batch.block_tables.append(request.block_ids)
+        rows.counts.append(1 + len(draft))
+    rows.logit_rows = list(range(sum(rows.counts)))
     return batch, rows
 
 

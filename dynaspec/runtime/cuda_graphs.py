@@ -55,7 +55,82 @@ class UniformDecodeBatch:
     block_tables: list[list[int]]
 
 
-class CudaGraphDecoder:
+class CapturedGraphs:
+    """Capture, idle replay and launch of a set of fixed-shape forwards keyed by `self.pairs` (largest
+    first, one shared memory pool). Subclasses set `pairs`, `device`, `use_graphs`, `pool` and implement
+    `stage_idle(*key)` and `_forward(*key)`: CudaGraphDecoder keys by (batch bucket, k), the ragged
+    decoder of runtime/ragged_graphs.py by (batch bucket, padded total tokens)."""
+
+    pairs: list[tuple[int, int]]
+    device: torch.device
+    use_graphs: bool
+    pool: object
+
+    def _init_graph_store(self) -> None:
+        self.graphs: dict[tuple[int, int], torch.cuda.CUDAGraph] = {}
+        self.outputs: dict[tuple[int, int], torch.Tensor] = {}
+        self.num_replays = 0
+        self.replays_per_pair: dict[tuple[int, int], int] = {}
+
+    def stage_idle(self, a: int, b: int) -> None:
+        raise NotImplementedError
+
+    def _forward(self, a: int, b: int) -> torch.Tensor:
+        raise NotImplementedError
+
+    @torch.inference_mode()
+    def capture(self) -> None:
+        """Capture every pair (largest first, sharing one memory pool); eager mode captures nothing."""
+        if not self.use_graphs:
+            return
+        for key in self.pairs:
+            self.stage_idle(*key)
+            stream = torch.cuda.Stream(self.device)
+            stream.wait_stream(torch.cuda.current_stream(self.device))
+            with torch.cuda.stream(stream):
+                for _ in range(2):  # warm up (Triton autotune / compilation) outside the capture
+                    self._forward(*key)
+            torch.cuda.current_stream(self.device).wait_stream(stream)
+            graph = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(graph, pool=self.pool):
+                out = self._forward(*key)
+            if self.pool is None:
+                self.pool = graph.pool()
+            self.graphs[key] = graph
+            self.outputs[key] = out
+        torch.cuda.synchronize(self.device)
+
+    def idle_replay(self, a: int, b: int) -> Callable[[], object]:
+        """Stage the pair as all padding and return what runs it once: the graph's replay, or in eager mode
+        its forward (for timing, runtime/cost_probe.py: no request's KV is touched)."""
+        key = (a, b)
+        if key not in self.pairs:
+            raise ValueError(f"{key} is not one of this decoder's pairs")
+        self.stage_idle(a, b)
+        if self.use_graphs:
+            return self.graphs[key].replay
+
+        def forward() -> torch.Tensor:
+            with torch.inference_mode():
+                return self._forward(a, b)
+
+        return forward
+
+    def _launch(self, key: tuple[int, int]) -> torch.Tensor:
+        """Replay the pair's graph (eager mode: run its forward); its whole output, valid until the next
+        launch of any graph of the pool."""
+        if self.use_graphs:
+            self.graphs[key].replay()
+            out = self.outputs[key]
+        else:
+            with torch.inference_mode():
+                out = self._forward(*key)
+        self.num_replays += 1
+        self.replays_per_pair[key] = self.replays_per_pair.get(key, 0) + 1
+        return out
+
+
+class CudaGraphDecoder(CapturedGraphs):
     def __init__(
         self,
         model: nn.Module,
@@ -81,8 +156,7 @@ class CudaGraphDecoder:
         self._buckets_by_k: dict[int, list[int]] = {}  # k -> its captured batch buckets, ascending (lookup)
         for bucket, k in sorted(self.pairs):
             self._buckets_by_k.setdefault(k, []).append(bucket)
-        self.graphs: dict[tuple[int, int], torch.cuda.CUDAGraph] = {}
-        self.outputs: dict[tuple[int, int], torch.Tensor] = {}
+        self._init_graph_store()
         widths = {self.input_width(k) for _, k in self.pairs}
         max_tokens = max((b * self.input_width(k) for b, k in self.pairs), default=0)
         max_batch = max((b for b, _ in self.pairs), default=0)
@@ -105,8 +179,6 @@ class CudaGraphDecoder:
         # query_start_loc per query width: (max_batch + 1,) multiples of the width
         self.query_start = {w: self.arange[: max_batch + 1] * w for w in widths | {1}}
         self.pool = pool
-        self.num_replays = 0
-        self.replays_per_pair: dict[tuple[int, int], int] = {}
 
     @property
     def buckets(self) -> list[int]:
@@ -163,49 +235,12 @@ class CudaGraphDecoder:
         )
         return self.model(input_ids, positions.reshape(-1), self.kv_caches, meta)  # (bucket * q_len, hidden)
 
-    @torch.inference_mode()
-    def capture(self) -> None:
-        """Capture every pair (largest first, sharing one memory pool); eager mode captures nothing."""
-        if not self.use_graphs:
-            return
-        for bucket, k in self.pairs:
-            self.stage_idle(bucket, k)
-            stream = torch.cuda.Stream(self.device)
-            stream.wait_stream(torch.cuda.current_stream(self.device))
-            with torch.cuda.stream(stream):
-                for _ in range(2):  # warm up (Triton autotune / compilation) outside the capture
-                    self._forward(bucket, k)
-            torch.cuda.current_stream(self.device).wait_stream(stream)
-            graph = torch.cuda.CUDAGraph()
-            with torch.cuda.graph(graph, pool=self.pool):
-                out = self._forward(bucket, k)
-            if self.pool is None:
-                self.pool = graph.pool()
-            self.graphs[(bucket, k)] = graph
-            self.outputs[(bucket, k)] = out
-        torch.cuda.synchronize(self.device)
-
     def stage_idle(self, bucket: int, k: int) -> None:
         """Make every row of the (bucket, k) pair padding (for timing replays: no request's KV is touched)."""
         if self.device.type == "cuda":  # no copy from the staging buffers may still be pending
             torch.cuda.synchronize(self.device)
         self.staging.pad(0, bucket, self.input_width(k))
         self.device_inputs.copy_(self.staging.buffer)
-
-    def idle_replay(self, bucket: int, k: int) -> Callable[[], object]:
-        """Stage the (bucket, k) pair as all padding and return what runs it once: the graph's replay, or
-        in eager mode its forward (for timing, runtime/cost_probe.py: no request's KV is touched)."""
-        if (bucket, k) not in self.pairs:
-            raise ValueError(f"({bucket}, {k}) is not one of this decoder's pairs")
-        self.stage_idle(bucket, k)
-        if self.use_graphs:
-            return self.graphs[(bucket, k)].replay
-
-        def forward() -> torch.Tensor:
-            with torch.inference_mode():
-                return self._forward(bucket, k)
-
-        return forward
 
     def run(self, batch: UniformDecodeBatch, k: int, device_token_ids: torch.Tensor | None = None) -> torch.Tensor:
         """Run the pair for this batch; float32 logits (B * (1 + k), vocab) of the real requests' rows.
@@ -250,19 +285,6 @@ class CudaGraphDecoder:
         if device_token_ids is not None:
             self.input_ids[:n].copy_(device_token_ids)
         return key, real
-
-    def _launch(self, key: tuple[int, int]) -> torch.Tensor:
-        """Replay the pair's graph (eager mode: run its forward); its whole output, valid until the next
-        launch of any graph of the pool."""
-        if self.use_graphs:
-            self.graphs[key].replay()
-            out = self.outputs[key]
-        else:
-            with torch.inference_mode():
-                out = self._forward(*key)
-        self.num_replays += 1
-        self.replays_per_pair[key] = self.replays_per_pair.get(key, 0) + 1
-        return out
 
 
 class _Staging:

@@ -16,6 +16,7 @@ from torch import nn
 
 from dynaspec.runtime.cuda_graphs import CudaGraphDecoder, UniformDecodeBatch
 from dynaspec.runtime.kv_cache import allocate_kv_cache
+from dynaspec.runtime.ragged_graphs import RaggedDecodeBatch, RaggedGraphDecoder
 from dynaspec.models.attention_metadata import AttentionMetadata
 
 
@@ -39,6 +40,7 @@ class ModelRunner:
         self.kv_caches = allocate_kv_cache(model, num_blocks + 1, block_size, dtype, device)
         self.num_forwards = 0
         self.graphs: CudaGraphDecoder | None = None
+        self.ragged_graphs: RaggedGraphDecoder | None = None
 
     def capture_graphs(
         self, pairs: list[tuple[int, int]], max_blocks_per_seq: int, use_graphs: bool = True, pool=None
@@ -50,6 +52,29 @@ class ModelRunner:
             use_graphs=use_graphs, pool=pool,
         )
         self.graphs.capture()
+
+    def capture_ragged_graphs(
+        self, keys: list[tuple[int, int]], max_query_len: int, max_blocks_per_seq: int, use_graphs: bool = True
+    ) -> None:
+        """Capture ragged verify graphs for the (batch bucket, padded tokens) keys, in the uniform graphs'
+        memory pool (runtime/ragged_graphs.py); call after capture_graphs."""
+        pool = None if self.graphs is None else self.graphs.pool
+        self.ragged_graphs = RaggedGraphDecoder(
+            self.model, self.kv_caches, self.block_size, max_blocks_per_seq, self.scratch_block, keys,
+            max_query_len, self.device, use_graphs=use_graphs, pool=pool,
+        )
+        self.ragged_graphs.capture()
+
+    def ragged_key(self, batch: int, tokens: int) -> tuple[int, int] | None:
+        """The (bucket, padded tokens) ragged graph a step of `batch` requests and `tokens` positions runs in."""
+        return None if self.ragged_graphs is None else self.ragged_graphs.lookup(batch, tokens)
+
+    @torch.inference_mode()
+    def forward_ragged(self, batch: RaggedDecodeBatch) -> torch.Tensor:
+        """A ragged decode step through its graph; float32 logits (sum(1 + d_i), vocab), every real row."""
+        logits = self.ragged_graphs.run(batch)
+        self.num_forwards += 1
+        return logits
 
     def can_replay(self, batch: int, k: int) -> bool:
         return self.graphs is not None and self.graphs.lookup(batch, k) is not None

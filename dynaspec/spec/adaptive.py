@@ -14,8 +14,13 @@ Host cost, as the planner's: an allocation is computed per batch of decoding req
 so draft_lens() usually finds it ready. Learning: observe() feeds each request's drafted / accepted counts
 at its own k_i (StepOutcome.draft_lens), so a request cut short by its k_i is not read as rejected at k_i.
 
-Kept simple for now (the GPU part of issue 20 refines them): step times are not learned online (the probe
-or the cost file is the price); the drafter's catch-up is not priced. Exploration, as the planner's: every
+Prices (`step_seconds`): where the engine captured ragged verify graphs (CUDA), a step of `batch` requests and
+B positions runs in the graph of (batch bucket, padded tokens) `ragged_step` names, and is priced as the
+uniform steps of that bucket interpolated at the padded total; elsewhere (eager, or no ragged graph holds it)
+at the uniform steps around batch + B tokens. Refined online: a step's measured seconds are filed under the
+key it is priced by, and once `min_observed_steps` real steps share a key their median is the price when it is
+higher (the probe times bare forwards; real steps add the host's drafting and verification, as the goodput
+planner learns them). The drafter's catch-up is not priced. Exploration, as the planner's: every
 `explore_every`-th decision adds the next (request, position) pair in survival order to B* for two steps, so
 positions never verified get observed (a position's estimate only moves when it is verified: without this
 an estimate below the price would hold B*, or speculation altogether, where it is for good).
@@ -24,8 +29,9 @@ an estimate below the price would hold B*, or speculation altogether, where it i
 
 from __future__ import annotations
 
-from collections import Counter
-from collections.abc import Hashable, Sequence
+from collections import Counter, deque
+from collections.abc import Callable, Hashable, Sequence
+from statistics import median
 from typing import Any
 
 from dynaspec.runtime.cost_model import StepCostModel
@@ -34,6 +40,9 @@ from dynaspec.spec.adaptive_allocation import Allocation, plan_allocation, step_
 from dynaspec.spec.planner import PaddedBatchFn
 from dynaspec.spec.planner_settings import PlannerSettings
 from dynaspec.spec.policy import DraftLenPolicy, StepOutcome
+
+# Real step times kept per price key (the most recent ones: the price follows the present load).
+MAX_SAMPLES_PER_KEY = 32
 
 
 def measured_max_draft_len(cost_model: StepCostModel, max_draft_len: int) -> int:
@@ -49,6 +58,8 @@ def measured_max_draft_len(cost_model: StepCostModel, max_draft_len: int) -> int
 class AdaptivePolicy(DraftLenPolicy):
     """Per-request k_i maximising predicted goodput over a budget of draft positions (module docstring)."""
 
+    ragged = True
+
     def __init__(
         self,
         cost_model: StepCostModel,
@@ -56,15 +67,21 @@ class AdaptivePolicy(DraftLenPolicy):
         max_draft_len: int,
         settings: PlannerSettings | None = None,
         padded_batch: PaddedBatchFn | None = None,
+        ragged_step: Callable[[int, int], tuple[int, int] | None] | None = None,
     ) -> None:
         """cost_model: T(batch, k) of uniform steps, k in 0..max_draft_len; estimator: acceptance per
-        position, pooled and per request; settings: max_concurrency, replan_every, max_tables, explore_every
-        (the planner's); padded_batch: (batch, k) -> the batch a step runs at (None: its own, eager)."""
+        position, pooled and per request; settings: max_concurrency, replan_every, max_tables, explore_every,
+        min_observed_steps (the planner's); padded_batch: (batch, k) -> the batch a step runs at (None: its
+        own, eager); ragged_step: (batch, tokens) -> the ragged graph's (bucket, padded tokens) or None
+        (PolicyContext.ragged_step)."""
         self.max_draft_len = measured_max_draft_len(cost_model, min(max_draft_len, estimator.max_draft_len))
         self.cost_model = cost_model
         self.estimator = estimator
         self.settings = PlannerSettings() if settings is None else settings
         self.padded_batch = padded_batch
+        self.ragged_step = ragged_step
+        # price key -> recent measured seconds of real steps (online refinement, see the module docstring)
+        self._observed: dict[tuple[int, int], deque[float]] = {}
         # request ids (in batch order) -> (observations when computed, allocation)
         self._tables: dict[tuple[Hashable, ...], tuple[int, Allocation]] = {}
         self._observations = 0
@@ -120,8 +137,22 @@ class AdaptivePolicy(DraftLenPolicy):
         return plan_allocation(survivals, lambda positions: self.step_seconds(batch, positions))
 
     def step_seconds(self, batch: int, positions: int) -> float:
-        """Predicted T of a step of `batch` requests verifying `positions` draft positions in all."""
-        return step_seconds_by_tokens(self.cost_model.cost, batch, positions, self.max_draft_len, self.padded_batch)
+        """Predicted T of a step of `batch` requests verifying `positions` draft positions in all: the probed
+        price at the graph it runs in, or the median of real steps priced alike when that is higher."""
+        key, prior = self._priced(batch, positions)
+        samples = self._observed.get(key)
+        if samples is not None and len(samples) >= self.settings.min_observed_steps:
+            return max(prior, median(samples))
+        return prior
+
+    def _priced(self, batch: int, positions: int) -> tuple[tuple[int, int], float]:
+        """(the key real steps of this shape are filed under, the probed price)."""
+        ragged = None if self.ragged_step is None or positions == 0 else self.ragged_step(batch, batch + positions)
+        if ragged is not None:  # the ragged graph's bucket, interpolated at its padded total
+            bucket, tokens = ragged
+            return ragged, step_seconds_by_tokens(self.cost_model.cost, bucket, tokens - bucket, self.max_draft_len)
+        seconds = step_seconds_by_tokens(self.cost_model.cost, batch, positions, self.max_draft_len, self.padded_batch)
+        return (batch, batch + positions), seconds
 
     # ----------------------------------------------------------------- engine hooks
     def observe(self, outcome: StepOutcome) -> None:
@@ -139,6 +170,10 @@ class AdaptivePolicy(DraftLenPolicy):
         for k_i, (ids, drafted, accepted) in groups.items():
             self.estimator.update_step(ids, drafted, accepted, k_i)
         self._observations += 1
+        if outcome.seconds is not None and outcome.catch_up_tokens is None:
+            key, _ = self._priced(outcome.batch, sum(outcome.drafted))
+            samples = self._observed.setdefault(key, deque(maxlen=MAX_SAMPLES_PER_KEY))
+            samples.append(outcome.seconds)
 
     def refresh(self, num_decoding: int, request_ids: Sequence[Hashable] | None = None) -> None:
         """Recompute the allocation of these decoding requests now if due (off the critical path)."""
@@ -161,7 +196,10 @@ class AdaptivePolicy(DraftLenPolicy):
 
 
 def build_adaptive_policy(
-    spec_config: Any, cost_model: StepCostModel, padded_batch: PaddedBatchFn | None = None
+    spec_config: Any,
+    cost_model: StepCostModel,
+    padded_batch: PaddedBatchFn | None = None,
+    ragged_step: Callable[[int, int], tuple[int, int] | None] | None = None,
 ) -> AdaptivePolicy:
     """The engine's adaptive policy from a speculative config (max_draft_len, max_concurrency,
     acceptance_profile) and T(batch, k); the estimator is the goodput planner's (same settings)."""
@@ -172,4 +210,4 @@ def build_adaptive_policy(
         memory_trials=settings.estimate_memory_trials, request_ema_rate=settings.request_ema_rate,
         blend_count=settings.request_blend_count, learn_blend_count=True,
     )
-    return AdaptivePolicy(cost_model, estimator, spec_config.max_draft_len, settings, padded_batch)
+    return AdaptivePolicy(cost_model, estimator, spec_config.max_draft_len, settings, padded_batch, ragged_step)

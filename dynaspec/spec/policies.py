@@ -56,7 +56,9 @@ def _goodput(spec: Any, context: PolicyContext) -> DraftLenPolicy:
 
 
 def _adaptive(spec: Any, context: PolicyContext) -> DraftLenPolicy:
-    return build_adaptive_policy(spec, _step_costs(spec, context), padded_batch=context.padded_batch)
+    return build_adaptive_policy(
+        spec, _step_costs(spec, context), padded_batch=context.padded_batch, ragged_step=context.ragged_step
+    )
 
 
 _BUILDERS: dict[str, Callable[[Any, PolicyContext], DraftLenPolicy]] = {

@@ -55,6 +55,10 @@ class StepOutcome:
 class DraftLenPolicy:
     """Base of every draft-length policy: the protocol with no-op defaults (k = 0, learns nothing)."""
 
+    # Whether its steps give requests different draft lengths: the engine then also captures ragged
+    # verify graphs keyed by total tokens (runtime/ragged_graphs.py) besides the uniform (bucket, k) ones.
+    ragged: bool = False
+
     def draft_len(self, num_decoding: int, num_active: int, request_ids: Sequence[Hashable] | None = None) -> int:
         """k for a step where `num_decoding` of `num_active` active requests decode (request_ids: theirs)."""
         return 0
@@ -99,9 +103,13 @@ class PolicyContext:
     catch_up_seconds_per_token(): the drafter's start-up probe of what catching up costs per token.
     backlog(): (tokens the drafter is behind on, tokens the decoding requests may still generate).
     padded_batch(batch, k): the batch size a step runs at (its CUDA graph's bucket); None in eager mode.
+    ragged_step(batch, tokens): the (batch bucket, padded tokens) a ragged step of `batch` requests verifying
+        `tokens` positions runs at (its ragged graph), or None where none holds it (uniform graph or eager);
+        None: no ragged graphs (eager mode).
     """
 
     step_costs: Callable[[], StepCostModel]
     catch_up_seconds_per_token: Callable[[], float]
     backlog: Callable[[], tuple[int, int]]
     padded_batch: Callable[[int, int], int] | None = None
+    ragged_step: Callable[[int, int], tuple[int, int] | None] | None = None

@@ -14,7 +14,7 @@ if TYPE_CHECKING:
     from dynaspec.llm import LLM
     from dynaspec.outputs import RequestOutput
     from dynaspec.sampling_params import SamplingParams
-    from dynaspec.spec.config import DraftTargetDecodingConfig, NGramDecodingConfig
+    from dynaspec.spec.config import DraftTargetDecodingConfig, EagleDecodingConfig, NGramDecodingConfig
 
 _HOME = {
     "LLM": "dynaspec.llm",
@@ -23,6 +23,7 @@ _HOME = {
     "EngineConfig": "dynaspec.config",
     "NGramDecodingConfig": "dynaspec.spec.config",
     "DraftTargetDecodingConfig": "dynaspec.spec.config",
+    "EagleDecodingConfig": "dynaspec.spec.config",
 }
 __all__ = list(_HOME)
 __version__ = "0.1.0"

@@ -1,4 +1,4 @@
-"""Command line: `dynaspec generate | serve | bench | tune | bench-trace` (typer + rich).
+"""Command line: `dynaspec generate | serve | bench | tune | bench-trace | train-head` (typer + rich).
 
 `generate` and `serve` live here and import the engine inside their bodies. The benchmark commands live
 in dynaspec/bench/ (the `bench` extra) and are imported only when one of them runs or prints its own
@@ -36,6 +36,7 @@ class LazyCommand:
     module: str
     function: str
     help: str
+    needs_bench_extra: bool = True
 
 
 LAZY_COMMANDS: dict[str, LazyCommand] = {
@@ -52,6 +53,11 @@ LAZY_COMMANDS: dict[str, LazyCommand] = {
         "Replay a mixed-load trace (concurrency rising and falling, workloads mixed) on every line: no spec, "
         "each static k, the schedule and the goodput policy; tokens/s overall and per phase.",
     ),
+    "train-head": LazyCommand(
+        "dynaspec.train_head.command", "train_head_command",
+        "Train an EAGLE-3 draft head for a target by self-distillation; print a held-out acceptance estimate.",
+        needs_bench_extra=False,
+    ),
 }
 # What `pip install 'dynaspec[bench]'` adds (pyproject.toml); the lazy commands need all of it.
 BENCH_EXTRA_MODULES = ("matplotlib",)
@@ -61,10 +67,10 @@ BENCH_EXTRA_HINT = "pip install -e '.[bench]' (from a checkout) or pip install '
 def load_lazy_command(name: str) -> typer.main.click.Command:
     """Import LAZY_COMMANDS[name] and build its click command; a clear error when the bench extra is
     missing (checked with find_spec, which imports nothing)."""
-    missing = [m for m in BENCH_EXTRA_MODULES if importlib.util.find_spec(m) is None]
+    lazy = LAZY_COMMANDS[name]
+    missing = [m for m in BENCH_EXTRA_MODULES if lazy.needs_bench_extra and importlib.util.find_spec(m) is None]
     if missing:
         _fail(f"`dynaspec {name}` needs the bench extra ({', '.join(missing)} is not installed): {BENCH_EXTRA_HINT}")
-    lazy = LAZY_COMMANDS[name]
     single = typer.Typer(add_completion=False)
     single.command(name)(getattr(importlib.import_module(lazy.module), lazy.function))
     return typer.main.get_command(single)

@@ -148,10 +148,9 @@ def validate_model(model: type[BaseModel], data: Mapping[str, Any], where: str =
 def build_spec_config(data: Any, where: str = SPEC_KEY) -> Any:
     """NGramDecodingConfig / DraftTargetDecodingConfig from a mapping (picked by decoding_type); a config
     object passes through."""
-    from dynaspec.spec.config import (
-        DECODING_TYPES, SPEC_CONFIG_CLASSES, DraftTargetDecodingConfig, NGramDecodingConfig)
+    from dynaspec.spec.config import DECODING_TYPES, SPEC_CONFIG_CLASSES
 
-    if isinstance(data, (NGramDecodingConfig, DraftTargetDecodingConfig)):
+    if isinstance(data, tuple(SPEC_CONFIG_CLASSES.values())):
         return data
     if not isinstance(data, Mapping):
         raise ConfigError(f"{where} must be a mapping with a decoding_type ({' or '.join(DECODING_TYPES)}), "

@@ -4,9 +4,9 @@ A TensorRT-LLM YAML file parses here when its `draft_len_schedule` is in TensorR
 are lower bounds, key 1 present); a file in its later form (keys are inclusive upper bounds) must be
 converted first, see DRAFT_LEN_SCHEDULE_FORMS below.
 
-TensorRT-LLM's LLM API takes `speculative_config=NGramDecodingConfig(...)` or
-`DraftTargetDecodingConfig(...)`; in YAML the class is picked by `decoding_type` ("NGram" /
-"DraftTarget"). Both configs carry the dynamic draft length fields:
+TensorRT-LLM's LLM API takes `speculative_config=NGramDecodingConfig(...)`,
+`DraftTargetDecodingConfig(...)` or `EagleDecodingConfig(...)`; in YAML the class is picked by
+`decoding_type` ("NGram" / "DraftTarget" / "Eagle"). Both configs carry the dynamic draft length fields:
 
 * `draft_len_schedule`: batch-size threshold -> draft length. The entry with the LARGEST threshold <=
   the number of requests decoding in a step applies (TensorRT-LLM's first form, PR #8194). Keys are ints
@@ -30,7 +30,7 @@ from pydantic import AliasChoices, BaseModel, ConfigDict, Field, field_validator
 from dynaspec.spec.planner_settings import PlannerSettings
 
 MAX_DRAFT_LEN_LIMIT = 32
-DECODING_TYPES = ("NGram", "DraftTarget")
+DECODING_TYPES = ("NGram", "DraftTarget", "Eagle")
 
 
 def _as_int(value: Any, what: str) -> int:
@@ -327,19 +327,53 @@ class DraftTargetDecodingConfig(_SpecConfigBase):
     )
 
 
+class EagleDecodingConfig(_SpecConfigBase):
+    """An EAGLE-3 draft head on the target's hidden states proposes tokens (Li et al. 2025, arXiv 2503.01840;
+    spec/eagle.py).
+
+    speculative_model: a head directory (config.json + model.safetensors, as `dynaspec train-head` writes);
+    TensorRT-LLM's older name `speculative_model_dir` is accepted too. eagle3_layers_to_capture (TensorRT-LLM's
+    name): the target layers whose outputs the head reads; optional, and when given it must equal the head's.
+    """
+
+    decoding_type: Literal["Eagle"] = "Eagle"
+    speculative_model: str = Field(
+        min_length=1, validation_alias=AliasChoices("speculative_model", "speculative_model_dir")
+    )
+    eagle3_layers_to_capture: list[int] | None = None
+
+    @field_validator("speculative_model")
+    @classmethod
+    def _head_directory(cls, value: str) -> str:
+        from dynaspec.models.eagle_head import read_head_config  # torch: only when an Eagle config is built
+
+        read_head_config(value)
+        return value
+
+    @field_validator("eagle3_layers_to_capture")
+    @classmethod
+    def _layers(cls, value: list[int] | None) -> list[int] | None:
+        if value is None:
+            return None
+        if not value or len(set(value)) != len(value) or min(value) < 0:
+            raise ValueError(f"eagle3_layers_to_capture must be distinct layer indices >= 0, got {value}")
+        return sorted(value)
+
+
 SPEC_CONFIG_CLASSES: dict[str, type[_SpecConfigBase]] = {
     "NGram": NGramDecodingConfig,
     "DraftTarget": DraftTargetDecodingConfig,
+    "Eagle": EagleDecodingConfig,
 }
 
 SpeculativeConfig = Annotated[
-    Union[NGramDecodingConfig, DraftTargetDecodingConfig], Field(discriminator="decoding_type")
+    Union[NGramDecodingConfig, DraftTargetDecodingConfig, EagleDecodingConfig], Field(discriminator="decoding_type")
 ]
 
 
-def parse_speculative_config(data: Mapping[str, Any] | NGramDecodingConfig | DraftTargetDecodingConfig) -> Any:
+def parse_speculative_config(data: Mapping[str, Any] | _SpecConfigBase) -> Any:
     """Build the config named by `decoding_type` from a mapping (YAML / JSON); configs pass through."""
-    if isinstance(data, (NGramDecodingConfig, DraftTargetDecodingConfig)):
+    if isinstance(data, tuple(SPEC_CONFIG_CLASSES.values())):
         return data
     if not isinstance(data, Mapping):
         raise TypeError(

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 import torch
 
 from dynaspec.models.loader import LoadedModel, load_model
-from dynaspec.spec.config import DraftTargetDecodingConfig, NGramDecodingConfig
+from dynaspec.spec.config import DraftTargetDecodingConfig, EagleDecodingConfig, NGramDecodingConfig
 from dynaspec.spec.draft_model import DraftModelDrafter, check_same_vocabulary
 from dynaspec.spec.drafter import Drafter, NoDrafter
 from dynaspec.spec.ngram import NGramDrafter
@@ -37,9 +37,25 @@ def _draft_model(config: DraftTargetDecodingConfig, ctx: DrafterContext) -> Draf
     return DraftModelDrafter(draft, ctx.dtype, ctx.device, int(ctx.target.model.vocab_size), ctx.seed)
 
 
+def _eagle(config: EagleDecodingConfig, ctx: DrafterContext) -> Drafter:
+    from dynaspec.models.eagle_head import load_head
+    from dynaspec.spec.eagle import EagleDrafter
+
+    target = ctx.target
+    head = load_head(config.speculative_model, target.hf_config, target.name, ctx.dtype, ctx.device)
+    wanted = config.eagle3_layers_to_capture
+    if wanted is not None and list(wanted) != list(head.layers_to_capture):
+        raise ValueError(
+            f"eagle3_layers_to_capture {list(wanted)} differs from the layers the head in "
+            f"{config.speculative_model!r} was trained on, {list(head.layers_to_capture)}: drop the option or use those"
+        )
+    return EagleDrafter(head, target, ctx.dtype, ctx.device, ctx.seed)
+
+
 _BUILDERS: dict[type, Callable[..., Drafter]] = {
     NGramDecodingConfig: _ngram,
     DraftTargetDecodingConfig: _draft_model,
+    EagleDecodingConfig: _eagle,
 }
 
 

@@ -1,0 +1,274 @@
+"""EAGLE-3 draft head: one decoder layer over the target's own hidden states (Li et al. 2025, arXiv
+2503.01840; EAGLE, Li et al. 2024, arXiv 2401.15077).
+
+At head position p the head reads the embedding of token x_p (the TARGET's embedding, shared) and a
+hidden g_{p-1}: fc(target features of p - 1) for a committed token (the tapped layers' residual streams
+side by side, models/feature_tap.py; zeros at p = 0), or the head's own output at p - 1 for a draft
+step. Its single decoder layer (EAGLE-3's "midlayer"):
+
+    a   = attention(cat(input_layernorm(embed(x_p)), hidden_norm(g_{p-1})))   # q/k/v take 2H
+    x   = g_{p-1} + o_proj(a)
+    h_p = x + mlp(post_attention_layernorm(x))                                # fed back as the next g
+    logits = target.lm_head(norm(h_p))                                        # predicts x_{p+1}
+
+over its own one-layer paged KV on the target's block tables. Parameter names follow EAGLE-3 checkpoints
+(`fc`, `midlayer.*`, `norm`); the target's embedding and lm_head are not part of the head and not saved.
+
+Saved as `<dir>/config.json` (EagleHeadConfig: architecture "Eagle3Head", shapes, the captured layers, the
+target it was trained for) + `<dir>/model.safetensors`; `load_head` refuses a head made for another target.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from torch import nn
+from transformers import PretrainedConfig
+
+from dynaspec.models.attention import paged_attention
+from dynaspec.models.attention_metadata import AttentionMetadata
+from dynaspec.models.feature_tap import check_layers_to_capture, default_layers_to_capture
+from dynaspec.models.llama import RMSNorm, RotaryEmbedding, apply_rope, config_head_dim
+
+ARCHITECTURE = "Eagle3Head"
+CONFIG_FILE = "config.json"
+WEIGHTS_FILE = "model.safetensors"
+
+
+class EagleTargetInfo(BaseModel):
+    """What the head was trained for; a target that differs is refused at load time."""
+
+    model_config = ConfigDict(extra="forbid")
+    name: str
+    vocab_size: int = Field(ge=1)
+    hidden_size: int = Field(ge=1)
+    num_hidden_layers: int = Field(ge=1)
+
+
+class EagleHeadConfig(BaseModel):
+    """The head's shapes (the target's, for one layer) and the target layers whose features it reads."""
+
+    model_config = ConfigDict(extra="forbid")
+    architecture: str = ARCHITECTURE
+    hidden_size: int = Field(ge=1)
+    intermediate_size: int = Field(ge=1)
+    num_attention_heads: int = Field(ge=1)
+    num_key_value_heads: int = Field(ge=1)
+    head_dim: int = Field(ge=1)
+    rms_norm_eps: float = Field(gt=0)
+    layers_to_capture: list[int]
+    target: EagleTargetInfo
+
+    @classmethod
+    def for_target(cls, hf_config: PretrainedConfig, name: str, layers_to_capture=None) -> "EagleHeadConfig":
+        """A head shaped like one decoder layer of the target described by `hf_config`."""
+        num_layers = int(hf_config.num_hidden_layers)
+        layers = default_layers_to_capture(num_layers) if layers_to_capture is None else layers_to_capture
+        return cls(
+            hidden_size=hf_config.hidden_size, intermediate_size=hf_config.intermediate_size,
+            num_attention_heads=hf_config.num_attention_heads, num_key_value_heads=hf_config.num_key_value_heads,
+            head_dim=config_head_dim(hf_config), rms_norm_eps=hf_config.rms_norm_eps,
+            layers_to_capture=list(check_layers_to_capture(layers, num_layers)),
+            target=EagleTargetInfo(name=name, vocab_size=hf_config.vocab_size, hidden_size=hf_config.hidden_size,
+                                   num_hidden_layers=num_layers),
+        )
+
+    def check_target(self, hf_config: PretrainedConfig, name: str) -> None:
+        """ValueError naming every field where the target differs from the one the head was made for."""
+        wanted = self.target
+        given = {"vocab_size": hf_config.vocab_size, "hidden_size": hf_config.hidden_size,
+                 "num_hidden_layers": hf_config.num_hidden_layers}
+        diffs = [f"{key} {getattr(wanted, key)} (head) != {value} (target)" for key, value in given.items()
+                 if getattr(wanted, key) != value]
+        if diffs:
+            raise ValueError(
+                f"the EAGLE head was trained for {wanted.name!r}, not for the target {name!r}: {'; '.join(diffs)}. "
+                "Train a head for this target with `dynaspec train-head --model <target>`"
+            )
+
+
+class EagleMLP(nn.Module):
+    """SwiGLU (Shazeer 2020) with separate gate / up projections: trainable as is (LlamaMLP runs a fused
+    copy of its weights that autograd does not reach)."""
+
+    def __init__(self, hidden: int, intermediate: int) -> None:
+        super().__init__()
+        self.gate_proj = nn.Linear(hidden, intermediate, bias=False)
+        self.up_proj = nn.Linear(hidden, intermediate, bias=False)
+        self.down_proj = nn.Linear(intermediate, hidden, bias=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """x (..., H) -> (..., H)."""
+        return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))
+
+
+class EagleDecoderLayer(nn.Module):
+    """EAGLE-3's midlayer (see the module docstring); split into qkv / finish so the trainer's
+    training-time-test attention (train_head/ttt.py) runs the same projections."""
+
+    def __init__(self, config: EagleHeadConfig, rope_config: PretrainedConfig) -> None:
+        super().__init__()
+        hidden, heads, kv_heads, dim = config.hidden_size, config.num_attention_heads, config.num_key_value_heads, config.head_dim
+        self.num_heads, self.num_kv_heads, self.head_dim = heads, kv_heads, dim
+        self.scaling = dim**-0.5
+        self.input_layernorm = RMSNorm(hidden, config.rms_norm_eps)
+        self.hidden_norm = RMSNorm(hidden, config.rms_norm_eps)
+        self.post_attention_layernorm = RMSNorm(hidden, config.rms_norm_eps)
+        self.self_attn = nn.Module()
+        self.self_attn.q_proj = nn.Linear(2 * hidden, heads * dim, bias=False)
+        self.self_attn.k_proj = nn.Linear(2 * hidden, kv_heads * dim, bias=False)
+        self.self_attn.v_proj = nn.Linear(2 * hidden, kv_heads * dim, bias=False)
+        self.self_attn.o_proj = nn.Linear(heads * dim, hidden, bias=False)
+        self.mlp = EagleMLP(hidden, config.intermediate_size)
+        self.rotary_emb = RotaryEmbedding(rope_config, dim)
+
+    def qkv(self, embeds: torch.Tensor, g: torch.Tensor, positions: torch.Tensor):
+        """embeds, g (..., H), positions (...) -> q (..., heads, D), k, v (..., kv_heads, D), RoPE applied."""
+        h = torch.cat([self.input_layernorm(embeds), self.hidden_norm(g)], dim=-1)  # (..., 2H)
+        lead = h.shape[:-1]
+        attn = self.self_attn
+        q = attn.q_proj(h).view(*lead, self.num_heads, self.head_dim)
+        k = attn.k_proj(h).view(*lead, self.num_kv_heads, self.head_dim)
+        v = attn.v_proj(h).view(*lead, self.num_kv_heads, self.head_dim)
+        cos, sin = self.rotary_emb(positions.reshape(-1), q.dtype)  # (N, D)
+        flat_q = apply_rope(q.reshape(-1, self.num_heads, self.head_dim), cos, sin)
+        flat_k = apply_rope(k.reshape(-1, self.num_kv_heads, self.head_dim), cos, sin)
+        return flat_q.view(q.shape), flat_k.view(k.shape), v
+
+    def finish(self, g: torch.Tensor, attn_out: torch.Tensor) -> torch.Tensor:
+        """g (..., H), attention output (..., heads * D) -> the layer's output h (..., H)."""
+        x = g + self.self_attn.o_proj(attn_out)
+        return x + self.mlp(self.post_attention_layernorm(x))
+
+    def forward(self, embeds, g, positions, kv_cache: torch.Tensor, meta: AttentionMetadata) -> torch.Tensor:
+        """Flat batch: embeds, g (T, H), positions (T,), paged kv_cache (2, NB, BS, kv_heads, D) -> h (T, H)."""
+        q, k, v = self.qkv(embeds, g, positions)
+        out = paged_attention(q, k, v, kv_cache, meta, self.scaling)  # (T, heads, D)
+        return self.finish(g, out.reshape(out.shape[0], -1))
+
+
+class EagleHead(nn.Module):
+    """fc (features -> H), the midlayer, the final norm. The engine-facing attributes (`num_layers`,
+    `num_kv_heads`, `head_dim`) size its KV like a model's (runtime/kv_cache.py)."""
+
+    def __init__(self, config: EagleHeadConfig, rope_config: PretrainedConfig) -> None:
+        super().__init__()
+        self.config = config
+        self.num_layers = 1
+        self.num_kv_heads = config.num_key_value_heads
+        self.head_dim = config.head_dim
+        self.fc = nn.Linear(len(config.layers_to_capture) * config.hidden_size, config.hidden_size, bias=False)
+        self.midlayer = EagleDecoderLayer(config, rope_config)
+        self.norm = RMSNorm(config.hidden_size, config.rms_norm_eps)
+
+    @property
+    def layers_to_capture(self) -> tuple[int, ...]:
+        return tuple(self.config.layers_to_capture)
+
+    def project(self, features: torch.Tensor, valid: torch.Tensor | None = None) -> torch.Tensor:
+        """Target features (..., n * H) -> g (..., H); rows where `valid` (...) is False (no token before
+        position 0) are zeros."""
+        g = self.fc(features.to(self.fc.weight.dtype))
+        return g if valid is None else g * valid.unsqueeze(-1).to(g.dtype)
+
+    def forward(self, embeds, g, positions, kv_caches: list[torch.Tensor], meta: AttentionMetadata) -> torch.Tensor:
+        """embeds (T, H) of the fed tokens, g (T, H), positions (T,) -> h (T, H), pre-norm (the next g)."""
+        return self.midlayer(embeds, g, positions, kv_caches[0], meta)
+
+
+def target_embed(target: nn.Module, input_ids: torch.Tensor) -> torch.Tensor:
+    """The target's token embedding (shared with the head): ids (...) -> (..., H)."""
+    return target.model.embed_tokens(input_ids)
+
+
+def head_logits(head: EagleHead, target: nn.Module, hidden: torch.Tensor) -> torch.Tensor:
+    """h (N, H) -> float32 logits (N, vocab) through the head's norm and the target's lm_head."""
+    return target.compute_logits(head.norm(hidden))
+
+
+def save_head(head: EagleHead, out_dir: str | Path) -> Path:
+    """Write config.json + model.safetensors (the head's parameters only, float32 unless already lower)."""
+    from safetensors.torch import save_file
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / CONFIG_FILE).write_text(json.dumps(head.config.model_dump(), indent=2) + "\n")
+    tensors = {name: p.detach().to("cpu").contiguous() for name, p in head.named_parameters()}
+    save_file(tensors, str(out / WEIGHTS_FILE), metadata={"format": "pt", "architecture": ARCHITECTURE})
+    return out
+
+
+def read_head_config(head_dir: str | Path) -> EagleHeadConfig:
+    """The EagleHeadConfig of a head directory; ValueError saying what is missing or wrong."""
+    path = Path(head_dir)
+    config_path, weights_path = path / CONFIG_FILE, path / WEIGHTS_FILE
+    if not config_path.is_file() or not weights_path.is_file():
+        raise ValueError(
+            f"EAGLE head directory {str(path)!r} needs {CONFIG_FILE} and {WEIGHTS_FILE} (as `dynaspec train-head` "
+            "writes them)"
+        )
+    try:
+        data = json.loads(config_path.read_text())
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"{config_path} is not valid JSON: {exc}") from None
+    if not isinstance(data, dict) or data.get("architecture") != ARCHITECTURE:
+        found = data.get("architecture") if isinstance(data, dict) else None
+        raise ValueError(f"{config_path}: architecture must be {ARCHITECTURE!r}, got {found!r}")
+    try:
+        return EagleHeadConfig.model_validate(data)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        where = ".".join(str(p) for p in first["loc"])
+        raise ValueError(f"{config_path}: {where}: {first['msg']}") from None
+
+
+def load_head(head_dir: str | Path, target_config: PretrainedConfig, target_name: str, dtype: torch.dtype,
+              device: torch.device) -> EagleHead:
+    """The head of `head_dir` for this target, on `device` in `dtype`, eval mode; ValueError if it was made
+    for another target or its weights do not match its config."""
+    from safetensors.torch import load_file
+
+    config = read_head_config(head_dir)
+    config.check_target(target_config, target_name)
+    check_layers_to_capture(config.layers_to_capture, int(target_config.num_hidden_layers))
+    head = EagleHead(config, target_config)
+    weights = load_file(str(Path(head_dir) / WEIGHTS_FILE))
+    params = dict(head.named_parameters())
+    missing, unknown = sorted(set(params) - set(weights)), sorted(set(weights) - set(params))
+    if missing or unknown:
+        raise ValueError(f"{head_dir}: weights do not match the head (missing {missing[:4]}, unknown {unknown[:4]})")
+    with torch.no_grad():
+        for name, tensor in weights.items():
+            if tuple(tensor.shape) != tuple(params[name].shape):
+                raise ValueError(f"{head_dir}: weight {name!r} has shape {tuple(tensor.shape)}, the head's config "
+                                 f"gives {tuple(params[name].shape)}")
+            params[name].copy_(tensor)
+    return head.to(device=device, dtype=dtype).eval().requires_grad_(False)
+
+
+def random_head(config: EagleHeadConfig, rope_config: PretrainedConfig, seed: int = 0, std: float = 0.02) -> EagleHead:
+    """A head with N(0, std) weights (norm gains 1), deterministic in `seed`: the trainer's start, and the
+    tests' untrained head."""
+    head = EagleHead(config, rope_config)
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, param in head.named_parameters():
+            if "norm" in name:
+                param.fill_(1.0)
+            else:
+                param.copy_(torch.randn(param.shape, generator=gen) * std)
+    return head
+
+
+def dense_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor, scale: float) -> torch.Tensor:
+    """q (B, Tq, heads, D), k / v (B, Tk, kv_heads, D), mask (Tq, Tk) bool -> (B, Tq, heads * D) (GQA by
+    repeating K/V heads; the trainer's attention)."""
+    group = q.shape[2] // k.shape[2]
+    k = k.repeat_interleave(group, dim=2)
+    v = v.repeat_interleave(group, dim=2)
+    out = F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), attn_mask=mask, scale=scale)
+    return out.transpose(1, 2).reshape(q.shape[0], q.shape[1], -1)

@@ -1,0 +1,214 @@
+"""EAGLE-3 drafter: a one-layer head on the target's own hidden states proposes k tokens (Li et al. 2025,
+arXiv 2503.01840; EAGLE, Li et al. 2024, arXiv 2401.15077). Head: models/eagle_head.py; its KV, eager
+forwards and chain graphs: runtime/eagle_graphs.py.
+
+Resources. `attach` allocates the head's one-layer KV on the target's block tables AND the feature cache
+(models/feature_tap.py: the tapped layers' residual streams per KV slot, paged like the KV), and installs
+the tap on the target, so every target forward (prefill, plain decode, verify; eager or a captured graph,
+which the engine captures after `attach`) writes the features of the tokens it processes. Both count in
+`kv_bytes_per_block`. No extra target forward, and a k = 0 step runs no drafter method: it only pays the
+tap's scatter.
+
+Catch-up. Before drafting for a request of N tokens, the head feeds every position it has not processed,
+s .. N - 1 (a whole prompt, tokens committed while k was 0, or the 1 + a tokens of the last verify), each
+with the target's features of the position before, read by slot from the feature cache: the head is
+never stale after a plain phase (TensorRT-LLM issue #16888). Drafted positions are never kept (they were
+fed the head's own hidden, not the target's features): after a propose the head has processed N.
+
+Drafting: greedy batches whose catch-ups fit 1 + k positions go through ONE replay of the (bucket, k)
+chain graph; otherwise (a sampled request, a long catch-up, no chain for the batch) eagerly, step by
+step, keeping q (the head's distribution after the request's sampling processing) for rejection sampling.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from dynaspec.models.decode_kernels import DecodeKernels
+from dynaspec.models.eagle_head import EagleHead
+from dynaspec.models.feature_tap import FeatureTap, feature_bytes_per_block, install_feature_tap
+from dynaspec.models.loader import LoadedModel
+from dynaspec.runtime.cost_probe import chain_seconds
+from dynaspec.runtime.cuda_graphs import UniformDecodeBatch
+from dynaspec.runtime.eagle_graphs import EagleChainGraphs, EagleHeadRunner
+from dynaspec.runtime.keyed_noise import keyed_argmax
+from dynaspec.runtime.kv_cache import kv_bytes_per_block
+from dynaspec.runtime.request import Request
+from dynaspec.runtime.sampler import sample, target_probs
+from dynaspec.spec.drafter import DraftProposal, Drafter
+
+
+@dataclass
+class _HeadState:
+    num_computed: int = 0  # positions of the request the head has processed with the target's features
+
+
+class EagleDrafter(Drafter):
+    def __init__(self, head: EagleHead, target: LoadedModel, dtype: torch.dtype, device: torch.device, seed: int = 0):
+        self.head = head
+        self.target = target
+        self.dtype, self.device = dtype, device
+        self.vocab_size = int(target.model.vocab_size)
+        self.hidden_size = int(target.hf_config.hidden_size)
+        # Used for sampled requests without their own seed; seeded requests use their own generator.
+        self.generator = torch.Generator(device=device).manual_seed(seed + 1)
+        self.tap: FeatureTap | None = None
+        self.runner: EagleHeadRunner | None = None
+        self.chain: EagleChainGraphs | None = None
+        self._state: dict[str, _HeadState] = {}
+        self._step_seconds: dict[int, float] = {}
+        self.num_propose_calls = 0
+
+    # ------------------------------------------------------------------ resources and cost
+    def kv_bytes_per_block(self, block_size: int, dtype: torch.dtype) -> int:
+        """The head's one-layer KV plus the target features of a block (both on the target's block tables)."""
+        features = feature_bytes_per_block(self.hidden_size, len(self.head.layers_to_capture), block_size, dtype)
+        return kv_bytes_per_block(self.head, block_size, dtype) + features
+
+    def attach(self, num_blocks: int, block_size: int, kernels: DecodeKernels) -> None:
+        """Allocate the head's KV and the feature cache (num_blocks + the scratch block) and install the tap
+        on the target, before the engine captures the target's graphs."""
+        self.tap = FeatureTap(self.head.layers_to_capture, self.hidden_size, (num_blocks + 1) * block_size,
+                              self.dtype, self.device)
+        install_feature_tap(self.target.model, self.tap)
+        self.runner = EagleHeadRunner(self.head, self.target.model, self.tap, num_blocks, block_size, self.dtype,
+                                      self.device)
+
+    def capture_graphs(self, pairs: list[tuple[int, int]], max_blocks_per_seq: int, use_graphs: bool = True) -> None:
+        """The whole-chain graph of every (bucket, k >= 1) pair (`use_graphs=False`: the same fixed-shape
+        chain, run eagerly: CPU tests)."""
+        if self.runner is None:
+            raise RuntimeError("EagleDrafter.attach() must be called before capture_graphs()")
+        pairs = sorted({(b, k) for b, k in pairs if k >= 1})
+        if pairs:
+            self.chain = EagleChainGraphs(self.runner, max_blocks_per_seq, pairs, self.vocab_size, use_graphs)
+            self.chain.capture()
+
+    def draft_seconds(self, batch: int, k: int, repeats: int = 5) -> float:
+        """One chain replay where one was captured for (batch, k), else k eager single-position steps."""
+        if k == 0:
+            return 0.0
+        if self.chain is not None and (batch, k) in self.chain.pairs:
+            return chain_seconds(self.chain, batch, k, repeats)
+        if batch not in self._step_seconds:
+            self._step_seconds[batch] = self._time_eager_step(batch, repeats)
+        return k * self._step_seconds[batch]
+
+    def _time_eager_step(self, batch: int, repeats: int) -> float:
+        """Seconds of one eager single-position head step for `batch` requests in the scratch block."""
+        import time
+
+        runner = self.runner
+        ids = torch.zeros(batch, dtype=torch.int64, device=self.device)
+        g = torch.zeros(batch, self.hidden_size, dtype=self.dtype, device=self.device)
+        tables = [[runner.scratch_block]] * batch
+        runner.draft_step(ids, g, [0] * batch, tables)  # warm-up
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+        start = time.perf_counter()
+        for _ in range(repeats):
+            runner.draft_step(ids, g, [0] * batch, tables)
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+        return (time.perf_counter() - start) / repeats
+
+    @property
+    def num_forwards(self) -> int:
+        """Head forwards run so far (a chain replay of k steps counts k)."""
+        steps = 0 if self.chain is None else sum(k * n for (_, k), n in self.chain.replays_per_pair.items())
+        return steps + (0 if self.runner is None else self.runner.num_forwards)
+
+    # ------------------------------------------------------------------ drafting
+    def _start(self, request: Request) -> int:
+        state = self._state.setdefault(request.request_id, _HeadState())
+        state.num_computed = min(state.num_computed, request.num_tokens - 1)
+        return state.num_computed
+
+    @torch.inference_mode()
+    def propose(self, requests: list[Request], k: int) -> DraftProposal:
+        """k draft tokens per request: the catch-up, then k - 1 draft steps on the head's own hidden."""
+        if self.runner is None:
+            raise RuntimeError("EagleDrafter.attach() must be called before propose()")
+        self.num_propose_calls += 1
+        starts = [self._start(r) for r in requests]
+        if self._can_chain(requests, starts, k):
+            tokens = self._draft_chain(requests, starts, k)
+            probs: list[list[torch.Tensor]] = [[] for _ in requests]
+        else:
+            tokens, probs = self._draft_steps(requests, starts, k)
+        for request in requests:
+            self._state[request.request_id].num_computed = request.num_tokens
+        return DraftProposal(tokens=tokens, probs=[torch.stack(p) if p else None for p in probs])
+
+    def _can_chain(self, requests: list[Request], starts: list[int], k: int) -> bool:
+        return (
+            self.chain is not None
+            and self.chain.lookup(len(requests), k) is not None
+            and all(r.params.is_greedy for r in requests)
+            and all(r.num_tokens - s <= 1 + k for r, s in zip(requests, starts))
+        )
+
+    def _draft_chain(self, requests: list[Request], starts: list[int], k: int) -> list[list[int]]:
+        width = 1 + k
+        batch = UniformDecodeBatch([], [], [], [])
+        for request, start in zip(requests, starts):
+            fed = request.all_token_ids[start:]
+            batch.token_ids.append(fed + [fed[-1]] * (width - len(fed)))
+            batch.seq_lens.append(request.num_tokens + width - len(fed))
+            batch.num_real.append(len(fed))
+            batch.block_tables.append(request.block_ids)
+        return self.chain.draft(batch, k).tolist()  # (B, k): the one device-to-host copy
+
+    def _draft_steps(self, requests: list[Request], starts: list[int], k: int):
+        """Eager: the catch-up of any length, then k - 1 single-position steps, picking on the host."""
+        runner = self.runner
+        tables = [r.block_ids for r in requests]
+        h = runner.catch_up([r.all_token_ids[s:] for r, s in zip(requests, starts)], starts, tables)  # (B, H)
+        tokens: list[list[int]] = [[] for _ in requests]
+        probs: list[list[torch.Tensor]] = [[] for _ in requests]
+        for step in range(k):
+            if step > 0:
+                ids = torch.tensor([t[-1] for t in tokens], dtype=torch.int64, device=self.device)
+                h = runner.draft_step(ids, h, [r.num_tokens - 1 + step for r in requests], tables)
+            logits = runner.logits(h)[:, : self.vocab_size]  # (B, vocab)
+            for i, token in enumerate(pick_drafts(requests, logits, probs, step, self.generator)):
+                tokens[i].append(token)
+        return tokens, probs
+
+    # ------------------------------------------------------------------ bookkeeping
+    def observe(self, requests: list[Request]) -> None:
+        """Nothing to do eagerly: the head catches up on the next propose()."""
+
+    def catch_up_tokens(self, requests: list[Request]) -> int:
+        """Positions of these requests the head has not processed yet, beyond the one every propose feeds."""
+        total = 0
+        for request in requests:
+            state = self._state.get(request.request_id)
+            total += max(0, request.num_tokens - 1 - (state.num_computed if state else 0))
+        return total
+
+    def release(self, request: Request) -> None:
+        self._state.pop(request.request_id, None)
+
+    def reset(self) -> None:
+        self._state.clear()
+
+
+def pick_drafts(requests: list[Request], logits: torch.Tensor, probs: list[list[torch.Tensor]], step: int,
+                generator: torch.Generator) -> list[int]:
+    """Greedy requests take the argmax; seeded ones the argmax of log q plus the noise keyed by (seed,
+    position) the target's verification uses (runtime/keyed_noise.py); unseeded ones sample q. q (the
+    processed draft distribution) is appended to probs[i] for rejection sampling (as spec/draft_model.py)."""
+    picked = logits.argmax(dim=-1).tolist()
+    for i, request in enumerate(requests):
+        if request.params.is_greedy:
+            continue
+        q = target_probs(logits[i : i + 1], [request.params])  # (1, vocab)
+        if request.params.seed is not None:
+            picked[i] = int(keyed_argmax(q, [request.params.seed], [request.num_tokens + step])[0])
+        else:
+            picked[i] = int(sample(q, request.generator or generator)[0])
+        probs[i].append(q[0])
+    return picked

@@ -1,0 +1,108 @@
+"""`dynaspec train-head`: the command's options, their validation and its output (rich progress, report).
+
+Registered lazily by dynaspec/cli.py (LAZY_COMMANDS), so `dynaspec --help` imports none of this; torch
+and the engine are imported when the command runs.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from dynaspec.cli_options import Device, Dtype
+
+
+class TrainHeadArgs(BaseModel):
+    """The numeric options, bounded (one clear line per violation)."""
+
+    model_config = ConfigDict(extra="forbid")
+    num_prompts: int = Field(ge=2)
+    steps: int = Field(ge=1)
+    lr: float = Field(gt=0, le=1.0)
+    max_tokens: int = Field(ge=2)
+    ttt_steps: int = Field(ge=1, le=16)
+    batch_size: int = Field(ge=1)
+    eval_fraction: float = Field(gt=0, lt=1)
+    max_num_seqs: int = Field(ge=1)
+    temperature: float = Field(ge=0)
+
+
+def _layers(text: str | None) -> list[int] | None:
+    if text is None:
+        return None
+    try:
+        return [int(part) for part in text.split(",") if part.strip()]
+    except ValueError:
+        raise ValueError(f"--layers {text!r} must be comma-separated layer indices, e.g. '1,14,26'") from None
+
+
+def train_head_command(
+    model: Annotated[str, typer.Option(help="the target: zoo name, HF directory, HF id in the local cache")],
+    out: Annotated[Path, typer.Option(help="directory to write the head to (config.json + model.safetensors)")],
+    workload: Annotated[str, typer.Option(help="comma-separated prompt sources (code-edit, summarise, humaneval, "
+                                               "chat, stdlib, pydoc) or a .jsonl file of prompts")] = "stdlib,pydoc,code-edit,chat",
+    num_prompts: Annotated[int, typer.Option(help="prompts to answer (train + held out), >= 2")] = 256,
+    steps: Annotated[int, typer.Option(help="optimizer steps")] = 600,
+    lr: Annotated[float, typer.Option(help="AdamW peak learning rate (linear warm-up, cosine decay)")] = 1e-3,
+    max_tokens: Annotated[int, typer.Option(help="tokens the target generates per answer")] = 256,
+    ttt_steps: Annotated[int, typer.Option(help="training-time-test depths (the head fed its own outputs)")] = 3,
+    batch_size: Annotated[int, typer.Option(help="answers per optimizer step")] = 8,
+    eval_fraction: Annotated[float, typer.Option(help="share of the prompts held out for the estimate")] = 0.1,
+    layers: Annotated[Optional[str], typer.Option(help="target layers to tap, e.g. '1,14,26' (default: EAGLE-3's "
+                                                       "low / middle / high)")] = None,
+    temperature: Annotated[float, typer.Option(help="the target's sampling temperature for its answers (0: greedy)")] = 0.0,
+    max_num_seqs: Annotated[int, typer.Option(help="answers generated together")] = 64,
+    seed: Annotated[int, typer.Option()] = 0,
+    device: Device = None,
+    dtype: Dtype = None,
+) -> None:
+    """Train an EAGLE-3 draft head for a target by self-distillation; print a held-out acceptance estimate."""
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    console = Console()
+    try:
+        args = TrainHeadArgs(num_prompts=num_prompts, steps=steps, lr=lr, max_tokens=max_tokens, ttt_steps=ttt_steps,
+                             batch_size=batch_size, eval_fraction=eval_fraction, max_num_seqs=max_num_seqs,
+                             temperature=temperature)
+        from dynaspec.train_head.prompts import parse_sources
+
+        sources = parse_sources(workload)
+        tapped = _layers(layers)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        name = "--" + str(first["loc"][0]).replace("_", "-")
+        console.print(f"[red]error:[/] {name}: {first['msg']} (got {first.get('input')!r})")
+        raise typer.Exit(2) from None
+    except ValueError as exc:
+        console.print(f"[red]error:[/] {exc}")
+        raise typer.Exit(2) from None
+
+    from dynaspec.train_head.trainer import TrainOptions, train_head
+
+    options = TrainOptions(model=model, sources=sources, out=out, layers_to_capture=tapped, seed=seed,
+                           device=device or "auto", dtype=dtype or "auto", **args.model_dump())
+    columns = (TextColumn("[bold blue]{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
+    with Progress(*columns, console=console) as bar:
+        tasks: dict[str, int] = {}
+
+        def progress(phase: str, done: int, total: int) -> None:
+            if phase not in tasks:
+                tasks[phase] = bar.add_task({"generate": "answering", "train": "training"}.get(phase, phase), total=total)
+            bar.update(tasks[phase], completed=done)
+
+        try:
+            report = train_head(options, progress, log=console.print)
+        except ValueError as exc:
+            console.print(f"[red]error:[/] {exc}")
+            raise typer.Exit(2) from None
+    held = report.held_out
+    console.print(f"head written to {report.out} ({report.num_train_prompts} training answers, "
+                  f"{report.train_tokens} answer tokens; final loss {report.final_loss:.3f})")
+    console.print(f"held out ({report.num_held_out_prompts} prompts, {held['held_out_positions']} positions): "
+                  "accuracy per depth " + ", ".join(f"{a:.2f}" for a in held["accuracy_per_depth"]))
+    console.print("mean accepted length at k: " + ", ".join(
+        f"k={k}: {v:.2f}" for k, v in held["mean_accepted_length"].items()))

@@ -1,0 +1,90 @@
+"""Self-distillation data: the target answers the prompts with the engine, and the hidden states an EAGLE
+head reads are captured in the same pass.
+
+A FeatureTap (models/feature_tap.py) is installed on the target before the engine is built, so every
+forward the engine runs (prefill, decode; eager or captured graphs) writes each token's tapped features at
+its KV slot. After every step the recorder notes each running request's block table; when a request
+finishes, its features for positions 0 .. L - 2 (all its tokens but the last, which the target never fed)
+are still in the cache (the blocks it just freed are not written before the next step's forward), and
+are copied out by slot through the table noted after the previous step (which covers L - 1 slots).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+
+from dynaspec.config import EngineConfig
+from dynaspec.engine.engine import LLMEngine
+from dynaspec.models.feature_tap import FeatureTap, install_feature_tap
+from dynaspec.models.loader import LoadedModel
+from dynaspec.sampling_params import SamplingParams
+
+
+@dataclass
+class Example:
+    """One self-distilled sequence: the prompt and the target's answer, and the target's features."""
+
+    token_ids: list[int]  # prompt + answer, L tokens
+    prompt_len: int
+    features: torch.Tensor  # (L - 1, n * H) on the CPU, the target's dtype: features of positions 0 .. L - 2
+
+
+def record_answers(
+    loaded: LoadedModel,
+    config: EngineConfig,
+    layers: tuple[int, ...],
+    prompts: list[list[int]],
+    params: SamplingParams,
+    on_finished: Callable[[int], None] | None = None,
+) -> list[Example]:
+    """Generate an answer to every prompt (token ids) with an engine over `loaded` and return the examples
+    (in prompt order; a request that ended with an error, or before any decode step, is left out).
+
+    config: the engine's config; it must set num_kv_blocks (the feature cache is sized by it) and must not
+    be speculative. on_finished(n): called with the number of requests finished so far."""
+    if config.num_kv_blocks is None or config.speculative_config is not None:
+        raise ValueError("record_answers needs an EngineConfig with num_kv_blocks set and no speculative_config")
+    dtype = config.resolved_dtype()
+    device = config.resolved_device()
+    hidden = int(loaded.hf_config.hidden_size)
+    tap = FeatureTap(layers, hidden, (config.num_kv_blocks + 1) * config.block_size, dtype, device)
+    install_feature_tap(loaded.model, tap)
+    try:
+        engine = LLMEngine(config, loaded=loaded)
+        return _run(engine, tap, prompts, params, on_finished)
+    finally:
+        install_feature_tap(loaded.model, None)
+
+
+def _run(engine: LLMEngine, tap: FeatureTap, prompts, params, on_finished) -> list[Example]:
+    requests = {}
+    for i, prompt in enumerate(prompts):
+        request_id = f"train-{i}"
+        engine.add_request(request_id, prompt, params)
+        requests[request_id] = (i, engine.requests[request_id])
+    tables: dict[str, list[int]] = {}
+    examples: dict[int, Example] = {}
+    done = 0
+    block_size = engine.config.block_size
+    while engine.has_unfinished_requests():
+        for out in engine.step():
+            if not out.finished:
+                continue
+            done += 1
+            index, request = requests[out.request_id]
+            table = tables.pop(out.request_id, [])
+            tokens = request.all_token_ids
+            if request.finish_reason != "error" and len(tokens) >= 2 and len(table) * block_size >= len(tokens) - 1:
+                positions = torch.arange(len(tokens) - 1)
+                slots = torch.tensor(table)[positions // block_size] * block_size + positions % block_size
+                features = tap.gather(slots.to(tap.caches[0].device)).cpu()  # (L - 1, n * H)
+                examples[index] = Example(list(tokens), request.num_prompt_tokens, features)
+            if on_finished is not None:
+                on_finished(done)
+        for request_id, (_, request) in requests.items():
+            if request.block_ids:
+                tables[request_id] = list(request.block_ids)
+    return [examples[i] for i in sorted(examples)]

@@ -1,0 +1,186 @@
+"""The train-head recipe: prompts -> the target's answers and features (one engine pass) -> EAGLE-3
+training-time test with AdamW -> a head directory that EagleDecodingConfig loads, and a held-out report.
+
+Recipe (EAGLE-3, Li et al. 2025, arXiv 2503.01840; self-distillation as in its paper and SpecForge): the
+target answers every prompt greedily (temperature 0 by default) with the engine, its tapped features are
+recorded in the same pass (train_head/record.py); the head (random init, float32) is trained on the
+training prompts' answers with the unrolled loss of train_head/ttt.py (`ttt_steps` depths, weights 0.8^j),
+AdamW with linear warm-up and cosine decay, gradient clipping at 1; the held-out prompts (never trained on)
+give the acceptance estimate at the end.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from dynaspec.config import EngineConfig
+from dynaspec.models.eagle_head import EagleHeadConfig, random_head, save_head
+from dynaspec.models.feature_tap import check_layers_to_capture, default_layers_to_capture
+from dynaspec.models.loader import load_model
+from dynaspec.sampling_params import SamplingParams
+from dynaspec.train_head.prompts import collect_prompts, held_out_split, prompt_token_ids
+from dynaspec.train_head.record import Example, record_answers
+from dynaspec.train_head.ttt import acceptance_estimate, make_batch, ttt_loss
+
+# (phase, done, total): "generate" (requests finished), "train" (optimizer steps)
+Progress = Callable[[str, int, int], None]
+
+
+@dataclass
+class TrainOptions:
+    """What `dynaspec train-head` takes (validated at the CLI)."""
+
+    model: str
+    sources: list[str] | Path
+    num_prompts: int
+    out: Path
+    steps: int = 600
+    lr: float = 1e-3
+    max_tokens: int = 256
+    ttt_steps: int = 3
+    batch_size: int = 8
+    eval_fraction: float = 0.1
+    max_seq_len: int = 2048
+    layers_to_capture: list[int] | None = None
+    temperature: float = 0.0
+    device: str = "auto"
+    dtype: str = "auto"
+    seed: int = 0
+    max_num_seqs: int = 64
+    warmup_fraction: float = 0.05
+    engine_options: dict = field(default_factory=dict)
+
+
+@dataclass
+class TrainReport:
+    out: Path
+    num_train_prompts: int
+    num_held_out_prompts: int
+    train_tokens: int  # answer tokens trained on
+    final_loss: float
+    held_out: dict  # ttt.acceptance_estimate
+
+
+def _generation_config(options: TrainOptions, loaded, num_prompts: int, longest_prompt: int) -> EngineConfig:
+    """The engine that answers the prompts: enough KV blocks for max_num_seqs full answers (set explicitly:
+    the feature cache is sized by it), no speculation."""
+    block_size = 16
+    max_len = longest_prompt + options.max_tokens + 1
+    seqs = min(options.max_num_seqs, num_prompts)
+    blocks = seqs * -(-max_len // block_size) + 1
+    return EngineConfig(
+        model=options.model, device=options.device, dtype=options.dtype, block_size=block_size,
+        num_kv_blocks=blocks, max_num_seqs=seqs, max_model_len=max_len, seed=options.seed, **options.engine_options,
+    )
+
+
+def train_head(options: TrainOptions, progress: Progress | None = None, log: Callable[[str], None] = print) -> TrainReport:
+    """Run the recipe (module docstring); returns the report, writes the head to options.out."""
+    progress = progress or (lambda phase, done, total: None)
+    torch.manual_seed(options.seed)
+    probe = EngineConfig(model=options.model, device=options.device, dtype=options.dtype)
+    loaded = load_model(options.model, dtype=probe.resolved_dtype(), device=probe.resolved_device())
+    if loaded.tokenizer is None:
+        raise ValueError(f"model {options.model!r} has no tokenizer: train-head needs text prompts")
+    num_layers = int(loaded.hf_config.num_hidden_layers)
+    layers = check_layers_to_capture(options.layers_to_capture or default_layers_to_capture(num_layers), num_layers)
+
+    prompts = collect_prompts(options.sources, options.num_prompts, options.seed)
+    train_prompts, held_prompts = held_out_split(prompts, options.eval_fraction, options.seed)
+    ids = [prompt_token_ids(loaded.tokenizer, p)[: options.max_seq_len - options.max_tokens] for p in prompts]
+    held_keys = {id(p) for p in held_prompts}
+    is_held = [id(p) in held_keys for p in prompts]
+    log(f"{len(train_prompts)} training prompts, {len(held_prompts)} held out; tapped layers {list(layers)}")
+
+    config = _generation_config(options, loaded, len(ids), max(len(i) for i in ids))
+    params = SamplingParams(temperature=options.temperature, max_tokens=options.max_tokens, seed=options.seed)
+    examples = record_answers(loaded, config, layers, ids, params, lambda n: progress("generate", n, len(ids)))
+    # record_answers keeps prompt order minus failed requests: match examples back by their prompt ids
+    train, held = _split_examples(examples, ids, is_held)
+    if not train or not held:
+        raise ValueError("no answers recorded for the training or the held-out prompts (all too short?)")
+
+    device = probe.resolved_device()
+    head = random_head(EagleHeadConfig.for_target(loaded.hf_config, loaded.name, list(layers)), loaded.hf_config,
+                       options.seed).to(device=device, dtype=torch.float32).train()
+    target = loaded.model
+    final_loss = _optimize(head, target, train, options, device, progress)
+    head.eval()
+    save_head(head, options.out)
+    held_batches = [make_batch(held[i : i + options.batch_size], device, torch.float32, options.max_seq_len)
+                    for i in range(0, len(held), options.batch_size)]
+    with _target_in_float32(target):
+        estimate = acceptance_estimate(head, target, held_batches, options.ttt_steps)
+    train_tokens = sum(len(e.token_ids) - e.prompt_len for e in train)
+    return TrainReport(options.out, len(train), len(held), train_tokens, final_loss, estimate)
+
+
+def _split_examples(examples: list[Example], ids: list[list[int]], is_held: list[bool]):
+    train, held = [], []
+    cursor = 0
+    for prompt, held_out in zip(ids, is_held):
+        if cursor < len(examples) and examples[cursor].token_ids[: len(prompt)] == prompt \
+                and examples[cursor].prompt_len == len(prompt):
+            (held if held_out else train).append(examples[cursor])
+            cursor += 1
+    return train, held
+
+
+class _target_in_float32:
+    """The frozen target's embedding / lm_head in float32 while the float32 head trains on them (a bfloat16
+    target is cast back afterwards)."""
+
+    def __init__(self, target: torch.nn.Module):
+        self.target = target
+        self.dtype = next(target.parameters()).dtype
+
+    def __enter__(self):
+        if self.dtype != torch.float32:
+            self.target.to(torch.float32)
+        return self.target
+
+    def __exit__(self, *exc):
+        if self.dtype != torch.float32:
+            self.target.to(self.dtype)
+
+
+def _optimize(head, target, train: list[Example], options: TrainOptions, device, progress: Progress) -> float:
+    """AdamW over shuffled batches of the training examples for options.steps steps; the last loss."""
+    optimizer = torch.optim.AdamW(head.parameters(), lr=options.lr, weight_decay=0.0, betas=(0.9, 0.95))
+    warmup = max(1, int(options.steps * options.warmup_fraction))
+
+    def schedule(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / warmup
+        return 0.5 * (1 + math.cos(math.pi * (step - warmup) / max(1, options.steps - warmup)))
+
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
+    rng = random.Random(options.seed)
+    order: list[int] = []
+    loss_value = float("nan")
+    # the frozen target's embedding and lm_head in the head's float32 (lm_head grads flow to the head only)
+    with _target_in_float32(target):
+        target.requires_grad_(False)
+        for step in range(options.steps):
+            if len(order) < options.batch_size:
+                fresh = list(range(len(train)))
+                rng.shuffle(fresh)
+                order.extend(fresh)
+            chosen = [train[i] for i in order[: options.batch_size]]
+            del order[: options.batch_size]
+            batch = make_batch(chosen, device, torch.float32, options.max_seq_len)
+            loss, _ = ttt_loss(head, target, batch, options.ttt_steps)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(head.parameters(), 1.0)
+            optimizer.step()
+            scheduler.step()
+            loss_value = float(loss)
+            progress("train", step + 1, options.steps)
+    return loss_value

@@ -42,6 +42,11 @@ class EngineConfig(BaseModel):
     # run one-row (batch-1 decode) projections through a Triton GEMV, so a batch-1 step is one chain of
     # overlapping launches (models/decode_kernels.py). Ignored on CPU and older GPUs.
     dependent_launch: bool = True
+    # Deterministic mode (issue 22): every GEMM, the attention and the lm_head run batch-invariant kernels
+    # (models/invariant_linear.py, models/invariant_attention.py), so a token row's logits are the same
+    # bits at any batch size, draft length, graph bucket or prefill chunking: speculation is token-
+    # identical to plain decoding and a seeded request gives the same tokens at any batch. Slower.
+    deterministic: bool = False
     # Automatic prefix caching (vLLM's APC): full KV blocks of committed tokens are content-hashed, shared
     # copy-free by requests with the same prefix, kept after release in an LRU free queue and evicted only
     # when a new block is needed (engine/prefix_cache.py). False: every request prefills its whole prompt.

@@ -83,7 +83,7 @@ class LLMEngine:
         context = DrafterContext(loaded, self.dtype, self.device, config.seed, config.model_cache_dir, progress)
         self.drafter = build_drafter(spec, context)
         self.acceptance = acceptance_strategy(spec, config.seed)  # benchmark-only replay, or the target's verdict
-        kernels = decode_kernels_for(self.device, config.dependent_launch)
+        kernels = decode_kernels_for(self.device, config.dependent_launch, config.deterministic)
         loaded.model.set_decode_kernels(kernels)
 
         self.use_graphs = self.device.type == "cuda" and not config.enforce_eager

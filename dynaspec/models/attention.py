@@ -14,7 +14,8 @@ The reference path (`reference_paged_attention`) runs on any device with plain t
 sequence's blocks into a padded (B, S, Hkv, D) tensor, pads the queries to (B, Qmax, H, D), builds the
 causal + length mask and calls `torch.nn.functional.scaled_dot_product_attention`, with no Python loop
 over sequences. On CUDA, decode and verify steps (max query length <= 8) run the
-Triton kernel of `triton_attention.py` instead (dispatch in `paged_attention`).
+Triton kernel of `triton_attention.py` instead (dispatch in `paged_attention`). Deterministic mode
+(`deterministic=True`) takes the batch-invariant kernels of `invariant_attention.py` on every device.
 """
 
 from __future__ import annotations
@@ -35,6 +36,7 @@ def paged_attention(
     sliding_window: int | None = None,
     kv_written: bool = False,
     pdl: bool = False,
+    deterministic: bool = False,
 ) -> torch.Tensor:
     """Write the new K/V into the paged cache, then attend causally over each sequence's context.
 
@@ -43,11 +45,16 @@ def paged_attention(
     sliding_window: if set, a query at position p sees only keys at positions > p - sliding_window
     (HF Mistral / Qwen2 semantics); kv_written: the caller already stored k, v at meta.slot_mapping
     (fused_ops.rope_qk_ with kv_write); pdl: launch the CUDA decode kernels with programmatic dependent
-    launch (`pdl.py`). Returns (T, H, D) in q's dtype.
+    launch (`pdl.py`); deterministic: the batch-invariant kernels of `invariant_attention.py` on every
+    device (EngineConfig.deterministic). Returns (T, H, D) in q's dtype.
     """
     _check_inputs(q, k, v, kv_cache, meta, sliding_window)
     if not kv_written:
         write_kv_cache(k, v, kv_cache, meta.slot_mapping)
+    if deterministic:
+        from dynaspec.models.invariant_attention import invariant_paged_attention
+
+        return invariant_paged_attention(q, kv_cache, meta, scale, sliding_window, pdl=pdl)  # (T, H, D)
     if q.is_cuda and 1 <= meta.max_query_len <= 8:
         # Decode / verify steps: the fused Triton kernel reads K/V straight from the paged cache
         # (imported here: Triton is only needed on CUDA). Prefill stays on the reference path.

@@ -10,6 +10,10 @@
 - `gemv`: the projections (of `GEMV_PROJECTIONS`) that a step with ONE token row runs through the Triton
   GEMV of `gemv.py` instead of cuBLAS, so that batch-1 decode is one chain of PDL kernels (cuBLAS's
   kernels are launched without PDL and break it; o_proj / down at M = 1 also add a split-K reduce).
+- `deterministic` (EngineConfig.deterministic): every projection and the lm_head run through the batch-
+  invariant GEMM of `invariant_linear.py` and attention through `invariant_attention.py`, so a token
+  row's logits do not depend on the step's other rows, its query length or the graph bucket. It
+  excludes the GEMV above (one row would reduce in another order than the GEMM of a larger step).
 
 Measured on an H200 (docs/benchmarks.md, "Programmatic dependent launch"). This module holds no Triton
 code, so CPU-only installs import it freely.
@@ -30,6 +34,7 @@ class DecodeKernels:
 
     dependent_launch: bool = False
     gemv: frozenset[str] = frozenset()
+    deterministic: bool = False
 
     def __post_init__(self) -> None:
         unknown = sorted(set(self.gemv) - set(GEMV_PROJECTIONS))
@@ -37,6 +42,9 @@ class DecodeKernels:
             raise ValueError(f"unknown GEMV projection(s) {unknown}; allowed: {', '.join(GEMV_PROJECTIONS)}")
         if self.gemv and not self.dependent_launch:
             raise ValueError("the batch-1 GEMV path is only used with dependent_launch=True (alone it gains nothing)")
+        if self.gemv and self.deterministic:
+            raise ValueError("deterministic kernels exclude the batch-1 GEMV path: one row would reduce in "
+                             "another order than the GEMM of a larger step")
 
 
 def supports_dependent_launch(device: torch.device) -> bool:
@@ -49,8 +57,12 @@ def supports_dependent_launch(device: torch.device) -> bool:
     return hasattr(tl.extra.cuda, "gdc_wait") and hasattr(tl.extra.cuda, "gdc_launch_dependents")
 
 
-def decode_kernels_for(device: torch.device, enabled: bool) -> DecodeKernels:
-    """The fast paths for `device` when `enabled` (EngineConfig.dependent_launch); all off elsewhere."""
-    if not enabled or not supports_dependent_launch(device):
+def decode_kernels_for(device: torch.device, enabled: bool, deterministic: bool = False) -> DecodeKernels:
+    """The fast paths for `device` when `enabled` (EngineConfig.dependent_launch); all off elsewhere.
+    `deterministic` (EngineConfig.deterministic): the batch-invariant kernels, PDL kept, no GEMV."""
+    pdl = enabled and supports_dependent_launch(device)
+    if deterministic:
+        return DecodeKernels(dependent_launch=pdl, deterministic=True)
+    if not pdl:
         return DecodeKernels()
     return DecodeKernels(dependent_launch=True, gemv=frozenset(GEMV_PROJECTIONS))

@@ -23,6 +23,7 @@ from transformers.modeling_rope_utils import ROPE_INIT_FUNCTIONS
 from dynaspec.models.attention import paged_attention
 from dynaspec.models.attention_metadata import AttentionMetadata
 from dynaspec.models.decode_kernels import DecodeKernels
+from dynaspec.models.invariant_linear import invariant_linear
 
 # RoPE variants whose frequencies do not depend on the running sequence length.
 STATIC_ROPE_TYPES = ("default", "linear", "llama3", "yarn")
@@ -31,7 +32,10 @@ STATIC_ROPE_TYPES = ("default", "linear", "llama3", "yarn")
 def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, kernels: DecodeKernels,
            projection: str) -> torch.Tensor:
     """x (T, in) @ weight^T (+ bias): the Triton GEMV (launched with PDL) for a one-row step when
-    `kernels` routes this projection (one of decode_kernels.GEMV_PROJECTIONS) there, else F.linear."""
+    `kernels` routes this projection (one of decode_kernels.GEMV_PROJECTIONS) there, the batch-invariant
+    GEMM in deterministic mode (invariant_linear.py), else F.linear."""
+    if kernels.deterministic:
+        return invariant_linear(x, weight, bias, pdl=kernels.dependent_launch)
     if projection in kernels.gemv and x.shape[0] == 1 and x.is_cuda:
         from dynaspec.models import gemv  # Triton is only needed on CUDA
 
@@ -284,7 +288,8 @@ class LlamaAttention(FusedProjections):
             q = apply_rope(q, cos, sin)
             k = apply_rope(k, cos, sin)
         out = paged_attention(q, k, v, kv_cache, meta, self.scaling, self.sliding_window, kv_written,
-                              pdl=self.decode_kernels.dependent_launch)  # (T, H, D)
+                              pdl=self.decode_kernels.dependent_launch,
+                              deterministic=self.decode_kernels.deterministic)  # (T, H, D)
         out = out.reshape(num_tokens, self.num_heads * self.head_dim)
         return linear(out, self.o_proj.weight, self.o_proj.bias, self.decode_kernels, "o_proj")
 
@@ -467,6 +472,8 @@ class LlamaForCausalLM(nn.Module):
     def compute_logits(self, hidden: torch.Tensor) -> torch.Tensor:
         """hidden (N, hidden) -> logits (N, vocab) float32."""
         weight = self.model.embed_tokens.weight if self.lm_head is None else self.lm_head.weight
+        if self.decode_kernels.deterministic:
+            return invariant_linear(hidden, weight, pdl=self.decode_kernels.dependent_launch).float()
         return F.linear(hidden, weight).float()
 
     def load_weights(self, weights: Iterable[tuple[str, torch.Tensor]]) -> None:

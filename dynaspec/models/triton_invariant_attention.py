@@ -119,12 +119,12 @@ def _invariant_attention_kernel(
     b, row_pos, lo, n_keys = _row_geometry(row_seq_ptr, query_start_loc_ptr, seq_lens_ptr, t, num_seqs,
                                            sliding_window, USE_WINDOW)
     g = tl.arange(0, ROWS)
-    g_valid = g < GROUP
+    g_valid = (g < GROUP) & (g < tl.where(n_keys > 0, ROWS, 0))  # no row outside every sequence
     head = kvh * GROUP + g
     d = tl.arange(0, BLOCK_D)
     d_valid = d < HEAD_DIM
     q_offs = t.to(tl.int64) * stride_qt + head[:, None] * stride_qh + d[None, :]
-    q = tl.load(q_ptr + q_offs, mask=g_valid[:, None] & d_valid[None, :] & (n_keys > 0), other=0.0)
+    q = tl.load(q_ptr + q_offs, mask=g_valid[:, None] & d_valid[None, :], other=0.0)
 
     split_keys: tl.constexpr = SPLIT_TILES * BLOCK_N
     row_splits = tl.cdiv(n_keys, split_keys)
@@ -157,7 +157,7 @@ def _invariant_attention_kernel(
         out = acc_tot / tl.where(l_tot == 0.0, 1.0, l_tot)[:, None]
         o_offs = t.to(tl.int64) * stride_ot + head[:, None] * stride_oh + d[None, :]
         tl.store(out_ptr + o_offs, out.to(out_ptr.dtype.element_ty),
-                 mask=g_valid[:, None] & d_valid[None, :] & (n_keys > 0))
+                 mask=g_valid[:, None] & d_valid[None, :])
 
 
 @triton.jit
@@ -175,7 +175,7 @@ def _merge_kernel(
     b, row_pos, lo, n_keys = _row_geometry(row_seq_ptr, query_start_loc_ptr, seq_lens_ptr, t, num_seqs,
                                            sliding_window, USE_WINDOW)
     g = tl.arange(0, ROWS)
-    g_valid = g < GROUP
+    g_valid = (g < GROUP) & (g < tl.where(n_keys > 0, ROWS, 0))  # no row outside every sequence
     head = kvh * GROUP + g
     d = tl.arange(0, BLOCK_D)
     d_valid = d < HEAD_DIM
@@ -193,7 +193,7 @@ def _merge_kernel(
     out = acc_tot / tl.where(l_tot == 0.0, 1.0, l_tot)[:, None]
     o_offs = t.to(tl.int64) * stride_ot + head[:, None] * stride_oh + d[None, :]
     tl.store(out_ptr + o_offs, out.to(out_ptr.dtype.element_ty),
-             mask=g_valid[:, None] & d_valid[None, :] & (n_keys > 0))
+             mask=g_valid[:, None] & d_valid[None, :])
 
 
 def supports(q: torch.Tensor, kv_cache: torch.Tensor) -> bool:

@@ -1,8 +1,8 @@
 """Rank 0's side of tensor parallelism: start the worker processes, shard its own model, send commands,
 notice a dead worker, stop them all.
 
-`start_tensor_parallel(...)` (called by LLMEngine at start-up with tensor_parallel_size > 1) spawns
-ranks 1..N-1 with torch.multiprocessing (runtime/tp_worker.py), joins the process groups with them
+`start_tensor_parallel(...)` (called by LLMEngine at start-up with tensor_parallel_size > 1) starts
+ranks 1..N-1 with torch.multiprocessing (forkserver; runtime/tp_worker.py), joins the process groups with them
 (runtime/tp_group.py), shards rank 0's already loaded model in place and waits until every worker has
 loaded and sharded its own copy. No global state: the groups are objects of this engine, so engines in
 one process do not interfere.
@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import contextlib
 import multiprocessing.connection
+import multiprocessing.context
 import signal
 import threading
 import weakref
@@ -64,6 +65,16 @@ def _exit_description(code: int | None) -> str:
     return f"exit code {code}"
 
 
+def worker_context() -> multiprocessing.context.BaseContext:
+    """torch.multiprocessing's forkserver context with the worker's modules preloaded: the first engine
+    pays the imports (torch, transformers) once, in the fork server; every worker after it is a fork of
+    that clean process (never of this one: no CUDA context, no threads are inherited). The fork server
+    ends with this interpreter."""
+    context = torch.multiprocessing.get_context("forkserver")
+    context.set_forkserver_preload(["dynaspec.runtime.tp_worker"])
+    return context
+
+
 class TensorParallelWorkers:
     """Ranks 1..N-1 of one engine, seen from rank 0."""
 
@@ -75,7 +86,7 @@ class TensorParallelWorkers:
         self.size = size
         self.device = device
         store = host_store(size)
-        context = torch.multiprocessing.get_context("spawn")
+        context = worker_context()
         self.processes: list[multiprocessing.process.BaseProcess] = []
         self.pipes: list[multiprocessing.connection.Connection] = []
         self.reports: dict[int, str] = {}  # rank -> the error a worker reported

@@ -1,6 +1,6 @@
 """A tensor-parallel worker process (ranks 1..N-1): its shard of the target, its KV heads, its graphs.
 
-Started by runtime/tp_launcher.py (torch.multiprocessing, spawn). The worker loads the model, shards it
+Started by runtime/tp_launcher.py (torch.multiprocessing, forkserver). The worker loads the model, shards it
 for its rank (models/tensor_parallel.py) and then runs, forever, whatever rank 0 broadcasts: the same
 forward rank 0 runs, on the same inputs, so the all-reduces of every layer meet (Megatron-LM, Shoeybi
 et al. 2019, arXiv 1909.08053). It owns no scheduler, sampler, policy or drafter: the draft length and
@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import os
 import signal
+import sys
 import threading
 import traceback
 from dataclasses import dataclass
@@ -75,6 +76,11 @@ def worker_main(spec: WorkerSpec, pipe: Connection) -> None:
         except OSError:
             pass
         raise SystemExit(1) from None
+    # told to STOP: leave now (nothing to flush but the standard streams; the interpreter's teardown of
+    # torch and the process groups took seconds)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)
 
 
 def _serve(model: torch.nn.Module, groups: ProcessGroups, dtype: torch.dtype, device: torch.device) -> None:

@@ -96,16 +96,22 @@ def _specs(draft_model: str) -> dict[str, object]:
     }
 
 
-@pytest.mark.parametrize("kind", ["plain", "ngram", "draft_model"])
-def test_tp2_qwen05b_heads_greedy_equals_tp1(qwen_dirs, kind):
-    """Random weights: the first prompt is the second plus the start of its own greedy continuation, so
-    the n-gram pool holds what the second request generates next."""
+@pytest.fixture(scope="module")
+def qwen_expected(qwen_dirs) -> tuple[list[list[int]], list[int], list[list[int]]]:
+    """(prompts, lengths, greedy tokens at tensor_parallel_size 1). Random weights: the first prompt is the
+    second plus the start of its own greedy continuation, so the n-gram pool holds what the second
+    request generates next."""
     second = [11, 12, 13, 11, 12, 13, 11, 12]
     lengths = [4, 14, 3]
     with LLM(model=qwen_dirs["target"], block_size=4, **ENGINE) as reference:
         (continuation,) = _generate(reference, [second], [16])
         prompts = [second + continuation[:16], second, [7, 8, 9, 10]]
-        expected = _staggered(reference, prompts, lengths)
+        return prompts, lengths, _staggered(reference, prompts, lengths)
+
+
+@pytest.mark.parametrize("kind", ["plain", "ngram", "draft_model"])
+def test_tp2_qwen05b_heads_greedy_equals_tp1(qwen_dirs, qwen_expected, kind):
+    prompts, lengths, expected = qwen_expected
     spec = _specs(qwen_dirs["draft"])[kind]
     with LLM(model=qwen_dirs["target"], block_size=4, tensor_parallel_size=2, speculative_config=spec, **ENGINE) as llm:
         assert _staggered(llm, prompts, lengths) == expected
@@ -113,19 +119,25 @@ def test_tp2_qwen05b_heads_greedy_equals_tp1(qwen_dirs, kind):
             _assert_crossed_k0(llm)
 
 
+SMOLLM2_PROMPTS = ["1, 2, 3, 4, 5, 6, 7,", "1, 2, 3, 4,", "The capital of France is"]
+SMOLLM2_LENGTHS = [4, 10, 3]
+
+
+@pytest.fixture(scope="module")
+def smollm2_expected(smollm2_dir) -> list[list[int]]:
+    with LLM(model=str(smollm2_dir), **ENGINE) as reference:
+        return _staggered(reference, SMOLLM2_PROMPTS, SMOLLM2_LENGTHS)
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("kind", ["plain", "ngram", "draft_model"])
-def test_tp3_smollm2_greedy_equals_tp1(smollm2_dir, kind):
+def test_tp3_smollm2_greedy_equals_tp1(smollm2_dir, smollm2_expected, kind):
     """SmolLM2-135M: 9 heads and 3 KV heads over 3 ranks (3 query heads and 1 KV head each). The draft
     model is SmolLM2 itself, unsharded on rank 0."""
-    prompts = ["1, 2, 3, 4, 5, 6, 7,", "1, 2, 3, 4,", "The capital of France is"]
-    lengths = [4, 12, 3]
     model = str(smollm2_dir)
-    with LLM(model=model, **ENGINE) as reference:
-        expected = _staggered(reference, prompts, lengths)
     spec = _specs(model)[kind]
     with LLM(model=model, tensor_parallel_size=3, speculative_config=spec, **ENGINE) as llm:
-        assert _staggered(llm, prompts, lengths) == expected
+        assert _staggered(llm, SMOLLM2_PROMPTS, SMOLLM2_LENGTHS) == smollm2_expected
         if spec is not None:
             _assert_crossed_k0(llm)
 
@@ -189,3 +201,51 @@ def test_config_refuses_a_size_below_one():
 
     with pytest.raises(ValueError, match="tensor_parallel_size"):
         EngineConfig(tensor_parallel_size=0)
+
+
+_RANK0_SCRIPT = """
+import sys
+from dynaspec import LLM, SamplingParams
+llm = LLM(model=sys.argv[1], block_size=4, tensor_parallel_size=2, dtype="float32", device="cpu",
+          max_num_seqs=4, max_model_len=256)
+print(*(p.pid for p in llm.engine.workers.processes), flush=True)
+while True:  # until Ctrl-C or SIGKILL
+    llm.generate([[1, 2, 3]], SamplingParams(temperature=0, max_tokens=8))
+"""
+
+
+def _gone(pid: int) -> bool:
+    """The process ended (a zombie counts: it runs nothing, and init reaps it)."""
+    try:
+        with open(f"/proc/{pid}/stat") as fh:
+            return fh.read().rsplit(")", 1)[1].split()[0] == "Z"
+    except FileNotFoundError:
+        return True
+
+
+@pytest.mark.parametrize("how", [signal.SIGINT, signal.SIGKILL], ids=["ctrl-c", "rank0-killed"])
+def test_no_worker_outlives_rank0(qwen_dirs, how):
+    """Ctrl-C (SIGINT to the whole process group, as a terminal sends it) or a SIGKILL of rank 0 while it
+    generates: every worker process ends too."""
+    import subprocess
+    import sys
+    import time
+
+    root = Path(__file__).resolve().parents[1]
+    proc = subprocess.Popen([sys.executable, "-c", _RANK0_SCRIPT, qwen_dirs["target"]], cwd=root,
+                            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, start_new_session=True)
+    try:
+        pids = [int(p) for p in proc.stdout.readline().split()]
+        assert len(pids) == 1 and not _gone(pids[0])
+        if how == signal.SIGINT:
+            os.killpg(proc.pid, signal.SIGINT)
+        else:
+            proc.kill()
+        proc.wait(timeout=120)
+        deadline = time.monotonic() + 120  # a bound for a loaded machine, not a timing assertion
+        while not all(_gone(pid) for pid in pids) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert all(_gone(pid) for pid in pids)
+    finally:
+        if proc.poll() is None:
+            proc.kill()

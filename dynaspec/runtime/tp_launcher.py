@@ -34,9 +34,9 @@ import torch.multiprocessing
 from dynaspec.models.loader import LoadedModel
 from dynaspec.models.tensor_parallel import check_tensor_parallel, shard_model
 from dynaspec.runtime.tp_group import CommandChannel, ProcessGroups, host_store, make_groups
-from dynaspec.runtime.tp_worker import STOP, WorkerSpec, broadcast_from_rank0, worker_main
+from dynaspec.runtime.tp_worker import WorkerSpec, broadcast_from_rank0, worker_main
 
-STOP_GRACE_SECONDS = 10.0  # a worker told to STOP gets this long before SIGTERM, then as long before SIGKILL
+STOP_GRACE_SECONDS = 10.0  # a worker told to stop gets this long before SIGTERM, then as long before SIGKILL
 DEATH_REPORT_SECONDS = 5.0  # after a failed collective: how long to wait for the dead worker to be reaped
 
 
@@ -89,21 +89,26 @@ class TensorParallelWorkers:
         context = worker_context()
         self.processes: list[multiprocessing.process.BaseProcess] = []
         self.pipes: list[multiprocessing.connection.Connection] = []
+        self.stop_pipes: list[multiprocessing.connection.Connection] = []
         self.reports: dict[int, str] = {}  # rank -> the error a worker reported
-        self._state = _StopState(self.processes, self.pipes)
+        self._state = _StopState(self.processes, self.pipes, self.stop_pipes)
         for rank in range(1, size):
             spec = WorkerSpec(loaded.spec, dtype, device.type, device.index or 0, cache_dir, dependent_launch,
                               rank, size, store.port)
-            receiver, sender = context.Pipe(duplex=False)
-            process = context.Process(target=worker_main, args=(spec, sender), name=f"dynaspec-tp-rank{rank}", daemon=True)
+            receiver, sender = context.Pipe(duplex=False)  # worker -> rank 0: hello, ready, error
+            stop_receiver, stop_sender = context.Pipe(duplex=False)  # rank 0 -> worker: stop
+            process = context.Process(target=worker_main, args=(spec, sender, stop_receiver),
+                                      name=f"dynaspec-tp-rank{rank}", daemon=True)
             process.start()
             sender.close()
+            stop_receiver.close()
             self.processes.append(process)
             self.pipes.append(receiver)
+            self.stop_pipes.append(stop_sender)
         self._finalizer = weakref.finalize(self, self._state.stop)  # at GC and at interpreter exit
         self._wait_for("hello")
         self.groups: ProcessGroups = make_groups(store, 0, size, device)
-        self.channel = self._state.channel = CommandChannel(self.groups.control)
+        self.channel = CommandChannel(self.groups.control)
         self._store = store
         shard_model(loaded.model, self.groups.model)
         self._wait_for("ready")
@@ -125,15 +130,24 @@ class TensorParallelWorkers:
 
     @contextlib.contextmanager
     def failure_check(self) -> Iterator[None]:
-        """Turn a failed collective into a TensorParallelWorkerError naming the worker that died."""
+        """Around a mirrored operation: a failed collective becomes a TensorParallelWorkerError naming the
+        worker that died. Anything raised in the middle (a worker's death, a forward's error, Ctrl-C)
+        leaves the ranks out of lock-step (a worker may wait in a collective rank 0 will not join), so
+        the workers are stopped and every later command is refused: the engine is done."""
         try:
             yield
         except TensorParallelWorkerError:
+            self.stop()
             raise
         except RuntimeError as exc:
             dead = self._dead(wait=DEATH_REPORT_SECONDS)
-            if dead:
-                raise self._death_error(dead) from exc
+            error = self._death_error(dead) if dead else None
+            self.stop()
+            if error is not None:
+                raise error from exc
+            raise
+        except BaseException:
+            self.stop()
             raise
 
     @property
@@ -142,10 +156,15 @@ class TensorParallelWorkers:
 
     def check_alive(self) -> None:
         if self.stopped:
-            raise TensorParallelWorkerError("the tensor-parallel workers were stopped (engine shut down)")
+            raise TensorParallelWorkerError(
+                "the tensor-parallel workers were stopped (the engine was shut down, or a step failed or was "
+                "interrupted); create a new engine"
+            )
         dead = self._dead()
         if dead:
-            raise self._death_error(dead)
+            error = self._death_error(dead)
+            self.stop()
+            raise error
 
     # ----------------------------------------------------------------------------------- stop
     def stop(self) -> None:
@@ -223,24 +242,25 @@ class _StopState:
     """What stopping the workers needs, apart from TensorParallelWorkers (so weakref.finalize can stop
     them when that object is collected)."""
 
-    def __init__(self, processes: list, pipes: list) -> None:
+    def __init__(self, processes: list, pipes: list, stop_pipes: list) -> None:
         self.processes = processes
         self.pipes = pipes
-        self.channel: CommandChannel | None = None
+        self.stop_pipes = stop_pipes
         self.stopped = False
 
     def stop(self) -> None:
-        """STOP to every worker (when all live), then SIGTERM / SIGKILL whatever has not exited in time."""
+        """Say stop on every worker's stop pipe (its watcher thread ends the process whatever the worker
+        is doing: no collective is involved, so this works mid-step too), wait, then SIGTERM / SIGKILL
+        whatever has not exited in time."""
         if self.stopped:
             return
         self.stopped = True
-        grace = 0.0  # a worker that was not told to stop waits for a command: terminate it at once
-        if self.channel is not None and all(p.is_alive() for p in self.processes):
-            with contextlib.suppress(Exception):
-                self.channel.send((STOP,))
-                grace = STOP_GRACE_SECONDS
+        for pipe in self.stop_pipes:
+            with contextlib.suppress(OSError):
+                pipe.send("stop")
+            pipe.close()
         for process in self.processes:
-            process.join(grace)
+            process.join(STOP_GRACE_SECONDS)
         for process in self.processes:
             if process.is_alive():
                 process.terminate()

@@ -7,8 +7,9 @@ et al. 2019, arXiv 1909.08053). It owns no scheduler, sampler, policy or drafter
 everything else a forward needs were decided on rank 0 and arrive in the command.
 
 It never outlives rank 0: SIGINT is ignored (Ctrl-C reaches the whole process group; rank 0 decides
-and stops the workers), a thread exits the process when the parent dies, and the control group's wait
-fails when rank 0's connection closes. Its own failure is reported on its pipe before it exits.
+and stops the workers), and a thread exits the process at once when rank 0 says stop on its stop pipe
+or dies (without a collective: a worker may be waiting in one that will never complete). Its own
+failure is reported on its pipe before it exits.
 """
 
 from __future__ import annotations
@@ -33,7 +34,6 @@ from dynaspec.runtime.tp_group import CommandChannel, ProcessGroups, join_store,
 ATTACH = "attach"  # (ATTACH, num_blocks, block_size): allocate this rank's KV heads (a ModelRunner)
 CALL = "call"  # (CALL, method, args, ids_numel | None): runner.method(*args) (+ the broadcast device ids)
 IDLE = "idle"  # (IDLE, batch, k): one idle step of the cost probe (ModelRunner.idle_step)
-STOP = "stop"  # (STOP,): leave the loop and exit
 # The runner methods a CALL may name: every forward and graph capture of the target's runner.
 RUNNER_METHODS = frozenset({"forward", "forward_uniform", "forward_ragged", "capture_graphs", "capture_ragged_graphs"})
 
@@ -53,10 +53,11 @@ class WorkerSpec:
     store_port: int
 
 
-def worker_main(spec: WorkerSpec, pipe: Connection) -> None:
-    """Entry point of a worker process (runs until STOP, rank 0's death, or an error it reports)."""
+def worker_main(spec: WorkerSpec, pipe: Connection, stop: Connection) -> None:
+    """Entry point of a worker process: runs rank 0's commands until `stop` (rank 0's end of it) speaks or
+    closes, rank 0 dies, or an error, which it reports on `pipe`."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    _exit_with_parent()
+    _exit_on_stop_or_parent_death(stop)
     try:
         device = torch.device("cpu")
         if spec.device_type == "cuda":
@@ -76,23 +77,16 @@ def worker_main(spec: WorkerSpec, pipe: Connection) -> None:
         except OSError:
             pass
         raise SystemExit(1) from None
-    # told to STOP: leave now (nothing to flush but the standard streams; the interpreter's teardown of
-    # torch and the process groups took seconds)
-    sys.stdout.flush()
-    sys.stderr.flush()
-    os._exit(0)
 
 
 def _serve(model: torch.nn.Module, groups: ProcessGroups, dtype: torch.dtype, device: torch.device) -> None:
-    """The command loop: run what rank 0 runs until it says STOP."""
+    """The command loop: run what rank 0 runs (forever: the process ends from its stop watcher)."""
     channel = CommandChannel(groups.control)
     runner: ModelRunner | None = None
     idle: tuple[tuple[int, int], object] | None = None  # the staged idle step while probes repeat it
     while True:
         command = channel.receive()
         name = command[0]
-        if name == STOP:
-            return
         if name == IDLE:
             key = command[1:]
             if idle is None or idle[0] != key:
@@ -121,16 +115,21 @@ def broadcast_from_rank0(groups: ProcessGroups, tensor: torch.Tensor) -> None:
     groups.model.process_group.broadcast([tensor], options).wait()
 
 
-def _exit_with_parent() -> None:
-    """A daemon thread that ends this process as soon as its parent (rank 0) is gone, however it died."""
+def _exit_on_stop_or_parent_death(stop: Connection) -> None:
+    """A daemon thread that ends this process as soon as rank 0 says stop (or closes its end of `stop`)
+    or is gone, however it died, whatever the main thread is doing (even waiting in a collective that
+    will never complete). Nothing to flush but the standard streams; os._exit also skips the seconds the
+    interpreter's teardown of torch and the process groups takes."""
     import multiprocessing
+    import multiprocessing.connection
 
     parent = multiprocessing.parent_process()
-    if parent is None:
-        return
+    waits = [stop] + ([parent.sentinel] if parent is not None else [])
 
     def watch() -> None:
-        parent.join()
-        os._exit(1)
+        multiprocessing.connection.wait(waits)
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(0)
 
-    threading.Thread(target=watch, name="dynaspec-tp-parent-watch", daemon=True).start()
+    threading.Thread(target=watch, name="dynaspec-tp-stop-watch", daemon=True).start()

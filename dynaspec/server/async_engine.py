@@ -242,6 +242,7 @@ class AsyncEngine:
             self._fail_all(engine, live, closing)
             self._drain(closing)
             self._snapshot = EngineSnapshot(loop_alive=False, fault=self.fault)
+            engine.shutdown()  # its tensor-parallel worker processes, if any
 
     def _close(self) -> None:
         with self._lock:

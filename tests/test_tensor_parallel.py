@@ -249,3 +249,16 @@ def test_no_worker_outlives_rank0(qwen_dirs, how):
     finally:
         if proc.poll() is None:
             proc.kill()
+
+
+def test_cli_flag_reaches_the_engine_and_a_bad_size_is_one_line(qwen_dirs):
+    from typer.testing import CliRunner
+
+    from dynaspec.cli import app
+
+    result = CliRunner().invoke(app, ["generate", "--model", qwen_dirs["target"], "--device", "cpu",
+                                      "--tensor-parallel-size", "3", "--max-tokens", "2", "--no-chat", "1 2 3"])
+    assert result.exit_code == 2
+    assert "tensor_parallel_size=3 must divide the model's 14 attention heads" in " ".join(result.output.split())
+    result = CliRunner().invoke(app, ["generate", "--model", qwen_dirs["target"], "--tensor-parallel-size", "0"])
+    assert result.exit_code == 2 and "--tensor-parallel-size" in result.output

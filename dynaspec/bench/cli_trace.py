@@ -48,6 +48,7 @@ def bench_trace_command(
     planning_profile: Annotated[Optional[str], typer.Option(help="acceptance JSON for the goodput warm start and the auto schedule (default: the mix of --profiles)")] = None,
     schedule: Annotated[str, typer.Option(help="the schedule line: 'auto' (planned at start-up), e.g. '1:4,16:2,64:0', or 'none'")] = "auto",
     goodput: Annotated[bool, typer.Option(help="run the draft_len_policy: goodput line")] = True,
+    adaptive: Annotated[bool, typer.Option(help="run the draft_len_policy: adaptive line (per-request draft lengths)")] = False,
     ks: Annotated[Optional[str], typer.Option(help="static k's, e.g. '0-4' (0 = no spec); default 0..max_draft_len")] = None,
     phases: Annotated[str, typer.Option(help="concurrency per phase, in order")] = ",".join(map(str, DEFAULT_PHASES)),
     waves: Annotated[float, typer.Option(help="requests per phase = concurrency x waves")] = 2.0,
@@ -78,7 +79,7 @@ def bench_trace_command(
             profiles=None if profiles.strip().lower() == NONE else profiles.split(","),
             planning_profile=planning_profile,
             schedule=None if schedule.strip().lower() == NONE else schedule,
-            goodput=goodput, draft_lens=parse_int_list(ks, "--ks", 0) if ks else None,
+            goodput=goodput, adaptive=adaptive, draft_lens=parse_int_list(ks, "--ks", 0) if ks else None,
             phases=parse_phases(phases), waves=waves, prompt_len=prompt_len, gen_len=gen_len,
             requests_per_phase=(
                 parse_phases(requests_per_phase, "--requests-per-phase", "request counts") if requests_per_phase else None

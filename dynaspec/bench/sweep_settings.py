@@ -144,12 +144,18 @@ def _check_int_list(name: str, values: Sequence[int], minimum: int) -> None:
 def load_acceptance_profile(name_or_path: str | Path) -> dict[str, Any]:
     """A replay profile (a JSON path or a profile shipped under dynaspec/bench/data) for the metadata:
     {"path", "name", "acceptance_per_position"}; p_j = P(position j accepted | positions < j were).
+    Several names joined by commas (a mix: each request replays one of them, spec/replay.py) give
+    {"name": "a+b", "mixed": [one entry per profile]}.
 
     Resolution and validation are the engine's (dynaspec.spec.replay), so the sweep refuses exactly
     what the engine would, before any model is loaded.
     """
-    from dynaspec.spec.replay import load_acceptance, resolve_profile_path
+    from dynaspec.spec.replay import load_acceptance, resolve_profile_path, split_profile_names
 
+    names = split_profile_names(str(name_or_path))
+    if len(names) > 1:
+        mixed = [load_acceptance_profile(name) for name in names]
+        return {"name": "+".join(m["name"] for m in mixed), "mixed": mixed}
     path = resolve_profile_path(str(name_or_path))
     try:
         data = json.loads(path.read_text())
@@ -185,11 +191,12 @@ def build_lines(spec, draft_lens: Sequence[int] | None, include_schedule: bool, 
             spec, spec.max_draft_len, spec.draft_len_schedule, spec.max_concurrency, acceptance_profile
         )
         lines.append(Line("schedule", "schedule", variant, None))
-    if include_schedule and spec is not None and getattr(spec, "draft_len_policy", "schedule") == "goodput":
+    policy = getattr(spec, "draft_len_policy", "schedule")
+    if include_schedule and spec is not None and policy in ("goodput", "adaptive"):  # the policy's own line
         data = spec.model_dump()
         if acceptance_profile is not None:
             data[REPLAY_FIELD] = str(acceptance_profile)
-        lines.append(Line("goodput", "schedule", parse_speculative_config(data), None))
+        lines.append(Line(policy, "schedule", parse_speculative_config(data), None))
     return lines
 
 

@@ -57,6 +57,7 @@ class TraceSettings:
     planning_profile: str | None = None  # acceptance for goodput warm start / schedule "auto"
     schedule: str | None = AUTO_SCHEDULE  # the schedule line: "auto", "1:4,16:2,64:0", or None (no line)
     goodput: bool = True
+    adaptive: bool = False  # also the draft_len_policy: adaptive line (per-request draft lengths)
     draft_lens: Sequence[int] | None = None  # static k's (0 = no spec); None = 0..max_draft_len
     phases: Sequence[int] = DEFAULT_PHASES
     waves: float = 2.0
@@ -153,8 +154,8 @@ def build_trace_lines(settings: TraceSettings, planning_path: str | None) -> lis
         base["draft_len_schedule"] = parse_draft_len_schedule_option(settings.schedule)
     replay = ",".join(split_profile_names(list(settings.profiles))) if settings.profiles is not None else None
     lines = sweep.build_lines(parse_speculative_config(base), settings.static_ks(), settings.schedule is not None, replay)
-    if settings.goodput:
-        base.update(draft_len_policy="goodput", draft_len_schedule=None)
+    for policy in [p for p, wanted in (("goodput", settings.goodput), ("adaptive", settings.adaptive)) if wanted]:
+        base.update(draft_len_policy=policy, draft_len_schedule=None)
         lines += sweep.build_lines(parse_speculative_config(base), [], True, replay)
     return lines
 
@@ -343,7 +344,7 @@ def compare(results: list[dict[str, Any]]) -> dict[str, Any]:
     by_name = {r["line"]: r for r in results}
     static = [r for r in results if r["kind"] in ("no-spec", "static")]
     best = max(static, key=lambda r: r["tokens_per_s"]) if static else None
-    goodput, schedule = by_name.get("goodput"), by_name.get("schedule")
+    goodput, schedule, adaptive = by_name.get("goodput"), by_name.get("schedule"), by_name.get("adaptive")
 
     def ratio(a, b):
         return a["tokens_per_s"] / b["tokens_per_s"] if a and b and b["tokens_per_s"] > 0 else None
@@ -359,6 +360,7 @@ def compare(results: list[dict[str, Any]]) -> dict[str, Any]:
             "best_static_tokens_per_s": rates.get(best_p) if best_p else None,
             "goodput_tokens_per_s": rates.get("goodput"),
             "schedule_tokens_per_s": rates.get("schedule"),
+            "adaptive_tokens_per_s": rates.get("adaptive"),
         })
     oracle = None
     if static and phases:
@@ -375,6 +377,9 @@ def compare(results: list[dict[str, Any]]) -> dict[str, Any]:
         "schedule_over_best_static": ratio(schedule, best),
         "per_phase_best_static_tokens_per_s": oracle,
         "goodput_over_per_phase_best_static": goodput["tokens_per_s"] / oracle if goodput and oracle else None,
+        "adaptive_tokens_per_s": adaptive["tokens_per_s"] if adaptive else None,
+        "adaptive_over_goodput": ratio(adaptive, goodput),
+        "adaptive_over_best_static": ratio(adaptive, best),
         "per_phase": phases,
     }
 

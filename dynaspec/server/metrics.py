@@ -160,6 +160,16 @@ def _spec_decode_counters(stats: dict[str, Any]) -> Iterable[Any]:
     last = stats.get("last_step") or {}
     yield GaugeMetricFamily("dynaspec:spec_decode_draft_length", "Draft length k of the last decode step",
                             value=float(last.get("k", 0)))
+    yield CounterMetricFamily("dynaspec:spec_decode_ragged_steps",
+                              "Decode steps whose requests had different draft lengths (draft_len_policy: adaptive)",
+                              value=float(stats.get("ragged_steps") or 0))
+    per_request = CounterMetricFamily("dynaspec:spec_decode_request_draft_length",
+                                      "Request-steps by batch size and the request's own draft length k_i",
+                                      labels=["batch_size", "draft_length"])
+    for batch, by_k in (stats.get("draft_len_histogram") or {}).items():
+        for k, count in by_k.items():
+            per_request.add_metric([str(batch), str(k)], float(count))
+    yield per_request
 
 
 def _prefix_cache_families(stats: dict[str, Any]) -> Iterable[Any]:

@@ -23,7 +23,8 @@ from rich.table import Table
 from typer.core import TyperCommand, TyperGroup
 
 from dynaspec.cli_options import (
-    Device, Dtype, GpuMemoryUtilization, MaxModelLen, MaxNumSeqs, TensorParallelSize, engine_options, print_version)
+    Deterministic, Device, Dtype, GpuMemoryUtilization, MaxModelLen, MaxNumSeqs, TensorParallelSize, engine_options,
+    print_version)
 
 console = Console()
 
@@ -165,6 +166,7 @@ def generate(
     max_model_len: MaxModelLen = None,
     max_num_seqs: MaxNumSeqs = None,
     gpu_memory_utilization: GpuMemoryUtilization = None,
+    deterministic: Deterministic = None,
     tensor_parallel_size: TensorParallelSize = None,
 ) -> None:
     """Generate a completion for PROMPT and print it with a throughput summary."""
@@ -174,7 +176,8 @@ def generate(
     try:
         engine_config = _engine_config(model, config, spec_config, draft_len_schedule, **engine_options(
             device=device, dtype=dtype, max_model_len=max_model_len, max_num_seqs=max_num_seqs,
-            gpu_memory_utilization=gpu_memory_utilization, tensor_parallel_size=tensor_parallel_size))
+            gpu_memory_utilization=gpu_memory_utilization, deterministic=deterministic,
+            tensor_parallel_size=tensor_parallel_size))
         params = SamplingParams(max_tokens=max_tokens, temperature=temperature, top_p=top_p, top_k=top_k, seed=seed)
         with _progress_bar() as progress:
             llm = LLM(config=engine_config, progress=progress)
@@ -255,6 +258,7 @@ def serve(
     max_model_len: MaxModelLen = None,
     max_num_seqs: MaxNumSeqs = None,
     gpu_memory_utilization: GpuMemoryUtilization = None,
+    deterministic: Deterministic = None,
     tensor_parallel_size: TensorParallelSize = None,
 ) -> None:
     """Serve an OpenAI-compatible HTTP API with Prometheus metrics."""
@@ -268,7 +272,8 @@ def serve(
             sources={name: "--" + name.replace("_", "-") for name in ServerOptions.model_fields})
         engine_config = _engine_config(model, config, spec_config, draft_len_schedule, **engine_options(
             device=device, dtype=dtype, max_model_len=max_model_len, max_num_seqs=max_num_seqs,
-            gpu_memory_utilization=gpu_memory_utilization, tensor_parallel_size=tensor_parallel_size))
+            gpu_memory_utilization=gpu_memory_utilization, deterministic=deterministic,
+            tensor_parallel_size=tensor_parallel_size))
         check_listen_address(options.host, options.port)
     except (ValueError, TypeError) as exc:
         _fail(str(exc))

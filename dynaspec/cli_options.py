@@ -18,12 +18,16 @@ Dtype = Annotated[Optional[str], typer.Option(help="auto | float32 | bfloat16 | 
 Device = Annotated[Optional[str], typer.Option(help="auto | cpu | cuda")]
 GpuMemoryUtilization = Annotated[Optional[float], typer.Option(
     help="fraction of GPU memory for weights and KV cache, in (0, 0.98] (default 0.85; CUDA only)")]
+Deterministic = Annotated[Optional[bool], typer.Option(
+    "--deterministic/--no-deterministic",
+    help="batch-invariant kernels: the same tokens at any batch size, with or without speculation (slower)")]
 
 TensorParallelSize = Annotated[Optional[int], typer.Option(
     help="shard the model over this many ranks (processes; one GPU each on CUDA), default 1; must divide "
          "the attention heads")]
 
-ENGINE_FLAGS = ("max_model_len", "max_num_seqs", "dtype", "device", "gpu_memory_utilization", "tensor_parallel_size")
+ENGINE_FLAGS = ("max_model_len", "max_num_seqs", "dtype", "device", "gpu_memory_utilization", "deterministic",
+                "tensor_parallel_size")
 
 
 def engine_options(**flags: Any) -> dict[str, Any]:

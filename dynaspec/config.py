@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import torch
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from dynaspec.spec.config import SpeculativeConfig, parse_speculative_config
 
@@ -63,6 +63,23 @@ class EngineConfig(BaseModel):
         if isinstance(value, dict):
             return parse_speculative_config(value)
         return value
+
+    @model_validator(mode="after")
+    def _deterministic_combinations(self) -> "EngineConfig":
+        if self.deterministic and getattr(self.speculative_config, "replay_acceptance_profile", None) is not None:
+            raise ValueError(
+                "deterministic=True cannot be combined with speculative_config.replay_acceptance_profile: replayed "
+                "acceptance (a benchmark mode) commits drafts the target did not choose, so no output is the same "
+                "as plain decoding's; drop one of the two"
+            )
+        if self.deterministic and self.tensor_parallel_size > 1:
+            raise ValueError(
+                f"deterministic=True needs tensor_parallel_size=1 (got {self.tensor_parallel_size}): NCCL picks its "
+                "all-reduce algorithm by message size, so with more than two ranks a row's partial sums are "
+                "added in an order that depends on the step's rows, and the ranks' workers do not run the "
+                "batch-invariant kernels yet"
+            )
+        return self
 
     @classmethod
     def from_yaml(cls, path: str | Path, **overrides: Any) -> "EngineConfig":

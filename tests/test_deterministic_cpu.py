@@ -22,7 +22,7 @@ from dynaspec.models.loader import load_model
 from dynaspec.runtime.cost_model import StepCostModel
 from dynaspec.spec.config import DraftTargetDecodingConfig, NGramDecodingConfig
 from tests import deterministic_schedules as ds
-from tests.tiny_models import make_perturbed_checkpoint, make_tiny_checkpoint
+from tests.tiny_models import make_perturbed_checkpoint, make_tiny_checkpoint, make_tiny_gemma3_checkpoint
 
 # --- kernels ---------------------------------------------------------------------------------------
 
@@ -58,6 +58,25 @@ def test_tiled_attention_matches_sdpa_reference():
         torch.testing.assert_close(out, ref, rtol=1e-5, atol=1e-5)
 
 
+def test_replayed_acceptance_cannot_be_deterministic():
+    spec = dict(decoding_type="NGram", max_draft_len=3, replay_acceptance_profile="ngram_chat")
+    with pytest.raises(ValueError, match="deterministic=True cannot be combined with .*replay_acceptance_profile"):
+        EngineConfig(deterministic=True, speculative_config=spec)
+    assert EngineConfig(speculative_config=spec).speculative_config.replay_acceptance_profile
+    with pytest.raises(ValueError, match="deterministic=True needs tensor_parallel_size=1"):
+        EngineConfig(deterministic=True, tensor_parallel_size=2)
+
+
+def test_cli_flag_reaches_the_engine_config():
+    from dynaspec.cli_options import engine_options
+    from dynaspec.config_loader import load_engine_config
+
+    options = engine_options(deterministic=True, device=None)
+    assert options == {"deterministic": True}
+    assert load_engine_config("smollm2-135m-instruct", None, None, None, options).deterministic
+    assert not EngineConfig().deterministic  # the fast mode stays the default
+
+
 def test_deterministic_kernels_exclude_the_gemv_path():
     with pytest.raises(ValueError, match="deterministic kernels exclude the batch-1 GEMV"):
         DecodeKernels(dependent_launch=True, gemv=frozenset({"qkv"}), deterministic=True)
@@ -89,10 +108,12 @@ def _assert_rows_identical(model, num_seqs: int, length: int) -> None:
         assert len(rows) == length and not ds.mismatches(alone, rows), (name, ds.mismatches(alone, rows))
 
 
-@pytest.mark.parametrize("arch, overrides", [("llama", {}), ("qwen3", {}), ("mistral", {"sliding_window": 5})],
-                         ids=["llama", "qwen3", "mistral-window-5"])
+@pytest.mark.parametrize("arch, overrides", [("llama", {}), ("qwen3", {}), ("mistral", {"sliding_window": 5}),
+                                             ("gemma3", {})],
+                         ids=["llama", "qwen3", "mistral-window-5", "gemma3-window-5-softcap"])
 def test_tiny_model_logit_rows_are_bit_identical_in_every_layout(tmp_path, arch, overrides):
-    model = load_model(str(make_tiny_checkpoint(tmp_path, arch, **overrides)), torch.float32, "cpu").model
+    path = make_tiny_gemma3_checkpoint(tmp_path) if arch == "gemma3" else make_tiny_checkpoint(tmp_path, arch, **overrides)
+    model = load_model(str(path), torch.float32, "cpu").model
     _assert_rows_identical(model, num_seqs=4, length=16)
 
 

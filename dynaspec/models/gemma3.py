@@ -29,6 +29,7 @@ from torch import nn
 from transformers import PretrainedConfig
 
 from dynaspec.models.attention_metadata import AttentionMetadata
+from dynaspec.models.invariant_linear import mean_square
 from dynaspec.models.llama import (
     LlamaAttention,
     LlamaForCausalLM,
@@ -58,7 +59,7 @@ class Gemma3RMSNorm(RMSNorm):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """x (..., dim) -> normalised (..., dim) in x's dtype."""
         h = x.float()
-        h = h * torch.rsqrt(h.pow(2).mean(-1, keepdim=True) + self.variance_epsilon)
+        h = h * torch.rsqrt(mean_square(h, self.decode_kernels.deterministic) + self.variance_epsilon)
         return (h * (1.0 + self.weight.float())).type_as(x)
 
     def forward_add(self, x: torch.Tensor, residual: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

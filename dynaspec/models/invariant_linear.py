@@ -49,3 +49,16 @@ def blocked_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | N
     padded[:num_rows] = x
     out = [F.linear(padded[i * block:(i + 1) * block], weight, bias) for i in range(num_blocks)]
     return torch.cat(out)[:num_rows]  # (T, N)
+
+
+def mean_square(h: torch.Tensor, deterministic: bool) -> torch.Tensor:
+    """mean(h ** 2) over the last dim of a float32 h (..., D) -> (..., 1), RMSNorm's variance. In
+    deterministic mode on CUDA it is (h * h) @ ones(D) / D through the batch-invariant GEMM: torch's CUDA
+    reduction picks its block shape (and whether several blocks share a row) from the number of rows.
+    On the CPU, ATen reduces each row of a contiguous last dim by the same loop whatever the row count."""
+    if not (deterministic and h.is_cuda):
+        return h.pow(2).mean(-1, keepdim=True)
+    dim = h.shape[-1]
+    squares = (h * h).reshape(-1, dim)  # (rows, D)
+    ones = torch.ones((1, dim), dtype=h.dtype, device=h.device)
+    return (invariant_linear(squares, ones) / dim).reshape(*h.shape[:-1], 1)

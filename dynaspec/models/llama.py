@@ -23,7 +23,7 @@ from transformers.modeling_rope_utils import ROPE_INIT_FUNCTIONS
 from dynaspec.models.attention import paged_attention
 from dynaspec.models.attention_metadata import AttentionMetadata
 from dynaspec.models.decode_kernels import DecodeKernels
-from dynaspec.models.invariant_linear import invariant_linear
+from dynaspec.models.invariant_linear import invariant_linear, mean_square
 
 # RoPE variants whose frequencies do not depend on the running sequence length.
 STATIC_ROPE_TYPES = ("default", "linear", "llama3", "yarn")
@@ -64,7 +64,7 @@ class RMSNorm(nn.Module):
                                           pdl=self.decode_kernels.dependent_launch)[0]
         dtype = x.dtype
         h = x.to(torch.float32)
-        h = h * torch.rsqrt(h.pow(2).mean(-1, keepdim=True) + self.variance_epsilon)
+        h = h * torch.rsqrt(mean_square(h, self.decode_kernels.deterministic) + self.variance_epsilon)
         return self.weight * h.to(dtype)
 
     def forward_add(self, x: torch.Tensor, residual: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

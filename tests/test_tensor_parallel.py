@@ -262,3 +262,37 @@ def test_cli_flag_reaches_the_engine_and_a_bad_size_is_one_line(qwen_dirs):
     assert "tensor_parallel_size=3 must divide the model's 14 attention heads" in " ".join(result.output.split())
     result = CliRunner().invoke(app, ["generate", "--model", qwen_dirs["target"], "--tensor-parallel-size", "0"])
     assert result.exit_code == 2 and "--tensor-parallel-size" in result.output
+
+
+two_gpus = pytest.mark.skipif(torch.cuda.device_count() < 2, reason="needs 2 CUDA GPUs")
+
+
+@pytest.mark.cuda
+@two_gpus
+@pytest.mark.parametrize("kind", ["plain", "ngram", "draft_model"])
+def test_tp2_nccl_cuda_graphs_greedy_equals_tp1(qwen_dirs, qwen_expected, kind):
+    """The NCCL path on two GPUs, float32: per-rank CUDA graphs with the all-reduces captured, overlapped
+    decode's device ids broadcast device to device, the cost probe through the sharded runner."""
+    prompts, lengths, expected = qwen_expected
+    gpu = dict(ENGINE, device="cuda")
+    with LLM(model=qwen_dirs["target"], block_size=4, **gpu) as reference:
+        cuda_expected = _staggered(reference, prompts, lengths)
+    spec = _specs(qwen_dirs["draft"])[kind]
+    with LLM(model=qwen_dirs["target"], block_size=4, tensor_parallel_size=2, speculative_config=spec, **gpu) as llm:
+        assert llm.engine.runner.graphs is not None  # graphs captured on both ranks
+        assert _staggered(llm, prompts, lengths) == cuda_expected
+        if spec is not None:
+            _assert_crossed_k0(llm)
+
+
+@pytest.mark.cuda
+@two_gpus
+def test_tp2_nccl_dead_worker_is_a_clear_error(qwen_dirs):
+    llm = LLM(model=qwen_dirs["target"], block_size=4, tensor_parallel_size=2, **dict(ENGINE, device="cuda"))
+    (process,) = llm.engine.workers.processes
+    assert _generate(llm, [[1, 2, 3]], [2])
+    os.kill(process.pid, signal.SIGKILL)
+    process.join()
+    with pytest.raises(TensorParallelWorkerError, match="rank 1"):
+        _generate(llm, [[1, 2, 3]], [2])
+    llm.shutdown()

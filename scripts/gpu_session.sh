@@ -23,7 +23,8 @@ for step in "$@"; do
       # every module with CUDA-marked tests (grep -l "mark.cuda" tests/*.py)
       python3 -m pytest -q -m cuda tests/test_attention.py tests/test_chain_graphs.py tests/test_cuda_graphs.py \
         tests/test_fused_ops.py tests/test_gemv.py tests/test_loader.py tests/test_model_parity.py \
-        tests/test_triton_attention.py tests/test_gemma3.py 2>&1 | tee "$OUT/cuda_tests.log" | tail -15 ;;
+        tests/test_triton_attention.py tests/test_gemma3.py tests/test_ragged_graphs.py $(ls tests/test_deterministic*.py \
+        tests/test_eagle*.py 2>/dev/null) 2>&1 | tee "$OUT/cuda_tests.log" | tail -15 ;;
     bench-core)
       python3 -m dynaspec.cli bench --model random:llama-3.1-8b --ks 0 --batch-sizes 1,64 \
         --prompt-len 128 --gen-len 64 --compare-hf --hf-batch-sizes 1,64 --no-plots --out-dir "$OUT/core" 2>&1 | tail -12 ;;
@@ -53,6 +54,19 @@ for step in "$@"; do
       bash scripts/gpu_qwen_pair.sh "$OUT" draft-model ;;
     qwen-ngram)
       bash scripts/gpu_qwen_pair.sh "$OUT" ngram ;;
+    adaptive-bound)  # issue 20: what per-request k can gain over uniform k / no spec, from the probed costs
+      python3 scripts/adaptive_bound.py --model random:llama-3.1-8b --out "$OUT/bound" 2>&1 | tail -9 ;;
+    adaptive-sweep)  # issue 20: adaptive vs uniform goodput vs static k vs no spec, code-edit + chat mixed 50/50
+      python3 -m dynaspec.cli bench --model random:llama-3.1-8b --spec-config bench/adaptive_ngram_mixed.yaml \
+        --policy-lines goodput --ks 0-4 --batch-sizes 1,4,16,64,128,256 --prompt-len 128 --gen-len 64 --rounds 2 \
+        --acceptance-profile acceptance_ngram_code-edit,acceptance_ngram_chat --no-plots --out-dir "$OUT/adaptive" \
+        > "$OUT/adaptive.log" 2>&1; tail -3 "$OUT/adaptive.log"; grep -A50 "Every point" "$OUT/adaptive/bench.md" | head -50 ;;
+    adaptive-diurnal)  # issue 20: the diurnal mixed trace with the adaptive line
+      timeout 560 python3 -m dynaspec.cli bench-trace --model random:llama-3.1-8b --drafter ngram --max-draft-len 4 \
+        --profiles acceptance_ngram_code-edit,acceptance_ngram_chat --schedule auto --ks 0,1,2,4 --adaptive \
+        --phases 1,2,4,128,256,128,4,2,1 --requests-per-phase 9,16,25,256,256,256,25,16,9 --prompt-len 128 \
+        --gen-len 128 --out-dir "$OUT/adaptive-diurnal" > "$OUT/adaptive-diurnal.log" 2>&1; tail -3 "$OUT/adaptive-diurnal.log"
+      cat "$OUT/adaptive-diurnal/trace.md" ;;
     bench-goodput-chat)
       goodput_sweep goodput-chat bench/goodput_ngram_chat.yaml acceptance_ngram_chat 1,4,16,64,128,256 3 ;;
     bench-goodput-near-ties)

@@ -336,3 +336,16 @@ def test_cli_bench_bad_arguments(tiny_dir, tmp_path, args, message):
                                       "--out-dir", str(tmp_path), *args])
     assert result.exit_code == 2
     assert re.search(message, " ".join(result.output.split())), result.output
+
+
+def test_policy_lines_add_uniform_and_per_request_lines_on_one_drafter():
+    from dynaspec.bench.sweep_settings import SweepSettings, build_lines
+    from dynaspec.spec.config import NGramDecodingConfig
+
+    spec = NGramDecodingConfig(max_draft_len=3, draft_len_policy="adaptive")
+    lines = build_lines(spec, [0, 2], True, "acceptance_ngram_code-edit,acceptance_ngram_chat", ["goodput", "adaptive"])
+    assert [line.name for line in lines] == ["no spec", "k=2", "adaptive", "goodput"]
+    assert lines[3].speculative_config.draft_len_policy == "goodput"
+    assert lines[3].speculative_config.replay_acceptance_profile.endswith("chat")
+    with pytest.raises(ValueError, match="policy line 'fast' is not one of goodput, adaptive"):
+        SweepSettings(model="m", speculative_config=spec, policy_lines=["fast"]).validate()

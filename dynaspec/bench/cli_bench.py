@@ -192,6 +192,7 @@ def bench_command(
     gen_len: Annotated[int, typer.Option(help="tokens generated per request (ignore_eos)")] = 128,
     acceptance_profile: Annotated[Optional[str], typer.Option(help="BENCHMARK ONLY: replay this acceptance profile (JSON path or shipped name)")] = None,
     schedule_line: Annotated[bool, typer.Option(help="add the configured schedule as its own line")] = True,
+    policy_lines: Annotated[Optional[str], typer.Option(help="more policy lines on the same drafter: goodput, adaptive or both ('goodput,adaptive')")] = None,
     compare_hf: Annotated[bool, typer.Option(help="also time HF transformers generate on the same weights")] = False,
     hf_batch_sizes: Annotated[str, typer.Option(help="batch sizes for --compare-hf (must be in the sweep)")] = "1,64",
     out_dir: Annotated[Path, typer.Option(help="where bench.json, bench.md and the PNGs go")] = Path("bench-out"),
@@ -238,7 +239,9 @@ def bench_command(
             raise ValueError("--prompt-len sets random prompts; --workload prompts keep their real length")
         settings = SweepSettings(
             model=model, speculative_config=spec, batch_sizes=batches, draft_lens=draft_lens,
-            include_schedule=schedule_line, prompt_len=DEFAULT_PROMPT_LEN if prompt_len is None else prompt_len,
+            include_schedule=schedule_line,
+            policy_lines=[p.strip() for p in policy_lines.split(",") if p.strip()] if policy_lines else (),
+            prompt_len=DEFAULT_PROMPT_LEN if prompt_len is None else prompt_len,
             gen_len=gen_len, workload=workload,
             acceptance_profile=acceptance_profile, device=device, dtype=dtype, seed=seed,
             enforce_eager=enforce_eager, warmup=warmup, rounds=rounds,

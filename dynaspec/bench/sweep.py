@@ -115,7 +115,8 @@ def run_sweep(
     """Measure every (line, batch size); with `hf_batch_sizes`, HF transformers `generate` too."""
     settings.validate()
     spec = settings.resolved_spec()
-    lines = build_lines(spec, settings.draft_lens, settings.include_schedule, settings.acceptance_profile)
+    lines = build_lines(spec, settings.draft_lens, settings.include_schedule, settings.acceptance_profile,
+                        settings.policy_lines)
     batches = sorted(settings.batch_sizes)
     if hf_batch_sizes:
         _check_int_list("hf_batch_sizes", hf_batch_sizes, minimum=1)

@@ -23,6 +23,8 @@ from dynaspec.spec.config import AUTO_SCHEDULE, MAX_DRAFT_LEN_LIMIT, parse_specu
 from dynaspec.spec.schedule_policy import SchedulePolicy
 
 REPLAY_FIELD = "replay_acceptance_profile"
+# Policies a sweep can add as lines beside the configured one (`policy_lines`, `dynaspec bench --policy-lines`).
+POLICY_LINES = ("goodput", "adaptive")
 DEFAULT_BATCH_SIZES = (1, 2, 4, 8, 16, 32, 64, 128, 256)
 
 
@@ -76,6 +78,8 @@ class SweepSettings:
     batch_sizes: Sequence[int] = DEFAULT_BATCH_SIZES
     draft_lens: Sequence[int] | None = None  # static k's; 0 = "no spec"; None = 0..max_draft_len
     include_schedule: bool = True  # add the configured draft_len_schedule as a line (when there is one)
+    # more policy lines on the same drafter, e.g. ("goodput", "adaptive"): uniform vs per-request k side by side
+    policy_lines: Sequence[str] = ()
     prompt_len: int = 128
     gen_len: int = 128
     acceptance_profile: str | None = None
@@ -107,6 +111,11 @@ class SweepSettings:
             if k > max_k:
                 allowed = "only 0 (no speculative config given)" if spec is None else f"0..{max_k} (max_draft_len)"
                 raise ValueError(f"draft length k={k} is out of range: allowed {allowed}")
+        for policy in self.policy_lines:
+            if policy not in POLICY_LINES:
+                raise ValueError(f"policy line {policy!r} is not one of {', '.join(POLICY_LINES)}")
+        if self.policy_lines and spec is None:
+            raise ValueError("policy lines need a speculative config (a drafter)")
         if self.acceptance_profile is not None:
             load_acceptance_profile(self.acceptance_profile)
             if spec is None:
@@ -171,8 +180,10 @@ def load_acceptance_profile(name_or_path: str | Path) -> dict[str, Any]:
     }
 
 
-def build_lines(spec, draft_lens: Sequence[int] | None, include_schedule: bool, acceptance_profile: str | None) -> list[Line]:
-    """The sweep's lines: "no spec" for k = 0, one static line per k >= 1, then the schedule (if configured)."""
+def build_lines(spec, draft_lens: Sequence[int] | None, include_schedule: bool, acceptance_profile: str | None,
+                policy_lines: Sequence[str] = ()) -> list[Line]:
+    """The sweep's lines: "no spec" for k = 0, one static line per k >= 1, then the schedule (if configured),
+    the configured policy's line, and one line per extra policy in `policy_lines` (same drafter)."""
     max_k = spec.max_draft_len if spec is not None else 0
     ks = sorted(draft_lens) if draft_lens is not None else list(range(0, max_k + 1))
     lines = []
@@ -197,6 +208,14 @@ def build_lines(spec, draft_lens: Sequence[int] | None, include_schedule: bool, 
         if acceptance_profile is not None:
             data[REPLAY_FIELD] = str(acceptance_profile)
         lines.append(Line(policy, "schedule", parse_speculative_config(data), None))
+    for extra in policy_lines:
+        if extra == policy and include_schedule:
+            continue  # already there
+        data = spec.model_dump()
+        data.update(draft_len_policy=extra, draft_len_schedule=None if extra != "schedule" else data["draft_len_schedule"])
+        if acceptance_profile is not None:
+            data[REPLAY_FIELD] = str(acceptance_profile)
+        lines.append(Line(extra, "schedule", parse_speculative_config(data), None))
     return lines
 
 

@@ -1,0 +1,73 @@
+"""The bound of per-request draft lengths (issue 20): what an oracle that knows every request's acceptance
+can gain over one k for the whole batch and over no speculation, at each concurrency, from step costs alone.
+
+For `batch` requests, a fraction of which replays each acceptance profile (p_j: the conditional acceptance of
+draft position j), survival s(j) = p_0 ... p_j (spec/adaptive_allocation.survival), and a price T(batch, B) of
+a step verifying B draft positions in all:
+
+    no spec      batch / T(batch, 0)
+    uniform      max over k of (batch + sum_i sum_{j<k} s_i(j)) / T(batch, batch * k)   (best static k = the
+                 uniform goodput planner's oracle)
+    per request  max over B of (batch + the B largest survivals) / T(batch, B)            (plan_allocation)
+
+All three are expected committed tokens per second of a steady step; the per-request line is the optimum
+`draft_len_policy: adaptive` aims for with its estimates converged, so it bounds what the policy can gain.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from dynaspec.spec.adaptive_allocation import plan_allocation, survival
+
+
+def mixed_survivals(batch: int, profiles: Sequence[Sequence[float]], max_draft_len: int) -> list[list[float]]:
+    """Survivals of `batch` requests, request i replaying profiles[i % len(profiles)] (a 50/50 mix for two),
+    positions past a profile's end reusing its last value (as the replay does)."""
+    out = []
+    for i in range(batch):
+        alphas = list(profiles[i % len(profiles)])
+        alphas += [alphas[-1]] * max(0, max_draft_len - len(alphas))
+        out.append(survival(alphas[:max_draft_len]))
+    return out
+
+
+def bound_at(batch: int, profiles: Sequence[Sequence[float]], max_draft_len: int,
+             step_seconds: Callable[[int, int], float]) -> dict[str, Any]:
+    """No spec, best uniform k and per-request optimum at one concurrency; step_seconds(batch, B)."""
+    survivals = mixed_survivals(batch, profiles, max_draft_len)
+    no_spec = batch / step_seconds(batch, 0)
+    uniform, best_k = no_spec, 0
+    for k in range(1, max_draft_len + 1):
+        tokens = batch + sum(sum(s[:k]) for s in survivals)
+        rate = tokens / step_seconds(batch, batch * k)
+        if rate > uniform:
+            uniform, best_k = rate, k
+    plan = plan_allocation(survivals, lambda positions: step_seconds(batch, positions))
+    per_request = plan.goodput
+    return {
+        "batch": batch, "no_spec_tokens_per_s": no_spec, "uniform_tokens_per_s": uniform, "uniform_best_k": best_k,
+        "per_request_tokens_per_s": per_request, "per_request_budget": plan.budget,
+        "per_request_draft_lens": sorted(set(plan.draft_lens)),
+        "per_request_over_uniform": per_request / uniform, "per_request_over_no_spec": per_request / no_spec,
+    }
+
+
+def bound_table(batches: Sequence[int], profiles: Sequence[Sequence[float]], max_draft_len: int,
+                step_seconds: Callable[[int, int], float]) -> list[dict[str, Any]]:
+    """bound_at for every concurrency."""
+    return [bound_at(b, profiles, max_draft_len, step_seconds) for b in batches]
+
+
+def bound_markdown(rows: Sequence[dict[str, Any]]) -> str:
+    """The table as markdown (docs/results.md)."""
+    lines = ["| concurrency | no spec tok/s | best uniform k | uniform tok/s | per-request tok/s | k_i used "
+             "| per-request / uniform | per-request / no spec |", "|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        lines.append(
+            f"| {r['batch']} | {r['no_spec_tokens_per_s']:.0f} | {r['uniform_best_k']} | {r['uniform_tokens_per_s']:.0f} "
+            f"| {r['per_request_tokens_per_s']:.0f} | {','.join(map(str, r['per_request_draft_lens']))} "
+            f"| {r['per_request_over_uniform']:.3f} | {r['per_request_over_no_spec']:.3f} |"
+        )
+    return "\n".join(lines)

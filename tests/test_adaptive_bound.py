@@ -1,0 +1,35 @@
+"""The per-request bound (bench/adaptive_bound.py): hand-checked numbers on made-up costs."""
+
+from __future__ import annotations
+
+import pytest
+
+from dynaspec.bench.adaptive_bound import bound_at, bound_markdown, mixed_survivals
+
+
+def test_mixed_survivals_alternate_profiles_and_extend_the_last_value():
+    out = mixed_survivals(3, [[0.5], [1.0, 0.0]], 2)
+    assert out == [[0.5, 0.25], [1.0, 0.0], [0.5, 0.25]]
+
+
+def test_flat_cost_drafts_everything_and_gains_nothing_over_uniform():
+    """Verify positions cost nothing: every request drafts to the end under both, so the per-request
+    optimum equals the best uniform k (the gain lives where positions have a price)."""
+    row = bound_at(2, [[0.9], [0.1]], 3, lambda batch, positions: 1.0)
+    assert row["uniform_best_k"] == 3 and row["per_request_budget"] == 6
+    assert row["per_request_over_uniform"] == pytest.approx(1.0)
+    expected = 2 + (0.9 + 0.81 + 0.729) + (0.1 + 0.01 + 0.001)
+    assert row["per_request_tokens_per_s"] == pytest.approx(expected)
+
+
+def test_priced_positions_go_to_the_copy_request_only():
+    """Each position costs 10% of a plain step: the copy request (0.9) drafts, the chat one (0.1) not;
+    uniform k must pay for the chat request's useless positions too."""
+    row = bound_at(2, [[0.9], [0.1]], 3, lambda batch, positions: 1.0 + 0.1 * positions)
+    assert row["per_request_draft_lens"] == [0, 3]
+    per_request = (2 + 0.9 + 0.81 + 0.729) / 1.3
+    assert row["per_request_tokens_per_s"] == pytest.approx(per_request)
+    uniform = max((2 + sum(0.9 ** j + 0.1 ** j for j in range(1, k + 1))) / (1 + 0.2 * k) for k in range(4))
+    assert row["uniform_tokens_per_s"] == pytest.approx(uniform)
+    assert row["per_request_over_uniform"] > 1.05
+    assert "| 2 |" in bound_markdown([row])

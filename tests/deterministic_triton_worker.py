@@ -29,18 +29,19 @@ def gemm_check(case: dict) -> dict:
     """Row i of x @ W^T + b for M in case["ms"] against M = 1 (bits) and float64 (error)."""
     from dynaspec.models.batch_invariant import TileConfig, invariant_matmul
 
-    dtype = getattr(torch, case["dtype"])
+    dtype, device = getattr(torch, case["dtype"]), case.get("device", "cpu")
     gen = torch.Generator().manual_seed(case["seed"])
     n, k, m_max = case["n"], case["k"], max(case["ms"])
-    x = torch.randn(m_max, k, generator=gen).to(dtype)
-    w = (torch.randn(n, k, generator=gen) / k ** 0.5).to(dtype)
-    b = torch.randn(n, generator=gen).to(dtype)
-    config = TileConfig(block_m=16, block_n=16, block_k=16, num_stages=1)
+    x = torch.randn(m_max, k, generator=gen).to(device, dtype)
+    w = (torch.randn(n, k, generator=gen) / k ** 0.5).to(device, dtype)
+    b = torch.randn(n, generator=gen).to(device, dtype)
+    # small tiles under the interpreter; on a GPU the shipped tile_config
+    config = TileConfig(block_m=16, block_n=16, block_k=16, num_stages=1) if device == "cpu" else None
     singles = torch.cat([invariant_matmul(x[i:i + 1], w, b, config) for i in range(m_max)])  # (M, N)
     differing = 0
     for m in case["ms"]:
         differing += int((invariant_matmul(x[:m], w, b, config) != singles[:m]).any(dim=1).sum())
-        shuffled = torch.randperm(m, generator=gen)  # the same rows in another place of the batch
+        shuffled = torch.randperm(m, generator=gen).to(device)  # the same rows in another place of the batch
         out = invariant_matmul(x[:m][shuffled], w, b, config)
         differing += int((out != singles[:m][shuffled]).any(dim=1).sum())
     ref = x.double() @ w.double().T + b.double()
@@ -75,17 +76,19 @@ def attention_check(case: dict) -> dict:
     from dynaspec.models.attention import reference_paged_attention
     from dynaspec.models.attention_metadata import AttentionMetadata
 
-    tia.BLOCK_N, tia.SPLIT_TILES = 16, 2  # 32-key splits: several per sequence at test sizes
-    dtype = getattr(torch, case["dtype"])
+    if case.get("device", "cpu") == "cpu":
+        tia.BLOCK_N, tia.SPLIT_TILES = 16, 2  # 32-key splits: several per sequence at interpreter sizes
+    dtype, device = getattr(torch, case["dtype"]), case.get("device", "cpu")
     heads, kv_heads, head_dim, block_size = case["heads"], case["kv_heads"], case["head_dim"], 4
     lengths = case["lengths"]
     cache, tables, queries = _paged_case(lengths, heads, kv_heads, head_dim, block_size, dtype, case["seed"])
+    cache, queries = cache.to(device), [q.to(device) for q in queries]
     scale, window = head_dim ** -0.5, case["window"]
 
     def run(step: list[tuple[int, int, int]], parallel: bool | None = None) -> dict:
         """step: (sequence, first position, q_len) per sequence -> {(sequence, position): output row}."""
         meta = AttentionMetadata.build([n for _, _, n in step], [p + n for _, p, n in step],
-                                       [tables[s] for s, _, _ in step], block_size, "cpu")
+                                       [tables[s] for s, _, _ in step], block_size, device)
         q = torch.cat([queries[s][p:p + n] for s, p, n in step])
         out = tia.invariant_attention(q, cache, meta.query_start_loc, meta.seq_lens, meta.block_tables,
                                       meta.max_seq_len, scale, window, parallel=parallel)

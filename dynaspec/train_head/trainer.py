@@ -99,7 +99,8 @@ def train_head(options: TrainOptions, progress: Progress | None = None, log: Cal
     log(f"{len(train_prompts)} training prompts, {len(held_prompts)} held out; tapped layers {list(layers)}")
 
     config = _generation_config(options, loaded, len(ids), max(len(i) for i in ids))
-    params = SamplingParams(temperature=options.temperature, max_tokens=options.max_tokens, seed=options.seed)
+    params = SamplingParams(temperature=options.temperature, max_tokens=options.max_tokens,
+                            seed=options.seed if options.temperature > 0 else None)
     examples = record_answers(loaded, config, layers, ids, params, lambda n: progress("generate", n, len(ids)))
     # record_answers keeps prompt order minus failed requests: match examples back by their prompt ids
     train, held = _split_examples(examples, ids, is_held)
@@ -181,6 +182,6 @@ def _optimize(head, target, train: list[Example], options: TrainOptions, device,
             torch.nn.utils.clip_grad_norm_(head.parameters(), 1.0)
             optimizer.step()
             scheduler.step()
-            loss_value = float(loss)
+            loss_value = float(loss.detach())
             progress("train", step + 1, options.steps)
     return loss_value

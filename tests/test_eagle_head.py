@@ -1,0 +1,140 @@
+"""The EAGLE-3 head's parts, on tiny random models: the target's feature tap equals HF's hidden states, the
+trainer's training-time-test unroll computes what the drafter's paged catch-up and draft steps compute,
+the saved head round-trips, and a head made for another target is refused with a clear message."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from dynaspec import EagleDecodingConfig
+from dynaspec.config import EngineConfig
+from dynaspec.models.eagle_head import EagleHeadConfig, load_head, random_head, read_head_config, save_head
+from dynaspec.models.feature_tap import FeatureTap, default_layers_to_capture
+from dynaspec.models.loader import load_model
+from dynaspec.runtime.eagle_graphs import EagleHeadRunner
+from dynaspec.sampling_params import SamplingParams
+from dynaspec.train_head.record import record_answers
+from dynaspec.train_head.ttt import make_batch, ttt_mask, unroll
+from tests.tiny_models import make_tiny_checkpoint, make_tiny_hf_model
+
+
+@pytest.fixture(scope="module")
+def target_dir(tmp_path_factory):
+    return make_tiny_checkpoint(tmp_path_factory.mktemp("eagle"), "llama", seed=0, num_hidden_layers=4)
+
+
+@pytest.fixture(scope="module")
+def loaded(target_dir):
+    return load_model(str(target_dir), dtype=torch.float32, device="cpu")
+
+
+@pytest.fixture(scope="module")
+def example(loaded, target_dir):
+    """One self-distilled example recorded through the engine (prefill + 12 decode steps)."""
+    config = EngineConfig(model=str(target_dir), block_size=4, num_kv_blocks=32, max_model_len=64, device="cpu",
+                          dtype="float32")
+    prompt = torch.randint(3, 512, (9,), generator=torch.Generator().manual_seed(1)).tolist()
+    params = SamplingParams(temperature=0.0, max_tokens=12, ignore_eos=True)
+    (recorded,) = record_answers(loaded, config, (0, 1, 2), [prompt], params)
+    return recorded
+
+
+def test_default_layers_are_eagle3s():
+    assert default_layers_to_capture(28) == (1, 13, 24)  # vLLM's (2, 14, 25) as layer inputs
+    assert default_layers_to_capture(30) == (1, 14, 26)
+    assert default_layers_to_capture(2) == (0, 1)
+
+
+def test_recorded_features_equal_hf_hidden_states(example, target_dir):
+    """What the tap wrote during prefill and decode steps is HF's hidden_states[i + 1] of each position (HF
+    norms its last entry: the last layer is left out)."""
+    hf = make_tiny_hf_model("llama", seed=0, num_hidden_layers=4)
+    ids = torch.tensor([example.token_ids[:-1]])
+    with torch.no_grad():
+        states = hf(ids, output_hidden_states=True).hidden_states
+    expected = torch.cat([states[i + 1][0] for i in (0, 1, 2)], dim=-1)  # (L - 1, 3H)
+    assert example.features.shape == expected.shape
+    torch.testing.assert_close(example.features, expected, rtol=1e-4, atol=1e-4)
+    assert len(example.token_ids) == example.prompt_len + 12
+
+
+def test_ttt_mask_is_what_draft_step_j_sees():
+    mask = ttt_mask(5, 2, torch.device("cpu"))  # (5, 15): depth-0 keys, depth-1 keys, depth-2 keys
+    p = 4
+    assert mask[p, :5].tolist() == [True, True, True, False, False]  # catch-up keys <= p - 2
+    assert mask[p, 5:10].tolist() == [False, False, False, True, False]  # draft step 1 at p - 1
+    assert mask[p, 10:].tolist() == [False, False, False, False, True]  # itself
+    assert mask.any(dim=1).all()  # no query without a key
+
+
+def test_unroll_equals_the_drafters_paged_steps(loaded, example):
+    """Depth j of the training unroll at position s + j == the drafter after catching up on 0..s and j draft
+    steps fed the target's tokens (the drafts it scores are the ones that were right)."""
+    hf_config = loaded.hf_config
+    head = random_head(EagleHeadConfig.for_target(hf_config, "t", [0, 1, 2]), hf_config, seed=3, std=0.2)
+    head.eval()
+    batch = make_batch([example], torch.device("cpu"), torch.float32)
+    with torch.no_grad():
+        outputs = unroll(head, loaded.model, batch, 3)  # 3 x (1, T, H)
+    block_size, tokens = 4, example.token_ids
+    tap = FeatureTap((0, 1, 2), hf_config.hidden_size, 9 * block_size, torch.float32, torch.device("cpu"))
+    table = list(range(8))
+    slots = torch.arange(len(tokens) - 1)
+    for i, cache in enumerate(tap.caches):
+        cache[slots] = example.features[:, i * hf_config.hidden_size : (i + 1) * hf_config.hidden_size]
+    runner = EagleHeadRunner(head, loaded.model, tap, 8, block_size, torch.float32, torch.device("cpu"))
+    for s in (example.prompt_len - 1, example.prompt_len + 3):
+        h = runner.catch_up([tokens[: s + 1]], [0], [table])  # (1, H)
+        torch.testing.assert_close(h[0], outputs[0][0, s], rtol=1e-4, atol=1e-4)
+        for j in (1, 2):
+            h = runner.draft_step(torch.tensor([tokens[s + j]]), h, [s + j], [table])
+            torch.testing.assert_close(h[0], outputs[j][0, s + j], rtol=1e-4, atol=1e-4)
+    # a catch-up in two pieces (what lazy catch-up after a k = 0 phase does) equals one piece
+    runner.catch_up([tokens[:5]], [0], [table])
+    h = runner.catch_up([tokens[5:12]], [5], [table])
+    torch.testing.assert_close(h[0], outputs[0][0, 11], rtol=1e-4, atol=1e-4)
+
+
+def test_head_round_trips_and_a_mismatch_is_refused(loaded, tmp_path, target_dir):
+    hf_config = loaded.hf_config
+    head = random_head(EagleHeadConfig.for_target(hf_config, str(target_dir)), hf_config, seed=5)
+    out = save_head(head, tmp_path / "head")
+    back = load_head(out, hf_config, str(target_dir), torch.float32, torch.device("cpu"))
+    for (name, a), (_, b) in zip(head.state_dict().items(), back.state_dict().items()):
+        assert torch.equal(a, b), name
+    assert read_head_config(out).layers_to_capture == list(default_layers_to_capture(4))
+    assert not any(n.startswith(("embed", "lm_head")) for n in back.state_dict())  # the target's, not saved
+
+    other = load_model(str(make_tiny_checkpoint(tmp_path, "llama", seed=1, hidden_size=32, head_dim=8)),
+                       dtype=torch.float32, device="cpu")
+    with pytest.raises(ValueError, match=r"trained for .*hidden_size 64 \(head\) != 32 \(target\).*train-head"):
+        load_head(out, other.hf_config, "other", torch.float32, torch.device("cpu"))
+    from dynaspec import LLM
+
+    with pytest.raises(ValueError, match="hidden_size 64"):
+        LLM(model=other.path.as_posix(), speculative_config=EagleDecodingConfig(max_draft_len=2, speculative_model=str(out)))
+
+
+def test_config_validation_errors(tmp_path, loaded):
+    with pytest.raises(ValueError, match="needs config.json and model.safetensors"):
+        EagleDecodingConfig(max_draft_len=2, speculative_model=str(tmp_path))
+    head_dir = save_head(random_head(EagleHeadConfig.for_target(loaded.hf_config, "t"), loaded.hf_config), tmp_path / "h")
+    config = json.loads((head_dir / "config.json").read_text())
+    (head_dir / "config.json").write_text(json.dumps({**config, "architecture": "Medusa"}))
+    with pytest.raises(ValueError, match="architecture must be 'Eagle3Head'"):
+        EagleDecodingConfig(max_draft_len=2, speculative_model=str(head_dir))
+    (head_dir / "config.json").write_text(json.dumps({**config, "hidden_size": -1}))
+    with pytest.raises(ValueError, match="hidden_size"):
+        EagleDecodingConfig(max_draft_len=2, speculative_model=str(head_dir))
+    (head_dir / "config.json").write_text(json.dumps(config))
+    with pytest.raises(ValueError, match="distinct layer indices"):
+        EagleDecodingConfig(max_draft_len=2, speculative_model=str(head_dir), eagle3_layers_to_capture=[1, 1])
+    with pytest.raises(ValueError, match="max_draft_len"):
+        EagleDecodingConfig(max_draft_len=0, speculative_model=str(head_dir))
+    from dynaspec.config_loader import build_spec_config
+
+    built = build_spec_config({"decoding_type": "Eagle", "max_draft_len": 3, "speculative_model_dir": str(head_dir)})
+    assert isinstance(built, EagleDecodingConfig) and built.speculative_model == str(head_dir)

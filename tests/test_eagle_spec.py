@@ -1,0 +1,175 @@
+"""The EAGLE drafter in the engine, on a tiny random target: `dynaspec train-head` runs end to end and its
+head is lossless (greedy token-identical to no speculation under schedules that cross k = 0 and back,
+with preemption, with the adaptive per-request policy), the fixed-shape chain drafts what the
+step-by-step path drafts, and sampled requests keep the target's distribution (rejection sampling with
+the head's q)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from scipy.stats import chisquare
+from typer.testing import CliRunner
+
+from dynaspec import LLM, EagleDecodingConfig, SamplingParams
+from dynaspec.cli import app
+from dynaspec.config import EngineConfig
+from dynaspec.engine.engine import LLMEngine
+from dynaspec.models.eagle_head import read_head_config
+from tests.arrivals import run_with_arrivals
+from tests.tiny_models import make_tiny_checkpoint, make_tiny_hf_model, save_tiny_tokenizer
+
+GREEDY = SamplingParams(temperature=0.0, max_tokens=20, ignore_eos=True)
+VOCAB = 64  # a small vocabulary: a head trained for seconds is right often enough to exercise acceptance
+
+
+def _words(gen: torch.Generator, n: int) -> str:
+    return " ".join(f"w{i}" for i in torch.randint(3, 40, (n,), generator=gen).tolist())
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    """A tiny target with a word-level tokenizer, and a head `dynaspec train-head` trained for it (CLI)."""
+    root = tmp_path_factory.mktemp("eagle-spec")
+    target = make_tiny_checkpoint(root, "llama", seed=0, num_hidden_layers=4, vocab_size=VOCAB)
+    save_tiny_tokenizer(target, vocab_size=VOCAB)
+    gen = torch.Generator().manual_seed(0)
+    prompts = root / "prompts.jsonl"
+    prompts.write_text("".join(json.dumps({"prompt": _words(gen, 6 + i % 9)}) + "\n" for i in range(24)))
+    head = root / "head"
+    result = CliRunner().invoke(app, [
+        "train-head", "--model", str(target), "--workload", str(prompts), "--num-prompts", "24", "--out", str(head),
+        "--steps", "60", "--max-tokens", "24", "--ttt-steps", "2", "--batch-size", "8", "--device", "cpu",
+        "--dtype", "float32",
+    ])
+    assert result.exit_code == 0, result.output
+    assert "mean accepted length at k: k=1:" in result.output and "2 held out" in result.output
+    return {"target": str(target), "head": str(head), "root": root}
+
+
+def test_train_head_writes_a_head_for_its_target(tiny):
+    config = read_head_config(tiny["head"])
+    assert config.architecture == "Eagle3Head" and config.layers_to_capture == [0, 1]
+    assert config.target.name.endswith("tiny-llama-seed0") and config.target.hidden_size == 64
+
+
+def test_train_head_bad_options_are_one_line_errors(tiny):
+    runner = CliRunner()
+    base = ["train-head", "--model", tiny["target"], "--out", str(tiny["root"] / "x")]
+    result = runner.invoke(app, [*base, "--num-prompts", "1"])
+    assert result.exit_code == 2 and "--num-prompts" in result.output and "greater than or equal to 2" in result.output
+    result = runner.invoke(app, [*base, "--workload", "poems"])
+    assert result.exit_code == 2 and "poems unknown" in result.output and "stdlib" in result.output
+    result = runner.invoke(app, [*base, "--layers", "1,x"])
+    assert result.exit_code == 2 and "--layers" in result.output
+
+
+def _prompts(n: int) -> list[list[int]]:
+    gen = torch.Generator().manual_seed(3)
+    return [torch.randint(3, 40, (4 + 5 * i,), generator=gen).tolist() for i in range(n)]
+
+
+@pytest.fixture(scope="module")
+def baseline(tiny):
+    return [o.token_ids for o in LLM(model=tiny["target"], block_size=4).generate(_prompts(6), GREEDY)]
+
+
+def _spec(tiny, k: int, **extra) -> EagleDecodingConfig:
+    return EagleDecodingConfig(max_draft_len=k, speculative_model=tiny["head"], **extra)
+
+
+@pytest.mark.parametrize("k", [1, 3])
+def test_greedy_identical_to_no_spec_with_preemption(tiny, baseline, k):
+    llm = LLM(model=tiny["target"], block_size=4, num_kv_blocks=30, max_model_len=64, max_num_batched_tokens=64,
+              speculative_config=_spec(tiny, k))
+    outs = llm.generate(_prompts(6), GREEDY)
+    assert [o.token_ids for o in outs] == baseline
+    assert sum(o.metrics.num_preemptions for o in outs) > 0
+    stats = llm.get_stats()
+    assert stats["num_drafted"] > stats["num_accepted"] > 0  # the trained head is right sometimes, not always
+    assert llm.engine.num_free_blocks == llm.engine.num_total_blocks
+
+
+def _trace(engine: LLMEngine) -> dict[str, list[int]]:
+    """Arrivals and departures move the decoding batch across the schedule's thresholds (k -> 0 -> k)."""
+    arrivals = {0: [0, 1], 3: [2, 3, 4], 9: [5], 16: [0, 3]}
+    return run_with_arrivals(engine, _prompts(6), arrivals, lambda i, n: (
+        f"r{n}", SamplingParams(temperature=0.0, max_tokens=8 + 5 * (n % 3), ignore_eos=True)))
+
+
+@pytest.mark.parametrize("policy", [{"draft_len_schedule": {1: 3, 3: 0}}, {"draft_len_policy": "adaptive"}])
+def test_schedule_across_k_zero_and_adaptive_are_lossless(tiny, policy):
+    plain = _trace(LLMEngine(EngineConfig(model=tiny["target"], block_size=4)))
+    engine = LLMEngine(EngineConfig(model=tiny["target"], block_size=4, num_kv_blocks=40, max_model_len=64,
+                                    speculative_config=_spec(tiny, 3, **policy)))
+    assert _trace(engine) == plain
+    ks = {int(k) for ks in engine.get_stats()["k_histogram"].values() for k in ks}
+    if "draft_len_schedule" in policy:
+        assert 0 in ks and 3 in ks  # the schedule crossed k = 0 and back
+
+
+def test_chain_drafts_equal_step_by_step_drafts(tiny):
+    """The fixed-shape chain (the CUDA graph's code, run eagerly) proposes exactly what the eager
+    step-by-step path proposes, call by call, and served the steady state."""
+    def run(chain: bool):
+        engine = LLMEngine(EngineConfig(model=tiny["target"], block_size=4, max_num_seqs=8,
+                                        speculative_config=_spec(tiny, 3)))
+        if chain:
+            pairs = [(b, k) for b, k in engine.graph_pairs() if k > 0]
+            engine.drafter.capture_graphs(pairs, engine.max_blocks_per_seq, use_graphs=False)
+        seen = []
+        propose = engine.drafter.propose
+
+        def spy(requests, k):
+            proposal = propose(requests, k)
+            seen.append(proposal.tokens)
+            return proposal
+
+        engine.drafter.propose = spy
+        return _trace(engine), seen, engine.drafter
+
+    out, plain_seen, _ = run(False)
+    chained_out, chained_seen, drafter = run(True)
+    assert chained_out == out and chained_seen == plain_seen
+    assert drafter.chain.num_replays > len(chained_seen) // 2
+
+
+def test_sampled_requests_keep_the_target_distribution(tiny):
+    """Unseeded sampling with EAGLE drafts: the first three tokens' joint distribution is the target's
+    (chi-square against the HF model's processed probabilities; top-k 3 keeps 27 outcomes)."""
+    params = SamplingParams(temperature=1.5, top_k=3, max_tokens=3, ignore_eos=True)
+    prompt = _prompts(2)[1]
+    hf = make_tiny_hf_model("llama", seed=0, num_hidden_layers=4, vocab_size=VOCAB)
+
+    def processed(ids: list[int]) -> torch.Tensor:
+        with torch.no_grad():
+            logits = hf(torch.tensor([ids])).logits[0, -1] / 1.5
+        top = logits.topk(3)
+        probs = torch.zeros_like(logits)
+        probs[top.indices] = torch.softmax(top.values, -1)
+        return probs
+
+    expected: dict[tuple[int, ...], float] = {}
+    p1 = processed(prompt)
+    for a in p1.nonzero().flatten().tolist():
+        p2 = processed(prompt + [a])
+        for b in p2.nonzero().flatten().tolist():
+            p3 = processed(prompt + [a, b])
+            for c in p3.nonzero().flatten().tolist():
+                expected[(a, b, c)] = float(p1[a] * p2[b] * p3[c])
+    n = 2700
+    llm = LLM(model=tiny["target"], block_size=4, max_num_seqs=256, seed=1, speculative_config=_spec(tiny, 2))
+    outs = llm.generate([prompt] * n, params)
+    counts: dict[tuple[int, ...], int] = {}
+    for out in outs:
+        key = tuple(out.token_ids)
+        assert key in expected, f"{key} is outside the target's top-3 support"
+        counts[key] = counts.get(key, 0) + 1
+    keys = sorted(expected)
+    total = sum(expected.values())
+    result = chisquare([counts.get(k, 0) for k in keys], [expected[k] / total * n for k in keys])
+    assert result.pvalue > 1e-3
+    stats = llm.get_stats()
+    assert stats["num_drafted"] > 0 and stats["num_accepted"] > 0  # q was used: drafts accepted and rejected

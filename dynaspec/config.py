@@ -66,12 +66,6 @@ class EngineConfig(BaseModel):
 
     @model_validator(mode="after")
     def _deterministic_combinations(self) -> "EngineConfig":
-        if self.deterministic and getattr(self.speculative_config, "replay_acceptance_profile", None) is not None:
-            raise ValueError(
-                "deterministic=True cannot be combined with speculative_config.replay_acceptance_profile: replayed "
-                "acceptance (a benchmark mode) commits drafts the target did not choose, so no output is the same "
-                "as plain decoding's; drop one of the two"
-            )
         if self.deterministic and self.tensor_parallel_size > 1:
             raise ValueError(
                 f"deterministic=True needs tensor_parallel_size=1 (got {self.tensor_parallel_size}): NCCL picks its "

@@ -58,11 +58,7 @@ def test_tiled_attention_matches_sdpa_reference():
         torch.testing.assert_close(out, ref, rtol=1e-5, atol=1e-5)
 
 
-def test_replayed_acceptance_cannot_be_deterministic():
-    spec = dict(decoding_type="NGram", max_draft_len=3, replay_acceptance_profile="ngram_chat")
-    with pytest.raises(ValueError, match="deterministic=True cannot be combined with .*replay_acceptance_profile"):
-        EngineConfig(deterministic=True, speculative_config=spec)
-    assert EngineConfig(speculative_config=spec).speculative_config.replay_acceptance_profile
+def test_tensor_parallelism_cannot_be_deterministic():
     with pytest.raises(ValueError, match="deterministic=True needs tensor_parallel_size=1"):
         EngineConfig(deterministic=True, tensor_parallel_size=2)
 

@@ -1,0 +1,75 @@
+"""An EAGLE-3 head trained in the test for SmolLM2-135M-Instruct (train_head: self-distillation, training-time
+test): greedy output token-identical to no speculation across k = 0 with preemption, and fresh across
+k = 0 (acceptance after a plain phase >= 0.95 x before it: the head caught up from the feature cache)."""
+
+from __future__ import annotations
+
+import pytest
+
+from dynaspec import LLM, EagleDecodingConfig, SamplingParams
+from dynaspec.bench.workloads import chat_prompts
+from dynaspec.config import EngineConfig
+from dynaspec.engine.engine import LLMEngine
+from dynaspec.train_head.prompts import prompt_token_ids
+from dynaspec.train_head.trainer import TrainOptions, train_head
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def trained(smollm2_dir, tmp_path_factory):
+    out = tmp_path_factory.mktemp("smollm2-eagle") / "head"
+    report = train_head(TrainOptions(
+        model=str(smollm2_dir), sources=["chat"], num_prompts=8, out=out, steps=30, lr=2e-3, max_tokens=40,
+        ttt_steps=2, batch_size=4, eval_fraction=0.125, device="cpu", dtype="float32",
+    ), log=lambda _: None)
+    assert report.num_held_out_prompts == 1 and report.train_tokens > 200
+    assert report.held_out["accuracy_per_depth"][0] > 0.05  # held out: it learned more than chance
+    llm = LLM(model=str(smollm2_dir), dtype="float32", block_size=16)
+    prompts = [prompt_token_ids(llm.tokenizer, c) for c in chat_prompts(8)]
+    return {"head": str(out), "model": str(smollm2_dir), "prompts": prompts}
+
+
+def test_greedy_identical_to_no_spec_across_k_zero_with_preemption(trained):
+    params = SamplingParams(temperature=0.0, max_tokens=32, ignore_eos=True)
+    prompts = trained["prompts"][:4]
+    plain = LLM(model=trained["model"], dtype="float32", block_size=16).generate(prompts, params)
+    spec = EagleDecodingConfig(max_draft_len=3, speculative_model=trained["head"], draft_len_schedule={1: 3, 3: 2, 4: 0})
+    llm = LLM(model=trained["model"], dtype="float32", block_size=16, num_kv_blocks=14, max_model_len=160,
+              max_num_batched_tokens=160, speculative_config=spec)
+    outs = llm.generate(prompts, params)
+    assert [o.token_ids for o in outs] == [o.token_ids for o in plain]
+    assert sum(o.metrics.num_preemptions for o in outs) > 0
+    ks = {int(k) for ks in llm.get_stats()["k_histogram"].values() for k in ks}
+    assert 0 in ks and ks & {2, 3}
+    assert llm.get_stats()["num_accepted"] > 0
+
+
+def test_fresh_across_k_zero(trained):
+    """Schedule {1: 3, 2: 0}: request r drafts alone, a second request turns speculation off for a while,
+    then r drafts again. Acceptance in the phase after k = 0 is >= 0.95 x the phase before."""
+    prompt, other = trained["prompts"][0], trained["prompts"][1]
+    spec = EagleDecodingConfig(max_draft_len=3, speculative_model=trained["head"], draft_len_schedule={1: 3, 2: 0})
+    engine = LLMEngine(EngineConfig(model=trained["model"], dtype="float32", block_size=16, speculative_config=spec))
+    engine.add_request("r", prompt, SamplingParams(temperature=0.0, max_tokens=64, ignore_eos=True))
+    phases: dict[str, list[int]] = {"before": [0, 0], "after": [0, 0]}
+    phase, step, plain_steps, seen = "before", 0, 0, None
+    while engine.has_unfinished_requests():
+        if step == 6:
+            engine.add_request("other", other, SamplingParams(temperature=0.0, max_tokens=6, ignore_eos=True))
+        engine.step()
+        step += 1
+        last = engine.stats.last_step
+        if last is seen or not last:  # a prefill-only step records nothing
+            continue
+        seen = last
+        if last["k"] == 0:
+            plain_steps += 1
+            phase = "after"
+        else:
+            phases[phase][0] += last["accepted"]
+            phases[phase][1] += last["drafted"]
+    assert plain_steps >= 3  # the k = 0 phase happened
+    before, after = (a / d for a, d in phases.values())
+    assert phases["after"][1] >= 9 and before > 0.2
+    assert after >= 0.95 * before, (phases, before, after)

@@ -122,8 +122,12 @@ def attention_check(case: dict) -> dict:
     _, (q, meta, out) = run([(0, 0, lengths[0])])
     ref = reference_paged_attention(q.float(), cache.float(), meta, scale, window)
     rel_err = float((out.double() - ref.double()).norm() / ref.double().norm())
+    # Rows past the last sequence (a CUDA graph's padding): zeros, the other rows' bits unchanged.
+    padded = tia.invariant_attention(torch.cat([q, q[:2]]), cache, meta.query_start_loc, meta.seq_lens,
+                                     meta.block_tables, meta.max_seq_len, scale, window)
+    padding_ok = torch.equal(padded[:len(q)], out) and bool((padded[len(q):] == 0).all())
     return {"differing_rows": differing, "compared_rows": compared, "rel_err": rel_err,
-            "finite": bool(torch.isfinite(out).all())}
+            "finite": bool(torch.isfinite(out).all()), "padding_ok": padding_ok}
 
 
 def worker(cases_json: str) -> None:

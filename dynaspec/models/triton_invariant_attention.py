@@ -87,13 +87,13 @@ def _merge(m_tot, l_tot, acc_tot, m, l, acc):
 def _row_geometry(row_seq_ptr, query_start_loc_ptr, seq_lens_ptr, t, num_seqs, sliding_window,
                   USE_WINDOW: tl.constexpr):
     """(sequence, row position, first visible key, number of keys) of flat row t; 0 keys for a row
-    outside every sequence (graph padding)."""
+    outside every sequence (graph padding), whose output is then zeros."""
     b = tl.minimum(tl.load(row_seq_ptr + t), num_seqs - 1).to(tl.int32)
     q_start = tl.load(query_start_loc_ptr + b).to(tl.int32)
     q_end = tl.load(query_start_loc_ptr + b + 1).to(tl.int32)
     seq_len = tl.load(seq_lens_ptr + b).to(tl.int32)
     row_pos = seq_len - (q_end - q_start) + (t - q_start)
-    n_keys = tl.where(t < q_end, row_pos + 1, 0)
+    n_keys = tl.where(t < q_end, tl.maximum(row_pos + 1, 0), 0)
     lo = 0
     if USE_WINDOW:
         lo = tl.maximum(row_pos - sliding_window + 1, 0)
@@ -119,7 +119,7 @@ def _invariant_attention_kernel(
     b, row_pos, lo, n_keys = _row_geometry(row_seq_ptr, query_start_loc_ptr, seq_lens_ptr, t, num_seqs,
                                            sliding_window, USE_WINDOW)
     g = tl.arange(0, ROWS)
-    g_valid = (g < GROUP) & (g < tl.where(n_keys > 0, ROWS, 0))  # no row outside every sequence
+    g_valid = g < GROUP
     head = kvh * GROUP + g
     d = tl.arange(0, BLOCK_D)
     d_valid = d < HEAD_DIM
@@ -175,7 +175,7 @@ def _merge_kernel(
     b, row_pos, lo, n_keys = _row_geometry(row_seq_ptr, query_start_loc_ptr, seq_lens_ptr, t, num_seqs,
                                            sliding_window, USE_WINDOW)
     g = tl.arange(0, ROWS)
-    g_valid = (g < GROUP) & (g < tl.where(n_keys > 0, ROWS, 0))  # no row outside every sequence
+    g_valid = g < GROUP
     head = kvh * GROUP + g
     d = tl.arange(0, BLOCK_D)
     d_valid = d < HEAD_DIM

@@ -173,3 +173,43 @@ def test_sampled_requests_keep_the_target_distribution(tiny):
     assert result.pvalue > 1e-3
     stats = llm.get_stats()
     assert stats["num_drafted"] > 0 and stats["num_accepted"] > 0  # q was used: drafts accepted and rejected
+
+
+cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+
+
+@cuda
+@pytest.mark.cuda
+@pytest.mark.parametrize("k", [1, 3, 5])
+def test_chain_graph_equals_eager_on_cuda(tiny, k):
+    """float32 on CUDA: with the target's graphs (which write the features) and the head's chain graph per
+    (bucket, k), every proposal and every output equal the eager engine's, and equal no speculation."""
+    def run(eager: bool, spec: bool = True):
+        config = EngineConfig(model=tiny["target"], block_size=4, max_num_seqs=8, dtype="float32", device="cuda",
+                              enforce_eager=eager, speculative_config=_spec(tiny, k) if spec else None)
+        engine = LLMEngine(config)
+        seen = []
+        if spec:
+            propose = engine.drafter.propose
+            engine.drafter.propose = lambda requests, kk: seen.append(propose(requests, kk)) or seen[-1]
+        return _trace(engine), [p.tokens for p in seen], engine
+
+    plain, _, _ = run(True, spec=False)
+    eager, eager_seen, _ = run(True)
+    graphed, graphed_seen, engine = run(False)
+    assert eager == plain and graphed == plain
+    assert graphed_seen == eager_seen
+    chain = engine.drafter.chain
+    assert chain is not None and chain.use_graphs and chain.num_replays > len(graphed_seen) // 2
+    assert engine.get_stats()["num_accepted"] > 0
+
+
+@cuda
+@pytest.mark.cuda
+def test_goodput_policy_prices_the_eagle_chain_on_cuda(tiny):
+    """The goodput planner's start-up probe times the head's chain replays; output stays lossless."""
+    plain = _trace(LLMEngine(EngineConfig(model=tiny["target"], block_size=4, device="cuda", dtype="float32")))
+    engine = LLMEngine(EngineConfig(model=tiny["target"], block_size=4, device="cuda", dtype="float32",
+                                    speculative_config=_spec(tiny, 3, draft_len_policy="goodput")))
+    assert _trace(engine) == plain
+    assert engine.drafter.chain is not None and engine.drafter.chain.graphs

@@ -70,6 +70,12 @@ class EagleDrafter(Drafter):
     def attach(self, num_blocks: int, block_size: int, kernels: DecodeKernels) -> None:
         """Allocate the head's KV and the feature cache (num_blocks + the scratch block) and install the tap
         on the target, before the engine captures the target's graphs."""
+        if getattr(self.target.model.model, "feature_tap", None) is not None:
+            raise ValueError(
+                "the target model already writes its hidden states into another EAGLE engine's feature cache (an "
+                "engine sharing its weights): build each EAGLE engine on its own copy of the target (dynaspec "
+                "bench: --rounds 1)"
+            )
         self.tap = FeatureTap(self.head.layers_to_capture, self.hidden_size, (num_blocks + 1) * block_size,
                               self.dtype, self.device)
         install_feature_tap(self.target.model, self.tap)

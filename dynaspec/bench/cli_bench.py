@@ -203,6 +203,7 @@ def bench_command(
     gpu_memory_utilization: Annotated[Optional[float], typer.Option(help="fraction of GPU memory the weights may take before the bench refuses the model (default 0.85)")] = None,
     seed: Annotated[int, typer.Option()] = 0,
     enforce_eager: Annotated[bool, typer.Option(help="no CUDA graphs")] = False,
+    deterministic: Annotated[bool, typer.Option(help="batch-invariant kernels on every line (EngineConfig.deterministic)")] = False,
     warmup: Annotated[bool, typer.Option(help="one short run per config before timing")] = True,
     rounds: Annotated[int, typer.Option(help="> 1: all lines side by side on one copy of the weights, each point measured this many times in rotated order (median)")] = 1,
     plots: Annotated[bool, typer.Option(help="write PNG plots")] = True,
@@ -244,7 +245,7 @@ def bench_command(
             prompt_len=DEFAULT_PROMPT_LEN if prompt_len is None else prompt_len,
             gen_len=gen_len, workload=workload,
             acceptance_profile=acceptance_profile, device=device, dtype=dtype, seed=seed,
-            enforce_eager=enforce_eager, warmup=warmup, rounds=rounds,
+            enforce_eager=enforce_eager, deterministic=deterministic, warmup=warmup, rounds=rounds,
             command_line=shlex.join(sys.argv),
         )
         settings.validate()

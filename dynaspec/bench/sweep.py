@@ -234,6 +234,7 @@ def _build_engine(settings: SweepSettings, line: Line, max_batch: int, max_k: in
         max_model_len=max_model_len,
         seed=settings.seed,
         enforce_eager=settings.enforce_eager,
+        deterministic=settings.deterministic,
         model_cache_dir=settings.model_cache_dir,
         speculative_config=line.speculative_config,
     )

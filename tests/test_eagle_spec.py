@@ -110,6 +110,13 @@ def test_schedule_across_k_zero_and_adaptive_are_lossless(tiny, policy):
         assert 0 in ks and 3 in ks  # the schedule crossed k = 0 and back
 
 
+def test_a_second_eagle_engine_on_shared_weights_is_refused(tiny):
+    config = EngineConfig(model=tiny["target"], block_size=4, speculative_config=_spec(tiny, 2))
+    first = LLMEngine(config)
+    with pytest.raises(ValueError, match="another EAGLE engine's feature cache.*own copy of the target"):
+        LLMEngine(config, loaded=first.loaded)
+
+
 def test_chain_drafts_equal_step_by_step_drafts(tiny):
     """The fixed-shape chain (the CUDA graph's code, run eagerly) proposes exactly what the eager
     step-by-step path proposes, call by call, and served the steady state."""

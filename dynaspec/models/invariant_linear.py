@@ -32,6 +32,8 @@ def invariant_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor |
     if x.is_cuda:
         from dynaspec.models import batch_invariant  # Triton is only needed on CUDA
 
+        if x.dim() == 2 and x.stride(-1) != 1:
+            x = x.contiguous()
         if batch_invariant.matmul_supported(x, weight, bias):
             return batch_invariant.invariant_matmul(x, weight, bias, pdl=pdl)
         raise ValueError(

@@ -13,7 +13,8 @@ batch 64 and a verify step (He & Thinking Machines Lab 2025, "Defeating Nondeter
   `CPU_ROW_BLOCK` rows is one BLAS call of the same shape (block, K) x (K, N) on a 64-byte aligned slice
   of one fresh buffer (16 rows of 4-byte floats are a multiple of 64 bytes). One shape means one kernel and one blocking for every row of every step;
   the rows of a GEMM never mix, and tests/test_deterministic_cpu.py checks that a row's result depends
-  neither on the other rows of its block nor on its place in it. 16 rows: ~3x F.linear's time for one
+  neither on the other rows of its block nor on its place in it (for one BLAS thread count, which a
+  process keeps). 16 rows: ~3x F.linear's time for one
   row (a GEMV), ~1.4x for long prefills (measured on 2 AVX-512 cores with SmolLM2-135M's shapes).
 """
 

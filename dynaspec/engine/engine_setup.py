@@ -20,14 +20,16 @@ def resolve_max_model_len(config: EngineConfig, loaded: LoadedModel) -> int:
 
 
 def activation_reserve(config: EngineConfig, loaded: LoadedModel, device: torch.device) -> int:
-    """GPU bytes kept free for CUDA graphs, activations and logits of the largest decode step."""
+    """GPU bytes kept free for CUDA graphs, activations and logits of the largest decode step: per token
+    its bf16 and float32 logits inside the graph pool plus the graphs' static float32 output buffer
+    (runtime/cuda_graphs.py; ragged graphs share it), and the layer activations."""
     if device.type != "cuda":
         return 0
     cfg = loaded.hf_config
     spec = config.speculative_config
     tokens = min(config.max_num_seqs, config.cuda_graph_max_batch) * (1 + (spec.max_draft_len if spec else 0))
     tokens = max(tokens, config.max_num_batched_tokens)
-    per_token = 8 * cfg.vocab_size + 2 * (16 * cfg.hidden_size + 6 * cfg.intermediate_size)
+    per_token = 12 * cfg.vocab_size + 2 * (16 * cfg.hidden_size + 6 * cfg.intermediate_size)
     return tokens * per_token + (1 << 30)
 
 

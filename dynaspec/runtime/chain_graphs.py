@@ -71,6 +71,8 @@ class DraftChainGraphs(CudaGraphDecoder):
             model, kv_caches, block_size, max_blocks_per_seq, scratch_block, pairs, device, use_graphs, pool
         )
 
+    shares_output = False  # (bucket, k) draft ids: small, and their width differs per k
+
     def input_width(self, k: int) -> int:
         """Every chain stages the two positions of its first step, whatever k."""
         return FIRST_STEP_WIDTH

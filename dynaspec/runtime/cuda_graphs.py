@@ -65,12 +65,23 @@ class CapturedGraphs:
     device: torch.device
     use_graphs: bool
     pool: object
+    # Logits graphs write their output into ONE static buffer (rows: the largest pair's) instead of each
+    # keeping its own output tensor alive in the pool: 14 batch buckets x 5 k's of an 8B model's float32
+    # logits held ~9 GB that the KV pool sizing never counted. Costs one copy inside each graph.
+    shares_output: bool = True
 
-    def _init_graph_store(self) -> None:
+    def _init_graph_store(self, output_buffer: torch.Tensor | None = None) -> None:
+        """output_buffer: a static buffer to write outputs into, shared with another decoder whose graphs
+        never replay concurrently with these (None: allocated at the first capture)."""
         self.graphs: dict[tuple[int, int], torch.cuda.CUDAGraph] = {}
         self.outputs: dict[tuple[int, int], torch.Tensor] = {}
+        self.output_buffer = output_buffer
         self.num_replays = 0
         self.replays_per_pair: dict[tuple[int, int], int] = {}
+
+    def output_rows(self, a: int, b: int) -> int:
+        """Rows of the pair's output (the static buffer holds the largest)."""
+        raise NotImplementedError
 
     def stage_idle(self, a: int, b: int) -> None:
         raise NotImplementedError
@@ -89,11 +100,17 @@ class CapturedGraphs:
             stream.wait_stream(torch.cuda.current_stream(self.device))
             with torch.cuda.stream(stream):
                 for _ in range(2):  # warm up (Triton autotune / compilation) outside the capture
-                    self._forward(*key)
+                    warm = self._forward(*key)
             torch.cuda.current_stream(self.device).wait_stream(stream)
+            if self.shares_output and self.output_buffer is None:  # outside the pool: counted as activations
+                rows = max(self.output_rows(*pair) for pair in self.pairs)
+                self.output_buffer = torch.empty((rows, *warm.shape[1:]), dtype=warm.dtype, device=self.device)
+            del warm
             graph = torch.cuda.CUDAGraph()
             with torch.cuda.graph(graph, pool=self.pool):
                 out = self._forward(*key)
+                if self.shares_output:
+                    out = self.output_buffer[: out.shape[0]].copy_(out)
             if self.pool is None:
                 self.pool = graph.pool()
             self.graphs[key] = graph
@@ -196,6 +213,9 @@ class CudaGraphDecoder(CapturedGraphs):
     def input_width(self, k: int) -> int:
         """Positions staged per request for a pair of draft length k: a verify step feeds 1 + k."""
         return 1 + k
+
+    def output_rows(self, bucket: int, k: int) -> int:
+        return bucket * (1 + k)
 
     def _forward(self, bucket: int, k: int) -> torch.Tensor:
         """The captured computation: positions and slots from the static inputs, the model, the logits.

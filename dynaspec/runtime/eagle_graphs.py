@@ -102,6 +102,8 @@ class EagleChainGraphs(CudaGraphDecoder):
         super().__init__(runner.head, runner.kv_caches, runner.block_size, max_blocks_per_seq, runner.scratch_block,
                          pairs, runner.device, use_graphs, pool)
 
+    shares_output = False  # (bucket, k) draft ids: small, and their width differs per k
+
     def input_width(self, k: int) -> int:
         """Step 0 feeds up to 1 + k catch-up tokens per request."""
         return 1 + k

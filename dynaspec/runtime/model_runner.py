@@ -59,9 +59,12 @@ class ModelRunner:
         """Capture ragged verify graphs for the (batch bucket, padded tokens) keys, in the uniform graphs'
         memory pool (runtime/ragged_graphs.py); call after capture_graphs."""
         pool = None if self.graphs is None else self.graphs.pool
+        buffer = None if self.graphs is None else self.graphs.output_buffer
+        if buffer is not None and max((t for _, t in keys), default=0) > buffer.shape[0]:
+            buffer = None  # (never for the engine's keys: they stay within the uniform graphs' rows)
         self.ragged_graphs = RaggedGraphDecoder(
             self.model, self.kv_caches, self.block_size, max_blocks_per_seq, self.scratch_block, keys,
-            max_query_len, self.device, use_graphs=use_graphs, pool=pool,
+            max_query_len, self.device, use_graphs=use_graphs, pool=pool, output_buffer=buffer,
         )
         self.ragged_graphs.capture()
 

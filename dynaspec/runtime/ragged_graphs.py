@@ -76,7 +76,10 @@ class RaggedGraphDecoder(CapturedGraphs):
         device: torch.device,
         use_graphs: bool = True,
         pool=None,
+        output_buffer: torch.Tensor | None = None,
     ):
+        """output_buffer: the uniform decoder's static logits buffer, shared (a ragged step never holds more
+        rows than the uniform graph of its bucket at max k)."""
         self.model = model
         self.kv_caches = kv_caches
         self.block_size = block_size
@@ -90,7 +93,7 @@ class RaggedGraphDecoder(CapturedGraphs):
         self._tokens_by_bucket: dict[int, list[int]] = {}
         for bucket, tokens in sorted(self.pairs):
             self._tokens_by_bucket.setdefault(bucket, []).append(tokens)
-        self._init_graph_store()
+        self._init_graph_store(output_buffer)
         max_tokens = max((t for _, t in self.pairs), default=1)
         max_slots = max((slots(b, t, max_query_len) for b, t in self.pairs), default=1)
         self.max_tokens, self.max_slots = max_tokens, max_slots
@@ -112,6 +115,9 @@ class RaggedGraphDecoder(CapturedGraphs):
         buffer = torch.zeros(self._offsets[-1], dtype=torch.int64, pin_memory=self.device.type == "cuda")
         self._parts(buffer)[4].fill_(self.scratch_block)
         return buffer
+
+    def output_rows(self, bucket: int, tokens: int) -> int:
+        return tokens
 
     # ----------------------------------------------------------------- lookup
     def lookup(self, batch: int, tokens: int) -> tuple[int, int] | None:

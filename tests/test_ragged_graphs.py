@@ -106,16 +106,20 @@ def test_a_ragged_step_is_priced_at_its_graphs_padded_total():
     assert policy.step_seconds(3, 0) == pytest.approx(0.01 + 0.001 * 3)  # k = 0: the plain graph
 
 
-def test_real_step_times_raise_the_price_once_enough_are_seen():
-    policy = _policy(lambda batch, tokens: (4, 8) if batch <= 4 and tokens <= 8 else None)
+def test_real_step_times_add_the_host_overhead_of_their_bucket_once_enough_are_seen():
+    """Real speculative steps took 0.05 s where the probe said 0.018: once min_observed_steps were seen, every
+    speculative price at that batch bucket carries the 0.032 s overhead; plain steps and other buckets not."""
+    policy = _policy(lambda batch, tokens: (4, tokens) if batch <= 4 and tokens <= 8 else None)
     prior = policy.step_seconds(3, 2)
     for n in range(3):
         assert policy.step_seconds(3, 2) == prior  # fewer than min_observed_steps: the probe
         policy.observe(StepOutcome(request_ids=["a", "b", "c"], draft_len=2, drafted=[2, 0, 0],
                                    accepted=[1, 0, 0], draft_lens=[2, 0, 0], seconds=0.05))
     assert policy.step_seconds(3, 2) == pytest.approx(0.05)
-    assert policy.step_seconds(4, 1) == pytest.approx(0.05)  # the same graph, the same price
-    assert policy.step_seconds(3, 6) != pytest.approx(0.05)
+    overhead = 0.05 - prior
+    assert policy.step_seconds(4, 3) == pytest.approx(0.01 + 0.001 * 7 + overhead)  # same bucket, other graph
+    assert policy.step_seconds(3, 0) == pytest.approx(0.01 + 0.001 * 3)  # plain steps overlap their host work
+    assert policy.step_seconds(3, 6) == pytest.approx(0.01 + 0.001 * 9)  # runs at batch 3: no samples there
 
 
 # --- CUDA: the engine replays ragged graphs, losslessly ----------------------------------------------

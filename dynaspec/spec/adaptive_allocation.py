@@ -28,7 +28,6 @@ count separately).
 
 from __future__ import annotations
 
-import heapq
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
@@ -45,15 +44,10 @@ def survival(alphas: Sequence[float]) -> list[float]:
 def allocation_order(survivals: Sequence[Sequence[float]]) -> list[tuple[int, float]]:
     """Every (request index, survival) pair in the order the budget takes them: highest survival first,
     the positions of one request in order (ties: the smaller request index), all positions of all requests."""
-    heap = [(-s[0], i, 0) for i, s in enumerate(survivals) if len(s) > 0]
-    heapq.heapify(heap)
-    order: list[tuple[int, float]] = []
-    while heap:
-        negative, i, j = heapq.heappop(heap)
-        order.append((i, -negative))
-        if j + 1 < len(survivals[i]):
-            heapq.heappush(heap, (-survivals[i][j + 1], i, j + 1))
-    return order
+    # One sort: survivals never grow along a request's positions, so ordering by (-s, i, j) keeps each
+    # request's positions in order (equal survivals: the earlier position first); C-speed at batch 256.
+    pairs = sorted((-s, i, j) for i, request in enumerate(survivals) for j, s in enumerate(request))
+    return [(i, -negative) for negative, i, _ in pairs]
 
 
 def allocate(survivals: Sequence[Sequence[float]], budget: int) -> list[int]:

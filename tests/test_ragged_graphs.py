@@ -106,20 +106,36 @@ def test_a_ragged_step_is_priced_at_its_graphs_padded_total():
     assert policy.step_seconds(3, 0) == pytest.approx(0.01 + 0.001 * 3)  # k = 0: the plain graph
 
 
-def test_real_step_times_add_the_host_overhead_of_their_bucket_once_enough_are_seen():
-    """Real speculative steps took 0.05 s where the probe said 0.018: once min_observed_steps were seen, every
-    speculative price at that batch bucket carries the 0.032 s overhead; plain steps and other buckets not."""
+def test_real_step_times_add_the_learned_host_overhead_to_speculative_prices():
+    """Real speculative steps took 0.05 s where the probe said less: once the overhead model has its samples,
+    speculative prices carry the learned overhead (one cell seen: a constant); plain steps do not."""
     policy = _policy(lambda batch, tokens: (4, tokens) if batch <= 4 and tokens <= 8 else None)
     prior = policy.step_seconds(3, 2)
+    far = policy.step_seconds(3, 6)
     for n in range(3):
-        assert policy.step_seconds(3, 2) == prior  # fewer than min_observed_steps: the probe
+        assert policy.step_seconds(3, 2) == prior  # fewer samples than the model's minimum: the probe
         policy.observe(StepOutcome(request_ids=["a", "b", "c"], draft_len=2, drafted=[2, 0, 0],
                                    accepted=[1, 0, 0], draft_lens=[2, 0, 0], seconds=0.05))
     assert policy.step_seconds(3, 2) == pytest.approx(0.05)
     overhead = 0.05 - prior
-    assert policy.step_seconds(4, 3) == pytest.approx(0.01 + 0.001 * 7 + overhead)  # same bucket, other graph
+    assert policy.step_seconds(4, 3) == pytest.approx(0.01 + 0.001 * 7 + overhead)  # another graph
+    assert policy.step_seconds(3, 6) == pytest.approx(far + overhead)
     assert policy.step_seconds(3, 0) == pytest.approx(0.01 + 0.001 * 3)  # plain steps overlap their host work
-    assert policy.step_seconds(3, 6) == pytest.approx(0.01 + 0.001 * 9)  # runs at batch 3: no samples there
+
+
+def test_leaving_k0_waits_until_the_gain_earns_the_catch_up_back():
+    """After plain steps the drafter is 10,000 tokens behind at 1 ms a token (10 s): an allocation that
+    saves a little per step over 40 remaining tokens stays at k = 0; with nothing behind it drafts."""
+    from dynaspec.spec.catch_up import CatchUpCost
+
+    backlog = {"behind": 10_000}
+    policy = _policy(None)
+    policy.catch_up, policy.backlog = CatchUpCost(0.001), lambda: (backlog["behind"], 40)
+    policy.estimator.alphas = lambda rid=None: [0.9, 0.9]
+    assert policy.draft_lens(2, 2, ["a", "b"]) == [0, 0]
+    assert policy.last_decision["reason"] == "catch-up"
+    backlog["behind"] = 0
+    assert policy.draft_lens(2, 2, ["a", "b"]) == [2, 2]
 
 
 # --- CUDA: the engine replays ragged graphs, losslessly ----------------------------------------------

@@ -17,12 +17,14 @@ at its own k_i (StepOutcome.draft_lens), so a request cut short by its k_i is no
 Prices (`step_seconds`): where the engine captured ragged verify graphs (CUDA), a step of `batch` requests and
 B positions runs in the graph of (batch bucket, padded tokens) `ragged_step` names, and is priced as the
 uniform steps of that bucket interpolated at the padded total; elsewhere (eager, or no ragged graph holds it)
-at the uniform steps around batch + B tokens. Refined online, as the goodput planner does: the probe times
-bare forwards, real speculative steps add the host's drafting, verification and commit (on an H100 at batch
-256, n-gram: a k = 1 step took 22 ms against a probed 13 ms). Each speculative step files (measured - probed)
-under the batch bucket it ran at; once `min_observed_steps` are there, their median (when positive) is added
-to every speculative price of that bucket, whatever B. Probed prices are cached per (batch, B): a plan at
-batch 256 asks for up to 1024 of them. The drafter's catch-up is not priced. Exploration, as the planner's: every
+at the uniform steps around batch + B tokens. Refined online with the goodput planner's host-overhead model
+(spec/step_overhead.py): the probe times bare forwards, real speculative steps add the host's drafting,
+verification and commit (on an H100 at batch 256, n-gram: a k = 1 step took 22 ms against a probed 13 ms);
+every real step feeds (measured - probed) at its batch and mean draft length B / batch, and speculative
+prices carry the fit's prediction. Probed prices are cached per (batch, B): a plan at batch 256 asks for up
+to 1024 of them. Switching from plain steps pays the drafter's catch-up first (spec/catch_up.py, as the
+planner prices it): an allocation whose gain over the requests' remaining tokens does not earn it back stays
+at k = 0. Exploration, as the planner's: every
 `explore_every`-th decision adds the next (request, position) pair in survival order to B* for two steps, so
 positions never verified get observed (a position's estimate only moves when it is verified: without this
 an estimate below the price would hold B*, or speculation altogether, where it is for good).
@@ -31,20 +33,19 @@ an estimate below the price would hold B*, or speculation altogether, where it i
 
 from __future__ import annotations
 
-from collections import Counter, deque
+from collections import Counter
 from collections.abc import Callable, Hashable, Sequence
-from statistics import median
 from typing import Any
 
 from dynaspec.runtime.cost_model import StepCostModel
 from dynaspec.spec.acceptance_estimator import AcceptanceEstimator, load_acceptance_profile
+from dynaspec.spec.catch_up import CatchUpCost, switch_pays
 from dynaspec.spec.adaptive_allocation import Allocation, plan_allocation, step_seconds_by_tokens, survival
 from dynaspec.spec.planner import PaddedBatchFn
 from dynaspec.spec.planner_settings import PlannerSettings
 from dynaspec.spec.policy import DraftLenPolicy, StepOutcome
+from dynaspec.spec.step_overhead import StepOverheadModel
 
-# Host-overhead samples kept per batch bucket (the most recent ones: the price follows the present load).
-MAX_SAMPLES_PER_KEY = 32
 
 
 def measured_max_draft_len(cost_model: StepCostModel, max_draft_len: int) -> int:
@@ -70,20 +71,25 @@ class AdaptivePolicy(DraftLenPolicy):
         settings: PlannerSettings | None = None,
         padded_batch: PaddedBatchFn | None = None,
         ragged_step: Callable[[int, int], tuple[int, int] | None] | None = None,
+        catch_up: CatchUpCost | None = None,
+        backlog: Callable[[], tuple[int, int]] | None = None,
     ) -> None:
         """cost_model: T(batch, k) of uniform steps, k in 0..max_draft_len; estimator: acceptance per
         position, pooled and per request; settings: max_concurrency, replan_every, max_tables, explore_every,
         min_observed_steps (the planner's); padded_batch: (batch, k) -> the batch a step runs at (None: its
         own, eager); ragged_step: (batch, tokens) -> the ragged graph's (bucket, padded tokens) or None
-        (PolicyContext.ragged_step)."""
+        (PolicyContext.ragged_step); catch_up, backlog: the drafter's catch-up price and
+        PolicyContext.backlog (None: switching from k = 0 is free)."""
         self.max_draft_len = measured_max_draft_len(cost_model, min(max_draft_len, estimator.max_draft_len))
         self.cost_model = cost_model
         self.estimator = estimator
         self.settings = PlannerSettings() if settings is None else settings
         self.padded_batch = padded_batch
         self.ragged_step = ragged_step
-        # run batch bucket -> recent (measured - probed) seconds of real speculative steps (module docstring)
-        self._misses: dict[int, deque[float]] = {}
+        self.overhead = StepOverheadModel()  # real - probed step seconds (module docstring)
+        self.catch_up = catch_up
+        self.backlog = backlog
+        self._plain_last = True  # the last observed decode step verified no drafts
         self._priors: dict[tuple[int, int], tuple[int, float]] = {}  # (batch, B) -> (run bucket, probed seconds)
         # request ids (in batch order) -> (observations when computed, allocation)
         self._tables: dict[tuple[Hashable, ...], tuple[int, Allocation]] = {}
@@ -101,6 +107,8 @@ class AdaptivePolicy(DraftLenPolicy):
             return [0] * num_decoding
         allocation = self.allocation(num_decoding, request_ids)
         draft_lens, reason = list(allocation.draft_lens), "allocate"
+        if allocation.budget > 0 and self._plain_last and not self._switch_pays(num_decoding, allocation):
+            draft_lens, reason = [0] * num_decoding, "catch-up"
         if allocation.next_request is not None and settings.explore_every is not None:
             self._decisions += 1
             if self._explore_again or self._decisions >= settings.explore_every:
@@ -141,14 +149,20 @@ class AdaptivePolicy(DraftLenPolicy):
 
     def step_seconds(self, batch: int, positions: int) -> float:
         """Predicted T of a step of `batch` requests verifying `positions` draft positions in all: the probed
-        price at the graph it runs in, plus (positions > 0) the host overhead real steps showed at its bucket."""
-        bucket, prior = self._prior(batch, positions)
+        price at the graph it runs in, plus (positions > 0) the learned host overhead; plain steps overlap
+        their host work with the GPU."""
+        _, prior = self._prior(batch, positions)
         if positions == 0:
             return prior
-        misses = self._misses.get(bucket)
-        if misses is not None and len(misses) >= self.settings.min_observed_steps:
-            return prior + max(0.0, median(misses))
-        return prior
+        return prior + self.overhead.predict(batch, positions / batch)
+
+    def _switch_pays(self, batch: int, allocation: Allocation) -> bool:
+        """Whether leaving k = 0 for this allocation earns back the drafter's catch-up (spec/catch_up.py)."""
+        if self.catch_up is None or self.backlog is None:
+            return True
+        behind, remaining = self.backlog()
+        plain = batch / self.step_seconds(batch, 0)
+        return switch_pays(self.catch_up.seconds(behind), remaining, plain, allocation.goodput)
 
     def _prior(self, batch: int, positions: int) -> tuple[int, float]:
         """(the batch bucket the step runs at, its probed price), cached."""
@@ -170,7 +184,16 @@ class AdaptivePolicy(DraftLenPolicy):
 
     # ----------------------------------------------------------------- engine hooks
     def observe(self, outcome: StepOutcome) -> None:
-        """Each request's drafted / accepted counts, at its own k_i."""
+        """Each request's drafted / accepted counts, at its own k_i; the step's time (the host overhead, or
+        on the first speculative step after plain ones the catch-up's price)."""
+        positions = sum(outcome.drafted)
+        if outcome.seconds is not None and outcome.batch > 0:
+            _, prior = self._prior(outcome.batch, positions)
+            if outcome.catch_up_tokens is None:
+                self.overhead.add(outcome.batch, positions / outcome.batch, outcome.seconds - prior)
+            elif self.catch_up is not None:
+                self.catch_up.observe(outcome.catch_up_tokens, outcome.seconds - self.step_seconds(outcome.batch, positions))
+        self._plain_last = outcome.draft_len == 0
         if outcome.draft_len == 0:
             return
         draft_lens = outcome.draft_lens or [outcome.draft_len] * outcome.batch
@@ -184,13 +207,11 @@ class AdaptivePolicy(DraftLenPolicy):
         for k_i, (ids, drafted, accepted) in groups.items():
             self.estimator.update_step(ids, drafted, accepted, k_i)
         self._observations += 1
-        positions = sum(outcome.drafted)
-        if outcome.seconds is not None and outcome.catch_up_tokens is None and positions > 0:
-            bucket, prior = self._prior(outcome.batch, positions)
-            self._misses.setdefault(bucket, deque(maxlen=MAX_SAMPLES_PER_KEY)).append(outcome.seconds - prior)
 
     def refresh(self, num_decoding: int, request_ids: Sequence[Hashable] | None = None) -> None:
-        """Recompute the allocation of these decoding requests now if due (off the critical path)."""
+        """Recompute the allocation of these decoding requests (and the overhead fit) now if due (off the
+        critical path)."""
+        self.overhead.refit_if_due()
         self.allocation(num_decoding, request_ids)
 
     def release(self, request_id: Hashable) -> None:
@@ -214,6 +235,8 @@ def build_adaptive_policy(
     cost_model: StepCostModel,
     padded_batch: PaddedBatchFn | None = None,
     ragged_step: Callable[[int, int], tuple[int, int] | None] | None = None,
+    catch_up: CatchUpCost | None = None,
+    backlog: Callable[[], tuple[int, int]] | None = None,
 ) -> AdaptivePolicy:
     """The engine's adaptive policy from a speculative config (max_draft_len, max_concurrency,
     acceptance_profile) and T(batch, k); the estimator is the goodput planner's (same settings)."""
@@ -224,4 +247,6 @@ def build_adaptive_policy(
         memory_trials=settings.estimate_memory_trials, request_ema_rate=settings.request_ema_rate,
         blend_count=settings.request_blend_count, learn_blend_count=True,
     )
-    return AdaptivePolicy(cost_model, estimator, spec_config.max_draft_len, settings, padded_batch, ragged_step)
+    return AdaptivePolicy(
+        cost_model, estimator, spec_config.max_draft_len, settings, padded_batch, ragged_step, catch_up, backlog
+    )

@@ -57,7 +57,8 @@ def _goodput(spec: Any, context: PolicyContext) -> DraftLenPolicy:
 
 def _adaptive(spec: Any, context: PolicyContext) -> DraftLenPolicy:
     return build_adaptive_policy(
-        spec, _step_costs(spec, context), padded_batch=context.padded_batch, ragged_step=context.ragged_step
+        spec, _step_costs(spec, context), padded_batch=context.padded_batch, ragged_step=context.ragged_step,
+        catch_up=CatchUpCost(context.catch_up_seconds_per_token()), backlog=context.backlog,
     )
 
 

@@ -54,11 +54,12 @@ class StepOverheadModel:
     def __len__(self) -> int:
         return len(self._samples)
 
-    def add(self, batch: int, k: int, residual_seconds: float) -> None:
-        """One real step: measured seconds minus the probe's seconds for the same (batch, k)."""
-        self._samples.append((int(batch), int(k), float(residual_seconds)))
+    def add(self, batch: int, k: float, residual_seconds: float) -> None:
+        """One real step: measured seconds minus the probe's seconds for the same (batch, k); k may be a
+        ragged step's mean draft length (drafted positions / batch: the model's terms stay per token)."""
+        self._samples.append((int(batch), k, float(residual_seconds)))
         self._added_since_fit += 1
-        new_speculative_cell = k > 0 and (int(batch), int(k)) not in self._fitted_cells
+        new_speculative_cell = k > 0 and (int(batch), k) not in self._fitted_cells
         if new_speculative_cell or self._added_since_fit >= self.refit_every:
             self._coef = None
 
@@ -93,7 +94,7 @@ class StepOverheadModel:
             self._added_since_fit = 0
         return self._coef
 
-    def predict(self, batch: int, k: int) -> float:
+    def predict(self, batch: int, k: float) -> float:
         """Expected extra seconds of a real step over the probed time at (batch, k); >= 0."""
         coef = self._fit()
         if coef is None:

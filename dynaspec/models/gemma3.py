@@ -36,9 +36,9 @@ from dynaspec.models.llama import (
     LlamaMLP,
     LlamaModel,
     RMSNorm,
-    RotaryEmbedding,
     config_head_dim,
 )
+from dynaspec.models.rope import RotaryEmbedding
 
 FULL_ATTENTION = "full_attention"
 SLIDING_ATTENTION = "sliding_attention"

@@ -111,8 +111,12 @@ def test_policy_learns_per_request_acceptance_from_its_own_draft_lengths():
 
 
 def test_policy_stays_off_where_verify_is_expensive_and_explores_now_and_then():
-    policy = _policy(10.0, explore_every=5)
+    """Unbudgeted, every explore_every-th decision explores; with explore_budget an exploration waits until
+    the decisions since the last one earned its extra step time (here: a position costs 10x a step)."""
     ids = ["a", "b", "c"]
+    budgeted = _policy(10.0, explore_every=5)  # default explore_budget: 1% of each decision's step time
+    assert not any(any(budgeted.draft_lens(3, 3, ids)) for _ in range(12))
+    policy = _policy(10.0, explore_every=5, explore_budget=None)
     decisions = [policy.draft_lens(3, 3, ids) for _ in range(12)]
     explored = [i for i, d in enumerate(decisions) if any(d)]
     assert explored == [4, 5, 10, 11]  # two steps every explore_every-th decision, one position

@@ -24,8 +24,10 @@ every real step feeds (measured - probed) at its batch and mean draft length B /
 prices carry the fit's prediction. Probed prices are cached per (batch, B): a plan at batch 256 asks for up
 to 1024 of them. Switching from plain steps pays the drafter's catch-up first (spec/catch_up.py, as the
 planner prices it): an allocation whose gain over the requests' remaining tokens does not earn it back stays
-at k = 0. Exploration, as the planner's: every
-`explore_every`-th decision adds the next (request, position) pair in survival order to B* for two steps, so
+at k = 0. Exploration, as the planner's: every `explore_every`-th decision, once the decisions since the
+last one earned its cost (`explore_budget` of their step time: two steps' extra time, plus the catch-up when
+leaving k = 0; unbudgeted, the H100 sweep's explorations at batch 256 cost 1.5-10 plain steps each), adds the
+next (request, position) pair in survival order to B* for two steps, so
 positions never verified get observed (a position's estimate only moves when it is verified: without this
 an estimate below the price would hold B*, or speculation altogether, where it is for good).
 `max_concurrency` applies as elsewhere: above it, every k_i is 0.
@@ -42,6 +44,7 @@ from dynaspec.spec.acceptance_estimator import AcceptanceEstimator, load_accepta
 from dynaspec.spec.catch_up import CatchUpCost, switch_pays
 from dynaspec.spec.adaptive_allocation import Allocation, plan_allocation, step_seconds_by_tokens, survival
 from dynaspec.spec.planner import PaddedBatchFn
+from dynaspec.spec import planner_rules as rules
 from dynaspec.spec.planner_settings import PlannerSettings
 from dynaspec.spec.policy import DraftLenPolicy, StepOutcome
 from dynaspec.spec.step_overhead import StepOverheadModel
@@ -96,6 +99,7 @@ class AdaptivePolicy(DraftLenPolicy):
         self._observations = 0
         self._decisions = 0  # decisions since the last exploration
         self._explore_again = False  # the next decision explores too
+        self._explore_earned = 0.0  # seconds the decisions since the last exploration earned (explore_budget)
         self.last_decision: dict[str, Any] = {}
 
     # ----------------------------------------------------------------- the decision
@@ -111,9 +115,15 @@ class AdaptivePolicy(DraftLenPolicy):
             draft_lens, reason = [0] * num_decoding, "catch-up"
         if allocation.next_request is not None and settings.explore_every is not None:
             self._decisions += 1
-            if self._explore_again or self._decisions >= settings.explore_every:
+            held = sum(draft_lens)
+            if settings.explore_budget is not None:
+                self._explore_earned += settings.explore_budget * self.step_seconds(num_decoding, held)
+            due = self._decisions >= settings.explore_every and self._exploration_affordable(num_decoding, held)
+            if self._explore_again or due:
                 # two decisions in a row, as the planner explores: the first may only drain an overlapped step
                 self._explore_again, self._decisions = not self._explore_again, 0
+                if self._explore_again:
+                    self._explore_earned = 0.0
                 draft_lens[allocation.next_request] += 1
                 reason = "explore"
         self.last_decision = {
@@ -155,6 +165,18 @@ class AdaptivePolicy(DraftLenPolicy):
         if positions == 0:
             return prior
         return prior + self.overhead.predict(batch, positions / batch)
+
+    def _exploration_affordable(self, batch: int, held: int) -> bool:
+        """Whether the earned budget covers exploring one more position: two steps' extra time, plus the
+        drafter's catch-up when leaving k = 0 (the planner's rule, spec/planner_rules.py)."""
+        if self.settings.explore_budget is None:
+            return True
+        extra = rules.exploration_step_cost(self.step_seconds(batch, held), self.step_seconds(batch, held + 1))
+        if not rules.exploration_affordable(extra, self._explore_earned):
+            return False
+        if held == 0 and self._plain_last and self.catch_up is not None and self.backlog is not None:
+            extra += self.catch_up.seconds(self.backlog()[0])
+        return rules.exploration_affordable(extra, self._explore_earned)
 
     def _switch_pays(self, batch: int, allocation: Allocation) -> bool:
         """Whether leaving k = 0 for this allocation earns back the drafter's catch-up (spec/catch_up.py)."""

@@ -100,6 +100,16 @@ def config_head_dim(config: PretrainedConfig) -> int:
     return getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
 
 
+def _concat(tensors: list[torch.Tensor]) -> torch.Tensor:
+    """torch.cat along dim 0; on the meta device (loader.empty_model) an empty tensor of the same shape:
+    torch.cat of meta tensors runs through torch's Python reference ops, whose first use imports
+    torch._dynamo (0.7 s of a 2-core CPU's start-up)."""
+    if tensors[0].is_meta:
+        first = tensors[0]
+        return torch.empty((sum(t.shape[0] for t in tensors), *first.shape[1:]), dtype=first.dtype, device="meta")
+    return torch.cat(tensors)
+
+
 def fuse_linears(linears: list[nn.Linear]) -> tuple[torch.Tensor, torch.Tensor | None]:
     """One (sum of out_features, in_features) weight (and bias) holding `linears`' rows, in order.
 
@@ -107,11 +117,11 @@ def fuse_linears(linears: list[nn.Linear]) -> tuple[torch.Tensor, torch.Tensor |
     becomes a view), so the HF-named parameters stay what `load_weights`, `random_model` and
     `state_dict` see, while a forward runs one GEMM for all of them. The old storage is released.
     """
-    weight = torch.cat([lin.weight.detach() for lin in linears])
     has_bias = [lin.bias is not None for lin in linears]
     if any(has_bias) and not all(has_bias):
         raise ValueError("fuse_linears needs all linears with a bias or none")
-    bias = torch.cat([lin.bias.detach() for lin in linears]) if all(has_bias) else None
+    weight = _concat([lin.weight.detach() for lin in linears])
+    bias = _concat([lin.bias.detach() for lin in linears]) if all(has_bias) else None
     offset = 0
     for lin in linears:
         rows = lin.out_features
@@ -301,6 +311,15 @@ class LlamaDecoderLayer(nn.Module):
         return self.mlp(h), residual
 
 
+def _meta_weight(config: PretrainedConfig) -> torch.Tensor | None:
+    """The embedding's weight when the model is built on the meta device (loader.empty_model): handing it
+    over skips nn.Embedding's normal_ init, which on a meta tensor runs through torch's Python reference
+    ops and imports torch._dynamo (0.7-1.0 s of a 2-core CPU's start-up). None elsewhere (normal init)."""
+    if torch.get_default_device().type != "meta":
+        return None
+    return torch.empty(config.vocab_size, config.hidden_size)
+
+
 class LlamaModel(nn.Module):
     """Embedding, decoder layers and final norm (HF's `model.` sub-tree).
 
@@ -313,7 +332,7 @@ class LlamaModel(nn.Module):
 
     def __init__(self, config: PretrainedConfig, attention_cls: type[LlamaAttention]) -> None:
         super().__init__()
-        self.embed_tokens = nn.Embedding(config.vocab_size, config.hidden_size)
+        self.embed_tokens = nn.Embedding(config.vocab_size, config.hidden_size, _weight=_meta_weight(config))
         self.layers = nn.ModuleList(
             self.decoder_layer_cls(config, i, attention_cls) for i in range(config.num_hidden_layers)
         )

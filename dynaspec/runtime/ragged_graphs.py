@@ -189,7 +189,6 @@ class RaggedGraphDecoder(CapturedGraphs):
             tables[i, len(table) :] = self.scratch_block
         real_rows = start
         ids[start:tokens] = 0
-        slot = n
         for slot in range(n, slots(bucket, tokens, self.max_query_len)):
             q_len = min(self.max_query_len, tokens - start)  # pad rows (0 once the padding is placed)
             start += q_len

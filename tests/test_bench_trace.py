@@ -108,14 +108,14 @@ def test_cli_replayed_trace(tiny, tmp_path):
     result = CliRunner().invoke(app, [
         "bench-trace", "--model", tiny, "--drafter", "ngram", "--max-draft-len", "2", "--phases", "1,3,2",
         "--requests-per-phase", "2,3,1", "--prompt-len", "12", "--gen-len", "6", "--device", "cpu", "--out-dir", str(out),
-        "--profiles", ",".join(PROFILES), "--no-warmup",
+        "--profiles", ",".join(PROFILES), "--no-warmup", "--adaptive",
     ])
     assert result.exit_code == 0, result.output
     assert "ACCEPTANCE REPLAYED" in result.output
     data = json.loads((out / "trace.json").read_text())
     meta = data["metadata"]
     assert data["schema"] == "dynaspec.bench.trace/1"
-    assert [r["line"] for r in data["results"]] == ["no spec", "k=1", "k=2", "schedule", "goodput"]
+    assert [r["line"] for r in data["results"]] == ["no spec", "k=1", "k=2", "schedule", "goodput", "adaptive"]
     assert meta["requests_per_phase"] == [2, 3, 1] and meta["num_requests"] == 6
     assert any("ACCEPTANCE REPLAYED" in c for c in meta["caveats"])
     assert [p["name"] for p in meta["replay_profiles"]] == PROFILES
@@ -145,9 +145,12 @@ def test_cli_replayed_trace(tiny, tmp_path):
     planning = json.loads((out / PLANNING_PROFILE_FILE).read_text())
     weights = [p["requests"] for p in meta["replay_profiles"]]
     assert planning["acceptance_per_position"] == pytest.approx(mixed_acceptance([load_acceptance(p) for p in PROFILES], weights))
+    assert comparison["adaptive_over_goodput"] == pytest.approx(by_line["adaptive"]["tokens_per_s"] / by_line["goodput"]["tokens_per_s"])
+    assert [p["adaptive_tokens_per_s"] for p in comparison["per_phase"]] == [
+        p["tokens_per_s"] for p in by_line["adaptive"]["per_phase"]]
     markdown = (out / "trace.md").read_text()
     assert "ACCEPTANCE REPLAYED" in markdown and "goodput / best static" in markdown
-    assert "goodput / per-phase best static" in markdown
+    assert "goodput / per-phase best static" in markdown and "adaptive / goodput" in markdown
     assert (out / "trace.png").stat().st_size > 10_000
 
 

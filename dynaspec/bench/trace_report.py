@@ -70,6 +70,10 @@ def comparison_rows(result: dict[str, Any]) -> tuple[list[str], list[list[str]]]
         _ratio(c["schedule_over_best_static"]), _num(c.get("per_phase_best_static_tokens_per_s")),
         _ratio(c.get("goodput_over_per_phase_best_static")),
     ]]
+    if c.get("adaptive_tokens_per_s") is not None:  # the per-request line ran (--adaptive)
+        header += ["adaptive tok/s", "adaptive / best static", "adaptive / goodput"]
+        rows[0] += [_num(c["adaptive_tokens_per_s"]), _ratio(c.get("adaptive_over_best_static")),
+                    _ratio(c.get("adaptive_over_goodput"))]
     return header, rows
 
 
@@ -77,12 +81,18 @@ def phase_rows(result: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
     """Per phase: the best static line there, goodput and the schedule."""
     header = ["phase", "concurrency", "best static (tok/s)", "goodput tok/s", "schedule tok/s", "goodput k histogram"]
     goodput = next((r for r in result["results"] if r["line"] == "goodput"), None)
+    adaptive = any(p.get("adaptive_tokens_per_s") is not None for p in result["comparison"]["per_phase"])
+    if adaptive:
+        header.insert(5, "adaptive tok/s")
     rows = []
     for p in result["comparison"]["per_phase"]:
         hist = goodput["per_phase"][p["phase"]]["k_histogram"] if goodput else {}
         best = f"{p['best_static_line']} ({_num(p['best_static_tokens_per_s'])})" if p["best_static_line"] else ""
-        rows.append([str(p["phase"]), str(p["concurrency"]), best, _num(p["goodput_tokens_per_s"]),
-                     _num(p["schedule_tokens_per_s"]), ", ".join(f"k={k}: {n}" for k, n in hist.items())])
+        row = [str(p["phase"]), str(p["concurrency"]), best, _num(p["goodput_tokens_per_s"]),
+               _num(p["schedule_tokens_per_s"]), ", ".join(f"k={k}: {n}" for k, n in hist.items())]
+        if adaptive:
+            row.insert(5, _num(p.get("adaptive_tokens_per_s")))
+        rows.append(row)
     return header, rows
 
 

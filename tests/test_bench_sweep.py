@@ -178,7 +178,7 @@ def test_goodput_line_records_the_planner_decisions(tiny_dir, tmp_path):
     assert points["no spec"]["planner_decisions"] is None
     decisions = points["goodput"]["planner_decisions"]
     assert sum(decisions.values()) == points["goodput"]["num_decode_steps"]
-    assert all(re.fullmatch(r"(argmax|hysteresis|explore|max_concurrency|catch-up|ramp) k=[0-2]", key) for key in decisions)
+    assert all(re.fullmatch(r"(argmax|hysteresis|explore|probe|max_concurrency|catch-up|ramp) k=[0-2]", key) for key in decisions)
     view = points["goodput"]["planner_view"]
     assert [row["k"] for row in view["table"]] == [0, 1, 2] and view["catch_up_seconds_per_token"] >= 0
     assert points["no spec"]["planner_view"] is None

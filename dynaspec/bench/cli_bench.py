@@ -211,6 +211,7 @@ def bench_command(
     """Sweep batch sizes x draft lengths; print a table, write JSON, markdown and PNG plots."""
     from dynaspec.bench import report
     from dynaspec.bench.sweep import SweepSettings, default_batch_sizes, run_sweep
+    from dynaspec.spec.config import parse_speculative_config
 
     console = Console()
     try:
@@ -249,9 +250,8 @@ def bench_command(
             command_line=shlex.join(sys.argv),
         )
         settings.validate()
-        draft_spec = spec.get("speculative_model") or spec.get("speculative_model_dir") if spec else None
-        draft = [draft_spec] if isinstance(draft_spec, str) else []
-        check_fits([model, *draft], dtype, device, engine.gpu_memory_utilization)
+        draft_model = parse_speculative_config(spec).draft_model if spec else None
+        check_fits([model, *([draft_model] if draft_model else [])], dtype, device, engine.gpu_memory_utilization)
     except (ValueError, TypeError) as exc:
         _fail(console, str(exc))
     try:

@@ -213,6 +213,12 @@ class _SpecConfigBase(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
 
+    @property
+    def draft_model(self) -> str | None:
+        """A second model this method loads beside the target (the bench checks that both fit the device);
+        None for drafters without one (n-gram; an EAGLE head is a single layer)."""
+        return None
+
     max_draft_len: int = Field(default=4, ge=1, le=MAX_DRAFT_LEN_LIMIT)
     draft_len_schedule: dict[int, int] | Literal["auto"] | None = None
     max_concurrency: int | None = Field(default=None, ge=1)
@@ -325,6 +331,10 @@ class DraftTargetDecodingConfig(_SpecConfigBase):
     speculative_model: str = Field(
         min_length=1, validation_alias=AliasChoices("speculative_model", "speculative_model_dir")
     )
+
+    @property
+    def draft_model(self) -> str | None:
+        return self.speculative_model
 
 
 class EagleDecodingConfig(_SpecConfigBase):

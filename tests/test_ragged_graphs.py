@@ -15,6 +15,7 @@ from dynaspec.runtime.ragged_graphs import RaggedDecodeBatch, slots, token_bucke
 from dynaspec.sampling_params import SamplingParams
 from dynaspec.spec.acceptance_estimator import AcceptanceEstimator
 from dynaspec.spec.adaptive import AdaptivePolicy
+from dynaspec.spec.catch_up import CatchUpCost
 from dynaspec.spec.config import NGramDecodingConfig
 from dynaspec.spec.planner_settings import PlannerSettings
 from dynaspec.spec.policy import StepOutcome
@@ -126,8 +127,6 @@ def test_real_step_times_add_the_learned_host_overhead_to_speculative_prices():
 def test_leaving_k0_waits_until_the_gain_earns_the_catch_up_back():
     """After plain steps the drafter is 10,000 tokens behind at 1 ms a token (10 s): an allocation that
     saves a little per step over 40 remaining tokens stays at k = 0; with nothing behind it drafts."""
-    from dynaspec.spec.catch_up import CatchUpCost
-
     backlog = {"behind": 10_000}
     policy = _policy(None)
     policy.catch_up, policy.backlog = CatchUpCost(0.001), lambda: (backlog["behind"], 40)
@@ -155,6 +154,7 @@ def test_engine_runs_ragged_steps_in_graphs_losslessly(tmp_path):
                                         block_size=16, speculative_config=spec))
         if spec is not None:
             engine.policy.estimator.alphas = lambda rid=None: [0.95] * 4 if str(rid).startswith("copy") else [0.05] * 4
+            engine.policy.catch_up = CatchUpCost(0.0)  # no timed price in the decisions
         for i, prompt in enumerate(prompts):
             engine.add_request(f"{'copy' if i % 2 == 0 else 'chat'}{i}", prompt,
                                SamplingParams(temperature=0, max_tokens=40, ignore_eos=True))

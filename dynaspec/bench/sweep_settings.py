@@ -194,30 +194,28 @@ def build_lines(spec, draft_lens: Sequence[int] | None, include_schedule: bool, 
         else:
             lines.append(Line(f"k={k}", "static", _spec_variant(spec, k, {1: k}, None, acceptance_profile), k))
     if include_schedule and spec is not None and spec.draft_len_schedule == AUTO_SCHEDULE:
-        data = spec.model_dump()
-        if acceptance_profile is not None:
-            data[REPLAY_FIELD] = str(acceptance_profile)
-        lines.append(Line("schedule", "schedule", parse_speculative_config(data), None))
+        lines.append(Line("schedule", "schedule", _replayed(spec, acceptance_profile), None))
     elif include_schedule and spec is not None and spec.draft_len_schedule is not None:
         variant = _spec_variant(
             spec, spec.max_draft_len, spec.draft_len_schedule, spec.max_concurrency, acceptance_profile
         )
         lines.append(Line("schedule", "schedule", variant, None))
     policy = getattr(spec, "draft_len_policy", "schedule")
-    if include_schedule and spec is not None and policy in ("goodput", "adaptive"):  # the policy's own line
-        data = spec.model_dump()
-        if acceptance_profile is not None:
-            data[REPLAY_FIELD] = str(acceptance_profile)
-        lines.append(Line(policy, "schedule", parse_speculative_config(data), None))
+    if include_schedule and spec is not None and policy in POLICY_LINES:  # the configured policy's own line
+        lines.append(Line(policy, "schedule", _replayed(spec, acceptance_profile), None))
     for extra in policy_lines:
-        if extra == policy and include_schedule:
-            continue  # already there
-        data = spec.model_dump()
-        data.update(draft_len_policy=extra, draft_len_schedule=None if extra != "schedule" else data["draft_len_schedule"])
-        if acceptance_profile is not None:
-            data[REPLAY_FIELD] = str(acceptance_profile)
-        lines.append(Line(extra, "schedule", parse_speculative_config(data), None))
+        if extra != policy or not include_schedule:  # (the configured one is there already)
+            config = _replayed(spec, acceptance_profile, draft_len_policy=extra, draft_len_schedule=None)
+            lines.append(Line(extra, "schedule", config, None))
     return lines
+
+
+def _replayed(spec, acceptance_profile: str | None, **changes):
+    """The config `spec` with `changes` and the replayed profile (if any), re-validated."""
+    data = {**spec.model_dump(), **changes}
+    if acceptance_profile is not None:
+        data[REPLAY_FIELD] = str(acceptance_profile)
+    return parse_speculative_config(data)
 
 
 def _spec_variant(spec, max_draft_len: int, schedule, max_concurrency, acceptance_profile):

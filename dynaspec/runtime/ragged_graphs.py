@@ -18,6 +18,7 @@ derived inside the graph. The graph returns float32 logits (T, vocab); rows sum(
 
 from __future__ import annotations
 
+from bisect import bisect_left
 from collections.abc import Iterable
 from dataclasses import dataclass
 
@@ -124,12 +125,9 @@ class RaggedGraphDecoder(CapturedGraphs):
         """The captured (bucket, padded tokens) that runs `batch` requests verifying `tokens` positions in all:
         the smallest batch bucket >= batch that has a token bucket >= tokens, and its smallest such token
         bucket; None when no graph holds the step."""
-        for bucket in sorted(self._tokens_by_bucket):
-            if bucket < batch:
-                continue
-            for padded in self._tokens_by_bucket[bucket]:
-                if padded >= tokens:
-                    return bucket, padded
+        for bucket, padded_counts in self._tokens_by_bucket.items():  # ascending buckets, ascending counts
+            if bucket >= batch and padded_counts[-1] >= tokens:
+                return bucket, padded_counts[bisect_left(padded_counts, tokens)]
         return None
 
     # ----------------------------------------------------------------- the captured computation

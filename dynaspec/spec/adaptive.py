@@ -49,6 +49,9 @@ from dynaspec.spec.planner_settings import PlannerSettings
 from dynaspec.spec.policy import DraftLenPolicy, StepOutcome
 from dynaspec.spec.step_overhead import StepOverheadModel
 
+# Probed prices kept per (batch, positions): a batch of b requests asks for b * max_draft_len + 1 of them.
+MAX_CACHED_PRICES = 1 << 16
+
 
 
 def measured_max_draft_len(cost_model: StepCostModel, max_draft_len: int) -> int:
@@ -191,6 +194,8 @@ class AdaptivePolicy(DraftLenPolicy):
         key = (batch, positions)
         cached = self._priors.get(key)
         if cached is None:
+            if len(self._priors) >= MAX_CACHED_PRICES:  # batches long gone (batch x positions grows fast)
+                self._priors.clear()
             cached = self._priors[key] = self._probed(batch, positions)
         return cached
 

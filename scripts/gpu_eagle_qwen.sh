@@ -1,71 +1,107 @@
 #!/usr/bin/env bash
 # Issue 21 on the GPU machine: train an EAGLE-3 head for the real Qwen2.5-Coder-1.5B-Instruct by
-# self-distillation, then time it against no speculation on real code-edit and chat prompts.
+# self-distillation, then time it against no speculation, the 0.5B draft model and n-gram on real prompts.
 #
-# Usage: bash scripts/gpu_eagle_qwen.sh OUT_DIR [train] [bench] [OPTION VALUE ...]
-#   train: `dynaspec train-head` into $HEAD_DIR (default /tmp/eagle-qwen15b; kept while the machine is warm)
-#   bench: `dynaspec bench --workload code-edit` and `--workload chat` with the head: no spec, k = 1..6,
-#          goodput and adaptive lines, each line's greedy tokens checked against no spec's
-#   (default: both). Options (defaults): --target /tmp/qwen-1.5b.gguf (scripts/qwen_join.sh puts it there),
-#   --head-dir /tmp/eagle-qwen15b, --num-prompts 1312 (every offline prompt), --max-tokens 1024 (~1M
-#   self-distilled tokens), --steps 4000, --batch-size 4, --ttt-steps 5, --lr 5e-4, --max-num-seqs 128,
-#   --batch-sizes 1,4,16,64, --gen-len 128, --device auto, --dtype auto. A CPU smoke run of the whole script:
-#   `... /tmp/o --target smollm2-135m-instruct --device cpu --num-prompts 8 --max-tokens 16 --steps 4
-#   --batch-sizes 1 --gen-len 4 --max-num-seqs 4`.
-# The 0.5B draft model and n-gram lines on the same prompts: scripts/gpu_qwen_pair.sh in the same session.
-# Getting the weights there: the header of scripts/gpu_qwen_pair.sh (26 chunk calls, then join).
-# Results: OUT_DIR/eagle-summary.md (train log tail + both bench.md) and OUT_DIR/eagle-results.tar.gz.
+# Usage: bash scripts/gpu_eagle_qwen.sh OUT_DIR [train] [code-edit] [chat] [OPTION VALUE ...]
+#   train: join the carried pair (scripts/qwen_join.sh; the chunks as in scripts/gpu_qwen_pair.sh's header),
+#          convert both GGUFs (in parallel), then `dynaspec train-head` into $HEAD_DIR (default
+#          /tmp/eagle-qwen15b; kept while the machine is warm), told to end optimizing --deadline seconds
+#          after this script started (its --time-limit: it cuts its step count to fit).
+#   code-edit, chat: on that workload, three `dynaspec bench` runs over the same prompts and batch sizes
+#          (one card, one call): the head (no spec, k = 1..6, the goodput policy as the schedule line and the
+#          adaptive line), the 0.5B draft model (--draft-ks) and n-gram (--ngram-ks); each line's greedy
+#          tokens checked against its run's no spec; scripts/drafter_compare.py puts them in one table.
+#   (default: train code-edit chat; each workload is ~5 min, so a device call takes train, or one workload.)
+#   Options (defaults): --target /tmp/qwen-1.5b.gguf, --draft /tmp/qwen-0.5b.gguf, --head-dir /tmp/eagle-qwen15b,
+#   --num-prompts 1312 (every offline prompt), --max-tokens 1024, --steps 4000, --batch-size 8, --ttt-steps 5,
+#   --lr 5e-4, --max-num-seqs 256, --deadline 540, --batch-sizes 1,4,16,64, --gen-len 128, --draft-ks 0,2,3,
+#   --ngram-ks 0,2,4, --device auto, --dtype auto. A CPU smoke run of the whole script (SmolLM2 as target and
+#   draft, no join): `... /tmp/o train code-edit --target smollm2-135m-instruct --draft smollm2-135m-instruct
+#   --device cpu --num-prompts 8 --max-tokens 16 --steps 4 --batch-sizes 1 --gen-len 4 --max-num-seqs 4`.
+# Results: OUT_DIR/eagle-summary.md (train log tail, the comparison tables, timings) and
+# OUT_DIR/eagle-results.tar.gz (logs, bench.json / bench.md of every run), rewritten after every part.
 set -uo pipefail
-out=${1:?usage: gpu_eagle_qwen.sh OUT_DIR [train] [bench] [OPTION VALUE ...]}
+out=${1:?usage: gpu_eagle_qwen.sh OUT_DIR [train] [code-edit] [chat] [OPTION VALUE ...]}
 shift
-target=/tmp/qwen-1.5b.gguf head_dir=/tmp/eagle-qwen15b num_prompts=1312 max_tokens=1024 steps=4000
-batch_size=4 ttt_steps=5 lr=5e-4 max_num_seqs=128 batch_sizes=1,4,16,64 gen_len=128 device=auto dtype=auto
+target=/tmp/qwen-1.5b.gguf draft=/tmp/qwen-0.5b.gguf head_dir=/tmp/eagle-qwen15b num_prompts=1312 max_tokens=1024
+steps=4000 batch_size=8 ttt_steps=5 lr=5e-4 max_num_seqs=256 deadline=540 batch_sizes=1,4,16,64 gen_len=128
+draft_ks=0,2,3 ngram_ks=0,2,4 device=auto dtype=auto
 parts=()
 while [ $# -gt 0 ]; do
   case "$1" in
-    --target|--head-dir|--num-prompts|--max-tokens|--steps|--batch-size|--ttt-steps|--lr|--max-num-seqs|\
-    --batch-sizes|--gen-len|--device|--dtype)
+    --target|--draft|--head-dir|--num-prompts|--max-tokens|--steps|--batch-size|--ttt-steps|--lr|--max-num-seqs|\
+    --deadline|--batch-sizes|--gen-len|--draft-ks|--ngram-ks|--device|--dtype)
       [ $# -ge 2 ] || { echo "error: $1 needs a value" >&2; exit 2; }
       var=${1#--}; printf -v "${var//-/_}" %s "$2"; shift 2 ;;
-    train|bench) parts+=("$1"); shift ;;
-    *) echo "error: unknown argument '$1' (parts: train, bench; options: see the header)" >&2; exit 2 ;;
+    train|code-edit|chat) parts+=("$1"); shift ;;
+    *) echo "error: unknown argument '$1' (parts: train, code-edit, chat; options: see the header)" >&2; exit 2 ;;
   esac
 done
-[ ${#parts[@]} -gt 0 ] || parts=(train bench)
+[ ${#parts[@]} -gt 0 ] || parts=(train code-edit chat)
 root=$(cd "$(dirname "$0")/.." && pwd)
 export PYTHONPATH=$root${PYTHONPATH:+:$PYTHONPATH} PYTHONUNBUFFERED=1
-work=$(mktemp -d /tmp/eagle-out.XXXX)
+work=/tmp/eagle-out  # kept across calls on a warm machine: each call's summary carries the earlier parts
+mkdir -p "$work" "$out"
 summary=$work/eagle-summary.md
-mkdir -p "$out"
+[ -f "$summary" ] || echo "# EAGLE-3 head for $target ($(nvidia-smi --query-gpu=name --format=csv,noheader 2>/dev/null | head -1))" > "$summary"
 start=$SECONDS
-stamp() { echo "[$((SECONDS - start)) s] $*" | tee -a "$work/timing.txt"; }
-echo "# EAGLE-3 head for $target ($(date -u))" > "$summary"
+stamp() { echo "[$(date -u +%H:%M:%S), +$((SECONDS - start)) s] $*" | tee -a "$work/timing.txt"; }
+finish() {
+  { cat "$summary"; echo; echo "## timings"; echo '```'; cat "$work/timing.txt"; echo '```'; } > "$out/eagle-summary.md"
+  tar -czf "$out/eagle-results.tar.gz" -C "$work" .
+}
+convert() {  # GGUF -> float32 safetensors cache, once (dynaspec.models.loader.prepare_gguf); a zoo name passes
+  case "$1" in
+    *.gguf) python3 -c "import sys; from dynaspec.models.loader import prepare_gguf; print(prepare_gguf(sys.argv[1]))" \
+              "$1" > "$work/convert-$(basename "$1" .gguf).log" 2>&1 ;;
+  esac
+}
+
 for part in "${parts[@]}"; do
   if [ "$part" = train ]; then
-    stamp "train-head"
+    if [[ "$target" == *.gguf ]]; then
+      stamp "join: $root/.xfer -> $(dirname "$target")"
+      bash "$root/scripts/qwen_join.sh" "$root/.xfer" "$(dirname "$target")" 2>&1 | tee -a "$work/timing.txt"
+    fi
+    convert "$target" & target_pid=$!
+    convert "$draft" & draft_pid=$!
+    wait "$target_pid" && wait "$draft_pid"
+    stamp "converted (exit $?)"
+    limit=$((deadline - (SECONDS - start) - 20))  # 20 s: loading, the held-out estimate and saving
+    stamp "train-head (--time-limit $limit)"
     python3 -m dynaspec.cli train-head --model "$target" --out "$head_dir" \
       --workload stdlib,pydoc,code-edit,chat,summarise --num-prompts "$num_prompts" --max-tokens "$max_tokens" \
-      --steps "$steps" --batch-size "$batch_size" --ttt-steps "$ttt_steps" --lr "$lr" \
+      --steps "$steps" --batch-size "$batch_size" --ttt-steps "$ttt_steps" --lr "$lr" --time-limit "$limit" \
       --max-num-seqs "$max_num_seqs" --device "$device" --dtype "$dtype" > "$work/train.log" 2>&1
     status=$?
     stamp "train-head exit $status"
-    { echo; echo "## train-head (exit $status)"; echo '```'; tail -25 "$work/train.log"; echo '```'; } >> "$summary"
+    { echo; echo "## train-head (exit $status)"; echo '```'; grep -v "━" "$work/train.log" | tail -25; echo '```'; } >> "$summary"
   else
+    workload=$part
     spec=$work/eagle.yaml
     printf 'speculative_config:\n  decoding_type: Eagle\n  max_draft_len: 6\n  speculative_model: %s\n  draft_len_policy: goodput\n' \
       "$head_dir" > "$spec"
-    for workload in code-edit chat; do
-      stamp "bench $workload"
-      python3 -m dynaspec.cli bench --model "$target" --spec-config "$spec" --policy-lines adaptive --ks 0-6 \
-        --workload "$workload" --batch-sizes "$batch_sizes" --gen-len "$gen_len" --device "$device" \
-        --dtype "$dtype" --no-plots --out-dir "$work/bench-$workload" > "$work/bench-$workload.log" 2>&1
+    common=(--model "$target" --workload "$workload" --batch-sizes "$batch_sizes" --gen-len "$gen_len"
+            --device "$device" --dtype "$dtype" --no-plots)
+    runs=()
+    for drafter in eagle draft-model ngram; do
+      case "$drafter" in
+        eagle) args=(--spec-config "$spec" --ks 0-6 --policy-lines adaptive) ;;
+        draft-model) args=(--drafter draft-model --draft-model "$draft" --max-draft-len 4 --ks "$draft_ks" --no-schedule-line) ;;
+        ngram) args=(--drafter ngram --max-draft-len 4 --ks "$ngram_ks" --no-schedule-line) ;;
+      esac
+      name=$workload-$drafter
+      stamp "bench $name"
+      python3 -m dynaspec.cli bench "${common[@]}" "${args[@]}" --out-dir "$work/$name" > "$work/$name.log" 2>&1
       status=$?
-      stamp "bench $workload exit $status"
-      { echo; echo "## bench --workload $workload (exit $status)"; cat "$work/bench-$workload/bench.md" 2>/dev/null \
-        || tail -20 "$work/bench-$workload.log"; } >> "$summary"
+      stamp "bench $name exit $status"
+      [ $status = 0 ] || tail -15 "$work/$name.log"
+      runs+=("$drafter=$work/$name/bench.json")
+      finish
     done
+    { echo; echo "## $workload: EAGLE head vs the 0.5B draft model vs n-gram (batch sizes $batch_sizes, gen-len $gen_len)"; echo
+      python3 "$root/scripts/drafter_compare.py" "$work/$workload-compare.md" "${runs[@]}" 2>&1; } >> "$summary"
   fi
-  { cat "$summary"; echo; echo "## timings"; cat "$work/timing.txt"; } > "$out/eagle-summary.md"
-  tar -czf "$out/eagle-results.tar.gz" -C "$work" .
+  finish
 done
 cat "$out/eagle-summary.md"

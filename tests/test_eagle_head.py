@@ -5,6 +5,7 @@ the saved head round-trips, and a head made for another target is refused with a
 from __future__ import annotations
 
 import json
+import math
 
 import pytest
 import torch
@@ -138,3 +139,23 @@ def test_config_validation_errors(tmp_path, loaded):
 
     built = build_spec_config({"decoding_type": "Eagle", "max_draft_len": 3, "speculative_model_dir": str(head_dir)})
     assert isinstance(built, EagleDecodingConfig) and built.speculative_model == str(head_dir)
+
+
+def test_time_limit_cuts_the_steps_by_the_injected_clock(loaded, example):
+    """time_limit_s: steps 5..25 are timed (here 1 s each by the injected clock), and the step count is cut
+    to what fits the limit (25 done + 15 s left = 40 steps); the learning rate has decayed to 0 at the last."""
+    from dynaspec.train_head.trainer import TrainOptions, _optimize, _StepPlan
+
+    head = random_head(EagleHeadConfig.for_target(loaded.hf_config, loaded.name, [0, 1, 2]), loaded.hf_config, 0)
+    options = TrainOptions(model="tiny", sources=["chat"], num_prompts=2, out=None, steps=100, lr=1e-3,
+                           ttt_steps=2, batch_size=1, time_limit_s=40.0)
+    ticks = iter([5.0, 25.0])  # the end of step 5, the end of step 25 (began at 0)
+    logged: list[str] = []
+    seen: list[tuple[int, int]] = []
+    _, steps_run = _optimize(head.train(), loaded.model, [example], options, torch.device("cpu"),
+                             lambda phase, done, total: seen.append((done, total)), logged.append, lambda: next(ticks), 0.0)
+    assert steps_run == 40 and seen[-1] == (40, 40) and seen[0] == (1, 100)
+    assert logged and "100 steps would not end within the time limit (40 s): training 40 steps" in logged[0]
+    plan = _StepPlan(40, 0.05)
+    assert plan.factor(0) == 0.5 and plan.factor(39) == pytest.approx(0.5 * (1 + math.cos(37 / 38 * math.pi)))
+    assert not _StepPlan(10, 0.05).fit(seconds_per_step=1.0, seconds_left=100.0, done=5)  # fits: not cut

@@ -28,6 +28,7 @@ class TrainHeadArgs(BaseModel):
     eval_fraction: float = Field(gt=0, lt=1)
     max_num_seqs: int = Field(ge=1)
     temperature: float = Field(ge=0)
+    time_limit: Optional[float] = Field(default=None, gt=0)
 
 
 def _layers(text: str | None) -> list[int] | None:
@@ -55,6 +56,10 @@ def train_head_command(
                                                        "low / middle / high)")] = None,
     temperature: Annotated[float, typer.Option(help="the target's sampling temperature for its answers (0: greedy)")] = 0.0,
     max_num_seqs: Annotated[int, typer.Option(help="answers generated together")] = 64,
+    time_limit: Annotated[Optional[float], typer.Option(help="seconds: end optimizing within this long of the start "
+                                                         "(answering included); the step count is cut to fit, "
+                                                         "timed over the first steps, and the schedule laid "
+                                                         "over the steps run")] = None,
     seed: Annotated[int, typer.Option()] = 0,
     device: Device = None,
     dtype: Dtype = None,
@@ -67,7 +72,7 @@ def train_head_command(
     try:
         args = TrainHeadArgs(num_prompts=num_prompts, steps=steps, lr=lr, max_tokens=max_tokens, ttt_steps=ttt_steps,
                              batch_size=batch_size, eval_fraction=eval_fraction, max_num_seqs=max_num_seqs,
-                             temperature=temperature)
+                             temperature=temperature, time_limit=time_limit)
         from dynaspec.train_head.prompts import parse_sources
 
         sources = parse_sources(workload)
@@ -84,7 +89,8 @@ def train_head_command(
     from dynaspec.train_head.trainer import TrainOptions, train_head
 
     options = TrainOptions(model=model, sources=sources, out=out, layers_to_capture=tapped, seed=seed,
-                           device=device or "auto", dtype=dtype or "auto", **args.model_dump())
+                           device=device or "auto", dtype=dtype or "auto", time_limit_s=args.time_limit,
+                           **args.model_dump(exclude={"time_limit"}))
     columns = (TextColumn("[bold blue]{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
     with Progress(*columns, console=console) as bar:
         tasks: dict[str, int] = {}
@@ -101,7 +107,7 @@ def train_head_command(
             raise typer.Exit(2) from None
     held = report.held_out
     console.print(f"head written to {report.out} ({report.num_train_prompts} training answers, "
-                  f"{report.train_tokens} answer tokens; final loss {report.final_loss:.3f})")
+                  f"{report.train_tokens} answer tokens; {report.steps_run} steps, final loss {report.final_loss:.3f})")
     console.print(f"held out ({report.num_held_out_prompts} prompts, {held['held_out_positions']} positions): "
                   "accuracy per depth " + ", ".join(f"{a:.2f}" for a in held["accuracy_per_depth"]))
     console.print("mean accepted length at k: " + ", ".join(

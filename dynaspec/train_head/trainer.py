@@ -11,8 +11,10 @@ give the acceptance estimate at the end.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import random
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -54,6 +56,7 @@ class TrainOptions:
     seed: int = 0
     max_num_seqs: int = 64
     warmup_fraction: float = 0.05
+    time_limit_s: float | None = None  # end optimizing within this many seconds of train_head's start (None: no limit)
     engine_options: dict = field(default_factory=dict)
 
 
@@ -64,6 +67,7 @@ class TrainReport:
     num_held_out_prompts: int
     train_tokens: int  # answer tokens trained on
     final_loss: float
+    steps_run: int  # options.steps, or fewer to fit options.time_limit_s
     held_out: dict  # ttt.acceptance_estimate
 
 
@@ -80,8 +84,11 @@ def _generation_config(options: TrainOptions, loaded, num_prompts: int, longest_
     )
 
 
-def train_head(options: TrainOptions, progress: Progress | None = None, log: Callable[[str], None] = print) -> TrainReport:
-    """Run the recipe (module docstring); returns the report, writes the head to options.out."""
+def train_head(options: TrainOptions, progress: Progress | None = None, log: Callable[[str], None] = print,
+               clock: Callable[[], float] = time.monotonic) -> TrainReport:
+    """Run the recipe (module docstring); returns the report, writes the head to options.out. clock: seconds,
+    for options.time_limit_s (injected by tests)."""
+    began = clock()
     progress = progress or (lambda phase, done, total: None)
     torch.manual_seed(options.seed)
     probe = EngineConfig(model=options.model, device=options.device, dtype=options.dtype)
@@ -111,15 +118,15 @@ def train_head(options: TrainOptions, progress: Progress | None = None, log: Cal
     head = random_head(EagleHeadConfig.for_target(loaded.hf_config, loaded.name, list(layers)), loaded.hf_config,
                        options.seed).to(device=device, dtype=torch.float32).train()
     target = loaded.model
-    final_loss = _optimize(head, target, train, options, device, progress)
+    final_loss, steps_run = _optimize(head, target, train, options, device, progress, log, clock, began)
     head.eval()
     save_head(head, options.out)
     held_batches = [make_batch(held[i : i + options.batch_size], device, torch.float32, options.max_seq_len)
                     for i in range(0, len(held), options.batch_size)]
-    with _target_in_float32(target):
+    with _training_precision(target):
         estimate = acceptance_estimate(head, target, held_batches, options.ttt_steps)
     train_tokens = sum(len(e.token_ids) - e.prompt_len for e in train)
-    return TrainReport(options.out, len(train), len(held), train_tokens, final_loss, estimate)
+    return TrainReport(options.out, len(train), len(held), train_tokens, final_loss, steps_run, estimate)
 
 
 def _split_examples(examples: list[Example], ids: list[list[int]], is_held: list[bool]):
@@ -133,42 +140,64 @@ def _split_examples(examples: list[Example], ids: list[list[int]], is_held: list
     return train, held
 
 
-class _target_in_float32:
-    """The frozen target's embedding / lm_head in float32 while the float32 head trains on them (a bfloat16
-    target is cast back afterwards)."""
-
-    def __init__(self, target: torch.nn.Module):
-        self.target = target
-        self.dtype = next(target.parameters()).dtype
-
-    def __enter__(self):
-        if self.dtype != torch.float32:
-            self.target.to(torch.float32)
-        return self.target
-
-    def __exit__(self, *exc):
-        if self.dtype != torch.float32:
-            self.target.to(self.dtype)
+def _training_precision(target: torch.nn.Module):
+    """Where the float32 head meets the frozen target: a float32 target is used as is; a 16-bit target (bf16 on
+    CUDA) runs the head's matmuls and the lm_head under autocast in the target's dtype, with float32 master
+    weights, the optimizer and the loss in float32 (mixed-precision training, as SpecForge trains EAGLE-3 heads:
+    a float32 lm_head over ~150k vocabulary rows would dominate every step)."""
+    dtype = next(target.parameters()).dtype
+    if dtype == torch.float32:
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=next(target.parameters()).device.type, dtype=dtype)
 
 
-def _optimize(head, target, train: list[Example], options: TrainOptions, device, progress: Progress) -> float:
-    """AdamW over shuffled batches of the training examples for options.steps steps; the last loss."""
+# steps timed to fit a time limit: from the end of step _TIMED_FROM (after warm-up costs) to the end of _TIMED_TO
+_TIMED_FROM, _TIMED_TO = 5, 25
+
+
+class _StepPlan:
+    """The optimizer's step count and its learning-rate schedule (linear warm-up, cosine decay to 0). With a
+    time limit, the count is cut once steps _TIMED_FROM.._TIMED_TO are timed, so the schedule still decays
+    to 0 inside the limit."""
+
+    def __init__(self, steps: int, warmup_fraction: float):
+        self.steps = steps
+        self.warmup_fraction = warmup_fraction
+
+    @property
+    def warmup(self) -> int:
+        return max(1, int(self.steps * self.warmup_fraction))
+
+    def factor(self, step: int) -> float:
+        if step < self.warmup:
+            return (step + 1) / self.warmup
+        return 0.5 * (1 + math.cos(math.pi * min(1.0, (step - self.warmup) / max(1, self.steps - self.warmup))))
+
+    def fit(self, seconds_per_step: float, seconds_left: float, done: int) -> bool:
+        """Cut the count to what fits in seconds_left (at least done + 1); True when it was cut."""
+        fitting = done + max(1, int(seconds_left / seconds_per_step))
+        if fitting >= self.steps:
+            return False
+        self.steps = fitting
+        return True
+
+
+def _optimize(head, target, train: list[Example], options: TrainOptions, device, progress: Progress,
+              log: Callable[[str], None], clock: Callable[[], float], began: float) -> tuple[float, int]:
+    """AdamW over shuffled batches of the training examples for options.steps steps, or fewer to end within
+    options.time_limit_s of `began` (a clock() reading); the last loss and the steps run."""
     optimizer = torch.optim.AdamW(head.parameters(), lr=options.lr, weight_decay=0.0, betas=(0.9, 0.95))
-    warmup = max(1, int(options.steps * options.warmup_fraction))
-
-    def schedule(step: int) -> float:
-        if step < warmup:
-            return (step + 1) / warmup
-        return 0.5 * (1 + math.cos(math.pi * (step - warmup) / max(1, options.steps - warmup)))
-
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
+    plan = _StepPlan(options.steps, options.warmup_fraction)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, plan.factor)
     rng = random.Random(options.seed)
     order: list[int] = []
     loss_value = float("nan")
-    # the frozen target's embedding and lm_head in the head's float32 (lm_head grads flow to the head only)
-    with _target_in_float32(target):
-        target.requires_grad_(False)
-        for step in range(options.steps):
+    timed_from = began
+    step = 0
+    # the frozen target's embedding and lm_head (their grads flow to the head only)
+    target.requires_grad_(False)
+    with _training_precision(target):
+        while step < plan.steps:
             if len(order) < options.batch_size:
                 fresh = list(range(len(train)))
                 rng.shuffle(fresh)
@@ -182,6 +211,14 @@ def _optimize(head, target, train: list[Example], options: TrainOptions, device,
             torch.nn.utils.clip_grad_norm_(head.parameters(), 1.0)
             optimizer.step()
             scheduler.step()
-            loss_value = float(loss.detach())
-            progress("train", step + 1, options.steps)
-    return loss_value
+            loss_value = float(loss.detach())  # also waits for the step (the clock below times finished work)
+            step += 1
+            if options.time_limit_s is not None and step in (_TIMED_FROM, _TIMED_TO):
+                now = clock()
+                if step == _TIMED_FROM:
+                    timed_from = now
+                elif plan.fit((now - timed_from) / (_TIMED_TO - _TIMED_FROM), options.time_limit_s - (now - began), step):
+                    log(f"{options.steps} steps would not end within the time limit ({options.time_limit_s:g} s): "
+                        f"training {plan.steps} steps (the schedule laid over them)")
+            progress("train", step, plan.steps)
+    return loss_value, plan.steps

@@ -46,7 +46,7 @@ def make_batch(examples: list[Example], device: torch.device, dtype: torch.dtype
     ids = torch.zeros(len(examples), width, dtype=torch.int64)
     labels = torch.zeros(len(examples), width, dtype=torch.int64)
     answer = torch.zeros(len(examples), width, dtype=torch.bool)
-    features = torch.zeros(len(examples), width, n_features, dtype=dtype)
+    features = torch.zeros(len(examples), width, n_features, dtype=dtype, device=device)  # filled on the device
     for b, (example, length) in enumerate(zip(examples, lengths)):
         n = min(length, width)
         tokens = torch.tensor(example.token_ids[: n + 1])
@@ -54,8 +54,8 @@ def make_batch(examples: list[Example], device: torch.device, dtype: torch.dtype
         labels[b, :n] = tokens[1 : n + 1]
         positions = torch.arange(n)
         answer[b, :n] = positions + 1 >= example.prompt_len
-        features[b, 1:n] = example.features[: n - 1].to(dtype)
-    return Batch(ids.to(device), features.to(device), labels.to(device), answer.to(device))
+        features[b, 1:n] = example.features[: n - 1].to(device)  # copied in the recorded dtype, cast there
+    return Batch(ids.to(device), features, labels.to(device), answer.to(device))
 
 
 def ttt_mask(length: int, depth: int, device: torch.device) -> torch.Tensor:

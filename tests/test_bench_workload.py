@@ -224,3 +224,24 @@ def test_every_point_starts_on_a_reset_drafter(tiny_chat_dir, monkeypatch):
     assert pool_sizes == [0, 0, 0, 0]  # k=2 line: batch 1 and batch 2, two rounds each
     k2 = [p for p in result["points"] if p["line"] == "k=2"]
     assert all(p["same_tokens_as_no_spec"] for p in k2)
+
+
+def test_random_warmup_fits_the_engine_sized_by_the_workload(tiny_chat_dir, monkeypatch):
+    """Chat at batch 64 measures every conversation, so the warm-up falls back to random ids: they are as long
+    as the longest measured prompt (the engine's max_model_len is sized by it), not --prompt-len's 128, which
+    the engine refused ("prompt is 128 tokens; max_model_len is 113") on the GPU."""
+    from transformers import AutoTokenizer
+
+    import dynaspec.bench.sweep as sweep
+
+    every_chat = workload_prompts(AutoTokenizer.from_pretrained(str(tiny_chat_dir)), "chat", 64, seed=0)
+    assert every_chat.max_len + 2 + 1 < 128  # the old warm-up would not have fitted
+    fed: list = []
+    run_batch = sweep._run_batch
+    monkeypatch.setattr(sweep, "_run_batch", lambda engine, batch, plen, glen, rng, prompts=None:
+                        fed.append((plen, prompts)) or run_batch(engine, batch, plen, glen, rng, prompts))
+    result = run_sweep(_settings(tiny_chat_dir, workload="chat", batch_sizes=[64], draft_lens=[0], warmup=True,
+                                 include_schedule=False, gen_len=2))
+    (warmup_len, warmup_prompts), _ = fed
+    assert warmup_prompts is None and warmup_len == every_chat.max_len
+    assert result.points[0].batch_tokens == 64 * 2  # the timed batch ran: 2 tokens each

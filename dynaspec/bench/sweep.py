@@ -135,7 +135,9 @@ def run_sweep(
         engine.drafter.reset()
         if settings.warmup:  # never the measured prompts: a shared n-gram pool must not learn them
             warmup_prompts = prompts.warmup_for_batch(batch) if prompts else None  # None: random ids
-            _run_batch(engine, batch, settings.prompt_len, min(settings.gen_len, WARMUP_GEN_LEN), rng, warmup_prompts)
+            # random ids (a workload without spare prompts) as long as the longest measured prompt: the engine's
+            # max_model_len is sized by it
+            _run_batch(engine, batch, prompt_len, min(settings.gen_len, WARMUP_GEN_LEN), rng, warmup_prompts)
         freeze_survivors()  # what every engine has built so far stays out of collections in the timed batch
         return _measure(engine, line, batch, settings.prompt_len, settings.gen_len, rng,
                         prompts.for_batch(batch) if prompts else None)

@@ -40,6 +40,11 @@ def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, ker
     return F.linear(x, weight, bias)
 
 
+def _needs_grad(*tensors: torch.Tensor) -> bool:
+    """Whether autograd would record an op on these tensors (our Triton kernels have no backward)."""
+    return torch.is_grad_enabled() and any(t.requires_grad for t in tensors)
+
+
 class RMSNorm(nn.Module):
     """Root-mean-square layer norm, computed in float32 exactly as HF's LlamaRMSNorm."""
 
@@ -51,8 +56,9 @@ class RMSNorm(nn.Module):
         self.variance_epsilon = eps
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """x (..., dim) -> normalised (..., dim); one Triton kernel for (T, dim) inputs on CUDA."""
-        if x.is_cuda and x.dim() == 2:
+        """x (..., dim) -> normalised (..., dim); one Triton kernel for (T, dim) inputs on CUDA (the kernel has
+        no backward: where autograd needs one, as when train-head trains an EAGLE head, torch ops run)."""
+        if x.is_cuda and x.dim() == 2 and not _needs_grad(x, self.weight):
             from dynaspec.models import fused_ops  # Triton is only needed on CUDA
 
             if fused_ops.rms_norm_supported(x, self.weight):
@@ -65,7 +71,7 @@ class RMSNorm(nn.Module):
 
     def forward_add(self, x: torch.Tensor, residual: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """x, residual (T, dim) -> (norm(x + residual), x + residual); one Triton kernel on CUDA."""
-        if x.is_cuda:
+        if x.is_cuda and not _needs_grad(x, residual, self.weight):
             from dynaspec.models import fused_ops
 
             if fused_ops.rms_norm_supported(x, self.weight) and residual.dtype == x.dtype \

@@ -196,29 +196,29 @@ def _optimize(head, target, train: list[Example], options: TrainOptions, device,
     step = 0
     # the frozen target's embedding and lm_head (their grads flow to the head only)
     target.requires_grad_(False)
-    with _training_precision(target):
-        while step < plan.steps:
-            if len(order) < options.batch_size:
-                fresh = list(range(len(train)))
-                rng.shuffle(fresh)
-                order.extend(fresh)
-            chosen = [train[i] for i in order[: options.batch_size]]
-            del order[: options.batch_size]
-            batch = make_batch(chosen, device, torch.float32, options.max_seq_len)
+    while step < plan.steps:
+        if len(order) < options.batch_size:
+            fresh = list(range(len(train)))
+            rng.shuffle(fresh)
+            order.extend(fresh)
+        chosen = [train[i] for i in order[: options.batch_size]]
+        del order[: options.batch_size]
+        batch = make_batch(chosen, device, torch.float32, options.max_seq_len)
+        with _training_precision(target):  # entered per step: autocast caches its weight casts until it exits
             loss, _ = ttt_loss(head, target, batch, options.ttt_steps)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(head.parameters(), 1.0)
-            optimizer.step()
-            scheduler.step()
-            loss_value = float(loss.detach())  # also waits for the step (the clock below times finished work)
-            step += 1
-            if options.time_limit_s is not None and step in (_TIMED_FROM, _TIMED_TO):
-                now = clock()
-                if step == _TIMED_FROM:
-                    timed_from = now
-                elif plan.fit((now - timed_from) / (_TIMED_TO - _TIMED_FROM), options.time_limit_s - (now - began), step):
-                    log(f"{options.steps} steps would not end within the time limit ({options.time_limit_s:g} s): "
-                        f"training {plan.steps} steps (the schedule laid over them)")
-            progress("train", step, plan.steps)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(head.parameters(), 1.0)
+        optimizer.step()
+        scheduler.step()
+        loss_value = float(loss.detach())  # also waits for the step (the clock below times finished work)
+        step += 1
+        if options.time_limit_s is not None and step in (_TIMED_FROM, _TIMED_TO):
+            now = clock()
+            if step == _TIMED_FROM:
+                timed_from = now
+            elif plan.fit((now - timed_from) / (_TIMED_TO - _TIMED_FROM), options.time_limit_s - (now - began), step):
+                log(f"{options.steps} steps would not end within the time limit ({options.time_limit_s:g} s): "
+                    f"training {plan.steps} steps (the schedule laid over them)")
+        progress("train", step, plan.steps)
     return loss_value, plan.steps

@@ -541,3 +541,25 @@ def test_a_planner_setting_assigned_replaces_the_settings():
     assert planner.stats()["planner_decision"] == {}
     planner.draft_len(4, 4)
     assert planner.stats()["planner_decision"]["k"] == planner.last_decision["k"]
+
+
+def test_without_a_profile_one_early_miss_does_not_stop_drafting():
+    """The engine's planner with no acceptance profile (build_goodput_planner): the pooled estimate starts at
+    alpha 0.5 weighted as PlannerSettings.cold_start_trials observations. The step costs are the H200's for the
+    real Qwen pair (n-gram on code-edit, batch 1: 2.5 ms plain, 3.0 ms verifying 4), where k = 3 ran 1.8x.
+    One first step whose n-gram found no match (drafted 0 of 4: position 0 counts as a miss) used to set the
+    estimate to 0 and keep the planner at k = 0; now it keeps drafting, and a drafter that never matches
+    still drives it back to k = 0 (here within 48 steps: speculation is cheap at these costs, so k = 1 pays
+    down to alpha ~0.05, and the table is recomputed every replan_every observations)."""
+    from dynaspec.spec.config import NGramDecodingConfig
+    from dynaspec.spec.planner import build_goodput_planner
+
+    cost = _cost(lambda b, k: 0.0025 + 0.000125 * k, batches=(1,), ks=(0, 1, 2, 3, 4))
+    # no probes or explorations here (they would try k > 0 on their own): the estimate alone decides
+    planner = build_goodput_planner(NGramDecodingConfig(max_draft_len=4), cost, probe_margin=None, explore_every=None)
+    assert planner.draft_len(1, 1) > 0  # the cold start drafts
+    planner.observe_acceptance(4, [0], [0], ["r"])
+    assert planner.draft_len(1, 1) > 0  # one miss is not alpha = 0
+    for _ in range(48):
+        planner.observe_acceptance(4, [0], [0], ["r"])
+    assert planner.draft_len(1, 1) == 0

@@ -169,6 +169,7 @@ class AcceptanceEstimator:
         initial_alpha: float = 0.5,
         memory_trials: int | None = None,
         learn_blend_count: bool = False,
+        cold_start_trials: float = 0.0,
     ) -> None:
         """
         max_draft_len: positions estimated (0..max_draft_len-1).
@@ -183,6 +184,8 @@ class AcceptanceEstimator:
             steps: a step of n trials moves it 1 - (1 - 1 / memory_trials)^n of the way (module docstring).
         learn_blend_count: re-estimate blend_count from the spread of finished requests' first-position
             rates (spec/request_spread.py); blend_count is the value until enough requests finished.
+        cold_start_trials: without a profile, the global estimate starts at initial_alpha weighted as this
+            many observations (0: the first step sets it; see PlannerSettings.cold_start_trials).
         """
         self.max_draft_len = max_draft_len
         self.prior_weight = float(prior_weight)
@@ -193,7 +196,11 @@ class AcceptanceEstimator:
         self.profile = None if profile is None else [float(p) for p in profile]
         self.memory_trials = memory_trials
         self._spread = RequestSpread(self.blend_count) if learn_blend_count else None
-        self._global = _PositionEMA(max_draft_len, self.ema_rate, self.profile, self.prior_weight, memory_trials)
+        if self.profile is None and cold_start_trials > 0:
+            self._global = _PositionEMA(max_draft_len, self.ema_rate, [self.initial_alpha], cold_start_trials,
+                                        memory_trials)
+        else:
+            self._global = _PositionEMA(max_draft_len, self.ema_rate, self.profile, self.prior_weight, memory_trials)
         self._requests: dict[Hashable, _PositionEMA] = {}
         self._unfolded: dict[Hashable, list[list[bool]]] = {}  # request -> outcomes of steps not folded yet
         self._global_curve: list[float] | None = None
@@ -347,3 +354,14 @@ class AcceptanceEstimator:
     def __repr__(self) -> str:
         alphas = ", ".join(f"{a:.3f}" for a in self.global_alphas())
         return f"AcceptanceEstimator(global=[{alphas}], requests={self.num_tracked_requests})"
+
+
+def planning_estimator(max_draft_len: int, acceptance_profile: str | None, settings) -> AcceptanceEstimator:
+    """The estimator the goodput planner and the adaptive policy plan with: warm-started from the acceptance
+    profile (a path) when the config names one, else from initial_alpha as settings.cold_start_trials
+    observations; the other knobs from `settings` (spec/planner_settings.PlannerSettings)."""
+    return AcceptanceEstimator(
+        max_draft_len, profile=None if acceptance_profile is None else load_acceptance_profile(acceptance_profile),
+        memory_trials=settings.estimate_memory_trials, request_ema_rate=settings.request_ema_rate,
+        blend_count=settings.request_blend_count, learn_blend_count=True, cold_start_trials=settings.cold_start_trials,
+    )

@@ -40,7 +40,7 @@ from collections.abc import Callable, Hashable, Sequence
 from typing import Any
 
 from dynaspec.runtime.cost_model import StepCostModel
-from dynaspec.spec.acceptance_estimator import AcceptanceEstimator, load_acceptance_profile
+from dynaspec.spec.acceptance_estimator import AcceptanceEstimator, planning_estimator
 from dynaspec.spec.catch_up import CatchUpCost, switch_pays
 from dynaspec.spec.adaptive_allocation import Allocation, plan_allocation, step_seconds_by_tokens, survival
 from dynaspec.spec.planner import PaddedBatchFn
@@ -268,12 +268,7 @@ def build_adaptive_policy(
     """The engine's adaptive policy from a speculative config (max_draft_len, max_concurrency,
     acceptance_profile) and T(batch, k); the estimator is the goodput planner's (same settings)."""
     settings = PlannerSettings(max_concurrency=spec_config.max_concurrency)
-    path = spec_config.acceptance_profile
-    estimator = AcceptanceEstimator(
-        spec_config.max_draft_len, profile=None if path is None else load_acceptance_profile(path),
-        memory_trials=settings.estimate_memory_trials, request_ema_rate=settings.request_ema_rate,
-        blend_count=settings.request_blend_count, learn_blend_count=True,
-    )
+    estimator = planning_estimator(spec_config.max_draft_len, spec_config.acceptance_profile, settings)
     return AdaptivePolicy(
         cost_model, estimator, spec_config.max_draft_len, settings, padded_batch, ragged_step, catch_up, backlog
     )

@@ -41,7 +41,7 @@ from typing import Any
 
 from dynaspec.runtime.cost_model import StepCostModel
 from dynaspec.spec import planner_rules as rules
-from dynaspec.spec.acceptance_estimator import AcceptanceEstimator, load_acceptance_profile
+from dynaspec.spec.acceptance_estimator import AcceptanceEstimator, planning_estimator
 from dynaspec.spec.catch_up import CatchUpCost
 from dynaspec.spec.planner_rules import PlannerState
 from dynaspec.spec.planner_settings import PlannerSettings, settings_property
@@ -397,10 +397,5 @@ def build_goodput_planner(
         probe_margin=probe_margin,
         explore_budget=explore_budget,
     )
-    path = spec_config.acceptance_profile
-    estimator = AcceptanceEstimator(
-        max_draft_len, profile=None if path is None else load_acceptance_profile(path),
-        memory_trials=settings.estimate_memory_trials, request_ema_rate=settings.request_ema_rate,
-        blend_count=settings.request_blend_count, learn_blend_count=True,
-    )
+    estimator = planning_estimator(spec_config.max_draft_len, spec_config.acceptance_profile, settings)
     return GoodputPlanner(cost_model, estimator, candidate_ks, settings, catch_up, backlog, padded_batch)

@@ -45,6 +45,11 @@ class PlannerSettings(BaseModel):
     # Pseudo-trials of the pooled estimate in a request's blend until finished requests tell how much
     # requests differ (AcceptanceEstimator learn_blend_count, spec/request_spread.py).
     request_blend_count: float = Field(default=32.0, gt=0.0, allow_inf_nan=False)
+    # Without an acceptance profile, the pooled estimate starts at alpha 0.5 per position weighted as this many
+    # trials: one early miss (an n-gram drafter with no match yet) must not read as alpha = 0 and keep the
+    # planner at k = 0 until a rare exploration (with the first step setting the estimate, the Qwen pair on an
+    # H200 stayed at k = 0 at batch 1 where k = 3 ran 1.8x; docs/lab/planner_history.md).
+    cold_start_trials: float = Field(default=4.0, ge=0.0, allow_inf_nan=False)
 
 
 def settings_property(name: str) -> property:

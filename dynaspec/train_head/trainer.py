@@ -108,7 +108,11 @@ def train_head(options: TrainOptions, progress: Progress | None = None, log: Cal
     config = _generation_config(options, loaded, len(ids), max(len(i) for i in ids))
     params = SamplingParams(temperature=options.temperature, max_tokens=options.max_tokens,
                             seed=options.seed if options.temperature > 0 else None)
+    answering = clock()
     examples = record_answers(loaded, config, layers, ids, params, lambda n: progress("generate", n, len(ids)))
+    answered = clock()
+    log(f"answered {len(examples)} prompts ({sum(len(e.token_ids) - e.prompt_len for e in examples)} answer tokens) "
+        f"in {answered - answering:.1f} s")
     # record_answers keeps prompt order minus failed requests: match examples back by their prompt ids
     train, held = _split_examples(examples, ids, is_held)
     if not train or not held:
@@ -119,6 +123,8 @@ def train_head(options: TrainOptions, progress: Progress | None = None, log: Cal
                        options.seed).to(device=device, dtype=torch.float32).train()
     target = loaded.model
     final_loss, steps_run = _optimize(head, target, train, options, device, progress, log, clock, began)
+    trained = clock()
+    log(f"trained {steps_run} steps in {trained - answered:.1f} s ({(trained - answered) / steps_run:.3f} s a step)")
     head.eval()
     save_head(head, options.out)
     held_batches = [make_batch(held[i : i + options.batch_size], device, torch.float32, options.max_seq_len)

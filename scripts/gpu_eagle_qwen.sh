@@ -13,7 +13,8 @@
 #          tokens checked against its run's no spec; scripts/drafter_compare.py puts them in one table.
 #   (default: train code-edit chat; each workload is ~5 min, so a device call takes train, or one workload.)
 #   Options (defaults): --target /tmp/qwen-1.5b.gguf, --draft /tmp/qwen-0.5b.gguf, --head-dir /tmp/eagle-qwen15b,
-#   --num-prompts 1312 (every offline prompt), --max-tokens 1024, --steps 4000, --batch-size 8, --ttt-steps 5,
+#   --num-prompts 1312 (every offline prompt), --answers-per-prompt 3, --temperature 0.8 (sampled
+#   answers: 1152 greedy answers were 0.38M tokens on 2026-12-05), --max-tokens 1024, --steps 4000, --batch-size 8, --ttt-steps 5,
 #   --lr 5e-4, --max-num-seqs 256, --deadline 540, --batch-sizes 1,4,16,64, --gen-len 128, --draft-ks 0,2,3,
 #   --ngram-ks 0,2,4, --device auto, --dtype auto. A CPU smoke run of the whole script (SmolLM2 as target and
 #   draft, no join): `... /tmp/o train code-edit --target smollm2-135m-instruct --draft smollm2-135m-instruct
@@ -24,12 +25,13 @@ set -uo pipefail
 out=${1:?usage: gpu_eagle_qwen.sh OUT_DIR [train] [code-edit] [chat] [OPTION VALUE ...]}
 shift
 target=/tmp/qwen-1.5b.gguf draft=/tmp/qwen-0.5b.gguf head_dir=/tmp/eagle-qwen15b num_prompts=1312 max_tokens=1024
+answers_per_prompt=3 temperature=0.8
 steps=4000 batch_size=8 ttt_steps=5 lr=5e-4 max_num_seqs=256 deadline=540 batch_sizes=1,4,16,64 gen_len=128
 draft_ks=0,2,3 ngram_ks=0,2,4 device=auto dtype=auto
 parts=()
 while [ $# -gt 0 ]; do
   case "$1" in
-    --target|--draft|--head-dir|--num-prompts|--max-tokens|--steps|--batch-size|--ttt-steps|--lr|--max-num-seqs|\
+    --target|--draft|--head-dir|--num-prompts|--answers-per-prompt|--temperature|--max-tokens|--steps|--batch-size|--ttt-steps|--lr|--max-num-seqs|\
     --deadline|--batch-sizes|--gen-len|--draft-ks|--ngram-ks|--device|--dtype)
       [ $# -ge 2 ] || { echo "error: $1 needs a value" >&2; exit 2; }
       var=${1#--}; printf -v "${var//-/_}" %s "$2"; shift 2 ;;
@@ -71,6 +73,7 @@ for part in "${parts[@]}"; do
     stamp "train-head (--time-limit $limit)"
     python3 -m dynaspec.cli train-head --model "$target" --out "$head_dir" \
       --workload stdlib,pydoc,code-edit,chat,summarise --num-prompts "$num_prompts" --max-tokens "$max_tokens" \
+      --answers-per-prompt "$answers_per_prompt" --temperature "$temperature" \
       --steps "$steps" --batch-size "$batch_size" --ttt-steps "$ttt_steps" --lr "$lr" --time-limit "$limit" \
       --max-num-seqs "$max_num_seqs" --device "$device" --dtype "$dtype" > "$work/train.log" 2>&1
     status=$?

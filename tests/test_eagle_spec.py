@@ -7,6 +7,7 @@ the head's q)."""
 from __future__ import annotations
 
 import json
+import re
 
 import pytest
 import torch
@@ -64,6 +65,23 @@ def test_train_head_bad_options_are_one_line_errors(tiny):
     assert result.exit_code == 2 and "poems unknown" in result.output and "stdlib" in result.output
     result = runner.invoke(app, [*base, "--layers", "1,x"])
     assert result.exit_code == 2 and "--layers" in result.output
+    result = runner.invoke(app, [*base, "--answers-per-prompt", "3"])
+    assert result.exit_code == 2 and "--answers-per-prompt 3 needs --temperature > 0" in result.output
+
+
+def test_train_head_answers_each_training_prompt_several_times(tiny):
+    """--answers-per-prompt 2 --temperature 0.8: 22 training prompts answered twice (sampled, distinct seeds),
+    the 2 held-out prompts once: 46 requests (a sampled answer that ends at once, EOS first, is not recorded)."""
+    result = CliRunner().invoke(app, [
+        "train-head", "--model", tiny["target"], "--workload", str(tiny["root"] / "prompts.jsonl"), "--num-prompts",
+        "24", "--out", str(tiny["root"] / "head2"), "--steps", "2", "--max-tokens", "6", "--ttt-steps", "1",
+        "--answers-per-prompt", "2", "--temperature", "0.8", "--device", "cpu", "--dtype", "float32",
+    ])
+    assert result.exit_code == 0, result.output
+    assert "22 training prompts (2 answers each), 2 held out" in result.output
+    recorded = int(re.search(r"recorded\s+(\d+)\s+answers", result.output).group(1))
+    trained = int(re.search(r"\((\d+)\s+training\s+answers", result.output).group(1))
+    assert 40 <= recorded <= 46 and trained == recorded - 2 and trained > 22
 
 
 def _prompts(n: int) -> list[list[int]]:

@@ -29,6 +29,7 @@ class TrainHeadArgs(BaseModel):
     max_num_seqs: int = Field(ge=1)
     temperature: float = Field(ge=0)
     time_limit: Optional[float] = Field(default=None, gt=0)
+    answers_per_prompt: int = Field(default=1, ge=1)
 
 
 def _layers(text: str | None) -> list[int] | None:
@@ -54,7 +55,10 @@ def train_head_command(
     eval_fraction: Annotated[float, typer.Option(help="share of the prompts held out for the estimate")] = 0.1,
     layers: Annotated[Optional[str], typer.Option(help="target layers to tap, e.g. '1,14,26' (default: EAGLE-3's "
                                                        "low / middle / high)")] = None,
-    temperature: Annotated[float, typer.Option(help="the target's sampling temperature for its answers (0: greedy)")] = 0.0,
+    temperature: Annotated[float, typer.Option(help="the target's sampling temperature for its answers to the training "
+                                                  "prompts (0: greedy; held-out prompts are answered greedily)")] = 0.0,
+    answers_per_prompt: Annotated[int, typer.Option(help="answers per training prompt (> 1 needs --temperature > 0: "
+                                                         "sampled, each with its own seed)")] = 1,
     max_num_seqs: Annotated[int, typer.Option(help="answers generated together")] = 64,
     time_limit: Annotated[Optional[float], typer.Option(help="seconds: end optimizing within this long of the start "
                                                          "(answering included); the step count is cut to fit, "
@@ -72,7 +76,10 @@ def train_head_command(
     try:
         args = TrainHeadArgs(num_prompts=num_prompts, steps=steps, lr=lr, max_tokens=max_tokens, ttt_steps=ttt_steps,
                              batch_size=batch_size, eval_fraction=eval_fraction, max_num_seqs=max_num_seqs,
-                             temperature=temperature, time_limit=time_limit)
+                             temperature=temperature, time_limit=time_limit, answers_per_prompt=answers_per_prompt)
+        if answers_per_prompt > 1 and temperature == 0:
+            raise ValueError(f"--answers-per-prompt {answers_per_prompt} needs --temperature > 0: greedy answers to one "
+                             "prompt are all the same")
         from dynaspec.train_head.prompts import parse_sources
 
         sources = parse_sources(workload)

@@ -37,14 +37,15 @@ def record_answers(
     config: EngineConfig,
     layers: tuple[int, ...],
     prompts: list[list[int]],
-    params: SamplingParams,
+    params: SamplingParams | list[SamplingParams],
     on_finished: Callable[[int], None] | None = None,
 ) -> list[Example]:
     """Generate an answer to every prompt (token ids) with an engine over `loaded` and return the examples
     (in prompt order; a request that ended with an error, or before any decode step, is left out).
 
     config: the engine's config; it must set num_kv_blocks (the feature cache is sized by it) and must not
-    be speculative. on_finished(n): called with the number of requests finished so far."""
+    be speculative. params: one for every prompt, or one per prompt. on_finished(n): called with the number
+    of requests finished so far."""
     if config.num_kv_blocks is None or config.speculative_config is not None:
         raise ValueError("record_answers needs an EngineConfig with num_kv_blocks set and no speculative_config")
     dtype = config.resolved_dtype()
@@ -63,7 +64,7 @@ def _run(engine: LLMEngine, tap: FeatureTap, prompts, params, on_finished) -> li
     requests = {}
     for i, prompt in enumerate(prompts):
         request_id = f"train-{i}"
-        engine.add_request(request_id, prompt, params)
+        engine.add_request(request_id, prompt, params[i] if isinstance(params, list) else params)
         requests[request_id] = (i, engine.requests[request_id])
     tables: dict[str, list[int]] = {}
     examples: dict[int, Example] = {}

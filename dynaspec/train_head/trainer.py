@@ -2,7 +2,8 @@
 training-time test with AdamW -> a head directory that EagleDecodingConfig loads, and a held-out report.
 
 Recipe (EAGLE-3, Li et al. 2025, arXiv 2503.01840; self-distillation as in its paper and SpecForge): the
-target answers every prompt greedily (temperature 0 by default) with the engine, its tapped features are
+target answers every prompt with the engine (the training prompts `answers_per_prompt` times at `temperature`,
+greedily by default; the held-out prompts once, greedily), its tapped features are
 recorded in the same pass (train_head/record.py); the head (random init, float32) is trained on the
 training prompts' answers with the unrolled loss of train_head/ttt.py (`ttt_steps` depths, weights 0.8^j),
 AdamW with linear warm-up and cosine decay, gradient clipping at 1; the held-out prompts (never trained on)
@@ -51,6 +52,7 @@ class TrainOptions:
     max_seq_len: int = 2048
     layers_to_capture: list[int] | None = None
     temperature: float = 0.0
+    answers_per_prompt: int = 1  # answers per training prompt (> 1 needs temperature > 0: sampled, seeds differ)
     device: str = "auto"
     dtype: str = "auto"
     seed: int = 0
@@ -100,20 +102,25 @@ def train_head(options: TrainOptions, progress: Progress | None = None, log: Cal
 
     prompts = collect_prompts(options.sources, options.num_prompts, options.seed)
     train_prompts, held_prompts = held_out_split(prompts, options.eval_fraction, options.seed)
-    ids = [prompt_token_ids(loaded.tokenizer, p)[: options.max_seq_len - options.max_tokens] for p in prompts]
     held_keys = {id(p) for p in held_prompts}
-    is_held = [id(p) in held_keys for p in prompts]
-    log(f"{len(train_prompts)} training prompts, {len(held_prompts)} held out; tapped layers {list(layers)}")
+    ids, is_held, params = [], [], []
+    for prompt in prompts:
+        tokens = prompt_token_ids(loaded.tokenizer, prompt)[: options.max_seq_len - options.max_tokens]
+        held_out = id(prompt) in held_keys
+        for copy in range(1 if held_out else options.answers_per_prompt):
+            ids.append(tokens)
+            is_held.append(held_out)
+            params.append(_answer_params(options, held_out, copy))
+    log(f"{len(train_prompts)} training prompts ({options.answers_per_prompt} answers each), {len(held_prompts)} "
+        f"held out; tapped layers {list(layers)}")
 
     config = _generation_config(options, loaded, len(ids), max(len(i) for i in ids))
-    params = SamplingParams(temperature=options.temperature, max_tokens=options.max_tokens,
-                            seed=options.seed if options.temperature > 0 else None)
     answering = clock()
     examples = record_answers(loaded, config, layers, ids, params, lambda n: progress("generate", n, len(ids)))
     answered = clock()
-    log(f"answered {len(examples)} prompts ({sum(len(e.token_ids) - e.prompt_len for e in examples)} answer tokens) "
+    log(f"recorded {len(examples)} answers ({sum(len(e.token_ids) - e.prompt_len for e in examples)} answer tokens) "
         f"in {answered - answering:.1f} s")
-    # record_answers keeps prompt order minus failed requests: match examples back by their prompt ids
+    # record_answers keeps request order minus failed requests: match examples back by their prompt ids
     train, held = _split_examples(examples, ids, is_held)
     if not train or not held:
         raise ValueError("no answers recorded for the training or the held-out prompts (all too short?)")
@@ -133,6 +140,14 @@ def train_head(options: TrainOptions, progress: Progress | None = None, log: Cal
         estimate = acceptance_estimate(head, target, held_batches, options.ttt_steps)
     train_tokens = sum(len(e.token_ids) - e.prompt_len for e in train)
     return TrainReport(options.out, len(train), len(held), train_tokens, final_loss, steps_run, estimate)
+
+
+def _answer_params(options: TrainOptions, held_out: bool, copy: int) -> SamplingParams:
+    """A held-out prompt is answered once, greedily (the acceptance estimate is greedy decoding's); a training
+    prompt's copies at options.temperature, each with its own seed when sampled."""
+    temperature = 0.0 if held_out else options.temperature
+    seed = options.seed + copy if temperature > 0 else None
+    return SamplingParams(temperature=temperature, max_tokens=options.max_tokens, seed=seed)
 
 
 def _split_examples(examples: list[Example], ids: list[list[int]], is_held: list[bool]):

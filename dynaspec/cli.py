@@ -170,8 +170,11 @@ def generate(
     tensor_parallel_size: TensorParallelSize = None,
 ) -> None:
     """Generate a completion for PROMPT and print it with a throughput summary."""
+    from dynaspec.engine.startup_heap import skip_collections_at_exit
     from dynaspec.llm import LLM
     from dynaspec.sampling_params import SamplingParams
+
+    skip_collections_at_exit()  # the process ends with this command: its exit need not walk the heap
 
     try:
         engine_config = _engine_config(model, config, spec_config, draft_len_schedule, **engine_options(

@@ -1,6 +1,10 @@
-"""choose_num_blocks / cpu_kv_budget / allocate_kv_cache: the KV pool sized by need where memory is not the GPU's."""
+"""choose_num_blocks / cpu_kv_budget / allocate_kv_cache: the KV pool sized by need where memory is not the
+GPU's, and on the CPU zeros that cost nothing until written."""
 
 from __future__ import annotations
+
+import gc
+import os
 
 import pytest
 import torch
@@ -11,6 +15,7 @@ from dynaspec.runtime.kv_cache import (
     choose_num_blocks,
     cpu_kv_budget,
     kv_bytes_per_block,
+    zeroed_host_tensor,
 )
 
 CPU = torch.device("cpu")
@@ -68,3 +73,31 @@ def test_allocate_shapes_and_bytes_per_block():
     caches = allocate_kv_cache(_Shape(), 5, 4, torch.float32, CPU)
     assert len(caches) == 3 and all(c.shape == (2, 5, 4, 2, 8) for c in caches)
     assert kv_bytes_per_block(_Shape(), 4, torch.float32) == sum(c[:, 0].numel() * 4 for c in caches)
+
+
+class _Big:
+    num_layers, num_kv_heads, head_dim = 2, 8, 128  # 64 KiB a float32 block of 16 slots
+
+
+def _rss_bytes() -> int:
+    with open("/proc/self/status") as status:
+        return next(int(line.split()[1]) * 1024 for line in status if line.startswith("VmRSS"))
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/self/status"), reason="reads resident memory from /proc")
+def test_cpu_pool_is_zeros_that_take_memory_only_when_written():
+    before = _rss_bytes()
+    caches = allocate_kv_cache(_Big(), 2048, 16, torch.float32, CPU)  # 2 x 256 MiB
+    assert _rss_bytes() - before < 32 << 20  # nothing written yet: no page is resident
+    assert all(c.shape == (2, 2048, 16, 8, 128) and c.dtype == torch.float32 for c in caches)
+    assert all(torch.count_nonzero(c) == 0 for c in caches)
+    caches[1][0, 7, 3] = 2.5  # written like any tensor
+    assert caches[1].sum().item() == 2.5 * 8 * 128 and caches[0].sum().item() == 0
+
+
+def test_zeroed_host_tensor_keeps_its_memory_while_any_view_lives():
+    view = zeroed_host_tensor((4, 1024, 64), torch.bfloat16)[2]
+    gc.collect()
+    view.fill_(1.5)
+    assert view.dtype == torch.bfloat16 and view.shape == (1024, 64) and view.float().sum().item() == 1.5 * 1024 * 64
+    assert zeroed_host_tensor((0, 8), torch.float16).shape == (0, 8)

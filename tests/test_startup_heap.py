@@ -1,6 +1,9 @@
-"""frozen_startup_heap: objects alive on entry are exempt from collection inside the block, and only there."""
+"""frozen_startup_heap: objects alive on entry are exempt from collection inside the block, and only there;
+skip_collections_at_exit: the heap is frozen when the interpreter exits, after the process's own work."""
 
 import gc
+import subprocess
+import sys
 
 from dynaspec.engine.startup_heap import freeze_survivors, frozen_startup_heap, full_collections
 
@@ -41,3 +44,18 @@ def test_full_collections_are_timed_and_survivors_can_be_frozen():
         assert len(durations) == 2 and all(d >= 0 for d in durations)
     assert gc.get_freeze_count() == 0  # the context hands everything back
     assert all(cb.__name__ != "callback" for cb in gc.callbacks)
+
+
+def test_heap_is_frozen_at_exit_only():
+    """In a fresh interpreter: nothing is frozen while it runs; an atexit callback registered before (so
+    it runs after, callbacks running last-in first-out) sees the heap frozen; registering twice is harmless."""
+    code = (
+        "import atexit, gc\n"
+        "atexit.register(lambda: print('at exit', gc.get_freeze_count() > 0))\n"
+        "from dynaspec.engine.startup_heap import skip_collections_at_exit\n"
+        "skip_collections_at_exit()\n"
+        "skip_collections_at_exit()\n"
+        "print('running', gc.get_freeze_count())\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.split("\n")[:2] == ["running 0", "at exit True"], out.stdout + out.stderr

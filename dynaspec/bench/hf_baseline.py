@@ -24,6 +24,8 @@ import torch
 from torch import nn
 from transformers import AutoModelForCausalLM, PretrainedConfig, PreTrainedModel
 
+from dynaspec.models.loader import specific_config
+
 
 class _StampStreamer:
     """A generate() streamer that records when each chunk of tokens arrives (the prompt first)."""
@@ -50,7 +52,7 @@ def hf_model_sharing_weights(model: nn.Module, hf_config: PretrainedConfig) -> P
     torch.set_default_dtype(dtype)
     try:
         with torch.device(device), _no_init_weights():
-            hf_model = AutoModelForCausalLM.from_config(hf_config)
+            hf_model = AutoModelForCausalLM.from_config(specific_config(hf_config))
     finally:
         torch.set_default_dtype(previous)
     ours = dict(model.named_parameters(remove_duplicate=False))

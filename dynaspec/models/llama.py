@@ -17,7 +17,6 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 from transformers import PretrainedConfig
-from transformers.activations import ACT2FN
 
 from dynaspec.models.attention import paged_attention
 from dynaspec.models.attention_metadata import AttentionMetadata
@@ -128,6 +127,12 @@ def fuse_linears(linears: list[nn.Linear]) -> tuple[torch.Tensor, torch.Tensor |
         raise ValueError("fuse_linears needs all linears with a bias or none")
     weight = _concat([lin.weight.detach() for lin in linears])
     bias = _concat([lin.bias.detach() for lin in linears]) if all(has_bias) else None
+    point_at_rows(linears, weight, bias)
+    return weight, bias
+
+
+def point_at_rows(linears: list[nn.Linear], weight: torch.Tensor, bias: torch.Tensor | None) -> None:
+    """Re-point each linear's weight (and bias) Parameter at its rows of `weight` (`bias`), in order."""
     offset = 0
     for lin in linears:
         rows = lin.out_features
@@ -135,16 +140,18 @@ def fuse_linears(linears: list[nn.Linear]) -> tuple[torch.Tensor, torch.Tensor |
         if bias is not None:
             lin.bias.data = bias[offset:offset + rows]
         offset += rows
-    return weight, bias
 
 
 class FusedProjections(nn.Module):
     """Base of a module whose sibling linears `fused_names` (same input) run as one GEMM.
 
     The fused weight is a plain attribute, not a parameter or buffer: module conversions (`.to()`,
-    `to_empty()`, `.half()`) convert the HF-named parameters, then `_apply` re-fuses them. When the views
-    were broken some other way (e.g. `load_state_dict(assign=True)`), `fused_linear` notices by data
-    pointers and falls back to one GEMM per linear, so the output is always right.
+    `to_empty()`, `.half()`) convert the HF-named parameters, then `_apply` converts the fused tensors
+    themselves the same way and points the parameters at their rows again (converting the whole is the
+    same as converting the rows: nothing to concatenate, and `to_empty` copies no uninitialised values).
+    When the views were broken some other way (e.g. `load_state_dict(assign=True)`), `_apply` re-fuses by
+    concatenation, and `fused_linear` notices by data pointers and falls back to one GEMM per linear, so
+    the output is always right.
     """
 
     fused_names: tuple[str, ...] = ()
@@ -163,6 +170,24 @@ class FusedProjections(nn.Module):
             p.data_ptr() for n in self.fused_names for p in getattr(self, n).parameters(recurse=False)
         )
 
+    def _views_intact(self) -> bool:
+        """Whether each member parameter is still its rows of the fused tensors: by data pointer, or on the
+        meta device (no data, every pointer 0) by the members' shapes and dtypes adding up to the fused ones."""
+        weight = getattr(self, "_fused_weight", None)
+        if weight is None or self._member_ptrs() != self._fused_ptrs:
+            return False
+        if not weight.is_meta:
+            return True
+        linears = [getattr(self, n) for n in self.fused_names]
+        tensors = [(weight, [lin.weight for lin in linears])]
+        if self._fused_bias is not None:
+            tensors.append((self._fused_bias, [lin.bias for lin in linears]))
+        return all(
+            sum(m.shape[0] for m in members) == fused.shape[0]
+            and all(m.shape[1:] == fused.shape[1:] and m.dtype == fused.dtype and m.is_meta for m in members)
+            for fused, members in tensors
+        )
+
     def fused_linear(self, x: torch.Tensor) -> torch.Tensor:
         """x (T, in) -> (T, sum of out_features): the linears' outputs side by side."""
         if self._member_ptrs() == self._fused_ptrs:
@@ -170,8 +195,14 @@ class FusedProjections(nn.Module):
         return torch.cat([getattr(self, n)(x) for n in self.fused_names], dim=-1)
 
     def _apply(self, fn, recurse=True):
+        fused = (self._fused_weight, self._fused_bias) if self._views_intact() else None
         super()._apply(fn, recurse)
-        if self._member_ptrs() != self._fused_ptrs:
+        if fused is not None and self._member_ptrs() != self._fused_ptrs:
+            # the members were rows of the fused tensors: convert those and point the members at them again
+            weight, bias = fn(fused[0]), (None if fused[1] is None else fn(fused[1]))
+            point_at_rows([getattr(self, n) for n in self.fused_names], weight, bias)
+            self._fused_weight, self._fused_bias, self._fused_ptrs = weight, bias, self._member_ptrs()
+        elif self._member_ptrs() != self._fused_ptrs:
             self.fuse_projections()
         return self
 
@@ -259,6 +290,18 @@ class LlamaAttention(FusedProjections):
         return True, kv_write is not None
 
 
+def activation(name: str) -> nn.Module:
+    """The activation module transformers' `ACT2FN[name]` gives. SiLU (Llama, Mistral, Qwen) is torch's
+    own `nn.SiLU` (ACT2FN's SiLUActivation is F.silu too): importing transformers.activations pulls in
+    torch.distributed.tensor, ~0.8 s of a 2-core CPU's start-up; other activations (Gemma's tanh GELU)
+    come from ACT2FN."""
+    if name == "silu":
+        return nn.SiLU()
+    from transformers.activations import ACT2FN
+
+    return ACT2FN[name]
+
+
 class LlamaMLP(FusedProjections):
     """SwiGLU feed-forward: down(act(gate(x)) * up(x)), gate and up as one GEMM."""
 
@@ -273,7 +316,7 @@ class LlamaMLP(FusedProjections):
         self.gate_proj = nn.Linear(config.hidden_size, config.intermediate_size, bias=bias)
         self.up_proj = nn.Linear(config.hidden_size, config.intermediate_size, bias=bias)
         self.down_proj = nn.Linear(config.intermediate_size, config.hidden_size, bias=bias)
-        self.act_fn = ACT2FN[hidden_act]
+        self.act_fn = activation(hidden_act)
         self.is_silu = hidden_act == "silu"
         self.fuse_projections()
 

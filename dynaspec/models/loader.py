@@ -31,7 +31,7 @@ from pathlib import Path
 
 import torch
 from torch import nn
-from transformers import AutoConfig, AutoTokenizer, PretrainedConfig
+from transformers import PretrainedConfig
 
 from dynaspec.models import hf_cache, presets, zoo
 from dynaspec.models.gguf_convert import convert_gguf, read_marker
@@ -51,7 +51,9 @@ class LoadedModel:
 
     `tokenizer_source` says where the tokenizer came from when it is not the model's own (random presets
     borrow the default zoo model's tokenizer, to encode prompts; its vocabulary may be smaller than the
-    model's, so decoded random token ids above it are not text).
+    model's, so decoded random token ids above it are not text). `hf_config` is transformers' base
+    PretrainedConfig for a directory dynaspec converted (`dir_config`; `specific_config` makes it a
+    LlamaConfig, ...), the model-specific class otherwise.
     """
 
     model: nn.Module
@@ -172,7 +174,7 @@ def load_hf_config(
     source = resolve_spec(spec, cache_dir, progress, download, hf_cache_dir)
     if source.preset is not None:
         return presets.get_preset_config(source.preset)
-    return AutoConfig.from_pretrained(str(source.path))
+    return dir_config(source.path)
 
 
 def load_tokenizer(
@@ -211,28 +213,62 @@ def load_model(
         model = random_model(hf_config, dtype, device, seed=seed)
         tokenizer, tokenizer_source = _borrowed_tokenizer(cache_dir)
         return LoadedModel(model, tokenizer, hf_config, source.name, True, None, tokenizer_source, spec)
-    hf_config = AutoConfig.from_pretrained(str(source.path))
+    hf_config = dir_config(source.path)
     model = empty_model(hf_config, dtype, device)
     files = safetensors_files(source.path)
     model.load_weights(iter_safetensors(files, device, progress))
     model.eval().requires_grad_(False)
-    return LoadedModel(model, _dir_tokenizer(source.path), hf_config, source.name, False, source.path, spec=spec)
+    tokenizer = _dir_tokenizer(source.path, hf_config)
+    return LoadedModel(model, tokenizer, hf_config, source.name, False, source.path, spec=spec)
+
+
+def dir_config(model_dir: Path) -> PretrainedConfig:
+    """The HF config of the model directory `model_dir`.
+
+    A directory dynaspec converted itself (zoo and GGUF models: it holds the conversion marker) has a
+    config.json that transformers' `save_pretrained` wrote from the model's config class, which writes
+    every field of that class, defaults included: transformers' base `PretrainedConfig` reads it whole.
+    Any other directory goes through `AutoConfig`, whose model-specific class supplies the fields a
+    config.json may leave out. Why not AutoConfig everywhere: every model-specific config class imports
+    transformers.activations and with it torch.distributed.tensor, ~1 s of a 2-core CPU's start-up.
+    `specific_config` gives the model-specific class when one is needed (e.g. to build an HF model).
+    """
+    if read_marker(model_dir) is not None:
+        config = PretrainedConfig.from_json_file(str(model_dir / "config.json"))
+        config.name_or_path = str(model_dir)  # as AutoConfig.from_pretrained records it
+        return config
+    from transformers import AutoConfig
+
+    return AutoConfig.from_pretrained(str(model_dir))
+
+
+def specific_config(hf_config: PretrainedConfig) -> PretrainedConfig:
+    """`hf_config` as its model-specific transformers class (LlamaConfig, ...): itself when it already is
+    one, else built by `AutoConfig.for_model` from its fields (a config `dir_config` read with the base class)."""
+    if type(hf_config) is not PretrainedConfig:
+        return hf_config
+    from transformers import AutoConfig
+
+    fields = {k: v for k, v in hf_config.to_dict().items() if k != "model_type"}
+    return AutoConfig.for_model(hf_config.model_type, **fields)
 
 
 def empty_model(hf_config: PretrainedConfig, dtype: torch.dtype, device: torch.device) -> nn.Module:
     """The registered model class for `hf_config`, allocated on `device` in `dtype`, weights NOT initialised.
 
     The model is built on the meta device (shapes only: no allocation, no init kernels, and no import of
-    transformers' modeling code for a no-init context) and given uninitialised storage on `device` with
-    `to_empty`; buffers computed in __init__ (RoPE inverse frequencies, float32) are restored from their
-    CPU masters by the module's `_apply`.
+    transformers' modeling code for a no-init context) and given uninitialised contiguous storage on
+    `device`, as `to_empty` does, but through `torch.empty` rather than `torch.empty_like`: on a meta
+    tensor empty_like runs torch's Python reference ops, whose first use imports sympy (~0.3 s of a 2-core
+    CPU). Buffers computed in __init__ (RoPE inverse frequencies, float32) are restored from their CPU
+    masters by the module's `_apply`.
     """
     model_cls = resolve_model_class(hf_config)
     with _default_dtype(dtype), torch.device("meta"):  # shapes only: no allocation, no init kernels
         model = model_cls(hf_config)
     # storage on the device; modules re-derive what they hold outside parameters (RoPE tables from their
-    # CPU masters, fused q/k/v and gate/up weights re-pointed at their parameters) in _apply
-    return model.to_empty(device=device)
+    # CPU masters, fused q/k/v and gate/up weights with their parameters as views) in _apply
+    return model._apply(lambda t: torch.empty(t.shape, dtype=t.dtype, device=device))
 
 
 @torch.no_grad()
@@ -300,11 +336,15 @@ def iter_safetensors(
                     progress("Loading weights", float(done), float(total))
 
 
-def _dir_tokenizer(model_dir: Path | None):
-    """AutoTokenizer of an HF directory, or None when it holds no tokenizer files."""
+def _dir_tokenizer(model_dir: Path | None, hf_config: PretrainedConfig | None = None):
+    """AutoTokenizer of an HF directory, or None when it holds no tokenizer files. `hf_config`: the
+    directory's config, already read (`dir_config`); without it AutoTokenizer reads it again itself, as
+    its model-specific class."""
     if model_dir is None or not any((model_dir / f).is_file() for f in _TOKENIZER_FILES):
         return None
-    return AutoTokenizer.from_pretrained(str(model_dir))
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(str(model_dir), config=hf_config)
 
 
 def _borrowed_tokenizer(cache_dir: str | Path | None) -> tuple[object | None, str | None]:
@@ -313,6 +353,8 @@ def _borrowed_tokenizer(cache_dir: str | Path | None) -> tuple[object | None, st
     if zoo.is_cached(name, cache_dir):
         tokenizer = _dir_tokenizer(zoo.cache_path(name, cache_dir))
     elif not zoo.missing_packages(name):
+        from transformers import AutoTokenizer
+
         gguf = zoo.installed_files(name)[0]
         tokenizer = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
     else:

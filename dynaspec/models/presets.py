@@ -6,14 +6,19 @@ real: the weights are noise, so the text a preset generates is meaningless, and 
 one says so (see `loader.load_model`). Timing an 8B shape needs no 16 GB download.
 
 A preset is a transformers config object (LlamaConfig / Qwen2Config / Qwen3Config), built fresh on each
-call so a caller may mutate it (e.g. shrink `num_hidden_layers` in a test) without affecting others.
+call so a caller may mutate it (e.g. shrink `num_hidden_layers` in a test) without affecting others. The
+config classes are imported when a preset is built: importing any model-specific transformers config
+pulls in transformers.activations and torch.distributed.tensor (~1 s of a 2-core CPU), which the loader,
+importing this module for the preset names, must not pay on every start-up.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
-from transformers import LlamaConfig, PretrainedConfig, Qwen2Config, Qwen3Config
+if TYPE_CHECKING:
+    from transformers import LlamaConfig, PretrainedConfig, Qwen2Config, Qwen3Config
 
 # Llama 3.1 / 3.2 frequency scaling ("llama3" rope type), from the published configs.
 _LLAMA31_ROPE = {
@@ -29,6 +34,8 @@ _QWEN_TOKENS = dict(bos_token_id=151643, eos_token_id=[151645, 151643])
 
 
 def _llama(hidden, inter, layers, heads, kv_heads, rope_scaling, tie, head_dim=None) -> LlamaConfig:
+    from transformers import LlamaConfig
+
     return LlamaConfig(
         architectures=["LlamaForCausalLM"],
         hidden_size=hidden,
@@ -51,6 +58,8 @@ def _llama(hidden, inter, layers, heads, kv_heads, rope_scaling, tie, head_dim=N
 
 
 def _qwen2(hidden, inter, layers, heads, kv_heads, vocab, tie, max_pos=32768) -> Qwen2Config:
+    from transformers import Qwen2Config
+
     return Qwen2Config(
         architectures=["Qwen2ForCausalLM"],
         hidden_size=hidden,
@@ -71,6 +80,8 @@ def _qwen2(hidden, inter, layers, heads, kv_heads, vocab, tie, max_pos=32768) ->
 
 
 def _qwen3(hidden, inter, layers, heads, kv_heads, tie) -> Qwen3Config:
+    from transformers import Qwen3Config
+
     return Qwen3Config(
         architectures=["Qwen3ForCausalLM"],
         hidden_size=hidden,

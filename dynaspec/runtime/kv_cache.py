@@ -12,10 +12,16 @@ one full-length sequence (the engine's minimum). The pool is zero-filled everywh
 (`torch.empty`) CPU pool made the draft model's fixed-shape chain path propose other tokens than the
 step-by-step path from run to run (tests/test_chain_graphs.py), so some fixed-shape path reads a slot it
 never wrote (its output is discarded, but not always harmlessly); zeros keep every path deterministic.
+On CUDA `torch.zeros` fills it. On the CPU it is anonymous memory from the OS (`zeroed_host_tensor`),
+which the kernel hands out as zero pages when first touched: the same zeros without writing a pool sized
+for the longest sequences up front (torch.zeros took ~0.25 s of a 2-core CPU's start-up for the default
+model's 1 GiB pool), and resident memory grows with the KV actually written.
 """
 
 from __future__ import annotations
 
+import math
+import mmap
 import os
 
 import torch
@@ -36,7 +42,21 @@ def allocate_kv_cache(
 ) -> list[torch.Tensor]:
     """One zero-filled (2, num_blocks, block_size, num_kv_heads, head_dim) tensor per layer."""
     shape = (2, num_blocks, block_size, model.num_kv_heads, model.head_dim)
+    if torch.device(device).type == "cpu":
+        return [zeroed_host_tensor(shape, dtype) for _ in range(model.num_layers)]
     return [torch.zeros(shape, dtype=dtype, device=device) for _ in range(model.num_layers)]
+
+
+def zeroed_host_tensor(shape: tuple[int, ...], dtype: torch.dtype) -> torch.Tensor:
+    """A CPU tensor of zeros over a private anonymous memory map: POSIX maps anonymous memory as zeros,
+    and the kernel supplies each page when it is first touched, so nothing is written here. The tensor
+    holds the map (torch.frombuffer keeps its buffer alive). torch.zeros where there is no such mmap."""
+    numel = math.prod(shape)
+    if numel == 0 or not hasattr(mmap, "MAP_PRIVATE"):  # nothing to map, or not a POSIX system
+        return torch.zeros(shape, dtype=dtype)
+    nbytes = numel * torch.empty((), dtype=dtype).element_size()
+    buffer = mmap.mmap(-1, nbytes, flags=mmap.MAP_PRIVATE, prot=mmap.PROT_READ | mmap.PROT_WRITE)
+    return torch.frombuffer(buffer, dtype=dtype, count=numel).view(shape)
 
 
 def available_memory_bytes() -> int | None:

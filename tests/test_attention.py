@@ -14,6 +14,9 @@ from dynaspec.models.attention_metadata import AttentionMetadata
 
 # (query_len, seq_len): full prefill, decode, verify (1 + k), chunked prefill, short prefill.
 MIXED = [(7, 7), (1, 9), (5, 13), (3, 10), (2, 2)]
+# As the engine lays out a mixed step: decodes / verifies first, then prefill chunks longer than 8 tokens
+# (on CUDA the decodes go through the Triton kernel, the chunks through the reference path).
+DECODES_THEN_PREFILLS = [(1, 9), (5, 13), (1, 30), (20, 20), (12, 30), (2, 2)]
 
 
 def dense_causal_attention(q, k, v, scale, sliding_window=None):
@@ -116,3 +119,29 @@ def test_mixed_batch_cuda_bf16():
     out, ref, *_ = run_case(MIXED, 8, 2, head_dim=64, device="cuda", dtype=torch.bfloat16)
     assert out.dtype == torch.bfloat16
     torch.testing.assert_close(out.double().cpu(), ref, atol=3e-2, rtol=3e-2)
+
+
+def test_split_metadata_covers_the_same_rows():
+    """AttentionMetadata.split(n): the first n sequences and the rest, each a batch of its own over the same
+    cache; attention over the two parts, concatenated, is attention over the whole."""
+    from dynaspec.models.attention import reference_paged_attention
+
+    out, ref, cache, k_new, _, meta = run_case(DECODES_THEN_PREFILLS, 6, 2)
+    head, tail = meta.split(3)
+    assert (head.num_seqs, tail.num_seqs, head.num_tokens, tail.num_tokens) == (3, 3, 7, 34)
+    assert tail.query_start_loc.tolist() == [0, 20, 32, 34] and tail.seq_lens_cpu == [20, 30, 2]
+    q = torch.randn(meta.num_tokens, 6, 16, generator=torch.Generator().manual_seed(5))
+    whole = reference_paged_attention(q, cache, meta, 0.25)
+    parts = torch.cat([reference_paged_attention(q[:7], cache, head, 0.25),
+                       reference_paged_attention(q[7:], cache, tail, 0.25)])
+    torch.testing.assert_close(parts, whole, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(out.double(), ref, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_mixed_step_cuda_runs_decodes_through_the_kernel():
+    out, ref, _, _, _, meta = run_case(DECODES_THEN_PREFILLS, 8, 2, head_dim=64, device="cuda", dtype=torch.bfloat16)
+    torch.testing.assert_close(out.double().cpu(), ref, atol=3e-2, rtol=3e-2)
+    head, tail = meta.derived["decode_prefix"]
+    assert head.num_seqs == 3 and not head.derived and tail.derived  # the head ran in the kernel, the tail not

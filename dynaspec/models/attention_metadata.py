@@ -53,6 +53,24 @@ class AttentionMetadata:
     def max_seq_len(self) -> int:
         return max(self.seq_lens_cpu) if self.seq_lens_cpu else 0
 
+    def split(self, num_seqs: int) -> tuple["AttentionMetadata", "AttentionMetadata"]:
+        """(the first num_seqs sequences, the rest) as two batches over the same cache: flat rows
+        0 .. query_start_loc[num_seqs] - 1 and the rows after, each with its own query_start_loc from 0."""
+        row = sum(self.query_lens_cpu[:num_seqs])
+        head = AttentionMetadata(
+            slot_mapping=self.slot_mapping[:row], query_start_loc=self.query_start_loc[: num_seqs + 1],
+            seq_lens=self.seq_lens[:num_seqs], block_tables=self.block_tables[:num_seqs],
+            query_lens_cpu=self.query_lens_cpu[:num_seqs], seq_lens_cpu=self.seq_lens_cpu[:num_seqs],
+            block_size=self.block_size,
+        )
+        tail = AttentionMetadata(
+            slot_mapping=self.slot_mapping[row:], query_start_loc=self.query_start_loc[num_seqs:] - row,
+            seq_lens=self.seq_lens[num_seqs:], block_tables=self.block_tables[num_seqs:],
+            query_lens_cpu=self.query_lens_cpu[num_seqs:], seq_lens_cpu=self.seq_lens_cpu[num_seqs:],
+            block_size=self.block_size,
+        )
+        return head, tail
+
     @staticmethod
     def build(
         query_lens: list[int],

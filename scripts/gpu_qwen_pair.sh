@@ -6,7 +6,9 @@
 # Usage: bash scripts/gpu_qwen_pair.sh OUT_DIR [OPTION VALUE ...] [PART ...]
 #   PART: draft-model (0.5B drafts for the 1.5B) and/or ngram (prompt lookup on the 1.5B); default both.
 #   Options (defaults): --dtype auto (bf16 on CUDA), --schedule 1:4,16:2,64:1, --ks 0-4,
-#   --batch-sizes 1,4,16,64, --gen-len 64, --device auto, --gguf-dir /tmp. Small values give a CPU smoke
+#   --batch-sizes 1,4,16,64, --gen-len 64, --device auto, --gguf-dir /tmp, --bench-flags '' (more flags for
+#   every bench run, word-split: e.g. '--deterministic --policy-lines goodput', issue 22's 40-point check,
+#   the gpu_session.sh step `qwen-det`). Small values give a CPU smoke
 #   run of the whole script, e.g. `... /tmp/o --device cpu --batch-sizes 1 --gen-len 3 --ks 0,1 ngram`.
 #   Normally run as a step of scripts/gpu_session.sh (`qwen`, `qwen-draft`, `qwen-ngram`), which first
 #   installs the `gguf` and `accelerate` wheels the GPU image lacks (carried in .gpu-wheels).
@@ -37,11 +39,11 @@
 set -uo pipefail
 out=${1:?usage: gpu_qwen_pair.sh OUT_DIR [OPTION VALUE ...] [draft-model] [ngram]}
 shift
-dtype=auto schedule=1:4,16:2,64:1 ks=0-4 batch_sizes=1,4,16,64 gen_len=64 device=auto gguf_dir=/tmp
+dtype=auto schedule=1:4,16:2,64:1 ks=0-4 batch_sizes=1,4,16,64 gen_len=64 device=auto gguf_dir=/tmp bench_flags=
 parts=()
 while [ $# -gt 0 ]; do
   case "$1" in
-    --dtype|--schedule|--ks|--batch-sizes|--gen-len|--device|--gguf-dir)
+    --dtype|--schedule|--ks|--batch-sizes|--gen-len|--device|--gguf-dir|--bench-flags)
       [ $# -ge 2 ] || { echo "error: $1 needs a value" >&2; exit 2; }
       var=${1#--}; printf -v "${var//-/_}" %s "$2"; shift 2 ;;
     draft-model|ngram) parts+=("$1"); shift ;;
@@ -97,6 +99,8 @@ for part in "${parts[@]}"; do
     cmd=(python3 -m dynaspec.cli bench --model "$target" "${drafter[@]}" --max-draft-len 4 --ks "$ks"
          --draft-len-schedule "$schedule" --batch-sizes "$batch_sizes" --workload "$workload" --gen-len "$gen_len"
          --dtype "$dtype" --device "$device" --out-dir "$work/$name")
+    read -ra extra <<< "$bench_flags"
+    cmd+=("${extra[@]}")
     stamp "$name: ${cmd[*]}"
     if "${cmd[@]}" > "$work/$name.log" 2>&1; then
       stamp "$name done"

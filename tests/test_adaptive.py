@@ -111,6 +111,21 @@ def test_policy_learns_per_request_acceptance_from_its_own_draft_lengths():
     assert policy.estimator.alphas("copy")[0] > 0.9 > 0.1 > policy.estimator.alphas("chat")[0]
 
 
+def test_plan_prices_each_budget_as_step_seconds_does():
+    """plan() looks the host-overhead fit up once per plan; the allocation's predicted seconds are
+    step_seconds(batch, B*) with the fit in force (here: real steps slower than probed, by batch and k)."""
+    policy = _policy(0.01)
+    ids = ["copy", "chat"]
+    for step in range(40):  # real steps cost 0.3 s + 0.05 s per drafted position more than probed
+        k = step % (K + 1)
+        policy.observe(StepOutcome(ids, k, drafted=[k, k], accepted=[k, 0], draft_lens=[k, k],
+                                   seconds=1.0 + 0.01 * 2 * k + (0.3 + 0.05 * 2 * k if k else 0.0)))
+    assert policy.overhead.predict(2, 2) > 0.3
+    allocation = policy.plan(2, ids)
+    assert allocation.budget > 0
+    assert allocation.seconds == pytest.approx(policy.step_seconds(2, allocation.budget), rel=1e-12)
+
+
 def test_policy_stays_off_where_verify_is_expensive_and_explores_now_and_then():
     """Unbudgeted, every explore_every-th decision explores; with explore_budget an exploration waits until
     the decisions since the last one earned its extra step time (here: a position costs 10x a step)."""

@@ -30,6 +30,8 @@ def test_fit_recovers_per_step_per_request_speculation_and_draft_token_costs():
     assert (a, b, s, c) == pytest.approx((2e-4, 1e-5, 5e-5, 3e-6), rel=1e-6)
     assert model.predict(128, 3) == pytest.approx(_true_residual(128, 3), rel=1e-6)
     assert model.predict(128, 1) == pytest.approx(_true_residual(128, 1), rel=1e-6)  # k never observed
+    base, per_position = model.speculative_line(128)  # what the adaptive policy prices budgets with
+    assert base + per_position * 128 * 2.5 == pytest.approx(model.predict(128, 2.5), rel=1e-12)
 
 
 def test_one_slow_step_does_not_bend_the_fit():

@@ -158,7 +158,13 @@ class AdaptivePolicy(DraftLenPolicy):
         """Compute the allocation now (no reuse)."""
         ids = request_ids or [None] * batch
         survivals = [survival(self.estimator.alphas(rid)[: self.max_draft_len]) for rid in ids]
-        return plan_allocation(survivals, lambda positions: self.step_seconds(batch, positions))
+        base, per_position = self.overhead.speculative_line(batch)  # step_seconds, its fit looked up once
+
+        def seconds(positions: int) -> float:
+            prior = self._prior(batch, positions)[1]
+            return prior if positions == 0 else prior + max(0.0, base + per_position * positions)
+
+        return plan_allocation(survivals, seconds)
 
     def step_seconds(self, batch: int, positions: int) -> float:
         """Predicted T of a step of `batch` requests verifying `positions` draft positions in all: the probed

@@ -96,11 +96,20 @@ class StepOverheadModel:
 
     def predict(self, batch: int, k: float) -> float:
         """Expected extra seconds of a real step over the probed time at (batch, k); >= 0."""
+        if k <= 0:
+            coef = self._fit()
+            return 0.0 if coef is None else max(0.0, coef[0] + coef[1] * batch)
+        base, per_position = self.speculative_line(batch)
+        return max(0.0, base + per_position * batch * k)
+
+    def speculative_line(self, batch: int) -> tuple[float, float]:
+        """(base, per drafted position) of a speculative step at this batch: predict(batch, k) for k > 0 is
+        max(0, base + per_position * batch * k), for callers pricing many draft budgets at one batch."""
         coef = self._fit()
         if coef is None:
-            return 0.0
+            return 0.0, 0.0
         a, b, spec, c = coef
-        return max(0.0, a + b * batch + spec * batch * (k > 0) + c * batch * k)
+        return a + (b + spec) * batch, c
 
 
 def identifiable_columns(features: np.ndarray) -> list[int]:

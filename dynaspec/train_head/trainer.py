@@ -131,7 +131,9 @@ def train_head(options: TrainOptions, progress: Progress | None = None, log: Cal
     target = loaded.model
     final_loss, steps_run = _optimize(head, target, train, options, device, progress, log, clock, began)
     trained = clock()
-    log(f"trained {steps_run} steps in {trained - answered:.1f} s ({(trained - answered) / steps_run:.3f} s a step)")
+    peak = (f", peak GPU memory {torch.cuda.max_memory_allocated(device) / 2**30:.1f} GiB"
+            if device.type == "cuda" else "")
+    log(f"trained {steps_run} steps in {trained - answered:.1f} s ({(trained - answered) / steps_run:.3f} s a step{peak})")
     head.eval()
     save_head(head, options.out)
     held_batches = [make_batch(held[i : i + options.batch_size], device, torch.float32, options.max_seq_len)

@@ -66,10 +66,11 @@ for step in "$@"; do
         --acceptance-profile acceptance_ngram_code-edit,acceptance_ngram_chat --no-plots --out-dir "$OUT/adaptive" \
         > "$OUT/adaptive.log" 2>&1; tail -3 "$OUT/adaptive.log"; grep -A50 "Every point" "$OUT/adaptive/bench.md" | head -50 ;;
     adaptive-steady)  # issue 20: each concurrency held (closed loop: a finished request is replaced), so the
+      # (2026-12-05 ran --waves 3: 3 requests at concurrency 1, 1-11 s phases; now at least 16 per phase)
       # code-edit requests' early finishes are refilled as in serving; per-phase tokens/s in trace.md
       timeout 560 python3 -m dynaspec.cli bench-trace --model random:llama-3.1-8b --drafter ngram --max-draft-len 4 \
         --profiles acceptance_ngram_code-edit,acceptance_ngram_chat --schedule auto --ks 0,1,4 --adaptive \
-        --phases 1,4,16,64,128,256 --waves 3 --prompt-len 128 --gen-len 64 \
+        --phases 1,4,16,64,128,256 --requests-per-phase 16,32,96,256,384,768 --prompt-len 128 --gen-len 64 \
         --out-dir "$OUT/adaptive-steady" > "$OUT/adaptive-steady.log" 2>&1; tail -3 "$OUT/adaptive-steady.log"
       cat "$OUT/adaptive-steady/trace.md" ;;
     adaptive-diurnal)  # issue 20: the diurnal mixed trace with the adaptive line

@@ -6,7 +6,8 @@
 #   train: join the carried pair (scripts/qwen_join.sh; the chunks as in scripts/gpu_qwen_pair.sh's header),
 #          convert both GGUFs (in parallel), then `dynaspec train-head` into $HEAD_DIR (default
 #          /tmp/eagle-qwen15b; kept while the machine is warm), told to end optimizing --deadline seconds
-#          after this script started (its --time-limit: it cuts its step count to fit).
+#          after this script started (its --time-limit: answering stops at half of it, and it cuts its step
+#          count to fit).
 #   code-edit, chat: on that workload, three `dynaspec bench` runs over the same prompts and batch sizes
 #          (one card, one call): the head (no spec, k = 1..6, the goodput policy as the schedule line and the
 #          adaptive line), the 0.5B draft model (--draft-ks) and n-gram (--ngram-ks); each line's greedy

@@ -178,3 +178,16 @@ def test_a_bfloat16_target_trains_the_head_as_a_float32_one(loaded, example, tar
                                    lambda *_: None, lambda _: None, lambda: 0.0, 0.0)
     assert final["float32"] < 3.0
     assert final["bfloat16"] == pytest.approx(final["float32"], abs=0.5)
+
+
+def test_answering_stops_when_asked_and_keeps_what_finished(loaded, target_dir):
+    """record_answers(should_stop=...): asked after every step; when True the unfinished requests are aborted
+    and the answers finished so far come back (train-head stops answering at half its time limit)."""
+    config = EngineConfig(model=str(target_dir), block_size=4, num_kv_blocks=48, max_model_len=64, device="cpu",
+                          dtype="float32")
+    prompts = [torch.randint(3, 512, (6,), generator=torch.Generator().manual_seed(s)).tolist() for s in (1, 2)]
+    params = [SamplingParams(temperature=0.0, max_tokens=n, ignore_eos=True) for n in (3, 40)]
+    steps = iter(range(1000))
+    recorded = record_answers(loaded, config, (0, 1), prompts, params, should_stop=lambda: next(steps) >= 6)
+    assert len(recorded) == 1 and recorded[0].token_ids[:6] == prompts[0]  # the short answer; the long one aborted
+    assert len(recorded[0].token_ids) == 6 + 3

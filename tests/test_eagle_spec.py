@@ -79,7 +79,7 @@ def test_train_head_answers_each_training_prompt_several_times(tiny):
     ])
     assert result.exit_code == 0, result.output
     assert "22 training prompts (2 answers each), 2 held out" in result.output
-    recorded = int(re.search(r"recorded\s+(\d+)\s+answers", result.output).group(1))
+    recorded = int(re.search(r"recorded\s+(\d+)\s+of\s+46\s+answers", result.output).group(1))
     trained = int(re.search(r"\((\d+)\s+training\s+answers", result.output).group(1))
     assert 40 <= recorded <= 46 and trained == recorded - 2 and trained > 22
 

@@ -60,10 +60,11 @@ def train_head_command(
     answers_per_prompt: Annotated[int, typer.Option(help="answers per training prompt (> 1 needs --temperature > 0: "
                                                          "sampled, each with its own seed)")] = 1,
     max_num_seqs: Annotated[int, typer.Option(help="answers generated together")] = 64,
-    time_limit: Annotated[Optional[float], typer.Option(help="seconds: end optimizing within this long of the start "
-                                                         "(answering included); the step count is cut to fit, "
-                                                         "timed over the first steps, and the schedule laid "
-                                                         "over the steps run")] = None,
+    time_limit: Annotated[Optional[float], typer.Option(help="seconds: end optimizing within this long of the start; "
+                                                         "answering stops at half of it (held-out prompts are "
+                                                         "answered first), the step count is cut to fit, timed "
+                                                         "over the first steps, and the schedule laid over the "
+                                                         "steps run")] = None,
     seed: Annotated[int, typer.Option()] = 0,
     device: Device = None,
     dtype: Dtype = None,

@@ -39,13 +39,15 @@ def record_answers(
     prompts: list[list[int]],
     params: SamplingParams | list[SamplingParams],
     on_finished: Callable[[int], None] | None = None,
+    should_stop: Callable[[], bool] | None = None,
 ) -> list[Example]:
     """Generate an answer to every prompt (token ids) with an engine over `loaded` and return the examples
     (in prompt order; a request that ended with an error, or before any decode step, is left out).
 
     config: the engine's config; it must set num_kv_blocks (the feature cache is sized by it) and must not
     be speculative. params: one for every prompt, or one per prompt. on_finished(n): called with the number
-    of requests finished so far."""
+    of requests finished so far. should_stop(): asked after every step; when True the unfinished requests
+    are aborted and the answers finished so far returned (the engine serves requests in prompt order)."""
     if config.num_kv_blocks is None or config.speculative_config is not None:
         raise ValueError("record_answers needs an EngineConfig with num_kv_blocks set and no speculative_config")
     dtype = config.resolved_dtype()
@@ -55,12 +57,12 @@ def record_answers(
     install_feature_tap(loaded.model, tap)
     try:
         engine = LLMEngine(config, loaded=loaded)
-        return _run(engine, tap, prompts, params, on_finished)
+        return _run(engine, tap, prompts, params, on_finished, should_stop)
     finally:
         install_feature_tap(loaded.model, None)
 
 
-def _run(engine: LLMEngine, tap: FeatureTap, prompts, params, on_finished) -> list[Example]:
+def _run(engine: LLMEngine, tap: FeatureTap, prompts, params, on_finished, should_stop) -> list[Example]:
     requests = {}
     for i, prompt in enumerate(prompts):
         request_id = f"train-{i}"
@@ -88,4 +90,9 @@ def _run(engine: LLMEngine, tap: FeatureTap, prompts, params, on_finished) -> li
         for request_id, (_, request) in requests.items():
             if request.block_ids:
                 tables[request_id] = list(request.block_ids)
+        if should_stop is not None and should_stop():
+            for request_id, (_, request) in requests.items():
+                if not request.is_finished:
+                    engine.abort_request(request_id)
+            break
     return [examples[i] for i in sorted(examples)]

@@ -31,6 +31,9 @@ from dynaspec.train_head.prompts import collect_prompts, held_out_split, prompt_
 from dynaspec.train_head.record import Example, record_answers
 from dynaspec.train_head.ttt import acceptance_estimate, make_batch, ttt_loss
 
+# Share of options.time_limit_s that answering may take before its unfinished requests are aborted.
+ANSWERING_SHARE = 0.5
+
 # (phase, done, total): "generate" (requests finished), "train" (optimizer steps)
 Progress = Callable[[str, int, int], None]
 
@@ -58,7 +61,8 @@ class TrainOptions:
     seed: int = 0
     max_num_seqs: int = 64
     warmup_fraction: float = 0.05
-    time_limit_s: float | None = None  # end optimizing within this many seconds of train_head's start (None: no limit)
+    time_limit_s: float | None = None  # end optimizing within this many seconds of train_head's start (None: no limit);
+    # answering stops at ANSWERING_SHARE of it
     engine_options: dict = field(default_factory=dict)
 
 
@@ -103,23 +107,31 @@ def train_head(options: TrainOptions, progress: Progress | None = None, log: Cal
     prompts = collect_prompts(options.sources, options.num_prompts, options.seed)
     train_prompts, held_prompts = held_out_split(prompts, options.eval_fraction, options.seed)
     held_keys = {id(p) for p in held_prompts}
+    # The engine serves requests in this order: the held-out prompts first, then the training prompts' first
+    # answers, their second answers, ... (answering that stops at the time limit keeps the estimate and the
+    # most distinct prompts)
+    jobs = [(p, True, 0) for p in prompts if id(p) in held_keys]
+    jobs += [(p, False, copy) for copy in range(options.answers_per_prompt) for p in prompts if id(p) not in held_keys]
     ids, is_held, params = [], [], []
-    for prompt in prompts:
-        tokens = prompt_token_ids(loaded.tokenizer, prompt)[: options.max_seq_len - options.max_tokens]
-        held_out = id(prompt) in held_keys
-        for copy in range(1 if held_out else options.answers_per_prompt):
-            ids.append(tokens)
-            is_held.append(held_out)
-            params.append(_answer_params(options, held_out, copy))
+    for prompt, held_out, copy in jobs:
+        ids.append(prompt_token_ids(loaded.tokenizer, prompt)[: options.max_seq_len - options.max_tokens])
+        is_held.append(held_out)
+        params.append(_answer_params(options, held_out, copy))
     log(f"{len(train_prompts)} training prompts ({options.answers_per_prompt} answers each), {len(held_prompts)} "
         f"held out; tapped layers {list(layers)}")
 
     config = _generation_config(options, loaded, len(ids), max(len(i) for i in ids))
     answering = clock()
-    examples = record_answers(loaded, config, layers, ids, params, lambda n: progress("generate", n, len(ids)))
+    stop = None
+    if options.time_limit_s is not None:  # answering may take half the limit; the rest is training's
+        def stop() -> bool:
+            return clock() - began > ANSWERING_SHARE * options.time_limit_s
+    examples = record_answers(loaded, config, layers, ids, params, lambda n: progress("generate", n, len(ids)), stop)
     answered = clock()
-    log(f"recorded {len(examples)} answers ({sum(len(e.token_ids) - e.prompt_len for e in examples)} answer tokens) "
-        f"in {answered - answering:.1f} s")
+    stopped = options.time_limit_s is not None and answered - began > ANSWERING_SHARE * options.time_limit_s
+    cut = f", stopped at {ANSWERING_SHARE:.0%} of the time limit" if stopped else ""
+    log(f"recorded {len(examples)} of {len(ids)} answers ({sum(len(e.token_ids) - e.prompt_len for e in examples)} "
+        f"answer tokens) in {answered - answering:.1f} s{cut}")
     # record_answers keeps request order minus failed requests: match examples back by their prompt ids
     train, held = _split_examples(examples, ids, is_held)
     if not train or not held:

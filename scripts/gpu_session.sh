@@ -148,6 +148,8 @@ for step in "$@"; do
       python3 scripts/redesign_ab.py "$@" | tee -a "$OUT/redesign_ab.md" ;;
     k0-ab)
       python3 scripts/gpu_k0_ab.py 2 8 64 2>&1 | tail -5 ;;
+    k0-ab-eagle)  # issue 21: k = 0 steps with the trained Qwen head (eagle-qwen-train first) vs no speculation
+      python3 scripts/gpu_k0_ab.py --model /tmp/qwen-1.5b.gguf --eagle-head /tmp/eagle-qwen15b 2 8 64 2>&1 | tail -5 ;;
     *) echo "unknown step $step" ;;
   esac
 done

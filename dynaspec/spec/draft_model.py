@@ -23,15 +23,13 @@ import torch
 
 from dynaspec.models.decode_kernels import DecodeKernels
 from dynaspec.runtime.chain_graphs import DraftChainGraphs
-from dynaspec.runtime.cost_probe import chain_seconds, forward_seconds
-from dynaspec.runtime.keyed_noise import keyed_argmax
+from dynaspec.runtime.cost_probe import forward_seconds
 from dynaspec.runtime.kv_cache import kv_bytes_per_block
 from dynaspec.runtime.cuda_graphs import UniformDecodeBatch
 from dynaspec.runtime.model_runner import ModelRunner, SequenceInput
 from dynaspec.runtime.request import Request
-from dynaspec.runtime.sampler import sample, target_probs
 from dynaspec.models.loader import LoadedModel
-from dynaspec.spec.drafter import DraftProposal, Drafter
+from dynaspec.spec.chain_drafter import ChainDrafter, pick_drafts
 
 
 @dataclass
@@ -59,10 +57,11 @@ def check_same_vocabulary(target: LoadedModel, draft: LoadedModel) -> None:
             )
 
 
-class DraftModelDrafter(Drafter):
+class DraftModelDrafter(ChainDrafter):
     def __init__(
         self, draft: LoadedModel, dtype: torch.dtype, device: torch.device, target_vocab_size: int, seed: int = 0
     ):
+        super().__init__()
         self.loaded = draft
         # Used for sampled requests without their own seed; seeded requests use their own generator.
         self.generator = torch.Generator(device=device).manual_seed(seed + 1)
@@ -72,9 +71,6 @@ class DraftModelDrafter(Drafter):
         self.target_vocab_size = target_vocab_size
         self.runner: ModelRunner | None = None
         self.chain: DraftChainGraphs | None = None  # whole-chain graphs per (bucket, k), after capture_graphs
-        self._state: dict[str, _DraftState] = {}
-        self._step_seconds: dict[int, float] = {}  # batch -> one single-token draft forward (cost probe)
-        self.num_propose_calls = 0
 
     def kv_bytes_per_block(self, block_size: int, dtype: torch.dtype) -> int:
         """The draft model's KV per block: it shares the target's block tables, so its bytes count too."""
@@ -85,16 +81,9 @@ class DraftModelDrafter(Drafter):
         self.model.set_decode_kernels(kernels)
         self.runner = ModelRunner(self.model, num_blocks, block_size, self.dtype, self.device)
 
-    def draft_seconds(self, batch: int, k: int, repeats: int = 5) -> float:
-        """One replay of the (batch, k) whole-chain graph where one was captured, else k single-token
-        draft forwards (the step-by-step path)."""
-        if k == 0:
-            return 0.0
-        if self.chain is not None and (batch, k) in self.chain.pairs:
-            return chain_seconds(self.chain, batch, k, repeats)
-        if batch not in self._step_seconds:
-            self._step_seconds[batch] = forward_seconds(self.runner, batch, 0, repeats)
-        return k * self._step_seconds[batch]
+    def _single_step_seconds(self, batch: int, repeats: int) -> float:
+        """One single-token draft forward for `batch` requests (the step-by-step path's steps)."""
+        return forward_seconds(self.runner, batch, 0, repeats)
 
     def capture_graphs(self, pairs: list[tuple[int, int]], max_blocks_per_seq: int, use_graphs: bool = True) -> None:
         """CUDA graphs of drafting for the (batch bucket, k >= 1) pairs the engine can speculate at.
@@ -121,12 +110,6 @@ class DraftModelDrafter(Drafter):
             [(b, q) for b in buckets for q in (0, 1)], max_blocks_per_seq, use_graphs=use_graphs, pool=self.chain.pool
         )
 
-    @property
-    def num_forwards(self) -> int:
-        """Draft-model forwards run so far (a chain replay of k steps counts k)."""
-        steps = 0 if self.chain is None else sum(k * n for (_, k), n in self.chain.replays_per_pair.items())
-        return steps + (0 if self.runner is None else self.runner.num_forwards)
-
     def _catch_up_start(self, request: Request) -> int:
         state = self._state.setdefault(request.request_id, _DraftState())
         tokens = request.all_token_ids
@@ -142,48 +125,18 @@ class DraftModelDrafter(Drafter):
         state.num_computed = min(state.num_computed, request.num_tokens - 1)
         return state.num_computed
 
-    @torch.inference_mode()
-    def propose(self, requests: list[Request], k: int) -> DraftProposal:
-        """k autoregressive draft steps for every request; the first also feeds the catch-up tokens."""
-        if self.runner is None:
-            raise RuntimeError("DraftModelDrafter.attach() must be called before propose()")
-        self.num_propose_calls += 1
-        starts = [self._catch_up_start(request) for request in requests]
-        if self._can_chain(requests, starts, k):
-            tokens = self._draft_chain(requests, starts, k)
-            probs: list[list[torch.Tensor]] = [[] for _ in requests]
-        else:
-            tokens, probs = self._draft_steps(requests, starts, k)
+    def _chain_width(self, k: int) -> int:
+        """The chain's first step feeds 1 or 2 catch-up tokens (the bonus token, plus the last draft when
+        all k were accepted)."""
+        return 2
+
+    def _record(self, requests: list[Request], tokens: list[list[int]], k: int) -> None:
+        """The drafts' K/V stays (all but the last token's): the next catch-up keeps the matching prefix."""
         for i, request in enumerate(requests):
             state = self._state[request.request_id]
             state.num_computed = request.num_tokens + k - 1
             state.draft_start = request.num_tokens
             state.drafted = tuple(tokens[i])
-        return DraftProposal(
-            tokens=tokens,
-            probs=[torch.stack(p) if p else None for p in probs],
-        )
-
-    def _can_chain(self, requests: list[Request], starts: list[int], k: int) -> bool:
-        """The whole-chain graph serves this batch: one exists for (batch, k), every request is greedy and
-        every catch-up is at most two tokens."""
-        return (
-            self.chain is not None
-            and self.chain.lookup(len(requests), k) is not None
-            and all(r.params.is_greedy for r in requests)
-            and all(r.num_tokens - s <= 2 for r, s in zip(requests, starts))
-        )
-
-    def _draft_chain(self, requests: list[Request], starts: list[int], k: int) -> list[list[int]]:
-        """All k draft tokens of every request from one chain replay: one staging copy in, (B, k) ids out."""
-        batch = UniformDecodeBatch([], [], [], [])
-        for request, start in zip(requests, starts):
-            fed = request.all_token_ids[start:]  # 1 or 2 catch-up tokens
-            batch.token_ids.append(fed + [fed[-1]] * (2 - len(fed)))
-            batch.seq_lens.append(request.num_tokens + 2 - len(fed))
-            batch.num_real.append(len(fed))
-            batch.block_tables.append(request.block_ids)
-        return self.chain.draft(batch, k).tolist()  # (B, k) ids: the one device-to-host copy
 
     def _draft_steps(
         self, requests: list[Request], starts: list[int], k: int
@@ -205,7 +158,7 @@ class DraftModelDrafter(Drafter):
                 logits = self.runner.forward_uniform(batch, 0, rows)
             else:
                 logits = self.runner.forward(seqs, rows)
-            for i, token in enumerate(self._pick(requests, logits[:, : self.target_vocab_size], probs, step)):
+            for i, token in enumerate(pick_drafts(requests, logits[:, : self.target_vocab_size], probs, step, self.generator)):
                 tokens[i].append(token)
         return tokens, probs
 
@@ -217,7 +170,7 @@ class DraftModelDrafter(Drafter):
             flat += len(seq.token_ids)
             rows.append(flat - 1)
         logits = self.runner.forward(seqs, rows)[:, : self.target_vocab_size]  # (B, vocab)
-        for i, token in enumerate(self._pick(requests, logits, probs, 0)):
+        for i, token in enumerate(pick_drafts(requests, logits, probs, 0, self.generator)):
             tokens[i].append(token)
 
     def _first_step_graph(self, requests, starts, tokens, probs) -> None:
@@ -233,44 +186,9 @@ class DraftModelDrafter(Drafter):
             batch.block_tables.append(request.block_ids)
             rows.append(2 * i + len(fed) - 1)
         logits = self.runner.forward_uniform(batch, 1, rows)[:, : self.target_vocab_size]  # (B, vocab)
-        for i, token in enumerate(self._pick(requests, logits, probs, 0)):
+        for i, token in enumerate(pick_drafts(requests, logits, probs, 0, self.generator)):
             tokens[i].append(token)
-
-    def _pick(self, requests: list[Request], logits: torch.Tensor, probs: list[list[torch.Tensor]], step: int) -> list[int]:
-        """Greedy requests take the draft argmax; seeded ones the argmax of log q plus the noise keyed by
-        (seed, position) that the target's verification uses (runtime/keyed_noise.py: a draft equal to the
-        target's keyed sample is accepted); unseeded ones sample q. q (processed draft distribution) is
-        kept for rejection sampling."""
-        picked = logits.argmax(dim=-1).tolist()
-        for i, request in enumerate(requests):
-            if request.params.is_greedy:
-                continue
-            q = target_probs(logits[i : i + 1], [request.params])  # (1, vocab)
-            if request.params.seed is not None:
-                picked[i] = int(keyed_argmax(q, [request.params.seed], [request.num_tokens + step])[0])
-            else:
-                picked[i] = int(sample(q, request.generator or self.generator)[0])
-            probs[i].append(q[0])
-        return picked
-
-    def observe(self, requests: list[Request]) -> None:
-        """Nothing to do eagerly: the draft KV catches up on the next propose()."""
-
-    def catch_up_tokens(self, requests: list[Request]) -> int:
-        """Tokens of these requests not yet in the draft model's KV cache (all but the last one is fed)."""
-        total = 0
-        for request in requests:
-            state = self._state.get(request.request_id)
-            total += max(0, request.num_tokens - 1 - (state.num_computed if state else 0))
-        return total
 
     def measure_catch_up_seconds_per_token(self) -> float:
         """0.0: a draft-model catch-up is a batched draft forward, priced from the steps that ran one."""
         return 0.0
-
-    def release(self, request: Request) -> None:
-        self._state.pop(request.request_id, None)
-
-    def reset(self) -> None:
-        """Drop every request's draft state (it holds nothing across requests besides)."""
-        self._state.clear()

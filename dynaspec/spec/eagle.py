@@ -30,14 +30,10 @@ from dynaspec.models.decode_kernels import DecodeKernels
 from dynaspec.models.eagle_head import EagleHead
 from dynaspec.models.feature_tap import FeatureTap, feature_bytes_per_block, install_feature_tap
 from dynaspec.models.loader import LoadedModel
-from dynaspec.runtime.cost_probe import chain_seconds
-from dynaspec.runtime.cuda_graphs import UniformDecodeBatch
 from dynaspec.runtime.eagle_graphs import EagleChainGraphs, EagleHeadRunner
-from dynaspec.runtime.keyed_noise import keyed_argmax
 from dynaspec.runtime.kv_cache import kv_bytes_per_block
 from dynaspec.runtime.request import Request
-from dynaspec.runtime.sampler import sample, target_probs
-from dynaspec.spec.drafter import DraftProposal, Drafter
+from dynaspec.spec.chain_drafter import ChainDrafter, pick_drafts
 
 
 @dataclass
@@ -45,8 +41,9 @@ class _HeadState:
     num_computed: int = 0  # positions of the request the head has processed with the target's features
 
 
-class EagleDrafter(Drafter):
+class EagleDrafter(ChainDrafter):
     def __init__(self, head: EagleHead, target: LoadedModel, dtype: torch.dtype, device: torch.device, seed: int = 0):
+        super().__init__()
         self.head = head
         self.target = target
         self.dtype, self.device = dtype, device
@@ -57,9 +54,6 @@ class EagleDrafter(Drafter):
         self.tap: FeatureTap | None = None
         self.runner: EagleHeadRunner | None = None
         self.chain: EagleChainGraphs | None = None
-        self._state: dict[str, _HeadState] = {}
-        self._step_seconds: dict[int, float] = {}
-        self.num_propose_calls = 0
 
     # ------------------------------------------------------------------ resources and cost
     def kv_bytes_per_block(self, block_size: int, dtype: torch.dtype) -> int:
@@ -92,17 +86,7 @@ class EagleDrafter(Drafter):
             self.chain = EagleChainGraphs(self.runner, max_blocks_per_seq, pairs, self.vocab_size, use_graphs)
             self.chain.capture()
 
-    def draft_seconds(self, batch: int, k: int, repeats: int = 5) -> float:
-        """One chain replay where one was captured for (batch, k), else k eager single-position steps."""
-        if k == 0:
-            return 0.0
-        if self.chain is not None and (batch, k) in self.chain.pairs:
-            return chain_seconds(self.chain, batch, k, repeats)
-        if batch not in self._step_seconds:
-            self._step_seconds[batch] = self._time_eager_step(batch, repeats)
-        return k * self._step_seconds[batch]
-
-    def _time_eager_step(self, batch: int, repeats: int) -> float:
+    def _single_step_seconds(self, batch: int, repeats: int) -> float:
         """Seconds of one eager single-position head step for `batch` requests in the scratch block."""
         import time
 
@@ -120,52 +104,20 @@ class EagleDrafter(Drafter):
             torch.cuda.synchronize(self.device)
         return (time.perf_counter() - start) / repeats
 
-    @property
-    def num_forwards(self) -> int:
-        """Head forwards run so far (a chain replay of k steps counts k)."""
-        steps = 0 if self.chain is None else sum(k * n for (_, k), n in self.chain.replays_per_pair.items())
-        return steps + (0 if self.runner is None else self.runner.num_forwards)
-
-    # ------------------------------------------------------------------ drafting
-    def _start(self, request: Request) -> int:
+    # ------------------------------------------------------------------ drafting (ChainDrafter's hooks)
+    def _catch_up_start(self, request: Request) -> int:
         state = self._state.setdefault(request.request_id, _HeadState())
         state.num_computed = min(state.num_computed, request.num_tokens - 1)
         return state.num_computed
 
-    @torch.inference_mode()
-    def propose(self, requests: list[Request], k: int) -> DraftProposal:
-        """k draft tokens per request: the catch-up, then k - 1 draft steps on the head's own hidden."""
-        if self.runner is None:
-            raise RuntimeError("EagleDrafter.attach() must be called before propose()")
-        self.num_propose_calls += 1
-        starts = [self._start(r) for r in requests]
-        if self._can_chain(requests, starts, k):
-            tokens = self._draft_chain(requests, starts, k)
-            probs: list[list[torch.Tensor]] = [[] for _ in requests]
-        else:
-            tokens, probs = self._draft_steps(requests, starts, k)
+    def _chain_width(self, k: int) -> int:
+        """The chain's catch-up step takes up to 1 + k positions (the bonus token and all k accepted drafts)."""
+        return 1 + k
+
+    def _record(self, requests: list[Request], tokens: list[list[int]], k: int) -> None:
+        """Drafted positions are never kept: the head has processed every committed position."""
         for request in requests:
             self._state[request.request_id].num_computed = request.num_tokens
-        return DraftProposal(tokens=tokens, probs=[torch.stack(p) if p else None for p in probs])
-
-    def _can_chain(self, requests: list[Request], starts: list[int], k: int) -> bool:
-        return (
-            self.chain is not None
-            and self.chain.lookup(len(requests), k) is not None
-            and all(r.params.is_greedy for r in requests)
-            and all(r.num_tokens - s <= 1 + k for r, s in zip(requests, starts))
-        )
-
-    def _draft_chain(self, requests: list[Request], starts: list[int], k: int) -> list[list[int]]:
-        width = 1 + k
-        batch = UniformDecodeBatch([], [], [], [])
-        for request, start in zip(requests, starts):
-            fed = request.all_token_ids[start:]
-            batch.token_ids.append(fed + [fed[-1]] * (width - len(fed)))
-            batch.seq_lens.append(request.num_tokens + width - len(fed))
-            batch.num_real.append(len(fed))
-            batch.block_tables.append(request.block_ids)
-        return self.chain.draft(batch, k).tolist()  # (B, k): the one device-to-host copy
 
     def _draft_steps(self, requests: list[Request], starts: list[int], k: int):
         """Eager: the catch-up of any length, then k - 1 single-position steps, picking on the host."""
@@ -182,39 +134,3 @@ class EagleDrafter(Drafter):
             for i, token in enumerate(pick_drafts(requests, logits, probs, step, self.generator)):
                 tokens[i].append(token)
         return tokens, probs
-
-    # ------------------------------------------------------------------ bookkeeping
-    def observe(self, requests: list[Request]) -> None:
-        """Nothing to do eagerly: the head catches up on the next propose()."""
-
-    def catch_up_tokens(self, requests: list[Request]) -> int:
-        """Positions of these requests the head has not processed yet, beyond the one every propose feeds."""
-        total = 0
-        for request in requests:
-            state = self._state.get(request.request_id)
-            total += max(0, request.num_tokens - 1 - (state.num_computed if state else 0))
-        return total
-
-    def release(self, request: Request) -> None:
-        self._state.pop(request.request_id, None)
-
-    def reset(self) -> None:
-        self._state.clear()
-
-
-def pick_drafts(requests: list[Request], logits: torch.Tensor, probs: list[list[torch.Tensor]], step: int,
-                generator: torch.Generator) -> list[int]:
-    """Greedy requests take the argmax; seeded ones the argmax of log q plus the noise keyed by (seed,
-    position) the target's verification uses (runtime/keyed_noise.py); unseeded ones sample q. q (the
-    processed draft distribution) is appended to probs[i] for rejection sampling (as spec/draft_model.py)."""
-    picked = logits.argmax(dim=-1).tolist()
-    for i, request in enumerate(requests):
-        if request.params.is_greedy:
-            continue
-        q = target_probs(logits[i : i + 1], [request.params])  # (1, vocab)
-        if request.params.seed is not None:
-            picked[i] = int(keyed_argmax(q, [request.params.seed], [request.num_tokens + step])[0])
-        else:
-            picked[i] = int(sample(q, request.generator or generator)[0])
-        probs[i].append(q[0])
-    return picked

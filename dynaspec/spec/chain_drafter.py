@@ -1,0 +1,153 @@
+"""What the two model drafters share (spec/draft_model.py: a small model; spec/eagle.py: an EAGLE-3 head):
+KV of their own on the target's block tables that catches up lazily, one whole-chain graph replay for a
+greedy batch whose catch-ups fit the chain's first step, a step-by-step path otherwise, and how a draft
+token is picked from a draft distribution q (Leviathan et al. 2023, arXiv 2211.17192: q is kept for
+rejection sampling).
+
+A subclass provides `_catch_up_start` (the first position to feed, after dropping what went stale),
+`_chain_width` (positions the chain's first step feeds per request), `_draft_steps` (the step-by-step path),
+`_record` (its state after a propose) and `_single_step_seconds` (the cost probe of one eager draft step);
+`runner` (its eager forwards, with `num_forwards`) and `chain` (whole-chain graphs: `lookup`, `draft`,
+`pairs`, `replays_per_pair`) are set by its attach / capture_graphs.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from dynaspec.runtime.cost_probe import chain_seconds
+from dynaspec.runtime.cuda_graphs import UniformDecodeBatch
+from dynaspec.runtime.keyed_noise import keyed_argmax
+from dynaspec.runtime.request import Request
+from dynaspec.runtime.sampler import sample, target_probs
+from dynaspec.spec.drafter import DraftProposal, Drafter
+
+
+class ChainDrafter(Drafter):
+    """Base of the drafters with a model of their own and whole-chain graphs (module docstring)."""
+
+    runner: Any = None
+    chain: Any = None
+    num_propose_calls: int = 0
+
+    def __init__(self) -> None:
+        self._state: dict[str, Any] = {}  # request id -> the subclass's state (with num_computed)
+        self._step_seconds: dict[int, float] = {}  # batch -> one eager draft step (cost probe)
+
+    # ------------------------------------------------------------------ what a subclass provides
+    def _catch_up_start(self, request: Request) -> int:
+        """The first position of the request to feed (its state created if new)."""
+        raise NotImplementedError
+
+    def _chain_width(self, k: int) -> int:
+        """Positions per request the chain's first step feeds: catch-ups up to this long can chain."""
+        raise NotImplementedError
+
+    def _draft_steps(self, requests: list[Request], starts: list[int], k: int):
+        """The step-by-step path: (tokens per request, q per drafted token per request)."""
+        raise NotImplementedError
+
+    def _record(self, requests: list[Request], tokens: list[list[int]], k: int) -> None:
+        """The state after a propose of these tokens."""
+        raise NotImplementedError
+
+    def _single_step_seconds(self, batch: int, repeats: int) -> float:
+        """Seconds of one eager draft step for `batch` requests (the cost probe)."""
+        raise NotImplementedError
+
+    # ------------------------------------------------------------------ drafting
+    @torch.inference_mode()
+    def propose(self, requests: list[Request], k: int) -> DraftProposal:
+        """k draft tokens per request: one chain replay where it serves the batch, else step by step."""
+        if self.runner is None:
+            raise RuntimeError(f"{type(self).__name__}.attach() must be called before propose()")
+        self.num_propose_calls += 1
+        starts = [self._catch_up_start(request) for request in requests]
+        if self._can_chain(requests, starts, k):
+            tokens = self._draft_chain(requests, starts, k)
+            probs: list[list[torch.Tensor]] = [[] for _ in requests]
+        else:
+            tokens, probs = self._draft_steps(requests, starts, k)
+        self._record(requests, tokens, k)
+        return DraftProposal(tokens=tokens, probs=[torch.stack(p) if p else None for p in probs])
+
+    def _can_chain(self, requests: list[Request], starts: list[int], k: int) -> bool:
+        """The whole-chain graph serves this batch: one exists for (batch, k), every request is greedy and
+        every catch-up fits the chain's first step."""
+        width = self._chain_width(k)
+        return (
+            self.chain is not None
+            and self.chain.lookup(len(requests), k) is not None
+            and all(r.params.is_greedy for r in requests)
+            and all(r.num_tokens - s <= width for r, s in zip(requests, starts))
+        )
+
+    def _draft_chain(self, requests: list[Request], starts: list[int], k: int) -> list[list[int]]:
+        """All k draft tokens of every request from one chain replay: the catch-ups padded to the chain's
+        width (padding repeats the last token; its position writes the scratch block), (B, k) ids out."""
+        width = self._chain_width(k)
+        batch = UniformDecodeBatch([], [], [], [])
+        for request, start in zip(requests, starts):
+            fed = request.all_token_ids[start:]
+            batch.token_ids.append(fed + [fed[-1]] * (width - len(fed)))
+            batch.seq_lens.append(request.num_tokens + width - len(fed))
+            batch.num_real.append(len(fed))
+            batch.block_tables.append(request.block_ids)
+        return self.chain.draft(batch, k).tolist()  # (B, k) ids: the one device-to-host copy
+
+    # ------------------------------------------------------------------ cost
+    def draft_seconds(self, batch: int, k: int, repeats: int = 5) -> float:
+        """One chain replay where one was captured for (batch, k), else k eager single steps."""
+        if k == 0:
+            return 0.0
+        if self.chain is not None and (batch, k) in self.chain.pairs:
+            return chain_seconds(self.chain, batch, k, repeats)
+        if batch not in self._step_seconds:
+            self._step_seconds[batch] = self._single_step_seconds(batch, repeats)
+        return k * self._step_seconds[batch]
+
+    @property
+    def num_forwards(self) -> int:
+        """Draft forwards run so far (a chain replay of k steps counts k)."""
+        steps = 0 if self.chain is None else sum(k * n for (_, k), n in self.chain.replays_per_pair.items())
+        return steps + (0 if self.runner is None else self.runner.num_forwards)
+
+    # ------------------------------------------------------------------ bookkeeping
+    def observe(self, requests: list[Request]) -> None:
+        """Nothing to do eagerly: the drafter catches up on the next propose()."""
+
+    def catch_up_tokens(self, requests: list[Request]) -> int:
+        """Positions of these requests not processed yet, beyond the one every propose feeds."""
+        total = 0
+        for request in requests:
+            state = self._state.get(request.request_id)
+            total += max(0, request.num_tokens - 1 - (state.num_computed if state else 0))
+        return total
+
+    def release(self, request: Request) -> None:
+        self._state.pop(request.request_id, None)
+
+    def reset(self) -> None:
+        """Drop every request's state (nothing else is kept across requests)."""
+        self._state.clear()
+
+
+def pick_drafts(requests: list[Request], logits: torch.Tensor, probs: list[list[torch.Tensor]], step: int,
+                generator: torch.Generator) -> list[int]:
+    """Draft tokens from logits (B, vocab): greedy requests take the argmax; seeded ones the argmax of log q
+    plus the noise keyed by (seed, position) that the target's verification uses (runtime/keyed_noise.py: a
+    draft equal to the target's keyed sample is accepted); unseeded ones sample q (the request's generator,
+    else `generator`). q (the processed draft distribution) is appended to probs[i] for rejection sampling."""
+    picked = logits.argmax(dim=-1).tolist()
+    for i, request in enumerate(requests):
+        if request.params.is_greedy:
+            continue
+        q = target_probs(logits[i : i + 1], [request.params])  # (1, vocab)
+        if request.params.seed is not None:
+            picked[i] = int(keyed_argmax(q, [request.params.seed], [request.num_tokens + step])[0])
+        else:
+            picked[i] = int(sample(q, request.generator or generator)[0])
+        probs[i].append(q[0])
+    return picked

@@ -52,6 +52,7 @@ from collections.abc import Hashable, Sequence
 from pathlib import Path
 from typing import Any
 
+from dynaspec.spec.planner_settings import PlannerSettings
 from dynaspec.spec.request_spread import RequestSpread
 
 
@@ -356,7 +357,7 @@ class AcceptanceEstimator:
         return f"AcceptanceEstimator(global=[{alphas}], requests={self.num_tracked_requests})"
 
 
-def planning_estimator(max_draft_len: int, acceptance_profile: str | None, settings) -> AcceptanceEstimator:
+def planning_estimator(max_draft_len: int, acceptance_profile: str | None, settings: PlannerSettings) -> AcceptanceEstimator:
     """The estimator the goodput planner and the adaptive policy plan with: warm-started from the acceptance
     profile (a path) when the config names one, else from initial_alpha as settings.cold_start_trials
     observations; the other knobs from `settings` (spec/planner_settings.PlannerSettings)."""

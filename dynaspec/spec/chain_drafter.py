@@ -28,11 +28,10 @@ from dynaspec.spec.drafter import DraftProposal, Drafter
 class ChainDrafter(Drafter):
     """Base of the drafters with a model of their own and whole-chain graphs (module docstring)."""
 
-    runner: Any = None
-    chain: Any = None
-    num_propose_calls: int = 0
-
     def __init__(self) -> None:
+        self.runner: Any = None  # set by the subclass's attach
+        self.chain: Any = None  # set by its capture_graphs
+        self.num_propose_calls = 0
         self._state: dict[str, Any] = {}  # request id -> the subclass's state (with num_computed)
         self._step_seconds: dict[int, float] = {}  # batch -> one eager draft step (cost probe)
 

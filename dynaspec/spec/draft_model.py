@@ -144,7 +144,8 @@ class DraftModelDrafter(ChainDrafter):
         """k draft steps one by one (any batch): the first also feeds the catch-up tokens."""
         tokens: list[list[int]] = [[] for _ in requests]
         probs: list[list[torch.Tensor]] = [[] for _ in requests]
-        if self.runner.can_replay(len(requests), 1) and all(r.num_tokens - s <= 2 for r, s in zip(requests, starts)):
+        width = self._chain_width(k)  # the two-position first-step graph takes the chain's catch-ups
+        if self.runner.can_replay(len(requests), 1) and all(r.num_tokens - s <= width for r, s in zip(requests, starts)):
             self._first_step_graph(requests, starts, tokens, probs)
         else:
             self._first_step_eager(requests, starts, tokens, probs)

@@ -6,7 +6,8 @@
 # Usage: bash scripts/gpu_qwen_pair.sh OUT_DIR [OPTION VALUE ...] [PART ...]
 #   PART: draft-model (0.5B drafts for the 1.5B) and/or ngram (prompt lookup on the 1.5B); default both.
 #   Options (defaults): --dtype auto (bf16 on CUDA), --schedule 1:4,16:2,64:1, --ks 0-4,
-#   --batch-sizes 1,4,16,64, --gen-len 64, --device auto, --gguf-dir /tmp, --bench-flags '' (more flags for
+#   --batch-sizes 1,4,16,64, --gen-len 64, --device auto, --gguf-dir /tmp, --workloads code-edit,chat,
+#   --bench-flags '' (more flags for
 #   every bench run, word-split: e.g. '--deterministic --policy-lines goodput', issue 22's 40-point check,
 #   the gpu_session.sh step `qwen-det`). Small values give a CPU smoke
 #   run of the whole script, e.g. `... /tmp/o --device cpu --batch-sizes 1 --gen-len 3 --ks 0,1 ngram`.
@@ -40,10 +41,11 @@ set -uo pipefail
 out=${1:?usage: gpu_qwen_pair.sh OUT_DIR [OPTION VALUE ...] [draft-model] [ngram]}
 shift
 dtype=auto schedule=1:4,16:2,64:1 ks=0-4 batch_sizes=1,4,16,64 gen_len=64 device=auto gguf_dir=/tmp bench_flags=
+workloads=code-edit,chat
 parts=()
 while [ $# -gt 0 ]; do
   case "$1" in
-    --dtype|--schedule|--ks|--batch-sizes|--gen-len|--device|--gguf-dir|--bench-flags)
+    --dtype|--schedule|--ks|--batch-sizes|--gen-len|--device|--gguf-dir|--bench-flags|--workloads)
       [ $# -ge 2 ] || { echo "error: $1 needs a value" >&2; exit 2; }
       var=${1#--}; printf -v "${var//-/_}" %s "$2"; shift 2 ;;
     draft-model|ngram) parts+=("$1"); shift ;;
@@ -92,7 +94,7 @@ stamp "converted"
 
 status=0
 for part in "${parts[@]}"; do
-  for workload in code-edit chat; do
+  for workload in ${workloads//,/ }; do
     name=qwen-$part-$workload
     drafter=(--drafter ngram)
     [ "$part" = draft-model ] && drafter=(--drafter draft-model --draft-model "$draft")

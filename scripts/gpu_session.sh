@@ -58,6 +58,8 @@ for step in "$@"; do
       bash scripts/gpu_qwen_pair.sh "$OUT" ngram ;;
     qwen-det)  # issue 22: the pair and n-gram in bf16 with --deterministic, every line vs no spec's tokens
       bash scripts/gpu_qwen_pair.sh "$OUT" --bench-flags "--deterministic --policy-lines goodput --no-plots" ;;
+    qwen-det-chat)  # the same, chat prompts only (code-edit's half ran on 2026-12-05: 24 of 24)
+      bash scripts/gpu_qwen_pair.sh "$OUT" --workloads chat --bench-flags "--deterministic --policy-lines goodput --no-plots" ;;
     adaptive-bound)  # issue 20: what per-request k can gain over uniform k / no spec, from the probed costs
       python3 scripts/adaptive_bound.py --model random:llama-3.1-8b --out "$OUT/bound" 2>&1 | tail -9 ;;
     adaptive-sweep)  # issue 20: adaptive vs uniform goodput vs static k vs no spec, code-edit + chat mixed 50/50

@@ -16,6 +16,12 @@ normalised output (one split) or a partial (output, max, sum) that `_reduce_spli
 
 CUDA-graph safe: no host synchronisation; the launch grid depends on B, Hkv and Python ints only; the
 per-sequence lengths are read on the device.
+
+Few compiled variants: the split count is the launch grid's third dimension (read in the kernel, not a
+compile-time constant), the query tile's QMAX is max_query_len rounded up to a power of two (1, 2, 4, 8),
+and the block table's row stride and the window are not specialised on. An eager step (a drafter's
+catch-up, a mixed step) meets other batch sizes and block-table widths than the captured graphs; each new
+constant used to compile a kernel mid-run (80-800 ms steps in the real-Qwen EAGLE bench of 2026-12-05).
 """
 
 from __future__ import annotations
@@ -35,7 +41,7 @@ SUPPORTED_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 MAX_QUERY_LEN = 8
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["stride_bt", "sliding_window"])
 def _paged_attention_kernel(
     q_ptr, kv_ptr, out_ptr, part_o_ptr, part_ml_ptr,
     query_start_loc_ptr, seq_lens_ptr, block_tables_ptr,
@@ -48,12 +54,13 @@ def _paged_attention_kernel(
     GROUP: tl.constexpr, QMAX: tl.constexpr, ROWS: tl.constexpr,
     HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr,
     BLOCK_SIZE: tl.constexpr, BLOCK_N: tl.constexpr,
-    NUM_SPLITS: tl.constexpr, USE_WINDOW: tl.constexpr, IEEE: tl.constexpr, PDL: tl.constexpr,
+    USE_WINDOW: tl.constexpr, IEEE: tl.constexpr, PDL: tl.constexpr,
 ):
     b = tl.program_id(0)
     kvh = tl.program_id(1)
     split = tl.program_id(2)
     num_kv_heads = tl.num_programs(1)
+    num_splits = tl.num_programs(2)
     wait_for_previous_kernel(PDL)
 
     q_start = tl.load(query_start_loc_ptr + b).to(tl.int32)
@@ -79,7 +86,7 @@ def _paged_attention_kernel(
         lo = tl.maximum(ctx_len - sliding_window + 1, 0)
     lo_tile = lo // BLOCK_N
     num_tiles = tl.cdiv(seq_len, BLOCK_N) - lo_tile
-    tiles_per_split = tl.cdiv(num_tiles, NUM_SPLITS)
+    tiles_per_split = tl.cdiv(num_tiles, num_splits)
     tile_begin = lo_tile + split * tiles_per_split
     tile_end = tl.minimum(tile_begin + tiles_per_split, lo_tile + num_tiles)
 
@@ -121,26 +128,26 @@ def _paged_attention_kernel(
             acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v)
         m_i = m_new
 
-    if NUM_SPLITS == 1:
+    if num_splits == 1:
         out = acc / tl.where(l_i == 0.0, 1.0, l_i)[:, None]
         o_offs = (q_start + i).to(tl.int64)[:, None] * stride_ot + head[:, None] * stride_oh + d[None, :]
         tl.store(out_ptr + o_offs, out.to(out_ptr.dtype.element_ty), mask=row_valid[:, None] & d_valid[None, :])
     else:
-        # Partials laid out (B, Hkv, NUM_SPLITS, ROWS, [BLOCK_D | 2]) contiguously, fp32.
-        part = ((b.to(tl.int64) * num_kv_heads + kvh) * NUM_SPLITS + split) * ROWS
+        # Partials laid out (B, Hkv, num_splits, ROWS, [BLOCK_D | 2]) contiguously, fp32.
+        part = ((b.to(tl.int64) * num_kv_heads + kvh) * num_splits + split) * ROWS
         tl.store(part_o_ptr + (part + rows)[:, None] * BLOCK_D + d[None, :], acc)
         tl.store(part_ml_ptr + (part + rows) * 2, m_i)
         tl.store(part_ml_ptr + (part + rows) * 2 + 1, l_i)
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["num_splits"])
 def _reduce_splits_kernel(
     out_ptr, part_o_ptr, part_ml_ptr, query_start_loc_ptr,
-    stride_ot, stride_oh,
+    stride_ot, stride_oh, num_splits,
     GROUP: tl.constexpr, QMAX: tl.constexpr, ROWS: tl.constexpr,
-    HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, NUM_SPLITS: tl.constexpr, PDL: tl.constexpr,
+    HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, PDL: tl.constexpr,
 ):
-    """Combine the NUM_SPLITS partial (acc, max, sum) of one (sequence, KV head) into the output."""
+    """Combine the num_splits partial (acc, max, sum) of one (sequence, KV head) into the output."""
     b = tl.program_id(0)
     kvh = tl.program_id(1)
     num_kv_heads = tl.num_programs(1)
@@ -159,8 +166,8 @@ def _reduce_splits_kernel(
     m_tot = tl.full((ROWS,), float("-inf"), dtype=tl.float32)
     l_tot = tl.zeros((ROWS,), dtype=tl.float32)
     acc = tl.zeros((ROWS, BLOCK_D), dtype=tl.float32)
-    base = (b.to(tl.int64) * num_kv_heads + kvh) * NUM_SPLITS * ROWS
-    for split in range(NUM_SPLITS):
+    base = (b.to(tl.int64) * num_kv_heads + kvh) * num_splits * ROWS
+    for split in range(num_splits):
         part = base + split * ROWS + rows
         m_s = tl.load(part_ml_ptr + part * 2)
         l_s = tl.load(part_ml_ptr + part * 2 + 1)
@@ -247,7 +254,8 @@ def triton_paged_attention(
     if num_tokens == 0 or num_seqs == 0:
         return out
     group = num_heads // num_kv_heads
-    rows = max(_MIN_ROWS, triton.next_power_of_2(group * max_query_len))
+    qmax = triton.next_power_of_2(max_query_len)  # 1, 2, 4 or 8: few compiled variants (module docstring)
+    rows = max(_MIN_ROWS, triton.next_power_of_2(group * qmax))
     block_d = triton.next_power_of_2(head_dim)
     if num_splits is None:
         num_splits = default_num_splits(num_seqs, num_kv_heads, block_tables.shape[1], block_size, block_n, q.device)
@@ -258,7 +266,7 @@ def triton_paged_attention(
         part_ml = torch.empty((num_seqs, num_kv_heads, num_splits, rows, 2), dtype=torch.float32, device=q.device)
     else:
         part_o = part_ml = out  # unused
-    common = dict(GROUP=group, QMAX=max_query_len, ROWS=rows, HEAD_DIM=head_dim, BLOCK_D=block_d)
+    common = dict(GROUP=group, QMAX=qmax, ROWS=rows, HEAD_DIM=head_dim, BLOCK_D=block_d)
     _paged_attention_kernel[(num_seqs, num_kv_heads, num_splits)](
         q, kv_cache, out, part_o, part_ml,
         query_start_loc, seq_lens, block_tables,
@@ -268,14 +276,14 @@ def triton_paged_attention(
         out.stride(0), out.stride(1),
         block_tables.stride(0), block_tables.stride(1),
         sliding_window if sliding_window is not None else 0,
-        BLOCK_SIZE=block_size, BLOCK_N=block_n, NUM_SPLITS=num_splits,
+        BLOCK_SIZE=block_size, BLOCK_N=block_n,
         USE_WINDOW=sliding_window is not None, IEEE=q.dtype == torch.float32, PDL=pdl,
         num_warps=num_warps, num_stages=num_stages, **launch_options(pdl),
         **common,
     )
     if num_splits > 1:
         _reduce_splits_kernel[(num_seqs, num_kv_heads)](
-            out, part_o, part_ml, query_start_loc, out.stride(0), out.stride(1),
-            NUM_SPLITS=num_splits, PDL=pdl, num_warps=num_warps, **launch_options(pdl), **common,
+            out, part_o, part_ml, query_start_loc, out.stride(0), out.stride(1), num_splits,
+            PDL=pdl, num_warps=num_warps, **launch_options(pdl), **common,
         )
     return out

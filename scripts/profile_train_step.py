@@ -7,7 +7,7 @@ The real Qwen2.5-Coder-1.5B run of 2026-12-05 (H200) took 0.586 s a step at batc
 times what its FLOPs need; this finds out why without moving the real weights.
 
 Usage: python scripts/profile_train_step.py [--model random:qwen2.5-1.5b] [--prompt-len 300]
-  [--answer-len 350] [--batch-size 8] [--ttt-steps 5] [--steps 6] [--device auto]
+  [--answer-len 350] [--batch-size 8] [--ttt-steps 5] [--steps 6] [--profile-steps 3] [--device auto]
 """
 
 from __future__ import annotations
@@ -27,7 +27,8 @@ def main() -> None:
     parser.add_argument("--answer-len", type=int, default=350)
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--ttt-steps", type=int, default=5)
-    parser.add_argument("--steps", type=int, default=6, help="timed steps (and then 3 profiled ones)")
+    parser.add_argument("--steps", type=int, default=6, help="timed steps")
+    parser.add_argument("--profile-steps", type=int, default=3, help="steps then run under torch.profiler (0: none)")
     parser.add_argument("--device", default="auto")
     parser.add_argument("--dtype", default="auto")
     args = parser.parse_args()
@@ -73,11 +74,13 @@ def main() -> None:
     run(2)  # warm-up: allocator, kernels
     print(f"{args.model} ({dtype}, {device}), batch {args.batch_size}, TTT depth {args.ttt_steps}, sequences "
           f"~{args.prompt_len} + {args.answer_len} tokens: {run(args.steps):.3f} s a step (mean of {args.steps})")
+    if args.profile_steps == 0:
+        return
     activities = [torch.profiler.ProfilerActivity.CPU]
     if device.type == "cuda":
         activities.append(torch.profiler.ProfilerActivity.CUDA)
     with torch.profiler.profile(activities=activities) as prof:
-        run(3)
+        run(args.profile_steps)
     sort = "cuda_time_total" if device.type == "cuda" else "cpu_time_total"
     print(prof.key_averages().table(sort_by=sort, row_limit=25, max_name_column_width=70))
     if device.type == "cuda":

@@ -18,7 +18,8 @@ from dynaspec.models.loader import load_model
 from dynaspec.runtime.eagle_graphs import EagleHeadRunner
 from dynaspec.sampling_params import SamplingParams
 from dynaspec.train_head.record import record_answers
-from dynaspec.train_head.ttt import make_batch, ttt_mask, unroll
+from dynaspec.train_head.record import Example
+from dynaspec.train_head.ttt import answer_window, make_batch, ttt_loss, unroll, window_mask
 from tests.tiny_models import make_tiny_checkpoint, make_tiny_hf_model
 
 
@@ -62,13 +63,36 @@ def test_recorded_features_equal_hf_hidden_states(example, target_dir):
     assert len(example.token_ids) == example.prompt_len + 12
 
 
-def test_ttt_mask_is_what_draft_step_j_sees():
-    mask = ttt_mask(5, 2, torch.device("cpu"))  # (5, 15): depth-0 keys, depth-1 keys, depth-2 keys
-    p = 4
-    assert mask[p, :5].tolist() == [True, True, True, False, False]  # catch-up keys <= p - 2
-    assert mask[p, 5:10].tolist() == [False, False, False, True, False]  # draft step 1 at p - 1
-    assert mask[p, 10:].tolist() == [False, False, False, False, True]  # itself
-    assert mask.any(dim=1).all()  # no query without a key
+def test_window_mask_is_what_draft_step_j_sees():
+    positions = torch.arange(2, 7).unsqueeze(0)  # one example's window: positions 2..6 (rows 0..4)
+    mask = window_mask(positions, 7, 2)  # (1, 5, 7 + 2 * 5): depth-0 keys, depth-1 rows, depth-2 rows
+    row, p = 4, 6
+    assert mask[0, row, :7].tolist() == [q <= p - 2 for q in range(7)]  # catch-up keys <= p - 2
+    assert mask[0, row, 7:12].tolist() == [False, False, False, True, False]  # draft step 1 at p - 1 (row 3)
+    assert mask[0, row, 12:].tolist() == [False, False, False, False, True]  # itself
+    assert mask.any(dim=2).all()  # no query without a key
+
+
+def _paged_steps(loaded, head, example, block_size=4):
+    """h of the drafter's own paged forwards: catch up on 0..s, then draft steps fed the target's tokens."""
+    hidden = loaded.hf_config.hidden_size
+    tokens, blocks = example.token_ids, -(-len(example.token_ids) // block_size) + 1
+    tap = FeatureTap((0, 1, 2), hidden, (blocks + 1) * block_size, torch.float32, torch.device("cpu"))
+    table = list(range(blocks))
+    slots = torch.arange(len(tokens) - 1)
+    for i, cache in enumerate(tap.caches):
+        cache[slots] = example.features[:, i * hidden : (i + 1) * hidden]
+    runner = EagleHeadRunner(head, loaded.model, tap, blocks, block_size, torch.float32, torch.device("cpu"))
+
+    def steps(s: int, depths: int) -> list[torch.Tensor]:
+        h = runner.catch_up([tokens[: s + 1]], [0], [table])  # (1, H)
+        out = [h[0]]
+        for j in range(1, depths):
+            h = runner.draft_step(torch.tensor([tokens[s + j]]), h, [s + j], [table])
+            out.append(h[0])
+        return out
+
+    return runner, table, steps
 
 
 def test_unroll_equals_the_drafters_paged_steps(loaded, example):
@@ -79,24 +103,49 @@ def test_unroll_equals_the_drafters_paged_steps(loaded, example):
     head.eval()
     batch = make_batch([example], torch.device("cpu"), torch.float32)
     with torch.no_grad():
-        outputs = unroll(head, loaded.model, batch, 3)  # 3 x (1, T, H)
-    block_size, tokens = 4, example.token_ids
-    tap = FeatureTap((0, 1, 2), hf_config.hidden_size, 9 * block_size, torch.float32, torch.device("cpu"))
-    table = list(range(8))
-    slots = torch.arange(len(tokens) - 1)
-    for i, cache in enumerate(tap.caches):
-        cache[slots] = example.features[:, i * hf_config.hidden_size : (i + 1) * hf_config.hidden_size]
-    runner = EagleHeadRunner(head, loaded.model, tap, 8, block_size, torch.float32, torch.device("cpu"))
+        unrolled = unroll(head, loaded.model, batch, 3)  # 3 x (1, W, H) on the answer window
+    runner, table, steps = _paged_steps(loaded, head, example)
+    tokens = example.token_ids
     for s in (example.prompt_len - 1, example.prompt_len + 3):
-        h = runner.catch_up([tokens[: s + 1]], [0], [table])  # (1, H)
-        torch.testing.assert_close(h[0], outputs[0][0, s], rtol=1e-4, atol=1e-4)
-        for j in (1, 2):
-            h = runner.draft_step(torch.tensor([tokens[s + j]]), h, [s + j], [table])
-            torch.testing.assert_close(h[0], outputs[j][0, s + j], rtol=1e-4, atol=1e-4)
+        for j, h in enumerate(steps(s, 3)):
+            torch.testing.assert_close(h, unrolled.at(j, 0, s + j), rtol=1e-4, atol=1e-4)
     # a catch-up in two pieces (what lazy catch-up after a k = 0 phase does) equals one piece
     runner.catch_up([tokens[:5]], [0], [table])
     h = runner.catch_up([tokens[5:12]], [5], [table])
-    torch.testing.assert_close(h[0], outputs[0][0, 11], rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(h[0], unrolled.at(0, 0, 11), rtol=1e-4, atol=1e-4)
+
+
+def test_every_scored_row_of_a_padded_batch_is_the_drafters(loaded, example):
+    """Two examples of other prompt lengths in one padded batch (their answer windows start at other
+    positions): every row the loss scores, at every depth, is what the drafter computes there; and the loss is
+    the mean cross-entropy of exactly those rows."""
+    hf_config = loaded.hf_config
+    head = random_head(EagleHeadConfig.for_target(hf_config, "t", [0, 1, 2]), hf_config, seed=4, std=0.2)
+    head.eval()
+    # the same tokens read with a longer prompt: a later answer window, and padding in the batch
+    shifted = Example(example.token_ids[:-2], example.prompt_len + 4, example.features[:-2])
+    batch = make_batch([example, shifted], torch.device("cpu"), torch.float32)
+    depths = 4
+    positions, valid = answer_window(batch, depths)
+    assert positions[0, 0] == example.prompt_len - depths and positions[1, 0] == shifted.prompt_len - depths
+    assert not valid[1].all() and valid[0].all()  # the shorter example is padded
+    with torch.no_grad():
+        unrolled = unroll(head, loaded.model, batch, depths)
+        loss, accuracy = ttt_loss(head, loaded.model, batch, depths)
+    expected_loss = 0.0
+    for b, ex in enumerate([example, shifted]):
+        _, _, steps = _paged_steps(loaded, head, ex)
+        for s in range(ex.prompt_len - 1, len(ex.token_ids) - 1):  # every start whose first draft is scored
+            for j, h in enumerate(steps(s, min(depths, len(ex.token_ids) - 1 - s))):
+                torch.testing.assert_close(h, unrolled.at(j, b, s + j), rtol=1e-4, atol=1e-4)
+    labels = unrolled.labels(batch)
+    for depth in range(depths):
+        mask = unrolled.scored(batch, depth)
+        assert int(accuracy[depth][1]) == int(mask.sum()) == int(batch.answer[:, depth:].sum())
+        with torch.no_grad():
+            logits = loaded.model.compute_logits(head.norm(unrolled.outputs[depth][mask]))
+        expected_loss += 0.8**depth * float(torch.nn.functional.cross_entropy(logits, labels[mask]))
+    assert float(loss) == pytest.approx(expected_loss, rel=1e-5)
 
 
 def test_head_round_trips_and_a_mismatch_is_refused(loaded, tmp_path, target_dir):

@@ -266,8 +266,10 @@ def random_head(config: EagleHeadConfig, rope_config: PretrainedConfig, seed: in
 
 
 def dense_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor, scale: float) -> torch.Tensor:
-    """q (B, Tq, heads, D), k / v (B, Tk, kv_heads, D), mask (Tq, Tk) bool -> (B, Tq, heads * D) (GQA by
-    repeating K/V heads; the trainer's attention)."""
+    """q (B, Tq, heads, D), k / v (B, Tk, kv_heads, D), mask (Tq, Tk) or (B, Tq, Tk) bool -> (B, Tq, heads * D)
+    (GQA by repeating K/V heads; the trainer's attention)."""
+    if mask.dim() == 3:
+        mask = mask.unsqueeze(1)  # (B, 1, Tq, Tk): every head
     group = q.shape[2] // k.shape[2]
     k = k.repeat_interleave(group, dim=2)
     v = v.repeat_interleave(group, dim=2)

@@ -18,10 +18,12 @@ CUDA-graph safe: no host synchronisation; the launch grid depends on B, Hkv and 
 per-sequence lengths are read on the device.
 
 Few compiled variants: the split count is the launch grid's third dimension (read in the kernel, not a
-compile-time constant), the query tile's QMAX is max_query_len rounded up to a power of two (1, 2, 4, 8),
-and the block table's row stride and the window are not specialised on. An eager step (a drafter's
-catch-up, a mixed step) meets other batch sizes and block-table widths than the captured graphs; each new
-constant used to compile a kernel mid-run (80-800 ms steps in the real-Qwen EAGLE bench of 2026-12-05).
+compile-time constant), and the block table's row stride and the window are not specialised on, so a
+kernel is compiled per (QMAX, head shape, dtype, PDL) only. An eager step (a drafter's catch-up, a mixed
+step) meets other batch sizes and block-table widths than the captured graphs; each new split count used to
+compile a kernel mid-run (80-816 ms steps in the real-Qwen EAGLE bench of 2026-12-05). QMAX stays the exact
+max_query_len: rounding it up to a power of two would double the query tile of some GQA groups (6 x 5 rows
+-> 64 instead of 32).
 """
 
 from __future__ import annotations
@@ -254,8 +256,7 @@ def triton_paged_attention(
     if num_tokens == 0 or num_seqs == 0:
         return out
     group = num_heads // num_kv_heads
-    qmax = triton.next_power_of_2(max_query_len)  # 1, 2, 4 or 8: few compiled variants (module docstring)
-    rows = max(_MIN_ROWS, triton.next_power_of_2(group * qmax))
+    rows = max(_MIN_ROWS, triton.next_power_of_2(group * max_query_len))
     block_d = triton.next_power_of_2(head_dim)
     if num_splits is None:
         num_splits = default_num_splits(num_seqs, num_kv_heads, block_tables.shape[1], block_size, block_n, q.device)
@@ -266,7 +267,7 @@ def triton_paged_attention(
         part_ml = torch.empty((num_seqs, num_kv_heads, num_splits, rows, 2), dtype=torch.float32, device=q.device)
     else:
         part_o = part_ml = out  # unused
-    common = dict(GROUP=group, QMAX=qmax, ROWS=rows, HEAD_DIM=head_dim, BLOCK_D=block_d)
+    common = dict(GROUP=group, QMAX=max_query_len, ROWS=rows, HEAD_DIM=head_dim, BLOCK_D=block_d)
     _paged_attention_kernel[(num_seqs, num_kv_heads, num_splits)](
         q, kv_cache, out, part_o, part_ml,
         query_start_loc, seq_lens, block_tables,

@@ -21,7 +21,8 @@ pytest.importorskip("triton")
 
 from dynaspec.models import fused_ops  # noqa: E402
 from dynaspec.models.attention import write_kv_cache  # noqa: E402
-from dynaspec.models.llama import FusedProjections, RMSNorm, apply_rope  # noqa: E402
+from dynaspec.models.llama import FusedProjections, apply_rope  # noqa: E402
+from dynaspec.models.rms_norm import RMSNorm  # noqa: E402
 from dynaspec.models.loader import random_model  # noqa: E402
 from dynaspec.models.presets import get_preset_config, num_parameters  # noqa: E402
 from dynaspec.models.registry import resolve_model_class  # noqa: E402
@@ -79,11 +80,19 @@ def run_case(case: dict, device: str) -> dict:
         x = wide[:, 3:3 + n]  # strided rows
         weight = (1 + 0.1 * torch.randn(n, generator=gen)).to(dtype).to(device)
         residual = torch.randn(t, n, generator=gen).to(dtype).to(device) if case["residual"] else None
-        out, summed = fused_ops.rms_norm(x, weight, 1e-6, residual)
+        store = None
+        if case.get("store"):  # the feature tap: the summed rows also at shuffled rows of a cache
+            cache = torch.randn(t + 5, n, generator=gen).to(dtype).to(device)
+            store = (cache, torch.randperm(t + 5, generator=gen)[:t].to(device))
+        before = None if store is None else store[0].clone()
+        out, summed = fused_ops.rms_norm(x, weight, 1e-6, residual, store=store)
         ref, ref_summed = ref_rms_norm(x, weight, 1e-6, residual)
         diffs = [max_diff(out, ref)]
         if residual is not None:
             diffs.append(max_diff(summed, ref_summed))
+        if store is not None:  # exactly the summed rows there, every other row untouched
+            before[store[1]] = ref_summed.to(dtype)
+            diffs.append(max_diff(store[0], before))
         return {"diff": max(diffs), "scale": ref.abs().max().item(), "dtype_ok": out.dtype == dtype}
     if case["op"] == "rope":
         t, h, hkv, d = case["shape"]
@@ -121,6 +130,8 @@ INTERPRETER_CASES = [
     dict(op="rms_norm", shape=(5, 64), residual=False, dtype="float32", seed=0),
     dict(op="rms_norm", shape=(4, 100), residual=True, dtype="float32", seed=1),  # N not a power of two
     dict(op="rms_norm", shape=(3, 96), residual=True, dtype="float16", seed=2),
+    dict(op="rms_norm", shape=(4, 100), residual=True, store=True, dtype="float32", seed=11),
+    dict(op="rms_norm", shape=(3, 96), residual=True, store=True, dtype="float16", seed=12),
     dict(op="rope", shape=(5, 4, 2, 16), norm=False, dtype="float32", seed=3),
     dict(op="rope", shape=(3, 6, 2, 24), norm=True, dtype="float32", seed=4),  # half of D not a power of two
     dict(op="rope", shape=(4, 4, 1, 32), norm=True, dtype="float16", seed=5),
@@ -164,6 +175,10 @@ def test_wrappers_reject_unsupported_inputs():
         fused_ops.rms_norm(x, torch.ones(8, dtype=torch.float16), 1e-6)
     with pytest.raises(ValueError, match="residual must match"):
         fused_ops.rms_norm(x, torch.ones(8), 1e-6, torch.randn(3, 4))
+    with pytest.raises(ValueError, match="store needs a residual"):
+        fused_ops.rms_norm(x, torch.ones(8), 1e-6, store=(torch.zeros(5, 8), torch.arange(3)))
+    with pytest.raises(ValueError, match=r"store needs .*cache \(5, 4\)"):
+        fused_ops.rms_norm(x, torch.ones(8), 1e-6, torch.randn(3, 8), store=(torch.zeros(5, 4), torch.arange(3)))
     with pytest.raises(ValueError, match="rope_qk_ needs"):
         fused_ops.rope_qk_(torch.randn(2, 4, 7), torch.randn(2, 2, 7), torch.randn(2, 7), torch.randn(2, 7))
     with pytest.raises(ValueError, match="norm weights"):

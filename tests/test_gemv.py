@@ -29,7 +29,8 @@ from dynaspec.models.decode_kernels import (  # noqa: E402
     decode_kernels_for,
     supports_dependent_launch,
 )
-from dynaspec.models.llama import FusedProjections, RMSNorm  # noqa: E402
+from dynaspec.models.llama import FusedProjections  # noqa: E402
+from dynaspec.models.rms_norm import RMSNorm  # noqa: E402
 from dynaspec.models.loader import load_model  # noqa: E402
 from dynaspec.sampling_params import SamplingParams  # noqa: E402
 from tests.test_model_parity import PagedHarness  # noqa: E402

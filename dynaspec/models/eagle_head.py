@@ -32,7 +32,8 @@ from transformers import PretrainedConfig
 from dynaspec.models.attention import paged_attention
 from dynaspec.models.attention_metadata import AttentionMetadata
 from dynaspec.models.feature_tap import check_layers_to_capture, default_layers_to_capture
-from dynaspec.models.llama import RMSNorm, config_head_dim
+from dynaspec.models.llama import config_head_dim
+from dynaspec.models.rms_norm import RMSNorm
 from dynaspec.models.rope import RotaryEmbedding, apply_rope
 
 ARCHITECTURE = "Eagle3Head"

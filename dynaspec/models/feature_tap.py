@@ -6,8 +6,10 @@ verify), so the FeatureTap writes them there: per tapped layer, a (num_slots, hi
 like the KV cache (the same slot of the same block table: `meta.slot_mapping`, scratch block included),
 written inside the forward, so captured CUDA graphs capture the write too. Features of rejected verify
 positions are overwritten later, exactly like their K/V; features of a block reused by the prefix cache
-were written by the forward that wrote its K/V. A k = 0 step therefore costs one add and one scatter per
-tapped layer, and a drafter that missed tokens reads their features by slot when it catches up.
+were written by the forward that wrote its K/V. The stream after layer i is the sum that layer i + 1's
+input norm computes in its fused residual add (the final norm's, after the last layer), so that kernel also
+stores its rows at the tap's slots (models/rms_norm.py, fused_ops.rms_norm): a k = 0 step pays the stores,
+not a launch. A drafter that missed tokens reads their features by slot when it catches up.
 
 `layers_to_capture` follows TensorRT-LLM's `eagle3_layers_to_capture`: index i is the residual stream
 AFTER decoder layer i (HF's `hidden_states[i + 1]`); the default (1, L/2 - 1, L - 4) is vLLM's (2, L/2,
@@ -66,7 +68,6 @@ class FeatureTap:
         self.layers = tuple(layers)
         self.hidden_size = hidden_size
         self.num_slots = num_slots
-        self._index = {layer: i for i, layer in enumerate(self.layers)}
         self.caches = [torch.zeros(num_slots, hidden_size, dtype=dtype, device=device) for _ in self.layers]
 
     @property
@@ -74,14 +75,10 @@ class FeatureTap:
         """Width of one slot's features: len(layers) x hidden."""
         return len(self.layers) * self.hidden_size
 
-    def record(self, layer: int, x: torch.Tensor, residual: torch.Tensor, slot_mapping: torch.Tensor) -> None:
-        """After decoder layer `layer`: store its residual stream x + residual (T, hidden) at slot_mapping (T,).
-        A no-op for layers not tapped. No host synchronisation (graph-capturable)."""
-        i = self._index.get(layer)
-        if i is None or slot_mapping.shape[0] == 0:
-            return
-        cache = self.caches[i]
-        cache.index_copy_(0, slot_mapping, (x + residual).to(cache.dtype))
+    def stores(self, slot_mapping: torch.Tensor) -> dict[int, tuple[torch.Tensor, torch.Tensor]]:
+        """tapped layer -> (its cache (num_slots, hidden), slot_mapping (T,)): where the norm that sums the
+        stream after that layer stores it (models/rms_norm.py `forward_add`). No host synchronisation."""
+        return {layer: (cache, slot_mapping) for layer, cache in zip(self.layers, self.caches)}
 
     def gather(self, slots: torch.Tensor) -> torch.Tensor:
         """slots (N,) int64 -> the features stored there, (N, len(layers) x hidden), layers side by side."""

@@ -1,7 +1,9 @@
 """Triton kernels for the small per-layer ops of a Llama-family decoder, CUDA-graph safe.
 
 - `rms_norm`: RMSNorm (Zhang & Sennrich 2019), optionally fused with the residual add before it
-  (the "fused_add_rms_norm" of vLLM / TensorRT-LLM): one kernel instead of ~6 elementwise ones.
+  (the "fused_add_rms_norm" of vLLM / TensorRT-LLM): one kernel instead of ~6 elementwise ones; and
+  optionally also storing the summed stream at given rows of a cache (the EAGLE feature tap: the stream
+  after layer i is what layer i + 1's input norm adds up, so the tap costs no launch of its own).
 - `rope_qk_`: rotary position embedding (Su et al. 2021, arXiv 2104.09864) of q and k in place, in one
   launch, optionally preceded by Qwen3's per-head q/k RMSNorm, and optionally also storing the rotated k
   and v into the paged KV cache at their slots (vLLM's `reshape_and_cache` folded into the RoPE launch):
@@ -34,10 +36,10 @@ MAX_NORM_DIM = 16384  # one program holds a whole row in registers
 
 @triton.jit
 def _rms_norm_kernel(
-    x_ptr, res_ptr, w_ptr, out_ptr, res_out_ptr,
-    stride_x, stride_r, stride_o, stride_ro,
+    x_ptr, res_ptr, w_ptr, out_ptr, res_out_ptr, store_ptr, slot_ptr,
+    stride_x, stride_r, stride_o, stride_ro, stride_store,
     n_cols, eps,
-    HAS_RESIDUAL: tl.constexpr, BLOCK: tl.constexpr, PDL: tl.constexpr,
+    HAS_RESIDUAL: tl.constexpr, STORE: tl.constexpr, BLOCK: tl.constexpr, PDL: tl.constexpr,
 ):
     row = tl.program_id(0).to(tl.int64)
     cols = tl.arange(0, BLOCK)
@@ -49,6 +51,9 @@ def _rms_norm_kernel(
         r = tl.load(res_ptr + row * stride_r + cols, mask=mask, other=0.0).to(tl.float32)
         s = (x + r).to(dtype)  # HF: hidden = residual + hidden, in the activation dtype
         tl.store(res_out_ptr + row * stride_ro + cols, s, mask=mask)
+        if STORE:  # the summed stream also at row slot[row] of the store (the feature tap)
+            slot = tl.load(slot_ptr + row).to(tl.int64)
+            tl.store(store_ptr + slot * stride_store + cols, s.to(store_ptr.dtype.element_ty), mask=mask)
         x = s.to(tl.float32)
     var = tl.sum(x * x, axis=0) / n_cols
     h = (x * tl.rsqrt(var + eps)).to(dtype).to(tl.float32)
@@ -143,11 +148,23 @@ def rms_norm_supported(x: torch.Tensor, weight: torch.Tensor) -> bool:
     )
 
 
+def store_supported(x: torch.Tensor, cache: torch.Tensor, slots: torch.Tensor) -> bool:
+    """Whether `rms_norm` can store x's (T, N) rows in cache (S, N) at slots (T,)."""
+    return (
+        cache.dim() == 2 and cache.shape[1] == x.shape[1] and cache.stride(-1) == 1
+        and cache.dtype in SUPPORTED_DTYPES and cache.device == x.device == slots.device
+        and slots.dim() == 1 and slots.shape[0] == x.shape[0] and slots.dtype in (torch.int32, torch.int64)
+        and slots.is_contiguous()
+    )
+
+
 def rms_norm(
-    x: torch.Tensor, weight: torch.Tensor, eps: float, residual: torch.Tensor | None = None, pdl: bool = False
+    x: torch.Tensor, weight: torch.Tensor, eps: float, residual: torch.Tensor | None = None, pdl: bool = False,
+    store: tuple[torch.Tensor, torch.Tensor] | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """RMSNorm of x (T, N) (or of x + residual) -> (normed (T, N), x + residual (T, N) or None).
-    pdl: launch with programmatic dependent launch (`pdl.py`)."""
+    pdl: launch with programmatic dependent launch (`pdl.py`). store = (cache (S, N), slots (T,)): also write
+    x + residual's row t at cache row slots[t] (needs a residual; check with `store_supported`)."""
     if not rms_norm_supported(x, weight):
         raise ValueError(
             f"rms_norm needs x (T, N) in fp16/bf16/fp32 with N <= {MAX_NORM_DIM}, last dim contiguous, and a "
@@ -159,6 +176,12 @@ def rms_norm(
             f"residual must match x {tuple(x.shape)} {x.dtype} with a contiguous last dim; "
             f"got {tuple(residual.shape)} {residual.dtype}"
         )
+    if store is not None and (residual is None or not store_supported(x, *store)):
+        raise ValueError(
+            f"store needs a residual and a cache (S, {x.shape[1]}) with contiguous rows on x's device, and slots "
+            f"({x.shape[0]},) int32/int64; got residual {residual is not None}, "
+            f"cache {tuple(store[0].shape)}, slots {tuple(store[1].shape)} {store[1].dtype}"
+        )
     num_rows, n_cols = x.shape
     out = torch.empty((num_rows, n_cols), dtype=x.dtype, device=x.device)
     res_out = torch.empty_like(out) if residual is not None else None
@@ -167,11 +190,12 @@ def rms_norm(
     block = triton.next_power_of_2(n_cols)
     res_in = residual if residual is not None else x
     res_dst = res_out if res_out is not None else out
+    cache, slots = store if store is not None else (out, out)  # unused without STORE
     _rms_norm_kernel[(num_rows,)](
-        x, res_in, weight, out, res_dst,
-        x.stride(0), res_in.stride(0), out.stride(0), res_dst.stride(0),
+        x, res_in, weight, out, res_dst, cache, slots,
+        x.stride(0), res_in.stride(0), out.stride(0), res_dst.stride(0), cache.stride(0),
         n_cols, float(eps),
-        HAS_RESIDUAL=residual is not None, BLOCK=block, PDL=pdl,
+        HAS_RESIDUAL=residual is not None, STORE=store is not None, BLOCK=block, PDL=pdl,
         num_warps=min(16, max(1, block // 256)), **launch_options(pdl),
     )
     return out, res_out

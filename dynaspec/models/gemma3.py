@@ -35,9 +35,9 @@ from dynaspec.models.llama import (
     LlamaForCausalLM,
     LlamaMLP,
     LlamaModel,
-    RMSNorm,
     config_head_dim,
 )
+from dynaspec.models.rms_norm import RMSNorm
 from dynaspec.models.rope import RotaryEmbedding
 
 FULL_ATTENTION = "full_attention"

@@ -21,7 +21,8 @@ from transformers import PretrainedConfig
 from dynaspec.models.attention import paged_attention
 from dynaspec.models.attention_metadata import AttentionMetadata
 from dynaspec.models.decode_kernels import DecodeKernels
-from dynaspec.models.invariant_linear import invariant_linear, mean_square
+from dynaspec.models.invariant_linear import invariant_linear
+from dynaspec.models.rms_norm import RMSNorm
 from dynaspec.models.rope import RotaryEmbedding, apply_rope
 
 def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, kernels: DecodeKernels,
@@ -37,48 +38,6 @@ def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, ker
         if gemv.gemv_supported(x, weight, bias):
             return gemv.gemv(x, weight, bias, pdl=kernels.dependent_launch)
     return F.linear(x, weight, bias)
-
-
-def _needs_grad(*tensors: torch.Tensor) -> bool:
-    """Whether autograd would record an op on these tensors (our Triton kernels have no backward)."""
-    return torch.is_grad_enabled() and any(t.requires_grad for t in tensors)
-
-
-class RMSNorm(nn.Module):
-    """Root-mean-square layer norm, computed in float32 exactly as HF's LlamaRMSNorm."""
-
-    decode_kernels = DecodeKernels()  # LlamaForCausalLM.set_decode_kernels sets it per module
-
-    def __init__(self, dim: int, eps: float) -> None:
-        super().__init__()
-        self.weight = nn.Parameter(torch.ones(dim))
-        self.variance_epsilon = eps
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """x (..., dim) -> normalised (..., dim); one Triton kernel for (T, dim) inputs on CUDA (the kernel has
-        no backward: where autograd needs one, as when train-head trains an EAGLE head, torch ops run)."""
-        if x.is_cuda and x.dim() == 2 and not _needs_grad(x, self.weight):
-            from dynaspec.models import fused_ops  # Triton is only needed on CUDA
-
-            if fused_ops.rms_norm_supported(x, self.weight):
-                return fused_ops.rms_norm(x, self.weight, self.variance_epsilon,
-                                          pdl=self.decode_kernels.dependent_launch)[0]
-        dtype = x.dtype
-        h = x.to(torch.float32)
-        h = h * torch.rsqrt(mean_square(h, self.decode_kernels.deterministic) + self.variance_epsilon)
-        return self.weight * h.to(dtype)
-
-    def forward_add(self, x: torch.Tensor, residual: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """x, residual (T, dim) -> (norm(x + residual), x + residual); one Triton kernel on CUDA."""
-        if x.is_cuda and not _needs_grad(x, residual, self.weight):
-            from dynaspec.models import fused_ops
-
-            if fused_ops.rms_norm_supported(x, self.weight) and residual.dtype == x.dtype \
-                    and residual.stride(-1) == 1:
-                return fused_ops.rms_norm(x, self.weight, self.variance_epsilon, residual,
-                                          pdl=self.decode_kernels.dependent_launch)
-        summed = residual + x
-        return self(summed), summed
 
 
 def attention_biases(config: PretrainedConfig) -> tuple[bool, bool]:
@@ -350,11 +309,13 @@ class LlamaDecoderLayer(nn.Module):
         self.input_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps)
         self.post_attention_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps)
 
-    def forward(self, x, residual, cos, sin, kv_cache, meta):
+    def forward(self, x, residual, cos, sin, kv_cache, meta, store=None):
+        """store = (cache, slots): the stream entering this layer (the one after the layer before) also goes to
+        those cache rows, from inside the input norm's fused add (the EAGLE feature tap)."""
         if residual is None:
             h, residual = self.input_layernorm(x), x
         else:
-            h, residual = self.input_layernorm.forward_add(x, residual)
+            h, residual = self.input_layernorm.forward_add(x, residual, store)
         attn = self.self_attn(h, cos, sin, kv_cache, meta)  # (T, hidden)
         h, residual = self.post_attention_layernorm.forward_add(attn, residual)
         return self.mlp(h), residual
@@ -393,13 +354,13 @@ class LlamaModel(nn.Module):
         cos, sin = self.rotary_emb(positions, x.dtype)  # (T, D)
         residual = None
         tap = self.feature_tap
+        stores = {} if tap is None else tap.stores(meta.slot_mapping)  # tapped layer -> (its cache, slots)
         for i, (layer, kv_cache) in enumerate(zip(self.layers, kv_caches)):
-            x, residual = layer(x, residual, cos, sin, kv_cache, meta)
-            if tap is not None:
-                tap.record(i, x, residual, meta.slot_mapping)
+            # layer i's input add sums the stream after layer i - 1: the tap stores it there
+            x, residual = layer(x, residual, cos, sin, kv_cache, meta, stores.get(i - 1))
         if residual is None:  # no layers
             return self.norm(x)
-        return self.norm.forward_add(x, residual)[0]
+        return self.norm.forward_add(x, residual, stores.get(len(self.layers) - 1))[0]
 
 
 class LlamaForCausalLM(nn.Module):

@@ -10,7 +10,8 @@ from __future__ import annotations
 import torch
 from transformers import PretrainedConfig
 
-from dynaspec.models.llama import LlamaAttention, LlamaForCausalLM, RMSNorm
+from dynaspec.models.llama import LlamaAttention, LlamaForCausalLM
+from dynaspec.models.rms_norm import RMSNorm
 
 
 class Qwen3Attention(LlamaAttention):

@@ -7,7 +7,8 @@ The real Qwen2.5-Coder-1.5B run of 2026-12-05 (H200) took 0.586 s a step at batc
 times what its FLOPs need; this finds out why without moving the real weights.
 
 Usage: python scripts/profile_train_step.py [--model random:qwen2.5-1.5b] [--prompt-len 300]
-  [--answer-len 350] [--batch-size 8] [--ttt-steps 5] [--steps 6] [--profile-steps 3] [--device auto]
+  [--answer-len 350] [--batch-size 8] [--ttt-steps 5] [--steps 6] [--profile-steps 3] [--draft-vocab-size N]
+  [--device auto]
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ def main() -> None:
     parser.add_argument("--ttt-steps", type=int, default=5)
     parser.add_argument("--steps", type=int, default=6, help="timed steps")
     parser.add_argument("--profile-steps", type=int, default=3, help="steps then run under torch.profiler (0: none)")
+    parser.add_argument("--draft-vocab-size", type=int, default=None, help="EAGLE-3's draft vocabulary (default: none)")
     parser.add_argument("--device", default="auto")
     parser.add_argument("--dtype", default="auto")
     args = parser.parse_args()
@@ -45,7 +47,8 @@ def main() -> None:
     loaded = load_model(args.model, dtype=dtype, device=device)
     config = loaded.hf_config
     layers = default_layers_to_capture(int(config.num_hidden_layers))
-    head = random_head(EagleHeadConfig.for_target(config, args.model, list(layers)), config).to(device).train()
+    head_config = EagleHeadConfig.for_target(config, args.model, list(layers), args.draft_vocab_size)
+    head = random_head(head_config, config).to(device).train()
     rng = random.Random(0)
     vocab = int(config.vocab_size)
     width = len(layers) * int(config.hidden_size)
@@ -72,7 +75,8 @@ def main() -> None:
         return (time.perf_counter() - start) / steps
 
     run(2)  # warm-up: allocator, kernels
-    print(f"{args.model} ({dtype}, {device}), batch {args.batch_size}, TTT depth {args.ttt_steps}, sequences "
+    vocab = f", draft vocabulary {head_config.draft_vocab_size}" if head_config.draft_vocab_size else ""
+    print(f"{args.model} ({dtype}, {device}){vocab}, batch {args.batch_size}, TTT depth {args.ttt_steps}, sequences "
           f"~{args.prompt_len} + {args.answer_len} tokens: {run(args.steps):.3f} s a step (mean of {args.steps})")
     if args.profile_steps == 0:
         return

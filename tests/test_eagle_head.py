@@ -12,7 +12,15 @@ import torch
 
 from dynaspec import EagleDecodingConfig
 from dynaspec.config import EngineConfig
-from dynaspec.models.eagle_head import EagleHeadConfig, load_head, random_head, read_head_config, save_head
+from dynaspec.models.eagle_head import (
+    EagleHeadConfig,
+    draft_logits,
+    head_logits,
+    load_head,
+    random_head,
+    read_head_config,
+    save_head,
+)
 from dynaspec.models.feature_tap import FeatureTap, default_layers_to_capture
 from dynaspec.models.loader import load_model
 from dynaspec.runtime.eagle_graphs import EagleHeadRunner
@@ -240,3 +248,45 @@ def test_answering_stops_when_asked_and_keeps_what_finished(loaded, target_dir):
     recorded = record_answers(loaded, config, (0, 1), prompts, params, should_stop=lambda: next(steps) >= 6)
     assert len(recorded) == 1 and recorded[0].token_ids[:6] == prompts[0]  # the short answer; the long one aborted
     assert len(recorded[0].token_ids) == 6 + 3
+
+
+def test_a_draft_vocabulary_head_round_trips_and_maps_its_ids(loaded, tmp_path, target_dir, example):
+    """EAGLE-3's draft vocabulary: an lm_head of its own over the kept tokens; head_logits puts its logits at
+    those tokens (-inf elsewhere); the map is saved, checked at load, and the loss leaves out the tokens the
+    head cannot predict."""
+    hf_config = loaded.hf_config
+    config = EagleHeadConfig.for_target(hf_config, str(target_dir), [0, 1, 2], draft_vocab_size=40)
+    assert EagleHeadConfig.for_target(hf_config, "t", draft_vocab_size=10**6).draft_vocab_size is None  # >= vocab
+    head = random_head(config, hf_config, seed=2, std=0.2).eval()
+    kept = torch.randperm(hf_config.vocab_size, generator=torch.Generator().manual_seed(0))[:40].sort().values
+    head.draft_to_target.copy_(kept)
+    back = load_head(save_head(head, tmp_path / "small"), hf_config, str(target_dir), torch.float32,
+                     torch.device("cpu"))
+    assert torch.equal(back.draft_to_target, kept) and torch.equal(back.lm_head.weight, head.lm_head.weight)
+
+    hidden = torch.randn(3, hf_config.hidden_size)
+    with torch.no_grad():
+        small, full = draft_logits(head, loaded.model, hidden), head_logits(head, loaded.model, hidden)
+    assert small.shape == (3, 40) and full.shape == (3, hf_config.vocab_size)
+    assert torch.equal(full[:, kept], small) and int(torch.isfinite(full).sum()) == 3 * 40
+    assert torch.equal(head.to_target(small.argmax(-1)), full.argmax(-1))
+    assert head.to_draft(kept[5:7]).tolist() == [5, 6]
+    missing = next(t for t in range(hf_config.vocab_size) if t not in set(kept.tolist()))
+    assert head.to_draft(torch.tensor([missing])).tolist() == [-100]
+
+    batch = make_batch([example], torch.device("cpu"), torch.float32)
+    with torch.no_grad():
+        loss, accuracy = ttt_loss(head, loaded.model, batch, 2)
+        unrolled = unroll(head, loaded.model, batch, 2)
+        expected = 0.0
+        for depth in range(2):
+            mask = unrolled.scored(batch, depth)
+            wanted = head.to_draft(unrolled.labels(batch)[mask])
+            logits = draft_logits(head, loaded.model, unrolled.outputs[depth][mask])
+            expected += 0.8**depth * float(torch.nn.functional.cross_entropy(logits[wanted >= 0], wanted[wanted >= 0]))
+    assert float(loss) == pytest.approx(expected, rel=1e-5)
+
+    with torch.no_grad():
+        head.draft_to_target.copy_(kept.flip(0))  # not increasing
+    with pytest.raises(ValueError, match="draft_to_target must be increasing"):
+        load_head(save_head(head, tmp_path / "bad"), hf_config, str(target_dir), torch.float32, torch.device("cpu"))

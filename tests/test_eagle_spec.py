@@ -47,13 +47,23 @@ def tiny(tmp_path_factory):
     ])
     assert result.exit_code == 0, result.output
     assert "mean accepted length at k: k=1:" in result.output and "2 held out" in result.output
-    return {"target": str(target), "head": str(head), "root": root}
+    # the same with EAGLE-3's draft vocabulary: 24 of the 64 tokens, an lm_head of its own
+    small = root / "head-vocab24"
+    result = CliRunner().invoke(app, [
+        "train-head", "--model", str(target), "--workload", str(prompts), "--num-prompts", "24", "--out", str(small),
+        "--steps", "60", "--max-tokens", "24", "--ttt-steps", "2", "--batch-size", "8", "--device", "cpu",
+        "--dtype", "float32", "--draft-vocab-size", "24",
+    ])
+    assert result.exit_code == 0, result.output
+    assert re.search(r"draft vocabulary: 24 of 64 tokens, [\d.]+% of the training answers", result.output)
+    return {"target": str(target), "head": str(head), "head-vocab24": str(small), "root": root}
 
 
 def test_train_head_writes_a_head_for_its_target(tiny):
     config = read_head_config(tiny["head"])
     assert config.architecture == "Eagle3Head" and config.layers_to_capture == [0, 1]
     assert config.target.name.endswith("tiny-llama-seed0") and config.target.hidden_size == 64
+    assert config.draft_vocab_size is None and read_head_config(tiny["head-vocab24"]).draft_vocab_size == 24
 
 
 def test_train_head_bad_options_are_one_line_errors(tiny):
@@ -94,14 +104,17 @@ def baseline(tiny):
     return [o.token_ids for o in LLM(model=tiny["target"], block_size=4).generate(_prompts(6), GREEDY)]
 
 
-def _spec(tiny, k: int, **extra) -> EagleDecodingConfig:
-    return EagleDecodingConfig(max_draft_len=k, speculative_model=tiny["head"], **extra)
+def _spec(tiny, k: int, head: str = "head", **extra) -> EagleDecodingConfig:
+    return EagleDecodingConfig(max_draft_len=k, speculative_model=tiny[head], **extra)
 
 
-@pytest.mark.parametrize("k", [1, 3])
-def test_greedy_identical_to_no_spec_with_preemption(tiny, baseline, k):
+HEADS = ["head", "head-vocab24"]  # predicting over the target's vocabulary, and over a draft vocabulary of 24
+
+
+@pytest.mark.parametrize(("k", "head"), [(1, "head"), (3, "head"), (3, "head-vocab24")])
+def test_greedy_identical_to_no_spec_with_preemption(tiny, baseline, k, head):
     llm = LLM(model=tiny["target"], block_size=4, num_kv_blocks=30, max_model_len=64, max_num_batched_tokens=64,
-              speculative_config=_spec(tiny, k))
+              speculative_config=_spec(tiny, k, head))
     outs = llm.generate(_prompts(6), GREEDY)
     assert [o.token_ids for o in outs] == baseline
     assert sum(o.metrics.num_preemptions for o in outs) > 0
@@ -135,12 +148,14 @@ def test_a_second_eagle_engine_on_shared_weights_is_refused(tiny):
         LLMEngine(config, loaded=first.loaded)
 
 
-def test_chain_drafts_equal_step_by_step_drafts(tiny):
+@pytest.mark.parametrize("head", HEADS)
+def test_chain_drafts_equal_step_by_step_drafts(tiny, head):
     """The fixed-shape chain (the CUDA graph's code, run eagerly) proposes exactly what the eager
-    step-by-step path proposes, call by call, and served the steady state."""
+    step-by-step path proposes, call by call, and served the steady state (with a draft vocabulary: the
+    chain's argmax over it, mapped back, is the eager path's argmax over the target's logits)."""
     def run(chain: bool):
         engine = LLMEngine(EngineConfig(model=tiny["target"], block_size=4, max_num_seqs=8,
-                                        speculative_config=_spec(tiny, 3)))
+                                        speculative_config=_spec(tiny, 3, head)))
         if chain:
             pairs = [(b, k) for b, k in engine.graph_pairs() if k > 0]
             engine.drafter.capture_graphs(pairs, engine.max_blocks_per_seq, use_graphs=False)
@@ -161,9 +176,11 @@ def test_chain_drafts_equal_step_by_step_drafts(tiny):
     assert drafter.chain.num_replays > len(chained_seen) // 2
 
 
-def test_sampled_requests_keep_the_target_distribution(tiny):
+@pytest.mark.parametrize("head", HEADS)
+def test_sampled_requests_keep_the_target_distribution(tiny, head):
     """Unseeded sampling with EAGLE drafts: the first three tokens' joint distribution is the target's
-    (chi-square against the HF model's processed probabilities; top-k 3 keeps 27 outcomes)."""
+    (chi-square against the HF model's processed probabilities; top-k 3 keeps 27 outcomes). With a draft
+    vocabulary q is 0 outside it, and rejection sampling still gives the target's distribution."""
     params = SamplingParams(temperature=1.5, top_k=3, max_tokens=3, ignore_eos=True)
     prompt = _prompts(2)[1]
     hf = make_tiny_hf_model("llama", seed=0, num_hidden_layers=4, vocab_size=VOCAB)
@@ -185,7 +202,7 @@ def test_sampled_requests_keep_the_target_distribution(tiny):
             for c in p3.nonzero().flatten().tolist():
                 expected[(a, b, c)] = float(p1[a] * p2[b] * p3[c])
     n = 2700
-    llm = LLM(model=tiny["target"], block_size=4, max_num_seqs=256, seed=1, speculative_config=_spec(tiny, 2))
+    llm = LLM(model=tiny["target"], block_size=4, max_num_seqs=256, seed=1, speculative_config=_spec(tiny, 2, head))
     outs = llm.generate([prompt] * n, params)
     counts: dict[tuple[int, ...], int] = {}
     for out in outs:

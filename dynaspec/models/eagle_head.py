@@ -14,6 +14,13 @@ step. Its single decoder layer (EAGLE-3's "midlayer"):
 over its own one-layer paged KV on the target's block tables. Parameter names follow EAGLE-3 checkpoints
 (`fc`, `midlayer.*`, `norm`); the target's embedding and lm_head are not part of the head and not saved.
 
+A smaller draft vocabulary (EAGLE-3's, `draft_vocab_size`; 32k for a 128k-token target): the head has an
+lm_head of its own over the draft vocabulary's rows, and `draft_to_target` (sorted target ids) maps a draft
+id back. Draft logits are scattered into the target vocabulary with -inf elsewhere (`head_logits`), so q is
+a distribution over the target's tokens that is 0 outside the draft vocabulary: rejection sampling stays
+exact, and since the map is increasing a greedy argmax picks the same token either way. Each draft step then
+reads draft_vocab x H lm_head weights instead of the target's vocab x H.
+
 Saved as `<dir>/config.json` (EagleHeadConfig: architecture "Eagle3Head", shapes, the captured layers, the
 target it was trained for) + `<dir>/model.safetensors`; `load_head` refuses a head made for another target.
 """
@@ -64,10 +71,13 @@ class EagleHeadConfig(BaseModel):
     rms_norm_eps: float = Field(gt=0)
     layers_to_capture: list[int]
     target: EagleTargetInfo
+    draft_vocab_size: int | None = Field(default=None, ge=1)  # None: predict through the target's lm_head
 
     @classmethod
-    def for_target(cls, hf_config: PretrainedConfig, name: str, layers_to_capture=None) -> "EagleHeadConfig":
-        """A head shaped like one decoder layer of the target described by `hf_config`."""
+    def for_target(cls, hf_config: PretrainedConfig, name: str, layers_to_capture=None,
+                   draft_vocab_size: int | None = None) -> "EagleHeadConfig":
+        """A head shaped like one decoder layer of the target described by `hf_config`; draft_vocab_size: an
+        lm_head of its own over that many of the target's tokens (None, or the whole vocabulary: the target's)."""
         num_layers = int(hf_config.num_hidden_layers)
         layers = default_layers_to_capture(num_layers) if layers_to_capture is None else layers_to_capture
         return cls(
@@ -77,6 +87,8 @@ class EagleHeadConfig(BaseModel):
             layers_to_capture=list(check_layers_to_capture(layers, num_layers)),
             target=EagleTargetInfo(name=name, vocab_size=hf_config.vocab_size, hidden_size=hf_config.hidden_size,
                                    num_hidden_layers=num_layers),
+            draft_vocab_size=None if draft_vocab_size is None or draft_vocab_size >= hf_config.vocab_size
+            else draft_vocab_size,
         )
 
     def check_target(self, hf_config: PretrainedConfig, name: str) -> None:
@@ -166,6 +178,22 @@ class EagleHead(nn.Module):
         self.fc = nn.Linear(len(config.layers_to_capture) * config.hidden_size, config.hidden_size, bias=False)
         self.midlayer = EagleDecoderLayer(config, rope_config)
         self.norm = RMSNorm(config.hidden_size, config.rms_norm_eps)
+        self.lm_head: nn.Linear | None = None
+        if config.draft_vocab_size is not None:  # EAGLE-3's draft vocabulary (module docstring)
+            self.lm_head = nn.Linear(config.hidden_size, config.draft_vocab_size, bias=False)
+            self.register_buffer("draft_to_target", torch.arange(config.draft_vocab_size))  # (Vd,) sorted ids
+
+    def to_target(self, draft_ids: torch.Tensor) -> torch.Tensor:
+        """Ids over the head's vocabulary (...) -> the target's token ids (...)."""
+        return draft_ids if self.lm_head is None else self.draft_to_target[draft_ids]
+
+    def to_draft(self, target_ids: torch.Tensor, missing: int = -100) -> torch.Tensor:
+        """The target's token ids (...) -> ids over the head's vocabulary, `missing` where a token is not in it."""
+        if self.lm_head is None:
+            return target_ids
+        table = torch.full((self.config.target.vocab_size,), missing, dtype=torch.int64, device=target_ids.device)
+        table[self.draft_to_target] = torch.arange(len(self.draft_to_target), device=target_ids.device)
+        return table[target_ids]
 
     @property
     def layers_to_capture(self) -> tuple[int, ...]:
@@ -187,9 +215,26 @@ def target_embed(target: nn.Module, input_ids: torch.Tensor) -> torch.Tensor:
     return target.model.embed_tokens(input_ids)
 
 
+def target_lm_head(target: nn.Module) -> torch.Tensor:
+    """The target's output embedding (vocab, H) (its input embedding when the two are tied)."""
+    return target.model.embed_tokens.weight if target.lm_head is None else target.lm_head.weight
+
+
+def draft_logits(head: EagleHead, target: nn.Module, hidden: torch.Tensor) -> torch.Tensor:
+    """h (N, H) -> float32 logits over the head's vocabulary (N, draft vocab, or the target's lm_head width)."""
+    if head.lm_head is None:
+        return target.compute_logits(head.norm(hidden))
+    return head.lm_head(head.norm(hidden)).float()
+
+
 def head_logits(head: EagleHead, target: nn.Module, hidden: torch.Tensor) -> torch.Tensor:
-    """h (N, H) -> float32 logits (N, vocab) through the head's norm and the target's lm_head."""
-    return target.compute_logits(head.norm(hidden))
+    """h (N, H) -> float32 logits over the target's vocabulary (N, vocab): with a draft vocabulary, -inf at
+    every token outside it."""
+    logits = draft_logits(head, target, hidden)
+    if head.lm_head is None:
+        return logits
+    full = logits.new_full((logits.shape[0], head.config.target.vocab_size), float("-inf"))
+    return full.index_copy_(1, head.draft_to_target, logits)
 
 
 def save_head(head: EagleHead, out_dir: str | Path) -> Path:
@@ -199,7 +244,7 @@ def save_head(head: EagleHead, out_dir: str | Path) -> Path:
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     (out / CONFIG_FILE).write_text(json.dumps(head.config.model_dump(), indent=2) + "\n")
-    tensors = {name: p.detach().to("cpu").contiguous() for name, p in head.named_parameters()}
+    tensors = {name: p.detach().to("cpu").contiguous() for name, p in _state(head).items()}
     save_file(tensors, str(out / WEIGHTS_FILE), metadata={"format": "pt", "architecture": ARCHITECTURE})
     return out
 
@@ -239,7 +284,7 @@ def load_head(head_dir: str | Path, target_config: PretrainedConfig, target_name
     check_layers_to_capture(config.layers_to_capture, int(target_config.num_hidden_layers))
     head = EagleHead(config, target_config)
     weights = load_file(str(Path(head_dir) / WEIGHTS_FILE))
-    params = dict(head.named_parameters())
+    params = _state(head)
     missing, unknown = sorted(set(params) - set(weights)), sorted(set(weights) - set(params))
     if missing or unknown:
         raise ValueError(f"{head_dir}: weights do not match the head (missing {missing[:4]}, unknown {unknown[:4]})")
@@ -249,7 +294,17 @@ def load_head(head_dir: str | Path, target_config: PretrainedConfig, target_name
                 raise ValueError(f"{head_dir}: weight {name!r} has shape {tuple(tensor.shape)}, the head's config "
                                  f"gives {tuple(params[name].shape)}")
             params[name].copy_(tensor)
+    if head.lm_head is not None:
+        ids = head.draft_to_target
+        if bool((ids < 0).any() or (ids >= config.target.vocab_size).any() or (ids[1:] <= ids[:-1]).any()):
+            raise ValueError(f"{head_dir}: draft_to_target must be increasing target token ids below "
+                             f"{config.target.vocab_size}")
     return head.to(device=device, dtype=dtype).eval().requires_grad_(False)
+
+
+def _state(head: EagleHead) -> dict[str, torch.Tensor]:
+    """What a head directory stores: the parameters and the draft-to-target map (persistent buffers)."""
+    return dict(head.state_dict(keep_vars=True))
 
 
 def random_head(config: EagleHeadConfig, rope_config: PretrainedConfig, seed: int = 0, std: float = 0.02) -> EagleHead:

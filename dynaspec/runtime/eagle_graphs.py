@@ -18,7 +18,7 @@ The chain graph of (bucket, k), per request i (padded requests have num_real = 0
   step j   one position: draft j at N - 1 + j, g = the previous step's h, context N + j -> draft j + 1.
 
 Staging, padding, capture and replay are CudaGraphDecoder's (runtime/cuda_graphs.py), as for the draft
-model's chain (runtime/chain_graphs.py). Greedy only (argmax over the target's vocabulary).
+model's chain (runtime/chain_graphs.py). Greedy only (argmax over the head's vocabulary, mapped to the target's).
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ from collections.abc import Iterable
 import torch
 
 from dynaspec.models.attention_metadata import AttentionMetadata
-from dynaspec.models.eagle_head import EagleHead, head_logits, target_embed
+from dynaspec.models.eagle_head import EagleHead, draft_logits, head_logits, target_embed
 from dynaspec.models.feature_tap import FeatureTap
 from dynaspec.runtime.cuda_graphs import CudaGraphDecoder, UniformDecodeBatch
 from dynaspec.runtime.kv_cache import allocate_kv_cache
@@ -139,7 +139,13 @@ class EagleChainGraphs(CudaGraphDecoder):
         return runner.head(target_embed(runner.target, ids), g, positions.reshape(-1), self.kv_caches, meta)
 
     def _argmax(self, hidden: torch.Tensor) -> torch.Tensor:
-        return self.runner.logits(hidden)[:, : self.vocab_size].argmax(dim=-1)
+        """h (B, H) -> the greedy draft token ids of the target (B,): the argmax over the head's vocabulary,
+        mapped back (the same token as the argmax of head_logits: the map is increasing)."""
+        head = self.runner.head
+        logits = draft_logits(head, self.runner.target, hidden)  # (B, draft vocab or lm_head width)
+        if head.lm_head is None:
+            logits = logits[:, : self.vocab_size]
+        return head.to_target(logits.argmax(dim=-1))
 
     def _forward(self, bucket: int, k: int) -> torch.Tensor:
         """The captured chain; (bucket, k) int64 draft ids."""

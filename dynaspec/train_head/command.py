@@ -30,6 +30,7 @@ class TrainHeadArgs(BaseModel):
     temperature: float = Field(ge=0)
     time_limit: Optional[float] = Field(default=None, gt=0)
     answers_per_prompt: int = Field(default=1, ge=1)
+    draft_vocab_size: Optional[int] = Field(default=None, ge=1)
 
 
 def _layers(text: str | None) -> list[int] | None:
@@ -60,6 +61,10 @@ def train_head_command(
     answers_per_prompt: Annotated[int, typer.Option(help="answers per training prompt (> 1 needs --temperature > 0: "
                                                          "sampled, each with its own seed)")] = 1,
     max_num_seqs: Annotated[int, typer.Option(help="answers generated together")] = 64,
+    draft_vocab_size: Annotated[Optional[int], typer.Option(help="EAGLE-3's draft vocabulary: the head predicts over "
+                                                            "this many of the target's tokens (the answers' most "
+                                                            "used) through an lm_head of its own, e.g. 32000 for a "
+                                                            "150k-token target (default: the target's lm_head)")] = None,
     time_limit: Annotated[Optional[float], typer.Option(help="seconds: end optimizing within this long of the start; "
                                                          "answering stops at half of it (held-out prompts are "
                                                          "answered first), the step count is cut to fit, timed "
@@ -77,7 +82,8 @@ def train_head_command(
     try:
         args = TrainHeadArgs(num_prompts=num_prompts, steps=steps, lr=lr, max_tokens=max_tokens, ttt_steps=ttt_steps,
                              batch_size=batch_size, eval_fraction=eval_fraction, max_num_seqs=max_num_seqs,
-                             temperature=temperature, time_limit=time_limit, answers_per_prompt=answers_per_prompt)
+                             temperature=temperature, time_limit=time_limit, answers_per_prompt=answers_per_prompt,
+                             draft_vocab_size=draft_vocab_size)
         if answers_per_prompt > 1 and temperature == 0:
             raise ValueError(f"--answers-per-prompt {answers_per_prompt} needs --temperature > 0: greedy answers to one "
                              "prompt are all the same")

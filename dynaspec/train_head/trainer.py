@@ -7,7 +7,8 @@ greedily by default; the held-out prompts once, greedily), its tapped features a
 recorded in the same pass (train_head/record.py); the head (random init, float32) is trained on the
 training prompts' answers with the unrolled loss of train_head/ttt.py (`ttt_steps` depths, weights 0.8^j),
 AdamW with linear warm-up and cosine decay, gradient clipping at 1; the held-out prompts (never trained on)
-give the acceptance estimate at the end.
+give the acceptance estimate at the end. With `draft_vocab_size` the head predicts over the training answers'
+most used tokens (train_head/draft_vocab.py), its own lm_head starting from the target's rows of them.
 """
 
 from __future__ import annotations
@@ -23,10 +24,11 @@ from pathlib import Path
 import torch
 
 from dynaspec.config import EngineConfig
-from dynaspec.models.eagle_head import EagleHeadConfig, random_head, save_head
+from dynaspec.models.eagle_head import EagleHeadConfig, random_head, save_head, target_lm_head
 from dynaspec.models.feature_tap import check_layers_to_capture, default_layers_to_capture
 from dynaspec.models.loader import load_model
 from dynaspec.sampling_params import SamplingParams
+from dynaspec.train_head.draft_vocab import draft_vocabulary
 from dynaspec.train_head.prompts import collect_prompts, held_out_split, prompt_token_ids
 from dynaspec.train_head.record import Example, record_answers
 from dynaspec.train_head.ttt import acceptance_estimate, make_batch, ttt_loss
@@ -60,6 +62,7 @@ class TrainOptions:
     dtype: str = "auto"
     seed: int = 0
     max_num_seqs: int = 64
+    draft_vocab_size: int | None = None  # EAGLE-3's draft vocabulary (None: predict over the target's)
     warmup_fraction: float = 0.05
     time_limit_s: float | None = None  # end optimizing within this many seconds of train_head's start (None: no limit);
     # answering stops at ANSWERING_SHARE of it
@@ -138,8 +141,16 @@ def train_head(options: TrainOptions, progress: Progress | None = None, log: Cal
         raise ValueError("no answers recorded for the training or the held-out prompts (all too short?)")
 
     device = probe.resolved_device()
-    head = random_head(EagleHeadConfig.for_target(loaded.hf_config, loaded.name, list(layers)), loaded.hf_config,
-                       options.seed).to(device=device, dtype=torch.float32).train()
+    head_config = EagleHeadConfig.for_target(loaded.hf_config, loaded.name, list(layers), options.draft_vocab_size)
+    head = random_head(head_config, loaded.hf_config, options.seed)
+    if head.lm_head is not None:  # the answers' most used tokens; their rows of the target's lm_head to start from
+        vocab, covered = draft_vocabulary(train, head_config.draft_vocab_size, head_config.target.vocab_size)
+        with torch.no_grad():
+            head.draft_to_target.copy_(vocab)
+            head.lm_head.weight.copy_(target_lm_head(loaded.model)[vocab.to(device)].float().cpu())
+        log(f"draft vocabulary: {len(vocab)} of {head_config.target.vocab_size} tokens, {covered:.1%} of the "
+            "training answers' tokens")
+    head = head.to(device=device, dtype=torch.float32).train()
     target = loaded.model
     final_loss, steps_run = _optimize(head, target, train, options, device, progress, log, clock, began)
     trained = clock()

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from dynaspec.models.eagle_head import EagleHead, dense_attention, target_embed
+from dynaspec.models.eagle_head import EagleHead, dense_attention, draft_logits, target_embed
 from dynaspec.train_head.record import Example
 
 
@@ -161,20 +161,22 @@ def depth_mask(batch: Batch, depth: int) -> torch.Tensor:
 
 
 def ttt_loss(head: EagleHead, target: torch.nn.Module, batch: Batch, depths: int, decay: float = 0.8):
-    """sum_j decay^j x cross-entropy at depth j against the target's tokens; also the per-depth accuracy as
-    (correct, counted) tensors (no host synchronisation beyond selecting the scored rows)."""
+    """sum_j decay^j x cross-entropy at depth j against the target's tokens (over the head's vocabulary: a
+    token outside its draft vocabulary is left out of the loss, and counts as a miss); also the per-depth
+    accuracy as (correct, counted) tensors (no host synchronisation beyond selecting the scored rows)."""
     total = torch.zeros((), device=batch.ids.device)
     accuracy = []
     unrolled = unroll(head, target, batch, depths)
     labels = unrolled.labels(batch)  # (B, W)
     for depth, h in enumerate(unrolled.outputs):
         mask = unrolled.scored(batch, depth)  # (B, W)
-        logits = target.compute_logits(head.norm(h[mask]))  # (N, vocab) float32, rows scored only
+        logits = draft_logits(head, target, h[mask])  # (N, head vocab) float32, rows scored only
         scored = labels[mask]
-        counted = mask.sum()
-        loss = F.cross_entropy(logits, scored, reduction="sum") / counted.clamp(min=1)  # a mean, 0 with no row
+        wanted = head.to_draft(scored)  # -100 (ignored) where the head's draft vocabulary lacks the token
+        counted = (wanted != -100).sum()
+        loss = F.cross_entropy(logits, wanted, reduction="sum") / counted.clamp(min=1)  # a mean, 0 with no row
         total = total + decay**depth * loss
-        accuracy.append(((logits.argmax(-1) == scored).sum(), counted))
+        accuracy.append(((head.to_target(logits.argmax(-1)) == scored).sum(), mask.sum()))
     return total, accuracy
 
 
@@ -195,7 +197,7 @@ def acceptance_estimate(head: EagleHead, target: torch.nn.Module, batches: list[
         columns = torch.where(unrolled.valid, unrolled.positions, length)
         hits = []
         for depth, h in enumerate(unrolled.outputs):
-            hit = target.compute_logits(head.norm(h)).argmax(-1) == labels  # (B, W)
+            hit = head.to_target(draft_logits(head, target, h).argmax(-1)) == labels  # (B, W)
             mask = unrolled.scored(batch, depth)
             correct[depth] += int((hit & mask).sum())
             counted[depth] += int(mask.sum())

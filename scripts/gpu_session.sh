@@ -150,6 +150,20 @@ for step in "$@"; do
       python3 scripts/redesign_ab.py "$@" | tee -a "$OUT/redesign_ab.md" ;;
     k0-ab)
       python3 scripts/gpu_k0_ab.py 2 8 64 2>&1 | tail -5 ;;
+    eagle-check)  # issue 21, no weights needed (~4 min): the CUDA tests of what changed on 2026-12-05 without a GPU
+      # (split count from the grid, the tap inside the fused add-RMSNorm, the draft vocabulary), then where a
+      # train-head step goes (random Qwen-1.5B shapes, with and without a 32k draft vocabulary), then which steps
+      # of an EAGLE bench stall and why (random head)
+      timeout 200 python3 -m pytest -q -m cuda tests/test_triton_attention.py tests/test_attention.py tests/test_fused_ops.py \
+        tests/test_eagle_spec.py tests/test_eagle_head.py 2>&1 | tail -4
+      for vocab in "" "--draft-vocab-size 32000"; do
+        timeout 90 python3 scripts/profile_train_step.py --steps 4 $vocab > "$OUT/profile_train${vocab:+_vocab}.txt" 2>&1
+        head -1 "$OUT/profile_train${vocab:+_vocab}.txt"
+      done
+      printf 'speculative_config:\n  decoding_type: Eagle\n  max_draft_len: 4\n  speculative_model: /tmp/rhead\n  draft_len_policy: goodput\n' > /tmp/rhead.yaml
+      timeout 150 python3 scripts/step_stalls.py --threshold-ms 15 --top 30 --random-head /tmp/rhead -- --model random:qwen2.5-1.5b \
+        --spec-config /tmp/rhead.yaml --ks 0,2 --batch-sizes 1,16 --prompt-len 160 --gen-len 48 --no-plots --out-dir "$OUT/ss" \
+        > "$OUT/stalls.log" 2>&1; grep "stall:" "$OUT/stalls.log" | head -20 ;;
     k0-ab-eagle)  # issue 21: k = 0 steps with the trained Qwen head (eagle-qwen-train first) vs no speculation
       python3 scripts/gpu_k0_ab.py --model /tmp/qwen-1.5b.gguf --eagle-head /tmp/eagle-qwen15b 2 8 64 2>&1 | tail -5 ;;
     *) echo "unknown step $step" ;;

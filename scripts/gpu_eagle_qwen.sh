@@ -16,7 +16,7 @@
 #   Options (defaults): --target /tmp/qwen-1.5b.gguf, --draft /tmp/qwen-0.5b.gguf, --head-dir /tmp/eagle-qwen15b,
 #   --num-prompts 1312 (every offline prompt), --answers-per-prompt 3, --temperature 0.8 (sampled
 #   answers: 1152 greedy answers were 0.38M tokens on 2026-12-05), --max-tokens 1024, --steps 4000, --batch-size 8, --ttt-steps 5,
-#   --draft-vocab-size 32000 (EAGLE-3's draft vocabulary; 'none': the target's lm_head; the first run, 2026-12-05, had none),
+#   --draft-vocab-size 32000 (EAGLE-3's draft vocabulary; 0: the target's lm_head, as the first run, 2026-12-05, had),
 #   --lr 5e-4, --max-num-seqs 256, --deadline 540, --batch-sizes 1,4,16,64, --gen-len 128, --draft-ks 0,2,3,
 #   --ngram-ks 0,2,4, --device auto, --dtype auto. A CPU smoke run of the whole script (SmolLM2 as target and
 #   draft, no join): `... /tmp/o train code-edit --target smollm2-135m-instruct --draft smollm2-135m-instruct
@@ -72,7 +72,6 @@ for part in "${parts[@]}"; do
     wait "$target_pid" && wait "$draft_pid"
     stamp "converted (exit $?)"
     limit=$((deadline - (SECONDS - start) - 20))  # 20 s: loading, the held-out estimate and saving
-    vocab=(); [ "$draft_vocab_size" = none ] || vocab=(--draft-vocab-size "$draft_vocab_size")
     stamp "train-head (--time-limit $limit)"
     # expandable segments: every batch has other sequence lengths, and a caching allocator that keeps
     # splitting and freeing tens of GB of blocks synchronises the device (a guess at the first run's ~1 s steps)
@@ -80,7 +79,7 @@ for part in "${parts[@]}"; do
       --workload stdlib,pydoc,code-edit,chat,summarise --num-prompts "$num_prompts" --max-tokens "$max_tokens" \
       --answers-per-prompt "$answers_per_prompt" --temperature "$temperature" \
       --steps "$steps" --batch-size "$batch_size" --ttt-steps "$ttt_steps" --lr "$lr" --time-limit "$limit" \
-      --max-num-seqs "$max_num_seqs" "${vocab[@]}" --device "$device" --dtype "$dtype" > "$work/train.log" 2>&1
+      --max-num-seqs "$max_num_seqs" --draft-vocab-size "$draft_vocab_size" --device "$device" --dtype "$dtype" > "$work/train.log" 2>&1
     status=$?
     stamp "train-head exit $status"
     { echo; echo "## train-head (exit $status)"; echo '```'; grep -v "━" "$work/train.log" | tail -25; echo '```'; } >> "$summary"

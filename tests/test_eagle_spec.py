@@ -77,6 +77,8 @@ def test_train_head_bad_options_are_one_line_errors(tiny):
     assert result.exit_code == 2 and "--layers" in result.output
     result = runner.invoke(app, [*base, "--answers-per-prompt", "3"])
     assert result.exit_code == 2 and "--answers-per-prompt 3 needs --temperature > 0" in result.output
+    result = runner.invoke(app, [*base, "--draft-vocab-size", "-5"])
+    assert result.exit_code == 2 and "--draft-vocab-size" in result.output and "greater than or equal to 0" in result.output
 
 
 def test_train_head_answers_each_training_prompt_several_times(tiny):

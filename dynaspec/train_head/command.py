@@ -30,7 +30,7 @@ class TrainHeadArgs(BaseModel):
     temperature: float = Field(ge=0)
     time_limit: Optional[float] = Field(default=None, gt=0)
     answers_per_prompt: int = Field(default=1, ge=1)
-    draft_vocab_size: Optional[int] = Field(default=None, ge=1)
+    draft_vocab_size: int = Field(default=32000, ge=0)
 
 
 def _layers(text: str | None) -> list[int] | None:
@@ -61,10 +61,10 @@ def train_head_command(
     answers_per_prompt: Annotated[int, typer.Option(help="answers per training prompt (> 1 needs --temperature > 0: "
                                                          "sampled, each with its own seed)")] = 1,
     max_num_seqs: Annotated[int, typer.Option(help="answers generated together")] = 64,
-    draft_vocab_size: Annotated[Optional[int], typer.Option(help="EAGLE-3's draft vocabulary: the head predicts over "
-                                                            "this many of the target's tokens (the answers' most "
-                                                            "used) through an lm_head of its own, e.g. 32000 for a "
-                                                            "150k-token target (default: the target's lm_head)")] = None,
+    draft_vocab_size: Annotated[int, typer.Option(help="EAGLE-3's draft vocabulary: the head predicts over this many "
+                                                  "of the target's tokens (the training answers' most used) "
+                                                  "through an lm_head of its own; 0, or a target with no more "
+                                                  "tokens: through the target's lm_head")] = 32000,
     time_limit: Annotated[Optional[float], typer.Option(help="seconds: end optimizing within this long of the start; "
                                                          "answering stops at half of it (held-out prompts are "
                                                          "answered first), the step count is cut to fit, timed "
@@ -104,7 +104,8 @@ def train_head_command(
 
     options = TrainOptions(model=model, sources=sources, out=out, layers_to_capture=tapped, seed=seed,
                            device=device or "auto", dtype=dtype or "auto", time_limit_s=args.time_limit,
-                           **args.model_dump(exclude={"time_limit"}))
+                           draft_vocab_size=args.draft_vocab_size or None,
+                           **args.model_dump(exclude={"time_limit", "draft_vocab_size"}))
     columns = (TextColumn("[bold blue]{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
     with Progress(*columns, console=console) as bar:
         tasks: dict[str, int] = {}

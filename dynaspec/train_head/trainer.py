@@ -62,7 +62,7 @@ class TrainOptions:
     dtype: str = "auto"
     seed: int = 0
     max_num_seqs: int = 64
-    draft_vocab_size: int | None = None  # EAGLE-3's draft vocabulary (None: predict over the target's)
+    draft_vocab_size: int | None = 32000  # EAGLE-3's draft vocabulary (None, or >= the target's: its lm_head)
     warmup_fraction: float = 0.05
     time_limit_s: float | None = None  # end optimizing within this many seconds of train_head's start (None: no limit);
     # answering stops at ANSWERING_SHARE of it

@@ -77,8 +77,12 @@ def test_workload_sweep_runs_real_prompts_and_records_tokens(ngram_result, tiny_
 
 def test_workload_markdown_has_the_same_tokens_column(ngram_result, tmp_path):
     md = report.write_markdown(ngram_result, tmp_path / "bench.md").read_text()
-    assert "| line | batch | tok/s | step ms | mean accepted len | acceptance | k matched | same tokens as no-spec |" in md
+    assert ("| line | batch | tok/s | step ms | slowest step ms | mean accepted len | acceptance | k matched "
+            "| same tokens as no-spec |") in md
     assert md.count(" | yes |") == 6
+    header, rows = report.detail_rows(ngram_result)
+    slowest = header.index("slowest step ms")
+    assert all(float(row[slowest]) >= float(row[slowest - 1]) > 0 for row in rows)  # the longest step >= the mean
     assert "workload `chat`" in md and "identical to no spec at 4 of 4 (line, batch) points" in md
     assert "workload chat (prompts " in report.title(ngram_result)
     data = json.loads(report.write_json(ngram_result, tmp_path / "bench.json").read_text())

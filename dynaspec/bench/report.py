@@ -124,12 +124,13 @@ def same_tokens_cell(point: dict[str, Any]) -> str:
 
 
 def detail_rows(result: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
-    """One row per (line, batch): tokens/s, step time, accepted length, k match, same tokens as no spec
-    (workload mode), vs HF, vs floor."""
+    """One row per (line, batch): tokens/s, mean and slowest step time (a slowest step far above the mean is a
+    one-off cost inside the timed decode: a kernel compiled mid-run, scripts/step_stalls.py names it), accepted
+    length, k match, same tokens as no spec (workload mode), vs HF, vs floor."""
     has_hf = bool(result.get("hf"))
     floor = _by_batch(result.get("floor"))
     token_check = has_token_check(result)
-    header = ["line", "batch", "tok/s", "step ms", "mean accepted len", "acceptance", "k matched"]
+    header = ["line", "batch", "tok/s", "step ms", "slowest step ms", "mean accepted len", "acceptance", "k matched"]
     if token_check:
         header.append("same tokens as no-spec")
     if has_hf:
@@ -145,7 +146,7 @@ def detail_rows(result: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
             rate = p.get("acceptance_rate")
             row = [
                 name, str(batch), _num(p["decode_tokens_per_s"]), f"{p['mean_step_time_s'] * 1e3:.2f}",
-                f"{p['mean_accepted_length']:.2f}", "" if rate is None else f"{rate:.0%}",
+                _slowest_step(p), f"{p['mean_accepted_length']:.2f}", "" if rate is None else f"{rate:.0%}",
                 f"{p['k_match_fraction']:.0%} (k={p['nominal_k']})",
             ]
             if token_check:
@@ -158,6 +159,12 @@ def detail_rows(result: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
                 row.append(f"{f['step_time_s'] * 1e3:.2f}" if f else "")
             rows.append(row)
     return header, rows
+
+
+def _slowest_step(point: dict[str, Any]) -> str:
+    """The longest decode step of a point, ms (step_log rows start with the step's ms)."""
+    log = point.get("step_log") or []
+    return f"{max(row[0] for row in log):.2f}" if log else ""
 
 
 def envelope_rows(result: dict[str, Any]) -> tuple[list[str], list[list[str]]]:

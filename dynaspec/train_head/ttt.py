@@ -168,11 +168,11 @@ def ttt_loss(head: EagleHead, target: torch.nn.Module, batch: Batch, depths: int
     accuracy = []
     unrolled = unroll(head, target, batch, depths)
     labels = unrolled.labels(batch)  # (B, W)
+    wanted_all = head.to_draft(labels)  # (B, W) over the head's vocabulary; -100 (ignored) where it lacks the token
     for depth, h in enumerate(unrolled.outputs):
         mask = unrolled.scored(batch, depth)  # (B, W)
         logits = draft_logits(head, target, h[mask])  # (N, head vocab) float32, rows scored only
-        scored = labels[mask]
-        wanted = head.to_draft(scored)  # -100 (ignored) where the head's draft vocabulary lacks the token
+        scored, wanted = labels[mask], wanted_all[mask]
         counted = (wanted != -100).sum()
         loss = F.cross_entropy(logits, wanted, reduction="sum") / counted.clamp(min=1)  # a mean, 0 with no row
         total = total + decay**depth * loss

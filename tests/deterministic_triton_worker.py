@@ -35,7 +35,7 @@ def gemm_check(case: dict) -> dict:
     x = torch.randn(m_max, k, generator=gen).to(device, dtype)
     w = (torch.randn(n, k, generator=gen) / k ** 0.5).to(device, dtype)
     b = torch.randn(n, generator=gen).to(device, dtype)
-    # small tiles under the interpreter; on a GPU the shipped tile_config
+    # small tiles under the interpreter; on a GPU the rule (gemm_tiles.rule_tile)
     config = TileConfig(block_m=16, block_n=16, block_k=16, num_stages=1) if device == "cpu" else None
     singles = torch.cat([invariant_matmul(x[i:i + 1], w, b, config) for i in range(m_max)])  # (M, N)
     differing = 0

@@ -23,23 +23,29 @@ cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GP
 pytestmark = [pytest.mark.cuda, cuda]
 
 LLAMA_8B_SHAPES = [(6144, 4096), (4096, 4096), (28672, 4096), (4096, 14336), (128256, 4096)]
+QWEN_15B_SHAPES = [(2048, 1536), (1536, 1536), (17920, 1536), (1536, 8960), (151936, 1536)]
+PROJECTIONS = ["qkv", "o", "gate_up", "down", "lm_head"]
 
 
-@pytest.mark.parametrize("n, k", LLAMA_8B_SHAPES, ids=["qkv", "o", "gate_up", "down", "lm_head"])
+@pytest.mark.parametrize("n, k", LLAMA_8B_SHAPES + QWEN_15B_SHAPES,
+                         ids=[f"llama-8b-{p}" for p in PROJECTIONS] + [f"qwen-1.5b-{p}" for p in PROJECTIONS])
 def test_gemm_rows_bit_identical_for_every_m(n, k):
-    """Row i alone, among M = 2..2048 rows, at any place: the same bits (Llama-3.1-8B's shapes, bf16);
-    and close to cuBLAS."""
+    """Row i alone, among M = 2..2048 rows, at any place: the same bits (Llama-3.1-8B's and Qwen2.5-1.5B's
+    shapes, bf16, with the tiles this card's tuned table gives them, as the engine runs them); and close to
+    cuBLAS."""
     from dynaspec.models.batch_invariant import invariant_matmul
+    from dynaspec.models.gemm_tiles import tiles_for
 
+    config = tiles_for(torch.device("cuda")).lookup(n, k, torch.bfloat16)
     gen = torch.Generator(device="cuda").manual_seed(0)
     x = torch.randn(2048, k, device="cuda", generator=gen).bfloat16()
     w = (torch.randn(n, k, device="cuda", generator=gen) / k ** 0.5).bfloat16()
-    singles = torch.cat([invariant_matmul(x[i:i + 1], w) for i in range(64)])  # (64, N)
+    singles = torch.cat([invariant_matmul(x[i:i + 1], w, None, config) for i in range(64)])  # (64, N)
     for m in (2, 7, 16, 63, 64, 65, 200, 2048):
-        out = invariant_matmul(x[:m], w)
-        assert torch.equal(out[:min(m, 64)], singles[:min(m, 64)]), m
+        out = invariant_matmul(x[:m], w, None, config)
+        assert torch.equal(out[:min(m, 64)], singles[:min(m, 64)]), (m, config)
         perm = torch.randperm(m, device="cuda", generator=gen)
-        placed = invariant_matmul(x[:m][perm], w)
+        placed = invariant_matmul(x[:m][perm], w, None, config)
         inverse = torch.argsort(perm)
         assert torch.equal(placed[inverse][:min(m, 64)], singles[:min(m, 64)]), m
     torch.testing.assert_close(singles, x[:64] @ w.T, rtol=2e-2, atol=2e-2)

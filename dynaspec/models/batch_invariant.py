@@ -3,7 +3,8 @@
 Batch invariance (He & Thinking Machines Lab 2025, "Defeating Nondeterminism in LLM Inference", and their
 `batch_invariant_ops`; vLLM's batch-invariant mode, PR #27433): the bits of row i of y must not depend on
 M or on the other rows. A GEMM library breaks that by choosing its tile shape, its MMA instruction and
-split-K from M. Here the configuration is a function of (N, K, dtype) only (`tile_config`), never of M:
+split-K from M. Here the configuration is a function of (N, K, dtype) and the card only (gemm_tiles.py: a
+table tuned per card, else a rule), never of M:
 
 - one (BLOCK_M, BLOCK_N, BLOCK_K) tile and one warp / stage count for every M, so every output element
   is the same chain of `tl.dot` instructions (the same MMA shape) whatever M is;
@@ -13,42 +14,22 @@ split-K from M. Here the configuration is a function of (N, K, dtype) only (`til
   same kernel as M = 64; rows past M are masked loads of 0, which no MMA output row reads.
 
 The price is decode at small M: no split-K means N / BLOCK_N programs stream the weight, so BLOCK_N is
-small (32) for N < 8192 to keep the GPU's multiprocessors busy; scripts/deterministic_price.py measures it.
+small for narrow N to keep the GPU's multiprocessors busy; scripts/tune_invariant_gemm.py picks the tiles
+per card and shape, scripts/deterministic_price.py measures what the engine pays.
 fp16 / bf16 / fp32 (fp32 with IEEE products, no TF32). CUDA-graph safe (launch from Python ints, output
 from the caching allocator); also runs under Triton's CPU interpreter (TRITON_INTERPRET=1).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import torch
 import triton
 import triton.language as tl
 
+from dynaspec.models.gemm_tiles import TileConfig, rule_tile
 from dynaspec.models.pdl import launch_options, wait_for_previous_kernel
 
 SUPPORTED_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
-
-
-@dataclass(frozen=True)
-class TileConfig:
-    """One GEMM configuration; must be chosen without looking at M."""
-
-    block_m: int
-    block_n: int
-    block_k: int
-    group_m: int = 8
-    num_warps: int = 4
-    num_stages: int = 3
-
-
-def tile_config(n: int, k: int, dtype: torch.dtype) -> TileConfig:
-    """The configuration of every GEMM with an (N, K) weight of `dtype`: a function of N, K and the dtype
-    only (batch invariance). Wide N gets wider tiles; narrower N more programs (no split-K)."""
-    if dtype == torch.float32:
-        return TileConfig(block_m=32, block_n=32, block_k=32, num_stages=2)
-    return TileConfig(block_m=64, block_n=64 if n >= 8192 else 32, block_k=64, num_stages=4)
 
 
 @triton.jit(do_not_specialize=["M"])
@@ -107,7 +88,8 @@ def invariant_matmul(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor |
                      config: TileConfig | None = None, pdl: bool = False) -> torch.Tensor:
     """x (M, K) @ weight (N, K)^T (+ bias (N,)) -> (M, N) in x's dtype, every row batch-invariant.
 
-    config: the tiles (default `tile_config(N, K, dtype)`; tests pass small ones for the interpreter);
+    config: the tiles (default: gemm_tiles.rule_tile; the model passes its card's tuned table's entry,
+    tests small ones for the interpreter);
     pdl: launch with programmatic dependent launch (`pdl.py`)."""
     if not matmul_supported(x, weight, bias):
         raise ValueError(
@@ -117,7 +99,7 @@ def invariant_matmul(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor |
         )
     m, k = x.shape
     n = weight.shape[0]
-    cfg = config or tile_config(n, k, x.dtype)
+    cfg = config or rule_tile(n, k, x.dtype)
     y = torch.empty((m, n), dtype=x.dtype, device=x.device)  # (M, N)
     if m == 0:
         return y

@@ -13,7 +13,8 @@
 - `deterministic` (EngineConfig.deterministic): every projection and the lm_head run through the batch-
   invariant GEMM of `invariant_linear.py` and attention through `invariant_attention.py`, so a token
   row's logits do not depend on the step's other rows, its query length or the graph bucket. It
-  excludes the GEMV above (one row would reduce in another order than the GEMM of a larger step).
+  excludes the GEMV above (one row would reduce in another order than the GEMM of a larger step). The
+  GEMM's tiles come from the card's tuned table (`gemm_tiles`, models/gemm_tiles.py).
 
 Measured on an H200 (docs/benchmarks.md, "Programmatic dependent launch"). This module holds no Triton
 code, so CPU-only installs import it freely.
@@ -25,6 +26,8 @@ from dataclasses import dataclass
 
 import torch
 
+from dynaspec.models.gemm_tiles import GemmTiles, tiles_for
+
 GEMV_PROJECTIONS = ("qkv", "o_proj", "gate_up", "down")
 
 
@@ -35,6 +38,7 @@ class DecodeKernels:
     dependent_launch: bool = False
     gemv: frozenset[str] = frozenset()
     deterministic: bool = False
+    gemm_tiles: GemmTiles = GemmTiles()  # deterministic mode: the card's tuned GEMM tiles (gemm_tiles.py)
 
     def __post_init__(self) -> None:
         unknown = sorted(set(self.gemv) - set(GEMV_PROJECTIONS))
@@ -62,7 +66,7 @@ def decode_kernels_for(device: torch.device, enabled: bool, deterministic: bool 
     `deterministic` (EngineConfig.deterministic): the batch-invariant kernels, PDL kept, no GEMV."""
     pdl = enabled and supports_dependent_launch(device)
     if deterministic:
-        return DecodeKernels(dependent_launch=pdl, deterministic=True)
+        return DecodeKernels(dependent_launch=pdl, deterministic=True, gemm_tiles=tiles_for(device))
     if not pdl:
         return DecodeKernels()
     return DecodeKernels(dependent_launch=True, gemv=frozenset(GEMV_PROJECTIONS))

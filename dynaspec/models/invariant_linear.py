@@ -7,8 +7,8 @@ split-K from M. Each choice sums the K products in another order, and float addi
 so the same token row gets logits that differ in the last bits between a decode step at batch 1, one at
 batch 64 and a verify step (He & Thinking Machines Lab 2025, "Defeating Nondeterminism in LLM Inference").
 
-- CUDA: the Triton GEMM of `batch_invariant.py`: one tile configuration for every M, no split-K, the K
-  loop in one fixed order.
+- CUDA: the Triton GEMM of `batch_invariant.py`: one tile configuration for every M (the card's tuned
+  table's, gemm_tiles.py), no split-K, the K loop in one fixed order.
 - CPU (any other device): the rows are padded to a multiple of `CPU_ROW_BLOCK` and every block of
   `CPU_ROW_BLOCK` rows is one BLAS call of the same shape (block, K) x (K, N) on a 64-byte aligned slice
   of one fresh buffer (16 rows of 4-byte floats are a multiple of 64 bytes). One shape means one kernel and one blocking for every row of every step;
@@ -23,20 +23,24 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from dynaspec.models.gemm_tiles import GemmTiles
+
 CPU_ROW_BLOCK = 16
 
 
 def invariant_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None,
-                     pdl: bool = False) -> torch.Tensor:
+                     pdl: bool = False, tiles: GemmTiles | None = None) -> torch.Tensor:
     """x (T, K) @ weight (N, K)^T (+ bias (N,)) -> (T, N) in x's dtype, each row batch-invariant;
-    pdl: launch the CUDA kernel with programmatic dependent launch."""
+    pdl: launch the CUDA kernel with programmatic dependent launch; tiles: the card's tuned GEMM tiles
+    (gemm_tiles.py; None: the rule)."""
     if x.is_cuda:
         from dynaspec.models import batch_invariant  # Triton is only needed on CUDA
 
         if x.dim() == 2 and x.stride(-1) != 1:
             x = x.contiguous()
         if batch_invariant.matmul_supported(x, weight, bias):
-            return batch_invariant.invariant_matmul(x, weight, bias, pdl=pdl)
+            config = tiles.lookup(weight.shape[0], weight.shape[1], x.dtype) if tiles is not None else None
+            return batch_invariant.invariant_matmul(x, weight, bias, config, pdl=pdl)
         raise ValueError(
             f"deterministic mode has no batch-invariant GEMM for x {tuple(x.shape)} {x.dtype} @ weight "
             f"{tuple(weight.shape)} {weight.dtype}: it needs 2-D fp16 / bf16 / fp32 operands of one dtype"

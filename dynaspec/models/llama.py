@@ -31,7 +31,7 @@ def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, ker
     `kernels` routes this projection (one of decode_kernels.GEMV_PROJECTIONS) there, the batch-invariant
     GEMM in deterministic mode (invariant_linear.py), else F.linear."""
     if kernels.deterministic:
-        return invariant_linear(x, weight, bias, pdl=kernels.dependent_launch)
+        return invariant_linear(x, weight, bias, pdl=kernels.dependent_launch, tiles=kernels.gemm_tiles)
     if projection in kernels.gemv and x.shape[0] == 1 and x.is_cuda:
         from dynaspec.models import gemv  # Triton is only needed on CUDA
 
@@ -424,7 +424,8 @@ class LlamaForCausalLM(nn.Module):
         """hidden (N, hidden) -> logits (N, vocab) float32."""
         weight = self.model.embed_tokens.weight if self.lm_head is None else self.lm_head.weight
         if self.decode_kernels.deterministic:
-            return invariant_linear(hidden, weight, pdl=self.decode_kernels.dependent_launch).float()
+            kernels = self.decode_kernels
+            return invariant_linear(hidden, weight, pdl=kernels.dependent_launch, tiles=kernels.gemm_tiles).float()
         return F.linear(hidden, weight).float()
 
     def load_weights(self, weights: Iterable[tuple[str, torch.Tensor]]) -> None:

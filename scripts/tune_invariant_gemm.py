@@ -1,0 +1,161 @@
+"""Tune the batch-invariant GEMM's tiles for this card (issue 22: deterministic mode's price).
+
+For each weight shape of the named models (the fused qkv, o_proj, fused gate_up, down and lm_head of a
+Llama / Qwen2 layout), every candidate TileConfig is timed at the M a serving engine meets (decode and
+verify rows at batch 1..64, a 2048-row prefill) against torch's F.linear (cuBLAS, not batch-invariant) at
+the same M. The winner of a shape minimises the geometric mean over those M of its time / cuBLAS's;
+the table (dynaspec/models/gemm_tile_tables/<card>.json, gemm_tiles.py) takes it, with every M's ratio
+for it and for the built-in rule. Each config is timed inside a CUDA graph of `--reps` back-to-back
+calls (what a captured engine step pays: no launch gaps), median of 3 replays.
+
+    python scripts/tune_invariant_gemm.py --models random:llama-3.1-8b random:qwen2.5-1.5b
+
+A configuration is one per (N, K, dtype) and card, never a function of M: which config wins changes
+speed, never which bits a row gets in a given engine (gemm_tiles.py).
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import math
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from dynaspec.models.gemm_tiles import GemmTiles, TileConfig, rule_tile, shape_key, table_path, tiles_for
+from dynaspec.models.loader import load_hf_config
+from dynaspec.models.presets import get_preset_config
+
+M_VALUES = (1, 5, 16, 64, 80, 320, 2048)  # batch 1 decode / k=4 verify, 16 decode, 64 decode / 16 x 5, 64 x 5, prefill
+
+
+def model_shapes(name: str) -> dict[str, tuple[int, int]]:
+    """{projection: (N, K)} of a model's layer and lm_head, from its config."""
+    config = get_preset_config(name.removeprefix("random:")) if name.startswith("random:") else load_hf_config(name)
+    hidden, inter = config.hidden_size, config.intermediate_size
+    heads, kv_heads = config.num_attention_heads, getattr(config, "num_key_value_heads", None) or config.num_attention_heads
+    head_dim = getattr(config, "head_dim", None) or hidden // heads
+    return {"qkv": ((heads + 2 * kv_heads) * head_dim, hidden), "o_proj": (hidden, heads * head_dim),
+            "gate_up": (2 * inter, hidden), "down": (hidden, inter), "lm_head": (config.vocab_size, hidden)}
+
+
+def candidates() -> list[TileConfig]:
+    """The configurations tried: tile shapes x (warps, stages), within the shared memory of one SM."""
+    out = []
+    for bm, bn, bk, (warps, stages) in itertools.product((16, 64), (32, 64, 128), (64, 128, 256),
+                                                         ((4, 3), (4, 5), (8, 4))):
+        if stages * (bm * bk + bk * bn) * 2 > 200 * 1024:
+            continue
+        out.append(TileConfig(block_m=bm, block_n=bn, block_k=bk, num_warps=warps, num_stages=stages))
+    return out
+
+
+def graph_seconds(fn, reps: int) -> float | None:
+    """Seconds of one call of fn inside a CUDA graph of `reps` calls (median of 3 replays); None if the
+    config does not compile or run here."""
+    try:
+        fn()  # compile, warm up
+        torch.cuda.synchronize()
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):
+            for _ in range(reps):
+                fn()
+        graph.replay()
+        times = []
+        for _ in range(3):
+            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            start.record()
+            graph.replay()
+            end.record()
+            end.synchronize()
+            times.append(start.elapsed_time(end) / 1e3 / reps)
+        return statistics.median(times)
+    except Exception as exc:  # noqa: BLE001 - out of resources etc.: not a candidate on this card
+        print(f"    skipped: {type(exc).__name__}: {str(exc).splitlines()[0][:120]}", file=sys.stderr)
+        return None
+
+
+def write_table(path: Path, card: str, entries: dict[str, TileConfig], measured: dict, models: list[str]) -> None:
+    """The card's table file: the tuned entries, the command, and each tuned shape's time / cuBLAS per M."""
+    table = GemmTiles(card, tuple(sorted(entries.items())))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(table.to_json(
+        command="python scripts/tune_invariant_gemm.py --models " + " ".join(models), date=time.strftime("%Y-%m-%d"),
+        ratio_to_cublas={key: {str(m): round(r, 3) for m, r in v["best"].items()} for key, v in measured.items()}))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--models", nargs="+", default=["random:llama-3.1-8b", "random:qwen2.5-1.5b"])
+    parser.add_argument("--reps", type=int, default=10, help="calls per CUDA graph")
+    parser.add_argument("--out", type=Path, help="the table (default: this card's shipped table path)")
+    parser.add_argument("--report", type=Path, help="also write the markdown report here")
+    args = parser.parse_args()
+    if not torch.cuda.is_available():
+        parser.error("needs a CUDA GPU")
+    from dynaspec.models.batch_invariant import invariant_matmul  # Triton
+
+    device, dtype = torch.device("cuda"), torch.bfloat16
+    card = torch.cuda.get_device_name(device)
+    out_path = args.out or table_path(card)
+    shapes: dict[tuple[int, int], str] = {}
+    for name in args.models:
+        for proj, nk in model_shapes(name).items():
+            shapes.setdefault(nk, f"{name} {proj}")
+    previous = tiles_for(device)  # kept for shapes this run does not tune
+    entries = dict(previous.entries)
+    gen = torch.Generator(device=device).manual_seed(0)
+    max_k = max(k for _, k in shapes)
+    x_all = torch.randn(max(M_VALUES), max_k, device=device, generator=gen).to(dtype)
+    report = [f"# Batch-invariant GEMM tiles, {card} ({time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())})", "",
+              f"time / cuBLAS (F.linear) at M = {', '.join(map(str, M_VALUES))}; geometric mean; bf16; "
+              f"CUDA graph of {args.reps} calls", "",
+              "| shape | N | K | config | " + " | ".join(f"M={m}" for m in M_VALUES) + " | geomean |",
+              "|---|---|---|---|" + "---|" * (len(M_VALUES) + 1)]
+    measured = {}
+    started = time.perf_counter()
+    for (n, k), label in sorted(shapes.items(), key=lambda item: item[1]):
+        w = (torch.randn(n, k, device=device, generator=gen) / math.sqrt(k)).to(dtype)
+        xs = {m: x_all[:m, :k].contiguous() for m in M_VALUES}
+        ref = {m: graph_seconds(lambda m=m: F.linear(xs[m], w), args.reps) for m in M_VALUES}
+        rule = rule_tile(n, k, dtype)
+        results: dict[TileConfig, dict[int, float]] = {}
+        for cfg in [rule] + [c for c in candidates() if c != rule]:
+            ratios = {}
+            for m in M_VALUES:
+                t = graph_seconds(lambda m=m, cfg=cfg: invariant_matmul(xs[m], w, None, cfg), args.reps)
+                if t is None:
+                    break
+                ratios[m] = t / ref[m]
+            if len(ratios) == len(M_VALUES):
+                results[cfg] = ratios
+
+        def geomean(cfg: TileConfig) -> float:
+            return math.exp(statistics.fmean(math.log(r) for r in results[cfg].values()))
+
+        best = min(results, key=geomean)
+        entries[shape_key(n, k, dtype)] = best
+        measured[shape_key(n, k, dtype)] = {"best": results[best], "rule": results[rule], "shape": label}
+        for name, cfg in (("rule", rule), ("tuned", best)):
+            desc = f"{name}: {cfg.block_m}x{cfg.block_n}x{cfg.block_k} w{cfg.num_warps} s{cfg.num_stages}"
+            report.append(f"| {label} | {n} | {k} | {desc} | "
+                          + " | ".join(f"{results[cfg][m]:.2f}" for m in M_VALUES) + f" | {geomean(cfg):.2f} |")
+        print(report[-2], report[-1], f"({time.perf_counter() - started:.0f} s)", sep="\n", flush=True)
+        del w
+        write_table(out_path, card, entries, measured, args.models)  # after every shape: a cut run keeps its work
+        if args.report:
+            args.report.write_text("\n".join(report) + "\n")
+    text = "\n".join(report) + "\n"
+    if args.report:
+        args.report.write_text(text)
+    print(text)
+    print(f"table written to {out_path}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,66 @@
+"""The batch-invariant GEMM's tile tables (models/gemm_tiles.py): one configuration per (dtype, N, K) and
+card, never per M; a tuned entry wins over the rule, a shape without one gets the rule; the shipped tables
+parse and hold configurations the kernel accepts; a malformed table names itself."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from dynaspec.models.decode_kernels import DecodeKernels, decode_kernels_for
+from dynaspec.models.gemm_tiles import (
+    TABLES_DIR, GemmTiles, TileConfig, parse_tiles, rule_tile, shape_key, table_path, tiles_for,
+)
+
+
+def test_a_tuned_entry_wins_and_other_shapes_keep_the_rule():
+    tuned = TileConfig(block_m=16, block_n=64, block_k=128, num_warps=4, num_stages=5)
+    tiles = GemmTiles("Some GPU", ((shape_key(4096, 14336, torch.bfloat16), tuned),))
+    assert tiles.lookup(4096, 14336, torch.bfloat16) == tuned
+    assert tiles.lookup(4096, 14336, torch.float16) == rule_tile(4096, 14336, torch.float16)
+    assert tiles.lookup(4096, 4096, torch.bfloat16) == rule_tile(4096, 4096, torch.bfloat16)
+    assert GemmTiles().lookup(4096, 14336, torch.bfloat16) == rule_tile(4096, 14336, torch.bfloat16)
+
+
+def test_table_round_trip_and_file_name():
+    tiles = GemmTiles("NVIDIA H100 80GB HBM3", ((shape_key(2048, 1536, torch.bfloat16), TileConfig(16, 32, 256)),))
+    assert parse_tiles(tiles.to_json(command="x", date="2026-12-05"), "t.json") == tiles
+    assert hash(tiles) == hash(parse_tiles(tiles.to_json(), "t.json"))  # DecodeKernels stays hashable
+    assert table_path("NVIDIA H100 80GB HBM3").name == "NVIDIA_H100_80GB_HBM3.json"
+    assert table_path("NVIDIA H200").name == "NVIDIA_H200.json"
+
+
+@pytest.mark.parametrize("text, wrong", [
+    ("{", "Expecting"),
+    ('{"device": "x"}', "tiles"),
+    ('{"device": "x", "tiles": {"bfloat16 N=1 K=2": {"block_m": 16}}}', "block_n"),
+])
+def test_a_malformed_table_names_its_file(text, wrong):
+    with pytest.raises(ValueError, match="bad.json: not a GEMM tile table") as info:
+        parse_tiles(text, "bad.json")
+    assert wrong in str(info.value)
+
+
+def test_cpu_kernels_carry_no_table():
+    kernels = decode_kernels_for(torch.device("cpu"), True, deterministic=True)
+    assert kernels == DecodeKernels(deterministic=True) and kernels.gemm_tiles == GemmTiles()
+    assert tiles_for(torch.device("cpu")) == GemmTiles()
+
+
+def _pow2(n: int) -> bool:
+    return n > 0 and n & (n - 1) == 0
+
+
+@pytest.mark.parametrize("path", sorted(TABLES_DIR.glob("*.json")), ids=lambda p: p.stem)
+def test_shipped_tables_parse_and_hold_valid_configs(path):
+    tiles = parse_tiles(path.read_text(), str(path))
+    assert table_path(tiles.device_name).name == path.name  # found for the card it names
+    assert tiles.entries, path
+    for key, cfg in tiles.entries:
+        dtype_name, n, k = key.split()
+        assert hasattr(torch, dtype_name) and n.startswith("N=") and k.startswith("K="), key
+        assert cfg.block_m >= 16 and cfg.block_n >= 16 and cfg.block_k >= 16, (key, cfg)
+        assert all(_pow2(v) for v in (cfg.block_m, cfg.block_n, cfg.block_k, cfg.num_warps)), (key, cfg)
+    assert json.loads(path.read_text())["command"].startswith("python scripts/tune_invariant_gemm.py")

@@ -47,8 +47,7 @@ def model_shapes(name: str) -> dict[str, tuple[int, int]]:
 def candidates() -> list[TileConfig]:
     """The configurations tried: tile shapes x (warps, stages), within the shared memory of one SM."""
     out = []
-    for bm, bn, bk, (warps, stages) in itertools.product((16, 64), (32, 64, 128), (64, 128, 256),
-                                                         ((4, 3), (4, 5), (8, 4))):
+    for bm, bn, bk, (warps, stages) in itertools.product((16, 64), (32, 64, 128), (64, 128, 256), ((4, 3), (4, 5))):
         if stages * (bm * bk + bk * bn) * 2 > 200 * 1024:
             continue
         out.append(TileConfig(block_m=bm, block_n=bn, block_k=bk, num_warps=warps, num_stages=stages))

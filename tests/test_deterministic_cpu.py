@@ -20,7 +20,8 @@ from dynaspec.models.invariant_attention import tiled_attention
 from dynaspec.models.invariant_linear import CPU_ROW_BLOCK, invariant_linear
 from dynaspec.models.loader import load_model
 from dynaspec.runtime.cost_model import StepCostModel
-from dynaspec.spec.config import DraftTargetDecodingConfig, NGramDecodingConfig
+from dynaspec.models.eagle_head import EagleHeadConfig, random_head, save_head
+from dynaspec.spec.config import DraftTargetDecodingConfig, EagleDecodingConfig, NGramDecodingConfig
 from tests import deterministic_schedules as ds
 from tests.tiny_models import make_perturbed_checkpoint, make_tiny_checkpoint, make_tiny_gemma3_checkpoint
 
@@ -130,9 +131,13 @@ def ckpts(tmp_path_factory):
         for k in range(4):
             costs.add(batch, k, 1.0 + 0.01 * batch * k)
     costs.save(root / "costs.json")
+    target = str(make_tiny_checkpoint(root, "llama", seed=0))
+    hf_config = load_model(target, torch.float32, "cpu").hf_config
+    head = random_head(EagleHeadConfig.for_target(hf_config, target), hf_config, seed=3, std=0.2)
     return {
-        "target": str(make_tiny_checkpoint(root, "llama", seed=0)),
+        "target": target,
         "draft": str(make_perturbed_checkpoint(root, "llama", seed=0, noise=0.004)),
+        "head": str(save_head(head, root / "head")),
         "costs": str(root / "costs.json"),
     }
 
@@ -164,6 +169,7 @@ SPECS = {
     "schedule crossing k=0": lambda c: NGramDecodingConfig(max_draft_len=3, draft_len_schedule={1: 3, 3: 0}),
     "adaptive": lambda c: NGramDecodingConfig(max_draft_len=3, draft_len_policy="adaptive",
                                               step_cost_file=c["costs"]),
+    "eagle head": lambda c: EagleDecodingConfig(max_draft_len=3, speculative_model=c["head"]),
 }
 
 

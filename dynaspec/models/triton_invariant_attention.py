@@ -7,10 +7,10 @@ What makes a row's bits independent of the step (see invariant_attention.py for 
   t + r // G, so a tile holds P = ROWS // G consecutive token rows of ONE sequence (a verify step's 1 + k
   rows, or a prefill chunk's, share one read of their K/V instead of one read each); rows past the
   sequence's last query row, or past P * G, are zero queries whose results are never stored. A tile starts
-  at the sequence's first query row and every P rows after it; the programs of the other rows return at
-  once (the grid stays (T, Hkv, splits): Python ints, CUDA-graph safe). Every program runs the same
-  `tl.dot` shapes, and an MMA computes each output element from its own row and column, so the other rows
-  of a tile cannot change a row's bits;
+  at the sequence's first query row and every P rows after it; the programs of the other rows have no
+  rows and no keys, so they load and store nothing (the grid stays (T, Hkv, splits): Python ints,
+  CUDA-graph safe). Every program runs the same `tl.dot` shapes, and an MMA computes each output element
+  from its own row and column, so the other rows of a tile cannot change a row's bits;
 - a fixed KV split SIZE (`SPLIT_TILES` tiles of `BLOCK_N` keys, boundaries at absolute positions): split
   s of any row covers keys [s * SPLIT, (s + 1) * SPLIT); inside a split, tiles in increasing order with
   the online softmax (Dao et al. 2022, arXiv 2205.14135); splits merged by log-sum-exp in increasing
@@ -132,8 +132,8 @@ def _invariant_attention_kernel(
     wait_for_previous_kernel(PDL)
     # The tile of token rows t .. t + rows_here - 1 (one sequence), if row t starts one; a padding row
     # (outside every sequence) is a tile of itself with no keys (zeros out); any other row: no rows.
-    b, row_pos0, lo0, n_keys0 = _row_geometry(row_seq_ptr, query_start_loc_ptr, seq_lens_ptr, t, num_seqs,
-                                              sliding_window, USE_WINDOW)
+    b, row_pos0, lo0, _ = _row_geometry(row_seq_ptr, query_start_loc_ptr, seq_lens_ptr, t, num_seqs,
+                                         sliding_window, USE_WINDOW)
     q_start = tl.load(query_start_loc_ptr + b).to(tl.int32)
     q_end = tl.load(query_start_loc_ptr + b + 1).to(tl.int32)
     in_seq = t < q_end

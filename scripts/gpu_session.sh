@@ -166,10 +166,10 @@ for step in "$@"; do
         > "$OUT/stalls.log" 2>&1; grep "stall:" "$OUT/stalls.log" | head -20 ;;
     det-tune)  # issue 22 (~8 min): tune the batch-invariant GEMM's tiles for this card (writes its table into
       # dynaspec/models/gemm_tile_tables/, copied to $OUT: commit it), the CUDA tests with the tuned table, then the price
-      timeout 240 python3 scripts/tune_invariant_gemm.py --models random:llama-3.1-8b random:qwen2.5-1.5b \
+      timeout 200 python3 scripts/tune_invariant_gemm.py --models random:llama-3.1-8b random:qwen2.5-1.5b \
         --report "$OUT/tiles.md" > "$OUT/tune.log" 2>&1; grep -E "^\| random|table written" "$OUT/tune.log" | tail -22
       cp dynaspec/models/gemm_tile_tables/*.json "$OUT/" 2>/dev/null
-      timeout 150 python3 -m pytest -q -m cuda tests/test_deterministic_cuda.py 2>&1 | tee "$OUT/det_tests.log" | tail -4
+      timeout 130 python3 -m pytest -q -m cuda tests/test_deterministic_cuda.py 2>      timeout 150 python3 -m pytest -q -m cuda tests/test_deterministic_cuda.py 2>&1 | tee "$OUT/det_tests.log"1 | tee "$OUT/det_tests.log" | tail -4
       timeout 200 python3 scripts/deterministic_price.py --model random:llama-3.1-8b --batches 1 16 64 --k 4 --rounds 2 \
         --out "$OUT/price" > "$OUT/price.log" 2>&1; tail -10 "$OUT/price.log" ;;
     k0-ab-eagle)  # issue 21: k = 0 steps with the trained Qwen head (eagle-qwen-train first) vs no speculation

@@ -198,7 +198,7 @@ def _merge_kernel(
     BLOCK_N: tl.constexpr, SPLIT_TILES: tl.constexpr, USE_WINDOW: tl.constexpr, PDL: tl.constexpr,
 ):
     """Fold the row's splits 0, 1, ... in order (the serial kernel's fold, from memory) and normalise; ROWS
-    here is next_pow2(GROUP): the partials' slots per (row, KV head, split)."""
+    here is max(16, next_pow2(GROUP)): the partials' slots per (row, KV head, split)."""
     t = tl.program_id(0)
     kvh = tl.program_id(1)
     num_kv_heads = tl.num_programs(1)
@@ -262,7 +262,7 @@ def invariant_attention(
                                      torch.arange(num_tokens, device=q.device), right=True)
     group = num_heads // num_kv_heads
     rows = max(_MIN_ROWS, triton.next_power_of_2(group * MIN_POSITIONS))  # the query tile (module docstring)
-    group_p = triton.next_power_of_2(group)
+    group_p = max(_MIN_ROWS, triton.next_power_of_2(group))  # partial slots per (row, KV head, split)
     block_d = triton.next_power_of_2(head_dim)
     num_splits = max(1, triton.cdiv(max_seq_len, SPLIT_TILES * BLOCK_N))
     if parallel is None:

@@ -121,6 +121,29 @@ def test_chain_drafts_equal_step_by_step_drafts(ckpts, k):
     assert chained.drafter.num_forwards == plain.drafter.num_forwards
 
 
+@pytest.mark.parametrize("k", [1, 3])
+def test_chain_drafts_reach_the_verify_forward_on_the_device(ckpts, k):
+    """With the target's fixed-shape verify paths too (run eagerly), a chained greedy batch hands its drafts
+    to the verify forward as device ids (engine/drafting.py: StepDrafts.input_ids), reads them on the host
+    only after launching it, and the outputs still equal the step-by-step engine's."""
+    expected = _run(_engine(ckpts, k, chain=False))
+    chained = _engine(ckpts, k, chain=True)
+    chained.runner.capture_graphs(chained.graph_pairs(), chained.max_blocks_per_seq, use_graphs=False)
+    handed: list[bool] = []
+    forward_uniform = chained.runner.forward_uniform
+
+    def spy(batch, k, logit_rows, device_token_ids=None):
+        handed.append(device_token_ids is not None)
+        if device_token_ids is not None:  # the host rows hold placeholders; the device ids hold the drafts
+            assert device_token_ids.shape == (len(batch.token_ids) * (1 + k),)
+            assert all(row[1:] == [row[0]] * k for row in batch.token_ids)
+        return forward_uniform(batch, k, logit_rows, device_token_ids)
+
+    chained.runner.forward_uniform = spy
+    assert _run(chained) == expected
+    assert any(handed) and not all(handed)  # chained steps on the device; long catch-ups from the host
+
+
 def test_sampled_batches_keep_the_step_by_step_path(ckpts):
     """A batch holding a sampled request drafts step by step (it needs q and the request's generator);
     all-greedy batches take the chain; outputs equal the step-by-step engine's, sampled ones included."""

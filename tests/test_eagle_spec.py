@@ -178,6 +178,25 @@ def test_chain_drafts_equal_step_by_step_drafts(tiny, head):
     assert drafter.chain.num_replays > len(chained_seen) // 2
 
 
+def test_chain_drafts_reach_the_verify_forward_on_the_device(tiny):
+    """With the target's fixed-shape verify paths too (run eagerly), the head's chained drafts go to the
+    verify forward as device ids (engine/drafting.py) and the output still equals no speculation's."""
+    def build(spec):
+        return LLMEngine(EngineConfig(model=tiny["target"], block_size=4, max_num_seqs=8, speculative_config=spec))
+
+    expected = _trace(build(None))
+    engine = build(_spec(tiny, 3, HEADS[0]))
+    pairs = engine.graph_pairs()
+    engine.runner.capture_graphs(pairs, engine.max_blocks_per_seq, use_graphs=False)
+    engine.drafter.capture_graphs([(b, k) for b, k in pairs if k > 0], engine.max_blocks_per_seq, use_graphs=False)
+    handed = []
+    forward_uniform = engine.runner.forward_uniform
+    engine.runner.forward_uniform = lambda batch, k, rows, ids=None: handed.append(ids is not None) or forward_uniform(
+        batch, k, rows, ids)
+    assert _trace(engine) == expected
+    assert any(handed)
+
+
 @pytest.mark.parametrize("head", HEADS)
 def test_sampled_requests_keep_the_target_distribution(tiny, head):
     """Unseeded sampling with EAGLE drafts: the first three tokens' joint distribution is the target's

@@ -3,6 +3,10 @@ verification strategy, and the requests whose tokens the drafter failed on (faul
 
 A drafter that raises for a batch is asked again request by request: the requests it still fails on are
 named (the engine finishes them with an error), the others keep their drafts and go on.
+
+Drafts a graph left on the device (a chain drafter's greedy batch: spec/drafter.py's DeviceDrafts) stay
+there when every decode takes all k of them: the uniform verify forward takes its input ids from the
+device, and the host reads the drafts only after launching it.
 """
 
 from __future__ import annotations
@@ -10,36 +14,72 @@ from __future__ import annotations
 import torch
 
 from dynaspec.engine.scheduler import SchedulerOutput
-from dynaspec.spec.drafter import Drafter
+from dynaspec.spec.drafter import DeviceDrafts, DraftProposal, Drafter
 from dynaspec.spec.verifier import TargetAcceptance
 
 
-def propose_drafts(
-    drafter: Drafter, acceptance: TargetAcceptance, sched: SchedulerOutput
-) -> tuple[list[list[int]], list[torch.Tensor | None], dict[int, str]]:
-    """(drafts, draft q or None, {decode index: error}) per decode; empty lists at k = 0 (no drafter
-    method runs then)."""
-    drafts: list[list[int]] = [[] for _ in sched.decodes]
-    probs: list[torch.Tensor | None] = [None for _ in sched.decodes]
+class StepDrafts:
+    """The drafts of one step, per decode: `lengths`, `probs` (q or None), `errors` ({decode index:
+    message}), `tokens` (host lists; read from the device on first use when `on_device` holds them)."""
+
+    def __init__(self, tokens: list[list[int]] | None, probs: list[torch.Tensor | None], errors: dict[int, str],
+                 on_device: DeviceDrafts | None = None) -> None:
+        self._tokens = tokens
+        self.probs = probs
+        self.errors = errors
+        self.on_device = on_device  # (B, k): every decode's k drafts, when a graph left them on the device
+        self.lengths = [len(t) for t in tokens] if tokens is not None else [on_device.shape[1]] * on_device.shape[0]
+
+    @property
+    def tokens(self) -> list[list[int]]:
+        if self._tokens is None:
+            self._tokens = self.on_device.tolist()
+        return self._tokens
+
+    def input_ids(self, last_tokens: list[int]) -> torch.Tensor | None:
+        """(B * (1 + k),) verify input ids on the device, each request's last token then its k drafts (None
+        when the drafts are on the host)."""
+        if self.on_device is None:
+            return None
+        drafts = self.on_device.ids  # (B, k)
+        pinned = drafts.device.type == "cuda"
+        last = torch.tensor(last_tokens, dtype=drafts.dtype, pin_memory=pinned).to(drafts.device, non_blocking=pinned)
+        return torch.cat([last.unsqueeze(1), drafts], dim=1).reshape(-1)
+
+
+def propose_drafts(drafter: Drafter, acceptance: TargetAcceptance, sched: SchedulerOutput) -> StepDrafts:
+    """Every decode's drafts (empty at k = 0: no drafter method runs then)."""
+    num = len(sched.decodes)
     wanted = [i for i, d in enumerate(sched.decodes) if d.max_draft > 0]
     if sched.draft_len == 0 or not wanted:
-        return drafts, probs, {}
-    errors: dict[int, str] = {}
+        return StepDrafts([[] for _ in range(num)], [None] * num, {})
+    limits = [d.max_draft for d in sched.decodes]
     try:
-        _take(drafter, sched, wanted, drafts, probs)
+        proposal = drafter.propose([sched.decodes[i].request for i in wanted], sched.draft_len)
     except Exception:  # noqa: BLE001 - find the requests it fails on, keep the others
+        proposal = None
+    if proposal is not None and proposal.on_device is not None and len(wanted) == num \
+            and all(limit == sched.draft_len for limit in limits):
+        # Every decode takes all k drafts: nothing to cap, nothing for the strategy to complete.
+        return StepDrafts(None, list(proposal.probs), {}, proposal.on_device)
+    drafts: list[list[int]] = [[] for _ in sched.decodes]
+    probs: list[torch.Tensor | None] = [None for _ in sched.decodes]
+    errors: dict[int, str] = {}
+    if proposal is not None:
+        _take(proposal, sched, wanted, drafts, probs)
+    else:
         for i in wanted:
             try:
-                _take(drafter, sched, [i], drafts, probs)
+                _take(drafter.propose([sched.decodes[i].request], sched.draft_len), sched, [i], drafts, probs)
             except Exception as exc:  # noqa: BLE001 - attributable to this request
                 errors[i] = f"the drafter failed on this request's tokens: {type(exc).__name__}: {exc}"
-    limits = [0 if i in errors else d.max_draft for i, d in enumerate(sched.decodes)]
+    limits = [0 if i in errors else limit for i, limit in enumerate(limits)]
     drafts, probs = acceptance.complete_drafts(drafts, probs, limits, [d.request.last_token_id for d in sched.decodes])
-    return drafts, probs, errors
+    return StepDrafts(drafts, probs, errors)
 
 
-def _take(drafter: Drafter, sched: SchedulerOutput, indices: list[int], drafts, probs) -> None:
-    proposal = drafter.propose([sched.decodes[i].request for i in indices], sched.draft_len)
+def _take(proposal: DraftProposal, sched: SchedulerOutput, indices: list[int], drafts, probs) -> None:
+    """Each proposed row j (for decode indices[j]) capped at the decode's max_draft."""
     for j, i in enumerate(indices):
         drafts[i] = list(proposal.tokens[j][: sched.decodes[i].max_draft])
         q = proposal.probs[j]

@@ -272,19 +272,23 @@ class LLMEngine:
         # meanwhile: a cost of switching k, not a sample of T(batch, k).
         resumed = k > 0 and self._previous_draft_len == 0 and not sched.prefills
         behind = self.drafter.catch_up_tokens(decoding) if resumed else None
-        drafts, draft_probs, failures = propose_drafts(self.drafter, self.acceptance, sched)
-        if not sched.prefills and self._runs_ragged(drafts, k):
-            batch, rows = ragged_inputs(sched, drafts)
+        step_drafts = propose_drafts(self.drafter, self.acceptance, sched)
+        failures = step_drafts.errors
+        if not sched.prefills and self._runs_ragged(step_drafts.lengths, k):
+            batch, rows = ragged_inputs(sched, step_drafts.tokens)
             logits = self.runner.forward_ragged(batch)  # (N, vocab)
         elif not sched.prefills and self.runner.can_replay(len(decoding), k):
-            batch, rows = uniform_inputs(sched, drafts)
-            logits = self.runner.forward_uniform(batch, k, rows.logit_rows)  # (N, vocab)
+            # Drafts a graph left on the device go to the verify graph's inputs there: no host wait between.
+            device_ids = step_drafts.input_ids([r.last_token_id for r in decoding])  # (B * (1 + k),) or None
+            batch, rows = uniform_inputs(sched, None if device_ids is not None else step_drafts.tokens)
+            logits = self.runner.forward_uniform(batch, k, rows.logit_rows, device_ids)  # (N, vocab)
         else:
-            seqs, rows = flat_inputs(sched, drafts)
+            seqs, rows = flat_inputs(sched, step_drafts.tokens)
             logits = self.runner.forward(seqs, rows.logit_rows)  # (N, vocab)
         self._feed_policy(sched.decodes)  # a replayed graph is still running: the host would only wait
         scheduled = decoding + [p.request for p in sched.prefills]
-        vbatch, verified = verify_batch(scheduled, drafts, draft_probs, rows.counts)
+        drafts = step_drafts.tokens  # read on the host now (a device copy that landed while the host worked)
+        vbatch, verified = verify_batch(scheduled, drafts, step_drafts.probs, rows.counts)
         result = verify(logits, vbatch, self.generator, self.acceptance)
         logprobs = step_logprobs(logits, vbatch, result.tokens)  # None for requests that did not ask
         committed: list[list[int]] = [[] for _ in scheduled]
@@ -307,16 +311,15 @@ class LLMEngine:
                 self._feed_policy([])
         return outputs
 
-    def _runs_ragged(self, drafts: list[list[int]], k: int) -> bool:
-        """Whether a decode step with these drafts runs in a ragged graph: its drafts differ in length and a
+    def _runs_ragged(self, lengths: list[int], k: int) -> bool:
+        """Whether a decode step with drafts of these lengths runs in a ragged graph: they differ and a
         ragged graph holds fewer positions than the uniform (bucket, k) graph would pad them to."""
-        lengths = [len(d) for d in drafts]
         if min(lengths) == max(lengths):
             return False
-        key = self.runner.ragged_key(len(drafts), len(drafts) + sum(lengths))
+        key = self.runner.ragged_key(len(lengths), len(lengths) + sum(lengths))
         if key is None:
             return False
-        uniform = self.runner.graphs.lookup(len(drafts), k) if self.runner.graphs is not None else None
+        uniform = self.runner.graphs.lookup(len(lengths), k) if self.runner.graphs is not None else None
         return uniform is None or key[1] < uniform[0] * (1 + k)
 
     def _feed_policy(self, decodes: list[ScheduledDecode]) -> None:

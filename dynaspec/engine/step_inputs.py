@@ -51,14 +51,17 @@ def flat_inputs(sched: SchedulerOutput, drafts: list[list[int]]) -> tuple[list[S
     return seqs, rows
 
 
-def uniform_inputs(sched: SchedulerOutput, drafts: list[list[int]]) -> tuple[UniformDecodeBatch, StepRows]:
-    """Decode-only step padded to exactly 1 + k positions per request (the CUDA graph layout)."""
+def uniform_inputs(sched: SchedulerOutput, drafts: list[list[int]] | None) -> tuple[UniformDecodeBatch, StepRows]:
+    """Decode-only step padded to exactly 1 + k positions per request (the CUDA graph layout). drafts None:
+    every request has k drafts that are still on the device (engine/drafting.py's StepDrafts.input_ids
+    replaces these rows' ids on the device); the host rows then hold the last token as placeholders."""
     k = sched.draft_len
     batch = UniformDecodeBatch([], [], [], [])
     rows = StepRows([], [])
-    for i, (decode, draft) in enumerate(zip(sched.decodes, drafts)):
+    for i, decode in enumerate(sched.decodes):
         request = decode.request
         last = request.last_token_id
+        draft = [last] * k if drafts is None else drafts[i]
         batch.token_ids.append([last] + draft + [last] * (k - len(draft)))
         batch.seq_lens.append(request.num_tokens + k)
         batch.num_real.append(1 + len(draft))

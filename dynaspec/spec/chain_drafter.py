@@ -22,7 +22,7 @@ from dynaspec.runtime.cuda_graphs import UniformDecodeBatch
 from dynaspec.runtime.keyed_noise import keyed_argmax
 from dynaspec.runtime.request import Request
 from dynaspec.runtime.sampler import sample, target_probs
-from dynaspec.spec.drafter import DraftProposal, Drafter
+from dynaspec.spec.drafter import DeviceDrafts, DraftProposal, Drafter
 
 
 class ChainDrafter(Drafter):
@@ -48,8 +48,8 @@ class ChainDrafter(Drafter):
         """The step-by-step path: (tokens per request, q per drafted token per request)."""
         raise NotImplementedError
 
-    def _record(self, requests: list[Request], tokens: list[list[int]], k: int) -> None:
-        """The state after a propose of these tokens."""
+    def _record(self, requests: list[Request], proposal: DraftProposal, k: int) -> None:
+        """The state after this proposal (read its tokens lazily: a chain's are still on the device)."""
         raise NotImplementedError
 
     def _single_step_seconds(self, batch: int, repeats: int) -> float:
@@ -59,18 +59,19 @@ class ChainDrafter(Drafter):
     # ------------------------------------------------------------------ drafting
     @torch.inference_mode()
     def propose(self, requests: list[Request], k: int) -> DraftProposal:
-        """k draft tokens per request: one chain replay where it serves the batch, else step by step."""
+        """k draft tokens per request: one chain replay where it serves the batch (the drafts stay on the
+        device: DeviceDrafts), else step by step."""
         if self.runner is None:
             raise RuntimeError(f"{type(self).__name__}.attach() must be called before propose()")
         self.num_propose_calls += 1
         starts = [self._catch_up_start(request) for request in requests]
         if self._can_chain(requests, starts, k):
-            tokens = self._draft_chain(requests, starts, k)
-            probs: list[list[torch.Tensor]] = [[] for _ in requests]
+            proposal = DraftProposal.from_device(DeviceDrafts(self._draft_chain(requests, starts, k)))
         else:
             tokens, probs = self._draft_steps(requests, starts, k)
-        self._record(requests, tokens, k)
-        return DraftProposal(tokens=tokens, probs=[torch.stack(p) if p else None for p in probs])
+            proposal = DraftProposal(tokens=tokens, probs=[torch.stack(p) if p else None for p in probs])
+        self._record(requests, proposal, k)
+        return proposal
 
     def _can_chain(self, requests: list[Request], starts: list[int], k: int) -> bool:
         """The whole-chain graph serves this batch: one exists for (batch, k), every request is greedy and
@@ -83,9 +84,10 @@ class ChainDrafter(Drafter):
             and all(r.num_tokens - s <= width for r, s in zip(requests, starts))
         )
 
-    def _draft_chain(self, requests: list[Request], starts: list[int], k: int) -> list[list[int]]:
+    def _draft_chain(self, requests: list[Request], starts: list[int], k: int) -> torch.Tensor:
         """All k draft tokens of every request from one chain replay: the catch-ups padded to the chain's
-        width (padding repeats the last token; its position writes the scratch block), (B, k) ids out."""
+        width (padding repeats the last token; its position writes the scratch block); (B, k) int64 ids on
+        the device, valid until the chain's next launch."""
         width = self._chain_width(k)
         batch = UniformDecodeBatch([], [], [], [])
         for request, start in zip(requests, starts):
@@ -94,7 +96,7 @@ class ChainDrafter(Drafter):
             batch.seq_lens.append(request.num_tokens + width - len(fed))
             batch.num_real.append(len(fed))
             batch.block_tables.append(request.block_ids)
-        return self.chain.draft(batch, k).tolist()  # (B, k) ids: the one device-to-host copy
+        return self.chain.draft(batch, k)  # (B, k): no host wait here
 
     # ------------------------------------------------------------------ cost
     def draft_seconds(self, batch: int, k: int, repeats: int = 5) -> float:

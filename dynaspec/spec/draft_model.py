@@ -30,13 +30,15 @@ from dynaspec.runtime.model_runner import ModelRunner, SequenceInput
 from dynaspec.runtime.request import Request
 from dynaspec.models.loader import LoadedModel
 from dynaspec.spec.chain_drafter import ChainDrafter, pick_drafts
+from dynaspec.spec.drafter import DraftProposal
 
 
 @dataclass
 class _DraftState:
     num_computed: int = 0  # tokens of the request whose K/V is in the draft cache
     draft_start: int = 0  # position of the first token drafted last time
-    drafted: tuple[int, ...] = ()  # tokens drafted last time (all but the last have K/V written)
+    drafted: DraftProposal | None = None  # the last proposal (its row `row`: all but the last token have K/V)
+    row: int = 0
 
 
 def check_same_vocabulary(target: LoadedModel, draft: LoadedModel) -> None:
@@ -113,15 +115,15 @@ class DraftModelDrafter(ChainDrafter):
     def _catch_up_start(self, request: Request) -> int:
         state = self._state.setdefault(request.request_id, _DraftState())
         tokens = request.all_token_ids
-        if state.drafted:
-            written = state.drafted[:-1]  # the last drafted token was never fed to the draft model
+        if state.drafted is not None:  # read here, a step after its verify: a chain's copy has landed
+            written = state.drafted.tokens[state.row][:-1]  # the last drafted token was never fed to the draft model
             match = 0
             for a, b in zip(written, tokens[state.draft_start :]):
                 if a != b:
                     break
                 match += 1
             state.num_computed = min(state.num_computed, state.draft_start + match)
-            state.drafted = ()
+            state.drafted = None
         state.num_computed = min(state.num_computed, request.num_tokens - 1)
         return state.num_computed
 
@@ -130,13 +132,13 @@ class DraftModelDrafter(ChainDrafter):
         all k were accepted)."""
         return 2
 
-    def _record(self, requests: list[Request], tokens: list[list[int]], k: int) -> None:
+    def _record(self, requests: list[Request], proposal: DraftProposal, k: int) -> None:
         """The drafts' K/V stays (all but the last token's): the next catch-up keeps the matching prefix."""
         for i, request in enumerate(requests):
             state = self._state[request.request_id]
             state.num_computed = request.num_tokens + k - 1
             state.draft_start = request.num_tokens
-            state.drafted = tuple(tokens[i])
+            state.drafted, state.row = proposal, i
 
     def _draft_steps(
         self, requests: list[Request], starts: list[int], k: int

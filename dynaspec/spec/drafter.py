@@ -20,7 +20,6 @@ Drafters never mutate a Request: they keep per-request state in their own dicts 
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import torch
@@ -30,30 +29,68 @@ if TYPE_CHECKING:
     from dynaspec.runtime.request import Request
 
 
-@dataclass
+class DeviceDrafts:
+    """(B, k) draft ids a graph left on the device, with their copy to the host in flight (pinned memory
+    and an event on CUDA): the verify forward takes them on the device (no host wait between drafting and
+    verifying, the drafts reach the verify graph's input ids by a device copy), and the host reads them
+    after the verify launch, when the copy has long landed (vLLM keeps draft ids on the device between the
+    drafter and the target the same way)."""
+
+    def __init__(self, ids: torch.Tensor) -> None:
+        self.ids = ids  # (B, k) int64 on the drafter's device; valid until the drafter's next launch
+        self.shape = tuple(ids.shape)
+        self._event: torch.cuda.Event | None = None
+        if ids.device.type == "cuda":
+            self._host = torch.empty(ids.shape, dtype=ids.dtype, pin_memory=True)
+            self._host.copy_(ids, non_blocking=True)
+            self._event = torch.cuda.Event()
+            self._event.record()
+        else:
+            self._host = ids.clone()
+        self._rows: list[list[int]] | None = None
+
+    def tolist(self) -> list[list[int]]:
+        """The drafts on the host (waits for the copy on first use, i.e. for the drafting graph only)."""
+        if self._rows is None:
+            if self._event is not None:
+                self._event.synchronize()
+            self._rows = self._host.tolist()
+        return self._rows
+
+
 class DraftProposal:
     """Draft tokens for a batch of requests.
 
     tokens[i]: at most k token ids for requests[i] (possibly none).
     probs[i]: (len(tokens[i]), vocab) float32 draft distribution q the tokens were sampled from, or None
     for a one-hot (deterministic) proposal such as n-gram lookup.
+    on_device: the same tokens as (B, k) ids on the device (every request drafted exactly k) when a graph
+    drafted them; `tokens` then reads them from the device on first use (DraftProposal.from_device).
     """
 
-    tokens: list[list[int]]
-    probs: list[torch.Tensor | None]
-
-    def __post_init__(self) -> None:
-        if len(self.tokens) != len(self.probs):
+    def __init__(self, tokens: list[list[int]], probs: list[torch.Tensor | None]) -> None:
+        if len(tokens) != len(probs):
             raise ValueError(
-                f"DraftProposal needs one probs entry per request: {len(self.tokens)} token lists, "
-                f"{len(self.probs)} probs entries"
+                f"DraftProposal needs one probs entry per request: {len(tokens)} token lists, "
+                f"{len(probs)} probs entries"
             )
-        for i, (toks, q) in enumerate(zip(self.tokens, self.probs)):
+        for i, (toks, q) in enumerate(zip(tokens, probs)):
             if q is not None and (q.dim() != 2 or q.shape[0] != len(toks)):
                 raise ValueError(
                     f"DraftProposal.probs[{i}] must be (len(tokens[{i}]), vocab) = ({len(toks)}, V), "
                     f"got shape {tuple(q.shape)}"
                 )
+        self._tokens: list[list[int]] | None = tokens
+        self.probs = probs
+        self.on_device: DeviceDrafts | None = None
+
+    @classmethod
+    def from_device(cls, drafts: DeviceDrafts) -> "DraftProposal":
+        """k greedy drafts per request that a graph left on the device (no q: one-hot proposals)."""
+        proposal = cls([], [])
+        proposal._tokens, proposal.on_device = None, drafts
+        proposal.probs = [None] * drafts.shape[0]
+        return proposal
 
     @classmethod
     def empty(cls, num_requests: int) -> "DraftProposal":
@@ -61,15 +98,23 @@ class DraftProposal:
         return cls(tokens=[[] for _ in range(num_requests)], probs=[None] * num_requests)
 
     @property
+    def tokens(self) -> list[list[int]]:
+        if self._tokens is None:
+            self._tokens = self.on_device.tolist()
+        return self._tokens
+
+    @property
     def num_drafted(self) -> list[int]:
-        return [len(t) for t in self.tokens]
+        if self._tokens is None:
+            return [self.on_device.shape[1]] * self.on_device.shape[0]
+        return [len(t) for t in self._tokens]
 
     @property
     def max_len(self) -> int:
-        return max((len(t) for t in self.tokens), default=0)
+        return max(self.num_drafted, default=0)
 
     def __len__(self) -> int:
-        return len(self.tokens)
+        return len(self.probs)
 
 
 class Drafter:

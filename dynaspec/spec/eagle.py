@@ -34,6 +34,7 @@ from dynaspec.runtime.eagle_graphs import EagleChainGraphs, EagleHeadRunner
 from dynaspec.runtime.kv_cache import kv_bytes_per_block
 from dynaspec.runtime.request import Request
 from dynaspec.spec.chain_drafter import ChainDrafter, pick_drafts
+from dynaspec.spec.drafter import DraftProposal
 
 
 @dataclass
@@ -114,7 +115,7 @@ class EagleDrafter(ChainDrafter):
         """The chain's catch-up step takes up to 1 + k positions (the bonus token and all k accepted drafts)."""
         return 1 + k
 
-    def _record(self, requests: list[Request], tokens: list[list[int]], k: int) -> None:
+    def _record(self, requests: list[Request], proposal: DraftProposal, k: int) -> None:
         """Drafted positions are never kept: the head has processed every committed position."""
         for request in requests:
             self._state[request.request_id].num_computed = request.num_tokens

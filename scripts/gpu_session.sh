@@ -164,6 +164,17 @@ for step in "$@"; do
       timeout 150 python3 scripts/step_stalls.py --threshold-ms 15 --top 30 --random-head /tmp/rhead -- --model random:qwen2.5-1.5b \
         --spec-config /tmp/rhead.yaml --ks 0,2 --batch-sizes 1,16 --prompt-len 160 --gen-len 48 --no-plots --out-dir "$OUT/ss" \
         > "$OUT/stalls.log" 2>&1; grep "stall:" "$OUT/stalls.log" | head -20 ;;
+    handoff-ab)  # issue 21 (~4 min; carry .gl with .gl/old = `git archive` of the commit before the hand-off):
+      # batch-1/4 tokens/s of an untrained EAGLE head at k = 3 (every step drafts 3 and verifies 4 positions) and
+      # no spec, the old tree and this one in one call, old-new-old-new
+      python3 -c "import sys; sys.path.insert(0, 'scripts'); from step_stalls import write_random_head as w; w('random:qwen2.5-1.5b', '/tmp/rhead')"
+      printf 'speculative_config:\n  decoding_type: Eagle\n  max_draft_len: 3\n  speculative_model: /tmp/rhead\n' > /tmp/rhead3.yaml
+      for round in 1 2; do for tree in old new; do
+        dir=$PWD; [ $tree = old ] && dir=$PWD/.gl/old
+        (cd "$dir" && PYTHONPATH=$dir timeout 140 python3 -m dynaspec.cli bench --model random:qwen2.5-1.5b \
+          --spec-config /tmp/rhead3.yaml --ks 0,3 --batch-sizes 1,4 --prompt-len 128 --gen-len 96 --no-plots \
+          --out-dir "$OUT/ho-$tree-$round" > "$OUT/ho-$tree-$round.log" 2>&1); tail -2 "$OUT/ho-$tree-$round.log"
+      done; python3 scripts/redesign_ab.py "$OUT/ho-old-$round" "$OUT/ho-new-$round"; done ;;
     det-tune)  # issue 22 (~8 min): tune the batch-invariant GEMM's tiles for this card (writes its table into
       # dynaspec/models/gemm_tile_tables/, copied to $OUT: commit it), the CUDA tests with the tuned table, then the price
       timeout 200 python3 scripts/tune_invariant_gemm.py --models random:llama-3.1-8b random:qwen2.5-1.5b \

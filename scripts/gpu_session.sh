@@ -75,6 +75,12 @@ for step in "$@"; do
         --phases 1,4,16,64,128,256 --requests-per-phase 16,32,96,256,384,768 --prompt-len 128 --gen-len 64 \
         --out-dir "$OUT/adaptive-steady" > "$OUT/adaptive-steady.log" 2>&1; tail -3 "$OUT/adaptive-steady.log"
       cat "$OUT/adaptive-steady/trace.md" ;;
+    adaptive-steady-hi)  # issue 20 (~5 min): adaptive-steady's two busiest phases only (mixed prefill + decode steps)
+      timeout 330 python3 -m dynaspec.cli bench-trace --model random:llama-3.1-8b --drafter ngram --max-draft-len 4 \
+        --profiles acceptance_ngram_code-edit,acceptance_ngram_chat --schedule auto --ks 0,1,4 --adaptive \
+        --phases 64,128 --requests-per-phase 192,384 --prompt-len 128 --gen-len 64 \
+        --out-dir "$OUT/adaptive-steady-hi" > "$OUT/adaptive-steady-hi.log" 2>&1; tail -3 "$OUT/adaptive-steady-hi.log"
+      cat "$OUT/adaptive-steady-hi/trace.md" ;;
     adaptive-diurnal)  # issue 20: the diurnal mixed trace with the adaptive line
       timeout 560 python3 -m dynaspec.cli bench-trace --model random:llama-3.1-8b --drafter ngram --max-draft-len 4 \
         --profiles acceptance_ngram_code-edit,acceptance_ngram_chat --schedule auto --ks 0,1,2,4 --adaptive \
@@ -169,7 +175,7 @@ for step in "$@"; do
       # no spec, the old tree and this one in one call, old-new-old-new
       python3 -c "import sys; sys.path.insert(0, 'scripts'); from step_stalls import write_random_head as w; w('random:qwen2.5-1.5b', '/tmp/rhead')"
       printf 'speculative_config:\n  decoding_type: Eagle\n  max_draft_len: 3\n  speculative_model: /tmp/rhead\n' > /tmp/rhead3.yaml
-      for round in 1 2; do for tree in old new; do
+      for round in ${HANDOFF_ROUNDS:-1 2}; do for tree in old new; do
         dir=$PWD; [ $tree = old ] && dir=$PWD/.gl/old
         (cd "$dir" && PYTHONPATH=$dir timeout 140 python3 -m dynaspec.cli bench --model random:qwen2.5-1.5b \
           --spec-config /tmp/rhead3.yaml --ks 0,3 --batch-sizes 1,4 --prompt-len 128 --gen-len 96 --no-plots \

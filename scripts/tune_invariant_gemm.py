@@ -1,7 +1,8 @@
 """Tune the batch-invariant GEMM's tiles for this card (issue 22: deterministic mode's price).
 
 For each weight shape of the named models (the fused qkv, o_proj, fused gate_up, down and lm_head of a
-Llama / Qwen2 layout), every candidate TileConfig is timed at the M a serving engine meets (decode and
+Llama / Qwen2 layout), every candidate TileConfig (then the three best with K cut into 2, 4 or 8 slices,
+split across programs at the M where the kernel splits) is timed at the M a serving engine meets (decode and
 verify rows at batch 1..64, a 2048-row prefill) against torch's F.linear (cuBLAS, not batch-invariant) at
 the same M. The winner of a shape minimises the geometric mean over those M of its time / cuBLAS's;
 the table (dynaspec/models/gemm_tile_tables/<card>.json, gemm_tiles.py) takes it, with every M's ratio
@@ -22,6 +23,7 @@ import math
 import statistics
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import torch
@@ -31,7 +33,8 @@ from dynaspec.models.gemm_tiles import GemmTiles, TileConfig, rule_tile, shape_k
 from dynaspec.models.loader import load_hf_config
 from dynaspec.models.presets import get_preset_config
 
-M_VALUES = (1, 5, 16, 64, 80, 320, 2048)  # batch 1 decode / k=4 verify, 16 decode, 64 decode / 16 x 5, 64 x 5, prefill
+M_VALUES = (1, 5, 16, 64, 80, 320, 2048)
+K_SLICES = (2, 4, 8)  # batch 1 decode / k=4 verify, 16 decode, 64 decode / 16 x 5, 64 x 5, prefill
 
 
 def model_shapes(name: str) -> dict[str, tuple[int, int]]:
@@ -97,7 +100,7 @@ def main() -> None:
     args = parser.parse_args()
     if not torch.cuda.is_available():
         parser.error("needs a CUDA GPU")
-    from dynaspec.models.batch_invariant import invariant_matmul  # Triton
+    from dynaspec.models.batch_invariant import invariant_matmul, slice_bounds  # Triton
 
     device, dtype = torch.device("cuda"), torch.bfloat16
     card = torch.cuda.get_device_name(device)
@@ -124,24 +127,31 @@ def main() -> None:
         ref = {m: graph_seconds(lambda m=m: F.linear(xs[m], w), args.reps) for m in M_VALUES}
         rule = rule_tile(n, k, dtype)
         results: dict[TileConfig, dict[int, float]] = {}
-        for cfg in [rule] + [c for c in candidates() if c != rule]:
-            ratios = {}
-            for m in M_VALUES:
-                t = graph_seconds(lambda m=m, cfg=cfg: invariant_matmul(xs[m], w, None, cfg), args.reps)
-                if t is None:
-                    break
-                ratios[m] = t / ref[m]
-            if len(ratios) == len(M_VALUES):
-                results[cfg] = ratios
+
+        def measure(configs: list[TileConfig]) -> None:
+            for cfg in configs:
+                ratios = {}
+                for m in M_VALUES:  # split-K where the engine would split (invariant_matmul's default)
+                    t = graph_seconds(lambda m=m, cfg=cfg: invariant_matmul(xs[m], w, None, cfg), args.reps)
+                    if t is None:
+                        break
+                    ratios[m] = t / ref[m]
+                if len(ratios) == len(M_VALUES):
+                    results[cfg] = ratios
 
         def geomean(cfg: TileConfig) -> float:
             return math.exp(statistics.fmean(math.log(r) for r in results[cfg].values()))
+
+        measure([rule] + [c for c in candidates() if c != rule])
+        # Then K slices (split-K at small M, batch_invariant.py) on the three best tilings.
+        measure([replace(cfg, k_slices=s) for cfg in sorted(results, key=geomean)[:3] for s in K_SLICES
+                 if slice_bounds(k, replace(cfg, k_slices=s))[1] == s])
 
         best = min(results, key=geomean)
         entries[shape_key(n, k, dtype)] = best
         measured[shape_key(n, k, dtype)] = {"best": results[best], "rule": results[rule], "shape": label}
         for name, cfg in (("rule", rule), ("tuned", best)):
-            desc = f"{name}: {cfg.block_m}x{cfg.block_n}x{cfg.block_k} w{cfg.num_warps} s{cfg.num_stages}"
+            desc = f"{name}: {cfg.block_m}x{cfg.block_n}x{cfg.block_k} w{cfg.num_warps} s{cfg.num_stages} k/{cfg.k_slices}"
             report.append(f"| {label} | {n} | {k} | {desc} | "
                           + " | ".join(f"{results[cfg][m]:.2f}" for m in M_VALUES) + f" | {geomean(cfg):.2f} |")
         print(report[-2], report[-1], f"({time.perf_counter() - started:.0f} s)", sep="\n", flush=True)

@@ -26,7 +26,8 @@ def _patch_interpreter() -> None:
 
 
 def gemm_check(case: dict) -> dict:
-    """Row i of x @ W^T + b for M in case["ms"] against M = 1 (bits) and float64 (error)."""
+    """Row i of x @ W^T + b for M in case["ms"] against M = 1 (bits) and float64 (error); with K slices,
+    the M = 1 rows in one program per tile and every batch with the slices split across programs too."""
     from dynaspec.models.batch_invariant import TileConfig, invariant_matmul
 
     dtype, device = getattr(torch, case["dtype"]), case.get("device", "cpu")
@@ -36,14 +37,19 @@ def gemm_check(case: dict) -> dict:
     w = (torch.randn(n, k, generator=gen) / k ** 0.5).to(device, dtype)
     b = torch.randn(n, generator=gen).to(device, dtype)
     # small tiles under the interpreter; on a GPU the rule (gemm_tiles.rule_tile)
-    config = TileConfig(block_m=16, block_n=16, block_k=16, num_stages=1) if device == "cpu" else None
-    singles = torch.cat([invariant_matmul(x[i:i + 1], w, b, config) for i in range(m_max)])  # (M, N)
+    slices = case.get("slices", 1)
+    if device == "cpu":
+        config = TileConfig(block_m=16, block_n=16, block_k=16, num_stages=1, k_slices=slices)
+    else:
+        config = TileConfig(block_m=64, block_n=32, block_k=64, num_stages=4, k_slices=slices)
+    singles = torch.cat([invariant_matmul(x[i:i + 1], w, b, config, split=False) for i in range(m_max)])  # (M, N)
     differing = 0
     for m in case["ms"]:
-        differing += int((invariant_matmul(x[:m], w, b, config) != singles[:m]).any(dim=1).sum())
-        shuffled = torch.randperm(m, generator=gen).to(device)  # the same rows in another place of the batch
-        out = invariant_matmul(x[:m][shuffled], w, b, config)
-        differing += int((out != singles[:m][shuffled]).any(dim=1).sum())
+        for split in ([False, True] if slices > 1 else [False]):
+            differing += int((invariant_matmul(x[:m], w, b, config, split=split) != singles[:m]).any(dim=1).sum())
+            shuffled = torch.randperm(m, generator=gen).to(device)  # the same rows in another place of the batch
+            out = invariant_matmul(x[:m][shuffled], w, b, config, split=split)
+            differing += int((out != singles[:m][shuffled]).any(dim=1).sum())
     ref = x.double() @ w.double().T + b.double()
     rel_err = float((singles.double() - ref).norm() / ref.norm())
     return {"differing_rows": differing, "rel_err": rel_err}

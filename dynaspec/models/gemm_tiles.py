@@ -32,6 +32,7 @@ class TileConfig:
     group_m: int = 8
     num_warps: int = 4
     num_stages: int = 3
+    k_slices: int = 1  # K cut into this many fixed slices, summed in order (batch_invariant.py: split-K at small M)
 
 
 def rule_tile(n: int, k: int, dtype: torch.dtype) -> TileConfig:

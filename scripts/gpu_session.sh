@@ -186,8 +186,8 @@ for step in "$@"; do
       timeout 200 python3 scripts/tune_invariant_gemm.py --models random:llama-3.1-8b random:qwen2.5-1.5b \
         --report "$OUT/tiles.md" > "$OUT/tune.log" 2>&1; grep -E "^\| random|table written" "$OUT/tune.log" | tail -22
       cp dynaspec/models/gemm_tile_tables/*.json "$OUT/" 2>/dev/null
-      timeout 130 python3 -m pytest -q -m cuda tests/test_deterministic_cuda.py 2>&1 | tee "$OUT/det_tests.log" | tail -4
-      timeout 200 python3 scripts/deterministic_price.py --model random:llama-3.1-8b --batches 1 16 64 --k 4 --rounds 2 \
+      timeout 150 python3 -m pytest -q -m cuda tests/test_deterministic_cuda.py 2>&1 | tee "$OUT/det_tests.log" | tail -4
+      timeout 185 python3 scripts/deterministic_price.py --model random:llama-3.1-8b --batches 1 16 64 --k 4 --rounds 2 \
         --out "$OUT/price" > "$OUT/price.log" 2>&1; tail -10 "$OUT/price.log" ;;
     k0-ab-eagle)  # issue 21: k = 0 steps with the trained Qwen head (eagle-qwen-train first) vs no speculation
       python3 scripts/gpu_k0_ab.py --model /tmp/qwen-1.5b.gguf --eagle-head /tmp/eagle-qwen15b 2 8 64 2>&1 | tail -5 ;;

@@ -28,7 +28,10 @@ def _patch_interpreter() -> None:
 def gemm_check(case: dict) -> dict:
     """Row i of x @ W^T + b for M in case["ms"] against M = 1 (bits) and float64 (error); with K slices,
     the M = 1 rows in one program per tile and every batch with the slices split across programs too."""
+    import dataclasses
+
     from dynaspec.models.batch_invariant import TileConfig, invariant_matmul
+    from dynaspec.models.gemm_tiles import rule_tile
 
     dtype, device = getattr(torch, case["dtype"]), case.get("device", "cpu")
     gen = torch.Generator().manual_seed(case["seed"])
@@ -40,8 +43,8 @@ def gemm_check(case: dict) -> dict:
     slices = case.get("slices", 1)
     if device == "cpu":
         config = TileConfig(block_m=16, block_n=16, block_k=16, num_stages=1, k_slices=slices)
-    else:
-        config = TileConfig(block_m=64, block_n=32, block_k=64, num_stages=4, k_slices=slices)
+    else:  # the rule's tiles (gemm_tiles.rule_tile) with the case's slices
+        config = dataclasses.replace(rule_tile(n, k, dtype), k_slices=slices)
     singles = torch.cat([invariant_matmul(x[i:i + 1], w, b, config, split=False) for i in range(m_max)])  # (M, N)
     differing = 0
     for m in case["ms"]:

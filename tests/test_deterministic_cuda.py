@@ -51,6 +51,18 @@ def test_gemm_rows_bit_identical_for_every_m(n, k):
     torch.testing.assert_close(singles, x[:64] @ w.T, rtol=2e-2, atol=2e-2)
 
 
+@pytest.mark.parametrize("n, k, slices", [(4096, 14336, 4), (6144, 4096, 8), (1536, 8960, 2)],
+                         ids=["llama-8b-down", "llama-8b-qkv", "qwen-1.5b-down"])
+def test_gemm_k_slices_give_the_same_bits_split_or_not(n, k, slices):
+    """K in fixed slices (TileConfig.k_slices): a row's bits are the same at M = 1 .. 300, in one program
+    per tile or split across programs with the summing kernel, on the GPU's MMAs (bf16)."""
+    from tests.deterministic_triton_worker import gemm_check
+
+    result = gemm_check(dict(kind="gemm", n=n, k=k, ms=[1, 5, 64, 300], dtype="bfloat16", seed=0, device="cuda",
+                             slices=slices))
+    assert result["differing_rows"] == 0 and result["rel_err"] < 2e-2, result
+
+
 @pytest.mark.parametrize("shape", [(32, 8, 128), (9, 3, 64), (14, 2, 64)], ids=["llama-8b", "smollm2", "qwen-0.5b"])
 @pytest.mark.parametrize("window", [None, 300])
 def test_attention_rows_bit_identical_in_every_layout(shape, window):

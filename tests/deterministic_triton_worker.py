@@ -9,20 +9,7 @@ import json
 
 import torch
 
-
-def _patch_interpreter() -> None:
-    """Triton 3.6's interpreter calls int() on a 1-element array for a run-time loop bound, which numpy
-    >= 2.4 refuses (triton-lang/triton#9171, fixed upstream by #9172): the same fix as
-    tests/test_triton_attention.py."""
-    import triton.runtime.interpreter as interpreter
-
-    original = interpreter._patch_lang_tensor
-
-    def patched(tensor, scope):
-        original(tensor, scope)
-        scope.set_attr(tensor, "__index__", lambda self: int(self.handle.data.squeeze()))
-
-    interpreter._patch_lang_tensor = patched
+from tests.triton_interpreter import patch_interpreter
 
 
 def gemm_check(case: dict) -> dict:
@@ -141,6 +128,6 @@ def attention_check(case: dict) -> dict:
 
 def worker(cases_json: str) -> None:
     """Entry point (TRITON_INTERPRET=1 already set): run each case, print a JSON list."""
-    _patch_interpreter()
+    patch_interpreter()
     checks = {"gemm": gemm_check, "attention": attention_check}
     print(json.dumps([checks[case["kind"]](case) for case in json.loads(cases_json)]))

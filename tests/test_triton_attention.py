@@ -22,7 +22,7 @@ pytest.importorskip("triton")
 from dynaspec.models.attention import paged_attention, reference_paged_attention  # noqa: E402
 from dynaspec.models.attention_metadata import AttentionMetadata  # noqa: E402
 from dynaspec.models.triton_attention import triton_paged_attention  # noqa: E402
-from tests.triton_interpreter import run_interpreted  # noqa: E402
+from tests.triton_interpreter import patch_interpreter, run_interpreted  # noqa: E402
 
 cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 
@@ -95,17 +95,7 @@ INTERPRETER_CASES = [
 
 def _interpreter_worker(cases_json: str) -> None:
     """Entry point of the subprocess (TRITON_INTERPRET=1 already set): run cases on CPU, print JSON."""
-    import triton.runtime.interpreter as interpreter
-
-    # Triton 3.6's interpreter calls int() on a 1-element array for a run-time loop bound, which
-    # numpy >= 2.4 refuses (triton-lang/triton#9171, fixed upstream by #9172): apply that fix here.
-    original = interpreter._patch_lang_tensor
-
-    def patched(tensor, scope):
-        original(tensor, scope)
-        scope.set_attr(tensor, "__index__", lambda self: int(self.handle.data.squeeze()))
-
-    interpreter._patch_lang_tensor = patched
+    patch_interpreter()
     print(json.dumps([run_one(case, "cpu") for case in json.loads(cases_json)]))
 
 

@@ -21,3 +21,18 @@ def run_interpreted(module: str, worker: str, cases: list) -> list:
                           capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-4000:]
     return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def patch_interpreter() -> None:
+    """In the subprocess, before any kernel runs: Triton 3.6's interpreter calls int() on a 1-element array
+    for a run-time loop bound, which numpy >= 2.4 refuses (triton-lang/triton#9171, fixed upstream by #9172):
+    apply that fix."""
+    import triton.runtime.interpreter as interpreter
+
+    original = interpreter._patch_lang_tensor
+
+    def patched(tensor, scope):
+        original(tensor, scope)
+        scope.set_attr(tensor, "__index__", lambda self: int(self.handle.data.squeeze()))
+
+    interpreter._patch_lang_tensor = patched

@@ -13,8 +13,10 @@ W, only keys at distance < W).
 The reference path (`reference_paged_attention`) runs on any device with plain torch: it gathers each
 sequence's blocks into a padded (B, S, Hkv, D) tensor, pads the queries to (B, Qmax, H, D), builds the
 causal + length mask and calls `torch.nn.functional.scaled_dot_product_attention`, with no Python loop
-over sequences. On CUDA, decode and verify steps (max query length <= 8) run the
-Triton kernel of `triton_attention.py` instead (dispatch in `paged_attention`). Deterministic mode
+over sequences. On CUDA, decode and verify steps (max query length <= 8) run the Triton kernel of
+`triton_attention.py` instead, and prefill chunks that of `triton_prefill_attention.py` (a mixed step: the
+leading decodes through the first, the chunks through the second; dispatch in `paged_attention`). The
+reference path stays the CPU's and the tests' ground truth. Deterministic mode
 (`deterministic=True`) takes the batch-invariant kernels of `invariant_attention.py` on every device.
 """
 
@@ -57,7 +59,7 @@ def paged_attention(
         return invariant_paged_attention(q, kv_cache, meta, scale, sliding_window, pdl=pdl)  # (T, H, D)
     if q.is_cuda and 1 <= meta.max_query_len <= KERNEL_MAX_QUERY_LEN:
         # Decode / verify steps: the fused Triton kernel reads K/V straight from the paged cache
-        # (imported here: Triton is only needed on CUDA). Prefill stays on the reference path.
+        # (imported here: Triton is only needed on CUDA). Prefill chunks: triton_prefill_attention.
         from dynaspec.models import triton_attention
 
         if triton_attention.supports(q, kv_cache, meta.max_query_len):
@@ -69,14 +71,29 @@ def paged_attention(
         parts = _decode_prefix(meta)
         if parts is not None:
             # A mixed step (the engine lays out decodes first, then prefill chunks): the decodes through the
-            # kernel, the prefill chunks on the reference path. Padding every decode to the longest chunk's
+            # decode kernel, the chunks through the prefill kernel. Padding every decode to the longest chunk's
             # query length made a step of 63 decodes + 1 prefill ~6x a decode step on an 8B model.
             head, tail = parts
             rows = head.num_tokens
             return torch.cat([
                 paged_attention(q[:rows], k[:rows], v[:rows], kv_cache, head, scale, sliding_window, True, pdl),
-                reference_paged_attention(q[rows:], kv_cache, tail, scale, sliding_window),
+                _prefill_attention(q[rows:], kv_cache, tail, scale, sliding_window),
             ])  # (T, H, D)
+        return _prefill_attention(q, kv_cache, meta, scale, sliding_window)
+    return reference_paged_attention(q, kv_cache, meta, scale, sliding_window)
+
+
+def _prefill_attention(q: torch.Tensor, kv_cache: torch.Tensor, meta: AttentionMetadata, scale: float,
+                       sliding_window: int | None) -> torch.Tensor:
+    """Prefill chunks on CUDA: the Triton prefill kernel (one launch a layer) where it takes the inputs,
+    else the reference path. (T, H, D)."""
+    from dynaspec.models import triton_prefill_attention
+
+    if triton_prefill_attention.supports(q, kv_cache):
+        return triton_prefill_attention.triton_prefill_attention(
+            q, kv_cache, meta.query_start_loc, meta.seq_lens, meta.block_tables, meta.max_query_len, scale,
+            sliding_window,
+        )
     return reference_paged_attention(q, kv_cache, meta, scale, sliding_window)
 
 

@@ -76,7 +76,7 @@ for part in "${parts[@]}"; do
     # expandable segments: every batch has other sequence lengths, and a caching allocator that keeps
     # splitting and freeing tens of GB of blocks synchronises the device (a guess at the first run's ~1 s steps)
     PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True python3 -m dynaspec.cli train-head --model "$target" --out "$head_dir" \
-      --workload stdlib,pydoc,code-edit,chat,summarise --num-prompts "$num_prompts" --max-tokens "$max_tokens" \
+      --workload stdlib,pydoc,questions --num-prompts "$num_prompts" --max-tokens "$max_tokens" \
       --answers-per-prompt "$answers_per_prompt" --temperature "$temperature" \
       --steps "$steps" --batch-size "$batch_size" --ttt-steps "$ttt_steps" --lr "$lr" --time-limit "$limit" \
       --max-num-seqs "$max_num_seqs" --draft-vocab-size "$draft_vocab_size" --device "$device" --dtype "$dtype" > "$work/train.log" 2>&1

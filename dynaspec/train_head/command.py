@@ -46,7 +46,7 @@ def train_head_command(
     model: Annotated[str, typer.Option(help="the target: zoo name, HF directory, HF id in the local cache")],
     out: Annotated[Path, typer.Option(help="directory to write the head to (config.json + model.safetensors)")],
     workload: Annotated[str, typer.Option(help="comma-separated prompt sources (code-edit, summarise, humaneval, "
-                                               "chat, stdlib, pydoc) or a .jsonl file of prompts")] = "stdlib,pydoc,code-edit,chat",
+                                               "chat, stdlib, pydoc, questions) or a .jsonl file of prompts")] = "stdlib,pydoc,questions",
     num_prompts: Annotated[int, typer.Option(help="prompts to answer (train + held out), >= 2")] = 256,
     steps: Annotated[int, typer.Option(help="optimizer steps")] = 600,
     lr: Annotated[float, typer.Option(help="AdamW peak learning rate (linear warm-up, cosine decay)")] = 1e-3,

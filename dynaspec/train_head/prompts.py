@@ -1,9 +1,11 @@
 """Offline prompt sources for training an EAGLE head, and the held-out split it is evaluated on.
 
 Sources (no network): the bench workloads (dynaspec/bench/workloads.py: code-edit, summarise, humaneval,
-chat), `stdlib` (functions of the Python standard library's source, with varied code instructions: more of
-them than code-edit's modules), `pydoc` (passages of `pydoc_data.topics` with varied prose instructions),
-or a .jsonl file, one prompt a line: {"prompt": "..."} (plain text) or {"messages": [{"role", "content"}]}.
+chat), `stdlib` (functions of the Python standard library's source, with varied code instructions, from
+other modules than code-edit's: a head trained on them is measured on code-edit prompts it never saw),
+`pydoc` (passages of `pydoc_data.topics` with varied prose instructions), `questions` (open assistant-style
+questions, topic x phrasing, none of them the chat workload's), or a .jsonl file, one prompt a line:
+{"prompt": "..."} (plain text) or {"messages": [{"role", "content"}]}.
 """
 
 from __future__ import annotations
@@ -16,13 +18,41 @@ from pathlib import Path
 
 from dynaspec.bench.workloads import WORKLOADS, workload
 
-SOURCES = (*WORKLOADS, "stdlib", "pydoc")
+SOURCES = (*WORKLOADS, "stdlib", "pydoc", "questions")
 
+# None of the code-edit workload's modules (workloads._CODE_MODULES): training stays off the bench's prompts.
 _STDLIB_MODULES = (
-    "textwrap", "shlex", "fnmatch", "heapq", "bisect", "colorsys", "calendar", "string", "argparse", "csv",
-    "difflib", "functools", "glob", "gzip", "ipaddress", "json.decoder", "locale", "mimetypes", "ntpath",
-    "posixpath", "pprint", "quopri", "random", "statistics", "tarfile", "tokenize", "urllib.parse", "uuid",
-    "zipfile", "email.utils", "http.cookies", "configparser", "dataclasses", "fractions", "inspect",
+    "argparse", "csv", "difflib", "functools", "glob", "gzip", "ipaddress", "json.decoder", "locale", "mimetypes",
+    "ntpath", "posixpath", "pprint", "quopri", "random", "statistics", "tarfile", "tokenize", "urllib.parse",
+    "uuid", "zipfile", "email.utils", "http.cookies", "configparser", "dataclasses", "fractions", "inspect",
+    "pathlib", "shutil", "optparse", "ast", "enum", "typing", "traceback", "logging", "collections",
+)
+_TOPICS = (
+    "learning a second language", "public transport in large cities", "composting at home", "the water cycle",
+    "version control with git", "remote work", "training for a first marathon", "baking sourdough bread",
+    "electric cars", "the French Revolution", "photosynthesis", "saving for retirement", "keeping houseplants alive",
+    "machine learning", "volcanoes", "chess openings", "the immune system", "writing a cover letter",
+    "minimalist living", "renewable energy", "birdwatching", "the printing press", "time management",
+    "black holes", "recycling plastics", "playing the guitar", "healthy sleep habits", "the Roman Empire",
+    "password security", "urban gardening", "climate change", "public speaking", "the stock market",
+    "camping in the mountains", "learning to program", "ocean tides", "vaccines", "meditation",
+    "the history of the internet", "travelling on a budget", "3D printing", "brewing coffee", "dinosaurs",
+    "team sports for children", "open-source software", "earthquakes", "keeping a journal", "the Renaissance",
+    "reading nutrition labels", "job interviews",
+)
+_QUESTIONS = (
+    "Explain {} to a beginner.",
+    "What are the pros and cons of {}?",
+    "Give me three practical tips about {}.",
+    "Write a short story that involves {}.",
+    "What are common misconceptions about {}?",
+    "Compare {} with something similar and explain the differences.",
+    "Write a short poem about {}.",
+    "How would you explain {} to a ten-year-old?",
+    "Summarise the history of {} in a few paragraphs.",
+    "What should I know before getting started with {}?",
+    "Write a friendly email to a colleague about {}.",
+    "Describe a typical day of someone whose work involves {}.",
 )
 _CODE_TASKS = (
     "Explain what this function does, step by step.",
@@ -86,6 +116,13 @@ def pydoc_prompts(n: int, seed: int = 0) -> list[Conversation]:
             for i, t in enumerate(texts[:n])]
 
 
+def question_prompts(n: int, seed: int = 0) -> list[Conversation]:
+    """Open assistant-style questions, every phrasing of every topic (600), in a seeded order."""
+    questions = [template.format(topic) for topic in _TOPICS for template in _QUESTIONS]
+    random.Random(seed).shuffle(questions)
+    return [[{"role": "user", "content": q}] for q in questions[:n]]
+
+
 def jsonl_prompts(path: Path) -> list[Prompt]:
     """Prompts of a .jsonl file; ValueError naming the line that is not {"prompt": str} or {"messages": [...]}."""
     prompts: list[Prompt] = []
@@ -130,7 +167,7 @@ def collect_prompts(sources: list[str] | Path, n: int, seed: int = 0) -> list[Pr
     if isinstance(sources, Path):
         pool = [jsonl_prompts(sources)]
     else:
-        builders = {"stdlib": stdlib_prompts, "pydoc": pydoc_prompts}
+        builders = {"stdlib": stdlib_prompts, "pydoc": pydoc_prompts, "questions": question_prompts}
         pool = [(builders[name](n, seed) if name in builders else workload(name, n, seed)) for name in sources]
     out: list[Prompt] = []
     seen: set[str] = set()

@@ -170,6 +170,16 @@ for step in "$@"; do
       timeout 150 python3 scripts/step_stalls.py --threshold-ms 15 --top 30 --random-head /tmp/rhead -- --model random:qwen2.5-1.5b \
         --spec-config /tmp/rhead.yaml --ks 0,2 --batch-sizes 1,16 --prompt-len 160 --gen-len 48 --no-plots --out-dir "$OUT/ss" \
         > "$OUT/stalls.log" 2>&1; grep "stall:" "$OUT/stalls.log" | head -20 ;;
+    wave-check)  # one ~9 min call for the 2026-12-06 changes: the CUDA tests of the prefill kernel, the K-sliced GEMM and
+      # the chain-to-verify hand-off, then det-tune's tuner (its table copied to $OUT) and a one-round price
+      timeout 150 python3 -m pytest -q -m cuda tests/test_triton_prefill_attention.py tests/test_chain_graphs.py \
+        tests/test_eagle_spec.py tests/test_deterministic_cuda.py -k "not goodput_policy_prices and (gemm or prefill or \
+        mixed or chain or eager or random_model)" 2>&1 | tee "$OUT/wave_tests.log" | tail -5
+      timeout 200 python3 scripts/tune_invariant_gemm.py --models random:llama-3.1-8b random:qwen2.5-1.5b \
+        --report "$OUT/tiles.md" > "$OUT/tune.log" 2>&1; grep -E "^\| random|table written" "$OUT/tune.log" | tail -22
+      cp dynaspec/models/gemm_tile_tables/*.json "$OUT/" 2>/dev/null
+      timeout 170 python3 scripts/deterministic_price.py --model random:llama-3.1-8b --batches 1 16 64 --k 4 --rounds 1 \
+        --out "$OUT/price" > "$OUT/price.log" 2>&1; tail -10 "$OUT/price.log" ;;
     handoff-ab)  # issue 21 (~4 min; carry .gl with .gl/old = `git archive` of the commit before the hand-off):
       # batch-1/4 tokens/s of an untrained EAGLE head at k = 3 (every step drafts 3 and verifies 4 positions) and
       # no spec, the old tree and this one in one call, old-new-old-new

@@ -2,7 +2,8 @@
 
 For each weight shape of the named models (the fused qkv, o_proj, fused gate_up, down and lm_head of a
 Llama / Qwen2 layout), every candidate TileConfig (then the three best with K cut into 2, 4 or 8 slices,
-split across programs at the M where the kernel splits) is timed at the M a serving engine meets (decode and
+each M with the slices in one program and split across programs: the config splits up to the largest M
+where that was faster, `split_max_m`) is timed at the M a serving engine meets (decode and
 verify rows at batch 1..64, a 2048-row prefill) against torch's F.linear (cuBLAS, not batch-invariant) at
 the same M. The winner of a shape minimises the geometric mean over those M of its time / cuBLAS's;
 the table (dynaspec/models/gemm_tile_tables/<card>.json, gemm_tiles.py) takes it, with every M's ratio
@@ -131,27 +132,51 @@ def main() -> None:
         def measure(configs: list[TileConfig]) -> None:
             for cfg in configs:
                 ratios = {}
-                for m in M_VALUES:  # split-K where the engine would split (invariant_matmul's default)
-                    t = graph_seconds(lambda m=m, cfg=cfg: invariant_matmul(xs[m], w, None, cfg), args.reps)
+                for m in M_VALUES:
+                    t = graph_seconds(lambda m=m, cfg=cfg: invariant_matmul(xs[m], w, None, cfg, split=False), args.reps)
                     if t is None:
                         break
                     ratios[m] = t / ref[m]
                 if len(ratios) == len(M_VALUES):
                     results[cfg] = ratios
 
+        def measure_split(configs: list[TileConfig]) -> None:
+            """K-sliced configs: each M with the slices in one program and split across programs; the config
+            splits up to the largest M of the run of smallest M where splitting was faster (split_max_m)."""
+            for cfg in configs:
+                times: dict[bool, dict[int, float]] = {False: {}, True: {}}
+                for split in (False, True):
+                    for m in M_VALUES:
+                        t = graph_seconds(lambda m=m, cfg=cfg, split=split: invariant_matmul(xs[m], w, None, cfg, split=split),
+                                          args.reps)
+                        if t is None:
+                            break
+                        times[split][m] = t
+                if any(len(times[split]) < len(M_VALUES) for split in times):
+                    continue
+                split_max_m = 0
+                for m in M_VALUES:
+                    if times[True][m] >= times[False][m]:
+                        break
+                    split_max_m = m
+                tuned = replace(cfg, split_max_m=split_max_m)
+                results[tuned] = {m: min(times[True][m] if m <= split_max_m else times[False][m], times[False][m])
+                                  / ref[m] for m in M_VALUES}
+
         def geomean(cfg: TileConfig) -> float:
             return math.exp(statistics.fmean(math.log(r) for r in results[cfg].values()))
 
         measure([rule] + [c for c in candidates() if c != rule])
         # Then K slices (split-K at small M, batch_invariant.py) on the three best tilings.
-        measure([replace(cfg, k_slices=s) for cfg in sorted(results, key=geomean)[:3] for s in K_SLICES
-                 if slice_bounds(k, replace(cfg, k_slices=s))[1] == s])
+        measure_split([replace(cfg, k_slices=s) for cfg in sorted(results, key=geomean)[:3] for s in K_SLICES
+                       if slice_bounds(k, replace(cfg, k_slices=s))[1] == s])
 
         best = min(results, key=geomean)
         entries[shape_key(n, k, dtype)] = best
         measured[shape_key(n, k, dtype)] = {"best": results[best], "rule": results[rule], "shape": label}
         for name, cfg in (("rule", rule), ("tuned", best)):
-            desc = f"{name}: {cfg.block_m}x{cfg.block_n}x{cfg.block_k} w{cfg.num_warps} s{cfg.num_stages} k/{cfg.k_slices}"
+            desc = (f"{name}: {cfg.block_m}x{cfg.block_n}x{cfg.block_k} w{cfg.num_warps} s{cfg.num_stages} "
+                    f"k/{cfg.k_slices}" + (f" split<={cfg.split_max_m}" if cfg.k_slices > 1 else ""))
             report.append(f"| {label} | {n} | {k} | {desc} | "
                           + " | ".join(f"{results[cfg][m]:.2f}" for m in M_VALUES) + f" | {geomean(cfg):.2f} |")
         print(report[-2], report[-1], f"({time.perf_counter() - started:.0f} s)", sep="\n", flush=True)

@@ -137,8 +137,9 @@ def invariant_matmul(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor |
     config: the tiles (default: gemm_tiles.rule_tile; the model passes its card's tuned table's entry,
     tests small ones for the interpreter);
     pdl: launch with programmatic dependent launch (`pdl.py`);
-    split: run the config's K slices in programs of their own plus a summing kernel (None: when the output
-    tiles alone would leave the GPU's multiprocessors idle). Either way gives the same bits."""
+    split: run the config's K slices in programs of their own plus a summing kernel (None: up to the config's
+    tuned split_max_m, else while the output tiles alone would leave multiprocessors idle). Either way gives
+    the same bits."""
     if not matmul_supported(x, weight, bias):
         raise ValueError(
             f"invariant_matmul needs x (M, K) and weight (N, K) of one dtype in fp16 / bf16 / fp32 with a "
@@ -154,7 +155,7 @@ def invariant_matmul(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor |
     k_slice, slices = slice_bounds(k, cfg)
     tiles = triton.cdiv(m, cfg.block_m) * triton.cdiv(n, cfg.block_n)
     if split is None:
-        split = slices > 1 and tiles < _multiprocessors(x.device)
+        split = m <= cfg.split_max_m if cfg.split_max_m is not None else tiles < _multiprocessors(x.device)
     split = split and slices > 1
     part = torch.empty((slices, m, n), dtype=torch.float32, device=x.device) if split else y  # (S, M, N) partials
     bias_arg = bias if bias is not None else y

@@ -33,6 +33,9 @@ class TileConfig:
     num_warps: int = 4
     num_stages: int = 3
     k_slices: int = 1  # K cut into this many fixed slices, summed in order (batch_invariant.py: split-K at small M)
+    # Largest M whose slices run in programs of their own (split-K); None: while the output tiles alone are
+    # fewer than the multiprocessors. Which M splits never changes a row's bits, only its speed.
+    split_max_m: int | None = None
 
 
 def rule_tile(n: int, k: int, dtype: torch.dtype) -> TileConfig:

@@ -104,12 +104,16 @@ def interpreter_results():
     return run_interpreted("tests.test_triton_attention", "_interpreter_worker", INTERPRETER_CASES)
 
 
-@pytest.mark.parametrize("index", range(len(INTERPRETER_CASES)))
-def test_interpreter_matches_reference(interpreter_results, index):
-    case, result = INTERPRETER_CASES[index], interpreter_results[index]
+def assert_matches_reference(case: dict, result: dict) -> None:
+    """A run_one result: finite, q's shape and dtype, within the case dtype's tolerance of the reference."""
     assert result["finite"] and result["shape_ok"] and result["dtype_ok"], result
     tol = 1e-5 if case["dtype"] == "float32" else 1e-2
     assert result["rel_err"] < tol, (case, result)
+
+
+@pytest.mark.parametrize("index", range(len(INTERPRETER_CASES)))
+def test_interpreter_matches_reference(interpreter_results, index):
+    assert_matches_reference(INTERPRETER_CASES[index], interpreter_results[index])
 
 
 def test_rejects_unsupported_inputs():

@@ -18,7 +18,7 @@ pytest.importorskip("triton")
 from dynaspec.models.attention import paged_attention, reference_paged_attention  # noqa: E402
 from dynaspec.models.attention_metadata import AttentionMetadata  # noqa: E402
 from dynaspec.models.triton_prefill_attention import triton_prefill_attention  # noqa: E402
-from tests.test_triton_attention import make_case, relative_error  # noqa: E402
+from tests.test_triton_attention import assert_matches_reference, make_case, relative_error  # noqa: E402
 from tests.triton_interpreter import patch_interpreter, run_interpreted  # noqa: E402
 
 cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
@@ -68,10 +68,7 @@ def interpreter_results():
 
 @pytest.mark.parametrize("index", range(len(INTERPRETER_CASES)))
 def test_interpreter_matches_reference(interpreter_results, index):
-    case, result = INTERPRETER_CASES[index], interpreter_results[index]
-    assert result["finite"] and result["shape_ok"] and result["dtype_ok"], result
-    tol = 1e-5 if case["dtype"] == "float32" else 1e-2
-    assert result["rel_err"] < tol, (case, result)
+    assert_matches_reference(INTERPRETER_CASES[index], interpreter_results[index])
 
 
 def test_rejects_unsupported_inputs():

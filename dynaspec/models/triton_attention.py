@@ -43,6 +43,47 @@ SUPPORTED_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 MAX_QUERY_LEN = 8
 
 
+@triton.jit
+def attend_kv_tile(
+    q, m_i, l_i, acc, kv_ptr, bt_row, head_off, start, key_end, row_pos, sliding_window, scale_log2e, d, d_valid,
+    stride_kv, stride_kb, stride_ks, stride_bt_blk,
+    BLOCK_SIZE: tl.constexpr, BLOCK_N: tl.constexpr, USE_WINDOW: tl.constexpr, IEEE: tl.constexpr,
+):
+    """Fold the BLOCK_N keys at positions start.. (those >= key_end masked) of one KV head into the online
+    softmax state (m_i, l_i, acc) of a query tile q (ROWS, BLOCK_D) whose rows sit at row_pos (ROWS,):
+    causal, with an optional sliding window. K/V are read through the sequence's block-table row `bt_row`
+    (shared by the decode kernel here and triton_prefill_attention.py). Returns the new (m_i, l_i, acc)."""
+    pos = start + tl.arange(0, BLOCK_N)  # (BLOCK_N,) key positions
+    key_valid = pos < key_end
+    block = tl.load(bt_row + (pos // BLOCK_SIZE) * stride_bt_blk, mask=key_valid, other=0).to(tl.int64)
+    tok_off = block * stride_kb + (pos % BLOCK_SIZE).to(tl.int64) * stride_ks + head_off  # (BLOCK_N,)
+    kv_mask = key_valid[:, None] & d_valid[None, :]
+    # Slots past key_end may hold garbage (NaN): masked loads give 0 there.
+    k = tl.load(kv_ptr + tok_off[:, None] + d[None, :], mask=kv_mask, other=0.0)  # (BLOCK_N, BLOCK_D)
+    v = tl.load(kv_ptr + stride_kv + tok_off[:, None] + d[None, :], mask=kv_mask, other=0.0)
+    k = k.to(q.dtype)
+    v = v.to(q.dtype)
+    if IEEE:
+        s = tl.dot(q, tl.trans(k), input_precision="ieee")
+    else:
+        s = tl.dot(q, tl.trans(k))
+    s = s * scale_log2e  # (ROWS, BLOCK_N), log2 domain
+    allowed = key_valid[None, :] & (pos[None, :] <= row_pos[:, None])
+    if USE_WINDOW:
+        allowed = allowed & (pos[None, :] > row_pos[:, None] - sliding_window)
+    s = tl.where(allowed, s, float("-inf"))
+    m_new = tl.maximum(m_i, tl.max(s, axis=1))
+    m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)  # rows with nothing visible yet
+    alpha = tl.exp2(m_i - m_safe)
+    p = tl.exp2(s - m_safe[:, None])
+    l_i = l_i * alpha + tl.sum(p, axis=1)
+    if IEEE:
+        acc = acc * alpha[:, None] + tl.dot(p, v, input_precision="ieee")
+    else:
+        acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v)
+    return m_new, l_i, acc
+
+
 @triton.jit(do_not_specialize=["stride_bt", "sliding_window"])
 def _paged_attention_kernel(
     q_ptr, kv_ptr, out_ptr, part_o_ptr, part_ml_ptr,
@@ -95,40 +136,14 @@ def _paged_attention_kernel(
     m_i = tl.full((ROWS,), float("-inf"), dtype=tl.float32)
     l_i = tl.zeros((ROWS,), dtype=tl.float32)
     acc = tl.zeros((ROWS, BLOCK_D), dtype=tl.float32)
-    n_offs = tl.arange(0, BLOCK_N)
     bt_row = block_tables_ptr + b.to(tl.int64) * stride_bt
     head_off = kvh.to(tl.int64) * stride_kh
 
     for tile in range(tile_begin, tile_end):
-        pos = tile * BLOCK_N + n_offs  # (BLOCK_N,) key positions
-        key_valid = pos < seq_len
-        block = tl.load(bt_row + (pos // BLOCK_SIZE) * stride_bt_blk, mask=key_valid, other=0).to(tl.int64)
-        tok_off = block * stride_kb + (pos % BLOCK_SIZE).to(tl.int64) * stride_ks + head_off  # (BLOCK_N,)
-        kv_mask = key_valid[:, None] & d_valid[None, :]
-        # Slots past seq_len may hold garbage (NaN): masked loads give 0 there.
-        k = tl.load(kv_ptr + tok_off[:, None] + d[None, :], mask=kv_mask, other=0.0)  # (BLOCK_N, BLOCK_D)
-        v = tl.load(kv_ptr + stride_kv + tok_off[:, None] + d[None, :], mask=kv_mask, other=0.0)
-        k = k.to(q.dtype)
-        v = v.to(q.dtype)
-        if IEEE:
-            s = tl.dot(q, tl.trans(k), input_precision="ieee")
-        else:
-            s = tl.dot(q, tl.trans(k))
-        s = s * scale_log2e  # (ROWS, BLOCK_N), log2 domain
-        allowed = key_valid[None, :] & (pos[None, :] <= row_pos[:, None])
-        if USE_WINDOW:
-            allowed = allowed & (pos[None, :] > row_pos[:, None] - sliding_window)
-        s = tl.where(allowed, s, float("-inf"))
-        m_new = tl.maximum(m_i, tl.max(s, axis=1))
-        m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)  # rows with nothing visible yet
-        alpha = tl.exp2(m_i - m_safe)
-        p = tl.exp2(s - m_safe[:, None])
-        l_i = l_i * alpha + tl.sum(p, axis=1)
-        if IEEE:
-            acc = acc * alpha[:, None] + tl.dot(p, v, input_precision="ieee")
-        else:
-            acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v)
-        m_i = m_new
+        m_i, l_i, acc = attend_kv_tile(
+            q, m_i, l_i, acc, kv_ptr, bt_row, head_off, tile * BLOCK_N, seq_len, row_pos, sliding_window, scale_log2e,
+            d, d_valid, stride_kv, stride_kb, stride_ks, stride_bt_blk, BLOCK_SIZE, BLOCK_N, USE_WINDOW, IEEE,
+        )
 
     if num_splits == 1:
         out = acc / tl.where(l_i == 0.0, 1.0, l_i)[:, None]

@@ -22,7 +22,7 @@ import torch
 import triton
 import triton.language as tl
 
-from dynaspec.models.triton_attention import SUPPORTED_DTYPES
+from dynaspec.models.triton_attention import SUPPORTED_DTYPES, attend_kv_tile
 
 _TILE_ROWS = 64  # query-tile rows (tokens x grouped heads) per program
 _MIN_ROWS = 16  # smallest M of tl.dot
@@ -72,38 +72,14 @@ def _prefill_attention_kernel(
         m_i = tl.full((ROWS,), float("-inf"), dtype=tl.float32)
         l_i = tl.zeros((ROWS,), dtype=tl.float32)
         acc = tl.zeros((ROWS, BLOCK_D), dtype=tl.float32)
-        n_offs = tl.arange(0, BLOCK_N)
         bt_row = block_tables_ptr + b.to(tl.int64) * stride_bt
         head_off = kvh.to(tl.int64) * stride_kh
 
         for start in range((lo // BLOCK_N) * BLOCK_N, hi, BLOCK_N):
-            pos = start + n_offs  # (BLOCK_N,) key positions
-            key_valid = pos < hi
-            block = tl.load(bt_row + (pos // BLOCK_SIZE) * stride_bt_blk, mask=key_valid, other=0).to(tl.int64)
-            tok_off = block * stride_kb + (pos % BLOCK_SIZE).to(tl.int64) * stride_ks + head_off  # (BLOCK_N,)
-            kv_mask = key_valid[:, None] & d_valid[None, :]
-            # Slots past the block's keys may hold garbage (NaN): masked loads give 0 there.
-            k = tl.load(kv_ptr + tok_off[:, None] + d[None, :], mask=kv_mask, other=0.0).to(q.dtype)
-            v = tl.load(kv_ptr + stride_kv + tok_off[:, None] + d[None, :], mask=kv_mask, other=0.0).to(q.dtype)
-            if IEEE:
-                s = tl.dot(q, tl.trans(k), input_precision="ieee")
-            else:
-                s = tl.dot(q, tl.trans(k))
-            s = s * scale_log2e  # (ROWS, BLOCK_N), log2 domain
-            allowed = key_valid[None, :] & (pos[None, :] <= row_pos[:, None])
-            if USE_WINDOW:
-                allowed = allowed & (pos[None, :] > row_pos[:, None] - sliding_window)
-            s = tl.where(allowed, s, float("-inf"))
-            m_new = tl.maximum(m_i, tl.max(s, axis=1))
-            m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)  # rows with nothing visible yet
-            alpha = tl.exp2(m_i - m_safe)
-            p = tl.exp2(s - m_safe[:, None])
-            l_i = l_i * alpha + tl.sum(p, axis=1)
-            if IEEE:
-                acc = acc * alpha[:, None] + tl.dot(p, v, input_precision="ieee")
-            else:
-                acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v)
-            m_i = m_new
+            m_i, l_i, acc = attend_kv_tile(
+                q, m_i, l_i, acc, kv_ptr, bt_row, head_off, start, hi, row_pos, sliding_window, scale_log2e, d,
+                d_valid, stride_kv, stride_kb, stride_ks, stride_bt_blk, BLOCK_SIZE, BLOCK_N, USE_WINDOW, IEEE,
+            )
 
         out = acc / tl.where(l_i == 0.0, 1.0, l_i)[:, None]
         o_offs = (q_start + t).to(tl.int64)[:, None] * stride_ot + head[:, None] * stride_oh + d[None, :]

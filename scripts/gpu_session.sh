@@ -185,7 +185,8 @@ for step in "$@"; do
       timeout 200 python3 scripts/tune_invariant_gemm.py --models random:llama-3.1-8b random:qwen2.5-1.5b \
         --report "$OUT/tiles.md" > "$OUT/tune.log" 2>&1; grep -E "^\| random|table written" "$OUT/tune.log" | tail -22
       cp dynaspec/models/gemm_tile_tables/*.json "$OUT/" 2>/dev/null
-      timeout 60 python3 -m pytest -q -m cuda tests/test_deterministic_cuda.py -k gemm 2>&1 | tail -2
+      timeout 90 python3 -m pytest -q -m cuda tests/test_deterministic_cuda.py tests/test_triton_attention.py \
+        tests/test_triton_prefill_attention.py -k "gemm or attention or prefill or mixed" 2>&1 | tail -2
       timeout 120 python3 scripts/deterministic_price.py --model random:llama-3.1-8b --batches 1 16 64 --k 4 --rounds ${PRICE_ROUNDS:-2} \
         --out "$OUT/price" > "$OUT/price.log" 2>&1; tail -9 "$OUT/price.log" ;;
     handoff-ab)  # issue 21 (~4 min; carry .gl with .gl/old = `git archive` of the commit before the hand-off):

@@ -23,7 +23,7 @@ from rich.table import Table
 from typer.core import TyperCommand, TyperGroup
 
 from dynaspec.cli_options import (
-    Deterministic, Device, Dtype, GpuMemoryUtilization, MaxModelLen, MaxNumSeqs, TensorParallelSize, engine_options,
+    CudagraphMode, Deterministic, Device, Dtype, GpuMemoryUtilization, MaxModelLen, MaxNumSeqs, TensorParallelSize, engine_options,
     print_version)
 
 console = Console()
@@ -168,6 +168,7 @@ def generate(
     gpu_memory_utilization: GpuMemoryUtilization = None,
     deterministic: Deterministic = None,
     tensor_parallel_size: TensorParallelSize = None,
+    cudagraph_mode: CudagraphMode = None,
 ) -> None:
     """Generate a completion for PROMPT and print it with a throughput summary."""
     from dynaspec.engine.startup_heap import skip_collections_at_exit
@@ -180,7 +181,7 @@ def generate(
         engine_config = _engine_config(model, config, spec_config, draft_len_schedule, **engine_options(
             device=device, dtype=dtype, max_model_len=max_model_len, max_num_seqs=max_num_seqs,
             gpu_memory_utilization=gpu_memory_utilization, deterministic=deterministic,
-            tensor_parallel_size=tensor_parallel_size))
+            tensor_parallel_size=tensor_parallel_size, cudagraph_mode=cudagraph_mode))
         params = SamplingParams(max_tokens=max_tokens, temperature=temperature, top_p=top_p, top_k=top_k, seed=seed)
         with _progress_bar() as progress:
             llm = LLM(config=engine_config, progress=progress)
@@ -263,6 +264,7 @@ def serve(
     gpu_memory_utilization: GpuMemoryUtilization = None,
     deterministic: Deterministic = None,
     tensor_parallel_size: TensorParallelSize = None,
+    cudagraph_mode: CudagraphMode = None,
 ) -> None:
     """Serve an OpenAI-compatible HTTP API with Prometheus metrics."""
     from dynaspec.config_loader import validate_model
@@ -276,7 +278,7 @@ def serve(
         engine_config = _engine_config(model, config, spec_config, draft_len_schedule, **engine_options(
             device=device, dtype=dtype, max_model_len=max_model_len, max_num_seqs=max_num_seqs,
             gpu_memory_utilization=gpu_memory_utilization, deterministic=deterministic,
-            tensor_parallel_size=tensor_parallel_size))
+            tensor_parallel_size=tensor_parallel_size, cudagraph_mode=cudagraph_mode))
         check_listen_address(options.host, options.port)
     except (ValueError, TypeError) as exc:
         _fail(str(exc))

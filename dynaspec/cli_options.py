@@ -26,8 +26,12 @@ TensorParallelSize = Annotated[Optional[int], typer.Option(
     help="shard the model over this many ranks (processes; one GPU each on CUDA), default 1; must divide "
          "the attention heads")]
 
+CudagraphMode = Annotated[Optional[str], typer.Option(
+    help="FULL_DECODE_ONLY (default): CUDA graphs for decode and verify steps; FULL: also for the steps that "
+         "prefill new prompts beside decodes")]
+
 ENGINE_FLAGS = ("max_model_len", "max_num_seqs", "dtype", "device", "gpu_memory_utilization", "deterministic",
-                "tensor_parallel_size")
+                "tensor_parallel_size", "cudagraph_mode")
 
 
 def engine_options(**flags: Any) -> dict[str, Any]:

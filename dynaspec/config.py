@@ -34,6 +34,10 @@ class EngineConfig(BaseModel):
     seed: int = Field(default=0, ge=0)
     model_cache_dir: str | None = None
     enforce_eager: bool = False
+    # Which steps run as CUDA graphs (vLLM's `cudagraph_mode` names): FULL_DECODE_ONLY captures decode and
+    # verify steps; FULL also captures the steps that prefill new prompts beside k = 0 decodes (mixed steps,
+    # keyed by decode bucket and padded prefill rows: runtime/mixed_graphs.py), which otherwise run eager.
+    cudagraph_mode: Literal["FULL_DECODE_ONLY", "FULL"] = "FULL_DECODE_ONLY"
     cuda_graph_max_batch: int = Field(default=256, ge=1, le=512)
     # Overlap the host's commit of step t with the device's step t + 1 for plain greedy decode steps
     # (engine/overlap.py; vLLM's `async_scheduling`). Outputs are the same, one step later.
@@ -72,6 +76,12 @@ class EngineConfig(BaseModel):
                 "all-reduce algorithm by message size, so with more than two ranks a row's partial sums are "
                 "added in an order that depends on the step's rows, and the ranks' workers do not run the "
                 "batch-invariant kernels yet"
+            )
+        if self.cudagraph_mode == "FULL" and (self.deterministic or self.tensor_parallel_size > 1):
+            raise ValueError(
+                "cudagraph_mode='FULL' (mixed prefill + decode steps as CUDA graphs) is not available with "
+                + ("deterministic=True" if self.deterministic else f"tensor_parallel_size={self.tensor_parallel_size}")
+                + " yet; use cudagraph_mode='FULL_DECODE_ONLY'"
             )
         return self
 

@@ -61,6 +61,7 @@ def bench_trace_command(
     dtype: Annotated[str, typer.Option(help="auto | float32 | bfloat16 | float16")] = "auto",
     seed: Annotated[int, typer.Option()] = 0,
     enforce_eager: Annotated[bool, typer.Option(help="no CUDA graphs")] = False,
+    cudagraph_mode: Annotated[str, typer.Option(help="FULL_DECODE_ONLY | FULL (also capture steps that prefill beside decodes)")] = "FULL_DECODE_ONLY",
     warmup: Annotated[bool, typer.Option(help="one short batch at each concurrency of --phases before each line")] = True,
     plots: Annotated[bool, typer.Option(help="write trace.png")] = True,
 ) -> None:
@@ -84,7 +85,7 @@ def bench_trace_command(
             requests_per_phase=(
                 parse_phases(requests_per_phase, "--requests-per-phase", "request counts") if requests_per_phase else None
             ),
-            gen_len_spread=gen_len_spread, device=device, dtype=dtype, seed=seed, enforce_eager=enforce_eager,
+            gen_len_spread=gen_len_spread, device=device, dtype=dtype, seed=seed, enforce_eager=enforce_eager, cudagraph_mode=cudagraph_mode,
             warmup=warmup, command_line=shlex.join(sys.argv),
         )
         settings.validate()

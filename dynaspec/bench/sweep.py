@@ -237,6 +237,7 @@ def _build_engine(settings: SweepSettings, line: Line, max_batch: int, max_k: in
         seed=settings.seed,
         enforce_eager=settings.enforce_eager,
         deterministic=settings.deterministic,
+        cudagraph_mode=settings.cudagraph_mode,
         model_cache_dir=settings.model_cache_dir,
         speculative_config=line.speculative_config,
     )

@@ -90,6 +90,7 @@ class SweepSettings:
     block_size: int = 16
     enforce_eager: bool = False
     deterministic: bool = False  # EngineConfig.deterministic on every line (batch-invariant kernels)
+    cudagraph_mode: str = "FULL_DECODE_ONLY"  # EngineConfig.cudagraph_mode on every line
     warmup: bool = True
     # > 1: every line's engine is built up front on ONE copy of the target weights and the lines are
     # measured side by side, batch size by batch size, `rounds` times in rotated order; a point's tokens/s

@@ -70,11 +70,14 @@ class TraceSettings:
     seed: int = 0
     block_size: int = 16
     enforce_eager: bool = False
+    cudagraph_mode: str = "FULL_DECODE_ONLY"  # EngineConfig.cudagraph_mode on every line
     warmup: bool = True
     model_cache_dir: str | None = None
     command_line: str | None = None
 
     def validate(self) -> None:
+        if self.cudagraph_mode not in ("FULL_DECODE_ONLY", "FULL"):
+            raise ValueError(f"--cudagraph-mode must be FULL_DECODE_ONLY or FULL, got {self.cudagraph_mode!r}")
         check_phases(self.phases)
         build_trace(self.phases, self.waves, self.prompt_len, self.gen_len, self.gen_len_spread, 2, self.seed, None,
                     self.requests_per_phase)
@@ -172,6 +175,7 @@ def run_trace(settings: TraceSettings, out_dir: str | Path, progress: ProgressFn
         model=settings.model, speculative_config=spec, batch_sizes=[max_batch], prompt_len=settings.prompt_len,
         gen_len=high, device=settings.device, dtype=settings.dtype, seed=settings.seed,
         block_size=settings.block_size, enforce_eager=settings.enforce_eager, model_cache_dir=settings.model_cache_dir,
+        cudagraph_mode=settings.cudagraph_mode,
     )
     num_profiles = len(profiles) if profiles else None
     # Ids, phases and workloads do not depend on the vocabulary (prompts do): plan with this skeleton.

@@ -31,7 +31,7 @@ from dynaspec.engine.request_intake import new_request
 from dynaspec.engine.output_processor import OutputProcessor
 from dynaspec.engine.overlap import InflightStep, can_overlap, continuation, start_copy
 from dynaspec.engine.scheduler import ScheduledDecode, Scheduler, SchedulerOutput
-from dynaspec.engine.step_inputs import flat_inputs, ragged_inputs, uniform_inputs, verify_batch
+from dynaspec.engine.step_inputs import flat_inputs, mixed_inputs, ragged_inputs, uniform_inputs, verify_batch
 from dynaspec.models.decode_kernels import decode_kernels_for
 from dynaspec.models.loader import LoadedModel, load_model
 from dynaspec.outputs import RequestOutput
@@ -39,6 +39,7 @@ from dynaspec.runtime.cost_model import StepCostModel
 from dynaspec.runtime.cost_probe import measure_step_costs
 from dynaspec.runtime.cuda_graphs import BATCH_BUCKETS, UniformDecodeBatch, bucket_for
 from dynaspec.runtime.kv_cache import choose_num_blocks, kv_bytes_per_block
+from dynaspec.runtime.mixed_graphs import prefill_buckets
 from dynaspec.runtime.tp_launcher import start_tensor_parallel
 from dynaspec.runtime.tp_runner import build_runner
 from dynaspec.runtime.ragged_graphs import token_buckets
@@ -114,6 +115,8 @@ class LLMEngine:
         self._capture(self.graph_pairs())
         if self.use_graphs and self.policy.ragged and self.max_draft_len > 0:
             self.runner.capture_ragged_graphs(self._ragged_keys(), 1 + self.max_draft_len, self.max_blocks_per_seq)
+        if self.use_graphs and config.cudagraph_mode == "FULL":
+            self.runner.capture_mixed_graphs(self._mixed_keys(), self.max_blocks_per_seq)
 
         self.block_manager = BlockManager(num_blocks, config.block_size, config.enable_prefix_caching)
         self.scheduler = Scheduler(self.block_manager, config.max_num_seqs, config.max_num_batched_tokens, self.max_model_len)
@@ -282,6 +285,9 @@ class LLMEngine:
             device_ids = step_drafts.input_ids([r.last_token_id for r in decoding])  # (B * (1 + k),) or None
             batch, rows = uniform_inputs(sched, None if device_ids is not None else step_drafts.tokens)
             logits = self.runner.forward_uniform(batch, k, rows.logit_rows, device_ids)  # (N, vocab)
+        elif k == 0 and sched.prefills and self._runs_mixed(sched):
+            batch, rows = mixed_inputs(sched)
+            logits = self.runner.forward_mixed(batch, [p.completes_prompt for p in sched.prefills])  # (N, vocab)
         else:
             seqs, rows = flat_inputs(sched, step_drafts.tokens)
             logits = self.runner.forward(seqs, rows.logit_rows)  # (N, vocab)
@@ -310,6 +316,17 @@ class LLMEngine:
             if resumed:  # what the catch-up cost prices the next switch from k = 0: learn it at once
                 self._feed_policy([])
         return outputs
+
+    def _runs_mixed(self, sched: SchedulerOutput) -> bool:
+        """Whether a k = 0 step with prefill chunks runs in a mixed graph (cudagraph_mode FULL)."""
+        rows = sum(p.num_tokens for p in sched.prefills)
+        return self.runner.mixed_key(len(sched.decodes), len(sched.prefills), rows) is not None
+
+    def _mixed_keys(self) -> list[tuple[int, int]]:
+        """(decode bucket, padded prefill rows) of the mixed graphs: every bucket captured at k = 0, every
+        prefill bucket of the step's token budget (runtime/mixed_graphs.py)."""
+        buckets = sorted({b for b, k in self._captured if k == 0})
+        return [(b, p) for b in buckets for p in prefill_buckets(self.config.max_num_batched_tokens)]
 
     def _runs_ragged(self, lengths: list[int], k: int) -> bool:
         """Whether a decode step with drafts of these lengths runs in a ragged graph: they differ and a

@@ -12,6 +12,7 @@ import torch
 
 from dynaspec.engine.scheduler import SchedulerOutput
 from dynaspec.runtime.cuda_graphs import UniformDecodeBatch
+from dynaspec.runtime.mixed_graphs import MixedBatch
 from dynaspec.runtime.model_runner import SequenceInput
 from dynaspec.runtime.ragged_graphs import RaggedDecodeBatch
 from dynaspec.runtime.request import Request
@@ -68,6 +69,28 @@ def uniform_inputs(sched: SchedulerOutput, drafts: list[list[int]] | None) -> tu
         batch.block_tables.append(request.block_ids)
         rows.counts.append(1 + len(draft))
         rows.logit_rows.extend(range(i * (1 + k), i * (1 + k) + 1 + len(draft)))
+    return batch, rows
+
+
+def mixed_inputs(sched: SchedulerOutput) -> tuple[MixedBatch, StepRows]:
+    """A step of k = 0 decodes and prefill chunks in the mixed graph layout (runtime/mixed_graphs.py); its
+    rows as flat_inputs' (each decode's, then the last of each chunk that completes its prompt)."""
+    batch = MixedBatch([], [], [], [], [], [])
+    rows = StepRows([], [])
+    for decode in sched.decodes:
+        request = decode.request
+        batch.decode_tokens.append(request.last_token_id)
+        batch.decode_seq_lens.append(request.num_tokens)
+        batch.decode_tables.append(request.block_ids)
+        rows.counts.append(1)
+    for prefill in sched.prefills:
+        request = prefill.request
+        start = request.num_computed_tokens
+        batch.chunk_tokens.append(request.all_token_ids[start : start + prefill.num_tokens])
+        batch.chunk_seq_lens.append(start + prefill.num_tokens)
+        batch.chunk_tables.append(request.block_ids)
+        rows.counts.append(1 if prefill.completes_prompt else 0)
+    rows.logit_rows = list(range(sum(rows.counts)))
     return batch, rows
 
 

@@ -15,6 +15,7 @@ import torch
 from torch import nn
 
 from dynaspec.runtime.cuda_graphs import CudaGraphDecoder, UniformDecodeBatch
+from dynaspec.runtime.mixed_graphs import CHUNK_SLOTS, MixedBatch, MixedGraphDecoder
 from dynaspec.runtime.kv_cache import allocate_kv_cache
 from dynaspec.runtime.ragged_graphs import RaggedDecodeBatch, RaggedGraphDecoder
 from dynaspec.models.attention_metadata import AttentionMetadata
@@ -41,6 +42,7 @@ class ModelRunner:
         self.num_forwards = 0
         self.graphs: CudaGraphDecoder | None = None
         self.ragged_graphs: RaggedGraphDecoder | None = None
+        self.mixed_graphs: MixedGraphDecoder | None = None
 
     def capture_graphs(
         self, pairs: list[tuple[int, int]], max_blocks_per_seq: int, use_graphs: bool = True, pool=None
@@ -67,6 +69,34 @@ class ModelRunner:
             max_query_len, self.device, use_graphs=use_graphs, pool=pool, output_buffer=buffer,
         )
         self.ragged_graphs.capture()
+
+    def capture_mixed_graphs(self, keys: list[tuple[int, int]], max_blocks_per_seq: int, use_graphs: bool = True) -> None:
+        """Capture mixed-step graphs (k = 0 decodes + prefill chunks) for the (decode bucket, padded prefill
+        rows) keys, in the uniform graphs' memory pool (runtime/mixed_graphs.py); call after capture_graphs."""
+        pool = None if self.graphs is None else self.graphs.pool
+        buffer = None if self.graphs is None else self.graphs.output_buffer
+        if buffer is not None and max((b for b, _ in keys), default=0) + CHUNK_SLOTS > buffer.shape[0]:
+            buffer = None
+        self.mixed_graphs = MixedGraphDecoder(
+            self.model, self.kv_caches, self.block_size, max_blocks_per_seq, self.scratch_block, keys, self.device,
+            use_graphs=use_graphs, pool=pool, output_buffer=buffer,
+        )
+        self.mixed_graphs.capture()
+
+    def mixed_key(self, decodes: int, chunks: int, prefill_rows: int) -> tuple[int, int] | None:
+        """The (decode bucket, padded prefill rows) mixed graph such a step runs in, or None."""
+        return None if self.mixed_graphs is None else self.mixed_graphs.lookup(decodes, chunks, prefill_rows)
+
+    @torch.inference_mode()
+    def forward_mixed(self, batch: MixedBatch, completes: list[bool]) -> torch.Tensor:
+        """A mixed step through its graph; float32 logits (decodes + completing chunks, vocab): each decode's
+        row, then the last row of each chunk that completes its prompt (flat_inputs' row order)."""
+        logits = self.mixed_graphs.run(batch)  # (bucket + CHUNK_SLOTS, vocab)
+        bucket = logits.shape[0] - CHUNK_SLOTS  # the graph's decode bucket
+        rows = list(range(len(batch.decode_tokens))) + [bucket + j for j, done in enumerate(completes) if done]
+        self.num_forwards += 1
+        index = torch.tensor(rows, dtype=torch.int64, pin_memory=self.device.type == "cuda")
+        return logits.index_select(0, index.to(self.device, non_blocking=True))
 
     def ragged_key(self, batch: int, tokens: int) -> tuple[int, int] | None:
         """The (bucket, padded tokens) ragged graph a step of `batch` requests and `tokens` positions runs in."""

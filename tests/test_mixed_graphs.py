@@ -1,0 +1,109 @@
+"""Mixed steps (k = 0 decodes beside prefill chunks) in the fixed-shape layout of runtime/mixed_graphs.py:
+token-identical to the eager engine, on CPU through the same fixed-shape forward run eagerly, on CUDA as
+captured graphs (cudagraph_mode FULL); and the configuration errors."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from dynaspec.config import EngineConfig
+from dynaspec.engine.engine import LLMEngine
+from dynaspec.runtime.mixed_graphs import CHUNK_SLOTS, MixedBatch, MixedGraphDecoder, prefill_buckets
+from dynaspec.runtime.model_runner import ModelRunner
+from dynaspec.models.loader import load_model
+from dynaspec.sampling_params import SamplingParams
+from dynaspec.spec.config import NGramDecodingConfig
+from tests.arrivals import run_with_arrivals
+from tests.tiny_models import make_tiny_checkpoint
+
+cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+
+# Requests arrive while others decode: prompts of 5..60 tokens, chunked by a 48-token budget, so steps mix
+# decodes with whole prompts, with a prompt's middle chunk (no logits) and with several chunks at once.
+ARRIVALS = {0: [0], 2: [1, 2], 5: [3], 6: [4, 5, 6], 11: [7], 14: [8, 9]}
+
+
+@pytest.fixture(scope="module")
+def target(tmp_path_factory):
+    return str(make_tiny_checkpoint(tmp_path_factory.mktemp("mixed"), "llama", seed=0))
+
+
+def _prompts() -> list[list[int]]:
+    gen = torch.Generator().manual_seed(3)
+    return [torch.randint(0, 512, (5 + (i * 13) % 56,), generator=gen).tolist() for i in range(10)]
+
+
+def _engine(target: str, fixed_shape: bool, spec=None, device: str = "cpu", **options) -> LLMEngine:
+    engine = LLMEngine(EngineConfig(model=target, block_size=4, max_num_seqs=8, max_num_batched_tokens=48,
+                                    dtype="float32", device=device, speculative_config=spec, **options))
+    if fixed_shape and device == "cpu":  # the graphs' fixed-shape forwards, run eagerly
+        engine.runner.capture_graphs(engine.graph_pairs(), engine.max_blocks_per_seq, use_graphs=False)
+        engine.runner.capture_mixed_graphs(engine._mixed_keys(), engine.max_blocks_per_seq, use_graphs=False)
+    return engine
+
+
+def _run(engine: LLMEngine) -> dict[str, list[int]]:
+    return run_with_arrivals(engine, _prompts(), ARRIVALS, lambda i, n: (
+        f"r{i}", SamplingParams(temperature=0.0, max_tokens=6 + 3 * (i % 4), ignore_eos=True)))
+
+
+def _spy(engine: LLMEngine) -> list[tuple[int, int]]:
+    """(decodes, chunks) of every mixed step that went through the mixed layout."""
+    seen: list[tuple[int, int]] = []
+    forward_mixed = engine.runner.forward_mixed
+
+    def spy(batch: MixedBatch, completes: list[bool]):
+        seen.append((len(batch.decode_tokens), len(batch.chunk_tokens)))
+        return forward_mixed(batch, completes)
+
+    engine.runner.forward_mixed = spy
+    return seen
+
+
+@pytest.mark.parametrize("spec", [None, NGramDecodingConfig(max_draft_len=3, draft_len_schedule={1: 3, 3: 0})],
+                         ids=["no-spec", "ngram-schedule-to-k0"])
+def test_mixed_layout_is_token_identical_to_the_eager_engine(target, spec):
+    expected = _run(_engine(target, fixed_shape=False, spec=spec))
+    engine = _engine(target, fixed_shape=True, spec=spec)
+    seen = _spy(engine)
+    assert _run(engine) == expected
+    assert any(d > 0 and c > 0 for d, c in seen)  # decodes beside chunks
+    assert any(c > 1 for _, c in seen)  # several chunks in one step
+    assert any(d == 0 for d, _ in seen)  # prefill-only steps too
+
+
+def test_lookup_and_buckets(target, tmp_path):
+    assert prefill_buckets(48) == [48] and prefill_buckets(2048) == [64, 128, 256, 512, 1024, 2048]
+    assert prefill_buckets(300) == [64, 128, 256, 300]
+    loaded = load_model(target, dtype=torch.float32, device="cpu")
+    runner = ModelRunner(loaded.model, num_blocks=32, block_size=4, dtype=torch.float32, device=torch.device("cpu"))
+    mixed = MixedGraphDecoder(runner.model, runner.kv_caches, 4, 8, runner.scratch_block, [(2, 64), (4, 64), (4, 128)],
+                              runner.device, use_graphs=False)
+    assert mixed.lookup(1, 2, 10) == (2, 64) and mixed.lookup(3, 1, 65) == (4, 128)
+    assert mixed.lookup(5, 1, 10) is None and mixed.lookup(1, 1, 129) is None
+    assert mixed.lookup(1, CHUNK_SLOTS + 1, 10) is None
+    with pytest.raises(ValueError, match="no mixed CUDA graph"):
+        mixed.run(MixedBatch([1] * 5, [3] * 5, [[0]] * 5, [[1, 2]], [2], [[1]]))
+
+
+def test_full_mode_refuses_what_it_cannot_capture():
+    with pytest.raises(ValueError, match="cudagraph_mode='FULL'.*deterministic=True.*FULL_DECODE_ONLY"):
+        EngineConfig(cudagraph_mode="FULL", deterministic=True)
+    with pytest.raises(ValueError, match="cudagraph_mode='FULL'.*tensor_parallel_size=2"):
+        EngineConfig(cudagraph_mode="FULL", tensor_parallel_size=2)
+    with pytest.raises(ValueError, match="FULL_DECODE_ONLY"):
+        EngineConfig(cudagraph_mode="PIECEWISE")
+
+
+@cuda
+@pytest.mark.cuda
+@pytest.mark.parametrize("spec", [None, NGramDecodingConfig(max_draft_len=3, draft_len_schedule={1: 3, 3: 0})],
+                         ids=["no-spec", "ngram-schedule-to-k0"])
+def test_captured_mixed_graphs_equal_the_eager_engine_on_cuda(target, spec):
+    expected = _run(_engine(target, fixed_shape=False, spec=spec, device="cuda", enforce_eager=True))
+    engine = _engine(target, fixed_shape=True, spec=spec, device="cuda", cudagraph_mode="FULL")
+    seen = _spy(engine)
+    assert engine.runner.mixed_graphs is not None and engine.runner.mixed_graphs.graphs
+    assert _run(engine) == expected
+    assert any(d > 0 and c > 0 for d, c in seen)

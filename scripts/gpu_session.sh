@@ -182,11 +182,11 @@ for step in "$@"; do
         --out "$OUT/price" > "$OUT/price.log" 2>&1; tail -10 "$OUT/price.log" ;;
     mixed-ab)  # issue 20 (~5 min): the mixed-step graphs' CUDA test, then the closed loop at 64 (no spec and k = 1)
       # with cudagraph_mode FULL_DECODE_ONLY (mixed steps eager) and FULL (mixed steps captured), in one call
-      timeout 80 python3 -m pytest -q -m cuda tests/test_mixed_graphs.py 2>&1 | tail -2
+      timeout 60 python3 -m pytest -q -m cuda tests/test_mixed_graphs.py 2>&1 | tail -2
       for mode in FULL_DECODE_ONLY FULL; do
-        timeout 150 python3 -m dynaspec.cli bench-trace --model random:llama-3.1-8b --drafter ngram --max-draft-len 4 \
+        timeout 110 python3 -m dynaspec.cli bench-trace --model random:llama-3.1-8b --drafter ngram --max-draft-len 4 \
           --profiles acceptance_ngram_code-edit,acceptance_ngram_chat --schedule none --no-goodput --ks 0,1 --phases 64 \
-          --requests-per-phase 192 --prompt-len 128 --gen-len 64 --cudagraph-mode $mode --no-plots \
+          --requests-per-phase 128 --prompt-len 128 --gen-len 64 --cudagraph-mode $mode --no-plots \
           --out-dir "$OUT/mixed-$mode" > "$OUT/mixed-$mode.log" 2>&1; echo "$mode"; grep -E "^\| (no spec|k=1) " "$OUT/mixed-$mode/trace.md"
       done ;;
     retune)  # issue 22 (~6 min): the tuner again (split-K threshold per shape), the GEMM CUDA tests with its table,

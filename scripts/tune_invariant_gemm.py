@@ -58,6 +58,16 @@ def candidates() -> list[TileConfig]:
     return out
 
 
+def split_threshold(split: dict[int, float], unsplit: dict[int, float]) -> int:
+    """The largest M of the run of smallest M (ascending) where the split-K layout was faster (0: none)."""
+    threshold = 0
+    for m in sorted(split):
+        if split[m] >= unsplit[m]:
+            break
+        threshold = m
+    return threshold
+
+
 def graph_seconds(fn, reps: int) -> float | None:
     """Seconds of one call of fn inside a CUDA graph of `reps` calls (median of 3 replays); None if the
     config does not compile or run here."""
@@ -154,11 +164,7 @@ def main() -> None:
                         times[split][m] = t
                 if any(len(times[split]) < len(M_VALUES) for split in times):
                     continue
-                split_max_m = 0
-                for m in M_VALUES:
-                    if times[True][m] >= times[False][m]:
-                        break
-                    split_max_m = m
+                split_max_m = split_threshold(times[True], times[False])
                 tuned = replace(cfg, split_max_m=split_max_m)
                 results[tuned] = {m: min(times[True][m] if m <= split_max_m else times[False][m], times[False][m])
                                   / ref[m] for m in M_VALUES}

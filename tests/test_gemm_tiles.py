@@ -64,3 +64,19 @@ def test_shipped_tables_parse_and_hold_valid_configs(path):
         assert cfg.block_m >= 16 and cfg.block_n >= 16 and cfg.block_k >= 16, (key, cfg)
         assert all(_pow2(v) for v in (cfg.block_m, cfg.block_n, cfg.block_k, cfg.num_warps)), (key, cfg)
     assert json.loads(path.read_text())["command"].startswith("python scripts/tune_invariant_gemm.py")
+
+
+def test_the_tuner_splits_up_to_the_last_m_of_the_run_where_splitting_won():
+    """scripts/tune_invariant_gemm.py's split_max_m: the largest M of the leading run (ascending M) where
+    the split-K layout was faster; 0 when it lost at the smallest M."""
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "scripts" / "tune_invariant_gemm.py"
+    spec = importlib.util.spec_from_file_location("tune_invariant_gemm", path)
+    tuner = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(tuner)
+    unsplit = {1: 1.0, 5: 1.0, 16: 1.0, 64: 1.0, 320: 1.0, 2048: 1.0}
+    assert tuner.split_threshold({1: 0.5, 5: 0.6, 16: 0.9, 64: 1.1, 320: 0.9, 2048: 2.0}, unsplit) == 16
+    assert tuner.split_threshold({1: 0.5, 5: 0.6, 16: 0.9, 64: 0.9, 320: 0.9, 2048: 0.9}, unsplit) == 2048
+    assert tuner.split_threshold({1: 1.0, 5: 0.6, 16: 0.9, 64: 0.9, 320: 0.9, 2048: 0.9}, unsplit) == 0

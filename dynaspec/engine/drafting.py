@@ -54,20 +54,16 @@ def propose_drafts(drafter: Drafter, acceptance: TargetAcceptance, sched: Schedu
     if sched.draft_len == 0 or not wanted:
         return StepDrafts([[] for _ in range(num)], [None] * num, {})
     limits = [d.max_draft for d in sched.decodes]
-    try:
-        proposal = drafter.propose([sched.decodes[i].request for i in wanted], sched.draft_len)
-    except Exception:  # noqa: BLE001 - find the requests it fails on, keep the others
-        proposal = None
-    if proposal is not None and proposal.on_device is not None and len(wanted) == num \
-            and all(limit == sched.draft_len for limit in limits):
-        # Every decode takes all k drafts: nothing to cap, nothing for the strategy to complete.
-        return StepDrafts(None, list(proposal.probs), {}, proposal.on_device)
     drafts: list[list[int]] = [[] for _ in sched.decodes]
     probs: list[torch.Tensor | None] = [None for _ in sched.decodes]
     errors: dict[int, str] = {}
-    if proposal is not None:
+    try:
+        proposal = drafter.propose([sched.decodes[i].request for i in wanted], sched.draft_len)
+        if proposal.on_device is not None and len(wanted) == num and all(limit == sched.draft_len for limit in limits):
+            # Every decode takes all k drafts: nothing to cap, nothing for the strategy to complete.
+            return StepDrafts(None, list(proposal.probs), {}, proposal.on_device)
         _take(proposal, sched, wanted, drafts, probs)
-    else:
+    except Exception:  # noqa: BLE001 - find the requests it fails on, keep the others
         for i in wanted:
             try:
                 _take(drafter.propose([sched.decodes[i].request], sched.draft_len), sched, [i], drafts, probs)

@@ -107,3 +107,14 @@ def test_captured_mixed_graphs_equal_the_eager_engine_on_cuda(target, spec):
     assert engine.runner.mixed_graphs is not None and engine.runner.mixed_graphs.graphs
     assert _run(engine) == expected
     assert any(d > 0 and c > 0 for d, c in seen)
+
+
+@pytest.mark.parametrize("command", [["generate", "hi"], ["bench"], ["bench-trace", "--drafter", "ngram"]])
+def test_cli_names_the_allowed_cudagraph_modes(command):
+    from typer.testing import CliRunner
+
+    from dynaspec.cli import app
+
+    result = CliRunner().invoke(app, [*command, "--cudagraph-mode", "PIECEWISE", "--device", "cpu"])
+    assert result.exit_code != 0
+    assert "FULL_DECODE_ONLY" in " ".join(result.output.split()) and "PIECEWISE" in result.output

@@ -204,6 +204,7 @@ def bench_command(
     seed: Annotated[int, typer.Option()] = 0,
     enforce_eager: Annotated[bool, typer.Option(help="no CUDA graphs")] = False,
     deterministic: Annotated[bool, typer.Option(help="batch-invariant kernels on every line (EngineConfig.deterministic)")] = False,
+    cudagraph_mode: Annotated[str, typer.Option(help="FULL_DECODE_ONLY | FULL (also capture steps that prefill beside decodes)")] = "FULL_DECODE_ONLY",
     warmup: Annotated[bool, typer.Option(help="one short run per config before timing")] = True,
     rounds: Annotated[int, typer.Option(help="> 1: all lines side by side on one copy of the weights, each point measured this many times in rotated order (median)")] = 1,
     plots: Annotated[bool, typer.Option(help="write PNG plots")] = True,
@@ -246,7 +247,8 @@ def bench_command(
             prompt_len=DEFAULT_PROMPT_LEN if prompt_len is None else prompt_len,
             gen_len=gen_len, workload=workload,
             acceptance_profile=acceptance_profile, device=device, dtype=dtype, seed=seed,
-            enforce_eager=enforce_eager, deterministic=deterministic, warmup=warmup, rounds=rounds,
+            enforce_eager=enforce_eager, deterministic=deterministic, cudagraph_mode=cudagraph_mode, warmup=warmup,
+            rounds=rounds,
             command_line=shlex.join(sys.argv),
         )
         settings.validate()

@@ -100,6 +100,7 @@ class SweepSettings:
     command_line: str | None = None
 
     def validate(self) -> None:
+        check_cudagraph_mode(self.cudagraph_mode)
         _check_int_list("batch_sizes", self.batch_sizes, minimum=1)
         for name in ("prompt_len", "gen_len", "rounds"):
             value = getattr(self, name)
@@ -235,3 +236,9 @@ def _spec_variant(spec, max_draft_len: int, schedule, max_concurrency, acceptanc
             )
         data[REPLAY_FIELD] = str(acceptance_profile)
     return parse_speculative_config(data)
+
+
+def check_cudagraph_mode(value: str) -> None:
+    """--cudagraph-mode: one of EngineConfig.cudagraph_mode's values (ValueError naming them otherwise)."""
+    if value not in ("FULL_DECODE_ONLY", "FULL"):
+        raise ValueError(f"--cudagraph-mode must be FULL_DECODE_ONLY or FULL, got {value!r}")

@@ -37,6 +37,7 @@ from typing import Any
 import torch
 
 from dynaspec.bench import sweep
+from dynaspec.bench.sweep_settings import check_cudagraph_mode
 from dynaspec.bench.trace import DEFAULT_PHASES, TraceRequest, build_trace, check_phases, gen_len_range, mixed_acceptance
 from dynaspec.engine.startup_heap import frozen_startup_heap
 from dynaspec.spec.config import AUTO_SCHEDULE, parse_draft_len_schedule_option, parse_speculative_config
@@ -76,8 +77,7 @@ class TraceSettings:
     command_line: str | None = None
 
     def validate(self) -> None:
-        if self.cudagraph_mode not in ("FULL_DECODE_ONLY", "FULL"):
-            raise ValueError(f"--cudagraph-mode must be FULL_DECODE_ONLY or FULL, got {self.cudagraph_mode!r}")
+        check_cudagraph_mode(self.cudagraph_mode)
         check_phases(self.phases)
         build_trace(self.phases, self.waves, self.prompt_len, self.gen_len, self.gen_len_spread, 2, self.seed, None,
                     self.requests_per_phase)

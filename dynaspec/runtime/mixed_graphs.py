@@ -28,6 +28,7 @@ from torch import nn
 
 from dynaspec.models.attention_metadata import AttentionMetadata
 from dynaspec.runtime.cuda_graphs import CapturedGraphs
+from dynaspec.runtime.packed_layout import PackedStaging, packed_slots
 
 CHUNK_SLOTS = 8  # prefill chunks one mixed graph holds (a step with more runs eager)
 PREFILL_ROW_BUCKETS = (64, 128, 256, 512, 1024, 2048)
@@ -81,24 +82,14 @@ class MixedGraphDecoder(CapturedGraphs):
         max_slots = max((b for b, _ in self.pairs), default=1) + CHUNK_SLOTS + 1
         self.max_rows, self.max_slots = max_rows, max_slots
         # Staging (int64): [token ids | seq_lens | query_start (slots + 1) | num_real | logit rows | tables].
-        layout = (max_rows, max_slots, max_slots + 1, max_slots, max_slots, max_slots * max_blocks_per_seq)
-        self._offsets = [sum(layout[:i]) for i in range(len(layout) + 1)]
-        self._stagings = [self._new_staging() for _ in range(2)]
-        self._turn = 0
-        self.device_inputs = torch.zeros(self._offsets[-1], dtype=torch.int64, device=device)
-        parts = self._parts(self.device_inputs)
+        self.staging = PackedStaging(
+            (max_rows, max_slots, max_slots + 1, max_slots, max_slots, max_slots * max_blocks_per_seq), 5, scratch_block,
+            device)
+        self.device_inputs = self.staging.device_inputs
+        parts = self.staging.parts(self.device_inputs)
         self.input_ids, self.seq_lens, self.query_start, self.num_real, self.logit_rows, tables = parts
         self.block_tables = tables.view(max_slots, max_blocks_per_seq)
         self.arange = torch.arange(max_rows, device=device)
-
-    def _parts(self, buffer: torch.Tensor) -> list[torch.Tensor]:
-        o = self._offsets
-        return [buffer[o[i] : o[i + 1]] for i in range(len(o) - 1)]
-
-    def _new_staging(self) -> torch.Tensor:
-        buffer = torch.zeros(self._offsets[-1], dtype=torch.int64, pin_memory=self.device.type == "cuda")
-        self._parts(buffer)[5].fill_(self.scratch_block)
-        return buffer
 
     def output_rows(self, bucket: int, prefill_rows: int) -> int:
         return bucket + CHUNK_SLOTS
@@ -120,16 +111,8 @@ class MixedGraphDecoder(CapturedGraphs):
         starts = self.query_start[: n_slots + 1]  # (S + 1,)
         seq_lens = self.seq_lens[:n_slots]  # (S,)
         tables = self.block_tables[:n_slots]  # (S, max_blocks)
-        flat = self.arange[:rows]  # (T,)
-        seq_of = torch.searchsorted(starts[1:], flat, right=True).clamp(max=n_slots - 1)  # (T,) slot of each row
-        row = flat - starts[seq_of]  # (T,) row within its sequence
-        q_lens = starts[1:] - starts[:-1]  # (S,)
-        positions = (seq_lens[seq_of] - q_lens[seq_of] + row).clamp(min=0)  # (T,)
-        real = row < self.num_real[:n_slots][seq_of]  # (T,)
-        block_index = torch.div(positions, self.block_size, rounding_mode="floor").clamp(0, self.max_blocks - 1)
-        blocks = tables[seq_of, block_index]  # (T,)
-        scratch = self.scratch_block * self.block_size + positions % self.block_size
-        slot_mapping = torch.where(real, blocks * self.block_size + positions % self.block_size, scratch)
+        positions, slot_mapping = packed_slots(starts, seq_lens, self.num_real[:n_slots], tables, rows,
+                                               self.block_size, self.scratch_block, self.arange)  # (T,), (T,)
         bound = [self.max_blocks * self.block_size]
         meta = AttentionMetadata(
             slot_mapping=slot_mapping, query_start_loc=starts, seq_lens=seq_lens, block_tables=tables,
@@ -156,12 +139,12 @@ class MixedGraphDecoder(CapturedGraphs):
         """Every row padding (timing replays and capture touch no request's KV)."""
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
-        staging = self._stagings[self._turn]
+        staging = self.staging.current()
         self._fill(staging, MixedBatch([], [], [], [], [], []), bucket, prefill_rows)
         self.device_inputs.copy_(staging)
 
     def _fill(self, staging: torch.Tensor, batch: MixedBatch, bucket: int, prefill_rows: int) -> None:
-        ids, seq_lens, starts, num_real, logit_rows, tables = (part.numpy() for part in self._parts(staging))
+        ids, seq_lens, starts, num_real, logit_rows, tables = (part.numpy() for part in self.staging.parts(staging))
         tables = tables.reshape(self.max_slots, self.max_blocks)
         n = len(batch.decode_tokens)
         starts[: bucket + 1] = range(bucket + 1)
@@ -209,8 +192,7 @@ class MixedGraphDecoder(CapturedGraphs):
         width = max(len(t) for t in batch.decode_tables + batch.chunk_tables)
         if width > self.max_blocks:
             raise ValueError(f"a block table of {width} blocks exceeds the captured width {self.max_blocks}")
-        self._turn ^= 1
-        staging = self._stagings[self._turn]
+        staging = self.staging.next()
         self._fill(staging, batch, *key)
         self.device_inputs.copy_(staging, non_blocking=True)
         return self._launch(key)

@@ -27,6 +27,7 @@ from torch import nn
 
 from dynaspec.models.attention_metadata import AttentionMetadata
 from dynaspec.runtime.cuda_graphs import CapturedGraphs
+from dynaspec.runtime.packed_layout import PackedStaging, packed_slots
 
 # Token buckets per batch bucket: the verify positions above the batch (batch * max_draft_len at most)
 # are split into at most this many steps, so padding costs at most 1/8 of the largest ragged step's drafts.
@@ -99,23 +100,12 @@ class RaggedGraphDecoder(CapturedGraphs):
         max_slots = max((slots(b, t, max_query_len) for b, t in self.pairs), default=1)
         self.max_tokens, self.max_slots = max_tokens, max_slots
         # Staging (int64): [token ids | seq_lens | query_start (slots + 1) | num_real | block tables].
-        layout = (max_tokens, max_slots, max_slots + 1, max_slots, max_slots * max_blocks_per_seq)
-        self._offsets = [sum(layout[:i]) for i in range(len(layout) + 1)]
-        self._stagings = [self._new_staging() for _ in range(2)]  # used in turn, as the uniform graphs'
-        self._turn = 0
-        self.device_inputs = torch.zeros(self._offsets[-1], dtype=torch.int64, device=device)
-        self.input_ids, self.seq_lens, self.query_start, self.num_real, tables = self._parts(self.device_inputs)
+        self.staging = PackedStaging((max_tokens, max_slots, max_slots + 1, max_slots, max_slots * max_blocks_per_seq),
+                                     4, scratch_block, device)
+        self.device_inputs = self.staging.device_inputs
+        self.input_ids, self.seq_lens, self.query_start, self.num_real, tables = self.staging.parts(self.device_inputs)
         self.block_tables = tables.view(max_slots, max_blocks_per_seq)
         self.arange = torch.arange(max(max_tokens, max_slots) + 1, device=device)
-
-    def _parts(self, buffer: torch.Tensor) -> list[torch.Tensor]:
-        o = self._offsets
-        return [buffer[o[i] : o[i + 1]] for i in range(len(o) - 1)]
-
-    def _new_staging(self) -> torch.Tensor:
-        buffer = torch.zeros(self._offsets[-1], dtype=torch.int64, pin_memory=self.device.type == "cuda")
-        self._parts(buffer)[4].fill_(self.scratch_block)
-        return buffer
 
     def output_rows(self, bucket: int, tokens: int) -> int:
         return tokens
@@ -138,17 +128,8 @@ class RaggedGraphDecoder(CapturedGraphs):
         starts = self.query_start[: n_slots + 1]  # (S + 1,)
         seq_lens = self.seq_lens[:n_slots]  # (S,)
         tables = self.block_tables[:n_slots]  # (S, max_blocks)
-        flat = self.arange[:tokens]  # (T,)
-        seq_of = torch.searchsorted(starts[1:], flat, right=True).clamp(max=n_slots - 1)  # (T,) slot of each row
-        row = flat - starts[seq_of]  # (T,) row within its sequence
-        q_lens = starts[1:] - starts[:-1]  # (S,)
-        positions = seq_lens[seq_of] - q_lens[seq_of] + row  # (T,)
-        real = row < self.num_real[:n_slots][seq_of]  # (T,)
-        block_index = torch.div(positions, self.block_size, rounding_mode="floor").clamp(0, self.max_blocks - 1)
-        blocks = tables[seq_of, block_index]  # (T,)
-        # a pad row writes where its own pad sequence reads it back (scratch table), so pads stay finite
-        scratch = self.scratch_block * self.block_size + positions % self.block_size
-        slot_mapping = torch.where(real, blocks * self.block_size + positions % self.block_size, scratch)
+        positions, slot_mapping = packed_slots(starts, seq_lens, self.num_real[:n_slots], tables, tokens,
+                                               self.block_size, self.scratch_block, self.arange)  # (T,), (T,)
         meta = AttentionMetadata(
             slot_mapping=slot_mapping,
             query_start_loc=starts,
@@ -158,7 +139,7 @@ class RaggedGraphDecoder(CapturedGraphs):
             seq_lens_cpu=[self.max_blocks * self.block_size] * n_slots,
             block_size=self.block_size,
         )
-        hidden = self.model(self.input_ids[:tokens], positions.clamp(min=0), self.kv_caches, meta)  # (T, hidden)
+        hidden = self.model(self.input_ids[:tokens], positions, self.kv_caches, meta)  # (T, hidden)
         return self.model.compute_logits(hidden)  # (T, vocab) float32
 
     # ----------------------------------------------------------------- staging
@@ -166,13 +147,13 @@ class RaggedGraphDecoder(CapturedGraphs):
         """Every row of the (bucket, tokens) pair padding (timing replays touch no request's KV)."""
         if self.device.type == "cuda":  # no copy from the staging buffers may still be pending
             torch.cuda.synchronize(self.device)
-        staging = self._stagings[self._turn]
+        staging = self.staging.current()
         self._fill(staging, RaggedDecodeBatch([], [], []), bucket, tokens)
         self.device_inputs.copy_(staging)
 
     def _fill(self, staging: torch.Tensor, batch: RaggedDecodeBatch, bucket: int, tokens: int) -> int:
         """Write the batch and its padding into a staging buffer; returns the real rows sum(q_i)."""
-        ids, seq_lens, starts, num_real, tables = (part.numpy() for part in self._parts(staging))
+        ids, seq_lens, starts, num_real, tables = (part.numpy() for part in self.staging.parts(staging))
         tables = tables.reshape(self.max_slots, self.max_blocks)
         n = len(batch.token_ids)
         start = 0
@@ -209,8 +190,7 @@ class RaggedGraphDecoder(CapturedGraphs):
         longest = max(len(t) for t in batch.token_ids)
         if longest > self.max_query_len:
             raise ValueError(f"a request feeds {longest} positions; these graphs take at most {self.max_query_len}")
-        self._turn ^= 1
-        staging = self._stagings[self._turn]
+        staging = self.staging.next()
         self._fill(staging, batch, *key)
         self.device_inputs.copy_(staging, non_blocking=True)
         return self._launch(key)[:real_tokens]

@@ -267,3 +267,14 @@ def test_reset_forgets_what_finished_requests_taught_the_shared_pool():
     d.reset()
     assert len(d.pool("c")) == 0 and d.num_tracked_requests() == 0
     assert _propose(d, _req([9, 3, 4], rid="c")) == []  # only its own tokens now: 3, 4 never followed
+
+
+def test_tokens_from_reads_the_tail_without_the_whole_prompt():
+    """Request.tokens_from(start) == all_token_ids[start:] on both sides of the prompt's end."""
+    from dynaspec.runtime.request import Request
+    from dynaspec.sampling_params import SamplingParams
+
+    request = Request(request_id="r", prompt=None, prompt_token_ids=[1, 2, 3], params=SamplingParams())
+    request.output_token_ids = [4, 5]
+    for start in range(0, 7):
+        assert request.tokens_from(start) == request.all_token_ids[start:]

@@ -91,7 +91,7 @@ class ChainDrafter(Drafter):
         width = self._chain_width(k)
         batch = UniformDecodeBatch([], [], [], [])
         for request, start in zip(requests, starts):
-            fed = request.all_token_ids[start:]
+            fed = request.tokens_from(start)
             batch.token_ids.append(fed + [fed[-1]] * (width - len(fed)))
             batch.seq_lens.append(request.num_tokens + width - len(fed))
             batch.num_real.append(len(fed))

@@ -114,11 +114,10 @@ class DraftModelDrafter(ChainDrafter):
 
     def _catch_up_start(self, request: Request) -> int:
         state = self._state.setdefault(request.request_id, _DraftState())
-        tokens = request.all_token_ids
         if state.drafted is not None:  # read here, a step after its verify: a chain's copy has landed
             written = state.drafted.tokens[state.row][:-1]  # the last drafted token was never fed to the draft model
             match = 0
-            for a, b in zip(written, tokens[state.draft_start :]):
+            for a, b in zip(written, request.tokens_from(state.draft_start)):
                 if a != b:
                     break
                 match += 1
@@ -167,7 +166,7 @@ class DraftModelDrafter(ChainDrafter):
 
     def _first_step_eager(self, requests, starts, tokens, probs) -> None:
         """Feed every request's catch-up tokens (any length: a whole prompt after a preemption)."""
-        seqs = [SequenceInput(r.all_token_ids[s:], r.num_tokens, r.block_ids) for r, s in zip(requests, starts)]
+        seqs = [SequenceInput(r.tokens_from(s), r.num_tokens, r.block_ids) for r, s in zip(requests, starts)]
         rows, flat = [], 0
         for seq in seqs:
             flat += len(seq.token_ids)
@@ -182,7 +181,7 @@ class DraftModelDrafter(ChainDrafter):
         batch = UniformDecodeBatch([], [], [], [])
         rows = []
         for i, (request, start) in enumerate(zip(requests, starts)):
-            fed = request.all_token_ids[start:]
+            fed = request.tokens_from(start)
             batch.token_ids.append(fed + [fed[-1]] * (2 - len(fed)))
             batch.seq_lens.append(request.num_tokens + 2 - len(fed))
             batch.num_real.append(len(fed))

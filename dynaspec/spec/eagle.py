@@ -124,7 +124,7 @@ class EagleDrafter(ChainDrafter):
         """Eager: the catch-up of any length, then k - 1 single-position steps, picking on the host."""
         runner = self.runner
         tables = [r.block_ids for r in requests]
-        h = runner.catch_up([r.all_token_ids[s:] for r, s in zip(requests, starts)], starts, tables)  # (B, H)
+        h = runner.catch_up([r.tokens_from(s) for r, s in zip(requests, starts)], starts, tables)  # (B, H)
         tokens: list[list[int]] = [[] for _ in requests]
         probs: list[list[torch.Tensor]] = [[] for _ in requests]
         for step in range(k):

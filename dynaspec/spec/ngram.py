@@ -204,14 +204,6 @@ def code_like_tokens(rng: random.Random, count: int, vocab: int) -> list[int]:
     return out[:count]
 
 
-def _tokens_from(request: Request, start: int) -> list[int]:
-    """request.all_token_ids[start:] without copying the whole prompt."""
-    prompt, output = request.prompt_token_ids, request.output_token_ids
-    if start >= len(prompt):
-        return output[start - len(prompt) :]
-    return prompt[start:] + output
-
-
 class NGramDrafter(Drafter):
     """Drafter (spec/drafter.py) proposing continuations of earlier occurrences of the current suffix."""
 
@@ -262,7 +254,7 @@ class NGramDrafter(Drafter):
         # before with a continuation cut at `seen` start at seen - draft + 1.
         first_end = max(1, seen - self.max_draft_len + 1)
         base = max(0, first_end - self.max_ngram)
-        toks = tuple(_tokens_from(request, base))
+        toks = tuple(request.tokens_from(base))
         self.pool(rid).index(toks, first_end - base, seen - base, self.max_draft_len, self.max_ngram)
         self._seen[rid] = total
 
@@ -277,7 +269,7 @@ class NGramDrafter(Drafter):
             draft: list[int] = []
             if limit > 0:
                 pool = self.pool(request.request_id)
-                tail = _tokens_from(request, max(0, request.num_tokens - self.max_ngram))
+                tail = request.tokens_from(max(0, request.num_tokens - self.max_ngram))
                 for n in range(len(tail), 0, -1):
                     cont = pool.lookup(tuple(tail[-n:]))
                     if cont is not None:

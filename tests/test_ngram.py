@@ -271,9 +271,6 @@ def test_reset_forgets_what_finished_requests_taught_the_shared_pool():
 
 def test_tokens_from_reads_the_tail_without_the_whole_prompt():
     """Request.tokens_from(start) == all_token_ids[start:] on both sides of the prompt's end."""
-    from dynaspec.runtime.request import Request
-    from dynaspec.sampling_params import SamplingParams
-
     request = Request(request_id="r", prompt=None, prompt_token_ids=[1, 2, 3], params=SamplingParams())
     request.output_token_ids = [4, 5]
     for start in range(0, 7):

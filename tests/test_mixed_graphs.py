@@ -73,7 +73,7 @@ def test_mixed_layout_is_token_identical_to_the_eager_engine(target, spec):
     assert any(d == 0 for d, _ in seen)  # prefill-only steps too
 
 
-def test_lookup_and_buckets(target, tmp_path):
+def test_lookup_and_buckets(target):
     assert prefill_buckets(48) == [48] and prefill_buckets(2048) == [64, 128, 256, 512, 1024, 2048]
     assert prefill_buckets(300) == [64, 128, 256, 300]
     loaded = load_model(target, dtype=torch.float32, device="cpu")

@@ -68,9 +68,16 @@ class GemmTiles:
     def _by_key(self) -> dict[str, TileConfig]:
         return dict(self.entries)
 
+    @cached_property
+    def _resolved(self) -> dict[tuple[int, int, torch.dtype], TileConfig]:
+        return {}  # (N, K, dtype) -> config: every projection of an eager forward asks once per layer
+
     def lookup(self, n: int, k: int, dtype: torch.dtype) -> TileConfig:
         """The tuned configuration of this shape, else the rule's."""
-        return self._by_key.get(shape_key(n, k, dtype)) or rule_tile(n, k, dtype)
+        cfg = self._resolved.get((n, k, dtype))
+        if cfg is None:
+            cfg = self._resolved[(n, k, dtype)] = self._by_key.get(shape_key(n, k, dtype)) or rule_tile(n, k, dtype)
+        return cfg
 
     def to_json(self, **extra) -> str:
         """The table file's text (`extra`: what produced it, e.g. the command and the measurements)."""

@@ -8,7 +8,8 @@ so the same token row gets logits that differ in the last bits between a decode 
 batch 64 and a verify step (He & Thinking Machines Lab 2025, "Defeating Nondeterminism in LLM Inference").
 
 - CUDA: the Triton GEMM of `batch_invariant.py`: one tile configuration for every M (the card's tuned
-  table's, gemm_tiles.py), no split-K, the K loop in one fixed order.
+  table's, gemm_tiles.py), K in fixed slices whose partials are added in one order (split across programs
+  or not, the same adds).
 - CPU (any other device): the rows are padded to a multiple of `CPU_ROW_BLOCK` and every block of
   `CPU_ROW_BLOCK` rows is one BLAS call of the same shape (block, K) x (K, N) on a 64-byte aligned slice
   of one fresh buffer (16 rows of 4-byte floats are a multiple of 64 bytes). One shape means one kernel and one blocking for every row of every step;

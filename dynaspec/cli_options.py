@@ -27,8 +27,9 @@ TensorParallelSize = Annotated[Optional[int], typer.Option(
          "the attention heads")]
 
 CudagraphMode = Annotated[Optional[str], typer.Option(
-    help="FULL_DECODE_ONLY (default): CUDA graphs for decode and verify steps; FULL: also for the steps that "
-         "prefill new prompts beside decodes")]
+    help="FULL: CUDA graphs for decode and verify steps and for the steps that prefill new prompts beside "
+         "decodes (default); FULL_DECODE_ONLY: decode and verify steps only (the default with --deterministic "
+         "or tensor parallelism)")]
 
 ENGINE_FLAGS = ("max_model_len", "max_num_seqs", "dtype", "device", "gpu_memory_utilization", "deterministic",
                 "tensor_parallel_size", "cudagraph_mode")

@@ -37,7 +37,9 @@ class EngineConfig(BaseModel):
     # Which steps run as CUDA graphs (vLLM's `cudagraph_mode` names): FULL_DECODE_ONLY captures decode and
     # verify steps; FULL also captures the steps that prefill new prompts beside k = 0 decodes (mixed steps,
     # keyed by decode bucket and padded prefill rows: runtime/mixed_graphs.py), which otherwise run eager.
-    cudagraph_mode: Literal["FULL_DECODE_ONLY", "FULL"] = "FULL_DECODE_ONLY"
+    # None (the default) resolves to FULL, or to FULL_DECODE_ONLY with deterministic mode or tensor
+    # parallelism (where mixed graphs are not available yet).
+    cudagraph_mode: Literal["FULL_DECODE_ONLY", "FULL"] | None = None
     cuda_graph_max_batch: int = Field(default=256, ge=1, le=512)
     # Overlap the host's commit of step t with the device's step t + 1 for plain greedy decode steps
     # (engine/overlap.py; vLLM's `async_scheduling`). Outputs are the same, one step later.
@@ -83,6 +85,9 @@ class EngineConfig(BaseModel):
                 + ("deterministic=True" if self.deterministic else f"tensor_parallel_size={self.tensor_parallel_size}")
                 + " yet; use cudagraph_mode='FULL_DECODE_ONLY'"
             )
+        if self.cudagraph_mode is None:
+            plain = not self.deterministic and self.tensor_parallel_size == 1
+            self.cudagraph_mode = "FULL" if plain else "FULL_DECODE_ONLY"
         return self
 
     @classmethod

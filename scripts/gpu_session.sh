@@ -61,6 +61,16 @@ for step in "$@"; do
       bash scripts/gpu_qwen_pair.sh "$OUT" --bench-flags "--deterministic --policy-lines goodput --no-plots" ;;
     qwen-det-chat)  # the same, chat prompts only (code-edit's half ran on 2026-12-05: 24 of 24)
       bash scripts/gpu_qwen_pair.sh "$OUT" --workloads chat --bench-flags "--deterministic --policy-lines goodput --no-plots" ;;
+    qwen-adaptive)  # issue 20 (~4-5 min, after the .xfer chunks and a join): the real pair and n-gram on the 1.5B,
+      # code-edit and chat prompts alternating per request, float32: adaptive vs uniform goodput vs no spec
+      bash scripts/qwen_join.sh .xfer /tmp > /dev/null || exit 1
+      for drafter in draft-model ngram; do
+        extra=(); [ "$drafter" = draft-model ] && extra=(--draft-model /tmp/qwen-0.5b.gguf)
+        python3 -m dynaspec.cli bench --model /tmp/qwen-1.5b.gguf --drafter "$drafter" "${extra[@]}" --max-draft-len 4 \
+          --ks 0,2 --no-schedule-line --policy-lines goodput,adaptive --batch-sizes 1,4,16,64 --workload code-edit,chat \
+          --gen-len 64 --dtype float32 --no-plots --out-dir "$OUT/qwen-adaptive-$drafter" > "$OUT/qwen-adaptive-$drafter.log" 2>&1
+        tail -3 "$OUT/qwen-adaptive-$drafter.log"; grep -A14 "Every point" "$OUT/qwen-adaptive-$drafter/bench.md" | head -24
+      done ;;
     adaptive-bound)  # issue 20: what per-request k can gain over uniform k / no spec, from the probed costs
       python3 scripts/adaptive_bound.py --model random:llama-3.1-8b --out "$OUT/bound" 2>&1 | tail -9 ;;
     adaptive-sweep)  # issue 20: adaptive vs uniform goodput vs static k vs no spec, code-edit + chat mixed 50/50

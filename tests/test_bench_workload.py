@@ -55,6 +55,7 @@ def ngram_result(tiny_chat_dir):
 def test_workload_sweep_runs_real_prompts_and_records_tokens(ngram_result, tiny_chat_dir):
     from transformers import AutoTokenizer
 
+
     tokenizer = AutoTokenizer.from_pretrained(str(tiny_chat_dir))
     expected = workload_prompts(tokenizer, "chat", max(BATCHES), seed=0)
     meta = ngram_result["metadata"]
@@ -135,6 +136,21 @@ def test_prompts_cycle_to_fill_a_batch():
         WorkloadPrompts("chat", ((),))
 
 
+def test_joined_workloads_alternate_request_by_request(tiny_chat_dir):
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(str(tiny_chat_dir))
+    mixed = workload_prompts(tokenizer, "code-edit,chat", 6, seed=0)
+    code = workload_prompts(tokenizer, "code-edit", 3, seed=0)
+    chat = workload_prompts(tokenizer, "chat", 3, seed=0)
+    assert mixed.token_ids[0::2] == code.token_ids and mixed.token_ids[1::2] == chat.token_ids
+    assert not set(mixed.warmup_token_ids) & set(mixed.token_ids)
+    with pytest.raises(ValueError, match="unknown workload 'poetry' in 'chat,poetry'.*joined by commas"):
+        workload_prompts(tokenizer, "chat,poetry", 2)
+    with pytest.raises(ValueError, match="names one workload twice"):
+        workload_prompts(tokenizer, "chat, chat", 2)
+
+
 def test_workload_needs_a_chat_template():
     with pytest.raises(ValueError, match="needs a tokenizer with a chat template"):
         workload_prompts(None, "chat", 2)
@@ -189,6 +205,7 @@ def test_warmup_prompts_are_other_prompts_of_the_workload(tiny_chat_dir, monkeyp
     n-gram pool cannot learn the measured ones), and random ids only when the workload has no others."""
     from transformers import AutoTokenizer
 
+
     import dynaspec.bench.sweep as sweep
 
     tokenizer = AutoTokenizer.from_pretrained(str(tiny_chat_dir))
@@ -235,6 +252,7 @@ def test_random_warmup_fits_the_engine_sized_by_the_workload(tiny_chat_dir, monk
     as the longest measured prompt (the engine's max_model_len is sized by it), not --prompt-len's 128, which
     the engine refused ("prompt is 128 tokens; max_model_len is 113") on the GPU."""
     from transformers import AutoTokenizer
+
 
     import dynaspec.bench.sweep as sweep
 

@@ -118,3 +118,10 @@ def test_cli_names_the_allowed_cudagraph_modes(command):
     result = CliRunner().invoke(app, [*command, "--cudagraph-mode", "PIECEWISE", "--device", "cpu"])
     assert result.exit_code != 0
     assert "FULL_DECODE_ONLY" in " ".join(result.output.split()) and "PIECEWISE" in result.output
+
+
+def test_default_mode_is_full_where_mixed_graphs_apply():
+    assert EngineConfig().cudagraph_mode == "FULL"
+    assert EngineConfig(deterministic=True).cudagraph_mode == "FULL_DECODE_ONLY"
+    assert EngineConfig(tensor_parallel_size=2).cudagraph_mode == "FULL_DECODE_ONLY"
+    assert EngineConfig(cudagraph_mode="FULL_DECODE_ONLY").cudagraph_mode == "FULL_DECODE_ONLY"

@@ -61,7 +61,7 @@ def bench_trace_command(
     dtype: Annotated[str, typer.Option(help="auto | float32 | bfloat16 | float16")] = "auto",
     seed: Annotated[int, typer.Option()] = 0,
     enforce_eager: Annotated[bool, typer.Option(help="no CUDA graphs")] = False,
-    cudagraph_mode: Annotated[str, typer.Option(help="FULL_DECODE_ONLY | FULL (also capture steps that prefill beside decodes)")] = "FULL_DECODE_ONLY",
+    cudagraph_mode: Annotated[Optional[str], typer.Option(help="FULL | FULL_DECODE_ONLY (only decode and verify steps as graphs); default: FULL, or FULL_DECODE_ONLY with --deterministic")] = None,
     warmup: Annotated[bool, typer.Option(help="one short batch at each concurrency of --phases before each line")] = True,
     plots: Annotated[bool, typer.Option(help="write trace.png")] = True,
 ) -> None:

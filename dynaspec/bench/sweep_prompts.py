@@ -13,6 +13,9 @@ step in two runs where k = 3 was 40% faster). Every line of the sweep gets the
 same prompts at the same batch size, so with greedy decoding each speculative line must commit exactly the
 no-spec line's tokens (speculative decoding is lossless: Leviathan et al. 2023, arXiv 2211.17192);
 `token_agreement` measures whether it did.
+
+Several workloads joined by commas (`code-edit,chat`) mix them request by request: the prompts alternate
+between the workloads, so every batch of two or more holds both kinds (issue 20's mixed batches).
 """
 
 from __future__ import annotations
@@ -27,6 +30,25 @@ from dynaspec.bench.workloads import WORKLOADS, workload
 WARMUP_DRAW_FACTOR = 4
 
 
+def workload_names(name: str) -> list[str]:
+    """The workloads of `name` ("code-edit" or "code-edit,chat"); ValueError naming the allowed ones."""
+    names = [part.strip() for part in name.split(",")]
+    allowed = f"choose from {', '.join(WORKLOADS)}, or several of them joined by commas (their prompts alternate)"
+    unknown = [n for n in names if n not in WORKLOADS]
+    if unknown:
+        raise ValueError(f"unknown workload {unknown[0]!r} in {name!r}; {allowed}")
+    if len(set(names)) != len(names):
+        raise ValueError(f"workload {name!r} names one workload twice; {allowed}")
+    return names
+
+
+def _interleaved(names: list[str], count: int, seed: int) -> list:
+    """`count` conversations taking turns between the workloads `names`."""
+    per = -(-count // len(names))
+    drawn = [workload(n, per, seed) for n in names]
+    return [drawn[i % len(names)][i // len(names)] for i in range(count)]
+
+
 @dataclass(frozen=True)
 class WorkloadPrompts:
     """The distinct prompts (token ids, chat template applied) of one workload, in batch-filling order."""
@@ -36,8 +58,7 @@ class WorkloadPrompts:
     warmup_token_ids: tuple[tuple[int, ...], ...] = ()  # other prompts of the workload, for warm-ups
 
     def __post_init__(self) -> None:
-        if self.name not in WORKLOADS:
-            raise ValueError(f"unknown workload {self.name!r}; choose from {', '.join(WORKLOADS)}")
+        workload_names(self.name)
         if not self.token_ids or any(len(p) == 0 for p in self.token_ids):
             raise ValueError(f"workload {self.name!r} needs at least one non-empty prompt")
 
@@ -82,8 +103,7 @@ def workload_prompts(tokenizer, name: str, num_prompts: int, seed: int = 0) -> W
 
     ValueError when there is no tokenizer or it has no chat template (the workloads are conversations).
     """
-    if name not in WORKLOADS:
-        raise ValueError(f"unknown workload {name!r}; choose from {', '.join(WORKLOADS)}")
+    names = workload_names(name)
     if tokenizer is None or not getattr(tokenizer, "chat_template", None):
         raise ValueError(
             f"workload {name!r} is chat conversations: the model needs a tokenizer with a chat template "
@@ -95,10 +115,10 @@ def workload_prompts(tokenizer, name: str, num_prompts: int, seed: int = 0) -> W
             for c in conversations
         ]
 
-    ids = tokenized(workload(name, num_prompts, seed))
+    ids = tokenized(_interleaved(names, num_prompts, seed))
     measured = set(ids)
     warmup: list[tuple[int, ...]] = []
-    for prompt in tokenized(workload(name, WARMUP_DRAW_FACTOR * num_prompts, seed + 1)):
+    for prompt in tokenized(_interleaved(names, WARMUP_DRAW_FACTOR * num_prompts, seed + 1)):
         if prompt not in measured and prompt not in warmup:
             warmup.append(prompt)
             if len(warmup) == num_prompts:

@@ -90,7 +90,7 @@ class SweepSettings:
     block_size: int = 16
     enforce_eager: bool = False
     deterministic: bool = False  # EngineConfig.deterministic on every line (batch-invariant kernels)
-    cudagraph_mode: str = "FULL_DECODE_ONLY"  # EngineConfig.cudagraph_mode on every line
+    cudagraph_mode: str | None = None  # EngineConfig.cudagraph_mode on every line (None: its default)
     warmup: bool = True
     # > 1: every line's engine is built up front on ONE copy of the target weights and the lines are
     # measured side by side, batch size by batch size, `rounds` times in rotated order; a point's tokens/s
@@ -124,10 +124,9 @@ class SweepSettings:
             if spec is None:
                 raise ValueError("an acceptance profile needs a speculative config (a drafter) to replay")
         if self.workload is not None:
-            from dynaspec.bench.workloads import WORKLOADS
+            from dynaspec.bench.sweep_prompts import workload_names
 
-            if self.workload not in WORKLOADS:
-                raise ValueError(f"unknown workload {self.workload!r}; choose from {', '.join(WORKLOADS)}")
+            workload_names(self.workload)
             if self.acceptance_profile is not None:
                 raise ValueError(
                     "a workload measures the model's own acceptance on real prompts; "
@@ -238,7 +237,7 @@ def _spec_variant(spec, max_draft_len: int, schedule, max_concurrency, acceptanc
     return parse_speculative_config(data)
 
 
-def check_cudagraph_mode(value: str) -> None:
-    """--cudagraph-mode: one of EngineConfig.cudagraph_mode's values (ValueError naming them otherwise)."""
-    if value not in ("FULL_DECODE_ONLY", "FULL"):
+def check_cudagraph_mode(value: str | None) -> None:
+    """--cudagraph-mode: one of EngineConfig.cudagraph_mode's values or None (ValueError naming them otherwise)."""
+    if value is not None and value not in ("FULL_DECODE_ONLY", "FULL"):
         raise ValueError(f"--cudagraph-mode must be FULL_DECODE_ONLY or FULL, got {value!r}")

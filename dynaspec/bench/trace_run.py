@@ -71,7 +71,7 @@ class TraceSettings:
     seed: int = 0
     block_size: int = 16
     enforce_eager: bool = False
-    cudagraph_mode: str = "FULL_DECODE_ONLY"  # EngineConfig.cudagraph_mode on every line
+    cudagraph_mode: str | None = None  # EngineConfig.cudagraph_mode on every line (None: its default)
     warmup: bool = True
     model_cache_dir: str | None = None
     command_line: str | None = None

@@ -43,10 +43,13 @@ def workload_names(name: str) -> list[str]:
 
 
 def _interleaved(names: list[str], count: int, seed: int) -> list:
-    """`count` conversations taking turns between the workloads `names`."""
-    per = -(-count // len(names))
-    drawn = [workload(n, per, seed) for n in names]
-    return [drawn[i % len(names)][i // len(names)] for i in range(count)]
+    """Up to `count` conversations taking turns between the workloads `names` (a workload may hold fewer
+    than asked: then as many rounds as the shortest has)."""
+    if len(names) == 1:
+        return workload(names[0], count, seed)
+    drawn = [workload(n, -(-count // len(names)), seed) for n in names]
+    rounds = min(len(d) for d in drawn)
+    return [d[r] for r in range(rounds) for d in drawn][:count]
 
 
 @dataclass(frozen=True)

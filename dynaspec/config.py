@@ -86,7 +86,8 @@ class EngineConfig(BaseModel):
                 + " yet; use cudagraph_mode='FULL_DECODE_ONLY'"
             )
         if self.cudagraph_mode is None:
-            self.cudagraph_mode = "FULL_DECODE_ONLY"
+            plain = not self.deterministic and self.tensor_parallel_size == 1
+            self.cudagraph_mode = "FULL" if plain else "FULL_DECODE_ONLY"
         return self
 
     @classmethod

@@ -78,13 +78,24 @@ def test_lookup_and_buckets(target):
     assert prefill_buckets(300) == [64, 128, 256, 300]
     loaded = load_model(target, dtype=torch.float32, device="cpu")
     runner = ModelRunner(loaded.model, num_blocks=32, block_size=4, dtype=torch.float32, device=torch.device("cpu"))
-    mixed = MixedGraphDecoder(runner.model, runner.kv_caches, 4, 8, runner.scratch_block, [(2, 64), (4, 64), (4, 128)],
+    mixed = MixedGraphDecoder(runner.model, runner.kv_caches, 4, 32, runner.scratch_block, [(2, 64), (4, 64), (4, 128)],
                               runner.device, use_graphs=False)
     assert mixed.lookup(1, 2, 10) == (2, 64) and mixed.lookup(3, 1, 65) == (4, 128)
     assert mixed.lookup(5, 1, 10) is None and mixed.lookup(1, 1, 129) is None
     assert mixed.lookup(1, CHUNK_SLOTS + 1, 10) is None
     with pytest.raises(ValueError, match="no mixed CUDA graph"):
         mixed.run(MixedBatch([1] * 5, [3] * 5, [[0]] * 5, [[1, 2]], [2], [[1]]))
+    with pytest.raises(ValueError, match="256 prefill rows exceed a sequence's 8 blocks x 4 slots"):
+        MixedGraphDecoder(runner.model, runner.kv_caches, 4, 8, runner.scratch_block, [(2, 32), (2, 256)],
+                          runner.device, use_graphs=False)
+
+
+def test_prefill_buckets_stop_at_max_model_len(target):
+    """The pad rows are one sequence: a bucket past max_model_len would read its block table row past the
+    end (an illegal address on the GPU with the default 2048-token budget and a 512-position model)."""
+    engine = LLMEngine(EngineConfig(model=target, block_size=4, max_num_seqs=8, dtype="float32", device="cpu"))
+    assert engine.max_model_len == 512 and engine.config.max_num_batched_tokens == 2048
+    assert max(p for _, p in engine._mixed_keys()) == 512
 
 
 def test_full_mode_refuses_what_it_cannot_capture():

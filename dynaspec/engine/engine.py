@@ -324,9 +324,11 @@ class LLMEngine:
 
     def _mixed_keys(self) -> list[tuple[int, int]]:
         """(decode bucket, padded prefill rows) of the mixed graphs: every bucket captured at k = 0, every
-        prefill bucket of the step's token budget (runtime/mixed_graphs.py)."""
+        prefill bucket of the step's token budget up to max_model_len (the padding rows are one sequence
+        that must fit a block table and the position range; runtime/mixed_graphs.py)."""
         buckets = sorted({b for b, k in self._captured if k == 0})
-        return [(b, p) for b in buckets for p in prefill_buckets(self.config.max_num_batched_tokens)]
+        rows = min(self.config.max_num_batched_tokens, self.max_model_len)
+        return [(b, p) for b in buckets for p in prefill_buckets(rows)]
 
     def _runs_ragged(self, lengths: list[int], k: int) -> bool:
         """Whether a decode step with drafts of these lengths runs in a ragged graph: they differ and a

@@ -11,7 +11,10 @@ its padded rows; vLLM captures its mixed batches by token count likewise.
 Layout of the graph keyed (B, P), every decode at k = 0:
 - rows 0..B-1: decode slots 0..B-1, one row each (padding slots: token 0 in the scratch block, context 1);
 - rows B..B+P-1: CHUNK_SLOTS chunk slots packed from row B (unused ones have no rows), then one pad slot
-  holding the P - sum(chunk rows) padding rows, in the scratch block.
+  holding the P - sum(chunk rows) padding rows, in the scratch block. The pad slot is one sequence of up to
+  P positions, read through a block-table row: P may not exceed a sequence's blocks (nor max_model_len's
+  positions; the engine caps its prefill buckets there). On an H100, P = 2048 with 128-block rows read
+  past the table and hit an illegal address (2026-12-06).
 Staged per step (one pinned copy): token ids (B + P), per slot the context length and the query start,
 the number of real rows, the block tables, and the rows whose logits the step needs (each decode's row,
 each chunk's last row). Positions and KV slots are derived inside the graph; the attention metadata is
@@ -76,6 +79,10 @@ class MixedGraphDecoder(CapturedGraphs):
         self.device = device
         self.use_graphs = use_graphs
         self.pool = pool
+        too_long = [p for _, p in keys if p > max_blocks_per_seq * block_size]
+        if too_long:  # the padding rows form one sequence: its block table row would be read past its end
+            raise ValueError(f"mixed graphs of {max(too_long)} prefill rows exceed a sequence's "
+                             f"{max_blocks_per_seq} blocks x {block_size} slots")
         self.pairs = sorted(set(keys), key=lambda key: key[0] + key[1], reverse=True)  # largest first
         self._init_graph_store(output_buffer)
         max_rows = max((b + p for b, p in self.pairs), default=1)

@@ -141,6 +141,34 @@ def test_policy_stays_off_where_verify_is_expensive_and_explores_now_and_then():
     assert _policy(10.0, max_concurrency=2).draft_lens(3, 3, ids) == [0, 0, 0]
 
 
+def test_cold_start_probes_a_position_priced_just_above_its_prior():
+    """The real Qwen2.5-Coder pair at batch 1 (H100, 2026-12-06): T(1, 0) 4.5 ms, T(1, 1) 7.2 ms, so k = 1 pays
+    above alpha 0.59; the cold-start prior (alpha 0.5) sits just below it. The policy verifies the unseen
+    position for a few steps (a probe), learns the real acceptance and keeps it; without the probe rule it
+    holds k = 0. A position far from paying is not probed."""
+    from dynaspec.spec.planner_settings import PlannerSettings
+
+    def policy(probe_margin):
+        costs = StepCostModel()
+        for k in range(K + 1):
+            costs.add(1, k, 0.0045 + 0.0027 * k)
+        settings = PlannerSettings(cold_start_trials=4.0, probe_margin=probe_margin, explore_every=None)
+        estimator = AcceptanceEstimator(K, blend_count=1.0, cold_start_trials=4.0)
+        return AdaptivePolicy(costs, estimator, K, settings)
+
+    assert [policy(None).draft_lens(1, 1, ["r"]) for _ in range(3)] == [[0]] * 3
+    probing = policy(0.10)
+    assert probing.plan(1, ["r"]).budget == 0
+    assert probing.draft_lens(1, 1, ["r"]) == [1] and probing.last_decision["reason"] == "probe"
+    for _ in range(6):  # the target accepts every draft
+        k = probing.draft_lens(1, 1, ["r"])[0]
+        probing.observe(StepOutcome(["r"], k, drafted=[k], accepted=[k], draft_lens=[k], seconds=0.0045 + 0.0027 * k))
+    assert probing.plan(1, ["r"]).budget >= 1 and probing.draft_lens(1, 1, ["r"])[0] >= 1
+    costly = policy(0.10)
+    costly.cost_model.add(1, 1, 0.02)  # a position costs 3.4 plain steps: no probe
+    assert costly.draft_lens(1, 1, ["r"]) == [0]
+
+
 def test_refresh_computes_off_the_critical_path_and_draft_lens_reuses_it():
     policy = _policy(0.1, replan_every=3)
     calls = []

@@ -67,6 +67,7 @@ class Allocation:
     expected_tokens: float  # committed tokens expected: batch + the allocated survivals
     seconds: float  # predicted T(batch, B*)
     next_request: int | None = None  # the request that position B* + 1 would go to (None: none is left)
+    next_goodput: float | None = None  # predicted goodput with that position too (None: none is left)
 
     @property
     def goodput(self) -> float:
@@ -101,8 +102,11 @@ def plan_allocation(
     draft_lens = [0] * batch
     for i, _ in order[:best_b]:
         draft_lens[i] += 1
-    next_request = order[best_b][0] if best_b < len(order) else None
-    return Allocation(draft_lens, best_b, best_tokens, best_seconds, next_request)
+    if best_b < len(order):
+        next_request, next_survival = order[best_b]
+        next_goodput = (best_tokens + next_survival) / step_seconds(best_b + 1)
+        return Allocation(draft_lens, best_b, best_tokens, best_seconds, next_request, next_goodput)
+    return Allocation(draft_lens, best_b, best_tokens, best_seconds)
 
 
 def step_seconds_by_tokens(

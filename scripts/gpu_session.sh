@@ -61,10 +61,13 @@ for step in "$@"; do
       bash scripts/gpu_qwen_pair.sh "$OUT" --bench-flags "--deterministic --policy-lines goodput --no-plots" ;;
     qwen-det-chat)  # the same, chat prompts only (code-edit's half ran on 2026-12-05: 24 of 24)
       bash scripts/gpu_qwen_pair.sh "$OUT" --workloads chat --bench-flags "--deterministic --policy-lines goodput --no-plots" ;;
-    qwen-adaptive)  # issue 20 (~4-5 min, after the .xfer chunks and a join): the real pair and n-gram on the 1.5B,
-      # code-edit and chat prompts alternating per request, float32: adaptive vs uniform goodput vs no spec
+    qwen-adaptive|qwen-adaptive-draft|qwen-adaptive-ngram)  # issue 20 (after the .xfer chunks; join + convert
+      # ~70 s, the draft-model half ~4 min, n-gram ~2 min): the real pair and n-gram on the 1.5B, code-edit and
+      # chat prompts alternating per request, float32: adaptive vs uniform goodput vs no spec
       bash scripts/qwen_join.sh .xfer /tmp > /dev/null || exit 1
-      for drafter in draft-model ngram; do
+      case "$step" in qwen-adaptive-draft) drafters=(draft-model) ;; qwen-adaptive-ngram) drafters=(ngram) ;;
+        *) drafters=(draft-model ngram) ;; esac
+      for drafter in "${drafters[@]}"; do
         extra=(); [ "$drafter" = draft-model ] && extra=(--draft-model /tmp/qwen-0.5b.gguf)
         python3 -m dynaspec.cli bench --model /tmp/qwen-1.5b.gguf --drafter "$drafter" "${extra[@]}" --max-draft-len 4 \
           --ks 0,2 --no-schedule-line --policy-lines goodput,adaptive --batch-sizes 1,4,16,64 --workload code-edit,chat \

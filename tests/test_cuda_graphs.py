@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from dynaspec.config import EngineConfig
-from dynaspec.runtime.cuda_graphs import UniformDecodeBatch, bucket_for
+from dynaspec.runtime.cuda_graphs import UniformDecodeBatch, bucket_for, collections_paused
 from dynaspec.engine.engine import LLMEngine
 from dynaspec.runtime.model_runner import ModelRunner, SequenceInput
 from dynaspec.models.loader import load_model
@@ -118,3 +118,28 @@ def test_overlapped_decode_equals_synchronous_on_cuda(tmp_path):
         return results
 
     assert run(True) == run(False)
+
+
+def test_captures_run_with_garbage_collected_first_and_collections_paused():
+    """A dead cycle (a dropped engine and its graphs) is freed before capturing, not in the middle of it."""
+    import gc
+    import weakref
+
+    class Node:
+        pass
+
+    dead = Node()
+    dead.self = dead
+    ref = weakref.ref(dead)
+    del dead
+    assert gc.isenabled()
+    with collections_paused():
+        assert ref() is None and not gc.isenabled()
+    assert gc.isenabled()
+    gc.disable()
+    try:
+        with collections_paused():
+            pass
+        assert not gc.isenabled()  # restored as it was
+    finally:
+        gc.enable()

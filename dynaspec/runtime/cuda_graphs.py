@@ -25,8 +25,10 @@ captures a draft model's whole k-step draft chain that way.
 
 from __future__ import annotations
 
+import gc
 from bisect import bisect_left
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
@@ -35,6 +37,26 @@ from torch import nn
 from dynaspec.models.attention_metadata import AttentionMetadata
 
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 48, 64, 96, 128, 160, 192, 224, 256, 320, 384, 448, 512)
+
+
+@contextmanager
+def collections_paused() -> Iterator[None]:
+    """Collect garbage now, then keep Python's cyclic collector off until the block ends.
+
+    An engine that was dropped lives on until the cyclic collector runs (its policy holds bound methods
+    of it), and so do its CUDA graphs; torch no longer collects when a capture begins. A collection that
+    frees them in the middle of another engine's capture resets a graph while a stream is capturing
+    ("operation not permitted when stream is capturing (function reset)"), which invalidates that capture:
+    seen on an H100 after ~60 engines in one pytest process (2026-12-06). vLLM collects before capturing
+    for the same reason. Automatic collections are restored as they were on exit."""
+    gc.collect()
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if enabled:
+            gc.enable()
 
 
 def bucket_for(batch: int, buckets: Iterable[int]) -> int | None:
@@ -94,6 +116,10 @@ class CapturedGraphs:
         """Capture every pair (largest first, sharing one memory pool); eager mode captures nothing."""
         if not self.use_graphs:
             return
+        with collections_paused():
+            self._capture_pairs()
+
+    def _capture_pairs(self) -> None:
         for key in self.pairs:
             self.stage_idle(*key)
             stream = torch.cuda.Stream(self.device)

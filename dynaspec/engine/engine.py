@@ -12,7 +12,9 @@ The policy (spec/policies.py) and the drafter (spec/factory.py) are complete int
 config by tables; benchmark-only acceptance replay is verify's strategy. The engine tests none of them.
 
 A plain decode step (k = 0, captured graph) is not waited for: the next step() launches the following
-one from its tokens on the device and commits it meanwhile (overlapped decode, engine/overlap.py).
+one from its tokens on the device and commits it meanwhile (overlapped decode, engine/overlap.py). A
+speculative decode step from a graph is verified by the next step() call, which launches the step after
+it before building the outputs (deferred verification, engine/launched_step.py).
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ from dynaspec.config import EngineConfig
 from dynaspec.engine.block_manager import BlockManager
 from dynaspec.engine.drafting import propose_drafts
 from dynaspec.engine.engine_setup import activation_reserve, check_shared_model, eos_ids, resolve_max_model_len
+from dynaspec.engine.launched_step import AppliedStep, LaunchedStep, defers_verification, without_aborted
 from dynaspec.engine.logprobs import step_logprobs
 from dynaspec.engine.request_intake import new_request
 from dynaspec.engine.output_processor import OutputProcessor
@@ -127,6 +130,7 @@ class LLMEngine:
         self.vocab_size = int(loaded.model.vocab_size)
         self.num_steps = 0
         self._inflight: InflightStep | None = None  # overlapped decode step awaiting its commit
+        self._launched: LaunchedStep | None = None  # speculative step awaiting its verification (deferred)
         # Policy work queued by a step (its outcome, releases), done while the next step's forward runs
         self._policy_pending: list[Callable[[], None]] = []
         self._previous_draft_len = 0  # k of the last decode step (0 before any)
@@ -258,6 +262,17 @@ class LLMEngine:
             self._inflight = None if following is None else self._launch_overlapped(following, inflight.ids)
             self._feed_policy(inflight.sched.decodes)
             return self._finish_overlapped(inflight)
+        applied = None
+        if self._launched is not None:  # deferred verification: step t is verified and committed first
+            launched, self._launched = self._launched, None
+            applied = self._verify_and_apply(launched)
+        outputs = self._schedule_and_run()  # step t + 1 is launched (and, unless deferred, finished)
+        if applied is not None:  # step t's outputs, built while step t + 1 runs
+            outputs = self._publish(applied) + outputs
+        return outputs
+
+    def _schedule_and_run(self) -> list[RequestOutput]:
+        """Schedule a step and launch it; finish it here unless it is overlapped or deferred."""
         sched = self.scheduler.schedule(self.policy.draft_lens)  # ragged k_i: flat path, or the graph padded to k
         for request in sched.preempted:
             self.drafter.release(request)
@@ -267,6 +282,15 @@ class LLMEngine:
             self._previous_draft_len = 0
             self._inflight = self._launch_overlapped(sched, None)
             return []  # its tokens are committed by the next call
+        launched, in_graph = self._launch(sched)
+        self._feed_policy(sched.decodes)  # a replayed graph is still running: the host would only wait
+        if defers_verification(sched, self.config.async_scheduling, in_graph):
+            self._launched = launched
+            return []  # verified and committed by the next call (engine/launched_step.py)
+        return self._publish(self._verify_and_apply(launched))
+
+    def _launch(self, sched: SchedulerOutput) -> tuple[LaunchedStep, bool]:
+        """Draft and launch the step's target forward; also whether it runs from a captured graph."""
         started = time.perf_counter()
         self.num_steps += 1
         k = sched.draft_len
@@ -276,7 +300,7 @@ class LLMEngine:
         resumed = k > 0 and self._previous_draft_len == 0 and not sched.prefills
         behind = self.drafter.catch_up_tokens(decoding) if resumed else None
         step_drafts = propose_drafts(self.drafter, self.acceptance, sched)
-        failures = step_drafts.errors
+        in_graph = True
         if not sched.prefills and self._runs_ragged(step_drafts.lengths, k):
             batch, rows = ragged_inputs(sched, step_drafts.tokens)
             logits = self.runner.forward_ragged(batch)  # (N, vocab)
@@ -289,33 +313,46 @@ class LLMEngine:
             batch, rows = mixed_inputs(sched)
             logits = self.runner.forward_mixed(batch, [p.completes_prompt for p in sched.prefills])  # (N, vocab)
         else:
+            in_graph = False
             seqs, rows = flat_inputs(sched, step_drafts.tokens)
             logits = self.runner.forward(seqs, rows.logit_rows)  # (N, vocab)
-        self._feed_policy(sched.decodes)  # a replayed graph is still running: the host would only wait
+        if sched.decodes:
+            self._previous_draft_len = k
+        return LaunchedStep(sched, step_drafts, logits, rows, started, resumed, behind), in_graph
+
+    def _verify_and_apply(self, launched: LaunchedStep) -> AppliedStep:
+        """Verify a launched step (one host read) and commit its tokens to its requests; queue the policy's
+        outcome. Decodes whose request was aborted meanwhile are skipped."""
+        sched, step_drafts = launched.sched, launched.drafts
+        decoding = [d.request for d in sched.decodes]
         scheduled = decoding + [p.request for p in sched.prefills]
         drafts = step_drafts.tokens  # read on the host now (a device copy that landed while the host worked)
-        vbatch, verified = verify_batch(scheduled, drafts, step_drafts.probs, rows.counts)
-        result = verify(logits, vbatch, self.generator, self.acceptance)
-        logprobs = step_logprobs(logits, vbatch, result.tokens)  # None for requests that did not ask
+        vbatch, verified = verify_batch(scheduled, drafts, step_drafts.probs, launched.rows.counts)
+        result = verify(launched.logits, vbatch, self.generator, self.acceptance)
+        logprobs = step_logprobs(launched.logits, vbatch, result.tokens)  # None for requests that did not ask
         committed: list[list[int]] = [[] for _ in scheduled]
         committed_logprobs: list[list[dict[int, float]] | None] = [None for _ in scheduled]
+        failures = dict(step_drafts.errors)
         for n, tokens, entries, failed in zip(verified, result.tokens, logprobs, result.failed):
             committed[n], committed_logprobs[n] = tokens, entries
             if failed:
                 failures[n] = "the model's logits for this request are not finite (NaN or infinity)"
+        sched, drafts, committed, committed_logprobs, failures = without_aborted(
+            sched, drafts, committed, committed_logprobs, failures)
+        decoding = [d.request for d in sched.decodes]
         mark = len(self._policy_pending)
-        outputs = self._commit(sched, drafts, committed, committed_logprobs, failures)
+        applied = self._apply(sched, drafts, committed, committed_logprobs, failures)
         if sched.decodes:
+            seconds = None if sched.prefills else time.perf_counter() - launched.started
             outcome = StepOutcome(
-                request_ids=[r.request_id for r in decoding], draft_len=k, drafted=[len(d) for d in drafts],
+                request_ids=[r.request_id for r in decoding], draft_len=sched.draft_len, drafted=[len(d) for d in drafts],
                 accepted=[max(0, len(c) - 1) for c in committed[: len(decoding)]], draft_lens=[d.max_draft for d in sched.decodes],
-                seconds=None if sched.prefills else time.perf_counter() - started, catch_up_tokens=behind,
+                seconds=seconds, catch_up_tokens=launched.behind,
             )
             self._policy_pending.insert(mark, lambda: self.policy.observe(outcome))  # before this step's releases
-            self._previous_draft_len = k
-            if resumed:  # what the catch-up cost prices the next switch from k = 0: learn it at once
+            if launched.resumed:  # what the catch-up cost prices the next switch from k = 0: learn it at once
                 self._feed_policy([])
-        return outputs
+        return applied
 
     def _runs_mixed(self, sched: SchedulerOutput) -> bool:
         """Whether a k = 0 step with prefill chunks runs in a mixed graph (cudagraph_mode FULL)."""
@@ -378,16 +415,18 @@ class LLMEngine:
         tokens = inflight.host_tokens()
         live = [(d, t) for d, t in zip(inflight.sched.decodes, tokens) if d.request.status == RequestStatus.RUNNING]
         mark = len(self._policy_pending)
-        outputs = self._commit(SchedulerOutput(decodes=[d for d, _ in live], draft_len=0), [[] for _ in live], [[t] for _, t in live])
+        applied = self._apply(SchedulerOutput(decodes=[d for d, _ in live], draft_len=0), [[] for _ in live], [[t] for _, t in live])
+        outputs = self._publish(applied)
         if live:  # launch-to-launch: what an overlapped step costs
             until = self._inflight.launched_at if self._inflight is not None else time.perf_counter()
             outcome = StepOutcome([d.request.request_id for d, _ in live], 0, seconds=until - inflight.launched_at)
             self._policy_pending.insert(mark, lambda: self.policy.observe(outcome))
         return outputs
 
-    def _commit(self, sched: SchedulerOutput, drafts, committed: list[list[int]], logprobs=None, failures=None) -> list[RequestOutput]:
-        """Commit each scheduled request's tokens (decodes, then prefills); failures: {index: message} of
-        requests that end with an error (theirs alone: the others go on)."""
+    def _apply(self, sched: SchedulerOutput, drafts, committed: list[list[int]], logprobs=None, failures=None) -> AppliedStep:
+        """Commit each scheduled request's tokens (decodes, then prefills): stop conditions, KV of rejected
+        drafts rolled back, finished requests released; failures: {index: message} of requests that end
+        with an error (theirs alone: the others go on). What the next step's scheduling needs, no more."""
         now = time.monotonic()
         failures = failures or {}
         if sched.decodes:  # per request: drafted, accepted, k_i (ragged steps, the k_i histogram)
@@ -399,11 +438,11 @@ class LLMEngine:
         for prefill in sched.prefills:
             prefill.request.num_computed_tokens += prefill.num_tokens
         scheduled = [d.request for d in sched.decodes] + [p.request for p in sched.prefills]
-        progressed: list[tuple[Request, list[int]]] = []
+        applied = AppliedStep(now)
         for n, (request, tokens, entries) in enumerate(zip(scheduled, committed, logprobs or [None] * len(committed))):
             if n in failures:
                 self._fail(request, failures[n], now)
-                progressed.append((request, []))
+                applied.progressed.append((request, []))
                 continue
             if not tokens:
                 self.block_manager.cache_computed_blocks(request)  # a mid-prompt chunk's full blocks
@@ -414,7 +453,7 @@ class LLMEngine:
                 kept = self.output_processor.commit(request, tokens, entries)
             except Exception as exc:  # noqa: BLE001
                 self._fail(request, f"committing its tokens failed: {type(exc).__name__}: {exc}", now)
-                progressed.append((request, []))
+                applied.progressed.append((request, []))
                 continue
             self.block_manager.cache_computed_blocks(request)  # blocks now full of committed tokens (APC)
             if request.finish_reason is not None:
@@ -424,11 +463,16 @@ class LLMEngine:
                 self._release(request)
             else:
                 self.block_manager.trim(request, request.num_tokens)
-            progressed.append((request, kept))
-        self._update_texts([request for request, _ in progressed if request.finish_reason != "error"], now)
+            applied.progressed.append((request, kept))
         if sched.draft_len > 0:
             # At k = 0 no drafter method runs at all; drafters catch up on missed tokens in propose().
             self.drafter.observe(self.scheduler.running)
+        return applied
+
+    def _publish(self, applied: AppliedStep) -> list[RequestOutput]:
+        """The committed requests' text brought up to date and their RequestOutputs."""
+        progressed = applied.progressed
+        self._update_texts([request for request, _ in progressed if request.finish_reason != "error"], applied.now)
         return [self.output_processor.output(request, kept) for request, kept in progressed]
 
     def _update_texts(self, requests: list[Request], now: float) -> None:

@@ -116,3 +116,28 @@ def test_ragged_steps_defer_too(tiny):
     deferred = _count_deferred(engine)
     assert _run(engine, prompts, params, [0] * 6) == expected
     assert sum(deferred) > 0
+
+
+cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+
+
+@cuda
+@pytest.mark.cuda
+@pytest.mark.parametrize("spec", [NGRAM, NGramDecodingConfig(max_draft_len=3, draft_len_policy="adaptive")],
+                         ids=["ngram-replay", "adaptive"])
+def test_deferred_graph_steps_are_token_identical_on_cuda(tiny, spec):
+    """Captured graphs on the GPU (float32): the launched step's logits live in the graphs' shared output
+    buffer until the next launch, which deferred verification must not precede."""
+    def engine(deferred: bool) -> LLMEngine:
+        return LLMEngine(EngineConfig(model=tiny, max_num_seqs=8, block_size=4, async_scheduling=deferred,
+                                      speculative_config=spec, device="cuda", dtype="float32"))
+
+    prompts = _copying_prompts()
+    params = [SamplingParams(temperature=0.9, seed=3 + i, max_tokens=12, ignore_eos=True) if i % 2
+              else SamplingParams(temperature=0, max_tokens=12, ignore_eos=True) for i in range(6)]
+    arrivals = [0, 0, 1, 3, 3, 6]
+    expected = _run(engine(False), prompts, params, arrivals)
+    deferred_engine = engine(True)
+    deferred = _count_deferred(deferred_engine)
+    assert _run(deferred_engine, prompts, params, arrivals) == expected
+    assert sum(deferred) > 0

@@ -11,6 +11,7 @@ from dynaspec.config import EngineConfig
 from dynaspec.engine.engine import LLMEngine
 from dynaspec.sampling_params import SamplingParams
 from dynaspec.spec.config import NGramDecodingConfig
+from tests.arrivals import run_with_abort
 from tests.tiny_models import make_tiny_checkpoint
 
 # Replayed acceptance (benchmark only, deterministic in the seed) so that steps commit several tokens.
@@ -48,21 +49,7 @@ def _count_deferred(engine: LLMEngine) -> list[int]:
     return deferred
 
 
-def _run(engine: LLMEngine, prompts, params, arrivals, abort_at=None) -> dict[str, list[int]]:
-    """Submit prompts[i] at step arrivals[i]; abort 'r1' at step abort_at; the final tokens of each request."""
-    results: dict[str, list[int]] = {}
-    step = 0
-    while step <= max(arrivals) or engine.has_unfinished_requests():
-        for i, at in enumerate(arrivals):
-            if at == step:
-                engine.add_request(f"r{i}", prompts[i], params[i])
-        if abort_at == step:
-            engine.abort_request("r1")
-        for out in engine.step():
-            if out.finished:
-                results[out.request_id] = out.token_ids
-        step += 1
-    return results
+_run = run_with_abort
 
 
 def _copying_prompts() -> list[list[int]]:

@@ -10,6 +10,7 @@ from dynaspec.config import EngineConfig
 from dynaspec.engine.engine import LLMEngine
 from dynaspec.sampling_params import SamplingParams
 from dynaspec.spec.config import NGramDecodingConfig
+from tests.arrivals import run_with_abort
 from tests.tiny_models import make_tiny_checkpoint
 
 
@@ -28,21 +29,7 @@ def _count_overlapped_launches(engine: LLMEngine) -> list[bool]:
     return launches
 
 
-def _run(engine: LLMEngine, prompts, params, arrivals, abort_at=None) -> dict[str, list[int]]:
-    """Submit prompts[i] at step arrivals[i]; abort request 'r1' at step abort_at; collect final tokens."""
-    results: dict[str, list[int]] = {}
-    step = 0
-    while step <= max(arrivals) or engine.has_unfinished_requests():
-        for i, at in enumerate(arrivals):
-            if at == step:
-                engine.add_request(f"r{i}", prompts[i], params[i])
-        if abort_at == step:
-            engine.abort_request("r1")
-        for out in engine.step():
-            if out.finished:
-                results[out.request_id] = out.token_ids
-        step += 1
-    return results
+_run = run_with_abort
 
 
 @pytest.fixture(scope="module")

@@ -39,8 +39,8 @@ def _count_deferred(engine: LLMEngine) -> list[int]:
     deferred: list[int] = []
     schedule_and_run = engine._schedule_and_run
 
-    def spy():
-        outputs = schedule_and_run()
+    def spy(earlier=None):
+        outputs = schedule_and_run(earlier)
         if engine._launched is not None:
             deferred.append(1)
         return outputs
@@ -128,3 +128,43 @@ def test_deferred_graph_steps_are_token_identical_on_cuda(tiny, spec):
     deferred = _count_deferred(deferred_engine)
     assert _run(deferred_engine, prompts, params, arrivals) == expected
     assert sum(deferred) > 0
+
+
+def test_a_request_failing_when_its_outputs_are_built_leaves_the_launched_step_cleanly(tiny):
+    """Its next step was already launched when its text failed to build: that step skips it; the other
+    requests' tokens and the error are the synchronous engine's."""
+    def failing(engine: LLMEngine) -> LLMEngine:
+        update = engine.output_processor.update_texts
+
+        def update_texts(requests):
+            if any(r.request_id == "r2" and r.num_output_tokens >= 4 for r in requests):
+                raise UnicodeDecodeError("utf-8", b"\xff", 0, 1, "injected")
+            update(requests)
+
+        engine.output_processor.update_texts = update_texts
+        return engine
+
+    prompts = _copying_prompts()
+    params = [SamplingParams(temperature=0, max_tokens=14, ignore_eos=True) for _ in range(6)]
+    errors: dict[str, str | None] = {}
+
+    def run(engine):
+        results, step = {}, 0
+        while step == 0 or engine.has_unfinished_requests():
+            if step == 0:
+                for i in range(6):
+                    engine.add_request(f"r{i}", prompts[i], params[i])
+            for out in engine.step():
+                if out.finished:
+                    results[out.request_id] = (out.token_ids, out.finish_reason)
+                    errors[out.request_id] = out.error
+            step += 1
+        return results
+
+    expected = run(failing(_engine(tiny, deferred=False)))
+    engine = failing(_engine(tiny, deferred=True))
+    deferred = _count_deferred(engine)
+    got = run(engine)
+    assert got == expected and got["r2"][1] == "error" and "detokenizing" in errors["r2"]
+    assert sum(deferred) > 3
+    assert engine.num_free_blocks == engine.num_total_blocks

@@ -262,32 +262,31 @@ class LLMEngine:
             self._inflight = None if following is None else self._launch_overlapped(following, inflight.ids)
             self._feed_policy(inflight.sched.decodes)
             return self._finish_overlapped(inflight)
-        applied = None
+        earlier = None
         if self._launched is not None:  # deferred verification: step t is verified and committed first
             launched, self._launched = self._launched, None
-            applied = self._verify_and_apply(launched)
-        outputs = self._schedule_and_run()  # step t + 1 is launched (and, unless deferred, finished)
-        if applied is not None:  # step t's outputs, built while step t + 1 runs
-            outputs = self._publish(applied) + outputs
-        return outputs
+            earlier = self._verify_and_apply(launched)
+        return self._schedule_and_run(earlier)
 
-    def _schedule_and_run(self) -> list[RequestOutput]:
-        """Schedule a step and launch it; finish it here unless it is overlapped or deferred."""
+    def _schedule_and_run(self, earlier: AppliedStep | None = None) -> list[RequestOutput]:
+        """Schedule a step and launch it; finish it here unless it is overlapped or deferred. earlier: the
+        previous step's commit, whose outputs are built once this step is launched (while it runs)."""
         sched = self.scheduler.schedule(self.policy.draft_lens)  # ragged k_i: flat path, or the graph padded to k
         for request in sched.preempted:
             self.drafter.release(request)
-        if sched.is_empty:
-            return []
-        if self.config.async_scheduling and can_overlap(sched) and self.runner.can_replay(len(sched.decodes), 0):
-            self._previous_draft_len = 0
-            self._inflight = self._launch_overlapped(sched, None)
-            return []  # its tokens are committed by the next call
+        overlapped = self.config.async_scheduling and can_overlap(sched) and self.runner.can_replay(len(sched.decodes), 0)
+        if sched.is_empty or overlapped:
+            if overlapped:  # its tokens are committed by the next call
+                self._previous_draft_len = 0
+                self._inflight = self._launch_overlapped(sched, None)
+            return [] if earlier is None else self._publish(earlier)
         launched, in_graph = self._launch(sched)
         self._feed_policy(sched.decodes)  # a replayed graph is still running: the host would only wait
+        outputs = [] if earlier is None else self._publish(earlier)  # step t's, built while step t + 1 runs
         if defers_verification(sched, self.config.async_scheduling, in_graph):
             self._launched = launched
-            return []  # verified and committed by the next call (engine/launched_step.py)
-        return self._publish(self._verify_and_apply(launched))
+            return outputs  # this step is verified and committed by the next call (engine/launched_step.py)
+        return outputs + self._publish(self._verify_and_apply(launched))
 
     def _launch(self, sched: SchedulerOutput) -> tuple[LaunchedStep, bool]:
         """Draft and launch the step's target forward; also whether it runs from a captured graph."""

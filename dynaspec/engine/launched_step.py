@@ -3,8 +3,9 @@
 Deferred verification (speculative decode steps): a step whose decodes verify drafts through a captured
 graph is launched and NOT waited for; `step()` returns, the caller works on the outputs it got, and the
 next `step()` call verifies the launched step (the one host read), commits its tokens to the requests
-(stop conditions included), schedules and LAUNCHES the next step, and only then builds the finished
-step's outputs (detokenisation, RequestOutput objects) while the GPU runs the next forward. The host's
+(stop conditions included), schedules and LAUNCHES the next step, and only then builds the verified
+step's outputs (detokenisation, RequestOutput objects) while the GPU runs the next forward, before that
+step is verified in turn. The host's
 output work and the caller's handling of the outputs then overlap the device instead of separating two
 forwards, as vLLM's async scheduling does for its speculative steps. Tokens and their order are the
 synchronous engine's: verification of step t still precedes drafting for step t + 1; outputs reach the
@@ -49,14 +50,19 @@ class AppliedStep:
 
 
 def without_aborted(sched: SchedulerOutput, drafts: list, committed: list, logprobs: list, failures: dict[int, str]):
-    """The step's decodes (and their drafts, committed tokens, logprobs and failures, re-indexed) whose request
-    is still running: one aborted while its step ran is skipped. Steps with prefills are never deferred."""
-    live = [i for i, d in enumerate(sched.decodes) if d.request.status == RequestStatus.RUNNING]
-    if len(live) == len(sched.decodes):
+    """The step's requests still running, with their drafts (decodes), committed tokens, logprobs and failures
+    re-indexed: a request aborted while its step ran, or failed when the step before it was published, is
+    skipped. committed / logprobs / failures index the decodes, then the prefills."""
+    requests = [d.request for d in sched.decodes] + [p.request for p in sched.prefills]
+    live = [i for i, r in enumerate(requests) if r.status == RequestStatus.RUNNING]
+    if len(live) == len(requests):
         return sched, drafts, committed, logprobs, failures
-    kept = SchedulerOutput(decodes=[sched.decodes[i] for i in live], draft_len=sched.draft_len)
+    n = len(sched.decodes)
+    kept = SchedulerOutput(decodes=[sched.decodes[i] for i in live if i < n],
+                           prefills=[sched.prefills[i - n] for i in live if i >= n], draft_len=sched.draft_len)
     failures = {live.index(i): message for i, message in failures.items() if i in live}
-    return kept, [drafts[i] for i in live], [committed[i] for i in live], [logprobs[i] for i in live], failures
+    drafts = [drafts[i] for i in live if i < n]
+    return kept, drafts, [committed[i] for i in live], [logprobs[i] for i in live], failures
 
 
 def defers_verification(sched: SchedulerOutput, async_scheduling: bool, runs_in_graph: bool) -> bool:

@@ -28,6 +28,7 @@ from dynaspec.config import EngineConfig
 from dynaspec.engine.block_manager import BlockManager
 from dynaspec.engine.drafting import propose_drafts
 from dynaspec.engine.engine_setup import activation_reserve, check_shared_model, eos_ids, resolve_max_model_len
+from dynaspec.engine.graph_keys import mixed_keys, ragged_keys, uniform_pairs
 from dynaspec.engine.launched_step import AppliedStep, LaunchedStep, defers_verification, without_aborted
 from dynaspec.engine.logprobs import step_logprobs
 from dynaspec.engine.request_intake import new_request
@@ -40,12 +41,10 @@ from dynaspec.models.loader import LoadedModel, load_model
 from dynaspec.outputs import RequestOutput
 from dynaspec.runtime.cost_model import StepCostModel
 from dynaspec.runtime.cost_probe import measure_step_costs
-from dynaspec.runtime.cuda_graphs import BATCH_BUCKETS, UniformDecodeBatch, bucket_for
+from dynaspec.runtime.cuda_graphs import UniformDecodeBatch
 from dynaspec.runtime.kv_cache import choose_num_blocks, kv_bytes_per_block
-from dynaspec.runtime.mixed_graphs import prefill_buckets
 from dynaspec.runtime.tp_launcher import start_tensor_parallel
 from dynaspec.runtime.tp_runner import build_runner
-from dynaspec.runtime.ragged_graphs import token_buckets
 from dynaspec.runtime.request import Request, RequestStatus
 from dynaspec.sampling_params import SamplingParams
 from dynaspec.spec.catch_up import HORIZON_TOKENS_PER_REQUEST
@@ -138,16 +137,8 @@ class LLMEngine:
     # ----------------------------------------------------------------------------------- start-up
     def graph_pairs(self, draft_lens: Callable[[int], set[int]] | None = None) -> list[tuple[int, int]]:
         """The (batch bucket, k) pairs the policy can reach (or `draft_lens` gives), for CUDA graph capture."""
-        draft_lens = draft_lens or self.policy.reachable_draft_lens
         max_batch = min(self.config.max_num_seqs, self.config.cuda_graph_max_batch)
-        buckets = [b for b in BATCH_BUCKETS if b < max_batch] + [max_batch]
-        pairs: set[tuple[int, int]] = set()
-        for batch in range(1, max_batch + 1):
-            for k in draft_lens(batch):
-                while k > 0 and batch * (1 + k) > self.config.max_num_batched_tokens:
-                    k -= 1
-                pairs.add((bucket_for(batch, buckets), k))
-        return sorted(pairs)
+        return uniform_pairs(draft_lens or self.policy.reachable_draft_lens, max_batch, self.config.max_num_batched_tokens)
 
     def _capture(self, pairs: list[tuple[int, int]]) -> None:
         """Capture the target's and the drafter's CUDA graphs once (no-op in eager mode)."""
@@ -159,11 +150,7 @@ class LLMEngine:
             self.drafter.capture_graphs([(b, k) for b, k in pairs if k > 0], self.max_blocks_per_seq)
 
     def _ragged_keys(self) -> list[tuple[int, int]]:
-        """(batch bucket, padded tokens) of the ragged verify graphs: every speculative bucket of two or more
-        requests, its token buckets within the step's token budget (runtime/ragged_graphs.py)."""
-        buckets = {b for b, k in self._captured if k > 0 and b > 1}
-        return [(b, t) for b in sorted(buckets)
-                for t in token_buckets(b, self.max_draft_len, self.config.max_num_batched_tokens)]
+        return ragged_keys(self._captured, self.max_draft_len, self.config.max_num_batched_tokens)
 
     def _probe_step_costs(self) -> StepCostModel:
         """T(batch, k) for every bucket and k in 0..max_draft_len, after capturing their graphs (a policy
@@ -359,12 +346,7 @@ class LLMEngine:
         return self.runner.mixed_key(len(sched.decodes), len(sched.prefills), rows) is not None
 
     def _mixed_keys(self) -> list[tuple[int, int]]:
-        """(decode bucket, padded prefill rows) of the mixed graphs: every bucket captured at k = 0, every
-        prefill bucket of the step's token budget up to max_model_len (the padding rows are one sequence
-        that must fit a block table and the position range; runtime/mixed_graphs.py)."""
-        buckets = sorted({b for b, k in self._captured if k == 0})
-        rows = min(self.config.max_num_batched_tokens, self.max_model_len)
-        return [(b, p) for b in buckets for p in prefill_buckets(rows)]
+        return mixed_keys(self._captured, self.config.max_num_batched_tokens, self.max_model_len)
 
     def _runs_ragged(self, lengths: list[int], k: int) -> bool:
         """Whether a decode step with drafts of these lengths runs in a ragged graph: they differ and a

@@ -1,0 +1,39 @@
+"""The keys of the CUDA graphs an engine captures, from its configuration and its policy's reachable draft
+lengths: uniform decode / verify graphs by (batch bucket, k) (runtime/cuda_graphs.py), ragged verify graphs
+by (batch bucket, padded tokens) (runtime/ragged_graphs.py), mixed prefill + decode graphs by (decode bucket,
+padded prefill rows) (runtime/mixed_graphs.py)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from dynaspec.runtime.cuda_graphs import BATCH_BUCKETS, bucket_for
+from dynaspec.runtime.mixed_graphs import prefill_buckets
+from dynaspec.runtime.ragged_graphs import token_buckets
+
+
+def uniform_pairs(draft_lens: Callable[[int], set[int]], max_batch: int, max_tokens: int) -> list[tuple[int, int]]:
+    """(batch bucket, k) for every batch 1..max_batch and every k draft_lens(batch) gives, k lowered until
+    batch * (1 + k) fits the step's token budget."""
+    buckets = [b for b in BATCH_BUCKETS if b < max_batch] + [max_batch]
+    pairs: set[tuple[int, int]] = set()
+    for batch in range(1, max_batch + 1):
+        for k in draft_lens(batch):
+            while k > 0 and batch * (1 + k) > max_tokens:
+                k -= 1
+            pairs.add((bucket_for(batch, buckets), k))
+    return sorted(pairs)
+
+
+def ragged_keys(captured: list[tuple[int, int]], max_draft_len: int, max_tokens: int) -> list[tuple[int, int]]:
+    """Every speculative bucket of two or more requests among the captured pairs, with its token buckets
+    within the step's token budget."""
+    buckets = {b for b, k in captured if k > 0 and b > 1}
+    return [(b, t) for b in sorted(buckets) for t in token_buckets(b, max_draft_len, max_tokens)]
+
+
+def mixed_keys(captured: list[tuple[int, int]], max_tokens: int, max_model_len: int) -> list[tuple[int, int]]:
+    """Every bucket captured at k = 0, with every prefill bucket of the step's token budget up to
+    max_model_len (the padding rows are one sequence that must fit a block table and the position range)."""
+    buckets = sorted({b for b, k in captured if k == 0})
+    return [(b, p) for b in buckets for p in prefill_buckets(min(max_tokens, max_model_len))]

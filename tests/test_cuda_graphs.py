@@ -120,21 +120,13 @@ def test_overlapped_decode_equals_synchronous_on_cuda(tmp_path):
     assert run(True) == run(False)
 
 
-def test_captures_run_with_garbage_collected_first_and_collections_paused():
-    """A dead cycle (a dropped engine and its graphs) is freed before capturing, not in the middle of it."""
+def test_captures_run_with_collections_paused():
+    """No cyclic collection (which could free a dropped engine's graphs) runs during a capture."""
     import gc
-    import weakref
 
-    class Node:
-        pass
-
-    dead = Node()
-    dead.self = dead
-    ref = weakref.ref(dead)
-    del dead
     assert gc.isenabled()
     with collections_paused():
-        assert ref() is None and not gc.isenabled()
+        assert not gc.isenabled()
     assert gc.isenabled()
     gc.disable()
     try:

@@ -92,6 +92,18 @@ class CapturedGraphs:
     # logits held ~9 GB that the KV pool sizing never counted. Costs one copy inside each graph.
     shares_output: bool = True
 
+    def _bind_target(self, model: nn.Module, kv_caches: list[torch.Tensor], block_size: int, max_blocks_per_seq: int,
+                     scratch_block: int, device: torch.device, use_graphs: bool, pool) -> None:
+        """The model and KV layout every decoder's forward runs on (the constructor arguments they share)."""
+        self.model = model
+        self.kv_caches = kv_caches
+        self.block_size = block_size
+        self.max_blocks = max_blocks_per_seq
+        self.scratch_block = scratch_block
+        self.device = device
+        self.use_graphs = use_graphs
+        self.pool = pool
+
     def _init_graph_store(self, output_buffer: torch.Tensor | None = None) -> None:
         """output_buffer: a static buffer to write outputs into, shared with another decoder whose graphs
         never replay concurrently with these (None: allocated at the first capture)."""
@@ -188,13 +200,7 @@ class CudaGraphDecoder(CapturedGraphs):
     ):
         """pool: a CUDA graph memory pool handle to capture into (shared with graphs captured before, which
         are never replayed concurrently with these); None starts a new one at the first capture."""
-        self.model = model
-        self.kv_caches = kv_caches
-        self.block_size = block_size
-        self.max_blocks = max_blocks_per_seq
-        self.scratch_block = scratch_block
-        self.device = device
-        self.use_graphs = use_graphs
+        self._bind_target(model, kv_caches, block_size, max_blocks_per_seq, scratch_block, device, use_graphs, pool)
         self.pairs = sorted(set(pairs), key=lambda p: p[0] * (1 + p[1]), reverse=True)
         self._buckets_by_k: dict[int, list[int]] = {}  # k -> its captured batch buckets, ascending (lookup)
         for bucket, k in sorted(self.pairs):
@@ -221,7 +227,6 @@ class CudaGraphDecoder(CapturedGraphs):
         self.scratch_slots = scratch_block * block_size + self.arange[:max_q] % block_size
         # query_start_loc per query width: (max_batch + 1,) multiples of the width
         self.query_start = {w: self.arange[: max_batch + 1] * w for w in widths | {1}}
-        self.pool = pool
 
     @property
     def buckets(self) -> list[int]:

@@ -71,14 +71,7 @@ class MixedGraphDecoder(CapturedGraphs):
         pool=None,
         output_buffer: torch.Tensor | None = None,
     ):
-        self.model = model
-        self.kv_caches = kv_caches
-        self.block_size = block_size
-        self.max_blocks = max_blocks_per_seq
-        self.scratch_block = scratch_block
-        self.device = device
-        self.use_graphs = use_graphs
-        self.pool = pool
+        self._bind_target(model, kv_caches, block_size, max_blocks_per_seq, scratch_block, device, use_graphs, pool)
         too_long = [p for _, p in keys if p > max_blocks_per_seq * block_size]
         if too_long:  # the padding rows form one sequence: its block table row would be read past its end
             raise ValueError(f"mixed graphs of {max(too_long)} prefill rows exceed a sequence's "

@@ -82,15 +82,8 @@ class RaggedGraphDecoder(CapturedGraphs):
     ):
         """output_buffer: the uniform decoder's static logits buffer, shared (a ragged step never holds more
         rows than the uniform graph of its bucket at max k)."""
-        self.model = model
-        self.kv_caches = kv_caches
-        self.block_size = block_size
-        self.max_blocks = max_blocks_per_seq
-        self.scratch_block = scratch_block
+        self._bind_target(model, kv_caches, block_size, max_blocks_per_seq, scratch_block, device, use_graphs, pool)
         self.max_query_len = max_query_len
-        self.device = device
-        self.use_graphs = use_graphs
-        self.pool = pool
         self.pairs = sorted(set(keys), key=lambda key: key[1], reverse=True)  # largest first
         self._tokens_by_bucket: dict[int, list[int]] = {}
         for bucket, tokens in sorted(self.pairs):

@@ -25,6 +25,7 @@ from collections.abc import Callable
 import torch
 
 from dynaspec.config import EngineConfig
+from dynaspec.models.attention import KERNEL_MAX_QUERY_LEN
 from dynaspec.engine.block_manager import BlockManager
 from dynaspec.engine.drafting import propose_drafts
 from dynaspec.engine.engine_setup import activation_reserve, check_shared_model, eos_ids, resolve_max_model_len
@@ -148,6 +149,8 @@ class LLMEngine:
         if self.use_graphs:
             self.runner.capture_graphs(pairs, self.max_blocks_per_seq)
             self.drafter.capture_graphs([(b, k) for b, k in pairs if k > 0], self.max_blocks_per_seq)
+        self.runner.compile_eager_kernels(KERNEL_MAX_QUERY_LEN)  # eager steps of any short length: no mid-run compile
+        self.drafter.compile_eager_kernels()
 
     def _ragged_keys(self) -> list[tuple[int, int]]:
         return ragged_keys(self._captured, self.max_draft_len, self.config.max_num_batched_tokens)

@@ -70,6 +70,17 @@ class EagleHeadRunner:
         hidden = self._run(torch.tensor(ids, device=dev), g, torch.tensor(positions, device=dev), meta)
         return hidden.index_select(0, torch.tensor(last, device=dev))  # (B, H)
 
+    def compile_eager_kernels(self, max_query_len: int) -> None:
+        """On CUDA: one eager catch-up of each length 1..max_query_len + 1 on the scratch block, so Triton
+        compiles the head's attention variants at start-up (ModelRunner.compile_eager_kernels); not counted
+        in num_forwards."""
+        if self.device.type != "cuda":
+            return
+        forwards = self.num_forwards
+        for q_len in range(1, max_query_len + 2):
+            self.catch_up([[0] * q_len], [0], [[self.scratch_block] * -(-q_len // self.block_size)])
+        self.num_forwards = forwards
+
     @torch.inference_mode()
     def draft_step(self, token_ids: torch.Tensor, g: torch.Tensor, positions: list[int],
                    block_tables: list[list[int]]) -> torch.Tensor:

@@ -55,6 +55,20 @@ class ModelRunner:
         )
         self.graphs.capture()
 
+    def compile_eager_kernels(self, max_query_len: int) -> None:
+        """On CUDA: one eager forward of each query length 1..max_query_len + 1 on the scratch block, so that
+        Triton compiles its kernel variants now (the decode / verify attention kernel takes the query length
+        as a compile-time constant; the next length takes the prefill kernel) and not in the first step that
+        needs one: a 3-token draft-model catch-up compiled mid-run made one step 2.4 s on an H100
+        (docs/results.md, issue 20). Not counted in num_forwards; nothing to compile on the CPU."""
+        if self.device.type != "cuda":
+            return
+        forwards = self.num_forwards
+        for q_len in range(1, max_query_len + 2):
+            blocks = [self.scratch_block] * -(-q_len // self.block_size)  # positions 0..q_len-1, scratch only
+            self.forward([SequenceInput([0] * q_len, q_len, blocks)], [q_len - 1])
+        self.num_forwards = forwards
+
     def capture_ragged_graphs(
         self, keys: list[tuple[int, int]], max_query_len: int, max_blocks_per_seq: int, use_graphs: bool = True
     ) -> None:

@@ -17,6 +17,7 @@ from typing import Any
 
 import torch
 
+from dynaspec.models.attention import KERNEL_MAX_QUERY_LEN
 from dynaspec.runtime.cost_probe import chain_seconds
 from dynaspec.runtime.cuda_graphs import UniformDecodeBatch
 from dynaspec.runtime.keyed_noise import keyed_argmax
@@ -97,6 +98,11 @@ class ChainDrafter(Drafter):
             batch.num_real.append(len(fed))
             batch.block_tables.append(request.block_ids)
         return self.chain.draft(batch, k)  # (B, k): no host wait here
+
+    def compile_eager_kernels(self) -> None:
+        """The eager catch-up's kernel variants, compiled at start-up (catch-ups longer than the chain's
+        first step run eagerly, at any length)."""
+        self.runner.compile_eager_kernels(KERNEL_MAX_QUERY_LEN)
 
     # ------------------------------------------------------------------ cost
     def draft_seconds(self, batch: int, k: int, repeats: int = 5) -> float:

@@ -154,6 +154,11 @@ class Drafter:
         """Capture the drafter's CUDA graphs for the (batch bucket, k >= 1) pairs the engine can speculate
         at (`use_graphs=False`: build the same fixed-shape paths, run eagerly)."""
 
+    def compile_eager_kernels(self) -> None:
+        """Launch once, at start-up, every kernel variant an eager draft step can take (Triton compiles a
+        variant on its first launch, 1-2 s in which a serving step stalls); nothing for drafters without a
+        model."""
+
     def draft_seconds(self, batch: int, k: int, repeats: int = 5) -> float:
         """Seconds drafting k tokens for `batch` requests costs, measured now on idle inputs that touch no
         request's KV (the cost probe adds it to the target's verify forward)."""

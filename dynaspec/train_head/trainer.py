@@ -6,7 +6,8 @@ target answers every prompt with the engine (the training prompts `answers_per_p
 greedily by default; the held-out prompts once, greedily), its tapped features are
 recorded in the same pass (train_head/record.py); the head (random init, float32) is trained on the
 training prompts' answers with the unrolled loss of train_head/ttt.py (`ttt_steps` depths, weights 0.8^j),
-AdamW with linear warm-up and cosine decay, gradient clipping at 1; the held-out prompts (never trained on)
+AdamW over length-grouped batches (train_head/batching.py) with linear warm-up and cosine decay, gradient
+clipping at 1; the held-out prompts (never trained on)
 give the acceptance estimate at the end. With `draft_vocab_size` the head predicts over the training answers'
 most used tokens (train_head/draft_vocab.py), its own lm_head starting from the target's rows of them.
 """
@@ -28,6 +29,7 @@ from dynaspec.models.eagle_head import EagleHeadConfig, random_head, save_head, 
 from dynaspec.models.feature_tap import check_layers_to_capture, default_layers_to_capture
 from dynaspec.models.loader import load_model
 from dynaspec.sampling_params import SamplingParams
+from dynaspec.train_head.batching import length_grouped_batches
 from dynaspec.train_head.draft_vocab import draft_vocabulary
 from dynaspec.train_head.prompts import collect_prompts, held_out_split, prompt_token_ids
 from dynaspec.train_head.record import Example, record_answers
@@ -230,25 +232,23 @@ class _StepPlan:
 
 def _optimize(head, target, train: list[Example], options: TrainOptions, device, progress: Progress,
               log: Callable[[str], None], clock: Callable[[], float], began: float) -> tuple[float, int]:
-    """AdamW over shuffled batches of the training examples for options.steps steps, or fewer to end within
-    options.time_limit_s of `began` (a clock() reading); the last loss and the steps run."""
+    """AdamW over length-grouped batches of the training examples for options.steps steps, or fewer to end
+    within options.time_limit_s of `began` (a clock() reading); the last loss and the steps run."""
     optimizer = torch.optim.AdamW(head.parameters(), lr=options.lr, weight_decay=0.0, betas=(0.9, 0.95))
     plan = _StepPlan(options.steps, options.warmup_fraction)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, plan.factor)
     rng = random.Random(options.seed)
-    order: list[int] = []
+    lengths = [len(example.token_ids) - 1 for example in train]  # positions make_batch lays out
+    batches: list[list[int]] = []
     loss_value = float("nan")
     timed_from = began
     step = 0
     # the frozen target's embedding and lm_head (their grads flow to the head only)
     target.requires_grad_(False)
     while step < plan.steps:
-        if len(order) < options.batch_size:
-            fresh = list(range(len(train)))
-            rng.shuffle(fresh)
-            order.extend(fresh)
-        chosen = [train[i] for i in order[: options.batch_size]]
-        del order[: options.batch_size]
+        if not batches:  # a new epoch, in batches of similar lengths (train_head/batching.py)
+            batches = length_grouped_batches(lengths, options.batch_size, rng)
+        chosen = [train[i] for i in batches.pop()]
         batch = make_batch(chosen, device, torch.float32, options.max_seq_len)
         with _training_precision(target):  # entered per step: autocast caches its weight casts until it exits
             loss, _ = ttt_loss(head, target, batch, options.ttt_steps)

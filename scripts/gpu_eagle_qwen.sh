@@ -8,6 +8,8 @@
 #          /tmp/eagle-qwen15b; kept while the machine is warm), told to end optimizing --deadline seconds
 #          after this script started (its --time-limit: answering stops at half of it, and it cuts its step
 #          count to fit).
+#   train-more: train the head of `train` for --deadline seconds more (a later call on the same warm machine)
+#          on the answers `train` saved to $EXAMPLES (/tmp/eagle-examples.safetensors): nothing answered again.
 #   code-edit, chat: on that workload, three `dynaspec bench` runs over the same prompts and batch sizes
 #          (one card, one call): the head (no spec, k = 1..6, the goodput policy as the schedule line and the
 #          adaptive line), the 0.5B draft model (--draft-ks) and n-gram (--ngram-ks); each line's greedy
@@ -29,7 +31,7 @@ shift
 target=/tmp/qwen-1.5b.gguf draft=/tmp/qwen-0.5b.gguf head_dir=/tmp/eagle-qwen15b num_prompts=1312 max_tokens=1024
 answers_per_prompt=3 temperature=0.8 draft_vocab_size=32000
 steps=4000 batch_size=8 ttt_steps=5 lr=5e-4 max_num_seqs=256 deadline=540 batch_sizes=1,4,16,64 gen_len=128
-draft_ks=0,2,3 ngram_ks=0,2,4 device=auto dtype=auto
+draft_ks=0,2,3 ngram_ks=0,2,4 device=auto dtype=auto examples=/tmp/eagle-examples.safetensors
 parts=()
 while [ $# -gt 0 ]; do
   case "$1" in
@@ -37,8 +39,8 @@ while [ $# -gt 0 ]; do
     --deadline|--batch-sizes|--gen-len|--draft-ks|--ngram-ks|--device|--dtype)
       [ $# -ge 2 ] || { echo "error: $1 needs a value" >&2; exit 2; }
       var=${1#--}; printf -v "${var//-/_}" %s "$2"; shift 2 ;;
-    train|code-edit|chat) parts+=("$1"); shift ;;
-    *) echo "error: unknown argument '$1' (parts: train, code-edit, chat; options: see the header)" >&2; exit 2 ;;
+    train|train-more|code-edit|chat) parts+=("$1"); shift ;;
+    *) echo "error: unknown argument '$1' (parts: train, train-more, code-edit, chat; options: see the header)" >&2; exit 2 ;;
   esac
 done
 [ ${#parts[@]} -gt 0 ] || parts=(train code-edit chat)
@@ -79,10 +81,20 @@ for part in "${parts[@]}"; do
       --workload stdlib,pydoc,questions --num-prompts "$num_prompts" --max-tokens "$max_tokens" \
       --answers-per-prompt "$answers_per_prompt" --temperature "$temperature" \
       --steps "$steps" --batch-size "$batch_size" --ttt-steps "$ttt_steps" --lr "$lr" --time-limit "$limit" \
-      --max-num-seqs "$max_num_seqs" --draft-vocab-size "$draft_vocab_size" --device "$device" --dtype "$dtype" > "$work/train.log" 2>&1
+      --max-num-seqs "$max_num_seqs" --draft-vocab-size "$draft_vocab_size" --device "$device" --dtype "$dtype" \
+      --save-examples "$examples" > "$work/train.log" 2>&1
     status=$?
     stamp "train-head exit $status"
     { echo; echo "## train-head (exit $status)"; echo '```'; grep -v "━" "$work/train.log" | tail -25; echo '```'; } >> "$summary"
+  elif [ "$part" = train-more ]; then
+    limit=$((deadline - (SECONDS - start) - 20))
+    stamp "train-head continued (--time-limit $limit)"
+    PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True python3 -m dynaspec.cli train-head --model "$target" --out "$head_dir" \
+      --load-examples "$examples" --init-head "$head_dir" --steps "$steps" --batch-size "$batch_size" \
+      --ttt-steps "$ttt_steps" --lr "$lr" --time-limit "$limit" --device "$device" --dtype "$dtype" > "$work/train-more.log" 2>&1
+    status=$?
+    stamp "train-head continued, exit $status"
+    { echo; echo "## train-head continued (exit $status)"; echo '```'; grep -v "━" "$work/train-more.log" | tail -12; echo '```'; } >> "$summary"
   else
     workload=$part
     spec=$work/eagle.yaml

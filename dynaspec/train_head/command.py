@@ -70,6 +70,13 @@ def train_head_command(
                                                          "answered first), the step count is cut to fit, timed "
                                                          "over the first steps, and the schedule laid over the "
                                                          "steps run")] = None,
+    save_examples: Annotated[Optional[Path], typer.Option(help="write the recorded answers and the target's features "
+                                                            "to this file, for a later --load-examples")] = None,
+    load_examples: Annotated[Optional[Path], typer.Option(help="train on the answers a run saved with --save-examples "
+                                                            "(same target and tapped layers) instead of answering "
+                                                            "prompts; --workload and --num-prompts are not used")] = None,
+    init_head: Annotated[Optional[Path], typer.Option(help="continue training this head directory (its tapped layers "
+                                                        "and draft vocabulary) instead of a random head")] = None,
     seed: Annotated[int, typer.Option()] = 0,
     device: Device = None,
     dtype: Dtype = None,
@@ -87,6 +94,8 @@ def train_head_command(
         if answers_per_prompt > 1 and temperature == 0:
             raise ValueError(f"--answers-per-prompt {answers_per_prompt} needs --temperature > 0: greedy answers to one "
                              "prompt are all the same")
+        if load_examples is not None and save_examples is not None:
+            raise ValueError("--save-examples with --load-examples would only copy the file: give one of them")
         from dynaspec.train_head.prompts import parse_sources
 
         sources = parse_sources(workload)
@@ -104,7 +113,8 @@ def train_head_command(
 
     options = TrainOptions(model=model, sources=sources, out=out, layers_to_capture=tapped, seed=seed,
                            device=device or "auto", dtype=dtype or "auto", time_limit_s=args.time_limit,
-                           draft_vocab_size=args.draft_vocab_size or None,
+                           draft_vocab_size=args.draft_vocab_size or None, save_examples=save_examples,
+                           load_examples=load_examples, init_head=init_head,
                            **args.model_dump(exclude={"time_limit", "draft_vocab_size"}))
     columns = (TextColumn("[bold blue]{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
     with Progress(*columns, console=console) as bar:

@@ -10,6 +10,9 @@ AdamW over length-grouped batches (train_head/batching.py) with linear warm-up a
 clipping at 1; the held-out prompts (never trained on)
 give the acceptance estimate at the end. With `draft_vocab_size` the head predicts over the training answers'
 most used tokens (train_head/draft_vocab.py), its own lm_head starting from the target's rows of them.
+A run may save its recorded answers (`save_examples`) and a later one train on them (`load_examples`),
+continuing the head the first wrote (`init_head`): training over several time-limited runs
+(train_head/example_store.py).
 """
 
 from __future__ import annotations
@@ -25,12 +28,13 @@ from pathlib import Path
 import torch
 
 from dynaspec.config import EngineConfig
-from dynaspec.models.eagle_head import EagleHeadConfig, random_head, save_head, target_lm_head
+from dynaspec.models.eagle_head import EagleHead, EagleHeadConfig, load_head, random_head, save_head, target_lm_head
 from dynaspec.models.feature_tap import check_layers_to_capture, default_layers_to_capture
 from dynaspec.models.loader import load_model
 from dynaspec.sampling_params import SamplingParams
 from dynaspec.train_head.batching import length_grouped_batches
 from dynaspec.train_head.draft_vocab import draft_vocabulary
+from dynaspec.train_head.example_store import load_examples, save_examples
 from dynaspec.train_head.prompts import collect_prompts, held_out_split, prompt_token_ids
 from dynaspec.train_head.record import Example, record_answers
 from dynaspec.train_head.ttt import acceptance_estimate, make_batch, ttt_loss
@@ -68,6 +72,9 @@ class TrainOptions:
     warmup_fraction: float = 0.05
     time_limit_s: float | None = None  # end optimizing within this many seconds of train_head's start (None: no limit);
     # answering stops at ANSWERING_SHARE of it
+    save_examples: Path | None = None  # write the recorded answers and features here (train_head/example_store.py)
+    load_examples: Path | None = None  # train on the answers a run saved there instead of answering the prompts
+    init_head: Path | None = None  # continue training this head directory (else a random head)
     engine_options: dict = field(default_factory=dict)
 
 
@@ -106,9 +113,43 @@ def train_head(options: TrainOptions, progress: Progress | None = None, log: Cal
     loaded = load_model(options.model, dtype=probe.resolved_dtype(), device=probe.resolved_device())
     if loaded.tokenizer is None:
         raise ValueError(f"model {options.model!r} has no tokenizer: train-head needs text prompts")
-    num_layers = int(loaded.hf_config.num_hidden_layers)
-    layers = check_layers_to_capture(options.layers_to_capture or default_layers_to_capture(num_layers), num_layers)
+    device = probe.resolved_device()
+    start = None if options.init_head is None else _continued_head(options, loaded, device)
+    if start is not None:
+        layers = tuple(start.config.layers_to_capture)
+        log(f"continuing the head of {options.init_head} (tapped layers {list(layers)})")
+    else:
+        num_layers = int(loaded.hf_config.num_hidden_layers)
+        layers = check_layers_to_capture(options.layers_to_capture or default_layers_to_capture(num_layers), num_layers)
 
+    if options.load_examples is not None:
+        train, held = load_examples(options.load_examples, loaded.name, list(layers))
+        log(f"loaded {len(train)} training and {len(held)} held-out answers from {options.load_examples}")
+    else:
+        train, held = _record(options, loaded, layers, progress, log, clock, began)
+        if options.save_examples is not None:
+            log(f"answers saved to {save_examples(options.save_examples, train, held, loaded.name, list(layers))}")
+    answered = clock()
+    head = start if start is not None else _new_head(options, loaded, layers, train, device, log)
+    target = loaded.model
+    final_loss, steps_run = _optimize(head, target, train, options, device, progress, log, clock, began)
+    trained = clock()
+    peak = (f", peak GPU memory {torch.cuda.max_memory_allocated(device) / 2**30:.1f} GiB"
+            if device.type == "cuda" else "")
+    log(f"trained {steps_run} steps in {trained - answered:.1f} s ({(trained - answered) / steps_run:.3f} s a step{peak})")
+    head.eval()
+    save_head(head, options.out)
+    held_batches = [make_batch(held[i : i + options.batch_size], device, torch.float32, options.max_seq_len)
+                    for i in range(0, len(held), options.batch_size)]
+    with _training_precision(target):
+        estimate = acceptance_estimate(head, target, held_batches, options.ttt_steps)
+    train_tokens = sum(len(e.token_ids) - e.prompt_len for e in train)
+    return TrainReport(options.out, len(train), len(held), train_tokens, final_loss, steps_run, estimate)
+
+
+def _record(options: TrainOptions, loaded, layers: tuple[int, ...], progress: Progress, log: Callable[[str], None],
+            clock: Callable[[], float], began: float) -> tuple[list[Example], list[Example]]:
+    """The target answers the prompts (held-out ones first); (training, held-out) examples."""
     prompts = collect_prompts(options.sources, options.num_prompts, options.seed)
     train_prompts, held_prompts = held_out_split(prompts, options.eval_fraction, options.seed)
     held_keys = {id(p) for p in held_prompts}
@@ -141,8 +182,13 @@ def train_head(options: TrainOptions, progress: Progress | None = None, log: Cal
     train, held = _split_examples(examples, ids, is_held)
     if not train or not held:
         raise ValueError("no answers recorded for the training or the held-out prompts (all too short?)")
+    return train, held
 
-    device = probe.resolved_device()
+
+def _new_head(options: TrainOptions, loaded, layers: tuple[int, ...], train: list[Example], device: torch.device,
+              log: Callable[[str], None]) -> EagleHead:
+    """A random float32 head in training mode; with a draft vocabulary, its lm_head starts from the target's
+    rows of the training answers' most used tokens."""
     head_config = EagleHeadConfig.for_target(loaded.hf_config, loaded.name, list(layers), options.draft_vocab_size)
     head = random_head(head_config, loaded.hf_config, options.seed)
     if head.lm_head is not None:  # the answers' most used tokens; their rows of the target's lm_head to start from
@@ -152,21 +198,18 @@ def train_head(options: TrainOptions, progress: Progress | None = None, log: Cal
             head.lm_head.weight.copy_(target_lm_head(loaded.model)[vocab.to(device)].float().cpu())
         log(f"draft vocabulary: {len(vocab)} of {head_config.target.vocab_size} tokens, {covered:.1%} of the "
             "training answers' tokens")
-    head = head.to(device=device, dtype=torch.float32).train()
-    target = loaded.model
-    final_loss, steps_run = _optimize(head, target, train, options, device, progress, log, clock, began)
-    trained = clock()
-    peak = (f", peak GPU memory {torch.cuda.max_memory_allocated(device) / 2**30:.1f} GiB"
-            if device.type == "cuda" else "")
-    log(f"trained {steps_run} steps in {trained - answered:.1f} s ({(trained - answered) / steps_run:.3f} s a step{peak})")
-    head.eval()
-    save_head(head, options.out)
-    held_batches = [make_batch(held[i : i + options.batch_size], device, torch.float32, options.max_seq_len)
-                    for i in range(0, len(held), options.batch_size)]
-    with _training_precision(target):
-        estimate = acceptance_estimate(head, target, held_batches, options.ttt_steps)
-    train_tokens = sum(len(e.token_ids) - e.prompt_len for e in train)
-    return TrainReport(options.out, len(train), len(held), train_tokens, final_loss, steps_run, estimate)
+    return head.to(device=device, dtype=torch.float32).train()
+
+
+def _continued_head(options: TrainOptions, loaded, device: torch.device) -> EagleHead:
+    """The head of options.init_head, float32, in training mode (its tapped layers and draft vocabulary are
+    kept: --layers, if given, must name the same layers)."""
+    head = load_head(options.init_head, loaded.hf_config, loaded.name, torch.float32, device)
+    taps = list(head.config.layers_to_capture)
+    if options.layers_to_capture is not None and list(options.layers_to_capture) != taps:
+        raise ValueError(f"--layers {options.layers_to_capture} differs from the layers the head of --init-head "
+                         f"taps ({taps}); leave --layers out to keep them")
+    return head.train().requires_grad_(True)
 
 
 def _answer_params(options: TrainOptions, held_out: bool, copy: int) -> SamplingParams:

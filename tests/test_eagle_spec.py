@@ -6,7 +6,6 @@ the head's q)."""
 
 from __future__ import annotations
 
-import json
 import re
 
 import pytest
@@ -20,25 +19,17 @@ from dynaspec.config import EngineConfig
 from dynaspec.engine.engine import LLMEngine
 from dynaspec.models.eagle_head import read_head_config
 from tests.arrivals import run_with_arrivals
-from tests.tiny_models import make_tiny_checkpoint, make_tiny_hf_model, save_tiny_tokenizer
+from tests.tiny_models import make_tiny_hf_model, make_word_target
 
 GREEDY = SamplingParams(temperature=0.0, max_tokens=20, ignore_eos=True)
 VOCAB = 64  # a small vocabulary: a head trained for seconds is right often enough to exercise acceptance
-
-
-def _words(gen: torch.Generator, n: int) -> str:
-    return " ".join(f"w{i}" for i in torch.randint(3, 40, (n,), generator=gen).tolist())
 
 
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory):
     """A tiny target with a word-level tokenizer, and a head `dynaspec train-head` trained for it (CLI)."""
     root = tmp_path_factory.mktemp("eagle-spec")
-    target = make_tiny_checkpoint(root, "llama", seed=0, num_hidden_layers=4, vocab_size=VOCAB)
-    save_tiny_tokenizer(target, vocab_size=VOCAB)
-    gen = torch.Generator().manual_seed(0)
-    prompts = root / "prompts.jsonl"
-    prompts.write_text("".join(json.dumps({"prompt": _words(gen, 6 + i % 9)}) + "\n" for i in range(24)))
+    target, prompts = make_word_target(root, VOCAB, num_prompts=24, spread=9)
     head = root / "head"
     result = CliRunner().invoke(app, [
         "train-head", "--model", str(target), "--workload", str(prompts), "--num-prompts", "24", "--out", str(head),

@@ -3,7 +3,6 @@ one trains on it and continues the first run's head, with clear errors where the
 
 from __future__ import annotations
 
-import json
 import re
 
 import pytest
@@ -14,7 +13,7 @@ from typer.testing import CliRunner
 from dynaspec.cli import app
 from dynaspec.train_head.example_store import load_examples, save_examples
 from dynaspec.train_head.record import Example
-from tests.tiny_models import make_tiny_checkpoint, save_tiny_tokenizer
+from tests.tiny_models import make_word_target
 
 VOCAB = 64
 
@@ -22,14 +21,7 @@ VOCAB = 64
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory):
     root = tmp_path_factory.mktemp("resume")
-    target = make_tiny_checkpoint(root, "llama", seed=0, num_hidden_layers=4, vocab_size=VOCAB)
-    save_tiny_tokenizer(target, vocab_size=VOCAB)
-    gen = torch.Generator().manual_seed(0)
-    prompts = root / "prompts.jsonl"
-    prompts.write_text("".join(
-        json.dumps({"prompt": " ".join(f"w{i}" for i in torch.randint(3, 40, (6 + n % 7,), generator=gen).tolist())})
-        + "\n" for n in range(16)
-    ))
+    target, prompts = make_word_target(root, VOCAB, num_prompts=16, spread=7)
     return {"target": str(target), "prompts": str(prompts), "root": root}
 
 

@@ -158,6 +158,25 @@ def save_tiny_tokenizer(out_dir: Path | str, vocab_size: int = 512) -> Path:
     return Path(out_dir)
 
 
+def make_word_target(root: Path | str, vocab_size: int, num_prompts: int, spread: int, seed: int = 0) -> tuple[Path, Path]:
+    """A tiny Llama target with the word-level tokenizer and a .jsonl of `num_prompts` text prompts for
+    `dynaspec train-head` (prompt n: 6 + n % spread words "w3" .. "w39"); (target directory, prompts file)."""
+    import json
+
+    import torch
+
+    target = make_tiny_checkpoint(root, "llama", seed=seed, num_hidden_layers=4, vocab_size=vocab_size)
+    save_tiny_tokenizer(target, vocab_size=vocab_size)
+    gen = torch.Generator().manual_seed(seed)
+    lines = []
+    for n in range(num_prompts):
+        words = " ".join(f"w{i}" for i in torch.randint(3, 40, (6 + n % spread,), generator=gen).tolist())
+        lines.append(json.dumps({"prompt": words}) + "\n")
+    prompts = Path(root) / "prompts.jsonl"
+    prompts.write_text("".join(lines))
+    return target, prompts
+
+
 def make_hf_cache_snapshot(cache_dir: Path | str, repo_id: str, model_dir: Path | str, commit: str = "a1" * 20) -> Path:
     """Lay `model_dir`'s files out in `cache_dir` as huggingface_hub's cache does: blobs/<hash> holding the
     bytes, snapshots/<commit>/<file> symlinks to them, refs/main naming the commit. Returns the snapshot."""

@@ -58,13 +58,14 @@ def _engine(ckpts, k: int, chain: bool, device: str = "cpu", **kwargs) -> LLMEng
 def _record(engine: LLMEngine) -> dict[str, list]:
     """Spy on the drafter: every proposal, every catch-up length, every chain launch (pair, real batch)."""
     drafter = engine.drafter
-    seen: dict[str, list] = {"proposals": [], "catch_ups": [], "chain": [], "via_chain": []}
+    seen: dict[str, list] = {"proposals": [], "confidence": [], "catch_ups": [], "chain": [], "via_chain": []}
     propose, catch_up = drafter.propose, drafter._catch_up_start
 
     def spy_propose(requests, k):
         launched = len(seen["chain"])
         proposal = propose(requests, k)
         seen["proposals"].append(([r.request_id for r in requests], k, proposal.tokens))
+        seen["confidence"].append([p for row in proposal.confidence for p in row])
         seen["via_chain"].append(len(seen["chain"]) > launched)
         return proposal
 
@@ -107,6 +108,10 @@ def test_chain_drafts_equal_step_by_step_drafts(ckpts, k):
     got = _run(chained)
     assert got == expected
     assert seen["proposals"] == plain_seen["proposals"]
+    # the draft model's probability of each draft: the chain's (softmax max in the graph) = the eager path's
+    flat = [p for step in seen["confidence"] for p in step]
+    assert flat == pytest.approx([p for step in plain_seen["confidence"] for p in step], abs=1e-5)
+    assert all(0 < p <= 1 for p in flat)
     assert {1, 2} <= set(seen["catch_ups"])  # both first-step layouts ran
     assert any(c > 2 for c in seen["catch_ups"])  # and new requests' long catch-ups (step-by-step path)
     chain = chained.drafter.chain

@@ -157,7 +157,7 @@ def test_chain_drafts_equal_step_by_step_drafts(tiny, head):
 
         def spy(requests, k):
             proposal = propose(requests, k)
-            seen.append(proposal.tokens)
+            seen.append((proposal.tokens, proposal.confidence))
             return proposal
 
         engine.drafter.propose = spy
@@ -165,8 +165,12 @@ def test_chain_drafts_equal_step_by_step_drafts(tiny, head):
 
     out, plain_seen, _ = run(False)
     chained_out, chained_seen, drafter = run(True)
-    assert chained_out == out and chained_seen == plain_seen
+    assert chained_out == out and [t for t, _ in chained_seen] == [t for t, _ in plain_seen]
     assert drafter.chain.num_replays > len(chained_seen) // 2
+    # the head's probability of each draft, from the graph's code as from the eager path's logits
+    chained_p = [p for _, c in chained_seen for row in c for p in row]
+    plain_p = [p for _, c in plain_seen for row in c for p in row]
+    assert chained_p == pytest.approx(plain_p, abs=1e-5) and all(0 < p <= 1 for p in chained_p)
 
 
 def test_chain_drafts_reach_the_verify_forward_on_the_device(tiny):

@@ -82,13 +82,17 @@ class DraftChainGraphs(CudaGraphDecoder):
 
         batch: B requests, each with token_ids = its 1 or 2 catch-up tokens padded to 2 (repeat the last),
         seq_lens = num_tokens + 2 - num_real, num_real = 1 or 2, its block table (covering num_tokens +
-        k - 1 slots). The result lives in the graphs' pool: copy it before the next launch.
+        k - 1 slots). The result lives in the graphs' pool: copy it before the next launch; `confidence`
+        then holds the drafts' (B, k) probabilities under the draft model.
         """
         key, real = self._stage(batch, k)
-        return self._launch(key)[:real]
+        ids, confidence = self._launch(key)
+        self.confidence = confidence[:real]  # (B, k) float32: the draft model's probability of each draft
+        return ids[:real]
 
-    def _forward(self, bucket: int, k: int) -> torch.Tensor:
-        """The captured chain (no host synchronisation); (bucket, k) int64 draft ids."""
+    def _forward(self, bucket: int, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """The captured chain (no host synchronisation); (bucket, k) int64 draft ids and (bucket, k) float32
+        their probabilities."""
         width = FIRST_STEP_WIDTH
         steps = self.arange[:width]  # (2,)
         seq_lens = self.seq_lens[:bucket]  # (bucket,) step-0 context
@@ -97,17 +101,20 @@ class DraftChainGraphs(CudaGraphDecoder):
         real = steps.unsqueeze(0) < num_real.unsqueeze(1)  # (bucket, 2)
         hidden = self._model_step(self.input_ids[: bucket * width], positions, real, seq_lens)  # (bucket * 2, H)
         last = self.arange[:bucket] * width + (num_real - 1).clamp(min=0)  # (bucket,) row of the last real token
-        ids = self._argmax(hidden.index_select(0, last))  # (bucket,)
-        drafted = [ids]
+        ids, confidence = self._pick(hidden.index_select(0, last))  # (bucket,)
+        drafted, confidences = [ids], [confidence]
         num_tokens = seq_lens - width + num_real  # (bucket,) the request's length; 0 for padding
         is_real = (num_real > 0).unsqueeze(1)  # (bucket, 1)
         for j in range(1, k):
             position = (num_tokens + (j - 1)).unsqueeze(1)  # (bucket, 1)
             hidden = self._model_step(ids, position, is_real, num_tokens + j)  # (bucket, H)
-            ids = self._argmax(hidden)
+            ids, confidence = self._pick(hidden)
             drafted.append(ids)
-        return torch.stack(drafted, dim=1)  # (bucket, k) int64
+            confidences.append(confidence)
+        return torch.stack(drafted, dim=1), torch.stack(confidences, dim=1)  # (bucket, k) int64, float32
 
-    def _argmax(self, hidden: torch.Tensor) -> torch.Tensor:
-        """hidden (N, H) -> (N,) int64 argmax of the logits over the target's vocabulary slice."""
-        return self.model.compute_logits(hidden)[:, : self.vocab_size].argmax(dim=-1)
+    def _pick(self, hidden: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """hidden (N, H) -> (N,) int64 argmax of the logits over the target's vocabulary slice, and (N,)
+        float32 its probability (the softmax's maximum)."""
+        logits = self.model.compute_logits(hidden)[:, : self.vocab_size]
+        return logits.argmax(dim=-1), torch.softmax(logits, dim=-1).amax(dim=-1)

@@ -124,7 +124,9 @@ class EagleChainGraphs(CudaGraphDecoder):
         num_real, num_real = the catch-up length, its block table (covering N + k slots). Returns (B, k)
         int64 draft ids on the device, valid until the next launch of the pool."""
         key, real = self._stage(batch, k)
-        return self._launch(key)[:real]
+        ids, confidence = self._launch(key)
+        self.confidence = confidence[:real]  # (B, k) float32: the head's probability of each draft
+        return ids[:real]
 
     def _slots(self, positions: torch.Tensor, real: torch.Tensor, bucket: int) -> torch.Tensor:
         """(bucket, q) positions -> their KV slots through the block tables (the scratch block where not real)."""
@@ -149,17 +151,18 @@ class EagleChainGraphs(CudaGraphDecoder):
         runner = self.runner  # not runner._run: chain steps are counted per replay (replays_per_pair)
         return runner.head(target_embed(runner.target, ids), g, positions.reshape(-1), self.kv_caches, meta)
 
-    def _argmax(self, hidden: torch.Tensor) -> torch.Tensor:
+    def _pick(self, hidden: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """h (B, H) -> the greedy draft token ids of the target (B,): the argmax over the head's vocabulary,
-        mapped back (the same token as the argmax of head_logits: the map is increasing)."""
+        mapped back (the same token as the argmax of head_logits: the map is increasing); and the head's
+        probability of each (B,) float32 (its softmax's maximum)."""
         head = self.runner.head
         logits = draft_logits(head, self.runner.target, hidden)  # (B, draft vocab or lm_head width)
         if head.lm_head is None:
             logits = logits[:, : self.vocab_size]
-        return head.to_target(logits.argmax(dim=-1))
+        return head.to_target(logits.argmax(dim=-1)), torch.softmax(logits.float(), dim=-1).amax(dim=-1)
 
-    def _forward(self, bucket: int, k: int) -> torch.Tensor:
-        """The captured chain; (bucket, k) int64 draft ids."""
+    def _forward(self, bucket: int, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """The captured chain; (bucket, k) int64 draft ids and (bucket, k) float32 their probabilities."""
         width = 1 + k
         steps = self.arange[:width]  # (W,)
         seq_lens = self.seq_lens[:bucket]  # (bucket,) step-0 context
@@ -172,13 +175,14 @@ class EagleChainGraphs(CudaGraphDecoder):
         hidden = self._step(self.input_ids[: bucket * width], g, positions, real, seq_lens)  # (bucket * W, H)
         last = self.arange[:bucket] * width + (num_real - 1).clamp(min=0)  # (bucket,)
         h = hidden.index_select(0, last)  # (bucket, H)
-        ids = self._argmax(h)
-        drafted = [ids]
+        ids, confidence = self._pick(h)
+        drafted, confidences = [ids], [confidence]
         num_tokens = seq_lens - width + num_real  # (bucket,) N; 0 for padding
         is_real = (num_real > 0).unsqueeze(1)  # (bucket, 1)
         for j in range(1, k):
             position = (num_tokens + (j - 1)).unsqueeze(1)  # (bucket, 1)
             h = self._step(ids, h, position, is_real, num_tokens + j)  # (bucket, H)
-            ids = self._argmax(h)
+            ids, confidence = self._pick(h)
             drafted.append(ids)
-        return torch.stack(drafted, dim=1)  # (bucket, k)
+            confidences.append(confidence)
+        return torch.stack(drafted, dim=1), torch.stack(confidences, dim=1)  # (bucket, k) int64, float32

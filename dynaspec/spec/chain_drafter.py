@@ -46,7 +46,8 @@ class ChainDrafter(Drafter):
         raise NotImplementedError
 
     def _draft_steps(self, requests: list[Request], starts: list[int], k: int):
-        """The step-by-step path: (tokens per request, q per drafted token per request)."""
+        """The step-by-step path: (tokens per request, q per drafted token per request, the drafter's
+        probability of each drafted token per request: pick_drafts)."""
         raise NotImplementedError
 
     def _record(self, requests: list[Request], proposal: DraftProposal, k: int) -> None:
@@ -67,10 +68,12 @@ class ChainDrafter(Drafter):
         self.num_propose_calls += 1
         starts = [self._catch_up_start(request) for request in requests]
         if self._can_chain(requests, starts, k):
-            proposal = DraftProposal.from_device(DeviceDrafts(self._draft_chain(requests, starts, k)))
+            ids = self._draft_chain(requests, starts, k)
+            proposal = DraftProposal.from_device(DeviceDrafts(ids, self.chain.confidence))
         else:
-            tokens, probs = self._draft_steps(requests, starts, k)
-            proposal = DraftProposal(tokens=tokens, probs=[torch.stack(p) if p else None for p in probs])
+            tokens, probs, confidence = self._draft_steps(requests, starts, k)
+            proposal = DraftProposal(tokens=tokens, probs=[torch.stack(p) if p else None for p in probs],
+                                     confidence=confidence)
         self._record(requests, proposal, k)
         return proposal
 
@@ -142,14 +145,17 @@ class ChainDrafter(Drafter):
 
 
 def pick_drafts(requests: list[Request], logits: torch.Tensor, probs: list[list[torch.Tensor]], step: int,
-                generator: torch.Generator) -> list[int]:
+                generator: torch.Generator, confidence: list[list[float]]) -> list[int]:
     """Draft tokens from logits (B, vocab): greedy requests take the argmax; seeded ones the argmax of log q
     plus the noise keyed by (seed, position) that the target's verification uses (runtime/keyed_noise.py: a
     draft equal to the target's keyed sample is accepted); unseeded ones sample q (the request's generator,
-    else `generator`). q (the processed draft distribution) is appended to probs[i] for rejection sampling."""
+    else `generator`). q (the processed draft distribution) is appended to probs[i] for rejection sampling,
+    and the drafter's probability of the picked token to confidence[i] (greedy: the softmax's maximum)."""
     picked = logits.argmax(dim=-1).tolist()
+    greedy_confidence = torch.softmax(logits.float(), dim=-1).amax(dim=-1).tolist()  # (B,)
     for i, request in enumerate(requests):
         if request.params.is_greedy:
+            confidence[i].append(greedy_confidence[i])
             continue
         q = target_probs(logits[i : i + 1], [request.params])  # (1, vocab)
         if request.params.seed is not None:
@@ -157,4 +163,5 @@ def pick_drafts(requests: list[Request], logits: torch.Tensor, probs: list[list[
         else:
             picked[i] = int(sample(q, request.generator or generator)[0])
         probs[i].append(q[0])
+        confidence[i].append(float(q[0, picked[i]]))
     return picked

@@ -141,15 +141,18 @@ class DraftModelDrafter(ChainDrafter):
 
     def _draft_steps(
         self, requests: list[Request], starts: list[int], k: int
-    ) -> tuple[list[list[int]], list[list[torch.Tensor]]]:
+    ) -> tuple[list[list[int]], list[list[torch.Tensor]], list[list[float]]]:
         """k draft steps one by one (any batch): the first also feeds the catch-up tokens."""
         tokens: list[list[int]] = [[] for _ in requests]
         probs: list[list[torch.Tensor]] = [[] for _ in requests]
+        confidence: list[list[float]] = [[] for _ in requests]
         width = self._chain_width(k)  # the two-position first-step graph takes the chain's catch-ups
         if self.runner.can_replay(len(requests), 1) and all(r.num_tokens - s <= width for r, s in zip(requests, starts)):
-            self._first_step_graph(requests, starts, tokens, probs)
+            logits = self._first_step_graph(requests, starts)
         else:
-            self._first_step_eager(requests, starts, tokens, probs)
+            logits = self._first_step_eager(requests, starts)
+        for i, token in enumerate(pick_drafts(requests, logits, probs, 0, self.generator, confidence)):
+            tokens[i].append(token)
         for step in range(1, k):  # the rest of the chain, one token per request per step
             seqs = [SequenceInput([t[-1]], r.num_tokens + step, r.block_ids) for t, r in zip(tokens, requests)]
             rows = list(range(len(requests)))
@@ -160,24 +163,24 @@ class DraftModelDrafter(ChainDrafter):
                 logits = self.runner.forward_uniform(batch, 0, rows)
             else:
                 logits = self.runner.forward(seqs, rows)
-            for i, token in enumerate(pick_drafts(requests, logits[:, : self.target_vocab_size], probs, step, self.generator)):
+            logits = logits[:, : self.target_vocab_size]
+            for i, token in enumerate(pick_drafts(requests, logits, probs, step, self.generator, confidence)):
                 tokens[i].append(token)
-        return tokens, probs
+        return tokens, probs, confidence
 
-    def _first_step_eager(self, requests, starts, tokens, probs) -> None:
-        """Feed every request's catch-up tokens (any length: a whole prompt after a preemption)."""
+    def _first_step_eager(self, requests, starts) -> torch.Tensor:
+        """Feed every request's catch-up tokens (any length: a whole prompt after a preemption); the
+        logits of each request's last one (B, vocab)."""
         seqs = [SequenceInput(r.tokens_from(s), r.num_tokens, r.block_ids) for r, s in zip(requests, starts)]
         rows, flat = [], 0
         for seq in seqs:
             flat += len(seq.token_ids)
             rows.append(flat - 1)
-        logits = self.runner.forward(seqs, rows)[:, : self.target_vocab_size]  # (B, vocab)
-        for i, token in enumerate(pick_drafts(requests, logits, probs, 0, self.generator)):
-            tokens[i].append(token)
+        return self.runner.forward(seqs, rows)[:, : self.target_vocab_size]  # (B, vocab)
 
-    def _first_step_graph(self, requests, starts, tokens, probs) -> None:
+    def _first_step_graph(self, requests, starts) -> torch.Tensor:
         """Catch-up of 1 or 2 tokens per request through the two-position CUDA graph (padding the
-        1-token case; its padded position writes to the scratch block)."""
+        1-token case; its padded position writes to the scratch block); the logits (B, vocab)."""
         batch = UniformDecodeBatch([], [], [], [])
         rows = []
         for i, (request, start) in enumerate(zip(requests, starts)):
@@ -187,9 +190,7 @@ class DraftModelDrafter(ChainDrafter):
             batch.num_real.append(len(fed))
             batch.block_tables.append(request.block_ids)
             rows.append(2 * i + len(fed) - 1)
-        logits = self.runner.forward_uniform(batch, 1, rows)[:, : self.target_vocab_size]  # (B, vocab)
-        for i, token in enumerate(pick_drafts(requests, logits, probs, 0, self.generator)):
-            tokens[i].append(token)
+        return self.runner.forward_uniform(batch, 1, rows)[:, : self.target_vocab_size]  # (B, vocab)
 
     def measure_catch_up_seconds_per_token(self) -> float:
         """0.0: a draft-model catch-up is a batched draft forward, priced from the steps that ran one."""

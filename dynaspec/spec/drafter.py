@@ -36,17 +36,23 @@ class DeviceDrafts:
     after the verify launch, when the copy has long landed (vLLM keeps draft ids on the device between the
     drafter and the target the same way)."""
 
-    def __init__(self, ids: torch.Tensor) -> None:
+    def __init__(self, ids: torch.Tensor, confidence: torch.Tensor | None = None) -> None:
         self.ids = ids  # (B, k) int64 on the drafter's device; valid until the drafter's next launch
         self.shape = tuple(ids.shape)
+        self.has_confidence = confidence is not None  # (B, k) float32: the drafter's probability of each
         self._event: torch.cuda.Event | None = None
         if ids.device.type == "cuda":
             self._host = torch.empty(ids.shape, dtype=ids.dtype, pin_memory=True)
             self._host.copy_(ids, non_blocking=True)
+            self._host_confidence = None
+            if confidence is not None:
+                self._host_confidence = torch.empty(confidence.shape, dtype=confidence.dtype, pin_memory=True)
+                self._host_confidence.copy_(confidence, non_blocking=True)
             self._event = torch.cuda.Event()
             self._event.record()
         else:
             self._host = ids.clone()
+            self._host_confidence = None if confidence is None else confidence.clone()
         self._rows: list[list[int]] | None = None
 
     def tolist(self) -> list[list[int]]:
@@ -57,6 +63,12 @@ class DeviceDrafts:
             self._rows = self._host.tolist()
         return self._rows
 
+    def confidence(self) -> list[list[float]]:
+        """The drafts' probabilities on the host (waits for the drafting graph, as tolist)."""
+        if self._event is not None:
+            self._event.synchronize()
+        return self._host_confidence.tolist()
+
 
 class DraftProposal:
     """Draft tokens for a batch of requests.
@@ -66,9 +78,13 @@ class DraftProposal:
     for a one-hot (deterministic) proposal such as n-gram lookup.
     on_device: the same tokens as (B, k) ids on the device (every request drafted exactly k) when a graph
     drafted them; `tokens` then reads them from the device on first use (DraftProposal.from_device).
+    confidence[i]: the drafter's probability of each of tokens[i] (a model drafter's; None: the drafter has
+    no distribution, n-gram), read from the device on first use like tokens (`has_confidence` asks without
+    reading).
     """
 
-    def __init__(self, tokens: list[list[int]], probs: list[torch.Tensor | None]) -> None:
+    def __init__(self, tokens: list[list[int]], probs: list[torch.Tensor | None],
+                 confidence: list[list[float]] | None = None) -> None:
         if len(tokens) != len(probs):
             raise ValueError(
                 f"DraftProposal needs one probs entry per request: {len(tokens)} token lists, "
@@ -83,6 +99,7 @@ class DraftProposal:
         self._tokens: list[list[int]] | None = tokens
         self.probs = probs
         self.on_device: DeviceDrafts | None = None
+        self._confidence = confidence
 
     @classmethod
     def from_device(cls, drafts: DeviceDrafts) -> "DraftProposal":
@@ -102,6 +119,16 @@ class DraftProposal:
         if self._tokens is None:
             self._tokens = self.on_device.tolist()
         return self._tokens
+
+    @property
+    def has_confidence(self) -> bool:
+        return self._confidence is not None or (self.on_device is not None and self.on_device.has_confidence)
+
+    @property
+    def confidence(self) -> list[list[float]] | None:
+        if self._confidence is None and self.on_device is not None and self.on_device.has_confidence:
+            self._confidence = self.on_device.confidence()
+        return self._confidence
 
     @property
     def num_drafted(self) -> list[int]:

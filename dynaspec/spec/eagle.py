@@ -127,11 +127,12 @@ class EagleDrafter(ChainDrafter):
         h = runner.catch_up([r.tokens_from(s) for r, s in zip(requests, starts)], starts, tables)  # (B, H)
         tokens: list[list[int]] = [[] for _ in requests]
         probs: list[list[torch.Tensor]] = [[] for _ in requests]
+        confidence: list[list[float]] = [[] for _ in requests]
         for step in range(k):
             if step > 0:
                 ids = torch.tensor([t[-1] for t in tokens], dtype=torch.int64, device=self.device)
                 h = runner.draft_step(ids, h, [r.num_tokens - 1 + step for r in requests], tables)
             logits = runner.logits(h)[:, : self.vocab_size]  # (B, vocab)
-            for i, token in enumerate(pick_drafts(requests, logits, probs, step, self.generator)):
+            for i, token in enumerate(pick_drafts(requests, logits, probs, step, self.generator, confidence)):
                 tokens[i].append(token)
-        return tokens, probs
+        return tokens, probs, confidence

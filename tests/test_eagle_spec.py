@@ -18,6 +18,7 @@ from dynaspec.cli import app
 from dynaspec.config import EngineConfig
 from dynaspec.engine.engine import LLMEngine
 from dynaspec.models.eagle_head import read_head_config
+from dynaspec.runtime.cost_model import StepCostModel
 from tests.arrivals import run_with_arrivals
 from tests.tiny_models import make_tiny_hf_model, make_word_target
 
@@ -132,6 +133,29 @@ def test_schedule_across_k_zero_and_adaptive_are_lossless(tiny, policy):
     ks = {int(k) for ks in engine.get_stats()["k_histogram"].values() for k in ks}
     if "draft_len_schedule" in policy:
         assert 0 in ks and 3 in ks  # the schedule crossed k = 0 and back
+
+
+@pytest.mark.parametrize("head", HEADS)
+def test_adaptive_trims_drafts_by_the_heads_confidence_losslessly(tiny, baseline, head):
+    """adaptive drafts k_i, then keeps each request's prefix worth verifying by the head's calibrated
+    probability of each draft: positions left unverified, outputs unchanged, the calibration fed by the
+    verified drafts. Costs injected (a position costs 1% of a plain step: every k_i drafts), and the
+    calibration primed to say drafts the head gives less than 0.9 are rejected, so trimming has something
+    to cut."""
+    costs = StepCostModel()
+    for batch in (1, 2, 4, 8):
+        for k in range(4):
+            costs.add(batch, k, 1.0 + 0.01 * batch * k)
+    costs.save(tiny["root"] / "trim-costs.json")
+    llm = LLM(model=tiny["target"], block_size=4, max_num_seqs=8, speculative_config=_spec(
+        tiny, 3, head, draft_len_policy="adaptive", step_cost_file=str(tiny["root"] / "trim-costs.json")))
+    for _ in range(100):
+        for doubtful in (0.05, 0.25, 0.45, 0.65, 0.85):
+            llm.engine.policy.calibration.observe([doubtful], accepted=0)
+    assert [o.token_ids for o in llm.generate(_prompts(6), GREEDY)] == baseline
+    stats = llm.get_stats()
+    assert stats["trimmed_positions"] > 0 and stats["num_drafted"] > 0
+    assert llm.engine.policy.calibration.samples(0) > 500  # the primed 500 and the verified drafts
 
 
 def test_a_second_eagle_engine_on_shared_weights_is_refused(tiny):

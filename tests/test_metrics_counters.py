@@ -108,9 +108,10 @@ def test_grafana_dashboard_reads_only_exported_metrics():
 def test_ragged_steps_and_per_request_draft_lengths_are_exported():
     """`draft_len_policy: adaptive` stats (ragged steps, request-steps by batch size and k_i) as counters."""
     stats = {"num_drafts": 3, "drafted": 6, "accepted": 2, "accepted_per_position": [2], "last_step": {"k": 4},
-             "ragged_steps": 5, "draft_len_histogram": {"2": {"0": 4, "4": 6}, "8": {"1": 8}}}
+             "ragged_steps": 5, "draft_len_histogram": {"2": {"0": 4, "4": 6}, "8": {"1": 8}}, "trimmed_positions": 7}
     samples = scrape(stats)
     assert samples[("dynaspec:spec_decode_ragged_steps_total", ())] == 5
+    assert samples[("dynaspec:spec_decode_trimmed_positions_total", ())] == 7
     per_request = {tuple(dict(labels).values()): v for (name, labels), v in samples.items()
                    if name == "dynaspec:spec_decode_request_draft_length_total"}
     assert per_request == {("2", "0"): 4, ("2", "4"): 6, ("8", "1"): 8}

@@ -99,7 +99,8 @@ def test_factory_builds_each_policy_from_its_table_entry():
     assert isinstance(goodput, GoodputPlanner) and goodput.reachable_draft_lens(3) == {0, 1}
     none = NoSpeculation()
     assert none.draft_len(4, 4, ["a"] * 4) == 0 and none.reachable_draft_lens(4) == {0}
-    assert none.stats() == {"draft_len_schedule": None, "auto_schedule": None, "planner_decision": None}
+    assert none.stats() == {"draft_len_schedule": None, "auto_schedule": None, "planner_decision": None,
+                            "trimmed_positions": 0}
 
 
 def _two_cell_costs() -> StepCostModel:

@@ -288,7 +288,8 @@ class LLMEngine:
         # meanwhile: a cost of switching k, not a sample of T(batch, k).
         resumed = k > 0 and self._previous_draft_len == 0 and not sched.prefills
         behind = self.drafter.catch_up_tokens(decoding) if resumed else None
-        step_drafts = propose_drafts(self.drafter, self.acceptance, sched)
+        step_drafts = propose_drafts(self.drafter, self.acceptance, sched,
+                                     self.policy.trim_drafts if self.policy.trims_drafts else None)
         in_graph = True
         if not sched.prefills and self._runs_ragged(step_drafts.lengths, k):
             batch, rows = ragged_inputs(sched, step_drafts.tokens)
@@ -314,6 +315,7 @@ class LLMEngine:
         outcome. Decodes whose request was aborted meanwhile are skipped."""
         sched, step_drafts = launched.sched, launched.drafts
         decoding = [d.request for d in sched.decodes]
+        confidence = dict(zip([r.request_id for r in decoding], step_drafts.confidence))  # {} unless trimming
         scheduled = decoding + [p.request for p in sched.prefills]
         drafts = step_drafts.tokens  # read on the host now (a device copy that landed while the host worked)
         vbatch, verified = verify_batch(scheduled, drafts, step_drafts.probs, launched.rows.counts)
@@ -337,6 +339,7 @@ class LLMEngine:
                 request_ids=[r.request_id for r in decoding], draft_len=sched.draft_len, drafted=[len(d) for d in drafts],
                 accepted=[max(0, len(c) - 1) for c in committed[: len(decoding)]], draft_lens=[d.max_draft for d in sched.decodes],
                 seconds=seconds, catch_up_tokens=launched.behind,
+                confidence=[confidence[r.request_id] for r in decoding] if confidence else (),
             )
             self._policy_pending.insert(mark, lambda: self.policy.observe(outcome))  # before this step's releases
             if launched.resumed:  # what the catch-up cost prices the next switch from k = 0: learn it at once
@@ -352,9 +355,10 @@ class LLMEngine:
         return mixed_keys(self._captured, self.config.max_num_batched_tokens, self.max_model_len)
 
     def _runs_ragged(self, lengths: list[int], k: int) -> bool:
-        """Whether a decode step with drafts of these lengths runs in a ragged graph: they differ and a
-        ragged graph holds fewer positions than the uniform (bucket, k) graph would pad them to."""
-        if min(lengths) == max(lengths):
+        """Whether a decode step with drafts of these lengths runs in a ragged graph: they differ (or all fall
+        short of k: drafts trimmed) and a ragged graph holds fewer positions than the uniform (bucket, k)
+        graph would pad them to."""
+        if min(lengths) == max(lengths) == k:
             return False
         key = self.runner.ragged_key(len(lengths), len(lengths) + sum(lengths))
         if key is None:

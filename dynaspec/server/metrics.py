@@ -163,6 +163,9 @@ def _spec_decode_counters(stats: dict[str, Any]) -> Iterable[Any]:
     yield CounterMetricFamily("dynaspec:spec_decode_ragged_steps",
                               "Decode steps whose requests had different draft lengths (draft_len_policy: adaptive)",
                               value=float(stats.get("ragged_steps") or 0))
+    yield CounterMetricFamily("dynaspec:spec_decode_trimmed_positions",
+                              "Drafted positions left unverified by the drafter's calibrated confidence "
+                              "(draft_len_policy: adaptive)", value=float(stats.get("trimmed_positions") or 0))
     per_request = CounterMetricFamily("dynaspec:spec_decode_request_draft_length",
                                       "Request-steps by batch size and the request's own draft length k_i",
                                       labels=["batch_size", "draft_length"])

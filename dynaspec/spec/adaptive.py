@@ -34,6 +34,12 @@ Probe, as the planner's: a draft position never verified yet, predicted within `
 goodput, is verified too (in at most `min_observed_steps` steps per batch bucket), so a cold-start prior
 that sits just below the price does not hold k = 0 until a rare exploration.
 `max_concurrency` applies as elsewhere: above it, every k_i is 0.
+Trimming by the drafter's confidence (drafters with a distribution: the draft model, an EAGLE head;
+vLLM's #47808 / #52228): once the k_i are drafted, each drafted position's survival is recomputed from the
+drafter's probability of that draft, calibrated online per position (spec/confidence_calibration.py, smoothed
+toward the request's own estimate), and the same budget search over the drafted positions keeps the best
+prefix of each request's draft (never more than drafted, so lossless as any shorter draft). Steps that
+probe or explore are not trimmed (they verify on purpose what the estimates doubt).
 """
 
 from __future__ import annotations
@@ -45,6 +51,7 @@ from typing import Any
 from dynaspec.runtime.cost_model import StepCostModel
 from dynaspec.spec.acceptance_estimator import AcceptanceEstimator, planning_estimator
 from dynaspec.spec.catch_up import CatchUpCost, switch_pays
+from dynaspec.spec.confidence_calibration import ConfidenceCalibration
 from dynaspec.spec.adaptive_allocation import Allocation, plan_allocation, step_seconds_by_tokens, survival
 from dynaspec.spec.planner import PaddedBatchFn
 from dynaspec.spec import planner_rules as rules
@@ -71,6 +78,7 @@ class AdaptivePolicy(DraftLenPolicy):
     """Per-request k_i maximising predicted goodput over a budget of draft positions (module docstring)."""
 
     ragged = True
+    trims_drafts = True
 
     def __init__(
         self,
@@ -108,6 +116,8 @@ class AdaptivePolicy(DraftLenPolicy):
         self._explore_earned = 0.0  # seconds the decisions since the last exploration earned (explore_budget)
         self._speculative_steps: Counter = Counter()  # batch bucket -> speculative steps observed (probe rule)
         self._verified_positions: set[int] = set()  # draft positions j some request had verified (probe rule)
+        self.calibration = ConfidenceCalibration(self.max_draft_len)  # P(accepted | the drafter's probability)
+        self.trimmed_positions = 0  # drafted positions trim_drafts left unverified
         self.last_decision: dict[str, Any] = {}
 
     # ----------------------------------------------------------------- the decision
@@ -166,13 +176,34 @@ class AdaptivePolicy(DraftLenPolicy):
         """Compute the allocation now (no reuse)."""
         ids = request_ids or [None] * batch
         survivals = [survival(self.estimator.alphas(rid)[: self.max_draft_len]) for rid in ids]
-        base, per_position = self.overhead.speculative_line(batch)  # step_seconds, its fit looked up once
+        return plan_allocation(survivals, self._pricing(batch))
+
+    def _pricing(self, batch: int) -> Callable[[int], float]:
+        """positions -> step_seconds(batch, positions), with the overhead fit looked up once."""
+        base, per_position = self.overhead.speculative_line(batch)
 
         def seconds(positions: int) -> float:
             prior = self._prior(batch, positions)[1]
             return prior if positions == 0 else prior + max(0.0, base + per_position * positions)
 
-        return plan_allocation(survivals, seconds)
+        return seconds
+
+    def trim_drafts(self, request_ids: Sequence[Hashable], limits: Sequence[int],
+                    confidence: Sequence[Sequence[float]]) -> list[int]:
+        """The drafted positions worth verifying (module docstring: trimming by the drafter's confidence)."""
+        if self.last_decision.get("reason") in ("probe", "explore"):
+            return list(limits)
+        survivals = []
+        for rid, limit, drafted in zip(request_ids, limits, confidence):
+            alphas = self.estimator.alphas(rid)
+            survivals.append(survival([
+                self.calibration.probability(j, p, alphas[min(j, len(alphas) - 1)])
+                for j, p in enumerate(drafted[:limit])
+            ]))
+        kept = plan_allocation(survivals, self._pricing(len(survivals))).draft_lens
+        kept = [min(k, limit) for k, limit in zip(kept, limits)]
+        self.trimmed_positions += sum(limits) - sum(kept)
+        return kept
 
     def step_seconds(self, batch: int, positions: int) -> float:
         """Predicted T of a step of `batch` requests verifying `positions` draft positions in all: the probed
@@ -267,6 +298,8 @@ class AdaptivePolicy(DraftLenPolicy):
         draft_lens = outcome.draft_lens or [outcome.draft_len] * outcome.batch
         groups: dict[int, tuple[list[Hashable], list[int], list[int]]] = {}
         verified = len(self._verified_positions)
+        for drafted_p, drafted, accepted in zip(outcome.confidence, outcome.drafted, outcome.accepted):
+            self.calibration.observe(drafted_p[:drafted], accepted)
         for rid, k_i, drafted, accepted in zip(outcome.request_ids, draft_lens, outcome.drafted, outcome.accepted):
             self._verified_positions.update(range(drafted))
             if k_i > 0:
@@ -296,7 +329,8 @@ class AdaptivePolicy(DraftLenPolicy):
 
     def stats(self) -> dict[str, Any]:
         """The latest decision (budget, k_i histogram, predicted goodput) as get_stats()["planner_decision"]."""
-        return {**super().stats(), "planner_decision": dict(self.last_decision)}
+        return {**super().stats(), "planner_decision": dict(self.last_decision),
+                "trimmed_positions": self.trimmed_positions}
 
     def __repr__(self) -> str:
         return f"AdaptivePolicy(max_draft_len={self.max_draft_len}, settings={self.settings!r})"

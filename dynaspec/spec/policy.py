@@ -37,6 +37,8 @@ class StepOutcome:
         the step also prefilled, so it is no sample of T(batch, k).
     catch_up_tokens: set on the first speculative step after plain ones: the tokens the drafter caught up
         on first (spec/catch_up.py); its time prices catch-up, it is no sample of T(batch, k) either.
+    confidence: per decoding request, the drafter's probability of each draft it verified (len = drafted);
+        empty where the drafter has no distribution or the policy does not trim (trims_drafts).
     """
 
     request_ids: Sequence[Hashable]
@@ -46,6 +48,7 @@ class StepOutcome:
     seconds: float | None = None
     catch_up_tokens: int | None = None
     draft_lens: Sequence[int] = ()
+    confidence: Sequence[Sequence[float]] = ()
 
     @property
     def batch(self) -> int:
@@ -58,6 +61,9 @@ class DraftLenPolicy:
     # Whether its steps give requests different draft lengths: the engine then also captures ragged
     # verify graphs keyed by total tokens (runtime/ragged_graphs.py) besides the uniform (bucket, k) ones.
     ragged: bool = False
+    # Whether it cuts drafts by the drafter's probability of each (trim_drafts): the engine then reads those
+    # probabilities on the host before it verifies (a wait for the drafting graph) and reports them back.
+    trims_drafts: bool = False
 
     def draft_len(self, num_decoding: int, num_active: int, request_ids: Sequence[Hashable] | None = None) -> int:
         """k for a step where `num_decoding` of `num_active` active requests decode (request_ids: theirs)."""
@@ -70,6 +76,12 @@ class DraftLenPolicy:
         draft_len()'s k, so a uniform policy implements draft_len() only; a per-request policy (spec/adaptive.py)
         overrides this and makes draft_len() the largest k_i."""
         return [self.draft_len(num_decoding, num_active, request_ids)] * num_decoding
+
+    def trim_drafts(self, request_ids: Sequence[Hashable], limits: Sequence[int],
+                    confidence: Sequence[Sequence[float]]) -> list[int]:
+        """After drafting: how many of its drafts each request verifies (<= its limit), given the drafter's
+        probability of each draft (confidence[i], one per drafted token). Default: all of them."""
+        return list(limits)
 
     def observe(self, outcome: StepOutcome) -> None:
         """Learn from a finished decode step."""
@@ -86,8 +98,9 @@ class DraftLenPolicy:
         return {0}
 
     def stats(self) -> dict[str, Any]:
-        """get_stats() entries: the schedule in force, what `auto` planned, the planner's last decision."""
-        return {"draft_len_schedule": None, "auto_schedule": None, "planner_decision": None}
+        """get_stats() entries: the schedule in force, what `auto` planned, the planner's last decision, the
+        drafted positions trim_drafts left unverified."""
+        return {"draft_len_schedule": None, "auto_schedule": None, "planner_decision": None, "trimmed_positions": 0}
 
 
 class NoSpeculation(DraftLenPolicy):

@@ -1,0 +1,57 @@
+"""Trimming drafts by the drafter's confidence (`draft_len_policy: adaptive`, spec/confidence_calibration.py):
+the calibration learns P(accepted | the drafter's probability, position) online, the policy keeps each
+request's worthwhile prefix of what was drafted, and the engine stays token-identical to no speculation."""
+
+from __future__ import annotations
+
+import pytest
+
+from dynaspec.spec.confidence_calibration import ConfidenceCalibration
+from dynaspec.spec.policy import StepOutcome
+from tests.test_adaptive import K, _policy
+
+
+def test_an_empty_cell_gives_the_prior_and_data_moves_it():
+    calibration = ConfidenceCalibration(3, bins=10, prior_weight=4.0)
+    assert calibration.probability(0, 0.95, prior=0.3) == pytest.approx(0.3)
+    for _ in range(200):  # confident drafts accepted, doubtful ones rejected
+        calibration.observe([0.95], accepted=1)
+        calibration.observe([0.12], accepted=0)
+    assert calibration.probability(0, 0.97, prior=0.3) > 0.95
+    assert calibration.probability(0, 0.11, prior=0.3) < 0.02
+    assert calibration.probability(0, 0.5, prior=0.3) == pytest.approx(0.3)  # a bin with no data
+    assert calibration.probability(5, 0.97, prior=0.3) == 0.3  # a position past max_draft_len
+
+
+def test_only_positions_whose_earlier_drafts_were_accepted_are_counted():
+    calibration = ConfidenceCalibration(3, prior_weight=1.0)
+    calibration.observe([0.9, 0.9, 0.9], accepted=1)  # position 0 accepted, 1 rejected, 2 never verified
+    assert [calibration.samples(j) for j in range(3)] == [1.0, 1.0, 0.0]
+    assert calibration.probability(0, 0.9, prior=0.0) == pytest.approx(0.5)  # (1 + 0) / (1 + 1)
+    assert calibration.probability(1, 0.9, prior=0.0) == pytest.approx(0.0)
+
+
+def test_recent_steps_weigh_more():
+    calibration = ConfidenceCalibration(1, prior_weight=1e-9, window=64)
+    for _ in range(1000):
+        calibration.observe([0.8], accepted=1)
+    for _ in range(200):  # the drafter's calibration shifted: the same confidence is now rejected
+        calibration.observe([0.8], accepted=0)
+    assert calibration.samples(0) <= 64 and calibration.probability(0, 0.8, prior=0.5) < 0.05
+
+
+def test_the_policy_keeps_the_confident_drafts_and_cuts_the_doubtful_ones():
+    """Verify is priced (10% of a plain step a position): with the calibration learned, a request whose
+    drafts the drafter is sure of verifies all K, one it doubts verifies none; without confidence data the
+    request estimates decide (both drafts kept where both requests accept)."""
+    policy = _policy(0.1)
+    both = ["sure", "doubt"]
+    for _ in range(40):  # both requests accept often (their estimates), but only the confident drafts
+        policy.observe(StepOutcome(both, K, drafted=[K, K], accepted=[K, K], draft_lens=[K, K]))
+    assert policy.trim_drafts(both, [K, K], [[0.97] * K, [0.11] * K]) == [K, K]  # no calibration yet
+    for _ in range(300):
+        policy.observe(StepOutcome(both, K, drafted=[K, K], accepted=[K, 0], draft_lens=[K, K],
+                                   confidence=[[0.97] * K, [0.11] * K]))
+    assert policy.trim_drafts(both, [K, K], [[0.97] * K, [0.11] * K]) == [K, 0]
+    assert policy.trim_drafts(both, [2, 1], [[0.97] * 2, [0.97]]) == [2, 1]  # never past what was drafted
+    assert policy.stats()["trimmed_positions"] == K

@@ -6,6 +6,7 @@ the head's q)."""
 
 from __future__ import annotations
 
+import json
 import re
 
 import pytest
@@ -156,6 +157,32 @@ def test_adaptive_trims_drafts_by_the_heads_confidence_losslessly(tiny, baseline
     stats = llm.get_stats()
     assert stats["trimmed_positions"] > 0 and stats["num_drafted"] > 0
     assert llm.engine.policy.calibration.samples(0) > 500  # the primed 500 and the verified drafts
+
+
+def _training_prompts(tiny) -> list[list[int]]:
+    """The prompts the heads were trained on, as token ids (the word-level tokenizer: "w12" is id 12)."""
+    lines = (tiny["root"] / "prompts.jsonl").read_text().splitlines()
+    return [[int(word[1:]) for word in json.loads(line)["prompt"].split()] for line in lines]
+
+
+@pytest.mark.parametrize("head", HEADS)
+def test_chained_steps_draft_and_commit_what_the_synchronous_engine_does(tiny, head):
+    """Steps launched from the previous step's device-side acceptance (engine/chained_step.py) with the head's
+    catch-up of a + 1 tokens computed there: the same tokens, the same acceptance position by position."""
+    from tests.arrivals import run_with_abort
+    from tests.test_chained_step import chained_engine, count_chained
+
+    params = [SamplingParams(temperature=0.0, max_tokens=16 + 4 * i, ignore_eos=True) for i in range(6)]
+    arrivals = [0, 0, 0, 5, 5, 12]
+    prompts = _training_prompts(tiny)[:6]  # answers the head learned: drafts accepted often, a > 0 exercised
+    synchronous = chained_engine(tiny["target"], _spec(tiny, 3, head), False)
+    expected = run_with_abort(synchronous, prompts, params, arrivals)
+    engine = chained_engine(tiny["target"], _spec(tiny, 3, head), True)
+    chained = count_chained(engine)
+    assert run_with_abort(engine, prompts, params, arrivals) == expected and len(chained) >= 5
+    counts = ("num_drafted", "num_accepted", "accepted_per_position")
+    assert [engine.get_stats()[c] for c in counts] == [synchronous.get_stats()[c] for c in counts]
+    assert engine.num_free_blocks == engine.num_total_blocks and not engine.drafter._state
 
 
 def test_a_second_eagle_engine_on_shared_weights_is_refused(tiny):

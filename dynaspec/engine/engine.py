@@ -27,6 +27,7 @@ import torch
 from dynaspec.config import EngineConfig
 from dynaspec.models.attention import KERNEL_MAX_QUERY_LEN
 from dynaspec.engine.block_manager import BlockManager
+from dynaspec.engine.chained_step import chain_next
 from dynaspec.engine.drafting import propose_drafts
 from dynaspec.engine.engine_setup import activation_reserve, check_shared_model, eos_ids, resolve_max_model_len
 from dynaspec.engine.graph_keys import mixed_keys, ragged_keys, uniform_pairs
@@ -49,6 +50,7 @@ from dynaspec.runtime.tp_runner import build_runner
 from dynaspec.runtime.request import Request, RequestStatus
 from dynaspec.sampling_params import SamplingParams
 from dynaspec.spec.catch_up import HORIZON_TOKENS_PER_REQUEST
+from dynaspec.spec.drafter import DraftProposal
 from dynaspec.spec.factory import DrafterContext, build_drafter
 from dynaspec.spec.policies import build_policy
 from dynaspec.spec.policy import PolicyContext, StepOutcome
@@ -253,10 +255,28 @@ class LLMEngine:
             self._feed_policy(inflight.sched.decodes)
             return self._finish_overlapped(inflight)
         earlier = None
-        if self._launched is not None:  # deferred verification: step t is verified and committed first
-            launched, self._launched = self._launched, None
-            earlier = self._verify_and_apply(launched)
+        if self._launched is not None:  # deferred verification: step t is verified and committed first,
+            launched, self._launched = self._launched, None  # unless step t + 1 can be launched before it
+            chained = chain_next(launched, self.runner, self.drafter, self.scheduler, self.block_manager, self.policy,
+                                 self.max_model_len)
+            earlier = self._verify_and_apply(launched, 0 if chained is None else 1 + launched.sched.draft_len)
+            if chained is not None:
+                return self._continue_chained(*chained, earlier)
         return self._schedule_and_run(earlier)
+
+    def _continue_chained(self, step: LaunchedStep, proposal: DraftProposal, earlier: AppliedStep) -> list[RequestOutput]:
+        """Step t + 1 runs (engine/chained_step.py) and step t is committed: the drafter's bookkeeping of
+        t + 1's drafts, then step t's outputs, built while t + 1 runs."""
+        self.num_steps += 1
+        requests = [d.request for d in step.sched.decodes]
+        self.drafter.record_chained(requests, proposal, step.sched.draft_len)
+        for request in requests:
+            if request.status != RequestStatus.RUNNING:  # stopped or aborted at step t: no drafter state kept
+                self.drafter.release(request)
+        # verified by the next call; dropped unverified when every request stopped at step t
+        self._launched = step if any(r.status == RequestStatus.RUNNING for r in requests) else None
+        self._feed_policy(step.sched.decodes)
+        return self._publish(earlier)
 
     def _schedule_and_run(self, earlier: AppliedStep | None = None) -> list[RequestOutput]:
         """Schedule a step and launch it; finish it here unless it is overlapped or deferred. earlier: the
@@ -310,9 +330,10 @@ class LLMEngine:
             self._previous_draft_len = k
         return LaunchedStep(sched, step_drafts, logits, rows, started, resumed, behind), in_graph
 
-    def _verify_and_apply(self, launched: LaunchedStep) -> AppliedStep:
+    def _verify_and_apply(self, launched: LaunchedStep, ahead: int = 0) -> AppliedStep:
         """Verify a launched step (one host read) and commit its tokens to its requests; queue the policy's
-        outcome. Decodes whose request was aborted meanwhile are skipped."""
+        outcome. Decodes whose request was aborted meanwhile are skipped. ahead: KV slots past each request's
+        tokens that stay allocated (a chained step writes them)."""
         sched, step_drafts = launched.sched, launched.drafts
         decoding = [d.request for d in sched.decodes]
         confidence = dict(zip([r.request_id for r in decoding], step_drafts.confidence))  # {} unless trimming
@@ -332,7 +353,7 @@ class LLMEngine:
             sched, drafts, committed, committed_logprobs, failures)
         decoding = [d.request for d in sched.decodes]
         mark = len(self._policy_pending)
-        applied = self._apply(sched, drafts, committed, committed_logprobs, failures)
+        applied = self._apply(sched, drafts, committed, committed_logprobs, failures, ahead)
         if sched.decodes:
             seconds = None if sched.prefills else time.perf_counter() - launched.started
             outcome = StepOutcome(
@@ -411,7 +432,8 @@ class LLMEngine:
             self._policy_pending.insert(mark, lambda: self.policy.observe(outcome))
         return outputs
 
-    def _apply(self, sched: SchedulerOutput, drafts, committed: list[list[int]], logprobs=None, failures=None) -> AppliedStep:
+    def _apply(self, sched: SchedulerOutput, drafts, committed: list[list[int]], logprobs=None, failures=None,
+               ahead: int = 0) -> AppliedStep:
         """Commit each scheduled request's tokens (decodes, then prefills): stop conditions, KV of rejected
         drafts rolled back, finished requests released; failures: {index: message} of requests that end
         with an error (theirs alone: the others go on). What the next step's scheduling needs, no more."""
@@ -450,7 +472,7 @@ class LLMEngine:
                 self.requests.pop(request.request_id, None)
                 self._release(request)
             else:
-                self.block_manager.trim(request, request.num_tokens)
+                self.block_manager.trim(request, request.num_tokens + ahead)
             applied.progressed.append((request, kept))
         if sched.draft_len > 0:
             # At k = 0 no drafter method runs at all; drafters catch up on missed tokens in propose().

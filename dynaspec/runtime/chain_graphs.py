@@ -77,15 +77,17 @@ class DraftChainGraphs(CudaGraphDecoder):
         """Every chain stages the two positions of its first step, whatever k."""
         return FIRST_STEP_WIDTH
 
-    def draft(self, batch: UniformDecodeBatch, k: int) -> torch.Tensor:
+    def draft(self, batch: UniformDecodeBatch, k: int, device_token_ids: torch.Tensor | None = None,
+              device_seq_lens: torch.Tensor | None = None, device_num_real: torch.Tensor | None = None) -> torch.Tensor:
         """Run the (bucket, k) chain for this batch; (B, k) int64 draft ids on the device.
 
         batch: B requests, each with token_ids = its 1 or 2 catch-up tokens padded to 2 (repeat the last),
         seq_lens = num_tokens + 2 - num_real, num_real = 1 or 2, its block table (covering num_tokens +
-        k - 1 slots). The result lives in the graphs' pool: copy it before the next launch; `confidence`
+        k - 1 slots); device_*: those inputs on the device instead (a chained step, engine/chained_step.py).
+        The result lives in the graphs' pool: copy it before the next launch; `confidence`
         then holds the drafts' (B, k) probabilities under the draft model.
         """
-        key, real = self._stage(batch, k)
+        key, real = self._stage(batch, k, device_token_ids, device_seq_lens, device_num_real)
         ids, confidence = self._launch(key)
         self.confidence = confidence[:real]  # (B, k) float32: the draft model's probability of each draft
         return ids[:real]

@@ -293,24 +293,28 @@ class CudaGraphDecoder(CapturedGraphs):
         self.staging.pad(0, bucket, self.input_width(k))
         self.device_inputs.copy_(self.staging.buffer)
 
-    def run(self, batch: UniformDecodeBatch, k: int, device_token_ids: torch.Tensor | None = None) -> torch.Tensor:
+    def run(self, batch: UniformDecodeBatch, k: int, device_token_ids: torch.Tensor | None = None,
+            device_seq_lens: torch.Tensor | None = None) -> torch.Tensor:
         """Run the pair for this batch; float32 logits (B * (1 + k), vocab) of the real requests' rows.
 
         device_token_ids: (B * (1 + k),) input ids already on the device (overlapped decode: the previous
-        step's argmax); they replace batch.token_ids. The result lives in the graphs' shared pool: read it
-        before the next `run`.
+        step's argmax); they replace batch.token_ids. device_seq_lens: (B,) context lengths on the device
+        (a chained speculative step: they depend on the previous step's acceptance), replacing
+        batch.seq_lens. The result lives in the graphs' shared pool: read it before the next `run`.
         """
-        key, real = self._stage(batch, k, device_token_ids)
+        key, real = self._stage(batch, k, device_token_ids, device_seq_lens)
         return self._launch(key)[: real * self.input_width(k)]
 
     def _stage(
-        self, batch: UniformDecodeBatch, k: int, device_token_ids: torch.Tensor | None = None
+        self, batch: UniformDecodeBatch, k: int, device_token_ids: torch.Tensor | None = None,
+        device_seq_lens: torch.Tensor | None = None, device_num_real: torch.Tensor | None = None,
     ) -> tuple[tuple[int, int], int]:
         """Fill the next pinned staging buffer with the batch (padded to its bucket) and start the one
         host-to-device copy; returns the (bucket, k) pair to launch and the number of real requests.
 
         batch.token_ids: B lists of input_width(k) ids each; device_token_ids: (B * input_width(k),) ids
-        on the device that replace them."""
+        on the device that replace them; device_seq_lens / device_num_real: (B,) on the device, replacing
+        batch.seq_lens / batch.num_real (copied after the staged inputs: stream order keeps them)."""
         real = len(batch.token_ids)
         key = self.lookup(real, k)
         if key is None:
@@ -335,6 +339,10 @@ class CudaGraphDecoder(CapturedGraphs):
         self.device_inputs.copy_(staging.buffer, non_blocking=True)
         if device_token_ids is not None:
             self.input_ids[:n].copy_(device_token_ids)
+        if device_seq_lens is not None:
+            self.seq_lens[:real].copy_(device_seq_lens)
+        if device_num_real is not None:
+            self.num_real[:real].copy_(device_num_real)
         return key, real
 
 

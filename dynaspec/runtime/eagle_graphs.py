@@ -119,11 +119,14 @@ class EagleChainGraphs(CudaGraphDecoder):
         """Step 0 feeds up to 1 + k catch-up tokens per request."""
         return 1 + k
 
-    def draft(self, batch: UniformDecodeBatch, k: int) -> torch.Tensor:
+    def draft(self, batch: UniformDecodeBatch, k: int, device_token_ids: torch.Tensor | None = None,
+              device_seq_lens: torch.Tensor | None = None, device_num_real: torch.Tensor | None = None) -> torch.Tensor:
         """batch: per request its catch-up tokens padded to 1 + k (repeat the last), seq_lens = N + 1 + k -
-        num_real, num_real = the catch-up length, its block table (covering N + k slots). Returns (B, k)
-        int64 draft ids on the device, valid until the next launch of the pool."""
-        key, real = self._stage(batch, k)
+        num_real, num_real = the catch-up length, its block table (covering N + k slots); device_*: those
+        inputs on the device instead (a chained step, engine/chained_step.py). Returns (B, k) int64 draft ids
+        on the device, valid until the next launch of the pool; `confidence` then holds their (B, k)
+        probabilities under the head."""
+        key, real = self._stage(batch, k, device_token_ids, device_seq_lens, device_num_real)
         ids, confidence = self._launch(key)
         self.confidence = confidence[:real]  # (B, k) float32: the head's probability of each draft
         return ids[:real]

@@ -126,16 +126,21 @@ class ModelRunner:
     def can_replay(self, batch: int, k: int) -> bool:
         return self.graphs is not None and self.graphs.lookup(batch, k) is not None
 
+    # Whether forward_uniform takes device_seq_lens (a chained speculative step, engine/chained_step.py).
+    takes_device_seq_lens = True
+
     @torch.inference_mode()
     def forward_uniform(
-        self, batch: UniformDecodeBatch, k: int, logit_rows: list[int], device_token_ids: torch.Tensor | None = None
+        self, batch: UniformDecodeBatch, k: int, logit_rows: list[int], device_token_ids: torch.Tensor | None = None,
+        device_seq_lens: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """Decode-only step through a captured graph; float32 logits (len(logit_rows), vocab).
 
         When every row is asked for, the graph's own logits are returned (valid until the next replay).
-        device_token_ids: input ids already on the device, instead of batch.token_ids (CudaGraphDecoder.run).
+        device_token_ids, device_seq_lens: inputs already on the device, instead of batch.token_ids /
+        batch.seq_lens (CudaGraphDecoder.run).
         """
-        logits = self.graphs.run(batch, k, device_token_ids)  # (B * (1 + k), vocab)
+        logits = self.graphs.run(batch, k, device_token_ids, device_seq_lens)  # (B * (1 + k), vocab)
         self.num_forwards += 1
         if len(logit_rows) == logits.shape[0]:  # rows are ascending and distinct: all of them, in order
             return logits

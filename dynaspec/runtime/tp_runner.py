@@ -51,6 +51,8 @@ class TensorParallelRunner(ModelRunner):
     def forward(self, seqs: list[SequenceInput], logit_rows: list[int]) -> torch.Tensor:
         return self._mirrored("forward", (seqs, logit_rows))
 
+    takes_device_seq_lens = False  # the workers are sent host inputs (and device ids), no chained steps
+
     def forward_uniform(self, batch: UniformDecodeBatch, k: int, logit_rows: list[int],
                         device_token_ids: torch.Tensor | None = None) -> torch.Tensor:
         return self._mirrored("forward_uniform", (batch, k, logit_rows), device_token_ids)

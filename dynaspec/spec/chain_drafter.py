@@ -107,6 +107,34 @@ class ChainDrafter(Drafter):
         first step run eagerly, at any length)."""
         self.runner.compile_eager_kernels(KERNEL_MAX_QUERY_LEN)
 
+    # ------------------------------------------------------------------ chained steps
+    def _chained_inputs(self, target_ids: torch.Tensor, accepted: torch.Tensor, drafts: torch.Tensor,
+                        lengths: list[int], k: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """The chain's step-0 inputs after step t, computed on the device: fed ids (B, width), seq_lens (B,),
+        num_real (B,), as propose() would stage them once step t is committed."""
+        raise NotImplementedError
+
+    @torch.inference_mode()
+    def propose_chained(self, requests: list[Request], target_ids: torch.Tensor, accepted: torch.Tensor,
+                        drafts: torch.Tensor, lengths: list[int], k: int) -> DraftProposal | None:
+        """One chain launch from step t's device-side results (Drafter.propose_chained)."""
+        if self.chain is None or self.chain.lookup(len(requests), k) is None:
+            return None
+        ids, seq_lens, num_real = self._chained_inputs(target_ids, accepted, drafts, lengths, k)
+        width = self._chain_width(k)
+        placeholder = UniformDecodeBatch(  # the real rows' ids, seq_lens and num_real come from the device
+            [[0] * width] * len(requests), [n + width for n in lengths], [1] * len(requests),
+            [r.block_ids for r in requests],
+        )
+        self.num_propose_calls += 1
+        ids = self.chain.draft(placeholder, k, ids.reshape(-1), seq_lens, num_real)  # (B, k)
+        return DraftProposal.from_device(DeviceDrafts(ids, self.chain.confidence))
+
+    def record_chained(self, requests: list[Request], proposal: DraftProposal, k: int) -> None:
+        for request in requests:
+            self._catch_up_start(request)  # the state propose() reads first (a draft model's kept prefix)
+        self._record(requests, proposal, k)
+
     # ------------------------------------------------------------------ cost
     def draft_seconds(self, batch: int, k: int, repeats: int = 5) -> float:
         """One chain replay where one was captured for (batch, k), else k eager single steps."""

@@ -131,6 +131,16 @@ class DraftModelDrafter(ChainDrafter):
         all k were accepted)."""
         return 2
 
+    def _chained_inputs(self, target_ids, accepted, drafts, lengths, k):
+        """The two-position catch-up after step t: [last draft, bonus] when all k were accepted (the last
+        draft was never fed to the draft model), else [bonus, bonus] with 1 real; the context follows."""
+        bonus = target_ids.gather(1, accepted.unsqueeze(1)).squeeze(1)  # (B,)
+        full = accepted == k
+        fed = torch.stack([torch.where(full, drafts[:, k - 1], bonus), bonus], dim=1)  # (B, 2)
+        num_real = 1 + full.to(torch.int64)
+        seq_lens = torch.tensor(lengths, dtype=torch.int64, device=target_ids.device) + accepted + 3 - num_real
+        return fed, seq_lens, num_real
+
     def _record(self, requests: list[Request], proposal: DraftProposal, k: int) -> None:
         """The drafts' K/V stays (all but the last token's): the next catch-up keeps the matching prefix."""
         for i, request in enumerate(requests):

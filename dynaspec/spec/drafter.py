@@ -191,6 +191,18 @@ class Drafter:
         request's KV (the cost probe adds it to the target's verify forward)."""
         return 0.0
 
+    # ---------------------------------------------------------------- chained steps (engine/chained_step.py)
+    def propose_chained(self, requests: list[Request], target_ids: torch.Tensor, accepted: torch.Tensor,
+                        drafts: torch.Tensor, lengths: list[int], k: int) -> "DraftProposal | None":
+        """Step t + 1's k drafts per request from step t's results on the device, before the host has
+        verified step t: target_ids (B, 1 + k) the target's argmax rows of step t, accepted (B,) how many
+        of its drafts (B, k) they accept, lengths the requests' lengths when step t was launched. None:
+        this drafter cannot (the engine then verifies step t first, as always)."""
+        return None
+
+    def record_chained(self, requests: list[Request], proposal: "DraftProposal", k: int) -> None:
+        """Once step t is committed: the bookkeeping propose() does after drafting, for a chained proposal."""
+
 
 class NoDrafter(Drafter):
     """The drafter of an engine without speculation: never asked to propose (its policy says k = 0)."""

@@ -115,6 +115,14 @@ class EagleDrafter(ChainDrafter):
         """The chain's catch-up step takes up to 1 + k positions (the bonus token and all k accepted drafts)."""
         return 1 + k
 
+    def _chained_inputs(self, target_ids, accepted, drafts, lengths, k):
+        """Step t's accepted drafts and bonus token (the target's argmax rows 0..a), padded with the last:
+        1 + k positions, a + 1 real, the context L + 1 + k (L: the length at step t's launch)."""
+        steps = torch.arange(1 + k, device=target_ids.device).unsqueeze(0)  # (1, 1 + k)
+        fed = target_ids.gather(1, torch.minimum(steps, accepted.unsqueeze(1)))  # (B, 1 + k)
+        seq_lens = torch.tensor(lengths, dtype=torch.int64, device=target_ids.device) + 1 + k
+        return fed, seq_lens, accepted + 1
+
     def _record(self, requests: list[Request], proposal: DraftProposal, k: int) -> None:
         """Drafted positions are never kept: the head has processed every committed position."""
         for request in requests:

@@ -1,0 +1,80 @@
+"""Speculative steps launched from the previous step's results on the device (overlapped speculation).
+
+With deferred verification (engine/launched_step.py) step t + 1 is still drafted after the host has read
+and verified step t, so the GPU waits for the host between t's verify forward and t + 1's drafting (~0.5 ms
+a step at batch 1 on an H100: docs/lab/overlapped_speculation.md). For a greedy batch drafted by a chain
+drafter (a draft model, an EAGLE head) whose drafts stayed on the device, all that t + 1 needs is a device
+function of t's argmax rows A (B, 1 + k) and drafts D (B, k): the accepted count a = cumprod(D == A[:, :k])
+.sum(1) (the greedy rule the host's verification applies to the same rows later), the bonus token A[i, a_i],
+the drafter's catch-up (Drafter.propose_chained) and the verify's context L_i + a_i + 1 + k. So t + 1 is
+launched first, and t is verified and committed on the host while t + 1 runs, as vLLM's and SGLang's
+overlapped speculative schedulers do.
+
+A step is chained only where nothing about the batch can change in between: decode-only at one k for every
+request, no request waiting or prefilling, the policy keeping k for this batch and not trimming drafts, KV
+blocks for 2 (1 + k) more positions per request, room under max_tokens and max_model_len for them, one
+rank. A request that stops at step t (EOS, a stop string, max_tokens) or is aborted has its t + 1 rows
+dropped at t + 1's commit (launched_step.without_aborted); the blocks t + 1 writes stay its own until then
+(the commit of t trims to num_tokens + 1 + k, not num_tokens).
+"""
+
+from __future__ import annotations
+
+import time
+
+import torch
+
+from dynaspec.engine.drafting import StepDrafts
+from dynaspec.engine.launched_step import LaunchedStep
+from dynaspec.engine.scheduler import ScheduledDecode, SchedulerOutput
+from dynaspec.engine.step_inputs import StepRows
+from dynaspec.runtime.cuda_graphs import UniformDecodeBatch
+from dynaspec.runtime.request import RequestStatus
+from dynaspec.spec.drafter import DraftProposal
+
+
+def chain_next(launched: LaunchedStep, runner, drafter, scheduler, block_manager, policy,
+               max_model_len: int) -> tuple[LaunchedStep, DraftProposal] | None:
+    """Launch the step after `launched` (not verified yet) from its device-side results, or None where the
+    step cannot be chained (module docstring). On success, `launched.logits` is replaced by a copy (the
+    launched step's verify graph output is overwritten by the new step's)."""
+    started = time.perf_counter()
+    sched, k = launched.sched, launched.sched.draft_len
+    on_device = launched.drafts.on_device
+    if on_device is None or k == 0 or sched.prefills or policy.trims_drafts or not runner.takes_device_seq_lens:
+        return None
+    requests = [d.request for d in sched.decodes]
+    batch = len(requests)
+    if scheduler.waiting or len(scheduler.running) != batch or any(d.max_draft != k for d in sched.decodes):
+        return None
+    if not runner.can_replay(batch, k) or any(
+        r.status != RequestStatus.RUNNING or r.remaining_tokens <= 2 * (1 + k) or r.num_tokens + 2 * (1 + k) > max_model_len
+        for r in requests
+    ):
+        return None
+    if policy.draft_lens(batch, scheduler.num_unfinished, [r.request_id for r in requests]) != [k] * batch:
+        return None
+    if not all(block_manager.ensure_slots(r, r.num_tokens + 2 * (1 + k)) for r in requests):
+        return None  # what was allocated is trimmed at the commit, as any reserve
+    logits = launched.logits  # (B * (1 + k), vocab) float32, the verify graph's output
+    target_ids = logits.view(batch, 1 + k, -1).argmax(dim=-1)  # (B, 1 + k)
+    drafts = on_device.ids  # (B, k), still the chain's output until its next launch
+    accepted = (drafts == target_ids[:, :k]).to(torch.int64).cumprod(dim=1).sum(dim=1)  # (B,)
+    lengths = [r.num_tokens for r in requests]
+    proposal = drafter.propose_chained(requests, target_ids, accepted, drafts, lengths, k)
+    if proposal is None:
+        return None
+    launched.logits = logits.clone()  # step t's rows for its verification on the host
+    bonus = target_ids.gather(1, accepted.unsqueeze(1))  # (B, 1)
+    ids = torch.cat([bonus, proposal.on_device.ids], dim=1).reshape(-1)  # (B * (1 + k),)
+    seq_lens = torch.tensor(lengths, dtype=torch.int64, device=logits.device) + accepted + 1 + k  # (B,)
+    placeholder = UniformDecodeBatch(  # real rows' ids and contexts come from the device
+        [[0] * (1 + k)] * batch, [n + 1 + k for n in lengths], [1 + k] * batch, [r.block_ids for r in requests],
+    )
+    rows = StepRows(list(range(batch * (1 + k))), [1 + k] * batch)
+    out = runner.forward_uniform(placeholder, k, rows.logit_rows, ids, seq_lens)  # (B * (1 + k), vocab)
+    step = LaunchedStep(
+        SchedulerOutput(decodes=[ScheduledDecode(r, k) for r in requests], draft_len=k),
+        StepDrafts(None, [None] * batch, {}, proposal.on_device), out, rows, started, resumed=False, behind=None,
+    )
+    return step, proposal

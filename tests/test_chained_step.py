@@ -1,0 +1,105 @@
+"""Chained speculative steps (engine/chained_step.py): a greedy step drafted by a chain drafter is launched from
+the previous step's results on the device, before the host verifies that step. Token-identical to the
+synchronous engine, on CPU through the graphs' fixed-shape forwards run eagerly (as tests/test_deferred_verify.py):
+with arrivals (which stop the chaining), stops inside a step, max_tokens, an abort, preemption-free KV
+accounting (every block back at the end)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from dynaspec.config import EngineConfig
+from dynaspec.engine.engine import LLMEngine
+from dynaspec.sampling_params import SamplingParams
+from dynaspec.spec.config import DraftTargetDecodingConfig
+from tests.arrivals import run_with_abort
+from tests.tiny_models import make_perturbed_checkpoint, make_tiny_checkpoint
+
+
+@pytest.fixture(scope="module")
+def ckpts(tmp_path_factory):
+    root = tmp_path_factory.mktemp("chained")
+    return {
+        "target": str(make_tiny_checkpoint(root, "llama", seed=0)),
+        # drafts accepted often but not always: steps that accept all k and steps that reject some
+        "near": str(make_perturbed_checkpoint(root, "llama", seed=0, noise=0.004)),
+    }
+
+
+def chained_engine(target: str, spec, overlapped: bool, **options) -> LLMEngine:
+    """An engine whose target and drafter run their graphs' fixed-shape code eagerly (CPU)."""
+    config = EngineConfig(model=target, max_num_seqs=8, block_size=4, async_scheduling=overlapped,
+                          speculative_config=spec, **options)
+    engine = LLMEngine(config)
+    pairs = engine.graph_pairs()
+    engine.runner.capture_graphs(pairs, engine.max_blocks_per_seq, use_graphs=False)
+    engine.drafter.capture_graphs([(b, k) for b, k in pairs if k > 0], engine.max_blocks_per_seq, use_graphs=False)
+    return engine
+
+
+def count_chained(engine: LLMEngine) -> list[int]:
+    """Appends the batch size of every step launched before its predecessor was verified."""
+    chained: list[int] = []
+    original = engine._continue_chained
+
+    def spy(step, proposal, earlier):
+        chained.append(len(step.sched.decodes))
+        return original(step, proposal, earlier)
+
+    engine._continue_chained = spy
+    return chained
+
+
+def _prompts() -> list[list[int]]:
+    gen = torch.Generator().manual_seed(5)
+    return [torch.randint(0, 512, (3 + 4 * i,), generator=gen).tolist() for i in range(6)]
+
+
+@pytest.mark.parametrize("k", [1, 3])
+def test_chained_steps_are_token_identical_with_arrivals_stops_and_an_abort(ckpts, k):
+    spec = DraftTargetDecodingConfig(max_draft_len=k, speculative_model=ckpts["near"])
+    prompts = _prompts()
+    greedy = [SamplingParams(temperature=0, max_tokens=14 + 5 * i, ignore_eos=True) for i in range(6)]
+    arrivals = [0, 0, 0, 6, 6, 20]
+    first = run_with_abort(chained_engine(ckpts["target"], spec, False), prompts, greedy, arrivals)
+    params = [SamplingParams(temperature=0, max_tokens=p.max_tokens, stop_token_ids=[first[f"r{i}"][9]])
+              for i, p in enumerate(greedy)]  # a stop inside a multi-token commit, the next step already running
+    params[1] = SamplingParams(temperature=0, max_tokens=60, ignore_eos=True)  # still running when aborted
+    expected = run_with_abort(chained_engine(ckpts["target"], spec, False), prompts, params, arrivals, abort_at=12)
+    engine = chained_engine(ckpts["target"], spec, True)
+    chained = count_chained(engine)
+    got = run_with_abort(engine, prompts, params, arrivals, abort_at=12)
+    assert got == expected and "r1" not in got
+    assert len(chained) >= 5 and engine.get_stats()["num_accepted"] > 0
+    assert engine.num_free_blocks == engine.num_total_blocks and not engine.has_unfinished_requests()
+    assert engine._launched is None and not engine.drafter._state
+
+
+@pytest.mark.parametrize("k", [1, 3])
+def test_chained_steps_draft_what_the_synchronous_engine_drafts(ckpts, k):
+    """Lossless output alone would not show a wrong catch-up (drafts only change acceptance): the same
+    drafts give the same acceptance, position by position (no abort here: an aborted request's last step
+    is committed by the synchronous engine, skipped by a deferred one)."""
+    spec = DraftTargetDecodingConfig(max_draft_len=k, speculative_model=ckpts["near"])
+    params = [SamplingParams(temperature=0, max_tokens=14 + 5 * i, ignore_eos=True) for i in range(6)]
+    synchronous = chained_engine(ckpts["target"], spec, False)
+    expected = run_with_abort(synchronous, _prompts(), params, [0, 0, 0, 6, 6, 20])
+    engine = chained_engine(ckpts["target"], spec, True)
+    chained = count_chained(engine)
+    assert run_with_abort(engine, _prompts(), params, [0, 0, 0, 6, 6, 20]) == expected and len(chained) >= 5
+    counts = ("num_drafted", "num_accepted", "accepted_per_position")
+    assert [engine.get_stats()[c] for c in counts] == [synchronous.get_stats()[c] for c in counts]
+
+
+def test_no_chaining_without_graphs_or_with_a_sampled_request(ckpts):
+    spec = DraftTargetDecodingConfig(max_draft_len=2, speculative_model=ckpts["near"])
+    prompts = _prompts()[:3]
+    greedy = [SamplingParams(temperature=0, max_tokens=20, ignore_eos=True)] * 3
+    eager = LLMEngine(EngineConfig(model=ckpts["target"], max_num_seqs=8, block_size=4, speculative_config=spec))
+    assert not count_chained(eager) and run_with_abort(eager, prompts, greedy, [0, 0, 0])  # nothing deferred
+    mixed = greedy[:2] + [SamplingParams(temperature=0.8, max_tokens=20, seed=3, ignore_eos=True)]
+    engine = chained_engine(ckpts["target"], spec, True)
+    chained = count_chained(engine)
+    run_with_abort(engine, prompts, mixed, [0, 0, 0])
+    assert all(batch < 3 for batch in chained)  # only once the sampled request left the batch

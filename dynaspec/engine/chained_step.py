@@ -29,6 +29,7 @@ from dynaspec.engine.launched_step import LaunchedStep
 from dynaspec.engine.scheduler import ScheduledDecode, SchedulerOutput
 from dynaspec.engine.step_inputs import StepRows
 from dynaspec.runtime.cuda_graphs import UniformDecodeBatch
+from dynaspec.runtime.host_copy import to_device
 from dynaspec.runtime.request import RequestStatus
 from dynaspec.spec.drafter import DraftProposal
 
@@ -61,13 +62,15 @@ def chain_next(launched: LaunchedStep, runner, drafter, scheduler, block_manager
     drafts = on_device.ids  # (B, k), still the chain's output until its next launch
     accepted = (drafts == target_ids[:, :k]).to(torch.int64).cumprod(dim=1).sum(dim=1)  # (B,)
     lengths = [r.num_tokens for r in requests]
+    # step t's rows for its verification on the host, copied before anything else is queued: the host's read
+    # of them then waits for step t's work only
+    launched.logits = logits.clone()
     proposal = drafter.propose_chained(requests, target_ids, accepted, drafts, lengths, k)
     if proposal is None:
         return None
-    launched.logits = logits.clone()  # step t's rows for its verification on the host
     bonus = target_ids.gather(1, accepted.unsqueeze(1))  # (B, 1)
     ids = torch.cat([bonus, proposal.on_device.ids], dim=1).reshape(-1)  # (B * (1 + k),)
-    seq_lens = torch.tensor(lengths, dtype=torch.int64, device=logits.device) + accepted + 1 + k  # (B,)
+    seq_lens = to_device(lengths, logits.device) + accepted + 1 + k  # (B,)
     placeholder = UniformDecodeBatch(  # real rows' ids and contexts come from the device
         [[0] * (1 + k)] * batch, [n + 1 + k for n in lengths], [1 + k] * batch, [r.block_ids for r in requests],
     )

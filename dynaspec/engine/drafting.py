@@ -16,6 +16,7 @@ from collections.abc import Callable, Hashable, Sequence
 import torch
 
 from dynaspec.engine.scheduler import SchedulerOutput
+from dynaspec.runtime.host_copy import to_device
 from dynaspec.spec.drafter import DeviceDrafts, DraftProposal, Drafter
 from dynaspec.spec.verifier import TargetAcceptance
 
@@ -50,8 +51,7 @@ class StepDrafts:
         if self.on_device is None:
             return None
         drafts = self.on_device.ids  # (B, k)
-        pinned = drafts.device.type == "cuda"
-        last = torch.tensor(last_tokens, dtype=drafts.dtype, pin_memory=pinned).to(drafts.device, non_blocking=pinned)
+        last = to_device(last_tokens, drafts.device, drafts.dtype)
         return torch.cat([last.unsqueeze(1), drafts], dim=1).reshape(-1)
 
 

@@ -26,6 +26,7 @@ from dynaspec.runtime.chain_graphs import DraftChainGraphs
 from dynaspec.runtime.cost_probe import forward_seconds
 from dynaspec.runtime.kv_cache import kv_bytes_per_block
 from dynaspec.runtime.cuda_graphs import UniformDecodeBatch
+from dynaspec.runtime.host_copy import to_device
 from dynaspec.runtime.model_runner import ModelRunner, SequenceInput
 from dynaspec.runtime.request import Request
 from dynaspec.models.loader import LoadedModel
@@ -138,7 +139,7 @@ class DraftModelDrafter(ChainDrafter):
         full = accepted == k
         fed = torch.stack([torch.where(full, drafts[:, k - 1], bonus), bonus], dim=1)  # (B, 2)
         num_real = 1 + full.to(torch.int64)
-        seq_lens = torch.tensor(lengths, dtype=torch.int64, device=target_ids.device) + accepted + 3 - num_real
+        seq_lens = to_device(lengths, target_ids.device) + accepted + 3 - num_real
         return fed, seq_lens, num_real
 
     def _record(self, requests: list[Request], proposal: DraftProposal, k: int) -> None:

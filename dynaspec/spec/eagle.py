@@ -31,6 +31,7 @@ from dynaspec.models.eagle_head import EagleHead
 from dynaspec.models.feature_tap import FeatureTap, feature_bytes_per_block, install_feature_tap
 from dynaspec.models.loader import LoadedModel
 from dynaspec.runtime.eagle_graphs import EagleChainGraphs, EagleHeadRunner
+from dynaspec.runtime.host_copy import to_device
 from dynaspec.runtime.kv_cache import kv_bytes_per_block
 from dynaspec.runtime.request import Request
 from dynaspec.spec.chain_drafter import ChainDrafter, pick_drafts
@@ -120,7 +121,7 @@ class EagleDrafter(ChainDrafter):
         1 + k positions, a + 1 real, the context L + 1 + k (L: the length at step t's launch)."""
         steps = torch.arange(1 + k, device=target_ids.device).unsqueeze(0)  # (1, 1 + k)
         fed = target_ids.gather(1, torch.minimum(steps, accepted.unsqueeze(1)))  # (B, 1 + k)
-        seq_lens = torch.tensor(lengths, dtype=torch.int64, device=target_ids.device) + 1 + k
+        seq_lens = to_device(lengths, target_ids.device) + 1 + k
         return fed, seq_lens, accepted + 1
 
     def _record(self, requests: list[Request], proposal: DraftProposal, k: int) -> None:

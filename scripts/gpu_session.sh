@@ -24,7 +24,7 @@ for step in "$@"; do
       python3 -m pytest -q -m cuda tests/test_attention.py tests/test_chain_graphs.py tests/test_cuda_graphs.py \
         tests/test_fused_ops.py tests/test_gemv.py tests/test_loader.py tests/test_model_parity.py \
         tests/test_triton_attention.py tests/test_triton_prefill_attention.py tests/test_mixed_graphs.py \
-        tests/test_gemma3.py tests/test_ragged_graphs.py tests/test_deferred_verify.py tests/test_eager_kernel_warmup.py $(ls tests/test_deterministic*.py \
+        tests/test_gemma3.py tests/test_ragged_graphs.py tests/test_deferred_verify.py tests/test_eager_kernel_warmup.py tests/test_chained_step.py $(ls tests/test_deterministic*.py \
         tests/test_eagle*.py 2>/dev/null) 2>&1 | tee "$OUT/cuda_tests.log" | tail -15 ;;
     bench-core)
       python3 -m dynaspec.cli bench --model random:llama-3.1-8b --ks 0 --batch-sizes 1,64 \

@@ -103,3 +103,28 @@ def test_no_chaining_without_graphs_or_with_a_sampled_request(ckpts):
     chained = count_chained(engine)
     run_with_abort(engine, prompts, mixed, [0, 0, 0])
     assert all(batch < 3 for batch in chained)  # only once the sampled request left the batch
+
+
+cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+
+
+@cuda
+@pytest.mark.cuda
+@pytest.mark.parametrize("k", [1, 3])
+def test_chained_steps_on_cuda_graphs_equal_the_synchronous_engine(ckpts, k):
+    """Captured graphs, float32: the chained engine's tokens and acceptance are the synchronous engine's."""
+    spec = DraftTargetDecodingConfig(max_draft_len=k, speculative_model=ckpts["near"])
+    params = [SamplingParams(temperature=0, max_tokens=20 + 6 * i, ignore_eos=True) for i in range(6)]
+
+    def run(overlapped: bool):
+        engine = LLMEngine(EngineConfig(model=ckpts["target"], max_num_seqs=8, block_size=4, device="cuda",
+                                        dtype="float32", async_scheduling=overlapped, speculative_config=spec))
+        chained = count_chained(engine)
+        tokens = run_with_abort(engine, _prompts(), params, [0, 0, 0, 6, 6, 20])
+        counts = [engine.get_stats()[c] for c in ("num_drafted", "num_accepted", "accepted_per_position")]
+        return tokens, counts, len(chained)
+
+    expected, expected_counts, none = run(False)
+    got, counts, chained = run(True)
+    assert got == expected and counts == expected_counts
+    assert none == 0 and chained >= 5

@@ -30,7 +30,7 @@ from dynaspec.engine.block_manager import BlockManager
 from dynaspec.engine.chained_step import chain_next
 from dynaspec.engine.drafting import propose_drafts
 from dynaspec.engine.engine_setup import activation_reserve, check_shared_model, eos_ids, resolve_max_model_len
-from dynaspec.engine.graph_keys import mixed_keys, ragged_keys, uniform_pairs
+from dynaspec.engine.graph_keys import mixed_keys, ragged_keys, runs_mixed, runs_ragged, uniform_pairs
 from dynaspec.engine.launched_step import AppliedStep, LaunchedStep, defers_verification, without_aborted
 from dynaspec.engine.logprobs import step_logprobs
 from dynaspec.engine.request_intake import new_request
@@ -311,7 +311,7 @@ class LLMEngine:
         step_drafts = propose_drafts(self.drafter, self.acceptance, sched,
                                      self.policy.trim_drafts if self.policy.trims_drafts else None)
         in_graph = True
-        if not sched.prefills and self._runs_ragged(step_drafts.lengths, k):
+        if not sched.prefills and runs_ragged(self.runner, step_drafts.lengths, k):
             batch, rows = ragged_inputs(sched, step_drafts.tokens)
             logits = self.runner.forward_ragged(batch)  # (N, vocab)
         elif not sched.prefills and self.runner.can_replay(len(decoding), k):
@@ -319,7 +319,7 @@ class LLMEngine:
             device_ids = step_drafts.input_ids([r.last_token_id for r in decoding])  # (B * (1 + k),) or None
             batch, rows = uniform_inputs(sched, None if device_ids is not None else step_drafts.tokens)
             logits = self.runner.forward_uniform(batch, k, rows.logit_rows, device_ids)  # (N, vocab)
-        elif k == 0 and sched.prefills and self._runs_mixed(sched):
+        elif k == 0 and sched.prefills and runs_mixed(self.runner, sched):
             batch, rows = mixed_inputs(sched)
             logits = self.runner.forward_mixed(batch, [p.completes_prompt for p in sched.prefills])  # (N, vocab)
         else:
@@ -367,25 +367,8 @@ class LLMEngine:
                 self._feed_policy([])
         return applied
 
-    def _runs_mixed(self, sched: SchedulerOutput) -> bool:
-        """Whether a k = 0 step with prefill chunks runs in a mixed graph (cudagraph_mode FULL)."""
-        rows = sum(p.num_tokens for p in sched.prefills)
-        return self.runner.mixed_key(len(sched.decodes), len(sched.prefills), rows) is not None
-
     def _mixed_keys(self) -> list[tuple[int, int]]:
         return mixed_keys(self._captured, self.config.max_num_batched_tokens, self.max_model_len)
-
-    def _runs_ragged(self, lengths: list[int], k: int) -> bool:
-        """Whether a decode step with drafts of these lengths runs in a ragged graph: they differ (or all fall
-        short of k: drafts trimmed) and a ragged graph holds fewer positions than the uniform (bucket, k)
-        graph would pad them to."""
-        if min(lengths) == max(lengths) == k:
-            return False
-        key = self.runner.ragged_key(len(lengths), len(lengths) + sum(lengths))
-        if key is None:
-            return False
-        uniform = self.runner.graphs.lookup(len(lengths), k) if self.runner.graphs is not None else None
-        return uniform is None or key[1] < uniform[0] * (1 + k)
 
     def _feed_policy(self, decodes: list[ScheduledDecode]) -> None:
         """Do the policy work queued by the last step (its outcome, then the releases it caused) and let the

@@ -1,7 +1,7 @@
 """The keys of the CUDA graphs an engine captures, from its configuration and its policy's reachable draft
 lengths: uniform decode / verify graphs by (batch bucket, k) (runtime/cuda_graphs.py), ragged verify graphs
 by (batch bucket, padded tokens) (runtime/ragged_graphs.py), mixed prefill + decode graphs by (decode bucket,
-padded prefill rows) (runtime/mixed_graphs.py)."""
+padded prefill rows) (runtime/mixed_graphs.py); and which of them a step runs in."""
 
 from __future__ import annotations
 
@@ -37,3 +37,22 @@ def mixed_keys(captured: list[tuple[int, int]], max_tokens: int, max_model_len: 
     max_model_len (the padding rows are one sequence that must fit a block table and the position range)."""
     buckets = sorted({b for b, k in captured if k == 0})
     return [(b, p) for b in buckets for p in prefill_buckets(min(max_tokens, max_model_len))]
+
+
+def runs_mixed(runner, sched) -> bool:
+    """Whether a k = 0 step with prefill chunks (a SchedulerOutput) runs in a mixed graph (cudagraph_mode FULL)."""
+    rows = sum(p.num_tokens for p in sched.prefills)
+    return runner.mixed_key(len(sched.decodes), len(sched.prefills), rows) is not None
+
+
+def runs_ragged(runner, lengths: list[int], k: int) -> bool:
+    """Whether a decode step with drafts of these lengths runs in a ragged graph: they differ (or all fall short
+    of k: drafts trimmed) and a ragged graph holds fewer positions than the uniform (bucket, k) graph would pad
+    them to."""
+    if min(lengths) == max(lengths) == k:
+        return False
+    key = runner.ragged_key(len(lengths), len(lengths) + sum(lengths))
+    if key is None:
+        return False
+    uniform = runner.graphs.lookup(len(lengths), k) if runner.graphs is not None else None
+    return uniform is None or key[1] < uniform[0] * (1 + k)

@@ -78,8 +78,8 @@ def _record(engine: LLMEngine) -> dict[str, list]:
     if drafter.chain is not None:
         stage = drafter.chain._stage
 
-        def spy_stage(batch, k, device_token_ids=None):
-            key, real = stage(batch, k, device_token_ids)
+        def spy_stage(batch, k, *device_inputs):
+            key, real = stage(batch, k, *device_inputs)
             seen["chain"].append((key, real))
             return key, real
 
@@ -137,12 +137,12 @@ def test_chain_drafts_reach_the_verify_forward_on_the_device(ckpts, k):
     handed: list[bool] = []
     forward_uniform = chained.runner.forward_uniform
 
-    def spy(batch, k, logit_rows, device_token_ids=None):
+    def spy(batch, k, logit_rows, device_token_ids=None, device_seq_lens=None):
         handed.append(device_token_ids is not None)
         if device_token_ids is not None:  # the host rows hold placeholders; the device ids hold the drafts
             assert device_token_ids.shape == (len(batch.token_ids) * (1 + k),)
             assert all(row[1:] == [row[0]] * k for row in batch.token_ids)
-        return forward_uniform(batch, k, logit_rows, device_token_ids)
+        return forward_uniform(batch, k, logit_rows, device_token_ids, device_seq_lens)
 
     chained.runner.forward_uniform = spy
     assert _run(chained) == expected

@@ -237,8 +237,8 @@ def test_chain_drafts_reach_the_verify_forward_on_the_device(tiny):
     engine.drafter.capture_graphs([(b, k) for b, k in pairs if k > 0], engine.max_blocks_per_seq, use_graphs=False)
     handed = []
     forward_uniform = engine.runner.forward_uniform
-    engine.runner.forward_uniform = lambda batch, k, rows, ids=None: handed.append(ids is not None) or forward_uniform(
-        batch, k, rows, ids)
+    engine.runner.forward_uniform = lambda batch, k, rows, ids=None, *more: handed.append(ids is not None) or (
+        forward_uniform(batch, k, rows, ids, *more))
     assert _trace(engine) == expected
     assert any(handed)
 

@@ -66,7 +66,10 @@ def chain_next(launched: LaunchedStep, runner, drafter, scheduler, block_manager
     # step t's rows for its verification on the host, copied before anything else is queued: the host's read
     # of them then waits for step t's work only
     launched.logits = logits.clone()
-    proposal = drafter.propose_chained(requests, target_ids, accepted, drafts, lengths, k)
+    try:
+        proposal = drafter.propose_chained(requests, target_ids, accepted, drafts, lengths, k)
+    except Exception:  # noqa: BLE001 - the synchronous path drafts again and names the requests it fails on
+        return None
     if proposal is None:
         return None
     bonus = target_ids.gather(1, accepted.unsqueeze(1))  # (B, 1)

@@ -128,3 +128,18 @@ def test_chained_steps_on_cuda_graphs_equal_the_synchronous_engine(ckpts, k):
     got, counts, chained = run(True)
     assert got == expected and counts == expected_counts
     assert none == 0 and chained >= 5
+
+
+def test_a_drafter_that_fails_to_chain_falls_back_to_the_synchronous_path(ckpts):
+    """propose_chained raising is no request's failure: the step is verified first and drafted as always."""
+    spec = DraftTargetDecodingConfig(max_draft_len=2, speculative_model=ckpts["near"])
+    params = [SamplingParams(temperature=0, max_tokens=20 + 4 * i, ignore_eos=True) for i in range(4)]
+    expected = run_with_abort(chained_engine(ckpts["target"], spec, False), _prompts()[:4], params, [0, 0, 0, 0])
+    engine = chained_engine(ckpts["target"], spec, True)
+
+    def broken(*args):
+        raise RuntimeError("no chain today")
+
+    engine.drafter.propose_chained = broken
+    chained = count_chained(engine)
+    assert run_with_abort(engine, _prompts()[:4], params, [0, 0, 0, 0]) == expected and not chained

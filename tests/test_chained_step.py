@@ -95,14 +95,16 @@ def test_chained_steps_draft_what_the_synchronous_engine_drafts(ckpts, k):
 def test_no_chaining_without_graphs_or_with_a_sampled_request(ckpts):
     spec = DraftTargetDecodingConfig(max_draft_len=2, speculative_model=ckpts["near"])
     prompts = _prompts()[:3]
-    greedy = [SamplingParams(temperature=0, max_tokens=20, ignore_eos=True)] * 3
+    greedy = [SamplingParams(temperature=0, max_tokens=30, ignore_eos=True)] * 3
     eager = LLMEngine(EngineConfig(model=ckpts["target"], max_num_seqs=8, block_size=4, speculative_config=spec))
-    assert not count_chained(eager) and run_with_abort(eager, prompts, greedy, [0, 0, 0])  # nothing deferred
-    mixed = greedy[:2] + [SamplingParams(temperature=0.8, max_tokens=20, seed=3, ignore_eos=True)]
+    unchained = count_chained(eager)
+    assert run_with_abort(eager, prompts, greedy, [0, 0, 0]) and not unchained  # nothing deferred, nothing chained
+    # the sampled request ends first: the two greedy ones chain once it has left the batch, never before
+    mixed = greedy[:2] + [SamplingParams(temperature=0.8, max_tokens=8, seed=3, ignore_eos=True)]
     engine = chained_engine(ckpts["target"], spec, True)
     chained = count_chained(engine)
     run_with_abort(engine, prompts, mixed, [0, 0, 0])
-    assert all(batch < 3 for batch in chained)  # only once the sampled request left the batch
+    assert chained and all(batch == 2 for batch in chained)
 
 
 cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")

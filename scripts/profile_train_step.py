@@ -8,6 +8,7 @@ times what its FLOPs need; this finds out why without moving the real weights.
 
 Usage: python scripts/profile_train_step.py [--model random:qwen2.5-1.5b] [--prompt-len 300]
   [--answer-len 350] [--batch-size 8] [--ttt-steps 5] [--steps 6] [--profile-steps 3] [--draft-vocab-size N]
+  [--num-examples 256]
   [--device auto]
 """
 
@@ -29,6 +30,8 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--ttt-steps", type=int, default=5)
     parser.add_argument("--steps", type=int, default=6, help="timed steps")
+    parser.add_argument("--num-examples", type=int, default=256,
+                        help="synthetic examples (32 batches of 8: every timed step meets new shapes, as a real run)")
     parser.add_argument("--profile-steps", type=int, default=3, help="steps then run under torch.profiler (0: none)")
     parser.add_argument("--draft-vocab-size", type=int, default=None, help="EAGLE-3's draft vocabulary (default: none)")
     parser.add_argument("--device", default="auto")
@@ -53,7 +56,7 @@ def main() -> None:
     vocab = int(config.vocab_size)
     width = len(layers) * int(config.hidden_size)
     examples = []
-    for i in range(4 * args.batch_size):  # lengths spread +-30% as real answers are
+    for i in range(args.num_examples):  # lengths spread +-30% as real answers are: most batches a new shape
         prompt = max(2, int(args.prompt_len * rng.uniform(0.7, 1.3)))
         answer = max(2, int(args.answer_len * rng.uniform(0.7, 1.3)))
         ids = [rng.randrange(vocab) for _ in range(prompt + answer)]

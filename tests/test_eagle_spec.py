@@ -21,6 +21,7 @@ from dynaspec.engine.engine import LLMEngine
 from dynaspec.models.eagle_head import read_head_config
 from dynaspec.runtime.cost_model import StepCostModel
 from tests.arrivals import run_with_arrivals
+from tests.draft_spy import spy_drafts
 from tests.tiny_models import make_tiny_hf_model, make_word_target
 
 GREEDY = SamplingParams(temperature=0.0, max_tokens=20, ignore_eos=True)
@@ -309,19 +310,16 @@ def test_chain_graph_equals_eager_on_cuda(tiny, k):
         config = EngineConfig(model=tiny["target"], block_size=4, max_num_seqs=8, dtype="float32", device="cuda",
                               enforce_eager=eager, speculative_config=_spec(tiny, k) if spec else None)
         engine = LLMEngine(config)
-        seen = []
-        if spec:
-            propose = engine.drafter.propose
-            engine.drafter.propose = lambda requests, kk: seen.append(propose(requests, kk)) or seen[-1]
-        return _trace(engine), [p.tokens for p in seen], engine
+        drafts = spy_drafts(engine.drafter) if spec else None  # chained steps draft through propose_chained
+        return _trace(engine), drafts, engine
 
     plain, _, _ = run(True, spec=False)
-    eager, eager_seen, _ = run(True)
-    graphed, graphed_seen, engine = run(False)
+    eager, eager_drafts, _ = run(True)
+    graphed, graphed_drafts, engine = run(False)
     assert eager == plain and graphed == plain
-    assert graphed_seen == eager_seen
+    assert graphed_drafts.by_request == eager_drafts.by_request
     chain = engine.drafter.chain
-    assert chain is not None and chain.use_graphs and chain.num_replays > len(graphed_seen) // 2
+    assert chain is not None and chain.use_graphs and chain.num_replays > graphed_drafts.calls // 2
     assert engine.get_stats()["num_accepted"] > 0
 
 

@@ -255,3 +255,33 @@ def test_rejection_sampling_preserves_target_on_a_ragged_batch(one_hot):
     assert len(second) > 500
     _assert_matches(torch.bincount(second, minlength=V), p[1])
     assert any(a == d == 3 for a, d in zip(out.num_accepted, lens)) or one_hot  # long drafts accepted whole
+
+
+class _Forced:
+    """An acceptance strategy that decides request 1's accepted length (as the benchmarks' replay does)."""
+
+    def forced_lengths(self, batch):
+        return [None, 1, None]
+
+
+@pytest.mark.parametrize("acceptance", [None, _Forced()])
+def test_read_ahead_verifies_as_the_logits_do(acceptance):
+    """A chained step's verification from its rows read ahead (argmax and finiteness only) commits what
+    verify() commits from the logits: drafts matched, bonus tokens, a request with a non-finite row failed."""
+    from dynaspec.sampling_params import SamplingParams
+    from dynaspec.spec.verifier import ReadAhead, VerifyBatch, verify
+
+    torch.manual_seed(0)
+    logits = torch.randn(3 + 4 + 2, 50)
+    argmax = logits.argmax(-1).tolist()
+    drafts = [argmax[0:2], [argmax[3], 7 if argmax[4] != 7 else 8, argmax[5]], [argmax[7]]]  # all / miss at 1 / all
+    logits[8, 3] = float("nan")  # request 2's bonus row
+    greedy = SamplingParams(temperature=0.0)
+    batch = VerifyBatch(drafts, [None] * 3, [greedy] * 3, [None] * 3, ["a", "b", "c"], [5, 9, 2])
+    expected = verify(logits, batch, acceptance=acceptance)
+    got = verify(ReadAhead.of(logits), batch, acceptance=acceptance)
+    assert got == expected
+    assert got.failed == [False, False, True] and got.tokens[0] == argmax[0:3]
+    with pytest.raises(ValueError, match="greedy requests only"):
+        sampled = VerifyBatch(drafts, [None] * 3, [SamplingParams(temperature=1.0)] * 3, [None] * 3, ["a", "b", "c"], [5, 9, 2])
+        verify(ReadAhead.of(logits), sampled)

@@ -10,10 +10,13 @@ the drafter's catch-up (Drafter.propose_chained) and the verify's context L_i + 
 launched first, and t is verified and committed on the host while t + 1 runs, as vLLM's and SGLang's
 overlapped speculative schedulers do.
 
+Step t's verification inputs (its rows' argmax and finiteness) are copied to the host before t + 1 is
+queued (spec/verifier.ReadAhead): verifying t at the host then waits for t's forward, not for t + 1's.
+
 A step is chained only where nothing about the batch can change in between: decode-only at one k for every
-request, no request waiting or prefilling, the policy keeping k for this batch and not trimming drafts, KV
-blocks for 2 (1 + k) more positions per request, room under max_tokens and max_model_len for them, one
-rank. A request that stops at step t (EOS, a stop string, max_tokens) or is aborted has its t + 1 rows
+request (none asking for logprobs: their verification reads the logits), no request waiting or
+prefilling, the policy keeping k for this batch and not trimming drafts, KV blocks for 2 (1 + k) more
+positions per request, room under max_tokens and max_model_len for them, one rank. A request that stops at step t (EOS, a stop string, max_tokens) or is aborted has its t + 1 rows
 dropped at t + 1's commit (launched_step.without_aborted); the blocks t + 1 writes stay its own until then
 (the commit of t trims to num_tokens + 1 + k, not num_tokens).
 """
@@ -32,13 +35,14 @@ from dynaspec.runtime.cuda_graphs import UniformDecodeBatch
 from dynaspec.runtime.host_copy import to_device
 from dynaspec.runtime.request import RequestStatus
 from dynaspec.spec.drafter import DraftProposal
+from dynaspec.spec.verifier import ReadAhead
 
 
 def chain_next(launched: LaunchedStep, runner, drafter, scheduler, block_manager, policy,
                max_model_len: int) -> tuple[LaunchedStep, DraftProposal] | None:
     """Launch the step after `launched` (not verified yet) from its device-side results, or None where the
-    step cannot be chained (module docstring). On success, `launched.logits` is replaced by a copy (the
-    launched step's verify graph output is overwritten by the new step's)."""
+    step cannot be chained (module docstring). On success, `launched.logits` is replaced by its ReadAhead
+    (the launched step's verify graph output is overwritten by the new step's)."""
     started = time.perf_counter()
     sched, k = launched.sched, launched.sched.draft_len
     on_device = launched.drafts.on_device
@@ -47,6 +51,8 @@ def chain_next(launched: LaunchedStep, runner, drafter, scheduler, block_manager
     requests = [d.request for d in sched.decodes]
     batch = len(requests)
     if scheduler.waiting or len(scheduler.running) != batch or any(d.max_draft != k for d in sched.decodes):
+        return None
+    if any(r.params.logprobs is not None for r in requests):  # their verification reads the logits
         return None
     if not runner.can_replay(batch, k) or any(
         r.status != RequestStatus.RUNNING or r.remaining_tokens <= 2 * (1 + k) or r.num_tokens + 2 * (1 + k) > max_model_len
@@ -63,9 +69,9 @@ def chain_next(launched: LaunchedStep, runner, drafter, scheduler, block_manager
     drafts = on_device.ids  # (B, k), still the chain's output until its next launch
     accepted = (drafts == target_ids[:, :k]).to(torch.int64).cumprod(dim=1).sum(dim=1)  # (B,)
     lengths = [r.num_tokens for r in requests]
-    # step t's rows for its verification on the host, copied before anything else is queued: the host's read
-    # of them then waits for step t's work only
-    launched.logits = logits.clone()
+    # step t's verification inputs (argmax and finiteness of its rows) copied to the host before anything
+    # else is queued: verifying t then waits for t's forward only, not for t + 1's (spec/verifier.ReadAhead)
+    launched.logits = ReadAhead(target_ids.reshape(-1), torch.isfinite(logits).all(dim=-1))
     try:
         proposal = drafter.propose_chained(requests, target_ids, accepted, drafts, lengths, k)
     except Exception:  # noqa: BLE001 - the synchronous path drafts again and names the requests it fails on

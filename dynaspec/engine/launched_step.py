@@ -25,6 +25,7 @@ from dynaspec.engine.drafting import StepDrafts
 from dynaspec.engine.scheduler import SchedulerOutput
 from dynaspec.engine.step_inputs import StepRows
 from dynaspec.runtime.request import Request, RequestStatus
+from dynaspec.spec.verifier import ReadAhead
 
 
 @dataclass
@@ -34,7 +35,7 @@ class LaunchedStep:
 
     sched: SchedulerOutput
     drafts: StepDrafts
-    logits: torch.Tensor  # (N, vocab) float32, the forward's output rows
+    logits: torch.Tensor | ReadAhead  # (N, vocab) float32, the forward's output rows (a chained step's: read ahead)
     rows: StepRows
     started: float  # perf_counter() when the step began (before drafting)
     resumed: bool  # the first speculative step after plain ones (it paid the drafter's catch-up)

@@ -34,6 +34,7 @@ import torch
 import torch.nn.functional as F
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from torch import nn
+from torch.nn.attention import SDPBackend, sdpa_kernel
 from transformers import PretrainedConfig
 
 from dynaspec.models.attention import paged_attention
@@ -321,13 +322,22 @@ def random_head(config: EagleHeadConfig, rope_config: PretrainedConfig, seed: in
     return head
 
 
+_TRAINING_BACKENDS = [SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH]
+
+
 def dense_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor, scale: float) -> torch.Tensor:
     """q (B, Tq, heads, D), k / v (B, Tk, kv_heads, D), mask (Tq, Tk) or (B, Tq, Tk) bool -> (B, Tq, heads * D)
-    (GQA by repeating K/V heads; the trainer's attention)."""
+    (GQA by repeating K/V heads; the trainer's attention).
+
+    Not cuDNN's kernel: it builds an execution plan for every new shape, and every training batch has other
+    lengths (~0.3 s a step on an H100, 2026-12-06, for 44 ms of GPU work); the memory-efficient kernel takes
+    the mask with no per-shape set-up (the math kernel on the CPU)."""
     if mask.dim() == 3:
         mask = mask.unsqueeze(1)  # (B, 1, Tq, Tk): every head
     group = q.shape[2] // k.shape[2]
     k = k.repeat_interleave(group, dim=2)
     v = v.repeat_interleave(group, dim=2)
-    out = F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), attn_mask=mask, scale=scale)
+    with sdpa_kernel(_TRAINING_BACKENDS):
+        out = F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), attn_mask=mask,
+                                             scale=scale)
     return out.transpose(1, 2).reshape(q.shape[0], q.shape[1], -1)

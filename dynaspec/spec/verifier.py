@@ -68,6 +68,45 @@ class VerifyBatch:
     positions: list[int]
 
 
+class ReadAhead:
+    """A greedy step's verification inputs, read ahead: every row's argmax id and finiteness, copied to the
+    host (pinned memory and an event on CUDA) when the step's logits are ready and BEFORE later work is
+    queued. Verifying the step then waits for its own forward only; computing them from the logits at
+    verification would queue the argmax behind whatever was launched meanwhile (a chained step,
+    engine/chained_step.py), and the host would wait for that too."""
+
+    def __init__(self, ids: torch.Tensor, finite: torch.Tensor) -> None:
+        """ids (N,) int64 argmax of each row and finite (N,) bool, on the logits' device."""
+        packed = torch.stack([ids.to(torch.int64), finite.to(torch.int64)])  # (2, N)
+        self._event: torch.cuda.Event | None = None
+        if packed.device.type == "cuda":
+            self._host = torch.empty(packed.shape, dtype=torch.int64, pin_memory=True)
+            self._host.copy_(packed, non_blocking=True)
+            self._event = torch.cuda.Event()
+            self._event.record()
+        else:
+            self._host = packed
+
+    @classmethod
+    def of(cls, logits: torch.Tensor) -> ReadAhead:
+        """From (N, V) logits."""
+        return cls(logits.argmax(dim=-1), torch.isfinite(logits).all(dim=-1))
+
+    def verify(self, batch: VerifyBatch, acceptance: TargetAcceptance | None = None) -> VerifyOutput:
+        """`verify` for a batch of greedy requests (seeded ones need the logits: ValueError)."""
+        if not all(p.is_greedy for p in batch.params):
+            raise ValueError("a read-ahead step verifies greedy requests only (sampled ones need the logits)")
+        if self._event is not None:
+            self._event.synchronize()
+        ids, finite = self._host[0], self._host[1].to(torch.bool)
+        counts = [len(d) + 1 for d in batch.drafts]
+        if sum(counts) != ids.shape[0]:
+            raise ValueError(f"the read-ahead step has {ids.shape[0]} rows, the batch verifies {sum(counts)}")
+        forced = (acceptance or _TARGET).forced_lengths(batch)
+        return rejection_sample(list(ids.split(counts)), batch.drafts, batch.draft_probs, [True] * len(counts),
+                                forced_accepted=forced, row_finite=finite)
+
+
 class TargetAcceptance:
     """The acceptance strategy of a real run: the target decides (greedy match, rejection sampling)."""
 
@@ -88,16 +127,19 @@ class TargetAcceptance:
 
 
 def verify(
-    logits: torch.Tensor,
+    logits: torch.Tensor | ReadAhead,
     batch: VerifyBatch,
     generator: torch.Generator | None = None,
     acceptance: TargetAcceptance | None = None,
 ) -> VerifyOutput:
-    """Verify one step: logits (sum(d_i + 1), V) hold request i's d_i + 1 rows one after another.
+    """Verify one step: logits (sum(d_i + 1), V) hold request i's d_i + 1 rows one after another (or the
+    greedy rows' ReadAhead).
 
     generator: draws of sampling requests without their own seeded generator.
     acceptance: the strategy (default: the target decides; spec/replay.py's for benchmarks).
     """
+    if isinstance(logits, ReadAhead):
+        return logits.verify(batch, acceptance)
     counts = [len(d) + 1 for d in batch.drafts]
     starts = _starts(counts)
     keyed = [i for i, p in enumerate(batch.params) if not p.is_greedy and p.seed is not None]

@@ -16,10 +16,13 @@
 #          tokens checked against its run's no spec; scripts/drafter_compare.py puts them in one table.
 #   (default: train code-edit chat; each workload is ~5 min, so a device call takes train, or one workload.)
 #   Options (defaults): --target /tmp/qwen-1.5b.gguf, --draft /tmp/qwen-0.5b.gguf, --head-dir /tmp/eagle-qwen15b,
-#   --num-prompts 1312 (every offline prompt), --answers-per-prompt 3, --temperature 0.8 (sampled
-#   answers: 1152 greedy answers were 0.38M tokens on 2026-12-05), --max-tokens 1024, --steps 4000, --batch-size 8, --ttt-steps 5,
+#   --num-prompts 2970 (every offline prompt), --answers-per-prompt 2, --temperature 0.8 (sampled
+#   answers: 1152 greedy answers were 0.38M tokens on 2026-12-05; 1,312 prompts x 3 gave 1.04M tokens in 136 s on
+#   2026-12-06, and a head whose held-out accuracy stopped at 0.61 while its training loss kept falling, so more
+#   distinct prompts now), --max-tokens 1024, --steps 12000, --batch-size 8, --ttt-steps 5,
 #   --draft-vocab-size 32000 (EAGLE-3's draft vocabulary; 0: the target's lm_head, as the first run, 2026-12-05, had),
-#   --lr 5e-4, --max-num-seqs 256, --deadline 540, --batch-sizes 1,4,16,64, --gen-len 128, --draft-ks 0,2,3,
+#   --lr 5e-4, --max-num-seqs 256, --deadline 560 (train: answering may take half of what is left after the
+#   ~2 min join + convert, ~1.6M tokens), --batch-sizes 1,4,16,64, --gen-len 128, --draft-ks 0,2,3,
 #   --ngram-ks 0,2,4, --device auto, --dtype auto. A CPU smoke run of the whole script (SmolLM2 as target and
 #   draft, no join): `... /tmp/o train code-edit --target smollm2-135m-instruct --draft smollm2-135m-instruct
 #   --device cpu --num-prompts 8 --max-tokens 16 --steps 4 --batch-sizes 1 --gen-len 4 --max-num-seqs 4`.
@@ -28,9 +31,9 @@
 set -uo pipefail
 out=${1:?usage: gpu_eagle_qwen.sh OUT_DIR [train] [code-edit] [chat] [OPTION VALUE ...]}
 shift
-target=/tmp/qwen-1.5b.gguf draft=/tmp/qwen-0.5b.gguf head_dir=/tmp/eagle-qwen15b num_prompts=1312 max_tokens=1024
-answers_per_prompt=3 temperature=0.8 draft_vocab_size=32000
-steps=4000 batch_size=8 ttt_steps=5 lr=5e-4 max_num_seqs=256 deadline=540 batch_sizes=1,4,16,64 gen_len=128
+target=/tmp/qwen-1.5b.gguf draft=/tmp/qwen-0.5b.gguf head_dir=/tmp/eagle-qwen15b num_prompts=2970 max_tokens=1024
+answers_per_prompt=2 temperature=0.8 draft_vocab_size=32000
+steps=12000 batch_size=8 ttt_steps=5 lr=5e-4 max_num_seqs=256 deadline=560 batch_sizes=1,4,16,64 gen_len=128
 draft_ks=0,2,3 ngram_ks=0,2,4 device=auto dtype=auto examples=/tmp/eagle-examples.safetensors
 parts=()
 while [ $# -gt 0 ]; do

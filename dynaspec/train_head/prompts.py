@@ -4,7 +4,7 @@ Sources (no network): the bench workloads (dynaspec/bench/workloads.py: code-edi
 chat), `stdlib` (functions of the Python standard library's source, with varied code instructions, from
 other modules than code-edit's: a head trained on them is measured on code-edit prompts it never saw),
 `pydoc` (passages of `pydoc_data.topics` with varied prose instructions), `questions` (open assistant-style
-questions, topic x phrasing, none of them the chat workload's), or a .jsonl file, one prompt a line:
+questions, topic x phrasing: 1,200, none of them the chat workload's), or a .jsonl file, one prompt a line:
 {"prompt": "..."} (plain text) or {"messages": [{"role", "content"}]}.
 """
 
@@ -39,6 +39,16 @@ _TOPICS = (
     "the history of the internet", "travelling on a budget", "3D printing", "brewing coffee", "dinosaurs",
     "team sports for children", "open-source software", "earthquakes", "keeping a journal", "the Renaissance",
     "reading nutrition labels", "job interviews",
+    "honeybees", "the Silk Road", "tea ceremonies", "glaciers", "origami", "the Apollo missions",
+    "sleep in animals", "knitting", "desert ecosystems", "jazz improvisation", "the human heart",
+    "coral reefs", "medieval castles", "wind turbines", "board game design", "the metric system",
+    "sign language", "lighthouses", "fermenting vegetables", "the Olympic Games", "bridges and how they stand",
+    "rainforests", "solar eclipses", "pottery", "the history of chocolate", "cycling to work", "mushrooms",
+    "the printing of money", "ancient Egypt", "first aid basics", "wolves", "the invention of the telephone",
+    "map reading", "volunteering", "hurricanes", "the periodic table", "bonsai trees", "street food",
+    "libraries", "the moon landing hoaxes", "owning a dog", "photography composition", "tidal energy",
+    "the Great Barrier Reef", "sailing", "memory techniques", "the Industrial Revolution", "kites",
+    "bird migration", "wildfires",
 )
 _QUESTIONS = (
     "Explain {} to a beginner.",
@@ -117,7 +127,7 @@ def pydoc_prompts(n: int, seed: int = 0) -> list[Conversation]:
 
 
 def question_prompts(n: int, seed: int = 0) -> list[Conversation]:
-    """Open assistant-style questions, every phrasing of every topic (600), in a seeded order."""
+    """Open assistant-style questions, every phrasing of every topic (1,200), in a seeded order."""
     questions = [template.format(topic) for topic in _TOPICS for template in _QUESTIONS]
     random.Random(seed).shuffle(questions)
     return [[{"role": "user", "content": q}] for q in questions[:n]]

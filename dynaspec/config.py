@@ -45,8 +45,9 @@ class EngineConfig(BaseModel):
     # (engine/overlap.py; vLLM's `async_scheduling`). Outputs are the same, one step later.
     async_scheduling: bool = True
     # On Hopper or newer GPUs: launch the decoder's Triton kernels with programmatic dependent launch and
-    # run one-row (batch-1 decode) projections through a Triton GEMV, so a batch-1 step is one chain of
-    # overlapping launches (models/decode_kernels.py). Ignored on CPU and older GPUs.
+    # run the projections of steps with at most 8 token rows (batch-1 decode and verify, small batches)
+    # through a Triton GEMV, so such a step is one chain of overlapping launches (models/decode_kernels.py).
+    # Ignored on CPU and older GPUs.
     dependent_launch: bool = True
     # Deterministic mode (issue 22): every GEMM, the attention and the lm_head run batch-invariant kernels
     # (models/invariant_linear.py, models/invariant_attention.py), so a token row's logits are the same

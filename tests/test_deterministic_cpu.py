@@ -75,7 +75,7 @@ def test_cli_flag_reaches_the_engine_config():
 
 
 def test_deterministic_kernels_exclude_the_gemv_path():
-    with pytest.raises(ValueError, match="deterministic kernels exclude the batch-1 GEMV"):
+    with pytest.raises(ValueError, match="deterministic kernels exclude the small-step GEMV"):
         DecodeKernels(dependent_launch=True, gemv=frozenset({"qkv"}), deterministic=True)
     kernels = decode_kernels_for(torch.device("cpu"), True, deterministic=True)
     assert kernels.deterministic and not kernels.gemv

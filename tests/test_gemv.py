@@ -1,11 +1,12 @@
-"""The batch-1 Triton GEMV (models/gemv.py), the decode-kernel choices (models/decode_kernels.py) and their
+"""The small-step Triton GEMV (models/gemv.py), the decode-kernel choices (models/decode_kernels.py) and their
 wiring into the Llama decoder.
 
 CPU: the GEMV runs under Triton's interpreter (TRITON_INTERPRET=1) in a subprocess that sets the variable
 before importing Triton (as tests/test_fused_ops.py does), in float16 (the interpreter truncates float32 to
 bfloat16 instead of rounding to nearest even, so a bf16 comparison there would test the interpreter): against
 a float64 reference rounded once, with the output poisoned with NaN first (every element must be written),
-N not a multiple of BLOCK_N, K not a multiple of BLOCK_K, with and without bias.
+N not a multiple of BLOCK_N, K not a multiple of BLOCK_K, with and without bias, 1 to MAX_ROWS rows (each row
+bit-identical to its own one-row launch).
 CUDA (Hopper or newer for PDL): bf16 GEMV at Llama-3.1-8B shapes with PDL; a tiny bf16 model's engine with
 the fast decode paths on gives the same greedy tokens under CUDA-graph replay as eagerly, and its batch-1
 logits match the paths off to bf16 rounding.
@@ -40,22 +41,30 @@ from tests.triton_interpreter import run_interpreted  # noqa: E402
 hopper = pytest.mark.skipif(not (torch.cuda.is_available() and supports_dependent_launch(torch.device("cuda"))),
                             reason="needs a Hopper or newer GPU (programmatic dependent launch)")
 
-# (N, K, bias): Llama-like shapes scaled down, including N % BLOCK_N != 0 and K % BLOCK_K != 0.
+# (N, K, bias, rows): Llama-like shapes scaled down, including N % BLOCK_N != 0 and K % BLOCK_K != 0, and
+# the several token rows of a small verify step (1 + k drafts at batch 1) up to gemv.MAX_ROWS.
 INTERPRETER_CASES = [
-    {"shape": [64, 512], "bias": False, "seed": 0},
-    {"shape": [37, 700], "bias": True, "seed": 1},
-    {"shape": [16, 1536], "bias": False, "seed": 2},
-    {"shape": [5, 96], "bias": True, "seed": 3},
+    {"shape": [64, 512], "bias": False, "seed": 0, "rows": 1},
+    {"shape": [37, 700], "bias": True, "seed": 1, "rows": 1},
+    {"shape": [16, 1536], "bias": False, "seed": 2, "rows": 1},
+    {"shape": [5, 96], "bias": True, "seed": 3, "rows": 1},
+    {"shape": [64, 512], "bias": True, "seed": 5, "rows": 2},
+    {"shape": [37, 700], "bias": False, "seed": 6, "rows": 5},
+    {"shape": [16, 1536], "bias": True, "seed": 7, "rows": 8},
 ]
 
 
 def run_case(case: dict, device: str, dtype: torch.dtype, pdl: bool = False) -> dict:
+    """One GEMV launch of case["rows"] rows against a float64 reference; `row_invariant`: each row's output
+    has the bits the same row gets in a launch of its own (its reduction order does not depend on M)."""
     gen = torch.Generator().manual_seed(case["seed"])
     n, k = case["shape"]
-    x = torch.randn(1, k, generator=gen).to(dtype).to(device)
+    rows = case.get("rows", 1)
+    x = torch.randn(rows, k, generator=gen).to(dtype).to(device)
     weight = (torch.randn(n, k, generator=gen) / k**0.5).to(dtype).to(device)
     bias = torch.randn(n, generator=gen).to(dtype).to(device) if case["bias"] else None
     y = gemv.gemv(x, weight, bias, pdl=pdl)
+    alone = torch.cat([gemv.gemv(x[r : r + 1].contiguous(), weight, bias, pdl=pdl) for r in range(rows)])
     ref = x.cpu().double() @ weight.cpu().double().T
     if bias is not None:
         ref = ref + bias.cpu().double()
@@ -64,7 +73,8 @@ def run_case(case: dict, device: str, dtype: torch.dtype, pdl: bool = False) -> 
         "diff": (y.cpu().float() - ref.float()).abs().max().item(),
         "scale": ref.float().abs().max().item(),
         "nan": bool(torch.isnan(y).any()),
-        "shape_ok": tuple(y.shape) == (1, n) and y.dtype == dtype,
+        "shape_ok": tuple(y.shape) == (rows, n) and y.dtype == dtype,
+        "row_invariant": torch.equal(y, alone),
     }
 
 
@@ -87,7 +97,7 @@ def interpreter_results():
 @pytest.mark.parametrize("index", range(len(INTERPRETER_CASES)))
 def test_interpreter_gemv_matches_float64_reference(interpreter_results, index):
     result = interpreter_results[index]
-    assert result["shape_ok"] and not result["nan"], result
+    assert result["shape_ok"] and not result["nan"] and result["row_invariant"], result
     # one fp16 rounding of the output plus float32 accumulation error
     assert result["diff"] <= 2e-3 * max(result["scale"], 1.0), (INTERPRETER_CASES[index], result)
 
@@ -95,7 +105,7 @@ def test_interpreter_gemv_matches_float64_reference(interpreter_results, index):
 def test_gemv_rejects_unsupported_inputs():
     w = torch.randn(8, 16, dtype=torch.float16)
     with pytest.raises(ValueError, match="gemv needs"):
-        gemv.gemv(torch.randn(2, 16, dtype=torch.float16), w)  # two rows
+        gemv.gemv(torch.randn(gemv.MAX_ROWS + 1, 16, dtype=torch.float16), w)  # more rows than one launch takes
     with pytest.raises(ValueError, match="gemv needs"):
         gemv.gemv(torch.randn(1, 16), w.float())  # float32
     with pytest.raises(ValueError, match="gemv needs"):
@@ -141,10 +151,12 @@ def test_engine_on_cpu_leaves_the_fast_paths_off(tmp_path):
 
 @hopper
 @pytest.mark.cuda
+@pytest.mark.parametrize("rows", [1, 5, 8])
 @pytest.mark.parametrize("shape", [(6144, 4096), (4096, 4096), (28672, 4096), (4096, 14336)])
-def test_gemv_bf16_llama_shapes_with_pdl(shape):
-    result = run_case({"shape": list(shape), "bias": shape[0] == 6144, "seed": 4}, "cuda", torch.bfloat16, pdl=True)
-    assert result["shape_ok"] and not result["nan"], result
+def test_gemv_bf16_llama_shapes_with_pdl(shape, rows):
+    case = {"shape": list(shape), "bias": shape[0] == 6144, "seed": 4, "rows": rows}
+    result = run_case(case, "cuda", torch.bfloat16, pdl=True)
+    assert result["shape_ok"] and not result["nan"] and result["row_invariant"], result
     assert result["diff"] <= 1e-2 * max(result["scale"], 1.0), result
 
 

@@ -7,9 +7,11 @@
   finished, so a chain of dependent kernels no longer pays a launch and a ramp per kernel boundary.
   Inside a CUDA graph the launches become programmatic edges. Kernels launched without it (cuBLAS,
   torch) keep full serialisation, so mixing is safe.
-- `gemv`: the projections (of `GEMV_PROJECTIONS`) that a step with ONE token row runs through the Triton
-  GEMV of `gemv.py` instead of cuBLAS, so that batch-1 decode is one chain of PDL kernels (cuBLAS's
-  kernels are launched without PDL and break it; o_proj / down at M = 1 also add a split-K reduce).
+- `gemv`: the projections (of `GEMV_PROJECTIONS`) that a step with at most `GEMV_MAX_ROWS` token rows (a
+  batch-1 decode, a batch-1 verify of up to 7 drafts, a batch-2..8 decode) runs through the Triton GEMV of
+  `gemv.py` instead of cuBLAS, so that such a step is one chain of PDL kernels reading each weight once
+  (cuBLAS's kernels are launched without PDL and break it; o_proj / down at M = 1 also add a split-K
+  reduce).
 - `deterministic` (EngineConfig.deterministic): every projection and the lm_head run through the batch-
   invariant GEMM of `invariant_linear.py` and attention through `invariant_attention.py`, so a token
   row's logits do not depend on the step's other rows, its query length or the graph bucket. It
@@ -29,6 +31,8 @@ import torch
 from dynaspec.models.gemm_tiles import GemmTiles, tiles_for
 
 GEMV_PROJECTIONS = ("qkv", "o_proj", "gate_up", "down")
+# Token rows a step may have for the GEMV path (models/gemv.py takes 1..8 rows in one launch).
+GEMV_MAX_ROWS = 8
 
 
 @dataclass(frozen=True)
@@ -45,9 +49,9 @@ class DecodeKernels:
         if unknown:
             raise ValueError(f"unknown GEMV projection(s) {unknown}; allowed: {', '.join(GEMV_PROJECTIONS)}")
         if self.gemv and not self.dependent_launch:
-            raise ValueError("the batch-1 GEMV path is only used with dependent_launch=True (alone it gains nothing)")
+            raise ValueError("the small-step GEMV path is only used with dependent_launch=True (alone it gains nothing)")
         if self.gemv and self.deterministic:
-            raise ValueError("deterministic kernels exclude the batch-1 GEMV path: one row would reduce in "
+            raise ValueError("deterministic kernels exclude the small-step GEMV path: its rows would reduce in "
                              "another order than the GEMM of a larger step")
 
 

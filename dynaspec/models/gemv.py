@@ -1,11 +1,17 @@
-"""A split-K free Triton GEMV for one token row (batch-1 decode), launchable with PDL.
+"""A split-K free Triton GEMV for the few token rows of a small decode or verify step, launchable with PDL.
 
-y (1, N) = x (1, K) @ W (N, K)^T (+ bias): program n owns BLOCK_N outputs, streams its (BLOCK_N, K)
-slice of W once in BLOCK_K chunks and accumulates in float32 (the small-batch "gemv" kernels of
-gpt-fast / TensorRT-LLM's gemv plugin). No partial sums cross programs, so there is no split-K reduce
-kernel (cuBLAS adds one to o_proj and down at M = 1) and the kernel can join a chain of kernels launched
-with programmatic dependent launch (`pdl.py`, `decode_kernels.py`). Every program waits for the previous
-kernel first: loading a weight chunk before the wait measured slower (scripts/gpu_pdl_probe.py).
+y (M, N) = x (M, K) @ W (N, K)^T (+ bias), M <= MAX_ROWS: program n owns BLOCK_N outputs of every row,
+streams its (BLOCK_N, K) slice of W once in BLOCK_K chunks and accumulates each row in float32 (the
+small-batch "gemv" kernels of gpt-fast / TensorRT-LLM's gemv plugin). No partial sums cross programs, so there
+is no split-K reduce kernel (cuBLAS adds one to o_proj and down at M = 1) and the kernel can join a chain of
+kernels launched with programmatic dependent launch (`pdl.py`, `decode_kernels.py`). Every program waits for
+the previous kernel first: loading a weight chunk before the wait measured slower (scripts/gpu_pdl_probe.py).
+
+Several rows (a batch-1 verify step of k drafts has 1 + k; a batch-2 decode step 2): W is still read once,
+the rows' products are computed from the same loaded chunk, so the step stays a weight read (the rows' work
+runs on the CUDA cores: M x N x K multiply-adds, under the read's time for M <= 8 at the shapes of a 1-8B
+model). A row's reduction order does not depend on M (each row accumulates the same chunks in the same
+order), so a token row gets the same bits at M = 1 as in a verify step of M rows.
 
 Numerics: a float32-accumulated dot (summation order differs from cuBLAS's), plus the bias in float32,
 rounded once to the activation dtype. fp16 / bf16 only. CUDA-graph safe (output from the caching
@@ -18,43 +24,55 @@ import torch
 import triton
 import triton.language as tl
 
+from dynaspec.models.decode_kernels import GEMV_MAX_ROWS
 from dynaspec.models.pdl import launch_options, wait_for_previous_kernel
 
 SUPPORTED_DTYPES = (torch.float16, torch.bfloat16)
 
 
+# Rows one launch takes (decode_kernels routes steps of at most this many token rows here).
+MAX_ROWS = GEMV_MAX_ROWS
+
+
 @triton.jit
 def _gemv_kernel(
     x_ptr, w_ptr, bias_ptr, y_ptr, N, stride_w,
-    K: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, EVEN: tl.constexpr, HAS_BIAS: tl.constexpr,
-    PDL: tl.constexpr,
+    K: tl.constexpr, ROWS: tl.constexpr, ROWS_P2: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+    EVEN: tl.constexpr, HAS_BIAS: tl.constexpr, PDL: tl.constexpr,
 ):
     pid = tl.program_id(0)
     n_offs = pid * BLOCK_N + tl.arange(0, BLOCK_N)
     n_mask = n_offs < N
+    rows = tl.arange(0, ROWS_P2)
     kk = tl.arange(0, BLOCK_K)
     w_rows = w_ptr + n_offs.to(tl.int64)[:, None] * stride_w  # (BLOCK_N, 1)
     wait_for_previous_kernel(PDL)
-    acc = tl.zeros((BLOCK_N,), tl.float32)
+    acc = tl.zeros((ROWS_P2, BLOCK_N), tl.float32)
     for k0 in range(0, K, BLOCK_K):
         k = k0 + kk
         if EVEN:
-            w = tl.load(w_rows + k[None, :])
-            x = tl.load(x_ptr + k)
+            w = tl.load(w_rows + k[None, :]).to(tl.float32)
         else:
             k_mask = k < K
-            w = tl.load(w_rows + k[None, :], mask=n_mask[:, None] & k_mask[None, :], other=0.0)
-            x = tl.load(x_ptr + k, mask=k_mask, other=0.0)
-        acc += tl.sum(w.to(tl.float32) * x.to(tl.float32)[None, :], axis=1)
+            w = tl.load(w_rows + k[None, :], mask=n_mask[:, None] & k_mask[None, :], other=0.0).to(tl.float32)
+        for r in tl.static_range(ROWS):  # the chunk of W, loaded once, against every row
+            if EVEN:
+                x = tl.load(x_ptr + r * K + k)
+            else:
+                x = tl.load(x_ptr + r * K + k, mask=k_mask, other=0.0)
+            part = tl.sum(w * x.to(tl.float32)[None, :], axis=1)  # (BLOCK_N,)
+            acc = tl.where(rows[:, None] == r, acc + part[None, :], acc)
     if HAS_BIAS:
-        acc += tl.load(bias_ptr + n_offs, mask=n_mask, other=0.0).to(tl.float32)
-    tl.store(y_ptr + n_offs, acc.to(y_ptr.dtype.element_ty), mask=n_mask)
+        acc += tl.load(bias_ptr + n_offs, mask=n_mask, other=0.0).to(tl.float32)[None, :]
+    out = y_ptr + rows[:, None] * N + n_offs[None, :]
+    tl.store(out, acc.to(y_ptr.dtype.element_ty), mask=(rows[:, None] < ROWS) & n_mask[None, :])
 
 
 def gemv_supported(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> bool:
-    """Whether `gemv` handles x (1, K) @ weight (N, K)^T (+ bias (N,)): one row, fp16/bf16, one device."""
+    """Whether `gemv` handles x (M, K) @ weight (N, K)^T (+ bias (N,)): 1 <= M <= MAX_ROWS rows, fp16/bf16,
+    one device."""
     return (
-        x.dim() == 2 and x.shape[0] == 1 and x.dtype in SUPPORTED_DTYPES and x.is_contiguous()
+        x.dim() == 2 and 1 <= x.shape[0] <= MAX_ROWS and x.dtype in SUPPORTED_DTYPES and x.is_contiguous()
         and weight.dim() == 2 and weight.shape[1] == x.shape[1] and weight.dtype == x.dtype
         and weight.stride(1) == 1 and weight.device == x.device
         and (bias is None or (bias.shape == (weight.shape[0],) and bias.dtype == x.dtype and bias.is_contiguous()))
@@ -75,19 +93,22 @@ def block_shape(n: int, k: int) -> tuple[int, int]:
 
 
 def gemv(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None, pdl: bool = False) -> torch.Tensor:
-    """x (1, K) @ weight (N, K)^T (+ bias (N,)) -> (1, N) in x's dtype; pdl: launch with PDL."""
+    """x (M, K) @ weight (N, K)^T (+ bias (N,)) -> (M, N) in x's dtype, M <= MAX_ROWS; pdl: launch with PDL."""
     if not gemv_supported(x, weight, bias):
         raise ValueError(
-            f"gemv needs a contiguous fp16/bf16 x (1, K), weight (N, K) of x's dtype with a contiguous last dim "
+            f"gemv needs a contiguous fp16/bf16 x (M, K) with 1 <= M <= {MAX_ROWS}, weight (N, K) of x's dtype "
+            f"with a contiguous last dim "
             f"and an optional contiguous bias (N,); got x {tuple(x.shape)} {x.dtype}, weight {tuple(weight.shape)} "
             f"{weight.dtype}, bias {None if bias is None else tuple(bias.shape)}"
         )
     n, k = weight.shape
     block_n, block_k = block_shape(n, k)
-    y = torch.empty((1, n), dtype=x.dtype, device=x.device)
+    rows = x.shape[0]
+    y = torch.empty((rows, n), dtype=x.dtype, device=x.device)
     _gemv_kernel[(triton.cdiv(n, block_n),)](
         x, weight, bias if bias is not None else weight, y, n, weight.stride(0),
-        K=k, BLOCK_N=block_n, BLOCK_K=block_k, EVEN=n % block_n == 0 and k % block_k == 0,
+        K=k, ROWS=rows, ROWS_P2=max(2, triton.next_power_of_2(rows)), BLOCK_N=block_n, BLOCK_K=block_k,
+        EVEN=n % block_n == 0 and k % block_k == 0,
         HAS_BIAS=bias is not None, PDL=pdl, num_warps=4, num_stages=1, **launch_options(pdl),
     )
     return y

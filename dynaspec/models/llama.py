@@ -20,19 +20,19 @@ from transformers import PretrainedConfig
 
 from dynaspec.models.attention import paged_attention
 from dynaspec.models.attention_metadata import AttentionMetadata
-from dynaspec.models.decode_kernels import DecodeKernels
+from dynaspec.models.decode_kernels import GEMV_MAX_ROWS, DecodeKernels
 from dynaspec.models.invariant_linear import invariant_linear
 from dynaspec.models.rms_norm import RMSNorm
 from dynaspec.models.rope import RotaryEmbedding, apply_rope
 
 def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, kernels: DecodeKernels,
            projection: str) -> torch.Tensor:
-    """x (T, in) @ weight^T (+ bias): the Triton GEMV (launched with PDL) for a one-row step when
-    `kernels` routes this projection (one of decode_kernels.GEMV_PROJECTIONS) there, the batch-invariant
-    GEMM in deterministic mode (invariant_linear.py), else F.linear."""
+    """x (T, in) @ weight^T (+ bias): the Triton GEMV (launched with PDL) for a step of at most
+    GEMV_MAX_ROWS token rows when `kernels` routes this projection (one of decode_kernels.GEMV_PROJECTIONS)
+    there, the batch-invariant GEMM in deterministic mode (invariant_linear.py), else F.linear."""
     if kernels.deterministic:
         return invariant_linear(x, weight, bias, pdl=kernels.dependent_launch, tiles=kernels.gemm_tiles)
-    if projection in kernels.gemv and x.shape[0] == 1 and x.is_cuda:
+    if projection in kernels.gemv and x.shape[0] <= GEMV_MAX_ROWS and x.is_cuda:
         from dynaspec.models import gemv  # Triton is only needed on CUDA
 
         if gemv.gemv_supported(x, weight, bias):

@@ -222,6 +222,12 @@ def test_side_by_side_rounds_share_weights_and_merge(tiny_dir, monkeypatch):
         assert all(row[1] <= point["batch_size"] and row[0] > 0 for row in point["step_log"])
     spec = {p["batch_size"]: p for p in result["points"] if p["line"] == "k=2"}
     assert {row[2] for row in spec[1]["step_log"]} <= {0, 2} and any(row[2] == 2 for row in spec[1]["step_log"])
+    # drafted / accepted per step: at most k per request, adding up to the point's acceptance rate
+    for point in spec.values():
+        log = point["step_log"]
+        assert all(0 <= row[4] <= row[3] <= 2 * row[1] and isinstance(row[5], str) for row in log)
+        drafted, accepted = sum(row[3] for row in log), sum(row[4] for row in log)
+        assert point["acceptance_rate"] == (accepted / drafted if drafted else None)
 
 
 def test_engine_refuses_a_shared_model_of_another_kind(tiny_dir):

@@ -107,6 +107,34 @@ def test_no_chaining_without_graphs_or_with_a_sampled_request(ckpts):
     assert chained and all(batch == 2 for batch in chained)
 
 
+def test_adaptive_chains_alone_and_trims_in_a_batch(ckpts, tmp_path):
+    """adaptive trims drafts (a host read between drafting and verifying) from trim_min_batch = 2 requests
+    on, and such steps are not chained; a request decoding alone is not trimmed, so its steps chain. Costs
+    injected (a drafted position costs 1% of a plain step: every k_i drafts to the end); tokens equal the
+    synchronous engine's."""
+    from dynaspec.runtime.cost_model import StepCostModel
+
+    costs = StepCostModel()
+    for batch in (1, 2, 4, 8):
+        for k in range(3):
+            costs.add(batch, k, 1.0 + 0.01 * batch * k)
+    costs.save(tmp_path / "costs.json")
+    spec = DraftTargetDecodingConfig(max_draft_len=2, speculative_model=ckpts["near"], draft_len_policy="adaptive",
+                                     step_cost_file=str(tmp_path / "costs.json"))
+    params = [SamplingParams(temperature=0, max_tokens=40, ignore_eos=True)] + [
+        SamplingParams(temperature=0, max_tokens=12, ignore_eos=True)] * 2
+    arrivals = [0, 24, 24]  # r0 alone, then beside two others, then alone again once they finish
+    expected = run_with_abort(chained_engine(ckpts["target"], spec, False), _prompts()[:3], params, arrivals)
+    engine = chained_engine(ckpts["target"], spec, True)
+    chained = count_chained(engine)
+    trimmed = []
+    trim = engine.policy.trim_drafts
+    engine.policy.trim_drafts = lambda ids, *args: trimmed.append(len(ids)) or trim(ids, *args)
+    assert run_with_abort(engine, _prompts()[:3], params, arrivals) == expected
+    assert chained and set(chained) == {1}  # chained alone only
+    assert trimmed and min(trimmed) >= 2  # trimmed in company only
+
+
 cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 
 

@@ -15,10 +15,11 @@ queued (spec/verifier.ReadAhead): verifying t at the host then waits for t's for
 
 A step is chained only where nothing about the batch can change in between: decode-only at one k for every
 request (none asking for logprobs: their verification reads the logits), no request waiting or
-prefilling, the policy keeping k for this batch and not trimming drafts, KV blocks for 2 (1 + k) more
-positions per request, room under max_tokens and max_model_len for them, one rank. A request that stops at step t (EOS, a stop string, max_tokens) or is aborted has its t + 1 rows
-dropped at t + 1's commit (launched_step.without_aborted); the blocks t + 1 writes stay its own until then
-(the commit of t trims to num_tokens + 1 + k, not num_tokens).
+prefilling, the policy keeping k for this batch and not trimming its drafts (trims_drafts_at), KV blocks
+for 2 (1 + k) more positions per request, room under max_tokens and max_model_len for them, one rank. A
+request that stops at step t (EOS, a stop string, max_tokens) or is aborted has its t + 1 rows dropped at
+t + 1's commit (launched_step.without_aborted); the blocks t + 1 writes stay its own until then (the
+commit of t trims to num_tokens + 1 + k, not num_tokens).
 """
 
 from __future__ import annotations
@@ -46,10 +47,12 @@ def chain_next(launched: LaunchedStep, runner, drafter, scheduler, block_manager
     started = time.perf_counter()
     sched, k = launched.sched, launched.sched.draft_len
     on_device = launched.drafts.on_device
-    if on_device is None or k == 0 or sched.prefills or policy.trims_drafts or not runner.takes_device_seq_lens:
+    if on_device is None or k == 0 or sched.prefills or not runner.takes_device_seq_lens:
         return None
     requests = [d.request for d in sched.decodes]
     batch = len(requests)
+    if policy.trims_drafts_at(batch):  # its drafts reach the host between drafting and verifying
+        return None
     if scheduler.waiting or len(scheduler.running) != batch or any(d.max_draft != k for d in sched.decodes):
         return None
     if any(r.params.logprobs is not None for r in requests):  # their verification reads the logits

@@ -309,7 +309,7 @@ class LLMEngine:
         resumed = k > 0 and self._previous_draft_len == 0 and not sched.prefills
         behind = self.drafter.catch_up_tokens(decoding) if resumed else None
         step_drafts = propose_drafts(self.drafter, self.acceptance, sched,
-                                     self.policy.trim_drafts if self.policy.trims_drafts else None)
+                                     self.policy.trim_drafts if self.policy.trims_drafts_at(len(decoding)) else None)
         in_graph = True
         if not sched.prefills and runs_ragged(self.runner, step_drafts.lengths, k):
             batch, rows = ragged_inputs(sched, step_drafts.tokens)

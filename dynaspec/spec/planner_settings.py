@@ -50,6 +50,9 @@ class PlannerSettings(BaseModel):
     # planner at k = 0 until a rare exploration (with the first step setting the estimate, the Qwen pair on an
     # H200 stayed at k = 0 at batch 1 where k = 3 ran 1.8x; docs/lab/planner_history.md).
     cold_start_trials: float = Field(default=4.0, ge=0.0, allow_inf_nan=False)
+    # adaptive trims drafts by the drafter's confidence in steps of at least this many decoding requests
+    # (spec/adaptive.py: at batch 1 the host round trip costs more than the verify rows it could save).
+    trim_min_batch: int = Field(default=2, ge=1)
 
 
 def settings_property(name: str) -> property:

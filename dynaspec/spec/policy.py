@@ -38,7 +38,7 @@ class StepOutcome:
     catch_up_tokens: set on the first speculative step after plain ones: the tokens the drafter caught up
         on first (spec/catch_up.py); its time prices catch-up, it is no sample of T(batch, k) either.
     confidence: per decoding request, the drafter's probability of each draft it verified (len = drafted);
-        empty where the drafter has no distribution or the policy does not trim (trims_drafts).
+        empty where the drafter has no distribution or the policy does not trim (trims_drafts_at).
     """
 
     request_ids: Sequence[Hashable]
@@ -61,9 +61,6 @@ class DraftLenPolicy:
     # Whether its steps give requests different draft lengths: the engine then also captures ragged
     # verify graphs keyed by total tokens (runtime/ragged_graphs.py) besides the uniform (bucket, k) ones.
     ragged: bool = False
-    # Whether it cuts drafts by the drafter's probability of each (trim_drafts): the engine then reads those
-    # probabilities on the host before it verifies (a wait for the drafting graph) and reports them back.
-    trims_drafts: bool = False
 
     def draft_len(self, num_decoding: int, num_active: int, request_ids: Sequence[Hashable] | None = None) -> int:
         """k for a step where `num_decoding` of `num_active` active requests decode (request_ids: theirs)."""
@@ -76,6 +73,12 @@ class DraftLenPolicy:
         draft_len()'s k, so a uniform policy implements draft_len() only; a per-request policy (spec/adaptive.py)
         overrides this and makes draft_len() the largest k_i."""
         return [self.draft_len(num_decoding, num_active, request_ids)] * num_decoding
+
+    def trims_drafts_at(self, batch: int) -> bool:
+        """Whether it cuts the drafts of a step of `batch` decoding requests by the drafter's probability of
+        each (trim_drafts): the engine then reads those probabilities on the host before it verifies (a wait
+        for the drafting graph), reports them back, and does not chain that step (engine/chained_step.py)."""
+        return False
 
     def trim_drafts(self, request_ids: Sequence[Hashable], limits: Sequence[int],
                     confidence: Sequence[Sequence[float]]) -> list[int]:

@@ -223,6 +223,16 @@ for step in "$@"; do
           --spec-config /tmp/rhead3.yaml --ks 0,3 --batch-sizes 1,4 --prompt-len 128 --gen-len 96 --no-plots \
           --out-dir "$OUT/ho-$tree-$round" > "$OUT/ho-$tree-$round.log" 2>&1); tail -2 "$OUT/ho-$tree-$round.log"
       done; python3 scripts/redesign_ab.py "$OUT/ho-old-$round" "$OUT/ho-new-$round"; done ;;
+    gemv-ab)  # issue 21 (~5 min; carry .gl with .gl/old = `git archive 444fe3d dynaspec bench scripts pyproject.toml`,
+      # the tree before the multi-row GEMV): random Llama-3.1-8B, plain decode at batch 1-8 (1-8 rows) and n-gram
+      # k = 1, 3, 4 at batch 1-2 (replayed code-edit acceptance: verify steps of 2-10 rows), old-new-old-new
+      for round in 1 2; do for tree in old new; do
+        dir=$PWD; [ $tree = old ] && dir=$PWD/.gl/old
+        (cd "$dir" && PYTHONPATH=$dir timeout 140 python3 -m dynaspec.cli bench --model random:llama-3.1-8b \
+          --drafter ngram --max-draft-len 4 --ks 0,1,3,4 --no-schedule-line --batch-sizes 1,2,4,8 --prompt-len 128 \
+          --gen-len 48 --acceptance-profile acceptance_ngram_code-edit --no-plots --out-dir "$OUT/gv-$tree-$round" \
+          > "$OUT/gv-$tree-$round.log" 2>&1); tail -1 "$OUT/gv-$tree-$round.log"
+      done; python3 scripts/redesign_ab.py "$OUT/gv-old-$round" "$OUT/gv-new-$round"; done ;;
     det-tune)  # issue 22 (~8 min): tune the batch-invariant GEMM's tiles for this card (writes its table into
       # dynaspec/models/gemm_tile_tables/, copied to $OUT: commit it), the CUDA tests with the tuned table, then the price
       timeout 200 python3 scripts/tune_invariant_gemm.py --models random:llama-3.1-8b random:qwen2.5-1.5b \

@@ -87,9 +87,8 @@ def _run(engine: LLMEngine, tap: FeatureTap, prompts, params, on_finished, shoul
                 examples[index] = Example(list(tokens), request.num_prompt_tokens, features)
             if on_finished is not None:
                 on_finished(done)
-        for request_id, (_, request) in requests.items():
-            if request.block_ids:
-                tables[request_id] = list(request.block_ids)
+        for request in engine.scheduler.running:  # their block tables (freeing a request gives it a new list)
+            tables[request.request_id] = request.block_ids
         if should_stop is not None and should_stop():
             for request_id, (_, request) in requests.items():
                 if not request.is_finished:

@@ -39,7 +39,7 @@ def _prompts(n: int) -> list[list[int]]:
 
 
 # Requests arrive over time and finish at different lengths: decoding batches of 1..5 (buckets 1, 2, 4,
-# 8: batches 3 and 5 are padded), new requests (long catch-up: the step-by-step path) among old ones.
+# 8: batches 3 and 5 are padded), new requests (long catch-ups, fed ahead eagerly) among old ones.
 ARRIVALS = {0: [0], 2: [1], 4: [2], 6: [3, 4], 8: [5]}
 
 
@@ -98,14 +98,23 @@ def _run(engine: LLMEngine, params_for=None) -> dict[str, list[int]]:
 
 @pytest.mark.parametrize("k", [1, 2, 3, 5])
 def test_chain_drafts_equal_step_by_step_drafts(ckpts, k):
-    """Same proposals, call by call, and same outputs as the step-by-step path; the chain served the
-    steady state (catch-ups of 1 and 2 tokens, padded buckets); the step graphs drafted only the batches
-    with a long catch-up."""
+    """Same proposals, call by call, and same outputs as the step-by-step path; the chain served every
+    batch it has a graph for: the steady state (catch-ups of 1 and 2 tokens, padded buckets) and, after
+    one eager forward over all but the last two positions (ChainDrafter._feed_ahead), new requests' long
+    catch-ups; the step graphs drafted only batches without a chain graph."""
     plain = _engine(ckpts, k, chain=False)
     plain_seen = _record(plain)
     expected = _run(plain)
     chained = _engine(ckpts, k, chain=True)
     seen = _record(chained)
+    feeds: list[list[int]] = []  # per feed ahead: how many positions each request was left behind by
+    feed = chained.drafter._feed
+
+    def spy_feed(requests, starts, ends):
+        feeds.append([r.num_tokens - e for r, e in zip(requests, ends)])
+        return feed(requests, starts, ends)
+
+    chained.drafter._feed = spy_feed
     got = _run(chained)
     assert got == expected
     assert seen["proposals"] == plain_seen["proposals"]
@@ -114,17 +123,18 @@ def test_chain_drafts_equal_step_by_step_drafts(ckpts, k):
     assert flat == pytest.approx([p for step in plain_seen["confidence"] for p in step], abs=1e-5)
     assert all(0 < p <= 1 for p in flat)
     assert {1, 2} <= set(seen["catch_ups"])  # both first-step layouts ran
-    assert any(c > 2 for c in seen["catch_ups"])  # and new requests' long catch-ups (step-by-step path)
+    assert any(c > 2 for c in seen["catch_ups"])  # and new requests' long catch-ups
+    assert feeds and all(behind == [2] * len(behind) for behind in feeds)  # fed ahead: the chain takes the last 2
     chain = chained.drafter.chain
     assert {key[1] for key, _ in seen["chain"]} == {k}
     assert any(real < key[0] for key, real in seen["chain"])  # a batch padded up to its bucket
-    # Every propose is one chain launch or one step-by-step draft whose first step fed a long catch-up.
+    # Every propose is one chain launch or, for a batch without a chain graph, one step-by-step draft.
     step_graphs = chained.drafter.runner.graphs.replays_per_pair
     assert chain.num_replays == len(seen["chain"]) > len(seen["proposals"]) // 2
-    long_first_steps = len(seen["proposals"]) - chain.num_replays
+    stepwise = len(seen["proposals"]) - chain.num_replays
     assert sum(n for (_, q), n in step_graphs.items() if q == 1) == 0  # two-position step graph unused
-    assert sum(n for (_, q), n in step_graphs.items() if q == 0) == long_first_steps * (k - 1)
-    assert chained.drafter.num_forwards == plain.drafter.num_forwards
+    assert sum(n for (_, q), n in step_graphs.items() if q == 0) == stepwise * (k - 1)
+    assert chained.drafter.num_forwards == plain.drafter.num_forwards + len(feeds)  # one more forward a feed
 
 
 @pytest.mark.parametrize("k", [1, 3])

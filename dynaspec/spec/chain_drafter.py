@@ -1,12 +1,13 @@
 """What the two model drafters share (spec/draft_model.py: a small model; spec/eagle.py: an EAGLE-3 head):
 KV of their own on the target's block tables that catches up lazily, one whole-chain graph replay for a
-greedy batch whose catch-ups fit the chain's first step, a step-by-step path otherwise, and how a draft
-token is picked from a draft distribution q (Leviathan et al. 2023, arXiv 2211.17192: q is kept for
-rejection sampling).
+greedy batch (a catch-up longer than the chain's first step takes is fed ahead eagerly first), a
+step-by-step path otherwise, and how a draft token is picked from a draft distribution q (Leviathan et al.
+2023, arXiv 2211.17192: q is kept for rejection sampling).
 
 A subclass provides `_catch_up_start` (the first position to feed, after dropping what went stale),
 `_chain_width` (positions the chain's first step feeds per request), `_draft_steps` (the step-by-step path),
-`_record` (its state after a propose) and `_single_step_seconds` (the cost probe of one eager draft step);
+`_feed` (positions processed without drafting), `_record` (its state after a propose) and
+`_single_step_seconds` (the cost probe of one eager draft step);
 `runner` (its eager forwards, with `num_forwards`) and `chain` (whole-chain graphs: `lookup`, `draft`,
 `pairs`, `replays_per_pair`) are set by its attach / capture_graphs.
 """
@@ -54,6 +55,11 @@ class ChainDrafter(Drafter):
         """The state after this proposal (read its tokens lazily: a chain's are still on the device)."""
         raise NotImplementedError
 
+    def _feed(self, requests: list[Request], starts: list[int], ends: list[int]) -> None:
+        """Process request i's positions starts[i] .. ends[i] - 1 without drafting (one eager forward), its
+        state then at ends[i]: the head of a catch-up too long for the chain's first step."""
+        raise NotImplementedError
+
     def _single_step_seconds(self, batch: int, repeats: int) -> float:
         """Seconds of one eager draft step for `batch` requests (the cost probe)."""
         raise NotImplementedError
@@ -67,6 +73,8 @@ class ChainDrafter(Drafter):
             raise RuntimeError(f"{type(self).__name__}.attach() must be called before propose()")
         self.num_propose_calls += 1
         starts = [self._catch_up_start(request) for request in requests]
+        if self._chain_serves(requests, k):
+            self._feed_ahead(requests, starts, k)
         if self._can_chain(requests, starts, k):
             ids = self._draft_chain(requests, starts, k)
             proposal = DraftProposal.from_device(DeviceDrafts(ids, self.chain.confidence))
@@ -77,16 +85,33 @@ class ChainDrafter(Drafter):
         self._record(requests, proposal, k)
         return proposal
 
-    def _can_chain(self, requests: list[Request], starts: list[int], k: int) -> bool:
-        """The whole-chain graph serves this batch: one exists for (batch, k), every request is greedy and
-        every catch-up fits the chain's first step."""
-        width = self._chain_width(k)
+    def _chain_serves(self, requests: list[Request], k: int) -> bool:
+        """A whole-chain graph exists for (batch, k) and every request is greedy."""
         return (
             self.chain is not None
             and self.chain.lookup(len(requests), k) is not None
             and all(r.params.is_greedy for r in requests)
-            and all(r.num_tokens - s <= width for r, s in zip(requests, starts))
         )
+
+    def _can_chain(self, requests: list[Request], starts: list[int], k: int) -> bool:
+        """The whole-chain graph serves this batch and every catch-up fits the chain's first step."""
+        width = self._chain_width(k)
+        return self._chain_serves(requests, k) and all(r.num_tokens - s <= width for r, s in zip(requests, starts))
+
+    def _feed_ahead(self, requests: list[Request], starts: list[int], k: int) -> None:
+        """Catch-ups longer than the chain's first step (a new request's prompt, tokens committed at k = 0):
+        their head runs in one eager forward without drafting, so the chain still drafts the batch (its first
+        step feeds the last `width` positions). The step-by-step path would instead feed the whole catch-up,
+        then draft k tokens eagerly, reading each step's logits on the host (an H100 step at batch 1 of the
+        EAGLE head: 5.8-11.3 ms against ~3 ms, docs/results.md). `starts` is updated in place."""
+        width = self._chain_width(k)
+        behind = [i for i, (r, s) in enumerate(zip(requests, starts)) if r.num_tokens - s > width]
+        if not behind:
+            return
+        ends = [requests[i].num_tokens - width for i in behind]
+        self._feed([requests[i] for i in behind], [starts[i] for i in behind], ends)
+        for i, end in zip(behind, ends):
+            starts[i] = end
 
     def _draft_chain(self, requests: list[Request], starts: list[int], k: int) -> torch.Tensor:
         """All k draft tokens of every request from one chain replay: the catch-ups padded to the chain's

@@ -8,10 +8,11 @@ speculation was off at k = 0), so it is never stale when drafting resumes (Tenso
 Slots of drafted tokens that the target rejected are simply recomputed: the drafter compares what it
 drafted with what the request actually holds and keeps only the matching prefix.
 
-On CUDA a greedy batch whose catch-up is 1 or 2 tokens per request (the steady state) drafts through
-ONE graph replay per propose: the whole k-step chain of runtime/chain_graphs.py (vLLM and SGLang capture
-the EAGLE draft loop in CUDA graphs likewise). Otherwise (a sampled request in the batch, a longer
-catch-up, no chain for the batch size and k) it drafts step by step: an eager or two-position-graph
+On CUDA a greedy batch drafts through ONE graph replay per propose: the whole k-step chain of
+runtime/chain_graphs.py (vLLM and SGLang capture the EAGLE draft loop in CUDA graphs likewise), whose first
+step feeds 1 or 2 catch-up tokens per request (the steady state); a longer catch-up is fed ahead eagerly up
+to its last 2 tokens (ChainDrafter._feed_ahead). Otherwise (a sampled request in the batch, no chain for
+the batch size and k) it drafts step by step: an eager or two-position-graph
 first step, then k - 1 single-token steps, reading each step's tokens on the host.
 """
 
@@ -131,6 +132,13 @@ class DraftModelDrafter(ChainDrafter):
         """The chain's first step feeds 1 or 2 catch-up tokens (the bonus token, plus the last draft when
         all k were accepted)."""
         return 2
+
+    def _feed(self, requests: list[Request], starts: list[int], ends: list[int]) -> None:
+        """The draft model over positions starts[i] .. ends[i] - 1 (its K/V written; the logits unused)."""
+        seqs = [SequenceInput(r.tokens_from(s)[: e - s], e, r.block_ids) for r, s, e in zip(requests, starts, ends)]
+        self.runner.forward(seqs, [])
+        for request, end in zip(requests, ends):
+            self._state[request.request_id].num_computed = end
 
     def _chained_inputs(self, target_ids, accepted, drafts, lengths, k):
         """The two-position catch-up after step t: [last draft, bonus] when all k were accepted (the last

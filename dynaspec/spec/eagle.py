@@ -15,8 +15,9 @@ with the target's features of the position before, read by slot from the feature
 never stale after a plain phase (TensorRT-LLM issue #16888). Drafted positions are never kept (they were
 fed the head's own hidden, not the target's features): after a propose the head has processed N.
 
-Drafting: greedy batches whose catch-ups fit 1 + k positions go through ONE replay of the (bucket, k)
-chain graph; otherwise (a sampled request, a long catch-up, no chain for the batch) eagerly, step by
+Drafting: greedy batches go through ONE replay of the (bucket, k) chain graph, whose first step feeds up to
+1 + k catch-up positions (a longer catch-up is fed ahead eagerly, nothing drafted, up to its last 1 + k:
+ChainDrafter._feed_ahead); otherwise (a sampled request, no chain for the batch) eagerly, step by
 step, keeping q (the head's distribution after the request's sampling processing) for rejection sampling.
 """
 
@@ -115,6 +116,14 @@ class EagleDrafter(ChainDrafter):
     def _chain_width(self, k: int) -> int:
         """The chain's catch-up step takes up to 1 + k positions (the bonus token and all k accepted drafts)."""
         return 1 + k
+
+    def _feed(self, requests: list[Request], starts: list[int], ends: list[int]) -> None:
+        """The head over positions starts[i] .. ends[i] - 1 (the target's features of the position before
+        each), its KV written, no token drafted."""
+        fed = [r.tokens_from(s)[: e - s] for r, s, e in zip(requests, starts, ends)]
+        self.runner.catch_up(fed, starts, [r.block_ids for r in requests])
+        for request, end in zip(requests, ends):
+            self._state[request.request_id].num_computed = end
 
     def _chained_inputs(self, target_ids, accepted, drafts, lengths, k):
         """Step t's accepted drafts and bonus token (the target's argmax rows 0..a), padded with the last:

@@ -14,7 +14,7 @@ from dynaspec import DraftTargetDecodingConfig, NGramDecodingConfig, SamplingPar
 from dynaspec.config import EngineConfig
 from dynaspec.engine.engine import LLMEngine
 from dynaspec.runtime.cost_model import StepCostModel
-from dynaspec.spec.acceptance_estimator import AcceptanceEstimator
+from dynaspec.spec.acceptance_estimator import AcceptanceEstimator, planning_estimator
 from dynaspec.spec.adaptive import AdaptivePolicy
 from dynaspec.spec.adaptive_allocation import (
     allocate,
@@ -167,6 +167,35 @@ def test_cold_start_probes_a_position_priced_just_above_its_prior():
     costly = policy(0.10)
     costly.cost_model.add(1, 1, 0.02)  # a position costs 3.4 plain steps: no probe
     assert costly.draft_lens(1, 1, ["r"]) == [0]
+
+
+def test_a_position_not_verified_for_reprobe_after_decisions_is_probed_again():
+    """Batch 1, a near-tie (a position costs 33% of a plain step): the request's drafts are accepted 1 in 4
+    while the policy learns, and it holds k = 0; then every draft is accepted. With reprobe_after the
+    position, no longer verified, is probed again and the rise found; without, k = 0 stays (exploration
+    off in both)."""
+    from dynaspec.spec.planner_settings import PlannerSettings
+
+    def after_the_rise(reprobe_after):
+        costs = StepCostModel()
+        for k in range(K + 1):
+            costs.add(1, k, 1.0 + 0.33 * k)
+        settings = PlannerSettings(explore_every=None, reprobe_after=reprobe_after, replan_every=1)
+        policy = AdaptivePolicy(costs, planning_estimator(K, None, settings), K, settings)  # the engine's estimator
+        decided = []
+        for n in range(200):
+            k = policy.draft_lens(1, 1, ["r"])[0]
+            rising = n >= 60
+            accepted = k if rising else (1 if k and n % 4 == 0 else 0)
+            policy.observe(StepOutcome(["r"], k, drafted=[k], accepted=[accepted], draft_lens=[k],
+                                       seconds=1.0 + 0.33 * k))
+            if rising:
+                decided.append(k)
+        return decided
+
+    assert set(after_the_rise(None)) == {0}
+    decided = after_the_rise(32)
+    assert next(i for i, k in enumerate(decided) if k) <= 40 and decided[-20:] == [K] * 20
 
 
 def test_refresh_computes_off_the_critical_path_and_draft_lens_reuses_it():

@@ -563,3 +563,36 @@ def test_without_a_profile_one_early_miss_does_not_stop_drafting():
     for _ in range(48):
         planner.observe_acceptance(4, [0], [0], ["r"])
     assert planner.draft_len(1, 1) == 0
+
+
+def _held_at_zero_then_acceptance_rises(reprobe_after, decisions=160, probe_margin=0.10):
+    """Batch 1: acceptance 0.25 while the planner learns (k = 0 is best: a k = 1 step costs 1.33 plain steps
+    for 1.25 tokens, a near-tie), then every draft accepted. The k of every decision after the change."""
+    cost = _cost(lambda b, k: 1.0 + 0.33 * k ** 0.7, batches=(1, 2), ks=(0, 1, 2, 3))
+    planner = _planner(cost, [0.25] * 3, ks=(0, 1, 2, 3), ema_rate=0.05, hysteresis=0.02, probe_margin=probe_margin,
+                       reprobe_after=reprobe_after)
+    after = []
+    for n in range(60 + decisions):
+        k = planner.draft_len(1, 1, ["r"])
+        rising = n >= 60
+        accepted = k if rising else (1 if k and n % 4 == 0 else 0)  # 1 in 4 first positions before
+        planner.observe(StepOutcome(request_ids=["r"], draft_len=k, drafted=[k], accepted=[accepted],
+                                    seconds=cost.cost(1, k)))
+        if rising:
+            after.append(k)
+    return after
+
+
+def test_a_stale_near_tie_is_probed_again_and_found():
+    """A k decided against on old acceptance data is probed again after reprobe_after decisions without a
+    step of it (acceptance changes along a request; at k = 0 nothing is observed): the planner finds the
+    rise and follows it; without the rule it stays at k = 0 (exploration off in both)."""
+    assert set(_held_at_zero_then_acceptance_rises(None)) == {0}
+    after = _held_at_zero_then_acceptance_rises(32)
+    first = next(i for i, k in enumerate(after) if k)
+    assert first <= 40 and after[-20:] == [3] * 20  # at most reprobe_after (+ the hold) later, then the max
+
+
+def test_stale_cells_far_from_the_best_are_not_probed_again():
+    """The re-probe is a probe: only for a neighbour predicted within probe_margin of the k in force."""
+    assert set(_held_at_zero_then_acceptance_rises(32, probe_margin=0.01)) == {0}

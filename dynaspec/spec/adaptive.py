@@ -31,8 +31,9 @@ next (request, position) pair in survival order to B* for two steps, so
 positions never verified get observed (a position's estimate only moves when it is verified: without this
 an estimate below the price would hold B*, or speculation altogether, where it is for good).
 Probe, as the planner's: a draft position never verified yet, predicted within `probe_margin` of B*'s
-goodput, is verified too (in at most `min_observed_steps` steps per batch bucket), so a cold-start prior
-that sits just below the price does not hold k = 0 until a rare exploration.
+goodput, is verified too (until some request verified it), so a cold-start prior
+that sits just below the price does not hold k = 0 until a rare exploration; so is one not verified for
+`reprobe_after` decisions (acceptance changes along a request, and k = 0 observes none).
 `max_concurrency` applies as elsewhere: above it, every k_i is 0.
 Trimming by the drafter's confidence (drafters with a distribution: the draft model, an EAGLE head;
 vLLM's #47808 / #52228): once the k_i are drafted, each drafted position's survival is recomputed from the
@@ -117,8 +118,9 @@ class AdaptivePolicy(DraftLenPolicy):
         self._decisions = 0  # decisions since the last exploration
         self._explore_again = False  # the next decision explores too
         self._explore_earned = 0.0  # seconds the decisions since the last exploration earned (explore_budget)
-        self._speculative_steps: Counter = Counter()  # batch bucket -> speculative steps observed (probe rule)
-        self._verified_positions: set[int] = set()  # draft positions j some request had verified (probe rule)
+        self._num_decisions = 0  # draft_lens() calls so far (the clock of reprobe_after)
+        self._verified_at: dict[int, int] = {}  # draft position j -> decision count when some request last verified it
+        self._reprobing: dict[int, int] = {}  # position gone stale (reprobe_after) -> verifications since
         self.calibration = ConfidenceCalibration(self.max_draft_len)  # P(accepted | the drafter's probability)
         self.trimmed_positions = 0  # drafted positions trim_drafts left unverified
         self.last_decision: dict[str, Any] = {}
@@ -127,6 +129,7 @@ class AdaptivePolicy(DraftLenPolicy):
     def draft_lens(self, num_decoding: int, num_active: int, request_ids: Sequence[Hashable] | None = None) -> list[int]:
         """k_i per decoding request (request_ids: theirs, in batch order; None: pooled estimates)."""
         settings = self.settings
+        self._num_decisions += 1
         if settings.max_concurrency is not None and num_active > settings.max_concurrency:
             self.last_decision = {"batch": num_decoding, "k": 0, "reason": "max_concurrency", "budget": 0}
             return [0] * num_decoding
@@ -223,8 +226,9 @@ class AdaptivePolicy(DraftLenPolicy):
 
     def _probe_due(self, batch: int, allocation: Allocation) -> bool:
         """The planner's probe rule (spec/planner_rules.py probe_candidate) per position: when the position
-        B* + 1 would add was never verified (for any request), and the bucket the step would run at has seen
-        fewer than `min_observed_steps` speculative steps, it runs too if its predicted goodput is within
+        B* + 1 would add was never verified (for any request: once verified it has a real estimate), or not
+        for `reprobe_after` decisions (then until verified min_observed_steps times again), it runs too if
+        its predicted goodput is within
         `probe_margin` of B*'s; from k = 0, only if the
         drafter's catch-up costs at most `explore_catch_up_steps` plain steps. Such a prediction rests on
         the start-up probe and the cold-start acceptance prior (alpha 0.5): on an H100 the real
@@ -234,17 +238,28 @@ class AdaptivePolicy(DraftLenPolicy):
         settings = self.settings
         if settings.probe_margin is None or allocation.next_goodput is None:
             return False
-        if allocation.draft_lens[allocation.next_request] in self._verified_positions:
-            return False  # a real acceptance estimate, not the prior
+        position = allocation.draft_lens[allocation.next_request]
+        if not self._unmeasured(position):
+            return False  # a recent real acceptance estimate, not the prior or old data
         if allocation.next_goodput < allocation.goodput * (1.0 - settings.probe_margin):
-            return False
-        bucket = self._prior(batch, allocation.budget + 1)[0]
-        if self._speculative_steps[bucket] >= settings.min_observed_steps:
             return False
         if allocation.budget == 0 and self._plain_last and self.catch_up is not None and self.backlog is not None:
             catch_up = self.catch_up.seconds(self.backlog()[0])
             return catch_up <= settings.explore_catch_up_steps * self.step_seconds(batch, 0)
         return True
+
+    def _unmeasured(self, position: int) -> bool:
+        """Never verified, or not for reprobe_after decisions (then re-probed until verified
+        min_observed_steps times): the planner's staleness rule, per draft position."""
+        if position in self._reprobing:
+            return True
+        last, after = self._verified_at.get(position), self.settings.reprobe_after
+        if last is None:
+            return True
+        if after is not None and self._num_decisions - last > after:
+            self._reprobing[position] = 0
+            return True
+        return False
 
     def _exploration_affordable(self, batch: int, held: int) -> bool:
         """Whether the earned budget covers exploring one more position: two steps' extra time, plus the
@@ -300,15 +315,18 @@ class AdaptivePolicy(DraftLenPolicy):
         self._plain_last = outcome.draft_len == 0
         if outcome.draft_len == 0:
             return
-        if outcome.seconds is not None and outcome.batch > 0:
-            self._speculative_steps[self._prior(outcome.batch, positions)[0]] += 1
         draft_lens = outcome.draft_lens or [outcome.draft_len] * outcome.batch
         groups: dict[int, tuple[list[Hashable], list[int], list[int]]] = {}
-        verified = len(self._verified_positions)
+        verified = len(self._verified_at)
         for drafted_p, drafted, accepted in zip(outcome.confidence, outcome.drafted, outcome.accepted):
             self.calibration.observe(drafted_p[:drafted], accepted)
         for rid, k_i, drafted, accepted in zip(outcome.request_ids, draft_lens, outcome.drafted, outcome.accepted):
-            self._verified_positions.update(range(drafted))
+            for j in range(drafted):
+                self._verified_at[j] = self._num_decisions
+                if j in self._reprobing:
+                    self._reprobing[j] += 1
+                    if self._reprobing[j] >= self.settings.min_observed_steps:
+                        del self._reprobing[j]
             if k_i > 0:
                 ids, d, a = groups.setdefault(k_i, ([], [], []))
                 ids.append(rid)
@@ -317,7 +335,7 @@ class AdaptivePolicy(DraftLenPolicy):
         for k_i, (ids, drafted, accepted) in groups.items():
             self.estimator.update_step(ids, drafted, accepted, k_i)
         self._observations += 1
-        if len(self._verified_positions) > verified:  # plans priced that position by the prior: replan
+        if len(self._verified_at) > verified:  # plans priced that position by the prior: replan
             self._tables.clear()
 
     def refresh(self, num_decoding: int, request_ids: Sequence[Hashable] | None = None) -> None:

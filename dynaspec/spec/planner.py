@@ -14,7 +14,9 @@ Rules, in order (spec/planner_rules.py, one pure function each; settings in spec
 * max_concurrency: more active requests than max_concurrency -> k = 0;
 * argmax: the candidate k of highest goodput (0 is always a candidate; ties go to the smaller k);
 * hysteresis: per batch bucket the k in force stays unless the best k beats it by more than `hysteresis`;
-* probe: an unvisited k next to the k in force, predicted within `probe_margin`, runs until measured;
+* probe: an unvisited k next to the k in force, predicted within `probe_margin`, runs until measured; a
+  k not run for `reprobe_after` decisions counts as unvisited again (a near-tie decided on old acceptance
+  data is checked again: acceptance changes along a request, and k = 0 observes none);
 * exploration: every `explore_every`-th decision below the largest k runs the next larger k for two
   steps, only where full acceptance could pay and, with `explore_budget`, once earlier decisions earned it;
 * ramp: while waiting requests will lift the batch to where k = 0 is best, k = 0;
@@ -103,6 +105,9 @@ class GoodputPlanner(DraftLenPolicy):
         self._tables: dict[tuple[int, tuple[Hashable, ...] | None], tuple[int, dict[int, float]]] = {}
         self._observations = 0  # acceptance outcomes, step times and releases so far
         self._misses: dict[int, dict[int, float]] = {}  # bucket -> k -> miss, until the next real step
+        self._decisions = 0  # draft_len() calls so far (the clock of reprobe_after)
+        self._last_run: dict[tuple[int, int], int] = {}  # (bucket, k) -> decision count at its last real step
+        self._reprobing: dict[tuple[int, int], int] = {}  # (bucket, k) gone stale -> real steps since
         self.last_decision: dict[str, Any] = {}
 
     @property
@@ -123,6 +128,7 @@ class GoodputPlanner(DraftLenPolicy):
         """k for a step where `num_decoding` of `num_active` requests decode (request_ids: the decoding
         requests, whose own acceptance is blended in; None: the pooled estimate)."""
         settings, state = self.settings, self.state
+        self._decisions += 1
         if rules.over_concurrency(num_active, settings.max_concurrency):
             state.last_k = 0
             self.last_decision = {"batch": num_decoding, "k": 0, "reason": "max_concurrency"}
@@ -162,9 +168,21 @@ class GoodputPlanner(DraftLenPolicy):
         """The probe rule at this bucket (its cells' real step counts)."""
         settings = self.settings
         return rules.probe_candidate(
-            held, goodput, self.candidate_ks, lambda k: self.observed.count(bucket, k),
+            held, goodput, self.candidate_ks, lambda k: self._steps_seen(bucket, k),
             settings.probe_margin, settings.min_observed_steps,
         )
+
+    def _steps_seen(self, bucket: int, k: int) -> int:
+        """The cell's real steps for the probe rule: since it went stale (not run for reprobe_after
+        decisions), else all of them."""
+        key = (bucket, k)
+        if key in self._reprobing:
+            return self._reprobing[key]
+        last, after = self._last_run.get(key), self.settings.reprobe_after
+        if last is not None and after is not None and self._decisions - last > after:
+            self._reprobing[key] = 0
+            return 0
+        return self.observed.count(bucket, k)
 
     def _explore(self, batch: int, held: int, reason: str, goodput: Mapping[int, float]) -> tuple[int, str]:
         """The exploration rule: counts decisions below the largest k (and, with explore_budget, the time
@@ -332,7 +350,14 @@ class GoodputPlanner(DraftLenPolicy):
         replays only, without the per-request host work that grows with the batch)."""
         self._misses.clear()  # the observed medians and the overhead fit change
         self._observations += 1
-        self.observed.add(self.bucket(batch), k, seconds)
+        bucket = self.bucket(batch)
+        self.observed.add(bucket, k, seconds)
+        key = (bucket, k)
+        self._last_run[key] = self._decisions
+        if key in self._reprobing:  # measured again once it has min_observed_steps fresh steps
+            self._reprobing[key] += 1
+            if self._reprobing[key] >= self.settings.min_observed_steps:
+                del self._reprobing[key]
         if self.cost_model.has(k):
             self.overhead.add(batch, k, seconds - self.probed_seconds(batch, k))
 

@@ -32,6 +32,10 @@ class PlannerSettings(BaseModel):
     probe_margin: float | None = Field(default=0.10, ge=0.0, lt=1.0)
     # Observations (acceptance outcomes, step times, releases) after which a goodput table is recomputed.
     replan_every: int = Field(default=16, ge=1)
+    # A (batch bucket, k) cell last run more than this many decisions ago counts as unmeasured again for the
+    # probe rule (None: never): a near-tie held on old acceptance data is checked again, since acceptance
+    # changes along a request (spec/planner.py; docs/lab/planner_history.md, "Stuck at k = 0").
+    reprobe_after: int | None = Field(default=32, ge=1)
     # Real steps a (batch bucket, k) cell needs before their median replaces probe + overhead model.
     min_observed_steps: int = Field(default=4, ge=1)
     # Goodput tables kept at most (one per batch size and set of requests met recently).

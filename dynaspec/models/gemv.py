@@ -8,10 +8,11 @@ kernels launched with programmatic dependent launch (`pdl.py`, `decode_kernels.p
 the previous kernel first: loading a weight chunk before the wait measured slower (scripts/gpu_pdl_probe.py).
 
 Several rows (a batch-1 verify step of k drafts has 1 + k; a batch-2 decode step 2): W is still read once,
-the rows' products are computed from the same loaded chunk, so the step stays a weight read (the rows' work
-runs on the CUDA cores: M x N x K multiply-adds, under the read's time for M <= 8 at the shapes of a 1-8B
-model). A row's reduction order does not depend on M (each row accumulates the same chunks in the same
-order), so a token row gets the same bits at M = 1 as in a verify step of M rows.
+the rows' products are computed from the same loaded chunk. Their M x N x K multiply-adds run on the CUDA
+cores: at M = 8 and bf16 weights 4 per byte read, which an H100 keeps up with at its HBM bandwidth using
+about half its float32 rate (an estimate; the kernel is not measured on a GPU yet: gpu_session.sh gemv-ab).
+A row's reduction order does not depend on M (each row accumulates the same chunks in the same order), so
+a token row gets the same bits at M = 1 as in a verify step of M rows.
 
 Numerics: a float32-accumulated dot (summation order differs from cuBLAS's), plus the bias in float32,
 rounded once to the activation dtype. fp16 / bf16 only. CUDA-graph safe (output from the caching

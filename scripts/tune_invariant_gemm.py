@@ -12,8 +12,10 @@ calls (what a captured engine step pays: no launch gaps), median of 3 replays.
 
     python scripts/tune_invariant_gemm.py --models random:llama-3.1-8b random:qwen2.5-1.5b
 
-A configuration is one per (N, K, dtype) and card, never a function of M: which config wins changes
-speed, never which bits a row gets in a given engine (gemm_tiles.py).
+A configuration is one per (N, K, dtype) and card; its walk over K (block_k, k_slices) never depends on M.
+From the M where they are faster, larger output tiles of the same walk (TileConfig.large) are timed at
+M = 80, 320, 2048 and kept only where every row's bits equal the small tiles' at each of those M: which
+tiles win changes speed, never which bits a row gets in a given engine (gemm_tiles.py).
 """
 
 from __future__ import annotations
@@ -30,12 +32,13 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from dynaspec.models.gemm_tiles import GemmTiles, TileConfig, rule_tile, shape_key, table_path, tiles_for
+from dynaspec.models.gemm_tiles import GemmTiles, RowTiles, TileConfig, rule_tile, shape_key, table_path, tiles_for
 from dynaspec.models.loader import load_hf_config
 from dynaspec.models.presets import get_preset_config
 
 M_VALUES = (1, 5, 16, 64, 80, 320, 2048)
 K_SLICES = (2, 4, 8)  # batch 1 decode / k=4 verify, 16 decode, 64 decode / 16 x 5, 64 x 5, prefill
+LARGE_M = (80, 320, 2048)  # where larger output tiles may take over (TileConfig.large)
 
 
 def model_shapes(name: str) -> dict[str, tuple[int, int]]:
@@ -56,6 +59,33 @@ def candidates() -> list[TileConfig]:
             continue
         out.append(TileConfig(block_m=bm, block_n=bn, block_k=bk, num_warps=warps, num_stages=stages))
     return out
+
+
+def large_candidates(small: TileConfig) -> list[RowTiles]:
+    """Larger output tiles for the winner's K slices (its block_k or a divisor of it, >= 32), within the
+    shared memory of one SM."""
+    out = []
+    block_ks = [bk for bk in (small.block_k, small.block_k // 2, small.block_k // 4) if bk >= 32]
+    for bm, bn, bk in itertools.product((64, 128), (64, 128, 256), block_ks):
+        warps, stages = (4 if bm == 64 else 8), (3 if bk <= 128 else 2)  # one warp group per 64 rows
+        if (bm, bn, bk, warps, stages) == (small.block_m, small.block_n, small.block_k, small.num_warps,
+                                           small.num_stages):
+            continue
+        if stages * (bm * bk + bk * bn) * 2 > 200 * 1024:
+            continue
+        out.append(RowTiles(block_m=bm, block_n=bn, num_warps=warps, num_stages=stages,
+                            block_k=None if bk == small.block_k else bk))
+    return out
+
+
+def large_threshold(large: dict[int, float], small: dict[int, float]) -> int | None:
+    """The smallest M from which the large tiles were faster at every larger M measured (None: at none)."""
+    threshold = None
+    for m in sorted(large, reverse=True):
+        if large[m] >= small[m]:
+            break
+        threshold = m
+    return threshold
 
 
 def split_threshold(split: dict[int, float], unsplit: dict[int, float]) -> int:
@@ -178,11 +208,52 @@ def main() -> None:
                        if slice_bounds(k, replace(cfg, k_slices=s))[1] == s])
 
         best = min(results, key=geomean)
+
+        def tune_large(small: TileConfig) -> TileConfig:
+            """`small` with larger output tiles from the M where they were faster (every larger M too), among
+            those that gave every row at every M of LARGE_M the small tiles' bits; else `small`."""
+            small_times = {m: results[small][m] * ref[m] for m in LARGE_M}
+
+            def seconds(tiles: RowTiles, m: int) -> float | None:
+                forced = replace(small, large_min_m=1, large=tiles)  # the large tiles at every M
+                return graph_seconds(lambda: invariant_matmul(xs[m], w, None, forced, split=False), args.reps)
+
+            # every candidate at M = 320 (the verify-heavy batch-64 step), the three fastest at every LARGE_M
+            first = {tiles: seconds(tiles, 320) for tiles in large_candidates(small)}
+            fastest = sorted((t for t, s in first.items() if s is not None and s < small_times[320]), key=first.get)[:3]
+            best_large, best_times = None, None
+            for tiles in fastest:
+                forced = replace(small, large_min_m=1, large=tiles)
+                times = {}
+                for m in LARGE_M:
+                    t = graph_seconds(lambda m=m: invariant_matmul(xs[m], w, None, forced, split=False), args.reps)
+                    if t is None:
+                        break
+                    times[m] = t
+                if len(times) < len(LARGE_M) or large_threshold(times, small_times) is None:
+                    continue
+                if best_times is not None and sum(times.values()) >= sum(best_times.values()):
+                    continue
+                if not all(torch.equal(invariant_matmul(xs[m], w, None, forced, split=False),
+                                       invariant_matmul(xs[m], w, None, small, split=False)) for m in LARGE_M):
+                    print(f"    {tiles}: other bits than the small tiles: not kept", file=sys.stderr)
+                    continue
+                best_large, best_times = tiles, times
+            if best_large is None:
+                return small
+            tuned = replace(small, large_min_m=large_threshold(best_times, small_times), large=best_large)
+            results[tuned] = {m: (best_times[m] / ref[m] if m >= tuned.large_min_m else results[small][m])
+                              for m in M_VALUES}
+            return tuned
+
+        best = tune_large(best)
         entries[shape_key(n, k, dtype)] = best
         measured[shape_key(n, k, dtype)] = {"best": results[best], "rule": results[rule], "shape": label}
         for name, cfg in (("rule", rule), ("tuned", best)):
             desc = (f"{name}: {cfg.block_m}x{cfg.block_n}x{cfg.block_k} w{cfg.num_warps} s{cfg.num_stages} "
-                    f"k/{cfg.k_slices}" + (f" split<={cfg.split_max_m}" if cfg.k_slices > 1 else ""))
+                    f"k/{cfg.k_slices}" + (f" split<={cfg.split_max_m}" if cfg.k_slices > 1 else "")
+                    + (f"; M>={cfg.large_min_m}: {cfg.large.block_m}x{cfg.large.block_n} w{cfg.large.num_warps} "
+                       f"s{cfg.large.num_stages}" if cfg.large is not None else ""))
             report.append(f"| {label} | {n} | {k} | {desc} | "
                           + " | ".join(f"{results[cfg][m]:.2f}" for m in M_VALUES) + f" | {geomean(cfg):.2f} |")
         print(report[-2], report[-1], f"({time.perf_counter() - started:.0f} s)", sep="\n", flush=True)

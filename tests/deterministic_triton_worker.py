@@ -32,6 +32,11 @@ def gemm_check(case: dict) -> dict:
         config = TileConfig(block_m=16, block_n=16, block_k=16, num_stages=1, k_slices=slices)
     else:  # the rule's tiles (gemm_tiles.rule_tile) with the case's slices
         config = dataclasses.replace(rule_tile(n, k, dtype), k_slices=slices)
+    if "large" in case:  # larger output tiles from large["min_m"] rows on (TileConfig.large)
+        from dynaspec.models.gemm_tiles import RowTiles
+
+        large = dict(case["large"])
+        config = dataclasses.replace(config, large_min_m=large.pop("min_m"), large=RowTiles(**large))
     singles = torch.cat([invariant_matmul(x[i:i + 1], w, b, config, split=False) for i in range(m_max)])  # (M, N)
     differing = 0
     for m in case["ms"]:

@@ -2,7 +2,9 @@
 subprocess with TRITON_INTERPRET=1, tests/triton_interpreter.py; worker: tests/deterministic_triton_worker.py).
 
 GEMM (models/batch_invariant.py): row i of x @ W^T + b has the same bits for M = 1 .. 33 and at any place
-in the batch, and with K slices whether they run in one program or split across programs. Attention (models/triton_invariant_attention.py): a query row has the same bits in a decode
+in the batch, with K slices whether they run in one program or split across programs, and with larger
+output tiles from 17 rows on (TileConfig.large, the same block_k: numpy sums a k step's products in one
+order whatever the tile; a shorter block_k sums them in another, which the GPU's MMAs may not). Attention (models/triton_invariant_attention.py): a query row has the same bits in a decode
 step alone or among other sequences, as row j of a verify step (k = 1, 3, 6), in prefill chunks of 5, 16
 or the whole sequence, and with the serial or the parallel split fold, on a NaN-poisoned paged cache with
 several KV splits per sequence; and it is attention (against the SDPA reference). The interpreter runs
@@ -24,6 +26,8 @@ CASES = [
     # K = 72 in 3 slices of 32, 32, 8 (whole 16-wide k steps), in one program or split across programs
     dict(kind="gemm", n=40, k=72, ms=[1, 5, 17, 33], dtype="float32", seed=4, slices=3),
     dict(kind="gemm", n=24, k=40, ms=[1, 16, 19], dtype="float16", seed=5, slices=2),
+    dict(kind="gemm", n=40, k=64, ms=[1, 5, 17, 33], dtype="float16", seed=6, slices=2,
+         large={"min_m": 17, "block_m": 32, "block_n": 32, "num_stages": 1}),
     dict(kind="attention", heads=6, kv_heads=2, head_dim=32, lengths=[70, 20, 45], window=None,
          positions=[0, 31, 33, 69], dtype="float32", seed=2),
     dict(kind="attention", heads=4, kv_heads=4, head_dim=16, lengths=[50, 9], window=5,

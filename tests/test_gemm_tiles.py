@@ -11,7 +11,7 @@ import torch
 
 from dynaspec.models.decode_kernels import DecodeKernels, decode_kernels_for
 from dynaspec.models.gemm_tiles import (
-    TABLES_DIR, GemmTiles, TileConfig, parse_tiles, rule_tile, shape_key, table_path, tiles_for,
+    TABLES_DIR, GemmTiles, RowTiles, TileConfig, parse_tiles, rule_tile, shape_key, table_path, tiles_for,
 )
 
 
@@ -30,6 +30,43 @@ def test_table_round_trip_and_file_name():
     assert hash(tiles) == hash(parse_tiles(tiles.to_json(), "t.json"))  # DecodeKernels stays hashable
     assert table_path("NVIDIA H100 80GB HBM3").name == "NVIDIA_H100_80GB_HBM3.json"
     assert table_path("NVIDIA H200").name == "NVIDIA_H200.json"
+
+
+def test_large_tiles_take_over_from_their_row_count_and_keep_the_k_slices():
+    small = TileConfig(block_m=64, block_n=64, block_k=256, k_slices=2, split_max_m=16, large_min_m=320,
+                       large=RowTiles(block_m=128, block_n=128, num_warps=8, num_stages=2, block_k=128))
+    assert small.for_rows(1) is small and small.for_rows(319) is small
+    big = small.for_rows(320)
+    assert (big.block_m, big.block_n, big.block_k, big.num_warps, big.num_stages) == (128, 128, 128, 8, 2)
+    assert (big.k_slices, big.split_max_m, big.large) == (2, 16, None)  # the same K slices
+    assert small.for_rows(2048) == big
+    tiles = GemmTiles("Some GPU", ((shape_key(4096, 14336, torch.bfloat16), small),))
+    assert parse_tiles(tiles.to_json(), "t.json") == tiles  # the large tiles survive the file
+    with pytest.raises(ValueError, match="must divide block_k 256"):
+        TileConfig(64, 64, 256, large_min_m=80, large=RowTiles(128, 128, block_k=96))
+
+
+def test_the_tuner_takes_large_tiles_from_where_they_win_to_the_largest_m():
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "scripts" / "tune_invariant_gemm.py"
+    spec = importlib.util.spec_from_file_location("tune_invariant_gemm", path)
+    tuner = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(tuner)
+    small = {80: 1.0, 320: 1.0, 2048: 1.0}
+    assert tuner.large_threshold({80: 1.1, 320: 0.9, 2048: 0.8}, small) == 320
+    assert tuner.large_threshold({80: 0.9, 320: 1.1, 2048: 0.8}, small) == 2048  # from the top, unbroken
+    assert tuner.large_threshold({80: 0.9, 320: 0.9, 2048: 1.2}, small) is None
+    candidates = tuner.large_candidates(TileConfig(64, 64, 256))
+    assert candidates and all(256 % (c.block_k or 256) == 0 and (c.block_k or 256) >= 32 for c in candidates)
+    assert all(stages_fit(c, 256) for c in candidates)
+
+
+def stages_fit(tiles: RowTiles, small_block_k: int) -> bool:
+    """The candidate's pipeline fits 200 KiB of shared memory (the tuner's bound)."""
+    bk = tiles.block_k or small_block_k
+    return tiles.num_stages * (tiles.block_m * bk + bk * tiles.block_n) * 2 <= 200 * 1024
 
 
 @pytest.mark.parametrize("text, wrong", [

@@ -7,7 +7,12 @@ split-K from M. Here the configuration is a function of (N, K, dtype) and the ca
 table tuned per card, else a rule), never of M:
 
 - one (BLOCK_M, BLOCK_N, BLOCK_K) tile and one warp / stage count for every M, so every output element
-  is the same chain of `tl.dot` instructions (the same MMA shape) whatever M is;
+  is the same chain of `tl.dot` instructions (the same MMA shape) whatever M is; except that a tuned
+  entry may name larger output tiles from `large_min_m` rows on (TileConfig.large: same BLOCK_K and K
+  slices, so the same walk over K in the same BLOCK_K chunks, a wider MMA). Whether a wider MMA adds an
+  element's products in the same order is the card's business, not documented: the tuner keeps such an
+  entry only where every row's bits matched (scripts/tune_invariant_gemm.py), and the CUDA tests check
+  rows across the threshold;
 - K is cut into the config's fixed slices (`k_slices`, whole BLOCK_K steps): each slice's partial is one
   chain of MMAs from a zero float32 accumulator, walking its k upwards in BLOCK_K steps, and the partials
   are added in slice order, then the bias, then one rounding to x's dtype. Whether the slices run in one
@@ -148,7 +153,7 @@ def invariant_matmul(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor |
         )
     m, k = x.shape
     n = weight.shape[0]
-    cfg = config or rule_tile(n, k, x.dtype)
+    cfg = (config or rule_tile(n, k, x.dtype)).for_rows(m)
     y = torch.empty((m, n), dtype=x.dtype, device=x.device)  # (M, N)
     if m == 0:
         return y

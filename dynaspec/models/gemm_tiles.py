@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import json
 import re
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from functools import cached_property
 from pathlib import Path
 
@@ -23,8 +23,23 @@ TABLES_DIR = Path(__file__).with_name("gemm_tile_tables")
 
 
 @dataclass(frozen=True)
+class RowTiles:
+    """What a TileConfig may change from `large_min_m` rows on: the output tile, its warps and stages, and
+    block_k to a divisor of the small tiles' (None: theirs; the same K slices, the MMAs' k steps over each
+    slice in the same order, in shorter chunks), so every output element sums the same products in the same
+    order as far as the code says; the tuner checks the bits on the card."""
+
+    block_m: int
+    block_n: int
+    group_m: int = 8
+    num_warps: int = 4
+    num_stages: int = 3
+    block_k: int | None = None
+
+
+@dataclass(frozen=True)
 class TileConfig:
-    """One GEMM configuration; must be chosen without looking at M."""
+    """One GEMM configuration; its walk over K (block_k, k_slices) must be chosen without looking at M."""
 
     block_m: int
     block_n: int
@@ -36,6 +51,24 @@ class TileConfig:
     # Largest M whose slices run in programs of their own (split-K); None: while the output tiles alone are
     # fewer than the multiprocessors. Which M splits never changes a row's bits, only its speed.
     split_max_m: int | None = None
+    # From this many rows on, the output tiles of `large` (RowTiles): larger tiles for prefill and verify-heavy
+    # steps. Kept by scripts/tune_invariant_gemm.py only where every row's bits matched the small tiles' on
+    # the card (the MMA instruction's width follows the tile; its adds over K must not). None: one layout.
+    large_min_m: int | None = None
+    large: RowTiles | None = None
+
+    def for_rows(self, m: int) -> TileConfig:
+        """The configuration a GEMM of m rows runs: this one, or its large tiles from large_min_m rows on."""
+        if self.large is None or self.large_min_m is None or m < self.large_min_m:
+            return self
+        large = self.large
+        return replace(self, block_m=large.block_m, block_n=large.block_n, block_k=large.block_k or self.block_k,
+                       group_m=large.group_m, num_warps=large.num_warps, num_stages=large.num_stages,
+                       large_min_m=None, large=None)
+
+    def __post_init__(self) -> None:
+        if self.large is not None and self.large.block_k is not None and self.block_k % self.large.block_k:
+            raise ValueError(f"large tiles' block_k {self.large.block_k} must divide block_k {self.block_k}")
 
 
 def rule_tile(n: int, k: int, dtype: torch.dtype) -> TileConfig:
@@ -89,11 +122,18 @@ def parse_tiles(text: str, source: str) -> GemmTiles:
     """A table file's text -> GemmTiles; a malformed file names itself and what is wrong."""
     try:
         body = json.loads(text)
-        entries = tuple((str(key), TileConfig(**cfg)) for key, cfg in body["tiles"].items())
+        entries = tuple((str(key), _config(cfg)) for key, cfg in body["tiles"].items())
         return GemmTiles(str(body["device"]), entries)
     except (ValueError, KeyError, TypeError, AttributeError) as exc:
         raise ValueError(f"{source}: not a GEMM tile table ({{'device': ..., 'tiles': {{'bfloat16 N=.. K=..': "
                          f"{{'block_m': .., 'block_n': .., 'block_k': .., ...}}}}}}): {exc}") from exc
+
+
+def _config(fields: dict) -> TileConfig:
+    """A table entry's fields -> TileConfig (its large tiles, when present, as RowTiles)."""
+    fields = dict(fields)
+    large = fields.pop("large", None)
+    return TileConfig(**fields, large=None if large is None else RowTiles(**large))
 
 
 def tiles_for(device: torch.device, tables_dir: Path = TABLES_DIR) -> GemmTiles:

@@ -6,7 +6,11 @@ forward the engine runs (prefill, decode; eager or captured graphs) writes each 
 its KV slot. After every step the recorder notes each running request's block table; when a request
 finishes, its features for positions 0 .. L - 2 (all its tokens but the last, which the target never fed)
 are still in the cache (the blocks it just freed are not written before the next step's forward), and
-are copied out by slot through the table noted after the previous step (which covers L - 1 slots).
+are gathered by slot through the table noted after the previous step (which covers L - 1 slots). The
+gather is queued on the device right away (stream order puts it before any later write to those blocks);
+the gathered features come to the host together, once FLUSH_BYTES of them wait: a host copy per finished
+request would wait for every step queued behind it, taking the overlap of host and device work (the
+engine's overlapped decode) away at almost every step of a large batch.
 """
 
 from __future__ import annotations
@@ -21,6 +25,10 @@ from dynaspec.engine.engine import LLMEngine
 from dynaspec.models.feature_tap import FeatureTap, install_feature_tap
 from dynaspec.models.loader import LoadedModel
 from dynaspec.sampling_params import SamplingParams
+
+
+# Bytes of gathered features kept on the device before one copy brings them to the host.
+FLUSH_BYTES = 1 << 30
 
 
 @dataclass
@@ -70,6 +78,7 @@ def _run(engine: LLMEngine, tap: FeatureTap, prompts, params, on_finished, shoul
         requests[request_id] = (i, engine.requests[request_id])
     tables: dict[str, list[int]] = {}
     examples: dict[int, Example] = {}
+    pending = _Pending(examples)
     done = 0
     block_size = engine.config.block_size
     while engine.has_unfinished_requests():
@@ -83,15 +92,43 @@ def _run(engine: LLMEngine, tap: FeatureTap, prompts, params, on_finished, shoul
             if request.finish_reason != "error" and len(tokens) >= 2 and len(table) * block_size >= len(tokens) - 1:
                 positions = torch.arange(len(tokens) - 1)
                 slots = torch.tensor(table)[positions // block_size] * block_size + positions % block_size
-                features = tap.gather(slots.to(tap.caches[0].device)).cpu()  # (L - 1, n * H)
-                examples[index] = Example(list(tokens), request.num_prompt_tokens, features)
+                pending.add(index, list(tokens), request.num_prompt_tokens, tap.gather(slots.to(tap.caches[0].device)))
             if on_finished is not None:
                 on_finished(done)
         for request in engine.scheduler.running:  # their block tables (freeing a request gives it a new list)
             tables[request.request_id] = request.block_ids
+        if pending.bytes >= FLUSH_BYTES:
+            pending.flush()
         if should_stop is not None and should_stop():
             for request_id, (_, request) in requests.items():
                 if not request.is_finished:
                     engine.abort_request(request_id)
             break
+    pending.flush()
     return [examples[i] for i in sorted(examples)]
+
+
+class _Pending:
+    """Finished requests whose features were gathered on the device, not yet copied to the host."""
+
+    def __init__(self, examples: dict[int, Example]) -> None:
+        self.examples = examples
+        self.items: list[tuple[int, list[int], int, torch.Tensor]] = []  # (index, tokens, prompt_len, features)
+        self.bytes = 0
+
+    def add(self, index: int, tokens: list[int], prompt_len: int, features: torch.Tensor) -> None:
+        """features (L - 1, n * H) on the device, gathered (queued) after the request's last step."""
+        self.items.append((index, tokens, prompt_len, features))
+        self.bytes += features.numel() * features.element_size()
+
+    def flush(self) -> None:
+        """One device-to-host copy of every pending request's features; their examples recorded."""
+        if not self.items:
+            return
+        host = torch.cat([features for *_, features in self.items]).cpu()  # (sum of L - 1, n * H)
+        offset = 0
+        for index, tokens, prompt_len, features in self.items:
+            rows = features.shape[0]
+            self.examples[index] = Example(tokens, prompt_len, host[offset : offset + rows])
+            offset += rows
+        self.items, self.bytes = [], 0

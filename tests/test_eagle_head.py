@@ -290,3 +290,24 @@ def test_a_draft_vocabulary_head_round_trips_and_maps_its_ids(loaded, tmp_path, 
         head.draft_to_target.copy_(kept.flip(0))  # not increasing
     with pytest.raises(ValueError, match="draft_to_target must be increasing"):
         load_head(save_head(head, tmp_path / "bad"), hf_config, str(target_dir), torch.float32, torch.device("cpu"))
+
+
+def test_the_fused_inference_path_computes_what_the_separate_projections_do(loaded, example):
+    """EagleDecoderLayer.set_decode_kernels with a GEMV path: q/k/v and gate/up as one projection each over
+    fused copies of the weights (on the CPU through F.linear): the drafter's hidden states equal the
+    separate projections' to float32 rounding, catch-up and draft steps alike; the parameters are untouched."""
+    from dynaspec.models.decode_kernels import GEMV_PROJECTIONS, DecodeKernels
+
+    hf_config = loaded.hf_config
+    head = random_head(EagleHeadConfig.for_target(hf_config, "t", [0, 1, 2]), hf_config, seed=3, std=0.2).eval()
+    before = {name: p.clone() for name, p in head.named_parameters()}
+    _, _, separate = _paged_steps(loaded, head, example)
+    expected = [h.clone() for h in separate(example.prompt_len + 2, 3)]
+    head.midlayer.set_decode_kernels(DecodeKernels(dependent_launch=True, gemv=frozenset(GEMV_PROJECTIONS)))
+    assert head.midlayer._fused_qkv is not None
+    _, _, fused = _paged_steps(loaded, head, example)
+    for got, want in zip(fused(example.prompt_len + 2, 3), expected):
+        torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+    assert all(torch.equal(p, before[name]) for name, p in head.named_parameters())
+    head.midlayer.set_decode_kernels(DecodeKernels())  # off again: the separate projections
+    assert head.midlayer._fused_qkv is None

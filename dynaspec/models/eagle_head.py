@@ -40,7 +40,8 @@ from transformers import PretrainedConfig
 from dynaspec.models.attention import paged_attention
 from dynaspec.models.attention_metadata import AttentionMetadata
 from dynaspec.models.feature_tap import check_layers_to_capture, default_layers_to_capture
-from dynaspec.models.llama import config_head_dim
+from dynaspec.models.decode_kernels import DecodeKernels
+from dynaspec.models.llama import config_head_dim, linear
 from dynaspec.models.rms_norm import RMSNorm
 from dynaspec.models.rope import RotaryEmbedding, apply_rope
 
@@ -140,6 +141,24 @@ class EagleDecoderLayer(nn.Module):
         self.self_attn.o_proj = nn.Linear(heads * dim, hidden, bias=False)
         self.mlp = EagleMLP(hidden, config.intermediate_size)
         self.rotary_emb = RotaryEmbedding(rope_config, dim)
+        self.kernels = DecodeKernels()
+        self._fused_qkv: torch.Tensor | None = None  # (q + 2 kv, 2H): inference copies (set_decode_kernels)
+        self._fused_gate_up: torch.Tensor | None = None  # (2I, H)
+
+    def set_decode_kernels(self, kernels: DecodeKernels) -> None:
+        """Inference: route the projections through models/llama.linear with `kernels` (PDL, and on a GPU
+        with the small-step GEMV path q/k/v and gate/up as one projection each over fused copies of their
+        weights, the separate weights staying the parameters train-head trains), and launch the norms with
+        them. The drafter sets this before capturing its graphs; a head that trains again needs it again."""
+        self.kernels = kernels
+        for norm in (self.input_layernorm, self.hidden_norm, self.post_attention_layernorm):
+            norm.decode_kernels = kernels
+        self._fused_qkv = self._fused_gate_up = None
+        if kernels.gemv:
+            attn, mlp = self.self_attn, self.mlp
+            with torch.no_grad():
+                self._fused_qkv = torch.cat([attn.q_proj.weight, attn.k_proj.weight, attn.v_proj.weight])
+                self._fused_gate_up = torch.cat([mlp.gate_proj.weight, mlp.up_proj.weight])
 
     def qkv(self, embeds: torch.Tensor, g: torch.Tensor, positions: torch.Tensor):
         """embeds, g (..., H), positions (...) -> q (..., heads, D), k, v (..., kv_heads, D), RoPE applied."""
@@ -161,9 +180,27 @@ class EagleDecoderLayer(nn.Module):
 
     def forward(self, embeds, g, positions, kv_cache: torch.Tensor, meta: AttentionMetadata) -> torch.Tensor:
         """Flat batch: embeds, g (T, H), positions (T,), paged kv_cache (2, NB, BS, kv_heads, D) -> h (T, H)."""
+        if self._fused_qkv is not None:
+            return self._forward_fused(embeds, g, positions, kv_cache, meta)
         q, k, v = self.qkv(embeds, g, positions)
-        out = paged_attention(q, k, v, kv_cache, meta, self.scaling)  # (T, heads, D)
+        out = paged_attention(q, k, v, kv_cache, meta, self.scaling, pdl=self.kernels.dependent_launch)  # (T, heads, D)
         return self.finish(g, out.reshape(out.shape[0], -1))
+
+    def _forward_fused(self, embeds, g, positions, kv_cache: torch.Tensor, meta: AttentionMetadata) -> torch.Tensor:
+        """forward() over the fused q/k/v and gate/up weights (set_decode_kernels), the same computation in
+        fewer, PDL-launched kernels."""
+        kernels, tokens = self.kernels, embeds.shape[0]
+        q_size, kv_size = self.num_heads * self.head_dim, self.num_kv_heads * self.head_dim
+        h = torch.cat([self.input_layernorm(embeds), self.hidden_norm(g)], dim=-1)  # (T, 2H)
+        q, k, v = linear(h, self._fused_qkv, None, kernels, "qkv").split([q_size, kv_size, kv_size], dim=-1)
+        cos, sin = self.rotary_emb(positions.reshape(-1), q.dtype)  # (T, D)
+        q = apply_rope(q.reshape(tokens, self.num_heads, self.head_dim), cos, sin)
+        k = apply_rope(k.reshape(tokens, self.num_kv_heads, self.head_dim), cos, sin)
+        v = v.reshape(tokens, self.num_kv_heads, self.head_dim)
+        out = paged_attention(q, k, v, kv_cache, meta, self.scaling, pdl=kernels.dependent_launch)  # (T, heads, D)
+        x = g + linear(out.reshape(tokens, -1), self.self_attn.o_proj.weight, None, kernels, "o_proj")
+        gate_up = linear(self.post_attention_layernorm(x), self._fused_gate_up, None, kernels, "gate_up")  # (T, 2I)
+        return x + linear(_silu_and_mul(gate_up, kernels), self.mlp.down_proj.weight, None, kernels, "down")
 
 
 class EagleHead(nn.Module):
@@ -209,6 +246,16 @@ class EagleHead(nn.Module):
     def forward(self, embeds, g, positions, kv_caches: list[torch.Tensor], meta: AttentionMetadata) -> torch.Tensor:
         """embeds (T, H) of the fed tokens, g (T, H), positions (T,) -> h (T, H), pre-norm (the next g)."""
         return self.midlayer(embeds, g, positions, kv_caches[0], meta)
+
+
+def _silu_and_mul(gate_up: torch.Tensor, kernels: DecodeKernels) -> torch.Tensor:
+    """(T, 2I) -> silu(gate) * up (T, I): one Triton kernel on CUDA (models/fused_ops.py)."""
+    if gate_up.is_cuda:
+        from dynaspec.models import fused_ops  # Triton is only needed on CUDA
+
+        return fused_ops.silu_and_mul(gate_up, pdl=kernels.dependent_launch)
+    gate, up = gate_up.chunk(2, dim=-1)
+    return F.silu(gate) * up
 
 
 def target_embed(target: nn.Module, input_ids: torch.Tensor) -> torch.Tensor:

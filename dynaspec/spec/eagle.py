@@ -65,8 +65,9 @@ class EagleDrafter(ChainDrafter):
         return kv_bytes_per_block(self.head, block_size, dtype) + features
 
     def attach(self, num_blocks: int, block_size: int, kernels: DecodeKernels) -> None:
-        """Allocate the head's KV and the feature cache (num_blocks + the scratch block) and install the tap
-        on the target, before the engine captures the target's graphs."""
+        """Allocate the head's KV and the feature cache (num_blocks + the scratch block), install the tap on
+        the target, before the engine captures the target's graphs, and route the head's inference through
+        the target's decode kernels (EagleDecoderLayer.set_decode_kernels)."""
         if getattr(self.target.model.model, "feature_tap", None) is not None:
             raise ValueError(
                 "the target model already writes its hidden states into another EAGLE engine's feature cache (an "
@@ -76,6 +77,8 @@ class EagleDrafter(ChainDrafter):
         self.tap = FeatureTap(self.head.layers_to_capture, self.hidden_size, (num_blocks + 1) * block_size,
                               self.dtype, self.device)
         install_feature_tap(self.target.model, self.tap)
+        self.head.midlayer.set_decode_kernels(kernels)
+        self.head.norm.decode_kernels = kernels
         self.runner = EagleHeadRunner(self.head, self.target.model, self.tap, num_blocks, block_size, self.dtype,
                                       self.device)
 

@@ -196,7 +196,8 @@ def test_a_second_eagle_engine_on_shared_weights_is_refused(tiny):
 @pytest.mark.parametrize("head", HEADS)
 def test_chain_drafts_equal_step_by_step_drafts(tiny, head):
     """The fixed-shape chain (the CUDA graph's code, run eagerly) proposes exactly what the eager
-    step-by-step path proposes, call by call, and served the steady state (with a draft vocabulary: the
+    step-by-step path proposes, call by call, and served the steady state and, after feeding them ahead,
+    new requests' long catch-ups (with a draft vocabulary: the
     chain's argmax over it, mapped back, is the eager path's argmax over the target's logits)."""
     def run(chain: bool):
         engine = LLMEngine(EngineConfig(model=tiny["target"], block_size=4, max_num_seqs=8,
@@ -204,8 +205,8 @@ def test_chain_drafts_equal_step_by_step_drafts(tiny, head):
         if chain:
             pairs = [(b, k) for b, k in engine.graph_pairs() if k > 0]
             engine.drafter.capture_graphs(pairs, engine.max_blocks_per_seq, use_graphs=False)
-        seen = []
-        propose = engine.drafter.propose
+        seen, fed = [], []
+        propose, feed = engine.drafter.propose, engine.drafter._feed
 
         def spy(requests, k):
             proposal = propose(requests, k)
@@ -213,12 +214,14 @@ def test_chain_drafts_equal_step_by_step_drafts(tiny, head):
             return proposal
 
         engine.drafter.propose = spy
-        return _trace(engine), seen, engine.drafter
+        engine.drafter._feed = lambda requests, starts, ends: fed.append(len(requests)) or feed(requests, starts, ends)
+        return _trace(engine), seen, engine.drafter, fed
 
-    out, plain_seen, _ = run(False)
-    chained_out, chained_seen, drafter = run(True)
+    out, plain_seen, _, plain_fed = run(False)
+    chained_out, chained_seen, drafter, fed = run(True)
     assert chained_out == out and [t for t, _ in chained_seen] == [t for t, _ in plain_seen]
     assert drafter.chain.num_replays > len(chained_seen) // 2
+    assert fed and not plain_fed  # prompts' catch-ups fed ahead, then the chain (no chain: step by step)
     # the head's probability of each draft, from the graph's code as from the eager path's logits
     chained_p = [p for _, c in chained_seen for row in c for p in row]
     plain_p = [p for _, c in plain_seen for row in c for p in row]

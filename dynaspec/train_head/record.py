@@ -24,6 +24,7 @@ from dynaspec.config import EngineConfig
 from dynaspec.engine.engine import LLMEngine
 from dynaspec.models.feature_tap import FeatureTap, install_feature_tap
 from dynaspec.models.loader import LoadedModel
+from dynaspec.runtime.host_copy import to_device
 from dynaspec.sampling_params import SamplingParams
 
 
@@ -92,7 +93,9 @@ def _run(engine: LLMEngine, tap: FeatureTap, prompts, params, on_finished, shoul
             if request.finish_reason != "error" and len(tokens) >= 2 and len(table) * block_size >= len(tokens) - 1:
                 positions = torch.arange(len(tokens) - 1)
                 slots = torch.tensor(table)[positions // block_size] * block_size + positions % block_size
-                pending.add(index, list(tokens), request.num_prompt_tokens, tap.gather(slots.to(tap.caches[0].device)))
+                # from pinned memory: a pageable copy to the device would wait for every queued step too
+                slots = to_device(slots.tolist(), tap.caches[0].device)
+                pending.add(index, list(tokens), request.num_prompt_tokens, tap.gather(slots))
             if on_finished is not None:
                 on_finished(done)
         for request in engine.scheduler.running:  # their block tables (freeing a request gives it a new list)

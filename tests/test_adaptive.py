@@ -224,7 +224,7 @@ def test_uniform_policies_give_one_k_per_request_by_default():
 
 
 def test_factory_builds_adaptive():
-    context = PolicyContext(step_costs=lambda: _costs(0.1), catch_up_seconds_per_token=lambda: 0.0, backlog=lambda: (0, 0))
+    context = PolicyContext(step_costs=lambda: _costs(0.1), catch_up_cost=lambda: (0.0, 0.0), backlog=lambda: (0, 0))
     policy = build_policy(NGramDecodingConfig(max_draft_len=K, draft_len_policy="adaptive"), context)
     assert isinstance(policy, AdaptivePolicy) and policy.reachable_draft_lens(5) == set(range(K + 1))
     with pytest.raises(ValueError, match="adaptive"):

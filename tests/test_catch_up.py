@@ -34,6 +34,38 @@ def test_catch_up_cost_prior_then_least_squares_slope_of_observed_steps():
     assert faster.seconds_per_token == 0.0
 
 
+def test_a_fixed_part_keeps_a_long_backlog_from_being_priced_by_a_short_ones_slope():
+    """A model drafter's catch-up is one eager forward: its launches cost the same for 400 tokens as for
+    6,400. From one batch-1 sample (400 tokens, 3.5 ms beyond the step), a price through the origin makes a
+    batch of 16's 6,400-token backlog 56 ms; with the start-up's fixed part (3 ms) it is 11 ms, and a switch
+    that saves 20 ms pays."""
+    through_origin, affine = CatchUpCost(0.0), CatchUpCost(0.0, fixed_seconds=3e-3)
+    for cost in (through_origin, affine):
+        cost.observe(400, 3.5e-3)
+    assert through_origin.seconds(6400) == pytest.approx(0.056)
+    assert affine.seconds_per_token == pytest.approx(0.5e-3 / 400)  # the fixed part taken off the sample
+    assert affine.seconds(6400) == pytest.approx(3e-3 + 6400 * 0.5e-3 / 400)
+    assert affine.seconds(0) == 0.0 and affine.seconds(1) == pytest.approx(3e-3 + 0.5e-3 / 400)
+    saved = dict(remaining_tokens=2048, goodput_now=7875, goodput_after=7875 * 1.1)  # ~20 ms saved
+    assert switch_pays(affine.seconds(6400), **saved) and not switch_pays(through_origin.seconds(6400), **saved)
+
+
+def test_model_drafters_measure_their_catch_up_only_on_a_gpu():
+    """ChainDrafter.measure_catch_up_cost times feeds on the scratch block on CUDA; elsewhere (0, 0), so the
+    CPU tests' policies never depend on this machine's timings."""
+    from dynaspec.spec.chain_drafter import ChainDrafter
+
+    class Drafter(ChainDrafter):
+        device = __import__("torch").device("cpu")
+
+        def _feed_scratch(self, num_tokens):
+            raise AssertionError("no probe on the CPU")
+
+    drafter = Drafter()
+    drafter.runner = object()
+    assert drafter.measure_catch_up_cost() == (0.0, 0.0)
+
+
 def test_switch_pays_only_when_the_saved_time_exceeds_the_catch_up():
     # 1,000 tokens at 10,000 tok/s take 0.1 s, at 12,500 tok/s 0.08 s: 20 ms saved.
     assert switch_pays(0.019, 1000, 10_000, 12_500)

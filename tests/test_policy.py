@@ -92,7 +92,7 @@ def test_reachable_draft_lens_per_batch_size():
 
 
 def test_factory_builds_each_policy_from_its_table_entry():
-    context = PolicyContext(step_costs=_two_cell_costs, catch_up_seconds_per_token=lambda: 0.0, backlog=lambda: (0, 0))
+    context = PolicyContext(step_costs=_two_cell_costs, catch_up_cost=lambda: (0.0, 0.0), backlog=lambda: (0, 0))
     assert isinstance(build_policy(None, context), NoSpeculation)
     assert type(build_policy(NGramDecodingConfig(draft_len_schedule=SCHEDULE), context)) is SchedulePolicy
     goodput = build_policy(NGramDecodingConfig(max_draft_len=1, draft_len_policy="goodput"), context)

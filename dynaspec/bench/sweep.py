@@ -358,6 +358,7 @@ def _planner_view(engine, batch: int) -> dict[str, Any] | None:
         # `is not None`: a CatchUpCost with no samples yet is falsy (len 0), and whether a catch-up step was
         # observed in a short run depends on this machine's timings
         "catch_up_seconds_per_token": catch_up.seconds_per_token if catch_up is not None else None,
+        "catch_up_fixed_seconds": catch_up.fixed if catch_up is not None else None,
         "catch_up_samples": len(catch_up) if catch_up is not None else 0,
     }
 

@@ -112,7 +112,7 @@ class LLMEngine:
         self._captured: list[tuple[int, int]] | None = None
         self.policy = build_policy(spec, PolicyContext(
             step_costs=self._probe_step_costs,
-            catch_up_seconds_per_token=self.drafter.measure_catch_up_seconds_per_token,
+            catch_up_cost=self.drafter.measure_catch_up_cost,
             backlog=self._drafter_backlog,
             padded_batch=self._graph_batch if self.use_graphs else None,
             ragged_step=self.runner.ragged_key if self.use_graphs else None,

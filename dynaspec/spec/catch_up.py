@@ -13,10 +13,17 @@ on the tokens still to generate exceeds the catch-up,
 
     seconds_per_token * backlog_tokens  <  remaining_tokens * (1 / goodput(0) - 1 / goodput(k)).
 
-`CatchUpCost` holds seconds per backlog token: a prior measured at start-up (the drafter times its own
-catch-up on synthetic tokens) and, once steps that caught up were timed, the least-squares slope through
-the origin of what those steps took beyond their predicted T(batch, k) against their backlog,
-sum(tokens * extra) / sum(tokens^2), each sum discounted by 1 - 1/CATCH_UP_MEMORY_SAMPLES per new sample
+`CatchUpCost` prices a catch-up of n tokens as fixed + n x seconds per token. The fixed part is what one
+catch-up costs whatever its length: a model drafter's catch-up is one eager forward over every backlog token
+(ChainDrafter._feed_ahead), whose launches cost the same for 400 tokens as for 6,400 (on an H100 the EAGLE
+head's first speculative step at batch 1 took ~3.5 ms beyond its predicted step; priced per token through
+the origin, the 6,400-token backlog of a batch of 16 came to ~56 ms, and the catch-up rule held both policies
+at k = 0 for every step at batch 16 and 64, docs/results.md). Both parts are measured at start-up (the
+drafter times its own catch-up of a short and a long synthetic backlog: Drafter.measure_catch_up_cost; the
+n-gram drafter indexes in pure Python, no fixed part). Once steps that caught up were timed, the per-token
+part is the least-squares slope through the origin of what those steps took beyond their predicted T(batch,
+k) and the fixed part, against their backlog, sum(tokens * (extra - fixed)) / sum(tokens^2), each sum
+discounted by 1 - 1/CATCH_UP_MEMORY_SAMPLES per new sample
 (a recency weighting that keeps a large catch-up's weight above many later small ones'). A step that
 caught up on ten tokens mostly measures the noise of the step time, one that caught up on 20,000
 measures the price, so large catch-ups weigh most (a per-sample median let the many small ones price
@@ -35,11 +42,12 @@ HORIZON_TOKENS_PER_REQUEST = 256
 
 
 class CatchUpCost:
-    """Seconds per token of drafter catch-up: a start-up prior, then a fit to observed steps."""
+    """Seconds of drafter catch-up: a fixed part and a per-token part (a start-up prior, then a fit)."""
 
-    def __init__(self, prior_seconds_per_token: float = 0.0) -> None:
-        """prior_seconds_per_token: the drafter's start-up measurement (>= 0)."""
+    def __init__(self, prior_seconds_per_token: float = 0.0, fixed_seconds: float = 0.0) -> None:
+        """prior_seconds_per_token, fixed_seconds: the drafter's start-up measurement (>= 0)."""
         self.prior = float(prior_seconds_per_token)
+        self.fixed = max(0.0, float(fixed_seconds))
         self._num_samples = 0
         self._tokens_times_extra = 0.0  # discounted sum(tokens * extra seconds)
         self._tokens_squared = 0.0  # discounted sum(tokens^2)
@@ -52,15 +60,16 @@ class CatchUpCost:
         return max(0.0, self._tokens_times_extra / self._tokens_squared)
 
     def seconds(self, tokens: int) -> float:
-        """Predicted seconds to catch up on `tokens` backlog tokens."""
-        return self.seconds_per_token * max(0, int(tokens))
+        """Predicted seconds to catch up on `tokens` backlog tokens (0 for none)."""
+        tokens = max(0, int(tokens))
+        return self.fixed + self.seconds_per_token * tokens if tokens else 0.0
 
     def observe(self, tokens: int, extra_seconds: float) -> None:
         """A step that caught up on `tokens` tokens took `extra_seconds` beyond its predicted step time
-        (negative when it ran faster: kept, so that noise averages out)."""
+        (negative when it ran faster: kept, so that noise averages out); the fixed part is taken off first."""
         if tokens > 0 and math.isfinite(extra_seconds):
             keep = 1.0 - 1.0 / CATCH_UP_MEMORY_SAMPLES
-            self._tokens_times_extra = keep * self._tokens_times_extra + tokens * float(extra_seconds)
+            self._tokens_times_extra = keep * self._tokens_times_extra + tokens * (float(extra_seconds) - self.fixed)
             self._tokens_squared = keep * self._tokens_squared + float(tokens) * tokens
             self._num_samples += 1
 

@@ -14,6 +14,7 @@ A subclass provides `_catch_up_start` (the first position to feed, after droppin
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 import torch
@@ -62,6 +63,10 @@ class ChainDrafter(Drafter):
 
     def _single_step_seconds(self, batch: int, repeats: int) -> float:
         """Seconds of one eager draft step for `batch` requests (the cost probe)."""
+        raise NotImplementedError
+
+    def _feed_scratch(self, num_tokens: int) -> None:
+        """One eager feed of `num_tokens` synthetic tokens on the scratch block (the catch-up probe)."""
         raise NotImplementedError
 
     # ------------------------------------------------------------------ drafting
@@ -161,6 +166,28 @@ class ChainDrafter(Drafter):
         self._record(requests, proposal, k)
 
     # ------------------------------------------------------------------ cost
+    def measure_catch_up_cost(self, sizes: tuple[int, int] = (16, 2048), repeats: int = 3) -> tuple[float, float]:
+        """(fixed seconds, seconds a token) of a catch-up (spec/catch_up.py): the best of `repeats` eager feeds
+        of a short and a long synthetic backlog on the scratch block, a line through the two. On CUDA only:
+        elsewhere (0.0, 0.0), learned online (a CPU's timings would make the CPU tests' policies depend on
+        the machine's load)."""
+        if self.runner is None or getattr(self, "device", None) is None or self.device.type != "cuda":
+            return 0.0, 0.0
+        forwards = self.runner.num_forwards
+        best = []
+        for size in sizes:
+            times = []
+            for _ in range(repeats):
+                torch.cuda.synchronize(self.device)
+                start = time.perf_counter()
+                self._feed_scratch(size)
+                torch.cuda.synchronize(self.device)
+                times.append(time.perf_counter() - start)
+            best.append(min(times))
+        self.runner.num_forwards = forwards
+        per_token = max(0.0, (best[1] - best[0]) / (sizes[1] - sizes[0]))
+        return max(0.0, best[0] - per_token * sizes[0]), per_token
+
     def draft_seconds(self, batch: int, k: int, repeats: int = 5) -> float:
         """One chain replay where one was captured for (batch, k), else k eager single steps."""
         if k == 0:

@@ -211,6 +211,7 @@ class DraftModelDrafter(ChainDrafter):
             rows.append(2 * i + len(fed) - 1)
         return self.runner.forward_uniform(batch, 1, rows)[:, : self.target_vocab_size]  # (B, vocab)
 
-    def measure_catch_up_seconds_per_token(self) -> float:
-        """0.0: a draft-model catch-up is a batched draft forward, priced from the steps that ran one."""
-        return 0.0
+    def _feed_scratch(self, num_tokens: int) -> None:
+        runner = self.runner
+        blocks = [runner.scratch_block] * -(-num_tokens // runner.block_size)
+        runner.forward([SequenceInput([0] * num_tokens, num_tokens, blocks)], [])

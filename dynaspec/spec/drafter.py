@@ -10,7 +10,7 @@ the target verifies; the engine commits; then `drafter.observe(running)` after s
 k = 0 steps run no drafter method at all, so the drafter's state (n-gram pool, draft-model KV) falls
 behind while speculation is off and propose() catches up on every token committed meanwhile (TensorRT-LLM
 issue #16888 keeps it fresh instead, at a cost on every plain step). `catch_up_tokens(batch)` says how far
-behind it is and `measure_catch_up_seconds_per_token()` what catching up costs, so the goodput planner
+behind it is and `measure_catch_up_cost()` what catching up costs (a fixed part and per token), so the goodput planner
 can price a switch from k = 0 (spec/catch_up.py). `release(request)` when a request finishes, is aborted
 or is preempted; `reset()` forgets every request's traces (a shared n-gram pool learns from all of them),
 for benchmarks that must not let one measurement's outputs feed the next one's drafts.
@@ -165,6 +165,11 @@ class Drafter:
     def measure_catch_up_seconds_per_token(self) -> float:
         """Seconds a catch-up costs per token, timed now on synthetic tokens (0.0: unknown, learned online)."""
         return 0.0
+
+    def measure_catch_up_cost(self) -> tuple[float, float]:
+        """(seconds a catch-up costs whatever its length, seconds per token), timed now (spec/catch_up.py);
+        default: no fixed part and measure_catch_up_seconds_per_token()."""
+        return 0.0, self.measure_catch_up_seconds_per_token()
 
     def reset(self) -> None:
         """Forget everything earlier requests left behind, as if freshly built (no request may be in flight)."""

@@ -128,6 +128,10 @@ class EagleDrafter(ChainDrafter):
         for request, end in zip(requests, ends):
             self._state[request.request_id].num_computed = end
 
+    def _feed_scratch(self, num_tokens: int) -> None:
+        runner = self.runner
+        runner.catch_up([[0] * num_tokens], [0], [[runner.scratch_block] * -(-num_tokens // runner.block_size)])
+
     def _chained_inputs(self, target_ids, accepted, drafts, lengths, k):
         """Step t's accepted drafts and bonus token (the target's argmax rows 0..a), padded with the last:
         1 + k positions, a + 1 real, the context L + 1 + k (L: the length at step t's launch)."""

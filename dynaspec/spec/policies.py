@@ -45,11 +45,16 @@ def _auto(spec: Any, context: PolicyContext) -> DraftLenPolicy:
     return plan_auto_schedule(spec, _step_costs(spec, context)).policy
 
 
+def _catch_up(context: PolicyContext) -> CatchUpCost:
+    fixed, per_token = context.catch_up_cost()
+    return CatchUpCost(per_token, fixed)
+
+
 def _goodput(spec: Any, context: PolicyContext) -> DraftLenPolicy:
     return build_goodput_planner(
         spec,
         _step_costs(spec, context),
-        catch_up=CatchUpCost(context.catch_up_seconds_per_token()),
+        catch_up=_catch_up(context),
         backlog=context.backlog,
         padded_batch=context.padded_batch,
     )
@@ -58,7 +63,7 @@ def _goodput(spec: Any, context: PolicyContext) -> DraftLenPolicy:
 def _adaptive(spec: Any, context: PolicyContext) -> DraftLenPolicy:
     return build_adaptive_policy(
         spec, _step_costs(spec, context), padded_batch=context.padded_batch, ragged_step=context.ragged_step,
-        catch_up=CatchUpCost(context.catch_up_seconds_per_token()), backlog=context.backlog,
+        catch_up=_catch_up(context), backlog=context.backlog,
     )
 
 

@@ -116,7 +116,7 @@ class PolicyContext:
 
     step_costs(): T(batch, k) for every batch bucket and k in 0..max_draft_len, probed now over the
         captured CUDA graphs (eager forwards on CPU); only policies that price steps call it.
-    catch_up_seconds_per_token(): the drafter's start-up probe of what catching up costs per token.
+    catch_up_cost(): the drafter's start-up probe of what catching up costs: (fixed seconds, seconds a token).
     backlog(): (tokens the drafter is behind on, tokens the decoding requests may still generate).
     padded_batch(batch, k): the batch size a step runs at (its CUDA graph's bucket); None in eager mode.
     ragged_step(batch, tokens): the (batch bucket, padded tokens) a ragged step of `batch` requests verifying
@@ -125,7 +125,7 @@ class PolicyContext:
     """
 
     step_costs: Callable[[], StepCostModel]
-    catch_up_seconds_per_token: Callable[[], float]
+    catch_up_cost: Callable[[], tuple[float, float]]
     backlog: Callable[[], tuple[int, int]]
     padded_batch: Callable[[int, int], int] | None = None
     ragged_step: Callable[[int, int], tuple[int, int] | None] | None = None

@@ -355,3 +355,27 @@ def test_scheduler_caps_each_requests_draft_length():
     assert scheduled([4, 0, 4], max_model_len=11) == ([2, 0, 2], 4)  # 9 tokens: 2 more before max_model_len
     with pytest.raises(ValueError, match="draft lengths"):
         scheduled([4, 0])
+
+
+def test_a_switch_that_did_not_pay_is_not_priced_again_while_k_stays_zero():
+    """The catch-up rule's "no" for an allocation holds while k = 0 (the backlog only grows, the tokens left
+    only shrink): the backlog, a pass over the requests, is asked once, not at every plain step; after a
+    speculative step (or for other requests) it is asked again."""
+    from dynaspec.spec.planner_settings import PlannerSettings
+
+    asked = []
+
+    def backlog():
+        asked.append(1)
+        return 10**6, 100  # far behind, few tokens left: never pays
+
+    settings = PlannerSettings(explore_every=None, probe_margin=None)
+    policy = AdaptivePolicy(_costs(0.01), AcceptanceEstimator(K, blend_count=1.0), K, settings,
+                            catch_up=CatchUpCost(1e-3), backlog=backlog)
+    ids = ["a", "b"]
+    for _ in range(10):
+        assert policy.draft_lens(2, 2, ids) == [0, 0] and policy.last_decision["reason"] == "catch-up"
+        policy.observe(StepOutcome(ids, 0, drafted=[0, 0], accepted=[0, 0], draft_lens=[0, 0], seconds=1.0))
+    assert len(asked) == 1
+    policy.draft_lens(3, 3, ids + ["c"])  # other requests: another allocation, asked again
+    assert len(asked) == 2

@@ -111,6 +111,7 @@ class AdaptivePolicy(DraftLenPolicy):
         self.catch_up = catch_up
         self.backlog = backlog
         self._plain_last = True  # the last observed decode step verified no drafts
+        self._unearned: Allocation | None = None  # an allocation whose switch from k = 0 did not pay (_switch_pays)
         self._priors: dict[tuple[int, int], tuple[int, float]] = {}  # (batch, B) -> (run bucket, probed seconds)
         # request ids (in batch order) -> (observations when computed, allocation)
         self._tables: dict[tuple[Hashable, ...], tuple[int, Allocation]] = {}
@@ -135,7 +136,8 @@ class AdaptivePolicy(DraftLenPolicy):
             return [0] * num_decoding
         allocation = self.allocation(num_decoding, request_ids)
         draft_lens, reason = list(allocation.draft_lens), "allocate"
-        if allocation.budget > 0 and self._plain_last and not self._switch_pays(num_decoding, allocation):
+        if allocation.budget > 0 and self._plain_last and not self._switch_pays(num_decoding, allocation,
+                                                                                 remember=request_ids is not None):
             draft_lens, reason = [0] * num_decoding, "catch-up"
         elif self._probe_due(num_decoding, allocation):
             draft_lens[allocation.next_request] += 1
@@ -273,13 +275,23 @@ class AdaptivePolicy(DraftLenPolicy):
             extra += self.catch_up.seconds(self.backlog()[0])
         return rules.exploration_affordable(extra, self._explore_earned)
 
-    def _switch_pays(self, batch: int, allocation: Allocation) -> bool:
-        """Whether leaving k = 0 for this allocation earns back the drafter's catch-up (spec/catch_up.py)."""
+    def _switch_pays(self, batch: int, allocation: Allocation, remember: bool = True) -> bool:
+        """Whether leaving k = 0 for this allocation earns back the drafter's catch-up (spec/catch_up.py). A
+        "no" holds for the same allocation (the same requests: `remember`, when they were named) while k stays
+        0: the backlog only grows, the tokens left only shrink, and its goodput and the price are fixed, so it
+        is not asked again (the backlog is a pass over the requests: at batch 64 the policy's plain steps ran
+        3% slower than no speculation's)."""
         if self.catch_up is None or self.backlog is None:
             return True
+        if allocation is self._unearned:
+            return False
         behind, remaining = self.backlog()
         plain = batch / self.step_seconds(batch, 0)
-        return switch_pays(self.catch_up.seconds(behind), remaining, plain, allocation.goodput)
+        if switch_pays(self.catch_up.seconds(behind), remaining, plain, allocation.goodput):
+            return True
+        if remember:
+            self._unearned = allocation
+        return False
 
     def _prior(self, batch: int, positions: int) -> tuple[int, float]:
         """(the batch bucket the step runs at, its probed price), cached."""
@@ -315,6 +327,7 @@ class AdaptivePolicy(DraftLenPolicy):
         self._plain_last = outcome.draft_len == 0
         if outcome.draft_len == 0:
             return
+        self._unearned = None
         draft_lens = outcome.draft_lens or [outcome.draft_len] * outcome.batch
         groups: dict[int, tuple[list[Hashable], list[int], list[int]]] = {}
         verified = len(self._verified_at)

@@ -126,7 +126,9 @@ def test_real_step_times_add_the_learned_host_overhead_to_speculative_prices():
 
 def test_leaving_k0_waits_until_the_gain_earns_the_catch_up_back():
     """After plain steps the drafter is 10,000 tokens behind at 1 ms a token (10 s): an allocation that
-    saves a little per step over 40 remaining tokens stays at k = 0; with nothing behind it drafts."""
+    saves a little per step over 40 remaining tokens stays at k = 0; with nothing behind it drafts. The "no"
+    holds for the same requests while k stays 0 (in an engine their backlog only grows); other requests are
+    priced again."""
     backlog = {"behind": 10_000}
     policy = _policy(None)
     policy.catch_up, policy.backlog = CatchUpCost(0.001), lambda: (backlog["behind"], 40)
@@ -134,7 +136,8 @@ def test_leaving_k0_waits_until_the_gain_earns_the_catch_up_back():
     assert policy.draft_lens(2, 2, ["a", "b"]) == [0, 0]
     assert policy.last_decision["reason"] == "catch-up"
     backlog["behind"] = 0
-    assert policy.draft_lens(2, 2, ["a", "b"]) == [2, 2]
+    assert policy.draft_lens(2, 2, ["a", "b"]) == [0, 0]  # remembered
+    assert policy.draft_lens(2, 2, ["a", "c"]) == [2, 2]
 
 
 # --- CUDA: the engine replays ragged graphs, losslessly ----------------------------------------------

@@ -81,22 +81,22 @@ def test_window_mask_is_what_draft_step_j_sees():
     assert mask.any(dim=2).all()  # no query without a key
 
 
-def _paged_steps(loaded, head, example, block_size=4):
+def _paged_steps(loaded, head, example, block_size=4, dtype=torch.float32, device=torch.device("cpu")):
     """h of the drafter's own paged forwards: catch up on 0..s, then draft steps fed the target's tokens."""
     hidden = loaded.hf_config.hidden_size
     tokens, blocks = example.token_ids, -(-len(example.token_ids) // block_size) + 1
-    tap = FeatureTap((0, 1, 2), hidden, (blocks + 1) * block_size, torch.float32, torch.device("cpu"))
+    tap = FeatureTap((0, 1, 2), hidden, (blocks + 1) * block_size, dtype, device)
     table = list(range(blocks))
-    slots = torch.arange(len(tokens) - 1)
+    slots = torch.arange(len(tokens) - 1, device=device)
     for i, cache in enumerate(tap.caches):
-        cache[slots] = example.features[:, i * hidden : (i + 1) * hidden]
-    runner = EagleHeadRunner(head, loaded.model, tap, blocks, block_size, torch.float32, torch.device("cpu"))
+        cache[slots] = example.features[:, i * hidden : (i + 1) * hidden].to(device, dtype)
+    runner = EagleHeadRunner(head, loaded.model, tap, blocks, block_size, dtype, device)
 
     def steps(s: int, depths: int) -> list[torch.Tensor]:
         h = runner.catch_up([tokens[: s + 1]], [0], [table])  # (1, H)
         out = [h[0]]
         for j in range(1, depths):
-            h = runner.draft_step(torch.tensor([tokens[s + j]]), h, [s + j], [table])
+            h = runner.draft_step(torch.tensor([tokens[s + j]], device=device), h, [s + j], [table])
             out.append(h[0])
         return out
 
@@ -311,3 +311,27 @@ def test_the_fused_inference_path_computes_what_the_separate_projections_do(load
     assert all(torch.equal(p, before[name]) for name, p in head.named_parameters())
     head.midlayer.set_decode_kernels(DecodeKernels())  # off again: the separate projections
     assert head.midlayer._fused_qkv is None
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_the_fused_inference_path_on_the_gpu_matches_the_separate_projections(target_dir, example):
+    """bf16 on the GPU with the card's decode kernels (on Hopper: PDL and the small-step GEMV, the head's
+    q/k/v and gate/up fused): catch-up and draft steps' hidden states equal the separate projections' to
+    bf16 rounding."""
+    from dynaspec.models.decode_kernels import decode_kernels_for
+
+    device = torch.device("cuda")
+    target = load_model(str(target_dir), dtype=torch.bfloat16, device="cuda")
+    hf_config = target.hf_config
+    head = random_head(EagleHeadConfig.for_target(hf_config, "t", [0, 1, 2]), hf_config, seed=3, std=0.2)
+    head = head.to(device=device, dtype=torch.bfloat16).eval()
+    _, _, separate = _paged_steps(target, head, example, dtype=torch.bfloat16, device=device)
+    expected = [h.float() for h in separate(example.prompt_len + 2, 3)]
+    kernels = decode_kernels_for(device, True)
+    head.midlayer.set_decode_kernels(kernels)
+    head.norm.decode_kernels = kernels
+    assert (head.midlayer._fused_qkv is not None) == bool(kernels.gemv)
+    _, _, fused = _paged_steps(target, head, example, dtype=torch.bfloat16, device=device)
+    for got, want in zip(fused(example.prompt_len + 2, 3), expected):
+        torch.testing.assert_close(got.float(), want, rtol=3e-2, atol=3e-2)

@@ -119,9 +119,8 @@ class AdaptivePolicy(DraftLenPolicy):
         self._decisions = 0  # decisions since the last exploration
         self._explore_again = False  # the next decision explores too
         self._explore_earned = 0.0  # seconds the decisions since the last exploration earned (explore_budget)
-        self._num_decisions = 0  # draft_lens() calls so far (the clock of reprobe_after)
-        self._verified_at: dict[int, int] = {}  # draft position j -> decision count when some request last verified it
-        self._reprobing: dict[int, int] = {}  # position gone stale (reprobe_after) -> verifications since
+        # draft positions j some request verified, when last (in decisions: reprobe_after)
+        self._staleness = rules.Staleness(lambda: self.settings.reprobe_after, lambda: self.settings.min_observed_steps)
         self.calibration = ConfidenceCalibration(self.max_draft_len)  # P(accepted | the drafter's probability)
         self.trimmed_positions = 0  # drafted positions trim_drafts left unverified
         self.last_decision: dict[str, Any] = {}
@@ -130,7 +129,7 @@ class AdaptivePolicy(DraftLenPolicy):
     def draft_lens(self, num_decoding: int, num_active: int, request_ids: Sequence[Hashable] | None = None) -> list[int]:
         """k_i per decoding request (request_ids: theirs, in batch order; None: pooled estimates)."""
         settings = self.settings
-        self._num_decisions += 1
+        self._staleness.decide()
         if settings.max_concurrency is not None and num_active > settings.max_concurrency:
             self.last_decision = {"batch": num_decoding, "k": 0, "reason": "max_concurrency", "budget": 0}
             return [0] * num_decoding
@@ -241,7 +240,7 @@ class AdaptivePolicy(DraftLenPolicy):
         if settings.probe_margin is None or allocation.next_goodput is None:
             return False
         position = allocation.draft_lens[allocation.next_request]
-        if not self._unmeasured(position):
+        if not self._staleness.unmeasured(position):
             return False  # a recent real acceptance estimate, not the prior or old data
         if allocation.next_goodput < allocation.goodput * (1.0 - settings.probe_margin):
             return False
@@ -249,19 +248,6 @@ class AdaptivePolicy(DraftLenPolicy):
             catch_up = self.catch_up.seconds(self.backlog()[0])
             return catch_up <= settings.explore_catch_up_steps * self.step_seconds(batch, 0)
         return True
-
-    def _unmeasured(self, position: int) -> bool:
-        """Never verified, or not for reprobe_after decisions (then re-probed until verified
-        min_observed_steps times): the planner's staleness rule, per draft position."""
-        if position in self._reprobing:
-            return True
-        last, after = self._verified_at.get(position), self.settings.reprobe_after
-        if last is None:
-            return True
-        if after is not None and self._num_decisions - last > after:
-            self._reprobing[position] = 0
-            return True
-        return False
 
     def _exploration_affordable(self, batch: int, held: int) -> bool:
         """Whether the earned budget covers exploring one more position: two steps' extra time, plus the
@@ -330,16 +316,12 @@ class AdaptivePolicy(DraftLenPolicy):
         self._unearned = None
         draft_lens = outcome.draft_lens or [outcome.draft_len] * outcome.batch
         groups: dict[int, tuple[list[Hashable], list[int], list[int]]] = {}
-        verified = len(self._verified_at)
+        verified = len(self._staleness)
         for drafted_p, drafted, accepted in zip(outcome.confidence, outcome.drafted, outcome.accepted):
             self.calibration.observe(drafted_p[:drafted], accepted)
         for rid, k_i, drafted, accepted in zip(outcome.request_ids, draft_lens, outcome.drafted, outcome.accepted):
             for j in range(drafted):
-                self._verified_at[j] = self._num_decisions
-                if j in self._reprobing:
-                    self._reprobing[j] += 1
-                    if self._reprobing[j] >= self.settings.min_observed_steps:
-                        del self._reprobing[j]
+                self._staleness.measured(j)
             if k_i > 0:
                 ids, d, a = groups.setdefault(k_i, ([], [], []))
                 ids.append(rid)
@@ -348,7 +330,7 @@ class AdaptivePolicy(DraftLenPolicy):
         for k_i, (ids, drafted, accepted) in groups.items():
             self.estimator.update_step(ids, drafted, accepted, k_i)
         self._observations += 1
-        if len(self._verified_at) > verified:  # plans priced that position by the prior: replan
+        if len(self._staleness) > verified:  # plans priced that position by the prior: replan
             self._tables.clear()
 
     def refresh(self, num_decoding: int, request_ids: Sequence[Hashable] | None = None) -> None:

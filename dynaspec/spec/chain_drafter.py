@@ -79,8 +79,7 @@ class ChainDrafter(Drafter):
         self.num_propose_calls += 1
         starts = [self._catch_up_start(request) for request in requests]
         if self._chain_serves(requests, k):
-            self._feed_ahead(requests, starts, k)
-        if self._can_chain(requests, starts, k):
+            self._feed_ahead(requests, starts, k)  # every catch-up then fits the chain's first step
             ids = self._draft_chain(requests, starts, k)
             proposal = DraftProposal.from_device(DeviceDrafts(ids, self.chain.confidence))
         else:
@@ -97,11 +96,6 @@ class ChainDrafter(Drafter):
             and self.chain.lookup(len(requests), k) is not None
             and all(r.params.is_greedy for r in requests)
         )
-
-    def _can_chain(self, requests: list[Request], starts: list[int], k: int) -> bool:
-        """The whole-chain graph serves this batch and every catch-up fits the chain's first step."""
-        width = self._chain_width(k)
-        return self._chain_serves(requests, k) and all(r.num_tokens - s <= width for r, s in zip(requests, starts))
 
     def _feed_ahead(self, requests: list[Request], starts: list[int], k: int) -> None:
         """Catch-ups longer than the chain's first step (a new request's prompt, tokens committed at k = 0):

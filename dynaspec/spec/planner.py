@@ -105,9 +105,8 @@ class GoodputPlanner(DraftLenPolicy):
         self._tables: dict[tuple[int, tuple[Hashable, ...] | None], tuple[int, dict[int, float]]] = {}
         self._observations = 0  # acceptance outcomes, step times and releases so far
         self._misses: dict[int, dict[int, float]] = {}  # bucket -> k -> miss, until the next real step
-        self._decisions = 0  # draft_len() calls so far (the clock of reprobe_after)
-        self._last_run: dict[tuple[int, int], int] = {}  # (bucket, k) -> decision count at its last real step
-        self._reprobing: dict[tuple[int, int], int] = {}  # (bucket, k) gone stale -> real steps since
+        # (bucket, k) cells' last real steps, in decisions (reprobe_after)
+        self._staleness = rules.Staleness(lambda: self.settings.reprobe_after, lambda: self.settings.min_observed_steps)
         self.last_decision: dict[str, Any] = {}
 
     @property
@@ -128,7 +127,7 @@ class GoodputPlanner(DraftLenPolicy):
         """k for a step where `num_decoding` of `num_active` requests decode (request_ids: the decoding
         requests, whose own acceptance is blended in; None: the pooled estimate)."""
         settings, state = self.settings, self.state
-        self._decisions += 1
+        self._staleness.decide()
         if rules.over_concurrency(num_active, settings.max_concurrency):
             state.last_k = 0
             self.last_decision = {"batch": num_decoding, "k": 0, "reason": "max_concurrency"}
@@ -175,14 +174,8 @@ class GoodputPlanner(DraftLenPolicy):
     def _steps_seen(self, bucket: int, k: int) -> int:
         """The cell's real steps for the probe rule: since it went stale (not run for reprobe_after
         decisions), else all of them."""
-        key = (bucket, k)
-        if key in self._reprobing:
-            return self._reprobing[key]
-        last, after = self._last_run.get(key), self.settings.reprobe_after
-        if last is not None and after is not None and self._decisions - last > after:
-            self._reprobing[key] = 0
-            return 0
-        return self.observed.count(bucket, k)
+        stale = self._staleness.stale_count((bucket, k))
+        return self.observed.count(bucket, k) if stale is None else stale
 
     def _explore(self, batch: int, held: int, reason: str, goodput: Mapping[int, float]) -> tuple[int, str]:
         """The exploration rule: counts decisions below the largest k (and, with explore_budget, the time
@@ -352,12 +345,7 @@ class GoodputPlanner(DraftLenPolicy):
         self._observations += 1
         bucket = self.bucket(batch)
         self.observed.add(bucket, k, seconds)
-        key = (bucket, k)
-        self._last_run[key] = self._decisions
-        if key in self._reprobing:  # measured again once it has min_observed_steps fresh steps
-            self._reprobing[key] += 1
-            if self._reprobing[key] >= self.settings.min_observed_steps:
-                del self._reprobing[key]
+        self._staleness.measured((bucket, k))
         if self.cost_model.has(k):
             self.overhead.add(batch, k, seconds - self.probed_seconds(batch, k))
 

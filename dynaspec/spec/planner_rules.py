@@ -1,6 +1,6 @@
 """The goodput planner's rules as pure functions: each takes the goodput table and the values it needs and
 returns a decision; none keeps or changes state (spec/planner.py applies them in order and keeps the
-state, PlannerState).
+state, PlannerState, and the re-probe rule's Staleness, which spec/adaptive.py keeps per draft position).
 
 The method is SmartSpec's (Liu et al. 2024, "Optimizing Speculative Decoding for Serving Large Language
 Models Using Goodput", arXiv 2406.14066): per step, the draft length k of highest predicted goodput
@@ -17,6 +17,50 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 from dynaspec.spec.catch_up import switch_pays
+
+
+class Staleness:
+    """The re-probe rule's bookkeeping (PlannerSettings.reprobe_after), for the planner's (bucket, k) cells and
+    adaptive's draft positions alike: when each key was last measured, counted in decisions, and the keys
+    that went stale, with how often each was measured since (until min_observed_steps)."""
+
+    def __init__(self, reprobe_after: Callable[[], int | None], min_observed_steps: Callable[[], int]) -> None:
+        """Both read from the owner's settings when asked (tests replace the settings in place)."""
+        self.reprobe_after, self.min_observed_steps = reprobe_after, min_observed_steps
+        self.decisions = 0
+        self._last: dict = {}  # key -> decision count at its last measurement
+        self._reprobing: dict = {}  # stale key -> measurements since it went stale
+
+    def __len__(self) -> int:
+        """Keys measured at least once."""
+        return len(self._last)
+
+    def decide(self) -> None:
+        """One decision passed."""
+        self.decisions += 1
+
+    def measured(self, key) -> None:
+        """The key was measured now (a real step of the cell, a verification of the position)."""
+        self._last[key] = self.decisions
+        if key in self._reprobing:
+            self._reprobing[key] += 1
+            if self._reprobing[key] >= self.min_observed_steps():
+                del self._reprobing[key]
+
+    def stale_count(self, key) -> int | None:
+        """Measurements since the key went stale (not measured for reprobe_after decisions; 0 when it just
+        did), or None while it is fresh or was never measured."""
+        if key in self._reprobing:
+            return self._reprobing[key]
+        last, after = self._last.get(key), self.reprobe_after()
+        if last is not None and after is not None and self.decisions - last > after:
+            self._reprobing[key] = 0
+            return 0
+        return None
+
+    def unmeasured(self, key) -> bool:
+        """Never measured, or stale (the probe rule's "unvisited")."""
+        return key not in self._last or self.stale_count(key) is not None
 
 
 @dataclass

@@ -226,7 +226,8 @@ for step in "$@"; do
     gemv-ab)  # issue 21 (~5 min; carry .gl with .gl/old = `git archive 444fe3d dynaspec bench scripts pyproject.toml`,
       # the tree before the multi-row GEMV): random Llama-3.1-8B, plain decode at batch 1-8 (1-8 rows) and n-gram
       # k = 1, 3, 4 at batch 1-2 (replayed code-edit acceptance: verify steps of 2-10 rows), old-new-old-new
-      for round in 1 2; do for tree in old new; do
+      # (GEMV_ROUNDS="1" for one old-new pair, ~2.5 min)
+      for round in ${GEMV_ROUNDS:-1 2}; do for tree in old new; do
         dir=$PWD; [ $tree = old ] && dir=$PWD/.gl/old
         (cd "$dir" && PYTHONPATH=$dir timeout 140 python3 -m dynaspec.cli bench --model random:llama-3.1-8b \
           --drafter ngram --max-draft-len 4 --ks 0,1,3,4 --no-schedule-line --batch-sizes 1,2,4,8 --prompt-len 128 \

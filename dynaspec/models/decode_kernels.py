@@ -8,7 +8,7 @@
   Inside a CUDA graph the launches become programmatic edges. Kernels launched without it (cuBLAS,
   torch) keep full serialisation, so mixing is safe.
 - `gemv`: the projections (of `GEMV_PROJECTIONS`) that a step with at most `GEMV_MAX_ROWS` token rows (a
-  batch-1 decode, a batch-1 verify of up to 7 drafts, a batch-2..8 decode) runs through the Triton GEMV of
+  batch-1 decode, a batch-1 verify of one draft, a batch-2 decode) runs through the Triton GEMV of
   `gemv.py` instead of cuBLAS, so that such a step is one chain of PDL kernels reading each weight once
   (cuBLAS's kernels are launched without PDL and break it; o_proj / down at M = 1 also add a split-K
   reduce).
@@ -31,8 +31,9 @@ import torch
 from dynaspec.models.gemm_tiles import GemmTiles, tiles_for
 
 GEMV_PROJECTIONS = ("qkv", "o_proj", "gate_up", "down")
-# Token rows a step may have for the GEMV path (models/gemv.py takes 1..8 rows in one launch).
-GEMV_MAX_ROWS = 8
+# Token rows a step may have for the GEMV path. models/gemv.py takes 1..8 rows in one launch, but past 2 rows
+# it lost to cuBLAS on an H100 (2026-12-06: 4 rows 0.80x, 8 rows 0.47x a step; 2 rows 1.02-1.03x).
+GEMV_MAX_ROWS = 2
 
 
 @dataclass(frozen=True)

@@ -9,8 +9,10 @@ the previous kernel first: loading a weight chunk before the wait measured slowe
 
 Several rows (a batch-1 verify step of k drafts has 1 + k; a batch-2 decode step 2): W is still read once,
 the rows' products are computed from the same loaded chunk. Their M x N x K multiply-adds run on the CUDA
-cores: at M = 8 and bf16 weights 4 per byte read, which an H100 keeps up with at its HBM bandwidth using
-about half its float32 rate (an estimate; the kernel is not measured on a GPU yet: gpu_session.sh gemv-ab).
+cores, each row a cross-lane reduction of the whole chunk. Measured on an H100 (2026-12-06, `gpu_session.sh
+gemv-ab`, random Llama-3.1-8B, against cuBLAS): 2 rows +2-3% a step, 4 rows -20%, 5 rows -28%, 8 rows -50%:
+past 2 rows the per-row reductions, not the weight bytes, bound the kernel, so the engine routes only steps
+of up to decode_kernels.GEMV_MAX_ROWS rows here; the kernel takes up to MAX_ROWS.
 A row's reduction order does not depend on M (each row accumulates the same chunks in the same order), so
 a token row gets the same bits at M = 1 as in a verify step of M rows.
 
@@ -25,14 +27,13 @@ import torch
 import triton
 import triton.language as tl
 
-from dynaspec.models.decode_kernels import GEMV_MAX_ROWS
 from dynaspec.models.pdl import launch_options, wait_for_previous_kernel
 
 SUPPORTED_DTYPES = (torch.float16, torch.bfloat16)
 
 
-# Rows one launch takes (decode_kernels routes steps of at most this many token rows here).
-MAX_ROWS = GEMV_MAX_ROWS
+# Rows one launch takes (decode_kernels.GEMV_MAX_ROWS, at most this, says which steps the engine routes here).
+MAX_ROWS = 8
 
 
 @triton.jit

@@ -4,7 +4,7 @@ import pytest
 
 from dynaspec.runtime.request import Request
 from dynaspec.sampling_params import SamplingParams
-from dynaspec.spec.catch_up import CATCH_UP_MEMORY_SAMPLES, CatchUpCost, switch_pays
+from dynaspec.spec.catch_up import CATCH_UP_MEMORY_SAMPLES, PROBE_BACKLOG_TOKENS, CatchUpCost, switch_pays
 from dynaspec.spec.config import NGramDecodingConfig
 from dynaspec.spec.ngram import NGramDrafter
 from tests.test_planner import _cost, _planner
@@ -23,8 +23,10 @@ def test_catch_up_cost_prior_then_least_squares_slope_of_observed_steps():
         cost.observe(10, -0.001)
     assert len(cost) == 41
     keep = 1 - 1 / CATCH_UP_MEMORY_SAMPLES  # the large sample's weight after the 40 later ones
-    slope = (keep**40 * 20_000 * 0.070 + sum(keep**i * 10 * (0.002 if i % 2 else -0.001) for i in range(40))) / (
-        keep**40 * 20_000**2 + sum(keep**i * 10**2 for i in range(40))
+    probe = PROBE_BACKLOG_TOKENS  # the start-up prior: the first sample, before the large one
+    slope = (keep**41 * probe**2 * 2e-6 + keep**40 * 20_000 * 0.070
+             + sum(keep**i * 10 * (0.002 if i % 2 else -0.001) for i in range(40))) / (
+        keep**41 * probe**2 + keep**40 * 20_000**2 + sum(keep**i * 10**2 for i in range(40))
     )
     assert cost.seconds_per_token == pytest.approx(slope) and cost.seconds_per_token == pytest.approx(3.5e-6, rel=0.01)
     cost.observe(0, 1.0)  # no backlog: no sample
@@ -32,6 +34,22 @@ def test_catch_up_cost_prior_then_least_squares_slope_of_observed_steps():
     faster = CatchUpCost(2e-6)
     faster.observe(100, -0.5)  # faster than predicted: the slope is clamped at 0 s per token
     assert faster.seconds_per_token == 0.0
+
+
+def test_the_start_up_probe_outweighs_one_small_noisy_catch_up():
+    """On an H100 (2026-12-06) the first batch-1 catch-up (~170 tokens, its step time read 2.4 ms long) replaced
+    the probe's price outright: 10.6 us a token, and a batch of 16's backlog came to ~30 ms, which held the
+    policies at k = 0 where static k = 2 gave 1.16x. As a catch-up of PROBE_BACKLOG_TOKENS tokens the probe
+    keeps most of its weight against one small sample, and yields to large ones."""
+    probed = CatchUpCost(1e-6, fixed_seconds=1.3e-3)
+    probed.observe(170, 1.3e-3 + 170 * 10.6e-6)
+    assert probed.seconds_per_token == pytest.approx(1e-6, rel=0.1)
+    for _ in range(3):  # catch-ups as large as the probe's, at 4 us a token
+        probed.observe(PROBE_BACKLOG_TOKENS * 4, 1.3e-3 + PROBE_BACKLOG_TOKENS * 4 * 4e-6)
+    assert probed.seconds_per_token == pytest.approx(4e-6, rel=0.05)
+    unprobed = CatchUpCost(0.0, fixed_seconds=1.3e-3)  # nothing timed (CPU): the first sample sets the price
+    unprobed.observe(170, 1.3e-3 + 170 * 10.6e-6)
+    assert unprobed.seconds_per_token == pytest.approx(10.6e-6)
 
 
 def test_a_fixed_part_keeps_a_long_backlog_from_being_priced_by_a_short_ones_slope():

@@ -261,6 +261,10 @@ class LLMEngine:
                                  self.max_model_len)
             earlier = self._verify_and_apply(launched, 0 if chained is None else 1 + launched.sched.draft_len)
             if chained is not None:
+                # a chained step's time runs from its predecessor's commit to its own (a period of the
+                # pipeline): from its launch it would also count the predecessor's forward queued before it,
+                # ~2x a step, and the policy would price speculation at twice its cost
+                chained[0].started = time.perf_counter()
                 return self._continue_chained(*chained, earlier)
         return self._schedule_and_run(earlier)
 

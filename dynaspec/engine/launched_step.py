@@ -37,7 +37,7 @@ class LaunchedStep:
     drafts: StepDrafts
     logits: torch.Tensor | ReadAhead  # (N, vocab) float32, the forward's output rows (a chained step's: read ahead)
     rows: StepRows
-    started: float  # perf_counter() when the step began (before drafting)
+    started: float  # perf_counter() when the step began (before drafting; a chained step: its predecessor's commit)
     resumed: bool  # the first speculative step after plain ones (it paid the drafter's catch-up)
     behind: int | None  # the drafter's catch-up tokens when resumed
 

@@ -20,14 +20,15 @@ head's first speculative step at batch 1 took ~3.5 ms beyond its predicted step;
 the origin, the 6,400-token backlog of a batch of 16 came to ~56 ms, and the catch-up rule held both policies
 at k = 0 for every step at batch 16 and 64, docs/results.md). Both parts are measured at start-up (the
 drafter times its own catch-up of a short and a long synthetic backlog: Drafter.measure_catch_up_cost; the
-n-gram drafter indexes in pure Python, no fixed part). Once steps that caught up were timed, the per-token
-part is the least-squares slope through the origin of what those steps took beyond their predicted T(batch,
-k) and the fixed part, against their backlog, sum(tokens * (extra - fixed)) / sum(tokens^2), each sum
-discounted by 1 - 1/CATCH_UP_MEMORY_SAMPLES per new sample
-(a recency weighting that keeps a large catch-up's weight above many later small ones'). A step that
-caught up on ten tokens mostly measures the noise of the step time, one that caught up on 20,000
-measures the price, so large catch-ups weigh most (a per-sample median let the many small ones price
-the large ones at nearly nothing).
+n-gram drafter indexes in pure Python, no fixed part). The per-token part is the least-squares slope through
+the origin of what steps that caught up took beyond their predicted T(batch, k) and the fixed part, against
+their backlog, sum(tokens * (extra - fixed)) / sum(tokens^2), each sum discounted by
+1 - 1/CATCH_UP_MEMORY_SAMPLES per new sample (a recency weighting that keeps a large catch-up's weight above
+many later small ones'), with the start-up probe as its first sample: a catch-up of PROBE_BACKLOG_TOKENS
+tokens. A step that caught up on ten tokens mostly measures the noise of the step time, one that caught up
+on 20,000 measures the price, so large catch-ups weigh most (a per-sample median let the many small ones
+price the large ones at nearly nothing; on an H100, 2026-12-06, the one batch-1 catch-up of ~170 tokens
+replaced the probe's price outright and priced every later backlog from its noise).
 """
 
 from __future__ import annotations
@@ -39,23 +40,30 @@ CATCH_UP_MEMORY_SAMPLES = 32
 # Tokens a request is assumed to still generate at most when pricing a switch: max_tokens bounds what is
 # left, but a request may stop at EOS long before a large max_tokens.
 HORIZON_TOKENS_PER_REQUEST = 256
+# The long synthetic backlog the model drafters time at start-up (ChainDrafter.measure_catch_up_cost); the
+# probe's price counts as one observed catch-up of this many tokens.
+PROBE_BACKLOG_TOKENS = 2048
 
 
 class CatchUpCost:
     """Seconds of drafter catch-up: a fixed part and a per-token part (a start-up prior, then a fit)."""
 
-    def __init__(self, prior_seconds_per_token: float = 0.0, fixed_seconds: float = 0.0) -> None:
-        """prior_seconds_per_token, fixed_seconds: the drafter's start-up measurement (>= 0)."""
+    def __init__(self, prior_seconds_per_token: float = 0.0, fixed_seconds: float = 0.0,
+                 prior_tokens: int = PROBE_BACKLOG_TOKENS) -> None:
+        """prior_seconds_per_token, fixed_seconds: the drafter's start-up measurement (>= 0); a positive prior
+        is the fit's first sample, weighing as a catch-up of prior_tokens tokens (0 where nothing was timed:
+        the first real sample then sets the price)."""
         self.prior = float(prior_seconds_per_token)
         self.fixed = max(0.0, float(fixed_seconds))
         self._num_samples = 0
-        self._tokens_times_extra = 0.0  # discounted sum(tokens * extra seconds)
-        self._tokens_squared = 0.0  # discounted sum(tokens^2)
+        weight = float(prior_tokens) ** 2 if self.prior > 0 else 0.0
+        self._tokens_times_extra = weight * self.prior  # discounted sum(tokens * extra seconds)
+        self._tokens_squared = weight  # discounted sum(tokens^2)
 
     @property
     def seconds_per_token(self) -> float:
         """The discounted sum(tokens * extra) / sum(tokens^2), at least 0; the prior before any sample."""
-        if not self._num_samples:
+        if not self._tokens_squared:
             return self.prior
         return max(0.0, self._tokens_times_extra / self._tokens_squared)
 

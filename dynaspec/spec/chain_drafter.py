@@ -25,6 +25,7 @@ from dynaspec.runtime.cuda_graphs import UniformDecodeBatch
 from dynaspec.runtime.keyed_noise import keyed_argmax
 from dynaspec.runtime.request import Request
 from dynaspec.runtime.sampler import sample, target_probs
+from dynaspec.spec.catch_up import PROBE_BACKLOG_TOKENS
 from dynaspec.spec.drafter import DeviceDrafts, DraftProposal, Drafter
 
 
@@ -160,7 +161,8 @@ class ChainDrafter(Drafter):
         self._record(requests, proposal, k)
 
     # ------------------------------------------------------------------ cost
-    def measure_catch_up_cost(self, sizes: tuple[int, int] = (16, 2048), repeats: int = 3) -> tuple[float, float]:
+    def measure_catch_up_cost(self, sizes: tuple[int, int] = (16, PROBE_BACKLOG_TOKENS),
+                              repeats: int = 3) -> tuple[float, float]:
         """(fixed seconds, seconds a token) of a catch-up (spec/catch_up.py): the best of `repeats` eager feeds
         of a short and a long synthetic backlog on the scratch block, a line through the two. On CUDA only:
         elsewhere (0.0, 0.0), learned online (a CPU's timings would make the CPU tests' policies depend on

@@ -8,6 +8,9 @@
 #          /tmp/eagle-qwen15b; kept while the machine is warm), told to end optimizing --deadline seconds
 #          after this script started (its --time-limit: answering stops at half of it, and it cuts its step
 #          count to fit).
+#   carried-head: instead of `train`: join and convert the pair as `train` does and unpack a head trained in an
+#          earlier session (scripts/head_xfer.sh: 4 chunks of .xfer-head carried one a call after the pair's)
+#          into $HEAD_DIR. ~2 min instead of ~9.
 #   train-more: train the head of `train` for --deadline seconds more (a later call on the same warm machine)
 #          on the answers `train` saved to $EXAMPLES (/tmp/eagle-examples.safetensors): nothing answered again.
 #   code-edit, chat: on that workload, three `dynaspec bench` runs over the same prompts and batch sizes
@@ -42,8 +45,9 @@ while [ $# -gt 0 ]; do
     --deadline|--batch-sizes|--gen-len|--draft-ks|--ngram-ks|--device|--dtype)
       [ $# -ge 2 ] || { echo "error: $1 needs a value" >&2; exit 2; }
       var=${1#--}; printf -v "${var//-/_}" %s "$2"; shift 2 ;;
-    train|train-more|code-edit|chat) parts+=("$1"); shift ;;
-    *) echo "error: unknown argument '$1' (parts: train, train-more, code-edit, chat; options: see the header)" >&2; exit 2 ;;
+    train|carried-head|train-more|code-edit|chat) parts+=("$1"); shift ;;
+    *) echo "error: unknown argument '$1' (parts: train, carried-head, train-more, code-edit, chat; options: see the header)" >&2
+       exit 2 ;;
   esac
 done
 [ ${#parts[@]} -gt 0 ] || parts=(train code-edit chat)
@@ -66,16 +70,24 @@ convert() {  # GGUF -> float32 safetensors cache, once (dynaspec.models.loader.p
   esac
 }
 
+prepare_pair() {  # the carried chunks joined into the two GGUFs, both converted (in parallel)
+  if [[ "$target" == *.gguf ]]; then
+    stamp "join: $root/.xfer -> $(dirname "$target")"
+    bash "$root/scripts/qwen_join.sh" "$root/.xfer" "$(dirname "$target")" 2>&1 | tee -a "$work/timing.txt"
+  fi
+  convert "$target" & target_pid=$!
+  convert "$draft" & draft_pid=$!
+  wait "$target_pid" && wait "$draft_pid"
+  stamp "converted (exit $?)"
+}
+
 for part in "${parts[@]}"; do
-  if [ "$part" = train ]; then
-    if [[ "$target" == *.gguf ]]; then
-      stamp "join: $root/.xfer -> $(dirname "$target")"
-      bash "$root/scripts/qwen_join.sh" "$root/.xfer" "$(dirname "$target")" 2>&1 | tee -a "$work/timing.txt"
-    fi
-    convert "$target" & target_pid=$!
-    convert "$draft" & draft_pid=$!
-    wait "$target_pid" && wait "$draft_pid"
-    stamp "converted (exit $?)"
+  if [ "$part" = carried-head ]; then
+    prepare_pair
+    bash "$root/scripts/head_xfer.sh" unpack "$root/.xfer-head" "$head_dir" 2>&1 | tee -a "$work/timing.txt"
+    { echo; echo "## head carried from an earlier session"; echo '```'; cat "$head_dir/config.json"; echo '```'; } >> "$summary"
+  elif [ "$part" = train ]; then
+    prepare_pair
     limit=$((deadline - (SECONDS - start) - 20))  # 20 s: loading, the held-out estimate and saving
     stamp "train-head (--time-limit $limit)"
     # expandable segments: every batch has other sequence lengths, and a caching allocator that keeps

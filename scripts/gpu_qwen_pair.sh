@@ -14,15 +14,15 @@
 #   Normally run as a step of scripts/gpu_session.sh (`qwen`, `qwen-draft`, `qwen-ngram`), which first
 #   installs the `gguf` and `accelerate` wheels the GPU image lacks (carried in .gpu-wheels).
 #
-# Getting the weights there (1.6 GB, 26 chunks of 60 MiB; see ../shared/gpu/README.md): here, run
+# Getting the weights there (1.6 GB, 28 chunks of 56 MiB; see ../shared/gpu/README.md): here, run
 # `bash scripts/prepare_qwen_xfer.sh` once, then make the device calls one right after the other on the
 # same warm machine (ignored files carried earlier stay there while it is warm):
-#   calls 1-25: carry [".xfer/00"], then [".xfer/01"], ... [".xfer/24"]; command `ls .xfer`
-#   call 26:    carry [".xfer/25", ".gpu-wheels", ".whl"]; command
+#   calls 1-27: carry [".xfer/00"], then [".xfer/01"], ... [".xfer/26"]; command `ls .xfer`
+#   call 28:    carry [".xfer/27", ".gpu-wheels", ".whl"]; command
 #               `bash scripts/gpu_session.sh qwen-draft` (timeout_s 600)
-#   call 27:    carry [".gpu-wheels", ".whl"]; command `bash scripts/gpu_session.sh qwen-ngram` (timeout_s 600)
-#   (or one call 26 running `bash scripts/gpu_session.sh qwen`: both parts, ~7 min, closer to the limit).
-# .gpu-wheels (7 MiB) cannot ride with a 60 MiB chunk (64 MiB per call), only with the short last one;
+#   call 29:    carry [".gpu-wheels", ".whl"]; command `bash scripts/gpu_session.sh qwen-ngram` (timeout_s 600)
+#   (or one call 28 running `bash scripts/gpu_session.sh qwen`: both parts, ~7 min, closer to the limit).
+# .gpu-wheels (7 MiB) cannot ride with a 56 MiB chunk (64 MiB per call), only with the short last one;
 # .whl is needed too, since gpu_session.sh's single pip command also installs pytest from it.
 # scripts/qwen_join.sh then joins the chunks into /tmp/qwen-0.5b.gguf and /tmp/qwen-1.5b.gguf and checks
 # their sha256 against scripts/qwen_xfer_manifest.txt (it names any chunk that did not arrive). Each GGUF

@@ -49,7 +49,7 @@ for step in "$@"; do
         > "$OUT/draft.log" 2>&1; tail -5 "$OUT/draft.log" ;;
     bench-goodput)
       goodput_sweep goodput bench/goodput_ngram_code_edit.yaml acceptance_ngram_code-edit 1,4,16,64,128,256 3 ;;
-    qwen)  # real Qwen2.5-Coder 0.5B -> 1.5B pair; needs the 26 .xfer chunks carried first (see the script)
+    qwen)  # real Qwen2.5-Coder 0.5B -> 1.5B pair; needs the 28 .xfer chunks carried first (see the script)
       bash scripts/gpu_qwen_pair.sh "$OUT" ;;
     eagle-qwen-train|eagle-qwen-train-more|eagle-qwen-code-edit|eagle-qwen-chat)  # issue 21, one part a call (see the script's header)
       bash scripts/gpu_eagle_qwen.sh "$OUT" "${step#eagle-qwen-}" ;;

@@ -24,7 +24,9 @@
 #   2026-12-06, and a head whose held-out accuracy stopped at 0.61 while its training loss kept falling, so more
 #   distinct prompts now), --max-tokens 1024, --steps 12000, --batch-size 8, --ttt-steps 5,
 #   --draft-vocab-size 32000 (EAGLE-3's draft vocabulary; 0: the target's lm_head, as the first run, 2026-12-05, had),
-#   --lr 5e-4, --max-num-seqs 256, --deadline 560 (train: answering may take half of what is left after the
+#   --lr 5e-4, --init-head '' (train: continue this head, e.g. a carried one, on new answers), --answer-seed ''
+#   (train: the sampled answers' first seed, e.g. 1000 for other answers than an earlier session's),
+#   --max-num-seqs 256, --deadline 560 (train: answering may take half of what is left after the
 #   ~2 min join + convert, ~1.6M tokens), --batch-sizes 1,4,16,64, --gen-len 128, --draft-ks 0,2,3,
 #   --ngram-ks 0,2,4, --device auto, --dtype auto. A CPU smoke run of the whole script (SmolLM2 as target and
 #   draft, no join): `... /tmp/o train code-edit --target smollm2-135m-instruct --draft smollm2-135m-instruct
@@ -37,11 +39,11 @@ shift
 target=/tmp/qwen-1.5b.gguf draft=/tmp/qwen-0.5b.gguf head_dir=/tmp/eagle-qwen15b num_prompts=2970 max_tokens=1024
 answers_per_prompt=2 temperature=0.8 draft_vocab_size=32000
 steps=12000 batch_size=8 ttt_steps=5 lr=5e-4 max_num_seqs=256 deadline=560 batch_sizes=1,4,16,64 gen_len=128
-draft_ks=0,2,3 ngram_ks=0,2,4 device=auto dtype=auto examples=/tmp/eagle-examples.safetensors
+draft_ks=0,2,3 ngram_ks=0,2,4 device=auto dtype=auto examples=/tmp/eagle-examples.safetensors init_head= answer_seed=
 parts=()
 while [ $# -gt 0 ]; do
   case "$1" in
-    --target|--draft|--head-dir|--num-prompts|--answers-per-prompt|--temperature|--max-tokens|--steps|--batch-size|--ttt-steps|--lr|--max-num-seqs|--draft-vocab-size|\
+    --target|--draft|--head-dir|--num-prompts|--answers-per-prompt|--temperature|--max-tokens|--steps|--batch-size|--ttt-steps|--lr|--max-num-seqs|--draft-vocab-size|--init-head|--answer-seed|\
     --deadline|--batch-sizes|--gen-len|--draft-ks|--ngram-ks|--device|--dtype)
       [ $# -ge 2 ] || { echo "error: $1 needs a value" >&2; exit 2; }
       var=${1#--}; printf -v "${var//-/_}" %s "$2"; shift 2 ;;
@@ -89,7 +91,10 @@ for part in "${parts[@]}"; do
   elif [ "$part" = train ]; then
     prepare_pair
     limit=$((deadline - (SECONDS - start) - 20))  # 20 s: loading, the held-out estimate and saving
-    stamp "train-head (--time-limit $limit)"
+    continued=()
+    [ -n "$init_head" ] && continued+=(--init-head "$init_head")
+    [ -n "$answer_seed" ] && continued+=(--answer-seed "$answer_seed")
+    stamp "train-head (--time-limit $limit ${continued[*]})"
     # expandable segments: every batch has other sequence lengths, and a caching allocator that keeps
     # splitting and freeing tens of GB of blocks synchronises the device (a guess at the first run's ~1 s steps)
     PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True python3 -m dynaspec.cli train-head --model "$target" --out "$head_dir" \
@@ -97,7 +102,7 @@ for part in "${parts[@]}"; do
       --answers-per-prompt "$answers_per_prompt" --temperature "$temperature" \
       --steps "$steps" --batch-size "$batch_size" --ttt-steps "$ttt_steps" --lr "$lr" --time-limit "$limit" \
       --max-num-seqs "$max_num_seqs" --draft-vocab-size "$draft_vocab_size" --device "$device" --dtype "$dtype" \
-      --save-examples "$examples" > "$work/train.log" 2>&1
+      --save-examples "$examples" "${continued[@]}" > "$work/train.log" 2>&1
     status=$?
     stamp "train-head exit $status"
     { echo; echo "## train-head (exit $status)"; echo '```'; grep -v "━" "$work/train.log" | tail -25; echo '```'; } >> "$summary"

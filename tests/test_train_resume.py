@@ -3,10 +3,12 @@ one trains on it and continues the first run's head, with clear errors where the
 
 from __future__ import annotations
 
+import json
 import re
 
 import pytest
 import torch
+from safetensors import safe_open
 from safetensors.torch import load_file
 from typer.testing import CliRunner
 
@@ -98,3 +100,28 @@ def test_bad_combinations_are_one_line_errors(tiny, tmp_path):
     not_a_head = _train(tiny, "--workload", tiny["prompts"], "--num-prompts", "4", "--init-head", str(tmp_path),
                         "--out", str(tmp_path / "h"))
     assert "needs config.json and model.safetensors" in _error(not_a_head)
+
+
+def test_another_answer_seed_draws_new_answers_to_the_same_prompts_and_split(tiny):
+    """A later session continuing a head (--init-head) answers the same training prompts again with other
+    sampling seeds (--answer-seed): new answers, the same held-out prompts (answered greedily), so the
+    held-out estimate stays clean."""
+    root = tiny["root"]
+
+    def answers(name: str, *seed: str):
+        path = root / f"{name}.safetensors"
+        run = _train(tiny, "--workload", tiny["prompts"], "--num-prompts", "16", "--steps", "1", "--temperature",
+                     "0.8", "--answers-per-prompt", "2", "--out", str(root / name), "--save-examples", str(path),
+                     *seed)
+        assert run.exit_code == 0, run.output
+        with safe_open(str(path), framework="pt") as handle:  # the run's own target name and tapped layers
+            meta = json.loads(handle.metadata()["dynaspec_train_head_examples"])
+        train, held = load_examples(path, meta["target"], meta["layers"])
+        return [e.token_ids for e in train], [e.token_ids for e in held]
+
+    first_train, first_held = answers("seed-default")
+    again_train, again_held = answers("seed-zero", "--answer-seed", "0")
+    other_train, other_held = answers("seed-other", "--answer-seed", "1000")
+    assert again_train == first_train and again_held == first_held  # the default is --seed's range
+    assert other_held == first_held  # same held-out prompts, greedy answers
+    assert other_train != first_train  # new answers (some may end at once and be dropped: counts differ)

@@ -77,7 +77,10 @@ def train_head_command(
                                                             "prompts; --workload and --num-prompts are not used")] = None,
     init_head: Annotated[Optional[Path], typer.Option(help="continue training this head directory (its tapped layers "
                                                         "and draft vocabulary) instead of a random head")] = None,
-    seed: Annotated[int, typer.Option()] = 0,
+    seed: Annotated[int, typer.Option(help="the prompts' order, the held-out split, the head's start, the batches")] = 0,
+    answer_seed: Annotated[Optional[int], typer.Option(help="first seed of the sampled answers (default: --seed): "
+                                                       "continuing a head (--init-head) on new answers to the same "
+                                                       "prompts, same held-out split")] = None,
     device: Device = None,
     dtype: Dtype = None,
 ) -> None:
@@ -112,6 +115,7 @@ def train_head_command(
     from dynaspec.train_head.trainer import TrainOptions, train_head
 
     options = TrainOptions(model=model, sources=sources, out=out, layers_to_capture=tapped, seed=seed,
+                           answer_seed=answer_seed,
                            device=device or "auto", dtype=dtype or "auto", time_limit_s=args.time_limit,
                            draft_vocab_size=args.draft_vocab_size or None, save_examples=save_examples,
                            load_examples=load_examples, init_head=init_head,

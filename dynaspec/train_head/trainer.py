@@ -67,6 +67,9 @@ class TrainOptions:
     device: str = "auto"
     dtype: str = "auto"
     seed: int = 0
+    # first seed of the sampled answers (None: seed): a run that continues a head (init_head) draws new answers
+    # to the same prompts, with the same held-out split (seed), from another range
+    answer_seed: int | None = None
     max_num_seqs: int = 64
     draft_vocab_size: int | None = 32000  # EAGLE-3's draft vocabulary (None, or >= the target's: its lm_head)
     warmup_fraction: float = 0.05
@@ -214,9 +217,10 @@ def _continued_head(options: TrainOptions, loaded, device: torch.device) -> Eagl
 
 def _answer_params(options: TrainOptions, held_out: bool, copy: int) -> SamplingParams:
     """A held-out prompt is answered once, greedily (the acceptance estimate is greedy decoding's); a training
-    prompt's copies at options.temperature, each with its own seed when sampled."""
+    prompt's copies at options.temperature, each with its own seed when sampled (answer_seed + copy)."""
     temperature = 0.0 if held_out else options.temperature
-    seed = options.seed + copy if temperature > 0 else None
+    first = options.seed if options.answer_seed is None else options.answer_seed
+    seed = first + copy if temperature > 0 else None
     return SamplingParams(temperature=temperature, max_tokens=options.max_tokens, seed=seed)
 
 

@@ -7,15 +7,22 @@ look cheaper than they are, and a planner that trusts it explores the wrong k's 
 2024, arXiv 2406.14066, models the step time as a function of batch size and verified tokens for the
 same reason). This model learns the residual
 
-    residual(batch, k) = measured - probed seconds ~= a + b * batch + s * batch * [k > 0] + c * batch * k
+    residual(batch, k) ~= a + f * [k > 0] + d * k  +  b * batch + s * batch * [k > 0] + c * batch * k
 
-(fixed work per step; work per request; work per request on speculative steps only, e.g. n-gram
-indexing and verification bookkeeping, which plain and overlapped k = 0 steps skip; work per drafted
-token) by least squares over the MEDIAN residual of each observed (batch, k) cell (of its most recent
-samples), with only the terms the observed cells can identify (a term collinear with the earlier ones,
-e.g. the per-drafted-token one while every step ran the same k, stays 0: see identifiable_columns) and
-with the per-request terms b, s, c kept >= 0 (see nonnegative_fit), so
-one observed (batch, k) corrects the prediction of cells never run yet, and a one-off slow
+(per step: fixed work, fixed work of a speculative step, work per draft position of the chain; per request:
+work per request, work per request on speculative steps only, e.g. n-gram indexing and verification
+bookkeeping, which plain and overlapped k = 0 steps skip, work per drafted token) by least squares over the
+MEDIAN residual of each observed (batch, k) cell (of its most recent samples), with only the terms the
+observed cells can identify, in that order (a term collinear with the earlier ones, e.g. the per-drafted-
+token one while every step ran the same k, stays 0: see identifiable_columns) and with every term but a
+kept >= 0 (see nonnegative_fit), so one observed (batch, k) corrects the prediction of cells never run
+yet. The per-step terms come first: from cells at one batch size only, a speculative step's extra time
+cannot be told apart between per step and per request, and per request it grows with every batch the
+policy has not run. On an H100 (2026-12-06, the EAGLE head for Qwen2.5-Coder-1.5B) a speculative step's
+residual was 0.26-0.36 ms at batch 1, 0.21-0.41 at 4, 0.26-0.67 at 16: mostly per step; fitted per
+request from batch 1 it came to ~4 ms at batch 16, a price under which k = 0 always wins and which no
+speculative step is then run to correct. Read per step, it can only be too low, which the first
+speculative step at that batch corrects. A one-off slow
 step (the n-gram drafter indexing every prompt on the first speculative step, a page fault, a
 preemption) does not bend the fit. Predictions are clamped at 0 and are 0 before `min_samples`
 samples arrive. The planner asks for predictions every step, so the fit is redone only when a sample
@@ -32,7 +39,10 @@ from statistics import median
 
 import numpy as np
 
-NONNEGATIVE_COLUMNS = (1, 2, 3)  # b, s, c of the residual model: per request, speculating, drafted token
+# Columns of the residual model (module docstring), in the order identifiable_columns keeps them.
+COLUMNS = ("a: per step", "f: per speculative step", "d: per draft position", "b: per request",
+           "s: per request when speculating", "c: per drafted token")
+NONNEGATIVE_COLUMNS = (1, 2, 3, 4, 5)  # every term but a: host work is never negative
 
 
 class StepOverheadModel:
@@ -46,7 +56,7 @@ class StepOverheadModel:
         self.min_samples = min_samples
         self.refit_every = refit_every
         self._samples: deque[tuple[int, int, float]] = deque(maxlen=max_samples)
-        self._coef: tuple[float, float, float, float] | None = None
+        self._coef: tuple[float, ...] | None = None  # COLUMNS' coefficients
         self._fitted_cells: set[tuple[int, int]] = set()
         self._added_since_fit = 0
         self._used_for: tuple[frozenset, list[int]] = (frozenset(), [])  # cells -> identifiable columns
@@ -69,13 +79,12 @@ class StepOverheadModel:
         self._fit()
 
     @property
-    def coefficients(self) -> tuple[float, float, float, float]:
-        """(a, b, s, c): seconds per step, per request, per request when speculating, per drafted token
-        (0s before enough samples)."""
+    def coefficients(self) -> tuple[float, ...]:
+        """(a, f, d, b, s, c) of COLUMNS, in seconds (0s before enough samples)."""
         coef = self._fit()
-        return (0.0, 0.0, 0.0, 0.0) if coef is None else coef
+        return (0.0,) * len(COLUMNS) if coef is None else coef
 
-    def _fit(self) -> tuple[float, float, float, float] | None:
+    def _fit(self) -> tuple[float, ...] | None:
         if len(self._samples) < self.min_samples:
             return None
         if self._coef is None:
@@ -98,18 +107,19 @@ class StepOverheadModel:
         """Expected extra seconds of a real step over the probed time at (batch, k); >= 0."""
         if k <= 0:
             coef = self._fit()
-            return 0.0 if coef is None else max(0.0, coef[0] + coef[1] * batch)
+            return 0.0 if coef is None else max(0.0, coef[0] + coef[3] * batch)
         base, per_position = self.speculative_line(batch)
         return max(0.0, base + per_position * batch * k)
 
     def speculative_line(self, batch: int) -> tuple[float, float]:
         """(base, per drafted position) of a speculative step at this batch: predict(batch, k) for k > 0 is
-        max(0, base + per_position * batch * k), for callers pricing many draft budgets at one batch."""
+        max(0, base + per_position * batch * k), for callers pricing many draft budgets at one batch (a
+        ragged step's k is its mean draft length: the per-position term d is then d / batch a position)."""
         coef = self._fit()
         if coef is None:
             return 0.0, 0.0
-        a, b, spec, c = coef
-        return a + (b + spec) * batch, c
+        a, f, d, b, spec, c = coef
+        return a + f + (b + spec) * batch, c + d / batch
 
 
 def identifiable_columns(features: np.ndarray) -> list[int]:
@@ -145,5 +155,6 @@ def nonnegative_fit(
 
 
 def _features(batch: np.ndarray, k: np.ndarray) -> np.ndarray:
-    """(n, 4) regressors [1, batch, batch * [k > 0], batch * k] of the residual model."""
-    return np.stack([np.ones(len(batch)), batch, batch * (k > 0), batch * k], axis=1)
+    """(n, 6) regressors of COLUMNS: [1, [k > 0], k, batch, batch * [k > 0], batch * k]."""
+    speculative = (k > 0).astype(np.float64)
+    return np.stack([np.ones(len(batch)), speculative, k, batch, batch * speculative, batch * k], axis=1)

@@ -111,15 +111,15 @@ def test_no_chaining_without_graphs_or_with_a_sampled_request(ckpts):
 
 def test_adaptive_chains_alone_and_trims_in_a_batch(ckpts, tmp_path):
     """adaptive trims drafts (a host read between drafting and verifying) from trim_min_batch = 2 requests
-    on, and such steps are not chained; a request decoding alone is not trimmed, so its steps chain. Costs
-    injected (a drafted position costs 1% of a plain step: every k_i drafts to the end); tokens equal the
-    synchronous engine's."""
+    on where verifying them costs enough (trim_min_saving), and such steps are not chained; a request decoding
+    alone is not trimmed, so its steps chain. Costs injected (a drafted position costs 15% of a plain step:
+    the near-copy drafter's positions still pay); tokens equal the synchronous engine's."""
     from dynaspec.runtime.cost_model import StepCostModel
 
     costs = StepCostModel()
     for batch in (1, 2, 4, 8):
         for k in range(3):
-            costs.add(batch, k, 1.0 + 0.01 * batch * k)
+            costs.add(batch, k, 1.0 + 0.15 * batch * k)
     costs.save(tmp_path / "costs.json")
     spec = DraftTargetDecodingConfig(max_draft_len=2, speculative_model=ckpts["near"], draft_len_policy="adaptive",
                                      step_cost_file=str(tmp_path / "costs.json"))

@@ -55,3 +55,41 @@ def test_the_policy_keeps_the_confident_drafts_and_cuts_the_doubtful_ones():
     assert policy.trim_drafts(both, [K, K], [[0.97] * K, [0.11] * K]) == [K, 0]
     assert policy.trim_drafts(both, [2, 1], [[0.97] * 2, [0.97]]) == [2, 1]  # never past what was drafted
     assert policy.stats()["trimmed_positions"] == K
+
+
+def test_drafting_is_sunk_once_drafted_so_trimming_prices_only_the_verify():
+    """An EAGLE head's chain costs ~0.25 of a plain step a position whatever the batch (one head forward a
+    draft step), while verifying a position costs next to nothing at a small batch. With the probe's
+    drafting share known (StepCostModel.drafting), trimming neither runs (it would stop the step from
+    chaining and save nothing) nor, where it runs, cuts positions for their drafting; without it, every
+    cent of T counts, as before."""
+    from dynaspec.runtime.cost_model import StepCostModel
+    from dynaspec.spec.acceptance_estimator import AcceptanceEstimator
+    from dynaspec.spec.adaptive import AdaptivePolicy
+    from dynaspec.spec.planner_settings import PlannerSettings
+
+    def policy(split: bool, verify_per_position: float) -> AdaptivePolicy:
+        costs, drafting = StepCostModel(), StepCostModel()
+        for batch in (1, 2, 4, 8, 64):
+            for k in range(K + 1):
+                costs.add(batch, k, 1.0 + 0.25 * k + verify_per_position * batch * k)
+                drafting.add(batch, k, 0.25 * k)
+        costs.drafting = drafting if split else None
+        return AdaptivePolicy(costs, AcceptanceEstimator(K, blend_count=1.0), K, PlannerSettings())
+
+    cheap = policy(split=True, verify_per_position=0.001)
+    assert not cheap.trims_drafts_at(1) and not cheap.trims_drafts_at(4)  # K * 4 positions: 1.6% of a step
+    assert cheap.trims_drafts_at(64)  # 64 * K positions: 26% of a step
+    assert policy(split=False, verify_per_position=0.001).trims_drafts_at(4)  # the drafting taken for a verify
+    # where it trims (batch 64), drafts the target accepts 1 in 5 are cut for what verifying them costs (13%
+    # of a step for the 64 requests' 64 positions), not for their drafting (25% more a position)
+    split, whole = policy(split=True, verify_per_position=0.001), policy(split=False, verify_per_position=0.001)
+    ids = [f"r{i}" for i in range(64)]
+    for p in (split, whole):
+        for step in range(60):  # every request's drafts accepted 1 step in 5
+            accepted = [int((i + step) % 5 == 0) for i in range(64)]
+            p.observe(StepOutcome(ids, 1, drafted=[1] * 64, accepted=accepted, draft_lens=[1] * 64))
+    limits, confidence = [1] * 64, [[0.5]] * 64
+    # verifying the 64 positions: 6.4% more time for ~20% more tokens; with their drafting: 31% more
+    assert sum(split.trim_drafts(ids, limits, confidence)) == 64
+    assert sum(whole.trim_drafts(ids, limits, confidence)) == 0

@@ -141,9 +141,12 @@ def test_schedule_across_k_zero_and_adaptive_are_lossless(tiny, policy):
 def test_adaptive_trims_drafts_by_the_heads_confidence_losslessly(tiny, baseline, head):
     """adaptive drafts k_i, then keeps each request's prefix worth verifying by the head's calibrated
     probability of each draft: positions left unverified, outputs unchanged, the calibration fed by the
-    verified drafts. Costs injected (a position costs 1% of a plain step: every k_i drafts), and the
-    calibration primed to say drafts the head gives less than 0.9 are rejected, so trimming has something
-    to cut."""
+    verified drafts. Costs injected (a position costs 1% of a plain step: every k_i drafts; trim_min_saving
+    0, so the policy trims at such cheap verifies: this test is about what trimming keeps, not where it
+    runs), and the calibration primed to say drafts the head gives less than 0.9 are rejected, so trimming
+    has something to cut."""
+    from dynaspec.spec.planner_settings import PlannerSettings
+
     costs = StepCostModel()
     for batch in (1, 2, 4, 8):
         for k in range(4):
@@ -151,6 +154,7 @@ def test_adaptive_trims_drafts_by_the_heads_confidence_losslessly(tiny, baseline
     costs.save(tiny["root"] / "trim-costs.json")
     llm = LLM(model=tiny["target"], block_size=4, max_num_seqs=8, speculative_config=_spec(
         tiny, 3, head, draft_len_policy="adaptive", step_cost_file=str(tiny["root"] / "trim-costs.json")))
+    llm.engine.policy.settings = PlannerSettings(**{**llm.engine.policy.settings.model_dump(), "trim_min_saving": 0.0})
     for _ in range(100):
         for doubtful in (0.05, 0.25, 0.45, 0.65, 0.85):
             llm.engine.policy.calibration.observe([doubtful], accepted=0)

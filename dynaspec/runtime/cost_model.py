@@ -87,6 +87,9 @@ class StepCostModel:
 
     def __init__(self, device: str | None = None) -> None:
         self.device = device
+        # The drafter's share of each cell where a probe timed it apart (runtime/cost_probe.py): what a step's
+        # drafting costs, sunk once its drafts exist. None: not separated (a tune file, hand-made tables).
+        self.drafting: StepCostModel | None = None
         # batch -> k -> samples (seconds)
         self._samples: dict[int, dict[int, list[float]]] = {}
         self._medians: dict[tuple[int, int], float] = {}  # cells whose median is current
@@ -149,6 +152,11 @@ class StepCostModel:
                 return None
             value = self._medians[batch, k] = statistics.median(samples)
         return value
+
+    def verify_cost(self, batch: int, k: int) -> float:
+        """cost(batch, k) less the drafter's share (`drafting`), i.e. what verifying already drafted positions
+        costs; cost(batch, k) itself where the share is unknown."""
+        return self.cost(batch, k) - (0.0 if self.drafting is None else self.drafting.cost(batch, k))
 
     def cost(self, batch: int, k: int) -> float:
         """Seconds for a step of `batch` decoding requests at draft length k (see module docstring);

@@ -56,9 +56,13 @@ def measure_step_costs(
     repeats: int = 5,
 ) -> StepCostModel:
     """T(batch, k) = the target's (batch, 1 + k) verify forward + draft_seconds(batch, k, repeats), the
-    drafter's own measurement of drafting k tokens for `batch` requests (Drafter.draft_seconds)."""
+    drafter's own measurement of drafting k tokens for `batch` requests (Drafter.draft_seconds); the drafter's
+    share kept apart in the model's `drafting`."""
     model = StepCostModel(device=str(target.device))
+    model.drafting = StepCostModel(device=str(target.device))
     for batch, k in sorted(set(pairs)):
         seconds = forward_seconds(target, batch, k, repeats)
-        model.add(batch, k, seconds + draft_seconds(batch, k, repeats))
+        drafting = draft_seconds(batch, k, repeats)
+        model.add(batch, k, seconds + drafting)
+        model.drafting.add(batch, k, drafting)
     return model

@@ -40,11 +40,15 @@ vLLM's #47808 / #52228): once the k_i are drafted, each drafted position's survi
 drafter's probability of that draft, calibrated online per position (spec/confidence_calibration.py, smoothed
 toward the request's own estimate), and the same budget search over the drafted positions keeps the best
 prefix of each request's draft (never more than drafted, so lossless as any shorter draft). Steps that
-probe or explore are not trimmed (they verify on purpose what the estimates doubt), nor steps of fewer than
-`trim_min_batch` requests (2): a batch-1 verify is a weight read whatever its few rows, so trimming saves
-next to nothing there, while the host's read of the confidences between drafting and verifying, and the
-chained steps it rules out (engine/chained_step.py), cost ~0.5 ms a step (H100, Qwen2.5-Coder-1.5B,
-2026-12-06: adaptive's k = 4 steps 3.6 ms against static k = 4's 3.1 ms).
+probe or explore are not trimmed (they verify on purpose what the estimates doubt). Once drafted, a
+position's drafting is sunk: trimming prices only verifying (the probed T less the drafter's share,
+StepCostModel.verify_cost), and runs only at batches where verifying every position costs at least
+`trim_min_saving` (a quarter) of a plain step more than verifying none, and of at least `trim_min_batch`
+requests (2): a small batch's verify is a weight read whatever its few rows, so trimming saves next to
+nothing there, while the host's read of the confidences between drafting and verifying, and the chained
+steps it rules out (engine/chained_step.py), cost ~0.5 ms a step (H100, Qwen2.5-Coder-1.5B, 2026-12-06:
+adaptive's k = 4 steps 3.6 ms against static k = 4's 3.1 ms). Priced with the drafting, trimming took the
+~0.25 ms of an EAGLE head's draft step at batch 4 for a verify cost and cut positions that verify for free.
 """
 
 from __future__ import annotations
@@ -112,7 +116,9 @@ class AdaptivePolicy(DraftLenPolicy):
         self.backlog = backlog
         self._plain_last = True  # the last observed decode step verified no drafts
         self._unearned: Allocation | None = None  # an allocation whose switch from k = 0 did not pay (_switch_pays)
-        self._priors: dict[tuple[int, int], tuple[int, float]] = {}  # (batch, B) -> (run bucket, probed seconds)
+        # (batch, B, drafted) -> (run bucket, probed seconds; drafted: without the drafting)
+        self._priors: dict[tuple[int, int, bool], tuple[int, float]] = {}
+        self._trims_at: dict[int, bool] = {}  # batch -> trims_drafts_at
         # request ids (in batch order) -> (observations when computed, allocation)
         self._tables: dict[tuple[Hashable, ...], tuple[int, Allocation]] = {}
         self._observations = 0
@@ -185,19 +191,29 @@ class AdaptivePolicy(DraftLenPolicy):
         survivals = [survival(self.estimator.alphas(rid)[: self.max_draft_len]) for rid in ids]
         return plan_allocation(survivals, self._pricing(batch))
 
-    def _pricing(self, batch: int) -> Callable[[int], float]:
-        """positions -> step_seconds(batch, positions), with the overhead fit looked up once."""
+    def _pricing(self, batch: int, drafted: bool = False) -> Callable[[int], float]:
+        """positions -> step_seconds(batch, positions), with the overhead fit looked up once; drafted: the
+        positions exist already, their drafting is not priced (trimming)."""
         base, per_position = self.overhead.speculative_line(batch)
 
         def seconds(positions: int) -> float:
-            prior = self._prior(batch, positions)[1]
+            prior = self._prior(batch, positions, drafted)[1]
             return prior if positions == 0 else prior + max(0.0, base + per_position * positions)
 
         return seconds
 
     def trims_drafts_at(self, batch: int) -> bool:
-        """From `trim_min_batch` requests on (module docstring: not at batch 1)."""
-        return batch >= self.settings.trim_min_batch
+        """From `trim_min_batch` requests on, where verifying every position costs `trim_min_saving` of a
+        plain step more than verifying none (module docstring); once per batch size (probed prices)."""
+        trims = self._trims_at.get(batch)
+        if trims is None:
+            if batch < self.settings.trim_min_batch:
+                trims = False
+            else:
+                verify = self._prior(batch, batch * self.max_draft_len, True)[1] - self._prior(batch, 0, True)[1]
+                trims = verify >= self.settings.trim_min_saving * self._prior(batch, 0)[1]
+            self._trims_at[batch] = trims
+        return trims
 
     def trim_drafts(self, request_ids: Sequence[Hashable], limits: Sequence[int],
                     confidence: Sequence[Sequence[float]]) -> list[int]:
@@ -211,7 +227,7 @@ class AdaptivePolicy(DraftLenPolicy):
                 self.calibration.probability(j, p, alphas[min(j, len(alphas) - 1)])
                 for j, p in enumerate(drafted[:limit])
             ]))
-        kept = plan_allocation(survivals, self._pricing(len(survivals))).draft_lens
+        kept = plan_allocation(survivals, self._pricing(len(survivals), drafted=True)).draft_lens
         kept = [min(k, limit) for k, limit in zip(kept, limits)]
         self.trimmed_positions += sum(limits) - sum(kept)
         return kept
@@ -279,24 +295,25 @@ class AdaptivePolicy(DraftLenPolicy):
             self._unearned = allocation
         return False
 
-    def _prior(self, batch: int, positions: int) -> tuple[int, float]:
-        """(the batch bucket the step runs at, its probed price), cached."""
-        key = (batch, positions)
+    def _prior(self, batch: int, positions: int, drafted: bool = False) -> tuple[int, float]:
+        """(the batch bucket the step runs at, its probed price; drafted: without the drafting), cached."""
+        key = (batch, positions, drafted)
         cached = self._priors.get(key)
         if cached is None:
             if len(self._priors) >= MAX_CACHED_PRICES:  # batches long gone (batch x positions grows fast)
                 self._priors.clear()
-            cached = self._priors[key] = self._probed(batch, positions)
+            cost = self.cost_model.verify_cost if drafted else self.cost_model.cost
+            cached = self._priors[key] = self._probed(batch, positions, cost)
         return cached
 
-    def _probed(self, batch: int, positions: int) -> tuple[int, float]:
+    def _probed(self, batch: int, positions: int, cost: Callable[[int, int], float]) -> tuple[int, float]:
         ragged = None if self.ragged_step is None or positions == 0 else self.ragged_step(batch, batch + positions)
         if ragged is not None:  # the ragged graph's bucket, interpolated at its padded total
             bucket, tokens = ragged
-            return bucket, step_seconds_by_tokens(self.cost_model.cost, bucket, tokens - bucket, self.max_draft_len)
+            return bucket, step_seconds_by_tokens(cost, bucket, tokens - bucket, self.max_draft_len)
         k_high = -(-positions // batch)
         bucket = batch if self.padded_batch is None else self.padded_batch(batch, min(k_high, self.max_draft_len))
-        seconds = step_seconds_by_tokens(self.cost_model.cost, batch, positions, self.max_draft_len, self.padded_batch)
+        seconds = step_seconds_by_tokens(cost, batch, positions, self.max_draft_len, self.padded_batch)
         return bucket, seconds
 
     # ----------------------------------------------------------------- engine hooks

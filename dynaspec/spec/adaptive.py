@@ -47,8 +47,9 @@ StepCostModel.verify_cost), and runs only at batches where verifying every posit
 requests (2): a small batch's verify is a weight read whatever its few rows, so trimming saves next to
 nothing there, while the host's read of the confidences between drafting and verifying, and the chained
 steps it rules out (engine/chained_step.py), cost ~0.5 ms a step (H100, Qwen2.5-Coder-1.5B, 2026-12-06:
-adaptive's k = 4 steps 3.6 ms against static k = 4's 3.1 ms). Priced with the drafting, trimming took the
-~0.25 ms of an EAGLE head's draft step at batch 4 for a verify cost and cut positions that verify for free.
+adaptive's k = 4 steps 3.6 ms against static k = 4's 3.1 ms). Priced with the drafting, trimming counted the
+head's draft steps (most of the probed T's ~0.25 ms a k at batch 4 on that H100) as the price of verifying,
+and cut positions that verify nearly for free.
 """
 
 from __future__ import annotations

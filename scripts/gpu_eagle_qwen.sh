@@ -29,7 +29,8 @@
 #   --max-num-seqs 256, --deadline 560 (train: answering may take half of what is left after the
 #   ~2 min join + convert, ~1.6M tokens), --batch-sizes 1,4,16,64, --gen-len 128, --eagle-ks 0-6 (the head's
 #   static lines; 0-4 saves ~20 s a workload: k = 5, 6 were never the best, 2026-12-06), --draft-ks 0,2,3,
-#   --ngram-ks 0,2,4, --device auto, --dtype auto. A CPU smoke run of the whole script (SmolLM2 as target and
+#   --ngram-ks 0,2,4, --drafters eagle,draft-model,ngram (the bench runs of a workload part; `eagle` alone
+#   re-measures the head's lines in ~80 s a workload), --device auto, --dtype auto. A CPU smoke run of the whole script (SmolLM2 as target and
 #   draft, no join): `... /tmp/o train code-edit --target smollm2-135m-instruct --draft smollm2-135m-instruct
 #   --device cpu --num-prompts 8 --max-tokens 16 --steps 4 --batch-sizes 1 --gen-len 4 --max-num-seqs 4`.
 # Results: OUT_DIR/eagle-summary.md (train log tail, the comparison tables, timings) and
@@ -40,12 +41,12 @@ shift
 target=/tmp/qwen-1.5b.gguf draft=/tmp/qwen-0.5b.gguf head_dir=/tmp/eagle-qwen15b num_prompts=2970 max_tokens=1024
 answers_per_prompt=2 temperature=0.8 draft_vocab_size=32000
 steps=12000 batch_size=8 ttt_steps=5 lr=5e-4 max_num_seqs=256 deadline=560 batch_sizes=1,4,16,64 gen_len=128
-eagle_ks=0-6 draft_ks=0,2,3 ngram_ks=0,2,4 device=auto dtype=auto examples=/tmp/eagle-examples.safetensors init_head= answer_seed=
+eagle_ks=0-6 draft_ks=0,2,3 ngram_ks=0,2,4 drafters=eagle,draft-model,ngram device=auto dtype=auto examples=/tmp/eagle-examples.safetensors init_head= answer_seed=
 parts=()
 while [ $# -gt 0 ]; do
   case "$1" in
     --target|--draft|--head-dir|--num-prompts|--answers-per-prompt|--temperature|--max-tokens|--steps|--batch-size|--ttt-steps|--lr|--max-num-seqs|--draft-vocab-size|--init-head|--answer-seed|\
-    --deadline|--batch-sizes|--gen-len|--eagle-ks|--draft-ks|--ngram-ks|--device|--dtype)
+    --deadline|--batch-sizes|--gen-len|--eagle-ks|--draft-ks|--ngram-ks|--drafters|--device|--dtype)
       [ $# -ge 2 ] || { echo "error: $1 needs a value" >&2; exit 2; }
       var=${1#--}; printf -v "${var//-/_}" %s "$2"; shift 2 ;;
     train|carried-head|train-more|code-edit|chat) parts+=("$1"); shift ;;
@@ -124,11 +125,12 @@ for part in "${parts[@]}"; do
     common=(--model "$target" --workload "$workload" --batch-sizes "$batch_sizes" --gen-len "$gen_len"
             --device "$device" --dtype "$dtype" --no-plots)
     runs=()
-    for drafter in eagle draft-model ngram; do
+    for drafter in ${drafters//,/ }; do
       case "$drafter" in
         eagle) args=(--spec-config "$spec" --ks "$eagle_ks" --policy-lines adaptive) ;;
         draft-model) args=(--drafter draft-model --draft-model "$draft" --max-draft-len 4 --ks "$draft_ks" --no-schedule-line) ;;
         ngram) args=(--drafter ngram --max-draft-len 4 --ks "$ngram_ks" --no-schedule-line) ;;
+        *) echo "error: unknown drafter '$drafter' in --drafters (eagle, draft-model, ngram)" >&2; exit 2 ;;
       esac
       name=$workload-$drafter
       stamp "bench $name"

@@ -212,8 +212,12 @@ def test_warmup_prompts_are_other_prompts_of_the_workload(tiny_chat_dir, monkeyp
     code = workload_prompts(tokenizer, "code-edit", 3, seed=0)
     assert len(code.warmup_token_ids) == 3 and not set(code.warmup_token_ids) & set(code.token_ids)
     assert code.warmup_for_batch(4) == [list(p) for p in code.warmup_token_ids + code.warmup_token_ids[:1]]
-    every_chat = workload_prompts(tokenizer, "chat", 64, seed=0)  # the chat workload has fewer conversations
-    assert every_chat.warmup_token_ids == () and every_chat.warmup_for_batch(2) is None
+    # the chat workload measures all of its few conversations: its warm-ups are other questions
+    every_chat = workload_prompts(tokenizer, "chat", 64, seed=0)
+    assert len(every_chat.warmup_token_ids) == len(set(every_chat.warmup_token_ids)) >= 16
+    assert not set(every_chat.warmup_token_ids) & set(every_chat.token_ids)
+    mixed = workload_prompts(tokenizer, "code-edit,chat", 8, seed=0)
+    assert len(mixed.warmup_token_ids) == 8 and not set(mixed.warmup_token_ids) & set(mixed.token_ids)
 
     fed: list = []
     run_batch = sweep._run_batch
@@ -248,15 +252,20 @@ def test_every_point_starts_on_a_reset_drafter(tiny_chat_dir, monkeypatch):
 
 
 def test_random_warmup_fits_the_engine_sized_by_the_workload(tiny_chat_dir, monkeypatch):
-    """Chat at batch 64 measures every conversation, so the warm-up falls back to random ids: they are as long
-    as the longest measured prompt (the engine's max_model_len is sized by it), not --prompt-len's 128, which
-    the engine refused ("prompt is 128 tokens; max_model_len is 113") on the GPU."""
+    """A workload with no prompt besides the measured ones (here: chat with its warm-up questions taken away)
+    warms up on random ids: as long as the longest measured prompt (the engine's max_model_len is sized by
+    it), not --prompt-len's 128, which the engine refused ("prompt is 128 tokens; max_model_len is 113") on
+    the GPU."""
     from transformers import AutoTokenizer
 
 
     import dynaspec.bench.sweep as sweep
+    import dynaspec.bench.sweep_prompts as sweep_prompts
+    from dynaspec.bench.workloads import workload
 
+    monkeypatch.setattr(sweep_prompts, "warmup_workload", workload)
     every_chat = workload_prompts(AutoTokenizer.from_pretrained(str(tiny_chat_dir)), "chat", 64, seed=0)
+    assert every_chat.warmup_token_ids == ()
     assert every_chat.max_len + 2 + 1 < 128  # the old warm-up would not have fitted
     fed: list = []
     run_batch = sweep._run_batch
@@ -267,3 +276,20 @@ def test_random_warmup_fits_the_engine_sized_by_the_workload(tiny_chat_dir, monk
     (warmup_len, warmup_prompts), _ = fed
     assert warmup_prompts is None and warmup_len == every_chat.max_len
     assert result.points[0].batch_tokens == 64 * 2  # the timed batch ran: 2 tokens each
+
+
+def test_chat_warms_up_on_its_own_questions_and_they_fit(tiny_chat_dir, monkeypatch):
+    """Chat measures all of its conversations at batch 64: the warm-up batch runs its other questions (not
+    random ids, on which a real drafter accepts nothing and an online policy learns k = 0 before the point),
+    and the engine, sized by the longest prompt, warm-ups included, takes them."""
+    import dynaspec.bench.sweep as sweep
+
+    fed: list = []
+    run_batch = sweep._run_batch
+    monkeypatch.setattr(sweep, "_run_batch", lambda engine, batch, plen, glen, rng, prompts=None:
+                        fed.append(prompts) or run_batch(engine, batch, plen, glen, rng, prompts))
+    result = run_sweep(_settings(tiny_chat_dir, workload="chat", batch_sizes=[64], draft_lens=[0], warmup=True,
+                                 include_schedule=False, gen_len=2))
+    warmup, measured = fed
+    assert warmup is not None and len(warmup) == 64 and not {tuple(p) for p in warmup} & {tuple(p) for p in measured}
+    assert result.points[0].batch_tokens == 64 * 2

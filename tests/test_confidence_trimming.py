@@ -93,3 +93,43 @@ def test_drafting_is_sunk_once_drafted_so_trimming_prices_only_the_verify():
     # verifying the 64 positions: 6.4% more time for ~20% more tokens; with their drafting: 31% more
     assert sum(split.trim_drafts(ids, limits, confidence)) == 64
     assert sum(whole.trim_drafts(ids, limits, confidence)) == 0
+
+
+def test_trimming_stops_where_trimmed_steps_take_longer_than_verifying_everything():
+    """A trimmed step reads the drafter's confidences on the host between drafting and verifying, which
+    costs the overlap of host and GPU work: where its steps (StepOutcome.planned: the k_i before the trim)
+    take at least what the untrimmed step is priced at, trimming stops at that batch and below, and the
+    allocations are replanned; where they take less, it goes on. The samples price the trimming only: the
+    host-overhead fit, which prices the allocation, learns from untrimmed steps."""
+    slow, fast = _policy(0.1), _policy(0.1)
+    ids = [f"r{i}" for i in range(8)]
+    for policy in (slow, fast):
+        policy.settings = policy.settings.model_copy(update={"trim_min_saving": 0.0})
+        assert policy.trims_drafts_at(8) and policy.trims_drafts_at(4)
+    untrimmed = slow.step_seconds(8, 8 * K)  # 1 + 0.1 * 8 * K seconds: no overhead learned
+    for step in range(3):
+        for policy, seconds in ((slow, untrimmed + 0.2), (fast, untrimmed - 0.2)):
+            policy.allocation(8, ids)
+            policy.observe(StepOutcome(ids, K, drafted=[1] * 8, accepted=[1] * 8, draft_lens=[1] * 8,
+                                       planned=[K] * 8, seconds=seconds))
+        if step < 2:
+            assert slow.trims_drafts_at(8)  # one or two slow steps are no verdict
+    assert not slow.trims_drafts_at(8) and not slow.trims_drafts_at(4) and not slow.trims_drafts_at(2)
+    assert slow.stats()["no_trimming_up_to_batch"] == 8 and not slow._tables
+    assert fast.trims_drafts_at(8) and fast.stats()["no_trimming_up_to_batch"] == 0
+    assert len(slow.overhead) == len(fast.overhead) == 0
+
+
+def test_trimming_prices_the_verify_alone_not_the_host_overhead():
+    """Once drafted, a step pays its host work (drafting, the confidence read, committing) whatever the trim
+    keeps: a learned per-step overhead of 3 s must not make verifying nothing look 3 s cheaper. Verifying
+    costs 0.1 s a position here and every draft is accepted: everything is kept."""
+    policy = _policy(0.1)
+    ids = [f"r{i}" for i in range(4)]
+    for _ in range(40):
+        policy.observe(StepOutcome(ids, K, drafted=[K] * 4, accepted=[K] * 4, draft_lens=[K] * 4))
+    for batch, k in ((1, 1), (2, 1), (4, 1), (4, 2), (8, 2)):  # every speculative step 3 s over its probe
+        policy.overhead.add(batch, k, 3.0)
+    policy.overhead.refit_if_due()
+    assert policy.step_seconds(4, 4) > policy.step_seconds(4, 0) + 2.5
+    assert policy.trim_drafts(ids, [K] * 4, [[0.9] * K] * 4) == [K] * 4

@@ -8,7 +8,7 @@ import re
 
 import pytest
 
-from dynaspec.bench.workloads import chat_prompts, code_edit_prompts
+from dynaspec.bench.workloads import chat_prompts, code_edit_prompts, warmup_workload
 from dynaspec.train_head.prompts import collect_prompts, parse_sources
 
 
@@ -22,7 +22,8 @@ def test_training_sources_never_hold_a_bench_prompt():
     bench_functions = _code_blocks(code_edit_prompts(10_000))
     assert len(bench_functions) > 50
     assert not bench_functions & _code_blocks(training)
-    chat = {p[0]["content"] for p in chat_prompts(100)}
+    chat = {p[0]["content"] for p in chat_prompts(100) + warmup_workload("chat", 100)}
+    assert len(chat) >= 24
     assert not chat & {p[0]["content"] for p in training}
     questions = collect_prompts(["questions"], 10_000)
     assert len(questions) == 1200 and all(p[0]["content"].strip() for p in questions)

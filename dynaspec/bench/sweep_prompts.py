@@ -24,7 +24,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from dynaspec.bench.workloads import WORKLOADS, workload
+from dynaspec.bench.workloads import WORKLOADS, warmup_workload, workload
 
 # Warm-up prompts are searched among this many times as many conversations as the measured ones.
 WARMUP_DRAW_FACTOR = 4
@@ -42,12 +42,12 @@ def workload_names(name: str) -> list[str]:
     return names
 
 
-def _interleaved(names: list[str], count: int, seed: int) -> list:
+def _interleaved(names: list[str], count: int, seed: int, draw=workload) -> list:
     """Up to `count` conversations taking turns between the workloads `names` (a workload may hold fewer
-    than asked: then as many rounds as the shortest has)."""
+    than asked: then as many rounds as the shortest has); draw: workloads.workload, or warmup_workload."""
     if len(names) == 1:
-        return workload(names[0], count, seed)
-    drawn = [workload(n, -(-count // len(names)), seed) for n in names]
+        return draw(names[0], count, seed)
+    drawn = [draw(n, -(-count // len(names)), seed) for n in names]
     rounds = min(len(d) for d in drawn)
     return [d[r] for r in range(rounds) for d in drawn][:count]
 
@@ -80,7 +80,8 @@ class WorkloadPrompts:
 
     @property
     def max_len(self) -> int:
-        return max(len(p) for p in self.token_ids)
+        """The longest prompt, warm-ups included (the engine's max_model_len is sized by it)."""
+        return max(len(p) for p in self.token_ids + self.warmup_token_ids)
 
     def mean_len(self, batch: int) -> float:
         """Mean prompt tokens of a batch of `batch` requests."""
@@ -121,7 +122,7 @@ def workload_prompts(tokenizer, name: str, num_prompts: int, seed: int = 0) -> W
     ids = tokenized(_interleaved(names, num_prompts, seed))
     measured = set(ids)
     warmup: list[tuple[int, ...]] = []
-    for prompt in tokenized(_interleaved(names, WARMUP_DRAW_FACTOR * num_prompts, seed + 1)):
+    for prompt in tokenized(_interleaved(names, WARMUP_DRAW_FACTOR * num_prompts, seed + 1, warmup_workload)):
         if prompt not in measured and prompt not in warmup:
             warmup.append(prompt)
             if len(warmup) == num_prompts:

@@ -37,6 +37,29 @@ _CHAT = (
     "Give me a plan for learning Spanish in six months.",
     "Why is the sky blue? Answer in a few sentences.",
 )
+# Warm-up only (sweep_prompts.WorkloadPrompts.warmup_token_ids): the untimed batch before each point runs these,
+# never the measured _CHAT, so an online policy meets chat before the point as a server would. Without them the
+# warm-up ran random token ids, where a real drafter accepts nothing: on an H100 (2026-12-06, Qwen2.5-Coder-1.5B
+# and its EAGLE head) both policies left every chat point at k = 0 with an acceptance estimate of 0.1 at k = 1,
+# where static k = 1 accepted 0.5 and ran 1.22x no spec at batch 1.
+_CHAT_WARMUP = (
+    "What makes a good code review? Give a few pointers.",
+    "Explain recursion to someone who has never programmed.",
+    "Suggest three weekend activities for a rainy day.",
+    "How do vaccines train the immune system? Keep it short.",
+    "Write a friendly reminder email about a team meeting on Friday.",
+    "What is the difference between weather and climate?",
+    "Give me tips for writing a clear bug report.",
+    "Why do cats purr? Answer in a few sentences.",
+    "How should I prepare for a job interview as a junior developer?",
+    "Explain what an API is with an everyday analogy.",
+    "Plan a simple three-day workout routine for a beginner.",
+    "What are the pros and cons of working from home?",
+    "Describe how a bill becomes a law, briefly.",
+    "Write a short thank-you note to a mentor.",
+    "How do noise-cancelling headphones work?",
+    "What should I pack for a week-long hiking trip?",
+)
 
 
 def _functions(module_name: str, max_lines: int = 30) -> list[str]:
@@ -89,10 +112,20 @@ def humaneval_prompts(n: int, seed: int = 0) -> list[list[dict]]:
     ]
 
 
-def chat_prompts(n: int, seed: int = 0) -> list[list[dict]]:
-    prompts = list(_CHAT)
+def chat_prompts(n: int, seed: int = 0, questions: tuple[str, ...] = _CHAT) -> list[list[dict]]:
+    prompts = list(questions)
     random.Random(seed).shuffle(prompts)
     return [[{"role": "user", "content": p}] for p in (prompts * (n // len(prompts) + 1))[:n]]
+
+
+def warmup_workload(name: str, n: int, seed: int = 0) -> list[list[dict]]:
+    """`n` conversations for the untimed warm-up before a point of workload `name`: other questions for chat
+    (its few measured ones are all measured), the workload drawn with `seed` otherwise (the caller passes
+    another seed than the measured draw's and drops any measured prompt it still holds)."""
+    if name == "chat":
+        workload(name, n, seed)  # the same validation
+        return chat_prompts(n, seed, _CHAT_WARMUP)
+    return workload(name, n, seed)
 
 
 def workload(name: str, n: int, seed: int = 0) -> list[list[dict]]:

@@ -96,6 +96,7 @@ def _trimmed(sched: SchedulerOutput, wanted: list[int], limits: list[int], confi
     """Each decode's max_draft lowered to what trim keeps of its drafts; the new limits."""
     kept = trim([sched.decodes[i].request.request_id for i in wanted], [limits[i] for i in wanted], confidence)
     for i, k_i in zip(wanted, kept):
+        sched.decodes[i].planned_draft = sched.decodes[i].max_draft
         sched.decodes[i].max_draft = min(sched.decodes[i].max_draft, k_i)
     return [d.max_draft for d in sched.decodes]
 

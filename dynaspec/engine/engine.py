@@ -363,6 +363,8 @@ class LLMEngine:
             outcome = StepOutcome(
                 request_ids=[r.request_id for r in decoding], draft_len=sched.draft_len, drafted=[len(d) for d in drafts],
                 accepted=[max(0, len(c) - 1) for c in committed[: len(decoding)]], draft_lens=[d.max_draft for d in sched.decodes],
+                planned=[d.max_draft if d.planned_draft is None else d.planned_draft for d in sched.decodes]
+                if any(d.planned_draft is not None for d in sched.decodes) else (),
                 seconds=seconds, catch_up_tokens=launched.behind,
                 confidence=[confidence[r.request_id] for r in decoding] if confidence else (),
             )

@@ -35,6 +35,7 @@ DraftLensFor = Callable[[int, int, Sequence[Hashable]], Sequence[int]]
 class ScheduledDecode:
     request: Request
     max_draft: int  # k_i: drafts this request may take this step (<= the step's k)
+    planned_draft: int | None = None  # the policy's k_i before trimming by the drafter's confidence (None: untrimmed)
 
 
 @dataclass

@@ -54,8 +54,9 @@ and cut positions that verify nearly for free.
 
 from __future__ import annotations
 
-from collections import Counter
+from collections import Counter, deque
 from collections.abc import Callable, Hashable, Sequence
+from statistics import median
 from typing import Any
 
 from dynaspec.runtime.cost_model import StepCostModel
@@ -120,6 +121,8 @@ class AdaptivePolicy(DraftLenPolicy):
         # (batch, B, drafted) -> (run bucket, probed seconds; drafted: without the drafting)
         self._priors: dict[tuple[int, int, bool], tuple[int, float]] = {}
         self._trims_at: dict[int, bool] = {}  # batch -> trims_drafts_at
+        self._no_trim_up_to = 0  # trimming measured not to pay at this batch: no trimming up to it (_judge_trimming)
+        self._trim_excess: dict[int, deque[float]] = {}  # batch -> trimmed steps' seconds over the untrimmed price
         # request ids (in batch order) -> (observations when computed, allocation)
         self._tables: dict[tuple[Hashable, ...], tuple[int, Allocation]] = {}
         self._observations = 0
@@ -195,6 +198,8 @@ class AdaptivePolicy(DraftLenPolicy):
     def _pricing(self, batch: int, drafted: bool = False) -> Callable[[int], float]:
         """positions -> step_seconds(batch, positions), with the overhead fit looked up once; drafted: the
         positions exist already, their drafting is not priced (trimming)."""
+        if drafted:  # the step's host work is paid whatever the trim keeps: price the verify alone
+            return lambda positions: self._prior(batch, positions, True)[1]
         base, per_position = self.overhead.speculative_line(batch)
 
         def seconds(positions: int) -> float:
@@ -206,6 +211,8 @@ class AdaptivePolicy(DraftLenPolicy):
     def trims_drafts_at(self, batch: int) -> bool:
         """From `trim_min_batch` requests on, where verifying every position costs `trim_min_saving` of a
         plain step more than verifying none (module docstring); once per batch size (probed prices)."""
+        if batch <= self._no_trim_up_to:
+            return False
         trims = self._trims_at.get(batch)
         if trims is None:
             if batch < self.settings.trim_min_batch:
@@ -323,11 +330,15 @@ class AdaptivePolicy(DraftLenPolicy):
         on the first speculative step after plain ones the catch-up's price)."""
         positions = sum(outcome.drafted)
         if outcome.seconds is not None and outcome.batch > 0:
-            _, prior = self._prior(outcome.batch, positions)
-            if outcome.catch_up_tokens is None:
+            if outcome.catch_up_tokens is not None:
+                if self.catch_up is not None:
+                    self.catch_up.observe(outcome.catch_up_tokens,
+                                          outcome.seconds - self.step_seconds(outcome.batch, positions))
+            elif outcome.planned:  # a trimmed step prices the trimming, not the host overhead
+                self._judge_trimming(outcome.batch, sum(outcome.planned), outcome.seconds)
+            else:
+                _, prior = self._prior(outcome.batch, positions)
                 self.overhead.add(outcome.batch, positions / outcome.batch, outcome.seconds - prior)
-            elif self.catch_up is not None:
-                self.catch_up.observe(outcome.catch_up_tokens, outcome.seconds - self.step_seconds(outcome.batch, positions))
         self._plain_last = outcome.draft_len == 0
         if outcome.draft_len == 0:
             return
@@ -351,6 +362,19 @@ class AdaptivePolicy(DraftLenPolicy):
         if len(self._staleness) > verified:  # plans priced that position by the prior: replan
             self._tables.clear()
 
+    def _judge_trimming(self, batch: int, planned: int, seconds: float) -> None:
+        """Whether trimming pays at this batch, from what trimmed steps took against the price of the step
+        untrimmed (its planned positions all verified: probe + host overhead, which learns from untrimmed
+        steps only). Once the median of the last `trim_verdict_steps` or more is not below that price,
+        trimming stops at this batch and every smaller one (a smaller batch's verify saves less), and the
+        allocations are replanned."""
+        excess = self._trim_excess.setdefault(batch, deque(maxlen=2 * self.settings.trim_verdict_steps))
+        excess.append(seconds - self.step_seconds(batch, planned))
+        if len(excess) >= self.settings.trim_verdict_steps and median(excess) >= 0.0:
+            self._no_trim_up_to = max(self._no_trim_up_to, batch)
+            self._trim_excess.clear()
+            self._tables.clear()
+
     def refresh(self, num_decoding: int, request_ids: Sequence[Hashable] | None = None) -> None:
         """Recompute the allocation of these decoding requests (and the overhead fit) now if due (off the
         critical path)."""
@@ -368,7 +392,7 @@ class AdaptivePolicy(DraftLenPolicy):
     def stats(self) -> dict[str, Any]:
         """The latest decision (budget, k_i histogram, predicted goodput) as get_stats()["planner_decision"]."""
         return {**super().stats(), "planner_decision": dict(self.last_decision),
-                "trimmed_positions": self.trimmed_positions}
+                "trimmed_positions": self.trimmed_positions, "no_trimming_up_to_batch": self._no_trim_up_to}
 
     def __repr__(self) -> str:
         return f"AdaptivePolicy(max_draft_len={self.max_draft_len}, settings={self.settings!r})"

@@ -62,6 +62,11 @@ class PlannerSettings(BaseModel):
     # confidences on the host and cannot chain, ~0.5 ms a step on an H100 (adaptive's k = 4 steps 3.6 ms
     # against static k = 4's 3.1 ms at batch 1, Qwen2.5-Coder-1.5B, 2026-12-06), a quarter of a plain step.
     trim_min_saving: float = Field(default=0.25, ge=0.0, allow_inf_nan=False)
+    # ... and stops at a batch (and below) once the median of this many trimmed steps there took at least what
+    # the untrimmed step is priced at: the host's read of the confidences also costs the overlap of host and
+    # GPU work, which grows with the batch (H100, the Qwen head at batch 64, 2026-12-06: trimmed steps of
+    # 6.3 ms verifying nothing against static k = 3's 4.3 ms verifying every draft).
+    trim_verdict_steps: int = Field(default=3, ge=1)
 
 
 def settings_property(name: str) -> property:

@@ -39,6 +39,8 @@ class StepOutcome:
         on first (spec/catch_up.py); its time prices catch-up, it is no sample of T(batch, k) either.
     confidence: per decoding request, the drafter's probability of each draft it verified (len = drafted);
         empty where the drafter has no distribution or the policy does not trim (trims_drafts_at).
+    planned: per decoding request, the k_i the policy gave before trim_drafts lowered it (draft_lens is
+        after); empty where no trim ran. What the step cost answers the decision that planned it.
     """
 
     request_ids: Sequence[Hashable]
@@ -49,6 +51,7 @@ class StepOutcome:
     catch_up_tokens: int | None = None
     draft_lens: Sequence[int] = ()
     confidence: Sequence[Sequence[float]] = ()
+    planned: Sequence[int] = ()
 
     @property
     def batch(self) -> int:

@@ -130,6 +130,22 @@ def test_exploration_from_k0_is_skipped_when_its_catch_up_costs_more_than_two_pl
     assert planner.draft_len(256, 256) == 1 and planner.last_decision["reason"] == "explore"
 
 
+def test_a_probe_refused_for_its_catch_up_leaves_the_switch_to_the_switching_rule():
+    """At batch 1 the unmeasured neighbours of the best k are probed; a probe from k = 0 may cost at most two
+    plain steps of catch-up. When the drafter's catch-up costs more (an EAGLE head's start-up probe measured
+    3.6 ms against 1.8 ms plain steps on an H100, 2026-12-06), the refused probe must not hold k = 0: the
+    k in force switches where the tokens left earn the catch-up back (the run held k = 0 on all 128 steps
+    of every batch size, where static k = 3 ran 1.76x)."""
+    cost = _cost(lambda b, k: 0.00183 + 0.00025 * k)
+    planner = _planner(cost, [0.5] * 6, probe_margin=0.10, min_observed_steps=4,
+                       catch_up=CatchUpCost(1e-6, fixed_seconds=0.0042), backlog=lambda: (200, 128))
+    k = planner.draft_len(1, 1)
+    assert k > 0 and planner.last_decision["reason"] in ("argmax", "hysteresis")
+    tokens_left_nothing = _planner(cost, [0.5] * 6, probe_margin=0.10, min_observed_steps=4,
+                                   catch_up=CatchUpCost(1e-6, fixed_seconds=0.0042), backlog=lambda: (200, 4))
+    assert tokens_left_nothing.draft_len(1, 1) == 0 and tokens_left_nothing.last_decision["reason"] == "catch-up"
+
+
 def test_observed_catch_up_steps_price_the_backlog():
     planner = _planner(FLAT, ALPHAS, catch_up=CatchUpCost(0.0), backlog=lambda: (0, 0))
     planner.observe_catch_up(16, 2, 0.010 + 0.020, 10_000)  # 20 ms beyond the 10 ms predicted

@@ -136,6 +136,7 @@ class GoodputPlanner(DraftLenPolicy):
         best = rules.argmax_k(goodput, self.candidate_ks)
         bucket = self.bucket(num_decoding)
         held, reason = rules.hold_or_switch(goodput, best, state.held.get(bucket), settings.hysteresis)
+        held_reason = reason
         state.held[bucket] = held
         if state.explore_again is not None:
             k, reason = rules.second_exploration_step(held, reason, state.explore_again)
@@ -148,7 +149,13 @@ class GoodputPlanner(DraftLenPolicy):
             if rules.ramp_keeps_k0(num_decoding, num_active, lambda: self._best_k_at_active_batch(num_active)):
                 k, reason = 0, "ramp"
             elif state.last_k == 0 and not self._catch_up_pays(num_decoding, k, goodput, reason):
-                k, reason = 0, "catch-up"
+                # a trial refused for its catch-up leaves the k in force to the switching rule, which weighs the
+                # catch-up against the tokens left (a probe refused every step held k = 0 where k = 3 ran 1.75x)
+                trial = reason in ("explore", "probe")
+                if trial and held > 0 and self._catch_up_pays(num_decoding, held, goodput, held_reason):
+                    k, reason, state.explore_again = held, held_reason, None
+                else:
+                    k, reason = 0, "catch-up"
             if k == 0:
                 state.held[bucket], state.explore_again = 0, None
         state.last_k = k

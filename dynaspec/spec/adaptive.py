@@ -35,6 +35,15 @@ goodput, is verified too (until some request verified it), so a cold-start prior
 that sits just below the price does not hold k = 0 until a rare exploration; so is one not verified for
 `reprobe_after` decisions (acceptance changes along a request, and k = 0 observes none).
 `max_concurrency` applies as elsewhere: above it, every k_i is 0.
+Uniform where verifying is nearly free: at a batch where verifying every draft position costs less than
+`trim_min_saving` of a plain step more than verifying none (probed, without the drafting), a ragged
+allocation is filled to its longest k_i for every request (adaptive_allocation.filled_to_longest). The
+extra positions verify for next to nothing and a chain drafter drafts to the longest k_i anyway, while a
+ragged step costs what a uniform one does not: a chain drafter's drafts go to the host before the verify,
+and the step cannot chain (engine/chained_step.py). On an H100 (Qwen2.5-Coder-1.5B, its EAGLE head,
+2026-12-06) adaptive's ragged k <= 2 steps at batch 16 took 3.16 ms against static k = 2's 2.80 ms for
+more tokens, and adaptive ran 0.86x no spec on chat there. Per-request lengths pay where verifying costs
+(issue 20's bound: batch 64-128 on Llama-3.1-8B), which is where they stay ragged.
 Trimming by the drafter's confidence (drafters with a distribution: the draft model, an EAGLE head;
 vLLM's #47808 / #52228): once the k_i are drafted, each drafted position's survival is recomputed from the
 drafter's probability of that draft, calibrated online per position (spec/confidence_calibration.py, smoothed
@@ -49,7 +58,13 @@ nothing there, while the host's read of the confidences between drafting and ver
 steps it rules out (engine/chained_step.py), cost ~0.5 ms a step (H100, Qwen2.5-Coder-1.5B, 2026-12-06:
 adaptive's k = 4 steps 3.6 ms against static k = 4's 3.1 ms). Priced with the drafting, trimming counted the
 head's draft steps (most of the probed T's ~0.25 ms a k at batch 4 on that H100) as the price of verifying,
-and cut positions that verify nearly for free.
+and cut positions that verify nearly for free. Trimming prices the verify alone: the step's host work (the
+drafting, the confidence read, the commit) is paid whatever the trim keeps; priced with the learned host
+overhead, verifying nothing looked ~3 ms cheaper than verifying anything at batch 64 and every draft was cut
+while the step still paid for them (H100, 2026-12-06: 14 steps of 6.3 ms that verified nothing, against static
+k = 3's 4.3 ms). And trimming stops at a batch (and below) once `trim_verdict_steps` trimmed steps there took,
+in the median, at least the price of the untrimmed step (_judge_trimming: StepOutcome.planned holds the k_i
+before the trim); their times price the trim, not the host-overhead fit.
 """
 
 from __future__ import annotations
@@ -63,7 +78,8 @@ from dynaspec.runtime.cost_model import StepCostModel
 from dynaspec.spec.acceptance_estimator import AcceptanceEstimator, planning_estimator
 from dynaspec.spec.catch_up import CatchUpCost, switch_pays
 from dynaspec.spec.confidence_calibration import ConfidenceCalibration
-from dynaspec.spec.adaptive_allocation import Allocation, plan_allocation, step_seconds_by_tokens, survival
+from dynaspec.spec.adaptive_allocation import (Allocation, filled_to_longest, plan_allocation, step_seconds_by_tokens,
+                                               survival)
 from dynaspec.spec.planner import PaddedBatchFn
 from dynaspec.spec import planner_rules as rules
 from dynaspec.spec.planner_settings import PlannerSettings
@@ -120,7 +136,7 @@ class AdaptivePolicy(DraftLenPolicy):
         self._unearned: Allocation | None = None  # an allocation whose switch from k = 0 did not pay (_switch_pays)
         # (batch, B, drafted) -> (run bucket, probed seconds; drafted: without the drafting)
         self._priors: dict[tuple[int, int, bool], tuple[int, float]] = {}
-        self._trims_at: dict[int, bool] = {}  # batch -> trims_drafts_at
+        self._verify_cheap_at: dict[int, bool] = {}  # batch -> _verify_is_cheap
         self._no_trim_up_to = 0  # trimming measured not to pay at this batch: no trimming up to it (_judge_trimming)
         self._trim_excess: dict[int, deque[float]] = {}  # batch -> trimmed steps' seconds over the untrimmed price
         # request ids (in batch order) -> (observations when computed, allocation)
@@ -193,7 +209,11 @@ class AdaptivePolicy(DraftLenPolicy):
         """Compute the allocation now (no reuse)."""
         ids = request_ids or [None] * batch
         survivals = [survival(self.estimator.alphas(rid)[: self.max_draft_len]) for rid in ids]
-        return plan_allocation(survivals, self._pricing(batch))
+        pricing = self._pricing(batch)
+        allocation = plan_allocation(survivals, pricing)
+        if self._verify_is_cheap(batch):
+            return filled_to_longest(allocation, survivals, pricing)
+        return allocation
 
     def _pricing(self, batch: int, drafted: bool = False) -> Callable[[int], float]:
         """positions -> step_seconds(batch, positions), with the overhead fit looked up once; drafted: the
@@ -211,17 +231,18 @@ class AdaptivePolicy(DraftLenPolicy):
     def trims_drafts_at(self, batch: int) -> bool:
         """From `trim_min_batch` requests on, where verifying every position costs `trim_min_saving` of a
         plain step more than verifying none (module docstring); once per batch size (probed prices)."""
-        if batch <= self._no_trim_up_to:
+        if batch <= self._no_trim_up_to or batch < self.settings.trim_min_batch:
             return False
-        trims = self._trims_at.get(batch)
-        if trims is None:
-            if batch < self.settings.trim_min_batch:
-                trims = False
-            else:
-                verify = self._prior(batch, batch * self.max_draft_len, True)[1] - self._prior(batch, 0, True)[1]
-                trims = verify >= self.settings.trim_min_saving * self._prior(batch, 0)[1]
-            self._trims_at[batch] = trims
-        return trims
+        return not self._verify_is_cheap(batch)
+
+    def _verify_is_cheap(self, batch: int) -> bool:
+        """Whether verifying every draft position at this batch costs less than `trim_min_saving` of a plain
+        step more than verifying none (probed prices, without the drafting; once per batch size)."""
+        cheap = self._verify_cheap_at.get(batch)
+        if cheap is None:
+            verify = self._prior(batch, batch * self.max_draft_len, True)[1] - self._prior(batch, 0, True)[1]
+            cheap = self._verify_cheap_at[batch] = verify < self.settings.trim_min_saving * self._prior(batch, 0)[1]
+        return cheap
 
     def trim_drafts(self, request_ids: Sequence[Hashable], limits: Sequence[int],
                     confidence: Sequence[Sequence[float]]) -> list[int]:

@@ -15,6 +15,7 @@ import pytest
 from dynaspec.runtime.cost_model import StepCostModel
 from dynaspec.spec.acceptance_estimator import planning_estimator
 from dynaspec.spec.adaptive import AdaptivePolicy
+from dynaspec.spec.catch_up import CatchUpCost
 from dynaspec.spec.planner import GoodputPlanner
 from dynaspec.spec.planner_settings import PlannerSettings
 from dynaspec.spec.policy import StepOutcome
@@ -54,15 +55,18 @@ def _policy_rate(policy, steps: int, seconds=lambda k: REAL_MS[k] / 1e3) -> tupl
     return tokens / elapsed, chosen
 
 
-def _make(kind: str):
+def _make(kind: str, catch_up: CatchUpCost | None = None):
+    """The policy as the engine builds it; catch_up: the drafter's start-up catch-up price, with a backlog of
+    a code-edit prompt (~200 tokens) and the bench's 128 tokens to generate (None: no catch-up rule)."""
     costs = StepCostModel()
     for k, ms in enumerate(PROBED_MS):
         costs.add(1, k, ms / 1e3)
     settings = PlannerSettings()
     estimator = planning_estimator(K, None, settings)  # the engine's: cold-start prior, learned online
+    backlog = None if catch_up is None else (lambda: (200, 128))
     if kind == "goodput":
-        return GoodputPlanner(costs, estimator, list(range(K + 1)), settings)
-    return AdaptivePolicy(costs, estimator, K, settings)
+        return GoodputPlanner(costs, estimator, list(range(K + 1)), settings, catch_up, backlog)
+    return AdaptivePolicy(costs, estimator, K, settings, catch_up=catch_up, backlog=backlog)
 
 
 @pytest.mark.parametrize("kind", ["goodput", "adaptive"])
@@ -80,3 +84,16 @@ def test_steps_timed_with_the_step_queued_before_them_push_the_policy_to_k0(kind
     doubled = lambda k: (REAL_MS[k] + (REAL_MS[0] if k else 0.0)) / 1e3  # noqa: E731
     rate, chosen = _policy_rate(_make(kind), 128, seconds=doubled)
     assert chosen[-64:].count(0) >= 48 and rate < 0.8 * max(_static_rate(k) for k in range(K + 1))
+
+
+@pytest.mark.parametrize("kind", ["goodput", "adaptive"])
+@pytest.mark.parametrize("fixed_ms", [1.09, 1.88, 3.62])
+def test_a_catch_up_dearer_than_two_plain_steps_does_not_hold_k0(kind, fixed_ms):
+    """The head's start-up probe priced one catch-up at 1.09, 1.88 and 3.62 ms on three loads of the same
+    card (2026-12-06). At 3.62 ms, two plain steps' worth, a probe from k = 0 was refused for its catch-up,
+    and the goodput planner held k = 0 on all 128 steps of every batch size (1.00x where static k = 3 ran
+    1.76x). A switch whose gain over the tokens left earns the catch-up back must happen whatever the probe
+    rule allows."""
+    best = max(_static_rate(k) for k in range(K + 1))
+    rate, chosen = _policy_rate(_make(kind, CatchUpCost(0.88e-6, fixed_seconds=fixed_ms / 1e3)), 128)
+    assert chosen.count(0) <= 8 and rate >= 0.93 * best, (rate / best, chosen)  # held at k = 0: 0.63x

@@ -406,3 +406,15 @@ def test_a_switch_that_did_not_pay_is_not_priced_again_while_k_stays_zero():
     assert len(asked) == 1
     policy.draft_lens(3, 3, ids + ["c"])  # other requests: another allocation, asked again
     assert len(asked) == 2
+
+
+def test_view_reports_the_allocation_and_its_prices_as_json():
+    policy = _policy(0.1)
+    for _ in range(30):
+        policy.observe(StepOutcome(["copy", "chat"], K, drafted=[K, K], accepted=[K, 0], draft_lens=[K, K]))
+    view = json.loads(json.dumps(policy.view(2)))
+    assert view["allocation"]["budget"] == sum(int(k) * n for k, n in view["allocation"]["draft_lens"].items())
+    assert view["step_seconds_by_budget"]["0"] == pytest.approx(1.0)
+    assert set(view["overhead_coefficients"]) and view["catch_up_samples"] == 0
+    assert view["verify_is_cheap"] is False and view["no_trimming_up_to_batch"] == 0
+    assert DraftLenPolicy().view(2) is None

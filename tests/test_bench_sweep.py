@@ -32,7 +32,7 @@ POINT_FIELDS = {
     "planner_decisions",  # goodput line only
     "step_log", "round_tokens_per_s",  # every decode step; rounds of a side-by-side sweep (None otherwise)
     "gc_full_collections_ms",  # full garbage collections during the timed batch
-    "planner_view",  # goodput line only
+    "planner_view",  # policies that predict (goodput, adaptive): DraftLenPolicy.view
     "batch_tokens", "batch_tokens_per_s",  # the whole batch, prefill phase included
 }
 METADATA_FIELDS = {

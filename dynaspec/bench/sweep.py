@@ -68,7 +68,6 @@ from dynaspec.bench.sweep_settings import (
 )
 from dynaspec.config import EngineConfig
 from dynaspec.engine.startup_heap import freeze_survivors, frozen_startup_heap, full_collections
-from dynaspec.spec.planner import GoodputPlanner
 from dynaspec.spec.schedule_policy import SchedulePolicy
 
 __all__ = [
@@ -349,18 +348,8 @@ def _measure(engine, line: Line, batch: int, prompt_len: int, gen_len: int, rng:
 
 
 def _planner_view(engine, batch: int) -> dict[str, Any] | None:
-    planner = engine.policy
-    if not isinstance(planner, GoodputPlanner):
-        return None
-    catch_up = planner.catch_up
-    return {
-        "table": planner.explain(batch),
-        # `is not None`: a CatchUpCost with no samples yet is falsy (len 0), and whether a catch-up step was
-        # observed in a short run depends on this machine's timings
-        "catch_up_seconds_per_token": catch_up.seconds_per_token if catch_up is not None else None,
-        "catch_up_fixed_seconds": catch_up.fixed if catch_up is not None else None,
-        "catch_up_samples": len(catch_up) if catch_up is not None else 0,
-    }
+    """The policy's view of this batch after the point (DraftLenPolicy.view: None for those that predict nothing)."""
+    return engine.policy.view(batch)
 
 
 def engine_nominal_k(engine, line: Line, batch: int) -> int:

@@ -57,8 +57,9 @@ class Point:
     round_tokens_per_s: list[float] | None = None
     # Milliseconds of each full (generation-2) garbage collection during the timed batch (all rounds).
     gc_full_collections_ms: list[float] = field(default_factory=list)
-    # Goodput line only: the planner's table for this batch size after the point (GoodputPlanner.explain:
-    # per k the expected accepted tokens, predicted step seconds and goodput) and its catch-up price.
+    # The policy's view of this batch size after the point (DraftLenPolicy.view; None for static lines): the
+    # goodput planner's table (per k the expected accepted tokens, predicted step seconds and goodput), the
+    # adaptive policy's allocation, prices and overhead fit; both with their catch-up price.
     planner_view: dict[str, Any] | None = None
 
 

@@ -84,6 +84,7 @@ from dynaspec.spec.planner import PaddedBatchFn
 from dynaspec.spec import planner_rules as rules
 from dynaspec.spec.planner_settings import PlannerSettings
 from dynaspec.spec.policy import DraftLenPolicy, StepOutcome
+from dynaspec.spec.step_overhead import COLUMNS as OVERHEAD_COLUMNS
 from dynaspec.spec.step_overhead import StepOverheadModel
 
 # Probed prices kept per (batch, positions): a batch of b requests asks for b * max_draft_len + 1 of them.
@@ -409,6 +410,23 @@ class AdaptivePolicy(DraftLenPolicy):
     def reachable_draft_lens(self, num_decoding: int) -> set[int]:
         """Every largest k_i a step can have (CUDA-graph capture): 0..max_draft_len."""
         return set(range(self.max_draft_len + 1))
+
+    def view(self, batch: int) -> dict[str, Any]:
+        """The allocation it would make now for `batch` requests it knows nothing of (the pooled estimate),
+        the prices behind it (plain and per budget), the host-overhead fit, where it trims, the catch-up price."""
+        allocation = self.plan(batch)
+        budgets = sorted({0, batch, allocation.budget, batch * self.max_draft_len})
+        catch_up = CatchUpCost() if self.catch_up is None else self.catch_up
+        return {
+            "allocation": {"draft_lens": {str(k): n for k, n in sorted(Counter(allocation.draft_lens).items())},
+                           "budget": allocation.budget, "expected_tokens": allocation.expected_tokens,
+                           "step_seconds": allocation.seconds, "goodput_tokens_per_s": allocation.goodput},
+            "step_seconds_by_budget": {str(b): self.step_seconds(batch, b) for b in budgets},
+            "overhead_coefficients": dict(zip(OVERHEAD_COLUMNS, self.overhead.coefficients)),
+            "verify_is_cheap": self._verify_is_cheap(batch), "trims": self.trims_drafts_at(batch),
+            "no_trimming_up_to_batch": self._no_trim_up_to,
+            **catch_up.describe(),
+        }
 
     def stats(self) -> dict[str, Any]:
         """The latest decision (budget, k_i histogram, predicted goodput) as get_stats()["planner_decision"]."""

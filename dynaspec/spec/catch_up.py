@@ -81,6 +81,11 @@ class CatchUpCost:
             self._tokens_squared = keep * self._tokens_squared + float(tokens) * tokens
             self._num_samples += 1
 
+    def describe(self) -> dict[str, float | int]:
+        """The price now, JSON-ready (policies' view())."""
+        return {"catch_up_seconds_per_token": self.seconds_per_token, "catch_up_fixed_seconds": self.fixed,
+                "catch_up_samples": self._num_samples}
+
     def __len__(self) -> int:
         """Samples observed so far."""
         return self._num_samples

@@ -314,6 +314,11 @@ class GoodputPlanner(DraftLenPolicy):
                          "probed_seconds": probed, "goodput_tokens_per_s": goodput})
         return rows
 
+    def view(self, batch: int) -> dict[str, Any]:
+        """explain(batch) as "table", and the drafter's catch-up price (zeros without one)."""
+        catch_up = CatchUpCost() if self.catch_up is None else self.catch_up
+        return {"table": self.explain(batch), **catch_up.describe()}
+
     # ----------------------------------------------------------------- engine hooks
     def observe(self, outcome: StepOutcome) -> None:
         """A decode step's outcome: its acceptance (k >= 1), and its time as a sample of T(batch, k), or,

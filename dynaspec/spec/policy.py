@@ -103,6 +103,11 @@ class DraftLenPolicy:
         (CUDA-graph capture)."""
         return {0}
 
+    def view(self, batch: int) -> dict[str, Any] | None:
+        """What it would predict now for a step of `batch` decoding requests, for benchmark reports and logs
+        (JSON-ready); None where it predicts nothing."""
+        return None
+
     def stats(self) -> dict[str, Any]:
         """get_stats() entries: the schedule in force, what `auto` planned, the planner's last decision, the
         drafted positions trim_drafts left unverified."""

@@ -20,7 +20,7 @@ from dynaspec.spec.adaptive_allocation import (
     Allocation,
     allocate,
     allocation_order,
-    filled_to_longest,
+    uniform_at_longest,
     plan_allocation,
     step_seconds_by_tokens,
     survival,
@@ -63,16 +63,20 @@ def test_copy_heavy_request_drafts_long_and_chat_request_drafts_nothing():
     assert plan_allocation(survivals, lambda positions: 1.0).draft_lens == [K, K]
 
 
-def test_a_ragged_allocation_filled_to_its_longest_draft_is_uniform_and_repriced():
+def test_an_allocation_made_uniform_at_its_longest_draft_is_repriced_with_the_uniform_next_step():
     survivals = [survival(COPY), survival([0.6] * K), survival(CHAT)]
     price = lambda positions: 1.0 + 0.01 * positions
     ragged = Allocation([K, 2, 0], K + 2, 3 + sum(survival(COPY)) + sum(survival([0.6] * K)[:2]), price(K + 2))
-    filled = filled_to_longest(ragged, survivals, price)
+    filled = uniform_at_longest(ragged, survivals, price)
     assert filled.draft_lens == [K] * 3 and filled.budget == 3 * K and not filled.ragged
     assert filled.expected_tokens == pytest.approx(3 + sum(sum(s) for s in survivals))
     assert filled.seconds == price(3 * K) and filled.next_request is None  # every position taken
-    uniform = Allocation([2, 2, 2], 6, 4.0, price(6))
-    assert filled_to_longest(uniform, survivals, price) is uniform
+    # its next position: the uniform step one longer (every request's position 2), priced as such
+    uniform = uniform_at_longest(Allocation([2, 2, 2], 6, 0.0, price(6)), survivals, price)
+    assert uniform.draft_lens == [2, 2, 2] and uniform.seconds == price(6) and uniform.next_request == 0
+    assert uniform.expected_tokens == pytest.approx(3 + sum(sum(s[:2]) for s in survivals))
+    third = sum(s[2] for s in survivals)
+    assert uniform.next_goodput == pytest.approx((uniform.expected_tokens + third) / price(9))
 
 
 def test_the_policy_drafts_uniformly_where_verifying_is_nearly_free_and_ragged_where_it_costs():
@@ -86,6 +90,17 @@ def test_the_policy_drafts_uniformly_where_verifying_is_nearly_free_and_ragged_w
         for _ in range(30):
             policy.observe(StepOutcome(["copy", "chat"], K, drafted=[K, K], accepted=[K, 0], draft_lens=[K, K]))
         assert policy.draft_lens(2, 2, ["copy", "chat"]) == want
+
+
+def test_where_verifying_is_nearly_free_a_probe_lengthens_every_request():
+    """One position more for one request would make a ragged step (on the H100 of 2026-12-06, a probe beyond
+    k = 3 at batch 16: 3.97 ms steps against 3.15); where verifying is nearly free, every request goes one
+    further. Where verifying costs, the one request whose next position survives best does."""
+    ids = ["a", "b", "c", "d"]
+    cheap, dear = _policy(0.01, explore_every=None), _policy(0.05, explore_every=None)
+    assert cheap.plan(4, ids).draft_lens == [3, 3, 3, 3] and dear.plan(4, ids).draft_lens == [2, 2, 1, 1]
+    assert cheap.draft_lens(4, 4, ids) == [4, 4, 4, 4] and cheap.last_decision["reason"] == "probe"
+    assert dear.draft_lens(4, 4, ids) == [2, 2, 2, 1] and dear.last_decision["reason"] == "probe"
 
 
 def test_no_drafts_when_verify_cost_grows_steeply():

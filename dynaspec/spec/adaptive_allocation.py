@@ -109,21 +109,21 @@ def plan_allocation(
     return Allocation(draft_lens, best_b, best_tokens, best_seconds)
 
 
-def filled_to_longest(allocation: Allocation, survivals: Sequence[Sequence[float]],
-                      step_seconds: Callable[[int], float]) -> Allocation:
-    """`allocation` with every request drafting as far as its longest k_i (a uniform step), re-priced: where
-    verifying the extra positions costs next to nothing (spec/adaptive.py decides where), a uniform step is
-    cheaper to run than a ragged one. An allocation that is not ragged comes back as it is."""
-    if not allocation.ragged:
-        return allocation
-    batch, k = len(survivals), max(allocation.draft_lens)
+def uniform_at_longest(allocation: Allocation, survivals: Sequence[Sequence[float]],
+                       step_seconds: Callable[[int], float]) -> Allocation:
+    """`allocation` with every request drafting as far as its longest k_i (a uniform step), re-priced, and its
+    next position the uniform step one longer (every request's position k: next_goodput prices that step,
+    next_request is the request whose position k survives best). Where verifying the extra positions costs next
+    to nothing (spec/adaptive.py decides where), a uniform step is cheaper to run than a ragged one, and so is
+    probing one position further for every request than for one."""
+    batch, k = len(survivals), max(allocation.draft_lens, default=0)
     tokens = batch + sum(sum(request[:k]) for request in survivals)
-    seconds = step_seconds(batch * k)
+    seconds = allocation.seconds if allocation.budget == batch * k else step_seconds(batch * k)
     following = [(request[k], i) for i, request in enumerate(survivals) if len(request) > k]
     if not following:
         return Allocation([k] * batch, batch * k, tokens, seconds)
-    next_survival, next_request = max(following, key=lambda pair: (pair[0], -pair[1]))
-    next_goodput = (tokens + next_survival) / step_seconds(batch * k + 1)
+    next_request = max(following, key=lambda pair: (pair[0], -pair[1]))[1]
+    next_goodput = (tokens + sum(s for s, _ in following)) / step_seconds(batch * (k + 1))
     return Allocation([k] * batch, batch * k, tokens, seconds, next_request, next_goodput)
 
 

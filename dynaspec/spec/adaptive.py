@@ -79,8 +79,8 @@ from dynaspec.runtime.cost_model import StepCostModel
 from dynaspec.spec.acceptance_estimator import AcceptanceEstimator, planning_estimator
 from dynaspec.spec.catch_up import CatchUpCost, switch_pays
 from dynaspec.spec.confidence_calibration import ConfidenceCalibration
-from dynaspec.spec.adaptive_allocation import (Allocation, uniform_at_longest, plan_allocation, step_seconds_by_tokens,
-                                               survival)
+from dynaspec.spec.adaptive_allocation import (Allocation, plan_allocation, step_seconds_by_tokens, survival,
+                                               uniform_at_longest)
 from dynaspec.spec.planner import PaddedBatchFn
 from dynaspec.spec import planner_rules as rules
 from dynaspec.spec.planner_settings import PlannerSettings

@@ -158,9 +158,17 @@ def test_adaptive_trims_drafts_by_the_heads_confidence_losslessly(tiny, baseline
     for _ in range(100):
         for doubtful in (0.05, 0.25, 0.45, 0.65, 0.85):
             llm.engine.policy.calibration.observe([doubtful], accepted=0)
+    outcomes = []
+    observe = llm.engine.policy.observe
+    llm.engine.policy.observe = lambda outcome: outcomes.append(outcome) or observe(outcome)
     assert [o.token_ids for o in llm.generate(_prompts(6), GREEDY)] == baseline
     stats = llm.get_stats()
     assert stats["trimmed_positions"] > 0 and stats["num_drafted"] > 0
+    # the policy hears each trimmed step's k_i before the trim (StepOutcome.planned), the others' stay empty
+    trimmed = [o for o in outcomes if o.planned]
+    assert trimmed and all(len(o.planned) == o.batch for o in trimmed)
+    assert any(sum(o.planned) > sum(o.draft_lens) for o in trimmed)
+    assert all(p >= k for o in trimmed for p, k in zip(o.planned, o.draft_lens))
     assert llm.engine.policy.calibration.samples(0) > 500  # the primed 500 and the verified drafts
 
 

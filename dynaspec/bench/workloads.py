@@ -123,8 +123,7 @@ def warmup_workload(name: str, n: int, seed: int = 0) -> list[list[dict]]:
     (its few measured ones are all measured), the workload drawn with `seed` otherwise (the caller passes
     another seed than the measured draw's and drops any measured prompt it still holds)."""
     if name == "chat":
-        workload(name, n, seed)  # the same validation
-        return chat_prompts(n, seed, _CHAT_WARMUP)
+        return chat_prompts(_checked_count(n), seed, _CHAT_WARMUP)
     return workload(name, n, seed)
 
 
@@ -138,6 +137,11 @@ def workload(name: str, n: int, seed: int = 0) -> list[list[dict]]:
     }
     if name not in builders:
         raise ValueError(f"unknown workload {name!r}; choose from {', '.join(WORKLOADS)}")
+    return builders[name](_checked_count(n), seed)
+
+
+def _checked_count(n: int) -> int:
+    """n, or a ValueError when it is no number of prompts."""
     if n < 1:
         raise ValueError(f"number of prompts must be >= 1, got {n}")
-    return builders[name](n, seed)
+    return n

@@ -15,7 +15,7 @@ from collections.abc import Callable, Hashable, Sequence
 
 import torch
 
-from dynaspec.engine.scheduler import SchedulerOutput
+from dynaspec.engine.scheduler import ScheduledDecode, SchedulerOutput
 from dynaspec.runtime.host_copy import to_device
 from dynaspec.spec.drafter import DeviceDrafts, DraftProposal, Drafter
 from dynaspec.spec.verifier import TargetAcceptance
@@ -89,6 +89,14 @@ def propose_drafts(drafter: Drafter, acceptance: TargetAcceptance, sched: Schedu
     limits = [0 if i in errors else limit for i, limit in enumerate(limits)]
     drafts, probs = acceptance.complete_drafts(drafts, probs, limits, [d.request.last_token_id for d in sched.decodes])
     return StepDrafts(drafts, probs, errors, confidence=confidence)
+
+
+def planned_draft_lens(decodes: list[ScheduledDecode]) -> list[int]:
+    """Each decode's k_i as the policy gave it, before trim_drafts lowered it (StepOutcome.planned); empty
+    when no trim ran this step."""
+    if all(d.planned_draft is None for d in decodes):
+        return []
+    return [d.max_draft if d.planned_draft is None else d.planned_draft for d in decodes]
 
 
 def _trimmed(sched: SchedulerOutput, wanted: list[int], limits: list[int], confidence: list[list[float]],

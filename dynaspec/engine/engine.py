@@ -28,7 +28,7 @@ from dynaspec.config import EngineConfig
 from dynaspec.models.attention import KERNEL_MAX_QUERY_LEN
 from dynaspec.engine.block_manager import BlockManager
 from dynaspec.engine.chained_step import chain_next
-from dynaspec.engine.drafting import propose_drafts
+from dynaspec.engine.drafting import planned_draft_lens, propose_drafts
 from dynaspec.engine.engine_setup import activation_reserve, check_shared_model, eos_ids, resolve_max_model_len
 from dynaspec.engine.graph_keys import mixed_keys, ragged_keys, runs_mixed, runs_ragged, uniform_pairs
 from dynaspec.engine.launched_step import AppliedStep, LaunchedStep, defers_verification, without_aborted
@@ -363,8 +363,7 @@ class LLMEngine:
             outcome = StepOutcome(
                 request_ids=[r.request_id for r in decoding], draft_len=sched.draft_len, drafted=[len(d) for d in drafts],
                 accepted=[max(0, len(c) - 1) for c in committed[: len(decoding)]], draft_lens=[d.max_draft for d in sched.decodes],
-                planned=[d.max_draft if d.planned_draft is None else d.planned_draft for d in sched.decodes]
-                if any(d.planned_draft is not None for d in sched.decodes) else (),
+                planned=planned_draft_lens(sched.decodes),
                 seconds=seconds, catch_up_tokens=launched.behind,
                 confidence=[confidence[r.request_id] for r in decoding] if confidence else (),
             )

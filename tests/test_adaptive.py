@@ -256,6 +256,20 @@ def test_refresh_computes_off_the_critical_path_and_draft_lens_reuses_it():
     assert len(calls) == 2  # due after replan_every observations
 
 
+def test_plain_steps_count_towards_replanning():
+    """A plain phase moves the overhead fit (and a batch's first allocation may have been made on a fit from
+    other batches): its steps make a replan due as speculative ones do."""
+    policy = _policy(0.1, replan_every=3)
+    calls = []
+    plan = policy.plan
+    policy.plan = lambda *args: calls.append(args) or plan(*args)
+    policy.refresh(2, ["x", "y"])
+    for _ in range(3):
+        policy.observe(StepOutcome(["x", "y"], 0, drafted=[0, 0], accepted=[0, 0], draft_lens=[0, 0], seconds=1.0))
+    policy.refresh(2, ["x", "y"])
+    assert len(calls) == 2
+
+
 def test_uniform_policies_give_one_k_per_request_by_default():
     class Fixed(DraftLenPolicy):
         def draft_len(self, num_decoding, num_active, request_ids=None):

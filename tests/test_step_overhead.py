@@ -108,7 +108,14 @@ def test_planner_corrects_cells_it_has_not_run_from_the_steps_it_has():
         for k in (0, 2, 4):
             for _ in range(MIN_OBSERVED_STEPS):
                 planner.observe_step_time(batch, k, _real_seconds(batch, k))
-    # Never ran batch 256 nor k = 1..3: the learned overhead prices them.
+    # Never ran k = 1, 3: the learned overhead prices them.
+    for k in KS:
+        assert planner.step_seconds(64, k) == pytest.approx(_real_seconds(64, k), rel=1e-6)
+    # Never ran batch 256: priced as batch 64 (never above the truth), until a step there is seen.
+    for k in KS:
+        assert planner.step_seconds(256, k) == pytest.approx(_real_seconds(64, k), rel=1e-6)
+        assert planner.step_seconds(256, k) <= _real_seconds(256, k)
+    planner.observe_step_time(256, 4, _real_seconds(256, 4))  # one step: believed at once, and 256 is seen
     for k in KS:
         assert planner.step_seconds(256, k) == pytest.approx(_real_seconds(256, k), rel=1e-6)
 
@@ -162,7 +169,8 @@ def test_unvisited_k_inherits_what_the_fit_missed_on_its_bucket():
 
 def test_terms_the_cells_cannot_identify_stay_zero():
     """Steps at k = 4 only (batches 1 and 4): the fit is a + b * batch, flat in k, not a minimum-norm split
-    that puts most of the slope on the per-drafted-token term and prices k = 4 at batch 16 far above k = 1."""
+    that puts most of the slope on the per-drafted-token term and prices k = 4 far above k = 1 (at batch 16,
+    beyond the batches seen, as at batch 4)."""
     model = StepOverheadModel(min_samples=1)
     for _ in range(4):
         model.add(1, 4, 0.0003)
@@ -170,7 +178,8 @@ def test_terms_the_cells_cannot_identify_stay_zero():
     a, f, d, b, spec, c = model.coefficients
     assert f == d == spec == c == 0.0
     assert a == pytest.approx(0.0002) and b == pytest.approx(0.0001)
-    assert model.predict(16, 4) == pytest.approx(model.predict(16, 1)) == pytest.approx(0.0018)
+    assert model.predict(3, 4) == pytest.approx(model.predict(3, 1)) == pytest.approx(0.0005)
+    assert model.predict(16, 4) == pytest.approx(model.predict(16, 1)) == pytest.approx(0.0006)
     model.add(4, 1, 0.0003)  # a second k at batch 4 identifies a draft-length term: the per-step one first
     a, f, d, b, spec, c = model.coefficients
     assert (a, f, d, b, spec, c) == pytest.approx((-0.0002, 0.0, 0.0001, 0.0001, 0.0, 0.0), abs=1e-12)
@@ -226,3 +235,27 @@ def test_steps_seen_at_batch_1_only_do_not_price_larger_batches_per_request():
             model.add(batch, k, residual)
     for (batch, k), residual in H100_RESIDUALS.items():
         assert model.predict(batch, k) == pytest.approx(residual, abs=0.2e-3)
+
+
+def test_a_speculative_step_beyond_the_batches_seen_is_priced_as_at_the_largest_seen():
+    """adaptive on the H100 (2026-12-06, the EAGLE head, code-edit): speculative steps at batches 1, 2 and 4
+    only, the residual a little larger at 4. Fitted, that growth became a per-drafted-token term that
+    priced 6.7 ms of host work at batch 16 and k = 6, and the policy ran k = 0 at batch 16 for all 128
+    steps where static k = 2 ran 1.25x no spec. Beyond the batches seen, the largest one's residual
+    holds; below it, the fit stands; the first speculative step at a new batch moves the bound."""
+    model = StepOverheadModel(min_samples=1)
+    seen = {(1, 3): 0.80e-3, (1, 4): 0.82e-3, (2, 3): 0.86e-3, (4, 3): 0.95e-3, (4, 4): 1.00e-3, (4, 5): 1.08e-3}
+    for batch in (1, 2, 4, 16, 64):
+        model.add(batch, 0, 0.1e-3)
+    for (batch, k), residual in seen.items():
+        model.add(batch, k, residual)
+    assert model.coefficients[5] > 0  # the per-drafted-token term the growth from batch 1 to 4 fits
+    for batch in (16, 64, 256):
+        for k in (1, 3, 6):
+            assert model.predict(batch, k) == pytest.approx(model.predict(4, k), rel=1e-9)
+            assert model.predict(batch, k) < 1.3e-3
+    base, per_position = model.speculative_line(16)  # ragged budgets: the same prices per mean k
+    assert base + per_position * 16 * 2.5 == pytest.approx(model.predict(4, 2.5), rel=1e-9)
+    assert model.predict(2, 3) < model.predict(4, 3)  # within the batches seen: the fit
+    model.add(16, 3, 0.9e-3)  # a step at batch 16: 16 is now seen
+    assert model.predict(16, 3) == pytest.approx(0.9e-3, abs=0.1e-3)

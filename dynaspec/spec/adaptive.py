@@ -360,7 +360,12 @@ class AdaptivePolicy(DraftLenPolicy):
     # ----------------------------------------------------------------- engine hooks
     def observe(self, outcome: StepOutcome) -> None:
         """Each request's drafted / accepted counts, at its own k_i; the step's time (the host overhead, or
-        on the first speculative step after plain ones the catch-up's price)."""
+        on the first speculative step after plain ones the catch-up's price). Every step counts towards
+        `replan_every`, plain ones too: they move the overhead fit, and an allocation made when a batch
+        started would otherwise hold through a whole plain phase (H100, 2026-12-06: after two explorations
+        at batch 64 showed verifying cheaper than the allocation had priced it, k = 0 held for the rest
+        of the batch)."""
+        self._observations += 1
         positions = sum(outcome.drafted)
         if outcome.seconds is not None and outcome.batch > 0:
             if outcome.catch_up_tokens is not None:
@@ -391,7 +396,6 @@ class AdaptivePolicy(DraftLenPolicy):
                 a.append(accepted)
         for k_i, (ids, drafted, accepted) in groups.items():
             self.estimator.update_step(ids, drafted, accepted, k_i)
-        self._observations += 1
         if len(self._staleness) > verified:  # plans priced that position by the prior: replan
             self._tables.clear()
 

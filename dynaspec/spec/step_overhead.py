@@ -22,7 +22,11 @@ policy has not run. On an H100 (2026-12-06, the EAGLE head for Qwen2.5-Coder-1.5
 residual was 0.26-0.36 ms at batch 1, 0.21-0.41 at 4, 0.26-0.67 at 16: mostly per step; fitted per
 request from batch 1 it came to ~4 ms at batch 16, a price under which k = 0 always wins and which no
 speculative step is then run to correct. Read per step, it can only be too low, which the first
-speculative step at that batch corrects. A one-off slow
+speculative step at that batch corrects. For the same reason a speculative step at a batch larger than any
+speculative step seen is priced as at the largest one seen (same mean k): the per-request and per-drafted-
+token terms are fitted on the batches run, and extrapolated they only grow. On an H100 (2026-12-06, the same
+head) adaptive's fit from batches 1-4 priced 6.7 ms of host work per step at batch 16 and k = 6 (a per-
+drafted-token term of 70 us), so it ran k = 0 at batch 16 where static k = 2 ran 1.25x no spec. A one-off slow
 step (the n-gram drafter indexing every prompt on the first speculative step, a page fault, a
 preemption) does not bend the fit. Predictions are clamped at 0 and are 0 before `min_samples`
 samples arrive. The planner asks for predictions every step, so the fit is redone only when a sample
@@ -60,6 +64,7 @@ class StepOverheadModel:
         self._fitted_cells: set[tuple[int, int]] = set()
         self._added_since_fit = 0
         self._used_for: tuple[frozenset, list[int]] = (frozenset(), [])  # cells -> identifiable columns
+        self._largest_speculative_batch = 0  # of the fitted cells with k > 0 (speculative_line)
 
     def __len__(self) -> int:
         return len(self._samples)
@@ -100,6 +105,7 @@ class StepOverheadModel:
             coef = nonnegative_fit(features, medians, self._used_for[1], NONNEGATIVE_COLUMNS)
             self._coef = tuple(float(x) for x in coef)
             self._fitted_cells = set(cells)
+            self._largest_speculative_batch = max((batch for batch, k in cells if k > 0), default=0)
             self._added_since_fit = 0
         return self._coef
 
@@ -114,11 +120,16 @@ class StepOverheadModel:
     def speculative_line(self, batch: int) -> tuple[float, float]:
         """(base, per drafted position) of a speculative step at this batch: predict(batch, k) for k > 0 is
         max(0, base + per_position * batch * k), for callers pricing many draft budgets at one batch (a
-        ragged step's k is its mean draft length: the per-position term d is then d / batch a position)."""
+        ragged step's k is its mean draft length: the per-position term d is then d / batch a position).
+        Beyond the largest batch a speculative step was seen at, the line of that batch for the same mean k
+        (module docstring: extrapolated, the per-request terms only grow)."""
         coef = self._fit()
         if coef is None:
             return 0.0, 0.0
         a, f, d, b, spec, c = coef
+        seen = self._largest_speculative_batch
+        if 0 < seen < batch:  # residual(seen, k) at k = positions / batch
+            return a + f + (b + spec) * seen, (c * seen + d) / batch
         return a + f + (b + spec) * batch, c + d / batch
 
 

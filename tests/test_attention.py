@@ -9,7 +9,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from dynaspec.models.attention import paged_attention
+from dynaspec.models.attention import KERNEL_KEY_TILE, paged_attention, warmup_block_tables
 from dynaspec.models.attention_metadata import AttentionMetadata
 
 # (query_len, seq_len): full prefill, decode, verify (1 + k), chunked prefill, short prefill.
@@ -147,3 +147,14 @@ def test_mixed_step_cuda_runs_decodes_through_the_kernel():
     # both parts ran through Triton kernels (decode kernel, then prefill kernel): the reference path is the one
     # that fills a metadata's derived cache
     assert head.num_seqs == 3 and not head.derived and not tail.derived
+
+
+@pytest.mark.parametrize("q_len,block_size", [(1, 16), (9, 16), (5, 4), (300, 4)])
+def test_warmup_tables_cover_the_query_and_reach_a_kv_split(q_len, block_size):
+    """The start-up forwards (ModelRunner / EagleHeadRunner.compile_eager_kernels) run each query length on
+    a table just wide enough and on one at least two key tiles wide, where the decode kernel splits the KV
+    (triton_attention.default_num_splits: at most width * block_size / key tile splits)."""
+    tables = warmup_block_tables(q_len, block_size, scratch_block=7)
+    assert all(set(t) == {7} for t in tables)
+    assert len(tables[0]) * block_size >= q_len > (len(tables[0]) - 1) * block_size
+    assert len(tables[-1]) * block_size >= 2 * KERNEL_KEY_TILE

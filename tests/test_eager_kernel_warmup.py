@@ -1,7 +1,10 @@
 """No Triton kernel compiles after start-up (ModelRunner / EagleHeadRunner.compile_eager_kernels): the decode
 / verify attention kernel takes the query length as a compile-time constant, so an eager step of a length
 no graph captured (a prompt of a few tokens, a draft model's catch-up of 3 after a k = 0 phase) compiled a
-variant mid-run; on an H100 that made one step 2.4 s (docs/results.md, issue 20)."""
+variant mid-run; on an H100 that made one step 2.4 s (docs/results.md, issue 20). Over contexts of more than
+two key tiles the kernel splits the KV and runs a reduce kernel, a variant per query length as well, which
+start-up forwards on a one-block table never launched (an EAGLE head's catch-up fed ahead at batch 64: one
+step of 1,035 ms, issue 21)."""
 
 from __future__ import annotations
 
@@ -46,7 +49,9 @@ def test_no_kernel_compiles_after_start_up(tmp_path):
     ))
     before = _compiled_variants()
     gen = torch.Generator().manual_seed(3)
-    for prompt_len, short in ((3, 4), (5, 6), (7, 8), (12, 3)):  # prompts of 3..12 tokens, k = 0 phases of 3..8
+    # prompts of 3..12 tokens, k = 0 phases of 3..8; a 300-token prompt: catch-ups over contexts of more than
+    # two key tiles, where the decode kernel splits the KV and runs its reduce kernel
+    for prompt_len, short in ((3, 4), (5, 6), (7, 8), (12, 3), (300, 6)):
         prompts = [torch.randint(0, 512, (prompt_len,), generator=gen).tolist() for _ in range(2)]
         engine.add_request(f"short-{prompt_len}", prompts[0], SamplingParams(max_tokens=short, temperature=0.0, ignore_eos=True))
         engine.add_request(f"long-{prompt_len}", prompts[1], SamplingParams(max_tokens=short + 12, temperature=0.0, ignore_eos=True))

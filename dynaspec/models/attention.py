@@ -65,7 +65,7 @@ def paged_attention(
         if triton_attention.supports(q, kv_cache, meta.max_query_len):
             return triton_attention.triton_paged_attention(
                 q, kv_cache, meta.query_start_loc, meta.seq_lens, meta.block_tables,
-                meta.max_query_len, scale, sliding_window, pdl=pdl,
+                meta.max_query_len, scale, sliding_window, block_n=KERNEL_KEY_TILE, pdl=pdl,
             )  # (T, H, D)
     if q.is_cuda:
         parts = _decode_prefix(meta)
@@ -99,6 +99,19 @@ def _prefill_attention(q: torch.Tensor, kv_cache: torch.Tensor, meta: AttentionM
 
 # Longest query (1 + k positions) the decode / verify kernel serves.
 KERNEL_MAX_QUERY_LEN = 8
+# Keys per inner-loop tile of the decode / verify kernel (triton_attention's block_n).
+KERNEL_KEY_TILE = 128
+
+
+def warmup_block_tables(q_len: int, block_size: int, scratch_block: int) -> list[list[int]]:
+    """Block tables for the eager start-up forwards of a q_len-token query on the scratch block: one just
+    wide enough, where the decode kernel runs one KV split, and one two key tiles wide, where it splits the
+    KV and runs its reduce kernel (a variant of its own per query length, which a batch-1 table of one block
+    never launched: a catch-up fed ahead over long contexts at batch 64 compiled it mid-run, one step of
+    1,035 ms on an H100, docs/results.md, issue 21)."""
+    narrow = -(-q_len // block_size)
+    wide = max(narrow, -(-2 * KERNEL_KEY_TILE // block_size))
+    return [[scratch_block] * n for n in sorted({narrow, wide})]
 
 
 def _decode_prefix(meta: AttentionMetadata) -> tuple[AttentionMetadata, AttentionMetadata] | None:

@@ -27,6 +27,7 @@ from collections.abc import Iterable
 
 import torch
 
+from dynaspec.models.attention import warmup_block_tables
 from dynaspec.models.attention_metadata import AttentionMetadata
 from dynaspec.models.eagle_head import EagleHead, draft_logits, head_logits, target_embed
 from dynaspec.models.feature_tap import FeatureTap
@@ -77,8 +78,9 @@ class EagleHeadRunner:
         if self.device.type != "cuda":
             return
         forwards = self.num_forwards
-        for q_len in range(1, max_query_len + 2):
-            self.catch_up([[0] * q_len], [0], [[self.scratch_block] * -(-q_len // self.block_size)])
+        for q_len in range(1, max_query_len + 2):  # with one KV split and with several
+            for blocks in warmup_block_tables(q_len, self.block_size, self.scratch_block):
+                self.catch_up([[0] * q_len], [0], [blocks])
         self.num_forwards = forwards
 
     @torch.inference_mode()

@@ -18,6 +18,7 @@ from dynaspec.runtime.cuda_graphs import CudaGraphDecoder, UniformDecodeBatch
 from dynaspec.runtime.mixed_graphs import CHUNK_SLOTS, MixedBatch, MixedGraphDecoder
 from dynaspec.runtime.kv_cache import allocate_kv_cache
 from dynaspec.runtime.ragged_graphs import RaggedDecodeBatch, RaggedGraphDecoder
+from dynaspec.models.attention import warmup_block_tables
 from dynaspec.models.attention_metadata import AttentionMetadata
 
 
@@ -60,13 +61,14 @@ class ModelRunner:
         Triton compiles its kernel variants now (the decode / verify attention kernel takes the query length
         as a compile-time constant; the next length takes the prefill kernel) and not in the first step that
         needs one: a 3-token draft-model catch-up compiled mid-run made one step 2.4 s on an H100
-        (docs/results.md, issue 20). Not counted in num_forwards; nothing to compile on the CPU."""
+        (docs/results.md, issue 20); each on a short and a wide block table (attention.warmup_block_tables:
+        with and without KV splits). Not counted in num_forwards; nothing to compile on the CPU."""
         if self.device.type != "cuda":
             return
         forwards = self.num_forwards
-        for q_len in range(1, max_query_len + 2):
-            blocks = [self.scratch_block] * -(-q_len // self.block_size)  # positions 0..q_len-1, scratch only
-            self.forward([SequenceInput([0] * q_len, q_len, blocks)], [q_len - 1])
+        for q_len in range(1, max_query_len + 2):  # positions 0..q_len-1, scratch only; one KV split and several
+            for blocks in warmup_block_tables(q_len, self.block_size, self.scratch_block):
+                self.forward([SequenceInput([0] * q_len, q_len, blocks)], [q_len - 1])
         self.num_forwards = forwards
 
     def capture_ragged_graphs(

@@ -19,10 +19,12 @@
 #          tokens checked against its run's no spec; scripts/drafter_compare.py puts them in one table.
 #   (default: train code-edit chat; each workload is ~5 min, so a device call takes train, or one workload.)
 #   Options (defaults): --target /tmp/qwen-1.5b.gguf, --draft /tmp/qwen-0.5b.gguf, --head-dir /tmp/eagle-qwen15b,
-#   --num-prompts 2970 (every offline prompt), --answers-per-prompt 2, --temperature 0.8 (sampled
+#   --num-prompts 2970 (every offline prompt), --answers-per-prompt 3, --temperature 0.8 (sampled
 #   answers: 1152 greedy answers were 0.38M tokens on 2026-12-05; 1,312 prompts x 3 gave 1.04M tokens in 136 s on
 #   2026-12-06, and a head whose held-out accuracy stopped at 0.61 while its training loss kept falling, so more
-#   distinct prompts now), --max-tokens 1024, --steps 12000, --batch-size 8, --ttt-steps 5,
+#   distinct prompts; 2,970 x 2 gave 1.69M tokens in 144 s, under the half of the time limit answering may take,
+#   and 2,677 -> 3,915 -> 5,268 steps on them moved held-out depth 1 only 0.69 -> 0.71 -> 0.72: more answers
+#   now, ~2.5M tokens in ~215 s), --max-tokens 1024, --steps 12000, --batch-size 8, --ttt-steps 5,
 #   --draft-vocab-size 32000 (EAGLE-3's draft vocabulary; 0: the target's lm_head, as the first run, 2026-12-05, had),
 #   --lr 5e-4, --init-head '' (train: continue this head, e.g. a carried one, on new answers), --answer-seed ''
 #   (train: the sampled answers' first seed, e.g. 1000 for other answers than an earlier session's),
@@ -39,7 +41,7 @@ set -uo pipefail
 out=${1:?usage: gpu_eagle_qwen.sh OUT_DIR [train] [code-edit] [chat] [OPTION VALUE ...]}
 shift
 target=/tmp/qwen-1.5b.gguf draft=/tmp/qwen-0.5b.gguf head_dir=/tmp/eagle-qwen15b num_prompts=2970 max_tokens=1024
-answers_per_prompt=2 temperature=0.8 draft_vocab_size=32000
+answers_per_prompt=3 temperature=0.8 draft_vocab_size=32000
 steps=12000 batch_size=8 ttt_steps=5 lr=5e-4 max_num_seqs=256 deadline=560 batch_sizes=1,4,16,64 gen_len=128
 eagle_ks=0-6 draft_ks=0,2,3 ngram_ks=0,2,4 drafters=eagle,draft-model,ngram device=auto dtype=auto examples=/tmp/eagle-examples.safetensors init_head= answer_seed=
 parts=()

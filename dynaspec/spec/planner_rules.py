@@ -58,6 +58,10 @@ class Staleness:
             return 0
         return None
 
+    def seen(self, key) -> bool:
+        """Measured at least once (stale or not)."""
+        return key in self._last
+
     def unmeasured(self, key) -> bool:
         """Never measured, or stale (the probe rule's "unvisited")."""
         return key not in self._last or self.stale_count(key) is not None

@@ -46,40 +46,19 @@ and the step cannot chain (engine/chained_step.py). On an H100 (Qwen2.5-Coder-1.
 2026-12-06) adaptive's ragged k <= 2 steps at batch 16 took 3.16 ms against static k = 2's 2.80 ms for
 more tokens, and adaptive ran 0.86x no spec on chat there. Per-request lengths pay where verifying costs
 (issue 20's bound: batch 64-128 on Llama-3.1-8B), which is where they stay ragged.
-Trimming by the drafter's confidence (drafters with a distribution: the draft model, an EAGLE head;
-vLLM's #47808 / #52228): once the k_i are drafted, each drafted position's survival is recomputed from the
-drafter's probability of that draft, calibrated online per position (spec/confidence_calibration.py, smoothed
-toward the request's own estimate), and the same budget search over the drafted positions keeps the best
-prefix of each request's draft (never more than drafted, so lossless as any shorter draft). Steps that
-probe or explore are not trimmed (they verify on purpose what the estimates doubt). Once drafted, a
-position's drafting is sunk: trimming prices only verifying (the probed T less the drafter's share,
-StepCostModel.verify_cost), and runs only at batches where verifying every position costs at least
-`trim_min_saving` (a quarter) of a plain step more than verifying none, and of at least `trim_min_batch`
-requests (2): a small batch's verify is a weight read whatever its few rows, so trimming saves next to
-nothing there, while the host's read of the confidences between drafting and verifying, and the chained
-steps it rules out (engine/chained_step.py), cost ~0.5 ms a step (H100, Qwen2.5-Coder-1.5B, 2026-12-06:
-adaptive's k = 4 steps 3.6 ms against static k = 4's 3.1 ms). Priced with the drafting, trimming counted the
-head's draft steps (most of the probed T's ~0.25 ms a k at batch 4 on that H100) as the price of verifying,
-and cut positions that verify nearly for free. Trimming prices the verify alone: the step's host work (the
-drafting, the confidence read, the commit) is paid whatever the trim keeps; priced with the learned host
-overhead, verifying nothing looked ~3 ms cheaper than verifying anything at batch 64 and every draft was cut
-while the step still paid for them (H100, 2026-12-06: 14 steps of 6.3 ms that verified nothing, against static
-k = 3's 4.3 ms). And trimming stops at a batch (and below) once `trim_verdict_steps` trimmed steps there took,
-in the median, at least the price of the untrimmed step (_judge_trimming: StepOutcome.planned holds the k_i
-before the trim); their times price the trim, not the host-overhead fit.
+Trimming by the drafter's confidence (a draft model, an EAGLE head): spec/draft_trimming.py.
 """
 
 from __future__ import annotations
 
-from collections import Counter, deque
+from collections import Counter
 from collections.abc import Callable, Hashable, Sequence
-from statistics import median
 from typing import Any
 
 from dynaspec.runtime.cost_model import StepCostModel
 from dynaspec.spec.acceptance_estimator import AcceptanceEstimator, planning_estimator
 from dynaspec.spec.catch_up import CatchUpCost, switch_pays
-from dynaspec.spec.confidence_calibration import ConfidenceCalibration
+from dynaspec.spec.draft_trimming import DraftTrimming
 from dynaspec.spec.adaptive_allocation import (Allocation, plan_allocation, step_seconds_by_tokens, survival,
                                                uniform_at_longest)
 from dynaspec.spec.planner import PaddedBatchFn
@@ -140,8 +119,6 @@ class AdaptivePolicy(DraftLenPolicy):
         # (batch, B, drafted) -> (run bucket, probed seconds; drafted: without the drafting)
         self._priors: dict[tuple[int, int, bool], tuple[int, float]] = {}
         self._verify_cheap_at: dict[int, bool] = {}  # batch -> _verify_is_cheap
-        self._no_trim_up_to = 0  # trimming measured not to pay at this batch: no trimming up to it (_judge_trimming)
-        self._trim_excess: dict[int, deque[float]] = {}  # batch -> trimmed steps' seconds over the untrimmed price
         # request ids (in batch order) -> (observations when computed, allocation)
         self._tables: dict[tuple[Hashable, ...], tuple[int, Allocation]] = {}
         self._observations = 0
@@ -150,8 +127,7 @@ class AdaptivePolicy(DraftLenPolicy):
         self._explore_earned = 0.0  # seconds the decisions since the last exploration earned (explore_budget)
         # draft positions j some request verified, when last (in decisions: reprobe_after)
         self._staleness = rules.Staleness(lambda: self.settings.reprobe_after, lambda: self.settings.min_observed_steps)
-        self.calibration = ConfidenceCalibration(self.max_draft_len)  # P(accepted | the drafter's probability)
-        self.trimmed_positions = 0  # drafted positions trim_drafts left unverified
+        self.trimming = DraftTrimming(self.max_draft_len, lambda: self.settings)
         self.last_decision: dict[str, Any] = {}
 
     # ----------------------------------------------------------------- the decision
@@ -244,11 +220,13 @@ class AdaptivePolicy(DraftLenPolicy):
         return seconds
 
     def trims_drafts_at(self, batch: int) -> bool:
-        """From `trim_min_batch` requests on, where verifying every position costs `trim_min_saving` of a
-        plain step more than verifying none (module docstring); once per batch size (probed prices)."""
-        if batch <= self._no_trim_up_to or batch < self.settings.trim_min_batch:
-            return False
-        return not self._verify_is_cheap(batch)
+        """From `trim_min_batch` requests on, where verifying is not nearly free (spec/draft_trimming.py)."""
+        return self.trimming.applies_at(batch, self._verify_is_cheap)
+
+    @property
+    def calibration(self):
+        """P(accepted | the drafter's probability) per position (the trimming's ConfidenceCalibration)."""
+        return self.trimming.calibration
 
     def _verify_is_cheap(self, batch: int) -> bool:
         """Whether verifying every draft position at this batch costs less than `trim_min_saving` of a plain
@@ -261,20 +239,12 @@ class AdaptivePolicy(DraftLenPolicy):
 
     def trim_drafts(self, request_ids: Sequence[Hashable], limits: Sequence[int],
                     confidence: Sequence[Sequence[float]]) -> list[int]:
-        """The drafted positions worth verifying (module docstring: trimming by the drafter's confidence)."""
+        """The drafted positions worth verifying (spec/draft_trimming.py); a probe or exploration verifies
+        every one, on purpose."""
         if self.last_decision.get("reason") in ("probe", "explore"):
             return list(limits)
-        survivals = []
-        for rid, limit, drafted in zip(request_ids, limits, confidence):
-            alphas = self.estimator.alphas(rid)
-            survivals.append(survival([
-                self.calibration.probability(j, p, alphas[min(j, len(alphas) - 1)])
-                for j, p in enumerate(drafted[:limit])
-            ]))
-        kept = plan_allocation(survivals, self._pricing(len(survivals), drafted=True)).draft_lens
-        kept = [min(k, limit) for k, limit in zip(kept, limits)]
-        self.trimmed_positions += sum(limits) - sum(kept)
-        return kept
+        alphas = [self.estimator.alphas(rid) for rid in request_ids]
+        return self.trimming.kept(alphas, limits, confidence, self._pricing(len(limits), drafted=True))
 
     def step_seconds(self, batch: int, positions: int) -> float:
         """Predicted T of a step of `batch` requests verifying `positions` draft positions in all: the probed
@@ -383,7 +353,9 @@ class AdaptivePolicy(DraftLenPolicy):
                     self.catch_up.observe(outcome.catch_up_tokens,
                                           outcome.seconds - self.step_seconds(outcome.batch, positions))
             elif outcome.planned:  # a trimmed step prices the trimming, not the host overhead
-                self._judge_trimming(outcome.batch, sum(outcome.planned), outcome.seconds)
+                untrimmed = self.step_seconds(outcome.batch, sum(outcome.planned))
+                if self.trimming.judge(outcome.batch, outcome.seconds - untrimmed):
+                    self._tables.clear()
             else:
                 _, prior = self._prior(outcome.batch, positions)
                 self.overhead.add(outcome.batch, positions / outcome.batch, outcome.seconds - prior)
@@ -394,8 +366,7 @@ class AdaptivePolicy(DraftLenPolicy):
         draft_lens = outcome.draft_lens or [outcome.draft_len] * outcome.batch
         groups: dict[int, tuple[list[Hashable], list[int], list[int]]] = {}
         verified = len(self._staleness)
-        for drafted_p, drafted, accepted in zip(outcome.confidence, outcome.drafted, outcome.accepted):
-            self.calibration.observe(drafted_p[:drafted], accepted)
+        self.trimming.observe(outcome.confidence, outcome.drafted, outcome.accepted)
         for rid, k_i, drafted, accepted in zip(outcome.request_ids, draft_lens, outcome.drafted, outcome.accepted):
             for j in range(drafted):
                 self._staleness.measured(j)
@@ -407,19 +378,6 @@ class AdaptivePolicy(DraftLenPolicy):
         for k_i, (ids, drafted, accepted) in groups.items():
             self.estimator.update_step(ids, drafted, accepted, k_i)
         if len(self._staleness) > verified:  # plans priced that position by the prior: replan
-            self._tables.clear()
-
-    def _judge_trimming(self, batch: int, planned: int, seconds: float) -> None:
-        """Whether trimming pays at this batch, from what trimmed steps took against the price of the step
-        untrimmed (its planned positions all verified: probe + host overhead, which learns from untrimmed
-        steps only). Once the median of the last `trim_verdict_steps` or more is not below that price,
-        trimming stops at this batch and every smaller one (a smaller batch's verify saves less), and the
-        allocations are replanned."""
-        excess = self._trim_excess.setdefault(batch, deque(maxlen=2 * self.settings.trim_verdict_steps))
-        excess.append(seconds - self.step_seconds(batch, planned))
-        if len(excess) >= self.settings.trim_verdict_steps and median(excess) >= 0.0:
-            self._no_trim_up_to = max(self._no_trim_up_to, batch)
-            self._trim_excess.clear()
             self._tables.clear()
 
     def refresh(self, num_decoding: int, request_ids: Sequence[Hashable] | None = None) -> None:
@@ -449,14 +407,15 @@ class AdaptivePolicy(DraftLenPolicy):
             "step_seconds_by_budget": {str(b): self.step_seconds(batch, b) for b in budgets},
             "overhead_coefficients": dict(zip(OVERHEAD_COLUMNS, self.overhead.coefficients)),
             "verify_is_cheap": self._verify_is_cheap(batch), "trims": self.trims_drafts_at(batch),
-            "no_trimming_up_to_batch": self._no_trim_up_to,
+            "no_trimming_up_to_batch": self.trimming.no_trim_up_to,
             **catch_up.describe(),
         }
 
     def stats(self) -> dict[str, Any]:
         """The latest decision (budget, k_i histogram, predicted goodput) as get_stats()["planner_decision"]."""
         return {**super().stats(), "planner_decision": dict(self.last_decision),
-                "trimmed_positions": self.trimmed_positions, "no_trimming_up_to_batch": self._no_trim_up_to}
+                "trimmed_positions": self.trimming.trimmed_positions,
+                "no_trimming_up_to_batch": self.trimming.no_trim_up_to}
 
     def __repr__(self) -> str:
         return f"AdaptivePolicy(max_draft_len={self.max_draft_len}, settings={self.settings!r})"

@@ -55,7 +55,7 @@ class PlannerSettings(BaseModel):
     # H200 stayed at k = 0 at batch 1 where k = 3 ran 1.8x; docs/lab/planner_history.md).
     cold_start_trials: float = Field(default=4.0, ge=0.0, allow_inf_nan=False)
     # adaptive trims drafts by the drafter's confidence in steps of at least this many decoding requests
-    # (spec/adaptive.py: at batch 1 the host round trip costs more than the verify rows it could save).
+    # (spec/draft_trimming.py: at batch 1 the host round trip costs more than the verify rows it could save).
     trim_min_batch: int = Field(default=2, ge=1)
     # ... and only at batches where verifying every draft position costs at least this share of a plain
     # step more than verifying none (the drafting is sunk once the drafts exist): a trimmed step reads the

@@ -212,6 +212,10 @@ for step in "$@"; do
         tests/test_triton_prefill_attention.py -k "gemm or attention or prefill or mixed" 2>&1 | tail -2
       timeout 120 python3 scripts/deterministic_price.py --model random:llama-3.1-8b --batches 1 16 64 --k 4 --rounds ${PRICE_ROUNDS:-2} \
         --out "$OUT/price" > "$OUT/price.log" 2>&1; tail -9 "$OUT/price.log" ;;
+    gemm-probe)  # issue 22 (~2 min): where the invariant GEMM loses to cuBLAS at verify widths (M = 320, 2048):
+      # the tuned entries against the same tiles with K in one slice and other tiles (scripts/gemm_verify_rows_probe.py)
+      timeout 240 python3 scripts/gemm_verify_rows_probe.py --m 320 2048 --shapes gate_up down o_proj 2>&1 \
+        | tee "$OUT/gemm_probe.md" | tail -60 ;;
     handoff-ab)  # issue 21 (~4 min; carry .gl with .gl/old = `git archive` of the commit before the hand-off):
       # batch-1/4 tokens/s of an untrained EAGLE head at k = 3 (every step drafts 3 and verifies 4 positions) and
       # no spec, the old tree and this one in one call, old-new-old-new

@@ -102,11 +102,12 @@ def test_no_chaining_without_graphs_or_with_a_sampled_request(ckpts):
     unchained = count_chained(eager)
     assert run_with_abort(eager, prompts, greedy, [0, 0, 0]) and not unchained  # nothing deferred, nothing chained
     # the sampled request ends first: the two greedy ones chain once it has left the batch, never before
+    # (and the one left, once the other reached its max_tokens, alone)
     mixed = greedy[:2] + [SamplingParams(temperature=0.8, max_tokens=8, seed=3, ignore_eos=True)]
     engine = chained_engine(ckpts["target"], spec, True)
     chained = count_chained(engine)
     run_with_abort(engine, prompts, mixed, [0, 0, 0])
-    assert chained and all(batch == 2 for batch in chained)
+    assert chained and chained[0] == 2 and set(chained) <= {1, 2}
 
 
 def test_adaptive_chains_alone_and_trims_in_a_batch(ckpts, tmp_path):

@@ -16,10 +16,13 @@ queued (spec/verifier.ReadAhead): verifying t at the host then waits for t's for
 A step is chained only where nothing about the batch can change in between: decode-only at one k for every
 request (none asking for logprobs: their verification reads the logits), no request waiting or
 prefilling, the policy keeping k for this batch and not trimming its drafts (trims_drafts_at), KV blocks
-for 2 (1 + k) more positions per request, room under max_tokens and max_model_len for them, one rank. A
-request that stops at step t (EOS, a stop string, max_tokens) or is aborted has its t + 1 rows dropped at
-t + 1's commit (launched_step.without_aborted); the blocks t + 1 writes stay its own until then (the
-commit of t trims to num_tokens + 1 + k, not num_tokens).
+for 2 (1 + k) more positions per request, room under max_model_len for them, one rank. A request that
+stops at step t (EOS, a stop string, max_tokens) or is aborted has its t + 1 rows dropped at t + 1's commit
+(launched_step.without_aborted); the blocks t + 1 writes stay its own until then (the commit of t trims
+to num_tokens + 1 + k, not num_tokens), and a released request's blocks are written by t + 1 before any
+later launch can reuse them (one stream). So a request near its max_tokens does not stop the chain: its
+step t + 1 may verify past max_tokens, and the commit stops it there (requiring room under max_tokens
+broke the chain for the whole batch over the last 2 (1 + k) tokens of every request).
 """
 
 from __future__ import annotations
@@ -58,7 +61,7 @@ def chain_next(launched: LaunchedStep, runner, drafter, scheduler, block_manager
     if any(r.params.logprobs is not None for r in requests):  # their verification reads the logits
         return None
     if not runner.can_replay(batch, k) or any(
-        r.status != RequestStatus.RUNNING or r.remaining_tokens <= 2 * (1 + k) or r.num_tokens + 2 * (1 + k) > max_model_len
+        r.status != RequestStatus.RUNNING or r.num_tokens + 2 * (1 + k) > max_model_len
         for r in requests
     ):
         return None

@@ -86,8 +86,9 @@ def continuation(
     if any(a is not b for a, b in zip(scheduler.running, requests)):
         return None
     for request in requests:
-        # Step t commits 1 token: the request must be able to take one more after it.
-        if request.status != RequestStatus.RUNNING or request.remaining_tokens < 2:
+        # A request on its last token ends at step t's commit, and its t + 1 row is dropped then
+        # (_finish_overlapped keeps the running ones), as after an EOS.
+        if request.status != RequestStatus.RUNNING:
             return None
         if request.num_tokens + 1 >= max_model_len:
             return None

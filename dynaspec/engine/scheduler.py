@@ -6,7 +6,11 @@ Every step the scheduler decides, under the `max_num_seqs` and `max_num_batched_
    positions (its last token plus up to k_i draft tokens); the k_i are asked of the draft-length policy
    (`draft_lens`, one per decoding request; uniform policies give one k to all) with the number of
    decoding requests, capped together by the token budget (the longest drafts lose their last positions
-   first) and each by its own max_tokens and max_model_len; the step's k is the largest k_i;
+   first) and each by its max_model_len; the step's k is the largest k_i. Not by max_tokens: the commit
+   stops a request there (engine/output_processor.py), a uniform step verifies the few extra positions
+   for next to nothing, and capping made the last steps of every request ragged and broke chained steps
+   for its whole batch (engine/chained_step.py; H100, 2026-12-06: static k = 3 at batch 64 ran 4.3 ms
+   steps chained and 5.0-5.8 ms in a batch's tail);
 2. prefills: running requests in the middle of a chunked prefill, then waiting requests (FCFS).
 When the KV pool cannot hold a decode, the most recently admitted running request is preempted: its
 blocks are freed and it goes back to the front of the waiting queue with all its tokens, to be
@@ -115,7 +119,7 @@ class Scheduler:
         for request, k_i in zip(decoding, ks):
             if request not in self.running:  # preempted earlier in this loop
                 continue
-            max_draft = max(0, min(k_i, request.remaining_tokens - 1, self.max_model_len - request.num_tokens))
+            max_draft = max(0, min(k_i, self.max_model_len - request.num_tokens))
             # Slots for all k positions a drafter may write this step, even where fewer are verified.
             if not self._reserve(request, request.num_tokens + (k if max_draft else 0), out):
                 continue

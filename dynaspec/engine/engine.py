@@ -6,7 +6,7 @@ drafts  = drafter.propose(decodes, k)             # only when k >= 1: no draft w
 logits  = runner.forward(decodes + prefills)      # one target forward, 1 + d_i positions per decode
 result  = verify(logits, batch, acceptance)       # greedy + rejection sampling, one host read
 outputs = commit(result.tokens)                   # stop checks; rejected KV slots rolled back
-policy.observe(StepOutcome(...))                  # fed while the NEXT step's forward runs
+policy.observe(StepOutcome(...))                  # fed while the NEXT step's forward runs (engine/policy_feed.py)
 ```
 The policy (spec/policies.py) and the drafter (spec/factory.py) are complete interfaces, built from the
 config by tables; benchmark-only acceptance replay is verify's strategy. The engine tests none of them.
@@ -28,7 +28,8 @@ from dynaspec.config import EngineConfig
 from dynaspec.models.attention import KERNEL_MAX_QUERY_LEN
 from dynaspec.engine.block_manager import BlockManager
 from dynaspec.engine.chained_step import chain_next
-from dynaspec.engine.drafting import planned_draft_lens, propose_drafts
+from dynaspec.engine.drafting import propose_drafts
+from dynaspec.engine.policy_feed import PolicyFeed, verified_outcome
 from dynaspec.engine.engine_setup import activation_reserve, check_shared_model, eos_ids, resolve_max_model_len
 from dynaspec.engine.graph_keys import mixed_keys, ragged_keys, runs_mixed, runs_ragged, uniform_pairs
 from dynaspec.engine.launched_step import AppliedStep, LaunchedStep, defers_verification, without_aborted
@@ -36,7 +37,7 @@ from dynaspec.engine.logprobs import step_logprobs
 from dynaspec.engine.request_intake import new_request
 from dynaspec.engine.output_processor import OutputProcessor
 from dynaspec.engine.overlap import InflightStep, can_overlap, continuation, start_copy
-from dynaspec.engine.scheduler import ScheduledDecode, Scheduler, SchedulerOutput
+from dynaspec.engine.scheduler import Scheduler, SchedulerOutput
 from dynaspec.engine.step_inputs import flat_inputs, mixed_inputs, ragged_inputs, uniform_inputs, verify_batch
 from dynaspec.models.decode_kernels import decode_kernels_for
 from dynaspec.models.loader import LoadedModel, load_model
@@ -134,7 +135,7 @@ class LLMEngine:
         self._inflight: InflightStep | None = None  # overlapped decode step awaiting its commit
         self._launched: LaunchedStep | None = None  # speculative step awaiting its verification (deferred)
         # Policy work queued by a step (its outcome, releases), done while the next step's forward runs
-        self._policy_pending: list[Callable[[], None]] = []
+        self.policy_feed = PolicyFeed(self.policy)
         self._previous_draft_len = 0  # k of the last decode step (0 before any)
 
     # ----------------------------------------------------------------------------------- start-up
@@ -252,7 +253,7 @@ class LLMEngine:
             inflight = self._inflight
             following = continuation(self.scheduler, inflight, self.policy.draft_len, self.max_model_len)
             self._inflight = None if following is None else self._launch_overlapped(following, inflight.ids)
-            self._feed_policy(inflight.sched.decodes)
+            self.policy_feed.feed(inflight.sched.decodes)
             return self._finish_overlapped(inflight)
         earlier = None
         if self._launched is not None:  # deferred verification: step t is verified and committed first,
@@ -279,7 +280,7 @@ class LLMEngine:
                 self.drafter.release(request)
         # verified by the next call; dropped unverified when every request stopped at step t
         self._launched = step if any(r.status == RequestStatus.RUNNING for r in requests) else None
-        self._feed_policy(step.sched.decodes)
+        self.policy_feed.feed(step.sched.decodes)
         return self._publish(earlier)
 
     def _schedule_and_run(self, earlier: AppliedStep | None = None) -> list[RequestOutput]:
@@ -295,7 +296,7 @@ class LLMEngine:
                 self._inflight = self._launch_overlapped(sched, None)
             return [] if earlier is None else self._publish(earlier)
         launched, in_graph = self._launch(sched)
-        self._feed_policy(sched.decodes)  # a replayed graph is still running: the host would only wait
+        self.policy_feed.feed(sched.decodes)  # a replayed graph is still running: the host would only wait
         outputs = [] if earlier is None else self._publish(earlier)  # step t's, built while step t + 1 runs
         if defers_verification(sched, self.config.async_scheduling, in_graph):
             self._launched = launched
@@ -355,38 +356,17 @@ class LLMEngine:
                 failures[n] = "the model's logits for this request are not finite (NaN or infinity)"
         sched, drafts, committed, committed_logprobs, failures = without_aborted(
             sched, drafts, committed, committed_logprobs, failures)
-        decoding = [d.request for d in sched.decodes]
-        mark = len(self._policy_pending)
+        mark = self.policy_feed.mark()
         applied = self._apply(sched, drafts, committed, committed_logprobs, failures, ahead)
         if sched.decodes:
             seconds = None if sched.prefills else time.perf_counter() - launched.started
-            outcome = StepOutcome(
-                request_ids=[r.request_id for r in decoding], draft_len=sched.draft_len, drafted=[len(d) for d in drafts],
-                accepted=[max(0, len(c) - 1) for c in committed[: len(decoding)]], draft_lens=[d.max_draft for d in sched.decodes],
-                planned=planned_draft_lens(sched.decodes),
-                seconds=seconds, catch_up_tokens=launched.behind,
-                confidence=[confidence[r.request_id] for r in decoding] if confidence else (),
-            )
-            self._policy_pending.insert(mark, lambda: self.policy.observe(outcome))  # before this step's releases
+            self.policy_feed.outcome_at(mark, verified_outcome(sched, drafts, committed, seconds, launched.behind, confidence))
             if launched.resumed:  # what the catch-up cost prices the next switch from k = 0: learn it at once
-                self._feed_policy([])
+                self.policy_feed.feed([])
         return applied
 
     def _mixed_keys(self) -> list[tuple[int, int]]:
         return mixed_keys(self._captured, self.config.max_num_batched_tokens, self.max_model_len)
-
-    def _feed_policy(self, decodes: list[ScheduledDecode]) -> None:
-        """Do the policy work queued by the last step (its outcome, then the releases it caused) and let the
-        policy refresh what is due for these decoding requests.
-
-        The goodput planner's bookkeeping took 2-7% of a step on an H200 host between the sync and the
-        next launch; done while the next step's graph runs it costs nothing. Decisions are therefore one
-        step behind the outcomes."""
-        pending, self._policy_pending = self._policy_pending, []
-        for work in pending:
-            work()
-        if decodes:
-            self.policy.refresh(len(decodes), [d.request.request_id for d in decodes])
 
     def _launch_overlapped(self, sched: SchedulerOutput, previous_ids: torch.Tensor | None) -> InflightStep:
         """Launch a k = 0 decode step through its graph without waiting for it. With previous_ids (the
@@ -411,13 +391,13 @@ class LLMEngine:
         """Commit an overlapped step's tokens; requests that stopped or were aborted meanwhile are skipped."""
         tokens = inflight.host_tokens()
         live = [(d, t) for d, t in zip(inflight.sched.decodes, tokens) if d.request.status == RequestStatus.RUNNING]
-        mark = len(self._policy_pending)
+        mark = self.policy_feed.mark()
         applied = self._apply(SchedulerOutput(decodes=[d for d, _ in live], draft_len=0), [[] for _ in live], [[t] for _, t in live])
         outputs = self._publish(applied)
         if live:  # launch-to-launch: what an overlapped step costs
             until = self._inflight.launched_at if self._inflight is not None else time.perf_counter()
             outcome = StepOutcome([d.request.request_id for d, _ in live], 0, seconds=until - inflight.launched_at)
-            self._policy_pending.insert(mark, lambda: self.policy.observe(outcome))
+            self.policy_feed.outcome_at(mark, outcome)
         return outputs
 
     def _apply(self, sched: SchedulerOutput, drafts, committed: list[list[int]], logprobs=None, failures=None,
@@ -496,5 +476,4 @@ class LLMEngine:
         self.scheduler.remove(request)
         self.drafter.release(request)
         self.acceptance.release(request.request_id)
-        request_id = request.request_id
-        self._policy_pending.append(lambda: self.policy.release(request_id))  # after its queued outcome
+        self.policy_feed.release(request.request_id)  # after its queued outcome

@@ -171,13 +171,15 @@ def test_finished_requests_are_not_tracked_by_observe():
     assert d.num_tracked_requests() == 0
 
 
-def test_draft_stops_at_max_tokens():
+def test_draft_does_not_stop_at_max_tokens():
+    """Near max_tokens the drafter still proposes up to k: the commit stops the request at max_tokens
+    (engine/output_processor.py), the step stays uniform, and a short draft all accepted would read as a
+    rejection at its end to the acceptance estimate."""
     d = _drafter(max_draft_len=4)
-    # 2 tokens left: one draft + the target's token
-    r = _req([1, 2, 3, 4, 5, 6, 1], output=[2], max_tokens=3)
-    assert _propose(d, r) == [3]
-    r.output_token_ids.append(3)  # 1 left: no room for a draft
-    assert _propose(d, r) == []
+    r = _req([1, 2, 3, 4, 5, 6, 1], output=[2], max_tokens=3)  # 2 tokens left
+    assert _propose(d, r) == [3, 4, 5, 6]
+    r.output_token_ids.append(3)  # 1 left
+    assert _propose(d, r) == [4, 5, 6, 1]
 
 
 def test_eviction_bounds_pool_and_drops_least_recently_used():

@@ -259,22 +259,19 @@ class NGramDrafter(Drafter):
         self._seen[rid] = total
 
     def propose(self, requests: list[Request], k: int) -> DraftProposal:
-        """At most k tokens per request (fewer near max_tokens), longest matching suffix n-gram first."""
+        """At most k tokens per request, longest matching suffix n-gram first."""
         tokens: list[list[int]] = []
         for request in requests:  # catch up on every request first, so a shared pool sees all of them
             self._index(request)
-        for request in requests:
-            # Committing d drafts + 1 target token must stay within max_tokens.
-            limit = min(k, request.remaining_tokens - 1)
+        for request in requests:  # near max_tokens too: the commit stops the request there (engine/scheduler.py)
             draft: list[int] = []
-            if limit > 0:
-                pool = self.pool(request.request_id)
-                tail = request.tokens_from(max(0, request.num_tokens - self.max_ngram))
-                for n in range(len(tail), 0, -1):
-                    cont = pool.lookup(tuple(tail[-n:]))
-                    if cont is not None:
-                        draft = list(cont[:limit])
-                        break
+            pool = self.pool(request.request_id)
+            tail = request.tokens_from(max(0, request.num_tokens - self.max_ngram))
+            for n in range(len(tail), 0, -1):
+                cont = pool.lookup(tuple(tail[-n:]))
+                if cont is not None:
+                    draft = list(cont[:k])
+                    break
             tokens.append(draft)
         return DraftProposal(tokens=tokens, probs=[None] * len(tokens))
 

@@ -32,7 +32,9 @@
 #   ~2 min join + convert, ~1.6M tokens), --batch-sizes 1,4,16,64, --gen-len 128, --eagle-ks 0-6 (the head's
 #   static lines; 0-4 saves ~20 s a workload: k = 5, 6 were never the best, 2026-12-06), --draft-ks 0,2,3,
 #   --ngram-ks 0,2,4, --drafters eagle,draft-model,ngram (the bench runs of a workload part; `eagle` alone
-#   re-measures the head's lines in ~80 s a workload), --device auto, --dtype auto. A CPU smoke run of the whole script (SmolLM2 as target and
+#   re-measures the head's lines in ~80 s a workload), --device auto, --dtype auto, --deterministic off (on: every
+#   bench line with --deterministic, so every line decodes the same tokens: in bf16 the lines' answers diverge,
+#   and on chat at batch 1 a diverged answer moved position-0 acceptance from 0.55 to 0.34-0.40, 2026-12-06). A CPU smoke run of the whole script (SmolLM2 as target and
 #   draft, no join): `... /tmp/o train code-edit --target smollm2-135m-instruct --draft smollm2-135m-instruct
 #   --device cpu --num-prompts 8 --max-tokens 16 --steps 4 --batch-sizes 1 --gen-len 4 --max-num-seqs 4`.
 # Results: OUT_DIR/eagle-summary.md (train log tail, the comparison tables, timings) and
@@ -44,11 +46,12 @@ target=/tmp/qwen-1.5b.gguf draft=/tmp/qwen-0.5b.gguf head_dir=/tmp/eagle-qwen15b
 answers_per_prompt=3 temperature=0.8 draft_vocab_size=32000
 steps=12000 batch_size=8 ttt_steps=5 lr=5e-4 max_num_seqs=256 deadline=560 batch_sizes=1,4,16,64 gen_len=128
 eagle_ks=0-6 draft_ks=0,2,3 ngram_ks=0,2,4 drafters=eagle,draft-model,ngram device=auto dtype=auto examples=/tmp/eagle-examples.safetensors init_head= answer_seed=
+deterministic=off
 parts=()
 while [ $# -gt 0 ]; do
   case "$1" in
     --target|--draft|--head-dir|--num-prompts|--answers-per-prompt|--temperature|--max-tokens|--steps|--batch-size|--ttt-steps|--lr|--max-num-seqs|--draft-vocab-size|--init-head|--answer-seed|\
-    --deadline|--batch-sizes|--gen-len|--eagle-ks|--draft-ks|--ngram-ks|--drafters|--device|--dtype)
+    --deadline|--batch-sizes|--gen-len|--eagle-ks|--draft-ks|--ngram-ks|--drafters|--device|--dtype|--deterministic)
       [ $# -ge 2 ] || { echo "error: $1 needs a value" >&2; exit 2; }
       var=${1#--}; printf -v "${var//-/_}" %s "$2"; shift 2 ;;
     train|carried-head|train-more|code-edit|chat) parts+=("$1"); shift ;;
@@ -126,6 +129,11 @@ for part in "${parts[@]}"; do
       "$head_dir" > "$spec"
     common=(--model "$target" --workload "$workload" --batch-sizes "$batch_sizes" --gen-len "$gen_len"
             --device "$device" --dtype "$dtype" --no-plots)
+    case "$deterministic" in
+      on) common+=(--deterministic) ;;
+      off) ;;
+      *) echo "error: --deterministic takes on or off, got '$deterministic'" >&2; exit 2 ;;
+    esac
     runs=()
     for drafter in ${drafters//,/ }; do
       case "$drafter" in
@@ -143,7 +151,7 @@ for part in "${parts[@]}"; do
       runs+=("$drafter=$work/$name/bench.json")
       finish
     done
-    { echo; echo "## $workload: EAGLE head vs the 0.5B draft model vs n-gram (batch sizes $batch_sizes, gen-len $gen_len)"; echo
+    { echo; echo "## $workload: EAGLE head vs the 0.5B draft model vs n-gram (batch sizes $batch_sizes, gen-len $gen_len, deterministic $deterministic)"; echo
       python3 "$root/scripts/drafter_compare.py" "$work/$workload-compare.md" "${runs[@]}" 2>&1; } >> "$summary"
   fi
   finish

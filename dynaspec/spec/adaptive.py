@@ -57,7 +57,7 @@ from typing import Any
 
 from dynaspec.runtime.cost_model import StepCostModel
 from dynaspec.spec.acceptance_estimator import AcceptanceEstimator, planning_estimator
-from dynaspec.spec.catch_up import CatchUpCost, switch_pays
+from dynaspec.spec.catch_up import CatchUpCost, describe_catch_up, switch_pays
 from dynaspec.spec.draft_trimming import DraftTrimming
 from dynaspec.spec.adaptive_allocation import (Allocation, plan_allocation, step_seconds_by_tokens, survival,
                                                uniform_at_longest)
@@ -283,19 +283,20 @@ class AdaptivePolicy(DraftLenPolicy):
             if catch_up > settings.explore_catch_up_steps * self.step_seconds(batch, 0):
                 return False
             if self._staleness.seen(position):  # a re-probe pays the catch-up out of the exploration budget
-                return self._exploration_affordable(batch, 0)
+                return self._exploration_affordable(batch, 0, catch_up)
         return True
 
-    def _exploration_affordable(self, batch: int, held: int) -> bool:
+    def _exploration_affordable(self, batch: int, held: int, catch_up_seconds: float | None = None) -> bool:
         """Whether the earned budget covers exploring one more position: two steps' extra time, plus the
-        drafter's catch-up when leaving k = 0 (the planner's rule, spec/planner_rules.py)."""
+        drafter's catch-up when leaving k = 0 (the planner's rule, spec/planner_rules.py; catch_up_seconds:
+        its price where the caller has it, the backlog being a pass over the requests)."""
         if self.settings.explore_budget is None:
             return True
         extra = rules.exploration_step_cost(self.step_seconds(batch, held), self.step_seconds(batch, held + 1))
         if not rules.exploration_affordable(extra, self._explore_earned):
             return False
         if held == 0 and self._plain_last and self.catch_up is not None and self.backlog is not None:
-            extra += self.catch_up.seconds(self.backlog()[0])
+            extra += self.catch_up.seconds(self.backlog()[0]) if catch_up_seconds is None else catch_up_seconds
         return rules.exploration_affordable(extra, self._explore_earned)
 
     def _switch_pays(self, batch: int, allocation: Allocation, remember: bool = True) -> bool:
@@ -399,7 +400,6 @@ class AdaptivePolicy(DraftLenPolicy):
         the prices behind it (plain and per budget), the host-overhead fit, where it trims, the catch-up price."""
         allocation = self.plan(batch)
         budgets = sorted({0, batch, allocation.budget, batch * self.max_draft_len})
-        catch_up = CatchUpCost() if self.catch_up is None else self.catch_up
         return {
             "allocation": {"draft_lens": {str(k): n for k, n in sorted(Counter(allocation.draft_lens).items())},
                            "budget": allocation.budget, "expected_tokens": allocation.expected_tokens,
@@ -408,7 +408,7 @@ class AdaptivePolicy(DraftLenPolicy):
             "overhead_coefficients": dict(zip(OVERHEAD_COLUMNS, self.overhead.coefficients)),
             "verify_is_cheap": self._verify_is_cheap(batch), "trims": self.trims_drafts_at(batch),
             "no_trimming_up_to_batch": self.trimming.no_trim_up_to,
-            **catch_up.describe(),
+            **describe_catch_up(self.catch_up),
         }
 
     def stats(self) -> dict[str, Any]:

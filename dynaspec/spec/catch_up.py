@@ -81,11 +81,6 @@ class CatchUpCost:
             self._tokens_squared = keep * self._tokens_squared + float(tokens) * tokens
             self._num_samples += 1
 
-    def describe(self) -> dict[str, float | int]:
-        """The price now, JSON-ready (policies' view())."""
-        return {"catch_up_seconds_per_token": self.seconds_per_token, "catch_up_fixed_seconds": self.fixed,
-                "catch_up_samples": self._num_samples}
-
     def __len__(self) -> int:
         """Samples observed so far."""
         return self._num_samples
@@ -99,3 +94,11 @@ def switch_pays(catch_up_seconds: float, remaining_tokens: float, goodput_now: f
     if catch_up_seconds <= 0:
         return True
     return remaining_tokens * (1.0 / goodput_now - 1.0 / goodput_after) > catch_up_seconds
+
+
+def describe_catch_up(catch_up: CatchUpCost | None) -> dict[str, float | int]:
+    """A drafter's catch-up price now, JSON-ready (policies' view()); zeros where switching is free (None)."""
+    if catch_up is None:
+        return {"catch_up_seconds_per_token": 0.0, "catch_up_fixed_seconds": 0.0, "catch_up_samples": 0}
+    return {"catch_up_seconds_per_token": catch_up.seconds_per_token, "catch_up_fixed_seconds": catch_up.fixed,
+            "catch_up_samples": len(catch_up)}

@@ -44,7 +44,7 @@ from typing import Any
 from dynaspec.runtime.cost_model import StepCostModel
 from dynaspec.spec import planner_rules as rules
 from dynaspec.spec.acceptance_estimator import AcceptanceEstimator, planning_estimator
-from dynaspec.spec.catch_up import CatchUpCost
+from dynaspec.spec.catch_up import CatchUpCost, describe_catch_up
 from dynaspec.spec.planner_rules import PlannerState
 from dynaspec.spec.planner_settings import PlannerSettings, settings_property
 from dynaspec.spec.policy import DraftLenPolicy, StepOutcome
@@ -316,8 +316,7 @@ class GoodputPlanner(DraftLenPolicy):
 
     def view(self, batch: int) -> dict[str, Any]:
         """explain(batch) as "table", and the drafter's catch-up price (zeros without one)."""
-        catch_up = CatchUpCost() if self.catch_up is None else self.catch_up
-        return {"table": self.explain(batch), **catch_up.describe()}
+        return {"table": self.explain(batch), **describe_catch_up(self.catch_up)}
 
     # ----------------------------------------------------------------- engine hooks
     def observe(self, outcome: StepOutcome) -> None:

@@ -214,7 +214,7 @@ for step in "$@"; do
         --out "$OUT/price" > "$OUT/price.log" 2>&1; tail -9 "$OUT/price.log" ;;
     gemm-probe)  # issue 22 (~2 min): where the invariant GEMM loses to cuBLAS at verify widths (M = 320, 2048):
       # the tuned entries against the same tiles with K in one slice and other tiles (scripts/gemm_verify_rows_probe.py)
-      timeout 240 python3 scripts/gemm_verify_rows_probe.py --m 320 2048 --shapes gate_up down o_proj 2>&1 \
+      timeout 420 python3 scripts/gemm_verify_rows_probe.py --m 320 2048 --shapes gate_up down o_proj lm_head 2>&1 \
         | tee "$OUT/gemm_probe.md" | tail -60 ;;
     handoff-ab)  # issue 21 (~4 min; carry .gl with .gl/old = `git archive` of the commit before the hand-off):
       # batch-1/4 tokens/s of an untrained EAGLE head at k = 3 (every step drafts 3 and verifies 4 positions) and

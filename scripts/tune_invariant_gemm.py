@@ -13,7 +13,8 @@ calls (what a captured engine step pays: no launch gaps), median of 3 replays.
     python scripts/tune_invariant_gemm.py --models random:llama-3.1-8b random:qwen2.5-1.5b
 
 A configuration is one per (N, K, dtype) and card; its walk over K (block_k, k_slices) never depends on M.
-From the M where they are faster, larger output tiles of the same walk (TileConfig.large) are timed at
+From the M where they are faster, larger output tiles of the same walk (TileConfig.large; on Hopper and newer
+also with TMA loads, batch_invariant_tma.py) are timed at
 M = 80, 320, 2048 and kept only where every row's bits equal the small tiles' at each of those M: which
 tiles win changes speed, never which bits a row gets in a given engine (gemm_tiles.py).
 """
@@ -61,9 +62,9 @@ def candidates() -> list[TileConfig]:
     return out
 
 
-def large_candidates(small: TileConfig) -> list[RowTiles]:
+def large_candidates(small: TileConfig, tma: bool = False) -> list[RowTiles]:
     """Larger output tiles for the winner's K slices (its block_k or a divisor of it, >= 32), within the
-    shared memory of one SM."""
+    shared memory of one SM; with tma, each also loaded through TMA (k chunks of at most 128)."""
     out = []
     block_ks = [bk for bk in (small.block_k, small.block_k // 2, small.block_k // 4) if bk >= 32]
     for bm, bn, bk in itertools.product((64, 128), (64, 128, 256), block_ks):
@@ -73,8 +74,12 @@ def large_candidates(small: TileConfig) -> list[RowTiles]:
             continue
         if stages * (bm * bk + bk * bn) * 2 > 200 * 1024:
             continue
-        out.append(RowTiles(block_m=bm, block_n=bn, num_warps=warps, num_stages=stages,
-                            block_k=None if bk == small.block_k else bk))
+        tiles = RowTiles(block_m=bm, block_n=bn, num_warps=warps, num_stages=stages,
+                         block_k=None if bk == small.block_k else bk)
+        out.append(tiles)
+        deeper = stages + 1 if bk <= 64 else stages  # TMA's copies leave registers for one more stage
+        if tma and bk <= 128 and deeper * (bm * bk + bk * bn) * 2 <= 200 * 1024:
+            out.append(replace(tiles, tma=True, num_stages=deeper))
     return out
 
 
@@ -142,6 +147,7 @@ def main() -> None:
     if not torch.cuda.is_available():
         parser.error("needs a CUDA GPU")
     from dynaspec.models.batch_invariant import invariant_matmul, slice_bounds  # Triton
+    from dynaspec.models.batch_invariant_tma import tma_supported
 
     device, dtype = torch.device("cuda"), torch.bfloat16
     card = torch.cuda.get_device_name(device)
@@ -219,7 +225,7 @@ def main() -> None:
                 return graph_seconds(lambda: invariant_matmul(xs[m], w, None, forced, split=False), args.reps)
 
             # every candidate at M = 320 (the verify-heavy batch-64 step), the three fastest at every LARGE_M
-            first = {tiles: seconds(tiles, 320) for tiles in large_candidates(small)}
+            first = {tiles: seconds(tiles, 320) for tiles in large_candidates(small, tma=tma_supported(device))}
             fastest = sorted((t for t, s in first.items() if s is not None and s < small_times[320]), key=first.get)[:3]
             best_large, best_times = None, None
             for tiles in fastest:
@@ -253,7 +259,7 @@ def main() -> None:
             desc = (f"{name}: {cfg.block_m}x{cfg.block_n}x{cfg.block_k} w{cfg.num_warps} s{cfg.num_stages} "
                     f"k/{cfg.k_slices}" + (f" split<={cfg.split_max_m}" if cfg.k_slices > 1 else "")
                     + (f"; M>={cfg.large_min_m}: {cfg.large.block_m}x{cfg.large.block_n} w{cfg.large.num_warps} "
-                       f"s{cfg.large.num_stages}" if cfg.large is not None else ""))
+                       f"s{cfg.large.num_stages}{' TMA' if cfg.large.tma else ''}" if cfg.large is not None else ""))
             report.append(f"| {label} | {n} | {k} | {desc} | "
                           + " | ".join(f"{results[cfg][m]:.2f}" for m in M_VALUES) + f" | {geomean(cfg):.2f} |")
         print(report[-2], report[-1], f"({time.perf_counter() - started:.0f} s)", sep="\n", flush=True)

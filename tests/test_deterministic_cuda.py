@@ -51,6 +51,33 @@ def test_gemm_rows_bit_identical_for_every_m(n, k):
     torch.testing.assert_close(singles, x[:64] @ w.T, rtol=2e-2, atol=2e-2)
 
 
+@pytest.mark.parametrize("n, k, block_k, slices", [(28672, 4096, 64, 2), (4096, 14336, 128, 2), (1536, 8960, 64, 4)],
+                         ids=["llama-8b-gate_up", "llama-8b-down", "qwen-1.5b-down"])
+def test_gemm_tma_tiles_rows_bit_identical_for_every_m(n, k, block_k, slices):
+    """The TMA-loaded tiles (batch_invariant_tma.py) at every M: row i's bits the same at M = 1 .. 2048 (rows
+    past M are the descriptor's zero fill) and close to cuBLAS; reported, not required: whether they equal the
+    pointer kernel's bits for the same tiles (the tuner keeps a TMA layout only where they do)."""
+    from dynaspec.models.batch_invariant import invariant_matmul
+    from dynaspec.models.batch_invariant_tma import tma_supported
+    from dynaspec.models.gemm_tiles import RowTiles, TileConfig
+
+    if not tma_supported(torch.device("cuda")):
+        pytest.skip("TMA needs compute capability 9.0 and a Triton with tensor descriptors")
+    tiles = RowTiles(block_m=128, block_n=128, num_warps=8, num_stages=4)
+    pointer = TileConfig(64, 64, block_k, k_slices=slices, large_min_m=1, large=tiles)
+    tma = TileConfig(64, 64, block_k, k_slices=slices, large_min_m=1, large=RowTiles(**{**tiles.__dict__, "tma": True}))
+    gen = torch.Generator(device="cuda").manual_seed(0)
+    x = torch.randn(2048, k, device="cuda", generator=gen).bfloat16()
+    w = (torch.randn(n, k, device="cuda", generator=gen) / k ** 0.5).bfloat16()
+    singles = torch.cat([invariant_matmul(x[i:i + 1], w, None, tma, split=False) for i in range(8)])  # (8, N)
+    for m in (2, 65, 320, 2048):
+        assert torch.equal(invariant_matmul(x[:m], w, None, tma, split=False)[:8], singles[:min(m, 8)]), m
+    torch.testing.assert_close(singles, x[:8] @ w.T, rtol=2e-2, atol=2e-2)
+    same = torch.equal(invariant_matmul(x[:320], w, None, pointer, split=False),
+                       invariant_matmul(x[:320], w, None, tma, split=False))
+    print(f"TMA tiles' bits {'equal' if same else 'differ from'} the pointer kernel's ({n}x{k})")
+
+
 @pytest.mark.parametrize("n, k, slices", [(4096, 14336, 4), (6144, 4096, 8), (1536, 8960, 2)],
                          ids=["llama-8b-down", "llama-8b-qkv", "qwen-1.5b-down"])
 def test_gemm_k_slices_give_the_same_bits_split_or_not(n, k, slices):

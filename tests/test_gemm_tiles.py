@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import json
 
+from dataclasses import replace
+
 import pytest
 import torch
 
@@ -61,6 +63,19 @@ def test_the_tuner_takes_large_tiles_from_where_they_win_to_the_largest_m():
     candidates = tuner.large_candidates(TileConfig(64, 64, 256))
     assert candidates and all(256 % (c.block_k or 256) == 0 and (c.block_k or 256) >= 32 for c in candidates)
     assert all(stages_fit(c, 256) for c in candidates)
+    assert not any(c.tma for c in candidates)
+    with_tma = tuner.large_candidates(TileConfig(64, 64, 128), tma=True)
+    tma = [c for c in with_tma if c.tma]
+    assert tma and all((c.block_k or 128) <= 128 and stages_fit(c, 128) for c in with_tma)
+    assert {replace(c, tma=False, num_stages=0) for c in tma} <= {replace(c, num_stages=0) for c in with_tma
+                                                                   if not c.tma}  # a TMA twin of pointer tiles
+
+
+def test_large_tiles_carry_their_tma_loads():
+    small = TileConfig(64, 64, 128, k_slices=2, large_min_m=320, large=RowTiles(128, 128, num_warps=8, tma=True))
+    assert not small.for_rows(319).tma and small.for_rows(320).tma
+    tiles = GemmTiles("Some GPU", ((shape_key(4096, 4096, torch.bfloat16), small),))
+    assert parse_tiles(tiles.to_json(), "t.json") == tiles
 
 
 def stages_fit(tiles: RowTiles, small_block_k: int) -> bool:

@@ -9,7 +9,8 @@ table tuned per card, else a rule), never of M:
 - one (BLOCK_M, BLOCK_N, BLOCK_K) tile and one warp / stage count for every M, so every output element
   is the same chain of `tl.dot` instructions (the same MMA shape) whatever M is; except that a tuned
   entry may name larger output tiles from `large_min_m` rows on (TileConfig.large: same BLOCK_K and K
-  slices, so the same walk over K in the same BLOCK_K chunks, a wider MMA). Whether a wider MMA adds an
+  slices, so the same walk over K in the same BLOCK_K chunks, a wider MMA; optionally loaded through TMA,
+  batch_invariant_tma.py, where it is not split-K). Whether a wider MMA adds an
   element's products in the same order is the card's business, not documented: the tuner keeps such an
   entry only where every row's bits matched (scripts/tune_invariant_gemm.py), and the CUDA tests check
   rows across the threshold;
@@ -38,6 +39,7 @@ import torch
 import triton
 import triton.language as tl
 
+from dynaspec.models.batch_invariant_tma import tma_invariant_matmul, tma_shapes_ok, tma_supported
 from dynaspec.models.gemm_tiles import TileConfig, rule_tile
 from dynaspec.models.pdl import launch_options, wait_for_previous_kernel
 
@@ -162,6 +164,8 @@ def invariant_matmul(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor |
     if split is None:
         split = m <= cfg.split_max_m if cfg.split_max_m is not None else tiles < _multiprocessors(x.device)
     split = split and slices > 1
+    if cfg.tma and not split and tma_supported(x.device) and tma_shapes_ok(x, weight):
+        return tma_invariant_matmul(x, weight, bias, cfg, k_slice, slices, pdl)
     part = torch.empty((slices, m, n), dtype=torch.float32, device=x.device) if split else y  # (S, M, N) partials
     bias_arg = bias if bias is not None else y
     _invariant_matmul_kernel[(tiles, slices if split else 1)](

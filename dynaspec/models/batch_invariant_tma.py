@@ -39,9 +39,10 @@ def tma_supported(device: torch.device) -> bool:
 
 
 def tma_shapes_ok(x: torch.Tensor, weight: torch.Tensor) -> bool:
-    """TMA needs every stride but the last to be a multiple of 16 bytes."""
+    """Whether the TMA path takes these operands: fp16 / bf16 (float32 keeps the pointer kernel's IEEE products),
+    every stride but the last and the base addresses multiples of 16 bytes."""
     size = x.element_size()
-    return (x.stride(0) * size) % 16 == 0 and (weight.stride(0) * size) % 16 == 0 and x.data_ptr() % 16 == 0 \
+    return x.dtype in (torch.float16, torch.bfloat16) and (x.stride(0) * size) % 16 == 0 and (weight.stride(0) * size) % 16 == 0 and x.data_ptr() % 16 == 0 \
         and weight.data_ptr() % 16 == 0
 
 

@@ -35,6 +35,7 @@ class RowTiles:
     num_warps: int = 4
     num_stages: int = 3
     block_k: int | None = None
+    tma: bool = False  # load the tiles with TMA (batch_invariant_tma.py; Hopper and newer, without split-K)
 
 
 @dataclass(frozen=True)
@@ -56,6 +57,7 @@ class TileConfig:
     # the card (the MMA instruction's width follows the tile; its adds over K must not). None: one layout.
     large_min_m: int | None = None
     large: RowTiles | None = None
+    tma: bool = False  # set by for_rows from the large tiles: their loads through TMA where the card has it
 
     def for_rows(self, m: int) -> TileConfig:
         """The configuration a GEMM of m rows runs: this one, or its large tiles from large_min_m rows on."""
@@ -64,7 +66,7 @@ class TileConfig:
         large = self.large
         return replace(self, block_m=large.block_m, block_n=large.block_n, block_k=large.block_k or self.block_k,
                        group_m=large.group_m, num_warps=large.num_warps, num_stages=large.num_stages,
-                       large_min_m=None, large=None)
+                       large_min_m=None, large=None, tma=large.tma)
 
     def __post_init__(self) -> None:
         if self.large is not None and self.large.block_k is not None and self.block_k % self.large.block_k:

@@ -205,11 +205,12 @@ for step in "$@"; do
       done ;;
     retune)  # issue 22 (~8 min): the tuner again (split-K threshold and, since 2026-12-06, larger tiles from the M
       # where they win and keep every row's bits, per shape), the GEMM CUDA tests with its table, then the price
-      timeout 330 python3 scripts/tune_invariant_gemm.py --models random:llama-3.1-8b random:qwen2.5-1.5b \
+      timeout 330 python3 scripts/tune_invariant_gemm.py --models ${TUNE_MODELS:-random:llama-3.1-8b random:qwen2.5-1.5b} \
         --report "$OUT/tiles.md" > "$OUT/tune.log" 2>&1; grep -E "^\| random|table written" "$OUT/tune.log" | tail -22
       cp dynaspec/models/gemm_tile_tables/*.json "$OUT/" 2>/dev/null
-      timeout 90 python3 -m pytest -q -m cuda tests/test_deterministic_cuda.py tests/test_triton_attention.py \
-        tests/test_triton_prefill_attention.py -k "gemm or attention or prefill or mixed" 2>&1 | tail -2
+      timeout 100 python3 -m pytest -q -s -m cuda tests/test_deterministic_cuda.py tests/test_triton_attention.py \
+        tests/test_triton_prefill_attention.py -k "gemm or attention or prefill or mixed" > "$OUT/gemm_tests.log" 2>&1
+      grep -E "TMA tiles|passed|failed" "$OUT/gemm_tests.log" | tail -6
       timeout 120 python3 scripts/deterministic_price.py --model random:llama-3.1-8b --batches 1 16 64 --k 4 --rounds ${PRICE_ROUNDS:-2} \
         --out "$OUT/price" > "$OUT/price.log" 2>&1; tail -9 "$OUT/price.log" ;;
     gemm-probe)  # issue 22 (~2 min): where the invariant GEMM loses to cuBLAS at verify widths (M = 320, 2048):

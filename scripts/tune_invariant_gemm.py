@@ -64,7 +64,7 @@ def candidates() -> list[TileConfig]:
 
 def large_candidates(small: TileConfig, tma: bool = False) -> list[RowTiles]:
     """Larger output tiles for the winner's K slices (its block_k or a divisor of it, >= 32), within the
-    shared memory of one SM; with tma, each also loaded through TMA (k chunks of at most 128)."""
+    shared memory of one SM; with tma, each of 128 rows also loaded through TMA (k chunks of at most 128)."""
     out = []
     block_ks = [bk for bk in (small.block_k, small.block_k // 2, small.block_k // 4) if bk >= 32]
     for bm, bn, bk in itertools.product((64, 128), (64, 128, 256), block_ks):
@@ -78,7 +78,7 @@ def large_candidates(small: TileConfig, tma: bool = False) -> list[RowTiles]:
                          block_k=None if bk == small.block_k else bk)
         out.append(tiles)
         deeper = stages + 1 if bk <= 64 else stages  # TMA's copies leave registers for one more stage
-        if tma and bk <= 128 and deeper * (bm * bk + bk * bn) * 2 <= 200 * 1024:
+        if tma and bm == 128 and bk <= 128 and deeper * (bm * bk + bk * bn) * 2 <= 200 * 1024:
             out.append(replace(tiles, tma=True, num_stages=deeper))
     return out
 

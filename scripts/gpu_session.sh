@@ -213,6 +213,9 @@ for step in "$@"; do
       grep -E "TMA tiles|passed|failed" "$OUT/gemm_tests.log" | tail -6
       timeout 120 python3 scripts/deterministic_price.py --model random:llama-3.1-8b --batches 1 16 64 --k 4 --rounds ${PRICE_ROUNDS:-2} \
         --out "$OUT/price" > "$OUT/price.log" 2>&1; tail -9 "$OUT/price.log" ;;
+    eagle-profile)  # issue 21 (~2 min): an EAGLE step's kernels at batch 1 and 4, random Qwen2.5-1.5B + untrained head
+      for b in 1 4; do timeout 200 python3 scripts/eagle_step_profile.py --ks 0 1 3 --batch $b 2>&1 | grep -v Warning \
+        | tee "$OUT/eagle_profile_b$b.md" | grep -E "^## |GPU busy"; done ;;
     gemm-probe)  # issue 22 (~2 min): where the invariant GEMM loses to cuBLAS at verify widths (M = 320, 2048):
       # the tuned entries against the same tiles with K in one slice and other tiles (scripts/gemm_verify_rows_probe.py)
       timeout 420 python3 scripts/gemm_verify_rows_probe.py --m 320 2048 --shapes gate_up down o_proj lm_head 2>&1 \

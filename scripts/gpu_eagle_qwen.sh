@@ -26,7 +26,8 @@
 #   and 2,677 -> 3,915 -> 5,268 steps on them moved held-out depth 1 only 0.69 -> 0.71 -> 0.72: more answers
 #   now, ~2.5M tokens in ~215 s), --max-tokens 1024, --steps 12000, --batch-size 8, --ttt-steps 5,
 #   --draft-vocab-size 32000 (EAGLE-3's draft vocabulary; 0: the target's lm_head, as the first run, 2026-12-05, had),
-#   --lr 5e-4, --init-head '' (train: continue this head, e.g. a carried one, on new answers), --answer-seed ''
+#   --labels target (the target's next-token distribution at each position, soft labels; tokens: the sampled
+#   answers' tokens, as every head before 2026-12-06 14:30 UTC was trained), --lr 5e-4, --init-head '' (train: continue this head, e.g. a carried one, on new answers), --answer-seed ''
 #   (train: the sampled answers' first seed, e.g. 1000 for other answers than an earlier session's),
 #   --max-num-seqs 256, --deadline 560 (train: answering may take half of what is left after the
 #   ~2 min join + convert, ~1.6M tokens), --batch-sizes 1,4,16,64, --gen-len 128, --eagle-ks 0-6 (the head's
@@ -46,11 +47,11 @@ target=/tmp/qwen-1.5b.gguf draft=/tmp/qwen-0.5b.gguf head_dir=/tmp/eagle-qwen15b
 answers_per_prompt=3 temperature=0.8 draft_vocab_size=32000
 steps=12000 batch_size=8 ttt_steps=5 lr=5e-4 max_num_seqs=256 deadline=560 batch_sizes=1,4,16,64 gen_len=128
 eagle_ks=0-6 draft_ks=0,2,3 ngram_ks=0,2,4 drafters=eagle,draft-model,ngram device=auto dtype=auto examples=/tmp/eagle-examples.safetensors init_head= answer_seed=
-deterministic=off
+deterministic=off labels=target
 parts=()
 while [ $# -gt 0 ]; do
   case "$1" in
-    --target|--draft|--head-dir|--num-prompts|--answers-per-prompt|--temperature|--max-tokens|--steps|--batch-size|--ttt-steps|--lr|--max-num-seqs|--draft-vocab-size|--init-head|--answer-seed|\
+    --target|--draft|--head-dir|--num-prompts|--answers-per-prompt|--temperature|--max-tokens|--steps|--batch-size|--ttt-steps|--lr|--max-num-seqs|--draft-vocab-size|--init-head|--answer-seed|--labels|\
     --deadline|--batch-sizes|--gen-len|--eagle-ks|--draft-ks|--ngram-ks|--drafters|--device|--dtype|--deterministic)
       [ $# -ge 2 ] || { echo "error: $1 needs a value" >&2; exit 2; }
       var=${1#--}; printf -v "${var//-/_}" %s "$2"; shift 2 ;;
@@ -109,7 +110,7 @@ for part in "${parts[@]}"; do
       --answers-per-prompt "$answers_per_prompt" --temperature "$temperature" \
       --steps "$steps" --batch-size "$batch_size" --ttt-steps "$ttt_steps" --lr "$lr" --time-limit "$limit" \
       --max-num-seqs "$max_num_seqs" --draft-vocab-size "$draft_vocab_size" --device "$device" --dtype "$dtype" \
-      --save-examples "$examples" "${continued[@]}" > "$work/train.log" 2>&1
+      --labels "$labels" --save-examples "$examples" "${continued[@]}" > "$work/train.log" 2>&1
     status=$?
     stamp "train-head exit $status"
     { echo; echo "## train-head (exit $status)"; echo '```'; grep -v "━" "$work/train.log" | tail -25; echo '```'; } >> "$summary"
@@ -118,7 +119,8 @@ for part in "${parts[@]}"; do
     stamp "train-head continued (--time-limit $limit)"
     PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True python3 -m dynaspec.cli train-head --model "$target" --out "$head_dir" \
       --load-examples "$examples" --init-head "$head_dir" --steps "$steps" --batch-size "$batch_size" \
-      --ttt-steps "$ttt_steps" --lr "$lr" --time-limit "$limit" --device "$device" --dtype "$dtype" > "$work/train-more.log" 2>&1
+      --ttt-steps "$ttt_steps" --lr "$lr" --time-limit "$limit" --device "$device" --dtype "$dtype" --labels "$labels" \
+      > "$work/train-more.log" 2>&1
     status=$?
     stamp "train-head continued, exit $status"
     { echo; echo "## train-head continued (exit $status)"; echo '```'; grep -v "━" "$work/train-more.log" | tail -12; echo '```'; } >> "$summary"

@@ -48,7 +48,7 @@ def example(loaded, target_dir):
                           dtype="float32")
     prompt = torch.randint(3, 512, (9,), generator=torch.Generator().manual_seed(1)).tolist()
     params = SamplingParams(temperature=0.0, max_tokens=12, ignore_eos=True)
-    (recorded,) = record_answers(loaded, config, (0, 1, 2), [prompt], params)
+    (recorded,) = record_answers(loaded, config, (0, 1, 2), [prompt], params, record_final=True)
     return recorded
 
 
@@ -227,7 +227,7 @@ def test_a_bfloat16_target_trains_the_head_as_a_float32_one(loaded, example, tar
 
     bf16 = load_model(str(target_dir), dtype=torch.bfloat16, device="cpu")
     options = TrainOptions(model="tiny", sources=["chat"], num_prompts=2, out=None, steps=30, lr=1e-3, ttt_steps=2,
-                           batch_size=1, warmup_fraction=0.0)
+                           batch_size=1, warmup_fraction=0.0, labels="tokens")
     final = {}
     for name, target in (("float32", loaded.model), ("bfloat16", bf16.model)):
         head = random_head(EagleHeadConfig.for_target(loaded.hf_config, loaded.name, [0, 1, 2]), loaded.hf_config, 0)

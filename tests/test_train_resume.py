@@ -65,11 +65,12 @@ def test_a_second_run_trains_on_the_saved_answers_and_continues_the_head(tiny):
 def test_examples_round_trip_with_their_split():
     gen = torch.Generator().manual_seed(0)
 
-    def example(n: int, prompt_len: int) -> Example:
+    def example(n: int, prompt_len: int, final: bool = True) -> Example:
         return Example(torch.randint(0, 99, (n,), generator=gen).tolist(), prompt_len,
-                       torch.randn(n - 1, 6, generator=gen).to(torch.bfloat16))
+                       torch.randn(n - 1, 6, generator=gen).to(torch.bfloat16),
+                       torch.randn(n - 1, 3, generator=gen).to(torch.bfloat16) if final else None)
 
-    train, held = [example(9, 3), example(5, 2)], [example(7, 4)]
+    train, held = [example(9, 3), example(5, 2)], [example(7, 4, final=False)]
     import tempfile
     from pathlib import Path
 
@@ -83,6 +84,8 @@ def test_examples_round_trip_with_their_split():
     for got, want in zip(loaded_train + loaded_held, train + held):
         assert got.token_ids == want.token_ids and got.prompt_len == want.prompt_len
         assert got.features.dtype == torch.bfloat16 and torch.equal(got.features, want.features)
+        assert (got.final is None) == (want.final is None)  # the final stream (soft labels) where recorded
+        assert got.final is None or torch.equal(got.final, want.final)
     assert len(loaded_train) == 2 and len(loaded_held) == 1
 
 
@@ -100,6 +103,24 @@ def test_bad_combinations_are_one_line_errors(tiny, tmp_path):
     not_a_head = _train(tiny, "--workload", tiny["prompts"], "--num-prompts", "4", "--init-head", str(tmp_path),
                         "--out", str(tmp_path / "h"))
     assert "needs config.json and model.safetensors" in _error(not_a_head)
+    labels = _train(tiny, "--workload", tiny["prompts"], "--num-prompts", "4", "--labels", "argmax",
+                    "--out", str(tmp_path / "h"))
+    assert "--labels: Input should be 'target' or 'tokens' (got 'argmax')" in _error(labels)
+
+
+def test_answers_saved_without_the_final_stream_train_on_tokens_only(tiny):
+    """Answers recorded with --labels tokens carry no final stream: training on them with soft labels is refused
+    with what to do instead, and with --labels tokens it runs."""
+    root = tiny["root"]
+    path = root / "tokens-only.safetensors"
+    first = _train(tiny, "--workload", tiny["prompts"], "--num-prompts", "16", "--steps", "1", "--labels", "tokens",
+                   "--out", str(root / "tokens-first"), "--save-examples", str(path))
+    assert first.exit_code == 0, first.output
+    soft = _train(tiny, "--load-examples", str(path), "--steps", "1", "--out", str(root / "tokens-soft"))
+    assert "saved without the target's final hidden states, which --labels target needs" in _error(soft)
+    hard = _train(tiny, "--load-examples", str(path), "--steps", "1", "--labels", "tokens",
+                  "--out", str(root / "tokens-hard"))
+    assert hard.exit_code == 0, hard.output
 
 
 def test_another_answer_seed_draws_new_answers_to_the_same_prompts_and_split(tiny):

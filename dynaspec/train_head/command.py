@@ -7,7 +7,7 @@ and the engine are imported when the command runs.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated, Literal, Optional
 
 import typer
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
@@ -31,6 +31,7 @@ class TrainHeadArgs(BaseModel):
     time_limit: Optional[float] = Field(default=None, gt=0)
     answers_per_prompt: int = Field(default=1, ge=1)
     draft_vocab_size: int = Field(default=32000, ge=0)
+    labels: Literal["target", "tokens"] = "target"
 
 
 def _layers(text: str | None) -> list[int] | None:
@@ -77,6 +78,9 @@ def train_head_command(
                                                             "prompts; --workload and --num-prompts are not used")] = None,
     init_head: Annotated[Optional[Path], typer.Option(help="continue training this head directory (its tapped layers "
                                                         "and draft vocabulary) instead of a random head")] = None,
+    labels: Annotated[str, typer.Option(help="what the head learns at each position: 'target' (the target's "
+                                             "next-token distribution, recorded in the same pass: soft labels, "
+                                             "as EAGLE-3's SpecForge) or 'tokens' (the answer's next token)")] = "target",
     seed: Annotated[int, typer.Option(help="the prompts' order, the held-out split, the head's start, the batches")] = 0,
     answer_seed: Annotated[Optional[int], typer.Option(help="first seed of the sampled answers (default: --seed): "
                                                        "continuing a head (--init-head) on new answers to the same "
@@ -93,7 +97,7 @@ def train_head_command(
         args = TrainHeadArgs(num_prompts=num_prompts, steps=steps, lr=lr, max_tokens=max_tokens, ttt_steps=ttt_steps,
                              batch_size=batch_size, eval_fraction=eval_fraction, max_num_seqs=max_num_seqs,
                              temperature=temperature, time_limit=time_limit, answers_per_prompt=answers_per_prompt,
-                             draft_vocab_size=draft_vocab_size)
+                             draft_vocab_size=draft_vocab_size, labels=labels)
         if answers_per_prompt > 1 and temperature == 0:
             raise ValueError(f"--answers-per-prompt {answers_per_prompt} needs --temperature > 0: greedy answers to one "
                              "prompt are all the same")

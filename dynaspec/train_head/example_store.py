@@ -3,8 +3,8 @@
 Answering the prompts takes the first part of a time-limited run (on the GPU machines here one call may
 last 10 minutes), so a run can save what it recorded (`--save-examples`) and a later run train on it
 (`--load-examples`), continuing the head the first wrote (`--init-head`) instead of answering again.
-One safetensors file: per example its token ids (int64) and the target's tapped features (the recorded
-dtype); the metadata holds the target's name, the tapped layers, the prompt lengths and which examples are
+One safetensors file: per example its token ids (int64), the target's tapped features (the recorded
+dtype) and, when recorded, its stream after the last layer (soft labels); the metadata holds the target's name, the tapped layers, the prompt lengths and which examples are
 held out, so a continued run keeps the same held-out split.
 """
 
@@ -30,6 +30,8 @@ def save_examples(path: str | Path, train: list[Example], held: list[Example], t
     for i, example in enumerate(examples):
         tensors[f"tokens.{i}"] = torch.tensor(example.token_ids, dtype=torch.int64)
         tensors[f"features.{i}"] = example.features.contiguous()
+        if example.final is not None:
+            tensors[f"final.{i}"] = example.final.contiguous()
     meta = {"target": target, "layers": list(layers), "prompt_lens": [e.prompt_len for e in examples],
             "held_out": [False] * len(train) + [True] * len(held)}
     out = Path(path)
@@ -58,8 +60,10 @@ def load_examples(path: str | Path, target: str, layers: list[int]) -> tuple[lis
                              "(give --layers as the run that saved them, or the head of --init-head taps)")
         train: list[Example] = []
         held: list[Example] = []
+        names = set(handle.keys())
         for i, (prompt_len, is_held) in enumerate(zip(meta["prompt_lens"], meta["held_out"])):
+            final = handle.get_tensor(f"final.{i}") if f"final.{i}" in names else None
             example = Example(handle.get_tensor(f"tokens.{i}").tolist(), int(prompt_len),
-                              handle.get_tensor(f"features.{i}"))
+                              handle.get_tensor(f"features.{i}"), final)
             (held if is_held else train).append(example)
     return train, held

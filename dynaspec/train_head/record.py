@@ -26,6 +26,7 @@ from dynaspec.models.feature_tap import FeatureTap, install_feature_tap
 from dynaspec.models.loader import LoadedModel
 from dynaspec.runtime.host_copy import to_device
 from dynaspec.sampling_params import SamplingParams
+from dynaspec.train_head.soft_labels import final_layer
 
 
 # Bytes of gathered features kept on the device before one copy brings them to the host.
@@ -39,6 +40,9 @@ class Example:
     token_ids: list[int]  # prompt + answer, L tokens
     prompt_len: int
     features: torch.Tensor  # (L - 1, n * H) on the CPU, the target's dtype: features of positions 0 .. L - 2
+    # (L - 1, H) the target's stream after its last layer at positions 0 .. L - 2 (its next-token distribution
+    # there: train_head/soft_labels.py), when recorded
+    final: torch.Tensor | None = None
 
 
 def record_answers(
@@ -49,6 +53,7 @@ def record_answers(
     params: SamplingParams | list[SamplingParams],
     on_finished: Callable[[int], None] | None = None,
     should_stop: Callable[[], bool] | None = None,
+    record_final: bool = False,
 ) -> list[Example]:
     """Generate an answer to every prompt (token ids) with an engine over `loaded` and return the examples
     (in prompt order; a request that ended with an error, or before any decode step, is left out).
@@ -56,22 +61,43 @@ def record_answers(
     config: the engine's config; it must set num_kv_blocks (the feature cache is sized by it) and must not
     be speculative. params: one for every prompt, or one per prompt. on_finished(n): called with the number
     of requests finished so far. should_stop(): asked after every step; when True the unfinished requests
-    are aborted and the answers finished so far returned (the engine serves requests in prompt order)."""
+    are aborted and the answers finished so far returned (the engine serves requests in prompt order).
+    record_final: also record the stream after the target's last layer (Example.final), in the same pass."""
     if config.num_kv_blocks is None or config.speculative_config is not None:
         raise ValueError("record_answers needs an EngineConfig with num_kv_blocks set and no speculative_config")
     dtype = config.resolved_dtype()
     device = config.resolved_device()
     hidden = int(loaded.hf_config.hidden_size)
-    tap = FeatureTap(layers, hidden, (config.num_kv_blocks + 1) * config.block_size, dtype, device)
+    last = final_layer(int(loaded.hf_config.num_hidden_layers))
+    tapped = tuple(layers) + ((last,) if record_final and last not in layers else ())
+    tap = FeatureTap(tapped, hidden, (config.num_kv_blocks + 1) * config.block_size, dtype, device)
     install_feature_tap(loaded.model, tap)
+    columns = _Columns(hidden, tapped.index(last) if record_final else None, len(layers))
     try:
         engine = LLMEngine(config, loaded=loaded)
-        return _run(engine, tap, prompts, params, on_finished, should_stop)
+        return _run(engine, tap, prompts, params, on_finished, should_stop, columns)
     finally:
         install_feature_tap(loaded.model, None)
 
 
-def _run(engine: LLMEngine, tap: FeatureTap, prompts, params, on_finished, should_stop) -> list[Example]:
+@dataclass(frozen=True)
+class _Columns:
+    """Where a gathered row (tapped layers side by side) holds the head's features and the final stream."""
+
+    hidden: int
+    final: int | None  # the final stream's index among the tapped layers (None: not recorded)
+    num_features: int  # the head's layers, first (the final stream may be one of them in a target of few layers)
+
+    def split(self, rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """(N, tapped x H) -> the head's features (N, n x H) and the final stream (N, H) or None."""
+        features = rows[:, : self.num_features * self.hidden]
+        if self.final is None:
+            return features, None
+        return features, rows[:, self.final * self.hidden : (self.final + 1) * self.hidden]
+
+
+def _run(engine: LLMEngine, tap: FeatureTap, prompts, params, on_finished, should_stop,
+         columns: _Columns) -> list[Example]:
     requests = {}
     for i, prompt in enumerate(prompts):
         request_id = f"train-{i}"
@@ -79,7 +105,7 @@ def _run(engine: LLMEngine, tap: FeatureTap, prompts, params, on_finished, shoul
         requests[request_id] = (i, engine.requests[request_id])
     tables: dict[str, list[int]] = {}
     examples: dict[int, Example] = {}
-    pending = _Pending(examples)
+    pending = _Pending(examples, columns)
     done = 0
     block_size = engine.config.block_size
     while engine.has_unfinished_requests():
@@ -114,8 +140,9 @@ def _run(engine: LLMEngine, tap: FeatureTap, prompts, params, on_finished, shoul
 class _Pending:
     """Finished requests whose features were gathered on the device, not yet copied to the host."""
 
-    def __init__(self, examples: dict[int, Example]) -> None:
+    def __init__(self, examples: dict[int, Example], columns: _Columns) -> None:
         self.examples = examples
+        self.columns = columns
         self.items: list[tuple[int, list[int], int, torch.Tensor]] = []  # (index, tokens, prompt_len, features)
         self.bytes = 0
 
@@ -132,6 +159,7 @@ class _Pending:
         offset = 0
         for index, tokens, prompt_len, features in self.items:
             rows = features.shape[0]
-            self.examples[index] = Example(tokens, prompt_len, host[offset : offset + rows])
+            head_features, final = self.columns.split(host[offset : offset + rows])
+            self.examples[index] = Example(tokens, prompt_len, head_features, final)
             offset += rows
         self.items, self.bytes = [], 0

@@ -5,7 +5,9 @@ Recipe (EAGLE-3, Li et al. 2025, arXiv 2503.01840; self-distillation as in its p
 target answers every prompt with the engine (the training prompts `answers_per_prompt` times at `temperature`,
 greedily by default; the held-out prompts once, greedily), its tapped features are
 recorded in the same pass (train_head/record.py); the head (random init, float32) is trained on the
-training prompts' answers with the unrolled loss of train_head/ttt.py (`ttt_steps` depths, weights 0.8^j),
+training prompts' answers with the unrolled loss of train_head/ttt.py (`ttt_steps` depths, weights 0.8^j) against
+the target's next-token distribution at each position (`labels="target"`, recorded in the same pass;
+train_head/soft_labels.py) or the answer's tokens (`labels="tokens"`),
 AdamW over length-grouped batches (train_head/batching.py) with linear warm-up and cosine decay, gradient
 clipping at 1; the held-out prompts (never trained on)
 give the acceptance estimate at the end. With `draft_vocab_size` the head predicts over the training answers'
@@ -78,6 +80,9 @@ class TrainOptions:
     save_examples: Path | None = None  # write the recorded answers and features here (train_head/example_store.py)
     load_examples: Path | None = None  # train on the answers a run saved there instead of answering the prompts
     init_head: Path | None = None  # continue training this head directory (else a random head)
+    # "target": the target's next-token distribution at each position (train_head/soft_labels.py); "tokens": the
+    # answer's next token
+    labels: str = "target"
     engine_options: dict = field(default_factory=dict)
 
 
@@ -128,6 +133,9 @@ def train_head(options: TrainOptions, progress: Progress | None = None, log: Cal
     if options.load_examples is not None:
         train, held = load_examples(options.load_examples, loaded.name, list(layers))
         log(f"loaded {len(train)} training and {len(held)} held-out answers from {options.load_examples}")
+        if options.labels == "target" and any(e.final is None for e in train):
+            raise ValueError(f"{options.load_examples} was saved without the target's final hidden states, which "
+                             "--labels target needs: train on it with --labels tokens, or answer again")
     else:
         train, held = _record(options, loaded, layers, progress, log, clock, began)
         if options.save_examples is not None:
@@ -175,7 +183,8 @@ def _record(options: TrainOptions, loaded, layers: tuple[int, ...], progress: Pr
     if options.time_limit_s is not None:  # answering may take half the limit; the rest is training's
         def stop() -> bool:
             return clock() - began > ANSWERING_SHARE * options.time_limit_s
-    examples = record_answers(loaded, config, layers, ids, params, lambda n: progress("generate", n, len(ids)), stop)
+    examples = record_answers(loaded, config, layers, ids, params, lambda n: progress("generate", n, len(ids)), stop,
+                              record_final=options.labels == "target")
     answered = clock()
     stopped = options.time_limit_s is not None and answered - began > ANSWERING_SHARE * options.time_limit_s
     cut = f", stopped at {ANSWERING_SHARE:.0%} of the time limit" if stopped else ""
@@ -296,7 +305,7 @@ def _optimize(head, target, train: list[Example], options: TrainOptions, device,
         if not batches:  # a new epoch, in batches of similar lengths (train_head/batching.py)
             batches = length_grouped_batches(lengths, options.batch_size, rng)
         chosen = [train[i] for i in batches.pop()]
-        batch = make_batch(chosen, device, torch.float32, options.max_seq_len)
+        batch = make_batch(chosen, device, torch.float32, options.max_seq_len, soft_labels=options.labels == "target")
         with _training_precision(target):  # entered per step: autocast caches its weight casts until it exits
             loss, _ = ttt_loss(head, target, batch, options.ttt_steps)
         optimizer.zero_grad(set_to_none=True)

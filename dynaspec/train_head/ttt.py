@@ -7,8 +7,9 @@ g = fc(target features of p - 1) and predicts x_{p+1}. Depth j >= 1 is draft ste
 At inference, draft step j at position P sees the head's K/V of positions <= P - j from the catch-up and
 one position of each earlier draft step (P - j + i from step i) plus its own, so depth j's query p attends
 to depth-0 keys at positions <= p - j and depth-i keys at position p - j + i (1 <= i <= j): the mask built
-by `window_mask` (SpecForge and the EAGLE-3 code lay it out the same way). Labels are the target's own tokens
-(self-distillation); a depth-j prediction at p counts where p >= j and x_{p+1} is an answer token.
+by `window_mask` (SpecForge and the EAGLE-3 code lay it out the same way). Labels are the target's own
+next-token distribution at p (soft labels, train_head/soft_labels.py), or its answer's token x_{p+1}
+(self-distillation either way); a depth-j prediction at p counts where p >= j and x_{p+1} is an answer token.
 
 Only the answer is scored, so queries run on each example's answer window (`answer_window`: its answer
 positions and the depths - 1 before them): a prompt position feeds depth 0's keys and values and nothing else.
@@ -24,6 +25,7 @@ import torch.nn.functional as F
 
 from dynaspec.models.eagle_head import EagleHead, dense_attention, draft_logits, target_embed
 from dynaspec.train_head.record import Example
+from dynaspec.train_head.soft_labels import soft_cross_entropy, target_log_probs
 
 
 @dataclass
@@ -31,7 +33,8 @@ class Batch:
     """Padded examples: ids (B, T) tokens x_0..x_{T-1}, features (B, T, n * H) with features[:, p] the target's
     features of p - 1 (zeros at p = 0), labels (B, T) x_{p+1}, answer (B, T) True where x_{p+1} is an answer
     token of the example (the loss positions at depth 0); lengths: each example's real positions, first_scored:
-    its first answer position (prompt_len - 1), both on the host."""
+    its first answer position (prompt_len - 1), both on the host; final: with soft labels (train_head/soft_labels.py),
+    the target's stream after its last layer at p, whose next-token distribution labels position p."""
 
     ids: torch.Tensor
     features: torch.Tensor
@@ -39,14 +42,17 @@ class Batch:
     answer: torch.Tensor
     lengths: list[int]
     first_scored: list[int]
+    final: torch.Tensor | None = None  # (B, T, H) the target's stream after its last layer at p: soft labels
 
     @property
     def num_positions(self) -> int:
         return int(self.answer.sum())
 
 
-def make_batch(examples: list[Example], device: torch.device, dtype: torch.dtype, max_len: int | None = None) -> Batch:
-    """Head positions 0 .. L - 2 of each example (x_{L-1} has no label), right-padded, cut at max_len."""
+def make_batch(examples: list[Example], device: torch.device, dtype: torch.dtype, max_len: int | None = None,
+               soft_labels: bool = False) -> Batch:
+    """Head positions 0 .. L - 2 of each example (x_{L-1} has no label), right-padded, cut at max_len; with
+    soft_labels, the examples' final streams too (each example must have recorded one)."""
     lengths = [len(e.token_ids) - 1 for e in examples]
     width = max(lengths) if max_len is None else min(max(lengths), max_len)
     n_features = examples[0].features.shape[1]
@@ -54,6 +60,10 @@ def make_batch(examples: list[Example], device: torch.device, dtype: torch.dtype
     labels = torch.zeros(len(examples), width, dtype=torch.int64)
     answer = torch.zeros(len(examples), width, dtype=torch.bool)
     features = torch.zeros(len(examples), width, n_features, dtype=dtype, device=device)  # filled on the device
+    final = None
+    if soft_labels:
+        hidden = examples[0].final.shape[1]
+        final = torch.zeros(len(examples), width, hidden, dtype=examples[0].final.dtype, device=device)
     kept = []
     for b, (example, length) in enumerate(zip(examples, lengths)):
         n = min(length, width)
@@ -64,8 +74,10 @@ def make_batch(examples: list[Example], device: torch.device, dtype: torch.dtype
         positions = torch.arange(n)
         answer[b, :n] = positions + 1 >= example.prompt_len
         features[b, 1:n] = example.features[: n - 1].to(device)  # copied in the recorded dtype, cast there
+        if final is not None:
+            final[b, :n] = example.final[:n].to(device)
     first = [min(max(e.prompt_len - 1, 0), n) for e, n in zip(examples, kept)]
-    return Batch(ids.to(device), features, labels.to(device), answer.to(device), kept, first)
+    return Batch(ids.to(device), features, labels.to(device), answer.to(device), kept, first, final)
 
 
 @dataclass
@@ -84,6 +96,11 @@ class Unrolled:
     def labels(self, batch: Batch) -> torch.Tensor:
         """(B, W) the target's next token at each window row."""
         return batch.labels.gather(1, self.positions)
+
+    def rows(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, T, ...) per position -> (B, W, ...) at the window's rows."""
+        index = self.positions.view(*self.positions.shape, *([1] * (x.dim() - 2))).expand(-1, -1, *x.shape[2:])
+        return x.gather(1, index)
 
     def at(self, depth: int, example: int, position: int) -> torch.Tensor:
         """Depth `depth`'s h (H,) at an absolute position of an example (one inside its window)."""
@@ -161,20 +178,27 @@ def depth_mask(batch: Batch, depth: int) -> torch.Tensor:
 
 
 def ttt_loss(head: EagleHead, target: torch.nn.Module, batch: Batch, depths: int, decay: float = 0.8):
-    """sum_j decay^j x cross-entropy at depth j against the target's tokens (over the head's vocabulary: a
-    token outside its draft vocabulary is left out of the loss, and counts as a miss); also the per-depth
-    accuracy as (correct, counted) tensors (no host synchronisation beyond selecting the scored rows)."""
+    """sum_j decay^j x the mean loss at depth j: with batch.final, the cross-entropy against the target's
+    next-token distribution over the head's vocabulary (soft labels, train_head/soft_labels.py); else against
+    the answer's next token (a token outside the draft vocabulary is left out of the loss, and counts as a
+    miss). Also the per-depth accuracy against the answer's tokens as (correct, counted) tensors (no host
+    synchronisation beyond selecting the scored rows)."""
     total = torch.zeros((), device=batch.ids.device)
     accuracy = []
     unrolled = unroll(head, target, batch, depths)
     labels = unrolled.labels(batch)  # (B, W)
     wanted_all = head.to_draft(labels)  # (B, W) over the head's vocabulary; -100 (ignored) where it lacks the token
+    first = unrolled.scored(batch, 0)  # (B, W): every deeper depth scores a subset of these rows
+    soft = None if batch.final is None else target_log_probs(head, target, unrolled.rows(batch.final)[first])
     for depth, h in enumerate(unrolled.outputs):
         mask = unrolled.scored(batch, depth)  # (B, W)
         logits = draft_logits(head, target, h[mask])  # (N, head vocab) float32, rows scored only
         scored, wanted = labels[mask], wanted_all[mask]
-        counted = (wanted != -100).sum()
-        loss = F.cross_entropy(logits, wanted, reduction="sum") / counted.clamp(min=1)  # a mean, 0 with no row
+        if soft is not None:  # (N0, head vocab) log p_target at depth 0's rows -> this depth's
+            loss = soft_cross_entropy(logits, soft[mask[first]]) / max(logits.shape[0], 1)
+        else:
+            counted = (wanted != -100).sum()
+            loss = F.cross_entropy(logits, wanted, reduction="sum") / counted.clamp(min=1)  # a mean, 0 with no row
         total = total + decay**depth * loss
         accuracy.append(((head.to_target(logits.argmax(-1)) == scored).sum(), mask.sum()))
     return total, accuracy

@@ -40,6 +40,7 @@ import triton
 import triton.language as tl
 
 from dynaspec.models.batch_invariant_tma import tma_invariant_matmul, tma_shapes_ok, tma_supported
+from dynaspec.models.gemm_grid import grouped_tile
 from dynaspec.models.gemm_tiles import TileConfig, rule_tile
 from dynaspec.models.pdl import launch_options, wait_for_previous_kernel
 
@@ -75,16 +76,7 @@ def _invariant_matmul_kernel(
     SLICES: tl.constexpr, SPLIT: tl.constexpr,
     HAS_BIAS: tl.constexpr, IEEE: tl.constexpr, PDL: tl.constexpr,
 ):
-    # Grouped program order (L2 reuse of W tiles across M tiles): which tile a program owns, never how
-    # a tile is computed.
-    pid = tl.program_id(0)
-    num_pid_m = tl.cdiv(M, BLOCK_M)
-    num_pid_n = tl.cdiv(N, BLOCK_N)
-    group_size = GROUP_M * num_pid_n
-    first_m = (pid // group_size) * GROUP_M
-    rows_in_group = tl.minimum(num_pid_m - first_m, GROUP_M)
-    pid_m = first_m + (pid % group_size) % rows_in_group
-    pid_n = (pid % group_size) // rows_in_group
+    pid_m, pid_n = grouped_tile(tl.program_id(0), M, N, BLOCK_M, BLOCK_N, GROUP_M)  # which tile, not how
 
     offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
     offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)

@@ -21,6 +21,7 @@ import torch
 import triton
 import triton.language as tl
 
+from dynaspec.models.gemm_grid import grouped_tile
 from dynaspec.models.gemm_tiles import TileConfig
 from dynaspec.models.pdl import launch_options, wait_for_previous_kernel
 
@@ -65,14 +66,7 @@ def _tma_invariant_matmul_kernel(
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr,
     SLICES: tl.constexpr, HAS_BIAS: tl.constexpr, PDL: tl.constexpr,
 ):
-    pid = tl.program_id(0)  # grouped order, as the pointer kernel's
-    num_pid_m = tl.cdiv(M, BLOCK_M)
-    num_pid_n = tl.cdiv(N, BLOCK_N)
-    group_size = GROUP_M * num_pid_n
-    first_m = (pid // group_size) * GROUP_M
-    rows_in_group = tl.minimum(num_pid_m - first_m, GROUP_M)
-    pid_m = first_m + (pid % group_size) % rows_in_group
-    pid_n = (pid % group_size) // rows_in_group
+    pid_m, pid_n = grouped_tile(tl.program_id(0), M, N, BLOCK_M, BLOCK_N, GROUP_M)  # which tile, not how
     off_m = pid_m * BLOCK_M
     off_n = pid_n * BLOCK_N
     wait_for_previous_kernel(PDL)

@@ -216,6 +216,18 @@ for step in "$@"; do
     eagle-profile)  # issue 21 (~2 min): an EAGLE step's kernels at batch 1 and 4, random Qwen2.5-1.5B + untrained head
       for b in 1 4; do timeout 200 python3 scripts/eagle_step_profile.py --ks 0 1 3 --batch $b 2>&1 | grep -v Warning \
         | tee "$OUT/eagle_profile_b$b.md" | grep -E "^## |GPU busy"; done ;;
+    engine-tests)  # (~2.5 min) the engine-level CUDA tests of the chained / deferred steps, eager warm-up, EAGLE chains
+      timeout 170 python3 -m pytest -q -m cuda tests/test_eager_kernel_warmup.py tests/test_chained_step.py \
+        tests/test_deferred_verify.py tests/test_eagle_spec.py tests/test_chain_graphs.py > "$OUT/engine_tests.log" 2>&1
+      tail -4 "$OUT/engine_tests.log" ;;
+    retune-lite)  # issue 22 (~7 min): retune's Llama-3.1-8B shapes only, the GEMM tests, the price in one round
+      timeout 220 python3 scripts/tune_invariant_gemm.py --models random:llama-3.1-8b --report "$OUT/tiles.md" \
+        > "$OUT/tune.log" 2>&1; grep -E "^\| random|table written" "$OUT/tune.log" | tail -12
+      cp dynaspec/models/gemm_tile_tables/*.json "$OUT/" 2>/dev/null
+      timeout 60 python3 -m pytest -q -s -m cuda tests/test_deterministic_cuda.py -k gemm > "$OUT/gemm_tests.log" 2>&1
+      grep -E "TMA tiles|passed|failed" "$OUT/gemm_tests.log" | tail -6
+      timeout 110 python3 scripts/deterministic_price.py --model random:llama-3.1-8b --batches 1 16 64 --k 4 --rounds 1 \
+        --out "$OUT/price" > "$OUT/price.log" 2>&1; tail -9 "$OUT/price.log" ;;
     gemm-probe)  # issue 22 (~2 min): where the invariant GEMM loses to cuBLAS at verify widths (M = 320, 2048):
       # the tuned entries against the same tiles with K in one slice and other tiles (scripts/gemm_verify_rows_probe.py)
       timeout 420 python3 scripts/gemm_verify_rows_probe.py --m 320 2048 --shapes gate_up down o_proj lm_head 2>&1 \

@@ -23,6 +23,9 @@ def trained(smollm2_dir, tmp_path_factory):
     report = train_head(TrainOptions(
         model=str(smollm2_dir), sources=["chat"], num_prompts=8, out=out, steps=50, lr=1e-3, max_tokens=40,
         ttt_steps=2, batch_size=4, eval_fraction=0.125, device="cpu", dtype="float32",
+        # greedy answers: their tokens are the target's argmax, what 50 steps on 7 answers can learn to repeat
+        # (the freshness test below measures acceptance on those answers; soft labels learn the distribution)
+        labels="tokens",
     ), log=lambda _: None)
     assert report.num_held_out_prompts == 1 and report.train_tokens > 200
     assert report.held_out["held_out_positions"] > 0 and len(report.held_out["accuracy_per_depth"]) == 2

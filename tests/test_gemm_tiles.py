@@ -67,8 +67,10 @@ def test_the_tuner_takes_large_tiles_from_where_they_win_to_the_largest_m():
     with_tma = tuner.large_candidates(TileConfig(64, 64, 128), tma=True)
     tma = [c for c in with_tma if c.tma]
     assert tma and all((c.block_k or 128) <= 128 and stages_fit(c, 128) for c in with_tma)
+    small_shape = RowTiles(64, 64, num_stages=0)  # the small tiles' own shape, through TMA
+    assert small_shape in {replace(c, tma=False, num_stages=0) for c in tma}
     assert {replace(c, tma=False, num_stages=0) for c in tma} <= {replace(c, num_stages=0) for c in with_tma
-                                                                   if not c.tma}  # a TMA twin of pointer tiles
+                                                                   if not c.tma} | {small_shape}
 
 
 def test_large_tiles_carry_their_tma_loads():

@@ -12,6 +12,7 @@ engine pass (the final norm's fused add stores it, as it stores any tapped layer
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 
 from dynaspec.models.eagle_head import EagleHead
 
@@ -38,5 +39,6 @@ def target_log_probs(head: EagleHead, target: torch.nn.Module, final: torch.Tens
 
 
 def soft_cross_entropy(logits: torch.Tensor, target_log_probs: torch.Tensor) -> torch.Tensor:
-    """Sum over rows of -sum_v p_target(v) log q(v): logits (N, V) the head's, target_log_probs (N, V)."""
-    return -(target_log_probs.exp() * torch.log_softmax(logits, dim=-1)).sum()
+    """Sum over rows of -sum_v p_target(v) log q(v): logits (N, V) the head's, target_log_probs (N, V) (torch's
+    cross-entropy with class probabilities as the target: no (N, V) log-softmax of the head kept apart)."""
+    return F.cross_entropy(logits, target_log_probs.exp(), reduction="sum")

@@ -32,13 +32,13 @@ from tests.tiny_models import make_tiny_checkpoint, make_tiny_hf_model
 
 
 @pytest.fixture(scope="module")
-def target_dir(tmp_path_factory):
-    return make_tiny_checkpoint(tmp_path_factory.mktemp("eagle"), "llama", seed=0, num_hidden_layers=4)
+def target_dir(eagle_target_dir):
+    return eagle_target_dir
 
 
 @pytest.fixture(scope="module")
-def loaded(target_dir):
-    return load_model(str(target_dir), dtype=torch.float32, device="cpu")
+def loaded(eagle_target):
+    return eagle_target
 
 
 @pytest.fixture(scope="module")

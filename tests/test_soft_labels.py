@@ -15,17 +15,17 @@ from dynaspec.sampling_params import SamplingParams
 from dynaspec.train_head.record import Example, record_answers
 from dynaspec.train_head.soft_labels import target_log_probs
 from dynaspec.train_head.ttt import make_batch, ttt_loss, unroll
-from tests.tiny_models import make_tiny_checkpoint, make_tiny_hf_model
+from tests.tiny_models import make_tiny_hf_model
 
 
 @pytest.fixture(scope="module")
-def target_dir(tmp_path_factory):
-    return make_tiny_checkpoint(tmp_path_factory.mktemp("soft"), "llama", seed=0, num_hidden_layers=4)
+def target_dir(eagle_target_dir):
+    return eagle_target_dir
 
 
 @pytest.fixture(scope="module")
-def loaded(target_dir):
-    return load_model(str(target_dir), dtype=torch.float32, device="cpu")
+def loaded(eagle_target):
+    return eagle_target
 
 
 @pytest.fixture(scope="module")

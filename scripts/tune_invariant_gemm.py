@@ -68,7 +68,9 @@ def large_candidates(small: TileConfig, tma: bool = False) -> list[RowTiles]:
     pipeline depths (k chunks of at most 128)."""
     out = []
     block_ks = [bk for bk in (small.block_k, small.block_k // 2, small.block_k // 4) if bk >= 32]
-    for bm, bn, bk in itertools.product((64, 128), (64, 128, 256), block_ks):
+    # no 256-wide tiles: 5-9x cuBLAS at M = 320 on the H100 for either kernel (register spills; 2026-12-06 probe,
+    # docs/lab/gemm_tiles_h100.md), never kept before
+    for bm, bn, bk in itertools.product((64, 128), (64, 128), block_ks):
         warps, stages = (4 if bm == 64 else 8), (3 if bk <= 128 else 2)  # one warp group per 64 rows
 
         def fits(num_stages: int) -> bool:
@@ -79,9 +81,11 @@ def large_candidates(small: TileConfig, tma: bool = False) -> list[RowTiles]:
         if fits(stages) and (bm, bn, bk, warps, stages) != (small.block_m, small.block_n, small.block_k,
                                                             small.num_warps, small.num_stages):
             out.append(tiles)
-        if tma and bk <= 128:  # the small tiles' own shape too: at M = 320 loading them through TMA was the
-            # win for Llama-3.1-8B's gate_up (1.70 -> 1.44 x cuBLAS, H100, 2026-12-06); one more stage may pay
-            out.extend(replace(tiles, tma=True, num_stages=s) for s in (stages, stages + 1) if fits(s))
+        if tma and 64 <= bk <= 128:  # the small tiles' own shape too: at M = 320 loading them through TMA was
+            # the win for Llama-3.1-8B's gate_up (1.70 -> 1.44 x cuBLAS, H100, 2026-12-06); one more stage paid
+            # for 128-row tiles there (1.86 -> 1.66 on gate_up, 1.83 -> 1.44 on down), either depth for 64 rows
+            depths = (stages, stages + 1) if bm == 64 else (stages + 1,)
+            out.extend(replace(tiles, tma=True, num_stages=s) for s in depths if fits(s))
     return out
 
 

@@ -203,7 +203,8 @@ for step in "$@"; do
           --requests-per-phase 128 --prompt-len 128 --gen-len 64 --cudagraph-mode $mode --no-plots \
           --out-dir "$OUT/mixed-$mode" > "$OUT/mixed-$mode.log" 2>&1; echo "$mode"; grep -E "^\| (no spec|k=1) " "$OUT/mixed-$mode/trace.md"
       done ;;
-    retune)  # issue 22 (~8 min): the tuner again (split-K threshold and, since 2026-12-06, larger tiles from the M
+    retune)  # issue 22 (~8 min; with the TMA candidates both models' tuning takes ~8 min alone: give one model a
+      # call with TUNE_MODELS=random:llama-3.1-8b, then random:qwen2.5-1.5b): the tuner again (split-K threshold and, since 2026-12-06, larger tiles from the M
       # where they win and keep every row's bits, per shape), the GEMM CUDA tests with its table, then the price
       timeout 330 python3 scripts/tune_invariant_gemm.py --models ${TUNE_MODELS:-random:llama-3.1-8b random:qwen2.5-1.5b} \
         --report "$OUT/tiles.md" > "$OUT/tune.log" 2>&1; grep -E "^\| random|table written" "$OUT/tune.log" | tail -22

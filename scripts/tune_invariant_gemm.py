@@ -64,8 +64,8 @@ def candidates() -> list[TileConfig]:
 
 def large_candidates(small: TileConfig, tma: bool = False) -> list[RowTiles]:
     """Larger output tiles for the winner's K slices (its block_k or a divisor of it, >= 32), within the
-    shared memory of one SM; with tma, each (the small tiles' shape included) also loaded through TMA at two
-    pipeline depths (k chunks of at most 128)."""
+    shared memory of one SM; with tma, each shape with k chunks of 64..128 (the small tiles' own shape among
+    them) also loaded through TMA (64 rows: at two pipeline depths; 128 rows: one deeper)."""
     out = []
     block_ks = [bk for bk in (small.block_k, small.block_k // 2, small.block_k // 4) if bk >= 32]
     # no 256-wide tiles: 5-9x cuBLAS at M = 320 on the H100 for either kernel (register spills; 2026-12-06 probe,

@@ -187,16 +187,18 @@ def ttt_loss(head: EagleHead, target: torch.nn.Module, batch: Batch, depths: int
     accuracy = []
     unrolled = unroll(head, target, batch, depths)
     labels = unrolled.labels(batch)  # (B, W)
-    wanted_all = head.to_draft(labels)  # (B, W) over the head's vocabulary; -100 (ignored) where it lacks the token
     first = unrolled.scored(batch, 0)  # (B, W): every deeper depth scores a subset of these rows
     soft = None if batch.final is None else target_log_probs(head, target, unrolled.rows(batch.final)[first])
+    # (B, W) over the head's vocabulary, -100 (ignored) where it lacks the token: the hard labels
+    wanted_all = head.to_draft(labels) if soft is None else None
     for depth, h in enumerate(unrolled.outputs):
         mask = unrolled.scored(batch, depth)  # (B, W)
         logits = draft_logits(head, target, h[mask])  # (N, head vocab) float32, rows scored only
-        scored, wanted = labels[mask], wanted_all[mask]
+        scored = labels[mask]
         if soft is not None:  # (N0, head vocab) log p_target at depth 0's rows -> this depth's
             loss = soft_cross_entropy(logits, soft[mask[first]]) / max(logits.shape[0], 1)
         else:
+            wanted = wanted_all[mask]
             counted = (wanted != -100).sum()
             loss = F.cross_entropy(logits, wanted, reduction="sum") / counted.clamp(min=1)  # a mean, 0 with no row
         total = total + decay**depth * loss

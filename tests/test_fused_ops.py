@@ -85,9 +85,16 @@ def run_case(case: dict, device: str) -> dict:
             cache = torch.randn(t + 5, n, generator=gen).to(dtype).to(device)
             store = (cache, torch.randperm(t + 5, generator=gen)[:t].to(device))
         before = None if store is None else store[0].clone()
-        out, summed = fused_ops.rms_norm(x, weight, 1e-6, residual, store=store)
+        dest = None
+        if case.get("out"):  # into the right half of a wider buffer (the EAGLE head's two input norms)
+            buffer = torch.randn(t, 2 * n, generator=gen).to(dtype).to(device)
+            left, dest = buffer[:, :n].clone(), buffer[:, n:]
+        out, summed = fused_ops.rms_norm(x, weight, 1e-6, residual, store=store, out=dest)
         ref, ref_summed = ref_rms_norm(x, weight, 1e-6, residual)
         diffs = [max_diff(out, ref)]
+        if dest is not None:  # written in place, the other half untouched
+            diffs += [max_diff(buffer[:, n:], ref), max_diff(buffer[:, :n], left),
+                      0.0 if out.data_ptr() == dest.data_ptr() else float("inf")]
         if residual is not None:
             diffs.append(max_diff(summed, ref_summed))
         if store is not None:  # exactly the summed rows there, every other row untouched
@@ -132,6 +139,8 @@ INTERPRETER_CASES = [
     dict(op="rms_norm", shape=(3, 96), residual=True, dtype="float16", seed=2),
     dict(op="rms_norm", shape=(4, 100), residual=True, store=True, dtype="float32", seed=11),
     dict(op="rms_norm", shape=(3, 96), residual=True, store=True, dtype="float16", seed=12),
+    dict(op="rms_norm", shape=(3, 100), residual=False, out=True, dtype="float32", seed=13),
+    dict(op="rms_norm", shape=(2, 64), residual=True, out=True, dtype="float16", seed=14),
     dict(op="rope", shape=(5, 4, 2, 16), norm=False, dtype="float32", seed=3),
     dict(op="rope", shape=(3, 6, 2, 24), norm=True, dtype="float32", seed=4),  # half of D not a power of two
     dict(op="rope", shape=(4, 4, 1, 32), norm=True, dtype="float16", seed=5),
@@ -179,6 +188,8 @@ def test_wrappers_reject_unsupported_inputs():
         fused_ops.rms_norm(x, torch.ones(8), 1e-6, store=(torch.zeros(5, 8), torch.arange(3)))
     with pytest.raises(ValueError, match=r"store needs .*cache \(5, 4\)"):
         fused_ops.rms_norm(x, torch.ones(8), 1e-6, torch.randn(3, 8), store=(torch.zeros(5, 4), torch.arange(3)))
+    with pytest.raises(ValueError, match=r"out must be \(3, 8\)"):
+        fused_ops.rms_norm(x, torch.ones(8), 1e-6, out=torch.empty(3, 16)[:, ::2])
     with pytest.raises(ValueError, match="rope_qk_ needs"):
         fused_ops.rope_qk_(torch.randn(2, 4, 7), torch.randn(2, 2, 7), torch.randn(2, 7), torch.randn(2, 7))
     with pytest.raises(ValueError, match="norm weights"):
@@ -254,6 +265,7 @@ CUDA_CASES = [
     dict(op="rms_norm", shape=(64, 4096), residual=False, dtype="bfloat16", seed=31),
     dict(op="rms_norm", shape=(7, 896), residual=True, dtype="float16", seed=32),
     dict(op="rms_norm", shape=(7, 896), residual=True, dtype="float32", seed=33),
+    dict(op="rms_norm", shape=(4, 1536), residual=False, out=True, dtype="bfloat16", seed=45),
     dict(op="rope", shape=(1, 32, 8, 128), norm=False, dtype="bfloat16", seed=34),
     dict(op="rope", shape=(65, 32, 8, 128), norm=True, dtype="bfloat16", seed=35),
     dict(op="rope", shape=(9, 14, 2, 64), norm=False, dtype="float32", seed=36),

@@ -178,29 +178,73 @@ class EagleDecoderLayer(nn.Module):
         x = g + self.self_attn.o_proj(attn_out)
         return x + self.mlp(self.post_attention_layernorm(x))
 
-    def forward(self, embeds, g, positions, kv_cache: torch.Tensor, meta: AttentionMetadata) -> torch.Tensor:
-        """Flat batch: embeds, g (T, H), positions (T,), paged kv_cache (2, NB, BS, kv_heads, D) -> h (T, H)."""
+    def forward(self, embeds, g, positions, kv_cache: torch.Tensor, meta: AttentionMetadata,
+                rope: tuple[torch.Tensor, torch.Tensor] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Flat batch: embeds, g (T, H), positions (T,), paged kv_cache (2, NB, BS, kv_heads, D) -> the MLP's
+        output and the stream it adds to, (T, H) each (their sum is the layer's output h: EagleHead adds them
+        inside its final norm's fused add). rope: (cos, sin) (T, D) of `positions`, computed once for a whole
+        chain (runtime/eagle_graphs.py), else here."""
         if self._fused_qkv is not None:
-            return self._forward_fused(embeds, g, positions, kv_cache, meta)
+            return self._forward_fused(embeds, g, positions, kv_cache, meta, rope)
         q, k, v = self.qkv(embeds, g, positions)
         out = paged_attention(q, k, v, kv_cache, meta, self.scaling, pdl=self.kernels.dependent_launch)  # (T, heads, D)
-        return self.finish(g, out.reshape(out.shape[0], -1))
+        x = g + self.self_attn.o_proj(out.reshape(out.shape[0], -1))
+        return self.mlp(self.post_attention_layernorm(x)), x
 
-    def _forward_fused(self, embeds, g, positions, kv_cache: torch.Tensor, meta: AttentionMetadata) -> torch.Tensor:
+    def _forward_fused(self, embeds, g, positions, kv_cache: torch.Tensor, meta: AttentionMetadata,
+                       rope: tuple[torch.Tensor, torch.Tensor] | None) -> tuple[torch.Tensor, torch.Tensor]:
         """forward() over the fused q/k/v and gate/up weights (set_decode_kernels), the same computation in
-        fewer, PDL-launched kernels."""
+        fewer, PDL-launched kernels: on CUDA both input norms write into one (T, 2H) buffer, RoPE of q and k
+        and the K/V store are one kernel (fused_ops.rope_qk_), and the residual add rides in the
+        post-attention norm, as in the target's layers (models/llama.py)."""
         kernels, tokens = self.kernels, embeds.shape[0]
         q_size, kv_size = self.num_heads * self.head_dim, self.num_kv_heads * self.head_dim
-        h = torch.cat([self.input_layernorm(embeds), self.hidden_norm(g)], dim=-1)  # (T, 2H)
+        h = self._input_norms(embeds, g)  # (T, 2H)
         q, k, v = linear(h, self._fused_qkv, None, kernels, "qkv").split([q_size, kv_size, kv_size], dim=-1)
-        cos, sin = self.rotary_emb(positions.reshape(-1), q.dtype)  # (T, D)
-        q = apply_rope(q.reshape(tokens, self.num_heads, self.head_dim), cos, sin)
-        k = apply_rope(k.reshape(tokens, self.num_kv_heads, self.head_dim), cos, sin)
-        v = v.reshape(tokens, self.num_kv_heads, self.head_dim)
-        out = paged_attention(q, k, v, kv_cache, meta, self.scaling, pdl=kernels.dependent_launch)  # (T, heads, D)
-        x = g + linear(out.reshape(tokens, -1), self.self_attn.o_proj.weight, None, kernels, "o_proj")
-        gate_up = linear(self.post_attention_layernorm(x), self._fused_gate_up, None, kernels, "gate_up")  # (T, 2I)
-        return x + linear(_silu_and_mul(gate_up, kernels), self.mlp.down_proj.weight, None, kernels, "down")
+        cos, sin = rope if rope is not None else self.rotary_emb(positions.reshape(-1), q.dtype)  # (T, D)
+        q = q.view(tokens, self.num_heads, self.head_dim)
+        k = k.view(tokens, self.num_kv_heads, self.head_dim)
+        v = v.view(tokens, self.num_kv_heads, self.head_dim)
+        kv_written = _fused_rope_and_store(q, k, v, cos, sin, kv_cache, meta, kernels)
+        if not kv_written:
+            q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+        out = paged_attention(q, k, v, kv_cache, meta, self.scaling, kv_written=kv_written,
+                              pdl=kernels.dependent_launch)  # (T, heads, D)
+        attn = linear(out.reshape(tokens, -1), self.self_attn.o_proj.weight, None, kernels, "o_proj")
+        normed, x = self.post_attention_layernorm.forward_add(attn, g)  # x = g + attn
+        gate_up = linear(normed, self._fused_gate_up, None, kernels, "gate_up")  # (T, 2I)
+        return linear(_silu_and_mul(gate_up, kernels), self.mlp.down_proj.weight, None, kernels, "down"), x
+
+    def _input_norms(self, embeds: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
+        """cat(input_layernorm(embeds), hidden_norm(g)) (T, 2H); on CUDA each norm's kernel writes its half."""
+        first, second = self.input_layernorm, self.hidden_norm
+        if embeds.is_cuda and embeds.shape == g.shape:
+            from dynaspec.models import fused_ops  # Triton is only needed on CUDA
+
+            if fused_ops.rms_norm_supported(embeds, first.weight) and fused_ops.rms_norm_supported(g, second.weight):
+                hidden = embeds.shape[1]
+                both = torch.empty(embeds.shape[0], 2 * hidden, dtype=embeds.dtype, device=embeds.device)
+                pdl = self.kernels.dependent_launch
+                fused_ops.rms_norm(embeds, first.weight, first.variance_epsilon, pdl=pdl, out=both[:, :hidden])
+                fused_ops.rms_norm(g, second.weight, second.variance_epsilon, pdl=pdl, out=both[:, hidden:])
+                return both
+        return torch.cat([first(embeds), second(g)], dim=-1)
+
+
+def _fused_rope_and_store(q, k, v, cos, sin, kv_cache: torch.Tensor, meta: AttentionMetadata,
+                          kernels: DecodeKernels) -> bool:
+    """On CUDA: RoPE of q (T, heads, D) and k (T, kv_heads, D) in place and k / v stored at meta.slot_mapping,
+    by one kernel (fused_ops.rope_qk_). Returns whether it ran (False: the caller rotates and paged_attention
+    stores)."""
+    if not q.is_cuda:
+        return False
+    from dynaspec.models import fused_ops  # Triton is only needed on CUDA
+
+    if not (fused_ops.rope_supported(q, k, cos) and cos.dtype == sin.dtype == q.dtype
+            and fused_ops.kv_write_supported(q, v, kv_cache, meta.slot_mapping)):
+        return False
+    fused_ops.rope_qk_(q, k, cos, sin, kv_write=(v, kv_cache, meta.slot_mapping), pdl=kernels.dependent_launch)
+    return True
 
 
 class EagleHead(nn.Module):
@@ -245,7 +289,16 @@ class EagleHead(nn.Module):
 
     def forward(self, embeds, g, positions, kv_caches: list[torch.Tensor], meta: AttentionMetadata) -> torch.Tensor:
         """embeds (T, H) of the fed tokens, g (T, H), positions (T,) -> h (T, H), pre-norm (the next g)."""
-        return self.midlayer(embeds, g, positions, kv_caches[0], meta)
+        delta, stream = self.midlayer(embeds, g, positions, kv_caches[0], meta)
+        return stream + delta
+
+    def forward_normed(self, embeds, g, positions, kv_caches: list[torch.Tensor], meta: AttentionMetadata,
+                       rope: tuple[torch.Tensor, torch.Tensor] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """forward() and its final norm together: (h (T, H), norm(h) (T, H)), the layer's last residual add
+        fused into the norm (one kernel on CUDA). rope: the positions' (cos, sin), precomputed."""
+        delta, stream = self.midlayer(embeds, g, positions, kv_caches[0], meta, rope)
+        normed, h = self.norm.forward_add(delta, stream)
+        return h, normed
 
 
 def _silu_and_mul(gate_up: torch.Tensor, kernels: DecodeKernels) -> torch.Tensor:
@@ -270,9 +323,13 @@ def target_lm_head(target: nn.Module) -> torch.Tensor:
 
 def draft_logits(head: EagleHead, target: nn.Module, hidden: torch.Tensor) -> torch.Tensor:
     """h (N, H) -> float32 logits over the head's vocabulary (N, draft vocab, or the target's lm_head width)."""
-    if head.lm_head is None:
-        return target.compute_logits(head.norm(hidden))
-    return head.lm_head(head.norm(hidden)).float()
+    return normed_draft_logits(head, target, head.norm(hidden)).float()
+
+
+def normed_draft_logits(head: EagleHead, target: nn.Module, normed: torch.Tensor) -> torch.Tensor:
+    """norm(h) (N, H) -> logits over the head's vocabulary in the head's lm_head dtype (the target's
+    compute_logits where the head has no vocabulary of its own)."""
+    return target.compute_logits(normed) if head.lm_head is None else head.lm_head(normed)
 
 
 def head_logits(head: EagleHead, target: nn.Module, hidden: torch.Tensor) -> torch.Tensor:

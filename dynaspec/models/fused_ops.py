@@ -160,11 +160,13 @@ def store_supported(x: torch.Tensor, cache: torch.Tensor, slots: torch.Tensor) -
 
 def rms_norm(
     x: torch.Tensor, weight: torch.Tensor, eps: float, residual: torch.Tensor | None = None, pdl: bool = False,
-    store: tuple[torch.Tensor, torch.Tensor] | None = None,
+    store: tuple[torch.Tensor, torch.Tensor] | None = None, out: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """RMSNorm of x (T, N) (or of x + residual) -> (normed (T, N), x + residual (T, N) or None).
     pdl: launch with programmatic dependent launch (`pdl.py`). store = (cache (S, N), slots (T,)): also write
-    x + residual's row t at cache row slots[t] (needs a residual; check with `store_supported`)."""
+    x + residual's row t at cache row slots[t] (needs a residual; check with `store_supported`). out: a (T, N)
+    tensor of x's dtype with a contiguous last dim (a column slice of a wider buffer) to write the normed rows
+    into, instead of a new one."""
     if not rms_norm_supported(x, weight):
         raise ValueError(
             f"rms_norm needs x (T, N) in fp16/bf16/fp32 with N <= {MAX_NORM_DIM}, last dim contiguous, and a "
@@ -183,8 +185,12 @@ def rms_norm(
             f"cache {tuple(store[0].shape)}, slots {tuple(store[1].shape)} {store[1].dtype}"
         )
     num_rows, n_cols = x.shape
-    out = torch.empty((num_rows, n_cols), dtype=x.dtype, device=x.device)
-    res_out = torch.empty_like(out) if residual is not None else None
+    if out is None:
+        out = torch.empty((num_rows, n_cols), dtype=x.dtype, device=x.device)
+    elif out.shape != x.shape or out.dtype != x.dtype or out.stride(-1) != 1 or out.device != x.device:
+        raise ValueError(f"out must be {tuple(x.shape)} {x.dtype} on x's device with a contiguous last dim; got "
+                         f"{tuple(out.shape)} {out.dtype} on {out.device}")
+    res_out = torch.empty((num_rows, n_cols), dtype=x.dtype, device=x.device) if residual is not None else None
     if num_rows == 0:
         return out, res_out
     block = triton.next_power_of_2(n_cols)

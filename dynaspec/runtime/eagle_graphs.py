@@ -29,7 +29,7 @@ import torch
 
 from dynaspec.models.attention import warmup_block_tables
 from dynaspec.models.attention_metadata import AttentionMetadata
-from dynaspec.models.eagle_head import EagleHead, draft_logits, head_logits, target_embed
+from dynaspec.models.eagle_head import EagleHead, head_logits, normed_draft_logits, target_embed
 from dynaspec.models.feature_tap import FeatureTap
 from dynaspec.runtime.cuda_graphs import CudaGraphDecoder, UniformDecodeBatch
 from dynaspec.runtime.kv_cache import allocate_kv_cache
@@ -140,12 +140,14 @@ class EagleChainGraphs(CudaGraphDecoder):
         slots = blocks * self.block_size + positions % self.block_size
         return torch.where(real, slots, self.scratch_slots[: positions.shape[1]])
 
-    def _step(self, ids, g, positions, real, seq_lens) -> torch.Tensor:
-        """One fixed-shape head forward: ids (bucket * q,), g (bucket * q, H), positions / real (bucket, q),
-        seq_lens (bucket,) -> h (bucket * q, H). No host synchronisation."""
-        bucket, q_len = positions.shape
+    def _step(self, ids, g, positions, slots, seq_lens, rope=None) -> tuple[torch.Tensor, torch.Tensor]:
+        """One fixed-shape head forward: ids (bucket * q,), g (bucket * q, H), positions (bucket * q,), their KV
+        slots (bucket * q,), seq_lens (bucket,), rope: their (cos, sin) if precomputed -> (h, norm(h)), each
+        (bucket * q, H). No host synchronisation."""
+        bucket = seq_lens.shape[0]
+        q_len = positions.shape[0] // bucket
         meta = AttentionMetadata(
-            slot_mapping=self._slots(positions, real, bucket).reshape(-1),
+            slot_mapping=slots,
             query_start_loc=self.query_start[q_len][: bucket + 1],
             seq_lens=seq_lens,
             block_tables=self.block_tables[:bucket],
@@ -154,20 +156,28 @@ class EagleChainGraphs(CudaGraphDecoder):
             block_size=self.block_size,
         )
         runner = self.runner  # not runner._run: chain steps are counted per replay (replays_per_pair)
-        return runner.head(target_embed(runner.target, ids), g, positions.reshape(-1), self.kv_caches, meta)
+        return runner.head.forward_normed(target_embed(runner.target, ids), g, positions, self.kv_caches, meta, rope)
 
-    def _pick(self, hidden: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """h (B, H) -> the greedy draft token ids of the target (B,): the argmax over the head's vocabulary,
-        mapped back (the same token as the argmax of head_logits: the map is increasing); and the head's
-        probability of each (B,) float32 (its softmax's maximum)."""
+    def _pick(self, normed: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """norm(h) (B, H) -> the greedy draft token ids of the target (B,): the argmax over the head's
+        vocabulary, mapped back (the same token as the argmax of head_logits: the map is increasing); and the
+        head's probability of each (B,) float32 (its softmax's maximum). On CUDA one kernel does the argmax,
+        the map and the probability (models/greedy_pick.py)."""
         head = self.runner.head
-        logits = draft_logits(head, self.runner.target, hidden)  # (B, draft vocab or lm_head width)
+        logits = normed_draft_logits(head, self.runner.target, normed)  # (B, draft vocab or lm_head width)
         if head.lm_head is None:
             logits = logits[:, : self.vocab_size]
-        return head.to_target(logits.argmax(dim=-1)), torch.softmax(logits.float(), dim=-1).amax(dim=-1)
+        if logits.is_cuda:
+            from dynaspec.models.greedy_pick import greedy_pick  # Triton is only needed on CUDA
+
+            return greedy_pick(logits, None if head.lm_head is None else head.draft_to_target)
+        logits = logits.float()
+        return head.to_target(logits.argmax(dim=-1)), torch.softmax(logits, dim=-1).amax(dim=-1)
 
     def _forward(self, bucket: int, k: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """The captured chain; (bucket, k) int64 draft ids and (bucket, k) float32 their probabilities."""
+        """The captured chain; (bucket, k) int64 draft ids and (bucket, k) float32 their probabilities. The
+        draft steps' positions, KV slots, context lengths and RoPE angles are computed for all k - 1 steps
+        at once, before the first: a draft step is then the head's own kernels only."""
         width = 1 + k
         steps = self.arange[:width]  # (W,)
         seq_lens = self.seq_lens[:bucket]  # (bucket,) step-0 context
@@ -177,17 +187,25 @@ class EagleChainGraphs(CudaGraphDecoder):
         previous = positions - 1
         feature_slots = self._slots(previous.clamp(min=0), real, bucket).reshape(-1)  # (bucket * W,)
         g = self.runner.head.project(self.runner.tap.gather(feature_slots), (previous >= 0).reshape(-1))
-        hidden = self._step(self.input_ids[: bucket * width], g, positions, real, seq_lens)  # (bucket * W, H)
+        hidden, normed = self._step(self.input_ids[: bucket * width], g, positions.reshape(-1),
+                                    self._slots(positions, real, bucket).reshape(-1), seq_lens)  # (bucket * W, H)
         last = self.arange[:bucket] * width + (num_real - 1).clamp(min=0)  # (bucket,)
         h = hidden.index_select(0, last)  # (bucket, H)
-        ids, confidence = self._pick(h)
+        ids, confidence = self._pick(normed.index_select(0, last))
         drafted, confidences = [ids], [confidence]
-        num_tokens = seq_lens - width + num_real  # (bucket,) N; 0 for padding
-        is_real = (num_real > 0).unsqueeze(1)  # (bucket, 1)
-        for j in range(1, k):
-            position = (num_tokens + (j - 1)).unsqueeze(1)  # (bucket, 1)
-            h = self._step(ids, h, position, is_real, num_tokens + j)  # (bucket, H)
-            ids, confidence = self._pick(h)
-            drafted.append(ids)
-            confidences.append(confidence)
+        if k > 1:
+            num_tokens = seq_lens - width + num_real  # (bucket,) N; 0 for padding
+            draft_positions = num_tokens.unsqueeze(0) + self.arange[: k - 1].unsqueeze(1)  # (k - 1, bucket): N - 1 + j
+            draft_seq_lens = draft_positions + 1  # (k - 1, bucket): N + j
+            is_real = (num_real > 0).unsqueeze(0).expand(k - 1, bucket)  # (k - 1, bucket)
+            draft_slots = self._slots(draft_positions.t(), is_real.t(), bucket).t().contiguous()  # (k - 1, bucket)
+            cos, sin = self.runner.head.midlayer.rotary_emb(draft_positions.reshape(-1), h.dtype)  # (.., D)
+            cos, sin = cos.view(k - 1, bucket, -1), sin.view(k - 1, bucket, -1)
+            for j in range(1, k):
+                # draft j at position N - 1 + j, context N + j
+                h, normed = self._step(ids, h, draft_positions[j - 1], draft_slots[j - 1], draft_seq_lens[j - 1],
+                                       (cos[j - 1], sin[j - 1]))  # (bucket, H)
+                ids, confidence = self._pick(normed)
+                drafted.append(ids)
+                confidences.append(confidence)
         return torch.stack(drafted, dim=1), torch.stack(confidences, dim=1)  # (bucket, k) int64, float32

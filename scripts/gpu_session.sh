@@ -217,9 +217,10 @@ for step in "$@"; do
     eagle-profile)  # issue 21 (~2 min): an EAGLE step's kernels at batch 1 and 4, random Qwen2.5-1.5B + untrained head
       for b in 1 4; do timeout 200 python3 scripts/eagle_step_profile.py --ks 0 1 3 --batch $b 2>&1 | grep -v Warning \
         | tee "$OUT/eagle_profile_b$b.md" | grep -E "^## |GPU busy"; done ;;
-    engine-tests)  # (~2.5 min) the engine-level CUDA tests of the chained / deferred steps, eager warm-up, EAGLE chains
-      timeout 170 python3 -m pytest -q -m cuda tests/test_eager_kernel_warmup.py tests/test_chained_step.py \
-        tests/test_deferred_verify.py tests/test_eagle_spec.py tests/test_chain_graphs.py > "$OUT/engine_tests.log" 2>&1
+    engine-tests)  # (~3 min) the engine-level CUDA tests of the chained / deferred steps, eager warm-up, EAGLE chains, fused ops
+      timeout 200 python3 -m pytest -q -m cuda tests/test_eager_kernel_warmup.py tests/test_chained_step.py \
+        tests/test_deferred_verify.py tests/test_eagle_spec.py tests/test_chain_graphs.py tests/test_greedy_pick.py \
+        tests/test_fused_ops.py > "$OUT/engine_tests.log" 2>&1
       tail -4 "$OUT/engine_tests.log" ;;
     retune-lite)  # issue 22 (~8 min; 4 min tuning with the TMA candidates): retune's Llama-3.1-8B shapes only, the GEMM tests, the price in one round
       timeout 300 python3 scripts/tune_invariant_gemm.py --models random:llama-3.1-8b --report "$OUT/tiles.md" \

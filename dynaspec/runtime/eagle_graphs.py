@@ -175,32 +175,35 @@ class EagleChainGraphs(CudaGraphDecoder):
         return head.to_target(logits.argmax(dim=-1)), torch.softmax(logits, dim=-1).amax(dim=-1)
 
     def _forward(self, bucket: int, k: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """The captured chain; (bucket, k) int64 draft ids and (bucket, k) float32 their probabilities. The
-        draft steps' positions, KV slots, context lengths and RoPE angles are computed for all k - 1 steps
-        at once, before the first: a draft step is then the head's own kernels only."""
+        """The captured chain; (bucket, k) int64 draft ids and (bucket, k) float32 their probabilities. Every
+        step's positions, KV slots, context lengths and RoPE angles are computed at once, before the first:
+        a draft step is then the head's own kernels only."""
         width = 1 + k
         steps = self.arange[:width]  # (W,)
         seq_lens = self.seq_lens[:bucket]  # (bucket,) step-0 context
         num_real = self.num_real[:bucket]  # (bucket,) catch-up length; 0 for padding
         positions = (seq_lens - width).unsqueeze(1) + steps  # (bucket, W)
         real = steps.unsqueeze(0) < num_real.unsqueeze(1)  # (bucket, W)
+        num_tokens = seq_lens - width + num_real  # (bucket,) N; 0 for padding
+        draft_positions = num_tokens.unsqueeze(0) + self.arange[: k - 1].unsqueeze(1)  # (k - 1, bucket): N - 1 + j
+        fed = bucket * width
+        cos, sin = self.runner.head.midlayer.rotary_emb(
+            torch.cat([positions.reshape(-1), draft_positions.reshape(-1)]), self.runner.dtype)  # (fed + .., D)
         previous = positions - 1
         feature_slots = self._slots(previous.clamp(min=0), real, bucket).reshape(-1)  # (bucket * W,)
         g = self.runner.head.project(self.runner.tap.gather(feature_slots), (previous >= 0).reshape(-1))
-        hidden, normed = self._step(self.input_ids[: bucket * width], g, positions.reshape(-1),
-                                    self._slots(positions, real, bucket).reshape(-1), seq_lens)  # (bucket * W, H)
+        hidden, normed = self._step(self.input_ids[:fed], g, positions.reshape(-1),
+                                    self._slots(positions, real, bucket).reshape(-1), seq_lens,
+                                    (cos[:fed], sin[:fed]))  # (bucket * W, H)
         last = self.arange[:bucket] * width + (num_real - 1).clamp(min=0)  # (bucket,)
         h = hidden.index_select(0, last)  # (bucket, H)
         ids, confidence = self._pick(normed.index_select(0, last))
         drafted, confidences = [ids], [confidence]
         if k > 1:
-            num_tokens = seq_lens - width + num_real  # (bucket,) N; 0 for padding
-            draft_positions = num_tokens.unsqueeze(0) + self.arange[: k - 1].unsqueeze(1)  # (k - 1, bucket): N - 1 + j
             draft_seq_lens = draft_positions + 1  # (k - 1, bucket): N + j
             is_real = (num_real > 0).unsqueeze(0).expand(k - 1, bucket)  # (k - 1, bucket)
             draft_slots = self._slots(draft_positions.t(), is_real.t(), bucket).t().contiguous()  # (k - 1, bucket)
-            cos, sin = self.runner.head.midlayer.rotary_emb(draft_positions.reshape(-1), h.dtype)  # (.., D)
-            cos, sin = cos.view(k - 1, bucket, -1), sin.view(k - 1, bucket, -1)
+            cos, sin = cos[fed:].view(k - 1, bucket, -1), sin[fed:].view(k - 1, bucket, -1)
             for j in range(1, k):
                 # draft j at position N - 1 + j, context N + j
                 h, normed = self._step(ids, h, draft_positions[j - 1], draft_slots[j - 1], draft_seq_lens[j - 1],

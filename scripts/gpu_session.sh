@@ -219,7 +219,7 @@ for step in "$@"; do
         | tee "$OUT/eagle_profile_b$b.md" | grep -E "^## |GPU busy"; done ;;
     engine-tests)  # (~3 min) the engine-level CUDA tests of the chained / deferred steps, eager warm-up, EAGLE chains, fused ops
       timeout 200 python3 -m pytest -q -m cuda tests/test_eager_kernel_warmup.py tests/test_chained_step.py \
-        tests/test_deferred_verify.py tests/test_eagle_spec.py tests/test_chain_graphs.py tests/test_greedy_pick.py \
+        tests/test_deferred_verify.py tests/test_eagle_spec.py tests/test_chain_graphs.py tests/test_greedy_pick.py tests/test_eagle_head.py \
         tests/test_fused_ops.py > "$OUT/engine_tests.log" 2>&1
       tail -4 "$OUT/engine_tests.log" ;;
     retune-lite)  # issue 22 (~8 min; 4 min tuning with the TMA candidates): retune's Llama-3.1-8B shapes only, the GEMM tests, the price in one round

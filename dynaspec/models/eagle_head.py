@@ -175,8 +175,13 @@ class EagleDecoderLayer(nn.Module):
 
     def finish(self, g: torch.Tensor, attn_out: torch.Tensor) -> torch.Tensor:
         """g (..., H), attention output (..., heads * D) -> the layer's output h (..., H)."""
+        delta, x = self.finish_parts(g, attn_out)
+        return x + delta
+
+    def finish_parts(self, g: torch.Tensor, attn_out: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """finish() before its last residual add: (the MLP's output, the stream x it adds to), (..., H) each."""
         x = g + self.self_attn.o_proj(attn_out)
-        return x + self.mlp(self.post_attention_layernorm(x))
+        return self.mlp(self.post_attention_layernorm(x)), x
 
     def forward(self, embeds, g, positions, kv_cache: torch.Tensor, meta: AttentionMetadata,
                 rope: tuple[torch.Tensor, torch.Tensor] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
@@ -188,8 +193,7 @@ class EagleDecoderLayer(nn.Module):
             return self._forward_fused(embeds, g, positions, kv_cache, meta, rope)
         q, k, v = self.qkv(embeds, g, positions)
         out = paged_attention(q, k, v, kv_cache, meta, self.scaling, pdl=self.kernels.dependent_launch)  # (T, heads, D)
-        x = g + self.self_attn.o_proj(out.reshape(out.shape[0], -1))
-        return self.mlp(self.post_attention_layernorm(x)), x
+        return self.finish_parts(g, out.reshape(out.shape[0], -1))
 
     def _forward_fused(self, embeds, g, positions, kv_cache: torch.Tensor, meta: AttentionMetadata,
                        rope: tuple[torch.Tensor, torch.Tensor] | None) -> tuple[torch.Tensor, torch.Tensor]:

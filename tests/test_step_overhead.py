@@ -45,6 +45,31 @@ def test_one_slow_step_does_not_bend_the_fit():
     assert model.predict(1, 4) == pytest.approx(_true_residual(1, 4), rel=1e-6)
 
 
+def test_a_step_timed_before_its_gpu_work_ran_is_left_out():
+    """The H100 case (2026-12-06): the first overlapped step of a ramp to batch 4, timed launch to launch at
+    0.4 ms against a probed 1.93 ms, the only sample of its cell (batch 2). Kept, it bends the fit (here a
+    per-step term of -0.6 ms, a per-draft-position term 3.6x the true one; on the H100 a speculative step at
+    batch 4 was priced at 3.2 ms of host work, 0.4 ms measured, and the adaptive policy ran k = 0 through a
+    phase where static k = 4 ran 1.47x no spec). Left out, the fit is the one without it. A step merely
+    faster than its probe (noise) is a sample."""
+    probed = 1.93e-3
+
+    def observed(model: StepOverheadModel, with_probe: bool) -> StepOverheadModel:
+        for _ in range(4):
+            for batch, k, residual in [(1, 3, 4.1e-4), (1, 4, 4.3e-4), (1, 5, 4.5e-4), (4, 2, 4.2e-4),
+                                       (4, 0, 1.6e-4), (1, 0, 1.0e-4)]:
+                assert model.add(batch, k, residual, (probed + 2e-4 * k) if with_probe else None)
+        return model
+
+    clean, guarded, unguarded = (observed(StepOverheadModel(), True) for _ in range(3))
+    assert guarded.add(2, 0, 0.397e-3 - probed, probed) is False  # 21% of its probe: cut short
+    assert guarded.coefficients == clean.coefficients
+    unguarded.add(2, 0, 0.397e-3 - probed)  # without the probed price (a caller that does not pass it)
+    assert unguarded.coefficients[0] < 0 < clean.coefficients[0]
+    assert unguarded.coefficients[2] > 3 * clean.coefficients[2]
+    assert clean.add(4, 0, -0.3e-3, probed)  # 84% of the probe: noise, kept
+
+
 def test_prediction_is_never_negative():
     model = StepOverheadModel(min_samples=1)
     model.add(8, 0, -1e-3)  # a step faster than the probe (noise)

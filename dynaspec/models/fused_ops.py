@@ -35,6 +35,20 @@ MAX_NORM_DIM = 16384  # one program holds a whole row in registers
 
 
 @triton.jit
+def _round_to(x, dtype: tl.constexpr):
+    """float32 x rounded to `dtype` (round to nearest even) and held in float32 again: what a torch op in that
+    dtype does to its output before the next op reads it. bf16 rounds with integer ops: on an H100
+    (2026-12-06) `x.to(tl.bfloat16).to(tl.float32)` feeding an add lost its rounding to an FMA contraction, so
+    the RoPE kernel's results differed from HF's (x * cos + rotate_half(x) * sin in bf16) in ~27% of
+    elements by one ulp. Finite values, infinities and NaNs keep their class."""
+    if dtype == tl.bfloat16:
+        bits = x.to(tl.uint32, bitcast=True)
+        return ((bits + 0x7FFF + ((bits >> 16) & 1)) & 0xFFFF0000).to(tl.float32, bitcast=True)
+    else:
+        return x.to(dtype).to(tl.float32)
+
+
+@triton.jit
 def _rms_norm_kernel(
     x_ptr, res_ptr, w_ptr, out_ptr, res_out_ptr, store_ptr, slot_ptr,
     stride_x, stride_r, stride_o, stride_ro, stride_store,
@@ -56,7 +70,7 @@ def _rms_norm_kernel(
             tl.store(store_ptr + slot * stride_store + cols, s.to(store_ptr.dtype.element_ty), mask=mask)
         x = s.to(tl.float32)
     var = tl.sum(x * x, axis=0) / n_cols
-    h = (x * tl.rsqrt(var + eps)).to(dtype).to(tl.float32)
+    h = _round_to(x * tl.rsqrt(var + eps), dtype)
     w = tl.load(w_ptr + cols, mask=mask, other=0.0).to(tl.float32)
     tl.store(out_ptr + row * stride_o + cols, (w * h).to(dtype), mask=mask)
 
@@ -93,15 +107,15 @@ def _rope_qk_kernel(
             w1 = tl.where(is_q, tl.load(qw_ptr + d, mask=mask, other=0.0), tl.load(kw_ptr + d, mask=mask, other=0.0))
             w2 = tl.where(is_q, tl.load(qw_ptr + half + d, mask=mask, other=0.0),
                           tl.load(kw_ptr + half + d, mask=mask, other=0.0))
-            x1 = (w1.to(tl.float32) * (x1 * inv).to(dtype).to(tl.float32)).to(dtype).to(tl.float32)
-            x2 = (w2.to(tl.float32) * (x2 * inv).to(dtype).to(tl.float32)).to(dtype).to(tl.float32)
+            x1 = _round_to(w1.to(tl.float32) * _round_to(x1 * inv, dtype), dtype)
+            x2 = _round_to(w2.to(tl.float32) * _round_to(x2 * inv, dtype), dtype)
         c1 = tl.load(cos_ptr + t * stride_ct + d, mask=mask, other=0.0).to(tl.float32)
         c2 = tl.load(cos_ptr + t * stride_ct + half + d, mask=mask, other=0.0).to(tl.float32)
         s1 = tl.load(sin_ptr + t * stride_st + d, mask=mask, other=0.0).to(tl.float32)
         s2 = tl.load(sin_ptr + t * stride_st + half + d, mask=mask, other=0.0).to(tl.float32)
         # x * cos + rotate_half(x) * sin with rotate_half(x) = cat(-x2, x1), each product rounded as HF does.
-        o1 = ((x1 * c1).to(dtype).to(tl.float32) + (-x2 * s1).to(dtype).to(tl.float32)).to(dtype)
-        o2 = ((x2 * c2).to(dtype).to(tl.float32) + (x1 * s2).to(dtype).to(tl.float32)).to(dtype)
+        o1 = (_round_to(x1 * c1, dtype) + _round_to(-x2 * s1, dtype)).to(dtype)
+        o2 = (_round_to(x2 * c2, dtype) + _round_to(x1 * s2, dtype)).to(dtype)
         tl.store(base + d, o1, mask=mask)
         tl.store(base + half + d, o2, mask=mask)
         if WRITE_KV:
@@ -131,7 +145,7 @@ def _silu_and_mul_kernel(
     wait_for_previous_kernel(PDL)
     g = tl.load(x_ptr + row * stride_x + cols, mask=mask, other=0.0).to(tl.float32)
     u = tl.load(x_ptr + row * stride_x + n_cols + cols, mask=mask, other=0.0).to(tl.float32)
-    a = (g / (1.0 + tl.exp(-g))).to(dtype).to(tl.float32)
+    a = _round_to(g / (1.0 + tl.exp(-g)), dtype)
     tl.store(out_ptr + row * stride_o + cols, (a * u).to(dtype), mask=mask)
 
 

@@ -359,7 +359,7 @@ class AdaptivePolicy(DraftLenPolicy):
                     self._tables.clear()
             else:
                 _, prior = self._prior(outcome.batch, positions)
-                self.overhead.add(outcome.batch, positions / outcome.batch, outcome.seconds - prior)
+                self.overhead.add(outcome.batch, positions / outcome.batch, outcome.seconds - prior, prior)
         self._plain_last = outcome.draft_len == 0
         if outcome.draft_len == 0:
             return

@@ -354,11 +354,13 @@ class GoodputPlanner(DraftLenPolicy):
         replays only, without the per-request host work that grows with the batch)."""
         self._misses.clear()  # the observed medians and the overhead fit change
         self._observations += 1
+        if self.cost_model.has(k):
+            probed = self.probed_seconds(batch, k)
+            if not self.overhead.add(batch, k, seconds - probed, probed):
+                return  # timed before its GPU work ran (StepOverheadModel.add): no sample of T either
         bucket = self.bucket(batch)
         self.observed.add(bucket, k, seconds)
         self._staleness.measured((bucket, k))
-        if self.cost_model.has(k):
-            self.overhead.add(batch, k, seconds - self.probed_seconds(batch, k))
 
     def observe_catch_up(self, batch: int, k: int, seconds: float, tokens: int) -> None:
         """A speculative step that first caught the drafter up on `tokens` tokens took `seconds`: what it

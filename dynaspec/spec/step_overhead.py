@@ -28,7 +28,8 @@ token terms are fitted on the batches run, and extrapolated they only grow. On a
 head) adaptive's fit from batches 1-4 priced 6.7 ms of host work per step at batch 16 and k = 6 (a per-
 drafted-token term of 70 us), so it ran k = 0 at batch 16 where static k = 2 ran 1.25x no spec. A one-off slow
 step (the n-gram drafter indexing every prompt on the first speculative step, a page fault, a
-preemption) does not bend the fit. Predictions are clamped at 0 and are 0 before `min_samples`
+preemption) does not bend the fit, and a step timed before its GPU work ran (an overlapped step at a
+ramp or a tail: `add`) is left out. Predictions are clamped at 0 and are 0 before `min_samples`
 samples arrive. The planner asks for predictions every step, so the fit is redone only when a sample
 lands in a speculative cell the last fit did not have, or after `refit_every` new samples. A new k = 0
 cell does not force a refit: in a closed batch's tail every step has a new batch size, and a refit per
@@ -47,6 +48,7 @@ import numpy as np
 COLUMNS = ("a: per step", "f: per speculative step", "d: per draft position", "b: per request",
            "s: per request when speculating", "c: per drafted token")
 NONNEGATIVE_COLUMNS = (1, 2, 3, 4, 5)  # every term but a: host work is never negative
+CUT_SHORT_FRACTION = 0.5  # a step measured below this share of its probed GPU time was timed short (add)
 
 
 class StepOverheadModel:
@@ -69,14 +71,27 @@ class StepOverheadModel:
     def __len__(self) -> int:
         return len(self._samples)
 
-    def add(self, batch: int, k: float, residual_seconds: float) -> None:
+    def add(self, batch: int, k: float, residual_seconds: float, probed_seconds: float | None = None) -> bool:
         """One real step: measured seconds minus the probe's seconds for the same (batch, k); k may be a
-        ragged step's mean draft length (drafted positions / batch: the model's terms stay per token)."""
+        ragged step's mean draft length (drafted positions / batch: the model's terms stay per token).
+
+        probed_seconds (the probe's price the residual is taken from): a step measured at less than
+        CUT_SHORT_FRACTION of it did not run its GPU work in that time but had its timing cut short, and is
+        dropped. An overlapped plain step is timed launch to launch, and the first one after a synchronous
+        step (a batch ramping up, or its tail) comes back before its forward has run: on an H100
+        (2026-12-06, the EAGLE head for Qwen2.5-Coder-1.5B) such steps measured 0.36-0.53 ms against ~1.9 ms,
+        in cells (batch 2 of a ramp to 4; batches 13-15 of a tail at 16) where they were the only samples,
+        so the fit ran a line through them: a per-step term of -1 ms and a per-request one of +0.5 ms priced
+        a speculative step at batch 4 at 3.2 ms of host work (0.4 ms measured), and the adaptive policy ran
+        k = 0 for a whole batch-4 phase where static k = 4 ran 1.47x no spec. Returns whether it was kept."""
+        if probed_seconds is not None and probed_seconds + residual_seconds < CUT_SHORT_FRACTION * probed_seconds:
+            return False
         self._samples.append((int(batch), k, float(residual_seconds)))
         self._added_since_fit += 1
         new_speculative_cell = k > 0 and (int(batch), k) not in self._fitted_cells
         if new_speculative_cell or self._added_since_fit >= self.refit_every:
             self._coef = None
+        return True
 
     def refit_if_due(self) -> None:
         """Redo the fit now if a sample made it due (callers with idle time, such as the planner while a

@@ -288,20 +288,21 @@ def test_cuda_matches_torch_path(case):
 
 @pytest.mark.cuda
 @cuda
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16, torch.float32])
 @pytest.mark.parametrize("kv_write", [False, True])
-def test_cuda_rope_rounds_each_product_as_torch_does(kv_write):
-    """Without the Qwen3 norm, RoPE is two products and a sum, each rounded to bf16 by torch: the kernel's
-    bits must equal HF's x * cos + rotate_half(x) * sin exactly (a compiler that fuses a product into the sum
-    as an FMA changed ~27% of elements by one ulp on an H100, 2026-12-06; the EAGLE head's fused step then
-    left its training-time numbers)."""
+def test_cuda_rope_rounds_each_product_as_torch_does(kv_write, dtype):
+    """Without the Qwen3 norm, RoPE is two products and a sum, each rounded to the dtype by torch: the
+    kernel's bits must equal HF's x * cos + rotate_half(x) * sin exactly (a product fused into the sum as an
+    FMA changed ~27% of bf16 elements by one ulp on an H100, 2026-12-06, and ~24% in fp16 / fp32; the EAGLE
+    head's fused step then left its training-time numbers)."""
     gen = torch.Generator().manual_seed(40)
     t, h, hkv, d = 24, 8, 2, 64
-    qkv = torch.randn(t, (h + 2 * hkv) * d, generator=gen).mul(8).to(torch.bfloat16).cuda()
+    qkv = torch.randn(t, (h + 2 * hkv) * d, generator=gen).mul(8).to(dtype).cuda()
     q, k, v = qkv.split([h * d, hkv * d, hkv * d], dim=-1)
     q, k, v = q.view(t, h, d), k.view(t, hkv, d), v.view(t, hkv, d)
-    cos, sin = cos_sin(t, d, torch.bfloat16, "cuda", gen)
+    cos, sin = cos_sin(t, d, dtype, "cuda", gen)
     want_q, want_k = apply_rope(q.clone(), cos, sin), apply_rope(k.clone(), cos, sin)
-    cache = torch.zeros(2, 8, 4, hkv, d, dtype=torch.bfloat16, device="cuda")
+    cache = torch.zeros(2, 8, 4, hkv, d, dtype=dtype, device="cuda")
     slots = torch.randperm(32, generator=gen)[:t].cuda()
     fused_ops.rope_qk_(q, k, cos, sin, kv_write=(v, cache, slots) if kv_write else None)
     assert torch.equal(q, want_q) and torch.equal(k, want_k)

@@ -300,7 +300,7 @@ def rope_qk_(
         num_heads, num_kv_heads, float(eps),
         HEAD_DIM=head_dim, HALF_BLOCK=triton.next_power_of_2(head_dim // 2), HAS_NORM=norm_weights is not None,
         WRITE_KV=kv_write is not None, PDL=pdl,
-        num_warps=1, **launch_options(pdl),
+        num_warps=1, enable_fp_fusion=False, **launch_options(pdl),  # no FMA: torch rounds x * cos first
     )
 
 

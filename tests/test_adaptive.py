@@ -20,6 +20,7 @@ from dynaspec.spec.adaptive_allocation import (
     Allocation,
     allocate,
     allocation_order,
+    best_uniform,
     uniform_at_longest,
     plan_allocation,
     step_seconds_by_tokens,
@@ -101,6 +102,44 @@ def test_where_verifying_is_nearly_free_a_probe_lengthens_every_request():
     assert cheap.plan(4, ids).draft_lens == [3, 3, 3, 3] and dear.plan(4, ids).draft_lens == [2, 2, 1, 1]
     assert cheap.draft_lens(4, 4, ids) == [4, 4, 4, 4] and cheap.last_decision["reason"] == "probe"
     assert dear.draft_lens(4, 4, ids) == [2, 2, 2, 1] and dear.last_decision["reason"] == "probe"
+
+
+def test_a_ragged_premium_is_paid_only_by_budgets_whose_draft_lengths_differ():
+    survivals = [survival(COPY), survival(CHAT)]
+    price = lambda positions: 1.0 + 0.1 * positions  # noqa: E731
+    cheap = plan_allocation(survivals, price, ragged_premium=0.01)
+    assert cheap.draft_lens == [K, 0] and cheap.seconds == pytest.approx(price(K) + 0.01)
+    dear = plan_allocation(survivals, price, ragged_premium=10.0)  # only uniform budgets are worth it
+    assert not dear.ragged and dear.seconds == price(dear.budget)
+    # the best uniform allocation: one k for both, its next position the uniform step one longer
+    uniform = best_uniform(survivals, price)
+    assert uniform.draft_lens == [K, K] and uniform.seconds == price(2 * K) and uniform.next_request is None
+    tokens = lambda k: 2 + sum(survival(COPY)[:k]) + sum(survival(CHAT)[:k])  # noqa: E731
+    assert uniform.goodput == pytest.approx(max(tokens(k) / price(2 * k) for k in range(K + 1)))
+    steep = best_uniform(survivals, lambda positions: 1.0 + 2.0 * positions)
+    assert steep.draft_lens == [0, 0] and steep.next_request == 0  # the copy request's position 0 survives best
+
+
+def test_the_policy_learns_what_a_ragged_step_costs_and_drafts_uniformly_where_that_wins():
+    """On an H100 (2026-12-06, the EAGLE head for Qwen2.5-Coder-1.5B) adaptive's ragged steps of 192 positions
+    at batch 64 took 5.1-6.1 ms where its uniform steps of 192 positions took 3.4-4.8: the drafter drafts to
+    the longest k_i and a ragged step cannot chain. Ragged steps observed slower than their price by 0.25 s a
+    request make the uniform k = K step (copy and chat both draft) the better one; a premium of 0.01 s a
+    request keeps the chat request at k = 0."""
+    for extra_per_request, want in ((0.25, [K, K]), (0.01, [K, 0])):
+        policy = _policy(0.1, explore_every=None, probe_margin=None)
+        ids = ["copy", "chat"]
+        for _ in range(30):
+            policy.observe(StepOutcome(ids, K, drafted=[K, K], accepted=[K, 0], draft_lens=[K, K],
+                                       seconds=1.0 + 0.1 * 2 * K))  # uniform steps cost their probed price
+        assert policy.plan(2, ids).draft_lens == [K, 0] and len(policy.ragged_premium) == 0
+        for _ in range(5):
+            policy.observe(StepOutcome(ids, K, drafted=[K, 0], accepted=[K, 0], draft_lens=[K, 0],
+                                       seconds=1.0 + 0.1 * K + 2 * extra_per_request))
+        assert len(policy.ragged_premium) == 5
+        assert policy.ragged_premium.seconds(2, policy.overhead) == pytest.approx(2 * extra_per_request, abs=1e-9)
+        assert policy.plan(2, ids).draft_lens == want
+        assert policy.view(2)["ragged_premium_seconds"] == pytest.approx(2 * extra_per_request, abs=1e-9)
 
 
 def test_no_drafts_when_verify_cost_grows_steeply():

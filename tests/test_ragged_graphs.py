@@ -108,20 +108,25 @@ def test_a_ragged_step_is_priced_at_its_graphs_padded_total():
 
 
 def test_real_step_times_add_the_learned_host_overhead_to_speculative_prices():
-    """Real speculative steps took 0.05 s where the probe said less: once the overhead model has its samples,
-    speculative prices carry the learned overhead (one cell seen: a constant); plain steps do not."""
+    """Real uniform speculative steps took 0.05 s where the probe said less: once the overhead model has its
+    samples, speculative prices carry the learned overhead (one cell seen: a constant); plain steps do not.
+    Ragged steps teach the ragged premium instead (spec/ragged_premium.py), which only ragged budgets pay."""
     policy = _policy(lambda batch, tokens: (4, tokens) if batch <= 4 and tokens <= 8 else None)
-    prior = policy.step_seconds(3, 2)
-    far = policy.step_seconds(3, 6)
+    prior = policy.step_seconds(3, 6)
+    near = policy.step_seconds(3, 2)
     for n in range(3):
-        assert policy.step_seconds(3, 2) == prior  # fewer samples than the model's minimum: the probe
-        policy.observe(StepOutcome(request_ids=["a", "b", "c"], draft_len=2, drafted=[2, 0, 0],
-                                   accepted=[1, 0, 0], draft_lens=[2, 0, 0], seconds=0.05))
-    assert policy.step_seconds(3, 2) == pytest.approx(0.05)
+        assert policy.step_seconds(3, 6) == prior  # fewer samples than the model's minimum: the probe
+        policy.observe(StepOutcome(request_ids=["a", "b", "c"], draft_len=2, drafted=[2, 2, 2],
+                                   accepted=[1, 0, 0], draft_lens=[2, 2, 2], seconds=0.05))
+    assert policy.step_seconds(3, 6) == pytest.approx(0.05)
     overhead = 0.05 - prior
     assert policy.step_seconds(4, 3) == pytest.approx(0.01 + 0.001 * 7 + overhead)  # another graph
-    assert policy.step_seconds(3, 6) == pytest.approx(far + overhead)
+    assert policy.step_seconds(3, 2) == pytest.approx(near + overhead)
     assert policy.step_seconds(3, 0) == pytest.approx(0.01 + 0.001 * 3)  # plain steps overlap their host work
+    policy.observe(StepOutcome(request_ids=["a", "b", "c"], draft_len=2, drafted=[2, 0, 0], accepted=[1, 0, 0],
+                               draft_lens=[2, 0, 0], seconds=0.05 + 0.03))
+    assert policy.step_seconds(3, 2) == pytest.approx(near + overhead)  # the uniform fit is unchanged
+    assert policy.ragged_premium.seconds(3, policy.overhead) == pytest.approx(0.08 - near - overhead)
 
 
 def test_leaving_k0_waits_until_the_gain_earns_the_catch_up_back():

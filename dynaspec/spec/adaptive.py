@@ -20,8 +20,11 @@ uniform steps of that bucket interpolated at the padded total; elsewhere (eager,
 at the uniform steps around batch + B tokens. Refined online with the goodput planner's host-overhead model
 (spec/step_overhead.py): the probe times bare forwards, real speculative steps add the host's drafting,
 verification and commit (on an H100 at batch 256, n-gram: a k = 1 step took 22 ms against a probed 13 ms);
-every real step feeds (measured - probed) at its batch and mean draft length B / batch, and speculative
-prices carry the fit's prediction. Probed prices are cached per (batch, B): a plan at batch 256 asks for up
+every real uniform step feeds (measured - probed) at its batch and mean draft length B / batch, and speculative
+prices carry the fit's prediction; a ragged allocation also carries the ragged premium (spec/ragged_premium.py:
+what ragged steps cost beyond that fit; on an H100 ~1.5 ms at batch 64 for as many positions, since a chain
+drafter drafts to the longest k_i and a ragged step cannot chain), and the best uniform allocation replaces it
+where that predicts more. Probed prices are cached per (batch, B): a plan at batch 256 asks for up
 to 1024 of them. Switching from plain steps pays the drafter's catch-up first (spec/catch_up.py, as the
 planner prices it): an allocation whose gain over the requests' remaining tokens does not earn it back stays
 at k = 0. Exploration, as the planner's: every `explore_every`-th decision, once the decisions since the
@@ -59,14 +62,15 @@ from dynaspec.runtime.cost_model import StepCostModel
 from dynaspec.spec.acceptance_estimator import AcceptanceEstimator, planning_estimator
 from dynaspec.spec.catch_up import CatchUpCost, describe_catch_up, switch_pays
 from dynaspec.spec.draft_trimming import DraftTrimming
-from dynaspec.spec.adaptive_allocation import (Allocation, plan_allocation, step_seconds_by_tokens, survival,
-                                               uniform_at_longest)
+from dynaspec.spec.adaptive_allocation import (Allocation, best_uniform, plan_allocation, step_seconds_by_tokens,
+                                               survival, uniform_at_longest)
 from dynaspec.spec.planner import PaddedBatchFn
 from dynaspec.spec import planner_rules as rules
 from dynaspec.spec.planner_settings import PlannerSettings
 from dynaspec.spec.policy import DraftLenPolicy, StepOutcome
+from dynaspec.spec.ragged_premium import RaggedPremium
 from dynaspec.spec.step_overhead import COLUMNS as OVERHEAD_COLUMNS
-from dynaspec.spec.step_overhead import StepOverheadModel
+from dynaspec.spec.step_overhead import CUT_SHORT_FRACTION, StepOverheadModel
 
 # Probed prices kept per (batch, positions): a batch of b requests asks for b * max_draft_len + 1 of them.
 MAX_CACHED_PRICES = 1 << 16
@@ -111,7 +115,8 @@ class AdaptivePolicy(DraftLenPolicy):
         self.settings = PlannerSettings() if settings is None else settings
         self.padded_batch = padded_batch
         self.ragged_step = ragged_step
-        self.overhead = StepOverheadModel()  # real - probed step seconds (module docstring)
+        self.overhead = StepOverheadModel()  # real - probed step seconds of uniform steps (module docstring)
+        self.ragged_premium = RaggedPremium()  # what a ragged step costs beyond that
         self.catch_up = catch_up
         self.backlog = backlog
         self._plain_last = True  # the last observed decode step verified no drafts
@@ -201,9 +206,13 @@ class AdaptivePolicy(DraftLenPolicy):
         ids = request_ids or [None] * batch
         survivals = [survival(self.estimator.alphas(rid)[: self.max_draft_len]) for rid in ids]
         pricing = self._pricing(batch)
-        allocation = plan_allocation(survivals, pricing)
+        allocation = plan_allocation(survivals, pricing, ragged_premium=self.ragged_premium.seconds(batch, self.overhead))
         if self._verify_is_cheap(batch):
             return uniform_at_longest(allocation, survivals, pricing)
+        if allocation.ragged:  # its premium may make one k for every request the better step
+            uniform = best_uniform(survivals, pricing)
+            if uniform.goodput >= allocation.goodput:
+                return uniform
         return allocation
 
     def _pricing(self, batch: int, drafted: bool = False) -> Callable[[int], float]:
@@ -359,7 +368,11 @@ class AdaptivePolicy(DraftLenPolicy):
                     self._tables.clear()
             else:
                 _, prior = self._prior(outcome.batch, positions)
-                self.overhead.add(outcome.batch, positions / outcome.batch, outcome.seconds - prior, prior)
+                mean_k = positions / outcome.batch
+                if positions == 0 or len(set(outcome.draft_lens)) <= 1:
+                    self.overhead.add(outcome.batch, mean_k, outcome.seconds - prior, prior)
+                elif outcome.seconds >= CUT_SHORT_FRACTION * prior:  # ragged (and not timed short)
+                    self.ragged_premium.observe(outcome.batch, mean_k, outcome.seconds - prior)
         self._plain_last = outcome.draft_len == 0
         if outcome.draft_len == 0:
             return
@@ -406,6 +419,7 @@ class AdaptivePolicy(DraftLenPolicy):
                            "step_seconds": allocation.seconds, "goodput_tokens_per_s": allocation.goodput},
             "step_seconds_by_budget": {str(b): self.step_seconds(batch, b) for b in budgets},
             "overhead_coefficients": dict(zip(OVERHEAD_COLUMNS, self.overhead.coefficients)),
+            "ragged_premium_seconds": self.ragged_premium.seconds(batch, self.overhead),
             "verify_is_cheap": self._verify_is_cheap(batch), "trims": self.trims_drafts_at(batch),
             "no_trimming_up_to_batch": self.trimming.no_trim_up_to,
             **describe_catch_up(self.catch_up),

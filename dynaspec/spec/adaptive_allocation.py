@@ -80,13 +80,16 @@ class Allocation:
 
 
 def plan_allocation(
-    survivals: Sequence[Sequence[float]], step_seconds: Callable[[int], float], max_budget: int | None = None
+    survivals: Sequence[Sequence[float]], step_seconds: Callable[[int], float], max_budget: int | None = None,
+    ragged_premium: float = 0.0,
 ) -> Allocation:
     """B* maximising committed tokens per second, and its allocation.
 
     survivals: per decoding request, s_i(j) for its positions j = 0..max_draft_len-1 (survival()).
     step_seconds(B): predicted seconds of the step with B draft positions in all (> 0).
     max_budget: the most positions considered (default: all of them).
+    ragged_premium: seconds a ragged step costs beyond step_seconds(B) (spec/ragged_premium.py); a budget
+    whose allocation gives every request the same k_i does not pay it.
     """
     batch = len(survivals)
     order = allocation_order(survivals)
@@ -94,19 +97,39 @@ def plan_allocation(
         order = order[: max(0, max_budget)]
     best_b, best_tokens, best_seconds = 0, float(batch), step_seconds(0)
     tokens = float(batch)
-    for b, (_, s) in enumerate(order, start=1):
+    taken, longest, best_longest = [0] * batch, 0, 0
+    for b, (i, s) in enumerate(order, start=1):
         tokens += s
-        seconds = step_seconds(b)
+        taken[i] += 1
+        longest = max(longest, taken[i])
+        seconds = step_seconds(b) + (ragged_premium if b != batch * longest else 0.0)  # uniform: every k_i = longest
         if tokens * best_seconds > best_tokens * seconds:  # tokens / seconds > best, without dividing
-            best_b, best_tokens, best_seconds = b, tokens, seconds
+            best_b, best_tokens, best_seconds, best_longest = b, tokens, seconds, longest
     draft_lens = [0] * batch
     for i, _ in order[:best_b]:
         draft_lens[i] += 1
     if best_b < len(order):
         next_request, next_survival = order[best_b]
-        next_goodput = (best_tokens + next_survival) / step_seconds(best_b + 1)
+        longer = max(best_longest, draft_lens[next_request] + 1)
+        premium = ragged_premium if best_b + 1 != batch * longer else 0.0
+        next_goodput = (best_tokens + next_survival) / (step_seconds(best_b + 1) + premium)
         return Allocation(draft_lens, best_b, best_tokens, best_seconds, next_request, next_goodput)
     return Allocation(draft_lens, best_b, best_tokens, best_seconds)
+
+
+def best_uniform(survivals: Sequence[Sequence[float]], step_seconds: Callable[[int], float]) -> Allocation:
+    """The uniform allocation (one k for every request) of highest goodput, with uniform_at_longest's next
+    position (the uniform step one longer)."""
+    batch = len(survivals)
+    depth = min((len(request) for request in survivals), default=0)
+    best = Allocation([0] * batch, 0, float(batch), step_seconds(0))
+    tokens = float(batch)
+    for k in range(1, depth + 1):
+        tokens += sum(request[k - 1] for request in survivals)
+        seconds = step_seconds(batch * k)
+        if tokens * best.seconds > best.expected_tokens * seconds:
+            best = Allocation([k] * batch, batch * k, tokens, seconds)
+    return uniform_at_longest(best, survivals, step_seconds)
 
 
 def uniform_at_longest(allocation: Allocation, survivals: Sequence[Sequence[float]],

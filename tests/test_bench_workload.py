@@ -136,6 +136,17 @@ def test_prompts_cycle_to_fill_a_batch():
         WorkloadPrompts("chat", ((),))
 
 
+def test_chat_has_a_distinct_prompt_for_every_request_of_batch_64():
+    """Batch 64 of the chat workload decoded 8 questions 8 times each until 2026-12-06; batches 1-8 keep the
+    questions they always had, in the same order (their figures stay comparable)."""
+    from dynaspec.bench.workloads import chat_prompts
+
+    sixty_four = [p[0]["content"] for p in chat_prompts(64)]
+    assert len(set(sixty_four)) == 64
+    assert [p[0]["content"] for p in chat_prompts(8)] == sixty_four[:8]
+    assert sixty_four[0] == "Write a short motivational message for someone learning to program."  # as before
+
+
 def test_joined_workloads_alternate_request_by_request(tiny_chat_dir):
     from transformers import AutoTokenizer
 

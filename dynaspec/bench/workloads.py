@@ -37,6 +37,66 @@ _CHAT = (
     "Give me a plan for learning Spanish in six months.",
     "Why is the sky blue? Answer in a few sentences.",
 )
+# Measured after _CHAT (which keeps batches 1-8 on the prompts they always had): batch 64 used to cycle _CHAT eight
+# times, 8 distinct answers decoded 8 times each. Topics other than train-head's `questions` and the warm-up's.
+_CHAT_MORE = (
+    "How does a dishwasher get dishes clean?",
+    "Write a haiku about a rainy Monday morning.",
+    "What is the difference between a virus and a bacterium?",
+    "Give me a recipe for a quick vegetarian pasta dinner.",
+    "How can I politely decline an invitation to a party?",
+    "Explain compound interest with a simple example.",
+    "What are some tips for staying focused while studying?",
+    "Summarise the plot of Romeo and Juliet in a paragraph.",
+    "Why do we have leap years?",
+    "How do airplanes stay in the air?",
+    "Write a limerick about a forgetful wizard.",
+    "What is the best way to learn touch typing?",
+    "Explain what inflation is and why it matters.",
+    "How do I remove a coffee stain from a white shirt?",
+    "Suggest five names for a pet turtle.",
+    "What causes the seasons on Earth?",
+    "Give me advice for my first week at a new job.",
+    "How does a refrigerator keep food cold?",
+    "Write a short product description for a reusable water bottle.",
+    "What is the difference between an alligator and a crocodile?",
+    "How can I make a small apartment feel more spacious?",
+    "Explain how GPS figures out where you are.",
+    "What are some good icebreaker questions for a team meeting?",
+    "Why do onions make people cry?",
+    "Write a two-sentence horror story set in an elevator.",
+    "What is a credit score and how can I improve mine?",
+    "Describe the rules of tennis briefly.",
+    "How do I write a good README for a project?",
+    "What is the Pythagorean theorem and where is it used?",
+    "Give me a packing list for a weekend beach trip.",
+    "Why does bread go stale?",
+    "Explain the offside rule in football simply.",
+    "How does a microwave oven heat food?",
+    "What are good ways to reduce screen time for kids?",
+    "Write a short toast for a friend's wedding.",
+    "What is the difference between empathy and sympathy?",
+    "How do I calm down before an important exam?",
+    "Explain why the Titanic sank.",
+    "What are the main differences between frogs and toads?",
+    "How can I make a long car journey fun for children?",
+    "What does a product manager do?",
+    "Explain how a rainbow forms.",
+    "Give me three ideas for a science fair project.",
+    "How do I say no to extra work without sounding rude?",
+    "What are prime numbers and why are they important?",
+    "Write a short review of an imaginary restaurant on the moon.",
+    "How does a two-way light switch work?",
+    "Why do some people get seasick?",
+    "What is a good morning routine for productivity?",
+    "Explain how a thermostat works.",
+    "How do credit card companies make money?",
+    "Write a polite complaint letter about a late delivery.",
+    "What should I look for when buying a used bicycle?",
+    "Explain what DNA is in simple words.",
+    "How do hot air balloons fly?",
+    "What are some tips for taking better notes in meetings?",
+)
 # Warm-up only (sweep_prompts.WorkloadPrompts.warmup_token_ids): the untimed batch before each point runs these,
 # never the measured _CHAT, so an online policy meets chat before the point as a server would. Without them the
 # warm-up ran random token ids, where a real drafter accepts nothing: on an H100 (2026-12-06, Qwen2.5-Coder-1.5B
@@ -112,9 +172,13 @@ def humaneval_prompts(n: int, seed: int = 0) -> list[list[dict]]:
     ]
 
 
-def chat_prompts(n: int, seed: int = 0, questions: tuple[str, ...] = _CHAT) -> list[list[dict]]:
-    prompts = list(questions)
+def chat_prompts(n: int, seed: int = 0, questions: tuple[str, ...] = _CHAT,
+                 more: tuple[str, ...] = _CHAT_MORE) -> list[list[dict]]:
+    """`n` one-turn chats: `questions` in a seeded order, then `more` in a seeded order, cycled past both."""
+    prompts, rest = list(questions), list(more)
     random.Random(seed).shuffle(prompts)
+    random.Random(seed).shuffle(rest)
+    prompts += rest
     return [[{"role": "user", "content": p}] for p in (prompts * (n // len(prompts) + 1))[:n]]
 
 
@@ -123,7 +187,7 @@ def warmup_workload(name: str, n: int, seed: int = 0) -> list[list[dict]]:
     (its few measured ones are all measured), the workload drawn with `seed` otherwise (the caller passes
     another seed than the measured draw's and drops any measured prompt it still holds)."""
     if name == "chat":
-        return chat_prompts(_checked_count(n), seed, _CHAT_WARMUP)
+        return chat_prompts(_checked_count(n), seed, _CHAT_WARMUP, more=())
     return workload(name, n, seed)
 
 

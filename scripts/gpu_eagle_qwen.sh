@@ -11,6 +11,10 @@
 #   carried-head: instead of `train`: join and convert the pair as `train` does and unpack a head trained in an
 #          earlier session (scripts/head_xfer.sh: 4 chunks of .xfer-head carried one a call after the pair's)
 #          into $HEAD_DIR. ~2 min instead of ~9.
+#   export-head: the trained head back to this machine for a later session's `carried-head` (a head costs ~9 device
+#          minutes to train, ~30 s to carry): the first call writes it as 16 MB parts (scripts/head_xfer.sh export)
+#          and each call puts the next 6 files not yet sent into OUT_DIR (with the summary's 2: the 8 files a call
+#          brings back); repeat until it says all were sent, gather the files here and run `head_xfer.sh pack`.
 #   train-more: train the head of `train` for --deadline seconds more (a later call on the same warm machine)
 #          on the answers `train` saved to $EXAMPLES (/tmp/eagle-examples.safetensors): nothing answered again.
 #   code-edit, chat: on that workload, three `dynaspec bench` runs over the same prompts and batch sizes
@@ -55,8 +59,8 @@ while [ $# -gt 0 ]; do
     --deadline|--batch-sizes|--gen-len|--eagle-ks|--draft-ks|--ngram-ks|--drafters|--device|--dtype|--deterministic)
       [ $# -ge 2 ] || { echo "error: $1 needs a value" >&2; exit 2; }
       var=${1#--}; printf -v "${var//-/_}" %s "$2"; shift 2 ;;
-    train|carried-head|train-more|code-edit|chat) parts+=("$1"); shift ;;
-    *) echo "error: unknown argument '$1' (parts: train, carried-head, train-more, code-edit, chat; options: see the header)" >&2
+    train|carried-head|train-more|export-head|code-edit|chat) parts+=("$1"); shift ;;
+    *) echo "error: unknown argument '$1' (parts: train, carried-head, train-more, export-head, code-edit, chat; options: see the header)" >&2
        exit 2 ;;
   esac
 done
@@ -119,6 +123,14 @@ for part in "${parts[@]}"; do
     status=$?
     stamp "train-head exit $status"
     { echo; echo "## train-head (exit $status)"; echo '```'; grep -v "━" "$work/train.log" | tail -25; echo '```'; } >> "$summary"
+  elif [ "$part" = export-head ]; then
+    parts_dir=/tmp/eagle-head-parts
+    [ -f "$parts_dir/sha256.txt" ] || bash "$root/scripts/head_xfer.sh" export "$head_dir" "$parts_dir" | tee -a "$work/timing.txt"
+    touch "$parts_dir/.sent"
+    todo=$(cd "$parts_dir" && ls p_* config.json sha256.txt | grep -vxFf .sent | head -6)
+    for f in $todo; do cp "$parts_dir/$f" "$out/" && echo "$f" >> "$parts_dir/.sent"; done
+    left=$(cd "$parts_dir" && ls p_* config.json sha256.txt | grep -cvxFf .sent)
+    stamp "export-head: sent $(echo $todo | wc -w) files to $out ($left left$([ "$left" = 0 ] && echo ': all sent'))"
   elif [ "$part" = train-more ]; then
     limit=$((deadline - (SECONDS - start) - 20))
     stamp "train-head continued (--time-limit $limit)"

@@ -140,6 +140,10 @@ def test_the_policy_learns_what_a_ragged_step_costs_and_drafts_uniformly_where_t
         assert policy.ragged_premium.seconds(2, policy.overhead) == pytest.approx(2 * extra_per_request, abs=1e-9)
         assert policy.plan(2, ids).draft_lens == want
         assert policy.view(2)["ragged_premium_seconds"] == pytest.approx(2 * extra_per_request, abs=1e-9)
+        # a probe or exploration from a uniform k = 2: one position more for everyone where that costs less
+        # than a ragged step (0.2 s of verify against 0.1 s + the premium), else for the request next in line
+        uniform_two = Allocation([2, 2], 4, 0.0, 1.4, next_request=0, next_goodput=1.0)
+        assert policy._one_further([2, 2], uniform_two, 2) == ([3, 3] if extra_per_request > 0.1 else [3, 2])
 
 
 def test_no_drafts_when_verify_cost_grows_steeply():

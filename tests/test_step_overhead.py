@@ -68,6 +68,8 @@ def test_a_step_timed_before_its_gpu_work_ran_is_left_out():
     assert unguarded.coefficients[0] < 0 < clean.coefficients[0]
     assert unguarded.coefficients[2] > 3 * clean.coefficients[2]
     assert clean.add(4, 0, -0.3e-3, probed)  # 84% of the probe: noise, kept
+    cells = {(c["batch"], c["k"]): c for c in guarded.cells()}  # what a report shows of the fit
+    assert (2, 0) not in cells and cells[(4, 0)] == {"batch": 4, "k": 0, "median_seconds": 1.6e-4, "samples": 4}
 
 
 def test_prediction_is_never_negative():

@@ -429,6 +429,7 @@ class AdaptivePolicy(DraftLenPolicy):
                            "step_seconds": allocation.seconds, "goodput_tokens_per_s": allocation.goodput},
             "step_seconds_by_budget": {str(b): self.step_seconds(batch, b) for b in budgets},
             "overhead_coefficients": dict(zip(OVERHEAD_COLUMNS, self.overhead.coefficients)),
+            "overhead_cells": self.overhead.cells(),
             "ragged_premium_seconds": self.ragged_premium.seconds(batch, self.overhead),
             "verify_is_cheap": self._verify_is_cheap(batch), "trims": self.trims_drafts_at(batch),
             "no_trimming_up_to_batch": self.trimming.no_trim_up_to,

@@ -315,8 +315,9 @@ class GoodputPlanner(DraftLenPolicy):
         return rows
 
     def view(self, batch: int) -> dict[str, Any]:
-        """explain(batch) as "table", and the drafter's catch-up price (zeros without one)."""
-        return {"table": self.explain(batch), **describe_catch_up(self.catch_up)}
+        """explain(batch) as "table", the host-overhead fit's cells, and the drafter's catch-up price (zeros
+        without one)."""
+        return {"table": self.explain(batch), "overhead_cells": self.overhead.cells(), **describe_catch_up(self.catch_up)}
 
     # ----------------------------------------------------------------- engine hooks
     def observe(self, outcome: StepOutcome) -> None:

@@ -124,6 +124,15 @@ class StepOverheadModel:
             self._added_since_fit = 0
         return self._coef
 
+    def cells(self) -> list[dict[str, float]]:
+        """The observed (batch, k) cells the fit runs over: each one's median residual (seconds) and sample count,
+        for reports (a bent fit is read from them)."""
+        cells: dict[tuple[int, float], list[float]] = {}
+        for batch, k, residual in self._samples:
+            cells.setdefault((batch, k), []).append(residual)
+        return [{"batch": batch, "k": k, "median_seconds": median(v), "samples": len(v)}
+                for (batch, k), v in sorted(cells.items())]
+
     def predict(self, batch: int, k: float) -> float:
         """Expected extra seconds of a real step over the probed time at (batch, k); >= 0."""
         if k <= 0:

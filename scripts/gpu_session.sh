@@ -49,6 +49,11 @@ for step in "$@"; do
         > "$OUT/draft.log" 2>&1; tail -5 "$OUT/draft.log" ;;
     bench-goodput)
       goodput_sweep goodput bench/goodput_ngram_code_edit.yaml acceptance_ngram_code-edit 1,4,16,64,128,256 3 ;;
+    tp-goodput)  # issue 25 (a kind with 2 GPUs; ~8 min): the goodput sweep sharded over 2 ranks (one engine a line)
+      python3 -m dynaspec.cli bench --model random:llama-3.1-8b --spec-config bench/goodput_ngram_code_edit.yaml \
+        --ks 0-4 --batch-sizes 1,4,16,64,128,256 --prompt-len 128 --gen-len 64 --tensor-parallel-size 2 \
+        --acceptance-profile acceptance_ngram_code-edit --no-plots --out-dir "$OUT/tp-goodput" > "$OUT/tp-goodput.log" 2>&1
+      tail -5 "$OUT/tp-goodput.log" ;;
     qwen)  # real Qwen2.5-Coder 0.5B -> 1.5B pair; needs the 28 .xfer chunks carried first (see the script)
       bash scripts/gpu_qwen_pair.sh "$OUT" ;;
     eagle-qwen-train|eagle-qwen-train-more|eagle-qwen-code-edit|eagle-qwen-chat)  # issue 21, one part a call (see the script's header)

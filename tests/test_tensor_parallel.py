@@ -264,6 +264,41 @@ def test_cli_flag_reaches_the_engine_and_a_bad_size_is_one_line(qwen_dirs):
     assert result.exit_code == 2 and "--tensor-parallel-size" in result.output
 
 
+def test_bench_sweeps_a_sharded_engine_and_reports_the_per_gpu_floor(qwen_dirs, tmp_path):
+    """`dynaspec bench --tensor-parallel-size 2` builds each line's engine sharded (the TP-2 goodput sweep of
+    issue 25): every point decodes its tokens, the weight bytes behind the floor are rank 0's shard (about half
+    of TP 1's), and no worker outlives the sweep. A shared-weights sweep (--rounds > 1) or an HF comparison
+    cannot shard: refused in one line."""
+    import json
+    import multiprocessing
+
+    from typer.testing import CliRunner
+
+    from dynaspec.cli import app
+
+    common = ["bench", "--model", qwen_dirs["target"], "--device", "cpu", "--dtype", "float32", "--drafter", "ngram",
+              "--max-draft-len", "2", "--ks", "0,2", "--no-schedule-line", "--batch-sizes", "1,2", "--prompt-len",
+              "8", "--gen-len", "6", "--no-plots", "--no-warmup"]
+    meta = {}
+    for size in (1, 2):
+        out = tmp_path / f"tp{size}"
+        result = CliRunner().invoke(app, [*common, "--tensor-parallel-size", str(size), "--out-dir", str(out)])
+        assert result.exit_code == 0, result.output
+        report = json.loads((out / "bench.json").read_text())
+        meta[size] = report["metadata"]
+        assert meta[size]["tensor_parallel_size"] == size
+        assert {(p["line"], p["batch_size"]) for p in report["points"]} == {
+            (line, b) for line in ("no spec", "k=2") for b in (1, 2)}
+        assert all(p["decode_tokens"] == p["batch_size"] * 5 for p in report["points"])
+    assert 0.4 < meta[2]["weight_bytes"] / meta[1]["weight_bytes"] < 0.6
+    assert multiprocessing.active_children() == []
+    for extra, message in ((["--rounds", "2"], "cannot share (each shards its own): use rounds=1"),
+                           (["--compare-hf"], "HF transformers needs the whole model in one process")):
+        result = CliRunner().invoke(app, [*common, "--tensor-parallel-size", "2", *extra,
+                                          "--out-dir", str(tmp_path / "refused")])
+        assert result.exit_code == 2 and message in " ".join(result.output.split()), result.output
+
+
 two_gpus = pytest.mark.skipif(torch.cuda.device_count() < 2, reason="needs 2 CUDA GPUs")
 
 

@@ -17,7 +17,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from dynaspec.cli_options import MaxModelLen
+from dynaspec.cli_options import MaxModelLen, TensorParallelSize
 
 DRAFTERS = ("ngram", "draft-model")
 DEFAULT_MAX_DRAFT_LEN = 6
@@ -139,8 +139,10 @@ def available_bytes(on_cuda: bool, gpu_memory_utilization: float) -> tuple[int, 
         return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE"), "this machine's free RAM"
 
 
-def check_fits(models: list[str], dtype: str, device: str, gpu_memory_utilization: float) -> None:
-    """ValueError when the weights of `models` (target and draft) cannot fit the device, before loading."""
+def check_fits(models: list[str], dtype: str, device: str, gpu_memory_utilization: float,
+               tensor_parallel_size: int = 1) -> None:
+    """ValueError when the weights of `models` (target and draft) cannot fit the device, before loading; with
+    tensor parallelism, the first model's shard (a draft model is kept whole on each rank)."""
     import torch
 
     on_cuda = device == "cuda" or (device == "auto" and torch.cuda.is_available())
@@ -148,7 +150,7 @@ def check_fits(models: list[str], dtype: str, device: str, gpu_memory_utilizatio
     known = [(m, size) for m, size in sizes if size is not None]
     if not known:
         return
-    need = sum(size[1] for _, size in known)
+    need = sum(size[1] / (tensor_parallel_size if m == models[0] else 1) for m, size in known)
     have, where = available_bytes(on_cuda, gpu_memory_utilization)
     if need > have:
         what = " + ".join(f"{m} ({p / 1e9:.2f} B parameters)" for m, (p, _) in known)
@@ -159,14 +161,15 @@ def check_fits(models: list[str], dtype: str, device: str, gpu_memory_utilizatio
                          f"{have / 1e9:.1f} GB of {where}; choose {hint}")
 
 
-def engine_flags(model, device, dtype, max_model_len, max_num_seqs, gpu_memory_utilization):
+def engine_flags(model, device, dtype, max_model_len, max_num_seqs, gpu_memory_utilization, tensor_parallel_size=None):
     """The engine flags, checked by EngineConfig like `generate`'s and `serve`'s (the sweep builds one
     engine per line with its own context length and batch from them)."""
     from dynaspec.config import EngineConfig
     from dynaspec.config_loader import validate_model
 
     flags = dict(model=model or default_model(device), device=device, dtype=dtype, max_model_len=max_model_len,
-                 max_num_seqs=max_num_seqs, gpu_memory_utilization=gpu_memory_utilization)
+                 max_num_seqs=max_num_seqs, gpu_memory_utilization=gpu_memory_utilization,
+                 tensor_parallel_size=tensor_parallel_size)
     flags = {k: v for k, v in flags.items() if v is not None}
     return validate_model(EngineConfig, flags, sources={k: "--" + k.replace("_", "-") for k in flags})
 
@@ -207,6 +210,7 @@ def bench_command(
     cudagraph_mode: Annotated[Optional[str], typer.Option(help="FULL | FULL_DECODE_ONLY (only decode and verify steps as graphs); default: FULL, or FULL_DECODE_ONLY with --deterministic")] = None,
     warmup: Annotated[bool, typer.Option(help="one short run per config before timing")] = True,
     rounds: Annotated[int, typer.Option(help="> 1: all lines side by side on one copy of the weights, each point measured this many times in rotated order (median)")] = 1,
+    tensor_parallel_size: TensorParallelSize = None,
     plots: Annotated[bool, typer.Option(help="write PNG plots")] = True,
 ) -> None:
     """Sweep batch sizes x draft lengths; print a table, write JSON, markdown and PNG plots."""
@@ -216,7 +220,8 @@ def bench_command(
 
     console = Console()
     try:
-        engine = engine_flags(model, device, dtype, max_model_len, max_num_seqs, gpu_memory_utilization)
+        engine = engine_flags(model, device, dtype, max_model_len, max_num_seqs, gpu_memory_utilization,
+                              tensor_parallel_size)
         model = engine.model
         spec = speculative_config_from_options(spec_config, drafter, draft_model, draft_len_schedule, max_draft_len)
         batches = parse_int_list(batch_sizes, "--batch-sizes", 1) if batch_sizes else default_batch_sizes(
@@ -230,6 +235,9 @@ def bench_command(
                              f"{max_model_len}")
         draft_lens = parse_int_list(ks, "--ks", 0) if ks else None
         hf_batches = None
+        if compare_hf and engine.tensor_parallel_size > 1:
+            raise ValueError("--compare-hf: comparing with HF transformers needs the whole model in one process; "
+                             f"--tensor-parallel-size {engine.tensor_parallel_size} shards it")
         if compare_hf:
             requested = parse_int_list(hf_batch_sizes, "--hf-batch-sizes", 1)
             hf_batches = [b for b in requested if b in batches]
@@ -248,12 +256,13 @@ def bench_command(
             gen_len=gen_len, workload=workload,
             acceptance_profile=acceptance_profile, device=device, dtype=dtype, seed=seed,
             enforce_eager=enforce_eager, deterministic=deterministic, cudagraph_mode=cudagraph_mode, warmup=warmup,
-            rounds=rounds,
+            rounds=rounds, tensor_parallel_size=engine.tensor_parallel_size,
             command_line=shlex.join(sys.argv),
         )
         settings.validate()
         draft_model = parse_speculative_config(spec).draft_model if spec else None
-        check_fits([model, *([draft_model] if draft_model else [])], dtype, device, engine.gpu_memory_utilization)
+        check_fits([model, *([draft_model] if draft_model else [])], dtype, device, engine.gpu_memory_utilization,
+                   engine.tensor_parallel_size)
     except (ValueError, TypeError) as exc:
         _fail(console, str(exc))
     try:

@@ -119,6 +119,9 @@ def run_sweep(
     batches = sorted(settings.batch_sizes)
     if hf_batch_sizes:
         _check_int_list("hf_batch_sizes", hf_batch_sizes, minimum=1)
+        if settings.tensor_parallel_size > 1:
+            raise ValueError("comparing with HF transformers needs the whole model in one process: "
+                             f"tensor_parallel_size={settings.tensor_parallel_size} shards it; use 1")
     max_k = max((line.speculative_config.max_draft_len for line in lines if line.speculative_config), default=0)
     profile = load_acceptance_profile(settings.acceptance_profile) if settings.acceptance_profile else None
     total = len(lines) * len(batches) + (len(hf_batch_sizes) if hf_batch_sizes else 0)
@@ -177,6 +180,7 @@ def run_sweep(
                     result.points.append(measure(engine, line, batch))
                     done += 1
             hf(engine)
+            engine.shutdown()  # its tensor-parallel workers, if any
             del engine
             _free_memory()
     else:  # every engine at once on one copy of the weights, lines interleaved
@@ -237,6 +241,7 @@ def _build_engine(settings: SweepSettings, line: Line, max_batch: int, max_k: in
         enforce_eager=settings.enforce_eager,
         deterministic=settings.deterministic,
         cudagraph_mode=settings.cudagraph_mode,
+        tensor_parallel_size=settings.tensor_parallel_size,
         model_cache_dir=settings.model_cache_dir,
         speculative_config=line.speculative_config,
     )

@@ -75,6 +75,7 @@ def floor_points(
 
 
 def _floor(engine, settings: SweepSettings, batches: list[int], metadata: dict[str, Any], prompts=None):
+    """The HBM floor of a step, per GPU: with tensor parallelism rank 0's shard of the weights and KV heads."""
     model = engine.loaded.model
     metadata["weight_bytes"] = weight_bytes(model)
     metadata["kv_bytes_per_token"] = kv_bytes_per_token(model, engine.dtype)
@@ -117,6 +118,7 @@ def _metadata(settings: SweepSettings, spec, engine, profile, lines: list[Line],
         else {str(k): v for k, v in spec.draft_len_schedule.items()},
         "seed": settings.seed,
         "cuda_graphs": device.type == "cuda" and not settings.enforce_eager,
+        "tensor_parallel_size": settings.tensor_parallel_size,
         "torch_version": torch.__version__,
         "timing": "decode phase only: steps after every request has its first token; "
         "perf_counter from each step() call to the next, CUDA synchronized once at the end of each batch",

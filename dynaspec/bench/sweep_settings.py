@@ -96,16 +96,23 @@ class SweepSettings:
     # measured side by side, batch size by batch size, `rounds` times in rotated order; a point's tokens/s
     # is the median of its rounds (drift of a shared machine then hits every line alike).
     rounds: int = 1
+    # > 1: every line's engine shards the target over this many ranks (EngineConfig.tensor_parallel_size); the
+    # floor is then per GPU (rank 0's shard). Each engine shards its own copy, so rounds must be 1.
+    tensor_parallel_size: int = 1
     model_cache_dir: str | None = None
     command_line: str | None = None
 
     def validate(self) -> None:
         check_cudagraph_mode(self.cudagraph_mode)
         _check_int_list("batch_sizes", self.batch_sizes, minimum=1)
-        for name in ("prompt_len", "gen_len", "rounds"):
+        for name in ("prompt_len", "gen_len", "rounds", "tensor_parallel_size"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"{name} must be an int >= 1, got {value!r}")
+        if self.tensor_parallel_size > 1 and self.rounds > 1:
+            raise ValueError(f"rounds={self.rounds} runs every line on one shared copy of the weights, which an engine "
+                             f"with tensor_parallel_size={self.tensor_parallel_size} cannot share (each shards its "
+                             "own): use rounds=1")
         if self.draft_lens is not None:
             _check_int_list("draft_lens", self.draft_lens, minimum=0)
         spec = self.resolved_spec()

@@ -108,9 +108,7 @@ class StepOverheadModel:
         if len(self._samples) < self.min_samples:
             return None
         if self._coef is None:
-            cells: dict[tuple[int, int], list[float]] = {}
-            for batch, k, residual in self._samples:
-                cells.setdefault((batch, k), []).append(residual)
+            cells = self._grouped()
             keys = np.asarray(list(cells), dtype=np.float64)  # (cells, 2): batch, k
             medians = np.asarray([median(v) for v in cells.values()], dtype=np.float64)  # (cells,)
             features = _features(keys[:, 0], keys[:, 1])
@@ -127,11 +125,15 @@ class StepOverheadModel:
     def cells(self) -> list[dict[str, float]]:
         """The observed (batch, k) cells the fit runs over: each one's median residual (seconds) and sample count,
         for reports (a bent fit is read from them)."""
+        return [{"batch": batch, "k": k, "median_seconds": median(v), "samples": len(v)}
+                for (batch, k), v in sorted(self._grouped().items())]
+
+    def _grouped(self) -> dict[tuple[int, float], list[float]]:
+        """The kept samples' residuals by (batch, k) cell."""
         cells: dict[tuple[int, float], list[float]] = {}
         for batch, k, residual in self._samples:
             cells.setdefault((batch, k), []).append(residual)
-        return [{"batch": batch, "k": k, "median_seconds": median(v), "samples": len(v)}
-                for (batch, k), v in sorted(cells.items())]
+        return cells
 
     def predict(self, batch: int, k: float) -> float:
         """Expected extra seconds of a real step over the probed time at (batch, k); >= 0."""

@@ -12,7 +12,9 @@ same reason). This model learns the residual
 (per step: fixed work, fixed work of a speculative step, work per draft position of the chain; per request:
 work per request, work per request on speculative steps only, e.g. n-gram indexing and verification
 bookkeeping, which plain and overlapped k = 0 steps skip, work per drafted token) by least squares over the
-MEDIAN residual of each observed (batch, k) cell (of its most recent samples), with only the terms the
+MEDIAN residual of each observed (batch, k) cell (of its most recent samples), each cell weighted by its
+sample count (as if every sample stood at its cell's median: on an H100, 2026-12-06, an unweighted fit priced a
+batch-4 plain step 1.0 ms above its probe where 127 samples measured 0.16 ms, bent by single-step cells), with only the terms the
 observed cells can identify, in that order (a term collinear with the earlier ones, e.g. the per-drafted-
 token one while every step ran the same k, stays 0: see identifiable_columns) and with every term but a
 kept >= 0 (see nonnegative_fit), so one observed (batch, k) corrects the prediction of cells never run
@@ -111,11 +113,15 @@ class StepOverheadModel:
             cells = self._grouped()
             keys = np.asarray(list(cells), dtype=np.float64)  # (cells, 2): batch, k
             medians = np.asarray([median(v) for v in cells.values()], dtype=np.float64)  # (cells,)
+            # each cell's row scaled by sqrt(its samples): the squared error of every sample against its cell's
+            # median (a cell of 127 steps outweighs one of a single step; the median still ignores outliers)
+            weights = np.sqrt(np.asarray([len(v) for v in cells.values()], dtype=np.float64))  # (cells,)
             features = _features(keys[:, 0], keys[:, 1])
             cell_set = frozenset(cells)
             if cell_set != self._used_for[0]:  # the identifiable terms change only with the set of cells
                 self._used_for = (cell_set, identifiable_columns(features))
-            coef = nonnegative_fit(features, medians, self._used_for[1], NONNEGATIVE_COLUMNS)
+            coef = nonnegative_fit(features * weights[:, None], medians * weights, self._used_for[1],
+                                   NONNEGATIVE_COLUMNS)
             self._coef = tuple(float(x) for x in coef)
             self._fitted_cells = set(cells)
             self._largest_speculative_batch = max((batch for batch, k in cells if k > 0), default=0)

@@ -528,3 +528,14 @@ def test_view_reports_the_allocation_and_its_prices_as_json():
     assert set(view["overhead_coefficients"]) and view["catch_up_samples"] == 0
     assert view["verify_is_cheap"] is False and view["no_trimming_up_to_batch"] == 0
     assert DraftLenPolicy().view(2) is None
+
+
+def test_a_probe_and_an_exploration_in_one_decision_never_draft_past_max_draft_len():
+    """The H100 run of 2026-12-06 (the EAGLE head, max_draft_len 6): a probe and an exploration in one decision
+    each lengthened a uniform allocation by one, and a step drafted 7 for every request (eager, 55 ms)."""
+    ids = ["a", "b", "c", "d"]
+    policy = _policy(0.01, explore_every=1, explore_budget=None)
+    for _ in range(12):
+        draft_lens = policy.draft_lens(4, 4, ids)
+        assert max(draft_lens) <= K == policy.max_draft_len
+    assert draft_lens == [K] * 4

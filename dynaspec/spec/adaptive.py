@@ -178,11 +178,16 @@ class AdaptivePolicy(DraftLenPolicy):
         """A probe's or exploration's k_i: one more position for allocation.next_request, or, from a uniform
         allocation where verifying is nearly free or a uniform step one longer costs less than a ragged one
         (its ragged premium included), for every request: on the H100 of 2026-12-06 a probe of one position
-        beyond k = 3 at batch 16 made 3.97 ms steps of 3.15 ms ones."""
-        if len(set(draft_lens)) == 1 and (self._verify_is_cheap(batch) or self._uniform_step_longer_is_cheaper(
-                batch, sum(draft_lens))):
+        beyond k = 3 at batch 16 made 3.97 ms steps of 3.15 ms ones. Never past max_draft_len: a probe and an
+        exploration in one decision each add one, and on the H100 of 2026-12-06 (the EAGLE head, max_draft_len 6)
+        such a step drafted 7 for every request, ran eager at a length no graph or warm-up covered (55 ms against
+        ~3) and, as the only sample of its cell, bent the host-overhead fit for the rest of the run."""
+        longest = self.max_draft_len
+        if len(set(draft_lens)) == 1 and draft_lens[0] < longest and (
+                self._verify_is_cheap(batch) or self._uniform_step_longer_is_cheaper(batch, sum(draft_lens))):
             return [k + 1 for k in draft_lens]
-        draft_lens[allocation.next_request] += 1
+        if draft_lens[allocation.next_request] < longest:
+            draft_lens[allocation.next_request] += 1
         return draft_lens
 
     def _uniform_step_longer_is_cheaper(self, batch: int, held: int) -> bool:

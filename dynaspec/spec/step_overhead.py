@@ -14,7 +14,8 @@ work per request, work per request on speculative steps only, e.g. n-gram indexi
 bookkeeping, which plain and overlapped k = 0 steps skip, work per drafted token) by least squares over the
 MEDIAN residual of each observed (batch, k) cell (of its most recent samples), each cell weighted by its
 sample count (as if every sample stood at its cell's median: on an H100, 2026-12-06, an unweighted fit priced a
-batch-4 plain step 1.0 ms above its probe where 127 samples measured 0.16 ms, bent by single-step cells), with only the terms the
+batch-4 plain step 1.0 ms above its probe where 127 samples measured 0.16 ms, bent by single-step cells) and
+under Huber's loss (huber_fit: a cell of one wild step, such as an eager 55 ms one, is weighed down), with only the terms the
 observed cells can identify, in that order (a term collinear with the earlier ones, e.g. the per-drafted-
 token one while every step ran the same k, stays 0: see identifiable_columns) and with every term but a
 kept >= 0 (see nonnegative_fit), so one observed (batch, k) corrects the prediction of cells never run
@@ -120,8 +121,7 @@ class StepOverheadModel:
             cell_set = frozenset(cells)
             if cell_set != self._used_for[0]:  # the identifiable terms change only with the set of cells
                 self._used_for = (cell_set, identifiable_columns(features))
-            coef = nonnegative_fit(features * weights[:, None], medians * weights, self._used_for[1],
-                                   NONNEGATIVE_COLUMNS)
+            coef = huber_fit(features, medians, weights, self._used_for[1], NONNEGATIVE_COLUMNS)
             self._coef = tuple(float(x) for x in coef)
             self._fitted_cells = set(cells)
             self._largest_speculative_batch = max((batch for batch, k in cells if k > 0), default=0)
@@ -195,6 +195,36 @@ def nonnegative_fit(
         if not negative:
             return coef
         free.remove(min(negative, key=lambda j: coef[j]))
+
+
+HUBER_TUNING = 1.345  # Huber's constant: 95% efficiency under Gaussian noise
+HUBER_SCALE_FLOOR_SECONDS = 20e-6  # residuals below this are never outliers (timer and launch jitter)
+
+
+def huber_fit(
+    features: np.ndarray, targets: np.ndarray, weights: np.ndarray, used: list[int], nonnegative: tuple[int, ...],
+    iterations: int = 20,
+) -> np.ndarray:
+    """nonnegative_fit of the cells (rows scaled by `weights`) under Huber's loss (Huber 1964), by iteratively
+    reweighted least squares: a cell whose residual is beyond HUBER_TUNING robust scales (1.4826 x the median
+    absolute residual, at least HUBER_SCALE_FLOOR_SECONDS) is weighted down by how far beyond it is.
+
+    A cell's median protects it from one slow step among many, not a cell of one step: on an H100 (2026-12-06,
+    the EAGLE head for Qwen2.5-Coder-1.5B) the only step at k = 7 ran eager for 55 ms, and in least squares that
+    one cell set a per-draft-position term of 1.8 ms and a per-step term of -6.2 ms, which priced the speculative
+    steps at batch 64 ~3 ms above what they measured for the rest of the run."""
+    robust = np.ones_like(targets)
+    coef = np.zeros(features.shape[1])
+    for _ in range(iterations):
+        scale = weights * np.sqrt(robust)
+        coef = nonnegative_fit(features * scale[:, None], targets * scale, used, nonnegative)
+        residuals = np.abs(targets - features @ coef)
+        cut = HUBER_TUNING * max(1.4826 * float(np.median(residuals)), HUBER_SCALE_FLOOR_SECONDS)
+        updated = np.minimum(1.0, cut / np.maximum(residuals, 1e-12))
+        if np.allclose(updated, robust, rtol=1e-3, atol=1e-6):
+            break
+        robust = updated
+    return coef
 
 
 def _features(batch: np.ndarray, k: np.ndarray) -> np.ndarray:

@@ -335,32 +335,3 @@ def test_the_fused_inference_path_on_the_gpu_matches_the_separate_projections(ta
     _, _, fused = _paged_steps(target, head, example, dtype=torch.bfloat16, device=device)
     for got, want in zip(fused(example.prompt_len + 2, 3), expected):
         torch.testing.assert_close(got.float(), want, rtol=3e-2, atol=3e-2)
-
-
-def test_held_out_estimate_against_the_targets_greedy_tokens(loaded, example, monkeypatch):
-    """With the target's final stream recorded (soft labels), the estimate is also taken against the target's
-    argmax. A head that always drafts the target's greedy token (an oracle, patched in) scores 1.0 against it
-    at every depth; on this greedily answered example the answer IS the argmax, so the sampled estimate agrees;
-    on an answer whose tokens are not the target's choice (each shifted by one id) only the sampled estimate
-    falls, to 0."""
-    from dynaspec.train_head import ttt
-
-    hf_config = loaded.hf_config
-    head = random_head(EagleHeadConfig.for_target(hf_config, "t", [0, 1, 2]), hf_config, seed=5, std=0.2).eval()
-    batch = make_batch([example], torch.device("cpu"), torch.float32, soft_labels=True)
-    answer = slice(example.prompt_len - 1, len(example.token_ids) - 1)
-    argmax = ttt._target_argmax(loaded.model, batch.final)  # (1, T)
-    assert argmax[0, answer].tolist() == example.token_ids[answer.start + 1 :]  # greedy answer == the argmax
-    positions, _ = answer_window(batch, 2)
-    oracle = torch.nn.functional.one_hot(argmax.gather(1, positions), hf_config.vocab_size).float()  # (1, W, V)
-    monkeypatch.setattr(ttt, "draft_logits", lambda head, target, hidden: oracle)
-    estimate = ttt.acceptance_estimate(head, loaded.model, [batch], 2)
-    assert estimate["greedy_accuracy_per_depth"] == estimate["accuracy_per_depth"] == [1.0, 1.0]
-    assert estimate["greedy_mean_accepted_length"] == estimate["mean_accepted_length"] == {1: 1.0, 2: 2.0}
-    plain = ttt.acceptance_estimate(head, loaded.model, [make_batch([example], torch.device("cpu"), torch.float32)], 2)
-    assert "greedy_accuracy_per_depth" not in plain and plain["accuracy_per_depth"] == [1.0, 1.0]
-    shifted = Example([t if i < example.prompt_len else (t + 1) % hf_config.vocab_size
-                       for i, t in enumerate(example.token_ids)], example.prompt_len, example.features, example.final)
-    other = ttt.acceptance_estimate(head, loaded.model, [make_batch([shifted], torch.device("cpu"), torch.float32,
-                                                                    soft_labels=True)], 2)
-    assert other["accuracy_per_depth"] == [0.0, 0.0] and other["greedy_accuracy_per_depth"] == [1.0, 1.0]

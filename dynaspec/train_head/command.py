@@ -145,7 +145,3 @@ def train_head_command(
                   "accuracy per depth " + ", ".join(f"{a:.2f}" for a in held["accuracy_per_depth"]))
     console.print("mean accepted length at k: " + ", ".join(
         f"k={k}: {v:.2f}" for k, v in held["mean_accepted_length"].items()))
-    if "greedy_accuracy_per_depth" in held:
-        console.print("against the target's greedy tokens: accuracy per depth " + ", ".join(
-            f"{a:.2f}" for a in held["greedy_accuracy_per_depth"]) + "; mean accepted length " + ", ".join(
-            f"k={k}: {v:.2f}" for k, v in held["greedy_mean_accepted_length"].items()))

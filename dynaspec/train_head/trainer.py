@@ -150,8 +150,7 @@ def train_head(options: TrainOptions, progress: Progress | None = None, log: Cal
     log(f"trained {steps_run} steps in {trained - answered:.1f} s ({(trained - answered) / steps_run:.3f} s a step{peak})")
     head.eval()
     save_head(head, options.out)
-    with_final = bool(held) and all(e.final is not None for e in held)  # the target's greedy tokens are known
-    held_batches = [make_batch(held[i : i + options.batch_size], device, torch.float32, options.max_seq_len, with_final)
+    held_batches = [make_batch(held[i : i + options.batch_size], device, torch.float32, options.max_seq_len)
                     for i in range(0, len(held), options.batch_size)]
     with _training_precision(target):
         estimate = acceptance_estimate(head, target, held_batches, options.ttt_steps)

@@ -210,74 +210,37 @@ def ttt_loss(head: EagleHead, target: torch.nn.Module, batch: Batch, depths: int
 def acceptance_estimate(head: EagleHead, target: torch.nn.Module, batches: list[Batch], depths: int) -> dict:
     """On held-out batches: the fraction of positions where the head's greedy prediction at depth j equals the
     target's token (given the drafts before it were right), and the mean accepted length at k = 1 .. depths
-    (over every start position whose k drafts are all answer tokens: drafts accepted before the first miss).
-
-    The target's token is the recorded answer's next token (sampled at the answers' temperature). Where the
-    batches carry the target's final stream (soft labels), the same is also reported against the target's
-    argmax there (`greedy_*`): what greedy decoding verifies, so the better forecast of a greedy bench's
-    acceptance (on the sampled answers' contexts)."""
-    sampled, greedy = _AcceptanceCount(depths), _AcceptanceCount(depths)
+    (over every start position whose k drafts are all answer tokens: drafts accepted before the first miss)."""
+    correct = [0] * depths
+    counted = [0] * depths
+    accepted_sum = [0.0] * depths
+    starts = 0
     for batch in batches:
         unrolled = unroll(head, target, batch, depths)
-        predicted = [head.to_target(draft_logits(head, target, h).argmax(-1)) for h in unrolled.outputs]  # (B, W) each
-        sampled.add(batch, unrolled, predicted, unrolled.labels(batch))
-        if batch.final is not None:
-            greedy.add(batch, unrolled, predicted, _target_argmax(target, unrolled.rows(batch.final)))
-    out = sampled.report()
-    if greedy.starts or any(greedy.counted):
-        report = greedy.report()
-        out.update({"greedy_accuracy_per_depth": report["accuracy_per_depth"],
-                    "greedy_mean_accepted_length": report["mean_accepted_length"]})
-    return out
-
-
-def _target_argmax(target: torch.nn.Module, final: torch.Tensor) -> torch.Tensor:
-    """final (B, W, H), the target's stream after its last layer -> (B, W) its greedy next token there."""
-    dtype = target.model.norm.weight.dtype
-    rows = final.reshape(-1, final.shape[-1])
-    ids = [target.compute_logits(target.model.norm(chunk.to(dtype))).argmax(-1) for chunk in rows.split(1024)]
-    return torch.cat(ids).view(final.shape[:2])
-
-
-class _AcceptanceCount:
-    """acceptance_estimate's tallies against one set of labels."""
-
-    def __init__(self, depths: int) -> None:
-        self.depths = depths
-        self.correct = [0] * depths
-        self.counted = [0] * depths
-        self.accepted_sum = [0.0] * depths
-        self.starts = 0
-
-    def add(self, batch: Batch, unrolled: Unrolled, predicted: list[torch.Tensor], labels: torch.Tensor) -> None:
-        """predicted[j] (B, W): depth j's draft token at each window row; labels (B, W): the token to match."""
-        depths = self.depths
+        labels = unrolled.labels(batch)
         batch_size, length = batch.ids.shape
         # window rows back to positions; padding rows go to a spare column T, dropped
         columns = torch.where(unrolled.valid, unrolled.positions, length)
         hits = []
-        for depth, drafted in enumerate(predicted):
-            hit = drafted == labels  # (B, W)
+        for depth, h in enumerate(unrolled.outputs):
+            hit = head.to_target(draft_logits(head, target, h).argmax(-1)) == labels  # (B, W)
             mask = unrolled.scored(batch, depth)
-            self.correct[depth] += int((hit & mask).sum())
-            self.counted[depth] += int(mask.sum())
+            correct[depth] += int((hit & mask).sum())
+            counted[depth] += int(mask.sum())
             full = torch.zeros(batch_size, length + 1, dtype=torch.bool, device=hit.device)
             hits.append(full.scatter_(1, columns, hit & unrolled.valid)[:, :length])  # (B, T)
         # A draft chain started after position s (head position s is its last catch-up): depth j predicts
         # x_{s+j+1} at position s + j. Starts where all `depths` drafts are answer tokens.
         length = batch.ids.shape[1] - depths + 1
         if length <= 0:
-            return
+            continue
         run = torch.ones_like(batch.answer[:, :length])
         valid = batch.answer[:, :length] & batch.answer[:, depths - 1 : depths - 1 + length]
-        self.starts += int(valid.sum())
+        starts += int(valid.sum())
         for j in range(depths):
             run = run & hits[j][:, j : j + length]
-            self.accepted_sum[j] += float((run & valid).sum())
-
-    def report(self) -> dict:
-        rates = [c / n if n else 0.0 for c, n in zip(self.correct, self.counted)]
-        starts = self.starts
-        mean_accepted = [sum(self.accepted_sum[: k + 1]) / starts if starts else 0.0 for k in range(self.depths)]
-        return {"accuracy_per_depth": rates, "mean_accepted_length": {k + 1: mean_accepted[k] for k in range(self.depths)},
-                "held_out_positions": self.counted[0], "held_out_starts": starts}
+            accepted_sum[j] += float((run & valid).sum())
+    rates = [c / n if n else 0.0 for c, n in zip(correct, counted)]
+    mean_accepted = [sum(accepted_sum[: k + 1]) / starts if starts else 0.0 for k in range(depths)]
+    return {"accuracy_per_depth": rates, "mean_accepted_length": {k + 1: mean_accepted[k] for k in range(depths)},
+            "held_out_positions": counted[0], "held_out_starts": starts}

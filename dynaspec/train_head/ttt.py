@@ -210,7 +210,9 @@ def ttt_loss(head: EagleHead, target: torch.nn.Module, batch: Batch, depths: int
 def acceptance_estimate(head: EagleHead, target: torch.nn.Module, batches: list[Batch], depths: int) -> dict:
     """On held-out batches: the fraction of positions where the head's greedy prediction at depth j equals the
     target's token (given the drafts before it were right), and the mean accepted length at k = 1 .. depths
-    (over every start position whose k drafts are all answer tokens: drafts accepted before the first miss)."""
+    (over every start position whose k drafts are all answer tokens: drafts accepted before the first miss).
+    The held-out prompts are answered greedily (trainer.py), so the target's token is its greedy one: what a
+    greedy bench verifies."""
     correct = [0] * depths
     counted = [0] * depths
     accepted_sum = [0.0] * depths

@@ -148,6 +148,17 @@ def test_cli_replayed_trace(tiny, tmp_path):
     assert comparison["adaptive_over_goodput"] == pytest.approx(by_line["adaptive"]["tokens_per_s"] / by_line["goodput"]["tokens_per_s"])
     assert [p["adaptive_tokens_per_s"] for p in comparison["per_phase"]] == [
         p["tokens_per_s"] for p in by_line["adaptive"]["per_phase"]]
+    # what each step's k came from, and what the policies believed as each phase drained (none without a policy)
+    adaptive, static_line = by_line["adaptive"], by_line["k=2"]
+    decided = [r for r, k in zip(adaptive["timeline"]["reason"], adaptive["timeline"]["k"]) if k is not None]
+    assert decided and set(decided) <= {"allocate", "probe", "explore", "catch-up", "max_concurrency"}
+    assert set(static_line["timeline"]["reason"]) == {""}
+    assert all(d == b * k for d, b, k in zip(static_line["timeline"]["drafted"], static_line["timeline"]["batch"],
+                                              static_line["timeline"]["k"]) if k is not None)
+    assert [p["policy_view"] is None for p in by_line["no spec"]["per_phase"]] == [True] * 3
+    for line in ("goodput", "adaptive"):
+        assert all(p["policy_view"] for p in by_line[line]["per_phase"]), line
+    assert "overhead_cells" in adaptive["per_phase"][1]["policy_view"]
     markdown = (out / "trace.md").read_text()
     assert "ACCEPTANCE REPLAYED" in markdown and "goodput / best static" in markdown
     assert "goodput / per-phase best static" in markdown and "adaptive / goodput" in markdown

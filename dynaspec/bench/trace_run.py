@@ -123,6 +123,8 @@ class Step:
     k: int | None  # None: no decodes this step
     tokens: int
     phase: int
+    drafted: int = 0  # draft positions verified (sum of k_i: a ragged step's differ from batch * k)
+    reason: str = ""  # the draft-length policy's reason for this step's k ("allocate", "probe", ...; "" static)
 
 
 def _planning_profile(settings: TraceSettings, trace: list[TraceRequest], out_dir: Path) -> tuple[str | None, dict | None]:
@@ -203,10 +205,11 @@ def run_trace(settings: TraceSettings, out_dir: str | Path, progress: ProgressFn
                 sweep._run_batch(engine, batch, settings.prompt_len, min(high, sweep.WARMUP_GEN_LEN), rng)
         before = engine.get_stats()
         with frozen_startup_heap():  # no full garbage collection inside a timed step
-            steps, tokens, wall, preemptions = _drive(engine, trace, settings.phases, line.name, n, len(lines), progress)
+            steps, tokens, wall, preemptions, views = _drive(engine, trace, settings.phases, line.name, n, len(lines),
+                                                             progress)
         after = engine.get_stats()
         outputs[line.name] = tokens
-        summary = _summarise(line, steps, tokens, wall, preemptions, trace, settings.phases, schedule)
+        summary = _summarise(line, steps, tokens, wall, preemptions, trace, settings.phases, schedule, views)
         drafted, accepted = after["num_drafted"] - before["num_drafted"], after["num_accepted"] - before["num_accepted"]
         summary.update(num_drafted=drafted, num_accepted=accepted, acceptance_rate=accepted / drafted if drafted else None)
         results.append(summary)
@@ -232,6 +235,7 @@ def _drive(engine, trace, phases, name: str, line_index: int, num_lines: int, pr
     in_flight: set[str] = set()
     tokens: dict[str, list[int]] = {}
     steps: list[Step] = []
+    views: dict[int, dict | None] = {}  # phase -> the policy's view (DraftLenPolicy.view) as the phase drained
     phase = pending[-1].phase if pending else 0
     preemptions = 0
     device = engine.device
@@ -255,13 +259,17 @@ def _drive(engine, trace, phases, name: str, line_index: int, num_lines: int, pr
         stats = engine.get_stats()
         decoded = stats["num_steps"] != decode_steps
         last = stats["last_step"]
+        decision = (stats.get("planner_decision") or {}) if decoded else {}
         steps.append(Step(start - begin, seconds, len(in_flight), last["batch_size"] if decoded else 0,
-                          last["k"] if decoded else None, sum(len(o.new_token_ids) for o in outs), phase))
+                          last["k"] if decoded else None, sum(len(o.new_token_ids) for o in outs), phase,
+                          last.get("drafted", 0) if decoded else 0, decision.get("reason", "")))
         for out in outs:
             if out.finished:
                 in_flight.discard(out.request_id)
                 tokens[out.request_id] = list(out.token_ids)
                 preemptions += out.metrics.num_preemptions if out.metrics else 0
+        if not in_flight:  # the phase has drained: what the policy believes at its concurrency, for the report
+            views[phase] = engine.policy.view(phases[phase])
         if progress and len(steps) % 16 == 0:
             done = len(tokens) / len(trace)
             progress(f"{name}: phase {phase} ({phases[phase]} concurrent)", line_index + done, float(num_lines))
@@ -269,7 +277,7 @@ def _drive(engine, trace, phases, name: str, line_index: int, num_lines: int, pr
     sweep._sync(device)  # the replay ends when the device is done: the wait belongs to the last step
     if steps:
         steps[-1] = replace(steps[-1], seconds=steps[-1].seconds + time.perf_counter() - start)
-    return steps, tokens, time.perf_counter() - begin, preemptions
+    return steps, tokens, time.perf_counter() - begin, preemptions, views
 
 
 def _rate(tokens: float, seconds: float) -> float:
@@ -284,7 +292,10 @@ def _histogram(steps: Sequence[Step]) -> dict[str, int]:
     return {str(k): v for k, v in sorted(out.items())}
 
 
-def _summarise(line, steps: list[Step], tokens, wall: float, preemptions: int, trace, phases, schedule) -> dict[str, Any]:
+def _summarise(line, steps: list[Step], tokens, wall: float, preemptions: int, trace, phases, schedule,
+               views: dict[int, dict | None] | None = None) -> dict[str, Any]:
+    """A line's result: totals, per phase (with the policy's view as the phase drained, where it has one) and the
+    step timeline."""
     total = sum(s.tokens for s in steps)
     busy = sum(s.seconds for s in steps)
     per_phase = []
@@ -301,6 +312,7 @@ def _summarise(line, steps: list[Step], tokens, wall: float, preemptions: int, t
             "tokens_per_s": _rate(produced, seconds),
             "mean_in_flight": sum(s.in_flight for s in mine) / len(mine) if mine else 0.0,
             "k_histogram": _histogram(mine),
+            "policy_view": (views or {}).get(p),
         })
     decode = [s for s in steps if s.k is not None]
     return {
@@ -326,6 +338,8 @@ def _summarise(line, steps: list[Step], tokens, wall: float, preemptions: int, t
             "in_flight": [s.in_flight for s in steps],
             "batch": [s.batch for s in steps],
             "k": [s.k for s in steps],
+            "drafted": [s.drafted for s in steps],
+            "reason": [s.reason for s in steps],
             "phase": [s.phase for s in steps],
         },
     }

@@ -37,7 +37,9 @@
 #   ~2 min join + convert, ~1.6M tokens), --batch-sizes 1,4,16,64, --gen-len 128, --eagle-ks 0-6 (the head's
 #   static lines; 0-4 saves ~20 s a workload: k = 5, 6 were never the best, 2026-12-06), --draft-ks 0,2,3,
 #   --ngram-ks 0,2,4, --drafters eagle,draft-model,ngram (the bench runs of a workload part; `eagle` alone
-#   re-measures the head's lines in ~80 s a workload), --device auto, --dtype auto, --deterministic off (on: every
+#   re-measures the head's lines in ~80 s a workload), --device auto, --dtype auto, --rounds 1 (> 1: every point measured that
+#   many times in rotated order, the median kept: on 2026-12-06 19:20 UTC bursts of 4-15 ms steps on a shared host
+#   moved single points by up to 25%; each round re-runs every line), --deterministic off (on: every
 #   bench line with --deterministic, so every line decodes the same tokens: in bf16 the lines' answers diverge,
 #   and on chat at batch 1 a diverged answer moved position-0 acceptance from 0.55 to 0.34-0.40, 2026-12-06). A CPU smoke run of the whole script (SmolLM2 as target and
 #   draft, no join): `... /tmp/o train code-edit --target smollm2-135m-instruct --draft smollm2-135m-instruct
@@ -51,12 +53,12 @@ target=/tmp/qwen-1.5b.gguf draft=/tmp/qwen-0.5b.gguf head_dir=/tmp/eagle-qwen15b
 answers_per_prompt=3 temperature=0.8 draft_vocab_size=32000
 steps=12000 batch_size=8 ttt_steps=5 lr=5e-4 max_num_seqs=256 deadline=560 batch_sizes=1,4,16,64 gen_len=128
 eagle_ks=0-6 draft_ks=0,2,3 ngram_ks=0,2,4 drafters=eagle,draft-model,ngram device=auto dtype=auto examples=/tmp/eagle-examples.safetensors init_head= answer_seed=
-deterministic=off labels=target
+deterministic=off labels=target rounds=1
 parts=()
 while [ $# -gt 0 ]; do
   case "$1" in
     --target|--draft|--head-dir|--num-prompts|--answers-per-prompt|--temperature|--max-tokens|--steps|--batch-size|--ttt-steps|--lr|--max-num-seqs|--draft-vocab-size|--init-head|--answer-seed|--labels|\
-    --deadline|--batch-sizes|--gen-len|--eagle-ks|--draft-ks|--ngram-ks|--drafters|--device|--dtype|--deterministic)
+    --deadline|--batch-sizes|--gen-len|--eagle-ks|--draft-ks|--ngram-ks|--drafters|--device|--dtype|--deterministic|--rounds)
       [ $# -ge 2 ] || { echo "error: $1 needs a value" >&2; exit 2; }
       var=${1#--}; printf -v "${var//-/_}" %s "$2"; shift 2 ;;
     train|carried-head|train-more|export-head|code-edit|chat) parts+=("$1"); shift ;;
@@ -147,7 +149,7 @@ for part in "${parts[@]}"; do
     printf 'speculative_config:\n  decoding_type: Eagle\n  max_draft_len: 6\n  speculative_model: %s\n  draft_len_policy: goodput\n' \
       "$head_dir" > "$spec"
     common=(--model "$target" --workload "$workload" --batch-sizes "$batch_sizes" --gen-len "$gen_len"
-            --device "$device" --dtype "$dtype" --no-plots)
+            --device "$device" --dtype "$dtype" --rounds "$rounds" --no-plots)
     case "$deterministic" in
       on) common+=(--deterministic) ;;
       off) ;;

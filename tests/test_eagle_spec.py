@@ -198,11 +198,43 @@ def test_chained_steps_draft_and_commit_what_the_synchronous_engine_does(tiny, h
     assert engine.num_free_blocks == engine.num_total_blocks and not engine.drafter._state
 
 
-def test_a_second_eagle_engine_on_shared_weights_is_refused(tiny):
-    config = EngineConfig(model=tiny["target"], block_size=4, speculative_config=_spec(tiny, 2))
-    first = LLMEngine(config)
-    with pytest.raises(ValueError, match="another EAGLE engine's feature cache.*own copy of the target"):
-        LLMEngine(config, loaded=first.loaded)
+def test_eagle_engines_sharing_one_target_step_in_turn_each_with_its_own_features(tiny):
+    """`dynaspec bench --rounds` builds every line's engine on one copy of the target and steps them in turn. Each
+    EAGLE engine installs its feature tap on that model object; before each step it claims it back
+    (Drafter.claim_target). Interleaved step by step, each engine decodes no spec's tokens and accepts exactly
+    what the same engine accepts alone: a head reading the other engine's features would accept otherwise
+    (its output stays lossless either way, so acceptance is what tells)."""
+    prompts = _training_prompts(tiny)[:3]
+    params = SamplingParams(temperature=0.0, max_tokens=12, ignore_eos=True)
+
+    def submit(engine: LLMEngine) -> None:
+        for i, prompt in enumerate(prompts):
+            engine.add_request(f"r{i}", prompt, params)
+
+    def run_alone(k: int) -> tuple[dict, int]:
+        engine = LLMEngine(EngineConfig(model=tiny["target"], block_size=4, speculative_config=_spec(tiny, k)))
+        submit(engine)
+        outputs = {}
+        while engine.has_unfinished_requests():
+            outputs.update({o.request_id: o.token_ids for o in engine.step() if o.finished})
+        return outputs, engine.get_stats()["num_accepted"]
+
+    alone = {k: run_alone(k) for k in (1, 3)}
+    first = LLMEngine(EngineConfig(model=tiny["target"], block_size=4, speculative_config=_spec(tiny, 1)))
+    second = LLMEngine(EngineConfig(model=tiny["target"], block_size=4, speculative_config=_spec(tiny, 3)),
+                       loaded=first.loaded)
+    plain = LLMEngine(EngineConfig(model=tiny["target"], block_size=4), loaded=first.loaded)
+    engines = {1: first, 3: second, 0: plain}
+    outputs = {k: {} for k in engines}
+    for engine in engines.values():
+        submit(engine)
+    while any(e.has_unfinished_requests() for e in engines.values()):
+        for k, engine in engines.items():
+            if engine.has_unfinished_requests():
+                outputs[k].update({o.request_id: o.token_ids for o in engine.step() if o.finished})
+    for k in (1, 3):
+        assert outputs[k] == outputs[0] == alone[k][0]
+        assert engines[k].get_stats()["num_accepted"] == alone[k][1] > 0
 
 
 @pytest.mark.parametrize("head", HEADS)

@@ -249,6 +249,7 @@ class LLMEngine:
 
     # ----------------------------------------------------------------------------------- the step
     def step(self) -> list[RequestOutput]:
+        self.drafter.claim_target()  # engines sharing the target's weights step in turn (Drafter.claim_target)
         if self._inflight is not None:  # overlapped decode: launch step t + 1, then commit step t
             inflight = self._inflight
             following = continuation(self.scheduler, inflight, self.policy.draft_len, self.max_model_len)

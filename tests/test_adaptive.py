@@ -384,8 +384,8 @@ def _run(engine: LLMEngine, sampled: bool) -> list[list[int]]:
     return [tokens[k] for k in sorted(tokens, key=lambda r: int(r[4:]))]
 
 
-def _spec(kind: str, ckpts):
-    common = dict(max_draft_len=K, draft_len_policy="adaptive", step_cost_file=ckpts["costs"])
+def _spec(kind: str, ckpts, **extra):
+    common = dict(max_draft_len=K, draft_len_policy="adaptive", step_cost_file=ckpts["costs"], **extra)
     if kind == "ngram":
         return NGramDecodingConfig(max_matching_ngram_size=3, **common)
     return DraftTargetDecodingConfig(speculative_model=ckpts["near"], **common)
@@ -402,8 +402,11 @@ def plain(ckpts):
 def test_adaptive_is_lossless_and_ragged(ckpts, plain, kind, sampled):
     """Per-request acceptance is injected (copy requests 0.95 per position, chat ones 0.05) and verify
     priced by a step_cost_file, so the copy requests draft up to K while the chat ones draft nothing, in
-    the same steps: the output still equals plain decoding's, greedy and seeded."""
-    engine = LLMEngine(EngineConfig(model=ckpts["target"], block_size=4, speculative_config=_spec(kind, ckpts)))
+    the same steps: the output still equals plain decoding's, greedy and seeded. (The four requests are the
+    whole batch from the start, a drain: with the drain rule the chat requests' end would decide and nobody
+    would draft, spec/drain.py; this test is about ragged steps, so it is off.)"""
+    spec = _spec(kind, ckpts, adaptive_drain_tolerance=None)
+    engine = LLMEngine(EngineConfig(model=ckpts["target"], block_size=4, speculative_config=spec))
     policy = engine.policy
     assert isinstance(policy, AdaptivePolicy)
     policy.estimator.alphas = lambda rid=None: list(COPY if str(rid).startswith("copy") else CHAT)
@@ -442,7 +445,7 @@ def test_scheduler_caps_each_requests_draft_length_by_the_budget_and_max_model_l
     def scheduled(ks, budget=64, max_model_len=64):
         scheduler = Scheduler(BlockManager(64, 4), max_num_seqs=8, max_num_batched_tokens=budget, max_model_len=max_model_len)
         scheduler.running = [_decoding("a", 8, 10), _decoding("b", 8, 3), _decoding("c", 8, 10)]
-        out = scheduler.schedule(lambda n, active, ids: ks)
+        out = scheduler.schedule(lambda n, active, ids, remaining=None: ks)
         return [d.max_draft for d in out.decodes], out.draft_len
 
     assert scheduled([4, 0, 2]) == ([4, 0, 2], 4)
@@ -554,3 +557,18 @@ def test_plain_steps_are_priced_at_what_they_measure_beyond_the_probe():
         policy.observe(StepOutcome(ids, 2, drafted=[2, 2], accepted=[1, 1], draft_lens=[2, 2], seconds=1.0 + 0.02 * 4 + 0.2))
     assert policy.step_seconds(2, 0) == pytest.approx(1.2, abs=0.01)
     assert policy.step_seconds(2, 4) == pytest.approx(1.0 + 0.02 * 4 + 0.2, abs=0.01)
+
+
+def test_a_draining_batch_is_planned_for_its_slowest_request(ckpts, plain):
+    """The same four requests with the drain rule on (the default): nothing waits from the first step, so the
+    batch only shrinks and ends with its slowest requests, the chat ones (5% acceptance). Each position the copy
+    requests verify lengthens every step by 10% of a plain one (the step-cost file) for a chat request that gains
+    nothing from it, so the copy requests draft far less than with the rule off (test above), and the output is
+    still plain decoding's."""
+    engine = LLMEngine(EngineConfig(model=ckpts["target"], block_size=4, speculative_config=_spec("ngram", ckpts)))
+    policy = engine.policy
+    policy.estimator.alphas = lambda rid=None: list(COPY if str(rid).startswith("copy") else CHAT)
+    policy.catch_up = CatchUpCost(0.0)
+    assert _run(engine, False) == plain[False]
+    at_4 = engine.get_stats()["draft_len_histogram"]["4"]
+    assert at_4.get("0", 0) >= 100 and not any(int(k_i) >= 2 for k_i in at_4)  # probes and explorations: one position

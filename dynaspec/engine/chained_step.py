@@ -68,7 +68,8 @@ def chain_next(launched: LaunchedStep, runner, drafter, scheduler, block_manager
     if not all(block_manager.ensure_slots(r, r.num_tokens + 2 * (1 + k)) for r in requests):
         return None  # what was allocated is trimmed at the commit, as any reserve
     # last: the policy's decision for this step (the scheduler, which would ask it, is not run)
-    if policy.draft_lens(batch, scheduler.num_unfinished, [r.request_id for r in requests]) != [k] * batch:
+    if policy.draft_lens(batch, scheduler.num_unfinished, [r.request_id for r in requests],
+                         remaining=scheduler.drain_remaining(requests)) != [k] * batch:
         return None
     logits = launched.logits  # (B * (1 + k), vocab) float32, the verify graph's output
     target_ids = logits.view(batch, 1 + k, -1).argmax(dim=-1)  # (B, 1 + k)

@@ -31,8 +31,10 @@ from dynaspec.runtime.request import Request, RequestStatus
 
 # The draft-length policy as the scheduler calls it: (num_decoding, num_active, decoding request ids) -> k.
 DraftLenFor = Callable[[int, int, Sequence[Hashable]], int]
-# ... and per request: (num_decoding, num_active, decoding request ids) -> [k_i per decoding request].
-DraftLensFor = Callable[[int, int, Sequence[Hashable]], Sequence[int]]
+# ... and per request: (num_decoding, num_active, decoding request ids, remaining=...) -> [k_i per decoding
+# request]; remaining: each decoding request's tokens left before max_tokens while the batch drains (nothing
+# waits or prefills), else None (DraftLenPolicy.draft_lens).
+DraftLensFor = Callable[..., Sequence[int]]
 
 
 @dataclass
@@ -99,13 +101,21 @@ class Scheduler:
     def num_unfinished(self) -> int:
         return len(self.waiting) + len(self.running)
 
+    def drain_remaining(self, decoding: Sequence[Request]) -> list[int] | None:
+        """Tokens each of `decoding` may still generate, when they are every unfinished request (the batch only
+        shrinks from here: spec/drain.py); None while a request waits or prefills."""
+        if len(decoding) != self.num_unfinished:
+            return None
+        return [r.remaining_tokens for r in decoding]
+
     def schedule(self, draft_lens_for: DraftLensFor) -> SchedulerOutput:
         """Plan one step. `draft_lens_for(num_decoding, num_active, request_ids)` is the draft-length policy's
         draft_lens (request_ids: the decoding requests', for a policy that weighs their own acceptance)."""
         out = SchedulerOutput()
         budget = self.max_num_batched_tokens
         decoding = [r for r in self.running if not r.is_prefilling][: self.max_num_seqs]
-        ks = list(draft_lens_for(len(decoding), self.num_unfinished, [r.request_id for r in decoding])) if decoding else []
+        ks = list(draft_lens_for(len(decoding), self.num_unfinished, [r.request_id for r in decoding],
+                                 remaining=self.drain_remaining(decoding))) if decoding else []
         if len(ks) != len(decoding):
             raise ValueError(f"the draft-length policy gave {len(ks)} draft lengths for {len(decoding)} decoding requests")
         # Keep the verify step within the token budget: 1 + k_i positions per decoding request (with one k

@@ -62,6 +62,7 @@ from dynaspec.runtime.cost_model import StepCostModel
 from dynaspec.spec.acceptance_estimator import AcceptanceEstimator, planning_estimator
 from dynaspec.spec.catch_up import CatchUpCost, describe_catch_up, switch_pays
 from dynaspec.spec.draft_trimming import DraftTrimming
+from dynaspec.spec.drain import drain_allocation, uniform_allocations
 from dynaspec.spec.adaptive_allocation import (Allocation, best_uniform, plan_allocation, step_seconds_by_tokens,
                                                survival, uniform_at_longest)
 from dynaspec.spec.planner import PaddedBatchFn
@@ -136,14 +137,16 @@ class AdaptivePolicy(DraftLenPolicy):
         self.last_decision: dict[str, Any] = {}
 
     # ----------------------------------------------------------------- the decision
-    def draft_lens(self, num_decoding: int, num_active: int, request_ids: Sequence[Hashable] | None = None) -> list[int]:
-        """k_i per decoding request (request_ids: theirs, in batch order; None: pooled estimates)."""
+    def draft_lens(self, num_decoding: int, num_active: int, request_ids: Sequence[Hashable] | None = None,
+                   remaining: Sequence[int] | None = None) -> list[int]:
+        """k_i per decoding request (request_ids: theirs, in batch order; None: pooled estimates; remaining: their
+        tokens left while the batch drains, spec/drain.py)."""
         settings = self.settings
         self._staleness.decide()
         if settings.max_concurrency is not None and num_active > settings.max_concurrency:
             self.last_decision = {"batch": num_decoding, "k": 0, "reason": "max_concurrency", "budget": 0}
             return [0] * num_decoding
-        allocation = self.allocation(num_decoding, request_ids)
+        allocation = self.allocation(num_decoding, request_ids, remaining)
         draft_lens, reason = list(allocation.draft_lens), "allocate"
         if allocation.budget > 0 and self._plain_last and not self._switch_pays(num_decoding, allocation,
                                                                                  remember=request_ids is not None):
@@ -204,23 +207,36 @@ class AdaptivePolicy(DraftLenPolicy):
         return max(self.draft_lens(num_decoding, num_active, request_ids), default=0)
 
     # ----------------------------------------------------------------- predictions
-    def allocation(self, batch: int, request_ids: Sequence[Hashable] | None = None) -> Allocation:
+    def allocation(self, batch: int, request_ids: Sequence[Hashable] | None = None,
+                   remaining: Sequence[int] | None = None) -> Allocation:
         """The allocation for these decoding requests, reused until `replan_every` observations arrived."""
-        key = tuple(request_ids) if request_ids else (None,) * batch
+        key = (*(request_ids or (None,) * batch), remaining is not None)
         entry = self._tables.get(key)
         if entry is not None and self._observations - entry[0] < self.settings.replan_every:
             return entry[1]
         if len(self._tables) >= self.settings.max_tables:  # keys of batches long gone
             self._tables.clear()
-        allocation = self.plan(batch, request_ids)
+        allocation = self.plan(batch, request_ids, remaining)
         self._tables[key] = (self._observations, allocation)
         return allocation
 
-    def plan(self, batch: int, request_ids: Sequence[Hashable] | None = None) -> Allocation:
-        """Compute the allocation now (no reuse)."""
+    def plan(self, batch: int, request_ids: Sequence[Hashable] | None = None,
+             remaining: Sequence[int] | None = None) -> Allocation:
+        """Compute the allocation now (no reuse): the most committed tokens a second, or, while the batch drains
+        (remaining given) and that would end its slowest request over settings.drain_tolerance later, the one that
+        ends it soonest (spec/drain.py)."""
         ids = request_ids or [None] * batch
         survivals = [survival(self.estimator.alphas(rid)[: self.max_draft_len]) for rid in ids]
         pricing = self._pricing(batch)
+        allocation = self._goodput_allocation(batch, survivals, pricing)
+        tolerance = self.settings.drain_tolerance
+        if remaining is None or tolerance is None or not 2 <= batch <= self.settings.drain_max_batch:
+            return allocation
+        return drain_allocation(allocation, uniform_allocations(survivals, pricing), survivals, remaining, tolerance)
+
+    def _goodput_allocation(self, batch: int, survivals: list[list[float]], pricing: Callable[[int], float]) -> Allocation:
+        """The allocation of most committed tokens a second: top-B, uniform at its longest where verifying is
+        nearly free, the best uniform one where the ragged premium makes that better."""
         allocation = plan_allocation(survivals, pricing, ragged_premium=self.ragged_premium.seconds(batch, self.overhead))
         if self._verify_is_cheap(batch):
             return uniform_at_longest(allocation, survivals, pricing)
@@ -464,7 +480,8 @@ def build_adaptive_policy(
 ) -> AdaptivePolicy:
     """The engine's adaptive policy from a speculative config (max_draft_len, max_concurrency,
     acceptance_profile) and T(batch, k); the estimator is the goodput planner's (same settings)."""
-    settings = PlannerSettings(max_concurrency=spec_config.max_concurrency)
+    settings = PlannerSettings(max_concurrency=spec_config.max_concurrency,
+                               drain_tolerance=spec_config.adaptive_drain_tolerance)
     estimator = planning_estimator(spec_config.max_draft_len, spec_config.acceptance_profile, settings)
     return AdaptivePolicy(
         cost_model, estimator, spec_config.max_draft_len, settings, padded_batch, ragged_step, catch_up, backlog

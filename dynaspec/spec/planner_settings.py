@@ -67,6 +67,14 @@ class PlannerSettings(BaseModel):
     # GPU work, which grows with the batch (H100, the Qwen head at batch 64, 2026-12-06: trimmed steps of
     # 6.3 ms verifying nothing against static k = 3's 4.3 ms verifying every draft).
     trim_verdict_steps: int = Field(default=3, ge=1)
+    # adaptive, while the batch drains (no request waits or prefills): where the most-tokens-a-second allocation
+    # would end the slowest request more than this share later than the allocation that ends it soonest, the
+    # latter (spec/drain.py); None: tokens a second throughout.
+    drain_tolerance: float | None = Field(default=0.05, ge=0.0, allow_inf_nan=False)
+    # ... in draining batches of at most this many decoding requests: the drain is replanned whenever a request
+    # ends, and pricing every uniform allocation per request costs the host ~1 ms at 64 (more above, where
+    # verifying positions rarely pays and the goodput allocation is mostly k = 0 anyway).
+    drain_max_batch: int = Field(default=64, ge=2)
 
 
 def settings_property(name: str) -> property:

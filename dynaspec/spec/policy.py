@@ -4,7 +4,8 @@ Every policy (no speculation, the static `draft_len_schedule`, `auto`, the goodp
 this one interface, so the engine's step loop never asks which policy it has:
 
 ```
-ks = policy.draft_lens(num_decoding, num_active, request_ids) # scheduler, every step: one k_i per request
+ks = policy.draft_lens(num_decoding, num_active, request_ids, remaining=None)  # scheduler, every step: k_i
+                                                              # per request (remaining: set while draining)
 k = policy.draft_len(num_decoding, num_active, request_ids)   # one k for all (the default draft_lens repeats it)
 policy.observe(StepOutcome(...))                              # fed while the next step's forward runs
 policy.refresh(num_decoding, request_ids)                     # idem: recompute what is due, off the critical path
@@ -70,11 +71,13 @@ class DraftLenPolicy:
         return 0
 
     def draft_lens(
-        self, num_decoding: int, num_active: int, request_ids: Sequence[Hashable] | None = None
+        self, num_decoding: int, num_active: int, request_ids: Sequence[Hashable] | None = None,
+        remaining: Sequence[int] | None = None,
     ) -> list[int]:
         """One k_i per decoding request, in order (what the scheduler asks). The default gives every request
         draft_len()'s k, so a uniform policy implements draft_len() only; a per-request policy (spec/adaptive.py)
-        overrides this and makes draft_len() the largest k_i."""
+        overrides this and makes draft_len() the largest k_i. remaining: per decoding request, the tokens it may
+        still generate, given while the batch drains (no request waits or prefills; spec/drain.py), else None."""
         return [self.draft_len(num_decoding, num_active, request_ids)] * num_decoding
 
     def trims_drafts_at(self, batch: int) -> bool:

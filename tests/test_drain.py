@@ -4,10 +4,9 @@ Costs and acceptance draws are injected; nothing here reads this machine's clock
 
 from __future__ import annotations
 
-import random
-
 import pytest
 
+from dynaspec.bench.closed_batch_replay import closed_batch_tokens_per_ms, interpolated_step_ms
 from dynaspec.engine.scheduler import Scheduler
 from dynaspec.runtime.cost_model import StepCostModel
 from dynaspec.runtime.request import Request
@@ -17,7 +16,6 @@ from dynaspec.spec.adaptive import AdaptivePolicy
 from dynaspec.spec.adaptive_allocation import Allocation, survival
 from dynaspec.spec.drain import drain_allocation, drain_seconds, uniform_allocations
 from dynaspec.spec.planner_settings import PlannerSettings
-from dynaspec.spec.policy import StepOutcome
 
 FAST, SLOW = survival([0.9, 0.9, 0.9]), survival([0.1, 0.1, 0.1])
 
@@ -66,56 +64,21 @@ def test_the_scheduler_gives_tokens_left_only_while_the_batch_drains():
     assert scheduler.drain_remaining(scheduler.running[:1]) is None  # another unfinished request is not decoding
 
 
-# --- closed batches replayed on the policy (as scripts/lab/drain_sim.py) -------------------------------
+# --- closed batches replayed on the policy (bench/closed_batch_replay.py) -------------------------------
 K = 4
 T16_MS = [2.07, 2.51, 2.84, 3.10, 3.40]  # chat batch 16, static k medians (H100, Qwen2.5-Coder-1.5B head, 2026-12-06)
 T1_MS = [1.85, 2.25, 2.45, 2.60, 2.75]
+STEP_MS = interpolated_step_ms(T1_MS, T16_MS, 16)
 
 
-def _step_ms(batch: int, draft_lens: list[int]) -> float:
-    def uniform(k: int) -> float:
-        return T1_MS[k] + (T16_MS[k] - T1_MS[k]) * (batch - 1) / 15
-    top = max(draft_lens)
-    if top == 0 or len(set(draft_lens)) == 1:
-        return uniform(top)
-    return uniform(0) + (uniform(top) - uniform(0)) * sum(draft_lens) / (batch * top)
-
-
-def _closed_batch_rate(tolerance: float | None, profiles: list[list[float]], seed: int, batch: int = 16,
-                       gen: int = 128) -> float:
-    """Tokens per ms of a closed batch (after a warm-up batch of the same mix, whose finished requests teach the
-    policy how much requests differ); request i accepts position j with probability profiles[i % len][j]."""
+def _closed_batch_rate(tolerance: float | None, profiles: list[list[float]], seed: int) -> float:
     costs = StepCostModel()
-    for b in range(1, batch + 1):
+    for b in range(1, 17):
         for k in range(K + 1):
-            costs.add(b, k, _step_ms(b, [k] * b) / 1e3)
+            costs.add(b, k, STEP_MS(b, [k] * b) / 1e3)
     settings = PlannerSettings(drain_tolerance=tolerance)
     policy = AdaptivePolicy(costs, planning_estimator(K, None, settings), K, settings)
-    rng = random.Random(seed)
-    for round_ in (0, 1):
-        alphas = {f"b{round_}r{i}": profiles[i % len(profiles)] for i in range(batch)}
-        left = {rid: gen for rid in alphas}
-        ms = 0.0
-        while left:
-            ids = list(left)
-            draft_lens = policy.draft_lens(len(ids), len(ids), ids, remaining=[left[r] for r in ids])
-            accepted = []
-            for rid, k in zip(ids, draft_lens):
-                a = 0
-                while a < k and rng.random() < alphas[rid][a]:
-                    a += 1
-                accepted.append(a)
-            seconds = _step_ms(len(ids), draft_lens) / 1e3
-            policy.observe(StepOutcome(ids, max(draft_lens), drafted=list(draft_lens), accepted=accepted,
-                                       draft_lens=list(draft_lens), seconds=seconds))
-            policy.refresh(len(ids), ids)
-            ms += seconds * 1e3
-            for rid, a in zip(ids, accepted):
-                left[rid] -= 1 + a
-                if left[rid] <= 0:
-                    del left[rid]
-                    policy.release(rid)
-    return gen * batch / ms
+    return closed_batch_tokens_per_ms(policy, STEP_MS, profiles, seed)
 
 
 def test_a_closed_batch_of_unlike_requests_does_not_lose_to_no_speculation():

@@ -1,0 +1,69 @@
+"""Closed batches replayed on a draft-length policy with injected step prices and acceptance draws: how its choices
+would play out against a recorded run's numbers, on the CPU, with no model (tests and scripts/lab/drain_sim.py).
+
+A batch of `batch` requests, each generating `gen` tokens, request i accepting draft position j with probability
+profiles[i % len(profiles)][j] (given the positions before it were accepted); a step of `b` decoding requests with
+draft lengths k_i costs step_ms(b, [k_i]) milliseconds. The policy sees every step as the engine shows it (its
+draft lengths, drafted and accepted counts, seconds) and each request's tokens left, since nothing waits: the
+batch drains. A warm-up batch of the same mix runs first, as `dynaspec bench` runs one, so finished requests
+have taught the policy how much requests differ (spec/request_spread.py).
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Callable, Sequence
+
+from dynaspec.spec.policy import DraftLenPolicy, StepOutcome
+
+
+def closed_batch_tokens_per_ms(
+    policy: DraftLenPolicy, step_ms: Callable[[int, list[int]], float], profiles: Sequence[Sequence[float]],
+    seed: int, batch: int = 16, gen: int = 128, warmup: bool = True,
+) -> float:
+    """Tokens per millisecond of the measured batch (the last one)."""
+    rng = random.Random(seed)
+    ms = 0.0
+    for round_ in (0, 1) if warmup else (1,):
+        alphas = {f"b{round_}r{i}": profiles[i % len(profiles)] for i in range(batch)}
+        left = {rid: gen for rid in alphas}
+        ms = 0.0
+        while left:
+            ids = list(left)
+            draft_lens = policy.draft_lens(len(ids), len(ids), ids, remaining=[left[r] for r in ids])
+            accepted = [_accepted(rng, alphas[rid], k) for rid, k in zip(ids, draft_lens)]
+            seconds = step_ms(len(ids), list(draft_lens)) / 1e3
+            policy.observe(StepOutcome(ids, max(draft_lens), drafted=list(draft_lens), accepted=accepted,
+                                       draft_lens=list(draft_lens), seconds=seconds))
+            policy.refresh(len(ids), ids)
+            ms += seconds * 1e3
+            for rid, a in zip(ids, accepted):
+                left[rid] -= 1 + a
+                if left[rid] <= 0:
+                    del left[rid]
+                    policy.release(rid)
+    return gen * batch / ms
+
+
+def _accepted(rng: random.Random, alphas: Sequence[float], k: int) -> int:
+    """Drafts accepted of k: position j survives with alphas[j] once the ones before it did."""
+    accepted = 0
+    while accepted < k and rng.random() < alphas[accepted]:
+        accepted += 1
+    return accepted
+
+
+def interpolated_step_ms(plain_ms: Sequence[float], full_ms: Sequence[float], full_batch: int
+                         ) -> Callable[[int, list[int]], float]:
+    """step_ms from T(1, k) = plain_ms[k] and T(full_batch, k) = full_ms[k], linear in the batch between them; a
+    ragged step priced by its positions between k = 0 and its largest k_i."""
+    def uniform(batch: int, k: int) -> float:
+        return plain_ms[k] + (full_ms[k] - plain_ms[k]) * (batch - 1) / (full_batch - 1)
+
+    def step_ms(batch: int, draft_lens: list[int]) -> float:
+        top = max(draft_lens)
+        if top == 0 or len(set(draft_lens)) == 1:
+            return uniform(batch, top)
+        return uniform(batch, 0) + (uniform(batch, top) - uniform(batch, 0)) * sum(draft_lens) / (batch * top)
+
+    return step_ms

@@ -6,13 +6,11 @@ from __future__ import annotations
 
 import pytest
 
-from dynaspec.bench.closed_batch_replay import closed_batch_tokens_per_ms, interpolated_step_ms
+from dynaspec.bench.closed_batch_replay import (closed_batch_tokens_per_ms, interpolated_step_ms,
+                                                 replayed_adaptive_policy)
 from dynaspec.engine.scheduler import Scheduler
-from dynaspec.runtime.cost_model import StepCostModel
 from dynaspec.runtime.request import Request
 from dynaspec.sampling_params import SamplingParams
-from dynaspec.spec.acceptance_estimator import planning_estimator
-from dynaspec.spec.adaptive import AdaptivePolicy
 from dynaspec.spec.adaptive_allocation import Allocation, survival
 from dynaspec.spec.drain import drain_allocation, drain_seconds, uniform_allocations
 from dynaspec.spec.planner_settings import PlannerSettings
@@ -72,12 +70,7 @@ STEP_MS = interpolated_step_ms(T1_MS, T16_MS, 16)
 
 
 def _closed_batch_rate(tolerance: float | None, profiles: list[list[float]], seed: int) -> float:
-    costs = StepCostModel()
-    for b in range(1, 17):
-        for k in range(K + 1):
-            costs.add(b, k, STEP_MS(b, [k] * b) / 1e3)
-    settings = PlannerSettings(drain_tolerance=tolerance)
-    policy = AdaptivePolicy(costs, planning_estimator(K, None, settings), K, settings)
+    policy = replayed_adaptive_policy(STEP_MS, 16, K, PlannerSettings(drain_tolerance=tolerance))
     return closed_batch_tokens_per_ms(policy, STEP_MS, profiles, seed)
 
 

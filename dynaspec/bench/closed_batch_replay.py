@@ -14,6 +14,10 @@ from __future__ import annotations
 import random
 from collections.abc import Callable, Sequence
 
+from dynaspec.runtime.cost_model import StepCostModel
+from dynaspec.spec.acceptance_estimator import planning_estimator
+from dynaspec.spec.adaptive import AdaptivePolicy
+from dynaspec.spec.planner_settings import PlannerSettings
 from dynaspec.spec.policy import DraftLenPolicy, StepOutcome
 
 
@@ -67,3 +71,13 @@ def interpolated_step_ms(plain_ms: Sequence[float], full_ms: Sequence[float], fu
         return uniform(batch, 0) + (uniform(batch, top) - uniform(batch, 0)) * sum(draft_lens) / (batch * top)
 
     return step_ms
+
+
+def replayed_adaptive_policy(step_ms: Callable[[int, list[int]], float], max_batch: int, max_draft_len: int,
+                             settings: PlannerSettings) -> AdaptivePolicy:
+    """The adaptive policy as the engine builds it, its probed T(batch, k) = step_ms for batch 1..max_batch."""
+    costs = StepCostModel()
+    for batch in range(1, max_batch + 1):
+        for k in range(max_draft_len + 1):
+            costs.add(batch, k, step_ms(batch, [k] * batch) / 1e3)
+    return AdaptivePolicy(costs, planning_estimator(max_draft_len, None, settings), max_draft_len, settings)

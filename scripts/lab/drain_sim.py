@@ -14,10 +14,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-from dynaspec.bench.closed_batch_replay import closed_batch_tokens_per_ms, interpolated_step_ms  # noqa: E402
-from dynaspec.runtime.cost_model import StepCostModel  # noqa: E402
-from dynaspec.spec.acceptance_estimator import planning_estimator  # noqa: E402
-from dynaspec.spec.adaptive import AdaptivePolicy  # noqa: E402
+from dynaspec.bench.closed_batch_replay import (  # noqa: E402
+    closed_batch_tokens_per_ms, interpolated_step_ms, replayed_adaptive_policy)
 from dynaspec.spec.planner_settings import PlannerSettings  # noqa: E402
 
 K = 4
@@ -33,12 +31,7 @@ MIXES = {
 
 
 def rate(tolerance: float | None, profiles: list[list[float]], seed: int, warmup: bool) -> float:
-    costs = StepCostModel()
-    for b in range(1, 17):
-        for k in range(K + 1):
-            costs.add(b, k, STEP_MS(b, [k] * b) / 1e3)
-    settings = PlannerSettings(drain_tolerance=tolerance)
-    policy = AdaptivePolicy(costs, planning_estimator(K, None, settings), K, settings)
+    policy = replayed_adaptive_policy(STEP_MS, 16, K, PlannerSettings(drain_tolerance=tolerance))
     return closed_batch_tokens_per_ms(policy, STEP_MS, profiles, seed, warmup=warmup)
 
 

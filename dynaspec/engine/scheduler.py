@@ -109,8 +109,9 @@ class Scheduler:
         return [r.remaining_tokens for r in decoding]
 
     def schedule(self, draft_lens_for: DraftLensFor) -> SchedulerOutput:
-        """Plan one step. `draft_lens_for(num_decoding, num_active, request_ids)` is the draft-length policy's
-        draft_lens (request_ids: the decoding requests', for a policy that weighs their own acceptance)."""
+        """Plan one step. `draft_lens_for(num_decoding, num_active, request_ids, remaining=...)` is the draft-length
+        policy's draft_lens (request_ids: the decoding requests', for a policy that weighs their own acceptance;
+        remaining: drain_remaining's)."""
         out = SchedulerOutput()
         budget = self.max_num_batched_tokens
         decoding = [r for r in self.running if not r.is_prefilling][: self.max_num_seqs]

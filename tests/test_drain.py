@@ -9,6 +9,7 @@ import pytest
 from dynaspec.bench.closed_batch_replay import (closed_batch_tokens_per_ms, interpolated_step_ms,
                                                  replayed_adaptive_policy)
 from dynaspec.engine.scheduler import Scheduler
+from dynaspec.runtime.cost_model import StepCostModel
 from dynaspec.runtime.request import Request
 from dynaspec.sampling_params import SamplingParams
 from dynaspec.spec.adaptive_allocation import Allocation, survival
@@ -94,13 +95,18 @@ def test_a_closed_batch_of_alike_requests_keeps_its_speculation():
     assert with_rule >= 0.98 * without and without / 3 / (16 / T16_MS[0]) > 1.5
 
 
-def test_the_drain_tolerance_is_an_adaptive_setting():
+def test_the_drain_tolerance_reaches_the_policy_and_is_validated():
     from pydantic import ValidationError
 
     from dynaspec import NGramDecodingConfig
+    from dynaspec.spec.adaptive import build_adaptive_policy
 
-    assert NGramDecodingConfig(draft_len_policy="adaptive", adaptive_drain_tolerance=None).adaptive_drain_tolerance is None
-    with pytest.raises(ValidationError, match="adaptive_drain_tolerance only applies to draft_len_policy='adaptive'"):
-        NGramDecodingConfig(draft_len_policy="goodput", adaptive_drain_tolerance=0.1)
+    costs = StepCostModel()
+    for k in range(3):
+        costs.add(1, k, 1e-3 * (1 + k))
+    for tolerance in (None, 0.2):
+        config = NGramDecodingConfig(max_draft_len=2, draft_len_policy="adaptive", adaptive_drain_tolerance=tolerance)
+        assert build_adaptive_policy(config, costs).settings.drain_tolerance == tolerance
+    assert NGramDecodingConfig(draft_len_policy="adaptive").adaptive_drain_tolerance == 0.05
     with pytest.raises(ValidationError, match="greater than or equal to 0"):
         NGramDecodingConfig(draft_len_policy="adaptive", adaptive_drain_tolerance=-0.1)

@@ -235,9 +235,11 @@ class _SpecConfigBase(BaseModel):
     # acceptance_profile: JSON {"acceptance_per_position": [...]} that warm-starts the acceptance estimate.
     draft_len_policy: Literal["schedule", "goodput", "adaptive"] = "schedule"
     goodput_hysteresis: float = Field(default=PlannerSettings().hysteresis, ge=0.0, allow_inf_nan=False)
-    # adaptive only: while nothing waits or prefills (the batch drains: the end of an offline run), allocations
-    # that would end the slowest request more than this share later than the soonest possible give way to that
-    # one (spec/drain.py); None: the most tokens a second throughout.
+    # adaptive only (other policies ignore it, as adaptive ignores goodput_hysteresis: a config copied from one
+    # policy to another, as `dynaspec bench` derives its policy lines, keeps it): while nothing waits or prefills
+    # (the batch drains: the end of an offline run), allocations that would end the slowest request more than this
+    # share later than the soonest possible give way to that one (spec/drain.py); None: the most tokens a second
+    # throughout.
     adaptive_drain_tolerance: float | None = Field(default=PlannerSettings().drain_tolerance, ge=0.0,
                                                    allow_inf_nan=False)
     acceptance_profile: str | None = Field(default=None, min_length=1)
@@ -284,11 +286,6 @@ class _SpecConfigBase(BaseModel):
             raise ValueError(
                 f"draft_len_policy={self.draft_len_policy!r} chooses k itself: remove draft_len_schedule, or use "
                 "draft_len_policy='schedule' (the default) to apply the schedule"
-            )
-        if "adaptive_drain_tolerance" in self.model_fields_set and self.draft_len_policy != "adaptive":
-            raise ValueError(
-                f"adaptive_drain_tolerance only applies to draft_len_policy='adaptive' (got {self.draft_len_policy!r}): "
-                "remove it, or set draft_len_policy='adaptive'"
             )
         auto = self.draft_len_schedule == AUTO_SCHEDULE
         if self.step_cost_file is not None and self.draft_len_policy == "schedule" and not auto:

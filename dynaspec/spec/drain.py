@@ -20,9 +20,9 @@ seconds. Among candidate allocations (one k for every request, k = 0..max) it fi
 takes it where the goodput allocation's drain is more than `tolerance` longer; else the goodput allocation
 stays, whose faster requests end sooner. A tolerance keeps the large wins of requests that accept well from
 being traded for a sliver of the batch's end: copy-heavy requests drafting to k = 4 beside chat ones drafting
-nothing cost the chat ones only the verify positions' share of a step, a few percent where verifying is cheap. Replanned as the batch shrinks, this is a receding
-horizon: it prices the future steps at today's batch, which is pessimistic about speculating later, when
-the batch is smaller and a step cheaper; each replan corrects it. When all requests accept alike and have as
+nothing cost the chat ones only the verify positions' share of a step, a few percent where verifying is cheap.
+Replanned as the batch shrinks, this is a receding horizon: it prices the future steps at today's batch, which
+is pessimistic about speculating later, when the batch is smaller and a step cheaper; each replan corrects it. When all requests accept alike and have as
 many tokens left, it ranks as goodput does (T / E is common to all); it departs from goodput only where
 requests differ.
 """

@@ -12,8 +12,8 @@ from dynaspec.engine.scheduler import Scheduler
 from dynaspec.runtime.cost_model import StepCostModel
 from dynaspec.runtime.request import Request
 from dynaspec.sampling_params import SamplingParams
-from dynaspec.spec.adaptive_allocation import Allocation, survival
-from dynaspec.spec.drain import drain_allocation, drain_seconds, uniform_allocations
+from dynaspec.spec.adaptive_allocation import Allocation, survival, uniform_allocations
+from dynaspec.spec.drain import drain_allocation, drain_seconds
 from dynaspec.spec.planner_settings import PlannerSettings
 
 FAST, SLOW = survival([0.9, 0.9, 0.9]), survival([0.1, 0.1, 0.1])

@@ -62,9 +62,9 @@ from dynaspec.runtime.cost_model import StepCostModel
 from dynaspec.spec.acceptance_estimator import AcceptanceEstimator, planning_estimator
 from dynaspec.spec.catch_up import CatchUpCost, describe_catch_up, switch_pays
 from dynaspec.spec.draft_trimming import DraftTrimming
-from dynaspec.spec.drain import drain_allocation, uniform_allocations
-from dynaspec.spec.adaptive_allocation import (Allocation, best_uniform, plan_allocation, step_seconds_by_tokens,
-                                               survival, uniform_at_longest)
+from dynaspec.spec.drain import drain_allocation
+from dynaspec.spec.adaptive_allocation import (Allocation, highest_goodput, plan_allocation, step_seconds_by_tokens,
+                                               survival, uniform_allocations, uniform_at_longest)
 from dynaspec.spec.planner import PaddedBatchFn
 from dynaspec.spec import planner_rules as rules
 from dynaspec.spec.planner_settings import PlannerSettings
@@ -228,23 +228,22 @@ class AdaptivePolicy(DraftLenPolicy):
         ids = request_ids or [None] * batch
         survivals = [survival(self.estimator.alphas(rid)[: self.max_draft_len]) for rid in ids]
         pricing = self._pricing(batch)
-        allocation = self._goodput_allocation(batch, survivals, pricing)
-        tolerance = self.settings.drain_tolerance
-        if remaining is None or tolerance is None or not 2 <= batch <= self.settings.drain_max_batch:
-            return allocation
-        return drain_allocation(allocation, uniform_allocations(survivals, pricing), survivals, remaining, tolerance)
-
-    def _goodput_allocation(self, batch: int, survivals: list[list[float]], pricing: Callable[[int], float]) -> Allocation:
-        """The allocation of most committed tokens a second: top-B, uniform at its longest where verifying is
-        nearly free, the best uniform one where the ragged premium makes that better."""
+        # most committed tokens a second: top-B; uniform at its longest where verifying is nearly free; the best
+        # uniform allocation where the ragged premium makes that better
         allocation = plan_allocation(survivals, pricing, ragged_premium=self.ragged_premium.seconds(batch, self.overhead))
-        if self._verify_is_cheap(batch):
-            return uniform_at_longest(allocation, survivals, pricing)
-        if allocation.ragged:  # its premium may make one k for every request the better step
-            uniform = best_uniform(survivals, pricing)
+        tolerance = self.settings.drain_tolerance
+        draining = remaining is not None and tolerance is not None and 2 <= batch <= self.settings.drain_max_batch
+        cheap = self._verify_is_cheap(batch)
+        uniforms = uniform_allocations(survivals, pricing) if draining or (allocation.ragged and not cheap) else []
+        if cheap:
+            allocation = uniform_at_longest(allocation, survivals, pricing)
+        elif allocation.ragged:
+            uniform = highest_goodput(uniforms)
             if uniform.goodput >= allocation.goodput:
-                return uniform
-        return allocation
+                allocation = uniform
+        if not draining:
+            return allocation
+        return drain_allocation(allocation, uniforms, survivals, remaining, tolerance)
 
     def _pricing(self, batch: int, drafted: bool = False) -> Callable[[int], float]:
         """positions -> step_seconds(batch, positions), with the overhead fit looked up once; drafted: the

@@ -117,19 +117,28 @@ def plan_allocation(
     return Allocation(draft_lens, best_b, best_tokens, best_seconds)
 
 
+def uniform_allocations(survivals: Sequence[Sequence[float]], step_seconds: Callable[[int], float]) -> list[Allocation]:
+    """One allocation per k = 0 .. the shortest request's positions: k for every request, priced, with its next
+    position as uniform_at_longest gives it (the uniform step one longer)."""
+    batch = len(survivals)
+    depth = min((len(request) for request in survivals), default=0)
+    out, tokens = [], float(batch)
+    for k in range(depth + 1):
+        tokens += sum(request[k - 1] for request in survivals) if k else 0.0
+        plain = Allocation([k] * batch, batch * k, tokens, step_seconds(batch * k))
+        out.append(uniform_at_longest(plain, survivals, step_seconds))
+    return out
+
+
+def highest_goodput(allocations: Sequence[Allocation]) -> Allocation:
+    """The allocation of highest goodput (the first of equals: the shortest of uniform_allocations)."""
+    return max(allocations, key=lambda allocation: allocation.goodput)
+
+
 def best_uniform(survivals: Sequence[Sequence[float]], step_seconds: Callable[[int], float]) -> Allocation:
     """The uniform allocation (one k for every request) of highest goodput, with uniform_at_longest's next
     position (the uniform step one longer)."""
-    batch = len(survivals)
-    depth = min((len(request) for request in survivals), default=0)
-    best = Allocation([0] * batch, 0, float(batch), step_seconds(0))
-    tokens = float(batch)
-    for k in range(1, depth + 1):
-        tokens += sum(request[k - 1] for request in survivals)
-        seconds = step_seconds(batch * k)
-        if tokens * best.seconds > best.expected_tokens * seconds:
-            best = Allocation([k] * batch, batch * k, tokens, seconds)
-    return uniform_at_longest(best, survivals, step_seconds)
+    return highest_goodput(uniform_allocations(survivals, step_seconds))
 
 
 def uniform_at_longest(allocation: Allocation, survivals: Sequence[Sequence[float]],

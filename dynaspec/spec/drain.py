@@ -29,9 +29,9 @@ requests differ.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 
-from dynaspec.spec.adaptive_allocation import Allocation, uniform_at_longest
+from dynaspec.spec.adaptive_allocation import Allocation
 
 
 def drain_seconds(allocation: Allocation, survivals: Sequence[Sequence[float]], remaining: Sequence[int]) -> float:
@@ -42,28 +42,12 @@ def drain_seconds(allocation: Allocation, survivals: Sequence[Sequence[float]], 
     return allocation.seconds * slowest
 
 
-def uniform_allocations(survivals: Sequence[Sequence[float]], step_seconds: Callable[[int], float]) -> list[Allocation]:
-    """One allocation per k = 0 .. the shortest request's positions: k for every request, priced and with its next
-    position as uniform_at_longest gives them."""
-    batch = len(survivals)
-    depth = min((len(request) for request in survivals), default=0)
-    out = []
-    for k in range(depth + 1):
-        plain = Allocation([k] * batch, batch * k, batch + sum(sum(request[:k]) for request in survivals),
-                           step_seconds(batch * k))
-        out.append(uniform_at_longest(plain, survivals, step_seconds))
-    return out
-
-
 def drain_allocation(goodput: Allocation, candidates: Sequence[Allocation], survivals: Sequence[Sequence[float]],
                      remaining: Sequence[int], tolerance: float) -> Allocation:
-    """`goodput` unless its drain_seconds exceed (1 + tolerance) x the smallest among `candidates`; then that
-    candidate (the first of equals)."""
-    best, best_seconds = goodput, drain_seconds(goodput, survivals, remaining)
-    for candidate in candidates:
-        seconds = drain_seconds(candidate, survivals, remaining)
-        if seconds < best_seconds:
-            best, best_seconds = candidate, seconds
-    if drain_seconds(goodput, survivals, remaining) <= (1.0 + tolerance) * best_seconds:
+    """`goodput` unless its drain_seconds exceed (1 + tolerance) x the smallest among `candidates` (the uniform
+    allocations, adaptive_allocation.uniform_allocations); then that candidate (the first of equals)."""
+    seconds = [drain_seconds(candidate, survivals, remaining) for candidate in candidates]
+    soonest = min(range(len(candidates)), key=seconds.__getitem__)
+    if drain_seconds(goodput, survivals, remaining) <= (1.0 + tolerance) * seconds[soonest]:
         return goodput
-    return best
+    return candidates[soonest]

@@ -10,6 +10,7 @@ from dynaspec.config import EngineConfig
 from dynaspec.engine.engine import LLMEngine
 from dynaspec.sampling_params import SamplingParams
 from dynaspec.spec.config import NGramDecodingConfig
+from dynaspec.spec.policy import DraftLenPolicy
 from tests.arrivals import run_with_abort
 from tests.tiny_models import make_tiny_checkpoint
 
@@ -96,3 +97,39 @@ def test_seeded_sampling_overlaps_and_reproduces_the_synchronous_tokens(tiny):
     assert sum(launches) > 10
     greedy_only = _run(_engine(tiny, overlap=False), prompts, greedy, arrivals)
     assert any(expected[f"r{i}"] != greedy_only[f"r{i}"] for i in (1, 3, 5))  # they did sample
+
+
+class _DrainsPlain(DraftLenPolicy):
+    """Drafts 2 per request, except while the batch drains (remaining given): then plain steps, as the adaptive
+    policy's drain rule may decide (spec/drain.py). Records the remaining counts it was asked with."""
+
+    def __init__(self) -> None:
+        self.asked: list[list[int]] = []
+
+    def draft_lens(self, num_decoding, num_active, request_ids=None, remaining=None):
+        if remaining is None:
+            return [2] * num_decoding
+        self.asked.append(list(remaining))
+        return [0] * num_decoding
+
+    def draft_len(self, num_decoding, num_active, request_ids=None):
+        return max(self.draft_lens(num_decoding, num_active, request_ids), default=0)
+
+
+def test_plain_steps_of_a_draining_batch_overlap_when_the_policy_plans_the_drain_otherwise(tiny):
+    """The overlapped step's continuation asks the policy as the scheduler does (with the drain's remaining
+    tokens, less the one in flight): a policy that plans a draining batch with plain steps, and drafts
+    otherwise, still overlaps those steps (H100, 2026-12-06: adaptive's drain rule held k = 0 in a closed batch
+    of 64 while the continuation, asking without `remaining`, saw drafts and refused every overlap: each plain
+    step was launched, then waited for, 8.2 ms against no spec's 6.85 ms)."""
+    prompts, params = _workload()
+    expected = _run(_engine(tiny, overlap=False), prompts, params, [0] * 6)
+    engine = _engine(tiny, overlap=True, spec=NGramDecodingConfig(max_draft_len=3, draft_len_schedule={1: 3}))
+    engine.policy = engine.policy_feed.policy = policy = _DrainsPlain()
+    engine.runner.capture_graphs(engine.graph_pairs(lambda batch: {0, 2}), engine.max_blocks_per_seq, use_graphs=False)
+    launches = _count_overlapped_launches(engine)
+    assert _run(engine, prompts, params, [0] * 6) == expected
+    assert sum(launches) > 10  # continued from the step in flight, not launched after a wait
+    assert engine.get_stats()["num_drafted"] == 0
+    scheduled, continued = policy.asked[0::2], policy.asked[1::2]
+    assert any(c == [left - 1 for left in s] for s, c in zip(scheduled, continued))  # the token in flight counted

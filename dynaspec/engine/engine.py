@@ -252,7 +252,7 @@ class LLMEngine:
         self.drafter.claim_target()  # engines sharing the target's weights step in turn (Drafter.claim_target)
         if self._inflight is not None:  # overlapped decode: launch step t + 1, then commit step t
             inflight = self._inflight
-            following = continuation(self.scheduler, inflight, self.policy.draft_len, self.max_model_len)
+            following = continuation(self.scheduler, inflight, self.policy.draft_lens, self.max_model_len)
             self._inflight = None if following is None else self._launch_overlapped(following, inflight.ids)
             self.policy_feed.feed(inflight.sched.decodes)
             return self._finish_overlapped(inflight)

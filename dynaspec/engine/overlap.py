@@ -27,7 +27,7 @@ from dataclasses import dataclass
 import torch
 
 from dynaspec.runtime.request import Request, RequestStatus
-from dynaspec.engine.scheduler import DraftLenFor, ScheduledDecode, Scheduler, SchedulerOutput
+from dynaspec.engine.scheduler import DraftLensFor, ScheduledDecode, Scheduler, SchedulerOutput
 
 
 @dataclass
@@ -72,10 +72,13 @@ def can_overlap(sched: SchedulerOutput) -> bool:
 def continuation(
     scheduler: Scheduler,
     inflight: InflightStep,
-    draft_len_for: DraftLenFor,
+    draft_lens_for: DraftLensFor,
     max_model_len: int,
 ) -> SchedulerOutput | None:
     """Step t + 1 for the requests of the in-flight step t, or None when it must be drained first.
+    draft_lens_for: the policy's draft_lens, asked as the scheduler asks it (remaining: drain_remaining's,
+    less the token step t is producing), so a policy that plans a draining batch otherwise (spec/drain.py)
+    gives the same k_i here as when it scheduled step t.
 
     Allocates each request's slot for the token step t is producing (its position is num_tokens, as
     the host has not committed that token yet).
@@ -92,7 +95,11 @@ def continuation(
             return None
         if request.num_tokens + 1 >= max_model_len:
             return None
-    if draft_len_for(len(requests), scheduler.num_unfinished, [r.request_id for r in requests]) != 0:
+    remaining = scheduler.drain_remaining(requests)
+    if remaining is not None:
+        remaining = [max(0, left - 1) for left in remaining]
+    if any(draft_lens_for(len(requests), scheduler.num_unfinished, [r.request_id for r in requests],
+                          remaining=remaining)):
         return None
     for request in requests:
         if not scheduler.block_manager.ensure_slots(request, request.num_tokens + 1):

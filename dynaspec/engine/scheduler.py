@@ -29,10 +29,8 @@ from dataclasses import dataclass, field
 from dynaspec.engine.block_manager import BlockManager
 from dynaspec.runtime.request import Request, RequestStatus
 
-# The draft-length policy as the scheduler calls it: (num_decoding, num_active, decoding request ids) -> k.
-DraftLenFor = Callable[[int, int, Sequence[Hashable]], int]
-# ... and per request: (num_decoding, num_active, decoding request ids, remaining=...) -> [k_i per decoding
-# request]; remaining: each decoding request's tokens left before max_tokens while the batch drains (nothing
+# The draft-length policy as the scheduler calls it: (num_decoding, num_active, decoding request ids,
+# remaining=...) -> [k_i per decoding request]; remaining: each decoding request's tokens left before max_tokens while the batch drains (nothing
 # waits or prefills), else None (DraftLenPolicy.draft_lens).
 DraftLensFor = Callable[..., Sequence[int]]
 

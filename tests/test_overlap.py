@@ -133,3 +133,62 @@ def test_plain_steps_of_a_draining_batch_overlap_when_the_policy_plans_the_drain
     assert engine.get_stats()["num_drafted"] == 0
     scheduled, continued = policy.asked[0::2], policy.asked[1::2]
     assert any(c == [left - 1 for left in s] for s, c in zip(scheduled, continued))  # the token in flight counted
+
+
+class _SimulatedDevice:
+    """A fake host clock and a device that runs each overlapped step for STEP seconds after the later of its
+    launch and the previous step's end; waiting for a step's tokens moves the host clock to its end. Host
+    work costs HOST a clock read. Nothing here depends on this machine's speed."""
+
+    STEP, HOST = 10.0, 0.01
+
+    def __init__(self) -> None:
+        self.now = 0.0
+        self.device_free = 0.0
+        self.ends: dict[int, float] = {}
+
+    def perf_counter(self) -> float:
+        self.now += self.HOST
+        return self.now
+
+    def launched(self, step) -> None:
+        self.device_free = max(self.now, self.device_free) + self.STEP
+        self.ends[id(step)] = self.device_free
+
+    def wait(self, step) -> None:
+        self.now = max(self.now, self.ends[id(step)])
+
+
+def test_an_overlapped_step_is_priced_at_its_own_forward_not_its_predecessors(tiny, monkeypatch):
+    """Every plain step the policy learns from costs one device step, in a steady run, at its first step and
+    at its last (launched behind a step in flight: timed from its launch it cost two, the tail of each
+    closed batch on an H100, 2026-12-06, where the adaptive policy's overhead fit then priced plain steps
+    at batch 7-254 at 2x), and a step launched by the scheduler and continued at once (launch to launch:
+    nearly nothing)."""
+    import types
+
+    from dynaspec.engine import engine as engine_module
+    from dynaspec.engine.overlap import InflightStep
+
+    device = _SimulatedDevice()
+    monkeypatch.setattr(engine_module, "time", types.SimpleNamespace(perf_counter=device.perf_counter,
+                                                                     monotonic=device.perf_counter))
+    wait = InflightStep.host_tokens
+    monkeypatch.setattr(InflightStep, "host_tokens", lambda step: (device.wait(step), wait(step))[1])
+    prompts, params = _workload()
+    engine = _engine(tiny, overlap=True)
+    launch = engine._launch_overlapped
+
+    def launched(sched, ids):
+        step = launch(sched, ids)
+        device.launched(step)
+        return step
+
+    engine._launch_overlapped = launched
+    seconds: list[float] = []
+    observe = engine.policy.observe
+    engine.policy.observe = lambda outcome: (seconds.append(outcome.seconds) if outcome.seconds is not None
+                                             and outcome.draft_len == 0 else None, observe(outcome))
+    _run(engine, prompts, params, [0, 0, 0, 2, 9, 9])
+    assert len(seconds) > 10
+    assert all(device.STEP - 1e-6 <= s < device.STEP + 1.0 for s in seconds), sorted(seconds)

@@ -36,7 +36,7 @@ from dynaspec.engine.launched_step import AppliedStep, LaunchedStep, defers_veri
 from dynaspec.engine.logprobs import step_logprobs
 from dynaspec.engine.request_intake import new_request
 from dynaspec.engine.output_processor import OutputProcessor
-from dynaspec.engine.overlap import InflightStep, can_overlap, continuation, start_copy
+from dynaspec.engine.overlap import InflightStep, can_overlap, continuation, overlapped_seconds, start_copy
 from dynaspec.engine.scheduler import Scheduler, SchedulerOutput
 from dynaspec.engine.step_inputs import flat_inputs, mixed_inputs, ragged_inputs, uniform_inputs, verify_batch
 from dynaspec.models.decode_kernels import decode_kernels_for
@@ -133,6 +133,7 @@ class LLMEngine:
         self.vocab_size = int(loaded.model.vocab_size)
         self.num_steps = 0
         self._inflight: InflightStep | None = None  # overlapped decode step awaiting its commit
+        self._overlap_ready_at = 0.0  # perf_counter() when the last overlapped step's tokens reached the host
         self._launched: LaunchedStep | None = None  # speculative step awaiting its verification (deferred)
         # Policy work queued by a step (its outcome, releases), done while the next step's forward runs
         self.policy_feed = PolicyFeed(self.policy)
@@ -391,14 +392,17 @@ class LLMEngine:
     def _finish_overlapped(self, inflight: InflightStep) -> list[RequestOutput]:
         """Commit an overlapped step's tokens; requests that stopped or were aborted meanwhile are skipped."""
         tokens = inflight.host_tokens()
+        # what the step cost: from when the device could start it (its launch, or its predecessor's end when
+        # it was launched behind a step in flight) to its tokens on the host; in a steady run, the period
+        ready_at = time.perf_counter()
+        seconds = overlapped_seconds(inflight.launched_at, self._overlap_ready_at, ready_at)
+        self._overlap_ready_at = ready_at
         live = [(d, t) for d, t in zip(inflight.sched.decodes, tokens) if d.request.status == RequestStatus.RUNNING]
         mark = self.policy_feed.mark()
         applied = self._apply(SchedulerOutput(decodes=[d for d, _ in live], draft_len=0), [[] for _ in live], [[t] for _, t in live])
         outputs = self._publish(applied)
-        if live:  # launch-to-launch: what an overlapped step costs
-            until = self._inflight.launched_at if self._inflight is not None else time.perf_counter()
-            outcome = StepOutcome([d.request.request_id for d, _ in live], 0, seconds=until - inflight.launched_at)
-            self.policy_feed.outcome_at(mark, outcome)
+        if live:
+            self.policy_feed.outcome_at(mark, StepOutcome([d.request.request_id for d, _ in live], 0, seconds=seconds))
         return outputs
 
     def _apply(self, sched: SchedulerOutput, drafts, committed: list[list[int]], logprobs=None, failures=None,

@@ -61,6 +61,16 @@ def start_copy(ids: torch.Tensor) -> tuple[torch.Tensor, torch.cuda.Event | None
     return host, event
 
 
+def overlapped_seconds(launched_at: float, previous_ready_at: float, ready_at: float) -> float:
+    """What an overlapped step cost, as a policy prices a plain step (perf_counter() seconds): from when the
+    device could start it, its launch or, when it was launched behind a step still in flight, that step's
+    tokens reaching the host (previous_ready_at), to its own tokens reaching the host (ready_at). In a steady
+    run that is the pipeline's period; timed from its launch, the last step of a run would count its
+    predecessor's forward too (2x a step: H100, 2026-12-06, the tail of every closed batch), and timed launch
+    to launch, a step launched from the scheduler and continued at once would count almost nothing."""
+    return ready_at - max(launched_at, previous_ready_at)
+
+
 def can_overlap(sched: SchedulerOutput) -> bool:
     """Whether a scheduled step may run overlapped: decode-only at k = 0, and no request asking for
     logprobs (their logits rows are read by the host in the synchronous step: engine/logprobs.py)."""

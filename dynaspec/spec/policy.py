@@ -34,8 +34,9 @@ class StepOutcome:
     drafted, accepted: per decoding request, tokens drafted (<= k) and drafts accepted.
     draft_lens: per decoding request, the k_i it was allowed to verify (<= k; the scheduler's max_draft);
         empty where the engine did not say (then every request counts at k).
-    seconds: wall time of a decode-only step (launch to launch for an overlapped plain step); None when
-        the step also prefilled, so it is no sample of T(batch, k).
+    seconds: wall time of a decode-only step (an overlapped plain step: from when the device could start
+        it to its tokens on the host, engine/overlap.overlapped_seconds); None when the step also prefilled,
+        so it is no sample of T(batch, k).
     catch_up_tokens: set on the first speculative step after plain ones: the tokens the drafter caught up
         on first (spec/catch_up.py); its time prices catch-up, it is no sample of T(batch, k) either.
     confidence: per decoding request, the drafter's probability of each draft it verified (len = drafted);

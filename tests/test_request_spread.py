@@ -73,3 +73,36 @@ def test_a_handful_of_alike_requests_rarely_looks_mixed():
             spread.add(_binomial_rate(rng, 0.15, n), n)
         low += spread.prior_count < 32
     assert low <= 6
+
+
+def _estimator_after(first_position_rates: list[float], steps: int = 24):
+    """A planning estimator (as the adaptive policy's) after one finished request per rate, each drafting one
+    position a step for `steps` steps at that acceptance (deterministic counts)."""
+    from dynaspec.spec.acceptance_estimator import planning_estimator
+    from dynaspec.spec.planner_settings import PlannerSettings
+
+    estimator = planning_estimator(4, None, PlannerSettings())
+    for n, rate in enumerate(first_position_rates):
+        rid = f"done{n}"
+        for step in range(steps):
+            accepted = int((step + 1) * rate) - int(step * rate)
+            estimator.update_step([rid], [1], [accepted], 1)
+        estimator.release(rid)
+    return estimator
+
+
+def test_the_slow_case_of_an_unseen_request_follows_how_much_finished_requests_differed():
+    """spec/drain.py plans a draining batch for each request's slow case (quantile 1 / (batch + 1) of its posterior
+    first-position rate). Requests that differed (copy next to chat): an unseen request's slow case is ~0; requests
+    alike: within a few points of the mean; a request seen for a while: near its own rate."""
+    quantile = 1 / 17
+    mixed = _estimator_after([0.95, 0.05] * 8)
+    assert mixed.effective_blend_count < 4
+    assert mixed.slow_case_alphas("new", quantile)[0] < 0.1 < 0.3 < mixed.alphas("new")[0]
+    alike = _estimator_after([0.5] * 16)
+    assert alike.alphas("new")[0] - 0.05 < alike.slow_case_alphas("new", quantile)[0] <= alike.alphas("new")[0]
+    for _ in range(40):
+        mixed.update_step(["seen"], [1], [1], 1)
+    own = mixed.alphas("seen")[0]
+    assert own > 0.9 and mixed.slow_case_alphas("seen", quantile)[0] > own - 0.15
+    assert mixed.slow_case_alphas("seen", quantile)[1:] == mixed.alphas("seen")[1:]

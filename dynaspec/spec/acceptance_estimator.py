@@ -50,6 +50,7 @@ import json
 import math
 from collections.abc import Hashable, Sequence
 from pathlib import Path
+from statistics import NormalDist
 from typing import Any
 
 from dynaspec.spec.planner_settings import PlannerSettings
@@ -292,6 +293,22 @@ class AcceptanceEstimator:
         base = self.global_alphas()
         ema = None if request_id is None else self._request_ema(request_id)
         return base if ema is None else self._blend(ema, base)
+
+    def slow_case_alphas(self, request_id: Hashable | None, quantile: float) -> list[float]:
+        """alphas() with the first position's rate at the `quantile` (0 < quantile < 1) of its posterior in the
+        blend's beta-binomial model: mean alphas()[0], strength n + m (n: the request's own first-position
+        trials, capped as in the blend; m: the prior count), by the normal approximation, within [0, the mean].
+        Where requests differ (m learned small) and this one is barely observed, that is far below its mean;
+        where they are alike, or it has drafted for a while, close to it. Planning a draining batch for its
+        slowest request (spec/drain.py) asks for quantile 1 / (batch + 1), about the slowest of `batch`
+        requests drawn from the population."""
+        alphas = self.alphas(request_id)
+        ema = None if request_id is None else self._request_ema(request_id)
+        own = 0.0 if ema is None or ema.values[0] is None else min(ema.weights[0], 1.0 / self.request_ema_rate)
+        mean = alphas[0]
+        spread = math.sqrt(mean * (1.0 - mean) / (own + self.effective_blend_count + 1.0))
+        low = mean + NormalDist().inv_cdf(quantile) * spread
+        return [min(mean, max(0.0, low)), *alphas[1:]]
 
     @property
     def effective_blend_count(self) -> float:

@@ -243,7 +243,10 @@ class AdaptivePolicy(DraftLenPolicy):
                 allocation = uniform
         if not draining:
             return allocation
-        return drain_allocation(allocation, uniforms, survivals, remaining, tolerance)
+        # the batch ends with its slowest request: each request at the slow end of what it may be (spec/drain.py)
+        slowest = 1.0 / (batch + 1)
+        slow = [survival(self.estimator.slow_case_alphas(rid, slowest)[: self.max_draft_len]) for rid in ids]
+        return drain_allocation(allocation, uniforms, slow, remaining, tolerance)
 
     def _pricing(self, batch: int, drafted: bool = False) -> Callable[[int], float]:
         """positions -> step_seconds(batch, positions), with the overhead fit looked up once; drafted: the

@@ -192,3 +192,17 @@ def test_an_overlapped_step_is_priced_at_its_own_forward_not_its_predecessors(ti
     _run(engine, prompts, params, [0, 0, 0, 2, 9, 9])
     assert len(seconds) > 10
     assert all(device.STEP - 1e-6 <= s < device.STEP + 1.0 for s in seconds), sorted(seconds)
+
+
+def test_a_batch_whose_requests_finish_one_by_one_stays_overlapped(tiny):
+    """Requests of one batch with different max_tokens end at different steps: step t + 1 continues the ones
+    still running with their step-t tokens gathered on the device, so the run is launched from the scheduler
+    once; before, every finish drained the in-flight step and the next step was launched after a wait (the
+    tails of the H100 sweep's closed batches, 2026-12-06)."""
+    prompts, params = _workload()
+    expected = _run(_engine(tiny, overlap=False), prompts, params, [0] * 6)
+    engine = _engine(tiny, overlap=True)
+    launches = _count_overlapped_launches(engine)
+    assert _run(engine, prompts, params, [0] * 6) == expected
+    assert launches.count(False) == 1 and launches.count(True) > 20
+    assert engine.num_free_blocks == engine.num_total_blocks

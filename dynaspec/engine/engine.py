@@ -36,7 +36,8 @@ from dynaspec.engine.launched_step import AppliedStep, LaunchedStep, defers_veri
 from dynaspec.engine.logprobs import step_logprobs
 from dynaspec.engine.request_intake import new_request
 from dynaspec.engine.output_processor import OutputProcessor
-from dynaspec.engine.overlap import InflightStep, can_overlap, continuation, overlapped_seconds, start_copy
+from dynaspec.engine.overlap import (InflightStep, can_overlap, continuation, continued_ids, overlapped_seconds,
+                                     start_copy)
 from dynaspec.engine.scheduler import Scheduler, SchedulerOutput
 from dynaspec.engine.step_inputs import flat_inputs, mixed_inputs, ragged_inputs, uniform_inputs, verify_batch
 from dynaspec.models.decode_kernels import decode_kernels_for
@@ -253,8 +254,10 @@ class LLMEngine:
         self.drafter.claim_target()  # engines sharing the target's weights step in turn (Drafter.claim_target)
         if self._inflight is not None:  # overlapped decode: launch step t + 1, then commit step t
             inflight = self._inflight
-            following = continuation(self.scheduler, inflight, self.policy.draft_lens, self.max_model_len)
-            self._inflight = None if following is None else self._launch_overlapped(following, inflight.ids)
+            following = continuation(self.scheduler, inflight, self.policy.draft_lens, self.max_model_len,
+                                     lambda batch: self.runner.can_replay(batch, 0))
+            self._inflight = (None if following is None
+                              else self._launch_overlapped(following, continued_ids(inflight, following)))
             self.policy_feed.feed(inflight.sched.decodes)
             return self._finish_overlapped(inflight)
         earlier = None

@@ -7,9 +7,10 @@ the request lengths. The host then waits for step t's ids (long finished), commi
 detokenisation, outputs) while step t + 1 runs. This is vLLM's async scheduling and SGLang's overlap
 scheduler, restricted to where it needs no speculation about the scheduler's own decisions:
 
-* step t + 1 continues exactly step t's requests, in the same order, with no request waiting to be
-  admitted, none that could finish by length at step t, k = 0 from the draft-length policy, slots
-  allocated without preemption, and a captured graph for the batch;
+* step t + 1 continues step t's requests that still run (those that ended at step t - 1's commit left
+  out), in the same order, with no request waiting to be admitted, none that could finish by length at
+  step t, k = 0 from the draft-length policy, slots allocated without preemption, and a captured graph
+  for the batch;
 * otherwise the in-flight step is committed first (a drain) and the engine steps as usual.
 
 A request that stops at step t (EOS, stop token, stop string) was already part of step t + 1; that
@@ -22,6 +23,7 @@ generator, whose stream then also serves the dropped tokens. Outputs reach the c
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -84,19 +86,22 @@ def continuation(
     inflight: InflightStep,
     draft_lens_for: DraftLensFor,
     max_model_len: int,
+    replayable: Callable[[int], bool],
 ) -> SchedulerOutput | None:
-    """Step t + 1 for the requests of the in-flight step t, or None when it must be drained first.
+    """Step t + 1 for the requests of the in-flight step t that still run, or None when it must be drained first.
     draft_lens_for: the policy's draft_lens, asked as the scheduler asks it (remaining: drain_remaining's,
     less the token step t is producing), so a policy that plans a draining batch otherwise (spec/drain.py)
-    gives the same k_i here as when it scheduled step t.
+    gives the same k_i here as when it scheduled step t. replayable(batch): a captured graph takes the batch.
 
-    Allocates each request's slot for the token step t is producing (its position is num_tokens, as
-    the host has not committed that token yet).
+    Requests that ended at step t - 1's commit (a stop, max_tokens, an abort) are left out; their rows of
+    step t are dropped at its commit (continued_ids gathers the others' tokens), so a batch whose requests
+    finish one by one stays overlapped. Allocates each request's slot for the token step t is producing
+    (its position is num_tokens, as the host has not committed that token yet).
     """
-    requests = inflight.requests
-    if scheduler.waiting or len(scheduler.running) != len(requests):
+    requests = scheduler.running
+    if scheduler.waiting or not requests or not _in_order_within(requests, inflight.requests):
         return None
-    if any(a is not b for a, b in zip(scheduler.running, requests)):
+    if not replayable(len(requests)):
         return None
     for request in requests:
         # A request on its last token ends at step t's commit, and its t + 1 row is dropped then
@@ -115,3 +120,19 @@ def continuation(
         if not scheduler.block_manager.ensure_slots(request, request.num_tokens + 1):
             return None
     return SchedulerOutput(decodes=[ScheduledDecode(r, 0) for r in requests], draft_len=0)
+
+
+def _in_order_within(requests: list[Request], step: list[Request]) -> bool:
+    """Whether `requests` are some of `step`'s requests (the same objects) in the same order."""
+    rest = iter(step)
+    return all(any(r is s for s in rest) for r in requests)
+
+
+def continued_ids(inflight: InflightStep, following: SchedulerOutput) -> torch.Tensor:
+    """Step t's device tokens (B,) of the requests step t + 1 continues, in its order (B' <= B,); the same
+    tensor when it continues them all."""
+    if len(following.decodes) == len(inflight.sched.decodes):
+        return inflight.ids
+    row = {id(r): i for i, r in enumerate(inflight.requests)}
+    rows = torch.tensor([row[id(d.request)] for d in following.decodes], dtype=torch.int64)
+    return inflight.ids.index_select(0, rows.to(inflight.ids.device, non_blocking=True))

@@ -64,7 +64,10 @@ def main() -> None:
     spec = EagleDecodingConfig(max_draft_len=k_max, speculative_model=head_dir, draft_len_schedule={1: k_max})
     llm = LLM(model=args.model, speculative_config=spec, max_num_seqs=max(args.batches))
     pairs = [(b, k) for b in args.batches for k in args.ks]
-    costs = llm.engine.measure_step_costs(pairs, repeats=args.repeats)
+    engine = llm.engine  # graphs for every probed (batch, k): the schedule's k alone is captured at start-up
+    engine.runner.capture_graphs(pairs, engine.max_blocks_per_seq)
+    engine.drafter.capture_graphs([(b, k) for b, k in pairs if k > 0], engine.max_blocks_per_seq)
+    costs = engine.measure_step_costs(pairs, repeats=args.repeats)
     print("batch  k  verify_ms  chain_ms  total_ms  (probe, idle inputs)")
     for b, k in pairs:
         total = costs.cost(b, k)

@@ -30,8 +30,8 @@ from dynaspec.engine.block_manager import BlockManager
 from dynaspec.runtime.request import Request, RequestStatus
 
 # The draft-length policy as the scheduler calls it: (num_decoding, num_active, decoding request ids,
-# remaining=...) -> [k_i per decoding request]; remaining: each decoding request's tokens left before max_tokens while the batch drains (nothing
-# waits or prefills), else None (DraftLenPolicy.draft_lens).
+# remaining=...) -> [k_i per decoding request]; remaining: each decoding request's tokens left before
+# max_tokens while the batch drains (nothing waits or prefills), else None (DraftLenPolicy.draft_lens).
 DraftLensFor = Callable[..., Sequence[int]]
 
 

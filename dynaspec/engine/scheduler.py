@@ -23,7 +23,7 @@ cached once freed, so its recompute may find them again.
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Callable, Hashable, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 from dynaspec.engine.block_manager import BlockManager

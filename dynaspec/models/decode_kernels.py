@@ -12,6 +12,10 @@
   `gemv.py` instead of cuBLAS, so that such a step is one chain of PDL kernels reading each weight once
   (cuBLAS's kernels are launched without PDL and break it; o_proj / down at M = 1 also add a split-K
   reduce).
+- `small_gemm_max_rows`: steps of GEMV_MAX_ROWS + 1 up to this many token rows (a batch-1 verify of 2-7
+  drafts, a decode step of 3-8 requests) run those projections through the tensor-core kernel of
+  `small_gemm.py` instead, where its `worthwhile` says it beats cuBLAS (every projection but a long-K
+  down), keeping the chain of PDL kernels for them too.
 - `deterministic` (EngineConfig.deterministic): every projection and the lm_head run through the batch-
   invariant GEMM of `invariant_linear.py` and attention through `invariant_attention.py`, so a token
   row's logits do not depend on the step's other rows, its query length or the graph bucket. It
@@ -34,6 +38,9 @@ GEMV_PROJECTIONS = ("qkv", "o_proj", "gate_up", "down")
 # Token rows a step may have for the GEMV path. models/gemv.py takes 1..8 rows in one launch, but past 2 rows
 # it lost to cuBLAS on an H100 (2026-12-06: 4 rows 0.80x, 8 rows 0.47x a step; 2 rows 1.02-1.03x).
 GEMV_MAX_ROWS = 2
+# Token rows up to which the tensor-core small GEMM takes over from there (H100 probe, 2026-12-06: flat in the
+# rows up to 8 and under cuBLAS on every projection but a long-K down; docs/lab/verify_rows_kernels.md).
+SMALL_GEMM_MAX_ROWS = 8
 
 
 @dataclass(frozen=True)
@@ -42,6 +49,7 @@ class DecodeKernels:
 
     dependent_launch: bool = False
     gemv: frozenset[str] = frozenset()
+    small_gemm_max_rows: int = 0  # 0: steps past GEMV_MAX_ROWS rows go to cuBLAS
     deterministic: bool = False
     gemm_tiles: GemmTiles = GemmTiles()  # deterministic mode: the card's tuned GEMM tiles (gemm_tiles.py)
 
@@ -51,6 +59,9 @@ class DecodeKernels:
             raise ValueError(f"unknown GEMV projection(s) {unknown}; allowed: {', '.join(GEMV_PROJECTIONS)}")
         if self.gemv and not self.dependent_launch:
             raise ValueError("the small-step GEMV path is only used with dependent_launch=True (alone it gains nothing)")
+        if self.small_gemm_max_rows and not (self.gemv and GEMV_MAX_ROWS < self.small_gemm_max_rows <= 16):
+            raise ValueError(f"small_gemm_max_rows must be 0, or in {GEMV_MAX_ROWS + 1}..16 with the GEMV path on "
+                             f"(it takes the projections of the GEMV path past its rows), got {self.small_gemm_max_rows}")
         if self.gemv and self.deterministic:
             raise ValueError("deterministic kernels exclude the small-step GEMV path: its rows would reduce in "
                              "another order than the GEMM of a larger step")
@@ -74,4 +85,4 @@ def decode_kernels_for(device: torch.device, enabled: bool, deterministic: bool 
         return DecodeKernels(dependent_launch=pdl, deterministic=True, gemm_tiles=tiles_for(device))
     if not pdl:
         return DecodeKernels()
-    return DecodeKernels(dependent_launch=True, gemv=frozenset(GEMV_PROJECTIONS))
+    return DecodeKernels(dependent_launch=True, gemv=frozenset(GEMV_PROJECTIONS), small_gemm_max_rows=SMALL_GEMM_MAX_ROWS)

@@ -29,14 +29,22 @@ def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, ker
            projection: str) -> torch.Tensor:
     """x (T, in) @ weight^T (+ bias): the Triton GEMV (launched with PDL) for a step of at most
     GEMV_MAX_ROWS token rows when `kernels` routes this projection (one of decode_kernels.GEMV_PROJECTIONS)
-    there, the batch-invariant GEMM in deterministic mode (invariant_linear.py), else F.linear."""
+    there, the tensor-core small GEMM (small_gemm.py) for a step of up to kernels.small_gemm_max_rows where it
+    beats cuBLAS, the batch-invariant GEMM in deterministic mode (invariant_linear.py), else F.linear."""
     if kernels.deterministic:
         return invariant_linear(x, weight, bias, pdl=kernels.dependent_launch, tiles=kernels.gemm_tiles)
-    if projection in kernels.gemv and x.shape[0] <= GEMV_MAX_ROWS and x.is_cuda:
-        from dynaspec.models import gemv  # Triton is only needed on CUDA
+    rows = x.shape[0]
+    if projection in kernels.gemv and x.is_cuda:
+        if rows <= GEMV_MAX_ROWS:
+            from dynaspec.models import gemv  # Triton is only needed on CUDA
 
-        if gemv.gemv_supported(x, weight, bias):
-            return gemv.gemv(x, weight, bias, pdl=kernels.dependent_launch)
+            if gemv.gemv_supported(x, weight, bias):
+                return gemv.gemv(x, weight, bias, pdl=kernels.dependent_launch)
+        elif rows <= kernels.small_gemm_max_rows:
+            from dynaspec.models import small_gemm
+
+            if small_gemm.worthwhile(*weight.shape) and small_gemm.supported(x, weight, bias):
+                return small_gemm.small_gemm(x, weight, bias, pdl=kernels.dependent_launch)
     return F.linear(x, weight, bias)
 
 

@@ -9,6 +9,7 @@ reduction per row per K chunk), and two candidates defined here:
 Prints us a call for each, the best config of each candidate, and its max error against cuBLAS.
 
     python scripts/lab/gemv_rows_probe.py --rows 1 2 3 4 5 8
+    python scripts/lab/gemv_rows_probe.py --rows 4 8 --no-candidates   # the engine's kernel against cuBLAS only
 """
 
 from __future__ import annotations
@@ -103,13 +104,16 @@ def main() -> None:
     parser.add_argument("--rows", type=int, nargs="+", default=[1, 2, 4, 8])
     parser.add_argument("--shapes", nargs="+", default=list(SHAPES))
     parser.add_argument("--calls", type=int, default=64)
+    parser.add_argument("--no-candidates", action="store_true", help="skip the acc3 / mma config sweeps")
     args = parser.parse_args()
-    from dynaspec.models import gemv
+    from dynaspec.models import gemv, small_gemm
 
     print(f"card: {torch.cuda.get_device_name()}")
-    acc3_configs = [(bn, bk, w) for bn in (4, 8) for bk in (128, 256, 512) for w in (4,)]
-    mma_configs = [(bn, bk, w, s) for bn in (16, 32, 64) for bk in (64, 128, 256) for w in (4,) for s in (3, 4)]
-    print("shape | M | cublas us | gemv us | acc3 us (cfg) | mma us (cfg) | best / cublas")
+    acc3_configs = [] if args.no_candidates else [(bn, bk, w) for bn in (4, 8) for bk in (128, 256, 512) for w in (4,)]
+    mma_configs = [] if args.no_candidates else [
+        (bn, bk, w, s) for bn in (16, 32, 64) for bk in (64, 128, 256) for w in (4,) for s in (3, 4)]
+    print("shape | M | cublas us | gemv us | acc3 us (cfg) | mma us (cfg) | best / cublas | engine's small_gemm us "
+          "(its launch_config) / cublas")
     for name in args.shapes:
         n, k = SHAPES[name]
         copies = max(2, -(-256 * 2**20 // (n * k * 2)))  # > 256 MiB of weights: past L2
@@ -144,8 +148,10 @@ def main() -> None:
                     best_m, cfg_m = t, (bn, bk, wp, st)
                     err_m = (mma(x, weights[0], bn, bk, wp, st).float() - ref).abs().max().item()
             best = min(best_a, best_m, cur if cur == cur else float("inf"))
+            ours = time_us(lambda w: small_gemm.small_gemm(x, w), weights, args.calls)
             print(f"{name} | {m} | {cublas:.1f} | {cur:.1f} | {best_a:.1f} {cfg_a} err {err_a:.3g} | "
-                  f"{best_m:.1f} {cfg_m} err {err_m:.3g} | {best / cublas:.3f}", flush=True)
+                  f"{best_m:.1f} {cfg_m} err {err_m:.3g} | {best / cublas:.3f} | {ours:.1f} "
+                  f"{small_gemm.launch_config(n, k)} {ours / cublas:.3f}", flush=True)
         del weights
         torch.cuda.empty_cache()
 

@@ -411,7 +411,14 @@ def test_adaptive_is_lossless_and_ragged(ckpts, plain, kind, sampled):
     assert isinstance(policy, AdaptivePolicy)
     policy.estimator.alphas = lambda rid=None: list(COPY if str(rid).startswith("copy") else CHAT)
     policy.catch_up = CatchUpCost(0.0)  # the start-up probe's timed price would make the decisions load-dependent
+    proposed, observed = [], []  # per step: the requests drafted for, and those the drafter then learns from
+    propose, observe = engine.drafter.propose, engine.drafter.observe
+    engine.drafter.propose = lambda requests, k: proposed.append({r.request_id for r in requests}) or propose(requests, k)
+    engine.drafter.observe = lambda requests: observed.append({r.request_id for r in requests}) or observe(requests)
     assert _run(engine, sampled) == plain[sampled]
+    # a request with k_i = 0 is not indexed after the step (it catches up when it drafts again)
+    assert len(observed) == len(proposed) and all(o <= p for o, p in zip(observed, proposed))
+    assert any(not any(rid.startswith("chat") for rid in o) for o in observed)
     stats = engine.get_stats()
     assert stats["ragged_steps"] >= 3
     at_4 = stats["draft_len_histogram"]["4"]

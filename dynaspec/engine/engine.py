@@ -451,8 +451,11 @@ class LLMEngine:
                 self.block_manager.trim(request, request.num_tokens + ahead)
             applied.progressed.append((request, kept))
         if sched.draft_len > 0:
-            # At k = 0 no drafter method runs at all; drafters catch up on missed tokens in propose().
-            self.drafter.observe(self.scheduler.running)
+            # Only the requests it drafted for: at k = 0 no drafter method runs at all, nor for a request with
+            # k_i = 0 in a ragged step (half of a copy-next-to-chat batch under `adaptive`); drafters catch up on
+            # the tokens they missed in propose(), once, when the request drafts again.
+            self.drafter.observe([d.request for d in sched.decodes if d.request.status == RequestStatus.RUNNING
+                                  and (d.max_draft if d.planned_draft is None else d.planned_draft) > 0])
         return applied
 
     def _publish(self, applied: AppliedStep) -> list[RequestOutput]:

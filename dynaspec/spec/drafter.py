@@ -6,9 +6,10 @@ A drafter owns everything it runs on: its KV (`kv_bytes_per_block` counts it int
 engine, the cost probe and `dynaspec tune` never reach into a drafter's fields.
 
 Step loop (docs/ARCHITECTURE.md): `k = policy.draft_len(...)`; when k >= 1 `drafter.propose(batch, k)`;
-the target verifies; the engine commits; then `drafter.observe(running)` after speculative steps. Plain
-k = 0 steps run no drafter method at all, so the drafter's state (n-gram pool, draft-model KV) falls
-behind while speculation is off and propose() catches up on every token committed meanwhile (TensorRT-LLM
+the target verifies; the engine commits; then `drafter.observe(drafted)` after speculative steps, with the
+requests it drafted for. Plain k = 0 steps run no drafter method at all, nor does a request with k_i = 0 in a
+ragged step, so the drafter's state (n-gram pool, draft-model KV) falls behind while speculation is off
+and propose() catches up on every token committed meanwhile (TensorRT-LLM
 issue #16888 keeps it fresh instead, at a cost on every plain step). `catch_up_tokens(batch)` says how far
 behind it is and `measure_catch_up_cost()` what catching up costs (a fixed part and per token), so the goodput planner
 can price a switch from k = 0 (spec/catch_up.py). `release(request)` when a request finishes, is aborted
@@ -153,7 +154,8 @@ class Drafter:
         return DraftProposal.empty(len(requests))
 
     def observe(self, requests: list[Request]) -> None:
-        """Learn from tokens committed since the last call (called after every step with k >= 1)."""
+        """Learn from tokens committed since the last call (called after every step with k >= 1, with the
+        requests that were drafted for)."""
 
     def release(self, request: Request) -> None:
         """Forget a finished, aborted or preempted request's state."""

@@ -276,7 +276,8 @@ class NGramDrafter(Drafter):
         return DraftProposal(tokens=tokens, probs=[None] * len(tokens))
 
     def observe(self, requests: list[Request]) -> None:
-        """Index tokens committed since the last call; runs on k = 0 steps too, so the pool keeps up."""
+        """Index tokens committed since the last call (the engine calls it with the requests it drafted for;
+        the others catch up in their next propose)."""
         for request in requests:
             if request.status != RequestStatus.FINISHED:
                 self._index(request)

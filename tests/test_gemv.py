@@ -14,8 +14,6 @@ logits match the paths off to bf16 rounding.
 
 from __future__ import annotations
 
-import json
-
 import pytest
 import torch
 
@@ -33,9 +31,9 @@ from dynaspec.models.decode_kernels import (  # noqa: E402
 from dynaspec.models.llama import FusedProjections  # noqa: E402
 from dynaspec.models.rms_norm import RMSNorm  # noqa: E402
 from dynaspec.models.loader import load_model  # noqa: E402
-from dynaspec.sampling_params import SamplingParams  # noqa: E402
 from tests.test_model_parity import PagedHarness  # noqa: E402
 from tests.tiny_models import make_tiny_checkpoint  # noqa: E402
+from tests.small_step_gemm_cases import greedy, run_case  # noqa: E402
 from tests.triton_interpreter import run_interpreted  # noqa: E402
 
 hopper = pytest.mark.skipif(not (torch.cuda.is_available() and supports_dependent_launch(torch.device("cuda"))),
@@ -54,44 +52,9 @@ INTERPRETER_CASES = [
 ]
 
 
-def run_case(case: dict, device: str, dtype: torch.dtype, pdl: bool = False) -> dict:
-    """One GEMV launch of case["rows"] rows against a float64 reference; `row_invariant`: each row's output
-    has the bits the same row gets in a launch of its own (its reduction order does not depend on M)."""
-    gen = torch.Generator().manual_seed(case["seed"])
-    n, k = case["shape"]
-    rows = case.get("rows", 1)
-    x = torch.randn(rows, k, generator=gen).to(dtype).to(device)
-    weight = (torch.randn(n, k, generator=gen) / k**0.5).to(dtype).to(device)
-    bias = torch.randn(n, generator=gen).to(dtype).to(device) if case["bias"] else None
-    y = gemv.gemv(x, weight, bias, pdl=pdl)
-    alone = torch.cat([gemv.gemv(x[r : r + 1].contiguous(), weight, bias, pdl=pdl) for r in range(rows)])
-    ref = x.cpu().double() @ weight.cpu().double().T
-    if bias is not None:
-        ref = ref + bias.cpu().double()
-    ref = ref.to(dtype)
-    return {
-        "diff": (y.cpu().float() - ref.float()).abs().max().item(),
-        "scale": ref.float().abs().max().item(),
-        "nan": bool(torch.isnan(y).any()),
-        "shape_ok": tuple(y.shape) == (rows, n) and y.dtype == dtype,
-        "row_invariant": torch.equal(y, alone),
-    }
-
-
-def _interpreter_main(cases_json: str) -> None:
-    """Entry point of the subprocess (TRITON_INTERPRET=1 already set): run the cases on CPU, print JSON."""
-    real_empty = torch.empty
-
-    def poisoned_empty(*args, **kwargs):
-        return real_empty(*args, **kwargs).fill_(float("nan"))
-
-    torch.empty = poisoned_empty  # an output element the kernel fails to write shows up as NaN
-    print(json.dumps([run_case(c, "cpu", torch.float16) for c in json.loads(cases_json)]))
-
-
 @pytest.fixture(scope="module")
 def interpreter_results():
-    return run_interpreted("tests.test_gemv", "_interpreter_main", INTERPRETER_CASES)
+    return run_interpreted("tests.small_step_gemm_cases", "interpreter_main", INTERPRETER_CASES)
 
 
 @pytest.mark.parametrize("index", range(len(INTERPRETER_CASES)))
@@ -160,15 +123,6 @@ def test_gemv_bf16_llama_shapes_with_pdl(shape, rows):
     assert result["diff"] <= 1e-2 * max(result["scale"], 1.0), result
 
 
-def _greedy(engine: LLMEngine, prompts: list[list[int]]) -> dict[str, list[int]]:
-    for i, prompt in enumerate(prompts):
-        engine.add_request(f"r{i}", prompt, SamplingParams(temperature=0, max_tokens=12, ignore_eos=True))
-    results = {}
-    while engine.has_unfinished_requests():
-        results.update((o.request_id, o.token_ids) for o in engine.step() if o.finished)
-    return results
-
-
 @hopper
 @pytest.mark.cuda
 def test_fast_decode_paths_graph_equals_eager_and_match_the_paths_off(tmp_path):
@@ -181,8 +135,8 @@ def test_fast_decode_paths_graph_equals_eager_and_match_the_paths_off(tmp_path):
     common = dict(model=path, dtype="bfloat16", device="cuda", max_num_seqs=1)
     graphed_engine = LLMEngine(EngineConfig(**common))
     assert graphed_engine.loaded.model.decode_kernels.dependent_launch
-    graphed = _greedy(graphed_engine, prompts)
-    eager = _greedy(LLMEngine(EngineConfig(enforce_eager=True, **common)), prompts)
+    graphed = greedy(graphed_engine, prompts)
+    eager = greedy(LLMEngine(EngineConfig(enforce_eager=True, **common)), prompts)
     assert graphed == eager
 
     model = graphed_engine.loaded.model

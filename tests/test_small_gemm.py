@@ -13,8 +13,6 @@ kernel's rows) gives the same greedy tokens under CUDA-graph replay as eagerly.
 
 from __future__ import annotations
 
-import json
-
 import pytest
 import torch
 
@@ -31,63 +29,25 @@ from dynaspec.models.decode_kernels import (  # noqa: E402
     supports_dependent_launch,
 )
 from dynaspec.models.llama import linear  # noqa: E402
-from dynaspec.sampling_params import SamplingParams  # noqa: E402
 from tests.tiny_models import make_tiny_checkpoint  # noqa: E402
+from tests.small_step_gemm_cases import greedy, run_case  # noqa: E402
 from tests.triton_interpreter import run_interpreted  # noqa: E402
 
 hopper = pytest.mark.skipif(not (torch.cuda.is_available() and supports_dependent_launch(torch.device("cuda"))),
                             reason="needs a Hopper or newer GPU (programmatic dependent launch)")
 
 INTERPRETER_CASES = [
-    {"shape": [64, 512], "bias": False, "seed": 0, "rows": 3},
-    {"shape": [37, 700], "bias": True, "seed": 1, "rows": 4},  # N % BLOCK_N, K % BLOCK_K != 0
-    {"shape": [256, 48], "bias": False, "seed": 2, "rows": 8},  # K below BLOCK_K, a wide weight
-    {"shape": [96, 300], "bias": True, "seed": 3, "rows": 16},
-    {"shape": [64, 512], "bias": True, "seed": 5, "rows": 1},
+    {"kernel": "small_gemm", "shape": [64, 512], "bias": False, "seed": 0, "rows": 3},
+    {"kernel": "small_gemm", "shape": [37, 700], "bias": True, "seed": 1, "rows": 4},  # N % BLOCK_N, K % BLOCK_K != 0
+    {"kernel": "small_gemm", "shape": [256, 48], "bias": False, "seed": 2, "rows": 8},  # K below BLOCK_K, a wide weight
+    {"kernel": "small_gemm", "shape": [96, 300], "bias": True, "seed": 3, "rows": 16},
+    {"kernel": "small_gemm", "shape": [64, 512], "bias": True, "seed": 5, "rows": 1},
 ]
-
-
-def run_case(case: dict, device: str, dtype: torch.dtype, pdl: bool = False) -> dict:
-    """One launch of case["rows"] rows against a float64 reference; `row_invariant`: each row's output has the
-    bits the same row gets in a launch of its own."""
-    gen = torch.Generator().manual_seed(case["seed"])
-    n, k = case["shape"]
-    rows = case["rows"]
-    x = torch.randn(rows, k, generator=gen).to(dtype).to(device)
-    weight = (torch.randn(n, k, generator=gen) / k**0.5).to(dtype).to(device)
-    bias = torch.randn(n, generator=gen).to(dtype).to(device) if case["bias"] else None
-    y = small_gemm.small_gemm(x, weight, bias, pdl=pdl)
-    alone = torch.cat([small_gemm.small_gemm(x[r : r + 1].contiguous(), weight, bias, pdl=pdl) for r in range(rows)])
-    ref = x.cpu().double() @ weight.cpu().double().T
-    if bias is not None:
-        ref = ref + bias.cpu().double()
-    ref = ref.to(dtype)
-    return {
-        "diff": (y.cpu().float() - ref.float()).abs().max().item(),
-        "scale": ref.float().abs().max().item(),
-        "nan": bool(torch.isnan(y).any()),
-        "shape_ok": tuple(y.shape) == (rows, n) and y.dtype == dtype,
-        "row_invariant": torch.equal(y, alone),
-    }
-
-
-def _interpreter_main(cases_json: str) -> None:
-    """Entry point of the subprocess (TRITON_INTERPRET=1 already set): run the cases on CPU, print JSON."""
-    from tests.triton_interpreter import patch_interpreter
-
-    patch_interpreter()
-    real_empty = torch.empty
-
-    def poisoned_empty(*args, **kwargs):
-        return real_empty(*args, **kwargs).fill_(float("nan"))
-
-    torch.empty = poisoned_empty  # an output element the kernel fails to write shows up as NaN
-    print(json.dumps([run_case(c, "cpu", torch.float16) for c in json.loads(cases_json)]))
 
 
 @pytest.fixture(scope="module")
 def interpreter_results():
-    return run_interpreted("tests.test_small_gemm", "_interpreter_main", INTERPRETER_CASES)
+    return run_interpreted("tests.small_step_gemm_cases", "interpreter_main", INTERPRETER_CASES)
 
 
 @pytest.mark.parametrize("index", range(len(INTERPRETER_CASES)))
@@ -140,7 +100,7 @@ def test_decode_kernels_validate_small_gemm_rows():
 @pytest.mark.parametrize("rows", [3, 4, 8])
 @pytest.mark.parametrize("shape", [(2048, 1536), (1536, 1536), (17920, 1536), (6144, 4096), (28672, 4096)])
 def test_small_gemm_bf16_real_shapes_with_pdl(shape, rows):
-    case = {"shape": list(shape), "bias": shape[0] == 2048, "seed": 4, "rows": rows}
+    case = {"kernel": "small_gemm", "shape": list(shape), "bias": shape[0] == 2048, "seed": 4, "rows": rows}
     result = run_case(case, "cuda", torch.bfloat16, pdl=True)
     assert result["shape_ok"] and not result["nan"] and result["row_invariant"], result
     assert result["diff"] <= 1e-2 * max(result["scale"], 1.0), result
@@ -166,15 +126,6 @@ def test_linear_routes_rows_by_count(monkeypatch):
         assert calls == expected, (rows, weight.shape)
 
 
-def _greedy(engine: LLMEngine, prompts: list[list[int]]) -> dict[str, list[int]]:
-    for i, prompt in enumerate(prompts):
-        engine.add_request(f"r{i}", prompt, SamplingParams(temperature=0, max_tokens=12, ignore_eos=True))
-    results = {}
-    while engine.has_unfinished_requests():
-        results.update((o.request_id, o.token_ids) for o in engine.step() if o.finished)
-    return results
-
-
 @hopper
 @pytest.mark.cuda
 @pytest.mark.parametrize("batch", [3, 8])
@@ -187,5 +138,5 @@ def test_small_step_batches_graph_equal_eager(tmp_path, batch):
     common = dict(model=path, dtype="bfloat16", device="cuda", max_num_seqs=batch)
     graphed_engine = LLMEngine(EngineConfig(**common))
     assert graphed_engine.loaded.model.decode_kernels.small_gemm_max_rows == SMALL_GEMM_MAX_ROWS
-    graphed = _greedy(graphed_engine, prompts)
-    assert graphed == _greedy(LLMEngine(EngineConfig(enforce_eager=True, **common)), prompts)
+    graphed = greedy(graphed_engine, prompts)
+    assert graphed == greedy(LLMEngine(EngineConfig(enforce_eager=True, **common)), prompts)

@@ -86,6 +86,13 @@ for step in "$@"; do
         --policy-lines goodput --ks 0-4 --batch-sizes 1,4,16,64,128,256 --prompt-len 128 --gen-len 64 --rounds 2 \
         --acceptance-profile acceptance_ngram_code-edit,acceptance_ngram_chat --no-plots --out-dir "$OUT/adaptive" \
         > "$OUT/adaptive.log" 2>&1; tail -3 "$OUT/adaptive.log"; grep -A50 "Every point" "$OUT/adaptive/bench.md" | head -50 ;;
+    adaptive-sweep-draft)  # issue 20 (~6 min): the same sweep with a draft model (random Llama-3.2-1B for the 8B), the
+      # Qwen pair's high-acceptance code-edit and chat profiles replayed 50/50, one round
+      timeout 480 python3 -m dynaspec.cli bench --model random:llama-3.1-8b --spec-config bench/adaptive_draft_model_mixed.yaml \
+        --policy-lines goodput --ks 0-4 --batch-sizes 1,4,16,64,128,256 --prompt-len 128 --gen-len 64 --rounds 1 \
+        --acceptance-profile acceptance_draft-model_code-edit,acceptance_draft-model_chat --no-plots \
+        --out-dir "$OUT/adaptive-draft" > "$OUT/adaptive-draft.log" 2>&1; tail -3 "$OUT/adaptive-draft.log"
+      grep -A50 "Every point" "$OUT/adaptive-draft/bench.md" | head -50 ;;
     adaptive-steady)  # issue 20: each concurrency held (closed loop: a finished request is replaced), so the
       # (2026-12-05 ran --waves 3: 3 requests at concurrency 1, 1-11 s phases; now at least 16 per phase)
       # code-edit requests' early finishes are refilled as in serving; per-phase tokens/s in trace.md

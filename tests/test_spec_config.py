@@ -215,3 +215,20 @@ def test_a_schedule_without_key_1_explains_both_forms_and_converts_it():
 def test_the_cli_schedule_without_key_1_gives_the_same_explanation():
     with pytest.raises(ValueError, match=r"must contain key 1.*here it reads \{1: 4, 9: 2, 33: 0\}"):
         NGramDecodingConfig(max_draft_len=4, draft_len_schedule="8:4,32:2")
+
+
+def test_every_shipped_bench_config_builds():
+    """bench/*.yaml (what scripts/gpu_session.sh runs on the GPU) are valid speculative configs, their acceptance
+    profiles present."""
+    from pathlib import Path
+
+    from dynaspec.config_loader import build_spec_config, read_spec_section
+
+    root = Path(__file__).resolve().parent.parent
+    configs = sorted((root / "bench").glob("*.yaml"))
+    assert len(configs) >= 7
+    for path in configs:
+        spec = build_spec_config(read_spec_section(path))
+        assert spec.max_draft_len >= 1, path
+        if spec.acceptance_profile is not None:
+            assert (root / spec.acceptance_profile).is_file(), (path, spec.acceptance_profile)

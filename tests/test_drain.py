@@ -121,3 +121,23 @@ def test_a_closed_batch_of_copy_and_chat_requests_runs_as_fast_as_no_speculation
     profiles = [[0.9, 0.9, 0.8, 0.8], [0.1, 0.1, 0.1, 0.1]]
     rate = sum(_closed_batch_rate(0.05, profiles, seed) for seed in range(3)) / 3 / no_spec
     assert rate >= 0.99, rate
+
+
+def test_a_batch_of_four_learns_how_much_its_requests_differ_from_the_warm_up_batch():
+    """The H100 sweep's batch 4 (2026-12-06: adaptive 0.97x no spec), replayed at its step prices with the n-gram
+    code-edit and chat profiles (chat: 2.6% at the first position): the warm-up batch's four finished requests
+    now teach the policy that requests differ (spec/request_spread.py, MIN_REQUESTS), so the last chat requests
+    follow their own ~0 rate instead of one shrunk towards the pooled 0.24 by the default prior count (32), which
+    kept them drafting 4 at batch 1-2 (0.95x no spec on two of three seeds)."""
+    import json
+    from pathlib import Path
+
+    data = Path(__file__).resolve().parent.parent / "dynaspec" / "bench" / "data"
+    profiles = [json.loads((data / f"acceptance_ngram_{w}.json").read_text())["acceptance_per_position"]
+                for w in ("code-edit", "chat")]
+    step = interpolated_step_ms([5.57, 6.26, 6.49, 6.57, 6.6], [6.22, 6.58, 6.64, 6.62, 6.55], 4)
+    no_spec = 4 / step(4, [0] * 4)
+    for seed in range(3):
+        policy = replayed_adaptive_policy(step, 4, 4, PlannerSettings())
+        rate = closed_batch_tokens_per_ms(policy, step, profiles, seed, batch=4, gen=64) / no_spec
+        assert rate >= 0.99, (seed, rate)

@@ -37,8 +37,11 @@ from collections import deque
 
 # Finished requests remembered (the most recent ones).
 RECENT_REQUESTS = 64
-# Requests needed before the learned prior count replaces the default.
-MIN_REQUESTS = 8
+# Requests needed before the learned prior count replaces the default. Tarone's test guards against reading
+# noise as spread, so a few requests suffice where they differ: a closed batch of 4 (two copy-heavy, two chat)
+# teaches it from its warm-up batch; with 8 required, the default (32 pseudo-trials of the pooled 0.24) held
+# the chat requests' estimate at ~0.13 after 27 rejections and they drafted 4 to the end (tests/test_drain.py).
+MIN_REQUESTS = 4
 # Trials a request needs at the position to count (fewer say too little about its rate).
 MIN_TRIALS = 4
 # One-sided 1% point of the standard normal: Tarone's statistic above it means requests differ.

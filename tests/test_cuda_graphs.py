@@ -61,8 +61,13 @@ def test_graph_replay_equals_eager(tmp_path, drafter):
     graphed = _run(engine, prompts, arrivals)
     assert graphed == eager
     replayed = engine.runner.graphs.replays_per_pair
-    if drafter != "goodput":  # the planner picks its own k's
+    if drafter in ("none", "ngram"):
         assert set(replayed) == set(engine.runner.graphs.graphs), (replayed, engine.graph_pairs())
+    elif drafter == "draft":
+        # A chained step (engine/chained_step.py) continues its batch through requests that stop inside it, so
+        # which buckets the tail meets depends on the chaining (H100, 2026-12-07: the batch of 5 at k = 2 ran
+        # twice at bucket 8 and the batch of 3 the eager engine ran never formed): every k ran from a graph.
+        assert {k for _, k in replayed} == {k for _, k in engine.runner.graphs.graphs}, (replayed, engine.graph_pairs())
     else:  # the planner prices a step at the batch of the graph it replays (3 requests: the batch-4 graph)
         planner = engine.policy
         assert planner.padded_batch(3, 2) == 4

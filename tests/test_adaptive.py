@@ -313,6 +313,23 @@ def test_plain_steps_count_towards_replanning():
     assert len(calls) == 2
 
 
+def test_a_decision_with_tokens_left_reuses_the_refresh_where_the_drain_rule_does_not_apply():
+    """refresh() plans off the critical path without tokens left; the next decision asks with them (a closed batch).
+    Above drain_max_batch (or with the drain rule off) they change nothing, so it reuses that plan; within it, it
+    plans for the drain."""
+    policy = _policy(0.1, drain_max_batch=2)
+    calls = []
+    plan = policy.plan
+    policy.plan = lambda *args: calls.append(args) or plan(*args)
+    ids = ["a", "b", "c"]
+    policy.refresh(3, ids)
+    policy.draft_lens(3, 3, ids, remaining=[5, 5, 5])
+    assert len(calls) == 1 and calls[0][2] is None
+    policy.refresh(2, ids[:2])
+    policy.draft_lens(2, 2, ids[:2], remaining=[5, 5])
+    assert len(calls) == 3 and calls[2][2] == [5, 5]  # batch 2 drains: planned again, for the drain
+
+
 def test_uniform_policies_give_one_k_per_request_by_default():
     class Fixed(DraftLenPolicy):
         def draft_len(self, num_decoding, num_active, request_ids=None):

@@ -209,7 +209,11 @@ class AdaptivePolicy(DraftLenPolicy):
     # ----------------------------------------------------------------- predictions
     def allocation(self, batch: int, request_ids: Sequence[Hashable] | None = None,
                    remaining: Sequence[int] | None = None) -> Allocation:
-        """The allocation for these decoding requests, reused until `replan_every` observations arrived."""
+        """The allocation for these decoding requests, reused until `replan_every` observations arrived. The tokens
+        left count only where the drain rule applies: elsewhere a decision asked with them reuses what refresh()
+        planned off the critical path (a batch of 256 whose requests finish planned twice a step before)."""
+        if remaining is not None and not self._drains(batch):
+            remaining = None
         key = (*(request_ids or (None,) * batch), remaining is not None)
         entry = self._tables.get(key)
         if entry is not None and self._observations - entry[0] < self.settings.replan_every:
@@ -232,7 +236,7 @@ class AdaptivePolicy(DraftLenPolicy):
         # uniform allocation where the ragged premium makes that better
         allocation = plan_allocation(survivals, pricing, ragged_premium=self.ragged_premium.seconds(batch, self.overhead))
         tolerance = self.settings.drain_tolerance
-        draining = remaining is not None and tolerance is not None and 2 <= batch <= self.settings.drain_max_batch
+        draining = remaining is not None and self._drains(batch)
         cheap = self._verify_is_cheap(batch)
         uniforms = uniform_allocations(survivals, pricing) if draining or (allocation.ragged and not cheap) else []
         if cheap:
@@ -247,6 +251,10 @@ class AdaptivePolicy(DraftLenPolicy):
         slowest = 1.0 / (batch + 1)
         slow = [survival(self.estimator.slow_case_alphas(rid, slowest)[: self.max_draft_len]) for rid in ids]
         return drain_allocation(allocation, uniforms, slow, remaining, tolerance)
+
+    def _drains(self, batch: int) -> bool:
+        """Whether the drain rule (spec/drain.py) plans a draining batch of this many decoding requests."""
+        return self.settings.drain_tolerance is not None and 2 <= batch <= self.settings.drain_max_batch
 
     def _pricing(self, batch: int, drafted: bool = False) -> Callable[[int], float]:
         """positions -> step_seconds(batch, positions), with the overhead fit looked up once; drafted: the

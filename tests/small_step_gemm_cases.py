@@ -63,3 +63,10 @@ def greedy(engine, prompts: list[list[int]], max_tokens: int = 12) -> dict[str, 
     while engine.has_unfinished_requests():
         results.update((o.request_id, o.token_ids) for o in engine.step() if o.finished)
     return results
+
+
+def check_interpreted(result: dict, case: dict) -> None:
+    """An interpreter case's result: every element written, the right shape, each row's bits those of its own
+    one-row launch, and within one fp16 rounding of the output plus float32 accumulation error."""
+    assert result["shape_ok"] and not result["nan"] and result["row_invariant"], (case, result)
+    assert result["diff"] <= 2e-3 * max(result["scale"], 1.0), (case, result)

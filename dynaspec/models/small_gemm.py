@@ -4,8 +4,9 @@ y (M, N) = x (M, K) @ W (N, K)^T (+ bias), M <= MAX_ROWS: program n owns BLOCK_N
 streams its (BLOCK_N, K) slice of W once in BLOCK_K chunks; the rows, padded to the 16 of the smallest MMA
 tile, multiply each chunk on the tensor cores (tl.dot, float32 accumulator). The GEMV of gemv.py reduces
 each row across lanes, which bounds it past 2 rows; here the extra rows ride in the MMA tile for free, so the
-time stays that of reading W: on an H100 (docs/lab/verify_rows_kernels.md, 2026-12-06) flat from 1 to 8
-rows and 7-10% under cuBLAS on Qwen2.5-1.5B's q/k/v, o_proj and gate_up at 3-8 rows. No partial sums cross
+time stays that of reading W: on an H100 (docs/lab/verify_rows_kernels.md, 2026-12-07) flat from 3 to 8
+rows at 0.89-0.97x cuBLAS on every routed Qwen2.5-1.5B and Llama-3.1-8B projection, and 6-8% faster steps of
+4-8 rows in the engine (docs/results.md, issue 21 section). No partial sums cross
 programs (no split-K), so the kernel joins a chain of PDL kernels (`pdl.py`) where cuBLAS, launched without
 PDL, breaks it: a batch-1 verify of 2-7 drafts, a decode step of 3-8 requests.
 

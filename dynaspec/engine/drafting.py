@@ -96,7 +96,7 @@ def planned_draft_lens(decodes: list[ScheduledDecode]) -> list[int]:
     when no trim ran this step."""
     if all(d.planned_draft is None for d in decodes):
         return []
-    return [d.max_draft if d.planned_draft is None else d.planned_draft for d in decodes]
+    return [d.policy_draft for d in decodes]
 
 
 def _trimmed(sched: SchedulerOutput, wanted: list[int], limits: list[int], confidence: list[list[float]],

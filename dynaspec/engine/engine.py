@@ -454,8 +454,8 @@ class LLMEngine:
             # Only the requests it drafted for: at k = 0 no drafter method runs at all, nor for a request with
             # k_i = 0 in a ragged step (half of a copy-next-to-chat batch under `adaptive`); drafters catch up on
             # the tokens they missed in propose(), once, when the request drafts again.
-            self.drafter.observe([d.request for d in sched.decodes if d.request.status == RequestStatus.RUNNING
-                                  and (d.max_draft if d.planned_draft is None else d.planned_draft) > 0])
+            self.drafter.observe([d.request for d in sched.decodes
+                                  if d.policy_draft > 0 and d.request.status == RequestStatus.RUNNING])
         return applied
 
     def _publish(self, applied: AppliedStep) -> list[RequestOutput]:

@@ -41,6 +41,11 @@ class ScheduledDecode:
     max_draft: int  # k_i: drafts this request may take this step (<= the step's k)
     planned_draft: int | None = None  # the policy's k_i before trimming by the drafter's confidence (None: untrimmed)
 
+    @property
+    def policy_draft(self) -> int:
+        """The k_i the policy gave (what the drafter was asked for), before any trimming."""
+        return self.max_draft if self.planned_draft is None else self.planned_draft
+
 
 @dataclass
 class ScheduledPrefill:

@@ -299,6 +299,45 @@ def test_refresh_computes_off_the_critical_path_and_draft_lens_reuses_it():
     assert len(calls) == 2  # due after replan_every observations
 
 
+def test_a_new_composition_takes_the_latest_plans_draft_lengths_until_refresh_plans_it():
+    """In serving the batch changes almost every step, and refresh() plans the batch of the step that runs, so the
+    next decision met a new composition and planned it on the critical path (a closed batch of 256 on the dev CPU:
+    140 of 145 plans there). It now takes the latest plan's k_i for the requests they share, and refresh() plans it;
+    a composition sharing too few requests is planned where it is asked."""
+    policy = _policy(0.1, explore_every=None, probe_margin=None)
+    ids = [f"r{i}" for i in range(8)]
+    copy_half = [K if i % 2 == 0 else 0 for i in range(8)]  # the even requests copy, every draft accepted
+    for _ in range(20):
+        policy.observe(StepOutcome(ids, K, drafted=[K] * 8, accepted=copy_half, draft_lens=[K] * 8))
+    calls = []
+    plan = policy.plan
+    policy.plan = lambda *args: calls.append(args) or plan(*args)
+    planned = policy.draft_lens(8, 8, ids)
+    assert len(calls) == 1 and planned[0] > 0 and planned[1] == 0  # ragged: the copy half drafts
+    shrunk = ids[1:]  # r0 finished
+    assert policy.draft_lens(7, 7, shrunk) == planned[1:] and len(calls) == 1  # not planned on the critical path
+    policy.refresh(7, shrunk)
+    assert len(calls) == 2  # refresh() plans it while the step runs
+    policy.draft_lens(7, 7, shrunk)
+    assert len(calls) == 2
+    joined = shrunk + ["new"]  # a request no plan knew, next to a ragged plan: k = 0 until planned
+    assert policy.draft_lens(8, 8, joined)[-1] == 0 and len(calls) == 2
+    policy.draft_lens(4, 4, ["n1", "n2", "n3", "r2"])  # shares one request in four: planned
+    assert len(calls) == 3
+
+
+def test_a_request_joining_a_uniform_plan_gets_its_draft_length():
+    """A uniform step stays uniform (it can chain, and pays no ragged premium): where verifying is nearly free the
+    plan drafts K for everyone, and a request joining gets K too until refresh() plans the batch."""
+    policy = _policy(0.0001, explore_every=None, probe_margin=None)
+    ids = [f"r{i}" for i in range(8)]
+    calls = []
+    plan = policy.plan
+    policy.plan = lambda *args: calls.append(args) or plan(*args)
+    assert policy.draft_lens(8, 8, ids) == [K] * 8
+    assert policy.draft_lens(8, 8, ids[1:] + ["new"]) == [K] * 8 and len(calls) == 1
+
+
 def test_plain_steps_count_towards_replanning():
     """A plain phase moves the overhead fit (and a batch's first allocation may have been made on a fit from
     other batches): its steps make a replan due as speculative ones do."""

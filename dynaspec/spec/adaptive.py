@@ -11,7 +11,8 @@ accepted) gets long drafts next to a chat request that gets none, in the same st
 
 Host cost, as the planner's: an allocation is computed per batch of decoding request ids and reused until
 `replan_every` observations arrived; `refresh()` (called while the GPU runs a step) recomputes a due one,
-so draft_lens() usually finds it ready. Learning: observe() feeds each request's drafted / accepted counts
+so draft_lens() usually finds it ready, and a new composition takes the latest plan's k_i for one decision
+(spec/allocation_tables.py). Learning: observe() feeds each request's drafted / accepted counts
 at its own k_i (StepOutcome.draft_lens), so a request cut short by its k_i is not read as rejected at k_i.
 
 Prices (`step_seconds`): where the engine captured ragged verify graphs (CUDA), a step of `batch` requests and
@@ -60,6 +61,7 @@ from typing import Any
 
 from dynaspec.runtime.cost_model import StepCostModel
 from dynaspec.spec.acceptance_estimator import AcceptanceEstimator, planning_estimator
+from dynaspec.spec.allocation_tables import AllocationTables
 from dynaspec.spec.catch_up import CatchUpCost, describe_catch_up, switch_pays
 from dynaspec.spec.draft_trimming import DraftTrimming
 from dynaspec.spec.drain import drain_allocation
@@ -125,8 +127,7 @@ class AdaptivePolicy(DraftLenPolicy):
         # (batch, B, drafted) -> (run bucket, probed seconds; drafted: without the drafting)
         self._priors: dict[tuple[int, int, bool], tuple[int, float]] = {}
         self._verify_cheap_at: dict[int, bool] = {}  # batch -> _verify_is_cheap
-        # request ids (in batch order) -> (observations when computed, allocation)
-        self._tables: dict[tuple[Hashable, ...], tuple[int, Allocation]] = {}
+        self._tables = AllocationTables(lambda: self.settings.max_tables)  # by request ids in batch order
         self._observations = 0
         self._decisions = 0  # decisions since the last exploration
         self._explore_again = False  # the next decision explores too
@@ -208,21 +209,37 @@ class AdaptivePolicy(DraftLenPolicy):
 
     # ----------------------------------------------------------------- predictions
     def allocation(self, batch: int, request_ids: Sequence[Hashable] | None = None,
-                   remaining: Sequence[int] | None = None) -> Allocation:
+                   remaining: Sequence[int] | None = None, critical: bool = True) -> Allocation:
         """The allocation for these decoding requests, reused until `replan_every` observations arrived. The tokens
         left count only where the drain rule applies: elsewhere a decision asked with them reuses what refresh()
-        planned off the critical path (a batch of 256 whose requests finish planned twice a step before)."""
+        planned off the critical path (a batch of 256 whose requests finish planned twice a step before). On the
+        critical path a new composition of named requests takes the latest plan's k_i where it shares most of
+        them (spec/allocation_tables.py), and refresh() (critical=False) plans it."""
         if remaining is not None and not self._drains(batch):
             remaining = None
         key = (*(request_ids or (None,) * batch), remaining is not None)
-        entry = self._tables.get(key)
-        if entry is not None and self._observations - entry[0] < self.settings.replan_every:
-            return entry[1]
-        if len(self._tables) >= self.settings.max_tables:  # keys of batches long gone
-            self._tables.clear()
+        allocation = self._tables.get(key, self._observations, self.settings.replan_every, critical)
+        if allocation is not None:
+            return allocation
+        if critical and request_ids is not None and remaining is None and not self._tables.knows(key):
+            draft_lens = self._tables.provisional_draft_lens(request_ids)
+            if draft_lens is not None:
+                allocation = self._provisional(batch, request_ids, draft_lens)
+                self._tables.put(key, self._observations, allocation, provisional=True)
+                return allocation
         allocation = self.plan(batch, request_ids, remaining)
-        self._tables[key] = (self._observations, allocation)
+        self._tables.put(key, self._observations, allocation, None if remaining is not None else request_ids)
         return allocation
+
+    def _provisional(self, batch: int, request_ids: Sequence[Hashable], draft_lens: list[int]) -> Allocation:
+        """draft_lens priced, with no next position: a provisional decision neither probes nor explores."""
+        tokens = float(batch)
+        for rid, k in zip(request_ids, draft_lens):
+            if k:
+                tokens += sum(survival(self.estimator.alphas(rid)[:k]))
+        budget = sum(draft_lens)
+        premium = self.ragged_premium.seconds(batch, self.overhead) if len(set(draft_lens)) > 1 else 0.0
+        return Allocation(draft_lens, budget, tokens, self._pricing(batch)(budget) + premium)
 
     def plan(self, batch: int, request_ids: Sequence[Hashable] | None = None,
              remaining: Sequence[int] | None = None) -> Allocation:
@@ -442,7 +459,7 @@ class AdaptivePolicy(DraftLenPolicy):
         """Recompute the allocation of these decoding requests (and the overhead fit) now if due (off the
         critical path)."""
         self.overhead.refit_if_due()
-        self.allocation(num_decoding, request_ids)
+        self.allocation(num_decoding, request_ids, critical=False)
 
     def release(self, request_id: Hashable) -> None:
         self.estimator.release(request_id)

@@ -1,0 +1,91 @@
+"""The adaptive policy's allocations by batch composition, and the provisional k_i a new composition gets where
+the decision is asked (spec/adaptive.py).
+
+An allocation is planned per batch of decoding request ids and reused until `replan_every` observations arrived;
+refresh() plans the due ones while the GPU runs a step. In serving the batch changes almost every step (a request
+finishes, another is admitted), and refresh() plans for the batch of the step that is running, so each new
+composition was planned where the next decision is asked, on the critical path: the dev CPU's profile of a closed
+batch of 256 requests (tiny Llama, n-gram, code-edit + chat replay) had 140 of 145 plans there, ~2 ms each (a new
+batch size also prices its budgets cold), and in the same sweep on an H100 (2026-12-07 00:40 UTC, tree cae3fe4)
+the steps of the batch's tail, where requests finished, took 13-20 ms against no speculation's 10. (The goodput
+planner keys its tables by batch size alone above small batches, so a new composition costs it nothing.)
+
+A composition that shares at least `PROVISIONAL_MIN_SHARED` of its requests with the latest plan now gets that
+plan's k_i for the requests they share, and for a request the plan did not know its k where the plan was uniform
+(a uniform step stays uniform: it can chain, and pays no ragged premium), else 0; that answers one decision, and
+refresh() plans the composition properly while its step runs. Prices move little when a batch of 256 loses or
+gains a few requests, and the provisional answer lasts one step.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Hashable, Sequence
+from dataclasses import dataclass
+
+from dynaspec.spec.adaptive_allocation import Allocation
+
+# The share of a new composition's requests the latest plan must have decided for its k_i to stand in.
+PROVISIONAL_MIN_SHARED = 0.75
+
+
+@dataclass(frozen=True)
+class _Entry:
+    observations: int  # the policy's observation count when planned
+    allocation: Allocation
+    provisional: bool  # answered from the latest plan, not planned (a miss for refresh())
+
+
+@dataclass(frozen=True)
+class _LatestPlan:
+    index: dict[Hashable, int]  # request id -> its row in `allocation`
+    allocation: Allocation
+
+
+class AllocationTables:
+    """Allocations by key (the decoding request ids in batch order, and whether the drain rule planned it)."""
+
+    def __init__(self, max_tables: Callable[[], int]) -> None:
+        self.max_tables = max_tables  # the policy's settings.max_tables, read when a table is added
+        self._entries: dict[tuple[Hashable, ...], _Entry] = {}
+        self._latest: _LatestPlan | None = None
+
+    def get(self, key: tuple[Hashable, ...], observations: int, replan_every: int, critical: bool) -> Allocation | None:
+        """The allocation kept for `key` unless due (planned `replan_every` observations ago or more); a provisional
+        one only on the critical path (refresh() plans it)."""
+        entry = self._entries.get(key)
+        if entry is None or observations - entry.observations >= replan_every:
+            return None
+        if entry.provisional and not critical:
+            return None
+        return entry.allocation
+
+    def knows(self, key: tuple[Hashable, ...]) -> bool:
+        """Whether `key` was planned or answered before (a due replan of it is not a new composition)."""
+        return key in self._entries
+
+    def put(self, key: tuple[Hashable, ...], observations: int, allocation: Allocation,
+            request_ids: Sequence[Hashable] | None = None, provisional: bool = False) -> None:
+        """Keep `allocation` for `key`; a planned one for named requests becomes the latest plan."""
+        if len(self._entries) >= self.max_tables():  # keys of batches long gone
+            self._entries.clear()
+        self._entries[key] = _Entry(observations, allocation, provisional)
+        if request_ids is not None and not provisional:
+            self._latest = _LatestPlan({rid: row for row, rid in enumerate(request_ids)}, allocation)
+
+    def provisional_draft_lens(self, request_ids: Sequence[Hashable]) -> list[int] | None:
+        """k_i for these requests from the latest plan (module docstring), or None when it shares too few of them."""
+        latest = self._latest
+        if latest is None or not request_ids:
+            return None
+        rows = [latest.index.get(rid) for rid in request_ids]
+        shared = sum(row is not None for row in rows)
+        if shared < PROVISIONAL_MIN_SHARED * len(request_ids):
+            return None
+        planned = latest.allocation.draft_lens
+        unknown = planned[0] if len(set(planned)) == 1 else 0
+        return [unknown if row is None else planned[row] for row in rows]
+
+    def clear(self) -> None:
+        """Forget every allocation (their prices or estimates are outdated), the latest plan too."""
+        self._entries.clear()
+        self._latest = None

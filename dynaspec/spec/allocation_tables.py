@@ -85,6 +85,9 @@ class AllocationTables:
         unknown = planned[0] if len(set(planned)) == 1 else 0
         return [unknown if row is None else planned[row] for row in rows]
 
+    def __len__(self) -> int:
+        return len(self._entries)
+
     def clear(self) -> None:
         """Forget every allocation (their prices or estimates are outdated), the latest plan too."""
         self._entries.clear()

@@ -207,3 +207,44 @@ def test_a_batch_whose_requests_finish_one_by_one_stays_overlapped(tiny):
     assert _run(engine, prompts, params, [0] * 6) == expected
     assert launches.count(False) == 1 and launches.count(True) > 20
     assert engine.num_free_blocks == engine.num_total_blocks
+
+
+class _PlainRecordingRefresh(DraftLenPolicy):
+    """k = 0 for every request; records the request ids refresh() is asked to plan for."""
+
+    def __init__(self, events: list) -> None:
+        self.events = events
+
+    def draft_lens(self, num_decoding, num_active, request_ids=None, remaining=None):
+        return [0] * num_decoding
+
+    def draft_len(self, num_decoding, num_active, request_ids=None):
+        return 0
+
+    def refresh(self, num_decoding, request_ids=None):
+        self.events.append(("refresh", list(request_ids)))
+
+
+def test_the_policy_refreshes_the_batch_of_the_step_just_launched(tiny):
+    """refresh() plans off the critical path for the batch the next decision is likeliest to meet. An overlapped
+    call launches step t + 1 and commits step t; it refreshed step t's batch, whose finished requests the next
+    decision no longer has, so a policy planning per batch composition (adaptive) planned each new one where
+    the decision was asked. It now refreshes step t + 1's."""
+    prompts, params = _workload()
+    engine = _engine(tiny, overlap=True)
+    events: list = []
+    engine.policy = engine.policy_feed.policy = _PlainRecordingRefresh(events)
+    original = engine._launch_overlapped
+
+    def launch(sched, ids):
+        events.append(("launch", [d.request.request_id for d in sched.decodes], ids is not None))
+        return original(sched, ids)
+
+    engine._launch_overlapped = launch
+    _run(engine, prompts, params, [0] * 6)
+    continued = [(event, following) for event, following in zip(events, events[1:])
+                 if event[0] == "launch" and event[2]]
+    assert len(continued) > 20
+    assert all(following == ("refresh", event[1]) for event, following in continued)
+    # requests finished along the way, so step t's batch and step t + 1's differed in some calls
+    assert len({len(event[1]) for event, _ in continued}) > 2

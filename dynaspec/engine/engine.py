@@ -258,7 +258,8 @@ class LLMEngine:
                                      lambda batch: self.runner.can_replay(batch, 0))
             self._inflight = (None if following is None
                               else self._launch_overlapped(following, continued_ids(inflight, following)))
-            self.policy_feed.feed(inflight.sched.decodes)
+            # refreshed for the batch the next decision is likeliest to meet: the one just launched
+            self.policy_feed.feed((inflight.sched if following is None else following).decodes)
             return self._finish_overlapped(inflight)
         earlier = None
         if self._launched is not None:  # deferred verification: step t is verified and committed first,

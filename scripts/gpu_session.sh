@@ -86,6 +86,13 @@ for step in "$@"; do
         --policy-lines goodput --ks 0-4 --batch-sizes 1,4,16,64,128,256 --prompt-len 128 --gen-len 64 --rounds 2 \
         --acceptance-profile acceptance_ngram_code-edit,acceptance_ngram_chat --no-plots --out-dir "$OUT/adaptive" \
         > "$OUT/adaptive.log" 2>&1; tail -3 "$OUT/adaptive.log"; grep -A50 "Every point" "$OUT/adaptive/bench.md" | head -50 ;;
+    adaptive-sweep-pure)  # issue 20 (~5 min): the sweep on the pure code-edit and the pure chat profile, one round each
+      for w in code-edit chat; do
+        timeout 280 python3 -m dynaspec.cli bench --model random:llama-3.1-8b --spec-config bench/adaptive_ngram_mixed.yaml \
+          --policy-lines goodput --ks 0,1,4 --batch-sizes 1,4,16,64,128,256 --prompt-len 128 --gen-len 64 --rounds 1 \
+          --acceptance-profile "acceptance_ngram_$w" --no-plots --out-dir "$OUT/adaptive-$w" > "$OUT/adaptive-$w.log" 2>&1
+        tail -2 "$OUT/adaptive-$w.log"; grep -A14 "Every point" "$OUT/adaptive-$w/bench.md" | head -16
+      done ;;
     adaptive-sweep-draft)  # issue 20 (~6 min): the same sweep with a draft model (random Llama-3.2-1B for the 8B), the
       # Qwen pair's high-acceptance code-edit and chat profiles replayed 50/50, one round
       timeout 480 python3 -m dynaspec.cli bench --model random:llama-3.1-8b --spec-config bench/adaptive_draft_model_mixed.yaml \

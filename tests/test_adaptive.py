@@ -338,6 +338,28 @@ def test_a_request_joining_a_uniform_plan_gets_its_draft_length():
     assert policy.draft_lens(8, 8, ids[1:] + ["new"]) == [K] * 8 and len(calls) == 1
 
 
+def test_a_speculative_step_far_above_its_price_voids_the_plans():
+    """The host overhead at a batch above any speculative one seen is priced as at the largest one seen: on an H100
+    (2026-12-07, the diurnal trace's ramp to concurrency 128) a plan of k = 4 for every request held for 17 steps of
+    19-29 ms against ~8 ms plain, until replan_every observations made it due. A step over SURPRISED (1.5) times
+    its price now voids the plans; one within the noise does not."""
+    policy = _policy(0.001, explore_every=None, probe_margin=None)  # verifying nearly free: K for everyone
+    ids = [f"r{i}" for i in range(8)]
+    step = dict(drafted=[K] * 8, accepted=[K] * 8, draft_lens=[K] * 8)
+    policy.observe(StepOutcome(ids, K, **step))  # every position verified once: no replan for a first sight below
+    calls = []
+    plan = policy.plan
+    policy.plan = lambda *args: calls.append(args) or plan(*args)
+    assert policy.draft_lens(8, 8, ids) == [K] * 8 and len(calls) == 1
+    price = policy.step_seconds(8, 8 * K)
+    policy.observe(StepOutcome(ids, K, seconds=1.3 * price, **step))
+    policy.draft_lens(8, 8, ids)
+    assert len(calls) == 1  # within the noise: the plan stands until replan_every
+    policy.observe(StepOutcome(ids, K, seconds=3.0 * policy.step_seconds(8, 8 * K), **step))
+    policy.draft_lens(8, 8, ids)
+    assert len(calls) == 2
+
+
 def test_plain_steps_count_towards_replanning():
     """A plain phase moves the overhead fit (and a batch's first allocation may have been made on a fit from
     other batches): its steps make a replan due as speculative ones do."""

@@ -122,7 +122,7 @@ def test_the_drain_tolerance_reaches_the_policy_and_is_validated():
     from pydantic import ValidationError
 
     from dynaspec import NGramDecodingConfig
-    from dynaspec.spec.adaptive import build_adaptive_policy
+    from dynaspec.spec.policies import build_adaptive_policy
 
     costs = StepCostModel()
     for k in range(3):

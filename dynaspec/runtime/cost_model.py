@@ -134,6 +134,15 @@ class StepCostModel:
         """Whether k is measured at some batch bucket (so cost(batch, k) is defined)."""
         return any(k in ks for ks in self._samples.values())
 
+    def measured_max_draft_len(self, max_draft_len: int) -> int:
+        """The largest k <= max_draft_len such that every k' in 0..k has a measurement."""
+        if not self.has(0):
+            raise ValueError(f"the step-cost model has no measurement for k=0; measured k values: {self.draft_lens}")
+        k = 0
+        while k < max_draft_len and self.has(k + 1):
+            k += 1
+        return k
+
     def samples(self, batch: int, k: int) -> list[float]:
         """The samples kept at exactly (batch, k) (a copy; empty when none)."""
         return list(self._samples.get(batch, {}).get(k, ()))

@@ -43,13 +43,9 @@ such a re-probe waits, as an exploration does, until the budget covers the draft
 Uniform where verifying is nearly free: at a batch where verifying every draft position costs less than
 `trim_min_saving` of a plain step more than verifying none (probed, without the drafting), a ragged
 allocation is filled to its longest k_i for every request (adaptive_allocation.uniform_at_longest), and a
-probe or exploration lengthens every request's draft by one rather than one request's. The
-extra positions verify for next to nothing and a chain drafter drafts to the longest k_i anyway, while a
-ragged step costs what a uniform one does not: a chain drafter's drafts go to the host before the verify,
-and the step cannot chain (engine/chained_step.py). On an H100 (Qwen2.5-Coder-1.5B, its EAGLE head,
-2026-12-06) adaptive's ragged k <= 2 steps at batch 16 took 3.16 ms against static k = 2's 2.80 ms for
-more tokens, and adaptive ran 0.86x no spec on chat there. Per-request lengths pay where verifying costs
-(issue 20's bound: batch 64-128 on Llama-3.1-8B), which is where they stay ragged.
+probe or exploration lengthens every request's draft by one (`_one_further`: a ragged step cannot chain,
+and a chain drafter's drafts go to the host before its verify). Per-request lengths pay where verifying
+costs (issue 20's bound: batch 64-128 on Llama-3.1-8B), which is where they stay ragged.
 Trimming by the drafter's confidence (a draft model, an EAGLE head): spec/draft_trimming.py.
 """
 
@@ -60,7 +56,7 @@ from collections.abc import Callable, Hashable, Sequence
 from typing import Any
 
 from dynaspec.runtime.cost_model import StepCostModel
-from dynaspec.spec.acceptance_estimator import AcceptanceEstimator, planning_estimator
+from dynaspec.spec.acceptance_estimator import AcceptanceEstimator
 from dynaspec.spec.allocation_tables import AllocationTables
 from dynaspec.spec.catch_up import CatchUpCost, describe_catch_up, switch_pays
 from dynaspec.spec.draft_trimming import DraftTrimming
@@ -77,17 +73,11 @@ from dynaspec.spec.step_overhead import CUT_SHORT_FRACTION, StepOverheadModel
 
 # Probed prices kept per (batch, positions): a batch of b requests asks for b * max_draft_len + 1 of them.
 MAX_CACHED_PRICES = 1 << 16
+# A speculative step that took over this many times its price voids the plans (observe). The host overhead at a
+# batch above any speculative one seen is priced as at the largest (spec/step_overhead.py): on an H100 (2026-12-07,
+# the diurnal trace's ramp from concurrency 4 to 128) a plan of k = 4 for all held 17 steps of 19-29 ms (plain: 8).
+SURPRISED = 1.5
 
-
-
-def measured_max_draft_len(cost_model: StepCostModel, max_draft_len: int) -> int:
-    """The largest k <= max_draft_len such that every k' in 0..k has a step-cost measurement."""
-    if not cost_model.has(0):
-        raise ValueError(f"the step-cost model has no measurement for k=0; measured k values: {cost_model.draft_lens}")
-    k = 0
-    while k < max_draft_len and cost_model.has(k + 1):
-        k += 1
-    return k
 
 
 class AdaptivePolicy(DraftLenPolicy):
@@ -112,7 +102,7 @@ class AdaptivePolicy(DraftLenPolicy):
         own, eager); ragged_step: (batch, tokens) -> the ragged graph's (bucket, padded tokens) or None
         (PolicyContext.ragged_step); catch_up, backlog: the drafter's catch-up price and
         PolicyContext.backlog (None: switching from k = 0 is free)."""
-        self.max_draft_len = measured_max_draft_len(cost_model, min(max_draft_len, estimator.max_draft_len))
+        self.max_draft_len = cost_model.measured_max_draft_len(min(max_draft_len, estimator.max_draft_len))
         self.cost_model = cost_model
         self.estimator = estimator
         self.settings = PlannerSettings() if settings is None else settings
@@ -430,10 +420,15 @@ class AdaptivePolicy(DraftLenPolicy):
             else:
                 _, prior = self._prior(outcome.batch, positions)
                 mean_k = positions / outcome.batch
-                if positions == 0 or len(set(outcome.draft_lens)) <= 1:
+                ragged = len(set(outcome.draft_lens)) > 1
+                priced = self.step_seconds(outcome.batch, positions) + (
+                    self.ragged_premium.seconds(outcome.batch, self.overhead) if ragged else 0.0)
+                if positions == 0 or not ragged:
                     self.overhead.add(outcome.batch, mean_k, outcome.seconds - prior, prior)
                 elif outcome.seconds >= CUT_SHORT_FRACTION * prior:  # ragged (and not timed short)
                     self.ragged_premium.observe(outcome.batch, mean_k, outcome.seconds - prior)
+                if positions and outcome.seconds > SURPRISED * priced:
+                    self._tables.clear()  # plans priced such steps far below their cost: replan with this one
         self._plain_last = outcome.draft_len == 0
         if outcome.draft_len == 0:
             return
@@ -497,19 +492,3 @@ class AdaptivePolicy(DraftLenPolicy):
         return f"AdaptivePolicy(max_draft_len={self.max_draft_len}, settings={self.settings!r})"
 
 
-def build_adaptive_policy(
-    spec_config: Any,
-    cost_model: StepCostModel,
-    padded_batch: PaddedBatchFn | None = None,
-    ragged_step: Callable[[int, int], tuple[int, int] | None] | None = None,
-    catch_up: CatchUpCost | None = None,
-    backlog: Callable[[], tuple[int, int]] | None = None,
-) -> AdaptivePolicy:
-    """The engine's adaptive policy from a speculative config (max_draft_len, max_concurrency,
-    acceptance_profile) and T(batch, k); the estimator is the goodput planner's (same settings)."""
-    settings = PlannerSettings(max_concurrency=spec_config.max_concurrency,
-                               drain_tolerance=spec_config.adaptive_drain_tolerance)
-    estimator = planning_estimator(spec_config.max_draft_len, spec_config.acceptance_profile, settings)
-    return AdaptivePolicy(
-        cost_model, estimator, spec_config.max_draft_len, settings, padded_batch, ragged_step, catch_up, backlog
-    )

@@ -16,11 +16,13 @@ from collections.abc import Callable
 from typing import Any
 
 from dynaspec.runtime.cost_model import StepCostModel
-from dynaspec.spec.adaptive import build_adaptive_policy
+from dynaspec.spec.acceptance_estimator import planning_estimator
+from dynaspec.spec.adaptive import AdaptivePolicy
 from dynaspec.spec.auto_schedule import plan_auto_schedule
 from dynaspec.spec.catch_up import CatchUpCost
 from dynaspec.spec.config import AUTO_SCHEDULE
-from dynaspec.spec.planner import build_goodput_planner
+from dynaspec.spec.planner import PaddedBatchFn, build_goodput_planner
+from dynaspec.spec.planner_settings import PlannerSettings
 from dynaspec.spec.policy import DraftLenPolicy, NoSpeculation, PolicyContext
 from dynaspec.spec.schedule_policy import SchedulePolicy
 
@@ -57,6 +59,24 @@ def _goodput(spec: Any, context: PolicyContext) -> DraftLenPolicy:
         catch_up=_catch_up(context),
         backlog=context.backlog,
         padded_batch=context.padded_batch,
+    )
+
+
+def build_adaptive_policy(
+    spec_config: Any,
+    cost_model: StepCostModel,
+    padded_batch: PaddedBatchFn | None = None,
+    ragged_step: Callable[[int, int], tuple[int, int] | None] | None = None,
+    catch_up: CatchUpCost | None = None,
+    backlog: Callable[[], tuple[int, int]] | None = None,
+) -> AdaptivePolicy:
+    """The engine's adaptive policy from a speculative config (max_draft_len, max_concurrency,
+    acceptance_profile, adaptive_drain_tolerance) and T(batch, k); the estimator is the goodput planner's."""
+    settings = PlannerSettings(max_concurrency=spec_config.max_concurrency,
+                               drain_tolerance=spec_config.adaptive_drain_tolerance)
+    estimator = planning_estimator(spec_config.max_draft_len, spec_config.acceptance_profile, settings)
+    return AdaptivePolicy(
+        cost_model, estimator, spec_config.max_draft_len, settings, padded_batch, ragged_step, catch_up, backlog
     )
 
 

@@ -360,6 +360,16 @@ def test_a_speculative_step_far_above_its_price_voids_the_plans():
     assert len(calls) == 2
 
 
+def test_while_requests_wait_or_prefill_it_keeps_k0_where_the_full_batch_would():
+    """The goodput planner's ramp rule: two requests decode beside six still prefilling, and at the batch of eight
+    k = 0 is best, so the two run plain steps too (on an H100, 2026-12-07, drafting beside a closed batch's
+    prefill chunks cost adaptive 14-24% more prefill time than goodput at batch 64-256); alone, they draft."""
+    policy = _policy(0.1, explore_every=None, probe_margin=None)
+    assert max(policy.allocation(8).draft_lens) == 0
+    assert max(policy.draft_lens(2, 2, ["a", "b"])) > 0
+    assert policy.draft_lens(2, 8, ["a", "b"]) == [0, 0] and policy.last_decision["reason"] == "ramp"
+
+
 def test_plain_steps_count_towards_replanning():
     """A plain phase moves the overhead fit (and a batch's first allocation may have been made on a fit from
     other batches): its steps make a replan due as speculative ones do."""

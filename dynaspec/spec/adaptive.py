@@ -79,7 +79,6 @@ MAX_CACHED_PRICES = 1 << 16
 SURPRISED = 1.5
 
 
-
 class AdaptivePolicy(DraftLenPolicy):
     """Per-request k_i maximising predicted goodput over a budget of draft positions (module docstring)."""
 
@@ -496,5 +495,3 @@ class AdaptivePolicy(DraftLenPolicy):
 
     def __repr__(self) -> str:
         return f"AdaptivePolicy(max_draft_len={self.max_draft_len}, settings={self.settings!r})"
-
-

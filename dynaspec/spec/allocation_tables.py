@@ -10,11 +10,14 @@ batch size also prices its budgets cold), and in the same sweep on an H100 (2026
 the steps of the batch's tail, where requests finished, took 13-20 ms against no speculation's 10. (The goodput
 planner keys its tables by batch size alone above small batches, so a new composition costs it nothing.)
 
-A composition that shares at least `PROVISIONAL_MIN_SHARED` of its requests with the latest plan now gets that
-plan's k_i for the requests they share, and for a request the plan did not know its k where the plan was uniform
-(a uniform step stays uniform: it can chain, and pays no ragged premium), else 0; that answers one decision, and
+A new composition (one neither planned nor answered before; not a draining batch, whose plans the drain rule
+makes) that shares at least `PROVISIONAL_MIN_SHARED` of its requests with the latest plan now gets that plan's
+k_i for the requests they share, and for a request the plan did not know its k where the plan was uniform (a
+uniform step stays uniform: it can chain, and pays no ragged premium), else 0; that answers one decision, and
 refresh() plans the composition properly while its step runs. Prices move little when a batch of 256 loses or
-gains a few requests, and the provisional answer lasts one step.
+gains a few requests, and the provisional answer lasts one step. Measured in the same sweep (H100, 2026-12-07
+02:08 UTC, with the engine refreshing for the step it launched): the tail's steps ran as no speculation's, and
+adaptive went from 0.92x to 0.99x the best other line at batch 256.
 """
 
 from __future__ import annotations

@@ -125,6 +125,7 @@ class AdaptivePolicy(DraftLenPolicy):
         self._staleness = rules.Staleness(lambda: self.settings.reprobe_after, lambda: self.settings.min_observed_steps)
         self.trimming = DraftTrimming(self.max_draft_len, lambda: self.settings)
         self.last_decision: dict[str, Any] = {}
+        self._asked: tuple[Sequence[Hashable] | None, Sequence[int] | None] = (None, None)  # last draft_lens ids, left
 
     # ----------------------------------------------------------------- the decision
     def draft_lens(self, num_decoding: int, num_active: int, request_ids: Sequence[Hashable] | None = None,
@@ -142,6 +143,7 @@ class AdaptivePolicy(DraftLenPolicy):
             # time than goodput at batch 64-256, and 7-8% of the whole batch's tokens a second)
             self.last_decision = {"batch": num_decoding, "k": 0, "reason": "ramp", "budget": 0}
             return [0] * num_decoding
+        self._asked = (request_ids, remaining)  # refresh() plans these requests as asked (tokens left included)
         allocation = self.allocation(num_decoding, request_ids, remaining)
         draft_lens, reason = list(allocation.draft_lens), "allocate"
         if allocation.budget > 0 and self._plain_last and not self._switch_pays(num_decoding, allocation,
@@ -205,25 +207,24 @@ class AdaptivePolicy(DraftLenPolicy):
     # ----------------------------------------------------------------- predictions
     def allocation(self, batch: int, request_ids: Sequence[Hashable] | None = None,
                    remaining: Sequence[int] | None = None, critical: bool = True) -> Allocation:
-        """The allocation for these decoding requests, reused until `replan_every` observations arrived. The tokens
-        left count only where the drain rule applies: elsewhere a decision asked with them reuses what refresh()
-        planned off the critical path (a batch of 256 whose requests finish planned twice a step before). On the
-        critical path a new composition of named requests takes the latest plan's k_i where it shares most of
-        them (spec/allocation_tables.py), and refresh() (critical=False) plans it."""
+        """The allocation for these requests, reused until `replan_every` observations arrived; tokens left count
+        only where the drain rule applies. On the critical path a new composition of named requests takes the
+        latest plan's k_i (spec/allocation_tables.py), and refresh() (critical=False) plans it."""
         if remaining is not None and not self._drains(batch):
             remaining = None
-        key = (*(request_ids or (None,) * batch), remaining is not None)
+        draining = remaining is not None
+        key = (*(request_ids or (None,) * batch), draining)
         allocation = self._tables.get(key, self._observations, self.settings.replan_every, critical)
         if allocation is not None:
             return allocation
-        if critical and request_ids is not None and remaining is None and not self._tables.knows(key):
-            draft_lens = self._tables.provisional_draft_lens(request_ids)
+        if critical and request_ids is not None and not self._tables.knows(key):
+            draft_lens = self._tables.provisional_draft_lens(request_ids, draining)
             if draft_lens is not None:
                 allocation = self._provisional(batch, request_ids, draft_lens)
                 self._tables.put(key, self._observations, allocation, provisional=True)
                 return allocation
         allocation = self.plan(batch, request_ids, remaining)
-        self._tables.put(key, self._observations, allocation, None if remaining is not None else request_ids)
+        self._tables.put(key, self._observations, allocation, request_ids)
         return allocation
 
     def _provisional(self, batch: int, request_ids: Sequence[Hashable], draft_lens: list[int]) -> Allocation:
@@ -457,9 +458,12 @@ class AdaptivePolicy(DraftLenPolicy):
 
     def refresh(self, num_decoding: int, request_ids: Sequence[Hashable] | None = None) -> None:
         """Recompute the allocation of these decoding requests (and the overhead fit) now if due (off the
-        critical path)."""
+        critical path), with the tokens left the latest decision was asked with where it was about them."""
         self.overhead.refit_if_due()
-        self.allocation(num_decoding, request_ids, critical=False)
+        asked_ids, remaining = self._asked
+        if request_ids is None or asked_ids is None or list(asked_ids) != list(request_ids):
+            remaining = None  # not the batch last asked about: planned without tokens left
+        self.allocation(num_decoding, request_ids, remaining, critical=False)
 
     def release(self, request_id: Hashable) -> None:
         self.estimator.release(request_id)

@@ -10,8 +10,8 @@ batch size also prices its budgets cold), and in the same sweep on an H100 (2026
 the steps of the batch's tail, where requests finished, took 13-20 ms against no speculation's 10. (The goodput
 planner keys its tables by batch size alone above small batches, so a new composition costs it nothing.)
 
-A new composition (one neither planned nor answered before; not a draining batch, whose plans the drain rule
-makes) that shares at least `PROVISIONAL_MIN_SHARED` of its requests with the latest plan now gets that plan's
+A new composition (one neither planned nor answered before) that shares at least `PROVISIONAL_MIN_SHARED` of its
+requests with the latest plan of its kind (a draining batch's, planned by the drain rule, or not) now gets that plan's
 k_i for the requests they share, and for a request the plan did not know its k where the plan was uniform (a
 uniform step stays uniform: it can chain, and pays no ragged premium), else 0; that answers one decision, and
 refresh() plans the composition properly while its step runs. Prices move little when a batch of 256 loses or
@@ -50,7 +50,7 @@ class AllocationTables:
     def __init__(self, max_tables: Callable[[], int]) -> None:
         self.max_tables = max_tables  # the policy's settings.max_tables, read when a table is added
         self._entries: dict[tuple[Hashable, ...], _Entry] = {}
-        self._latest: _LatestPlan | None = None
+        self._latest: dict[bool, _LatestPlan] = {}  # the latest plan for named requests, drained or not
 
     def get(self, key: tuple[Hashable, ...], observations: int, replan_every: int, critical: bool) -> Allocation | None:
         """The allocation kept for `key` unless due (planned `replan_every` observations ago or more); a provisional
@@ -68,16 +68,18 @@ class AllocationTables:
 
     def put(self, key: tuple[Hashable, ...], observations: int, allocation: Allocation,
             request_ids: Sequence[Hashable] | None = None, provisional: bool = False) -> None:
-        """Keep `allocation` for `key`; a planned one for named requests becomes the latest plan."""
+        """Keep `allocation` for `key` (its last element: whether the drain rule planned it); a planned one for
+        named requests becomes the latest plan of its kind."""
         if len(self._entries) >= self.max_tables():  # keys of batches long gone
             self._entries.clear()
         self._entries[key] = _Entry(observations, allocation, provisional)
         if request_ids is not None and not provisional:
-            self._latest = _LatestPlan({rid: row for row, rid in enumerate(request_ids)}, allocation)
+            self._latest[bool(key[-1])] = _LatestPlan({rid: row for row, rid in enumerate(request_ids)}, allocation)
 
-    def provisional_draft_lens(self, request_ids: Sequence[Hashable]) -> list[int] | None:
-        """k_i for these requests from the latest plan (module docstring), or None when it shares too few of them."""
-        latest = self._latest
+    def provisional_draft_lens(self, request_ids: Sequence[Hashable], draining: bool) -> list[int] | None:
+        """k_i for these requests from the latest plan of the same kind (drained or not: module docstring), or
+        None when it shares too few of them."""
+        latest = self._latest.get(draining)
         if latest is None or not request_ids:
             return None
         rows = [latest.index.get(rid) for rid in request_ids]
@@ -94,4 +96,4 @@ class AllocationTables:
     def clear(self) -> None:
         """Forget every allocation (their prices or estimates are outdated), the latest plan too."""
         self._entries.clear()
-        self._latest = None
+        self._latest.clear()

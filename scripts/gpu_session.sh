@@ -4,6 +4,10 @@
 set -uo pipefail
 OUT=${OUT:-/tmp/out}
 AB=/tmp/ab; mkdir -p "$OUT" "$AB"
+if ! python3 -c "import pydantic" 2>/dev/null && [ ! -d .gpu-wheels ] && [ ! -d .whl ]; then
+  echo "gpu_session: pydantic is missing and no .gpu-wheels here: pass carry=[\".gpu-wheels\"] to the device call" >&2
+  exit 2
+fi
 python3 -m pip install -q --no-index --find-links .gpu-wheels --find-links .whl pydantic fastapi uvicorn gguf accelerate pytest 2>&1 | tail -1
 export PYTHONPATH=$PWD PYTHONUNBUFFERED=1
 nvidia-smi --query-gpu=name,memory.total --format=csv,noheader | tee "$OUT/card.txt"

@@ -142,7 +142,7 @@ class Scheduler:
         k = out.draft_len = max(ks, default=0)
 
         for request, k_i in zip(decoding, ks):
-            if request not in self.running:  # preempted earlier in this loop
+            if out.preempted and any(request is p for p in out.preempted):  # preempted earlier in this loop
                 continue
             max_draft = max(0, min(k_i, self.max_model_len - request.num_tokens))
             # Slots for all k positions a drafter may write this step, even where fewer are verified.
@@ -154,7 +154,7 @@ class Scheduler:
         for request in [r for r in self.running if r.is_prefilling]:
             if budget <= 0:
                 break
-            if request not in self.running:
+            if out.preempted and any(request is p for p in out.preempted):
                 continue
             chunk = min(request.num_tokens - request.num_computed_tokens, budget)
             if not self._reserve(request, request.num_computed_tokens + chunk, out):

@@ -401,6 +401,28 @@ def test_a_decision_with_tokens_left_reuses_the_refresh_where_the_drain_rule_doe
     assert len(calls) == 3 and calls[2][2] == [5, 5]  # batch 2 drains: planned again, for the drain
 
 
+def test_a_draining_batch_is_refreshed_with_its_tokens_left_and_a_finished_request_costs_no_plan():
+    """refresh() planned a draining batch without its tokens left, a plan no draining decision used, so every drain
+    plan was made on the critical path, and in a closed batch's tail a request finishes nearly every step. It now
+    plans with the tokens left the latest decision was asked with, and a draining batch's new composition takes
+    the latest drain plan's k_i for one decision."""
+    policy = _policy(0.1, drain_max_batch=8, explore_every=None, probe_margin=None)
+    calls = []
+    plan = policy.plan
+    policy.plan = lambda *args: calls.append(args) or plan(*args)
+    ids = ["r0", "r1", "r2", "r3"]
+    policy.draft_lens(4, 4, ids, remaining=[9, 9, 9, 9])
+    assert len(calls) == 1 and calls[0][2] == [9, 9, 9, 9]
+    for _ in range(policy.settings.replan_every):
+        policy.observe(StepOutcome(ids, 0, drafted=[0] * 4, accepted=[0] * 4, draft_lens=[0] * 4))
+    policy.refresh(4, ids)
+    assert len(calls) == 2 and calls[1][2] == [9, 9, 9, 9]  # the drain plan, off the critical path
+    policy.draft_lens(3, 3, ids[1:], remaining=[8, 8, 8])  # r0 finished
+    assert len(calls) == 2
+    policy.refresh(3, ids[1:])
+    assert len(calls) == 3 and calls[2][2] == [8, 8, 8]
+
+
 def test_uniform_policies_give_one_k_per_request_by_default():
     class Fixed(DraftLenPolicy):
         def draft_len(self, num_decoding, num_active, request_ids=None):

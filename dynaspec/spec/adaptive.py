@@ -73,9 +73,8 @@ from dynaspec.spec.step_overhead import CUT_SHORT_FRACTION, StepOverheadModel
 
 # Probed prices kept per (batch, positions): a batch of b requests asks for b * max_draft_len + 1 of them.
 MAX_CACHED_PRICES = 1 << 16
-# A speculative step that took over this many times its price voids the plans (observe). The host overhead at a
-# batch above any speculative one seen is priced as at the largest (spec/step_overhead.py): on an H100 (2026-12-07,
-# the diurnal trace's ramp from concurrency 4 to 128) a plan of k = 4 for all held 17 steps of 19-29 ms (plain: 8).
+# A speculative step over this many times its price voids the plans (observe): a batch above any speculative one
+# seen is priced as the largest (spec/step_overhead.py); H100, 2026-12-07, diurnal ramp to 128: k = 4 held 17 steps.
 SURPRISED = 1.5
 
 
@@ -427,7 +426,7 @@ class AdaptivePolicy(DraftLenPolicy):
                 _, prior = self._prior(outcome.batch, positions)
                 mean_k = positions / outcome.batch
                 ragged = len(set(outcome.draft_lens)) > 1
-                priced = self.step_seconds(outcome.batch, positions) + (
+                priced = positions and self.step_seconds(outcome.batch, positions) + (  # before this sample
                     self.ragged_premium.seconds(outcome.batch, self.overhead) if ragged else 0.0)
                 if positions == 0 or not ragged:
                     self.overhead.add(outcome.batch, mean_k, outcome.seconds - prior, prior)

@@ -1,6 +1,7 @@
 """Issue 20's bound on the GPU: probe the verify cost (uniform and ragged graphs) of a model with the adaptive
 policy's own start-up probe, then compute what per-request draft lengths can gain over the best uniform k and
-over no speculation at each concurrency for replayed acceptance profiles mixed evenly (bench/adaptive_bound.py).
+over no speculation at each concurrency for replayed acceptance profiles mixed evenly, and over a trace of
+phases (by default bench-trace's diurnal day: --trace-phases, --requests-per-phase, --gen-len) (bench/adaptive_bound.py).
 
     python scripts/adaptive_bound.py --model random:llama-3.1-8b --out $OUT/bound
 """
@@ -11,7 +12,7 @@ import argparse
 import json
 from pathlib import Path
 
-from dynaspec.bench.adaptive_bound import bound_markdown, bound_table
+from dynaspec.bench.adaptive_bound import bound_markdown, bound_table, trace_bound, trace_bound_markdown
 from dynaspec.config import EngineConfig
 from dynaspec.engine.engine import LLMEngine
 from dynaspec.spec.config import NGramDecodingConfig
@@ -24,19 +25,29 @@ def main() -> None:
     parser.add_argument("--profiles", default="acceptance_ngram_code-edit,acceptance_ngram_chat")
     parser.add_argument("--batches", default="1,4,16,64,128,256")
     parser.add_argument("--max-draft-len", type=int, default=4)
+    parser.add_argument("--trace-phases", default="1,2,4,128,256,128,4,2,1")
+    parser.add_argument("--requests-per-phase", default="9,16,25,256,256,256,25,16,9")
+    parser.add_argument("--gen-len", type=int, default=128, help="tokens a request generates in the trace")
     parser.add_argument("--out", type=Path, required=True)
     args = parser.parse_args()
     batches = [int(b) for b in args.batches.split(",")]
+    phases = [int(c) for c in args.trace_phases.split(",")]
+    tokens_per_phase = [int(n) * args.gen_len for n in args.requests_per_phase.split(",")]
+    if len(tokens_per_phase) != len(phases):
+        parser.error(f"--requests-per-phase needs one count per phase ({len(phases)}), got {len(tokens_per_phase)}")
     spec = NGramDecodingConfig(max_draft_len=args.max_draft_len, draft_len_policy="adaptive")
-    engine = LLMEngine(EngineConfig(model=args.model, max_num_seqs=max(batches), speculative_config=spec))
+    engine = LLMEngine(EngineConfig(model=args.model, max_num_seqs=max(batches + phases), speculative_config=spec))
     policy = engine.policy  # its probed T(batch, k) and the ragged graphs' padded pricing
     profiles = [load_acceptance(name) for name in args.profiles.split(",")]
     rows = bound_table(batches, profiles, policy.max_draft_len, policy.step_seconds)
     args.out.mkdir(parents=True, exist_ok=True)
-    costs = {str(b): {str(k): policy.cost_model.cost(b, k) for k in range(policy.max_draft_len + 1)} for b in batches}
+    day = trace_bound(phases, tokens_per_phase, profiles, policy.max_draft_len, policy.step_seconds)
+    costs = {str(b): {str(k): policy.cost_model.cost(b, k) for k in range(policy.max_draft_len + 1)}
+             for b in sorted(set(batches + phases))}
     (args.out / "bound.json").write_text(json.dumps({"model": args.model, "profiles": args.profiles, "rows": rows,
-                                                     "probed_step_seconds": costs}, indent=2))
-    table = bound_markdown(rows)
+                                                     "trace": {"phases": phases, "tokens_per_phase": tokens_per_phase,
+                                                               **day}, "probed_step_seconds": costs}, indent=2))
+    table = bound_markdown(rows) + "\n\nTrace " + args.trace_phases + ":\n\n" + trace_bound_markdown(day)
     (args.out / "bound.md").write_text(table + "\n")
     print(table)
 

@@ -84,7 +84,7 @@ for step in "$@"; do
         tail -3 "$OUT/qwen-adaptive-$drafter.log"; grep -A14 "Every point" "$OUT/qwen-adaptive-$drafter/bench.md" | head -24
       done ;;
     adaptive-bound)  # issue 20: what per-request k can gain over uniform k / no spec, from the probed costs
-      python3 scripts/adaptive_bound.py --model random:llama-3.1-8b --out "$OUT/bound" 2>&1 | tail -9 ;;
+      python3 scripts/adaptive_bound.py --model random:llama-3.1-8b --out "$OUT/bound" 2>&1 | tail -14 ;;
     adaptive-sweep)  # issue 20: adaptive vs uniform goodput vs static k vs no spec, code-edit + chat mixed 50/50
       python3 -m dynaspec.cli bench --model random:llama-3.1-8b --spec-config bench/adaptive_ngram_mixed.yaml \
         --policy-lines goodput --ks 0-4 --batch-sizes 1,4,16,64,128,256 --prompt-len 128 --gen-len 64 --rounds 2 \

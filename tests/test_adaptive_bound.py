@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from dynaspec.bench.adaptive_bound import bound_at, bound_markdown, mixed_survivals
+from dynaspec.bench.adaptive_bound import bound_at, bound_markdown, mixed_survivals, trace_bound, trace_bound_markdown
 
 
 def test_mixed_survivals_alternate_profiles_and_extend_the_last_value():
@@ -33,3 +33,21 @@ def test_priced_positions_go_to_the_copy_request_only():
     assert row["uniform_tokens_per_s"] == pytest.approx(uniform)
     assert row["per_request_over_uniform"] > 1.05
     assert "| 2 |" in bound_markdown([row])
+
+
+def test_trace_bound_weights_each_phase_by_its_time():
+    """Two phases of 10 tokens each: at concurrency 1 positions are free (everyone drafts to the end), at
+    concurrency 2 a position costs a whole step (k = 0 is best for both lines). A static k held all day loses
+    in one phase or the other; each phase's oracle does not."""
+    def cost(batch, positions):
+        return 1.0 + (positions if batch == 2 else 0.0)
+    bound = trace_bound([1, 2], [10, 10], [[0.5]], 2, cost)
+    fast_small = 1 + 0.5 + 0.25  # k = 2 at concurrency 1: 1.75 tokens a step
+    assert bound["static_tokens_per_s"][0] == pytest.approx(20 / (10 / 1 + 10 / 2))
+    assert bound["static_tokens_per_s"][2] == pytest.approx(20 / (10 / fast_small + 10 / (2 * fast_small / 5)))
+    assert bound["best_static_k"] == 0
+    oracle = 20 / (10 / fast_small + 10 / 2)
+    assert bound["uniform_oracle_tokens_per_s"] == pytest.approx(oracle)
+    assert bound["per_request_over_uniform"] == pytest.approx(1.0)  # one profile: nothing to tell apart
+    assert bound["uniform_over_best_static"] == pytest.approx(oracle / bound["static_tokens_per_s"][0])
+    assert "k=0" in trace_bound_markdown(bound)

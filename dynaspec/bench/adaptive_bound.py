@@ -12,6 +12,11 @@ a step verifying B draft positions in all:
 
 All three are expected committed tokens per second of a steady step; the per-request line is the optimum
 `draft_len_policy: adaptive` aims for with its estimates converged, so it bounds what the policy can gain.
+
+trace_bound carries the bound to a trace of phases (bench-trace's diurnal day): each phase's tokens at its
+concurrency's steady rate, per line; the lines are no spec, every static k held all day, the uniform oracle of
+each phase (what uniform goodput aims for) and the per-request oracle of each phase. Steady steps only (no
+ramps, prefill or tails), so it bounds the ratios between the lines, not their tokens/s.
 """
 
 from __future__ import annotations
@@ -71,3 +76,44 @@ def bound_markdown(rows: Sequence[dict[str, Any]]) -> str:
             f"| {r['per_request_over_uniform']:.3f} | {r['per_request_over_no_spec']:.3f} |"
         )
     return "\n".join(lines)
+
+
+def trace_bound(phases: Sequence[int], tokens_per_phase: Sequence[int], profiles: Sequence[Sequence[float]],
+                max_draft_len: int, step_seconds: Callable[[int, int], float]) -> dict[str, Any]:
+    """Tokens/s over a trace (module docstring): phase i generates tokens_per_phase[i] tokens at concurrency
+    phases[i]; a line's tokens/s is all tokens over the sum of each phase's tokens / the line's rate there."""
+    rows = {c: bound_at(c, profiles, max_draft_len, step_seconds) for c in sorted(set(phases))}
+    static: dict[int, dict[int, float]] = {}  # k -> concurrency -> tokens/s of uniform k held there
+    for c in rows:
+        survivals = mixed_survivals(c, profiles, max_draft_len)
+        for k in range(max_draft_len + 1):
+            tokens = c + sum(sum(s[:k]) for s in survivals)
+            static.setdefault(k, {})[c] = tokens / step_seconds(c, c * k)
+    total = sum(tokens_per_phase)
+
+    def over_day(rate_at: Callable[[int], float]) -> float:
+        return total / sum(n / rate_at(c) for c, n in zip(phases, tokens_per_phase))
+
+    static_day = {k: over_day(lambda c, k=k: static[k][c]) for k in static}
+    best_k = max(static_day, key=static_day.get)
+    uniform = over_day(lambda c: rows[c]["uniform_tokens_per_s"])
+    per_request = over_day(lambda c: rows[c]["per_request_tokens_per_s"])
+    return {
+        "static_tokens_per_s": static_day, "best_static_k": best_k, "uniform_oracle_tokens_per_s": uniform,
+        "per_request_tokens_per_s": per_request, "per_request_over_uniform": per_request / uniform,
+        "per_request_over_best_static": per_request / static_day[best_k],
+        "uniform_over_best_static": uniform / static_day[best_k], "per_phase": rows,
+    }
+
+
+def trace_bound_markdown(bound: dict[str, Any]) -> str:
+    """trace_bound's day totals as a markdown table."""
+    static = ", ".join(f"k={k}: {v:.0f}" for k, v in bound["static_tokens_per_s"].items())
+    return "\n".join([
+        "| static k all day (tok/s) | best static | uniform oracle per phase | per-request oracle per phase "
+        "| per-request / uniform | per-request / best static | uniform / best static |",
+        "|---|---|---|---|---|---|---|",
+        f"| {static} | k={bound['best_static_k']} | {bound['uniform_oracle_tokens_per_s']:.0f} "
+        f"| {bound['per_request_tokens_per_s']:.0f} | {bound['per_request_over_uniform']:.3f} "
+        f"| {bound['per_request_over_best_static']:.3f} | {bound['uniform_over_best_static']:.3f} |",
+    ])

@@ -118,6 +118,10 @@ for step in "$@"; do
         --phases 64,128 --requests-per-phase 192,384 --prompt-len 128 --gen-len 64 \
         --out-dir "$OUT/adaptive-steady-hi" > "$OUT/adaptive-steady-hi.log" 2>&1; tail -3 "$OUT/adaptive-steady-hi.log"
       cat "$OUT/adaptive-steady-hi/trace.md" ;;
+    host-profile)  # issue 20 (~2 min): host time a decode step by function, static k = 4 vs adaptive, pure code-edit, batch 64
+      python3 scripts/lab/host_profile.py "$OUT/host-profile" -- --model random:llama-3.1-8b \
+        --spec-config bench/adaptive_ngram_mixed.yaml --ks 4 --batch-sizes 64 --prompt-len 128 --gen-len 64 --rounds 2 \
+        --acceptance-profile acceptance_ngram_code-edit > "$OUT/host-profile.log" 2>&1; tail -60 "$OUT/host-profile.log" ;;
     adaptive-diurnal)  # issue 20: the diurnal mixed trace with the adaptive line
       timeout 560 python3 -m dynaspec.cli bench-trace --model random:llama-3.1-8b --drafter ngram --max-draft-len 4 \
         --profiles acceptance_ngram_code-edit,acceptance_ngram_chat --schedule auto --ks 0,1,2,4 --adaptive \

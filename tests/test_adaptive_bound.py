@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from dynaspec.bench.adaptive_bound import bound_at, bound_markdown, mixed_survivals, trace_bound, trace_bound_markdown
+from dynaspec.bench.adaptive_bound import (bound_at, bound_markdown, mixed_survivals, probed_costs_from_bench, trace_bound,
+                                           trace_bound_markdown)
 
 
 def test_mixed_survivals_alternate_profiles_and_extend_the_last_value():
@@ -51,3 +52,15 @@ def test_trace_bound_weights_each_phase_by_its_time():
     assert bound["per_request_over_uniform"] == pytest.approx(1.0)  # one profile: nothing to tell apart
     assert bound["uniform_over_best_static"] == pytest.approx(oracle / bound["static_tokens_per_s"][0])
     assert "k=0" in trace_bound_markdown(bound)
+
+
+def test_probed_costs_come_from_the_goodput_lines_planner_view():
+    table = [{"k": 0, "probed_seconds": 0.005}, {"k": 1, "probed_seconds": 0.006}]
+    result = {"points": [
+        {"line": "k=1", "batch_size": 4, "planner_view": None},
+        {"line": "goodput", "batch_size": 4, "planner_view": {"table": table}},
+        {"line": "goodput", "batch_size": 64, "planner_view": {"table": table[:1]}},
+    ]}
+    assert probed_costs_from_bench(result) == [(4, 0, 0.005), (4, 1, 0.006), (64, 0, 0.005)]
+    with pytest.raises(ValueError, match="--policy-lines goodput"):
+        probed_costs_from_bench({"points": [result["points"][0]]})

@@ -117,3 +117,16 @@ def trace_bound_markdown(bound: dict[str, Any]) -> str:
         f"| {bound['per_request_tokens_per_s']:.0f} | {bound['per_request_over_uniform']:.3f} "
         f"| {bound['per_request_over_best_static']:.3f} | {bound['uniform_over_best_static']:.3f} |",
     ])
+
+
+def probed_costs_from_bench(result: dict[str, Any], line: str = "goodput") -> list[tuple[int, int, float]]:
+    """(batch, k, probed seconds) of a `dynaspec bench` result's goodput line: its planner view records the
+    start-up probe's T(batch, k) at every batch it ran, so a bound can be computed from a recorded run."""
+    out = []
+    for point in result.get("points", []):
+        view = point.get("planner_view") or {}
+        if point.get("line") == line and "table" in view:
+            out += [(point["batch_size"], row["k"], row["probed_seconds"]) for row in view["table"]]
+    if not out:
+        raise ValueError(f"no {line!r} line with a planner view in this bench result: run it with --policy-lines goodput")
+    return out

@@ -7,6 +7,12 @@ draft lengths k_i costs step_ms(b, [k_i]) milliseconds. The policy sees every st
 draft lengths, drafted and accepted counts, seconds) and each request's tokens left, since nothing waits: the
 batch drains. A warm-up batch of the same mix runs first, as `dynaspec bench` runs one, so finished requests
 have taught the policy how much requests differ (spec/request_spread.py).
+
+steady_batch_tokens_per_ms replays the other case, the one issue 20's bound describes (bench/adaptive_bound.py):
+a batch held at `batch` requests, each finished request replaced at once by a new one replaying the same profile
+(slot i replays profiles[i % len(profiles)], so the batch keeps the bound's mix; replaced in turn, the requests that
+speculation ends sooner would leave the batch to the others), and the policy is never asked about tokens left. It tells whether the policy's choices reach the bound when its prices
+are right, apart from what a real engine adds (host work, prefill steps).
 """
 
 from __future__ import annotations
@@ -47,6 +53,49 @@ def closed_batch_tokens_per_ms(
                     del left[rid]
                     policy.release(rid)
     return gen * batch / ms
+
+
+def steady_batch_tokens_per_ms(
+    policy: DraftLenPolicy, step_ms: Callable[[int, list[int]], float], profiles: Sequence[Sequence[float]],
+    seed: int, batch: int, gen: int = 64, warmup_requests: int | None = None, measured_requests: int | None = None,
+) -> float:
+    """Tokens per millisecond of `batch` requests held steady (module docstring), over the steps after the first
+    `warmup_requests` were admitted, until `measured_requests` more were (defaults: 2 x batch each); every
+    request generates `gen` tokens."""
+    rng = random.Random(seed)
+    warmup = 2 * batch if warmup_requests is None else warmup_requests
+    measured = 2 * batch if measured_requests is None else measured_requests
+    slot_of: dict[str, int] = {}
+    left: dict[str, int] = {}
+    started = 0
+
+    def admit(slot: int) -> None:
+        nonlocal started
+        rid = f"r{started}"
+        slot_of[rid], left[rid] = slot, gen
+        started += 1
+
+    for slot in range(batch):
+        admit(slot)
+    ms = tokens = 0.0
+    while started < warmup + measured:
+        ids = list(left)
+        draft_lens = policy.draft_lens(len(ids), len(ids), ids)
+        accepted = [_accepted(rng, profiles[slot_of[rid] % len(profiles)], k) for rid, k in zip(ids, draft_lens)]
+        seconds = step_ms(len(ids), list(draft_lens)) / 1e3
+        policy.observe(StepOutcome(ids, max(draft_lens), drafted=list(draft_lens), accepted=accepted,
+                                   draft_lens=list(draft_lens), seconds=seconds))
+        if started > warmup:
+            ms += seconds * 1e3
+            tokens += sum(min(1 + a, left[rid]) for rid, a in zip(ids, accepted))
+        for rid, a in zip(ids, accepted):
+            left[rid] -= 1 + a
+            if left[rid] <= 0:
+                del left[rid]
+                policy.release(rid)
+                admit(slot_of.pop(rid))
+        policy.refresh(len(left), list(left))
+    return tokens / ms
 
 
 def _accepted(rng: random.Random, alphas: Sequence[float], k: int) -> int:

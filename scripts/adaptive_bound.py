@@ -1,7 +1,8 @@
 """Issue 20's bound on the GPU: probe the verify cost (uniform and ragged graphs) of a model with the adaptive
 policy's own start-up probe, then compute what per-request draft lengths can gain over the best uniform k and
 over no speculation at each concurrency for replayed acceptance profiles mixed evenly, and over a trace of
-phases (by default bench-trace's diurnal day: --trace-phases, --requests-per-phase, --gen-len) (bench/adaptive_bound.py).
+phases (by default bench-trace's diurnal day: --trace-phases, --requests-per-phase, --gen-len);
+bench/adaptive_bound.py.
 
     python scripts/adaptive_bound.py --model random:llama-3.1-8b --out $OUT/bound
 
@@ -46,7 +47,8 @@ def main() -> None:
         parser.error(f"--requests-per-phase needs one count per phase ({len(phases)}), got {len(tokens_per_phase)}")
     max_draft_len = args.max_draft_len
     if args.costs_from is not None:
-        cost_model = StepCostModel.fit_from_measurements(probed_costs_from_bench(json.loads(args.costs_from.read_text())))
+        recorded = probed_costs_from_bench(json.loads(args.costs_from.read_text()))
+        cost_model = StepCostModel.fit_from_measurements(recorded)
         max_draft_len = cost_model.measured_max_draft_len(max_draft_len)
 
         def step_seconds(batch: int, positions: int) -> float:
@@ -62,9 +64,10 @@ def main() -> None:
     day = trace_bound(phases, tokens_per_phase, profiles, max_draft_len, step_seconds)
     costs = {str(b): {str(k): cost_model.cost(b, k) for k in range(max_draft_len + 1)}
              for b in sorted(set(batches + phases))}
-    (args.out / "bound.json").write_text(json.dumps({"model": args.model, "costs_from": str(args.costs_from), "profiles": args.profiles, "rows": rows,
-                                                     "trace": {"phases": phases, "tokens_per_phase": tokens_per_phase,
-                                                               **day}, "probed_step_seconds": costs}, indent=2))
+    result = {"model": args.model, "costs_from": None if args.costs_from is None else str(args.costs_from),
+              "profiles": args.profiles, "rows": rows,
+              "trace": {"phases": phases, "tokens_per_phase": tokens_per_phase, **day}, "probed_step_seconds": costs}
+    (args.out / "bound.json").write_text(json.dumps(result, indent=2))
     table = bound_markdown(rows) + "\n\nTrace " + args.trace_phases + ":\n\n" + trace_bound_markdown(day)
     (args.out / "bound.md").write_text(table + "\n")
     print(table)

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from dynaspec.bench.adaptive_bound import (bound_at, bound_markdown, mixed_survivals, probed_costs_from_bench, trace_bound,
-                                           trace_bound_markdown)
+from dynaspec.bench.adaptive_bound import (bound_at, bound_markdown, mixed_survivals, probed_costs_from_bench,
+                                           trace_bound, trace_bound_markdown)
 
 
 def test_mixed_survivals_alternate_profiles_and_extend_the_last_value():

@@ -128,5 +128,6 @@ def probed_costs_from_bench(result: dict[str, Any], line: str = "goodput") -> li
         if point.get("line") == line and "table" in view:
             out += [(point["batch_size"], row["k"], row["probed_seconds"]) for row in view["table"]]
     if not out:
-        raise ValueError(f"no {line!r} line with a planner view in this bench result: run it with --policy-lines goodput")
+        raise ValueError(f"no {line!r} line with a planner view in this bench result: "
+                         "run it with --policy-lines goodput")
     return out

@@ -11,8 +11,9 @@ have taught the policy how much requests differ (spec/request_spread.py).
 steady_batch_tokens_per_ms replays the other case, the one issue 20's bound describes (bench/adaptive_bound.py):
 a batch held at `batch` requests, each finished request replaced at once by a new one replaying the same profile
 (slot i replays profiles[i % len(profiles)], so the batch keeps the bound's mix; replaced in turn, the requests that
-speculation ends sooner would leave the batch to the others), and the policy is never asked about tokens left. It tells whether the policy's choices reach the bound when its prices
-are right, apart from what a real engine adds (host work, prefill steps).
+speculation ends sooner would leave the batch to the others), and the policy is never asked about tokens left.
+It tells whether the policy's choices reach the bound when its prices are right, apart from what a real engine
+adds (host work, prefill steps).
 """
 
 from __future__ import annotations
@@ -85,7 +86,7 @@ def steady_batch_tokens_per_ms(
         seconds = step_ms(len(ids), list(draft_lens)) / 1e3
         policy.observe(StepOutcome(ids, max(draft_lens), drafted=list(draft_lens), accepted=accepted,
                                    draft_lens=list(draft_lens), seconds=seconds))
-        if started > warmup:
+        if started > warmup:  # every warm-up request admitted: the batch has turned over
             ms += seconds * 1e3
             tokens += sum(min(1 + a, left[rid]) for rid, a in zip(ids, accepted))
         for rid, a in zip(ids, accepted):

@@ -42,8 +42,8 @@ def main() -> None:
           "| adaptive / goodput | adaptive / bound per request |")
     print("|---|---|---|---|---|---|---|---|")
     for batch in [int(b) for b in args.batches.split(",")]:
-        bound = bound_at(batch, profiles, k_max, lambda b, positions: step_ms(b, [positions]) / 1e3 if b == 1
-                         else step_seconds_by_tokens(costs.cost, b, positions, k_max))
+        bound = bound_at(batch, profiles, k_max,
+                         lambda b, positions: step_seconds_by_tokens(costs.cost, b, positions, k_max))
 
         def rate(make) -> float:
             return sum(steady_batch_tokens_per_ms(make(), step_ms, profiles, seed, batch) * 1e3

@@ -90,8 +90,8 @@ class AcceptanceReplay:
         self.alphas = self.profiles[0]
         self.seed = seed
         self.rng = random.Random(seed)
-        # request id -> (u(request, 0..), grown on demand; the generator that grows it)
-        self._uniforms: dict[Hashable, tuple[array, random.Random]] = {}
+        # request id -> (u(request, 0..), grown on demand; the generator that grows it; its profile's alphas)
+        self._requests: dict[Hashable, tuple[array, random.Random, list[float]]] = {}
 
     @property
     def is_mixed(self) -> bool:
@@ -111,31 +111,37 @@ class AcceptanceReplay:
         whose first draft sits at sequence index `position` (common random numbers; None: call order)."""
         if request_id is None and (self.is_mixed or position is not None):
             raise RuntimeError("acceptance replay of several profiles or at a position needs the request id")
-        profile = 0 if request_id is None else self.profile_for(request_id)
         if position is None:
+            profile = 0 if request_id is None else self.profile_for(request_id)
             draws = iter(self.rng.random, None)  # one stream, in call order
-        else:
-            uniforms = self._uniforms_for(request_id, position + num_drafted)
-            draws = map(uniforms.__getitem__, range(position, position + num_drafted))
+            accepted = 0
+            while accepted < num_drafted and next(draws) < self.alpha(accepted, profile):
+                accepted += 1
+            return accepted
+        # the per-request path runs for every drafted request of every benchmark step: one look-up, no calls
+        uniforms, alphas = self._request(request_id, position + num_drafted)
+        last = len(alphas) - 1
         accepted = 0
-        while accepted < num_drafted and next(draws) < self.alpha(accepted, profile):
+        while accepted < num_drafted and uniforms[position + accepted] < alphas[accepted if accepted < last else last]:
             accepted += 1
         return accepted
 
-    def _uniforms_for(self, request_id: Hashable, length: int) -> array:
-        """u(request_id, 0..length-1) at least; the stream continues where it stopped when grown."""
-        entry = self._uniforms.get(request_id)
+    def _request(self, request_id: Hashable, length: int) -> tuple[array, list[float]]:
+        """u(request_id, 0..length-1) at least, and the alphas of the profile it replays; the stream continues
+        where it stopped when grown."""
+        entry = self._requests.get(request_id)
         if entry is None:
-            entry = self._uniforms[request_id] = (array("d"), random.Random(f"{self.seed}:{request_id}"))
-        uniforms, stream = entry
+            entry = self._requests[request_id] = (array("d"), random.Random(f"{self.seed}:{request_id}"),
+                                                  self.profiles[self.profile_for(request_id)])
+        uniforms, stream, alphas = entry
         if len(uniforms) < length:
             draw = stream.random
             uniforms.extend(draw() for _ in range(max(length - len(uniforms), UNIFORM_BLOCK)))
-        return uniforms
+        return uniforms, alphas
 
     def release(self, request_id: Hashable) -> None:
         """Forget a finished request's uniforms (a request id used again starts its stream afresh)."""
-        self._uniforms.pop(request_id, None)
+        self._requests.pop(request_id, None)
 
 
 class ReplayedAcceptance(TargetAcceptance):

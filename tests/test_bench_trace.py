@@ -127,6 +127,9 @@ def test_cli_replayed_trace(tiny, tmp_path):
         assert [p["tokens"] for p in r["per_phase"]] == reference_phase_tokens  # phases do not overlap
         assert r["tokens_per_s"] > 0 and len(r["timeline"]["k"]) == r["num_steps"]
         assert max(r["timeline"]["in_flight"]) == 3
+        # the mix in flight: one count per replayed profile, summing to the requests in flight
+        assert [sum(m) for m in r["timeline"]["in_flight_by_profile"]] == r["timeline"]["in_flight"]
+        assert {len(m) for m in r["timeline"]["in_flight_by_profile"]} == {len(PROFILES)}
     by_line = {r["line"]: r for r in data["results"]}
     assert by_line["no spec"]["tokens_match_no_spec"] is True and by_line["no spec"]["k_histogram"] == {"0": by_line["no spec"]["k_histogram"]["0"]}
     assert set(by_line["k=2"]["k_histogram"]) == {"2"}

@@ -125,6 +125,7 @@ class Step:
     phase: int
     drafted: int = 0  # draft positions verified (sum of k_i: a ragged step's differ from batch * k)
     reason: str = ""  # the draft-length policy's reason for this step's k ("allocate", "probe", ...; "" static)
+    by_profile: tuple[int, ...] = ()  # requests in flight replaying each profile (mixed replays; () otherwise)
 
 
 def _planning_profile(settings: TraceSettings, trace: list[TraceRequest], out_dir: Path) -> tuple[str | None, dict | None]:
@@ -206,7 +207,7 @@ def run_trace(settings: TraceSettings, out_dir: str | Path, progress: ProgressFn
         before = engine.get_stats()
         with frozen_startup_heap():  # no full garbage collection inside a timed step
             steps, tokens, wall, preemptions, views = _drive(engine, trace, settings.phases, line.name, n, len(lines),
-                                                             progress)
+                                                             progress, num_profiles or 0)
         after = engine.get_stats()
         outputs[line.name] = tokens
         summary = _summarise(line, steps, tokens, wall, preemptions, trace, settings.phases, schedule, views)
@@ -227,12 +228,14 @@ def run_trace(settings: TraceSettings, out_dir: str | Path, progress: ProgressFn
     }
 
 
-def _drive(engine, trace, phases, name: str, line_index: int, num_lines: int, progress):
-    """Closed-loop replay of `trace` on `engine`: (steps, tokens per request, wall seconds, preemptions)."""
+def _drive(engine, trace, phases, name: str, line_index: int, num_lines: int, progress, num_profiles: int = 0):
+    """Closed-loop replay of `trace` on `engine`: (steps, tokens per request, wall seconds, preemptions);
+    num_profiles: the replayed profiles, whose requests in flight each step counts (0: none replayed)."""
     from dynaspec.sampling_params import SamplingParams
 
     pending = list(reversed(trace))
     in_flight: set[str] = set()
+    profile_of = {r.request_id: r.profile for r in trace if r.profile is not None}
     tokens: dict[str, list[int]] = {}
     steps: list[Step] = []
     views: dict[int, dict | None] = {}  # phase -> the policy's view (DraftLenPolicy.view) as the phase drained
@@ -260,9 +263,13 @@ def _drive(engine, trace, phases, name: str, line_index: int, num_lines: int, pr
         decoded = stats["num_steps"] != decode_steps
         last = stats["last_step"]
         decision = (stats.get("planner_decision") or {}) if decoded else {}
+        mix = [0] * num_profiles
+        for rid in in_flight:
+            if rid in profile_of:
+                mix[profile_of[rid]] += 1
         steps.append(Step(start - begin, seconds, len(in_flight), last["batch_size"] if decoded else 0,
                           last["k"] if decoded else None, sum(len(o.new_token_ids) for o in outs), phase,
-                          last.get("drafted", 0) if decoded else 0, decision.get("reason", "")))
+                          last.get("drafted", 0) if decoded else 0, decision.get("reason", ""), tuple(mix)))
         for out in outs:
             if out.finished:
                 in_flight.discard(out.request_id)
@@ -341,6 +348,8 @@ def _summarise(line, steps: list[Step], tokens, wall: float, preemptions: int, t
             "drafted": [s.drafted for s in steps],
             "reason": [s.reason for s in steps],
             "phase": [s.phase for s in steps],
+            # requests in flight per replayed profile (the batch's mix: which steps were all chat, say)
+            "in_flight_by_profile": [list(s.by_profile) for s in steps],
         },
     }
 

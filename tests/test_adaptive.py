@@ -689,3 +689,49 @@ def test_a_draining_batch_is_planned_for_its_slowest_request(ckpts, plain):
     assert _run(engine, False) == plain[False]
     at_4 = engine.get_stats()["draft_len_histogram"]["4"]
     assert at_4.get("0", 0) >= 100 and not any(int(k_i) >= 2 for k_i in at_4)  # probes and explorations: one position
+
+
+def test_the_first_step_above_every_batch_the_overhead_fit_has_seen_voids_the_plans():
+    """The overhead fit prices a batch above any speculative one it has seen as the largest seen; on an H100
+    (2026-12-07, the diurnal trace at concurrency 128) adaptive ran 15 steps of k = 1 at 12-15 ms against 8 ms plain,
+    each under SURPRISED times its price, until replan_every observations made the plan due. The first uniform
+    speculative step at a larger batch now voids the plans (its sample joins the fit); the next one does not."""
+    policy = _policy(0.001, explore_every=None, probe_margin=None)
+    small, large = [f"s{i}" for i in range(4)], [f"r{i}" for i in range(8)]
+    for _ in range(4):  # a fit from batch 4 only
+        policy.observe(StepOutcome(small, K, drafted=[K] * 4, accepted=[K] * 4, draft_lens=[K] * 4,
+                                   seconds=policy.step_seconds(4, 4 * K) + 1e-4))
+    assert policy.overhead.largest_speculative_batch == 4
+    step = dict(drafted=[K] * 8, accepted=[K] * 8, draft_lens=[K] * 8)
+    calls = []
+    plan = policy.plan
+    policy.plan = lambda *args: calls.append(args) or plan(*args)
+    assert policy.draft_lens(8, 8, large) == [K] * 8 and len(calls) == 1
+    policy.observe(StepOutcome(large, K, seconds=1.3 * policy.step_seconds(8, 8 * K), **step))
+    policy.draft_lens(8, 8, large)
+    assert len(calls) == 2 and policy.overhead.largest_speculative_batch == 8
+    policy.observe(StepOutcome(large, K, seconds=1.3 * policy.step_seconds(8, 8 * K), **step))
+    policy.draft_lens(8, 8, large)
+    assert len(calls) == 2  # seen at this batch now: within the noise, the plan stands until replan_every
+
+
+def test_a_ragged_step_above_every_batch_the_fit_has_seen_teaches_the_fit_that_batch():
+    """A ragged step's excess over the fit is the ragged premium (spec/ragged_premium.py) only where the fit knows
+    the batch; above every batch it has seen, the excess is the batch's host work, which the premium would absorb
+    while uniform steps stayed priced by extrapolation. Such a step joins the fit and voids the plans."""
+    policy = _policy(0.001, explore_every=None, probe_margin=None)
+    small, large = [f"s{i}" for i in range(4)], [f"r{i}" for i in range(8)]
+    for _ in range(4):
+        policy.observe(StepOutcome(small, K, drafted=[K] * 4, accepted=[K] * 4, draft_lens=[K] * 4,
+                                   seconds=policy.step_seconds(4, 4 * K) + 1e-4))
+    calls = []
+    plan = policy.plan
+    policy.plan = lambda *args: calls.append(args) or plan(*args)
+    policy.draft_lens(8, 8, large)
+    lens = [K, 0] * 4
+    policy.observe(StepOutcome(large, K, drafted=lens, accepted=[0] * 8, draft_lens=lens,
+                               seconds=1.2 * policy.step_seconds(8, sum(lens))))
+    assert policy.overhead.largest_speculative_batch == 8
+    assert policy.ragged_premium.seconds(8, policy.overhead) == 0.0  # no premium sample
+    policy.draft_lens(8, 8, large)
+    assert len(calls) == 2  # the plans were voided

@@ -73,8 +73,9 @@ from dynaspec.spec.step_overhead import CUT_SHORT_FRACTION, StepOverheadModel
 
 # Probed prices kept per (batch, positions): a batch of b requests asks for b * max_draft_len + 1 of them.
 MAX_CACHED_PRICES = 1 << 16
-# A speculative step over this many times its price voids the plans (observe): a batch above any speculative one
-# seen is priced as the largest (spec/step_overhead.py); H100, 2026-12-07, diurnal ramp to 128: k = 4 held 17 steps.
+# A speculative step over this many times its price voids the plans (observe), as does the first one above every
+# batch the overhead fit has seen (priced as the largest seen, spec/step_overhead.py; it joins the fit, ragged or not):
+# on an H100 (2026-12-07, diurnal trace at 128) k = 4 held 17 steps of 19-29 ms, later k = 1 15 of 12-15 ms (8 plain).
 SURPRISED = 1.5
 
 
@@ -428,12 +429,13 @@ class AdaptivePolicy(DraftLenPolicy):
                 ragged = len(set(outcome.draft_lens)) > 1
                 priced = positions and self.step_seconds(outcome.batch, positions) + (  # before this sample
                     self.ragged_premium.seconds(outcome.batch, self.overhead) if ragged else 0.0)
-                if positions == 0 or not ragged:
+                extrapolated = positions and 0 < self.overhead.largest_speculative_batch < outcome.batch
+                if positions == 0 or not ragged or extrapolated:
                     self.overhead.add(outcome.batch, mean_k, outcome.seconds - prior, prior)
                 elif outcome.seconds >= CUT_SHORT_FRACTION * prior:  # ragged (and not timed short)
                     self.ragged_premium.observe(outcome.batch, mean_k, outcome.seconds - prior)
-                if positions and outcome.seconds > SURPRISED * priced:
-                    self._tables.clear()  # plans priced such steps far below their cost: replan with this one
+                if extrapolated or (positions and outcome.seconds > SURPRISED * priced):
+                    self._tables.clear()  # plans priced such steps below their cost: replan with this one
         self._plain_last = outcome.draft_len == 0
         if outcome.draft_len == 0:
             return

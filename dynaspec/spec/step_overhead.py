@@ -130,6 +130,13 @@ class StepOverheadModel:
             self._added_since_fit = 0
         return self._coef
 
+    @property
+    def largest_speculative_batch(self) -> int:
+        """The largest batch a speculative cell of the fit has (0 before a fit): beyond it speculative_line
+        extrapolates."""
+        self._fit()
+        return self._largest_speculative_batch
+
     def cells(self) -> list[dict[str, float]]:
         """The observed (batch, k) cells the fit runs over: each one's median residual (seconds) and sample count,
         for reports (a bent fit is read from them)."""

@@ -349,3 +349,18 @@ def test_plain_steps_are_priced_at_their_own_residual_once_seen():
         model.add(4, 0, 0.16e-3)
     assert model.predict(4, 0) == pytest.approx(0.16e-3, abs=0.01e-3)
     assert model.predict(4, 3) == pytest.approx(0.5e-3, abs=0.02e-3)
+
+
+def test_a_term_fixed_at_zero_makes_room_for_the_next_identifiable_one():
+    """Cells at batch 4 (k = 4, many steps) and at batch 128 (k = 1, one step): the per-draft-position term comes
+    before the per-request one and fits negative (the smaller k has the larger residual). Fixed at 0 alone, it left
+    a per-step term that priced batch 128 at batch 4's host work (a replay of an H100's prices, 2026-12-07: 0.39 ms
+    against 2.86); the per-request term now takes its place and fits both cells."""
+    model = StepOverheadModel()
+    for _ in range(241):
+        model.add(4, 4.0, 0.00038)
+    model.add(128, 1.0, 0.00286)
+    assert model.predict(128, 2) == pytest.approx(0.00286, rel=0.02)
+    assert model.predict(4, 4) == pytest.approx(0.00038, rel=0.02)
+    a, f, d, b, s, c = model.coefficients
+    assert d == 0.0 and b == pytest.approx(20e-6, rel=0.05)

@@ -18,8 +18,8 @@ batch-4 plain step 1.0 ms above its probe where 127 samples measured 0.16 ms, be
 under Huber's loss (huber_fit: a cell of one wild step, such as an eager 55 ms one, is weighed down), with only the terms the
 observed cells can identify, in that order (a term collinear with the earlier ones, e.g. the per-drafted-
 token one while every step ran the same k, stays 0: see identifiable_columns) and with every term but a
-kept >= 0 (see nonnegative_fit), so one observed (batch, k) corrects the prediction of cells never run
-yet. The per-step terms come first: from cells at one batch size only, a speculative step's extra time
+kept >= 0 (see nonnegative_fit; a term fixed at 0 there makes room for the next identifiable one), so one
+observed (batch, k) corrects the prediction of cells never run yet. The per-step terms come first: from cells at one batch size only, a speculative step's extra time
 cannot be told apart between per step and per request, and per request it grows with every batch the
 policy has not run. On an H100 (2026-12-06, the EAGLE head for Qwen2.5-Coder-1.5B) a speculative step's
 residual was 0.26-0.36 ms at batch 1, 0.21-0.41 at 4, 0.26-0.67 at 16: mostly per step; fitted per
@@ -43,6 +43,7 @@ docs/lab/planner_history.md.
 from __future__ import annotations
 
 from collections import deque
+from collections.abc import Callable
 from statistics import median
 
 import numpy as np
@@ -176,28 +177,35 @@ class StepOverheadModel:
         return a + f + (b + spec) * batch, c + d / batch
 
 
-def identifiable_columns(features: np.ndarray) -> list[int]:
-    """Columns of `features` kept in order while each raises the rank: a term the observed cells cannot
-    tell apart from the ones before it gets coefficient 0 instead of a share of a minimum-norm solution
+def identifiable_columns(features: np.ndarray, excluded: frozenset[int] = frozenset()) -> list[int]:
+    """Columns of `features` (but `excluded`) kept in order while each raises the rank: a term the observed cells
+    cannot tell apart from the ones before it gets coefficient 0 instead of a share of a minimum-norm solution
     (steps seen only at k = 4 fit a + b * batch, not a large c * batch * k that would price other k's)."""
     used: list[int] = []
     for j in range(features.shape[1]):
-        if np.linalg.matrix_rank(features[:, used + [j]]) > len(used):
+        if j not in excluded and np.linalg.matrix_rank(features[:, used + [j]]) > len(used):
             used.append(j)
     return used
 
 
 def nonnegative_fit(
-    features: np.ndarray, targets: np.ndarray, used: list[int], nonnegative: tuple[int, ...]
+    features: np.ndarray, targets: np.ndarray, used: list[int], nonnegative: tuple[int, ...],
+    refill: Callable[[frozenset[int]], list[int]] | None = None,
 ) -> np.ndarray:
     """Least-squares coefficients over the columns `used` (others 0) with those in `nonnegative` >= 0:
     while the fit gives one of them a negative value, the most negative is fixed at 0 and the rest refit
-    (the active-set idea of Lawson & Hanson's NNLS, 1974, one column at a time).
+    (the active-set idea of Lawson & Hanson's NNLS, 1974, one column at a time). refill(fixed): the
+    identifiable columns once those fixed at 0 are left out (identifiable_columns), so a later term the
+    dropped one had shadowed takes its place; None: the rest of `used` only.
 
     Host work per request or per drafted token is never negative; an unconstrained fit over cells at
     nearby k's turns noise between them into a negative per-drafted-token term and a large per-request
-    one, which overprices small k's at large batches."""
-    free = list(used)
+    one, which overprices small k's at large batches. Refilled: from cells at batch 4 (k = 4) and batch 128
+    (k = 1), the per-draft-position term comes before the per-request one and fits negative (the cell with the
+    smaller k has the larger residual); dropped alone, it left a per-step term that priced batch 128 at
+    batch 4's host work (a replay of an H100's prices, 2026-12-07: 0.39 ms predicted against 2.86 ms), where
+    the per-request term fits both cells."""
+    free, fixed = list(used), frozenset()
     while True:
         coef = np.zeros(features.shape[1])
         if free:
@@ -205,7 +213,9 @@ def nonnegative_fit(
         negative = [j for j in free if j in nonnegative and coef[j] < 0]
         if not negative:
             return coef
-        free.remove(min(negative, key=lambda j: coef[j]))
+        dropped = min(negative, key=lambda j: coef[j])
+        fixed = fixed | {dropped}
+        free = [j for j in refill(fixed) if j not in fixed] if refill is not None else [j for j in free if j != dropped]
 
 
 HUBER_TUNING = 1.345  # Huber's constant: 95% efficiency under Gaussian noise
@@ -226,9 +236,16 @@ def huber_fit(
     steps at batch 64 ~3 ms above what they measured for the rest of the run."""
     robust = np.ones_like(targets)
     coef = np.zeros(features.shape[1])
+    refills: dict[frozenset[int], list[int]] = {}  # row scaling keeps the rank: one answer per fixed set
+
+    def refill(fixed: frozenset[int]) -> list[int]:
+        if fixed not in refills:
+            refills[fixed] = identifiable_columns(features, fixed)
+        return refills[fixed]
+
     for _ in range(iterations):
         scale = weights * np.sqrt(robust)
-        coef = nonnegative_fit(features * scale[:, None], targets * scale, used, nonnegative)
+        coef = nonnegative_fit(features * scale[:, None], targets * scale, used, nonnegative, refill)
         residuals = np.abs(targets - features @ coef)
         cut = HUBER_TUNING * max(1.4826 * float(np.median(residuals)), HUBER_SCALE_FLOOR_SECONDS)
         updated = np.minimum(1.0, cut / np.maximum(residuals, 1e-12))

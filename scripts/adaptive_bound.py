@@ -18,9 +18,8 @@ import argparse
 import json
 from pathlib import Path
 
-from dynaspec.bench.adaptive_bound import (bound_markdown, bound_table, probed_costs_from_bench, trace_bound,
+from dynaspec.bench.adaptive_bound import (bound_markdown, bound_table, recorded_cost_model, trace_bound,
                                            trace_bound_markdown)
-from dynaspec.runtime.cost_model import StepCostModel
 from dynaspec.spec.adaptive_allocation import step_seconds_by_tokens
 from dynaspec.config import EngineConfig
 from dynaspec.engine.engine import LLMEngine
@@ -47,8 +46,7 @@ def main() -> None:
         parser.error(f"--requests-per-phase needs one count per phase ({len(phases)}), got {len(tokens_per_phase)}")
     max_draft_len = args.max_draft_len
     if args.costs_from is not None:
-        recorded = probed_costs_from_bench(json.loads(args.costs_from.read_text()))
-        cost_model = StepCostModel.fit_from_measurements(recorded)
+        cost_model = recorded_cost_model(args.costs_from)
         max_draft_len = cost_model.measured_max_draft_len(max_draft_len)
 
         def step_seconds(batch: int, positions: int) -> float:

@@ -21,9 +21,12 @@ ramps, prefill or tails), so it bounds the ratios between the lines, not their t
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import Any
 
+from dynaspec.runtime.cost_model import StepCostModel
 from dynaspec.spec.adaptive_allocation import plan_allocation, survival
 
 
@@ -131,3 +134,8 @@ def probed_costs_from_bench(result: dict[str, Any], line: str = "goodput") -> li
         raise ValueError(f"no {line!r} line with a planner view in this bench result: "
                          "run it with --policy-lines goodput")
     return out
+
+
+def recorded_cost_model(bench_json: Path) -> StepCostModel:
+    """T(batch, k) as the start-up probe measured it in a recorded `dynaspec bench` run (probed_costs_from_bench)."""
+    return StepCostModel.fit_from_measurements(probed_costs_from_bench(json.loads(Path(bench_json).read_text())))

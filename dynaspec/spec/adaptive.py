@@ -45,8 +45,8 @@ Uniform where verifying is nearly free: at a batch where verifying every draft p
 allocation is filled to its longest k_i for every request (adaptive_allocation.uniform_at_longest), and a
 probe or exploration lengthens every request's draft by one (`_one_further`: a ragged step cannot chain,
 and a chain drafter's drafts go to the host before its verify). Per-request lengths pay where verifying
-costs (issue 20's bound: batch 64-128 on Llama-3.1-8B), which is where they stay ragged.
-Trimming by the drafter's confidence (a draft model, an EAGLE head): spec/draft_trimming.py.
+costs (issue 20's bound: batch 64-128 on Llama-3.1-8B), where they stay ragged. Trimming by the drafter's
+confidence (a draft model, an EAGLE head): spec/draft_trimming.py.
 """
 
 from __future__ import annotations
@@ -138,9 +138,7 @@ class AdaptivePolicy(DraftLenPolicy):
             self.last_decision = {"batch": num_decoding, "k": 0, "reason": "max_concurrency", "budget": 0}
             return [0] * num_decoding
         if rules.ramp_keeps_k0(num_decoding, num_active, lambda: max(self.allocation(num_active).draft_lens)):
-            # the goodput planner's ramp rule: requests waiting or prefilling lift the batch to where k = 0 is best
-            # (H100, 2026-12-07: drafting beside a closed batch's prefill chunks cost adaptive 14-24% more prefill
-            # time than goodput at batch 64-256, and 7-8% of the whole batch's tokens a second)
+            # the goodput planner's ramp rule (H100, 2026-12-07: without it, 14-24% more prefill time at 64-256)
             self.last_decision = {"batch": num_decoding, "k": 0, "reason": "ramp", "budget": 0}
             return [0] * num_decoding
         self._asked = (request_ids, remaining)  # refresh() plans these requests as asked (tokens left included)
@@ -458,8 +456,8 @@ class AdaptivePolicy(DraftLenPolicy):
             self._tables.clear()
 
     def refresh(self, num_decoding: int, request_ids: Sequence[Hashable] | None = None) -> None:
-        """Recompute the allocation of these decoding requests (and the overhead fit) now if due (off the
-        critical path), with the tokens left the latest decision was asked with where it was about them."""
+        """Recompute the allocation of these decoding requests (and the overhead fit) now if due, off the critical
+        path, with the tokens left the latest decision was asked with where it was about them."""
         self.overhead.refit_if_due()
         asked_ids, remaining = self._asked
         if request_ids is None or asked_ids is None or list(asked_ids) != list(request_ids):

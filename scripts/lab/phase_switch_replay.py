@@ -9,12 +9,10 @@ long the policy speculates at a batch its host-overhead fit has never seen (spec
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 
-from dynaspec.bench.adaptive_bound import probed_costs_from_bench
+from dynaspec.bench.adaptive_bound import recorded_cost_model
 from dynaspec.bench.closed_batch_replay import replayed_adaptive_policy, steady_batch_tokens_per_ms
-from dynaspec.runtime.cost_model import StepCostModel
 from dynaspec.spec.adaptive_allocation import step_seconds_by_tokens
 from dynaspec.spec.planner_settings import PlannerSettings
 from dynaspec.spec.replay import load_acceptance
@@ -29,7 +27,7 @@ def main() -> None:
     parser.add_argument("--host-us", type=float, default=20.0, help="host microseconds a request of a speculative step")
     parser.add_argument("--profiles", default="acceptance_ngram_code-edit,acceptance_ngram_chat")
     args = parser.parse_args()
-    costs = StepCostModel.fit_from_measurements(probed_costs_from_bench(json.loads(args.costs_from.read_text())))
+    costs = recorded_cost_model(args.costs_from)
     profiles = [load_acceptance(name) for name in args.profiles.split(",")]
     steps: list[tuple[int, int]] = []  # (batch, largest k_i)
 

@@ -9,12 +9,10 @@ this isolates the policy's choices from what an engine adds.
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 
-from dynaspec.bench.adaptive_bound import bound_at, probed_costs_from_bench
+from dynaspec.bench.adaptive_bound import bound_at, recorded_cost_model
 from dynaspec.bench.closed_batch_replay import replayed_adaptive_policy, steady_batch_tokens_per_ms
-from dynaspec.runtime.cost_model import StepCostModel
 from dynaspec.spec.acceptance_estimator import planning_estimator
 from dynaspec.spec.adaptive_allocation import step_seconds_by_tokens
 from dynaspec.spec.planner import GoodputPlanner
@@ -31,7 +29,7 @@ def main() -> None:
     parser.add_argument("--max-draft-len", type=int, default=4)
     parser.add_argument("--seeds", type=int, default=2)
     args = parser.parse_args()
-    costs = StepCostModel.fit_from_measurements(probed_costs_from_bench(json.loads(args.costs_from.read_text())))
+    costs = recorded_cost_model(args.costs_from)
     k_max = costs.measured_max_draft_len(args.max_draft_len)
     profiles = [load_acceptance(name) for name in args.profiles.split(",")]
 

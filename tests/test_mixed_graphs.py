@@ -61,8 +61,11 @@ def _spy(engine: LLMEngine) -> list[tuple[int, int]]:
     return seen
 
 
-@pytest.mark.parametrize("spec", [None, NGramDecodingConfig(max_draft_len=3, draft_len_schedule={1: 3, 3: 0})],
-                         ids=["no-spec", "ngram-schedule-to-k0"])
+SPECS = [None, NGramDecodingConfig(max_draft_len=3, draft_len_schedule={1: 3, 3: 0}), NGramDecodingConfig(max_draft_len=3)]
+SPEC_IDS = ["no-spec", "ngram-schedule-to-k0", "ngram-static-k3"]
+
+
+@pytest.mark.parametrize("spec", SPECS, ids=SPEC_IDS)
 def test_mixed_layout_is_token_identical_to_the_eager_engine(target, spec):
     expected = _run(_engine(target, fixed_shape=False, spec=spec))
     engine = _engine(target, fixed_shape=True, spec=spec)
@@ -107,10 +110,23 @@ def test_full_mode_refuses_what_it_cannot_capture():
         EngineConfig(cudagraph_mode="PIECEWISE")
 
 
+def test_speculative_decodes_beside_prefills_run_at_k0_in_the_mixed_layout(target):
+    """A step that prefills beside decodes a static k = 3 drafts for runs at k = 0 in the mixed layout (with
+    drafts it would run eager: engine/graph_keys.plain_beside_prefills); the others speculate as before, and
+    the tokens are those of the eager engine, which drafts in those steps."""
+    spec = NGramDecodingConfig(max_draft_len=3)
+    eager = _engine(target, fixed_shape=False, spec=spec)
+    expected = _run(eager)
+    engine = _engine(target, fixed_shape=True, spec=spec)
+    seen = _spy(engine)
+    assert _run(engine) == expected == _run(_engine(target, fixed_shape=False))
+    assert any(d > 0 and c > 0 for d, c in seen)  # speculative decodes went through the k = 0 mixed layout
+    assert 0 < engine.get_stats()["num_drafted"] < eager.get_stats()["num_drafted"]
+
+
 @cuda
 @pytest.mark.cuda
-@pytest.mark.parametrize("spec", [None, NGramDecodingConfig(max_draft_len=3, draft_len_schedule={1: 3, 3: 0})],
-                         ids=["no-spec", "ngram-schedule-to-k0"])
+@pytest.mark.parametrize("spec", SPECS, ids=SPEC_IDS)
 def test_captured_mixed_graphs_equal_the_eager_engine_on_cuda(target, spec):
     expected = _run(_engine(target, fixed_shape=False, spec=spec, device="cuda", enforce_eager=True))
     engine = _engine(target, fixed_shape=True, spec=spec, device="cuda", cudagraph_mode="FULL")

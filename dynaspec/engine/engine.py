@@ -31,7 +31,8 @@ from dynaspec.engine.chained_step import chain_next
 from dynaspec.engine.drafting import propose_drafts
 from dynaspec.engine.policy_feed import PolicyFeed, verified_outcome
 from dynaspec.engine.engine_setup import activation_reserve, check_shared_model, eos_ids, resolve_max_model_len
-from dynaspec.engine.graph_keys import mixed_keys, ragged_keys, runs_mixed, runs_ragged, uniform_pairs
+from dynaspec.engine.graph_keys import (mixed_keys, plain_beside_prefills, ragged_keys, runs_mixed, runs_ragged,
+                                        uniform_pairs)
 from dynaspec.engine.launched_step import AppliedStep, LaunchedStep, defers_verification, without_aborted
 from dynaspec.engine.logprobs import step_logprobs
 from dynaspec.engine.request_intake import new_request
@@ -293,6 +294,7 @@ class LLMEngine:
         """Schedule a step and launch it; finish it here unless it is overlapped or deferred. earlier: the
         previous step's commit, whose outputs are built once this step is launched (while it runs)."""
         sched = self.scheduler.schedule(self.policy.draft_lens)  # ragged k_i: flat path, or the graph padded to k
+        plain_beside_prefills(self.runner, sched)  # a mixed graph at k = 0 rather than an eager speculative step
         for request in sched.preempted:
             self.drafter.release(request)
         overlapped = self.config.async_scheduling and can_overlap(sched) and self.runner.can_replay(len(sched.decodes), 0)

@@ -37,7 +37,8 @@ class EngineConfig(BaseModel):
     # Which steps run as CUDA graphs (vLLM's `cudagraph_mode` names): FULL_DECODE_ONLY captures decode and
     # verify steps; FULL also captures the steps that prefill new prompts beside k = 0 decodes (mixed steps,
     # keyed by decode bucket and padded prefill rows: runtime/mixed_graphs.py), which otherwise run eager;
-    # there the decodes verify no drafts (a static k's too): they draft again in the next step.
+    # there the decodes verify no drafts and draft again in the next step (with a policy that can reach
+    # k = 0; a static k > 0 captures no k = 0 graphs, so its steps that prefill run eager with drafts).
     # None (the default) resolves to FULL, or to FULL_DECODE_ONLY with deterministic mode or tensor
     # parallelism (where mixed graphs are not available yet).
     cudagraph_mode: Literal["FULL_DECODE_ONLY", "FULL"] | None = None

@@ -61,8 +61,10 @@ def _spy(engine: LLMEngine) -> list[tuple[int, int]]:
     return seen
 
 
-SPECS = [None, NGramDecodingConfig(max_draft_len=3, draft_len_schedule={1: 3, 3: 0}), NGramDecodingConfig(max_draft_len=3)]
-SPEC_IDS = ["no-spec", "ngram-schedule-to-k0", "ngram-static-k3"]
+# {1: 3, 8: 0}: k = 3 but with all 8 requests decoding (max_num_seqs), so k = 0 graphs (and mixed ones) exist
+SPECS = [None, NGramDecodingConfig(max_draft_len=3, draft_len_schedule={1: 3, 3: 0}),
+         NGramDecodingConfig(max_draft_len=3, draft_len_schedule={1: 3, 8: 0})]
+SPEC_IDS = ["no-spec", "ngram-schedule-to-k0", "ngram-k3-k0-reachable"]
 
 
 @pytest.mark.parametrize("spec", SPECS, ids=SPEC_IDS)
@@ -111,10 +113,11 @@ def test_full_mode_refuses_what_it_cannot_capture():
 
 
 def test_speculative_decodes_beside_prefills_run_at_k0_in_the_mixed_layout(target):
-    """A step that prefills beside decodes a static k = 3 drafts for runs at k = 0 in the mixed layout (with
+    """A step that prefills beside decodes the schedule gives k = 3 runs at k = 0 in the mixed layout (with
     drafts it would run eager: engine/graph_keys.plain_beside_prefills); the others speculate as before, and
-    the tokens are those of the eager engine, which drafts in those steps."""
-    spec = NGramDecodingConfig(max_draft_len=3)
+    the tokens are those of the eager engine, which drafts in those steps. A static k captures no k = 0
+    graphs, so no mixed ones: its steps that prefill keep their drafts (eager)."""
+    spec = NGramDecodingConfig(max_draft_len=3, draft_len_schedule={1: 3, 8: 0})
     eager = _engine(target, fixed_shape=False, spec=spec)
     expected = _run(eager)
     engine = _engine(target, fixed_shape=True, spec=spec)
@@ -122,6 +125,8 @@ def test_speculative_decodes_beside_prefills_run_at_k0_in_the_mixed_layout(targe
     assert _run(engine) == expected == _run(_engine(target, fixed_shape=False))
     assert any(d > 0 and c > 0 for d, c in seen)  # speculative decodes went through the k = 0 mixed layout
     assert 0 < engine.get_stats()["num_drafted"] < eager.get_stats()["num_drafted"]
+    static = _engine(target, fixed_shape=True, spec=NGramDecodingConfig(max_draft_len=3))
+    assert not static.runner.mixed_graphs.pairs  # (the test captures them with the keys the engine would use)
 
 
 @cuda

@@ -474,7 +474,7 @@ class AdaptivePolicy(DraftLenPolicy):
 
     def view(self, batch: int) -> dict[str, Any]:
         """The allocation it would make now for `batch` requests it knows nothing of (the pooled estimate),
-        the prices behind it (plain and per budget), the host-overhead fit, where it trims, the catch-up price."""
+        the prices behind it (plain and per budget), the overhead fit, where it trims, pooled alphas, the catch-up."""
         allocation = self.plan(batch)
         budgets = sorted({0, batch, allocation.budget, batch * self.max_draft_len})
         return {
@@ -486,7 +486,7 @@ class AdaptivePolicy(DraftLenPolicy):
             "overhead_cells": self.overhead.cells(),
             "ragged_premium_seconds": self.ragged_premium.seconds(batch, self.overhead),
             "verify_is_cheap": self._verify_is_cheap(batch), "trims": self.trims_drafts_at(batch),
-            "no_trimming_up_to_batch": self.trimming.no_trim_up_to,
+            "no_trimming_up_to_batch": self.trimming.no_trim_up_to, "pooled_alphas": self.estimator.global_alphas(),
             **describe_catch_up(self.catch_up),
         }
 

@@ -53,6 +53,7 @@ class LLM:
         prompt_list = _as_prompt_list(prompts)
         params_list = _as_params_list(sampling_params, len(prompt_list))
         ids = self._add_all(prompt_list, params_list)
+        self.engine.close_intake()  # the batch ends with its slowest request (spec/drain.py)
         finished: dict[str, RequestOutput] = {}
         try:
             while len(finished) < len(ids):

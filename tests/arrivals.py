@@ -31,15 +31,19 @@ def run_with_arrivals(
     return results
 
 
-def run_with_abort(engine: LLMEngine, prompts, params, arrivals: list[int], abort_at: int | None = None) -> dict[str, list[int]]:
+def run_with_abort(engine: LLMEngine, prompts, params, arrivals: list[int], abort_at: int | None = None,
+                   closed: bool = False) -> dict[str, list[int]]:
     """Submit prompts[i] as "r{i}" with params[i] before step arrivals[i]; abort "r1" before step abort_at;
-    the final tokens of each request that finished (not the aborted one)."""
+    the final tokens of each request that finished (not the aborted one). closed: once the last is added, the
+    batch is closed (engine.close_intake, as LLM.generate does)."""
     results: dict[str, list[int]] = {}
     step = 0
     while step <= max(arrivals) or engine.has_unfinished_requests():
         for i, at in enumerate(arrivals):
             if at == step:
                 engine.add_request(f"r{i}", prompts[i], params[i])
+        if closed and step == max(arrivals):
+            engine.close_intake()
         if abort_at == step:
             engine.abort_request("r1")
         for out in engine.step():

@@ -487,6 +487,7 @@ def _params(i: int, sampled: bool) -> SamplingParams:
 def _run(engine: LLMEngine, sampled: bool) -> list[list[int]]:
     for i, prompt in enumerate(_mixed_prompts()):
         engine.add_request(f"{'copy' if i % 2 == 0 else 'chat'}{i}", prompt, _params(i, sampled))
+    engine.close_intake()  # an offline batch (the drain rule's case)
     tokens: dict[str, list[int]] = {}
     while engine.has_unfinished_requests():
         for out in engine.step():

@@ -56,8 +56,9 @@ def test_the_scheduler_gives_tokens_left_only_while_the_batch_drains():
     scheduler = Scheduler(None, max_num_seqs=2, max_num_batched_tokens=64, max_model_len=64)
     requests = [Request(f"r{i}", None, [1, 2, 3], SamplingParams(max_tokens=5 + i)) for i in range(3)]
     requests[0].output_token_ids = [7, 7]
-    for request in requests:  # one intake: an offline batch
+    for request in requests:
         scheduler.add(request)
+    scheduler.close_intake()  # an offline batch
     scheduler.waiting.clear()
     scheduler.running.extend(requests[:2])
     scheduler.waiting.append(requests[2])
@@ -67,23 +68,44 @@ def test_the_scheduler_gives_tokens_left_only_while_the_batch_drains():
     assert scheduler.drain_remaining(scheduler.running[:1]) is None  # another unfinished request is not decoding
 
 
-def test_a_batch_whose_requests_arrived_one_by_one_does_not_drain():
-    """In serving a finished request is replaced, so the batch does not end with its slowest request: the requests
-    must all have come in the latest intake (added with no step between them) for the drain rule to apply. On an
-    H100 (2026-12-07) the diurnal trace's concurrency-4 phases ran the drain rule's plain steps on 63% of steps
-    where goodput drafted for the copy-heavy requests."""
+def test_only_a_batch_its_caller_closed_drains():
+    """In serving a finished request is replaced, so the batch does not end with its slowest request; only the
+    caller knows a batch is closed (LLM.generate, a benchmark's batch: close_intake). Requests admitted together
+    are not one: on an H100 (2026-12-07) a diurnal phase's first requests, admitted at once, looked closed to a
+    rule that judged by intake, and the adaptive policy drafted nothing at concurrency 4 for 60-100 steps."""
     scheduler = Scheduler(BlockManager(64, 4), max_num_seqs=4, max_num_batched_tokens=64, max_model_len=64)
     plain = lambda num_decoding, *args, **kwargs: [0] * num_decoding  # noqa: E731
     first, second, third = (Request(f"r{i}", None, [1, 2, 3], SamplingParams(max_tokens=8)) for i in range(3))
     scheduler.add(first)
-    scheduler.schedule(plain)  # `first` prefills
-    scheduler.add(second)  # later arrivals, as closed-loop clients' next requests, together
-    scheduler.add(third)
-    scheduler.schedule(plain)  # they prefill, `first` decodes
-    assert not scheduler.waiting and len(scheduler.running) == 3
-    assert scheduler.drain_remaining(scheduler.running) is None  # `first` came in an earlier intake
+    scheduler.add(second)  # together, as a burst of a server's clients
+    scheduler.schedule(plain)  # they prefill
+    assert not scheduler.waiting and len(scheduler.running) == 2
+    assert scheduler.drain_remaining(scheduler.running) is None  # nobody closed it
+    scheduler.close_intake()
+    assert scheduler.drain_remaining(scheduler.running) == [8, 8]
+    scheduler.add(third)  # an add reopens it
+    scheduler.schedule(plain)
+    assert scheduler.drain_remaining(scheduler.running) is None
     scheduler.remove(first)
-    assert scheduler.drain_remaining(scheduler.running) == [8, 8]  # the latest intake alone: it drains
+    assert scheduler.drain_remaining(scheduler.running) is None
+
+
+def test_llm_generate_closes_its_batch_and_requests_added_to_the_engine_do_not(tmp_path):
+    from dynaspec import LLM
+    from tests.tiny_models import make_tiny_checkpoint
+
+    llm = LLM(model=str(make_tiny_checkpoint(tmp_path, "llama", seed=0)), block_size=4, num_kv_blocks=64, max_model_len=64)
+    seen = []
+    drain_remaining = llm.engine.scheduler.drain_remaining
+    llm.engine.scheduler.drain_remaining = lambda decoding: seen.append(drain_remaining(decoding)) or seen[-1]
+    llm.generate([[1, 2, 3], [4, 5, 6]], SamplingParams(temperature=0.0, max_tokens=4, ignore_eos=True))
+    assert any(r is not None for r in seen)
+    seen.clear()
+    for i in range(2):
+        llm.engine.add_request(f"s{i}", [1, 2, 3], SamplingParams(temperature=0.0, max_tokens=4, ignore_eos=True))
+    while llm.engine.has_unfinished_requests():
+        llm.engine.step()
+    assert seen and all(r is None for r in seen)
 
 
 # --- closed batches replayed on the policy (bench/closed_batch_replay.py) -------------------------------

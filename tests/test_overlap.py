@@ -128,7 +128,7 @@ def test_plain_steps_of_a_draining_batch_overlap_when_the_policy_plans_the_drain
     engine.policy = engine.policy_feed.policy = policy = _DrainsPlain()
     engine.runner.capture_graphs(engine.graph_pairs(lambda batch: {0, 2}), engine.max_blocks_per_seq, use_graphs=False)
     launches = _count_overlapped_launches(engine)
-    assert _run(engine, prompts, params, [0] * 6) == expected
+    assert _run(engine, prompts, params, [0] * 6, closed=True) == expected  # a closed batch: it drains
     assert sum(launches) > 10  # continued from the step in flight, not launched after a wait
     assert engine.get_stats()["num_drafted"] == 0
     # the first decode step is the scheduler's, the second its continuation, asked before the first's commit:

@@ -196,6 +196,12 @@ class LLMEngine:
         self.requests[request_id] = request
         self.scheduler.add(request)
 
+    def close_intake(self) -> None:
+        """The requests added so far are the whole batch: none is added before they finish (`LLM.generate`). Its
+        end is then its slowest request's, which a draft-length policy may plan for (spec/drain.py); an add
+        reopens it. A server never calls this: its finished requests are replaced."""
+        self.scheduler.close_intake()
+
     def abort_request(self, request_id: str) -> None:
         request = self.requests.pop(request_id, None)
         if request is None:

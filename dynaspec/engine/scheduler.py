@@ -93,15 +93,16 @@ class Scheduler:
         self.max_model_len = max_model_len
         self.waiting: deque[Request] = deque()
         self.running: list[Request] = []
-        self._steps = 0  # schedule() calls so far
-        self._intake: set[str] = set()  # ids of the requests added since the last schedule() before them
-        self._intake_step = -1  # self._steps when _intake began
+        self._closed: set[str] | None = None  # ids of a batch its caller closed (close_intake), until an add
 
     def add(self, request: Request) -> None:
-        if self._intake_step != self._steps:  # the first request added since a step: a new intake
-            self._intake, self._intake_step = set(), self._steps
-        self._intake.add(request.request_id)
+        self._closed = None  # a request added after close_intake: the batch is open again
         self.waiting.append(request)
+
+    def close_intake(self) -> None:
+        """The unfinished requests are the whole batch: none is added before they finish (an offline generate);
+        drain_remaining then gives their tokens left once nothing waits or prefills."""
+        self._closed = {r.request_id for r in (*self.waiting, *self.running)}
 
     def remove(self, request: Request) -> None:
         """Drop a finished or aborted request and free its blocks."""
@@ -117,12 +118,15 @@ class Scheduler:
 
     def drain_remaining(self, decoding: Sequence[Request]) -> list[int] | None:
         """Tokens each of `decoding` may still generate, when they are a closed batch draining (spec/drain.py):
-        every unfinished request, all added together in the latest intake (an offline `LLM.generate`, a burst
-        of requests with none since). None while a request waits or prefills, and where requests arrived one by
-        one: in serving a finished request is replaced, and the batch does not end with its slowest request
-        (H100, 2026-12-07, the diurnal trace at concurrency 4: with the drain rule there the adaptive policy ran
-        plain steps on 63% of the steps where goodput drafted for the copy-heavy requests, and lost 9-15%)."""
-        if len(decoding) != self.num_unfinished or any(r.request_id not in self._intake for r in decoding):
+        every unfinished request, of a batch its caller closed (close_intake: `LLM.generate`, a benchmark's closed
+        batch). None while a request waits or prefills, and for requests of a batch nobody closed: in serving a
+        finished request is replaced, and the batch does not end with its slowest request. Only the caller knows:
+        on an H100 (2026-12-07, the diurnal trace) a phase's first requests, admitted together, looked like a
+        closed batch to a rule that judged by intake, and the adaptive policy drafted nothing for a copy-heavy
+        request beside a chat one for 60-100 steps at concurrency 4 (the chat requests set the batch's end),
+        until one finished; goodput drafted there, 4-6% ahead."""
+        closed = self._closed
+        if closed is None or len(decoding) != self.num_unfinished or any(r.request_id not in closed for r in decoding):
             return None
         return [r.remaining_tokens for r in decoding]
 
@@ -130,7 +134,6 @@ class Scheduler:
         """Plan one step. `draft_lens_for(num_decoding, num_active, request_ids, remaining=...)` is the draft-length
         policy's draft_lens (request_ids: the decoding requests', for a policy that weighs their own acceptance;
         remaining: drain_remaining's)."""
-        self._steps += 1
         out = SchedulerOutput()
         budget = self.max_num_batched_tokens
         decoding = [r for r in self.running if not r.is_prefilling][: self.max_num_seqs]

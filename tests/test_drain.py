@@ -94,7 +94,8 @@ def test_llm_generate_closes_its_batch_and_requests_added_to_the_engine_do_not(t
     from dynaspec import LLM
     from tests.tiny_models import make_tiny_checkpoint
 
-    llm = LLM(model=str(make_tiny_checkpoint(tmp_path, "llama", seed=0)), block_size=4, num_kv_blocks=64, max_model_len=64)
+    checkpoint = make_tiny_checkpoint(tmp_path, "llama", seed=0)
+    llm = LLM(model=str(checkpoint), block_size=4, num_kv_blocks=64, max_model_len=64)
     seen = []
     drain_remaining = llm.engine.scheduler.drain_remaining
     llm.engine.scheduler.drain_remaining = lambda decoding: seen.append(drain_remaining(decoding)) or seen[-1]

@@ -1,15 +1,14 @@
 """Draft lengths for a draining batch: finish the slowest request soonest, not the most tokens a second.
 
-While requests wait, a finished request's slot is refilled at once, and the most committed tokens per
-second (the goodput objective of spec/adaptive_allocation.py) is what serves them fastest. Once nothing
-waits and the batch's caller closed it (an offline `LLM.generate`: LLMEngine.close_intake,
-Scheduler.drain_remaining), the batch only shrinks, and its end comes when its slowest request ends. In serving,
-a finished request is replaced and the goodput objective stays, bursts included. Speculation makes requests
-progress at different rates: a request that accepts little commits ~1 token a step whatever k is, and every
-longer step slows it down. On an H100 (2026-12-06, Qwen2.5-Coder-1.5B and its EAGLE head, 16 chat requests
-of 128 tokens) the goodput line's k = 3 steps committed 1.13x no spec's tokens a second while all 16 ran, then spent 39% of the time
-on 17% of the tokens as the batch drained to its slowest requests: 0.86x no spec overall, where static k = 1
-(kinder to the slow requests) ran 1.02x.
+While requests wait, a finished request's slot is refilled at once, and the most committed tokens per second (the
+goodput objective of spec/adaptive_allocation.py) is what serves them fastest. Once nothing waits and the batch's
+caller closed it (an offline `LLM.generate`: LLMEngine.close_intake, Scheduler.drain_remaining), the batch only
+shrinks, and its end comes when its slowest request ends. In serving, a finished request is replaced and the
+goodput objective stays, bursts included. Speculation makes requests progress at different rates: a request that
+accepts little commits ~1 token a step whatever k is, and every longer step slows it down. On an H100 (2026-12-06,
+Qwen2.5-Coder-1.5B and its EAGLE head, 16 chat requests of 128 tokens) the goodput line's k = 3 steps committed
+1.13x no spec's tokens a second while all 16 ran, then spent 39% of the time on 17% of the tokens as the batch
+drained to its slowest requests: 0.86x no spec overall, where static k = 1 (kinder to the slow requests) ran 1.02x.
 
 For an allocation k_i of a step priced T seconds, request i commits E_i = 1 + sum_{j < k_i} s_i(j) tokens a
 step in expectation (s_i: its survivals) and has R_i tokens left before max_tokens, so were every step like

@@ -19,9 +19,9 @@ under Huber's loss (huber_fit: a cell of one wild step, such as an eager 55 ms o
 observed cells can identify, in that order (a term collinear with the earlier ones, e.g. the per-drafted-
 token one while every step ran the same k, stays 0: see identifiable_columns) and with every term but a
 kept >= 0 (see nonnegative_fit; a term fixed at 0 there makes room for the next identifiable one), so one
-observed (batch, k) corrects the prediction of cells never run yet. The per-step terms come first: from cells at one batch size only, a speculative step's extra time
-cannot be told apart between per step and per request, and per request it grows with every batch the
-policy has not run. On an H100 (2026-12-06, the EAGLE head for Qwen2.5-Coder-1.5B) a speculative step's
+observed (batch, k) corrects the prediction of cells never run yet. The per-step terms come first: from cells
+at one batch size only, a speculative step's extra time cannot be told apart between per step and per request,
+and per request it grows with every batch the policy has not run. On an H100 (2026-12-06, the EAGLE head for Qwen2.5-Coder-1.5B) a speculative step's
 residual was 0.26-0.36 ms at batch 1, 0.21-0.41 at 4, 0.26-0.67 at 16: mostly per step; fitted per
 request from batch 1 it came to ~4 ms at batch 16, a price under which k = 0 always wins and which no
 speculative step is then run to correct. Read per step, it can only be too low, which the first

@@ -9,35 +9,33 @@ same reason). This model learns the residual
 
     residual(batch, k) ~= a + f * [k > 0] + d * k  +  b * batch + s * batch * [k > 0] + c * batch * k
 
-(per step: fixed work, fixed work of a speculative step, work per draft position of the chain; per request:
-work per request, work per request on speculative steps only, e.g. n-gram indexing and verification
-bookkeeping, which plain and overlapped k = 0 steps skip, work per drafted token) by least squares over the
-MEDIAN residual of each observed (batch, k) cell (of its most recent samples), each cell weighted by its
-sample count (as if every sample stood at its cell's median: on an H100, 2026-12-06, an unweighted fit priced a
-batch-4 plain step 1.0 ms above its probe where 127 samples measured 0.16 ms, bent by single-step cells) and
-under Huber's loss (huber_fit: a cell of one wild step, such as an eager 55 ms one, is weighed down), with only the terms the
-observed cells can identify, in that order (a term collinear with the earlier ones, e.g. the per-drafted-
-token one while every step ran the same k, stays 0: see identifiable_columns) and with every term but a
-kept >= 0 (see nonnegative_fit; a term fixed at 0 there makes room for the next identifiable one), so one
-observed (batch, k) corrects the prediction of cells never run yet. The per-step terms come first: from cells
-at one batch size only, a speculative step's extra time cannot be told apart between per step and per request,
-and per request it grows with every batch the policy has not run. On an H100 (2026-12-06, the EAGLE head for Qwen2.5-Coder-1.5B) a speculative step's
-residual was 0.26-0.36 ms at batch 1, 0.21-0.41 at 4, 0.26-0.67 at 16: mostly per step; fitted per
-request from batch 1 it came to ~4 ms at batch 16, a price under which k = 0 always wins and which no
-speculative step is then run to correct. Read per step, it can only be too low, which the first
-speculative step at that batch corrects. For the same reason a speculative step at a batch larger than any
-speculative step seen is priced as at the largest one seen (same mean k): the per-request and per-drafted-
-token terms are fitted on the batches run, and extrapolated they only grow. On an H100 (2026-12-06, the same
-head) adaptive's fit from batches 1-4 priced 6.7 ms of host work per step at batch 16 and k = 6 (a per-
-drafted-token term of 70 us), so it ran k = 0 at batch 16 where static k = 2 ran 1.25x no spec. A one-off slow
-step (the n-gram drafter indexing every prompt on the first speculative step, a page fault, a
-preemption) does not bend the fit, and a step timed before its GPU work ran (an overlapped step at a
-ramp or a tail: `add`) is left out. Predictions are clamped at 0 and are 0 before `min_samples`
-samples arrive. The planner asks for predictions every step, so the fit is redone only when a sample
-lands in a speculative cell the last fit did not have, or after `refit_every` new samples. A new k = 0
-cell does not force a refit: in a closed batch's tail every step has a new batch size, and a refit per
-step (a rank test and a least squares) would run on every one. Measurements behind these choices:
-docs/lab/planner_history.md.
+(per step: fixed work, fixed work of a speculative step, work per draft position of the chain; per request: work
+per request, work per request on speculative steps only, e.g. n-gram indexing and verification bookkeeping, which
+plain and overlapped k = 0 steps skip, work per drafted token) by least squares over the MEDIAN residual of each
+observed (batch, k) cell (of its most recent samples), each cell weighted by its sample count (as if every sample
+stood at its cell's median: on an H100, 2026-12-06, an unweighted fit priced a batch-4 plain step 1.0 ms above its
+probe where 127 samples measured 0.16 ms, bent by single-step cells) and under Huber's loss (huber_fit: a cell of
+one wild step, such as an eager 55 ms one, is weighed down), with only the terms the observed cells can identify,
+in that order (a term collinear with the earlier ones, e.g. the per-drafted-token one while every step ran the
+same k, stays 0: see identifiable_columns) and with every term but a kept >= 0 (see nonnegative_fit; a term fixed
+at 0 there makes room for the next identifiable one), so one observed (batch, k) corrects the prediction of cells
+never run yet. The per-step terms come first: from cells at one batch size only, a speculative step's extra time
+cannot be told apart between per step and per request, and per request it grows with every batch the policy has not
+run. On an H100 (2026-12-06, the EAGLE head for Qwen2.5-Coder-1.5B) a speculative step's residual was 0.26-0.36 ms
+at batch 1, 0.21-0.41 at 4, 0.26-0.67 at 16: mostly per step; fitted per request from batch 1 it came to ~4 ms at
+batch 16, a price under which k = 0 always wins and which no speculative step is then run to correct. Read per
+step, it can only be too low, which the first speculative step at that batch corrects. For the same reason a
+speculative step at a batch larger than any speculative step seen is priced as at the largest one seen (same mean
+k): the per-request and per-drafted-token terms are fitted on the batches run, and extrapolated they only grow. On
+an H100 (2026-12-06, the same head) adaptive's fit from batches 1-4 priced 6.7 ms of host work per step at batch 16
+and k = 6 (a per-drafted-token term of 70 us), so it ran k = 0 at batch 16 where static k = 2 ran 1.25x no spec. A
+one-off slow step (the n-gram drafter indexing every prompt on the first speculative step, a page fault, a
+preemption) does not bend the fit, and a step timed before its GPU work ran (an overlapped step at a ramp or a
+tail: `add`) is left out. Predictions are clamped at 0 and are 0 before `min_samples` samples arrive. The planner
+asks for predictions every step, so the fit is redone only when a sample lands in a speculative cell the last fit
+did not have, or after `refit_every` new samples. A new k = 0 cell does not force a refit: in a closed batch's tail
+every step has a new batch size, and a refit per step (a rank test and a least squares) would run on every one.
+Measurements behind these choices: docs/lab/planner_history.md.
 """
 
 from __future__ import annotations

@@ -226,6 +226,7 @@ def test_side_by_side_rounds_share_weights_and_merge(tiny_dir, monkeypatch):
     for point in spec.values():
         log = point["step_log"]
         assert all(0 <= row[4] <= row[3] <= 2 * row[1] and isinstance(row[5], str) for row in log)
+        assert {row[6] for row in log} == {"eager"} and {row[7] for row in log} == {0}  # CPU: no graphs, no trim
         drafted, accepted = sum(row[3] for row in log), sum(row[4] for row in log)
         assert point["acceptance_rate"] == (accepted / drafted if drafted else None)
 

@@ -161,9 +161,14 @@ def test_adaptive_trims_drafts_by_the_heads_confidence_losslessly(tiny, baseline
     outcomes = []
     observe = llm.engine.policy.observe
     llm.engine.policy.observe = lambda outcome: outcomes.append(outcome) or observe(outcome)
+    steps = []  # each step's trimmed count, as the step logs see it (SpecStats.last_step)
+    record = llm.engine.stats.record
+    llm.engine.stats.record = lambda *args, **kwargs: record(*args, **kwargs) or steps.append(llm.engine.stats.last_step)
     assert [o.token_ids for o in llm.generate(_prompts(6), GREEDY)] == baseline
     stats = llm.get_stats()
     assert stats["trimmed_positions"] > 0 and stats["num_drafted"] > 0
+    assert sum(step["trimmed"] for step in steps) == stats["trimmed_positions"]
+    assert {step["path"] for step in steps} == {"eager"}  # CPU: no graphs
     # the policy hears each trimmed step's k_i before the trim (StepOutcome.planned), the others' stay empty
     trimmed = [o for o in outcomes if o.planned]
     assert trimmed and all(len(o.planned) == o.batch for o in trimmed)

@@ -49,7 +49,7 @@ def test_as_dict_is_json_round_trip_identity():
 def test_last_step():
     s = _filled()
     assert s.last_step["k"] == 1 and s.last_step["batch_size"] == 1
-    s.record(batch_size=2, k=2, drafted=[2, 1], accepted=[1, 0])
+    s.record(batch_size=2, k=2, drafted=[2, 1], accepted=[1, 0], path="chained", trimmed=1)
     assert s.last_step == {
         "batch_size": 2,
         "k": 2,
@@ -58,6 +58,8 @@ def test_last_step():
         "acceptance_rate": pytest.approx(1 / 3),
         "drafted_per_request": [2, 1],
         "accepted_per_request": [1, 0],
+        "path": "chained",
+        "trimmed": 1,
     }
 
 

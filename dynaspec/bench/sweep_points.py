@@ -44,9 +44,11 @@ class Point:
     first_divergence: int | None = None
     # Goodput line only: how often each (reason, k) decided a decode-phase step, e.g. "explore k=1".
     planner_decisions: dict[str, int] | None = None
-    # Every decode-phase step as [milliseconds, decoding requests, k, drafted, accepted, the policy's reason],
-    # in order (all rounds); drafted / accepted count the step the engine verified in that call (with
-    # deferred verification, the one before), the reason is the planner's ("" without one).
+    # Every decode-phase step as [milliseconds, decoding requests, k, drafted, accepted, the policy's reason,
+    # path, trimmed], in order (all rounds); drafted / accepted / path / trimmed describe the step the engine
+    # verified in that call (with deferred verification, the one before), the reason is the planner's ("" without
+    # one), path how its forward ran ("graph", "ragged", "mixed", "chained", "eager", "overlapped"), trimmed the
+    # draft positions the policy's trim left unverified.
     step_log: list[list] = field(default_factory=list)
     # The whole batch, first step to last: every output token over prefill + decode time. The decode
     # phase alone starts where the policy's speculation during the prefill ramp left the requests, so a

@@ -126,6 +126,7 @@ class Step:
     drafted: int = 0  # draft positions verified (sum of k_i: a ragged step's differ from batch * k)
     reason: str = ""  # the draft-length policy's reason for this step's k ("allocate", "probe", ...; "" static)
     by_profile: tuple[int, ...] = ()  # requests in flight replaying each profile (mixed replays; () otherwise)
+    path: str = ""  # how the verified step's forward ran (SpecStats.last_step: "graph", "ragged", "chained", ...)
 
 
 def _planning_profile(settings: TraceSettings, trace: list[TraceRequest], out_dir: Path) -> tuple[str | None, dict | None]:
@@ -269,7 +270,8 @@ def _drive(engine, trace, phases, name: str, line_index: int, num_lines: int, pr
                 mix[profile_of[rid]] += 1
         steps.append(Step(start - begin, seconds, len(in_flight), last["batch_size"] if decoded else 0,
                           last["k"] if decoded else None, sum(len(o.new_token_ids) for o in outs), phase,
-                          last.get("drafted", 0) if decoded else 0, decision.get("reason", ""), tuple(mix)))
+                          last.get("drafted", 0) if decoded else 0, decision.get("reason", ""), tuple(mix),
+                          last.get("path", "") if decoded else ""))
         for out in outs:
             if out.finished:
                 in_flight.discard(out.request_id)
@@ -350,6 +352,7 @@ def _summarise(line, steps: list[Step], tokens, wall: float, preemptions: int, t
             "phase": [s.phase for s in steps],
             # requests in flight per replayed profile (the batch's mix: which steps were all chat, say)
             "in_flight_by_profile": [list(s.by_profile) for s in steps],
+            "path": [s.path for s in steps],
         },
     }
 

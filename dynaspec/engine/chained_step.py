@@ -96,5 +96,6 @@ def chain_next(launched: LaunchedStep, runner, drafter, scheduler, block_manager
     step = LaunchedStep(
         SchedulerOutput(decodes=[ScheduledDecode(r, k) for r in requests], draft_len=k),
         StepDrafts(None, [None] * batch, {}, proposal.on_device), out, rows, started, resumed=False, behind=None,
+        path="chained",
     )
     return step, proposal

@@ -40,6 +40,7 @@ class LaunchedStep:
     started: float  # perf_counter() when the step began (before drafting; a chained step: its predecessor's commit)
     resumed: bool  # the first speculative step after plain ones (it paid the drafter's catch-up)
     behind: int | None  # the drafter's catch-up tokens when resumed
+    path: str = "eager"  # how its forward ran: "graph" (uniform), "ragged", "mixed", "chained" or "eager" (step logs)
 
 
 @dataclass

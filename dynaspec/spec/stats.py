@@ -59,10 +59,12 @@ class SpecStats:
 
     def record(
         self, batch_size: int, k: int, drafted: Sequence[int], accepted: Sequence[int],
-        draft_lens: Sequence[int] | None = None,
+        draft_lens: Sequence[int] | None = None, path: str = "", trimmed: int = 0,
     ) -> None:
         """One step: `batch_size` decoding requests, draft length k, per request drafted / accepted counts
-        and (optional) per request draft length k_i <= k."""
+        and (optional) per request draft length k_i <= k; path: how its forward ran (engine/launched_step.py:
+        "graph", "ragged", "mixed", "chained", "eager", "overlapped"), trimmed: draft positions the policy's
+        trim left unverified (both for step logs)."""
         if batch_size < 0:
             raise ValueError(f"batch_size must be >= 0, got {batch_size}")
         if k < 0:
@@ -108,6 +110,8 @@ class SpecStats:
             "acceptance_rate": step_accepted / step_drafted if step_drafted else 0.0,
             "drafted_per_request": list(drafted),
             "accepted_per_request": list(accepted),
+            "path": path,
+            "trimmed": trimmed,
         }
 
     def _record_draft_lens(self, batch_size: int, draft_lens: Sequence[int]) -> None:

@@ -272,6 +272,15 @@ for step in "$@"; do
           --spec-config /tmp/rhead3.yaml --ks 0,3 --batch-sizes 1,4 --prompt-len 128 --gen-len 96 --no-plots \
           --out-dir "$OUT/ho-$tree-$round" > "$OUT/ho-$tree-$round.log" 2>&1); tail -2 "$OUT/ho-$tree-$round.log"
       done; python3 scripts/redesign_ab.py "$OUT/ho-old-$round" "$OUT/ho-new-$round"; done ;;
+    adaptive-ab)  # issue 20 (~4 min; carry .gl with .gl/old = `git archive <old> dynaspec bench scripts pyproject.toml`):
+      # the pure code-edit sweep's batches 4-64 (k = 4, goodput, adaptive), the old tree and this one, old-new-old-new
+      for round in ${ADAPTIVE_AB_ROUNDS:-1 2}; do for tree in old new; do
+        dir=$PWD; [ $tree = old ] && dir=$PWD/.gl/old
+        (cd "$dir" && PYTHONPATH=$dir timeout 140 python3 -m dynaspec.cli bench --model random:llama-3.1-8b \
+          --spec-config bench/adaptive_ngram_mixed.yaml --policy-lines goodput --ks 0,4 --batch-sizes 4,16,64 \
+          --prompt-len 128 --gen-len 64 --rounds 1 --acceptance-profile acceptance_ngram_code-edit --no-plots \
+          --out-dir "$OUT/aa-$tree-$round" > "$OUT/aa-$tree-$round.log" 2>&1); tail -1 "$OUT/aa-$tree-$round.log"
+      done; python3 scripts/redesign_ab.py "$OUT/aa-old-$round" "$OUT/aa-new-$round"; done ;;
     gemv-ab)  # issue 21 (~5 min; carry .gl with .gl/old = `git archive 444fe3d dynaspec bench scripts pyproject.toml`,
       # the tree before the multi-row GEMV): random Llama-3.1-8B, plain decode at batch 1-8 (1-8 rows) and n-gram
       # k = 1, 3, 4 at batch 1-2 (replayed code-edit acceptance: verify steps of 2-10 rows), old-new-old-new

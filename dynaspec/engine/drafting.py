@@ -99,6 +99,12 @@ def planned_draft_lens(decodes: list[ScheduledDecode]) -> list[int]:
     return [d.policy_draft for d in decodes]
 
 
+def trimmed_count(decodes: list[ScheduledDecode]) -> int:
+    """Draft positions the policy's trim left unverified this step (0 where no trim ran)."""
+    planned = planned_draft_lens(decodes)
+    return sum(planned) - sum(d.max_draft for d in decodes) if planned else 0
+
+
 def _trimmed(sched: SchedulerOutput, wanted: list[int], limits: list[int], confidence: list[list[float]],
              trim: Trim) -> list[int]:
     """Each decode's max_draft lowered to what trim keeps of its drafts; the new limits."""

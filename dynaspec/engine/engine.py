@@ -28,10 +28,10 @@ from dynaspec.config import EngineConfig
 from dynaspec.models.attention import KERNEL_MAX_QUERY_LEN
 from dynaspec.engine.block_manager import BlockManager
 from dynaspec.engine.chained_step import chain_next
-from dynaspec.engine.drafting import planned_draft_lens, propose_drafts
+from dynaspec.engine.drafting import propose_drafts, trimmed_count
 from dynaspec.engine.policy_feed import PolicyFeed, verified_outcome
 from dynaspec.engine.engine_setup import activation_reserve, check_shared_model, eos_ids, resolve_max_model_len
-from dynaspec.engine.graph_keys import (mixed_keys, plain_beside_prefills, ragged_keys, runs_mixed, runs_ragged,
+from dynaspec.engine.graph_keys import (forward_path, mixed_keys, plain_beside_prefills, ragged_keys,
                                         uniform_pairs)
 from dynaspec.engine.launched_step import AppliedStep, LaunchedStep, defers_verification, without_aborted
 from dynaspec.engine.logprobs import step_logprobs
@@ -329,22 +329,19 @@ class LLMEngine:
         behind = self.drafter.catch_up_tokens(decoding) if resumed else None
         step_drafts = propose_drafts(self.drafter, self.acceptance, sched,
                                      self.policy.trim_drafts if self.policy.trims_drafts_at(len(decoding)) else None)
-        if not sched.prefills and runs_ragged(self.runner, step_drafts.lengths, k):
-            path = "ragged"
+        path = forward_path(self.runner, sched, step_drafts.lengths)
+        if path == "ragged":
             batch, rows = ragged_inputs(sched, step_drafts.tokens)
             logits = self.runner.forward_ragged(batch)  # (N, vocab)
-        elif not sched.prefills and self.runner.can_replay(len(decoding), k):
-            path = "graph"
+        elif path == "graph":
             # Drafts a graph left on the device go to the verify graph's inputs there: no host wait between.
             device_ids = step_drafts.input_ids([r.last_token_id for r in decoding])  # (B * (1 + k),) or None
             batch, rows = uniform_inputs(sched, None if device_ids is not None else step_drafts.tokens)
             logits = self.runner.forward_uniform(batch, k, rows.logit_rows, device_ids)  # (N, vocab)
-        elif k == 0 and sched.prefills and runs_mixed(self.runner, sched):
-            path = "mixed"
+        elif path == "mixed":
             batch, rows = mixed_inputs(sched)
             logits = self.runner.forward_mixed(batch, [p.completes_prompt for p in sched.prefills])  # (N, vocab)
         else:
-            path = "eager"
             seqs, rows = flat_inputs(sched, step_drafts.tokens)
             logits = self.runner.forward(seqs, rows.logit_rows)  # (N, vocab)
         if sched.decodes:
@@ -424,16 +421,13 @@ class LLMEngine:
                ahead: int = 0, path: str = "eager") -> AppliedStep:
         """Commit each scheduled request's tokens (decodes, then prefills): stop conditions, KV of rejected
         drafts rolled back, finished requests released; failures: {index: message} of requests that end
-        with an error (theirs alone: the others go on). What the next step's scheduling needs, no more.
-        path: how the step's forward ran (LaunchedStep.path; the step log's)."""
+        with an error (theirs alone: the others go on). What the next step's scheduling needs, no more."""
         now = time.monotonic()
         failures = failures or {}
         if sched.decodes:  # per request: drafted, accepted, k_i (ragged steps, the k_i histogram)
             accepted = [max(0, len(c) - 1) for c in committed[: len(sched.decodes)]]
-            draft_lens = [d.max_draft for d in sched.decodes]
-            planned = planned_draft_lens(sched.decodes)
-            self.stats.record(len(sched.decodes), sched.draft_len, [len(d) for d in drafts], accepted, draft_lens,
-                              path=path, trimmed=sum(planned) - sum(draft_lens) if planned else 0)
+            self.stats.record(len(sched.decodes), sched.draft_len, [len(d) for d in drafts], accepted,
+                              [d.max_draft for d in sched.decodes], path=path, trimmed=trimmed_count(sched.decodes))
         for decode, tokens in zip(sched.decodes, committed):
             # K/V is now valid for the fed last token plus the accepted drafts; the rest is rolled back.
             decode.request.num_computed_tokens += len(tokens)

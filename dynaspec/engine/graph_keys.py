@@ -76,3 +76,17 @@ def runs_ragged(runner, lengths: list[int], k: int) -> bool:
         return False
     uniform = runner.graphs.lookup(len(lengths), k) if runner.graphs is not None else None
     return uniform is None or key[1] < uniform[0] * (1 + k)
+
+
+def forward_path(runner, sched, lengths: list[int]) -> str:
+    """How a launched step's forward runs: "ragged" or "graph" (uniform) for a decode-only step a captured
+    graph holds, "mixed" for a k = 0 step with prefill chunks a mixed graph holds, else "eager". lengths: each
+    decode's drafts (StepDrafts.lengths)."""
+    k = sched.draft_len
+    if not sched.prefills and runs_ragged(runner, lengths, k):
+        return "ragged"
+    if not sched.prefills and runner.can_replay(len(sched.decodes), k):
+        return "graph"
+    if k == 0 and sched.prefills and runs_mixed(runner, sched):
+        return "mixed"
+    return "eager"

@@ -72,9 +72,12 @@ class PlannerSettings(BaseModel):
     # latter (spec/drain.py); None: tokens a second throughout.
     drain_tolerance: float | None = Field(default=0.05, ge=0.0, allow_inf_nan=False)
     # ... in draining batches of at most this many decoding requests: the drain is replanned whenever a request
-    # ends, and pricing every uniform allocation per request costs the host ~1 ms at 64 (more above, where
-    # verifying positions rarely pays and the goodput allocation is mostly k = 0 anyway).
-    drain_max_batch: int = Field(default=64, ge=2)
+    # ends, ~1 ms of host work at 256 on the dev CPU, done by refresh() while a step runs (a new composition's
+    # first decision takes the latest drain plan's k_i: spec/allocation_tables.py). It was 64 while those plans
+    # ran on the critical path; at 64 the draft-model sweep's closed batch of 128 (H100, 2026-12-07 08:23 UTC)
+    # drained from 120 requests to 65 at k = 4 where static k = 1 ran 1.42x static k = 4, its end set by the
+    # chat requests, for which k = 1 ends soonest (replayed: bench/closed_batch_replay.py).
+    drain_max_batch: int = Field(default=256, ge=2)
 
 
 def settings_property(name: str) -> property:

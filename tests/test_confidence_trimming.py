@@ -120,6 +120,28 @@ def test_trimming_stops_where_trimmed_steps_take_longer_than_verifying_everythin
     assert len(slow.overhead) == len(fast.overhead) == 0
 
 
+def test_trimming_stops_where_it_keeps_every_draft():
+    """A trim that keeps every draft paid the confidence read (and a chained step) for nothing: after
+    `trim_verdict_steps` such trims in a row at a batch, trimming stops there and below, without a time verdict;
+    one trim that cut something resets the count."""
+    policy = _policy(0.1)
+    policy.settings = policy.settings.model_copy(update={"trim_min_saving": 0.0})
+    ids = [f"r{i}" for i in range(8)]
+    for _ in range(40):  # every request accepts every draft: nothing is worth cutting
+        policy.observe(StepOutcome(ids, K, drafted=[K] * 8, accepted=[K] * 8, draft_lens=[K] * 8))
+    sure, doubtful = [[0.97] * K] * 8, [[0.01] * K] * 8
+    for _ in range(300):
+        policy.calibration.observe([0.01] * K, accepted=0)
+        policy.calibration.observe([0.97] * K, accepted=K)
+    assert policy.trim_drafts(ids, [K] * 8, sure) == [K] * 8
+    assert sum(policy.trim_drafts(ids, [K] * 8, doubtful)) < 8 * K  # cut: the count starts again
+    for step in range(policy.settings.trim_verdict_steps):
+        assert policy.trims_drafts_at(8)
+        assert policy.trim_drafts(ids, [K] * 8, sure) == [K] * 8
+    assert not policy.trims_drafts_at(8) and not policy.trims_drafts_at(4)
+    assert policy.stats()["no_trimming_up_to_batch"] == 8
+
+
 def test_trimming_prices_the_verify_alone_not_the_host_overhead():
     """Once drafted, a step pays its host work (drafting, the confidence read, committing) whatever the trim
     keeps: a learned per-step overhead of 3 s must not make verifying nothing look 3 s cheaper. Verifying

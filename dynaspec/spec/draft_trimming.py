@@ -21,7 +21,12 @@ overhead, verifying nothing looked ~3 ms cheaper than verifying anything at batc
 while the step still paid for them (H100, 2026-12-06: 14 steps of 6.3 ms that verified nothing, against static
 k = 3's 4.3 ms). And trimming stops at a batch (and below) once `trim_verdict_steps` trimmed steps there took,
 in the median, at least the price of the untrimmed step (DraftTrimming.judge: StepOutcome.planned holds the k_i
-before the trim); their times price the trim, not the host-overhead fit.
+before the trim); their times price the trim, not the host-overhead fit. It stops there too once
+`trim_verdict_steps` trims in a row at a batch kept every draft: such steps paid the confidence read and lost
+their chaining for nothing, and the time verdict needs a price to compare with, which a host-overhead fit that
+overprices the untrimmed step never gives (H100, 2026-12-07 08:50 UTC, the draft-model sweep at batch 64 from a
+cold engine: nine unchained k = 4 steps of 20 ms kept every draft, the fit priced them at 27 ms, and trimming
+stayed on; static k = 3 chained ran 14.5 ms steps).
 """
 
 from __future__ import annotations
@@ -45,6 +50,7 @@ class DraftTrimming:
         self.trimmed_positions = 0  # drafted positions `kept` left unverified
         self.no_trim_up_to = 0  # trimming measured not to pay at this batch: none up to it (judge)
         self._excess: dict[int, deque[float]] = {}  # batch -> trimmed steps' seconds over the untrimmed price
+        self._kept_all: dict[int, int] = {}  # batch -> trims in a row there that kept every draft
 
     def applies_at(self, batch: int, verify_is_cheap: Callable[[int], bool]) -> bool:
         """From `trim_min_batch` requests on, below no verdict against it, where verifying every position is
@@ -64,7 +70,18 @@ class DraftTrimming:
         ]
         kept = [min(k, limit) for k, limit in zip(plan_allocation(survivals, verify_seconds).draft_lens, limits)]
         self.trimmed_positions += sum(limits) - sum(kept)
+        self._count_kept_all(len(limits), sum(kept) == sum(limits))
         return kept
+
+    def _count_kept_all(self, batch: int, kept_all: bool) -> None:
+        """`trim_verdict_steps` trims in a row at a batch that kept every draft stop trimming there and below."""
+        if not kept_all:
+            self._kept_all.pop(batch, None)
+            return
+        self._kept_all[batch] = self._kept_all.get(batch, 0) + 1
+        if self._kept_all[batch] >= self.settings().trim_verdict_steps:
+            self.no_trim_up_to = max(self.no_trim_up_to, batch)
+            self._kept_all.clear()
 
     def observe(self, confidence: Sequence[Sequence[float]], drafted: Sequence[int], accepted: Sequence[int]) -> None:
         """A verified step: each request's drafted probabilities and how many of its drafts were accepted."""

@@ -123,13 +123,17 @@ def test_trimming_stops_where_trimmed_steps_take_longer_than_verifying_everythin
 def test_trimming_stops_where_it_keeps_every_draft():
     """A trim that keeps every draft paid the confidence read (and a chained step) for nothing: after
     `trim_verdict_steps` such trims in a row at a batch, trimming stops there and below, without a time verdict;
-    one trim that cut something resets the count."""
+    one trim that cut something resets the count, and so does nothing a trim made before the calibration had
+    data (it keeps what the estimates planned)."""
     policy = _policy(0.1)
     policy.settings = policy.settings.model_copy(update={"trim_min_saving": 0.0})
     ids = [f"r{i}" for i in range(8)]
     for _ in range(40):  # every request accepts every draft: nothing is worth cutting
         policy.observe(StepOutcome(ids, K, drafted=[K] * 8, accepted=[K] * 8, draft_lens=[K] * 8))
     sure, doubtful = [[0.97] * K] * 8, [[0.01] * K] * 8
+    for _ in range(2 * policy.settings.trim_verdict_steps):  # an uninformed calibration: no verdict
+        assert policy.trim_drafts(ids, [K] * 8, sure) == [K] * 8
+    assert policy.trims_drafts_at(8)
     for _ in range(300):
         policy.calibration.observe([0.01] * K, accepted=0)
         policy.calibration.observe([0.97] * K, accepted=K)

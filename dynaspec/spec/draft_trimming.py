@@ -22,8 +22,10 @@ while the step still paid for them (H100, 2026-12-06: 14 steps of 6.3 ms that ve
 k = 3's 4.3 ms). And trimming stops at a batch (and below) once `trim_verdict_steps` trimmed steps there took,
 in the median, at least the price of the untrimmed step (DraftTrimming.judge: StepOutcome.planned holds the k_i
 before the trim); their times price the trim, not the host-overhead fit. It stops there too once
-`trim_verdict_steps` trims in a row at a batch kept every draft: such steps paid the confidence read and lost
-their chaining for nothing, and the time verdict needs a price to compare with, which a host-overhead fit that
+`trim_verdict_steps` trims in a row at a batch kept every draft with the calibration informed (as many position-0
+samples as its bins' prior weights: before that a trim keeps what the estimates planned, and says nothing): such
+steps paid the confidence read and lost their chaining for nothing, and the time verdict needs a price to compare
+with, which a host-overhead fit that
 overprices the untrimmed step never gives (H100, 2026-12-07 08:50 UTC, the draft-model sweep at batch 64 from a
 cold engine: nine unchained k = 4 steps of 20 ms kept every draft, the fit priced them at 27 ms, and trimming
 stayed on; static k = 3 chained ran 14.5 ms steps).
@@ -74,9 +76,13 @@ class DraftTrimming:
         return kept
 
     def _count_kept_all(self, batch: int, kept_all: bool) -> None:
-        """`trim_verdict_steps` trims in a row at a batch that kept every draft stop trimming there and below."""
+        """`trim_verdict_steps` trims in a row at a batch that kept every draft, the calibration informed, stop
+        trimming there and below (module docstring)."""
         if not kept_all:
             self._kept_all.pop(batch, None)
+            return
+        calibration = self.calibration
+        if calibration.samples(0) < calibration.bins * calibration.prior_weight:
             return
         self._kept_all[batch] = self._kept_all.get(batch, 0) + 1
         if self._kept_all[batch] >= self.settings().trim_verdict_steps:

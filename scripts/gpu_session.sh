@@ -272,7 +272,7 @@ for step in "$@"; do
           --spec-config /tmp/rhead3.yaml --ks 0,3 --batch-sizes 1,4 --prompt-len 128 --gen-len 96 --no-plots \
           --out-dir "$OUT/ho-$tree-$round" > "$OUT/ho-$tree-$round.log" 2>&1); tail -2 "$OUT/ho-$tree-$round.log"
       done; python3 scripts/redesign_ab.py "$OUT/ho-old-$round" "$OUT/ho-new-$round"; done ;;
-    adaptive-ab)  # issue 20 (~4 min; carry .gl with .gl/old = `git archive <old> dynaspec bench scripts pyproject.toml`):
+    adaptive-ab)  # issue 20 (~4 min; carry .gl, .gl/old = `git archive <old> dynaspec bench scripts pyproject.toml`):
       # the pure code-edit sweep's batches 4-64 (k = 4, goodput, adaptive), the old tree and this one, old-new-old-new
       for round in ${ADAPTIVE_AB_ROUNDS:-1 2}; do for tree in old new; do
         dir=$PWD; [ $tree = old ] && dir=$PWD/.gl/old

@@ -163,7 +163,7 @@ def test_adaptive_trims_drafts_by_the_heads_confidence_losslessly(tiny, baseline
     llm.engine.policy.observe = lambda outcome: outcomes.append(outcome) or observe(outcome)
     steps = []  # each step's trimmed count, as the step logs see it (SpecStats.last_step)
     record = llm.engine.stats.record
-    llm.engine.stats.record = lambda *args, **kwargs: record(*args, **kwargs) or steps.append(llm.engine.stats.last_step)
+    llm.engine.stats.record = lambda *a, **kw: record(*a, **kw) or steps.append(llm.engine.stats.last_step)
     assert [o.token_ids for o in llm.generate(_prompts(6), GREEDY)] == baseline
     stats = llm.get_stats()
     assert stats["trimmed_positions"] > 0 and stats["num_drafted"] > 0

@@ -59,8 +59,9 @@ def main() -> None:
     print("|---" * (k_max + 2 + len(limits) + 1) + "|")
     for batch in [int(b) for b in args.batches.split(",")]:
         static = [rate(lambda k=k: SchedulePolicy.from_schedule({1: k}, k_max), batch) for k in range(k_max + 1)]
-        adaptive = [rate(lambda m=m: replayed_adaptive_policy(probe_ms, batch, k_max, PlannerSettings(drain_max_batch=m)),
-                         batch) for m in limits]
+        adaptive = [rate(lambda m=m: replayed_adaptive_policy(probe_ms, batch, k_max,
+                                                              PlannerSettings(drain_max_batch=m)), batch)
+                    for m in limits]
         print(f"| {batch} | " + " | ".join(f"{v:,.0f}" for v in static) + " | "
               + " | ".join(f"{v:,.0f}" for v in adaptive) + " | "
               + " / ".join(f"{v / max(static):.3f}" for v in adaptive) + " |", flush=True)

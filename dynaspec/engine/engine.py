@@ -309,16 +309,16 @@ class LLMEngine:
                 self._previous_draft_len = 0
                 self._inflight = self._launch_overlapped(sched, None)
             return [] if earlier is None else self._publish(earlier)
-        launched, in_graph = self._launch(sched)
+        launched = self._launch(sched)
         self.policy_feed.feed(sched.decodes)  # a replayed graph is still running: the host would only wait
         outputs = [] if earlier is None else self._publish(earlier)  # step t's, built while step t + 1 runs
-        if defers_verification(sched, self.config.async_scheduling, in_graph):
+        if defers_verification(sched, self.config.async_scheduling, launched.path != "eager"):
             self._launched = launched
             return outputs  # this step is verified and committed by the next call (engine/launched_step.py)
         return outputs + self._publish(self._verify_and_apply(launched))
 
-    def _launch(self, sched: SchedulerOutput) -> tuple[LaunchedStep, bool]:
-        """Draft and launch the step's target forward; also whether it runs from a captured graph."""
+    def _launch(self, sched: SchedulerOutput) -> LaunchedStep:
+        """Draft and launch the step's target forward (its path: which graph runs it, or eager)."""
         started = time.perf_counter()
         self.num_steps += 1
         k = sched.draft_len
@@ -346,7 +346,7 @@ class LLMEngine:
             logits = self.runner.forward(seqs, rows.logit_rows)  # (N, vocab)
         if sched.decodes:
             self._previous_draft_len = k
-        return LaunchedStep(sched, step_drafts, logits, rows, started, resumed, behind, path), path != "eager"
+        return LaunchedStep(sched, step_drafts, logits, rows, started, resumed, behind, path)
 
     def _verify_and_apply(self, launched: LaunchedStep, ahead: int = 0) -> AppliedStep:
         """Verify a launched step (one host read) and commit its tokens to its requests; queue the policy's

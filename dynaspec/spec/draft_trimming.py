@@ -25,10 +25,9 @@ before the trim); their times price the trim, not the host-overhead fit. It stop
 `trim_verdict_steps` trims in a row at a batch kept every draft with the calibration informed (as many position-0
 samples as its bins' prior weights: before that a trim keeps what the estimates planned, and says nothing): such
 steps paid the confidence read and lost their chaining for nothing, and the time verdict needs a price to compare
-with, which a host-overhead fit that
-overprices the untrimmed step never gives (H100, 2026-12-07 08:50 UTC, the draft-model sweep at batch 64 from a
-cold engine: nine unchained k = 4 steps of 20 ms kept every draft, the fit priced them at 27 ms, and trimming
-stayed on; static k = 3 chained ran 14.5 ms steps).
+with, which a host-overhead fit that overprices the untrimmed step never gives (H100, 2026-12-07 08:50 UTC, the
+draft-model sweep at batch 64 from a cold engine: nine unchained k = 4 steps of 20 ms kept every draft, the fit
+priced them at 27 ms, and trimming stayed on; static k = 3 chained ran 14.5 ms steps).
 """
 
 from __future__ import annotations

@@ -15,15 +15,18 @@ so draft_lens() usually finds it ready, and a new composition takes the latest p
 (spec/allocation_tables.py). Learning: observe() feeds each request's drafted / accepted counts
 at its own k_i (StepOutcome.draft_lens), so a request cut short by its k_i is not read as rejected at k_i.
 
-Prices (`step_seconds`): the probe's, at the ragged graph or the uniform steps a step runs in
-(spec/probed_prices.py), refined online with the goodput planner's host-overhead model
+Prices (`step_seconds`): where the engine captured ragged verify graphs (CUDA), a step of `batch` requests and
+B positions runs in the graph of (batch bucket, padded tokens) `ragged_step` names, and is priced as the
+uniform steps of that bucket interpolated at the padded total; elsewhere (eager, or no ragged graph holds it)
+at the uniform steps around batch + B tokens. Refined online with the goodput planner's host-overhead model
 (spec/step_overhead.py): the probe times bare forwards, real speculative steps add the host's drafting,
 verification and commit (on an H100 at batch 256, n-gram: a k = 1 step took 22 ms against a probed 13 ms);
 every real uniform step feeds (measured - probed) at its batch and mean draft length B / batch, and speculative
 prices carry the fit's prediction; a ragged allocation also carries the ragged premium (spec/ragged_premium.py:
 what ragged steps cost beyond that fit; on an H100 ~1.5 ms at batch 64 for as many positions, since a chain
 drafter drafts to the longest k_i and a ragged step cannot chain), and the best uniform allocation replaces it
-where that predicts more. Switching from plain steps pays the drafter's catch-up first (spec/catch_up.py, as the
+where that predicts more. Probed prices are cached per (batch, B): a plan at batch 256 asks for up
+to 1024 of them. Switching from plain steps pays the drafter's catch-up first (spec/catch_up.py, as the
 planner prices it): an allocation whose gain over the requests' remaining tokens does not earn it back stays
 at k = 0. Exploration, as the planner's: every `explore_every`-th decision, once the decisions since the
 last one earned its cost (`explore_budget` of their step time: two steps' extra time, plus the catch-up when
@@ -36,8 +39,6 @@ goodput, is verified too (until some request verified it), so a cold-start prior
 that sits just below the price does not hold k = 0 until a rare exploration; so is one not verified for
 `reprobe_after` decisions (acceptance changes along a request, and k = 0 observes none), though from k = 0
 such a re-probe waits, as an exploration does, until the budget covers the drafter's catch-up.
-A price probe (spec/price_probe.py): where k = 0 wins only by a speculative price read off too few steps near
-the batch, and the probe's price alone would speculate, speculation runs two steps to measure it.
 `max_concurrency` applies as elsewhere: above it, every k_i is 0.
 Uniform where verifying is nearly free: at a batch where verifying every draft position costs less than
 `trim_min_saving` of a plain step more than verifying none (probed, without the drafting), a ragged
@@ -60,11 +61,9 @@ from dynaspec.spec.allocation_tables import AllocationTables
 from dynaspec.spec.catch_up import CatchUpCost, describe_catch_up, switch_pays
 from dynaspec.spec.draft_trimming import DraftTrimming
 from dynaspec.spec.drain import drain_allocation
-from dynaspec.spec.adaptive_allocation import (Allocation, highest_goodput, plan_allocation, survival,
-                                               uniform_allocations, uniform_at_longest)
+from dynaspec.spec.adaptive_allocation import (Allocation, highest_goodput, plan_allocation, step_seconds_by_tokens,
+                                               survival, uniform_allocations, uniform_at_longest)
 from dynaspec.spec.planner import PaddedBatchFn
-from dynaspec.spec.price_probe import PriceProbe
-from dynaspec.spec.probed_prices import ProbedPrices
 from dynaspec.spec import planner_rules as rules
 from dynaspec.spec.planner_settings import PlannerSettings
 from dynaspec.spec.policy import DraftLenPolicy, StepOutcome
@@ -72,6 +71,8 @@ from dynaspec.spec.ragged_premium import RaggedPremium
 from dynaspec.spec.step_overhead import COLUMNS as OVERHEAD_COLUMNS
 from dynaspec.spec.step_overhead import CUT_SHORT_FRACTION, StepOverheadModel
 
+# Probed prices kept per (batch, positions): a batch of b requests asks for b * max_draft_len + 1 of them.
+MAX_CACHED_PRICES = 1 << 16
 # A speculative step over this many times its price voids the plans (observe), as does the first one above every
 # batch the overhead fit has seen (priced as the largest seen, spec/step_overhead.py; it joins the fit, ragged or not):
 # on an H100 (2026-12-07, diurnal trace at 128) k = 4 held 17 steps of 19-29 ms, later k = 1 15 of 12-15 ms (8 plain).
@@ -104,15 +105,16 @@ class AdaptivePolicy(DraftLenPolicy):
         self.cost_model = cost_model
         self.estimator = estimator
         self.settings = PlannerSettings() if settings is None else settings
-        self._prior = ProbedPrices(cost_model, self.max_draft_len, padded_batch, ragged_step)
+        self.padded_batch = padded_batch
+        self.ragged_step = ragged_step
         self.overhead = StepOverheadModel()  # real - probed step seconds of uniform steps (module docstring)
         self.ragged_premium = RaggedPremium()  # what a ragged step costs beyond that
         self.catch_up = catch_up
         self.backlog = backlog
         self._plain_last = True  # the last observed decode step verified no drafts
         self._unearned: Allocation | None = None  # an allocation whose switch from k = 0 did not pay (_switch_pays)
-        self.price_probe = PriceProbe()
-        self._price_judged: Allocation | None = None  # the k = 0 allocation a price probe was last judged for
+        # (batch, B, drafted) -> (run bucket, probed seconds; drafted: without the drafting)
+        self._priors: dict[tuple[int, int, bool], tuple[int, float]] = {}
         self._verify_cheap_at: dict[int, bool] = {}  # batch -> _verify_is_cheap
         self._tables = AllocationTables(lambda: self.settings.max_tables)  # by request ids in batch order
         self._observations = 0
@@ -142,11 +144,8 @@ class AdaptivePolicy(DraftLenPolicy):
         self._asked = (request_ids, remaining)  # refresh() plans these requests as asked (tokens left included)
         allocation = self.allocation(num_decoding, request_ids, remaining)
         draft_lens, reason = list(allocation.draft_lens), "allocate"
-        probing = self._price_probe_lens(num_decoding, allocation, request_ids, remaining)
-        if probing is not None:
-            draft_lens, reason = probing, "price-probe"
-        elif allocation.budget > 0 and self._plain_last and not self._switch_pays(num_decoding, allocation,
-                                                                                   remember=request_ids is not None):
+        if allocation.budget > 0 and self._plain_last and not self._switch_pays(num_decoding, allocation,
+                                                                                 remember=request_ids is not None):
             draft_lens, reason = [0] * num_decoding, "catch-up"
         elif self._probe_due(num_decoding, allocation):
             if allocation.budget == 0 and self._plain_last:  # it spent what it was afforded (_probe_due)
@@ -173,37 +172,6 @@ class AdaptivePolicy(DraftLenPolicy):
             "goodput": allocation.goodput,
         }
         return draft_lens
-
-    def _price_probe_lens(self, batch: int, allocation: Allocation, request_ids: Sequence[Hashable] | None,
-                          remaining: Sequence[int] | None) -> list[int] | None:
-        """The optimistic plan's k_i where a price probe runs (spec/price_probe.py), else None; judged once per
-        k = 0 allocation (a plan at batch 256 costs milliseconds), and from k = 0 only where the drafter's catch-up
-        fits the probe rule's limit."""
-        probe = self.price_probe
-        if not probe.running:
-            if allocation.budget > 0 or allocation is self._price_judged:
-                return None
-            self._price_judged = allocation
-            base, per_position = self.overhead.speculative_line(batch)
-            if base <= self.overhead.predict(batch, 0) and per_position <= 0.0:
-                return None  # speculation priced at the probe's price already: the optimistic plan is this one
-            if not probe.due(batch, self.overhead) or self._catch_up_too_dear(batch):
-                return None
-        optimistic = self.plan(batch, request_ids, remaining, True)  # optimistic
-        if optimistic.budget == 0:
-            probe.cancel()
-            return None
-        if not probe.running:
-            probe.start(batch)
-        probe.decided()
-        return list(optimistic.draft_lens)
-
-    def _catch_up_too_dear(self, batch: int) -> bool:
-        """Whether leaving k = 0 now costs the drafter a catch-up over `explore_catch_up_steps` plain steps."""
-        if not self._plain_last or self.catch_up is None or self.backlog is None:
-            return False
-        catch_up = self.catch_up.seconds(self.backlog()[0])
-        return catch_up > self.settings.explore_catch_up_steps * self.step_seconds(batch, 0)
 
     def _one_further(self, draft_lens: list[int], allocation: Allocation, batch: int) -> list[int]:
         """A probe's or exploration's k_i: one more position for allocation.next_request, or, from a uniform
@@ -268,13 +236,13 @@ class AdaptivePolicy(DraftLenPolicy):
         return Allocation(draft_lens, budget, tokens, self._pricing(batch)(budget) + premium)
 
     def plan(self, batch: int, request_ids: Sequence[Hashable] | None = None,
-             remaining: Sequence[int] | None = None, optimistic: bool = False) -> Allocation:
+             remaining: Sequence[int] | None = None) -> Allocation:
         """Compute the allocation now (no reuse): the most committed tokens a second, or, while the batch drains
         (remaining given) and that would end its slowest request over settings.drain_tolerance later, the one that
-        ends it soonest (spec/drain.py); optimistic: at the price probe's prices (spec/price_probe.py)."""
+        ends it soonest (spec/drain.py)."""
         ids = request_ids or [None] * batch
         survivals = [survival(self.estimator.alphas(rid)[: self.max_draft_len]) for rid in ids]
-        pricing = self._pricing(batch, optimistic=optimistic)
+        pricing = self._pricing(batch)
         # most committed tokens a second: top-B; uniform at its longest where verifying is nearly free; the best
         # uniform allocation where the ragged premium makes that better
         allocation = plan_allocation(survivals, pricing, ragged_premium=self.ragged_premium.seconds(batch, self.overhead))
@@ -299,16 +267,13 @@ class AdaptivePolicy(DraftLenPolicy):
         """Whether the drain rule (spec/drain.py) plans a draining batch of this many decoding requests."""
         return self.settings.drain_tolerance is not None and 2 <= batch <= self.settings.drain_max_batch
 
-    def _pricing(self, batch: int, drafted: bool = False, optimistic: bool = False) -> Callable[[int], float]:
+    def _pricing(self, batch: int, drafted: bool = False) -> Callable[[int], float]:
         """positions -> step_seconds(batch, positions), with the overhead fit looked up once; drafted: the
-        positions exist already, their drafting is not priced (trimming); optimistic: a speculative step's host
-        work priced as a plain step's (spec/price_probe.py)."""
+        positions exist already, their drafting is not priced (trimming)."""
         if drafted:  # the step's host work is paid whatever the trim keeps: price the verify alone
             return lambda positions: self._prior(batch, positions, True)[1]
         base, per_position = self.overhead.speculative_line(batch)
         plain = self.overhead.predict(batch, 0)  # step_seconds: plain steps pay their measured residual too
-        if optimistic:
-            base, per_position = plain, 0.0
 
         def seconds(positions: int) -> float:
             prior = self._prior(batch, positions, drafted)[1]
@@ -377,22 +342,25 @@ class AdaptivePolicy(DraftLenPolicy):
             return False  # a recent real acceptance estimate, not the prior or old data
         if allocation.next_goodput < allocation.goodput * (1.0 - settings.probe_margin):
             return False
-        if allocation.budget == 0 and self._catch_up_too_dear(batch):
-            return False
-        if allocation.budget == 0 and self._plain_last and self.catch_up is not None and self._staleness.seen(position):
-            return self._exploration_affordable(batch, 0)  # a re-probe pays the catch-up out of the budget
+        if allocation.budget == 0 and self._plain_last and self.catch_up is not None and self.backlog is not None:
+            catch_up = self.catch_up.seconds(self.backlog()[0])
+            if catch_up > settings.explore_catch_up_steps * self.step_seconds(batch, 0):
+                return False
+            if self._staleness.seen(position):  # a re-probe pays the catch-up out of the exploration budget
+                return self._exploration_affordable(batch, 0, catch_up)
         return True
 
-    def _exploration_affordable(self, batch: int, held: int) -> bool:
+    def _exploration_affordable(self, batch: int, held: int, catch_up_seconds: float | None = None) -> bool:
         """Whether the earned budget covers exploring one more position: two steps' extra time, plus the
-        drafter's catch-up when leaving k = 0 (the planner's rule, spec/planner_rules.py)."""
+        drafter's catch-up when leaving k = 0 (the planner's rule, spec/planner_rules.py; catch_up_seconds:
+        its price where the caller has it, the backlog being a pass over the requests)."""
         if self.settings.explore_budget is None:
             return True
         extra = rules.exploration_step_cost(self.step_seconds(batch, held), self.step_seconds(batch, held + 1))
         if not rules.exploration_affordable(extra, self._explore_earned):
             return False
         if held == 0 and self._plain_last and self.catch_up is not None and self.backlog is not None:
-            extra += self.catch_up.seconds(self.backlog()[0])
+            extra += self.catch_up.seconds(self.backlog()[0]) if catch_up_seconds is None else catch_up_seconds
         return rules.exploration_affordable(extra, self._explore_earned)
 
     def _switch_pays(self, batch: int, allocation: Allocation, remember: bool = True) -> bool:
@@ -412,6 +380,27 @@ class AdaptivePolicy(DraftLenPolicy):
         if remember:
             self._unearned = allocation
         return False
+
+    def _prior(self, batch: int, positions: int, drafted: bool = False) -> tuple[int, float]:
+        """(the batch bucket the step runs at, its probed price; drafted: without the drafting), cached."""
+        key = (batch, positions, drafted)
+        cached = self._priors.get(key)
+        if cached is None:
+            if len(self._priors) >= MAX_CACHED_PRICES:  # batches long gone (batch x positions grows fast)
+                self._priors.clear()
+            cost = self.cost_model.verify_cost if drafted else self.cost_model.cost
+            cached = self._priors[key] = self._probed(batch, positions, cost)
+        return cached
+
+    def _probed(self, batch: int, positions: int, cost: Callable[[int, int], float]) -> tuple[int, float]:
+        ragged = None if self.ragged_step is None or positions == 0 else self.ragged_step(batch, batch + positions)
+        if ragged is not None:  # the ragged graph's bucket, interpolated at its padded total
+            bucket, tokens = ragged
+            return bucket, step_seconds_by_tokens(cost, bucket, tokens - bucket, self.max_draft_len)
+        k_high = -(-positions // batch)
+        bucket = batch if self.padded_batch is None else self.padded_batch(batch, min(k_high, self.max_draft_len))
+        seconds = step_seconds_by_tokens(cost, batch, positions, self.max_draft_len, self.padded_batch)
+        return bucket, seconds
 
     # ----------------------------------------------------------------- engine hooks
     def observe(self, outcome: StepOutcome) -> None:
@@ -449,9 +438,6 @@ class AdaptivePolicy(DraftLenPolicy):
         if outcome.draft_len == 0:
             return
         self._unearned = None
-        if self.price_probe.observed_speculative_step():  # the price it measured: refit and replan with it
-            self.overhead.stale()
-            self._tables.clear()
         draft_lens = outcome.draft_lens or [outcome.draft_len] * outcome.batch
         groups: dict[int, tuple[list[Hashable], list[int], list[int]]] = {}
         verified = len(self._staleness)
@@ -501,7 +487,7 @@ class AdaptivePolicy(DraftLenPolicy):
             "ragged_premium_seconds": self.ragged_premium.seconds(batch, self.overhead),
             "verify_is_cheap": self._verify_is_cheap(batch), "trims": self.trims_drafts_at(batch),
             "no_trimming_up_to_batch": self.trimming.no_trim_up_to, "pooled_alphas": self.estimator.global_alphas(),
-            "price_probed_batches": list(self.price_probe.probed), **describe_catch_up(self.catch_up),
+            **describe_catch_up(self.catch_up),
         }
 
     def stats(self) -> dict[str, Any]:

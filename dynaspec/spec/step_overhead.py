@@ -35,11 +35,6 @@ tail: `add`) is left out. Predictions are clamped at 0 and are 0 before `min_sam
 asks for predictions every step, so the fit is redone only when a sample lands in a speculative cell the last fit
 did not have, or after `refit_every` new samples. A new k = 0 cell does not force a refit: in a closed batch's tail
 every step has a new batch size, and a refit per step (a rank test and a least squares) would run on every one.
-Where a batch's speculative cells hold LOCAL_SAMPLES steps or more, their measured residual sets the level of the
-speculative line there and the fit keeps only its slope in k (the goodput planner prices a cell it has run at its
-median): the terms grow with the batch, and a residual that falls with it is beyond them. On an H100 (2026-12-07,
-random Llama-3.1-8B, a draft model) speculative steps ran 3.3 ms over their probe at batch 1 and 0.4 ms at batch 4,
-and the fit, all terms at 0 but a per-speculative-step 2-3 ms, priced batch 4 at batch 1's residual.
 Measurements behind these choices: docs/lab/planner_history.md.
 """
 
@@ -75,8 +70,6 @@ class StepOverheadModel:
         self._used_for: tuple[frozenset, list[int]] = (frozenset(), [])  # cells -> identifiable columns
         self._largest_speculative_batch = 0  # of the fitted cells with k > 0 (speculative_line)
         self._plain_cells = False  # whether the fit saw plain (k = 0) steps (predict at k = 0)
-        self._speculative_samples: dict[int, int] = {}  # batch -> samples in the fit's speculative cells there
-        self._local_shift: dict[int, float] = {}  # batch -> its speculative cells' mean (median - fit), LOCAL_SAMPLES+
 
     def __len__(self) -> int:
         return len(self._samples)
@@ -130,25 +123,11 @@ class StepOverheadModel:
                 self._used_for = (cell_set, identifiable_columns(features))
             coef = huber_fit(features, medians, weights, self._used_for[1], NONNEGATIVE_COLUMNS)
             self._coef = tuple(float(x) for x in coef)
-            self._local_shift = _local_shifts(keys, medians, features @ coef, weights ** 2)
             self._fitted_cells = set(cells)
             self._largest_speculative_batch = max((batch for batch, k in cells if k > 0), default=0)
             self._plain_cells = any(k <= 0 for _, k in cells)
-            self._speculative_samples = {}
-            for (batch, k), residuals in cells.items():
-                if k > 0:
-                    self._speculative_samples[batch] = self._speculative_samples.get(batch, 0) + len(residuals)
             self._added_since_fit = 0
         return self._coef
-
-    def stale(self) -> None:
-        """Refit at the next prediction (a caller that just measured a price its plans rested on)."""
-        self._coef = None
-
-    def speculative_samples_near(self, batch: int, span: float) -> int:
-        """Steps in the fit's speculative cells at batches within a factor `span` of `batch` (spec/price_probe.py)."""
-        self._fit()
-        return sum(n for b, n in self._speculative_samples.items() if b / span <= batch <= b * span)
 
     @property
     def largest_speculative_batch(self) -> int:
@@ -185,16 +164,15 @@ class StepOverheadModel:
         max(0, base + per_position * batch * k), for callers pricing many draft budgets at one batch (a
         ragged step's k is its mean draft length: the per-position term d is then d / batch a position).
         Beyond the largest batch a speculative step was seen at, the line of that batch for the same mean k
-        (module docstring: extrapolated, the per-request terms only grow); at a batch with LOCAL_SAMPLES
-        speculative steps, the line through what they measured."""
+        (module docstring: extrapolated, the per-request terms only grow)."""
         coef = self._fit()
         if coef is None:
             return 0.0, 0.0
         a, f, d, b, spec, c = coef
         seen = self._largest_speculative_batch
         if 0 < seen < batch:  # residual(seen, k) at k = positions / batch
-            return a + f + (b + spec) * seen + self._local_shift.get(seen, 0.0), (c * seen + d) / batch
-        return a + f + (b + spec) * batch + self._local_shift.get(batch, 0.0), c + d / batch
+            return a + f + (b + spec) * seen, (c * seen + d) / batch
+        return a + f + (b + spec) * batch, c + d / batch
 
 
 def identifiable_columns(features: np.ndarray, excluded: frozenset[int] = frozenset()) -> list[int]:
@@ -273,21 +251,6 @@ def huber_fit(
             break
         robust = updated
     return coef
-
-
-LOCAL_SAMPLES = 2  # speculative steps at a batch from which their median sets the level there (speculative_line)
-
-
-def _local_shifts(keys: np.ndarray, medians: np.ndarray, fitted: np.ndarray, samples: np.ndarray) -> dict[int, float]:
-    """batch -> the sample-weighted mean of (median - fit) over its speculative cells, where they hold at least
-    LOCAL_SAMPLES steps: what was measured at a batch sets the level of its speculative prices, the fit their slope
-    in k (module docstring). keys (cells, 2): batch, k; medians, fitted, samples (cells,)."""
-    shifts: dict[int, float] = {}
-    for batch in {int(b) for b, k in keys if k > 0}:
-        at = (keys[:, 0] == batch) & (keys[:, 1] > 0)
-        if samples[at].sum() >= LOCAL_SAMPLES:
-            shifts[batch] = float(np.average(medians[at] - fitted[at], weights=samples[at]))
-    return shifts
 
 
 def _features(batch: np.ndarray, k: np.ndarray) -> np.ndarray:

@@ -13,9 +13,10 @@
 #          into $HEAD_DIR. ~2 min instead of ~9.
 #   export-head: the trained head back to this machine for a later session's `carried-head` (a head costs ~9 device
 #          minutes to train, ~30 s to carry): the first call writes it as 16 MB parts (scripts/head_xfer.sh export)
-#          and each call puts the next 6 files not yet sent into OUT_DIR (with the summary's 2: the 8 files a call
-#          brings back); repeat until it says all were sent, gather the files here and run `head_xfer.sh pack`.
-#          `train` sends the first 6 itself. (This folder's ignored .xfer-head/ survives between sessions.)
+#          and each call puts the next 4 files not yet sent into OUT_DIR, beside the summary's 2 (what comes back
+#          is capped near 64 MiB: on 2026-12-07 the 6th part of a call was left out and had to be copied by hand);
+#          repeat until it says all were sent, gather the files here and run `head_xfer.sh pack`.
+#          `train` sends the first 4 itself. (This folder's ignored .xfer-head/ survives between sessions.)
 #   train-more: train the head of `train` for --deadline seconds more (a later call on the same warm machine)
 #          on the answers `train` saved to $EXAMPLES (/tmp/eagle-examples.safetensors): nothing answered again.
 #   code-edit, chat: on that workload, three `dynaspec bench` runs over the same prompts and batch sizes
@@ -87,11 +88,11 @@ convert() {  # GGUF -> float32 safetensors cache, once (dynaspec.models.loader.p
   esac
 }
 
-export_head() {  # the head's next 6 export parts into $out (the first call writes the parts: head_xfer.sh export)
+export_head() {  # the head's next 4 export parts into $out (the first call writes the parts: head_xfer.sh export)
   local parts_dir=/tmp/eagle-head-parts todo left
   [ -f "$parts_dir/sha256.txt" ] || bash "$root/scripts/head_xfer.sh" export "$head_dir" "$parts_dir" | tee -a "$work/timing.txt"
   touch "$parts_dir/.sent"
-  todo=$(cd "$parts_dir" && ls p_* config.json sha256.txt | grep -vxFf .sent | head -6)
+  todo=$(cd "$parts_dir" && ls p_* config.json sha256.txt | grep -vxFf .sent | head -4)
   for f in $todo; do cp "$parts_dir/$f" "$out/" && echo "$f" >> "$parts_dir/.sent"; done
   left=$(cd "$parts_dir" && ls p_* config.json sha256.txt | grep -cvxFf .sent)
   stamp "export-head: sent $(echo $todo | wc -w) files to $out ($left left$([ "$left" = 0 ] && echo ': all sent'))"

@@ -24,7 +24,10 @@ cannot be told apart between per step and per request, and per request it grows 
 run. On an H100 (2026-12-06, the EAGLE head for Qwen2.5-Coder-1.5B) a speculative step's residual was 0.26-0.36 ms
 at batch 1, 0.21-0.41 at 4, 0.26-0.67 at 16: mostly per step; fitted per request from batch 1 it came to ~4 ms at
 batch 16, a price under which k = 0 always wins and which no speculative step is then run to correct. Read per
-step, it can only be too low, which the first speculative step at that batch corrects. For the same reason a
+step, it is too low where host work grows with the batch, which the first speculative step at that batch corrects;
+not where a small batch's residual is the larger one: the draft model's speculative steps on an H100 (2026-12-07,
+random Llama-3.1-8B) ran 3.3 ms over their probe at batch 1 and 0.4 ms at batch 4, and read per step the batch-1
+residual held k = 0 for batch 4's first 19 steps (docs/results.md, issue 20's draft-model sweep). For the same reason a
 speculative step at a batch larger than any speculative step seen is priced as at the largest one seen (same mean
 k): the per-request and per-drafted-token terms are fitted on the batches run, and extrapolated they only grow. On
 an H100 (2026-12-06, the same head) adaptive's fit from batches 1-4 priced 6.7 ms of host work per step at batch 16

@@ -57,16 +57,16 @@ def test_copy_heavy_request_drafts_long_and_chat_request_drafts_nothing():
     """Verify is priced (every draft position costs 10% of a plain step): the copy-heavy request's positions
     pay, the chat request's first position (5% survival) does not."""
     survivals = [survival(COPY), survival(CHAT)]
-    allocation = plan_allocation(survivals, lambda positions: 1.0 + 0.1 * positions)
+    allocation = plan_allocation(survivals, lambda positions, longest=None: 1.0 + 0.1 * positions)
     assert allocation.draft_lens == [K, 0] and allocation.ragged and allocation.budget == K
     assert allocation.expected_tokens == pytest.approx(2 + sum(survival(COPY)))
     # Free verification: every position with any survival is taken; uniform 0 vs K is no longer the choice.
-    assert plan_allocation(survivals, lambda positions: 1.0).draft_lens == [K, K]
+    assert plan_allocation(survivals, lambda positions, longest=None: 1.0).draft_lens == [K, K]
 
 
 def test_an_allocation_made_uniform_at_its_longest_draft_is_repriced_with_the_uniform_next_step():
     survivals = [survival(COPY), survival([0.6] * K), survival(CHAT)]
-    price = lambda positions: 1.0 + 0.01 * positions
+    price = lambda positions, longest=None: 1.0 + 0.01 * positions
     ragged = Allocation([K, 2, 0], K + 2, 3 + sum(survival(COPY)) + sum(survival([0.6] * K)[:2]), price(K + 2))
     filled = uniform_at_longest(ragged, survivals, price)
     assert filled.draft_lens == [K] * 3 and filled.budget == 3 * K and not filled.ragged
@@ -106,7 +106,7 @@ def test_where_verifying_is_nearly_free_a_probe_lengthens_every_request():
 
 def test_a_ragged_premium_is_paid_only_by_budgets_whose_draft_lengths_differ():
     survivals = [survival(COPY), survival(CHAT)]
-    price = lambda positions: 1.0 + 0.1 * positions  # noqa: E731
+    price = lambda positions, longest=None: 1.0 + 0.1 * positions  # noqa: E731
     cheap = plan_allocation(survivals, price, ragged_premium=0.01)
     assert cheap.draft_lens == [K, 0] and cheap.seconds == pytest.approx(price(K) + 0.01)
     dear = plan_allocation(survivals, price, ragged_premium=10.0)  # only uniform budgets are worth it
@@ -116,7 +116,7 @@ def test_a_ragged_premium_is_paid_only_by_budgets_whose_draft_lengths_differ():
     assert uniform.draft_lens == [K, K] and uniform.seconds == price(2 * K) and uniform.next_request is None
     tokens = lambda k: 2 + sum(survival(COPY)[:k]) + sum(survival(CHAT)[:k])  # noqa: E731
     assert uniform.goodput == pytest.approx(max(tokens(k) / price(2 * k) for k in range(K + 1)))
-    steep = best_uniform(survivals, lambda positions: 1.0 + 2.0 * positions)
+    steep = best_uniform(survivals, lambda positions, longest=None: 1.0 + 2.0 * positions)
     assert steep.draft_lens == [0, 0] and steep.next_request == 0  # the copy request's position 0 survives best
 
 
@@ -148,7 +148,7 @@ def test_the_policy_learns_what_a_ragged_step_costs_and_drafts_uniformly_where_t
 
 def test_no_drafts_when_verify_cost_grows_steeply():
     survivals = [survival(COPY), survival([0.99] * K), survival(CHAT)]
-    allocation = plan_allocation(survivals, lambda positions: 1.0 + 2.0 * positions)
+    allocation = plan_allocation(survivals, lambda positions, longest=None: 1.0 + 2.0 * positions)
     assert allocation.draft_lens == [0, 0, 0] and allocation.budget == 0 and not allocation.ragged
     assert allocation.goodput == pytest.approx(3.0)
 

@@ -29,7 +29,7 @@ def test_drain_seconds_is_the_slowest_requests_steps_at_this_steps_price():
 
 
 def test_uniform_allocations_give_every_k_for_every_request():
-    price = lambda positions: 1.0 + 0.1 * positions  # noqa: E731
+    price = lambda positions, longest=None: 1.0 + 0.1 * positions  # noqa: E731
     allocations = uniform_allocations([FAST, SLOW], price)
     assert [a.draft_lens for a in allocations] == [[0, 0], [1, 1], [2, 2], [3, 3]]
     assert [a.seconds for a in allocations] == pytest.approx([1.0, 1.2, 1.4, 1.6])
@@ -43,7 +43,7 @@ def test_the_goodput_allocation_stays_within_the_tolerance_and_gives_way_beyond_
     position, 30% later: the plain allocation instead."""
     none = survival([0.0, 0.0, 0.0])
     for per_position, kept in ((0.01, True), (0.10, False)):
-        price = lambda positions: 1.0 + per_position * positions  # noqa: E731
+        price = lambda positions, longest=None: 1.0 + per_position * positions  # noqa: E731
         goodput = Allocation([3, 0], 3, 2 + sum(FAST), price(3))
         chosen = drain_allocation(goodput, uniform_allocations([FAST, none], price), [FAST, none], [50, 50], 0.05)
         assert (chosen is goodput) is kept

@@ -52,7 +52,7 @@ def bound_at(batch: int, profiles: Sequence[Sequence[float]], max_draft_len: int
         rate = tokens / step_seconds(batch, batch * k)
         if rate > uniform:
             uniform, best_k = rate, k
-    plan = plan_allocation(survivals, lambda positions: step_seconds(batch, positions))
+    plan = plan_allocation(survivals, lambda positions, longest: step_seconds(batch, positions))
     per_request = plan.goodput
     return {
         "batch": batch, "no_spec_tokens_per_s": no_spec, "uniform_tokens_per_s": uniform, "uniform_best_k": best_k,

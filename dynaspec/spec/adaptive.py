@@ -15,10 +15,10 @@ so draft_lens() usually finds it ready, and a new composition takes the latest p
 (spec/allocation_tables.py). Learning: observe() feeds each request's drafted / accepted counts
 at its own k_i (StepOutcome.draft_lens), so a request cut short by its k_i is not read as rejected at k_i.
 
-Prices (`step_seconds`): where the engine captured ragged verify graphs (CUDA), a step of `batch` requests and
-B positions runs in the graph of (batch bucket, padded tokens) `ragged_step` names, and is priced as the
-uniform steps of that bucket interpolated at the padded total; elsewhere (eager, or no ragged graph holds it)
-at the uniform steps around batch + B tokens. Refined online with the goodput planner's host-overhead model
+Prices (`step_seconds`): where the step runs (spec/probed_prices.py): a uniform step (every k_i equal; a
+batch of one) at its uniform graph's probed T; a ragged one's verify in the graph of (batch bucket, padded
+tokens) `ragged_step` names, interpolated between the uniform steps of that bucket at the padded total (eager,
+or no ragged graph holds it: around batch + B tokens at the batch), plus drafting to its longest k_i. Refined online with the goodput planner's host-overhead model
 (spec/step_overhead.py): the probe times bare forwards, real speculative steps add the host's drafting,
 verification and commit (on an H100 at batch 256, n-gram: a k = 1 step took 22 ms against a probed 13 ms);
 every real uniform step feeds (measured - probed) at its batch and mean draft length B / batch, and speculative
@@ -61,18 +61,17 @@ from dynaspec.spec.allocation_tables import AllocationTables
 from dynaspec.spec.catch_up import CatchUpCost, describe_catch_up, switch_pays
 from dynaspec.spec.draft_trimming import DraftTrimming
 from dynaspec.spec.drain import drain_allocation
-from dynaspec.spec.adaptive_allocation import (Allocation, highest_goodput, plan_allocation, step_seconds_by_tokens,
-                                               survival, uniform_allocations, uniform_at_longest)
+from dynaspec.spec.adaptive_allocation import (Allocation, Pricing, highest_goodput, plan_allocation, survival,
+                                               uniform_allocations, uniform_at_longest)
 from dynaspec.spec.planner import PaddedBatchFn
 from dynaspec.spec import planner_rules as rules
 from dynaspec.spec.planner_settings import PlannerSettings
+from dynaspec.spec.probed_prices import ProbedPrices
 from dynaspec.spec.policy import DraftLenPolicy, StepOutcome
 from dynaspec.spec.ragged_premium import RaggedPremium
 from dynaspec.spec.step_overhead import COLUMNS as OVERHEAD_COLUMNS
 from dynaspec.spec.step_overhead import CUT_SHORT_FRACTION, StepOverheadModel
 
-# Probed prices kept per (batch, positions): a batch of b requests asks for b * max_draft_len + 1 of them.
-MAX_CACHED_PRICES = 1 << 16
 # A speculative step over this many times its price voids the plans (observe), as does the first one above every
 # batch the overhead fit has seen (priced as the largest seen, spec/step_overhead.py; it joins the fit, ragged or not):
 # on an H100 (2026-12-07, diurnal trace at 128) k = 4 held 17 steps of 19-29 ms, later k = 1 15 of 12-15 ms (8 plain).
@@ -105,16 +104,13 @@ class AdaptivePolicy(DraftLenPolicy):
         self.cost_model = cost_model
         self.estimator = estimator
         self.settings = PlannerSettings() if settings is None else settings
-        self.padded_batch = padded_batch
-        self.ragged_step = ragged_step
         self.overhead = StepOverheadModel()  # real - probed step seconds of uniform steps (module docstring)
         self.ragged_premium = RaggedPremium()  # what a ragged step costs beyond that
         self.catch_up = catch_up
         self.backlog = backlog
         self._plain_last = True  # the last observed decode step verified no drafts
         self._unearned: Allocation | None = None  # an allocation whose switch from k = 0 did not pay (_switch_pays)
-        # (batch, B, drafted) -> (run bucket, probed seconds; drafted: without the drafting)
-        self._priors: dict[tuple[int, int, bool], tuple[int, float]] = {}
+        self.prices = ProbedPrices(cost_model, self.max_draft_len, padded_batch, ragged_step)
         self._verify_cheap_at: dict[int, bool] = {}  # batch -> _verify_is_cheap
         self._tables = AllocationTables(lambda: self.settings.max_tables)  # by request ids in batch order
         self._observations = 0
@@ -233,7 +229,7 @@ class AdaptivePolicy(DraftLenPolicy):
                 tokens += sum(survival(self.estimator.alphas(rid)[:k]))
         budget = sum(draft_lens)
         premium = self.ragged_premium.seconds(batch, self.overhead) if len(set(draft_lens)) > 1 else 0.0
-        return Allocation(draft_lens, budget, tokens, self._pricing(batch)(budget) + premium)
+        return Allocation(draft_lens, budget, tokens, self._pricing(batch)(budget, max(draft_lens, default=0)) + premium)
 
     def plan(self, batch: int, request_ids: Sequence[Hashable] | None = None,
              remaining: Sequence[int] | None = None) -> Allocation:
@@ -267,16 +263,16 @@ class AdaptivePolicy(DraftLenPolicy):
         """Whether the drain rule (spec/drain.py) plans a draining batch of this many decoding requests."""
         return self.settings.drain_tolerance is not None and 2 <= batch <= self.settings.drain_max_batch
 
-    def _pricing(self, batch: int, drafted: bool = False) -> Callable[[int], float]:
-        """positions -> step_seconds(batch, positions), with the overhead fit looked up once; drafted: the
-        positions exist already, their drafting is not priced (trimming)."""
+    def _pricing(self, batch: int, drafted: bool = False) -> Pricing:
+        """(positions, longest k_i) -> step_seconds(batch, positions, longest), with the overhead fit looked up
+        once; drafted: the positions exist already, their drafting is not priced (trimming)."""
         if drafted:  # the step's host work is paid whatever the trim keeps: price the verify alone
-            return lambda positions: self._prior(batch, positions, True)[1]
+            return lambda positions, longest: self._prior(batch, positions, True, longest)[1]
         base, per_position = self.overhead.speculative_line(batch)
         plain = self.overhead.predict(batch, 0)  # step_seconds: plain steps pay their measured residual too
 
-        def seconds(positions: int) -> float:
-            prior = self._prior(batch, positions, drafted)[1]
+        def seconds(positions: int, longest: int) -> float:
+            prior = self._prior(batch, positions, False, longest)[1]
             return prior + plain if positions == 0 else prior + max(0.0, base + per_position * positions)
 
         return seconds
@@ -308,15 +304,15 @@ class AdaptivePolicy(DraftLenPolicy):
         alphas = [self.estimator.alphas(rid) for rid in request_ids]
         return self.trimming.kept(alphas, limits, confidence, self._pricing(len(limits), drafted=True))
 
-    def step_seconds(self, batch: int, positions: int) -> float:
-        """Predicted T of a step of `batch` requests verifying `positions` draft positions in all: the probed
-        price at the graph it runs in, plus the learned host overhead at (batch, positions / batch), plain
+    def step_seconds(self, batch: int, positions: int, longest: int | None = None) -> float:
+        """Predicted T of a step of `batch` requests verifying `positions` draft positions in all, at most `longest` a
+        request (None: spread evenly): the probed price where it runs (spec/probed_prices.py), plus the learned host overhead at (batch, positions / batch), plain
         steps' included. Plain steps overlap their host work with the GPU, and what they measure beyond the probe,
         launch to launch, is what a plain step costs; priced at the probe alone, k = 0 looked cheaper than it ran
         by that much while speculative steps paid their measured residual (on an H100, 2026-12-06, plain steps at
         batch 4 ran 0.16 ms over their probe, 8% of a step: a bias towards k = 0 the goodput planner, which prices
         a cell it has run at its measured median, does not have)."""
-        _, prior = self._prior(batch, positions)
+        _, prior = self._prior(batch, positions, False, longest)
         return prior + self.overhead.predict(batch, positions / batch)
 
     def _probe_due(self, batch: int, allocation: Allocation) -> bool:
@@ -381,26 +377,10 @@ class AdaptivePolicy(DraftLenPolicy):
             self._unearned = allocation
         return False
 
-    def _prior(self, batch: int, positions: int, drafted: bool = False) -> tuple[int, float]:
-        """(the batch bucket the step runs at, its probed price; drafted: without the drafting), cached."""
-        key = (batch, positions, drafted)
-        cached = self._priors.get(key)
-        if cached is None:
-            if len(self._priors) >= MAX_CACHED_PRICES:  # batches long gone (batch x positions grows fast)
-                self._priors.clear()
-            cost = self.cost_model.verify_cost if drafted else self.cost_model.cost
-            cached = self._priors[key] = self._probed(batch, positions, cost)
-        return cached
-
-    def _probed(self, batch: int, positions: int, cost: Callable[[int, int], float]) -> tuple[int, float]:
-        ragged = None if self.ragged_step is None or positions == 0 else self.ragged_step(batch, batch + positions)
-        if ragged is not None:  # the ragged graph's bucket, interpolated at its padded total
-            bucket, tokens = ragged
-            return bucket, step_seconds_by_tokens(cost, bucket, tokens - bucket, self.max_draft_len)
-        k_high = -(-positions // batch)
-        bucket = batch if self.padded_batch is None else self.padded_batch(batch, min(k_high, self.max_draft_len))
-        seconds = step_seconds_by_tokens(cost, batch, positions, self.max_draft_len, self.padded_batch)
-        return bucket, seconds
+    def _prior(self, batch: int, positions: int, drafted: bool = False, longest: int | None = None) -> tuple[int, float]:
+        """(the batch bucket the step runs at, its probed price; drafted: without the drafting; longest: the largest
+        k_i, None: the positions spread evenly), spec/probed_prices.py."""
+        return self.prices.price(batch, positions, longest, drafted)
 
     # ----------------------------------------------------------------- engine hooks
     def observe(self, outcome: StepOutcome) -> None:
@@ -422,10 +402,11 @@ class AdaptivePolicy(DraftLenPolicy):
                 if self.trimming.judge(outcome.batch, outcome.seconds - untrimmed):
                     self._tables.clear()
             else:
-                _, prior = self._prior(outcome.batch, positions)
+                longest = max(outcome.drafted, default=0)  # where it ran: spec/probed_prices.py
+                _, prior = self._prior(outcome.batch, positions, False, longest)
                 mean_k = positions / outcome.batch
                 ragged = len(set(outcome.draft_lens)) > 1
-                priced = positions and self.step_seconds(outcome.batch, positions) + (  # before this sample
+                priced = positions and self.step_seconds(outcome.batch, positions, longest) + (  # before this sample
                     self.ragged_premium.seconds(outcome.batch, self.overhead) if ragged else 0.0)
                 extrapolated = positions and 0 < self.overhead.largest_speculative_batch < outcome.batch
                 if positions == 0 or not ragged or extrapolated:

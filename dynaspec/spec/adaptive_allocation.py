@@ -17,19 +17,22 @@ For a step where `batch` requests decode and B positions are allocated:
 B* = argmax over B in 0..batch * max_draft_len (ties: the smaller B). The uniform goodput planner
 (spec/planner.py) is the special case where every k_i must be equal.
 
-T(batch, B) (`step_seconds_by_tokens`): the probed T(batch, k) of uniform steps verifies batch * (1 + k)
-tokens; a ragged step's batch + B tokens are priced by linear interpolation in total tokens between the
-two uniform steps around them at that batch (the CUDA graph's padded batch where one is given). The
-drafter's part is inside the probed T (the probe adds Drafter.draft_seconds(batch, k)), so interpolating
-prices drafting per drafted position too: right for n-gram lookups, an underestimate for a draft model
-that drafts to the largest k_i for every request with k_i > 0 (the GPU part prices draft cost by request
-count separately).
+T(batch, B, longest) (the caller's `step_seconds(B, longest)`, longest = the largest k_i): a uniform step (B =
+batch * longest) runs the CUDA graph of (batch, k) and costs the probed T(batch, k) of uniform steps, which
+verifies batch * (1 + k) tokens; a ragged step's batch + B tokens are verified at a price interpolated linearly
+in total tokens between the uniform steps around them (`step_seconds_by_tokens`, at the CUDA graph's padded
+batch where one is given), and its drafting costs what drafting to the longest k_i costs: a chain drafter (a
+draft model, an EAGLE head) drafts that far for every request (spec/adaptive.py prices the two apart, from the
+probe's drafting share). Interpolating T itself would price drafting per drafted position: right for n-gram
+lookups, 3.1 ms too low for a k = 4 step of a draft model at batch 1 on an H100 (2026-12-07).
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+
+Pricing = Callable[[int, int], float]  # (draft positions B, longest k_i) -> predicted step seconds (> 0)
 
 
 def survival(alphas: Sequence[float]) -> list[float]:
@@ -80,29 +83,30 @@ class Allocation:
 
 
 def plan_allocation(
-    survivals: Sequence[Sequence[float]], step_seconds: Callable[[int], float], max_budget: int | None = None,
+    survivals: Sequence[Sequence[float]], step_seconds: Pricing, max_budget: int | None = None,
     ragged_premium: float = 0.0,
 ) -> Allocation:
     """B* maximising committed tokens per second, and its allocation.
 
     survivals: per decoding request, s_i(j) for its positions j = 0..max_draft_len-1 (survival()).
-    step_seconds(B): predicted seconds of the step with B draft positions in all (> 0).
+    step_seconds(B, longest): predicted seconds of the step with B draft positions in all, at most `longest` a
+    request (> 0; module docstring).
     max_budget: the most positions considered (default: all of them).
-    ragged_premium: seconds a ragged step costs beyond step_seconds(B) (spec/ragged_premium.py); a budget
+    ragged_premium: seconds a ragged step costs beyond step_seconds(B, longest) (spec/ragged_premium.py); a budget
     whose allocation gives every request the same k_i does not pay it.
     """
     batch = len(survivals)
     order = allocation_order(survivals)
     if max_budget is not None:
         order = order[: max(0, max_budget)]
-    best_b, best_tokens, best_seconds = 0, float(batch), step_seconds(0)
+    best_b, best_tokens, best_seconds = 0, float(batch), step_seconds(0, 0)
     tokens = float(batch)
     taken, longest, best_longest = [0] * batch, 0, 0
     for b, (i, s) in enumerate(order, start=1):
         tokens += s
         taken[i] += 1
         longest = max(longest, taken[i])
-        seconds = step_seconds(b) + (ragged_premium if b != batch * longest else 0.0)  # uniform: every k_i = longest
+        seconds = step_seconds(b, longest) + (ragged_premium if b != batch * longest else 0.0)  # uniform: k_i = longest
         if tokens * best_seconds > best_tokens * seconds:  # tokens / seconds > best, without dividing
             best_b, best_tokens, best_seconds, best_longest = b, tokens, seconds, longest
     draft_lens = [0] * batch
@@ -112,12 +116,12 @@ def plan_allocation(
         next_request, next_survival = order[best_b]
         longer = max(best_longest, draft_lens[next_request] + 1)
         premium = ragged_premium if best_b + 1 != batch * longer else 0.0
-        next_goodput = (best_tokens + next_survival) / (step_seconds(best_b + 1) + premium)
+        next_goodput = (best_tokens + next_survival) / (step_seconds(best_b + 1, longer) + premium)
         return Allocation(draft_lens, best_b, best_tokens, best_seconds, next_request, next_goodput)
     return Allocation(draft_lens, best_b, best_tokens, best_seconds)
 
 
-def uniform_allocations(survivals: Sequence[Sequence[float]], step_seconds: Callable[[int], float]) -> list[Allocation]:
+def uniform_allocations(survivals: Sequence[Sequence[float]], step_seconds: Pricing) -> list[Allocation]:
     """One allocation per k = 0 .. the shortest request's positions: k for every request, priced, with its next
     position as uniform_at_longest gives it (the uniform step one longer)."""
     batch = len(survivals)
@@ -125,7 +129,7 @@ def uniform_allocations(survivals: Sequence[Sequence[float]], step_seconds: Call
     out, tokens = [], float(batch)
     for k in range(depth + 1):
         tokens += sum(request[k - 1] for request in survivals) if k else 0.0
-        plain = Allocation([k] * batch, batch * k, tokens, step_seconds(batch * k))
+        plain = Allocation([k] * batch, batch * k, tokens, step_seconds(batch * k, k))
         out.append(uniform_at_longest(plain, survivals, step_seconds))
     return out
 
@@ -135,14 +139,14 @@ def highest_goodput(allocations: Sequence[Allocation]) -> Allocation:
     return max(allocations, key=lambda allocation: allocation.goodput)
 
 
-def best_uniform(survivals: Sequence[Sequence[float]], step_seconds: Callable[[int], float]) -> Allocation:
+def best_uniform(survivals: Sequence[Sequence[float]], step_seconds: Pricing) -> Allocation:
     """The uniform allocation (one k for every request) of highest goodput, with uniform_at_longest's next
     position (the uniform step one longer)."""
     return highest_goodput(uniform_allocations(survivals, step_seconds))
 
 
 def uniform_at_longest(allocation: Allocation, survivals: Sequence[Sequence[float]],
-                       step_seconds: Callable[[int], float]) -> Allocation:
+                       step_seconds: Pricing) -> Allocation:
     """`allocation` with every request drafting as far as its longest k_i (a uniform step), re-priced, and its
     next position the uniform step one longer (every request's position k: next_goodput prices that step,
     next_request is the request whose position k survives best). Where verifying the extra positions costs next
@@ -150,12 +154,12 @@ def uniform_at_longest(allocation: Allocation, survivals: Sequence[Sequence[floa
     probing one position further for every request than for one."""
     batch, k = len(survivals), max(allocation.draft_lens, default=0)
     tokens = batch + sum(sum(request[:k]) for request in survivals)
-    seconds = allocation.seconds if allocation.budget == batch * k else step_seconds(batch * k)
+    seconds = allocation.seconds if allocation.budget == batch * k else step_seconds(batch * k, k)
     following = [(request[k], i) for i, request in enumerate(survivals) if len(request) > k]
     if not following:
         return Allocation([k] * batch, batch * k, tokens, seconds)
     next_request = max(following, key=lambda pair: (pair[0], -pair[1]))[1]
-    next_goodput = (tokens + sum(s for s, _ in following)) / step_seconds(batch * (k + 1))
+    next_goodput = (tokens + sum(s for s, _ in following)) / step_seconds(batch * (k + 1), k + 1)
     return Allocation([k] * batch, batch * k, tokens, seconds, next_request, next_goodput)
 
 

@@ -36,7 +36,7 @@ from collections import deque
 from collections.abc import Callable, Sequence
 from statistics import median
 
-from dynaspec.spec.adaptive_allocation import plan_allocation, survival
+from dynaspec.spec.adaptive_allocation import Pricing, plan_allocation, survival
 from dynaspec.spec.confidence_calibration import ConfidenceCalibration
 from dynaspec.spec.planner_settings import PlannerSettings
 
@@ -61,10 +61,10 @@ class DraftTrimming:
         return not verify_is_cheap(batch)
 
     def kept(self, alphas: Sequence[Sequence[float]], limits: Sequence[int], confidence: Sequence[Sequence[float]],
-             verify_seconds: Callable[[int], float]) -> list[int]:
+             verify_seconds: Pricing) -> list[int]:
         """Per request, the prefix of its draft worth verifying: survival from each drafted position's
         calibrated probability (alphas: the request's acceptance estimate, the calibration's prior), the
-        budget search over verify_seconds(positions) (the verify alone), never more than limits[i]."""
+        budget search over verify_seconds(positions, longest) (the verify alone), never more than limits[i]."""
         survivals = [
             survival([self.calibration.probability(j, p, own[min(j, len(own) - 1)]) for j, p in enumerate(drafted[:limit])])
             for own, limit, drafted in zip(alphas, limits, confidence)

@@ -67,6 +67,22 @@ def test_a_batch_of_one_is_priced_at_its_uniform_graph_not_at_a_ragged_graph_of_
         assert prices.price(1, k, longest=k) == prices.price(1, k)
 
 
+def _padded(batch: int, k: int) -> int:
+    """The uniform CUDA graph's bucket (the engine's _graph_batch)."""
+    return next(b for b in BUCKETS if b >= batch)
+
+
+def test_a_uniform_step_between_buckets_is_priced_at_the_padded_uniform_graph_it_runs_in():
+    """A closed batch's tail runs at every batch size: 3 requests at k = 3 run the (4, 3) graph. Priced at the
+    ragged graph holding their 12 tokens, (4, 12), they cost T(4, 2), a verify and a chain step too little: in the
+    08:23 UTC draft-model sweep (H100) the adaptive fit's cells at batches 3-19 off the buckets read 2.0-5.1 ms over
+    their price, at the buckets 2, 4, 8, 16 0.4-1.1 ms."""
+    prices = ProbedPrices(_costs(), K, padded_batch=_padded, ragged_step=_engine_ragged_graphs())
+    assert _engine_ragged_graphs()(3, 12) == (4, 12)
+    assert prices.price(3, 9) == (4, pytest.approx(_verify(4, 3) + 3 * DRAFT_STEP))
+    assert prices.price(5, 20) == (8, pytest.approx(_verify(8, 4) + 4 * DRAFT_STEP))
+
+
 def test_a_ragged_step_pays_its_verify_by_tokens_and_drafting_to_its_longest_draft():
     prices = ProbedPrices(_costs(), K, ragged_step=_engine_ragged_graphs())
     # [4, 0]: 2 requests verify 2 + 4 tokens in the (2, 6) graph = the uniform (2, 2) verify; the chain drafts 4 steps

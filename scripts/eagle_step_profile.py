@@ -114,7 +114,8 @@ def main() -> None:
     parser.add_argument("--gen-len", type=int, default=64)
     parser.add_argument("--draft-vocab-size", type=int, default=32000)
     parser.add_argument("--draft-model", default=None, help="a draft model instead of an untrained head")
-    parser.add_argument("--replay", default=None, help="an acceptance profile to replay (e.g. acceptance_ngram_code-edit)")
+    parser.add_argument("--replay", default=None,
+                        help="an acceptance profile to replay (e.g. acceptance_ngram_code-edit)")
     parser.add_argument("--top", type=int, default=25)
     args = parser.parse_args()
     if not torch.cuda.is_available():

@@ -15,39 +15,36 @@ so draft_lens() usually finds it ready, and a new composition takes the latest p
 (spec/allocation_tables.py). Learning: observe() feeds each request's drafted / accepted counts
 at its own k_i (StepOutcome.draft_lens), so a request cut short by its k_i is not read as rejected at k_i.
 
-Prices (`step_seconds`): where the step runs (spec/probed_prices.py): a uniform step (every k_i equal; a
-batch of one) at its uniform graph's probed T; a ragged one's verify in the graph of (batch bucket, padded
-tokens) `ragged_step` names, interpolated between the uniform steps of that bucket at the padded total (eager,
-or no ragged graph holds it: around batch + B tokens at the batch), plus drafting to its longest k_i. Refined online with the goodput planner's host-overhead model
-(spec/step_overhead.py): the probe times bare forwards, real speculative steps add the host's drafting,
-verification and commit (on an H100 at batch 256, n-gram: a k = 1 step took 22 ms against a probed 13 ms);
-every real uniform step feeds (measured - probed) at its batch and mean draft length B / batch, and speculative
-prices carry the fit's prediction; a ragged allocation also carries the ragged premium (spec/ragged_premium.py:
-what ragged steps cost beyond that fit; on an H100 ~1.5 ms at batch 64 for as many positions, since a chain
-drafter drafts to the longest k_i and a ragged step cannot chain), and the best uniform allocation replaces it
-where that predicts more. Probed prices are cached per (batch, B): a plan at batch 256 asks for up
-to 1024 of them. Switching from plain steps pays the drafter's catch-up first (spec/catch_up.py, as the
-planner prices it): an allocation whose gain over the requests' remaining tokens does not earn it back stays
-at k = 0. Exploration, as the planner's: every `explore_every`-th decision, once the decisions since the
-last one earned its cost (`explore_budget` of their step time: two steps' extra time, plus the catch-up when
-leaving k = 0; unbudgeted, the H100 sweep's explorations at batch 256 cost 1.5-10 plain steps each), adds the
-next (request, position) pair in survival order to B* for two steps, so
-positions never verified get observed (a position's estimate only moves when it is verified: without this
-an estimate below the price would hold B*, or speculation altogether, where it is for good).
-Probe, as the planner's: a draft position never verified yet, predicted within `probe_margin` of B*'s
-goodput, is verified too (until some request verified it), so a cold-start prior
-that sits just below the price does not hold k = 0 until a rare exploration; so is one not verified for
-`reprobe_after` decisions (acceptance changes along a request, and k = 0 observes none), though from k = 0
-such a re-probe waits, as an exploration does, until the budget covers the drafter's catch-up.
-`max_concurrency` applies as elsewhere: above it, every k_i is 0.
-Uniform where verifying is nearly free: at a batch where verifying every draft position costs less than
-`trim_min_saving` of a plain step more than verifying none (probed, without the drafting), a ragged
-allocation is filled to its longest k_i for every request (adaptive_allocation.uniform_at_longest), and a
-probe or exploration lengthens every request's draft by one (`_one_further`: a ragged step cannot chain,
-and a chain drafter's drafts go to the host before its verify). Per-request lengths pay where verifying
-costs (issue 20's bound: batch 64-128 on Llama-3.1-8B), where they stay ragged. Trimming by the drafter's
-confidence (a draft model, an EAGLE head): spec/draft_trimming.py.
-"""
+Prices (`step_seconds`): where the step runs (spec/probed_prices.py): a uniform step (every k_i equal; a batch of
+one) at its uniform graph's probed T; a ragged one's verify in the graph of (batch bucket, padded tokens)
+`ragged_step` names, interpolated between the uniform steps of that bucket at the padded total (eager, or no ragged
+graph holds it: around batch + B tokens at the batch), plus drafting to its longest k_i. Refined online with the
+goodput planner's host-overhead model (spec/step_overhead.py): the probe times bare forwards, real speculative steps
+add the host's drafting, verification and commit (on an H100 at batch 256, n-gram: a k = 1 step took 22 ms against a
+probed 13 ms); every real uniform step feeds (measured - probed) at its batch and mean draft length B / batch, and
+speculative prices carry the fit's prediction; a ragged allocation also carries the ragged premium
+(spec/ragged_premium.py: what ragged steps cost beyond that fit; on an H100 ~1.5 ms at batch 64 for as many
+positions, since a chain drafter drafts to the longest k_i and a ragged step cannot chain), and the best uniform
+allocation replaces it where that predicts more. Probed prices are cached per (batch, B): a plan at batch 256 asks
+for up to 1024 of them. Switching from plain steps pays the drafter's catch-up first (spec/catch_up.py, as the
+planner prices it): an allocation whose gain over the requests' remaining tokens does not earn it back stays at k =
+0. Exploration, as the planner's: every `explore_every`-th decision, once the decisions since the last one earned
+its cost (`explore_budget` of their step time: two steps' extra time, plus the catch-up when leaving k = 0;
+unbudgeted, the H100 sweep's explorations at batch 256 cost 1.5-10 plain steps each), adds the next (request,
+position) pair in survival order to B* for two steps, so positions never verified get observed (a position's
+estimate only moves when it is verified: without this an estimate below the price would hold B*, or speculation
+altogether, where it is for good). Probe, as the planner's: a draft position never verified yet, predicted within
+`probe_margin` of B*'s goodput, is verified too (until some request verified it), so a cold-start prior that sits
+just below the price does not hold k = 0 until a rare exploration; so is one not verified for `reprobe_after`
+decisions (acceptance changes along a request, and k = 0 observes none), though from k = 0 such a re-probe waits, as
+an exploration does, until the budget covers the drafter's catch-up. `max_concurrency` applies as elsewhere: above
+it, every k_i is 0. Uniform where verifying is nearly free: at a batch where verifying every draft position costs
+less than `trim_min_saving` of a plain step more than verifying none (probed, without the drafting), a ragged
+allocation is filled to its longest k_i for every request (adaptive_allocation.uniform_at_longest), and a probe or
+exploration lengthens every request's draft by one (`_one_further`: a ragged step cannot chain, and a chain
+drafter's drafts go to the host before its verify). Per-request lengths pay where verifying costs (issue 20's bound:
+batch 64-128 on Llama-3.1-8B), where they stay ragged. Trimming by the drafter's confidence (a draft model, an EAGLE
+head): spec/draft_trimming.py. """
 
 from __future__ import annotations
 
@@ -229,7 +226,8 @@ class AdaptivePolicy(DraftLenPolicy):
                 tokens += sum(survival(self.estimator.alphas(rid)[:k]))
         budget = sum(draft_lens)
         premium = self.ragged_premium.seconds(batch, self.overhead) if len(set(draft_lens)) > 1 else 0.0
-        return Allocation(draft_lens, budget, tokens, self._pricing(batch)(budget, max(draft_lens, default=0)) + premium)
+        seconds = self._pricing(batch)(budget, max(draft_lens, default=0)) + premium
+        return Allocation(draft_lens, budget, tokens, seconds)
 
     def plan(self, batch: int, request_ids: Sequence[Hashable] | None = None,
              remaining: Sequence[int] | None = None) -> Allocation:
@@ -305,13 +303,13 @@ class AdaptivePolicy(DraftLenPolicy):
         return self.trimming.kept(alphas, limits, confidence, self._pricing(len(limits), drafted=True))
 
     def step_seconds(self, batch: int, positions: int, longest: int | None = None) -> float:
-        """Predicted T of a step of `batch` requests verifying `positions` draft positions in all, at most `longest` a
-        request (None: spread evenly): the probed price where it runs (spec/probed_prices.py), plus the learned host overhead at (batch, positions / batch), plain
-        steps' included. Plain steps overlap their host work with the GPU, and what they measure beyond the probe,
-        launch to launch, is what a plain step costs; priced at the probe alone, k = 0 looked cheaper than it ran
-        by that much while speculative steps paid their measured residual (on an H100, 2026-12-06, plain steps at
-        batch 4 ran 0.16 ms over their probe, 8% of a step: a bias towards k = 0 the goodput planner, which prices
-        a cell it has run at its measured median, does not have)."""
+        """Predicted T of a step of `batch` requests verifying `positions` draft positions in all, at most `longest`
+        a request (None: spread evenly): the probed price where it runs (spec/probed_prices.py), plus the learned
+        host overhead at (batch, positions / batch), plain steps' included. Plain steps overlap their host work with
+        the GPU, and what they measure beyond the probe, launch to launch, is what a plain step costs; priced at the
+        probe alone, k = 0 looked cheaper than it ran by that much while speculative steps paid their measured
+        residual (on an H100, 2026-12-06, plain steps at batch 4 ran 0.16 ms over their probe, 8% of a step: a bias
+        towards k = 0 the goodput planner, which prices a cell it has run at its measured median, does not have)."""
         _, prior = self._prior(batch, positions, False, longest)
         return prior + self.overhead.predict(batch, positions / batch)
 
@@ -377,7 +375,8 @@ class AdaptivePolicy(DraftLenPolicy):
             self._unearned = allocation
         return False
 
-    def _prior(self, batch: int, positions: int, drafted: bool = False, longest: int | None = None) -> tuple[int, float]:
+    def _prior(self, batch: int, positions: int, drafted: bool = False,
+               longest: int | None = None) -> tuple[int, float]:
         """(the batch bucket the step runs at, its probed price; drafted: without the drafting; longest: the largest
         k_i, None: the positions spread evenly), spec/probed_prices.py."""
         return self.prices.price(batch, positions, longest, drafted)

@@ -64,7 +64,7 @@ def main() -> None:
     parser.add_argument("--host-us-per-request", type=float, default=20.0)
     parser.add_argument("--plain-host-ms", type=float, default=0.1)
     parser.add_argument("--prior", default="dynaspec/bench/data/acceptance_draft-model_mixed.json",
-                        help="the acceptance_profile the estimator starts from (bench/adaptive_draft_model_mixed.yaml's)")
+                        help="the estimator's acceptance_profile (bench/adaptive_draft_model_mixed.yaml's)")
     parser.add_argument("--drain-tolerance", type=float, default=0.05, help="< 0: no drain rule")
     parser.add_argument("--seeds", type=int, default=3)
     args = parser.parse_args()

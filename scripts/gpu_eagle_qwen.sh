@@ -16,7 +16,8 @@
 #          and each call puts the next 4 files not yet sent into OUT_DIR, beside the summary's 2 (what comes back
 #          is capped near 64 MiB: on 2026-12-07 the 6th part of a call was left out and had to be copied by hand);
 #          repeat until it says all were sent, gather the files here and run `head_xfer.sh pack`.
-#          `train` sends the first 4 itself. (This folder's ignored .xfer-head/ survives between sessions.)
+#          `train` sends the first 4 itself. (An ignored .xfer-head/ survives only where the checkout does: the session
+#          of 2026-12-07 10:34 UTC started from a fresh checkout without it: a head is trained again in each session.)
 #   train-more: train the head of `train` for --deadline seconds more (a later call on the same warm machine)
 #          on the answers `train` saved to $EXAMPLES (/tmp/eagle-examples.safetensors): nothing answered again.
 #   code-edit, chat: on that workload, three `dynaspec bench` runs over the same prompts and batch sizes

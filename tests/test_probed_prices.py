@@ -8,7 +8,7 @@ import pytest
 
 from dynaspec.engine.graph_keys import ragged_keys
 from dynaspec.runtime.cost_model import StepCostModel
-from dynaspec.runtime.ragged_graphs import token_buckets
+from dynaspec.runtime.ragged_graphs import RaggedKeys, token_buckets
 from dynaspec.spec.acceptance_estimator import AcceptanceEstimator
 from dynaspec.spec.adaptive import AdaptivePolicy
 from dynaspec.spec.planner_settings import PlannerSettings
@@ -37,20 +37,8 @@ def _costs(drafting_apart: bool = True) -> StepCostModel:
 
 
 def _engine_ragged_graphs():
-    """The engine's ragged graphs for these buckets (engine/graph_keys.py: none of one request)."""
-    keys = ragged_keys([(b, k) for b in BUCKETS for k in range(K + 1)], K, 4096)
-    by_bucket: dict[int, list[int]] = {}
-    for bucket, tokens in keys:
-        by_bucket.setdefault(bucket, []).append(tokens)
-
-    def lookup(batch: int, tokens: int):
-        for bucket in sorted(by_bucket):
-            fits = [t for t in by_bucket[bucket] if t >= tokens]
-            if bucket >= batch and fits:
-                return bucket, min(fits)
-        return None
-
-    return lookup
+    """The engine's ragged graphs' lookup for these buckets (engine/graph_keys.py: none of one request)."""
+    return RaggedKeys(ragged_keys([(b, k) for b in BUCKETS for k in range(K + 1)], K, 4096)).lookup
 
 
 def test_the_engine_captures_no_ragged_graph_for_one_request():

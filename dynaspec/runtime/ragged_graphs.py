@@ -54,6 +54,25 @@ def token_buckets(bucket: int, max_draft_len: int, max_tokens: int | None = None
     return sorted(v for v in values if v > bucket)
 
 
+class RaggedKeys:
+    """The (batch bucket, padded total tokens) keys of ragged graphs, and which one runs a step (no model: the
+    policy's pricing and CPU replays ask the same question)."""
+
+    def __init__(self, keys: Iterable[tuple[int, int]]) -> None:
+        self._tokens_by_bucket: dict[int, list[int]] = {}
+        for bucket, tokens in sorted(set(keys)):
+            self._tokens_by_bucket.setdefault(bucket, []).append(tokens)
+
+    def lookup(self, batch: int, tokens: int) -> tuple[int, int] | None:
+        """The (bucket, padded tokens) that runs `batch` requests verifying `tokens` positions in all: the smallest
+        batch bucket >= batch that has a token bucket >= tokens, and its smallest such token bucket; None when no
+        graph holds the step."""
+        for bucket, padded_counts in self._tokens_by_bucket.items():  # ascending buckets, ascending counts
+            if bucket >= batch and padded_counts[-1] >= tokens:
+                return bucket, padded_counts[bisect_left(padded_counts, tokens)]
+        return None
+
+
 def slots(bucket: int, tokens: int, max_query_len: int) -> int:
     """Sequence slots of the (bucket, tokens) graph: the requests plus enough pad slots for any padding."""
     return bucket + -(-tokens // max_query_len)
@@ -85,9 +104,7 @@ class RaggedGraphDecoder(CapturedGraphs):
         self._bind_target(model, kv_caches, block_size, max_blocks_per_seq, scratch_block, device, use_graphs, pool)
         self.max_query_len = max_query_len
         self.pairs = sorted(set(keys), key=lambda key: key[1], reverse=True)  # largest first
-        self._tokens_by_bucket: dict[int, list[int]] = {}
-        for bucket, tokens in sorted(self.pairs):
-            self._tokens_by_bucket.setdefault(bucket, []).append(tokens)
+        self._keys = RaggedKeys(self.pairs)
         self._init_graph_store(output_buffer)
         max_tokens = max((t for _, t in self.pairs), default=1)
         max_slots = max((slots(b, t, max_query_len) for b, t in self.pairs), default=1)
@@ -105,13 +122,8 @@ class RaggedGraphDecoder(CapturedGraphs):
 
     # ----------------------------------------------------------------- lookup
     def lookup(self, batch: int, tokens: int) -> tuple[int, int] | None:
-        """The captured (bucket, padded tokens) that runs `batch` requests verifying `tokens` positions in all:
-        the smallest batch bucket >= batch that has a token bucket >= tokens, and its smallest such token
-        bucket; None when no graph holds the step."""
-        for bucket, padded_counts in self._tokens_by_bucket.items():  # ascending buckets, ascending counts
-            if bucket >= batch and padded_counts[-1] >= tokens:
-                return bucket, padded_counts[bisect_left(padded_counts, tokens)]
-        return None
+        """The captured (bucket, padded tokens) that runs `batch` requests verifying `tokens` positions (RaggedKeys)."""
+        return self._keys.lookup(batch, tokens)
 
     # ----------------------------------------------------------------- the captured computation
     def _forward(self, bucket: int, tokens: int) -> torch.Tensor:

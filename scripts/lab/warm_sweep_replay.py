@@ -28,6 +28,7 @@ from dynaspec.bench.closed_batch_replay import closed_batch_tokens_per_ms  # noq
 from dynaspec.engine.graph_keys import ragged_keys  # noqa: E402
 from dynaspec.runtime.cost_model import StepCostModel  # noqa: E402
 from dynaspec.runtime.cuda_graphs import BATCH_BUCKETS  # noqa: E402
+from dynaspec.runtime.ragged_graphs import RaggedKeys  # noqa: E402
 from dynaspec.spec.acceptance_estimator import planning_estimator  # noqa: E402
 from dynaspec.spec.adaptive import AdaptivePolicy  # noqa: E402
 from dynaspec.spec.adaptive_allocation import step_seconds_by_tokens  # noqa: E402
@@ -78,19 +79,10 @@ def main() -> None:
         for k in range(k_max + 1):
             probe.add(bucket, k, recorded.cost(bucket, k))
             probe.drafting.add(bucket, k, args.draft_step_ms * 1e-3 * k)
-    graphs: dict[int, list[int]] = {}
-    for bucket, tokens in ragged_keys([(b, k) for b in buckets for k in range(k_max + 1)], k_max, 1 << 20):
-        graphs.setdefault(bucket, []).append(tokens)
+    ragged_step = RaggedKeys(ragged_keys([(b, k) for b in buckets for k in range(k_max + 1)], k_max, 1 << 20)).lookup
 
     def padded(batch: int, k: int) -> int:
         return next(b for b in buckets if b >= batch)
-
-    def ragged_step(batch: int, tokens: int):
-        for bucket in sorted(graphs):
-            fits = [t for t in graphs[bucket] if t >= tokens]
-            if bucket >= batch and fits:
-                return bucket, min(fits)
-        return None
 
     truth = ProbedPrices(probe, k_max, padded, ragged_step)
 

@@ -646,6 +646,7 @@ def test_view_reports_the_allocation_and_its_prices_as_json():
     view = json.loads(json.dumps(policy.view(2)))
     assert view["allocation"]["budget"] == sum(int(k) * n for k, n in view["allocation"]["draft_lens"].items())
     assert view["step_seconds_by_budget"]["0"] == pytest.approx(1.0)
+    assert view["probed_seconds_by_k"] == pytest.approx({str(k): policy.cost_model.cost(2, k) for k in range(K + 1)})
     assert set(view["overhead_coefficients"]) and view["catch_up_samples"] == 0
     assert view["verify_is_cheap"] is False and view["no_trimming_up_to_batch"] == 0
     assert len(view["pooled_alphas"]) == K and 0.2 < view["pooled_alphas"][0] < 0.8  # half the drafts accepted

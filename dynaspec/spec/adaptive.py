@@ -462,6 +462,10 @@ class AdaptivePolicy(DraftLenPolicy):
                            "budget": allocation.budget, "expected_tokens": allocation.expected_tokens,
                            "step_seconds": allocation.seconds, "goodput_tokens_per_s": allocation.goodput},
             "step_seconds_by_budget": {str(b): self.step_seconds(batch, b) for b in budgets},
+            # the probe's T of uniform steps where they run, the drafting share included (to set beside the goodput
+            # planner's `probed_seconds`: on an H100, 2026-12-07, a batch-1 price read off a ragged graph of two
+            # requests showed only in the overhead fit)
+            "probed_seconds_by_k": {str(k): self._prior(batch, batch * k)[1] for k in range(self.max_draft_len + 1)},
             "overhead_coefficients": dict(zip(OVERHEAD_COLUMNS, self.overhead.coefficients)),
             "overhead_cells": self.overhead.cells(),
             "ragged_premium_seconds": self.ragged_premium.seconds(batch, self.overhead),

@@ -27,11 +27,11 @@ from collections.abc import Callable
 
 from dynaspec.runtime.cost_model import StepCostModel
 from dynaspec.spec.adaptive_allocation import step_seconds_by_tokens
+from dynaspec.spec.planner import PaddedBatchFn
 
 # Prices kept per (batch, positions, longest, drafted): a plan at batch 256 asks for up to ~1024 of them.
 MAX_CACHED_PRICES = 1 << 16
 
-PaddedBatch = Callable[[int, int], int]  # (batch, k) -> the CUDA graph bucket a uniform step runs at
 RaggedStep = Callable[[int, int], "tuple[int, int] | None"]  # (batch, tokens) -> a ragged graph's (bucket, tokens)
 
 
@@ -42,7 +42,7 @@ class ProbedPrices:
     padded_batch: None where steps run at their own batch (eager); ragged_step: None where no ragged graphs
     were captured (eager, or a policy with one k a step)."""
 
-    def __init__(self, cost_model: StepCostModel, max_draft_len: int, padded_batch: PaddedBatch | None = None,
+    def __init__(self, cost_model: StepCostModel, max_draft_len: int, padded_batch: PaddedBatchFn | None = None,
                  ragged_step: RaggedStep | None = None) -> None:
         self.cost_model = cost_model
         self.max_draft_len = max_draft_len

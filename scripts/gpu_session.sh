@@ -281,6 +281,16 @@ for step in "$@"; do
           --prompt-len 128 --gen-len 64 --rounds 1 --acceptance-profile acceptance_ngram_code-edit --no-plots \
           --out-dir "$OUT/aa-$tree-$round" > "$OUT/aa-$tree-$round.log" 2>&1); tail -1 "$OUT/aa-$tree-$round.log"
       done; python3 scripts/redesign_ab.py "$OUT/aa-old-$round" "$OUT/aa-new-$round"; done ;;
+    adaptive-draft-ab)  # issue 20 (~5 min; carry .gl, .gl/old = `git archive <old> dynaspec bench scripts pyproject.toml`):
+      # the draft-model mixed sweep's batches 4-128 (no spec, k = 2, goodput, adaptive), the old tree, then this one
+      for tree in old new; do
+        dir=$PWD; [ $tree = old ] && dir=$PWD/.gl/old
+        (cd "$dir" && PYTHONPATH=$dir timeout 270 python3 -m dynaspec.cli bench --model random:llama-3.1-8b \
+          --spec-config bench/adaptive_draft_model_mixed.yaml --policy-lines goodput --ks 0,2 --batch-sizes 4,16,64,128 \
+          --prompt-len 128 --gen-len 64 --rounds 1 --no-schedule-line \
+          --acceptance-profile acceptance_draft-model_code-edit,acceptance_draft-model_chat --no-plots \
+          --out-dir "$OUT/da-$tree" > "$OUT/da-$tree.log" 2>&1); tail -1 "$OUT/da-$tree.log"
+      done; python3 scripts/redesign_ab.py "$OUT/da-old" "$OUT/da-new" ;;
     gemv-ab)  # issue 21 (~5 min; carry .gl with .gl/old = `git archive 444fe3d dynaspec bench scripts pyproject.toml`,
       # the tree before the multi-row GEMV): random Llama-3.1-8B, plain decode at batch 1-8 (1-8 rows) and n-gram
       # k = 1, 3, 4 at batch 1-2 (replayed code-edit acceptance: verify steps of 2-10 rows), old-new-old-new

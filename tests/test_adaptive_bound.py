@@ -64,3 +64,6 @@ def test_probed_costs_come_from_the_goodput_lines_planner_view():
     assert probed_costs_from_bench(result) == [(4, 0, 0.005), (4, 1, 0.006), (64, 0, 0.005)]
     with pytest.raises(ValueError, match="--policy-lines goodput"):
         probed_costs_from_bench({"points": [result["points"][0]]})
+    # a bound's own result carries the costs it was computed from (JSON keys are strings)
+    kept = {"probed_step_seconds": {"4": {"0": 0.005, "1": 0.006}, "64": {"0": 0.005}}}
+    assert probed_costs_from_bench(kept) == [(4, 0, 0.005), (4, 1, 0.006), (64, 0, 0.005)]

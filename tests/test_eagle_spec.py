@@ -143,7 +143,8 @@ def test_adaptive_trims_drafts_by_the_heads_confidence_losslessly(tiny, baseline
     probability of each draft: positions left unverified, outputs unchanged, the calibration fed by the
     verified drafts. Costs injected (a position costs 1% of a plain step: every k_i drafts; trim_min_saving
     0, so the policy trims at such cheap verifies: this test is about what trimming keeps, not where it
-    runs), and the calibration primed to say drafts the head gives less than 0.9 are rejected, so trimming
+    runs; no drain rule, which would rightly stop drafting in this closed batch once the first drafts failed),
+    and the calibration primed to say drafts the head gives less than 0.9 are rejected, so trimming
     has something to cut."""
     from dynaspec.spec.planner_settings import PlannerSettings
 
@@ -154,7 +155,8 @@ def test_adaptive_trims_drafts_by_the_heads_confidence_losslessly(tiny, baseline
     costs.save(tiny["root"] / "trim-costs.json")
     llm = LLM(model=tiny["target"], block_size=4, max_num_seqs=8, speculative_config=_spec(
         tiny, 3, head, draft_len_policy="adaptive", step_cost_file=str(tiny["root"] / "trim-costs.json")))
-    llm.engine.policy.settings = PlannerSettings(**{**llm.engine.policy.settings.model_dump(), "trim_min_saving": 0.0})
+    llm.engine.policy.settings = PlannerSettings(**{**llm.engine.policy.settings.model_dump(), "trim_min_saving": 0.0,
+                                                    "drain_tolerance": None})
     for _ in range(100):
         for doubtful in (0.05, 0.25, 0.45, 0.65, 0.85):
             llm.engine.policy.calibration.observe([doubtful], accepted=0)

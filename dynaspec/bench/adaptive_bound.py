@@ -124,7 +124,11 @@ def trace_bound_markdown(bound: dict[str, Any]) -> str:
 
 def probed_costs_from_bench(result: dict[str, Any], line: str = "goodput") -> list[tuple[int, int, float]]:
     """(batch, k, probed seconds) of a `dynaspec bench` result's goodput line: its planner view records the
-    start-up probe's T(batch, k) at every batch it ran, so a bound can be computed from a recorded run."""
+    start-up probe's T(batch, k) at every batch it ran, so a bound can be computed from a recorded run. A bound's
+    own result (its `probed_step_seconds`, as docs/lab/data keeps them) is read as well."""
+    if "probed_step_seconds" in result:
+        return [(int(batch), int(k), seconds) for batch, row in result["probed_step_seconds"].items()
+                for k, seconds in row.items()]
     out = []
     for point in result.get("points", []):
         view = point.get("planner_view") or {}

@@ -42,6 +42,17 @@ so a new request follows the global estimate and a long one its own history. Tha
 of a beta-binomial model with blend_count as the prior's strength; with `learn_blend_count` it is learned
 from how much finished requests' rates differ (spec/request_spread.py): small when workloads mix, large
 (the global estimate) when requests are alike.
+
+The prior mean of a request (what the blend shrinks towards, and a new request's whole estimate) is, with
+`learn_blend_count`, the mean of finished requests' own estimates, one vote a request, not the global
+estimate: the global estimate weighs requests by their trials, so requests that live longer count more, and in
+speculation those are the ones that accept less (length-biased sampling, the inspection paradox). A closed
+batch shows it plainly: its last steps hold only its slowest requests, so the next batch's requests start at
+their rate. Replayed at an H100's prices (the draft-model sweep of 2026-12-07, code-edit and chat requests 50/50,
+first-position rates 0.93 and 0.67), the global estimate read 0.68 when the batch of 64 started, every request
+looked like a chat request, and the adaptive policy ran k = 0 to the end (0.95x the best static k); with the
+mean of requests, 0.98x (scripts/lab/warm_sweep_replay.py). Until `MIN_REQUESTS` requests finished (and at
+positions fewer of them reached) the global estimate stands in.
 """
 
 from __future__ import annotations
@@ -54,7 +65,7 @@ from statistics import NormalDist
 from typing import Any
 
 from dynaspec.spec.planner_settings import PlannerSettings
-from dynaspec.spec.request_spread import RequestSpread
+from dynaspec.spec.request_spread import MIN_REQUESTS, RECENT_REQUESTS, RequestSpread
 
 
 def expected_accepted_length(alphas: Sequence[float], k: int) -> float:
@@ -135,8 +146,11 @@ class _PositionEMA:
                 self.weights[j] = prior_weight
 
     def update(self, j: int, successes: int, trials: int) -> None:
+        self.add(j, successes / trials, trials)
+
+    def add(self, j: int, rate: float, trials: int = 1) -> None:
+        """A rate observed over `trials` trials at position j (the update rule of the module docstring)."""
         value = self.values[j]
-        rate = successes / trials
         if value is None:
             self.values[j] = rate
         else:
@@ -198,6 +212,10 @@ class AcceptanceEstimator:
         self.profile = None if profile is None else [float(p) for p in profile]
         self.memory_trials = memory_trials
         self._spread = RequestSpread(self.blend_count) if learn_blend_count else None
+        # the mean of finished requests' own estimates, one vote a request (module docstring)
+        self._finished = _PositionEMA(max_draft_len, 1.0 / RECENT_REQUESTS, None, 0.0) if learn_blend_count else None
+        self._prior: list[float] | None = None  # request_prior_alphas(), cached
+        self._prior_curve: list[float] | None = None
         if self.profile is None and cold_start_trials > 0:
             self._global = _PositionEMA(max_draft_len, self.ema_rate, [self.initial_alpha], cold_start_trials,
                                         memory_trials)
@@ -240,7 +258,7 @@ class AcceptanceEstimator:
                 self._global.update(j, successes[j], trials[j])
                 changed = True
         if changed:
-            self._global_curve = None
+            self._global_curve = self._prior = self._prior_curve = None
             self._request_curves.clear()  # blended curves depend on the global estimate
         if request_ids is None:
             return
@@ -272,8 +290,11 @@ class AcceptanceEstimator:
             if ema is not None and ema.values[0] is not None:
                 before = self._spread.prior_count
                 self._spread.add(ema.values[0], min(ema.weights[0], 1.0 / self.request_ema_rate))
-                if self._spread.prior_count != before:
-                    self._request_curves.clear()  # blended curves depend on the prior count
+                for j, value in enumerate(ema.values):
+                    if value is not None:
+                        self._finished.add(j, value)
+                self._prior = self._prior_curve = None
+                self._request_curves.clear()  # blended curves depend on the prior (mean and count)
         self._requests.pop(request_id, None)
         self._unfolded.pop(request_id, None)
         self._request_curves.pop(request_id, None)
@@ -288,10 +309,23 @@ class AcceptanceEstimator:
             result.append(value)
         return result
 
+    def request_prior_alphas(self) -> list[float]:
+        """A request's prior alpha_j (module docstring): the mean of finished requests' own estimates where at least
+        MIN_REQUESTS reached the position, else the global estimate."""
+        if self._prior is None:
+            pooled = self.global_alphas()
+            finished = self._finished
+            self._prior = pooled if finished is None else [
+                value if value is not None and count >= MIN_REQUESTS else pooled_value
+                for value, count, pooled_value in zip(finished.values, finished.weights, pooled)]
+        return self._prior
+
     def alphas(self, request_id: Hashable | None = None) -> list[float]:
-        """alpha_j for a request (its estimate blended with the global one), or the global ones."""
-        base = self.global_alphas()
-        ema = None if request_id is None else self._request_ema(request_id)
+        """alpha_j for a request (its estimate blended with the prior of a request), or the global ones."""
+        if request_id is None:
+            return self.global_alphas()
+        base = self.request_prior_alphas()
+        ema = self._request_ema(request_id)
         return base if ema is None else self._blend(ema, base)
 
     def slow_case_alphas(self, request_id: Hashable | None, quantile: float) -> list[float]:
@@ -334,15 +368,20 @@ class AcceptanceEstimator:
         return list(ema.weights) if ema is not None else [0.0] * self.max_draft_len
 
     def _curve(self, request_id: Hashable | None, base: list[float] | None = None) -> list[float]:
-        """[E[accepted | k] for k = 0..max_draft_len] of a request (global when unknown), cached."""
-        ema = None if request_id is None else self._request_ema(request_id)
-        if ema is None:
+        """[E[accepted | k] for k = 0..max_draft_len] of a request (a request without observations: the prior of a
+        request; None: the global estimate), cached."""
+        if request_id is None:
             if self._global_curve is None:
                 self._global_curve = _cumulative(self.global_alphas())
             return self._global_curve
+        ema = self._request_ema(request_id)
+        if ema is None:
+            if self._prior_curve is None:
+                self._prior_curve = _cumulative(self.request_prior_alphas())
+            return self._prior_curve
         curve = self._request_curves.get(request_id)
         if curve is None:
-            blended = self._blend(ema, self.global_alphas() if base is None else base)
+            blended = self._blend(ema, self.request_prior_alphas() if base is None else base)
             curve = self._request_curves[request_id] = _cumulative(blended)
         return curve
 
@@ -350,7 +389,7 @@ class AcceptanceEstimator:
         """[E[accepted | k] for k = 0..max_draft_len], averaged over request_ids (global when None/empty)."""
         if not request_ids:
             return list(self._curve(None))
-        base = self.global_alphas()
+        base = self.request_prior_alphas()
         totals = [0.0] * (self.max_draft_len + 1)
         for request_id in request_ids:
             for k, value in enumerate(self._curve(request_id, base)):

@@ -50,6 +50,7 @@ from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Callable, Hashable, Sequence
+from statistics import NormalDist
 from typing import Any
 
 from dynaspec.runtime.cost_model import StepCostModel
@@ -57,7 +58,7 @@ from dynaspec.spec.acceptance_estimator import AcceptanceEstimator
 from dynaspec.spec.allocation_tables import AllocationTables
 from dynaspec.spec.catch_up import CatchUpCost, describe_catch_up, switch_pays
 from dynaspec.spec.draft_trimming import DraftTrimming
-from dynaspec.spec.drain import drain_allocation
+from dynaspec.spec.drain import Price, drain_allocation
 from dynaspec.spec.adaptive_allocation import (Allocation, Pricing, highest_goodput, plan_allocation, survival,
                                                uniform_allocations, uniform_at_longest)
 from dynaspec.spec.planner import PaddedBatchFn
@@ -73,6 +74,8 @@ from dynaspec.spec.step_overhead import CUT_SHORT_FRACTION, StepOverheadModel
 # batch the overhead fit has seen (priced as the largest seen, spec/step_overhead.py; it joins the fit, ragged or not):
 # on an H100 (2026-12-07, diurnal trace at 128) k = 4 held 17 steps of 19-29 ms, later k = 1 15 of 12-15 ms (8 plain).
 SURPRISED = 1.5
+# The quantile one standard deviation below a mean: the drain rule's slow case of a request's rate (spec/drain.py).
+ONE_SPREAD_BELOW = NormalDist().cdf(-1.0)
 
 
 class AdaptivePolicy(DraftLenPolicy):
@@ -232,14 +235,15 @@ class AdaptivePolicy(DraftLenPolicy):
     def plan(self, batch: int, request_ids: Sequence[Hashable] | None = None,
              remaining: Sequence[int] | None = None) -> Allocation:
         """Compute the allocation now (no reuse): the most committed tokens a second, or, while the batch drains
-        (remaining given) and that would end its slowest request over settings.drain_tolerance later, the one that
+        (remaining given) and that would end the batch over settings.drain_tolerance later, the one that
         ends it soonest (spec/drain.py)."""
         ids = request_ids or [None] * batch
         survivals = [survival(self.estimator.alphas(rid)[: self.max_draft_len]) for rid in ids]
         pricing = self._pricing(batch)
         # most committed tokens a second: top-B; uniform at its longest where verifying is nearly free; the best
         # uniform allocation where the ragged premium makes that better
-        allocation = plan_allocation(survivals, pricing, ragged_premium=self.ragged_premium.seconds(batch, self.overhead))
+        premium = self.ragged_premium.seconds(batch, self.overhead)
+        allocation = plan_allocation(survivals, pricing, ragged_premium=premium)
         tolerance = self.settings.drain_tolerance
         draining = remaining is not None and self._drains(batch)
         cheap = self._verify_is_cheap(batch)
@@ -253,9 +257,22 @@ class AdaptivePolicy(DraftLenPolicy):
         if not draining:
             return allocation
         # the batch ends with its slowest request: each request at the slow end of what it may be (spec/drain.py)
-        slowest = 1.0 / (batch + 1)
-        slow = [survival(self.estimator.slow_case_alphas(rid, slowest)[: self.max_draft_len]) for rid in ids]
-        return drain_allocation(allocation, uniforms, slow, remaining, tolerance)
+        slow = [survival(self.estimator.slow_case_alphas(rid, ONE_SPREAD_BELOW)[: self.max_draft_len]) for rid in ids]
+        return drain_allocation(allocation, uniforms, survivals, slow, remaining, self._shrinking_price(), tolerance)
+
+    def _shrinking_price(self) -> Price:
+        """(batch, positions, longest k_i) -> predicted step seconds, the ragged premium included where the k_i
+        differ: the drain rule prices the steps of a batch as its requests leave (spec/drain.py)."""
+        pricings: dict[int, Pricing] = {}
+
+        def price(batch: int, positions: int, longest: int) -> float:
+            pricing = pricings.get(batch)
+            if pricing is None:
+                pricing = pricings[batch] = self._pricing(batch)
+            ragged = positions != batch * longest
+            return pricing(positions, longest) + (self.ragged_premium.seconds(batch, self.overhead) if ragged else 0.0)
+
+        return price
 
     def _drains(self, batch: int) -> bool:
         """Whether the drain rule (spec/drain.py) plans a draining batch of this many decoding requests."""

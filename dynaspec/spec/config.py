@@ -237,8 +237,8 @@ class _SpecConfigBase(BaseModel):
     goodput_hysteresis: float = Field(default=PlannerSettings().hysteresis, ge=0.0, allow_inf_nan=False)
     # adaptive only (other policies ignore it, as adaptive ignores goodput_hysteresis: a config copied from one
     # policy to another, as `dynaspec bench` derives its policy lines, keeps it): while nothing waits or prefills
-    # (the batch drains: the end of an offline run), allocations that would end the slowest request more than this
-    # share later than the soonest possible give way to that one (spec/drain.py); None: the most tokens a second
+    # (the batch drains: the end of an offline run), allocations that would end the batch more than this share
+    # later than the soonest possible give way to that one (spec/drain.py); None: the most tokens a second
     # throughout.
     adaptive_drain_tolerance: float | None = Field(default=PlannerSettings().drain_tolerance, ge=0.0,
                                                    allow_inf_nan=False)

@@ -1,62 +1,152 @@
-"""Draft lengths for a draining batch: finish the slowest request soonest, not the most tokens a second.
+"""Draft lengths for a draining batch: end the batch soonest, not the most tokens a second.
 
 While requests wait, a finished request's slot is refilled at once, and the most committed tokens per second (the
 goodput objective of spec/adaptive_allocation.py) is what serves them fastest. Once nothing waits and the batch's
 caller closed it (an offline `LLM.generate`: LLMEngine.close_intake, Scheduler.drain_remaining), the batch only
-shrinks, and its end comes when its slowest request ends. In serving, a finished request is replaced and the
-goodput objective stays, bursts included. Speculation makes requests progress at different rates: a request that
-accepts little commits ~1 token a step whatever k is, and every longer step slows it down. On an H100 (2026-12-06,
-Qwen2.5-Coder-1.5B and its EAGLE head, 16 chat requests of 128 tokens) the goodput line's k = 3 steps committed
-1.13x no spec's tokens a second while all 16 ran, then spent 39% of the time on 17% of the tokens as the batch
-drained to its slowest requests: 0.86x no spec overall, where static k = 1 (kinder to the slow requests) ran 1.02x.
+shrinks, and its tokens a second are its tokens over the time its last request ends. In serving, a finished request
+is replaced and the goodput objective stays, bursts included. Speculation makes requests progress at different
+rates: a request that accepts little commits ~1 token a step whatever k is, and every longer step slows it down. On
+an H100 (2026-12-06, Qwen2.5-Coder-1.5B and its EAGLE head, 16 chat requests of 128 tokens) the goodput line's k = 3
+steps committed 1.13x no spec's tokens a second while all 16 ran, then spent 39% of the time on 17% of the tokens
+as the batch drained to its slowest requests: 0.86x no spec overall, where static k = 1 (kinder to the slow
+requests) ran 1.02x.
 
-For an allocation k_i of a step priced T seconds, request i commits E_i = 1 + sum_{j < k_i} s_i(j) tokens a
-step in expectation (s_i: its survivals) and has R_i tokens left before max_tokens, so were every step like
-this one the batch would end after
+The batch's end under an allocation k_i kept to the end (`drain_seconds`). Request i commits X_i = 1 + a_i tokens
+a step, a_i the drafts accepted, with mean E_i = 1 + sum_{j < k_i} s_i(j) and variance Var(a_i) = sum_{j < k_i}
+(2j + 1) s_i(j) - (E_i - 1)^2 (s_i: its survivals; a_i >= j + 1 with probability s_i(j)). With R_i tokens left it
+needs about n_i = R_i / E_i steps, the mean of a renewal count whose spread is sqrt(R_i Var / E_i^3) (the renewal
+central limit theorem). Requests leave in the order of their n_i, and each step is priced at the requests still in
+it (`price(batch, positions, longest k_i)`: the probe's price where the step runs, a batch's share of host work),
+so a speculative allocation's later steps cost what a smaller batch costs; the last request then runs alone to
+the batch's end, the expected largest of the requests' step counts, each about normal with mean n_i and variance
 
-    drain(k) = T * max_i R_i / E_i
+    sigma_i^2 = R_i Var / E_i^3 + (n_i^slow - n_i)^2
 
-seconds. Among candidate allocations (one k for every request, k = 0..max) it finds the smallest drain and
-takes it where the goodput allocation's drain is more than `tolerance` longer; else the goodput allocation
-stays, whose faster requests end sooner. A tolerance keeps the large wins of requests that accept well from
-being traded for a sliver of the batch's end: copy-heavy requests drafting to k = 4 beside chat ones drafting
-nothing cost the chat ones only the verify positions' share of a step, a few percent where verifying is cheap.
-Replanned as the batch shrinks, this is a receding horizon: it prices the future steps at today's batch, which
-is pessimistic about speculating later, when the batch is smaller and a step cheaper; each replan corrects it.
-When all requests accept alike and have as many tokens left, it ranks as goodput does (T / E is common to all);
-it departs from goodput only where requests differ.
+where n_i^slow = R_i / E_i^slow is the request one standard deviation of its rate's estimate slower (below). For
+B alike requests that largest is n + z_B sigma, z_B = Phi^-1((B - 0.375) / (B + 0.25)) (Blom 1958, "Statistical
+estimates and transformed beta-variables"); `expected_last_end` takes the t at which as many requests are expected
+beyond t as there, which holds for requests that differ too (one far behind the rest ends near its own mean). The
+two sources of slowness, a request's rate's uncertainty and its own draws, are independent. Checked against
+closed batches replayed with static k at an H100's prices (the draft-model sweep of 2026-12-07 08:23, code-edit
+next to chat, host work injected; the profiles' true rates, so no rate uncertainty:
+scripts/lab/drain_model_check.py): the model put every static line at batch 4-128 within 0.99-1.07x of its
+replayed tokens/s. Without the draws' spread it overrated k = 3-4 by 10-17% at batch 16-128 (at
+64 it ranked k = 3 first, 11,518 tok/s against 9,816 replayed, where k = 2 replayed best); without the shrinking
+batch it underrated speculation at 64-128 by up to 20% (k = 2 at 64: 9,440 against 10,011 replayed, below k = 0).
+
+Among candidate allocations (one k for every request, k = 0..max) it finds the soonest end and takes it where the
+goodput allocation's end is more than `tolerance` later (PlannerSettings.drain_tolerance, 0 by default: the end
+is the closed batch's whole objective); else the goodput allocation stays, whose faster requests end sooner.
+Replanned as the batch shrinks, this is a receding horizon: each replan corrects the last.
 
 Which request is slowest is uncertain before requests have drafted for a while: a new request's estimate is the
-pooled one, and at its mean every request of a copy-next-to-chat batch looks alike, so the batch would start
-drafting for all. The survivals passed here are therefore each request's slow case (the adaptive policy asks
-AcceptanceEstimator.slow_case_alphas for the 1 / (batch + 1) quantile of its first-position rate, about the
-slowest of `batch` requests drawn from the population): far below the mean where finished requests differed
-and the request is unseen, near it where requests are alike or the request has shown its own rate. Replayed
-(tests/test_drain.py, half the requests at 0.90, half at 0.10, after a warm-up batch), 0.981x no speculation
-with the means and 0.999x with the slow cases.
+prior of a request (the mean of finished requests, spec/acceptance_estimator.py), and at its mean every request of
+a copy-next-to-chat batch looks alike, so the batch would start drafting for all. The `slow` survivals passed here
+carry that uncertainty: the adaptive policy asks AcceptanceEstimator.slow_case_alphas for the first position's rate
+one standard deviation of its beta-binomial posterior below its mean: wide where finished requests differed and the
+request is unseen, narrow where requests are alike or the request has shown its own rate. Replayed
+(tests/test_drain.py, half the requests at 0.90, half at 0.10, after a warm-up batch), the means alone gave 0.981x
+no speculation; the rule with the rates' uncertainty >= 0.99x.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import math
+from collections import Counter
+from collections.abc import Callable, Sequence
+from statistics import NormalDist
 
 from dynaspec.spec.adaptive_allocation import Allocation
 
+Price = Callable[[int, int, int], float]  # (decoding requests, draft positions, longest k_i) -> step seconds
 
-def drain_seconds(allocation: Allocation, survivals: Sequence[Sequence[float]], remaining: Sequence[int]) -> float:
-    """Predicted seconds until the last of these requests ends, were every step this allocation's."""
-    slowest = 0.0
-    for request, k_i, left in zip(survivals, allocation.draft_lens, remaining):
-        slowest = max(slowest, max(0, left) / (1.0 + sum(request[:k_i])))
-    return allocation.seconds * slowest
+
+def expected_last_end(means: Sequence[float], spreads: Sequence[float]) -> float:
+    """About the expected largest of independent normal draws N(means[i], spreads[i]^2): the t where the expected
+    number of draws above t is Blom's 0.625 B / (B + 0.25) (Blom 1958, "Statistical estimates and transformed
+    beta-variables": for B alike draws t is then mean + Phi^-1((B - 0.375) / (B + 0.25)) spread; one draw far
+    above the rest ends near its own mean), by bisection to a hundredth of a step over the draws that can matter
+    (alike draws counted once, with their number)."""
+    count = len(means)
+    if count == 0:
+        return 0.0
+    above = 0.625 * count / (count + 0.25)
+    low = max(means) - 1.0  # at or below the answer: the largest mean alone is above it with probability >= 1/2
+    alike = Counter((m, s) for m, s in zip(means, spreads) if m + 4.0 * s > low)
+    high = max(m + 4.0 * s for m, s in alike)
+    while high - low > 0.01:
+        middle = 0.5 * (low + high)
+        expected = sum(n * _above(middle, m, s) for (m, s), n in alike.items())
+        low, high = (middle, high) if expected > above else (low, middle)
+    return 0.5 * (low + high)
+
+
+def _above(t: float, mean: float, spread: float) -> float:
+    """P(N(mean, spread^2) > t)."""
+    if spread <= 0.0:
+        return 1.0 if mean > t else 0.0
+    return 0.5 * math.erfc((t - mean) / (spread * math.sqrt(2.0)))
+
+
+def drain_seconds(draft_lens: Sequence[int], survivals: Sequence[Sequence[float]],
+                  slow: Sequence[Sequence[float]], remaining: Sequence[int], price: Price) -> float:
+    """Predicted seconds until the last of these requests ends, each keeping its k_i (module docstring).
+
+    survivals / slow: each request's mean survivals per position and those with its first position's rate one
+    standard deviation of its estimate lower; remaining: its tokens left."""
+    return _drain_seconds(draft_lens, _steps_by_k(survivals, slow, remaining), price)
+
+
+def _steps_by_k(survivals: Sequence[Sequence[float]], slow: Sequence[Sequence[float]],
+                remaining: Sequence[int]) -> list[list[tuple[float, float]]]:
+    """Per request, per k = 0..its positions: (mean steps left, their spread) drafting k a step."""
+    table = []
+    for mean, low, left in zip(survivals, slow, remaining):
+        left = max(0, left)
+        row, accepted, second, accepted_slow = [(float(left), 0.0)], 0.0, 0.0, 0.0
+        for j, (s, s_low) in enumerate(zip(mean, low)):
+            accepted, second, accepted_slow = accepted + s, second + (2 * j + 1) * s, accepted_slow + s_low
+            tokens, variance = 1.0 + accepted, max(0.0, second - accepted * accepted)  # of the tokens a step commits
+            steps = left / tokens
+            row.append((steps, math.hypot(left / (1.0 + accepted_slow) - steps,
+                                          math.sqrt(left * variance / tokens ** 3))))
+        table.append(row)
+    return table
+
+
+def _drain_seconds(draft_lens: Sequence[int], table: Sequence[Sequence[tuple[float, float]]], price: Price) -> float:
+    """drain_seconds from _steps_by_k's table."""
+    means = [row[k][0] for row, k in zip(table, draft_lens)]
+    spreads = [row[k][1] for row, k in zip(table, draft_lens)]
+    end = expected_last_end(means, spreads)
+    last_k = draft_lens[max(range(len(means)), key=lambda i: means[i] + spreads[i])] if means else 0
+    leaving = sorted(zip(means, draft_lens))  # (mean steps left, k_i), in the order requests leave
+    positions, longest = [0] * (len(leaving) + 1), [0] * (len(leaving) + 1)  # of the requests from i on
+    for i in range(len(leaving) - 1, -1, -1):
+        positions[i] = positions[i + 1] + leaving[i][1]
+        longest[i] = max(longest[i + 1], leaving[i][1])
+    seconds, done = 0.0, 0.0
+    for i, (steps, _) in enumerate(leaving):
+        if steps > done:
+            seconds += price(len(leaving) - i, positions[i], longest[i]) * (steps - done)
+            done = steps
+    if end > done:  # the last request alone
+        seconds += price(1, last_k, last_k) * (end - done)
+    return seconds
 
 
 def drain_allocation(goodput: Allocation, candidates: Sequence[Allocation], survivals: Sequence[Sequence[float]],
-                     remaining: Sequence[int], tolerance: float) -> Allocation:
+                     slow: Sequence[Sequence[float]], remaining: Sequence[int], price: Price,
+                     tolerance: float) -> Allocation:
     """`goodput` unless its drain_seconds exceed (1 + tolerance) x the smallest among `candidates` (the uniform
     allocations, adaptive_allocation.uniform_allocations); then that candidate (the first of equals)."""
-    seconds = [drain_seconds(candidate, survivals, remaining) for candidate in candidates]
+    table = _steps_by_k(survivals, slow, remaining)
+
+    def ends(allocation: Allocation) -> float:
+        return _drain_seconds(allocation.draft_lens, table, price)
+
+    seconds = [ends(candidate) for candidate in candidates]
     soonest = min(range(len(candidates)), key=seconds.__getitem__)
-    if drain_seconds(goodput, survivals, remaining) <= (1.0 + tolerance) * seconds[soonest]:
+    if ends(goodput) <= (1.0 + tolerance) * seconds[soonest]:
         return goodput
     return candidates[soonest]

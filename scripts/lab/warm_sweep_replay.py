@@ -66,7 +66,8 @@ def main() -> None:
     parser.add_argument("--plain-host-ms", type=float, default=0.1)
     parser.add_argument("--prior", default="dynaspec/bench/data/acceptance_draft-model_mixed.json",
                         help="the estimator's acceptance_profile (bench/adaptive_draft_model_mixed.yaml's)")
-    parser.add_argument("--drain-tolerance", type=float, default=0.05, help="< 0: no drain rule")
+    parser.add_argument("--drain-tolerance", type=float, default=PlannerSettings().drain_tolerance,
+                        help="< 0: no drain rule")
     parser.add_argument("--seeds", type=int, default=3)
     args = parser.parse_args()
     recorded = recorded_cost_model(args.bench_json)

@@ -96,8 +96,8 @@ def test_the_goodput_allocation_stays_within_the_tolerance_and_gives_way_beyond_
         chosen = drain_allocation(goodput, uniform_allocations([FAST, none], price), [FAST, none], [FAST, none],
                                   [50, 50], shrinking, 0.05)
         assert (chosen is goodput) is kept
-        if not kept:
-            assert chosen.draft_lens == [0, 0]
+        if not kept:  # marked, so the policy's decision says why (reason "drain")
+            assert chosen.draft_lens == [0, 0] and chosen.drained
 
 
 def test_the_scheduler_gives_tokens_left_only_while_the_batch_drains():

@@ -139,7 +139,7 @@ class AdaptivePolicy(DraftLenPolicy):
             return [0] * num_decoding
         self._asked = (request_ids, remaining)  # refresh() plans these requests as asked (tokens left included)
         allocation = self.allocation(num_decoding, request_ids, remaining)
-        draft_lens, reason = list(allocation.draft_lens), "allocate"
+        draft_lens, reason = list(allocation.draft_lens), "drain" if allocation.drained else "allocate"
         if allocation.budget > 0 and self._plain_last and not self._switch_pays(num_decoding, allocation,
                                                                                  remember=request_ids is not None):
             draft_lens, reason = [0] * num_decoding, "catch-up"

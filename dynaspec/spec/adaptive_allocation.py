@@ -71,6 +71,7 @@ class Allocation:
     seconds: float  # predicted T(batch, B*)
     next_request: int | None = None  # the request that position B* + 1 would go to (None: none is left)
     next_goodput: float | None = None  # predicted goodput with that position too (None: none is left)
+    drained: bool = False  # chosen by the drain rule over the most tokens a second (spec/drain.py)
 
     @property
     def goodput(self) -> float:

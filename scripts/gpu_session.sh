@@ -287,7 +287,7 @@ for step in "$@"; do
         dir=$PWD; [ $tree = old ] && dir=$PWD/.gl/old
         (cd "$dir" && PYTHONPATH=$dir timeout 270 python3 -m dynaspec.cli bench --model random:llama-3.1-8b \
           --spec-config bench/adaptive_draft_model_mixed.yaml --policy-lines goodput --ks 0,2 --batch-sizes 4,16,64,128 \
-          --prompt-len 128 --gen-len 64 --rounds 1 --no-schedule-line \
+          --prompt-len 128 --gen-len 64 --rounds 1 \
           --acceptance-profile acceptance_draft-model_code-edit,acceptance_draft-model_chat --no-plots \
           --out-dir "$OUT/da-$tree" > "$OUT/da-$tree.log" 2>&1); tail -1 "$OUT/da-$tree.log"
       done; python3 scripts/redesign_ab.py "$OUT/da-old" "$OUT/da-new" ;;

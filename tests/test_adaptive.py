@@ -650,6 +650,8 @@ def test_view_reports_the_allocation_and_its_prices_as_json():
     assert set(view["overhead_coefficients"]) and view["catch_up_samples"] == 0
     assert view["verify_is_cheap"] is False and view["no_trimming_up_to_batch"] == 0
     assert len(view["pooled_alphas"]) == K and 0.2 < view["pooled_alphas"][0] < 0.8  # half the drafts accepted
+    # no request finished: a new one is taken for the pooled estimate
+    assert view["request_prior_alphas"] == view["pooled_alphas"] and view["request_prior_count"] > 0
     assert DraftLenPolicy().view(2) is None
 
 

@@ -32,7 +32,7 @@ POINT_FIELDS = {
     "planner_decisions",  # goodput line only
     "step_log", "round_tokens_per_s",  # every decode step; rounds of a side-by-side sweep (None otherwise)
     "gc_full_collections_ms",  # full garbage collections during the timed batch
-    "planner_view",  # policies that predict (goodput, adaptive): DraftLenPolicy.view
+    "planner_view", "planner_view_at_start",  # policies that predict (goodput, adaptive): DraftLenPolicy.view
     "batch_tokens", "batch_tokens_per_s",  # the whole batch, prefill phase included
 }
 METADATA_FIELDS = {
@@ -182,6 +182,9 @@ def test_goodput_line_records_the_planner_decisions(tiny_dir, tmp_path):
     view = points["goodput"]["planner_view"]
     assert [row["k"] for row in view["table"]] == [0, 1, 2] and view["catch_up_seconds_per_token"] >= 0
     assert points["no spec"]["planner_view"] is None
+    # the view before the measured batch too: what its first decisions were made with
+    start = points["goodput"]["planner_view_at_start"]
+    assert [row["k"] for row in start["table"]] == [0, 1, 2] and points["no spec"]["planner_view_at_start"] is None
 
 
 def test_side_by_side_rounds_share_weights_and_merge(tiny_dir, monkeypatch):

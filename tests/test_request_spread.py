@@ -106,3 +106,36 @@ def test_the_slow_case_of_an_unseen_request_follows_how_much_finished_requests_d
     own = mixed.alphas("seen")[0]
     assert own > 0.9 and mixed.slow_case_alphas("seen", quantile)[0] > own - 0.15
     assert mixed.slow_case_alphas("seen", quantile)[1:] == mixed.alphas("seen")[1:]
+
+
+def test_a_new_request_is_taken_for_the_mean_of_finished_requests_not_of_their_trials():
+    """Length-biased sampling: a closed batch's copy requests (0.9 a draft) end early and its chat requests (0.1)
+    run on alone, so the pooled estimate, trial-weighted and recent, ends near the chat rate; the next request is
+    as likely to be either, and its prior is the requests' mean (spec/acceptance_estimator.py). Before MIN_REQUESTS
+    finished, and without learning from finished requests, the pooled estimate stands in."""
+    rng = random.Random(0)
+    learned = AcceptanceEstimator(1, profile=[0.5], request_ema_rate=1 / 64, learn_blend_count=True,
+                                  memory_trials=64)
+    fixed = AcceptanceEstimator(1, profile=[0.5], request_ema_rate=1 / 64, memory_trials=64)
+    for est in (learned, fixed):
+        for batch in range(2):
+            ids = [f"b{batch}r{i}" for i in range(8)]
+            steps = {rid: (15 if i % 2 == 0 else 60) for i, rid in enumerate(ids)}  # copy requests end first
+            for step in range(60):
+                live = [rid for rid in ids if steps[rid] > step]
+                accepted = [int(rng.random() < (0.9 if int(rid[-1]) % 2 == 0 else 0.1)) for rid in live]
+                est.update_step(live, [1] * len(live), accepted)
+                for rid in ids:
+                    if steps[rid] == step + 1:
+                        est.release(rid)
+            if batch == 0 and est is learned:
+                assert est.request_prior_alphas() != est.global_alphas()  # 8 finished: the prior has its own mean
+    pooled = learned.global_alphas()[0]
+    assert pooled < 0.2  # the chat requests' tail
+    assert 0.4 < learned.request_prior_alphas()[0] < 0.6 and 0.4 < learned.alphas("unseen")[0] < 0.6
+    assert fixed.request_prior_alphas() == fixed.global_alphas() and fixed.alphas("unseen")[0] < 0.2
+    early = AcceptanceEstimator(1, profile=[0.5], learn_blend_count=True)
+    for i in range(MIN_REQUESTS - 1):
+        early.update(f"r{i}", 1, 1)
+        early.release(f"r{i}")
+    assert early.request_prior_alphas() == early.global_alphas()

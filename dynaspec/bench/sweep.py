@@ -306,6 +306,7 @@ def _run_batch(engine, batch: int, prompt_len: int, gen_len: int, rng: random.Ra
 
 def _measure(engine, line: Line, batch: int, prompt_len: int, gen_len: int, rng: random.Random,
              prompts: list[list[int]] | None = None) -> Point:
+    view_at_start = _planner_view(engine, batch)
     with full_collections() as collections:
         prefill_time, records, preemptions, token_ids = _run_batch(engine, batch, prompt_len, gen_len, rng, prompts)
     nominal = engine_nominal_k(engine, line, batch)
@@ -351,6 +352,7 @@ def _measure(engine, line: Line, batch: int, prompt_len: int, gen_len: int, rng:
         batch_tokens=batch_tokens,
         batch_tokens_per_s=batch_tokens / (prefill_time + decode_time) if prefill_time + decode_time > 0 else 0.0,
         planner_view=_planner_view(engine, batch),
+        planner_view_at_start=view_at_start,
     )
 
 

@@ -63,6 +63,8 @@ class Point:
     # goodput planner's table (per k the expected accepted tokens, predicted step seconds and goodput), the
     # adaptive policy's allocation, prices and overhead fit; both with their catch-up price.
     planner_view: dict[str, Any] | None = None
+    # ... and before the measured batch (what its first decisions were made with: issue 20's batch-4 holds).
+    planner_view_at_start: dict[str, Any] | None = None
 
 
 @dataclass
@@ -164,4 +166,5 @@ def merge_rounds(points: list[Point]) -> Point:
         batch_tokens_per_s=statistics.median(p.batch_tokens_per_s for p in points),
         round_tokens_per_s=[p.decode_tokens_per_s for p in points],
         planner_view=points[-1].planner_view,
+        planner_view_at_start=points[0].planner_view_at_start,
     )

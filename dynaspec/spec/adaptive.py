@@ -488,6 +488,9 @@ class AdaptivePolicy(DraftLenPolicy):
             "ragged_premium_seconds": self.ragged_premium.seconds(batch, self.overhead),
             "verify_is_cheap": self._verify_is_cheap(batch), "trims": self.trims_drafts_at(batch),
             "no_trimming_up_to_batch": self.trimming.no_trim_up_to, "pooled_alphas": self.estimator.global_alphas(),
+            # what a new request is taken for: the prior's mean and strength (spec/acceptance_estimator.py)
+            "request_prior_alphas": self.estimator.request_prior_alphas(),
+            "request_prior_count": self.estimator.effective_blend_count,
             **describe_catch_up(self.catch_up),
         }
 

@@ -316,6 +316,7 @@ def test_a_new_composition_takes_the_latest_plans_draft_lengths_until_refresh_pl
     assert len(calls) == 1 and planned[0] > 0 and planned[1] == 0  # ragged: the copy half drafts
     shrunk = ids[1:]  # r0 finished
     assert policy.draft_lens(7, 7, shrunk) == planned[1:] and len(calls) == 1  # not planned on the critical path
+    assert policy.last_decision["reason"] == "provisional"  # the step log says so
     policy.refresh(7, shrunk)
     assert len(calls) == 2  # refresh() plans it while the step runs
     policy.draft_lens(7, 7, shrunk)

@@ -154,7 +154,7 @@ def test_cli_replayed_trace(tiny, tmp_path):
     # what each step's k came from, and what the policies believed as each phase drained (none without a policy)
     adaptive, static_line = by_line["adaptive"], by_line["k=2"]
     decided = [r for r, k in zip(adaptive["timeline"]["reason"], adaptive["timeline"]["k"]) if k is not None]
-    assert decided and set(decided) <= {"allocate", "drain", "probe", "explore", "catch-up", "max_concurrency", "ramp"}
+    assert decided and set(decided) <= {"allocate", "drain", "provisional", "probe", "explore", "catch-up", "max_concurrency", "ramp"}
     assert set(static_line["timeline"]["reason"]) == {""}
     assert all(d == b * k for d, b, k in zip(static_line["timeline"]["drafted"], static_line["timeline"]["batch"],
                                               static_line["timeline"]["k"]) if k is not None)

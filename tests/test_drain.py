@@ -97,7 +97,7 @@ def test_the_goodput_allocation_stays_within_the_tolerance_and_gives_way_beyond_
                                   [50, 50], shrinking, 0.05)
         assert (chosen is goodput) is kept
         if not kept:  # marked, so the policy's decision says why (reason "drain")
-            assert chosen.draft_lens == [0, 0] and chosen.drained
+            assert chosen.draft_lens == [0, 0] and chosen.source == "drain"
 
 
 def test_the_scheduler_gives_tokens_left_only_while_the_batch_drains():

@@ -124,7 +124,7 @@ class Step:
     tokens: int
     phase: int
     drafted: int = 0  # draft positions verified (sum of k_i: a ragged step's differ from batch * k)
-    reason: str = ""  # the draft-length policy's reason for this step's k ("allocate", "drain", "probe", ...; "" static)
+    reason: str = ""  # the draft-length policy's reason for this step's k ("allocate", "drain", "provisional", "probe", ...; "" static)
     by_profile: tuple[int, ...] = ()  # requests in flight replaying each profile (mixed replays; () otherwise)
     path: str = ""  # how the verified step's forward ran (SpecStats.last_step: "graph", "ragged", "chained", ...)
 

@@ -74,6 +74,8 @@ from dynaspec.spec.step_overhead import CUT_SHORT_FRACTION, StepOverheadModel
 # batch the overhead fit has seen (priced as the largest seen, spec/step_overhead.py; it joins the fit, ragged or not):
 # on an H100 (2026-12-07, diurnal trace at 128) k = 4 held 17 steps of 19-29 ms, later k = 1 15 of 12-15 ms (8 plain).
 SURPRISED = 1.5
+# A decision's reason by how its allocation was chosen (Allocation.source).
+REASONS = {"goodput": "allocate", "drain": "drain", "provisional": "provisional"}
 # The quantile one standard deviation below a mean: the drain rule's slow case of a request's rate (spec/drain.py).
 ONE_SPREAD_BELOW = NormalDist().cdf(-1.0)
 
@@ -139,7 +141,7 @@ class AdaptivePolicy(DraftLenPolicy):
             return [0] * num_decoding
         self._asked = (request_ids, remaining)  # refresh() plans these requests as asked (tokens left included)
         allocation = self.allocation(num_decoding, request_ids, remaining)
-        draft_lens, reason = list(allocation.draft_lens), "drain" if allocation.drained else "allocate"
+        draft_lens, reason = list(allocation.draft_lens), REASONS[allocation.source]
         if allocation.budget > 0 and self._plain_last and not self._switch_pays(num_decoding, allocation,
                                                                                  remember=request_ids is not None):
             draft_lens, reason = [0] * num_decoding, "catch-up"
@@ -230,7 +232,7 @@ class AdaptivePolicy(DraftLenPolicy):
         budget = sum(draft_lens)
         premium = self.ragged_premium.seconds(batch, self.overhead) if len(set(draft_lens)) > 1 else 0.0
         seconds = self._pricing(batch)(budget, max(draft_lens, default=0)) + premium
-        return Allocation(draft_lens, budget, tokens, seconds)
+        return Allocation(draft_lens, budget, tokens, seconds, source="provisional")
 
     def plan(self, batch: int, request_ids: Sequence[Hashable] | None = None,
              remaining: Sequence[int] | None = None) -> Allocation:

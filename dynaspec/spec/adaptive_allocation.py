@@ -71,7 +71,9 @@ class Allocation:
     seconds: float  # predicted T(batch, B*)
     next_request: int | None = None  # the request that position B* + 1 would go to (None: none is left)
     next_goodput: float | None = None  # predicted goodput with that position too (None: none is left)
-    drained: bool = False  # chosen by the drain rule over the most tokens a second (spec/drain.py)
+    # how it was chosen: "goodput" (the most tokens a second), "drain" (the drain rule over that, spec/drain.py),
+    # "provisional" (a new composition answered from the latest plan, spec/allocation_tables.py)
+    source: str = "goodput"
 
     @property
     def goodput(self) -> float:

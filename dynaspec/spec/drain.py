@@ -139,8 +139,8 @@ def drain_allocation(goodput: Allocation, candidates: Sequence[Allocation], surv
                      slow: Sequence[Sequence[float]], remaining: Sequence[int], price: Price,
                      tolerance: float) -> Allocation:
     """`goodput` unless its drain_seconds exceed (1 + tolerance) x the smallest among `candidates` (the uniform
-    allocations, adaptive_allocation.uniform_allocations); then that candidate (the first of equals), marked
-    `drained`."""
+    allocations, adaptive_allocation.uniform_allocations); then that candidate (the first of equals), its source
+    "drain"."""
     table = _steps_by_k(survivals, slow, remaining)
 
     def ends(allocation: Allocation) -> float:
@@ -150,4 +150,4 @@ def drain_allocation(goodput: Allocation, candidates: Sequence[Allocation], surv
     soonest = min(range(len(candidates)), key=seconds.__getitem__)
     if ends(goodput) <= (1.0 + tolerance) * seconds[soonest]:
         return goodput
-    return replace(candidates[soonest], drained=True)
+    return replace(candidates[soonest], source="drain")

@@ -282,11 +282,11 @@ for step in "$@"; do
           --out-dir "$OUT/aa-$tree-$round" > "$OUT/aa-$tree-$round.log" 2>&1); tail -1 "$OUT/aa-$tree-$round.log"
       done; python3 scripts/redesign_ab.py "$OUT/aa-old-$round" "$OUT/aa-new-$round"; done ;;
     adaptive-draft-ab)  # issue 20 (~5 min; carry .gl, .gl/old = `git archive <old> dynaspec bench scripts pyproject.toml`):
-      # the draft-model mixed sweep's batches 1-128 (no spec, k = 2, goodput, adaptive), the old tree, then this one
+      # the draft-model mixed sweep's batches 1-128 (DRAFT_AB_BATCHES; no spec, k = 2, goodput, adaptive), the old tree, then this one
       for tree in old new; do
         dir=$PWD; [ $tree = old ] && dir=$PWD/.gl/old
         (cd "$dir" && PYTHONPATH=$dir timeout 270 python3 -m dynaspec.cli bench --model random:llama-3.1-8b \
-          --spec-config bench/adaptive_draft_model_mixed.yaml --policy-lines goodput --ks 0,2 --batch-sizes 1,4,16,64,128 \
+          --spec-config bench/adaptive_draft_model_mixed.yaml --policy-lines goodput --ks 0,2 --batch-sizes "${DRAFT_AB_BATCHES:-1,4,16,64,128}" \
           --prompt-len 128 --gen-len 64 --rounds 1 \
           --acceptance-profile acceptance_draft-model_code-edit,acceptance_draft-model_chat --no-plots \
           --out-dir "$OUT/da-$tree" > "$OUT/da-$tree.log" 2>&1); tail -1 "$OUT/da-$tree.log"

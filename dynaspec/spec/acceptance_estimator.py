@@ -51,7 +51,7 @@ batch shows it plainly: its last steps hold only its slowest requests, so the ne
 their rate. Replayed at an H100's prices (the draft-model sweep of 2026-12-07, code-edit and chat requests 50/50,
 first-position rates 0.93 and 0.67), the global estimate read 0.68 when the batch of 64 started, every request
 looked like a chat request, and the adaptive policy ran k = 0 to the end (0.95x the best static k); with the
-mean of requests, 0.98x (scripts/lab/warm_sweep_replay.py). Until `MIN_REQUESTS` requests finished (and at
+mean of requests, 0.98-0.99x (scripts/lab/warm_sweep_replay.py, 3-8 seeds). Until `MIN_REQUESTS` requests finished (and at
 positions fewer of them reached) the global estimate stands in.
 """
 
@@ -333,9 +333,8 @@ class AcceptanceEstimator:
         blend's beta-binomial model: mean alphas()[0], strength n + m (n: the request's own first-position
         trials, capped as in the blend; m: the prior count), by the normal approximation, within [0, the mean].
         Where requests differ (m learned small) and this one is barely observed, that is far below its mean;
-        where they are alike, or it has drafted for a while, close to it. Planning a draining batch for its
-        slowest request (spec/drain.py) asks for quantile 1 / (batch + 1), about the slowest of `batch`
-        requests drawn from the population."""
+        where they are alike, or it has drafted for a while, close to it. The drain rule (spec/drain.py) asks
+        for one standard deviation below the mean (quantile Phi(-1)), its rate's share of a request's spread."""
         alphas = self.alphas(request_id)
         ema = None if request_id is None else self._request_ema(request_id)
         own = 0.0 if ema is None or ema.values[0] is None else min(ema.weights[0], 1.0 / self.request_ema_rate)

@@ -258,7 +258,7 @@ class AdaptivePolicy(DraftLenPolicy):
                 allocation = uniform
         if not draining:
             return allocation
-        # the batch ends with its slowest request: each request at the slow end of what it may be (spec/drain.py)
+        # the closed batch's end: each request's mean and its rate one standard deviation slower (spec/drain.py)
         slow = [survival(self.estimator.slow_case_alphas(rid, ONE_SPREAD_BELOW)[: self.max_draft_len]) for rid in ids]
         return drain_allocation(allocation, uniforms, survivals, slow, remaining, self._shrinking_price(), tolerance)
 

@@ -238,3 +238,27 @@ def test_a_batch_of_four_learns_how_much_its_requests_differ_from_the_warm_up_ba
     rates = [closed_batch_tokens_per_ms(replayed_adaptive_policy(step, 4, 4, PlannerSettings()), step, profiles,
                                         seed, batch=4, gen=64) / no_spec for seed in range(3)]
     assert min(rates) >= 0.98 and sum(rates) / 3 >= 0.99, rates
+
+
+def test_a_step_the_drain_rule_decided_is_neither_probed_nor_explored():
+    """Where the drain rule chose the step's k (reason "drain"), the step runs it: a probe or exploration would lengthen
+    a step of the closed batch whose end the rule just minimised, to learn for steps that batch hardly has left
+    (replayed at the H100's draft-model prices, 2026-12-07: at batch 128 the probes of one request's first position
+    cost 0.92x the best static line against 1.00x without them; the n-gram replay at 4-64 0.975-0.995x -> 1.00x)."""
+    from dynaspec.spec.acceptance_estimator import AcceptanceEstimator
+    from dynaspec.spec.adaptive import AdaptivePolicy
+    from dynaspec.spec.policy import StepOutcome
+
+    k = 3
+    costs = StepCostModel()
+    for batch in (1, 2, 4):
+        for draft in range(k + 1):
+            costs.add(batch, draft, 1.0 + 0.1 * batch * draft)  # verifying costs: a position 10% of a plain step
+    settings = PlannerSettings(explore_every=1, probe_margin=0.99, explore_budget=None)
+    policy = AdaptivePolicy(costs, AcceptanceEstimator(k, blend_count=1.0), k, settings)
+    ids = ["copy", "chat"]
+    for _ in range(30):  # "copy" accepts every draft, "chat" nothing
+        policy.observe(StepOutcome(ids, k, drafted=[k, k], accepted=[k, 0], draft_lens=[k, k], seconds=None))
+    assert max(policy.draft_lens(2, 2, ids)) > 0  # tokens a second: the copy request drafts
+    decided = policy.draft_lens(2, 2, ids, remaining=[10, 60])  # closed: the chat request ends the batch
+    assert decided == [0, 0] and policy.last_decision["reason"] == "drain"

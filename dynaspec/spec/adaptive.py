@@ -37,7 +37,10 @@ altogether, where it is for good). Probe, as the planner's: a draft position nev
 `probe_margin` of B*'s goodput, is verified too (until some request verified it), so a cold-start prior that sits
 just below the price does not hold k = 0 until a rare exploration; so is one not verified for `reprobe_after`
 decisions (acceptance changes along a request, and k = 0 observes none), though from k = 0 such a re-probe waits, as
-an exploration does, until the budget covers the drafter's catch-up. `max_concurrency` applies as elsewhere: above
+an exploration does, until the budget covers the drafter's catch-up. Neither touches a step whose k the drain rule
+chose (spec/drain.py): it minimised the closed batch's end, and what a probe learns serves steps that batch hardly
+has left (replayed at an H100's prices, 2026-12-07: the draft model at batch 128 0.92x -> 1.00x the best static
+line, n-gram at 4-64 0.975-0.995x -> 1.00x). `max_concurrency` applies as elsewhere: above
 it, every k_i is 0. Uniform where verifying is nearly free: at a batch where verifying every draft position costs
 less than `trim_min_saving` of a plain step more than verifying none (probed, without the drafting), a ragged
 allocation is filled to its longest k_i for every request (adaptive_allocation.uniform_at_longest), and a probe or
@@ -145,12 +148,12 @@ class AdaptivePolicy(DraftLenPolicy):
         if allocation.budget > 0 and self._plain_last and not self._switch_pays(num_decoding, allocation,
                                                                                  remember=request_ids is not None):
             draft_lens, reason = [0] * num_decoding, "catch-up"
-        elif self._probe_due(num_decoding, allocation):
+        elif allocation.source != "drain" and self._probe_due(num_decoding, allocation):
             if allocation.budget == 0 and self._plain_last:  # it spent what it was afforded (_probe_due)
                 self._explore_earned = 0.0
             draft_lens = self._one_further(draft_lens, allocation, num_decoding)
             reason = "probe"
-        if allocation.next_request is not None and settings.explore_every is not None:
+        if allocation.source != "drain" and allocation.next_request is not None and settings.explore_every is not None:
             self._decisions += 1
             held = sum(draft_lens)
             if settings.explore_budget is not None:

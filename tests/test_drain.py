@@ -14,6 +14,7 @@ from dynaspec.runtime.cost_model import StepCostModel
 from dynaspec.runtime.request import Request
 from dynaspec.sampling_params import SamplingParams
 from dynaspec.spec.adaptive_allocation import Allocation, survival, uniform_allocations
+from dynaspec.spec import drain
 from dynaspec.spec.drain import drain_allocation, drain_seconds, expected_last_end
 from dynaspec.spec.planner_settings import PlannerSettings
 
@@ -45,11 +46,12 @@ def test_the_last_of_alike_requests_ends_at_blom_s_expected_largest():
     assert expected_last_end([10.0] * 63 + [40.0], [1.0] * 64) == pytest.approx(40.0, abs=0.5)
 
 
-def test_the_drain_model_predicts_a_closed_batch_s_end_within_a_few_percent():
+def test_the_drain_model_predicts_a_closed_batch_s_end_within_a_few_percent(monkeypatch):
     """The model (spec/drain.py) against closed batches simulated draw by draw with the same prices: 16 requests,
     code-edit and chat acceptance of the Qwen2.5-Coder pair alternating, 64 tokens each, uniform k = 0..4, 200
     batches. The model's predicted end is within 4% of the simulated mean end at every k and ranks the best k the
-    same; without the draws' spread it overrates k = 3-4 (their last request's draws set the end)."""
+    same; without the draws' spread (the last request ending at its mean) it ends k = 4's batch early by more than
+    twice as much (the last request's draws set the end)."""
     import random
 
     profiles = [[0.929, 1.0, 0.96, 1.0], [0.667, 0.793, 0.696, 0.8]]
@@ -73,6 +75,9 @@ def test_the_drain_model_predicts_a_closed_batch_s_end_within_a_few_percent():
         predicted.append(drain_seconds([k] * batch, survivals, survivals, [tokens] * batch, _price))
     assert all(abs(p / s - 1.0) < 0.04 for p, s in zip(predicted, simulated)), (predicted, simulated)
     assert min(range(5), key=predicted.__getitem__) == min(range(5), key=simulated.__getitem__)
+    monkeypatch.setattr(drain, "expected_last_end", lambda means, spreads: max(means))
+    at_mean = drain_seconds([4] * batch, survivals, survivals, [tokens] * batch, _price)
+    assert simulated[4] - at_mean > 2 * abs(simulated[4] - predicted[4]) > 0
 
 
 def test_uniform_allocations_give_every_k_for_every_request():

@@ -61,7 +61,7 @@ from dynaspec.spec.acceptance_estimator import AcceptanceEstimator
 from dynaspec.spec.allocation_tables import AllocationTables
 from dynaspec.spec.catch_up import CatchUpCost, describe_catch_up, switch_pays
 from dynaspec.spec.draft_trimming import DraftTrimming
-from dynaspec.spec.drain import Price, drain_allocation
+from dynaspec.spec.drain import drain_allocation, shrinking_price
 from dynaspec.spec.adaptive_allocation import (Allocation, Pricing, highest_goodput, plan_allocation, survival,
                                                uniform_allocations, uniform_at_longest)
 from dynaspec.spec.planner import PaddedBatchFn
@@ -263,21 +263,8 @@ class AdaptivePolicy(DraftLenPolicy):
             return allocation
         # the closed batch's end: each request's mean and its rate one standard deviation slower (spec/drain.py)
         slow = [survival(self.estimator.slow_case_alphas(rid, ONE_SPREAD_BELOW)[: self.max_draft_len]) for rid in ids]
-        return drain_allocation(allocation, uniforms, survivals, slow, remaining, self._shrinking_price(), tolerance)
-
-    def _shrinking_price(self) -> Price:
-        """(batch, positions, longest k_i) -> predicted step seconds, the ragged premium included where the k_i
-        differ: the drain rule prices the steps of a batch as its requests leave (spec/drain.py)."""
-        pricings: dict[int, Pricing] = {}
-
-        def price(batch: int, positions: int, longest: int) -> float:
-            pricing = pricings.get(batch)
-            if pricing is None:
-                pricing = pricings[batch] = self._pricing(batch)
-            ragged = positions != batch * longest
-            return pricing(positions, longest) + (self.ragged_premium.seconds(batch, self.overhead) if ragged else 0.0)
-
-        return price
+        price = shrinking_price(self._pricing, lambda b: self.ragged_premium.seconds(b, self.overhead))
+        return drain_allocation(allocation, uniforms, survivals, slow, remaining, price, tolerance)
 
     def _drains(self, batch: int) -> bool:
         """Whether the drain rule (spec/drain.py) plans a draining batch of this many decoding requests."""

@@ -56,9 +56,24 @@ from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import replace
 
-from dynaspec.spec.adaptive_allocation import Allocation
+from dynaspec.spec.adaptive_allocation import Allocation, Pricing
 
 Price = Callable[[int, int, int], float]  # (decoding requests, draft positions, longest k_i) -> step seconds
+
+
+def shrinking_price(pricing_at: Callable[[int], Pricing], ragged_premium_at: Callable[[int], float]) -> Price:
+    """The Price of a batch's steps as its requests leave: `pricing_at(batch)` (looked up once a batch size), plus
+    `ragged_premium_at(batch)` where the k_i differ."""
+    pricings: dict[int, Pricing] = {}
+
+    def price(batch: int, positions: int, longest: int) -> float:
+        pricing = pricings.get(batch)
+        if pricing is None:
+            pricing = pricings[batch] = pricing_at(batch)
+        ragged = positions != batch * longest
+        return pricing(positions, longest) + (ragged_premium_at(batch) if ragged else 0.0)
+
+    return price
 
 
 def expected_last_end(means: Sequence[float], spreads: Sequence[float]) -> float:

@@ -1,188 +1,28 @@
-"""Per-request draft lengths (issue 20): the allocation (pure), the adaptive policy with injected costs and
-acceptance, the scheduler's per-request caps, and the engine with `draft_len_policy: adaptive` lossless
-(greedy and seeded sampling) on batches mixing copy-heavy and random prompts, with ragged steps.
-No timing assertions: step costs are hand-made tables or a step_cost_file written here."""
+"""Per-request draft lengths (issue 20): the adaptive policy with injected costs and acceptance, and the
+scheduler's per-request caps (the allocation: test_adaptive_allocation.py; the engine:
+test_adaptive_engine.py). No timing assertions: step costs are hand-made tables."""
 
 from __future__ import annotations
 
 import json
 
 import pytest
-import torch
 
-from dynaspec import DraftTargetDecodingConfig, NGramDecodingConfig, SamplingParams
-from dynaspec.config import EngineConfig
-from dynaspec.engine.engine import LLMEngine
+from dynaspec import NGramDecodingConfig, SamplingParams
 from dynaspec.runtime.cost_model import StepCostModel
 from dynaspec.spec.acceptance_estimator import AcceptanceEstimator, planning_estimator
 from dynaspec.spec.adaptive import AdaptivePolicy
-from dynaspec.spec.adaptive_allocation import (
-    Allocation,
-    allocate,
-    allocation_order,
-    best_uniform,
-    uniform_at_longest,
-    plan_allocation,
-    step_seconds_by_tokens,
-    survival,
-)
 from dynaspec.spec.catch_up import CatchUpCost
 from dynaspec.spec.policies import build_policy
 from dynaspec.spec.policy import DraftLenPolicy, PolicyContext, StepOutcome
 from dynaspec.spec.schedule_policy import SchedulePolicy
 from dynaspec.spec.stats import SpecStats
-from tests.tiny_models import make_perturbed_checkpoint, make_tiny_checkpoint
-
-K = 4
-COPY, CHAT = [0.95] * K, [0.05] * K  # conditional acceptance per position
-
-
-# --- the allocation (pure) -------------------------------------------------------------------------
-
-def test_survival_is_the_running_product():
-    assert survival([0.5, 0.5, 1.0, 0.0]) == [0.5, 0.25, 0.25, 0.0]
-
-
-def test_allocation_takes_the_highest_survivals_in_order_per_request():
-    survivals = [survival([0.9, 0.9, 0.9]), survival([0.5, 1.0, 1.0]), survival([0.95, 0.1, 1.0])]
-    order = allocation_order(survivals)
-    assert [i for i, _ in order][:4] == [2, 0, 0, 0]  # 0.95, 0.9, 0.81, 0.729
-    assert [s for _, s in order] == sorted((s for _, s in order), reverse=True)  # survival only falls along a request
-    assert allocate(survivals, 4) == [3, 0, 1]
-    assert allocate(survivals, 0) == [0, 0, 0]
-    assert allocate(survivals, 100) == [3, 3, 3]
-
-
-def test_copy_heavy_request_drafts_long_and_chat_request_drafts_nothing():
-    """Verify is priced (every draft position costs 10% of a plain step): the copy-heavy request's positions
-    pay, the chat request's first position (5% survival) does not."""
-    survivals = [survival(COPY), survival(CHAT)]
-    allocation = plan_allocation(survivals, lambda positions, longest=None: 1.0 + 0.1 * positions)
-    assert allocation.draft_lens == [K, 0] and allocation.ragged and allocation.budget == K
-    assert allocation.expected_tokens == pytest.approx(2 + sum(survival(COPY)))
-    # Free verification: every position with any survival is taken; uniform 0 vs K is no longer the choice.
-    assert plan_allocation(survivals, lambda positions, longest=None: 1.0).draft_lens == [K, K]
-
-
-def test_an_allocation_made_uniform_at_its_longest_draft_is_repriced_with_the_uniform_next_step():
-    survivals = [survival(COPY), survival([0.6] * K), survival(CHAT)]
-    price = lambda positions, longest=None: 1.0 + 0.01 * positions
-    ragged = Allocation([K, 2, 0], K + 2, 3 + sum(survival(COPY)) + sum(survival([0.6] * K)[:2]), price(K + 2))
-    filled = uniform_at_longest(ragged, survivals, price)
-    assert filled.draft_lens == [K] * 3 and filled.budget == 3 * K and not filled.ragged
-    assert filled.expected_tokens == pytest.approx(3 + sum(sum(s) for s in survivals))
-    assert filled.seconds == price(3 * K) and filled.next_request is None  # every position taken
-    # its next position: the uniform step one longer (every request's position 2), priced as such
-    uniform = uniform_at_longest(Allocation([2, 2, 2], 6, 0.0, price(6)), survivals, price)
-    assert uniform.draft_lens == [2, 2, 2] and uniform.seconds == price(6) and uniform.next_request == 0
-    assert uniform.expected_tokens == pytest.approx(3 + sum(sum(s[:2]) for s in survivals))
-    third = sum(s[2] for s in survivals)
-    assert uniform.next_goodput == pytest.approx((uniform.expected_tokens + third) / price(9))
-
-
-def test_the_policy_drafts_uniformly_where_verifying_is_nearly_free_and_ragged_where_it_costs():
-    """Where verifying every position costs less than a quarter of a plain step (trim_min_saving), a ragged
-    step saves next to nothing while it costs the chain drafter's on-device hand-off and chaining (on an
-    H100, Qwen2.5-Coder-1.5B and its EAGLE head, 2026-12-06: adaptive's ragged steps at batch 16 took 3.16
-    ms against static k = 2's 2.80 for more tokens): the allocation is filled to its longest k_i. Where
-    verifying costs, the copy-heavy request drafts and the chat request does not."""
-    for per_position, want in ((0.02, [K, K]), (0.1, [K, 0])):
-        policy = _policy(per_position)
-        for _ in range(30):
-            policy.observe(StepOutcome(["copy", "chat"], K, drafted=[K, K], accepted=[K, 0], draft_lens=[K, K]))
-        assert policy.draft_lens(2, 2, ["copy", "chat"]) == want
-
-
-def test_where_verifying_is_nearly_free_a_probe_lengthens_every_request():
-    """One position more for one request would make a ragged step (on the H100 of 2026-12-06, a probe beyond
-    k = 3 at batch 16: 3.97 ms steps against 3.15); where verifying is nearly free, every request goes one
-    further. Where verifying costs, the one request whose next position survives best does."""
-    ids = ["a", "b", "c", "d"]
-    cheap, dear = _policy(0.01, explore_every=None), _policy(0.05, explore_every=None)
-    assert cheap.plan(4, ids).draft_lens == [3, 3, 3, 3] and dear.plan(4, ids).draft_lens == [2, 2, 1, 1]
-    assert cheap.draft_lens(4, 4, ids) == [4, 4, 4, 4] and cheap.last_decision["reason"] == "probe"
-    assert dear.draft_lens(4, 4, ids) == [2, 2, 2, 1] and dear.last_decision["reason"] == "probe"
-
-
-def test_a_ragged_premium_is_paid_only_by_budgets_whose_draft_lengths_differ():
-    survivals = [survival(COPY), survival(CHAT)]
-    price = lambda positions, longest=None: 1.0 + 0.1 * positions  # noqa: E731
-    cheap = plan_allocation(survivals, price, ragged_premium=0.01)
-    assert cheap.draft_lens == [K, 0] and cheap.seconds == pytest.approx(price(K) + 0.01)
-    dear = plan_allocation(survivals, price, ragged_premium=10.0)  # only uniform budgets are worth it
-    assert not dear.ragged and dear.seconds == price(dear.budget)
-    # the best uniform allocation: one k for both, its next position the uniform step one longer
-    uniform = best_uniform(survivals, price)
-    assert uniform.draft_lens == [K, K] and uniform.seconds == price(2 * K) and uniform.next_request is None
-    tokens = lambda k: 2 + sum(survival(COPY)[:k]) + sum(survival(CHAT)[:k])  # noqa: E731
-    assert uniform.goodput == pytest.approx(max(tokens(k) / price(2 * k) for k in range(K + 1)))
-    steep = best_uniform(survivals, lambda positions, longest=None: 1.0 + 2.0 * positions)
-    assert steep.draft_lens == [0, 0] and steep.next_request == 0  # the copy request's position 0 survives best
-
-
-def test_the_policy_learns_what_a_ragged_step_costs_and_drafts_uniformly_where_that_wins():
-    """On an H100 (2026-12-06, the EAGLE head for Qwen2.5-Coder-1.5B) adaptive's ragged steps of 192 positions
-    at batch 64 took 5.1-6.1 ms where its uniform steps of 192 positions took 3.4-4.8: the drafter drafts to
-    the longest k_i and a ragged step cannot chain. Ragged steps observed slower than their price by 0.25 s a
-    request make the uniform k = K step (copy and chat both draft) the better one; a premium of 0.01 s a
-    request keeps the chat request at k = 0."""
-    for extra_per_request, want in ((0.25, [K, K]), (0.01, [K, 0])):
-        policy = _policy(0.1, explore_every=None, probe_margin=None)
-        ids = ["copy", "chat"]
-        for _ in range(30):
-            policy.observe(StepOutcome(ids, K, drafted=[K, K], accepted=[K, 0], draft_lens=[K, K],
-                                       seconds=1.0 + 0.1 * 2 * K))  # uniform steps cost their probed price
-        assert policy.plan(2, ids).draft_lens == [K, 0] and len(policy.ragged_premium) == 0
-        for _ in range(5):
-            policy.observe(StepOutcome(ids, K, drafted=[K, 0], accepted=[K, 0], draft_lens=[K, 0],
-                                       seconds=1.0 + 0.1 * K + 2 * extra_per_request))
-        assert len(policy.ragged_premium) == 5
-        assert policy.ragged_premium.seconds(2, policy.overhead) == pytest.approx(2 * extra_per_request, abs=1e-9)
-        assert policy.plan(2, ids).draft_lens == want
-        assert policy.view(2)["ragged_premium_seconds"] == pytest.approx(2 * extra_per_request, abs=1e-9)
-        # a probe or exploration from a uniform k = 2: one position more for everyone where that costs less
-        # than a ragged step (0.2 s of verify against 0.1 s + the premium), else for the request next in line
-        uniform_two = Allocation([2, 2], 4, 0.0, 1.4, next_request=0, next_goodput=1.0)
-        assert policy._one_further([2, 2], uniform_two, 2) == ([3, 3] if extra_per_request > 0.1 else [3, 2])
-
-
-def test_no_drafts_when_verify_cost_grows_steeply():
-    survivals = [survival(COPY), survival([0.99] * K), survival(CHAT)]
-    allocation = plan_allocation(survivals, lambda positions, longest=None: 1.0 + 2.0 * positions)
-    assert allocation.draft_lens == [0, 0, 0] and allocation.budget == 0 and not allocation.ragged
-    assert allocation.goodput == pytest.approx(3.0)
-
-
-def test_step_seconds_interpolate_over_total_tokens():
-    cost = lambda batch, k: 0.5 + 0.01 * batch * (1 + k) ** 2  # noqa: E731 - convex in tokens
-    assert step_seconds_by_tokens(cost, 4, 0, K) == cost(4, 0)
-    assert step_seconds_by_tokens(cost, 4, 8, K) == cost(4, 2)  # 4 * (1 + 2) tokens: a uniform step
-    assert step_seconds_by_tokens(cost, 4, 9, K) == pytest.approx(cost(4, 2) + (cost(4, 3) - cost(4, 2)) / 4)
-    assert step_seconds_by_tokens(cost, 4, 99, K) == cost(4, K)  # capped at max_draft_len
-    # priced at the padded batch a CUDA graph runs (here: 8 for any k)
-    assert step_seconds_by_tokens(cost, 5, 5, K, padded_batch=lambda b, k: 8) == cost(8, 1)
-
+from tests.adaptive_policies import K, injected_costs, injected_policy
 
 # --- the policy, with injected costs and acceptance ------------------------------------------------
 
-def _costs(per_position: float, batches=(1, 2, 4, 8)) -> StepCostModel:
-    """T(batch, k) = 1 s + per_position * batch * k: a verify priced by the draft positions it verifies."""
-    costs = StepCostModel()
-    for batch in batches:
-        for k in range(K + 1):
-            costs.add(batch, k, 1.0 + per_position * batch * k)
-    return costs
-
-
-def _policy(per_position: float, **settings) -> AdaptivePolicy:
-    from dynaspec.spec.planner_settings import PlannerSettings
-
-    estimator = AcceptanceEstimator(K, blend_count=1.0)
-    return AdaptivePolicy(_costs(per_position), estimator, K, PlannerSettings(**settings))
-
-
 def test_policy_learns_per_request_acceptance_from_its_own_draft_lengths():
-    policy = _policy(0.1)
+    policy = injected_policy(0.1)
     for _ in range(30):  # "copy" accepts everything it drafts, "chat" nothing
         policy.observe(StepOutcome(["copy", "chat"], K, drafted=[K, K], accepted=[K, 0], draft_lens=[K, K]))
     assert policy.draft_lens(2, 2, ["copy", "chat"]) == [K, 0]
@@ -199,7 +39,7 @@ def test_policy_learns_per_request_acceptance_from_its_own_draft_lengths():
 def test_plan_prices_each_budget_as_step_seconds_does():
     """plan() looks the host-overhead fit up once per plan; the allocation's predicted seconds are
     step_seconds(batch, B*) with the fit in force (here: real steps slower than probed, by batch and k)."""
-    policy = _policy(0.01)
+    policy = injected_policy(0.01)
     ids = ["copy", "chat"]
     for step in range(40):  # real steps cost 0.3 s + 0.05 s per drafted position more than probed
         k = step % (K + 1)
@@ -215,15 +55,15 @@ def test_policy_stays_off_where_verify_is_expensive_and_explores_now_and_then():
     """Unbudgeted, every explore_every-th decision explores; with explore_budget an exploration waits until
     the decisions since the last one earned its extra step time (here: a position costs 10x a step)."""
     ids = ["a", "b", "c"]
-    budgeted = _policy(10.0, explore_every=5)  # default explore_budget: 1% of each decision's step time
+    budgeted = injected_policy(10.0, explore_every=5)  # default explore_budget: 1% of each decision's step time
     assert not any(any(budgeted.draft_lens(3, 3, ids)) for _ in range(12))
-    policy = _policy(10.0, explore_every=5, explore_budget=None)
+    policy = injected_policy(10.0, explore_every=5, explore_budget=None)
     decisions = [policy.draft_lens(3, 3, ids) for _ in range(12)]
     explored = [i for i, d in enumerate(decisions) if any(d)]
     assert explored == [4, 5, 10, 11]  # two steps every explore_every-th decision, one position
     assert all(sum(decisions[i]) == 1 for i in explored)
     assert policy.stats()["planner_decision"]["reason"] == "explore"
-    assert _policy(10.0, max_concurrency=2).draft_lens(3, 3, ids) == [0, 0, 0]
+    assert injected_policy(10.0, max_concurrency=2).draft_lens(3, 3, ids) == [0, 0, 0]
 
 
 def test_cold_start_probes_a_position_priced_just_above_its_prior():
@@ -284,7 +124,7 @@ def test_a_position_not_verified_for_reprobe_after_decisions_is_probed_again():
 
 
 def test_refresh_computes_off_the_critical_path_and_draft_lens_reuses_it():
-    policy = _policy(0.1, replan_every=3)
+    policy = injected_policy(0.1, replan_every=3)
     calls = []
     plan = policy.plan
     policy.plan = lambda *args: calls.append(args) or plan(*args)
@@ -304,7 +144,7 @@ def test_a_new_composition_takes_the_latest_plans_draft_lengths_until_refresh_pl
     next decision met a new composition and planned it on the critical path (a closed batch of 256 on the dev CPU:
     140 of 145 plans there). It now takes the latest plan's k_i for the requests they share, and refresh() plans it;
     a composition sharing too few requests is planned where it is asked."""
-    policy = _policy(0.1, explore_every=None, probe_margin=None)
+    policy = injected_policy(0.1, explore_every=None, probe_margin=None)
     ids = [f"r{i}" for i in range(8)]
     copy_half = [K if i % 2 == 0 else 0 for i in range(8)]  # the even requests copy, every draft accepted
     for _ in range(20):
@@ -330,7 +170,7 @@ def test_a_new_composition_takes_the_latest_plans_draft_lengths_until_refresh_pl
 def test_a_request_joining_a_uniform_plan_gets_its_draft_length():
     """A uniform step stays uniform (it can chain, and pays no ragged premium): where verifying is nearly free the
     plan drafts K for everyone, and a request joining gets K too until refresh() plans the batch."""
-    policy = _policy(0.0001, explore_every=None, probe_margin=None)
+    policy = injected_policy(0.0001, explore_every=None, probe_margin=None)
     ids = [f"r{i}" for i in range(8)]
     calls = []
     plan = policy.plan
@@ -344,7 +184,7 @@ def test_a_speculative_step_far_above_its_price_voids_the_plans():
     (2026-12-07, the diurnal trace's ramp to concurrency 128) a plan of k = 4 for every request held for 17 steps of
     19-29 ms against ~8 ms plain, until replan_every observations made it due. A step over SURPRISED (1.5) times
     its price now voids the plans; one within the noise does not."""
-    policy = _policy(0.001, explore_every=None, probe_margin=None)  # verifying nearly free: K for everyone
+    policy = injected_policy(0.001, explore_every=None, probe_margin=None)  # verifying nearly free: K for everyone
     ids = [f"r{i}" for i in range(8)]
     step = dict(drafted=[K] * 8, accepted=[K] * 8, draft_lens=[K] * 8)
     policy.observe(StepOutcome(ids, K, **step))  # every position verified once: no replan for a first sight below
@@ -365,7 +205,7 @@ def test_while_requests_wait_or_prefill_it_keeps_k0_where_the_full_batch_would()
     """The goodput planner's ramp rule: two requests decode beside six still prefilling, and at the batch of eight
     k = 0 is best, so the two run plain steps too (on an H100, 2026-12-07, drafting beside a closed batch's
     prefill chunks cost adaptive 14-24% more prefill time than goodput at batch 64-256); alone, they draft."""
-    policy = _policy(0.1, explore_every=None, probe_margin=None)
+    policy = injected_policy(0.1, explore_every=None, probe_margin=None)
     assert max(policy.allocation(8).draft_lens) == 0
     assert max(policy.draft_lens(2, 2, ["a", "b"])) > 0
     assert policy.draft_lens(2, 8, ["a", "b"]) == [0, 0] and policy.last_decision["reason"] == "ramp"
@@ -374,7 +214,7 @@ def test_while_requests_wait_or_prefill_it_keeps_k0_where_the_full_batch_would()
 def test_plain_steps_count_towards_replanning():
     """A plain phase moves the overhead fit (and a batch's first allocation may have been made on a fit from
     other batches): its steps make a replan due as speculative ones do."""
-    policy = _policy(0.1, replan_every=3)
+    policy = injected_policy(0.1, replan_every=3)
     calls = []
     plan = policy.plan
     policy.plan = lambda *args: calls.append(args) or plan(*args)
@@ -389,7 +229,7 @@ def test_a_decision_with_tokens_left_reuses_the_refresh_where_the_drain_rule_doe
     """refresh() plans off the critical path without tokens left; the next decision asks with them (a closed batch).
     Above drain_max_batch (or with the drain rule off) they change nothing, so it reuses that plan; within it, it
     plans for the drain."""
-    policy = _policy(0.1, drain_max_batch=2)
+    policy = injected_policy(0.1, drain_max_batch=2)
     calls = []
     plan = policy.plan
     policy.plan = lambda *args: calls.append(args) or plan(*args)
@@ -407,7 +247,7 @@ def test_a_draining_batch_is_refreshed_with_its_tokens_left_and_a_finished_reque
     plan was made on the critical path, and in a closed batch's tail a request finishes nearly every step. It now
     plans with the tokens left the latest decision was asked with, and a draining batch's new composition takes
     the latest drain plan's k_i for one decision."""
-    policy = _policy(0.1, drain_max_batch=8, explore_every=None, probe_margin=None)
+    policy = injected_policy(0.1, drain_max_batch=8, explore_every=None, probe_margin=None)
     calls = []
     plan = policy.plan
     policy.plan = lambda *args: calls.append(args) or plan(*args)
@@ -434,7 +274,8 @@ def test_uniform_policies_give_one_k_per_request_by_default():
 
 
 def test_factory_builds_adaptive():
-    context = PolicyContext(step_costs=lambda: _costs(0.1), catch_up_cost=lambda: (0.0, 0.0), backlog=lambda: (0, 0))
+    context = PolicyContext(step_costs=lambda: injected_costs(0.1), catch_up_cost=lambda: (0.0, 0.0),
+                            backlog=lambda: (0, 0))
     policy = build_policy(NGramDecodingConfig(max_draft_len=K, draft_len_policy="adaptive"), context)
     assert isinstance(policy, AdaptivePolicy) and policy.reachable_draft_lens(5) == set(range(K + 1))
     with pytest.raises(ValueError, match="adaptive"):
@@ -451,98 +292,6 @@ def test_stats_count_ragged_steps_and_the_per_request_histogram():
     assert out["draft_len_histogram"] == {"2": {"0": 1, "2": 2, "4": 1}, "3": {"0": 3}}
     with pytest.raises(ValueError, match="draft_lens"):
         stats.record(2, 2, [1, 1], [0, 0], [3, 1])
-
-
-# --- the engine: lossless, ragged ------------------------------------------------------------------
-
-@pytest.fixture(scope="module")
-def ckpts(tmp_path_factory):
-    root = tmp_path_factory.mktemp("adaptive")
-    costs = _costs(0.1)
-    costs.save(root / "costs.json")
-    return {
-        "target": str(make_tiny_checkpoint(root, "llama", seed=0)),
-        "near": str(make_perturbed_checkpoint(root, "llama", seed=0, noise=0.004)),
-        "costs": str(root / "costs.json"),
-    }
-
-
-def _mixed_prompts() -> list[list[int]]:
-    """Copy-heavy prompts (a motif repeated) alternating with random ones."""
-    gen = torch.Generator().manual_seed(5)
-    prompts = []
-    for i in range(4):
-        if i % 2 == 0:
-            prompts.append(torch.randint(0, 512, (4 + i,), generator=gen).tolist() * 5)
-        else:
-            prompts.append(torch.randint(0, 512, (14 + 3 * i,), generator=gen).tolist())
-    return prompts
-
-
-def _params(i: int, sampled: bool) -> SamplingParams:
-    if sampled:
-        return SamplingParams(temperature=0.9, top_p=0.95, seed=100 + i, max_tokens=32, ignore_eos=True)
-    return SamplingParams(temperature=0.0, max_tokens=32, ignore_eos=True)
-
-
-def _run(engine: LLMEngine, sampled: bool) -> list[list[int]]:
-    for i, prompt in enumerate(_mixed_prompts()):
-        engine.add_request(f"{'copy' if i % 2 == 0 else 'chat'}{i}", prompt, _params(i, sampled))
-    engine.close_intake()  # an offline batch (the drain rule's case)
-    tokens: dict[str, list[int]] = {}
-    while engine.has_unfinished_requests():
-        for out in engine.step():
-            tokens[out.request_id] = list(out.token_ids)
-    return [tokens[k] for k in sorted(tokens, key=lambda r: int(r[4:]))]
-
-
-def _spec(kind: str, ckpts, **extra):
-    common = dict(max_draft_len=K, draft_len_policy="adaptive", step_cost_file=ckpts["costs"], **extra)
-    if kind == "ngram":
-        return NGramDecodingConfig(max_matching_ngram_size=3, **common)
-    return DraftTargetDecodingConfig(speculative_model=ckpts["near"], **common)
-
-
-@pytest.fixture(scope="module")
-def plain(ckpts):
-    engine = LLMEngine(EngineConfig(model=ckpts["target"], block_size=4))
-    return {sampled: _run(engine, sampled) for sampled in (False, True)}
-
-
-@pytest.mark.parametrize("sampled", [False, True], ids=["greedy", "seeded"])
-@pytest.mark.parametrize("kind", ["ngram", "draft-model"])
-def test_adaptive_is_lossless_and_ragged(ckpts, plain, kind, sampled):
-    """Per-request acceptance is injected (copy requests 0.95 per position, chat ones 0.05) and verify
-    priced by a step_cost_file, so the copy requests draft up to K while the chat ones draft nothing, in
-    the same steps: the output still equals plain decoding's, greedy and seeded. (The four requests are the
-    whole batch from the start, a drain: with the drain rule the chat requests' end would decide and nobody
-    would draft, spec/drain.py; this test is about ragged steps, so it is off.)"""
-    spec = _spec(kind, ckpts, adaptive_drain_tolerance=None)
-    engine = LLMEngine(EngineConfig(model=ckpts["target"], block_size=4, speculative_config=spec))
-    policy = engine.policy
-    assert isinstance(policy, AdaptivePolicy)
-    policy.estimator.alphas = lambda rid=None: list(COPY if str(rid).startswith("copy") else CHAT)
-    policy.catch_up = CatchUpCost(0.0)  # the start-up probe's timed price would make the decisions load-dependent
-    proposed, observed = [], []  # per step: the requests drafted for, and those the drafter then learns from
-    propose, observe = engine.drafter.propose, engine.drafter.observe
-    engine.drafter.propose = lambda requests, k: proposed.append({r.request_id for r in requests}) or propose(requests, k)
-    engine.drafter.observe = lambda requests: observed.append({r.request_id for r in requests}) or observe(requests)
-    assert _run(engine, sampled) == plain[sampled]
-    # a request with k_i = 0 is not indexed after the step (it catches up when it drafts again)
-    assert len(observed) == len(proposed) and all(o <= p for o, p in zip(observed, proposed))
-    assert any(not any(rid.startswith("chat") for rid in o) for o in observed)
-    stats = engine.get_stats()
-    assert stats["ragged_steps"] >= 3
-    at_4 = stats["draft_len_histogram"]["4"]
-    assert at_4.get("0", 0) >= 6 and at_4.get(str(K), 0) >= 6  # chat at 0, copy at K, side by side
-    assert stats["num_drafted"] > 0
-    assert engine.num_free_blocks == engine.num_total_blocks
-
-
-def test_adaptive_learning_from_the_target_is_lossless(ckpts, plain):
-    """Without injected acceptance (what the target accepts drives the allocation): still lossless."""
-    engine = LLMEngine(EngineConfig(model=ckpts["target"], block_size=4, speculative_config=_spec("ngram", ckpts)))
-    assert _run(engine, False) == plain[False]
 
 
 # --- the scheduler: per-request caps ---------------------------------------------------------------
@@ -562,7 +311,8 @@ def test_scheduler_caps_each_requests_draft_length_by_the_budget_and_max_model_l
     from dynaspec.engine.scheduler import Scheduler
 
     def scheduled(ks, budget=64, max_model_len=64):
-        scheduler = Scheduler(BlockManager(64, 4), max_num_seqs=8, max_num_batched_tokens=budget, max_model_len=max_model_len)
+        scheduler = Scheduler(BlockManager(64, 4), max_num_seqs=8, max_num_batched_tokens=budget,
+                              max_model_len=max_model_len)
         scheduler.running = [_decoding("a", 8, 10), _decoding("b", 8, 3), _decoding("c", 8, 10)]
         out = scheduler.schedule(lambda n, active, ids, remaining=None: ks)
         return [d.max_draft for d in out.decodes], out.draft_len
@@ -593,7 +343,7 @@ def test_a_switch_that_did_not_pay_is_not_priced_again_while_k_stays_zero():
         return 10**6, 100  # far behind, few tokens left: never pays
 
     settings = PlannerSettings(explore_every=None, probe_margin=None)
-    policy = AdaptivePolicy(_costs(0.01), AcceptanceEstimator(K, blend_count=1.0), K, settings,
+    policy = AdaptivePolicy(injected_costs(0.01), AcceptanceEstimator(K, blend_count=1.0), K, settings,
                             catch_up=CatchUpCost(1e-3), backlog=backlog)
     ids = ["a", "b"]
     for _ in range(10):
@@ -615,7 +365,7 @@ def test_a_re_probe_from_k0_pays_its_catch_up_out_of_the_exploration_budget():
     from dynaspec.spec.planner_settings import PlannerSettings
 
     def policy():
-        return AdaptivePolicy(_costs(0.1), AcceptanceEstimator(K, blend_count=1.0), K, PlannerSettings(),
+        return AdaptivePolicy(injected_costs(0.1), AcceptanceEstimator(K, blend_count=1.0), K, PlannerSettings(),
                               catch_up=CatchUpCost(0.0, fixed_seconds=1.5), backlog=lambda: (100, 10_000))
 
     ids = ["a", "b"]
@@ -641,7 +391,7 @@ def test_a_re_probe_from_k0_pays_its_catch_up_out_of_the_exploration_budget():
 
 
 def test_view_reports_the_allocation_and_its_prices_as_json():
-    policy = _policy(0.1)
+    policy = injected_policy(0.1)
     for _ in range(30):
         policy.observe(StepOutcome(["copy", "chat"], K, drafted=[K, K], accepted=[K, 0], draft_lens=[K, K]))
     view = json.loads(json.dumps(policy.view(2)))
@@ -660,7 +410,7 @@ def test_a_probe_and_an_exploration_in_one_decision_never_draft_past_max_draft_l
     """The H100 run of 2026-12-06 (the EAGLE head, max_draft_len 6): a probe and an exploration in one decision
     each lengthened a uniform allocation by one, and a step drafted 7 for every request (eager, 55 ms)."""
     ids = ["a", "b", "c", "d"]
-    policy = _policy(0.01, explore_every=1, explore_budget=None)
+    policy = injected_policy(0.01, explore_every=1, explore_budget=None)
     for _ in range(12):
         draft_lens = policy.draft_lens(4, 4, ids)
         assert max(draft_lens) <= K == policy.max_draft_len
@@ -671,30 +421,16 @@ def test_plain_steps_are_priced_at_what_they_measure_beyond_the_probe():
     """A plain step's price is its probe plus the plain steps' measured residual, as a speculative step's is its
     probe plus its own: priced at the probe alone, k = 0 looked cheaper than it ran (H100, 2026-12-06: plain steps
     at batch 4 ran 0.16 ms over the probe, 8% of a step), a bias towards k = 0 of that size."""
-    policy = _policy(0.02, explore_every=None, probe_margin=None)
+    policy = injected_policy(0.02, explore_every=None, probe_margin=None)
     ids = ["a", "b"]
     probed_plain = policy.step_seconds(2, 0)
     assert probed_plain == pytest.approx(1.0)  # nothing observed: the probe
     for _ in range(20):  # plain steps run 0.2 s over their probe; speculative ones 0.2 s over theirs
         policy.observe(StepOutcome(ids, 0, seconds=1.2))
-        policy.observe(StepOutcome(ids, 2, drafted=[2, 2], accepted=[1, 1], draft_lens=[2, 2], seconds=1.0 + 0.02 * 4 + 0.2))
+        policy.observe(StepOutcome(ids, 2, drafted=[2, 2], accepted=[1, 1], draft_lens=[2, 2],
+                                   seconds=1.0 + 0.02 * 4 + 0.2))
     assert policy.step_seconds(2, 0) == pytest.approx(1.2, abs=0.01)
     assert policy.step_seconds(2, 4) == pytest.approx(1.0 + 0.02 * 4 + 0.2, abs=0.01)
-
-
-def test_a_draining_batch_is_planned_for_its_slowest_request(ckpts, plain):
-    """The same four requests with the drain rule on (the default): nothing waits from the first step, so the
-    batch only shrinks and ends with its slowest requests, the chat ones (5% acceptance). Each position the copy
-    requests verify lengthens every step by 10% of a plain one (the step-cost file) for a chat request that gains
-    nothing from it, so the copy requests draft far less than with the rule off (test above), and the output is
-    still plain decoding's."""
-    engine = LLMEngine(EngineConfig(model=ckpts["target"], block_size=4, speculative_config=_spec("ngram", ckpts)))
-    policy = engine.policy
-    policy.estimator.alphas = lambda rid=None: list(COPY if str(rid).startswith("copy") else CHAT)
-    policy.catch_up = CatchUpCost(0.0)
-    assert _run(engine, False) == plain[False]
-    at_4 = engine.get_stats()["draft_len_histogram"]["4"]
-    assert at_4.get("0", 0) >= 100 and not any(int(k_i) >= 2 for k_i in at_4)  # probes and explorations: one position
 
 
 def test_the_first_step_above_every_batch_the_overhead_fit_has_seen_voids_the_plans():
@@ -702,7 +438,7 @@ def test_the_first_step_above_every_batch_the_overhead_fit_has_seen_voids_the_pl
     (2026-12-07, the diurnal trace at concurrency 128) adaptive ran 15 steps of k = 1 at 12-15 ms against 8 ms plain,
     each under SURPRISED times its price, until replan_every observations made the plan due. The first uniform
     speculative step at a larger batch now voids the plans (its sample joins the fit); the next one does not."""
-    policy = _policy(0.001, explore_every=None, probe_margin=None)
+    policy = injected_policy(0.001, explore_every=None, probe_margin=None)
     small, large = [f"s{i}" for i in range(4)], [f"r{i}" for i in range(8)]
     for _ in range(4):  # a fit from batch 4 only
         policy.observe(StepOutcome(small, K, drafted=[K] * 4, accepted=[K] * 4, draft_lens=[K] * 4,
@@ -725,7 +461,7 @@ def test_a_ragged_step_above_every_batch_the_fit_has_seen_teaches_the_fit_that_b
     """A ragged step's excess over the fit is the ragged premium (spec/ragged_premium.py) only where the fit knows
     the batch; above every batch it has seen, the excess is the batch's host work, which the premium would absorb
     while uniform steps stayed priced by extrapolation. Such a step joins the fit and voids the plans."""
-    policy = _policy(0.001, explore_every=None, probe_margin=None)
+    policy = injected_policy(0.001, explore_every=None, probe_margin=None)
     small, large = [f"s{i}" for i in range(4)], [f"r{i}" for i in range(8)]
     for _ in range(4):
         policy.observe(StepOutcome(small, K, drafted=[K] * 4, accepted=[K] * 4, draft_lens=[K] * 4,

@@ -8,7 +8,7 @@ import pytest
 
 from dynaspec.spec.confidence_calibration import ConfidenceCalibration
 from dynaspec.spec.policy import StepOutcome
-from tests.test_adaptive import K, _policy
+from tests.adaptive_policies import K, injected_policy
 
 
 def test_an_empty_cell_gives_the_prior_and_data_moves_it():
@@ -44,7 +44,7 @@ def test_the_policy_keeps_the_confident_drafts_and_cuts_the_doubtful_ones():
     """Verify is priced (10% of a plain step a position): with the calibration learned, a request whose
     drafts the drafter is sure of verifies all K, one it doubts verifies none; without confidence data the
     request estimates decide (both drafts kept where both requests accept)."""
-    policy = _policy(0.1)
+    policy = injected_policy(0.1)
     both = ["sure", "doubt"]
     for _ in range(40):  # both requests accept often (their estimates), but only the confident drafts
         policy.observe(StepOutcome(both, K, drafted=[K, K], accepted=[K, K], draft_lens=[K, K]))
@@ -101,7 +101,7 @@ def test_trimming_stops_where_trimmed_steps_take_longer_than_verifying_everythin
     take at least what the untrimmed step is priced at, trimming stops at that batch and below, and the
     allocations are replanned; where they take less, it goes on. The samples price the trimming only: the
     host-overhead fit, which prices the allocation, learns from untrimmed steps."""
-    slow, fast = _policy(0.1), _policy(0.1)
+    slow, fast = injected_policy(0.1), injected_policy(0.1)
     ids = [f"r{i}" for i in range(8)]
     for policy in (slow, fast):
         policy.settings = policy.settings.model_copy(update={"trim_min_saving": 0.0})
@@ -125,7 +125,7 @@ def test_trimming_stops_where_it_keeps_every_draft():
     `trim_verdict_steps` such trims in a row at a batch, trimming stops there and below, without a time verdict;
     one trim that cut something resets the count, and so does nothing a trim made before the calibration had
     data (it keeps what the estimates planned)."""
-    policy = _policy(0.1)
+    policy = injected_policy(0.1)
     policy.settings = policy.settings.model_copy(update={"trim_min_saving": 0.0})
     ids = [f"r{i}" for i in range(8)]
     for _ in range(40):  # every request accepts every draft: nothing is worth cutting
@@ -150,7 +150,7 @@ def test_trimming_prices_the_verify_alone_not_the_host_overhead():
     """Once drafted, a step pays its host work (drafting, the confidence read, committing) whatever the trim
     keeps: a learned per-step overhead of 3 s must not make verifying nothing look 3 s cheaper. Verifying
     costs 0.1 s a position here and every draft is accepted: everything is kept."""
-    policy = _policy(0.1)
+    policy = injected_policy(0.1)
     ids = [f"r{i}" for i in range(4)]
     for _ in range(40):
         policy.observe(StepOutcome(ids, K, drafted=[K] * 4, accepted=[K] * 4, draft_lens=[K] * 4))

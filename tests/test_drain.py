@@ -75,7 +75,7 @@ def test_the_drain_model_predicts_a_closed_batch_s_end_within_a_few_percent(monk
         predicted.append(drain_seconds([k] * batch, survivals, survivals, [tokens] * batch, _price))
     assert all(abs(p / s - 1.0) < 0.04 for p, s in zip(predicted, simulated)), (predicted, simulated)
     assert min(range(5), key=predicted.__getitem__) == min(range(5), key=simulated.__getitem__)
-    monkeypatch.setattr(drain, "expected_last_end", lambda means, spreads: max(means))
+    monkeypatch.setattr(drain, "expected_last_end", lambda means, spreads, counts=None: max(means))
     at_mean = drain_seconds([4] * batch, survivals, survivals, [tokens] * batch, _price)
     assert simulated[4] - at_mean > 2 * abs(simulated[4] - predicted[4]) > 0
 

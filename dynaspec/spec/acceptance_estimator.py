@@ -60,6 +60,7 @@ from __future__ import annotations
 import json
 import math
 from collections.abc import Hashable, Sequence
+from functools import lru_cache
 from pathlib import Path
 from statistics import NormalDist
 from typing import Any
@@ -340,7 +341,7 @@ class AcceptanceEstimator:
         own = 0.0 if ema is None or ema.values[0] is None else min(ema.weights[0], 1.0 / self.request_ema_rate)
         mean = alphas[0]
         spread = math.sqrt(mean * (1.0 - mean) / (own + self.effective_blend_count + 1.0))
-        low = mean + NormalDist().inv_cdf(quantile) * spread
+        low = mean + _normal_quantile(quantile) * spread
         return [min(mean, max(0.0, low)), *alphas[1:]]
 
     @property
@@ -421,3 +422,9 @@ def planning_estimator(max_draft_len: int, acceptance_profile: str | None, setti
         memory_trials=settings.estimate_memory_trials, request_ema_rate=settings.request_ema_rate,
         blend_count=settings.request_blend_count, learn_blend_count=True, cold_start_trials=settings.cold_start_trials,
     )
+
+
+@lru_cache(maxsize=8)
+def _normal_quantile(quantile: float) -> float:
+    """Phi^-1(quantile), computed once per quantile (the drain rule asks it for every request of every plan)."""
+    return NormalDist().inv_cdf(quantile)

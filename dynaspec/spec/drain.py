@@ -76,18 +76,22 @@ def shrinking_price(pricing_at: Callable[[int], Pricing], ragged_premium_at: Cal
     return price
 
 
-def expected_last_end(means: Sequence[float], spreads: Sequence[float]) -> float:
-    """About the expected largest of independent normal draws N(means[i], spreads[i]^2): the t where the expected
-    number of draws above t is Blom's 0.625 B / (B + 0.25) (Blom 1958, "Statistical estimates and transformed
-    beta-variables": for B alike draws t is then mean + Phi^-1((B - 0.375) / (B + 0.25)) spread; one draw far
-    above the rest ends near its own mean), by bisection to a hundredth of a step over the draws that can matter
-    (alike draws counted once, with their number)."""
-    count = len(means)
+def expected_last_end(means: Sequence[float], spreads: Sequence[float], counts: Sequence[int] | None = None) -> float:
+    """About the expected largest of independent normal draws N(means[i], spreads[i]^2), counts[i] of each (default
+    one): the t where the expected number of draws above t is Blom's 0.625 B / (B + 0.25) (Blom 1958, "Statistical
+    estimates and transformed beta-variables": for B alike draws t is then mean + Phi^-1((B - 0.375) / (B + 0.25))
+    spread; one draw far above the rest ends near its own mean), by bisection to a hundredth of a step over the
+    draws that can matter (alike draws counted once, with their number)."""
+    counts = [1] * len(means) if counts is None else counts
+    count = sum(counts)
     if count == 0:
         return 0.0
     above = 0.625 * count / (count + 0.25)
     low = max(means) - 1.0  # at or below the answer: the largest mean alone is above it with probability >= 1/2
-    alike = Counter((m, s) for m, s in zip(means, spreads) if m + 4.0 * s > low)
+    alike: Counter[tuple[float, float]] = Counter()
+    for m, s, n in zip(means, spreads, counts):
+        if m + 4.0 * s > low:
+            alike[m, s] += n
     high = max(m + 4.0 * s for m, s in alike)
     while high - low > 0.01:
         middle = 0.5 * (low + high)
@@ -109,41 +113,63 @@ def drain_seconds(draft_lens: Sequence[int], survivals: Sequence[Sequence[float]
 
     survivals / slow: each request's mean survivals per position and those with its first position's rate one
     standard deviation of its estimate lower; remaining: its tokens left."""
-    return _drain_seconds(draft_lens, _steps_by_k(survivals, slow, remaining), price)
+    return _drain_seconds(draft_lens, *_steps_by_k(survivals, slow, remaining), price)
 
 
-def _steps_by_k(survivals: Sequence[Sequence[float]], slow: Sequence[Sequence[float]],
-                remaining: Sequence[int]) -> list[list[tuple[float, float]]]:
-    """Per request, per k = 0..its positions: (mean steps left, their spread) drafting k a step."""
-    table = []
+def _steps_by_k(survivals: Sequence[Sequence[float]], slow: Sequence[Sequence[float]], remaining: Sequence[int]
+                ) -> tuple[list[int], list[list[tuple[float, float]]]]:
+    """Per request, the index of its row, and the rows: per k = 0..its positions, (mean steps left, their spread)
+    drafting k a step. Requests alike in survivals, slow case and tokens left share a row: a closed batch's unseen
+    requests all read the prior, so a batch of 256 has a few rows."""
+    index: dict[tuple, int] = {}
+    rows, row_of = [], []
     for mean, low, left in zip(survivals, slow, remaining):
-        left = max(0, left)
-        row, accepted, second, accepted_slow = [(float(left), 0.0)], 0.0, 0.0, 0.0
-        for j, (s, s_low) in enumerate(zip(mean, low)):
-            accepted, second, accepted_slow = accepted + s, second + (2 * j + 1) * s, accepted_slow + s_low
-            tokens, variance = 1.0 + accepted, max(0.0, second - accepted * accepted)  # of the tokens a step commits
-            steps = left / tokens
-            row.append((steps, math.hypot(left / (1.0 + accepted_slow) - steps,
-                                          math.sqrt(left * variance / tokens ** 3))))
-        table.append(row)
-    return table
+        key = (*mean, None, *low, None, left)
+        row = index.get(key)
+        if row is None:
+            row = index[key] = len(rows)
+            rows.append(_steps_row(mean, low, max(0, left)))
+        row_of.append(row)
+    return row_of, rows
 
 
-def _drain_seconds(draft_lens: Sequence[int], table: Sequence[Sequence[tuple[float, float]]], price: Price) -> float:
-    """drain_seconds from _steps_by_k's table."""
-    means = [row[k][0] for row, k in zip(table, draft_lens)]
-    spreads = [row[k][1] for row, k in zip(table, draft_lens)]
-    end = expected_last_end(means, spreads)
-    last_k = draft_lens[max(range(len(means)), key=lambda i: means[i] + spreads[i])] if means else 0
-    leaving = sorted(zip(means, draft_lens))  # (mean steps left, k_i), in the order requests leave
-    positions, longest = [0] * (len(leaving) + 1), [0] * (len(leaving) + 1)  # of the requests from i on
-    for i in range(len(leaving) - 1, -1, -1):
-        positions[i] = positions[i + 1] + leaving[i][1]
-        longest[i] = max(longest[i + 1], leaving[i][1])
+def _steps_row(mean: Sequence[float], low: Sequence[float], left: int) -> list[tuple[float, float]]:
+    """One request's (mean steps left, spread) per k (_steps_by_k)."""
+    row, accepted, second, accepted_slow = [(float(left), 0.0)], 0.0, 0.0, 0.0
+    for j, (s, s_low) in enumerate(zip(mean, low)):
+        accepted, second, accepted_slow = accepted + s, second + (2 * j + 1) * s, accepted_slow + s_low
+        tokens, variance = 1.0 + accepted, max(0.0, second - accepted * accepted)  # of the tokens a step commits
+        steps = left / tokens
+        row.append((steps, math.hypot(left / (1.0 + accepted_slow) - steps, math.sqrt(left * variance / tokens ** 3))))
+    return row
+
+
+def _drain_seconds(draft_lens: Sequence[int], row_of: Sequence[int], rows: Sequence[Sequence[tuple[float, float]]],
+                   price: Price) -> float:
+    """drain_seconds from _steps_by_k's rows, over the requests alike in row and k_i together."""
+    groups = Counter(zip(row_of, draft_lens))  # (row, k_i) -> requests; in the order of their first request
+    means = [rows[row][k][0] for row, k in groups]
+    spreads = [rows[row][k][1] for row, k in groups]
+    ks, counts = [k for _, k in groups], list(groups.values())
+    end = expected_last_end(means, spreads, counts)
+    last_k = ks[max(range(len(means)), key=lambda g: means[g] + spreads[g])] if means else 0
+    leaving: dict[float, list[int]] = {}  # mean steps left -> [requests, their positions, longest k_i]
+    for steps, k, n in zip(means, ks, counts):
+        group = leaving.get(steps)
+        if group is None:
+            leaving[steps] = [n, n * k, k]
+        else:
+            group[0], group[1], group[2] = group[0] + n, group[1] + n * k, max(group[2], k)
+    order = sorted(leaving)  # the order requests leave in
+    still = [(0, 0, 0)] * (len(order) + 1)  # (requests, positions, longest k_i) from the i-th leaving time on
+    for i in range(len(order) - 1, -1, -1):
+        n, positions, longest = leaving[order[i]]
+        after = still[i + 1]
+        still[i] = (after[0] + n, after[1] + positions, max(after[2], longest))
     seconds, done = 0.0, 0.0
-    for i, (steps, _) in enumerate(leaving):
+    for steps, (n, positions, longest) in zip(order, still):
         if steps > done:
-            seconds += price(len(leaving) - i, positions[i], longest[i]) * (steps - done)
+            seconds += price(n, positions, longest) * (steps - done)
             done = steps
     if end > done:  # the last request alone
         seconds += price(1, last_k, last_k) * (end - done)
@@ -156,13 +182,15 @@ def drain_allocation(goodput: Allocation, candidates: Sequence[Allocation], surv
     """`goodput` unless its drain_seconds exceed (1 + tolerance) x the smallest among `candidates` (the uniform
     allocations, adaptive_allocation.uniform_allocations); then that candidate (the first of equals), its source
     "drain"."""
-    table = _steps_by_k(survivals, slow, remaining)
+    row_of, rows = _steps_by_k(survivals, slow, remaining)
 
     def ends(allocation: Allocation) -> float:
-        return _drain_seconds(allocation.draft_lens, table, price)
+        return _drain_seconds(allocation.draft_lens, row_of, rows, price)
 
     seconds = [ends(candidate) for candidate in candidates]
     soonest = min(range(len(candidates)), key=seconds.__getitem__)
-    if ends(goodput) <= (1.0 + tolerance) * seconds[soonest]:
+    goodput_ends = next((end for candidate, end in zip(candidates, seconds)
+                         if candidate.draft_lens == goodput.draft_lens), None)  # often one of them: priced once
+    if (ends(goodput) if goodput_ends is None else goodput_ends) <= (1.0 + tolerance) * seconds[soonest]:
         return goodput
     return replace(candidates[soonest], source="drain")

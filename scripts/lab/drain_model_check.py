@@ -57,7 +57,7 @@ def main() -> None:
 
         with_spread = drain.expected_last_end
         if not spread:  # the draws' spread (and the rates' uncertainty) left out: the last request ends at its mean
-            drain.expected_last_end = lambda means, spreads: max(means, default=0.0)
+            drain.expected_last_end = lambda means, spreads, counts=None: max(means, default=0.0)
         try:
             seconds = drain.drain_seconds([k] * batch, survivals, survivals, [args.gen] * batch, price)
         finally:

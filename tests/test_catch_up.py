@@ -152,6 +152,22 @@ def test_observed_catch_up_steps_price_the_backlog():
     assert planner.catch_up.seconds_per_token == pytest.approx(2e-6)
 
 
+def test_a_catch_up_step_timed_short_is_no_sample():
+    """On an H100 (2026-12-07) the first speculative step after a prefill, catching up on a 128-token prompt, read
+    1.1 ms against a predicted 11 ms: its timing was cut short, as an overlapped step's can be, and as a sample
+    it would have read a catch-up of -10 ms."""
+    cost = CatchUpCost(2e-6)
+    assert not cost.observe(128, 1.1e-3 - 11e-3, predicted_seconds=11e-3)
+    assert len(cost) == 0 and cost.seconds_per_token == 2e-6
+    assert cost.observe(128, 6e-3 - 11e-3, predicted_seconds=11e-3)  # faster, not cut short: kept
+    assert len(cost) == 1 and cost.seconds_per_token < 2e-6
+    planner = _planner(FLAT, ALPHAS, catch_up=CatchUpCost(0.0), backlog=lambda: (0, 0))
+    planner.observe_catch_up(16, 2, 0.001, 10_000)  # a tenth of the 10 ms predicted
+    assert len(planner.catch_up) == 0
+    planner.observe_catch_up(16, 2, 0.010 + 0.020, 10_000)
+    assert len(planner.catch_up) == 1
+
+
 def _request(rid: str, prompt: list[int]) -> Request:
     return Request(rid, None, prompt, SamplingParams(temperature=0.0, max_tokens=32, ignore_eos=True))
 

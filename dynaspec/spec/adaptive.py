@@ -403,8 +403,8 @@ class AdaptivePolicy(DraftLenPolicy):
         if outcome.seconds is not None and outcome.batch > 0:
             if outcome.catch_up_tokens is not None:
                 if self.catch_up is not None:
-                    self.catch_up.observe(outcome.catch_up_tokens,
-                                          outcome.seconds - self.step_seconds(outcome.batch, positions))
+                    predicted = self.step_seconds(outcome.batch, positions)
+                    self.catch_up.observe(outcome.catch_up_tokens, outcome.seconds - predicted, predicted)
             elif outcome.planned:  # a trimmed step prices the trimming, not the host overhead
                 untrimmed = self.step_seconds(outcome.batch, sum(outcome.planned))
                 if self.trimming.judge(outcome.batch, outcome.seconds - untrimmed):

@@ -35,6 +35,8 @@ from __future__ import annotations
 
 import math
 
+from dynaspec.spec.step_overhead import CUT_SHORT_FRACTION
+
 # Memory of the catch-up fit, in samples: older samples' weights decay by 1 - 1 / this per new sample.
 CATCH_UP_MEMORY_SAMPLES = 32
 # Tokens a request is assumed to still generate at most when pricing a switch: max_tokens bounds what is
@@ -72,14 +74,22 @@ class CatchUpCost:
         tokens = max(0, int(tokens))
         return self.fixed + self.seconds_per_token * tokens if tokens else 0.0
 
-    def observe(self, tokens: int, extra_seconds: float) -> None:
+    def observe(self, tokens: int, extra_seconds: float, predicted_seconds: float | None = None) -> bool:
         """A step that caught up on `tokens` tokens took `extra_seconds` beyond its predicted step time
-        (negative when it ran faster: kept, so that noise averages out); the fixed part is taken off first."""
+        (negative when it ran faster: kept, so that noise averages out); the fixed part is taken off first.
+        predicted_seconds (that prediction): a step measured below CUT_SHORT_FRACTION of it had its timing cut
+        short (StepOverheadModel.add) and is no sample: on an H100 (2026-12-07 13:03 UTC, the draft model's
+        batch-4 point) the first speculative step after a prefill, catching up on a 128-token prompt, read
+        1.1 ms against a predicted 11, a catch-up of -10 ms. Returns whether it was kept."""
+        if predicted_seconds is not None and predicted_seconds + extra_seconds < CUT_SHORT_FRACTION * predicted_seconds:
+            return False
         if tokens > 0 and math.isfinite(extra_seconds):
             keep = 1.0 - 1.0 / CATCH_UP_MEMORY_SAMPLES
             self._tokens_times_extra = keep * self._tokens_times_extra + tokens * (float(extra_seconds) - self.fixed)
             self._tokens_squared = keep * self._tokens_squared + float(tokens) * tokens
             self._num_samples += 1
+            return True
+        return False
 
     def __len__(self) -> int:
         """Samples observed so far."""

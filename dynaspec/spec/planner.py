@@ -367,7 +367,8 @@ class GoodputPlanner(DraftLenPolicy):
         """A speculative step that first caught the drafter up on `tokens` tokens took `seconds`: what it
         took beyond the predicted T(batch, k) prices catch-up per token (it is no sample of T itself)."""
         if self.catch_up is not None:
-            self.catch_up.observe(tokens, seconds - self.step_seconds(batch, k))
+            predicted = self.step_seconds(batch, k)
+            self.catch_up.observe(tokens, seconds - predicted, predicted)
 
     def refresh(self, num_decoding: int, request_ids: Sequence[Hashable] | None = None) -> None:
         """Recompute the goodput table of this batch (and these decoding requests), and the host-overhead

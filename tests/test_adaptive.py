@@ -198,7 +198,25 @@ def test_a_speculative_step_far_above_its_price_voids_the_plans():
     assert len(calls) == 1  # within the noise: the plan stands until replan_every
     policy.observe(StepOutcome(ids, K, seconds=3.0 * policy.step_seconds(8, 8 * K), **step))
     policy.draft_lens(8, 8, ids)
-    assert len(calls) == 2
+    assert len(calls) == 2  # the same requests: replanned where asked
+
+
+def test_a_new_composition_after_voided_plans_is_not_planned_on_the_critical_path():
+    """After a step over its price voids the plans, a composition no plan knows (a request finished) still takes
+    the latest plan's k_i for one decision, and refresh() plans it (allocation_tables.AllocationTables.clear)."""
+    policy = injected_policy(0.001, explore_every=None, probe_margin=None)
+    ids = [f"r{i}" for i in range(8)]
+    step = dict(drafted=[K] * 8, accepted=[K] * 8, draft_lens=[K] * 8)
+    policy.observe(StepOutcome(ids, K, **step))
+    planned = policy.draft_lens(8, 8, ids)
+    calls = []
+    plan = policy.plan
+    policy.plan = lambda *args: calls.append(args) or plan(*args)
+    policy.observe(StepOutcome(ids, K, seconds=3.0 * policy.step_seconds(8, 8 * K), **step))  # voids the plans
+    assert policy.draft_lens(7, 7, ids[1:]) == planned[1:] and not calls
+    assert policy.last_decision["reason"] == "provisional"
+    policy.refresh(7, ids[1:])
+    assert len(calls) == 1
 
 
 def test_while_requests_wait_or_prefill_it_keeps_k0_where_the_full_batch_would():

@@ -72,6 +72,29 @@ def test_a_step_timed_before_its_gpu_work_ran_is_left_out():
     assert (2, 0) not in cells and cells[(4, 0)] == {"batch": 4, "k": 0, "median_seconds": 1.6e-4, "samples": 4}
 
 
+def test_a_short_step_pairs_with_its_long_neighbour():
+    """The H100 case (2026-12-07 16:32 UTC, the draft model at batch 128): two back-to-back k = 1 steps read 19.7
+    and 4.7 ms against a probed 10.5, the first stretched by host work that delayed its end while the second's
+    GPU work ran. The pair is one sample at their mean residual, whichever comes first; a short step beside a
+    step of another (batch, k) is still left out."""
+    probed = 10.5e-3
+    long_first = StepOverheadModel()
+    assert long_first.add(128, 1, 19.7e-3 - probed, probed)
+    assert long_first.add(128, 1, 4.7e-3 - probed, probed) is False
+    short_first = StepOverheadModel()
+    assert short_first.add(128, 1, 4.7e-3 - probed, probed) is False
+    assert short_first.add(128, 1, 19.7e-3 - probed, probed)
+    for model in (long_first, short_first):
+        assert model.cells() == [{"batch": 128, "k": 1, "median_seconds": pytest.approx(1.7e-3), "samples": 1}]
+    apart = StepOverheadModel()
+    assert apart.add(128, 0, 0.5e-3, 7e-3)
+    assert apart.add(128, 1, 4.7e-3 - probed, probed) is False  # beside a plain step: not its pair
+    assert apart.add(64, 1, 3e-3, probed)  # nor the next step's at another batch
+    assert apart.add(128, 1, 2e-3, probed)  # a short step pairs with the very next sample only
+    assert {(c["batch"], c["k"]): c["median_seconds"] for c in apart.cells()} == {
+        (128, 0): 0.5e-3, (64, 1): 3e-3, (128, 1): 2e-3}
+
+
 def test_prediction_is_never_negative():
     model = StepOverheadModel(min_samples=1)
     model.add(8, 0, -1e-3)  # a step faster than the probe (noise)

@@ -84,8 +84,8 @@ class AllocationTables:
             return None
         rows = [latest.index.get(rid) for rid in request_ids]
         shared = sum(row is not None for row in rows)
-        if shared < PROVISIONAL_MIN_SHARED * len(request_ids):
-            return None
+        if shared < PROVISIONAL_MIN_SHARED * len(request_ids) or shared == len(latest.index) == len(request_ids):
+            return None  # too few shared, or the latest plan's own requests (a plan voided by clear())
         planned = latest.allocation.draft_lens
         unknown = planned[0] if len(set(planned)) == 1 else 0
         return [unknown if row is None else planned[row] for row in rows]
@@ -94,6 +94,11 @@ class AllocationTables:
         return len(self._entries)
 
     def clear(self) -> None:
-        """Forget every allocation (their prices or estimates are outdated), the latest plan too."""
+        """Forget every allocation (their prices or estimates are outdated): each composition is planned again.
+        The latest plans stay, for one provisional decision each where a new composition (not the latest plan's
+        own requests) is asked before refresh() planned it. Planned on the critical path instead, a draining
+        batch's new compositions were planned where they were asked after every clear, and the plan's host time
+        (several ms at 100 requests on an H100 host) lengthened those steps, which read as steps over their price
+        and cleared the tables again (H100, 2026-12-07 16:32 UTC, the draft model's tail at batch 128: steps of
+        18.5 ms where static k = 1 ran 12.5)."""
         self._entries.clear()
-        self._latest.clear()

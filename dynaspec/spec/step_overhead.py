@@ -73,6 +73,8 @@ class StepOverheadModel:
         self._used_for: tuple[frozenset, list[int]] = (frozenset(), [])  # cells -> identifiable columns
         self._largest_speculative_batch = 0  # of the fitted cells with k > 0 (speculative_line)
         self._plain_cells = False  # whether the fit saw plain (k = 0) steps (predict at k = 0)
+        self._last_added = False  # whether the latest add() kept its step (a short one after it pairs with it)
+        self._short: tuple[int, float, float] | None = None  # (batch, k, residual) of a short step left to pair
 
     def __len__(self) -> int:
         return len(self._samples)
@@ -89,10 +91,30 @@ class StepOverheadModel:
         in cells (batch 2 of a ramp to 4; batches 13-15 of a tail at 16) where they were the only samples,
         so the fit ran a line through them: a per-step term of -1 ms and a per-request one of +0.5 ms priced
         a speculative step at batch 4 at 3.2 ms of host work (0.4 ms measured), and the adaptive policy ran
-        k = 0 for a whole batch-4 phase where static k = 4 ran 1.47x no spec. Returns whether it was kept."""
+        k = 0 for a whole batch-4 phase where static k = 4 ran 1.47x no spec.
+
+        What such a step did not measure, a neighbour at the same (batch, k) did: steps are timed back to back,
+        so host work that delays one step's end (the policy planning the next step on the critical path) moves
+        time from the next step's window into this one's. The pair's two residuals are then averaged into one
+        sample: with the step just added when the short one follows it, else with the next one. On an H100
+        (2026-12-07 16:32 UTC, the draft model at batch 128) two chained k = 1 steps read 19.7 and 4.7 ms
+        against a probed 10.5: the long one alone priced a speculative step there 9 ms above its probe, and
+        the adaptive policy held k = 0 for 16 steps where static k = 1 ran 12 ms steps. Returns whether the
+        step was kept as a sample of its own."""
+        batch, residual_seconds = int(batch), float(residual_seconds)
+        short, self._short = self._short, None
+        last_added, self._last_added = self._last_added, False
         if probed_seconds is not None and probed_seconds + residual_seconds < CUT_SHORT_FRACTION * probed_seconds:
+            if last_added and self._samples[-1][:2] == (batch, k):
+                self._samples[-1] = (batch, k, (self._samples[-1][2] + residual_seconds) / 2)
+                self._added_since_fit += 1
+            else:
+                self._short = (batch, k, residual_seconds)
             return False
-        self._samples.append((int(batch), k, float(residual_seconds)))
+        if short is not None and short[:2] == (batch, k):
+            residual_seconds = (residual_seconds + short[2]) / 2
+        self._last_added = True
+        self._samples.append((batch, k, residual_seconds))
         self._added_since_fit += 1
         new_speculative_cell = k > 0 and (int(batch), k) not in self._fitted_cells
         if new_speculative_cell or self._added_since_fit >= self.refit_every:

@@ -191,3 +191,38 @@ def test_no_switch_from_k0_while_waiting_requests_will_lift_the_batch_where_k0_i
     assert planner.draft_len(16, 20) > 0  # the few waiting requests keep the batch where speculation pays
     # Already speculating (the tail of the previous burst) when the next one arrives: back to k = 0 too.
     assert planner.draft_len(16, 256) == 0 and planner.last_decision["reason"] == "ramp"
+
+
+def test_a_refused_switch_holds_for_the_requests_left_in_a_draining_batch():
+    """A refusal of the switch from k = 0 covers every subset of its requests for replan_every observations: in a
+    closed batch's tail a new composition arrives at every step, and each was planned (the drain rule) and priced
+    against a fresh backlog, which on an H100 (2026-12-07, n-gram at 128 requests) stretched the plain steps of
+    the hold from 7.8 to 9.5-14.7 ms (spec/switch_hold.py). Requests outside the refused ones are asked again."""
+    from dynaspec.spec.acceptance_estimator import AcceptanceEstimator
+    from dynaspec.spec.adaptive import AdaptivePolicy
+    from dynaspec.spec.planner_settings import PlannerSettings
+    from dynaspec.spec.policy import StepOutcome
+    from tests.adaptive_policies import K, injected_costs
+
+    asked = []
+    policy = AdaptivePolicy(injected_costs(0.001), AcceptanceEstimator(K, blend_count=1.0), K,
+                            PlannerSettings(explore_every=None, probe_margin=None, replan_every=4),
+                            catch_up=CatchUpCost(1.0), backlog=lambda: asked.append(1) or (10**6, 64))
+    plans = []
+    plan = policy.plan
+    policy.plan = lambda *args: plans.append(args) or plan(*args)
+    ids = [f"r{i}" for i in range(8)]
+    assert policy.draft_lens(8, 8, ids) == [0] * 8 and policy.last_decision["reason"] == "catch-up"
+    assert len(plans) == 1 and len(asked) == 1
+    for left in range(7, 4, -1):  # a request leaves at every step, within replan_every (4) observations
+        policy.observe(StepOutcome(ids[:left + 1], 0, seconds=1.0))
+        policy.refresh(left, ids[:left])
+        assert policy.draft_lens(left, left, ids[:left]) == [0] * left
+        assert policy.last_decision["reason"] == "catch-up"
+    assert len(plans) == 1 and len(asked) == 1  # neither planned nor priced again
+    joined = ids[:4] + ["new"]  # a request the refusal did not cover: priced again (and refused: it holds now)
+    assert policy.draft_lens(5, 5, joined) == [0] * 5 and len(asked) == 2
+    for _ in range(4):  # replan_every observations since that refusal: due again
+        policy.observe(StepOutcome(joined, 0, seconds=1.0))
+    policy.draft_lens(5, 5, joined)
+    assert len(plans) == 2 and len(asked) == 3

@@ -59,7 +59,7 @@ from typing import Any
 from dynaspec.runtime.cost_model import StepCostModel
 from dynaspec.spec.acceptance_estimator import AcceptanceEstimator
 from dynaspec.spec.allocation_tables import AllocationTables
-from dynaspec.spec.catch_up import CatchUpCost, describe_catch_up, switch_pays
+from dynaspec.spec.catch_up import CatchUpCost, describe_catch_up
 from dynaspec.spec.draft_trimming import DraftTrimming
 from dynaspec.spec.drain import drain_allocation, shrinking_price
 from dynaspec.spec.adaptive_allocation import (Allocation, Pricing, highest_goodput, plan_allocation, survival,
@@ -72,6 +72,7 @@ from dynaspec.spec.policy import DraftLenPolicy, StepOutcome
 from dynaspec.spec.ragged_premium import RaggedPremium
 from dynaspec.spec.step_overhead import COLUMNS as OVERHEAD_COLUMNS
 from dynaspec.spec.step_overhead import CUT_SHORT_FRACTION, StepOverheadModel
+from dynaspec.spec.switch_hold import SwitchHold
 
 # A speculative step over this many times its price voids the plans (observe), as does the first one above every
 # batch the overhead fit has seen (priced as the largest seen, spec/step_overhead.py; it joins the fit, ragged or not):
@@ -114,7 +115,7 @@ class AdaptivePolicy(DraftLenPolicy):
         self.catch_up = catch_up
         self.backlog = backlog
         self._plain_last = True  # the last observed decode step verified no drafts
-        self._unearned: Allocation | None = None  # an allocation whose switch from k = 0 did not pay (_switch_pays)
+        self._hold = SwitchHold(catch_up, backlog)  # the switch rule from k = 0 and the hold a refusal puts on it
         self.prices = ProbedPrices(cost_model, self.max_draft_len, padded_batch, ragged_step)
         self._verify_cheap_at: dict[int, bool] = {}  # batch -> _verify_is_cheap
         self._tables = AllocationTables(lambda: self.settings.max_tables)  # by request ids in batch order
@@ -142,11 +143,15 @@ class AdaptivePolicy(DraftLenPolicy):
             # the goodput planner's ramp rule (H100, 2026-12-07: without it, 14-24% more prefill time at 64-256)
             self.last_decision = {"batch": num_decoding, "k": 0, "reason": "ramp", "budget": 0}
             return [0] * num_decoding
+        if self._plain_last and self._hold.holds(request_ids, self._observations, settings.replan_every):
+            self.last_decision = {"batch": num_decoding, "k": 0, "reason": "catch-up", "budget": 0}
+            return [0] * num_decoding  # a refusal of the switch from k = 0 holds for them (spec/switch_hold.py)
         self._asked = (request_ids, remaining)  # refresh() plans these requests as asked (tokens left included)
         allocation = self.allocation(num_decoding, request_ids, remaining)
         draft_lens, reason = list(allocation.draft_lens), REASONS[allocation.source]
-        if allocation.budget > 0 and self._plain_last and not self._switch_pays(num_decoding, allocation,
-                                                                                 remember=request_ids is not None):
+        if allocation.budget > 0 and self._plain_last and not self._hold.pays(
+                allocation, allocation.goodput, num_decoding / self.step_seconds(num_decoding, 0), request_ids,
+                self._observations):
             draft_lens, reason = [0] * num_decoding, "catch-up"
         elif allocation.source != "drain" and self._probe_due(num_decoding, allocation):
             if allocation.budget == 0 and self._plain_last:  # it spent what it was afforded (_probe_due)
@@ -366,24 +371,6 @@ class AdaptivePolicy(DraftLenPolicy):
             extra += self.catch_up.seconds(self.backlog()[0]) if catch_up_seconds is None else catch_up_seconds
         return rules.exploration_affordable(extra, self._explore_earned)
 
-    def _switch_pays(self, batch: int, allocation: Allocation, remember: bool = True) -> bool:
-        """Whether leaving k = 0 for this allocation earns back the drafter's catch-up (spec/catch_up.py). A
-        "no" holds for the same allocation (the same requests: `remember`, when they were named) while k stays
-        0: the backlog only grows, the tokens left only shrink, and its goodput and the price are fixed, so it
-        is not asked again (the backlog is a pass over the requests: at batch 64 the policy's plain steps ran
-        3% slower than no speculation's)."""
-        if self.catch_up is None or self.backlog is None:
-            return True
-        if allocation is self._unearned:
-            return False
-        behind, remaining = self.backlog()
-        plain = batch / self.step_seconds(batch, 0)
-        if switch_pays(self.catch_up.seconds(behind), remaining, plain, allocation.goodput):
-            return True
-        if remember:
-            self._unearned = allocation
-        return False
-
     def _prior(self, batch: int, positions: int, drafted: bool = False,
                longest: int | None = None) -> tuple[int, float]:
         """(the batch bucket the step runs at, its probed price; drafted: without the drafting; longest: the largest
@@ -426,7 +413,7 @@ class AdaptivePolicy(DraftLenPolicy):
         self._plain_last = outcome.draft_len == 0
         if outcome.draft_len == 0:
             return
-        self._unearned = None
+        self._hold.clear()
         draft_lens = outcome.draft_lens or [outcome.draft_len] * outcome.batch
         groups: dict[int, tuple[list[Hashable], list[int], list[int]]] = {}
         verified = len(self._staleness)
@@ -448,6 +435,8 @@ class AdaptivePolicy(DraftLenPolicy):
         """Recompute the allocation of these decoding requests (and the overhead fit) now if due, off the critical
         path, with the tokens left the latest decision was asked with where it was about them."""
         self.overhead.refit_if_due()
+        if self._plain_last and self._hold.holds(request_ids, self._observations, self.settings.replan_every):
+            return  # nothing to plan while a refusal holds for them (spec/switch_hold.py)
         asked_ids, remaining = self._asked
         if request_ids is None or asked_ids is None or list(asked_ids) != list(request_ids):
             remaining = None  # not the batch last asked about: planned without tokens left

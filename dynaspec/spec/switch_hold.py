@@ -1,0 +1,58 @@
+"""The adaptive policy's switch rule from k = 0 (spec/catch_up.py), and the hold a "no" puts on a draining batch.
+
+Leaving k = 0 pays the drafter's catch-up first, so a switch must earn it back over the tokens left (SmartSpec's
+switching cost, Liu et al. 2024, arXiv 2406.14066). A "no" is kept: while k stays 0 the backlog only grows and
+the tokens left only shrink, so asking again for the same requests, or for some of them as the batch drains,
+would answer the same, and each answer costs a plan of the composition (the drain rule's, spec/drain.py) and a
+pass over the requests for the backlog. In a closed batch's tail a new composition arrives at every step: on an
+H100 (2026-12-07 16:58 UTC, n-gram, pure code-edit replay, 128 requests) the plain steps of such a hold took
+9.5-14.7 ms while requests left, where the goodput policy's plain steps took 7.8. The hold therefore covers any
+subset of the refused requests until `replan_every` observations passed (the policy's reuse of a plan), and the
+policy neither plans nor asks for the backlog meanwhile.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Hashable, Sequence
+
+from dynaspec.spec.catch_up import CatchUpCost, switch_pays
+
+
+class SwitchHold:
+    """Whether a switch from k = 0 pays its catch-up, and for which requests a refusal still holds."""
+
+    def __init__(self, catch_up: CatchUpCost | None, backlog: Callable[[], tuple[int, int]] | None) -> None:
+        """catch_up, backlog: the drafter's catch-up price and PolicyContext.backlog (either None: switching is
+        free, nothing holds)."""
+        self.catch_up = catch_up
+        self.backlog = backlog
+        self._refused: object | None = None  # the allocation refused
+        self._refused_ids: frozenset[Hashable] | None = None  # its requests, when they were named
+        self._refused_at = 0  # the policy's observation count then
+
+    def pays(self, allocation: object, goodput_after: float, goodput_now: float,
+             request_ids: Sequence[Hashable] | None, observations: int) -> bool:
+        """Whether leaving k = 0 (at goodput_now tokens/s) for `allocation` (goodput_after) earns back the catch-up
+        over the tokens left; a refusal of named requests is remembered (holds)."""
+        if self.catch_up is None or self.backlog is None:
+            return True
+        if allocation is self._refused:
+            return False
+        behind, remaining = self.backlog()
+        if switch_pays(self.catch_up.seconds(behind), remaining, goodput_now, goodput_after):
+            return True
+        if request_ids is not None:
+            self._refused, self._refused_ids, self._refused_at = allocation, frozenset(request_ids), observations
+        return False
+
+    def holds(self, request_ids: Sequence[Hashable] | None, observations: int, replan_every: int) -> bool:
+        """Whether a refusal covers these requests (all of them among the refused ones) within replan_every
+        observations of it."""
+        refused = self._refused_ids
+        if refused is None or request_ids is None or observations - self._refused_at >= replan_every:
+            return False
+        return all(rid in refused for rid in request_ids)
+
+    def clear(self) -> None:
+        """A speculative step ran: nothing is refused any more."""
+        self._refused = self._refused_ids = None

@@ -150,8 +150,8 @@ class AdaptivePolicy(DraftLenPolicy):
         allocation = self.allocation(num_decoding, request_ids, remaining)
         draft_lens, reason = list(allocation.draft_lens), REASONS[allocation.source]
         if allocation.budget > 0 and self._plain_last and not self._hold.pays(
-                allocation, allocation.goodput, num_decoding / self.step_seconds(num_decoding, 0), request_ids,
-                self._observations):
+                allocation, allocation.goodput, lambda: num_decoding / self.step_seconds(num_decoding, 0),
+                request_ids, self._observations):
             draft_lens, reason = [0] * num_decoding, "catch-up"
         elif allocation.source != "drain" and self._probe_due(num_decoding, allocation):
             if allocation.budget == 0 and self._plain_last:  # it spent what it was afforded (_probe_due)

@@ -30,16 +30,16 @@ class SwitchHold:
         self._refused_ids: frozenset[Hashable] | None = None  # its requests, when they were named
         self._refused_at = 0  # the policy's observation count then
 
-    def pays(self, allocation: object, goodput_after: float, goodput_now: float,
+    def pays(self, allocation: object, goodput_after: float, goodput_now: Callable[[], float],
              request_ids: Sequence[Hashable] | None, observations: int) -> bool:
-        """Whether leaving k = 0 (at goodput_now tokens/s) for `allocation` (goodput_after) earns back the catch-up
-        over the tokens left; a refusal of named requests is remembered (holds)."""
+        """Whether leaving k = 0 (at goodput_now() tokens/s) for `allocation` (goodput_after) earns back the
+        catch-up over the tokens left; a refusal of named requests is remembered (holds)."""
         if self.catch_up is None or self.backlog is None:
             return True
         if allocation is self._refused:
             return False
         behind, remaining = self.backlog()
-        if switch_pays(self.catch_up.seconds(behind), remaining, goodput_now, goodput_after):
+        if switch_pays(self.catch_up.seconds(behind), remaining, goodput_now(), goodput_after):
             return True
         if request_ids is not None:
             self._refused, self._refused_ids, self._refused_at = allocation, frozenset(request_ids), observations

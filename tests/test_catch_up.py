@@ -226,3 +226,25 @@ def test_a_refused_switch_holds_for_the_requests_left_in_a_draining_batch():
         policy.observe(StepOutcome(joined, 0, seconds=1.0))
     policy.draft_lens(5, 5, joined)
     assert len(plans) == 2 and len(asked) == 3
+
+
+def test_a_starting_batch_pays_its_prompts_catch_up_before_it_drafts():
+    """Requests that never drafted leave the drafter their prompts to catch up on, whatever the last step was: the
+    switch rule weighs it at a batch's first decision too (spec/adaptive.py _none_drafted)."""
+    from dynaspec.spec.acceptance_estimator import AcceptanceEstimator
+    from dynaspec.spec.adaptive import AdaptivePolicy
+    from dynaspec.spec.planner_settings import PlannerSettings
+    from dynaspec.spec.policy import StepOutcome
+    from tests.adaptive_policies import K, injected_costs
+
+    state = {"behind": 10**6}
+    policy = AdaptivePolicy(injected_costs(0.001), AcceptanceEstimator(K, blend_count=1.0), K,
+                            PlannerSettings(explore_every=None, probe_margin=None),
+                            catch_up=CatchUpCost(1.0), backlog=lambda: (state["behind"], 64))
+    old = ["a", "b"]
+    policy.observe(StepOutcome(old, K, drafted=[K, K], accepted=[K, K], draft_lens=[K, K], seconds=1.0))
+    new = [f"r{i}" for i in range(8)]  # the last step drafted, but these requests never did
+    assert policy.draft_lens(8, 8, new) == [0] * 8 and policy.last_decision["reason"] == "catch-up"
+    state["behind"] = 0  # nothing to catch up on: it drafts
+    assert max(policy.draft_lens(8, 8, new[1:])) > 0
+    assert max(policy.draft_lens(2, 2, old)) > 0  # requests that drafted before: no switch to price

@@ -115,7 +115,7 @@ class AdaptivePolicy(DraftLenPolicy):
         self.catch_up = catch_up
         self.backlog = backlog
         self._plain_last = True  # the last observed decode step verified no drafts
-        self._hold = SwitchHold(catch_up, backlog)  # the switch rule from k = 0 and the hold a refusal puts on it
+        self._hold = SwitchHold()  # the switch rule from k = 0 and the hold a refusal puts on it
         self.prices = ProbedPrices(cost_model, self.max_draft_len, padded_batch, ragged_step)
         self._verify_cheap_at: dict[int, bool] = {}  # batch -> _verify_is_cheap
         self._tables = AllocationTables(lambda: self.settings.max_tables)  # by request ids in batch order
@@ -150,8 +150,8 @@ class AdaptivePolicy(DraftLenPolicy):
         allocation = self.allocation(num_decoding, request_ids, remaining)
         draft_lens, reason = list(allocation.draft_lens), REASONS[allocation.source]
         if allocation.budget > 0 and (self._plain_last or self._none_drafted(request_ids)) and not self._hold.pays(
-                allocation, allocation.goodput, lambda: num_decoding / self.step_seconds(num_decoding, 0),
-                request_ids, self._observations):
+                self.catch_up, self.backlog, allocation, allocation.goodput,
+                lambda: num_decoding / self.step_seconds(num_decoding, 0), request_ids, self._observations):
             draft_lens, reason = [0] * num_decoding, "catch-up"
         elif allocation.source != "drain" and self._probe_due(num_decoding, allocation):
             if allocation.budget == 0 and self._plain_last:  # it spent what it was afforded (_probe_due)

@@ -21,25 +21,23 @@ from dynaspec.spec.catch_up import CatchUpCost, switch_pays
 class SwitchHold:
     """Whether a switch from k = 0 pays its catch-up, and for which requests a refusal still holds."""
 
-    def __init__(self, catch_up: CatchUpCost | None, backlog: Callable[[], tuple[int, int]] | None) -> None:
-        """catch_up, backlog: the drafter's catch-up price and PolicyContext.backlog (either None: switching is
-        free, nothing holds)."""
-        self.catch_up = catch_up
-        self.backlog = backlog
+    def __init__(self) -> None:
         self._refused: object | None = None  # the allocation refused
         self._refused_ids: frozenset[Hashable] | None = None  # its requests, when they were named
         self._refused_at = 0  # the policy's observation count then
 
-    def pays(self, allocation: object, goodput_after: float, goodput_now: Callable[[], float],
-             request_ids: Sequence[Hashable] | None, observations: int) -> bool:
+    def pays(self, catch_up: CatchUpCost | None, backlog: Callable[[], tuple[int, int]] | None, allocation: object,
+             goodput_after: float, goodput_now: Callable[[], float], request_ids: Sequence[Hashable] | None,
+             observations: int) -> bool:
         """Whether leaving k = 0 (at goodput_now() tokens/s) for `allocation` (goodput_after) earns back the
-        catch-up over the tokens left; a refusal of named requests is remembered (holds)."""
-        if self.catch_up is None or self.backlog is None:
+        catch-up over the tokens left; a refusal of named requests is remembered (holds). catch_up, backlog: the
+        drafter's catch-up price and PolicyContext.backlog (either None: switching is free)."""
+        if catch_up is None or backlog is None:
             return True
         if allocation is self._refused:
             return False
-        behind, remaining = self.backlog()
-        if switch_pays(self.catch_up.seconds(behind), remaining, goodput_now(), goodput_after):
+        behind, remaining = backlog()
+        if switch_pays(catch_up.seconds(behind), remaining, goodput_now(), goodput_after):
             return True
         if request_ids is not None:
             self._refused, self._refused_ids, self._refused_at = allocation, frozenset(request_ids), observations

@@ -51,8 +51,8 @@ batch shows it plainly: its last steps hold only its slowest requests, so the ne
 their rate. Replayed at an H100's prices (the draft-model sweep of 2026-12-07, code-edit and chat requests 50/50,
 first-position rates 0.93 and 0.67), the global estimate read 0.68 when the batch of 64 started, every request
 looked like a chat request, and the adaptive policy ran k = 0 to the end (0.95x the best static k); with the
-mean of requests, 0.98-0.99x (scripts/lab/warm_sweep_replay.py, 3-8 seeds). Until `MIN_REQUESTS` requests finished (and at
-positions fewer of them reached) the global estimate stands in.
+mean of requests, 0.98-0.99x (scripts/lab/warm_sweep_replay.py, 3-8 seeds). Until `MIN_REQUESTS` requests
+finished (and at positions fewer of them reached) the global estimate stands in.
 """
 
 from __future__ import annotations

@@ -71,7 +71,7 @@ from dynaspec.spec.probed_prices import ProbedPrices
 from dynaspec.spec.policy import DraftLenPolicy, StepOutcome
 from dynaspec.spec.ragged_premium import RaggedPremium
 from dynaspec.spec.step_overhead import COLUMNS as OVERHEAD_COLUMNS
-from dynaspec.spec.step_overhead import CUT_SHORT_FRACTION, StepOverheadModel
+from dynaspec.spec.step_overhead import StepOverheadModel, timed_short
 from dynaspec.spec.switch_hold import SwitchHold
 
 # A speculative step over this many times its price voids the plans (observe), as does the first one above every
@@ -413,7 +413,7 @@ class AdaptivePolicy(DraftLenPolicy):
                 extrapolated = positions and 0 < self.overhead.largest_speculative_batch < outcome.batch
                 if positions == 0 or not ragged or extrapolated:
                     self.overhead.add(outcome.batch, mean_k, outcome.seconds - prior, prior)
-                elif outcome.seconds >= CUT_SHORT_FRACTION * prior:  # ragged (and not timed short)
+                elif not timed_short(outcome.seconds, prior):  # ragged (and not timed short)
                     self.ragged_premium.observe(outcome.batch, mean_k, outcome.seconds - prior)
                 if extrapolated or (positions and outcome.seconds > SURPRISED * priced):
                     self._tables.clear()  # plans priced such steps below their cost: replan with this one

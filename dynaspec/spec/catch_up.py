@@ -35,7 +35,7 @@ from __future__ import annotations
 
 import math
 
-from dynaspec.spec.step_overhead import CUT_SHORT_FRACTION
+from dynaspec.spec.step_overhead import timed_short
 
 # Memory of the catch-up fit, in samples: older samples' weights decay by 1 - 1 / this per new sample.
 CATCH_UP_MEMORY_SAMPLES = 32
@@ -77,11 +77,11 @@ class CatchUpCost:
     def observe(self, tokens: int, extra_seconds: float, predicted_seconds: float | None = None) -> bool:
         """A step that caught up on `tokens` tokens took `extra_seconds` beyond its predicted step time
         (negative when it ran faster: kept, so that noise averages out); the fixed part is taken off first.
-        predicted_seconds (that prediction): a step measured below CUT_SHORT_FRACTION of it had its timing cut
-        short (StepOverheadModel.add) and is no sample: on an H100 (2026-12-07 13:03 UTC, the draft model's
-        batch-4 point) the first speculative step after a prefill, catching up on a 128-token prompt, read
-        1.1 ms against a predicted 11, a catch-up of -10 ms. Returns whether it was kept."""
-        if predicted_seconds is not None and predicted_seconds + extra_seconds < CUT_SHORT_FRACTION * predicted_seconds:
+        predicted_seconds (that prediction): a step timed short against it (step_overhead.timed_short) is no
+        sample: on an H100 (2026-12-07 13:03 UTC, the draft model's batch-4 point) the first speculative step
+        after a prefill, catching up on a 128-token prompt, read 1.1 ms against a predicted 11, a catch-up of
+        -10 ms. Returns whether it was kept."""
+        if predicted_seconds is not None and timed_short(predicted_seconds + extra_seconds, predicted_seconds):
             return False
         if tokens > 0 and math.isfinite(extra_seconds):
             keep = 1.0 - 1.0 / CATCH_UP_MEMORY_SAMPLES

@@ -56,6 +56,12 @@ NONNEGATIVE_COLUMNS = (1, 2, 3, 4, 5)  # every term but a: host work is never ne
 CUT_SHORT_FRACTION = 0.5  # a step measured below this share of its probed GPU time was timed short (add)
 
 
+def timed_short(measured_seconds: float, predicted_seconds: float) -> bool:
+    """Whether a step measured below CUT_SHORT_FRACTION of its predicted (probed) time had its timing cut short
+    (StepOverheadModel.add): a sample of nothing, for the overhead fit, the ragged premium and the catch-up price."""
+    return measured_seconds < CUT_SHORT_FRACTION * predicted_seconds
+
+
 class StepOverheadModel:
     """The residual model above: samples of (batch, k, measured - probed seconds), a fit, predictions.
 
@@ -104,7 +110,7 @@ class StepOverheadModel:
         batch, residual_seconds = int(batch), float(residual_seconds)
         short, self._short = self._short, None
         last_added, self._last_added = self._last_added, False
-        if probed_seconds is not None and probed_seconds + residual_seconds < CUT_SHORT_FRACTION * probed_seconds:
+        if probed_seconds is not None and timed_short(probed_seconds + residual_seconds, probed_seconds):
             if last_added and self._samples[-1][:2] == (batch, k):
                 self._samples[-1] = (batch, k, (self._samples[-1][2] + residual_seconds) / 2)
                 self._added_since_fit += 1

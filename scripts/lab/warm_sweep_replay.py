@@ -64,6 +64,8 @@ def main() -> None:
     parser.add_argument("--host-ms", type=float, default=0.35)
     parser.add_argument("--host-us-per-request", type=float, default=20.0)
     parser.add_argument("--plain-host-ms", type=float, default=0.1)
+    parser.add_argument("--host-us-per-drafted-token", type=float, default=0.0,
+                        help="host work per drafted position (the n-gram drafter's: ~5.8 us on an H200, 2026-12-07)")
     parser.add_argument("--prior", default="dynaspec/bench/data/acceptance_draft-model_mixed.json",
                         help="the estimator's acceptance_profile (bench/adaptive_draft_model_mixed.yaml's)")
     parser.add_argument("--drain-tolerance", type=float, default=PlannerSettings().drain_tolerance,
@@ -89,7 +91,8 @@ def main() -> None:
 
     def step_ms(batch: int, draft_lens: list[int]) -> float:
         longest, positions = max(draft_lens), sum(draft_lens)
-        host = args.plain_host_ms if longest == 0 else args.host_ms + args.host_us_per_request * 1e-3 * batch
+        host = args.plain_host_ms if longest == 0 else (
+            args.host_ms + args.host_us_per_request * 1e-3 * batch + args.host_us_per_drafted_token * 1e-3 * positions)
         return truth.price(batch, positions, longest)[1] * 1e3 + host
 
     profiles = [load_acceptance(name) for name in args.profiles.split(",")]

@@ -4,7 +4,8 @@ holding batch + B tokens, drafting interpolated with it) against after (spec/pro
 issue 20.
 
 Step times ("the GPU"): a uniform step at its padded graph bucket costs the recorded probe's T(bucket, k) plus host
-work (`--host-ms` + `--host-us-per-request` x batch when speculative; plain steps `--plain-host-ms`); a ragged step
+work (`--host-ms` + `--host-us-per-request` x batch + `--host-us-per-drafted-token` x drafted positions when
+speculative; plain steps `--plain-host-ms`); a ragged step
 its verify by total tokens at the engine's ragged graph (buckets of two or more) plus drafting to its longest k_i
 (`--draft-step-ms` a chain step, the probe's drafting share: 1.22-1.29 ms on an H100 at batch 1-4, 2026-12-07) plus
 the same host work. The policy is given the probe (T, and the drafting share apart) and learns the rest online.

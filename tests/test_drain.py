@@ -178,13 +178,14 @@ def _closed_batch_rate(tolerance: float | None, profiles: list[list[float]], see
 
 def test_a_closed_batch_of_unlike_requests_does_not_lose_to_no_speculation():
     """Half the requests accept 0.70 at the first position and half 0.25, priced as the H100 chat run's steps. Most
-    tokens a second, the batch drains to its slow half at steps made long for the fast half: 0.93x no speculation
-    over three seeds (the run's chat batch 16: 0.84-0.95x). With the drain rule, >= 0.97x."""
+    tokens a second, the batch drains to its slow half at steps made long for the fast half: 0.96x no speculation
+    over three seeds (0.93x before the neighbour probe, spec/neighbour_probe.py; the run's chat batch 16: 0.84-0.95x).
+    With the drain rule, >= 0.97x (1.00x)."""
     no_spec = 16 / T16_MS[0]
     profiles = [[0.70, 0.65, 0.6, 0.55], [0.25, 0.35, 0.4, 0.4]]
     without = sum(_closed_batch_rate(None, profiles, seed) for seed in range(3)) / 3 / no_spec
     with_rule = sum(_closed_batch_rate(RULE, profiles, seed) for seed in range(3)) / 3 / no_spec
-    assert without < 0.95 and with_rule >= 0.97 and with_rule > without + 0.03, (without, with_rule)
+    assert without < 0.97 and with_rule >= 0.97 and with_rule > without + 0.03, (without, with_rule)
 
 
 def test_a_closed_batch_of_alike_requests_keeps_its_speculation():

@@ -101,4 +101,4 @@ def test_batch_one_steps_at_their_probed_price_leave_no_host_overhead_for_batch_
         policy.observe(StepOutcome(["a"], K, drafted=[K], accepted=[K], draft_lens=[K], seconds=real))
     assert policy.step_seconds(1, K) == pytest.approx(real, abs=1e-5)
     assert policy.step_seconds(4, 4 * K) == pytest.approx(_verify(4, K) + DRAFT_STEP * K + 0.0002, abs=1e-4)
-    assert policy.draft_lens(4, 4, ["w", "x", "y", "z"]) == [K] * 4  # acceptance 1.0 so far: draft to the end
+    assert policy.plan(4, ["w", "x", "y", "z"]).draft_lens == [K] * 4  # acceptance 1.0 so far: draft to the end

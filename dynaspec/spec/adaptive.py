@@ -37,11 +37,12 @@ altogether, where it is for good). Probe, as the planner's: a draft position nev
 `probe_margin` of B*'s goodput, is verified too (until some request verified it), so a cold-start prior that sits
 just below the price does not hold k = 0 until a rare exploration; so is one not verified for `reprobe_after`
 decisions (acceptance changes along a request, and k = 0 observes none), though from k = 0 such a re-probe waits, as
-an exploration does, until the budget covers the drafter's catch-up. Neither touches a step whose k the drain rule
-chose (spec/drain.py): it minimised the closed batch's end, and what a probe learns serves steps that batch hardly
-has left (replayed at an H100's prices, 2026-12-07: the draft model at batch 128 0.92x -> 1.00x the best static
-line, n-gram at 4-64 0.975-0.995x -> 1.00x). `max_concurrency` applies as elsewhere: above
-it, every k_i is 0. Uniform where verifying is nearly free: at a batch where verifying every draft position costs
+an exploration does, until the budget covers the drafter's catch-up; and so is a uniform k next to a uniform
+allocation's, where the overhead fit has not seen two k's at that batch (spec/neighbour_probe.py). Neither touches a
+step whose k the drain rule chose (spec/drain.py): it minimised the closed batch's end, and what a probe learns serves
+steps that batch hardly has left (replayed at an H100's prices, 2026-12-07: the draft model at batch 128 0.92x ->
+1.00x the best static line, n-gram at 4-64 0.975-0.995x -> 1.00x). `max_concurrency` applies as elsewhere: above it,
+every k_i is 0. Uniform where verifying is nearly free: at a batch where verifying every draft position costs
 less than `trim_min_saving` of a plain step more than verifying none (probed, without the drafting), a ragged
 allocation is filled to its longest k_i for every request (adaptive_allocation.uniform_at_longest), and a probe or
 exploration lengthens every request's draft by one (`_one_further`: a ragged step cannot chain, and a chain
@@ -53,6 +54,7 @@ from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Callable, Hashable, Sequence
+from dataclasses import replace
 from statistics import NormalDist
 from typing import Any
 
@@ -62,6 +64,7 @@ from dynaspec.spec.allocation_tables import AllocationTables
 from dynaspec.spec.catch_up import CatchUpCost, describe_catch_up
 from dynaspec.spec.draft_trimming import DraftTrimming
 from dynaspec.spec.drain import drain_allocation, shrinking_price
+from dynaspec.spec.neighbour_probe import NeighbourProbe
 from dynaspec.spec.adaptive_allocation import (Allocation, Pricing, highest_goodput, plan_allocation, survival,
                                                uniform_allocations, uniform_at_longest)
 from dynaspec.spec.planner import PaddedBatchFn
@@ -126,6 +129,7 @@ class AdaptivePolicy(DraftLenPolicy):
         # draft positions j some request verified, when last (in decisions: reprobe_after)
         self._staleness = rules.Staleness(lambda: self.settings.reprobe_after, lambda: self.settings.min_observed_steps)
         self.trimming = DraftTrimming(self.max_draft_len, lambda: self.settings)
+        self._neighbours = NeighbourProbe(self.max_draft_len, lambda: self.settings, cost_model.drafting)
         self.last_decision: dict[str, Any] = {}
         self._asked: tuple[Sequence[Hashable] | None, Sequence[int] | None] = (None, None)  # last draft_lens ids, left
 
@@ -158,6 +162,9 @@ class AdaptivePolicy(DraftLenPolicy):
                 self._explore_earned = 0.0
             draft_lens = self._one_further(draft_lens, allocation, num_decoding)
             reason = "probe"
+        elif allocation.source != "drain" and (k := allocation.neighbour) is not None and self._neighbours.unvisited(
+                self._prior(num_decoding, num_decoding * k, False, k)[0], k):
+            draft_lens, reason = [k] * num_decoding, "probe"  # the uniform k next to it, for the overhead fit
         if allocation.source != "drain" and allocation.next_request is not None and settings.explore_every is not None:
             self._decisions += 1
             held = sum(draft_lens)
@@ -181,9 +188,7 @@ class AdaptivePolicy(DraftLenPolicy):
 
     def _none_drafted(self, request_ids: Sequence[Hashable] | None) -> bool:
         """Whether none of these requests drafted yet (a batch starting): the drafter has their prompts to catch up
-        on, as after plain steps (H100, 2026-12-07 16:58 UTC, pure code-edit at 128: the first speculative step
-        indexed 128 prompts in 36 ms, where the goodput policy's switch rule kept k = 0 and ran 1.22x adaptive's
-        tokens/s, prefill included)."""
+        on, as after plain steps (H100, 2026-12-07, pure code-edit at 128: a first speculative step of 36 ms)."""
         return request_ids is not None and all(self.estimator.observations(rid)[0] == 0 for rid in request_ids)
 
     def _one_further(self, draft_lens: list[int], allocation: Allocation, batch: int) -> list[int]:
@@ -271,6 +276,11 @@ class AdaptivePolicy(DraftLenPolicy):
             uniform = highest_goodput(uniforms)
             if uniform.goodput >= allocation.goodput:
                 allocation = uniform
+        held = 0 if allocation.ragged else allocation.draft_lens[0]
+        neighbour = self._neighbours.candidate(held, lambda k: self._prior(batch, batch * k, False, k)[0], lambda: {
+            a.draft_lens[0]: a.goodput for a in uniforms or uniform_allocations(survivals, pricing)})
+        if neighbour is not None:
+            allocation = replace(allocation, neighbour=neighbour)
         if not draining:
             return allocation
         # the closed batch's end: each request's mean and its rate one standard deviation slower (spec/drain.py)
@@ -422,6 +432,9 @@ class AdaptivePolicy(DraftLenPolicy):
             return
         self._hold.clear()
         draft_lens = outcome.draft_lens or [outcome.draft_len] * outcome.batch
+        if len(set(draft_lens)) == 1:  # a uniform step: the neighbour probe's count, timed or not
+            k = draft_lens[0]
+            self._neighbours.observed(self._prior(outcome.batch, outcome.batch * k, False, k)[0], k)
         groups: dict[int, tuple[list[Hashable], list[int], list[int]]] = {}
         verified = len(self._staleness)
         self.trimming.observe(outcome.confidence, outcome.drafted, outcome.accepted)
@@ -467,9 +480,7 @@ class AdaptivePolicy(DraftLenPolicy):
                            "budget": allocation.budget, "expected_tokens": allocation.expected_tokens,
                            "step_seconds": allocation.seconds, "goodput_tokens_per_s": allocation.goodput},
             "step_seconds_by_budget": {str(b): self.step_seconds(batch, b) for b in budgets},
-            # the probe's T of uniform steps where they run, the drafting share included (to set beside the goodput
-            # planner's `probed_seconds`: on an H100, 2026-12-07, a batch-1 price read off a ragged graph of two
-            # requests showed only in the overhead fit)
+            # the probe's T of uniform steps where they run, the drafting share included (the planner's probed_seconds)
             "probed_seconds_by_k": {str(k): self._prior(batch, batch * k)[1] for k in range(self.max_draft_len + 1)},
             "overhead_coefficients": dict(zip(OVERHEAD_COLUMNS, self.overhead.coefficients)),
             "overhead_cells": self.overhead.cells(),

@@ -74,6 +74,8 @@ class Allocation:
     # how it was chosen: "goodput" (the most tokens a second), "drain" (the drain rule over that, spec/drain.py),
     # "provisional" (a new composition answered from the latest plan, spec/allocation_tables.py)
     source: str = "goodput"
+    # a uniform k next to this uniform one to probe for the host-overhead fit (spec/neighbour_probe.py; None: none)
+    neighbour: int | None = None
 
     @property
     def goodput(self) -> float:

@@ -92,3 +92,19 @@ def test_no_neighbour_from_k0_or_outside_the_margin(held, goodputs):
     settings = PlannerSettings(probe_margin=0.1)
     probe = NeighbourProbe(K, lambda: settings)
     assert probe.candidate(held, lambda k: 64, lambda: goodputs) is None
+
+
+def test_no_neighbour_where_the_probe_timed_the_drafting():
+    """A chain drafter (draft model, EAGLE head): its drafting is in the probe's price and its steps chain."""
+    from dynaspec.runtime.cost_model import StepCostModel
+
+    drafting = StepCostModel()
+    for k in range(K + 1):
+        drafting.add(64, k, 1e-3 * k)
+    settings = PlannerSettings(probe_margin=0.1)
+    goodputs = {2: 95.0, 3: 100.0, 4: 92.0}
+    assert NeighbourProbe(K, lambda: settings, drafting).candidate(3, lambda k: 64, lambda: goodputs) is None
+    host_side = StepCostModel()
+    for k in range(K + 1):
+        host_side.add(64, k, 0.0)  # n-gram: the probe times no drafting
+    assert NeighbourProbe(K, lambda: settings, host_side).candidate(3, lambda k: 64, lambda: goodputs) == 2

@@ -7,6 +7,7 @@ from __future__ import annotations
 import pytest
 
 from dynaspec.bench.closed_batch_replay import replayed_adaptive_policy, steady_batch_tokens_per_ms
+from dynaspec.runtime.cost_model import StepCostModel
 from dynaspec.spec.neighbour_probe import NeighbourProbe
 from dynaspec.spec.planner_settings import PlannerSettings
 from dynaspec.spec.schedule_policy import SchedulePolicy
@@ -96,8 +97,6 @@ def test_no_neighbour_from_k0_or_outside_the_margin(held, goodputs):
 
 def test_no_neighbour_where_the_probe_timed_the_drafting():
     """A chain drafter (draft model, EAGLE head): its drafting is in the probe's price and its steps chain."""
-    from dynaspec.runtime.cost_model import StepCostModel
-
     drafting = StepCostModel()
     for k in range(K + 1):
         drafting.add(64, k, 1e-3 * k)

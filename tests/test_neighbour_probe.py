@@ -70,29 +70,34 @@ def test_the_neighbour_probe_prices_host_work_per_drafted_position():
     assert probed >= 0.995 * static[3] and probed > 1.005 * unprobed, (probed, unprobed, static)
 
 
+def _graph_bucket(batch: int, k: int) -> int:
+    """The batch's CUDA-graph bucket: the next power of two."""
+    return 1 << (batch - 1).bit_length()
+
+
 def test_a_neighbour_runs_until_two_ks_have_min_observed_steps_at_its_bucket_or_a_larger_one():
     settings = PlannerSettings(min_observed_steps=2, probe_margin=0.1)
-    probe = NeighbourProbe(K, lambda: settings)
+    probe = NeighbourProbe(K, lambda: settings, _graph_bucket)
     goodputs = {2: 95.0, 3: 100.0, 4: 92.0}
-    at_64 = {2: 64, 3: 64, 4: 64}.__getitem__
     for _ in range(2):
         probe.observed(64, 3)  # the k in force
-    assert probe.candidate(3, at_64, lambda: goodputs) == 2  # the better of the two within 10%
+    assert probe.candidate(64, 3, lambda: goodputs) == 2  # the better of the two within 10%
+    probe.observed(60, 2)  # batch 60 runs in the graph of 64
+    assert probe.unvisited(64, 2) and probe.candidate(64, 3, lambda: goodputs) == 2  # one of min_observed_steps
     probe.observed(64, 2)
-    assert probe.candidate(3, at_64, lambda: goodputs) == 2  # one step of min_observed_steps
-    probe.observed(64, 2)
+    assert not probe.unvisited(57, 2)
     asked = []
-    assert probe.candidate(3, at_64, lambda: asked.append(1) or goodputs) is None
+    assert probe.candidate(64, 3, lambda: asked.append(1) or goodputs) is None
     assert not asked  # two k's seen: the uniform allocations are not priced
-    assert probe.candidate(3, {2: 32, 3: 32, 4: 32}.__getitem__, lambda: goodputs) is None  # a smaller bucket
-    assert probe.candidate(3, {2: 128, 3: 128, 4: 128}.__getitem__, lambda: goodputs) == 2  # a larger one
+    assert probe.candidate(32, 3, lambda: goodputs) is None  # a smaller bucket
+    assert probe.candidate(128, 3, lambda: goodputs) == 2  # a larger one
 
 
 @pytest.mark.parametrize("held, goodputs", [(0, {0: 100.0, 1: 99.0}), (2, {1: 80.0, 2: 100.0, 3: 85.0})])
 def test_no_neighbour_from_k0_or_outside_the_margin(held, goodputs):
     settings = PlannerSettings(probe_margin=0.1)
-    probe = NeighbourProbe(K, lambda: settings)
-    assert probe.candidate(held, lambda k: 64, lambda: goodputs) is None
+    probe = NeighbourProbe(K, lambda: settings, _graph_bucket)
+    assert probe.candidate(64, held, lambda: goodputs) is None
 
 
 def test_no_neighbour_where_the_probe_timed_the_drafting():
@@ -102,8 +107,8 @@ def test_no_neighbour_where_the_probe_timed_the_drafting():
         drafting.add(64, k, 1e-3 * k)
     settings = PlannerSettings(probe_margin=0.1)
     goodputs = {2: 95.0, 3: 100.0, 4: 92.0}
-    assert NeighbourProbe(K, lambda: settings, drafting).candidate(3, lambda k: 64, lambda: goodputs) is None
+    assert NeighbourProbe(K, lambda: settings, _graph_bucket, drafting).candidate(64, 3, lambda: goodputs) is None
     host_side = StepCostModel()
     for k in range(K + 1):
         host_side.add(64, k, 0.0)  # n-gram: the probe times no drafting
-    assert NeighbourProbe(K, lambda: settings, host_side).candidate(3, lambda k: 64, lambda: goodputs) == 2
+    assert NeighbourProbe(K, lambda: settings, _graph_bucket, host_side).candidate(64, 3, lambda: goodputs) == 2

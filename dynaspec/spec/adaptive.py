@@ -129,7 +129,8 @@ class AdaptivePolicy(DraftLenPolicy):
         # draft positions j some request verified, when last (in decisions: reprobe_after)
         self._staleness = rules.Staleness(lambda: self.settings.reprobe_after, lambda: self.settings.min_observed_steps)
         self.trimming = DraftTrimming(self.max_draft_len, lambda: self.settings)
-        self._neighbours = NeighbourProbe(self.max_draft_len, lambda: self.settings, cost_model.drafting)
+        self._neighbours = NeighbourProbe(self.max_draft_len, lambda: self.settings, lambda batch, k: self._prior(
+            batch, batch * k, False, k)[0], cost_model.drafting)  # uniform k's run by bucket (spec/neighbour_probe.py)
         self.last_decision: dict[str, Any] = {}
         self._asked: tuple[Sequence[Hashable] | None, Sequence[int] | None] = (None, None)  # last draft_lens ids, left
 
@@ -162,8 +163,8 @@ class AdaptivePolicy(DraftLenPolicy):
                 self._explore_earned = 0.0
             draft_lens = self._one_further(draft_lens, allocation, num_decoding)
             reason = "probe"
-        elif allocation.source != "drain" and (k := allocation.neighbour) is not None and self._neighbours.unvisited(
-                self._prior(num_decoding, num_decoding * k, False, k)[0], k):
+        elif allocation.source != "drain" and (k := allocation.neighbour) and self._neighbours.unvisited(
+                num_decoding, k):
             draft_lens, reason = [k] * num_decoding, "probe"  # the uniform k next to it, for the overhead fit
         if allocation.source != "drain" and allocation.next_request is not None and settings.explore_every is not None:
             self._decisions += 1
@@ -276,8 +277,7 @@ class AdaptivePolicy(DraftLenPolicy):
             uniform = highest_goodput(uniforms)
             if uniform.goodput >= allocation.goodput:
                 allocation = uniform
-        held = 0 if allocation.ragged else allocation.draft_lens[0]
-        neighbour = self._neighbours.candidate(held, lambda k: self._prior(batch, batch * k, False, k)[0], lambda: {
+        neighbour = self._neighbours.candidate(batch, 0 if allocation.ragged else allocation.draft_lens[0], lambda: {
             a.draft_lens[0]: a.goodput for a in uniforms or uniform_allocations(survivals, pricing)})
         if neighbour is not None:
             allocation = replace(allocation, neighbour=neighbour)
@@ -348,17 +348,14 @@ class AdaptivePolicy(DraftLenPolicy):
         """The planner's probe rule (spec/planner_rules.py probe_candidate) per position: when the position
         B* + 1 would add was never verified (for any request: once verified it has a real estimate), or not
         for `reprobe_after` decisions (then until verified min_observed_steps times again), it runs too if
-        its predicted goodput is within
-        `probe_margin` of B*'s; from k = 0, only if the
-        drafter's catch-up costs at most `explore_catch_up_steps` plain steps, and a position verified before
-        (a re-probe) only once the exploration budget covers the catch-up and the extra step time, as an
-        exploration's: on an H100 (the Qwen2.5-Coder-1.5B head, chat at batch 16, 2026-12-06) re-probes every
-        ~35 plain steps paid catch-ups of 4-9 ms (priced 3.8) where speculating barely paid, and adaptive
-        ran 0.87x no spec. Such a prediction rests on
-        the start-up probe and the cold-start acceptance prior (alpha 0.5): on an H100 the real
-        Qwen2.5-Coder pair at batch 1 accepted 0.93 at k = 1 (1.14x no spec under the goodput policy,
-        which probes), while this policy, without the rule, held k = 0 for all 128 steps of its warm-up
-        and measured batch (2026-12-06)."""
+        its predicted goodput is within `probe_margin` of B*'s; from k = 0, only if the drafter's catch-up costs
+        at most `explore_catch_up_steps` plain steps, and a position verified before (a re-probe) only once the
+        exploration budget covers the catch-up and the extra step time, as an exploration's: on an H100 (the
+        Qwen2.5-Coder-1.5B head, chat at batch 16, 2026-12-06) re-probes every ~35 plain steps paid catch-ups of
+        4-9 ms (priced 3.8) where speculating barely paid, and adaptive ran 0.87x no spec. Such a prediction rests
+        on the start-up probe and the cold-start acceptance prior (alpha 0.5): on an H100 the real Qwen2.5-Coder
+        pair at batch 1 accepted 0.93 at k = 1 (1.14x no spec under the goodput policy, which probes), while this
+        policy, without the rule, held k = 0 for all 128 steps of its warm-up and measured batch (2026-12-06)."""
         settings = self.settings
         if settings.probe_margin is None or allocation.next_goodput is None:
             return False
@@ -432,9 +429,8 @@ class AdaptivePolicy(DraftLenPolicy):
             return
         self._hold.clear()
         draft_lens = outcome.draft_lens or [outcome.draft_len] * outcome.batch
-        if len(set(draft_lens)) == 1:  # a uniform step: the neighbour probe's count, timed or not
-            k = draft_lens[0]
-            self._neighbours.observed(self._prior(outcome.batch, outcome.batch * k, False, k)[0], k)
+        if len(set(draft_lens)) == 1:  # a uniform step: the neighbour probe's count
+            self._neighbours.observed(outcome.batch, draft_lens[0])
         groups: dict[int, tuple[list[Hashable], list[int], list[int]]] = {}
         verified = len(self._staleness)
         self.trimming.observe(outcome.confidence, outcome.drafted, outcome.accepted)

@@ -37,36 +37,38 @@ class NeighbourProbe:
     """Real uniform steps per (batch bucket, k), and the probe rule over them."""
 
     def __init__(self, max_draft_len: int, settings: Callable[[], PlannerSettings],
+                 bucket: Callable[[int, int], int] = lambda batch, k: batch,
                  drafting: StepCostModel | None = None) -> None:
-        """settings: the owner's, read when asked (tests replace them in place); drafting: the start-up probe's
-        drafting share (StepCostModel.drafting; None: not measured apart)."""
+        """settings: the owner's, read when asked (tests replace them in place); bucket(batch, k): the batch bucket
+        a uniform step of k runs at (its CUDA graph's); drafting: the start-up probe's drafting share
+        (StepCostModel.drafting; None: not measured apart)."""
         self.max_draft_len = max_draft_len
         self.settings = settings
+        self.bucket = bucket
         self.drafting = drafting
-        self._steps: Counter[tuple[int, int]] = Counter()
+        self._steps: Counter[tuple[int, int]] = Counter()  # (bucket, k) -> real uniform steps
 
-    def observed(self, bucket: int, k: int) -> None:
-        """A real uniform step of k > 0 at this batch bucket (a sample of the overhead fit)."""
-        self._steps[(bucket, k)] += 1
+    def observed(self, batch: int, k: int) -> None:
+        """A real uniform step of k > 0 at this batch, timed or not."""
+        self._steps[(self.bucket(batch, k), k)] += 1
 
-    def unvisited(self, bucket: int, k: int) -> bool:
-        """Whether this bucket has fewer than min_observed_steps real uniform steps at k."""
-        return self._steps[(bucket, k)] < self.settings().min_observed_steps
+    def unvisited(self, batch: int, k: int) -> bool:
+        """Whether k's bucket at this batch has fewer than min_observed_steps real uniform steps at k."""
+        return self._steps[(self.bucket(batch, k), k)] < self.settings().min_observed_steps
 
-    def candidate(self, held: int, bucket_of: Callable[[int], int],
-                  goodputs: Callable[[], Mapping[int, float]]) -> int | None:
-        """The neighbour of the uniform k in force (`held` > 0) to run (None: none). bucket_of(k): the batch bucket a
-        uniform step of k runs at; goodputs(): predicted goodput of every uniform k, asked only where a neighbour is
-        unvisited (it prices a uniform allocation per k)."""
+    def candidate(self, batch: int, held: int, goodputs: Callable[[], Mapping[int, float]]) -> int | None:
+        """The neighbour of the uniform k in force (`held`; 0: none) to run at this batch (None: none). goodputs():
+        predicted goodput of every uniform k, asked only where a neighbour may run (it prices a uniform allocation
+        per k)."""
         settings = self.settings()
         if held == 0 or settings.probe_margin is None:
             return None
-        if self.drafting is not None and self.drafting.cost(bucket_of(held), held) > 0.0:
+        if self.drafting is not None and self.drafting.cost(self.bucket(batch, held), held) > 0.0:
             return None  # the probe timed the drafting: a chain drafter, whose steps chain (module docstring)
         neighbours = [k for k in (held - 1, held + 1) if 1 <= k <= self.max_draft_len]
-        if not neighbours or self._two_ks_seen(bucket_of(held)):
+        if not neighbours or self._two_ks_seen(self.bucket(batch, held)):
             return None
-        return rules.probe_candidate(held, goodputs(), [], lambda k: self._steps[(bucket_of(k), k)],
+        return rules.probe_candidate(held, goodputs(), [], lambda k: self._steps[(self.bucket(batch, k), k)],
                                      settings.probe_margin, settings.min_observed_steps)
 
     def _two_ks_seen(self, bucket: int) -> bool:

@@ -42,7 +42,7 @@ Replanned as the batch shrinks, this is a receding horizon: each replan corrects
 Which request is slowest is uncertain before requests have drafted for a while: a new request's estimate is the
 prior of a request (the mean of finished requests, spec/acceptance_estimator.py), and at its mean every request of
 a copy-next-to-chat batch looks alike, so the batch would start drafting for all. The `slow` survivals passed here
-carry that uncertainty: the adaptive policy asks AcceptanceEstimator.slow_case_alphas for the first position's rate
+carry that uncertainty: the adaptive policy asks AcceptanceEstimator.slow_case_alphas for each position's rate
 one standard deviation of its beta-binomial posterior below its mean: wide where finished requests differed and the
 request is unseen, narrow where requests are alike or the request has shown its own rate. Replayed
 (tests/test_drain.py, half the requests at 0.90, half at 0.10, after a warm-up batch), the means alone gave 0.981x
@@ -111,8 +111,8 @@ def drain_seconds(draft_lens: Sequence[int], survivals: Sequence[Sequence[float]
                   slow: Sequence[Sequence[float]], remaining: Sequence[int], price: Price) -> float:
     """Predicted seconds until the last of these requests ends, each keeping its k_i (module docstring).
 
-    survivals / slow: each request's mean survivals per position and those with its first position's rate one
-    standard deviation of its estimate lower; remaining: its tokens left."""
+    survivals / slow: each request's mean survivals per position and those with its positions' rates one
+    standard deviation of their estimates lower; remaining: its tokens left."""
     return _drain_seconds(draft_lens, *_steps_by_k(survivals, slow, remaining), price)
 
 

@@ -1,7 +1,7 @@
 """No Triton kernel compiles after start-up (ModelRunner / EagleHeadRunner.compile_eager_kernels): the decode
 / verify attention kernel takes the query length as a compile-time constant, so an eager step of a length
 no graph captured (a prompt of a few tokens, a draft model's catch-up of 3 after a k = 0 phase) compiled a
-variant mid-run; on an H100 that made one step 2.4 s (docs/results.md, issue 20). Over contexts of more than
+variant mid-run; on an H100 that made one step 2.4 s (docs/lab/adaptive_runs.md). Over contexts of more than
 two key tiles the kernel splits the KV and runs a reduce kernel, a variant per query length as well, which
 start-up forwards on a one-block table never launched (an EAGLE head's catch-up fed ahead at batch 64: one
 step of 1,035 ms, issue 21)."""

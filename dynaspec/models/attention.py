@@ -108,7 +108,7 @@ def warmup_block_tables(q_len: int, block_size: int, scratch_block: int) -> list
     wide enough, where the decode kernel runs one KV split, and one two key tiles wide, where it splits the
     KV and runs its reduce kernel (a variant of its own per query length, which a batch-1 table of one block
     never launched: a catch-up fed ahead over long contexts at batch 64 compiled it mid-run, one step of
-    1,035 ms on an H100, docs/results.md, issue 21)."""
+    1,035 ms on an H100, docs/lab/eagle_qwen_runs.md)."""
     narrow = -(-q_len // block_size)
     wide = max(narrow, -(-2 * KERNEL_KEY_TILE // block_size))
     return [[scratch_block] * n for n in sorted({narrow, wide})]

@@ -61,7 +61,7 @@ class ModelRunner:
         Triton compiles its kernel variants now (the decode / verify attention kernel takes the query length
         as a compile-time constant; the next length takes the prefill kernel) and not in the first step that
         needs one: a 3-token draft-model catch-up compiled mid-run made one step 2.4 s on an H100
-        (docs/results.md, issue 20); each on a short and a wide block table (attention.warmup_block_tables:
+        (docs/lab/adaptive_runs.md); each on a short and a wide block table (attention.warmup_block_tables:
         with and without KV splits). Not counted in num_forwards; nothing to compile on the CPU."""
         if self.device.type != "cuda":
             return

@@ -18,7 +18,7 @@ catch-up costs whatever its length: a model drafter's catch-up is one eager forw
 (ChainDrafter._feed_ahead), whose launches cost the same for 400 tokens as for 6,400 (on an H100 the EAGLE
 head's first speculative step at batch 1 took ~3.5 ms beyond its predicted step; priced per token through
 the origin, the 6,400-token backlog of a batch of 16 came to ~56 ms, and the catch-up rule held both policies
-at k = 0 for every step at batch 16 and 64, docs/results.md). Both parts are measured at start-up (the
+at k = 0 for every step at batch 16 and 64, docs/lab/benchmarks.md). Both parts are measured at start-up (the
 drafter times its own catch-up of a short and a long synthetic backlog: Drafter.measure_catch_up_cost; the
 n-gram drafter indexes in pure Python, no fixed part). The per-token part is the least-squares slope through
 the origin of what steps that caught up took beyond their predicted T(batch, k) and the fixed part, against

@@ -79,7 +79,7 @@ class PlannerSettings(BaseModel):
     # first decision takes the latest drain plan's k_i: spec/allocation_tables.py). It was 64 while those plans
     # ran on the critical path; at 64 the draft-model sweep's closed batch of 128 (H100, 2026-12-07 08:23 UTC)
     # drained from 120 requests to 65 at k = 4 where static k = 1 ran 1.42x static k = 4, its end set by the
-    # chat requests; planned up to 256, adaptive ran k = 0 there, 1.00x no spec (08:50 UTC, docs/results.md).
+    # chat requests; planned up to 256, adaptive ran k = 0 there, 1.00x no spec (08:50 UTC, docs/lab/adaptive_runs.md).
     drain_max_batch: int = Field(default=256, ge=2)
 
 

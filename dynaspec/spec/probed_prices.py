@@ -18,7 +18,7 @@ included in the interpolation. At batch 1 no ragged graph exists (one request is
 was priced at the (2, 5) graph, as two requests verifying 1.5 positions each: on an H100 (random Llama-3.2-1B
 drafting for random Llama-3.1-8B) 7.6 ms against the probe's 10.7 ms for (1, 4), which real steps ran at
 (10.9 ms). The adaptive policy's host-overhead fit took the 3.3 ms difference for host work of every
-speculative step and carried it to batch 4, where it held k = 0 for 19 steps (docs/results.md, issue 20).
+speculative step and carried it to batch 4, where it held k = 0 for 19 steps (docs/lab/adaptive_runs.md).
 """
 
 from __future__ import annotations

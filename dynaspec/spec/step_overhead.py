@@ -27,10 +27,10 @@ batch 16, a price under which k = 0 always wins and which no speculative step is
 step, it is too low where host work grows with the batch, which the first speculative step at that batch corrects;
 not where a small batch's residual is the larger one: the draft model's speculative steps on an H100 (2026-12-07,
 random Llama-3.1-8B) ran 3.3 ms over their probe at batch 1 and 0.4 ms at batch 4, and read per step the batch-1
-residual held k = 0 for batch 4's first 19 steps (docs/lab/adaptive_runs.md, the draft-model sweep). For the
-same reason a speculative step at a batch larger than any speculative step seen is priced as at the largest one
-seen (same mean k): the per-request and per-drafted-token terms are fitted on the batches run, and extrapolated
-they only grow. On an H100 (2026-12-06, the same head) adaptive's fit from batches 1-4 priced 6.7 ms of host work per step at batch 16
+residual held k = 0 for batch 4's first 19 steps (docs/lab/adaptive_runs.md, the draft-model sweep). For the same
+reason a speculative step at a batch larger than any speculative step seen is priced as at the largest one seen (same
+mean k): the per-request and per-drafted-token terms are fitted on the batches run, and extrapolated they only grow.
+On an H100 (2026-12-06, the same head) adaptive's fit from batches 1-4 priced 6.7 ms of host work per step at batch 16
 and k = 6 (a per-drafted-token term of 70 us), so it ran k = 0 at batch 16 where static k = 2 ran 1.25x no spec. A
 one-off slow step (the n-gram drafter indexing every prompt on the first speculative step, a page fault, a
 preemption) does not bend the fit, and a step timed before its GPU work ran (an overlapped step at a ramp or a

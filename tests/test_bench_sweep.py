@@ -31,6 +31,7 @@ POINT_FIELDS = {
     "output_token_ids", "same_tokens_as_no_spec", "requests_same_as_no_spec", "first_divergence",
     "planner_decisions",  # goodput line only
     "step_log", "round_tokens_per_s",  # every decode step; rounds of a side-by-side sweep (None otherwise)
+    "prefill_step_log",  # every step before each request had its first token
     "gc_full_collections_ms",  # full garbage collections during the timed batch
     "planner_view", "planner_view_at_start",  # policies that predict (goodput, adaptive): DraftLenPolicy.view
     "batch_tokens", "batch_tokens_per_s",  # the whole batch, prefill phase included
@@ -75,6 +76,10 @@ def test_sweep_measures_every_line_and_batch(sweep_result):
         assert p["batch_tokens_per_s"] == pytest.approx(
             p["batch_tokens"] / (p["prefill_time_s"] + p["decode_time_s"]))
         assert sum(p["k_histogram"].values()) == p["num_decode_steps"]
+        # The prefill phase's steps, logged as the decode phase's: here one step prefills every prompt, and no
+        # request decodes beside it (its row's decoding requests 0, no path); their times are the phase's.
+        assert [row[1:] for row in p["prefill_step_log"]] == [[0, 0, 0, 0, "", "", 0]]
+        assert sum(row[0] for row in p["prefill_step_log"]) == pytest.approx(p["prefill_time_s"] * 1e3, abs=1e-2)
         assert 0.0 <= p["k_match_fraction"] <= 1.0
         assert p["mean_accepted_length"] >= 1.0
     # No spec: one token per request per step, every step at k = 0.

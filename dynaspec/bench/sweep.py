@@ -258,9 +258,10 @@ def _run_batch(engine, batch: int, prompt_len: int, gen_len: int, rng: random.Ra
     """Run `batch` greedy requests (ignore_eos) to completion: random prompts of `prompt_len` token ids,
     or the given `prompts` (one per request).
 
-    Returns (prefill_time_s, records, preemptions, output_token_ids): a record (seconds, tokens committed,
-    the engine's last_step stats, the goodput planner's latest decision or None) per step after every
-    request had its first token (the decode phase), and each request's output token ids in request order.
+    Returns (prefill_time_s, records, preemptions, output_token_ids, prefill_records): a record (seconds, tokens
+    committed, the engine's last_step stats, the goodput planner's latest decision or None) per step after every
+    request had its first token (the decode phase), each request's output token ids in request order, and the
+    same records for the steps before (the prefill phase; last_step {} for a step without decoding requests).
     """
     from dynaspec.sampling_params import SamplingParams
 
@@ -279,9 +280,10 @@ def _run_batch(engine, batch: int, prompt_len: int, gen_len: int, rng: random.Ra
     engine.close_intake()  # a closed batch: it ends with its slowest request (spec/drain.py)
     finished: dict[str, list[int]] = {}
     device = engine.device
-    records = []
+    records, prefill_records = [], []
     prefill_time = 0.0
     preemptions = 0
+    decode_steps = _decode_steps(engine.get_stats())
     _sync(device)
     while engine.has_unfinished_requests():
         start = time.perf_counter()
@@ -289,26 +291,42 @@ def _run_batch(engine, batch: int, prompt_len: int, gen_len: int, rng: random.Ra
         elapsed = time.perf_counter() - start
         preemptions += sum(o.metrics.num_preemptions for o in outputs if o.finished and o.metrics)
         finished.update((o.request_id, list(o.token_ids)) for o in outputs if o.finished)
+        committed = sum(len(o.new_token_ids) for o in outputs)
+        stats = engine.get_stats()
         if pending:
             prefill_time += elapsed
             pending.difference_update(o.request_id for o in outputs if o.token_ids)
+            steps, decode_steps = decode_steps, _decode_steps(stats)  # a step with decoding requests records one
+            last_step = stats["last_step"] if decode_steps > steps else {}
+            prefill_records.append((elapsed, committed, last_step, stats.get("planner_decision")))
             continue
-        committed = sum(len(o.new_token_ids) for o in outputs)
-        stats = engine.get_stats()
         records.append((elapsed, committed, stats["last_step"], stats.get("planner_decision")))
     start = time.perf_counter()
     _sync(device)  # the batch ends when the device is done: the wait belongs to the last step
     if records:
         elapsed, committed, last_step, decision = records[-1]
         records[-1] = (elapsed + time.perf_counter() - start, committed, last_step, decision)
-    return prefill_time, records, preemptions, [finished.get(r, []) for r in order]
+    return prefill_time, records, preemptions, [finished.get(r, []) for r in order], prefill_records
+
+
+def _decode_steps(stats: dict[str, Any]) -> int:
+    """Steps with decoding requests so far (get_stats' k_histogram counts them by batch size and k)."""
+    return sum(sum(by_k.values()) for by_k in stats["k_histogram"].values())
+
+
+def _step_rows(records: list) -> list[list]:
+    """Point.step_log's rows of these records."""
+    return [[round(r[0] * 1e3, 3), r[2].get("batch_size", 0), r[2].get("k", 0), r[2].get("drafted", 0),
+             r[2].get("accepted", 0), (r[3] or {}).get("reason", ""), r[2].get("path", ""), r[2].get("trimmed", 0)]
+            for r in records]
 
 
 def _measure(engine, line: Line, batch: int, prompt_len: int, gen_len: int, rng: random.Random,
              prompts: list[list[int]] | None = None) -> Point:
     view_at_start = _planner_view(engine, batch)
     with full_collections() as collections:
-        prefill_time, records, preemptions, token_ids = _run_batch(engine, batch, prompt_len, gen_len, rng, prompts)
+        prefill_time, records, preemptions, token_ids, prefill_records = _run_batch(
+            engine, batch, prompt_len, gen_len, rng, prompts)
     nominal = engine_nominal_k(engine, line, batch)
     decode_time = sum(r[0] for r in records)
     tokens = sum(r[1] for r in records)
@@ -345,9 +363,8 @@ def _measure(engine, line: Line, batch: int, prompt_len: int, gen_len: int, rng:
         num_preemptions=preemptions,
         output_token_ids=token_ids if prompts is not None else None,
         planner_decisions=dict(sorted(decisions.items())) if decisions else None,
-        step_log=[[round(r[0] * 1e3, 3), r[2].get("batch_size", batch), r[2].get("k", 0), r[2].get("drafted", 0),
-                   r[2].get("accepted", 0), (r[3] or {}).get("reason", ""), r[2].get("path", ""),
-                   r[2].get("trimmed", 0)] for r in records],
+        step_log=_step_rows(records),
+        prefill_step_log=_step_rows(prefill_records),
         gc_full_collections_ms=[round(s * 1e3, 3) for s in collections],
         batch_tokens=batch_tokens,
         batch_tokens_per_s=batch_tokens / (prefill_time + decode_time) if prefill_time + decode_time > 0 else 0.0,

@@ -50,6 +50,9 @@ class Point:
     # one), path how its forward ran ("graph", "ragged", "mixed", "chained", "eager", "overlapped"), trimmed the
     # draft positions the policy's trim left unverified.
     step_log: list[list] = field(default_factory=list)
+    # The same rows for the steps before every request had its first token (the prefill phase: steps that prefill
+    # prompt chunks beside the requests already decoding; decoding requests 0 and path "" for a step without any).
+    prefill_step_log: list[list] = field(default_factory=list)
     # The whole batch, first step to last: every output token over prefill + decode time. The decode
     # phase alone starts where the policy's speculation during the prefill ramp left the requests, so a
     # policy that speculated there is charged the ragged tail but not credited the tokens; this is not.
@@ -161,6 +164,7 @@ def merge_rounds(points: list[Point]) -> Point:
         output_token_ids=first.output_token_ids,
         planner_decisions=dict(sorted(decisions.items())) if decisions else None,
         step_log=[row for p in points for row in p.step_log],
+        prefill_step_log=[row for p in points for row in p.prefill_step_log],
         gc_full_collections_ms=[ms for p in points for ms in p.gc_full_collections_ms],
         batch_tokens=sum(p.batch_tokens for p in points),
         batch_tokens_per_s=statistics.median(p.batch_tokens_per_s for p in points),

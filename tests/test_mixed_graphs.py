@@ -157,3 +157,36 @@ def test_default_mode_is_full_where_mixed_graphs_apply():
     assert EngineConfig(deterministic=True).cudagraph_mode == "FULL_DECODE_ONLY"
     assert EngineConfig(tensor_parallel_size=2).cudagraph_mode == "FULL_DECODE_ONLY"
     assert EngineConfig(cudagraph_mode="FULL_DECODE_ONLY").cudagraph_mode == "FULL_DECODE_ONLY"
+
+
+def test_a_burst_of_short_prompts_prefills_through_the_mixed_layout(target):
+    """A closed batch's prefill phase: 48 prompts of 3 tokens under a 96-token budget make a step of 11 chunks
+    beside 32 decodes (each budgeted 1 + k = 2 tokens). With 8 chunk slots such steps ran eager and a policy's
+    decodes speculated beside them (the bench's batches of 128-token prompts fill a 2,048-token step with 16);
+    they now go through the mixed layout at k = 0, with the eager engine's tokens."""
+    spec = NGramDecodingConfig(max_draft_len=1, draft_len_schedule={1: 1, 48: 0})
+
+    def engine(fixed_shape: bool) -> LLMEngine:
+        built = LLMEngine(EngineConfig(model=target, block_size=4, max_num_seqs=48, max_num_batched_tokens=96,
+                                       dtype="float32", device="cpu", speculative_config=spec))
+        if fixed_shape:
+            built.runner.capture_graphs(built.graph_pairs(), built.max_blocks_per_seq, use_graphs=False)
+            built.runner.capture_mixed_graphs(built._mixed_keys(), built.max_blocks_per_seq, use_graphs=False)
+        return built
+
+    gen = torch.Generator().manual_seed(5)
+    prompts = [torch.randint(0, 512, (3,), generator=gen).tolist() for _ in range(48)]
+
+    def run(built: LLMEngine) -> dict[str, list[int]]:
+        for i, prompt in enumerate(prompts):
+            built.add_request(f"b{i}", prompt, SamplingParams(temperature=0.0, max_tokens=6, ignore_eos=True))
+        done: dict[str, list[int]] = {}
+        while built.has_unfinished_requests():
+            done.update((o.request_id, list(o.token_ids)) for o in built.step() if o.finished)
+        return done
+
+    expected = run(engine(fixed_shape=False))
+    captured = engine(fixed_shape=True)
+    seen = _spy(captured)
+    assert run(captured) == expected
+    assert any(d > 0 and c > 8 for d, c in seen)  # more than 8 chunks beside decodes, at k = 0

@@ -5,7 +5,7 @@ import pytest
 import torch
 from scipy.stats import chisquare
 
-from dynaspec.spec.verifier import VerifyOutput, greedy_accept, rejection_sample
+from dynaspec.spec.verifier import VerifyOutput, finite_rows, greedy_accept, rejection_sample
 
 V = 8
 
@@ -285,3 +285,18 @@ def test_read_ahead_verifies_as_the_logits_do(acceptance):
     with pytest.raises(ValueError, match="greedy requests only"):
         sampled = VerifyBatch(drafts, [None] * 3, [SamplingParams(temperature=1.0)] * 3, [None] * 3, ["a", "b", "c"], [5, 9, 2])
         verify(ReadAhead.of(logits), sampled)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
+def test_finite_rows_flags_exactly_the_rows_with_an_inf_or_a_nan(dtype):
+    """A row is flagged for an inf, a -inf, a NaN or both infinities, never for large finite logits (float16's
+    own sum of 32k logits of 60 would overflow; the sum is taken in float32)."""
+    logits = torch.full((7, 32000), 60.0, dtype=dtype)
+    logits[1, 5] = float("inf")
+    logits[2, 31999] = float("-inf")
+    logits[3, 0] = float("nan")
+    logits[4, 7], logits[4, 8] = float("inf"), float("-inf")
+    logits[5] = -60.0
+    logits[6, ::2] = -60.0
+    expected = torch.isfinite(logits).all(dim=-1)
+    assert finite_rows(logits).tolist() == expected.tolist() == [True, False, False, False, False, True, True]

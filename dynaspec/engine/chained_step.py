@@ -39,7 +39,7 @@ from dynaspec.runtime.cuda_graphs import UniformDecodeBatch
 from dynaspec.runtime.host_copy import to_device
 from dynaspec.runtime.request import RequestStatus
 from dynaspec.spec.drafter import DraftProposal
-from dynaspec.spec.verifier import ReadAhead
+from dynaspec.spec.verifier import ReadAhead, finite_rows
 
 
 def chain_next(launched: LaunchedStep, runner, drafter, scheduler, block_manager, policy,
@@ -78,7 +78,7 @@ def chain_next(launched: LaunchedStep, runner, drafter, scheduler, block_manager
     lengths = [r.num_tokens for r in requests]
     # step t's verification inputs (argmax and finiteness of its rows) copied to the host before anything
     # else is queued: verifying t then waits for t's forward only, not for t + 1's (spec/verifier.ReadAhead)
-    launched.logits = ReadAhead(target_ids.reshape(-1), torch.isfinite(logits).all(dim=-1))
+    launched.logits = ReadAhead(target_ids.reshape(-1), finite_rows(logits))
     try:
         proposal = drafter.propose_chained(requests, target_ids, accepted, drafts, lengths, k)
     except Exception:  # noqa: BLE001 - the synchronous path drafts again and names the requests it fails on

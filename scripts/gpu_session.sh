@@ -230,6 +230,13 @@ for step in "$@"; do
           --requests-per-phase 128 --prompt-len 128 --gen-len 64 --cudagraph-mode $mode --no-plots \
           --out-dir "$OUT/mixed-$mode" > "$OUT/mixed-$mode.log" 2>&1; echo "$mode"; grep -E "^\| (no spec|k=1) " "$OUT/mixed-$mode/trace.md"
       done ;;
+    slots-check)  # issue 20 (~6 min; carry .gl, .gl/old = `git archive 7500cbd dynaspec bench scripts pyproject.toml`):
+      # the 32-slot mixed graphs' CUDA test, then the draft-model sweep's 16, 64, 128 old tree then this one (the slow
+      # case of every position, and the prefill phase through mixed graphs: compare batch_tokens_per_s and
+      # prefill_step_log); then `adaptive-ab` (the neighbour probe) in a second call
+      timeout 90 python3 -m pytest -q -m cuda tests/test_mixed_graphs.py 2>&1 | tail -2
+      DRAFT_AB_BATCHES=16,64,128 bash "$0" adaptive-draft-ab 2>&1 | grep -v "^===" | tail -6
+      python3 scripts/lab/batch_rates.py "$OUT/da-old/bench.json" "$OUT/da-new/bench.json" ;;
     retune)  # issue 22 (~8 min; with the TMA candidates both models' tuning takes ~8 min alone: give one model a
       # call with TUNE_MODELS=random:llama-3.1-8b, then random:qwen2.5-1.5b): the tuner again (split-K threshold and, since 2026-12-06, larger tiles from the M
       # where they win and keep every row's bits, per shape), the GEMM CUDA tests with its table, then the price

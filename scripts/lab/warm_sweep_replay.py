@@ -18,6 +18,7 @@ acceptance replayed per request; tokens/s of the measured batch, mean of `--seed
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from pathlib import Path
 
@@ -72,6 +73,9 @@ def main() -> None:
     parser.add_argument("--drain-tolerance", type=float, default=PlannerSettings().drain_tolerance,
                         help="< 0: no drain rule")
     parser.add_argument("--seeds", type=int, default=3)
+    parser.add_argument("--per-seed", type=Path, default=None,
+                        help="also write each seed's after / best static line per batch here (JSON): run two trees "
+                             "on the same seeds and compare them paired by seed")
     args = parser.parse_args()
     recorded = recorded_cost_model(args.bench_json)
     k_max = recorded.measured_max_draft_len(args.max_draft_len)
@@ -105,18 +109,23 @@ def main() -> None:
         policy.prices = prices_class(probe, k_max, padded, ragged_step)
         return policy
 
-    rows = {}
+    rows: dict[int, dict[str, float]] = {}
+    per_seed: dict[int, list[float]] = {}
     for seed in range(args.seeds):
         lines = {"before": adaptive(PricesBeforeFix), "after": adaptive(ProbedPrices)}  # carried across batches
         for batch in batches:
             row = rows.setdefault(batch, {})
+            rates = {}
             for k in range(k_max + 1):
-                rate = closed_batch_tokens_per_ms(SchedulePolicy.from_schedule({1: k}, k_max), step_ms, profiles,
-                                                  seed, batch, args.gen)
-                row[f"k={k}"] = row.get(f"k={k}", 0.0) + rate * 1e3 / args.seeds
+                rates[f"k={k}"] = closed_batch_tokens_per_ms(SchedulePolicy.from_schedule({1: k}, k_max), step_ms,
+                                                             profiles, seed, batch, args.gen)
             for name, policy in lines.items():
-                rate = closed_batch_tokens_per_ms(policy, step_ms, profiles, seed, batch, args.gen)
+                rates[name] = closed_batch_tokens_per_ms(policy, step_ms, profiles, seed, batch, args.gen)
+            for name, rate in rates.items():
                 row[name] = row.get(name, 0.0) + rate * 1e3 / args.seeds
+            per_seed.setdefault(batch, []).append(rates["after"] / max(rates[f"k={k}"] for k in range(k_max + 1)))
+    if args.per_seed is not None:
+        args.per_seed.write_text(json.dumps({str(batch): ratios for batch, ratios in per_seed.items()}))
     names = [f"k={k}" for k in range(k_max + 1)] + ["before", "after"]
     print("| batch | " + " | ".join(names) + " | before / best static | after / best static |")
     print("|---" * (len(names) + 3) + "|")

@@ -34,9 +34,11 @@ def _prompts() -> list[list[int]]:
     return [torch.randint(0, 512, (5 + (i * 13) % 56,), generator=gen).tolist() for i in range(10)]
 
 
-def _engine(target: str, fixed_shape: bool, spec=None, device: str = "cpu", **options) -> LLMEngine:
-    engine = LLMEngine(EngineConfig(model=target, block_size=4, max_num_seqs=8, max_num_batched_tokens=48,
-                                    dtype="float32", device=device, speculative_config=spec, **options))
+def _engine(target: str, fixed_shape: bool, spec=None, device: str = "cpu", max_num_seqs: int = 8,
+            max_num_batched_tokens: int = 48, **options) -> LLMEngine:
+    engine = LLMEngine(EngineConfig(model=target, block_size=4, max_num_seqs=max_num_seqs,
+                                    max_num_batched_tokens=max_num_batched_tokens, dtype="float32", device=device,
+                                    speculative_config=spec, **options))
     if fixed_shape and device == "cpu":  # the graphs' fixed-shape forwards, run eagerly
         engine.runner.capture_graphs(engine.graph_pairs(), engine.max_blocks_per_seq, use_graphs=False)
         engine.runner.capture_mixed_graphs(engine._mixed_keys(), engine.max_blocks_per_seq, use_graphs=False)
@@ -165,28 +167,15 @@ def test_a_burst_of_short_prompts_prefills_through_the_mixed_layout(target):
     decodes speculated beside them (the bench's batches of 128-token prompts fill a 2,048-token step with 16);
     they now go through the mixed layout at k = 0, with the eager engine's tokens."""
     spec = NGramDecodingConfig(max_draft_len=1, draft_len_schedule={1: 1, 48: 0})
-
-    def engine(fixed_shape: bool) -> LLMEngine:
-        built = LLMEngine(EngineConfig(model=target, block_size=4, max_num_seqs=48, max_num_batched_tokens=96,
-                                       dtype="float32", device="cpu", speculative_config=spec))
-        if fixed_shape:
-            built.runner.capture_graphs(built.graph_pairs(), built.max_blocks_per_seq, use_graphs=False)
-            built.runner.capture_mixed_graphs(built._mixed_keys(), built.max_blocks_per_seq, use_graphs=False)
-        return built
-
     gen = torch.Generator().manual_seed(5)
     prompts = [torch.randint(0, 512, (3,), generator=gen).tolist() for _ in range(48)]
 
-    def run(built: LLMEngine) -> dict[str, list[int]]:
-        for i, prompt in enumerate(prompts):
-            built.add_request(f"b{i}", prompt, SamplingParams(temperature=0.0, max_tokens=6, ignore_eos=True))
-        done: dict[str, list[int]] = {}
-        while built.has_unfinished_requests():
-            done.update((o.request_id, list(o.token_ids)) for o in built.step() if o.finished)
-        return done
+    def run(fixed_shape: bool, spy: bool = False) -> tuple[dict[str, list[int]], list[tuple[int, int]]]:
+        engine = _engine(target, fixed_shape, spec=spec, max_num_seqs=48, max_num_batched_tokens=96)
+        seen = _spy(engine) if spy else []
+        return run_with_arrivals(engine, prompts, {0: list(range(48))}, lambda i, n: (
+            f"b{i}", SamplingParams(temperature=0.0, max_tokens=6, ignore_eos=True))), seen
 
-    expected = run(engine(fixed_shape=False))
-    captured = engine(fixed_shape=True)
-    seen = _spy(captured)
-    assert run(captured) == expected
+    (expected, _), (tokens, seen) = run(fixed_shape=False), run(fixed_shape=True, spy=True)
+    assert tokens == expected
     assert any(d > 0 and c > 8 for d, c in seen)  # more than 8 chunks beside decodes, at k = 0

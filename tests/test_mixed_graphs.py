@@ -9,7 +9,7 @@ import torch
 
 from dynaspec.config import EngineConfig
 from dynaspec.engine.engine import LLMEngine
-from dynaspec.runtime.mixed_graphs import CHUNK_SLOTS, MixedBatch, MixedGraphDecoder, prefill_buckets
+from dynaspec.runtime.mixed_graphs import CHUNK_SLOTS, MixedBatch, MixedGraphDecoder, pad_slots, prefill_buckets
 from dynaspec.runtime.model_runner import ModelRunner
 from dynaspec.models.loader import load_model
 from dynaspec.sampling_params import SamplingParams
@@ -92,17 +92,41 @@ def test_lookup_and_buckets(target):
     assert mixed.lookup(1, CHUNK_SLOTS + 1, 10) is None
     with pytest.raises(ValueError, match="no mixed CUDA graph"):
         mixed.run(MixedBatch([1] * 5, [3] * 5, [[0]] * 5, [[1, 2]], [2], [[1]]))
-    with pytest.raises(ValueError, match="256 prefill rows exceed a sequence's 8 blocks x 4 slots"):
-        MixedGraphDecoder(runner.model, runner.kv_caches, 4, 8, runner.scratch_block, [(2, 32), (2, 256)],
-                          runner.device, use_graphs=False)
+    # a pad slot holds a block-table row's 8 blocks x 4 slots: 256 prefill rows need 8 of them
+    short_rows = MixedGraphDecoder(runner.model, runner.kv_caches, 4, 8, runner.scratch_block, [(2, 32), (2, 256)],
+                                   runner.device, use_graphs=False)
+    assert short_rows.pad_slots == 8 and mixed.pad_slots == 1
+    assert pad_slots(256, 32) == 8 and pad_slots(257, 32) == 9 and pad_slots(10, 32) == 1
 
 
-def test_prefill_buckets_stop_at_max_model_len(target):
-    """The pad rows are one sequence: a bucket past max_model_len would read its block table row past the
-    end (an illegal address on the GPU with the default 2048-token budget and a 512-position model)."""
-    engine = LLMEngine(EngineConfig(model=target, block_size=4, max_num_seqs=8, dtype="float32", device="cpu"))
-    assert engine.max_model_len == 512 and engine.config.max_num_batched_tokens == 2048
-    assert max(p for _, p in engine._mixed_keys()) == 512
+@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=[cuda, pytest.mark.cuda])])
+def test_prompt_rows_past_max_model_len_prefill_through_the_mixed_layout(target, device):
+    """A step's prompt rows may exceed max_model_len (many short prompts at once): the mixed graphs reach the
+    token budget, their padding split over pad slots that each fit a block-table row, so such steps leave the
+    eager path with the eager engine's tokens. (Capped at max_model_len, as before, every prefill step of the
+    bench's closed batches ran eager: max_model_len 197 against 2,048-token steps.)"""
+    gen = torch.Generator().manual_seed(7)
+    prompts = [torch.randint(0, 512, (20,), generator=gen).tolist() for _ in range(12)]
+    rows_seen: list[int] = []
+
+    def run(fixed_shape: bool) -> dict[str, list[int]]:
+        graphs = dict(cudagraph_mode="FULL") if fixed_shape else dict(enforce_eager=True)
+        engine = _engine(target, fixed_shape, device=device, max_num_seqs=12, max_num_batched_tokens=96,
+                         max_model_len=32, **(graphs if device == "cuda" else {}))
+        if fixed_shape:
+            assert max(p for _, p in engine._mixed_keys()) == 96 and engine.runner.mixed_graphs.pad_slots > 1
+            forward_mixed = engine.runner.forward_mixed
+
+            def spy(batch: MixedBatch, completes: list[bool]):
+                rows_seen.append(sum(len(t) for t in batch.chunk_tokens))
+                return forward_mixed(batch, completes)
+
+            engine.runner.forward_mixed = spy
+        return run_with_arrivals(engine, prompts, {0: list(range(4)), 2: list(range(4, 12))}, lambda i, n: (
+            f"m{i}", SamplingParams(temperature=0.0, max_tokens=8, ignore_eos=True)))
+
+    assert run(fixed_shape=True) == run(fixed_shape=False)
+    assert max(rows_seen) > 32  # more prompt rows than max_model_len in one mixed step
 
 
 def test_full_mode_refuses_what_it_cannot_capture():

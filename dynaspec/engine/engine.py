@@ -379,7 +379,7 @@ class LLMEngine:
         return applied
 
     def _mixed_keys(self) -> list[tuple[int, int]]:
-        return mixed_keys(self._captured, self.config.max_num_batched_tokens, self.max_model_len)
+        return mixed_keys(self._captured, self.config.max_num_batched_tokens)
 
     def _launch_overlapped(self, sched: SchedulerOutput, previous_ids: torch.Tensor | None) -> InflightStep:
         """Launch a k = 0 decode step through its graph without waiting for it. With previous_ids (the

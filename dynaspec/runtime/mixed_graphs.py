@@ -10,11 +10,13 @@ its padded rows; vLLM captures its mixed batches by token count likewise.
 
 Layout of the graph keyed (B, P), every decode at k = 0:
 - rows 0..B-1: decode slots 0..B-1, one row each (padding slots: token 0 in the scratch block, context 1);
-- rows B..B+P-1: CHUNK_SLOTS chunk slots packed from row B (unused ones have no rows), then one pad slot
-  holding the P - sum(chunk rows) padding rows, in the scratch block. The pad slot is one sequence of up to
-  P positions, read through a block-table row: P may not exceed a sequence's blocks (nor max_model_len's
-  positions; the engine caps its prefill buckets there). On an H100, P = 2048 with 128-block rows read
-  past the table and hit an illegal address (2026-12-06).
+- rows B..B+P-1: CHUNK_SLOTS chunk slots packed from row B (unused ones have no rows), then pad slots
+  holding the P - sum(chunk rows) padding rows, in the scratch block. A pad slot is a sequence read through a
+  block-table row, so it holds at most a sequence's blocks x block_size rows, and the graph has as many pad
+  slots as its largest P needs (`pad_slots`): one pad slot of P = 2048 rows read past 128-block table rows
+  and hit an illegal address on an H100 (2026-12-06), and capping P at max_model_len instead left every step
+  of more prompt rows than that eager (the bench's max_model_len is prompt + generated tokens, 197: its
+  closed batches' 2,048-token prefill steps never took a mixed graph, H100 2026-12-07).
 Staged per step (one pinned copy): token ids (B + P), per slot the context length and the query start,
 the number of real rows, the block tables, and the rows whose logits the step needs (each decode's row,
 each chunk's last row). Positions and KV slots are derived inside the graph; the attention metadata is
@@ -34,11 +36,11 @@ from dynaspec.runtime.cuda_graphs import CapturedGraphs
 from dynaspec.runtime.packed_layout import PackedStaging, packed_slots
 
 # Prefill chunks one mixed graph holds (a step with more runs eager). A burst of 128-token prompts fills a
-# 2,048-token step with 16 chunks: with 8 slots every step of a closed batch's prefill phase ran eager, and the
-# policies' decodes beside them speculated there (plain_beside_prefills drops drafts only where a mixed graph
-# takes the step): the draft model's adaptive line spent 672 ms in the prefill phase at batch 128 against no
-# spec's 448 (H200, 2026-12-07). 32 holds prompts down to 64 tokens; an unused slot costs its attention
-# programs an early exit.
+# 2,048-token step with 16 chunks: with 8 slots (and the rows capped at max_model_len, module docstring) every
+# step of a closed batch's prefill phase ran eager, and the policies' decodes beside them speculated there
+# (plain_beside_prefills drops drafts only where a mixed graph takes the step): the draft model's adaptive line
+# spent 672 ms in the prefill phase at batch 128 against no spec's 448 (H200, 2026-12-07). 32 holds prompts
+# down to 64 tokens; an unused slot costs its attention programs an early exit.
 CHUNK_SLOTS = 32
 PREFILL_ROW_BUCKETS = (64, 128, 256, 512, 1024, 2048)
 
@@ -53,6 +55,11 @@ class MixedBatch:
     chunk_tokens: list[list[int]]  # each chunk's prompt tokens
     chunk_seq_lens: list[int]  # its context length including the chunk
     chunk_tables: list[list[int]]
+
+
+def pad_slots(max_prefill_rows: int, rows_per_slot: int) -> int:
+    """Pad slots a graph of up to max_prefill_rows prefill rows needs, each at most rows_per_slot rows."""
+    return max(1, -(-max_prefill_rows // rows_per_slot))
 
 
 def prefill_buckets(max_rows: int) -> list[int]:
@@ -78,14 +85,12 @@ class MixedGraphDecoder(CapturedGraphs):
         output_buffer: torch.Tensor | None = None,
     ):
         self._bind_target(model, kv_caches, block_size, max_blocks_per_seq, scratch_block, device, use_graphs, pool)
-        too_long = [p for _, p in keys if p > max_blocks_per_seq * block_size]
-        if too_long:  # the padding rows form one sequence: its block table row would be read past its end
-            raise ValueError(f"mixed graphs of {max(too_long)} prefill rows exceed a sequence's "
-                             f"{max_blocks_per_seq} blocks x {block_size} slots")
         self.pairs = sorted(set(keys), key=lambda key: key[0] + key[1], reverse=True)  # largest first
         self._init_graph_store(output_buffer)
         max_rows = max((b + p for b, p in self.pairs), default=1)
-        max_slots = max((b for b, _ in self.pairs), default=1) + CHUNK_SLOTS + 1
+        self.pad_rows_per_slot = max_blocks_per_seq * block_size  # a pad slot's block-table row holds no more
+        self.pad_slots = pad_slots(max((p for _, p in self.pairs), default=1), self.pad_rows_per_slot)
+        max_slots = max((b for b, _ in self.pairs), default=1) + CHUNK_SLOTS + self.pad_slots
         self.max_rows, self.max_slots = max_rows, max_slots
         # Staging (int64): [token ids | seq_lens | query_start (slots + 1) | num_real | logit rows | tables].
         self.staging = PackedStaging(
@@ -113,7 +118,8 @@ class MixedGraphDecoder(CapturedGraphs):
         """Positions, KV slots and the two halves of the attention metadata from the staged inputs, the
         model, the logits of the staged rows; no host synchronisation. (bucket + CHUNK_SLOTS, vocab)."""
         rows = bucket + prefill_rows
-        n_slots = bucket + CHUNK_SLOTS + 1
+        tail_slots = CHUNK_SLOTS + self.pad_slots
+        n_slots = bucket + tail_slots
         starts = self.query_start[: n_slots + 1]  # (S + 1,)
         seq_lens = self.seq_lens[:n_slots]  # (S,)
         tables = self.block_tables[:n_slots]  # (S, max_blocks)
@@ -122,7 +128,7 @@ class MixedGraphDecoder(CapturedGraphs):
         bound = [self.max_blocks * self.block_size]
         meta = AttentionMetadata(
             slot_mapping=slot_mapping, query_start_loc=starts, seq_lens=seq_lens, block_tables=tables,
-            query_lens_cpu=[1] * bucket + [prefill_rows] * (CHUNK_SLOTS + 1), seq_lens_cpu=bound * n_slots,
+            query_lens_cpu=[1] * bucket + [prefill_rows] * tail_slots, seq_lens_cpu=bound * n_slots,
             block_size=self.block_size,
         )
         head = AttentionMetadata(  # the decodes: rows 0..bucket-1, one each
@@ -130,10 +136,10 @@ class MixedGraphDecoder(CapturedGraphs):
             block_tables=tables[:bucket], query_lens_cpu=[1] * bucket, seq_lens_cpu=bound * bucket,
             block_size=self.block_size,
         )
-        tail = AttentionMetadata(  # the chunks and the pad slot: rows bucket.., query starts from 0
+        tail = AttentionMetadata(  # the chunks and the pad slots: rows bucket.., query starts from 0
             slot_mapping=slot_mapping[bucket:], query_start_loc=starts[bucket:] - bucket, seq_lens=seq_lens[bucket:],
-            block_tables=tables[bucket:], query_lens_cpu=[prefill_rows] * (CHUNK_SLOTS + 1),
-            seq_lens_cpu=bound * (CHUNK_SLOTS + 1), block_size=self.block_size,
+            block_tables=tables[bucket:], query_lens_cpu=[prefill_rows] * tail_slots,
+            seq_lens_cpu=bound * tail_slots, block_size=self.block_size,
         )
         meta.derived["decode_prefix"] = (head, tail)
         hidden = self.model(self.input_ids[:rows], positions, self.kv_caches, meta)  # (T, hidden)
@@ -181,11 +187,13 @@ class MixedGraphDecoder(CapturedGraphs):
                 seq_lens[slot], num_real[slot], logit_rows[slot] = 0, 0, 0
                 tables[slot] = self.scratch_block
             starts[slot + 1] = start
-        pad = bucket + CHUNK_SLOTS  # the rest of the rows: padding in the scratch block
-        ids[start : bucket + prefill_rows] = 0
-        seq_lens[pad], num_real[pad] = bucket + prefill_rows - start, 0
-        tables[pad] = self.scratch_block
-        starts[pad + 1] = bucket + prefill_rows
+        ids[start : bucket + prefill_rows] = 0  # the rest of the rows: padding in the scratch block
+        for pad in range(bucket + CHUNK_SLOTS, bucket + CHUNK_SLOTS + self.pad_slots):
+            rows = min(self.pad_rows_per_slot, bucket + prefill_rows - start)  # 0 for the pad slots not needed
+            seq_lens[pad], num_real[pad] = rows, 0
+            tables[pad] = self.scratch_block
+            start += rows
+            starts[pad + 1] = start
 
     def run(self, batch: MixedBatch) -> torch.Tensor:
         """Run the smallest graph holding the step; float32 logits (B + CHUNK_SLOTS, vocab) where B is the

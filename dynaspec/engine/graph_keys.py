@@ -35,9 +35,10 @@ def ragged_keys(captured: list[tuple[int, int]], max_draft_len: int, max_tokens:
 def mixed_keys(captured: list[tuple[int, int]], max_tokens: int) -> list[tuple[int, int]]:
     """Every bucket captured at k = 0, with every prefill bucket of the step's token budget (a step's prompt
     rows may exceed max_model_len: the graph splits its padding over as many pad slots as a block-table row
-    needs, runtime/mixed_graphs.pad_slots). Not a bucket a static k > 0 captures alone: given mixed graphs (and plain_beside_prefills), static k = 4
-    ran 0.60x no spec at concurrency 128 in the diurnal trace against 0.69x without (H100, 2026-12-07 07:23
-    against 05:11 UTC), its eager speculative steps slower beside them; at concurrency 2-4 it gained 5-9%."""
+    needs, runtime/mixed_graphs.pad_slots). Not a bucket a static k > 0 captures alone: given mixed graphs
+    (and plain_beside_prefills), static k = 4 ran 0.60x no spec at concurrency 128 in the diurnal trace
+    against 0.69x without (H100, 2026-12-07 07:23 against 05:11 UTC), its eager speculative steps slower
+    beside them; at concurrency 2-4 it gained 5-9%."""
     buckets = sorted({b for b, k in captured if k == 0})
     return [(b, p) for b in buckets for p in prefill_buckets(max_tokens)]
 

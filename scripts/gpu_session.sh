@@ -122,6 +122,13 @@ for step in "$@"; do
       python3 scripts/lab/host_profile.py "$OUT/host-profile" -- --model random:llama-3.1-8b \
         --spec-config bench/adaptive_ngram_mixed.yaml --ks 4 --batch-sizes 64 --prompt-len 128 --gen-len 64 --rounds 2 \
         --acceptance-profile acceptance_ngram_code-edit > "$OUT/host-profile.log" 2>&1; tail -60 "$OUT/host-profile.log" ;;
+    drain-profile)  # issue 20 (~4 min): host time by function, draft-model mixed replay at batch 128, static k = 1 vs
+      # adaptive (H100 2026-12-07 21:31: adaptive's drain steps around a finished request took 21-41 ms a pair against
+      # ~23 for two steady k = 1 steps; docs/lab/adaptive_runs.md)
+      python3 scripts/lab/host_profile.py "$OUT/drain-profile" -- --model random:llama-3.1-8b \
+        --spec-config bench/adaptive_draft_model_mixed.yaml --ks 1 --batch-sizes 128 --prompt-len 128 --gen-len 64 \
+        --rounds 1 --acceptance-profile acceptance_draft-model_code-edit,acceptance_draft-model_chat \
+        > "$OUT/drain-profile.log" 2>&1; tail -60 "$OUT/drain-profile.log" ;;
     adaptive-diurnal)  # issue 20: the diurnal mixed trace with the adaptive line
       timeout 560 python3 -m dynaspec.cli bench-trace --model random:llama-3.1-8b --drafter ngram --max-draft-len 4 \
         --profiles acceptance_ngram_code-edit,acceptance_ngram_chat --schedule auto --ks 0,1,2,4 --adaptive \

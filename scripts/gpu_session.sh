@@ -237,10 +237,11 @@ for step in "$@"; do
           --requests-per-phase 128 --prompt-len 128 --gen-len 64 --cudagraph-mode $mode --no-plots \
           --out-dir "$OUT/mixed-$mode" > "$OUT/mixed-$mode.log" 2>&1; echo "$mode"; grep -E "^\| (no spec|k=1) " "$OUT/mixed-$mode/trace.md"
       done ;;
-    slots-check)  # issue 20 (~4 min on 2026-12-07 21:31 UTC; longer since a048bfa, whose mixed graphs reach 2,048 prompt
-      # rows at every k = 0 bucket: give it the whole 600 s; carry .gl, .gl/old = `git archive 7500cbd dynaspec bench
-      # scripts pyproject.toml`): the mixed graphs' CUDA tests, then the draft-model sweep's 16, 64, 128 old tree then
-      # this one (the prefill phase through mixed graphs: compare batch_tokens_per_s and prefill_step_log)
+    slots-check)  # issue 20 (~4 min on 2026-12-07 21:31 UTC; longer since a048bfa, whose mixed graphs reach
+      # 2,048 prompt rows at every k = 0 bucket: give it the whole 600 s; carry .gl, .gl/old = `git archive 7500cbd
+      # dynaspec bench scripts pyproject.toml`): the mixed graphs' CUDA tests, then the draft-model sweep's 16, 64,
+      # 128 old tree then this one (the prefill phase through mixed graphs: compare batch_tokens_per_s and
+      # prefill_step_log)
       timeout 90 python3 -m pytest -q -m cuda tests/test_mixed_graphs.py 2>&1 | tail -2
       DRAFT_AB_BATCHES=16,64,128 bash "$0" adaptive-draft-ab 2>&1 | grep -v "^===" | tail -6
       python3 scripts/lab/batch_rates.py "$OUT/da-old/bench.json" "$OUT/da-new/bench.json" ;;

@@ -74,6 +74,7 @@ def main() -> None:
     for i in range(args.requests):
         engine.add_request(f"r{i}", torch.randint(0, 512, (8,), generator=gen).tolist(),
                            SamplingParams(temperature=0, max_tokens=30 + (i * 7) % 11, ignore_eos=True))
+    engine.close_intake()  # a closed batch, as `LLM.generate` and the bench run it: the drain rule applies
     print("| step | ms | reason | k_i | drafter | plans (where, batch, drain, ms) |\n|---|---|---|---|---|---|")
     step = 0
     while engine.has_unfinished_requests():

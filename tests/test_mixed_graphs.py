@@ -50,13 +50,13 @@ def _run(engine: LLMEngine) -> dict[str, list[int]]:
         f"r{i}", SamplingParams(temperature=0.0, max_tokens=6 + 3 * (i % 4), ignore_eos=True)))
 
 
-def _spy(engine: LLMEngine) -> list[tuple[int, int]]:
-    """(decodes, chunks) of every mixed step that went through the mixed layout."""
-    seen: list[tuple[int, int]] = []
+def _spy(engine: LLMEngine) -> list[tuple[int, int, int]]:
+    """(decodes, chunks, prompt rows) of every mixed step that went through the mixed layout."""
+    seen: list[tuple[int, int, int]] = []
     forward_mixed = engine.runner.forward_mixed
 
     def spy(batch: MixedBatch, completes: list[bool]):
-        seen.append((len(batch.decode_tokens), len(batch.chunk_tokens)))
+        seen.append((len(batch.decode_tokens), len(batch.chunk_tokens), sum(len(t) for t in batch.chunk_tokens)))
         return forward_mixed(batch, completes)
 
     engine.runner.forward_mixed = spy
@@ -75,9 +75,9 @@ def test_mixed_layout_is_token_identical_to_the_eager_engine(target, spec):
     engine = _engine(target, fixed_shape=True, spec=spec)
     seen = _spy(engine)
     assert _run(engine) == expected
-    assert any(d > 0 and c > 0 for d, c in seen)  # decodes beside chunks
-    assert any(c > 1 for _, c in seen)  # several chunks in one step
-    assert any(d == 0 for d, _ in seen)  # prefill-only steps too
+    assert any(d > 0 and c > 0 for d, c, _ in seen)  # decodes beside chunks
+    assert any(c > 1 for _, c, _ in seen)  # several chunks in one step
+    assert any(d == 0 for d, _, _ in seen)  # prefill-only steps too
 
 
 def test_lookup_and_buckets(target):
@@ -107,26 +107,20 @@ def test_prompt_rows_past_max_model_len_prefill_through_the_mixed_layout(target,
     bench's closed batches ran eager: max_model_len 197 against 2,048-token steps.)"""
     gen = torch.Generator().manual_seed(7)
     prompts = [torch.randint(0, 512, (20,), generator=gen).tolist() for _ in range(12)]
-    rows_seen: list[int] = []
 
-    def run(fixed_shape: bool) -> dict[str, list[int]]:
+    def run(fixed_shape: bool) -> tuple[dict[str, list[int]], list[tuple[int, int, int]]]:
         graphs = dict(cudagraph_mode="FULL") if fixed_shape else dict(enforce_eager=True)
         engine = _engine(target, fixed_shape, device=device, max_num_seqs=12, max_num_batched_tokens=96,
                          max_model_len=32, **(graphs if device == "cuda" else {}))
+        seen = _spy(engine) if fixed_shape else []
         if fixed_shape:
             assert max(p for _, p in engine._mixed_keys()) == 96 and engine.runner.mixed_graphs.pad_slots > 1
-            forward_mixed = engine.runner.forward_mixed
-
-            def spy(batch: MixedBatch, completes: list[bool]):
-                rows_seen.append(sum(len(t) for t in batch.chunk_tokens))
-                return forward_mixed(batch, completes)
-
-            engine.runner.forward_mixed = spy
         return run_with_arrivals(engine, prompts, {0: list(range(4)), 2: list(range(4, 12))}, lambda i, n: (
-            f"m{i}", SamplingParams(temperature=0.0, max_tokens=8, ignore_eos=True)))
+            f"m{i}", SamplingParams(temperature=0.0, max_tokens=8, ignore_eos=True))), seen
 
-    assert run(fixed_shape=True) == run(fixed_shape=False)
-    assert max(rows_seen) > 32  # more prompt rows than max_model_len in one mixed step
+    (tokens, seen), (expected, _) = run(fixed_shape=True), run(fixed_shape=False)
+    assert tokens == expected
+    assert max(rows for _, _, rows in seen) > 32  # more prompt rows than max_model_len in one mixed step
 
 
 def test_full_mode_refuses_what_it_cannot_capture():
@@ -149,7 +143,7 @@ def test_speculative_decodes_beside_prefills_run_at_k0_in_the_mixed_layout(targe
     engine = _engine(target, fixed_shape=True, spec=spec)
     seen = _spy(engine)
     assert _run(engine) == expected == _run(_engine(target, fixed_shape=False))
-    assert any(d > 0 and c > 0 for d, c in seen)  # speculative decodes went through the k = 0 mixed layout
+    assert any(d > 0 and c > 0 for d, c, _ in seen)  # speculative decodes went through the k = 0 mixed layout
     assert 0 < engine.get_stats()["num_drafted"] < eager.get_stats()["num_drafted"]
     static = _engine(target, fixed_shape=True, spec=NGramDecodingConfig(max_draft_len=3))
     assert not static.runner.mixed_graphs.pairs  # (the test captures them with the keys the engine would use)
@@ -164,7 +158,7 @@ def test_captured_mixed_graphs_equal_the_eager_engine_on_cuda(target, spec):
     seen = _spy(engine)
     assert engine.runner.mixed_graphs is not None and engine.runner.mixed_graphs.graphs
     assert _run(engine) == expected
-    assert any(d > 0 and c > 0 for d, c in seen)
+    assert any(d > 0 and c > 0 for d, c, _ in seen)
 
 
 @pytest.mark.parametrize("command", [["generate", "hi"], ["bench"], ["bench-trace", "--drafter", "ngram"]])
@@ -202,4 +196,4 @@ def test_a_burst_of_short_prompts_prefills_through_the_mixed_layout(target):
 
     (expected, _), (tokens, seen) = run(fixed_shape=False), run(fixed_shape=True, spy=True)
     assert tokens == expected
-    assert any(d > 0 and c > 8 for d, c in seen)  # more than 8 chunks beside decodes, at k = 0
+    assert any(d > 0 and c > 8 for d, c, _ in seen)  # more than 8 chunks beside decodes, at k = 0

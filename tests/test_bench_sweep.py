@@ -78,7 +78,7 @@ def test_sweep_measures_every_line_and_batch(sweep_result):
         assert sum(p["k_histogram"].values()) == p["num_decode_steps"]
         # The prefill phase's steps, logged as the decode phase's: here one step prefills every prompt, and no
         # request decodes beside it (its row's decoding requests 0, no path); their times are the phase's.
-        assert [row[1:] for row in p["prefill_step_log"]] == [[0, 0, 0, 0, "", "", 0]]
+        assert [row[1:] for row in p["prefill_step_log"]] == [[0, 0, 0, 0, "", "", 0, 0.0]]
         assert sum(row[0] for row in p["prefill_step_log"]) == pytest.approx(p["prefill_time_s"] * 1e3, abs=1e-2)
         assert 0.0 <= p["k_match_fraction"] <= 1.0
         assert p["mean_accepted_length"] >= 1.0
@@ -235,6 +235,8 @@ def test_side_by_side_rounds_share_weights_and_merge(tiny_dir, monkeypatch):
         log = point["step_log"]
         assert all(0 <= row[4] <= row[3] <= 2 * row[1] and isinstance(row[5], str) for row in log)
         assert {row[6] for row in log} == {"eager"} and {row[7] for row in log} == {0}  # CPU: no graphs, no trim
+        # the verification's host read happens inside the step() call the row times
+        assert all(isinstance(row[8], float) and 0.0 <= row[8] <= row[0] for row in log)
         drafted, accepted = sum(row[3] for row in log), sum(row[4] for row in log)
         assert point["acceptance_rate"] == (accepted / drafted if drafted else None)
 

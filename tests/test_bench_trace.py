@@ -126,6 +126,8 @@ def test_cli_replayed_trace(tiny, tmp_path):
         assert r["all_max_tokens"] and r["total_tokens"] == meta["total_tokens"]
         assert [p["tokens"] for p in r["per_phase"]] == reference_phase_tokens  # phases do not overlap
         assert r["tokens_per_s"] > 0 and len(r["timeline"]["k"]) == r["num_steps"]
+        # a step's verification (its host read) happens inside the step it times
+        assert all(0.0 <= w <= s for w, s in zip(r["timeline"]["verify_wait_s"], r["timeline"]["seconds"]))
         assert max(r["timeline"]["in_flight"]) == 3
         # the mix in flight: one count per replayed profile, summing to the requests in flight
         assert [sum(m) for m in r["timeline"]["in_flight_by_profile"]] == r["timeline"]["in_flight"]

@@ -49,7 +49,7 @@ def test_as_dict_is_json_round_trip_identity():
 def test_last_step():
     s = _filled()
     assert s.last_step["k"] == 1 and s.last_step["batch_size"] == 1
-    s.record(batch_size=2, k=2, drafted=[2, 1], accepted=[1, 0], path="chained", trimmed=1)
+    s.record(batch_size=2, k=2, drafted=[2, 1], accepted=[1, 0], path="chained", trimmed=1, waited=0.0025)
     assert s.last_step == {
         "batch_size": 2,
         "k": 2,
@@ -60,6 +60,7 @@ def test_last_step():
         "accepted_per_request": [1, 0],
         "path": "chained",
         "trimmed": 1,
+        "verify_wait_ms": pytest.approx(2.5),
     }
 
 

@@ -317,7 +317,8 @@ def _decode_steps(stats: dict[str, Any]) -> int:
 def _step_rows(records: list) -> list[list]:
     """Point.step_log's rows of these records."""
     return [[round(r[0] * 1e3, 3), r[2].get("batch_size", 0), r[2].get("k", 0), r[2].get("drafted", 0),
-             r[2].get("accepted", 0), (r[3] or {}).get("reason", ""), r[2].get("path", ""), r[2].get("trimmed", 0)]
+             r[2].get("accepted", 0), (r[3] or {}).get("reason", ""), r[2].get("path", ""), r[2].get("trimmed", 0),
+             round(r[2].get("verify_wait_ms", 0.0), 3)]
             for r in records]
 
 

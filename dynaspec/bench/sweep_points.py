@@ -45,10 +45,11 @@ class Point:
     # Goodput line only: how often each (reason, k) decided a decode-phase step, e.g. "explore k=1".
     planner_decisions: dict[str, int] | None = None
     # Every decode-phase step as [milliseconds, decoding requests, k, drafted, accepted, the policy's reason,
-    # path, trimmed], in order (all rounds); drafted / accepted / path / trimmed describe the step the engine
-    # verified in that call (with deferred verification, the one before), the reason is the planner's ("" without
-    # one), path how its forward ran ("graph", "ragged", "mixed", "chained", "eager", "overlapped"), trimmed the
-    # draft positions the policy's trim left unverified.
+    # path, trimmed, verify wait ms], in order (all rounds); drafted / accepted / path / trimmed / wait describe the
+    # step the engine verified in that call (with deferred verification, the one before), the reason is the
+    # planner's ("" without one), path how its forward ran ("graph", "ragged", "mixed", "chained", "eager",
+    # "overlapped"), trimmed the draft positions the policy's trim left unverified, verify wait how long the
+    # verification's host read took (waiting for the device: the call's milliseconds less it are host work).
     step_log: list[list] = field(default_factory=list)
     # The same rows for the steps before every request had its first token (the prefill phase: steps that prefill
     # prompt chunks beside the requests already decoding; decoding requests 0 and path "" for a step without any).

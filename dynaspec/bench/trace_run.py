@@ -127,6 +127,7 @@ class Step:
     reason: str = ""  # the draft-length policy's reason for this step's k ("allocate", "drain", "provisional", "probe", ...; "" static)
     by_profile: tuple[int, ...] = ()  # requests in flight replaying each profile (mixed replays; () otherwise)
     path: str = ""  # how the verified step's forward ran (SpecStats.last_step: "graph", "ragged", "chained", ...)
+    verify_wait_s: float = 0.0  # its verification's host read (waiting for the device); seconds less it: host work
 
 
 def _planning_profile(settings: TraceSettings, trace: list[TraceRequest], out_dir: Path) -> tuple[str | None, dict | None]:
@@ -271,7 +272,7 @@ def _drive(engine, trace, phases, name: str, line_index: int, num_lines: int, pr
         steps.append(Step(start - begin, seconds, len(in_flight), last["batch_size"] if decoded else 0,
                           last["k"] if decoded else None, sum(len(o.new_token_ids) for o in outs), phase,
                           last.get("drafted", 0) if decoded else 0, decision.get("reason", ""), tuple(mix),
-                          last.get("path", "") if decoded else ""))
+                          last.get("path", "") if decoded else "", last.get("verify_wait_ms", 0.0) / 1e3 if decoded else 0.0))
         for out in outs:
             if out.finished:
                 in_flight.discard(out.request_id)
@@ -353,6 +354,7 @@ def _summarise(line, steps: list[Step], tokens, wall: float, preemptions: int, t
             # requests in flight per replayed profile (the batch's mix: which steps were all chat, say)
             "in_flight_by_profile": [list(s.by_profile) for s in steps],
             "path": [s.path for s in steps],
+            "verify_wait_s": [round(s.verify_wait_s, 6) for s in steps],  # the rest of a step's seconds: host work
         },
     }
 

@@ -358,7 +358,9 @@ class LLMEngine:
         scheduled = decoding + [p.request for p in sched.prefills]
         drafts = step_drafts.tokens  # read on the host now (a device copy that landed while the host worked)
         vbatch, verified = verify_batch(scheduled, drafts, step_drafts.probs, launched.rows.counts)
+        read_at = time.perf_counter()
         result = verify(launched.logits, vbatch, self.generator, self.acceptance)
+        waited = time.perf_counter() - read_at  # the host read: waiting for the step's forward, nearly all
         logprobs = step_logprobs(launched.logits, vbatch, result.tokens)  # None for requests that did not ask
         committed: list[list[int]] = [[] for _ in scheduled]
         committed_logprobs: list[list[dict[int, float]] | None] = [None for _ in scheduled]
@@ -370,7 +372,7 @@ class LLMEngine:
         sched, drafts, committed, committed_logprobs, failures = without_aborted(
             sched, drafts, committed, committed_logprobs, failures)
         mark = self.policy_feed.mark()
-        applied = self._apply(sched, drafts, committed, committed_logprobs, failures, ahead, launched.path)
+        applied = self._apply(sched, drafts, committed, committed_logprobs, failures, ahead, launched.path, waited)
         if sched.decodes:
             seconds = None if sched.prefills else time.perf_counter() - launched.started
             self.policy_feed.outcome_at(mark, verified_outcome(sched, drafts, committed, seconds, launched.behind, confidence))
@@ -402,6 +404,7 @@ class LLMEngine:
 
     def _finish_overlapped(self, inflight: InflightStep) -> list[RequestOutput]:
         """Commit an overlapped step's tokens; requests that stopped or were aborted meanwhile are skipped."""
+        read_at = time.perf_counter()
         tokens = inflight.host_tokens()
         # what the step cost: from when the device could start it (its launch, or its predecessor's end when
         # it was launched behind a step in flight) to its tokens on the host; in a steady run, the period
@@ -411,14 +414,14 @@ class LLMEngine:
         live = [(d, t) for d, t in zip(inflight.sched.decodes, tokens) if d.request.status == RequestStatus.RUNNING]
         mark = self.policy_feed.mark()
         applied = self._apply(SchedulerOutput(decodes=[d for d, _ in live], draft_len=0), [[] for _ in live],
-                              [[t] for _, t in live], path="overlapped")
+                              [[t] for _, t in live], path="overlapped", waited=ready_at - read_at)
         outputs = self._publish(applied)
         if live:
             self.policy_feed.outcome_at(mark, StepOutcome([d.request.request_id for d, _ in live], 0, seconds=seconds))
         return outputs
 
     def _apply(self, sched: SchedulerOutput, drafts, committed: list[list[int]], logprobs=None, failures=None,
-               ahead: int = 0, path: str = "eager") -> AppliedStep:
+               ahead: int = 0, path: str = "eager", waited: float = 0.0) -> AppliedStep:
         """Commit each scheduled request's tokens (decodes, then prefills): stop conditions, KV of rejected
         drafts rolled back, finished requests released; failures: {index: message} of requests that end
         with an error (theirs alone: the others go on). What the next step's scheduling needs, no more."""
@@ -427,7 +430,8 @@ class LLMEngine:
         if sched.decodes:  # per request: drafted, accepted, k_i (ragged steps, the k_i histogram)
             accepted = [max(0, len(c) - 1) for c in committed[: len(sched.decodes)]]
             self.stats.record(len(sched.decodes), sched.draft_len, [len(d) for d in drafts], accepted,
-                              [d.max_draft for d in sched.decodes], path=path, trimmed=trimmed_count(sched.decodes))
+                              [d.max_draft for d in sched.decodes], path=path, trimmed=trimmed_count(sched.decodes),
+                              waited=waited)
         for decode, tokens in zip(sched.decodes, committed):
             # K/V is now valid for the fed last token plus the accepted drafts; the rest is rolled back.
             decode.request.num_computed_tokens += len(tokens)

@@ -59,12 +59,13 @@ class SpecStats:
 
     def record(
         self, batch_size: int, k: int, drafted: Sequence[int], accepted: Sequence[int],
-        draft_lens: Sequence[int] | None = None, path: str = "", trimmed: int = 0,
+        draft_lens: Sequence[int] | None = None, path: str = "", trimmed: int = 0, waited: float = 0.0,
     ) -> None:
         """One step: `batch_size` decoding requests, draft length k, per request drafted / accepted counts
         and (optional) per request draft length k_i <= k; path: how its forward ran (engine/launched_step.py:
         "graph", "ragged", "mixed", "chained", "eager", "overlapped"), trimmed: draft positions the policy's
-        trim left unverified (both for step logs)."""
+        trim left unverified, waited: seconds its verification's host read took, nearly all of it waiting for
+        the device (all three for step logs: a step() call's time less `waited` is the host's own work)."""
         if batch_size < 0:
             raise ValueError(f"batch_size must be >= 0, got {batch_size}")
         if k < 0:
@@ -112,6 +113,7 @@ class SpecStats:
             "accepted_per_request": list(accepted),
             "path": path,
             "trimmed": trimmed,
+            "verify_wait_ms": waited * 1e3,
         }
 
     def _record_draft_lens(self, batch_size: int, draft_lens: Sequence[int]) -> None:

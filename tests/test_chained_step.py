@@ -94,6 +94,35 @@ def test_chained_steps_draft_what_the_synchronous_engine_drafts(ckpts, k):
     assert [engine.get_stats()[c] for c in counts] == [synchronous.get_stats()[c] for c in counts]
 
 
+@pytest.mark.parametrize("k", [1, 3])
+def test_a_draining_batch_stays_chained_through_every_finish(ckpts, k):
+    """Six requests admitted together that end one after another (max_tokens apart): once chained, every later
+    speculative step is chained too, each finish dropping its request's rows from the next launch on the device
+    (before, each finish paused the chain for a synchronous step); the same tokens and the same drafts, position
+    by position, as the synchronous engine."""
+    spec = DraftTargetDecodingConfig(max_draft_len=k, speculative_model=ckpts["near"])
+    params = [SamplingParams(temperature=0, max_tokens=12 + 6 * i, ignore_eos=True) for i in range(6)]
+    synchronous = chained_engine(ckpts["target"], spec, False)
+    expected = run_with_abort(synchronous, _prompts(), params, [0] * 6)
+    engine = chained_engine(ckpts["target"], spec, True)
+    chained = count_chained(engine)
+    launches: list[int] = []  # chained steps so far, at each synchronous launch of a speculative step
+    launch = engine._launch
+
+    def spy(sched):
+        if sched.draft_len:
+            launches.append(len(chained))
+        return launch(sched)
+
+    engine._launch = spy
+    assert run_with_abort(engine, _prompts(), params, [0] * 6) == expected
+    assert set(chained) >= {6, 5, 4, 3, 2} and chained == sorted(chained, reverse=True)  # shrinking as they end
+    assert max(launches) == 0  # every synchronous step came before the first chained one
+    counts = ("num_drafted", "num_accepted", "accepted_per_position")
+    assert [engine.get_stats()[c] for c in counts] == [synchronous.get_stats()[c] for c in counts]
+    assert engine.num_free_blocks == engine.num_total_blocks and not engine.drafter._state
+
+
 def test_no_chaining_without_graphs_or_with_a_sampled_request(ckpts):
     spec = DraftTargetDecodingConfig(max_draft_len=2, speculative_model=ckpts["near"])
     prompts = _prompts()[:3]

@@ -13,10 +13,15 @@ overlapped speculative schedulers do.
 Step t's verification inputs (its rows' argmax and finiteness) are copied to the host before t + 1 is
 queued (spec/verifier.ReadAhead): verifying t at the host then waits for t's forward, not for t + 1's.
 
-A step is chained only where nothing about the batch can change in between: decode-only at one k for every
-request (none asking for logprobs: their verification reads the logits), no request waiting or
-prefilling, the policy keeping k for this batch and not trimming its drafts (trims_drafts_at), KV blocks
-for 2 (1 + k) more positions per request, room under max_model_len for them, one rank. A request that
+A step is chained only where nothing about the batch can change in between but requests leaving it: decode-only
+at one k for every request (none asking for logprobs: their verification reads the logits), no request
+waiting or prefilling, the policy keeping k for the requests that go on and not trimming their drafts
+(trims_drafts_at), KV blocks for 2 (1 + k) more positions per request, room under max_model_len for them,
+one rank. Requests that stopped at the step before t (known once the host verified it, after t was chained)
+leave: t + 1 is launched from the other requests' rows of t (their argmax rows and drafts picked on the
+device), so a draining batch keeps its chain through every finish instead of pausing the device for a
+synchronous step at each (H100, 2026-12-07 21:31 UTC: the draft-model sweep's drain steps around each finished
+request took 5-14 ms more than the chained ones, docs/lab/adaptive_runs.md). A request that
 stops at step t (EOS, a stop string, max_tokens) or is aborted has its t + 1 rows dropped at t + 1's commit
 (launched_step.without_aborted); the blocks t + 1 writes stay its own until then (the commit of t trims
 to num_tokens + 1 + k, not num_tokens), and a released request's blocks are written by t + 1 before any
@@ -52,18 +57,20 @@ def chain_next(launched: LaunchedStep, runner, drafter, scheduler, block_manager
     on_device = launched.drafts.on_device
     if on_device is None or k == 0 or sched.prefills or not runner.takes_device_seq_lens:
         return None
-    requests = [d.request for d in sched.decodes]
+    # requests that stopped at the step before t (or were aborted) leave the chain: t + 1 runs the others
+    rows = [i for i, d in enumerate(sched.decodes) if d.request.status == RequestStatus.RUNNING]
+    requests = [sched.decodes[i].request for i in rows]
     batch = len(requests)
-    if policy.trims_drafts_at(batch):  # its drafts reach the host between drafting and verifying
+    if not requests or policy.trims_drafts_at(batch):  # trimmed drafts reach the host between drafting and verifying
         return None
     if scheduler.waiting or len(scheduler.running) != batch or any(d.max_draft != k for d in sched.decodes):
         return None
+    running = {r.request_id for r in scheduler.running}
+    if any(r.request_id not in running for r in requests):
+        return None
     if any(r.params.logprobs is not None for r in requests):  # their verification reads the logits
         return None
-    if not runner.can_replay(batch, k) or any(
-        r.status != RequestStatus.RUNNING or r.num_tokens + 2 * (1 + k) > max_model_len
-        for r in requests
-    ):
+    if not runner.can_replay(batch, k) or any(r.num_tokens + 2 * (1 + k) > max_model_len for r in requests):
         return None
     if not all(block_manager.ensure_slots(r, r.num_tokens + 2 * (1 + k)) for r in requests):
         return None  # what was allocated is trimmed at the commit, as any reserve
@@ -71,14 +78,17 @@ def chain_next(launched: LaunchedStep, runner, drafter, scheduler, block_manager
     if policy.draft_lens(batch, scheduler.num_unfinished, [r.request_id for r in requests],
                          remaining=scheduler.drain_remaining(requests)) != [k] * batch:
         return None
-    logits = launched.logits  # (B * (1 + k), vocab) float32, the verify graph's output
-    target_ids = logits.view(batch, 1 + k, -1).argmax(dim=-1)  # (B, 1 + k)
-    drafts = on_device.ids  # (B, k), still the chain's output until its next launch
-    accepted = (drafts == target_ids[:, :k]).to(torch.int64).cumprod(dim=1).sum(dim=1)  # (B,)
-    lengths = [r.num_tokens for r in requests]
+    logits = launched.logits  # (B_t * (1 + k), vocab) float32, the verify graph's output
+    target_ids = logits.view(len(sched.decodes), 1 + k, -1).argmax(dim=-1)  # (B_t, 1 + k)
     # step t's verification inputs (argmax and finiteness of its rows) copied to the host before anything
     # else is queued: verifying t then waits for t's forward only, not for t + 1's (spec/verifier.ReadAhead)
     launched.logits = ReadAhead(target_ids.reshape(-1), finite_rows(logits))
+    drafts = on_device.ids  # (B_t, k), still the chain's output until its next launch
+    if batch < len(sched.decodes):  # the rows of the requests that go on
+        index = to_device(rows, logits.device)
+        target_ids, drafts = target_ids.index_select(0, index), drafts.index_select(0, index)  # (B, 1 + k), (B, k)
+    accepted = (drafts == target_ids[:, :k]).to(torch.int64).cumprod(dim=1).sum(dim=1)  # (B,)
+    lengths = [r.num_tokens for r in requests]
     try:
         proposal = drafter.propose_chained(requests, target_ids, accepted, drafts, lengths, k)
     except Exception:  # noqa: BLE001 - the synchronous path drafts again and names the requests it fails on

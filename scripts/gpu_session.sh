@@ -98,7 +98,8 @@ for step in "$@"; do
         tail -2 "$OUT/adaptive-$w.log"; grep -A14 "Every point" "$OUT/adaptive-$w/bench.md" | head -16
       done ;;
     adaptive-sweep-draft)  # issue 20 (~6 min): the same sweep with a draft model (random Llama-3.2-1B for the 8B), the
-      # Qwen pair's high-acceptance code-edit and chat profiles replayed 50/50, one round (DRAFT_SWEEP_BATCHES: a subset)
+      # Qwen pair's high-acceptance code-edit and chat profiles replayed 50/50, one round
+      # (DRAFT_SWEEP_BATCHES: a subset)
       timeout "${DRAFT_SWEEP_TIMEOUT:-480}" python3 -m dynaspec.cli bench --model random:llama-3.1-8b \
         --spec-config bench/adaptive_draft_model_mixed.yaml --policy-lines goodput --ks 0-4 \
         --batch-sizes "${DRAFT_SWEEP_BATCHES:-1,4,16,64,128,256}" --prompt-len 128 --gen-len 64 --rounds 1 \
@@ -307,13 +308,16 @@ for step in "$@"; do
           --acceptance-profile acceptance_draft-model_code-edit,acceptance_draft-model_chat --no-plots \
           --out-dir "$OUT/da-$tree" > "$OUT/da-$tree.log" 2>&1); tail -1 "$OUT/da-$tree.log"
       done; python3 scripts/redesign_ab.py "$OUT/da-old" "$OUT/da-new" ;;
-    drain-chain-ab)  # issue 20 (~8 min; carry .gl, .gl/old = `git archive <commit before 2026-12-07 23:50 UTC's chaining
-      # through finishes> dynaspec bench scripts pyproject.toml`): the chained-step CUDA tests, then the draft-model
+    drain-chain-ab)  # issue 20 (~8 min; carry .gl, .gl/old = `git archive <commit before 2026-12-07 23:50 UTC's
+      # chaining through finishes> dynaspec bench scripts pyproject.toml`): the chained-step CUDA tests, then the draft-model
       # sweep at DRAFT_AB_BATCHES (default 128; no spec, k = 2, goodput, adaptive) old tree then new, and each
       # point's steps by path with their verify wait (scripts/lab/step_paths.py)
-      timeout 120 python3 -m pytest -q -m cuda tests/test_chained_step.py tests/test_eagle_spec.py -k chain 2>&1 | tail -2
+      timeout 120 python3 -m pytest -q -m cuda tests/test_chained_step.py tests/test_eagle_spec.py -k chain 2>&1 \
+        | tail -2
       DRAFT_AB_BATCHES=${DRAFT_AB_BATCHES:-128} bash "$0" adaptive-draft-ab 2>&1 | grep -v "^===" | tail -8
-      for tree in old new; do python3 scripts/lab/step_paths.py "$OUT/da-$tree/bench.json" | tee "$OUT/paths-$tree.md"; done
+      for tree in old new; do
+        python3 scripts/lab/step_paths.py "$OUT/da-$tree/bench.json" | tee "$OUT/paths-$tree.md"
+      done
       python3 scripts/lab/batch_rates.py "$OUT/da-old/bench.json" "$OUT/da-new/bench.json" ;;
     gemv-ab)  # issue 21 (~5 min; carry .gl with .gl/old = `git archive 444fe3d dynaspec bench scripts pyproject.toml`,
       # the tree before the multi-row GEMV): random Llama-3.1-8B, plain decode at batch 1-8 (1-8 rows) and n-gram

@@ -272,7 +272,8 @@ def _drive(engine, trace, phases, name: str, line_index: int, num_lines: int, pr
         steps.append(Step(start - begin, seconds, len(in_flight), last["batch_size"] if decoded else 0,
                           last["k"] if decoded else None, sum(len(o.new_token_ids) for o in outs), phase,
                           last.get("drafted", 0) if decoded else 0, decision.get("reason", ""), tuple(mix),
-                          last.get("path", "") if decoded else "", last.get("verify_wait_ms", 0.0) / 1e3 if decoded else 0.0))
+                          last.get("path", "") if decoded else "",
+                          last.get("verify_wait_ms", 0.0) / 1e3 if decoded else 0.0))
         for out in outs:
             if out.finished:
                 in_flight.discard(out.request_id)

@@ -20,8 +20,8 @@ waiting or prefilling, the policy keeping k for the requests that go on and not 
 one rank. Requests that stopped at the step before t (known once the host verified it, after t was chained)
 leave: t + 1 is launched from the other requests' rows of t (their argmax rows and drafts picked on the
 device), so a draining batch keeps its chain through every finish instead of pausing the device for a
-synchronous step at each (H100, 2026-12-07 21:31 UTC: the draft-model sweep's drain steps around each finished
-request took 5-14 ms more than the chained ones, docs/lab/adaptive_runs.md). A request that
+synchronous step at each (H100, 2026-12-07 21:31 UTC: in the draft-model sweep's drain at batch 128 the calls
+that did so took 13.8-26.0 ms against 11.7 for a chained k = 1 step, docs/lab/adaptive_runs.md). A request that
 stops at step t (EOS, a stop string, max_tokens) or is aborted has its t + 1 rows dropped at t + 1's commit
 (launched_step.without_aborted); the blocks t + 1 writes stay its own until then (the commit of t trims
 to num_tokens + 1 + k, not num_tokens), and a released request's blocks are written by t + 1 before any

@@ -4,9 +4,9 @@ that make k = 2 pay, `--requests` prompts whose lengths end them apart; per engi
 policy's reason and k_i histogram, which drafter entry ran (`propose` or `propose_chained`), every plan()
 with where it ran (`refresh`, off the critical path, or `critical`), its batch, whether the drain rule's tokens
 left were given, and its time, and why a step was not chained where chaining was tried (the first of
-engine/chained_step.chain_next's conditions that failed). The H100 draft-model sweep of 2026-12-07 21:31 UTC had adaptive's drain steps
-around each finished request slower than its steady ones (docs/lab/adaptive_runs.md); this shows whether the
-policy's planning is on that path.
+engine/chained_step.chain_next's conditions that failed). The H100 draft-model sweep of 2026-12-07 21:31 UTC
+had adaptive's drain steps around each finished request slower than its steady ones (docs/lab/adaptive_runs.md);
+this shows whether the policy's planning is on that path, and which steps run unchained.
 
     python scripts/lab/drain_plan_trace.py --requests 64
 """

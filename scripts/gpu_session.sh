@@ -309,9 +309,9 @@ for step in "$@"; do
           --out-dir "$OUT/da-$tree" > "$OUT/da-$tree.log" 2>&1); tail -1 "$OUT/da-$tree.log"
       done; python3 scripts/redesign_ab.py "$OUT/da-old" "$OUT/da-new" ;;
     drain-chain-ab)  # issue 20 (~8 min; carry .gl, .gl/old = `git archive <commit before 2026-12-07 23:50 UTC's
-      # chaining through finishes> dynaspec bench scripts pyproject.toml`): the chained-step CUDA tests, then the draft-model
-      # sweep at DRAFT_AB_BATCHES (default 128; no spec, k = 2, goodput, adaptive) old tree then new, and each
-      # point's steps by path with their verify wait (scripts/lab/step_paths.py)
+      # chaining through finishes> dynaspec bench scripts pyproject.toml`): the chained-step CUDA tests, then the
+      # draft-model sweep at DRAFT_AB_BATCHES (default 128; no spec, k = 2, goodput, adaptive) old tree then new,
+      # and each point's steps by path with their verify wait (scripts/lab/step_paths.py)
       timeout 120 python3 -m pytest -q -m cuda tests/test_chained_step.py tests/test_eagle_spec.py -k chain 2>&1 \
         | tail -2
       DRAFT_AB_BATCHES=${DRAFT_AB_BATCHES:-128} bash "$0" adaptive-draft-ab 2>&1 | grep -v "^===" | tail -8

@@ -131,6 +131,13 @@ for step in "$@"; do
         --spec-config bench/adaptive_draft_model_mixed.yaml --ks 1 --batch-sizes 128 --prompt-len 128 --gen-len 64 \
         --rounds 1 --acceptance-profile acceptance_draft-model_code-edit,acceptance_draft-model_chat \
         > "$OUT/drain-profile.log" 2>&1; tail -60 "$OUT/drain-profile.log" ;;
+    slow-step-profile)  # issue 20 (~2.5 min): what the host does in adaptive's step() calls over 15 ms (the
+      # draft-model drain's finishes at batch 128) against its others, cProfile per call (H100 2026-12-08 00:45 UTC)
+      timeout 150 python3 scripts/lab/slow_step_profile.py "$OUT/ssp" --slow-ms 15 --top 45 -- \
+        --model random:llama-3.1-8b --spec-config bench/adaptive_draft_model_mixed.yaml --ks 0 --batch-sizes 128 \
+        --prompt-len 128 --gen-len 64 --rounds 1 --no-warmup \
+        --acceptance-profile acceptance_draft-model_code-edit,acceptance_draft-model_chat > "$OUT/ssp.log" 2>&1
+      grep -A47 "^engine 1" "$OUT/ssp.log" | cut -c1-140 ;;
     adaptive-diurnal)  # issue 20: the diurnal mixed trace with the adaptive line
       timeout 560 python3 -m dynaspec.cli bench-trace --model random:llama-3.1-8b --drafter ngram --max-draft-len 4 \
         --profiles acceptance_ngram_code-edit,acceptance_ngram_chat --schedule auto --ks 0,1,2,4 --adaptive \

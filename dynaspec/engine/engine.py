@@ -475,20 +475,10 @@ class LLMEngine:
     def _publish(self, applied: AppliedStep) -> list[RequestOutput]:
         """The committed requests' text brought up to date and their RequestOutputs."""
         progressed = applied.progressed
-        self._update_texts([request for request, _ in progressed if request.finish_reason != "error"], applied.now)
+        decoded = [request for request, _ in progressed if request.finish_reason != "error"]
+        for request, message in self.output_processor.update_texts_alone_on_failure(decoded):
+            self._fail(request, message, applied.now)  # its tokens failed to decode: it alone ends
         return [self.output_processor.output(request, kept) for request, kept in progressed]
-
-    def _update_texts(self, requests: list[Request], now: float) -> None:
-        """Bring the requests' text up to date (one batched decode); a request whose tokens fail to decode
-        ends with an error, alone."""
-        try:
-            self.output_processor.update_texts(requests)
-        except Exception:  # noqa: BLE001 - find whose tokens fail, request by request
-            for request in requests:
-                try:
-                    self.output_processor.update_texts([request])
-                except Exception as exc:  # noqa: BLE001
-                    self._fail(request, f"detokenizing its tokens failed: {type(exc).__name__}: {exc}", now)
 
     def _fail(self, request: Request, message: str, now: float) -> None:
         """Finish one request with an error (finish_reason "error", RequestOutput.error = message)."""

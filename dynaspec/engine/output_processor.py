@@ -95,6 +95,21 @@ class OutputProcessor:
             for request, text in zip(running, texts):
                 request.output_text = text
 
+    def update_texts_alone_on_failure(self, requests: Sequence[Request]) -> list[tuple[Request, str]]:
+        """update_texts (one batched decode); where it fails, request by request: (request, message) for each
+        whose tokens fail to decode, so that it alone ends with an error."""
+        try:
+            self.update_texts(requests)
+            return []
+        except Exception:  # noqa: BLE001 - find whose tokens fail, request by request
+            failed = []
+            for request in requests:
+                try:
+                    self.update_texts([request])
+                except Exception as exc:  # noqa: BLE001
+                    failed.append((request, f"detokenizing its tokens failed: {type(exc).__name__}: {exc}"))
+            return failed
+
     def _check_stop_strings(self, request: Request) -> bool:
         text = self.decode(request.output_token_ids)
         hits = [(text.find(s), s) for s in request.params.stop if s in text]

@@ -5,7 +5,8 @@ A batch of `batch` requests, each generating `gen` tokens, request i accepting d
 profiles[i % len(profiles)][j] (given the positions before it were accepted); a step of `b` decoding requests with
 draft lengths k_i costs step_ms(b, [k_i]) milliseconds. The policy sees every step as the engine shows it (its
 draft lengths, drafted and accepted counts, seconds) and each request's tokens left, since nothing waits: the
-batch drains. A warm-up batch of the same mix runs first, as `dynaspec bench` runs one, so finished requests
+batch drains. Outcomes reach the policy as the engine feeds them: a step is decided, then the step before it is
+observed and its finished requests released, then the decided batch refreshed. A warm-up batch of the same mix runs first, as `dynaspec bench` runs one, so finished requests
 have taught the policy how much requests differ (spec/request_spread.py).
 
 steady_batch_tokens_per_ms replays the other case, the one issue 20's bound describes (bench/adaptive_bound.py):
@@ -35,6 +36,7 @@ def closed_batch_tokens_per_ms(
     """Tokens per millisecond of the measured batch (the last one)."""
     rng = random.Random(seed)
     ms = 0.0
+    fed: list[Callable[[], None]] = []  # the last step's outcome and releases, fed while the next one runs
     for round_ in (0, 1) if warmup else (1,):
         alphas = {f"b{round_}r{i}": profiles[i % len(profiles)] for i in range(batch)}
         left = {rid: gen for rid in alphas}
@@ -42,17 +44,22 @@ def closed_batch_tokens_per_ms(
         while left:
             ids = list(left)
             draft_lens = policy.draft_lens(len(ids), len(ids), ids, remaining=[left[r] for r in ids])
+            for work in fed:  # the engine's order (engine/policy_feed.py): decide, launch, feed, refresh the launched
+                work()
+            policy.refresh(len(ids), ids)
             accepted = [_accepted(rng, alphas[rid], k) for rid, k in zip(ids, draft_lens)]
             seconds = step_ms(len(ids), list(draft_lens)) / 1e3
-            policy.observe(StepOutcome(ids, max(draft_lens), drafted=list(draft_lens), accepted=accepted,
-                                       draft_lens=list(draft_lens), seconds=seconds))
-            policy.refresh(len(ids), ids)
+            outcome = StepOutcome(ids, max(draft_lens), drafted=list(draft_lens), accepted=accepted,
+                                  draft_lens=list(draft_lens), seconds=seconds)
+            fed = [lambda outcome=outcome: policy.observe(outcome)]
             ms += seconds * 1e3
             for rid, a in zip(ids, accepted):
                 left[rid] -= 1 + a
                 if left[rid] <= 0:
                     del left[rid]
-                    policy.release(rid)
+                    fed.append(lambda rid=rid: policy.release(rid))
+    for work in fed:
+        work()
     return gen * batch / ms
 
 

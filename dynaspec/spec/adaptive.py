@@ -238,7 +238,8 @@ class AdaptivePolicy(DraftLenPolicy):
             draft_lens = self._tables.provisional_draft_lens(request_ids, draining)
             if draft_lens is not None:
                 allocation = self._provisional(batch, request_ids, draft_lens)
-                self._tables.put(key, self._observations, allocation, provisional=True)
+                inherits = draining and self._tables.inherits(request_ids)  # a drain plan's requests, less leavers
+                self._tables.put(key, self._observations, allocation, provisional=True, passes=int(inherits))
                 return allocation
         allocation = self.plan(batch, request_ids, remaining)
         self._tables.put(key, self._observations, allocation, request_ids)

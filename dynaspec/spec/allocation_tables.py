@@ -18,12 +18,23 @@ refresh() plans the composition properly while its step runs. Prices move little
 gains a few requests, and the provisional answer lasts one step. Measured in the same sweep (H100, 2026-12-07
 02:08 UTC, with the engine refreshing for the step it launched): the tail's steps ran as no speculation's, and
 adaptive went from 0.92x to 0.99x the best other line at batch 256.
+
+A draining batch's composition that only lost requests of the latest drain plan (not voided since) inherits its
+k_i for as long as it lasts one step: refresh() passes it over once, and plans it if it is asked again (it lasted).
+The drain rule priced those requests' leaving already (its steps cost what the shrinking batch costs, spec/drain.py),
+so a finish the plan foresaw is little news, and in a closed batch's tail the composition changes at most steps.
+Planned at every finish instead, a closed batch of 128 draft-model requests spent most of each call after a finish
+planning the new composition (H100, 2026-12-08: those calls took 17-22 ms of host work against 6 for a steady
+chained step, the plan ~13 ms of them under cProfile), where the device ran a 12 ms step. Inherited until the plan
+was due instead (replan_every observations), a composition that held for 8 steps kept a stale k = 4 that its own
+plan would have dropped (the n-gram closed batch of 64 replayed at an H100's prices, scripts/lab/sweep_drain_replay.py:
+0.885x no speculation against 0.930x, seed 0).
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Hashable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from dynaspec.spec.adaptive_allocation import Allocation
 
@@ -36,12 +47,14 @@ class _Entry:
     observations: int  # the policy's observation count when planned
     allocation: Allocation
     provisional: bool  # answered from the latest plan, not planned (a miss for refresh())
+    passes: int = 0  # refresh() calls that pass a provisional entry over before planning it (an inherited one: 1)
 
 
 @dataclass(frozen=True)
 class _LatestPlan:
     index: dict[Hashable, int]  # request id -> its row in `allocation`
     allocation: Allocation
+    current: bool = True  # False once clear() voided it: it answers one decision, and nothing inherits it
 
 
 class AllocationTables:
@@ -59,7 +72,9 @@ class AllocationTables:
         if entry is None or observations - entry.observations >= replan_every:
             return None
         if entry.provisional and not critical:
-            return None
+            if not entry.passes:
+                return None
+            self._entries[key] = replace(entry, passes=entry.passes - 1)
         return entry.allocation
 
     def knows(self, key: tuple[Hashable, ...]) -> bool:
@@ -67,12 +82,13 @@ class AllocationTables:
         return key in self._entries
 
     def put(self, key: tuple[Hashable, ...], observations: int, allocation: Allocation,
-            request_ids: Sequence[Hashable] | None = None, provisional: bool = False) -> None:
+            request_ids: Sequence[Hashable] | None = None, provisional: bool = False, passes: int = 0) -> None:
         """Keep `allocation` for `key` (its last element: whether the drain rule planned it); a planned one for
-        named requests becomes the latest plan of its kind."""
+        named requests becomes the latest plan of its kind; passes: refresh() calls that pass a provisional one
+        over (an inherited one's, module docstring)."""
         if len(self._entries) >= self.max_tables():  # keys of batches long gone
             self._entries.clear()
-        self._entries[key] = _Entry(observations, allocation, provisional)
+        self._entries[key] = _Entry(observations, allocation, provisional, passes)
         if request_ids is not None and not provisional:
             self._latest[bool(key[-1])] = _LatestPlan({rid: row for row, rid in enumerate(request_ids)}, allocation)
 
@@ -90,6 +106,14 @@ class AllocationTables:
         unknown = planned[0] if len(set(planned)) == 1 else 0
         return [unknown if row is None else planned[row] for row in rows]
 
+    def inherits(self, request_ids: Sequence[Hashable]) -> bool:
+        """Whether these requests are some of the latest drain plan's own (a draining batch that only lost requests)
+        and that plan was not voided (module docstring)."""
+        latest = self._latest.get(True)
+        if latest is None or not latest.current or len(request_ids) >= len(latest.index):
+            return False
+        return all(rid in latest.index for rid in request_ids)
+
     def __len__(self) -> int:
         return len(self._entries)
 
@@ -102,3 +126,4 @@ class AllocationTables:
         and cleared the tables again (H100, 2026-12-07 16:32 UTC, the draft model's tail at batch 128: steps of
         18.5 ms where static k = 1 ran 12.5)."""
         self._entries.clear()
+        self._latest = {kind: replace(plan, current=False) for kind, plan in self._latest.items()}

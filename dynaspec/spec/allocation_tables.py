@@ -67,15 +67,15 @@ class AllocationTables:
 
     def get(self, key: tuple[Hashable, ...], observations: int, replan_every: int, critical: bool) -> Allocation | None:
         """The allocation kept for `key` unless due (planned `replan_every` observations ago or more); a provisional
-        one only on the critical path (refresh() plans it)."""
+        one only on the critical path (refresh() plans it), but an inherited one's first refresh() passes it over,
+        due or not: the releases that made the composition are observations too."""
         entry = self._entries.get(key)
+        if entry is not None and entry.passes and not critical:
+            self._entries[key] = replace(entry, passes=entry.passes - 1)
+            return entry.allocation
         if entry is None or observations - entry.observations >= replan_every:
             return None
-        if entry.provisional and not critical:
-            if not entry.passes:
-                return None
-            self._entries[key] = replace(entry, passes=entry.passes - 1)
-        return entry.allocation
+        return None if entry.provisional and not critical else entry.allocation
 
     def knows(self, key: tuple[Hashable, ...]) -> bool:
         """Whether `key` was planned or answered before (a due replan of it is not a new composition)."""

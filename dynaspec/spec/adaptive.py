@@ -12,7 +12,7 @@ accepted) gets long drafts next to a chat request that gets none, in the same st
 Host cost, as the planner's: an allocation is computed per batch of decoding request ids and reused until
 `replan_every` observations arrived; `refresh()` (called while the GPU runs a step) recomputes a due one,
 so draft_lens() usually finds it ready, and a new composition takes the latest plan's k_i for one decision
-(spec/allocation_tables.py). Learning: observe() feeds each request's drafted / accepted counts
+(spec/allocation_tables.py; a draining batch that only lost requests keeps them for a step unplanned). Learning: observe() feeds each request's drafted / accepted counts
 at its own k_i (StepOutcome.draft_lens), so a request cut short by its k_i is not read as rejected at k_i.
 
 Prices (`step_seconds`): where the step runs (spec/probed_prices.py): a uniform step (every k_i equal; a batch of

@@ -248,3 +248,39 @@ def test_a_starting_batch_pays_its_prompts_catch_up_before_it_drafts():
     state["behind"] = 0  # nothing to catch up on: it drafts
     assert max(policy.draft_lens(8, 8, new[1:])) > 0
     assert max(policy.draft_lens(2, 2, old)) > 0  # requests that drafted before: no switch to price
+
+
+def test_a_draining_batch_weighs_the_switch_by_how_much_sooner_it_ends():
+    """In a draining batch the switch from k = 0 gains what the drain rule predicts (the batch's end, its slowest
+    request and the shrinking batch priced), not the tokens left at the allocation's rate: on an H100 (2026-12-08,
+    a draft model at 128 requests of 64 tokens) the rate priced the switch at 96 ms saved against an 82 ms catch-up,
+    and the batch ran at 0.86x no speculation. A catch-up between the two gains: refused while the batch drains,
+    paid where it does not (serving: finished requests are replaced)."""
+    import random
+
+    from dynaspec.spec.acceptance_estimator import AcceptanceEstimator
+    from dynaspec.spec.adaptive import AdaptivePolicy
+    from dynaspec.spec.planner_settings import PlannerSettings
+    from dynaspec.spec.policy import StepOutcome
+    from tests.adaptive_policies import K, injected_costs
+
+    ids, left = [f"r{i}" for i in range(8)], 16
+
+    def policy_after_warm_up() -> AdaptivePolicy:
+        policy = AdaptivePolicy(injected_costs(0.02), AcceptanceEstimator(K, blend_count=1.0), K,
+                                PlannerSettings(explore_every=None, probe_margin=None),
+                                catch_up=CatchUpCost(0.0, fixed_seconds=6.0), backlog=lambda: (1000, 8 * left))
+        rng = random.Random(0)
+        for _ in range(30):  # each request accepts 0..K drafts, evenly
+            policy.observe(StepOutcome(ids, K, drafted=[K] * 8, accepted=[int(rng.random() * (K + 1)) for _ in ids],
+                                       draft_lens=[K] * 8))
+        policy.observe(StepOutcome(ids, 0, seconds=1.0))  # then a plain step: leaving k = 0 pays the catch-up
+        return policy
+
+    planned = policy_after_warm_up().plan(8, ids, [left] * 8)
+    rate_gain = 8 * left * (policy_after_warm_up().step_seconds(8, 0) / 8 - 1 / planned.goodput)
+    assert planned.budget > 0 and planned.drain_gain < 6.0 < rate_gain, (planned.drain_gain, rate_gain)
+    draining = policy_after_warm_up()
+    assert draining.draft_lens(8, 8, ids, remaining=[left] * 8) == [0] * 8
+    assert draining.last_decision["reason"] == "catch-up"
+    assert max(policy_after_warm_up().draft_lens(8, 8, ids)) > 0  # not draining: the rate's gain, and it pays

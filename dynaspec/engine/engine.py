@@ -300,7 +300,8 @@ class LLMEngine:
         """Schedule a step and launch it; finish it here unless it is overlapped or deferred. earlier: the
         previous step's commit, whose outputs are built once this step is launched (while it runs)."""
         sched = self.scheduler.schedule(self.policy.draft_lens)  # ragged k_i: flat path, or the graph padded to k
-        plain_beside_prefills(self.runner, sched)  # a mixed graph at k = 0 rather than an eager speculative step
+        if plain_beside_prefills(self.runner, sched):  # a mixed graph at k = 0 rather than an eager speculative step
+            self.scheduler.refill(sched)  # the dropped drafts' positions go to prompts
         for request in sched.preempted:
             self.drafter.release(request)
         overlapped = self.config.async_scheduling and can_overlap(sched) and self.runner.can_replay(len(sched.decodes), 0)

@@ -158,15 +158,40 @@ class Scheduler:
             out.decodes.append(ScheduledDecode(request, max_draft))
             budget -= 1 + max_draft
 
+        self._schedule_prompts(out, budget, preempt=True)
+        return out
+
+    def refill(self, out: SchedulerOutput) -> None:
+        """Give prompt chunks the token budget `out` no longer uses: its decodes' drafts were dropped beside its
+        prefills (engine/graph_keys.plain_beside_prefills), so the positions budgeted for them would otherwise go
+        unused. On an H100 (2026-12-08 00:31 UTC, a draft model at 128 requests of 128-token prompts) the
+        speculative policies' prefill phase took 10 steps against no speculation's 9 (501 against 458 ms), each
+        step admitting a prompt less for the drafts it then dropped. Never preempts."""
+        self._schedule_prompts(out, self.max_num_batched_tokens - out.num_tokens, preempt=False)
+
+    def _schedule_prompts(self, out: SchedulerOutput, budget: int, preempt: bool) -> None:
+        """Prompt chunks within `budget` tokens: the running prompts' next chunks (a chunk `out` holds already
+        grows), then waiting requests admitted, in order; preempt: whether a chunk may preempt the newest running
+        requests for its KV slots (else it stops there)."""
+        planned = {id(p.request): p for p in out.prefills}
         for request in [r for r in self.running if r.is_prefilling]:
             if budget <= 0:
                 break
             if out.was_preempted(request):
                 continue
-            chunk = min(request.num_tokens - request.num_computed_tokens, budget)
-            if not self._reserve(request, request.num_computed_tokens + chunk, out):
+            so_far = planned.get(id(request))
+            start = request.num_computed_tokens + (0 if so_far is None else so_far.num_tokens)
+            chunk = min(request.num_tokens - start, budget)
+            if chunk <= 0:
                 continue
-            out.prefills.append(ScheduledPrefill(request, chunk))
+            if not preempt and not self.block_manager.ensure_slots(request, start + chunk):
+                return
+            if preempt and not self._reserve(request, start + chunk, out):
+                continue
+            if so_far is None:
+                out.prefills.append(ScheduledPrefill(request, chunk))
+            else:
+                so_far.num_tokens += chunk
             budget -= chunk
 
         while self.waiting and budget > 0 and len(self.running) < self.max_num_seqs and not out.preempted:
@@ -179,7 +204,6 @@ class Scheduler:
             self.running.append(request)
             out.prefills.append(ScheduledPrefill(request, chunk))
             budget -= chunk
-        return out
 
     def _reserve(self, request: Request, num_slots: int, out: SchedulerOutput) -> bool:
         """Allocate slots for `request`, preempting the newest running requests if needed."""

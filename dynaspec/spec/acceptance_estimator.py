@@ -329,7 +329,8 @@ class AcceptanceEstimator:
         ema = self._request_ema(request_id)
         return base if ema is None else self._blend(ema, base)
 
-    def slow_case_alphas(self, request_id: Hashable | None, quantile: float) -> list[float]:
+    def slow_case_alphas(self, request_id: Hashable | None, quantile: float,
+                         alphas: Sequence[float] | None = None) -> list[float]:
         """alphas() with each position's rate at the `quantile` (0 < quantile < 1) of its posterior in the
         blend's beta-binomial model: mean alphas()[j], strength n_j + m (n_j: the request's own trials at
         position j, capped as in the blend; m: the prior count), by the normal approximation, within [0, the
@@ -342,8 +343,9 @@ class AcceptanceEstimator:
         survivals 0.67, 0.61, 0.53, 0.50 at the pooled rates further on, against 0.67, 0.53, 0.37, 0.30), and
         the drain rule ran k = 3-4 where k = 2 ended a closed batch of 16 sooner (H200, 2026-12-07; replayed,
         paired by seed over 100 seeds: 0.951-0.955 -> 0.965-0.971x the best static line at 16; n-gram's replays
-        unchanged, its chat requests' rates after a first match being high)."""
-        alphas = self.alphas(request_id)
+        unchanged, its chat requests' rates after a first match being high). alphas: alphas(request_id) where the
+        caller has them (or their first positions: as many come back)."""
+        alphas = self.alphas(request_id) if alphas is None else alphas
         ema = None if request_id is None else self._request_ema(request_id)
         z, prior, cap = _normal_quantile(quantile), self.effective_blend_count, 1.0 / self.request_ema_rate
         slow = []

@@ -262,7 +262,8 @@ class AdaptivePolicy(DraftLenPolicy):
         (remaining given) and that would end the batch over settings.drain_tolerance later, the one that
         ends it soonest (spec/drain.py)."""
         ids = request_ids or [None] * batch
-        survivals = [survival(self.estimator.alphas(rid)[: self.max_draft_len]) for rid in ids]
+        alphas = [self.estimator.alphas(rid)[: self.max_draft_len] for rid in ids]
+        survivals = [survival(request) for request in alphas]
         pricing = self._pricing(batch)
         # most committed tokens a second: top-B; uniform at its longest where verifying is nearly free; the best
         # uniform allocation where the ragged premium makes that better
@@ -285,7 +286,7 @@ class AdaptivePolicy(DraftLenPolicy):
         if not draining:
             return allocation
         # the closed batch's end: each request's mean and its rate one standard deviation slower (spec/drain.py)
-        slow = [survival(self.estimator.slow_case_alphas(rid, ONE_SPREAD_BELOW)[: self.max_draft_len]) for rid in ids]
+        slow = [survival(self.estimator.slow_case_alphas(rid, ONE_SPREAD_BELOW, a)) for rid, a in zip(ids, alphas)]
         price = shrinking_price(self._pricing, lambda b: self.ragged_premium.seconds(b, self.overhead))
         return drain_allocation(allocation, uniforms, survivals, slow, remaining, price, tolerance)
 

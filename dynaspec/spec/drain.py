@@ -56,6 +56,8 @@ from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import replace
 
+import numpy as np
+
 from dynaspec.spec.adaptive_allocation import Allocation, Pricing
 
 Price = Callable[[int, int, int], float]  # (decoding requests, draft positions, longest k_i) -> step seconds
@@ -113,63 +115,49 @@ def drain_seconds(draft_lens: Sequence[int], survivals: Sequence[Sequence[float]
 
     survivals / slow: each request's mean survivals per position and those with its positions' rates one
     standard deviation of their estimates lower; remaining: its tokens left."""
-    return _drain_seconds(draft_lens, *_steps_by_k(survivals, slow, remaining), price)
+    return _drain_seconds(draft_lens, *_steps_table(survivals, slow, remaining), price)
 
 
-def _steps_by_k(survivals: Sequence[Sequence[float]], slow: Sequence[Sequence[float]], remaining: Sequence[int]
-                ) -> tuple[list[int], list[list[tuple[float, float]]]]:
-    """Per request, the index of its row, and the rows: per k = 0..its positions, (mean steps left, their spread)
-    drafting k a step. Requests alike in survivals, slow case and tokens left share a row: a closed batch's unseen
-    requests all read the prior, so a batch of 256 has a few rows."""
-    index: dict[tuple, int] = {}
-    rows, row_of = [], []
-    for mean, low, left in zip(survivals, slow, remaining):
-        key = (*mean, None, *low, None, left)
-        row = index.get(key)
-        if row is None:
-            row = index[key] = len(rows)
-            rows.append(_steps_row(mean, low, max(0, left)))
-        row_of.append(row)
-    return row_of, rows
+def _steps_table(survivals: Sequence[Sequence[float]], slow: Sequence[Sequence[float]], remaining: Sequence[int]
+                 ) -> tuple[np.ndarray, np.ndarray]:
+    """(means, spreads), each (requests, 1 + positions): request i's mean steps left drafting k a step, column k,
+    and their spread (module docstring). numpy over every request at once: per request in Python this was 0.9 ms
+    of a drain plan of 128 requests on the dev CPU. A request with fewer positions than others repeats its last
+    column (no allocation gives it more)."""
+    depth = max((len(row) for row in survivals), default=0)
+    mean, low = np.zeros((len(survivals), depth)), np.zeros((len(survivals), depth))  # (n, K)
+    for i, (row, row_low) in enumerate(zip(survivals, slow)):
+        mean[i, : len(row)], low[i, : len(row_low)] = row, row_low
+    left = np.maximum(0.0, np.asarray(remaining, dtype=float))[:, None]  # (n, 1)
+    accepted = np.cumsum(mean, axis=1)  # drafts accepted a step, expected, drafting 1..K
+    second = np.cumsum(mean * (2.0 * np.arange(depth) + 1.0), axis=1)  # E[a^2]
+    tokens = 1.0 + accepted
+    variance = np.maximum(0.0, second - accepted * accepted)  # of the tokens a step commits
+    steps = left / tokens
+    spread = np.hypot(left / (1.0 + np.cumsum(low, axis=1)) - steps, np.sqrt(left * variance / tokens ** 3))
+    return np.hstack([left, steps]), np.hstack([np.zeros_like(left), spread])
 
 
-def _steps_row(mean: Sequence[float], low: Sequence[float], left: int) -> list[tuple[float, float]]:
-    """One request's (mean steps left, spread) per k (_steps_by_k)."""
-    row, accepted, second, accepted_slow = [(float(left), 0.0)], 0.0, 0.0, 0.0
-    for j, (s, s_low) in enumerate(zip(mean, low)):
-        accepted, second, accepted_slow = accepted + s, second + (2 * j + 1) * s, accepted_slow + s_low
-        tokens, variance = 1.0 + accepted, max(0.0, second - accepted * accepted)  # of the tokens a step commits
-        steps = left / tokens
-        row.append((steps, math.hypot(left / (1.0 + accepted_slow) - steps, math.sqrt(left * variance / tokens ** 3))))
-    return row
-
-
-def _drain_seconds(draft_lens: Sequence[int], row_of: Sequence[int], rows: Sequence[Sequence[tuple[float, float]]],
-                   price: Price) -> float:
-    """drain_seconds from _steps_by_k's rows, over the requests alike in row and k_i together."""
-    groups = Counter(zip(row_of, draft_lens))  # (row, k_i) -> requests; in the order of their first request
-    means = [rows[row][k][0] for row, k in groups]
-    spreads = [rows[row][k][1] for row, k in groups]
-    ks, counts = [k for _, k in groups], list(groups.values())
-    end = expected_last_end(means, spreads, counts)
-    last_k = ks[max(range(len(means)), key=lambda g: means[g] + spreads[g])] if means else 0
-    leaving: dict[float, list[int]] = {}  # mean steps left -> [requests, their positions, longest k_i]
-    for steps, k, n in zip(means, ks, counts):
-        group = leaving.get(steps)
-        if group is None:
-            leaving[steps] = [n, n * k, k]
-        else:
-            group[0], group[1], group[2] = group[0] + n, group[1] + n * k, max(group[2], k)
-    order = sorted(leaving)  # the order requests leave in
-    still = [(0, 0, 0)] * (len(order) + 1)  # (requests, positions, longest k_i) from the i-th leaving time on
-    for i in range(len(order) - 1, -1, -1):
-        n, positions, longest = leaving[order[i]]
-        after = still[i + 1]
-        still[i] = (after[0] + n, after[1] + positions, max(after[2], longest))
+def _drain_seconds(draft_lens: Sequence[int], means_by_k: np.ndarray, spreads_by_k: np.ndarray, price: Price) -> float:
+    """drain_seconds from _steps_table's columns: requests leave in the order of their mean steps left, each
+    interval between leavings priced at the requests still in it (their positions, their longest k_i)."""
+    ks = np.asarray(draft_lens, dtype=np.int64)
+    if ks.size == 0:
+        return 0.0
+    rows = np.arange(ks.size)
+    means, spreads = means_by_k[rows, ks], spreads_by_k[rows, ks]  # (n,)
+    end = expected_last_end(means.tolist(), spreads.tolist())
+    last_k = int(ks[int(np.argmax(means + spreads))])
+    order = np.argsort(means, kind="stable")
+    leaving, first = np.unique(means[order], return_index=True)  # the times requests leave at, ascending
+    by_time = ks[order]
+    positions = np.cumsum(by_time[::-1])[::-1][first]  # of the requests still in from each leaving time on
+    longest = np.maximum.accumulate(by_time[::-1])[::-1][first]
+    still = ks.size - first
     seconds, done = 0.0, 0.0
-    for steps, (n, positions, longest) in zip(order, still):
+    for steps, n, held, top in zip(leaving.tolist(), still.tolist(), positions.tolist(), longest.tolist()):
         if steps > done:
-            seconds += price(n, positions, longest) * (steps - done)
+            seconds += price(n, held, top) * (steps - done)
             done = steps
     if end > done:  # the last request alone
         seconds += price(1, last_k, last_k) * (end - done)
@@ -183,10 +171,10 @@ def drain_allocation(goodput: Allocation, candidates: Sequence[Allocation], surv
     allocations, adaptive_allocation.uniform_allocations); then that candidate (the first of equals), its source
     "drain". Either carries its drain_gain: how much sooner than the candidate of k = 0 for every request it ends
     the batch (None where no candidate is that)."""
-    row_of, rows = _steps_by_k(survivals, slow, remaining)
+    table = _steps_table(survivals, slow, remaining)
 
     def ends(allocation: Allocation) -> float:
-        return _drain_seconds(allocation.draft_lens, row_of, rows, price)
+        return _drain_seconds(allocation.draft_lens, *table, price)
 
     seconds = [ends(candidate) for candidate in candidates]
     soonest = min(range(len(candidates)), key=seconds.__getitem__)

@@ -6,8 +6,9 @@ profiles[i % len(profiles)][j] (given the positions before it were accepted); a 
 draft lengths k_i costs step_ms(b, [k_i]) milliseconds. The policy sees every step as the engine shows it (its
 draft lengths, drafted and accepted counts, seconds) and each request's tokens left, since nothing waits: the
 batch drains. Outcomes reach the policy as the engine feeds them: a step is decided, then the step before it is
-observed and its finished requests released, then the decided batch refreshed. A warm-up batch of the same mix runs first, as `dynaspec bench` runs one, so finished requests
-have taught the policy how much requests differ (spec/request_spread.py).
+observed and its finished requests released, then the decided batch refreshed. A warm-up batch of the same mix
+runs first, as `dynaspec bench` runs one, so finished requests have taught the policy how much requests differ
+(spec/request_spread.py).
 
 steady_batch_tokens_per_ms replays the other case, the one issue 20's bound describes (bench/adaptive_bound.py):
 a batch held at `batch` requests, each finished request replaced at once by a new one replaying the same profile

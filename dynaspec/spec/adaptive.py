@@ -12,8 +12,9 @@ accepted) gets long drafts next to a chat request that gets none, in the same st
 Host cost, as the planner's: an allocation is computed per batch of decoding request ids and reused until
 `replan_every` observations arrived; `refresh()` (called while the GPU runs a step) recomputes a due one,
 so draft_lens() usually finds it ready, and a new composition takes the latest plan's k_i for one decision
-(spec/allocation_tables.py; a draining batch that only lost requests keeps them for a step unplanned). Learning: observe() feeds each request's drafted / accepted counts
-at its own k_i (StepOutcome.draft_lens), so a request cut short by its k_i is not read as rejected at k_i.
+(spec/allocation_tables.py; a draining batch that only lost requests keeps them for a step unplanned).
+Learning: observe() feeds each request's drafted / accepted counts at its own k_i (StepOutcome.draft_lens),
+so a request cut short by its k_i is not read as rejected at k_i.
 
 Prices (`step_seconds`): where the step runs (spec/probed_prices.py): a uniform step (every k_i equal; a batch of
 one) at its uniform graph's probed T; a ragged one's verify in the graph of (batch bucket, padded tokens)
@@ -235,8 +236,7 @@ class AdaptivePolicy(DraftLenPolicy):
         if allocation is not None:
             return allocation
         if critical and request_ids is not None and not self._tables.knows(key):
-            draft_lens = self._tables.provisional_draft_lens(request_ids, draining)
-            if draft_lens is not None:
+            if (draft_lens := self._tables.provisional_draft_lens(request_ids, draining)) is not None:
                 allocation = self._provisional(batch, request_ids, draft_lens)
                 inherits = draining and self._tables.inherits(request_ids)  # a drain plan's requests, less leavers
                 self._tables.put(key, self._observations, allocation, provisional=True, passes=int(inherits))
@@ -247,10 +247,8 @@ class AdaptivePolicy(DraftLenPolicy):
 
     def _provisional(self, batch: int, request_ids: Sequence[Hashable], draft_lens: list[int]) -> Allocation:
         """draft_lens priced, with no next position: a provisional decision neither probes nor explores."""
-        tokens = float(batch)
-        for rid, k in zip(request_ids, draft_lens):
-            if k:
-                tokens += sum(survival(self.estimator.alphas(rid)[:k]))
+        alphas = self.estimator.alphas
+        tokens = batch + sum(sum(survival(alphas(rid)[:k])) for rid, k in zip(request_ids, draft_lens) if k)
         budget = sum(draft_lens)
         premium = self.ragged_premium.seconds(batch, self.overhead) if len(set(draft_lens)) > 1 else 0.0
         seconds = self._pricing(batch)(budget, max(draft_lens, default=0)) + premium

@@ -12,9 +12,9 @@ policy neither plans nor asks for the backlog meanwhile.
 
 In a draining batch the gain is the drain rule's (spec/drain.py): how much sooner than plain steps the allocation
 ends the batch, its slowest requests and the shrinking batch priced, rather than the tokens left at the allocation's
-tokens a second, which assumes the batch keeps its rate to the end. On an H100 (2026-12-08 00:31 UTC, random Llama-3.2-1B
-drafting for the 8B, code-edit next to chat, 128 requests of 64 tokens) that rate priced the switch at 96 ms saved
-against an 82 ms catch-up; the batch then ran at 0.86x no speculation.
+tokens a second, which assumes the batch keeps its rate to the end. On an H100 (2026-12-08 00:31 UTC, random
+Llama-3.2-1B drafting for the 8B, code-edit next to chat, 128 requests of 64 tokens) that rate priced the switch at
+96 ms saved against an 82 ms catch-up; the batch then ran at 0.86x no speculation.
 """
 
 from __future__ import annotations
@@ -47,7 +47,9 @@ class SwitchHold:
             return False
         behind, remaining = backlog()
         price, drain_gain = catch_up.seconds(behind), allocation.drain_gain
-        if price < drain_gain if drain_gain is not None else switch_pays(price, remaining, goodput_now(), goodput_after):
+        if drain_gain is not None and price < drain_gain:
+            return True
+        if drain_gain is None and switch_pays(price, remaining, goodput_now(), goodput_after):
             return True
         if request_ids is not None:
             self._refused, self._refused_ids, self._refused_at = allocation, frozenset(request_ids), observations

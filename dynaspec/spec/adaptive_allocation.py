@@ -76,8 +76,8 @@ class Allocation:
     source: str = "goodput"
     # a uniform k next to this uniform one to probe for the host-overhead fit (spec/neighbour_probe.py; None: none)
     neighbour: int | None = None
-    # a draining batch's plan: seconds sooner than k = 0 for every request its last request is predicted to end
-    # (spec/drain.py; what leaving k = 0 gains, against the drafter's catch-up); None: not planned for a drain
+    # a draining batch's plan: seconds sooner than k = 0 for every request its last request is predicted to end, at
+    # the mean rates (spec/drain.py; what leaving k = 0 gains, against the drafter's catch-up); None: not a drain's
     drain_gain: float | None = None
 
     @property

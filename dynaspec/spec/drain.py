@@ -170,7 +170,9 @@ def drain_allocation(goodput: Allocation, candidates: Sequence[Allocation], surv
     """`goodput` unless its drain_seconds exceed (1 + tolerance) x the smallest among `candidates` (the uniform
     allocations, adaptive_allocation.uniform_allocations); then that candidate (the first of equals), its source
     "drain". Either carries its drain_gain: how much sooner than the candidate of k = 0 for every request it ends
-    the batch (None where no candidate is that)."""
+    the batch at the requests' mean rates (the expected gain a switch from k = 0 weighs against the drafter's
+    catch-up, spec/switch_hold.py; the slow case, which keeps the choice among candidates from speculating where an
+    unseen request may be slow, would count that risk twice); None where no candidate is k = 0."""
     table = _steps_table(survivals, slow, remaining)
 
     def ends(allocation: Allocation) -> float:
@@ -181,7 +183,13 @@ def drain_allocation(goodput: Allocation, candidates: Sequence[Allocation], surv
     goodput_ends = next((end for candidate, end in zip(candidates, seconds)
                          if candidate.draft_lens == goodput.draft_lens), None)  # often one of them: priced once
     goodput_ends = ends(goodput) if goodput_ends is None else goodput_ends
-    plain = next((end for candidate, end in zip(candidates, seconds) if candidate.budget == 0), None)
     if goodput_ends <= (1.0 + tolerance) * seconds[soonest]:
-        return replace(goodput, drain_gain=None if plain is None else plain - goodput_ends)
-    return replace(candidates[soonest], source="drain", drain_gain=None if plain is None else plain - seconds[soonest])
+        chosen = goodput
+    else:
+        chosen = replace(candidates[soonest], source="drain")
+    plain = next((candidate for candidate in candidates if candidate.budget == 0), None)
+    if plain is None:
+        return chosen
+    at_mean = _steps_table(survivals, survivals, remaining)  # the gain a switch expects: at the mean rates
+    gain = _drain_seconds(plain.draft_lens, *at_mean, price) - _drain_seconds(chosen.draft_lens, *at_mean, price)
+    return replace(chosen, drain_gain=gain)

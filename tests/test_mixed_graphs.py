@@ -50,13 +50,16 @@ def _run(engine: LLMEngine) -> dict[str, list[int]]:
         f"r{i}", SamplingParams(temperature=0.0, max_tokens=6 + 3 * (i % 4), ignore_eos=True)))
 
 
-def _spy(engine: LLMEngine) -> list[tuple[int, int, int]]:
-    """(decodes, chunks, prompt rows) of every mixed step that went through the mixed layout."""
+def _spy(engine: LLMEngine, cut_short: list[int] | None = None) -> list[tuple[int, int, int]]:
+    """(decodes, chunks, prompt rows) of every mixed step that went through the mixed layout; cut_short: the
+    tokens (decodes + prompt rows) of each such step whose last chunk does not complete its prompt."""
     seen: list[tuple[int, int, int]] = []
     forward_mixed = engine.runner.forward_mixed
 
     def spy(batch: MixedBatch, completes: list[bool]):
         seen.append((len(batch.decode_tokens), len(batch.chunk_tokens), sum(len(t) for t in batch.chunk_tokens)))
+        if cut_short is not None and completes and not completes[-1]:
+            cut_short.append(seen[-1][0] + seen[-1][2])
         return forward_mixed(batch, completes)
 
     engine.runner.forward_mixed = spy
@@ -141,9 +144,13 @@ def test_speculative_decodes_beside_prefills_run_at_k0_in_the_mixed_layout(targe
     eager = _engine(target, fixed_shape=False, spec=spec)
     expected = _run(eager)
     engine = _engine(target, fixed_shape=True, spec=spec)
-    seen = _spy(engine)
+    cut_short: list[int] = []
+    seen = _spy(engine, cut_short)
     assert _run(engine) == expected == _run(_engine(target, fixed_shape=False))
     assert any(d > 0 and c > 0 for d, c, _ in seen)  # speculative decodes went through the k = 0 mixed layout
+    # a prompt cut short means the step's budget ran out: the positions of the drafts it dropped went to prompts
+    # (Scheduler.refill; before, such steps held up to 3 positions a decode fewer than the 48-token budget)
+    assert cut_short and set(cut_short) == {48}, cut_short
     assert 0 < engine.get_stats()["num_drafted"] < eager.get_stats()["num_drafted"]
     static = _engine(target, fixed_shape=True, spec=NGramDecodingConfig(max_draft_len=3))
     assert not static.runner.mixed_graphs.pairs  # (the test captures them with the keys the engine would use)

@@ -277,6 +277,10 @@ def test_a_draining_batch_weighs_the_switch_by_how_much_sooner_it_ends():
         policy.observe(StepOutcome(ids, 0, seconds=1.0))  # then a plain step: leaving k = 0 pays the catch-up
         return policy
 
+    inherited = policy_after_warm_up()  # a composition of the latest drain plan's requests less one, not planned:
+    inherited.allocation(8, ids, [left] * 8, critical=False)  # it weighs the switch by that plan's drain gain
+    assert inherited.draft_lens(7, 7, ids[1:], remaining=[left] * 7) == [0] * 7
+    assert inherited.last_decision["reason"] == "catch-up"
     planned = policy_after_warm_up().plan(8, ids, [left] * 8)
     rate_gain = 8 * left * (policy_after_warm_up().step_seconds(8, 0) / 8 - 1 / planned.goodput)
     assert planned.budget > 0 and planned.drain_gain < 6.0 < rate_gain, (planned.drain_gain, rate_gain)

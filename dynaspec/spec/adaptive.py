@@ -237,8 +237,9 @@ class AdaptivePolicy(DraftLenPolicy):
             return allocation
         if critical and request_ids is not None and not self._tables.knows(key):
             if (draft_lens := self._tables.provisional_draft_lens(request_ids, draining)) is not None:
-                allocation = self._provisional(batch, request_ids, draft_lens)
                 inherits = draining and self._tables.inherits(request_ids)  # a drain plan's requests, less leavers
+                gain = self._tables.latest_drain_gain() if inherits else None  # a switch from k = 0 weighs it
+                allocation = replace(self._provisional(batch, request_ids, draft_lens), drain_gain=gain)
                 self._tables.put(key, self._observations, allocation, provisional=True, passes=int(inherits))
                 return allocation
         allocation = self.plan(batch, request_ids, remaining)

@@ -114,6 +114,12 @@ class AllocationTables:
             return False
         return all(rid in latest.index for rid in request_ids)
 
+    def latest_drain_gain(self) -> float | None:
+        """The latest drain plan's Allocation.drain_gain: an inherited composition's stand-in, so that a switch
+        from k = 0 there is weighed by the drain's end as the plan's own composition was (spec/switch_hold.py)."""
+        latest = self._latest.get(True)
+        return None if latest is None else latest.allocation.drain_gain
+
     def __len__(self) -> int:
         return len(self._entries)
 

@@ -16,7 +16,8 @@ tokens left at the allocation's tokens a second, which assumes the batch keeps i
 Llama-3.2-1B drafting for the 8B, code-edit next to chat, 128 requests of 64 tokens) that rate priced the switch at
 96 ms saved against an 82 ms catch-up; the batch then ran at 0.86x no speculation. Replayed at that card's probed
 prices (scripts/lab/switch_replay.py), the drain's gain is 55 ms there (refused) and 91 ms against a 46 ms
-catch-up at 64 requests, where speculating ran 1.03x no speculation (paid).
+catch-up at 64 requests, where speculating ran 1.03x no speculation (paid). A draining composition not planned
+yet (requests of the latest drain plan, less some that left: spec/allocation_tables.py) carries that plan's gain.
 """
 
 from __future__ import annotations

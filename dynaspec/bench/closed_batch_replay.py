@@ -132,10 +132,12 @@ def interpolated_step_ms(plain_ms: Sequence[float], full_ms: Sequence[float], fu
 
 
 def replayed_adaptive_policy(step_ms: Callable[[int, list[int]], float], max_batch: int, max_draft_len: int,
-                             settings: PlannerSettings) -> AdaptivePolicy:
-    """The adaptive policy as the engine builds it, its probed T(batch, k) = step_ms for batch 1..max_batch."""
+                             settings: PlannerSettings, acceptance_profile: str | None = None) -> AdaptivePolicy:
+    """The adaptive policy as the engine builds it, its probed T(batch, k) = step_ms for batch 1..max_batch;
+    acceptance_profile: the pooled start's profile (a path), as a speculative config's `acceptance_profile`."""
     costs = StepCostModel()
     for batch in range(1, max_batch + 1):
         for k in range(max_draft_len + 1):
             costs.add(batch, k, step_ms(batch, [k] * batch) / 1e3)
-    return AdaptivePolicy(costs, planning_estimator(max_draft_len, None, settings), max_draft_len, settings)
+    estimator = planning_estimator(max_draft_len, acceptance_profile, settings)
+    return AdaptivePolicy(costs, estimator, max_draft_len, settings)

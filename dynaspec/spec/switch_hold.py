@@ -12,12 +12,13 @@ policy neither plans nor asks for the backlog meanwhile.
 
 In a draining batch the gain is the drain rule's (spec/drain.py): how much sooner than plain steps the allocation
 ends the batch at the requests' mean rates, its slowest requests and the shrinking batch priced, rather than the
-tokens left at the allocation's tokens a second, which assumes the batch keeps its rate to the end. On an H100 (2026-12-08 00:31 UTC, random
-Llama-3.2-1B drafting for the 8B, code-edit next to chat, 128 requests of 64 tokens) that rate priced the switch at
-96 ms saved against an 82 ms catch-up; the batch then ran at 0.86x no speculation. Replayed at that card's probed
-prices (scripts/lab/switch_replay.py), the drain's gain is 55 ms there (refused) and 91 ms against a 46 ms
-catch-up at 64 requests, where speculating ran 1.03x no speculation (paid). A draining composition not planned
-yet (requests of the latest drain plan, less some that left: spec/allocation_tables.py) carries that plan's gain.
+tokens left at the allocation's tokens a second, which assumes the batch keeps its rate to the end. On an H100
+(2026-12-08 00:31 UTC, random Llama-3.2-1B drafting for the 8B, code-edit next to chat, 128 requests of 64 tokens)
+that rate priced the switch at 96 ms saved against an 82 ms catch-up; the batch then ran at 0.86x no speculation.
+Replayed at that card's probed prices (scripts/lab/switch_replay.py), the drain's gain is 55 ms there (refused)
+and 91 ms against a 46 ms catch-up at 64 requests, where speculating ran 1.03x no speculation (paid). A draining
+composition not planned yet (requests of the latest drain plan, less some that left: spec/allocation_tables.py)
+carries that plan's gain.
 """
 
 from __future__ import annotations

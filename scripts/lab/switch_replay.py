@@ -30,7 +30,8 @@ from dynaspec.spec.policy import StepOutcome  # noqa: E402
 
 PROBED_MS = {  # batch -> T(batch, k) ms, k = 0..4 (H100; 64 and 128 from the 00:31 run)
     1: [5.39, 7.06, 8.16, 9.35, 10.63], 4: [5.64, 6.96, 8.48, 9.77, 11.07], 16: [6.02, 7.48, 8.92, 10.32, 11.94],
-    64: [6.32, 8.56, 10.83, 12.92, 15.87], 128: [7.07, 10.47, 15.19, 18.76, 23.25], 256: [8.73, 16.31, 26.18, 31.21, 40.1],
+    64: [6.32, 8.56, 10.83, 12.92, 15.87], 128: [7.07, 10.47, 15.19, 18.76, 23.25],
+    256: [8.73, 16.31, 26.18, 31.21, 40.1],
 }
 PROMPT_TOKENS = 129  # the bench's 128-token prompts and the first generated token: the drafter's backlog a request
 

@@ -293,14 +293,14 @@ def _run_batch(engine, batch: int, prompt_len: int, gen_len: int, rng: random.Ra
         finished.update((o.request_id, list(o.token_ids)) for o in outputs if o.finished)
         committed = sum(len(o.new_token_ids) for o in outputs)
         stats = engine.get_stats()
+        steps, decode_steps = decode_steps, _decode_steps(stats)  # a step with decoding requests records one
+        last_step = stats["last_step"] if decode_steps > steps else {}  # none this call: not the last call's again
         if pending:
             prefill_time += elapsed
             pending.difference_update(o.request_id for o in outputs if o.token_ids)
-            steps, decode_steps = decode_steps, _decode_steps(stats)  # a step with decoding requests records one
-            last_step = stats["last_step"] if decode_steps > steps else {}
             prefill_records.append((elapsed, committed, last_step, stats.get("planner_decision")))
             continue
-        records.append((elapsed, committed, stats["last_step"], stats.get("planner_decision")))
+        records.append((elapsed, committed, last_step, stats.get("planner_decision")))
     start = time.perf_counter()
     _sync(device)  # the batch ends when the device is done: the wait belongs to the last step
     if records:

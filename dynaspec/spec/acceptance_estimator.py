@@ -53,6 +53,11 @@ first-position rates 0.93 and 0.67), the global estimate read 0.68 when the batc
 looked like a chat request, and the adaptive policy ran k = 0 to the end (0.95x the best static k); with the
 mean of requests, 0.98-0.99x (scripts/lab/warm_sweep_replay.py, 3-8 seeds). Until `MIN_REQUESTS` requests
 finished (and at positions fewer of them reached) the global estimate stands in.
+
+Where finished requests differ more than binomial noise allows (Tarone's test, spec/request_spread.py), a request's
+slow case (slow_case_alphas, the drain rule's) comes from a prior made of the finished requests themselves
+(spec/request_mixture.py): a request that starts like the slow ones is planned like them at every position within a
+few steps. Its mean stays the blend's (why: spec/request_mixture.py).
 """
 
 from __future__ import annotations
@@ -65,7 +70,10 @@ from pathlib import Path
 from statistics import NormalDist
 from typing import Any
 
+import numpy as np
+
 from dynaspec.spec.planner_settings import PlannerSettings
+from dynaspec.spec.request_mixture import FinishedRequestMixture
 from dynaspec.spec.request_spread import MIN_REQUESTS, RECENT_REQUESTS, RequestSpread
 
 
@@ -215,6 +223,9 @@ class AcceptanceEstimator:
         self._spread = RequestSpread(self.blend_count) if learn_blend_count else None
         # the mean of finished requests' own estimates, one vote a request (module docstring)
         self._finished = _PositionEMA(max_draft_len, 1.0 / RECENT_REQUESTS, None, 0.0) if learn_blend_count else None
+        # where requests differ, the prior made of finished requests (spec/request_mixture.py) and its posteriors
+        self._mixture = FinishedRequestMixture(RECENT_REQUESTS) if learn_blend_count else None
+        self._posteriors: dict[Hashable | None, tuple[list[float], list[float]]] | None = None
         self._prior: list[float] | None = None  # request_prior_alphas(), cached
         self._prior_curve: list[float] | None = None
         if self.profile is None and cold_start_trials > 0:
@@ -259,7 +270,7 @@ class AcceptanceEstimator:
                 self._global.update(j, successes[j], trials[j])
                 changed = True
         if changed:
-            self._global_curve = self._prior = self._prior_curve = None
+            self._global_curve = self._prior = self._prior_curve = self._posteriors = None
             self._request_curves.clear()  # blended curves depend on the global estimate
         if request_ids is None:
             return
@@ -289,12 +300,13 @@ class AcceptanceEstimator:
         if self._spread is not None:
             ema = self._request_ema(request_id)
             if ema is not None and ema.values[0] is not None:
-                before = self._spread.prior_count
                 self._spread.add(ema.values[0], min(ema.weights[0], 1.0 / self.request_ema_rate))
                 for j, value in enumerate(ema.values):
                     if value is not None:
                         self._finished.add(j, value)
-                self._prior = self._prior_curve = None
+                successes, failures = self._own_counts(ema)
+                self._mixture.add(successes, [s + f for s, f in zip(successes, failures)])
+                self._prior = self._prior_curve = self._posteriors = None
                 self._request_curves.clear()  # blended curves depend on the prior (mean and count)
         self._requests.pop(request_id, None)
         self._unfolded.pop(request_id, None)
@@ -329,6 +341,40 @@ class AcceptanceEstimator:
         ema = self._request_ema(request_id)
         return base if ema is None else self._blend(ema, base)
 
+    def _posterior(self, request_id: Hashable) -> tuple[list[float], list[float]] | None:
+        """(mean, standard deviation) per position of a request under the finished requests' mixture, where
+        Tarone's test finds that finished requests differ (module docstring); else None. Computed for every tracked
+        request at once (one batched evaluation a step) and kept until the next outcome or release."""
+        if self._spread is None or not self._spread.requests_differ or len(self._mixture) < MIN_REQUESTS:
+            return None
+        if self._posteriors is None:
+            ids = list(self._requests.keys() | self._unfolded.keys())
+            emas = [self._request_ema(rid) for rid in ids]
+            tracked = [ema for ema in emas if ema is not None]  # one with no outcome yet reads as no data
+            rates = np.array([ema.values for ema in tracked] + [[None] * self.max_draft_len], dtype=np.float64)
+            seen = ~np.isnan(rates)  # (R + 1, K); the last row: a request with no data
+            trials = np.zeros_like(rates)
+            if tracked:
+                trials[:-1] = np.minimum(np.array([ema.weights for ema in tracked]), 1.0 / self.request_ema_rate)
+            trials = np.where(seen, trials, 0.0)
+            successes = np.where(seen, rates, 0.0) * trials
+            means, spreads = self._mixture.posterior(self.request_prior_alphas(), successes, trials - successes)
+            rows = iter(zip(means.tolist(), spreads.tolist()))
+            no_data = (means[-1].tolist(), spreads[-1].tolist())
+            self._posteriors = {rid: no_data if ema is None else next(rows) for rid, ema in zip(ids, emas)}
+            self._posteriors[None] = no_data
+        return self._posteriors.get(request_id, self._posteriors[None])
+
+    def _own_counts(self, ema: _PositionEMA | None) -> tuple[list[float], list[float]]:
+        """A request's (successes, failures) per position: its estimate times its trials, capped as in the
+        blend (an EMA's effective sample size)."""
+        if ema is None:
+            return [0.0] * self.max_draft_len, [0.0] * self.max_draft_len
+        cap = 1.0 / self.request_ema_rate
+        trials = [0.0 if value is None else min(weight, cap) for value, weight in zip(ema.values, ema.weights)]
+        successes = [0.0 if value is None else value * n for value, n in zip(ema.values, trials)]
+        return successes, [n - s for n, s in zip(trials, successes)]
+
     def slow_case_alphas(self, request_id: Hashable | None, quantile: float,
                          alphas: Sequence[float] | None = None) -> list[float]:
         """alphas() with each position's rate at the `quantile` (0 < quantile < 1) of its posterior in the
@@ -344,10 +390,16 @@ class AcceptanceEstimator:
         the drain rule ran k = 3-4 where k = 2 ended a closed batch of 16 sooner (H200, 2026-12-07; replayed,
         paired by seed over 100 seeds: 0.951-0.955 -> 0.965-0.971x the best static line at 16; n-gram's replays
         unchanged, its chat requests' rates after a first match being high). alphas: alphas(request_id) where the
-        caller has them (or their first positions: as many come back)."""
+        caller has them (or their first positions: as many come back). Where requests differ (Tarone's test), each
+        position's rate is at the quantile of the finished requests' mixture posterior instead
+        (spec/request_mixture.py; the same normal approximation, its standard deviation the mixture's)."""
         alphas = self.alphas(request_id) if alphas is None else alphas
+        z = _normal_quantile(quantile)
+        if request_id is not None and (posterior := self._posterior(request_id)) is not None:
+            return [min(mean, max(0.0, posterior_mean + z * sd))
+                    for mean, posterior_mean, sd in zip(alphas, *posterior)]
         ema = None if request_id is None else self._request_ema(request_id)
-        z, prior, cap = _normal_quantile(quantile), self.effective_blend_count, 1.0 / self.request_ema_rate
+        prior, cap = self.effective_blend_count, 1.0 / self.request_ema_rate
         slow = []
         for j, mean in enumerate(alphas):
             own = 0.0 if ema is None or ema.values[j] is None else min(ema.weights[j], cap)

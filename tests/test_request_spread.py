@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import math
 import random
+
+import pytest
 
 from dynaspec.spec.acceptance_estimator import AcceptanceEstimator
 from dynaspec.spec.request_spread import MAX_PRIOR_COUNT, MIN_PRIOR_COUNT, MIN_REQUESTS, MIN_TRIALS, RequestSpread
@@ -166,3 +169,25 @@ def test_a_new_request_is_taken_for_the_mean_of_finished_requests_not_of_their_t
         early.update(f"r{i}", 1, 1)
         early.release(f"r{i}")
     assert early.request_prior_alphas() == early.global_alphas()
+
+
+def test_the_window_of_finished_requests_follows_the_batch():
+    """At least RECENT_REQUESTS, else WINDOW_BATCHES x the batch's decaying peak: at 128 the window keeps 256
+    finished requests; back at batch 4 it shrinks towards RECENT_REQUESTS as the peak decays, dropping the oldest
+    (and re-learning from those left)."""
+    from dynaspec.spec.request_spread import PEAK_DECAY, RECENT_REQUESTS, WINDOW_BATCHES
+
+    spread = RequestSpread(8.0)
+    for i in range(400):
+        spread.add(0.9 if i < 200 else 0.1, 20)
+    assert spread.num_requests == RECENT_REQUESTS and spread.requests_differ is False  # the last 64: all 0.1
+    spread.follow_batch(128)
+    for i in range(400):
+        spread.add(0.9 if i % 2 else 0.1, 20)
+    assert spread.num_requests == WINDOW_BATCHES * 128 and spread.requests_differ
+    steps = 0
+    while spread.num_requests > RECENT_REQUESTS:
+        spread.follow_batch(4)
+        steps += 1
+    peak_for_window = RECENT_REQUESTS / WINDOW_BATCHES
+    assert steps == pytest.approx(math.log(peak_for_window / 128) / math.log(1 - PEAK_DECAY), abs=2)

@@ -312,6 +312,12 @@ class AcceptanceEstimator:
         self._unfolded.pop(request_id, None)
         self._request_curves.pop(request_id, None)
 
+    def follow_batch(self, batch: int) -> None:
+        """A decode step of `batch` requests: with learn_blend_count, the window of finished requests the spread is
+        learned from covers the batch (spec/request_spread.py)."""
+        if self._spread is not None:
+            self._spread.follow_batch(batch)
+
     # ----------------------------------------------------------------- estimates
     def global_alphas(self) -> list[float]:
         """Global alpha_j; an uncovered position repeats the previous one (initial_alpha for position 0)."""

@@ -394,13 +394,13 @@ class AdaptivePolicy(DraftLenPolicy):
 
     # ----------------------------------------------------------------- engine hooks
     def observe(self, outcome: StepOutcome) -> None:
-        """Each request's drafted / accepted counts, at its own k_i; the step's time (the host overhead, or
-        on the first speculative step after plain ones the catch-up's price). Every step counts towards
-        `replan_every`, plain ones too: they move the overhead fit, and an allocation made when a batch
-        started would otherwise hold through a whole plain phase (H100, 2026-12-06: after two explorations
-        at batch 64 showed verifying cheaper than the allocation had priced it, k = 0 held for the rest
-        of the batch)."""
+        """Each request's drafted / accepted counts, at its own k_i; the step's time (the host overhead, or on the
+        first speculative step after plain ones the catch-up's price); its batch (which the window of finished
+        requests follows). Every step counts towards `replan_every`, plain ones too: they move the overhead fit, and
+        a plan made when a batch started would otherwise hold through a whole plain phase (H100, 2026-12-06: after
+        two explorations at 64 showed verifying cheaper than priced, k = 0 held for the rest of the batch)."""
         self._observations += 1
+        self.estimator.follow_batch(outcome.batch)
         positions = sum(outcome.drafted)
         if outcome.seconds is not None and outcome.batch > 0:
             if outcome.catch_up_tokens is not None:

@@ -342,6 +342,7 @@ class GoodputPlanner(DraftLenPolicy):
         """Feed one step's outcome (the lists SpecStats.record takes) to the acceptance estimator."""
         if k == 0:
             return
+        self.estimator.follow_batch(len(drafted))
         self.estimator.update_step(self._blended(len(drafted), request_ids), drafted, accepted, k)
         self._observations += 1
 

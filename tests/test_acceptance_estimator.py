@@ -5,11 +5,8 @@ import random
 
 import pytest
 
-from dynaspec.spec.acceptance_estimator import (
-    AcceptanceEstimator,
-    expected_accepted_length,
-    load_acceptance_profile,
-)
+from dynaspec.spec.acceptance_estimator import AcceptanceEstimator, expected_accepted_length
+from dynaspec.spec.acceptance_profile import load_acceptance_profile
 
 
 def test_expected_accepted_length_matches_leviathan_closed_form():

@@ -55,23 +55,22 @@ mean of requests, 0.98-0.99x (scripts/lab/warm_sweep_replay.py, 3-8 seeds). Unti
 finished (and at positions fewer of them reached) the global estimate stands in.
 
 Where finished requests differ more than binomial noise allows (Tarone's test, spec/request_spread.py), a request's
-slow case (slow_case_alphas, the drain rule's) comes from a prior made of the finished requests themselves
-(spec/request_mixture.py): a request that starts like the slow ones is planned like them at every position within a
-few steps. Its mean stays the blend's (why: spec/request_mixture.py).
+slow case (slow_case_alphas, the drain rule's) and its means from the second position on come from a prior made of
+the finished requests themselves (spec/request_mixture.py): a request that starts like the slow ones is planned like
+them at every position within a few steps. Its first position's mean stays the blend's (why: spec/request_mixture.py).
 """
 
 from __future__ import annotations
 
-import json
 import math
 from collections.abc import Hashable, Sequence
 from functools import lru_cache
-from pathlib import Path
 from statistics import NormalDist
 from typing import Any
 
 import numpy as np
 
+from dynaspec.spec.acceptance_profile import load_acceptance_profile
 from dynaspec.spec.planner_settings import PlannerSettings
 from dynaspec.spec.request_mixture import FinishedRequestMixture
 from dynaspec.spec.request_spread import MIN_REQUESTS, RECENT_REQUESTS, RequestSpread
@@ -95,40 +94,6 @@ def _cumulative(alphas: Sequence[float]) -> list[float]:
         total += survive
         out.append(total)
     return out
-
-
-def _check_probabilities(values: Any, what: str) -> list[float]:
-    """A profile file's list of probabilities, or a ValueError naming the field (user input)."""
-    if isinstance(values, (str, bytes)) or not isinstance(values, Sequence) or not values:
-        raise ValueError(f"{what} must be a non-empty list of probabilities in [0, 1], got {values!r}")
-    result = []
-    for j, value in enumerate(values):
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise ValueError(f"{what}[{j}] must be a number in [0, 1], got {value!r}")
-        if not (math.isfinite(value) and 0.0 <= value <= 1.0):
-            raise ValueError(f"{what}[{j}] must be in [0, 1], got {value!r}")
-        result.append(float(value))
-    return result
-
-
-def load_acceptance_profile(path: str | Path) -> list[float]:
-    """`acceptance_per_position` of a profile JSON ({"acceptance_per_position": [alpha_0, ...], ...}).
-
-    SpecStats.as_dict() has this key, so a stats dump of a previous run is a valid profile.
-    """
-    path = Path(path)
-    if not path.is_file():
-        raise ValueError(f"acceptance profile {str(path)!r} does not exist")
-    try:
-        data = json.loads(path.read_text())
-    except json.JSONDecodeError as exc:
-        raise ValueError(f"acceptance profile {str(path)!r} is not valid JSON: {exc}") from None
-    if not isinstance(data, dict) or "acceptance_per_position" not in data:
-        raise ValueError(
-            f"acceptance profile {str(path)!r} must be a JSON object with 'acceptance_per_position': "
-            f"[conditional acceptance of position j given all earlier accepted, ...]"
-        )
-    return _check_probabilities(data["acceptance_per_position"], f"{path.name}: acceptance_per_position")
 
 
 # Steps of a request's outcomes kept before they are folded into its EMA even if nobody reads it.
@@ -340,12 +305,20 @@ class AcceptanceEstimator:
         return self._prior
 
     def alphas(self, request_id: Hashable | None = None) -> list[float]:
-        """alpha_j for a request (its estimate blended with the prior of a request), or the global ones."""
+        """alpha_j for a request (its estimate blended with the prior of a request, _request_alphas), or the global
+        ones."""
         if request_id is None:
             return self.global_alphas()
-        base = self.request_prior_alphas()
-        ema = self._request_ema(request_id)
-        return base if ema is None else self._blend(ema, base)
+        return self._request_alphas(request_id, self._request_ema(request_id), self.request_prior_alphas())
+
+    def _request_alphas(self, request_id: Hashable, ema: _PositionEMA | None, base: list[float]) -> list[float]:
+        """A request's alpha_j: its blend with the prior of a request (base), or where requests differ the blend at
+        the first position and the finished requests' mixture posterior further on (spec/request_mixture.py: a
+        request reaches later positions less often, and the mixture reads them from its first ones; the first stays
+        the blend's so that a request the mixture reads as slow is not held at k = 0, where it learns nothing)."""
+        own = base if ema is None else self._blend(ema, base)
+        posterior = self._posterior(request_id)
+        return own if posterior is None else own[:1] + list(posterior[0][1:])
 
     def _posterior(self, request_id: Hashable) -> tuple[list[float], list[float]] | None:
         """(mean, standard deviation) per position of a request under the finished requests' mixture, where
@@ -444,14 +417,14 @@ class AcceptanceEstimator:
                 self._global_curve = _cumulative(self.global_alphas())
             return self._global_curve
         ema = self._request_ema(request_id)
-        if ema is None:
+        if ema is None and self._posterior(request_id) is None:
             if self._prior_curve is None:
                 self._prior_curve = _cumulative(self.request_prior_alphas())
             return self._prior_curve
         curve = self._request_curves.get(request_id)
         if curve is None:
-            blended = self._blend(ema, self.request_prior_alphas() if base is None else base)
-            curve = self._request_curves[request_id] = _cumulative(blended)
+            alphas = self._request_alphas(request_id, ema, self.request_prior_alphas() if base is None else base)
+            curve = self._request_curves[request_id] = _cumulative(alphas)
         return curve
 
     def expected_accepted_all(self, request_ids: Sequence[Hashable] | None = None) -> list[float]:

@@ -19,7 +19,7 @@ import logging
 from dataclasses import dataclass
 from typing import Any
 
-from dynaspec.spec.acceptance_estimator import load_acceptance_profile
+from dynaspec.spec.acceptance_profile import load_acceptance_profile
 from dynaspec.spec.config import AUTO_SCHEDULE
 from dynaspec.runtime.cost_model import StepCostModel
 from dynaspec.spec.goodput_schedule import Choice, Schedule, choose_draft_lens, compress_schedule

@@ -195,7 +195,7 @@ def resolve_acceptance_profile(name_or_path: str) -> str | None:
 def check_acceptance_profile(path: str) -> None:
     """At validation, not at engine start-up: the profile must exist and hold a valid
     `acceptance_per_position` (so `draft_len_schedule: auto` fails before its cost probe)."""
-    from dynaspec.spec.acceptance_estimator import load_acceptance_profile
+    from dynaspec.spec.acceptance_profile import load_acceptance_profile
     from dynaspec.spec.replay import DATA_DIR
 
     if resolve_acceptance_profile(path) is None:

@@ -249,28 +249,21 @@ def test_a_batch_of_four_learns_how_much_its_requests_differ_from_the_warm_up_ba
     assert min(rates) >= 0.98 and sum(rates) / 3 >= 0.99, rates
 
 
-def test_a_closed_batch_of_16_draft_model_requests_ends_as_soon_as_the_best_static_k():
-    """The draft model's mixed batch of 16 (H200, 2026-12-07: adaptive 0.95x the best static line), replayed at the
-    H100's draft-model prices with the Qwen pair's code-edit and chat profiles (0.93 and 0.67 at the first
-    position), a warm-up batch first, over 40 seeds. The drain rule plans each request's slow case; with the one-Beta
-    blend a chat request read ~0.74 after 15 steps and the pooled rates further on, and the rule ran k = 3 where
-    k = 2 ends the batch sooner: 0.969x. The finished requests' mixture (spec/request_mixture.py) plans it like the
-    chat requests it resembles: >= 0.98x (0.989x; 0.997x with the means left to the blend at every position)."""
-    import json
-    from pathlib import Path
-
-    data = Path(__file__).resolve().parent.parent / "dynaspec" / "bench" / "data"
-    profiles = [json.loads((data / f"acceptance_draft-model_{w}.json").read_text())["acceptance_per_position"]
-                for w in ("code-edit", "chat")]
-    pooled = str(data / "acceptance_draft-model_mixed.json")
+def test_a_closed_batch_of_two_kinds_ends_nearly_as_soon_as_the_best_static_k():
+    """Half the requests accept 0.95 at the first position, half 0.6, both ~0.9 further on, a closed batch of 16 at the
+    H100's draft-model prices after a warm-up batch, 40 seeds. The drain rule plans each request's slow case: with the
+    one-Beta blend a request of the slow kind is planned near the pooled rates until its own outcomes outweigh the
+    prior, 0.974x the best static k (k = 3); with the finished requests' mixture (spec/request_mixture.py), as the
+    slow kind once its first outcomes show it: >= 0.985x (0.992x; over 100 seeds 0.975 -> 0.986x)."""
     step = interpolated_step_ms([5.39, 7.06, 8.16, 9.35, 10.63], [6.02, 7.48, 8.92, 10.32, 11.94], 16)
+    profiles = [[0.95, 0.9, 0.9, 0.9], [0.6, 0.9, 0.9, 0.9]]
 
     def rate(make) -> float:
         return sum(closed_batch_tokens_per_ms(make(), step, profiles, seed, batch=16, gen=64) for seed in range(40))
 
     best = max(rate(lambda k=k: SchedulePolicy.from_schedule({1: k}, K)) for k in range(K + 1))
-    adaptive = rate(lambda: replayed_adaptive_policy(step, 16, K, PlannerSettings(), pooled))
-    assert adaptive >= 0.98 * best, adaptive / best
+    adaptive = rate(lambda: replayed_adaptive_policy(step, 16, K, PlannerSettings()))
+    assert adaptive >= 0.985 * best, adaptive / best
 
 
 def test_a_step_the_drain_rule_decided_is_neither_probed_nor_explored():

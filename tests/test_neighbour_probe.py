@@ -60,13 +60,14 @@ def adaptive(with_neighbour_probe: bool = True):
 def test_the_neighbour_probe_prices_host_work_per_drafted_position():
     """At 64, k = 4 wins on the probe's prices with k = 4's host work for every k (4% more tokens a second); with
     the host work per drafted position k = 3 wins (2%). Carried from batches 4 and 16, where k = 4 is best, the fit
-    has seen k = 4 steps only: without the probe adaptive runs k = 4 for a quarter of its steps at 64 (0.987x static
-    k = 3); with it, the neighbour's steps let the fit price the positions (1.003x)."""
+    has seen k = 4 steps only: without the probe adaptive runs k = 4 for a quarter of its steps at 64 (0.991x static
+    k = 3; 0.987x with the replay's draws in call order, before they were keyed as the bench's); with it, the
+    neighbour's steps let the fit price the positions (1.001x)."""
     static = {k: rate(lambda k=k: SchedulePolicy.from_schedule({1: k}, K)) for k in (3, 4)}
     assert static[3] > 1.01 * static[4]
     probed = rate(adaptive)
     unprobed = rate(lambda: adaptive(with_neighbour_probe=False))
-    assert unprobed < 0.99 * static[3]
+    assert unprobed < 0.995 * static[3]
     assert probed >= 0.995 * static[3] and probed > 1.005 * unprobed, (probed, unprobed, static)
 
 

@@ -53,11 +53,6 @@ first-position rates 0.93 and 0.67), the global estimate read 0.68 when the batc
 looked like a chat request, and the adaptive policy ran k = 0 to the end (0.95x the best static k); with the
 mean of requests, 0.98-0.99x (scripts/lab/warm_sweep_replay.py, 3-8 seeds). Until `MIN_REQUESTS` requests
 finished (and at positions fewer of them reached) the global estimate stands in.
-
-Where finished requests differ more than binomial noise allows (Tarone's test, spec/request_spread.py), a request's
-slow case (slow_case_alphas, the drain rule's) and its means from the second position on come from a prior made of
-the finished requests themselves (spec/request_mixture.py): a request that starts like the slow ones is planned like
-them at every position within a few steps. Its first position's mean stays the blend's (why: spec/request_mixture.py).
 """
 
 from __future__ import annotations
@@ -68,11 +63,8 @@ from functools import lru_cache
 from statistics import NormalDist
 from typing import Any
 
-import numpy as np
-
 from dynaspec.spec.acceptance_profile import load_acceptance_profile
 from dynaspec.spec.planner_settings import PlannerSettings
-from dynaspec.spec.request_mixture import MIXTURE_SLOW_SCALE, FinishedRequestMixture
 from dynaspec.spec.request_spread import MIN_REQUESTS, RECENT_REQUESTS, RequestSpread
 
 
@@ -188,9 +180,6 @@ class AcceptanceEstimator:
         self._spread = RequestSpread(self.blend_count) if learn_blend_count else None
         # the mean of finished requests' own estimates, one vote a request (module docstring)
         self._finished = _PositionEMA(max_draft_len, 1.0 / RECENT_REQUESTS, None, 0.0) if learn_blend_count else None
-        # where requests differ, the prior made of finished requests (spec/request_mixture.py) and its posteriors
-        self._mixture = FinishedRequestMixture(RECENT_REQUESTS) if learn_blend_count else None
-        self._posteriors: dict[Hashable | None, tuple[list[float], list[float]]] | None = None
         self._prior: list[float] | None = None  # request_prior_alphas(), cached
         self._prior_curve: list[float] | None = None
         if self.profile is None and cold_start_trials > 0:
@@ -235,7 +224,7 @@ class AcceptanceEstimator:
                 self._global.update(j, successes[j], trials[j])
                 changed = True
         if changed:
-            self._global_curve = self._prior = self._prior_curve = self._posteriors = None
+            self._global_curve = self._prior = self._prior_curve = None
             self._request_curves.clear()  # blended curves depend on the global estimate
         if request_ids is None:
             return
@@ -269,9 +258,7 @@ class AcceptanceEstimator:
                 for j, value in enumerate(ema.values):
                     if value is not None:
                         self._finished.add(j, value)
-                successes, failures = self._own_counts(ema)
-                self._mixture.add(successes, [s + f for s, f in zip(successes, failures)])
-                self._prior = self._prior_curve = self._posteriors = None
+                self._prior = self._prior_curve = None
                 self._request_curves.clear()  # blended curves depend on the prior (mean and count)
         self._requests.pop(request_id, None)
         self._unfolded.pop(request_id, None)
@@ -305,54 +292,12 @@ class AcceptanceEstimator:
         return self._prior
 
     def alphas(self, request_id: Hashable | None = None) -> list[float]:
-        """alpha_j for a request (its estimate blended with the prior of a request, _request_alphas), or the global
-        ones."""
+        """alpha_j for a request (its estimate blended with the prior of a request), or the global ones."""
         if request_id is None:
             return self.global_alphas()
-        return self._request_alphas(request_id, self._request_ema(request_id), self.request_prior_alphas())
-
-    def _request_alphas(self, request_id: Hashable, ema: _PositionEMA | None, base: list[float]) -> list[float]:
-        """A request's alpha_j: its blend with the prior of a request (base), or where requests differ the blend at
-        the first position and the finished requests' mixture posterior further on (spec/request_mixture.py: a
-        request reaches later positions less often, and the mixture reads them from its first ones; the first stays
-        the blend's so that a request the mixture reads as slow is not held at k = 0, where it learns nothing)."""
-        own = base if ema is None else self._blend(ema, base)
-        posterior = self._posterior(request_id)
-        return own if posterior is None else own[:1] + list(posterior[0][1:])
-
-    def _posterior(self, request_id: Hashable) -> tuple[list[float], list[float]] | None:
-        """(mean, standard deviation) per position of a request under the finished requests' mixture, where
-        Tarone's test finds that finished requests differ (module docstring); else None. Computed for every tracked
-        request at once (one batched evaluation a step) and kept until the next outcome or release."""
-        if self._spread is None or not self._spread.requests_differ or len(self._mixture) < MIN_REQUESTS:
-            return None
-        if self._posteriors is None:
-            ids = list(self._requests.keys() | self._unfolded.keys())
-            emas = [self._request_ema(rid) for rid in ids]
-            tracked = [ema for ema in emas if ema is not None]  # one with no outcome yet reads as no data
-            rates = np.array([ema.values for ema in tracked] + [[None] * self.max_draft_len], dtype=np.float64)
-            seen = ~np.isnan(rates)  # (R + 1, K); the last row: a request with no data
-            trials = np.zeros_like(rates)
-            if tracked:
-                trials[:-1] = np.minimum(np.array([ema.weights for ema in tracked]), 1.0 / self.request_ema_rate)
-            trials = np.where(seen, trials, 0.0)
-            successes = np.where(seen, rates, 0.0) * trials
-            means, spreads = self._mixture.posterior(self.request_prior_alphas(), successes, trials - successes)
-            rows = iter(zip(means.tolist(), spreads.tolist()))
-            no_data = (means[-1].tolist(), spreads[-1].tolist())
-            self._posteriors = {rid: no_data if ema is None else next(rows) for rid, ema in zip(ids, emas)}
-            self._posteriors[None] = no_data
-        return self._posteriors.get(request_id, self._posteriors[None])
-
-    def _own_counts(self, ema: _PositionEMA | None) -> tuple[list[float], list[float]]:
-        """A request's (successes, failures) per position: its estimate times its trials, capped as in the
-        blend (an EMA's effective sample size)."""
-        if ema is None:
-            return [0.0] * self.max_draft_len, [0.0] * self.max_draft_len
-        cap = 1.0 / self.request_ema_rate
-        trials = [0.0 if value is None else min(weight, cap) for value, weight in zip(ema.values, ema.weights)]
-        successes = [0.0 if value is None else value * n for value, n in zip(ema.values, trials)]
-        return successes, [n - s for n, s in zip(trials, successes)]
+        base = self.request_prior_alphas()
+        ema = self._request_ema(request_id)
+        return base if ema is None else self._blend(ema, base)
 
     def slow_case_alphas(self, request_id: Hashable | None, quantile: float,
                          alphas: Sequence[float] | None = None) -> list[float]:
@@ -369,17 +314,10 @@ class AcceptanceEstimator:
         the drain rule ran k = 3-4 where k = 2 ended a closed batch of 16 sooner (H200, 2026-12-07; replayed,
         paired by seed over 100 seeds: 0.951-0.955 -> 0.965-0.971x the best static line at 16; n-gram's replays
         unchanged, its chat requests' rates after a first match being high). alphas: alphas(request_id) where the
-        caller has them (or their first positions: as many come back). Where requests differ (Tarone's test), each
-        position's rate is the finished requests' mixture posterior's mean, MIXTURE_SLOW_SCALE times as many of its
-        standard deviations away as the quantile's (spec/request_mixture.py)."""
+        caller has them (or their first positions: as many come back)."""
         alphas = self.alphas(request_id) if alphas is None else alphas
-        z = _normal_quantile(quantile)
-        if request_id is not None and (posterior := self._posterior(request_id)) is not None:
-            z *= MIXTURE_SLOW_SCALE
-            return [min(mean, max(0.0, posterior_mean + z * sd))
-                    for mean, posterior_mean, sd in zip(alphas, *posterior)]
         ema = None if request_id is None else self._request_ema(request_id)
-        prior, cap = self.effective_blend_count, 1.0 / self.request_ema_rate
+        z, prior, cap = _normal_quantile(quantile), self.effective_blend_count, 1.0 / self.request_ema_rate
         slow = []
         for j, mean in enumerate(alphas):
             own = 0.0 if ema is None or ema.values[j] is None else min(ema.weights[j], cap)
@@ -418,14 +356,14 @@ class AcceptanceEstimator:
                 self._global_curve = _cumulative(self.global_alphas())
             return self._global_curve
         ema = self._request_ema(request_id)
-        if ema is None and self._posterior(request_id) is None:
+        if ema is None:
             if self._prior_curve is None:
                 self._prior_curve = _cumulative(self.request_prior_alphas())
             return self._prior_curve
         curve = self._request_curves.get(request_id)
         if curve is None:
-            alphas = self._request_alphas(request_id, ema, self.request_prior_alphas() if base is None else base)
-            curve = self._request_curves[request_id] = _cumulative(alphas)
+            blended = self._blend(ema, self.request_prior_alphas() if base is None else base)
+            curve = self._request_curves[request_id] = _cumulative(blended)
         return curve
 
     def expected_accepted_all(self, request_ids: Sequence[Hashable] | None = None) -> list[float]:

@@ -73,7 +73,6 @@ class RequestSpread:
         self.default = float(default_prior_count)
         self._recent: deque[tuple[float, float]] = deque(maxlen=RECENT_REQUESTS)  # (rate, trials)
         self._prior_count: float | None = None
-        self._differ: bool | None = None
         self._peak_batch = 0.0
 
     def follow_batch(self, batch: int) -> None:
@@ -84,25 +83,17 @@ class RequestSpread:
             kept = len(self._recent)
             self._recent = deque(self._recent, maxlen=size)
             if len(self._recent) < kept:  # the oldest left the window
-                self._prior_count = self._differ = None
+                self._prior_count = None
 
     def add(self, rate: float, trials: float) -> None:
         """A finished request's acceptance rate (in [0, 1]) over `trials` trials (ignored below MIN_TRIALS)."""
         if trials >= MIN_TRIALS:
             self._recent.append((float(rate), float(trials)))
-            self._prior_count = self._differ = None
+            self._prior_count = None
 
     @property
     def num_requests(self) -> int:
         return len(self._recent)
-
-    @property
-    def requests_differ(self) -> bool:
-        """Whether at least MIN_REQUESTS finished requests differ more than binomial noise allows (Tarone's
-        test): a prior made of them describes a request better than one Beta (spec/request_mixture.py)."""
-        if self._differ is None:
-            self._differ = len(self._recent) >= MIN_REQUESTS and self._overdispersed()
-        return self._differ
 
     @property
     def prior_count(self) -> float:

@@ -100,8 +100,8 @@ for step in "$@"; do
     adaptive-sweep-draft)  # issue 20 (~6 min): the same sweep with a draft model (random Llama-3.2-1B for the 8B), the
       # Qwen pair's high-acceptance code-edit and chat profiles replayed 50/50, one round
       # (DRAFT_SWEEP_BATCHES: a subset; DRAFT_SWEEP_ROUNDS: more rounds, each a closed batch per line and point:
-      # one closed batch of 16 is one draw: replayed over 100 seeds, one batch's adaptive / static k = 2 has a
-      # standard deviation of 0.06 around its mean of 0.98)
+      # one closed batch of 16 is one draw: replayed with the bench's keyed draws, one batch's adaptive / static
+      # k = 2 spreads with a standard deviation of ~0.03 across seeds)
       timeout "${DRAFT_SWEEP_TIMEOUT:-480}" python3 -m dynaspec.cli bench --model random:llama-3.1-8b \
         --spec-config bench/adaptive_draft_model_mixed.yaml --policy-lines goodput --ks 0-4 \
         --batch-sizes "${DRAFT_SWEEP_BATCHES:-1,4,16,64,128,256}" --prompt-len 128 --gen-len 64 \

@@ -36,8 +36,8 @@ that started together leave together, so a window shorter than a turnover of the
 test then finds no spread, the blend pools every request, and the batch runs a uniform k until the slow ones
 finish and the spread shows again. Held at 128 requests (n-gram, code-edit and chat 50/50, the H100's probed prices,
 scripts/lab/steady_replay.py) a window of 64 cycled so: 28 of 105 steps ran k = 1 for every request, and adaptive
-ran 0.917x the per-request bound; with the window following the batch, 0.947x (64 requests: 0.947 -> 0.968x; 256:
-0.968 -> 0.979x; the draft model's profiles at 256: 0.921 -> 0.953x).
+ran 0.918x the per-request bound; with the window following the batch, 0.948x (64 requests: 0.950 -> 0.964x; the
+draft model's profiles at 128: 0.940 -> 0.949x; closed-batch replays unchanged).
 """
 
 from __future__ import annotations

@@ -13,14 +13,13 @@ requests each, after a warm-up batch at k = 4 that taught the policy how much re
 from __future__ import annotations
 
 import json
-import random
 import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
-from dynaspec.bench.closed_batch_replay import _accepted  # noqa: E402
+from dynaspec.bench.closed_batch_replay import KeyedDraws  # noqa: E402
 from dynaspec.runtime.cost_model import StepCostModel  # noqa: E402
 from dynaspec.spec.acceptance_estimator import planning_estimator  # noqa: E402
 from dynaspec.spec.adaptive import AdaptivePolicy  # noqa: E402
@@ -45,10 +44,10 @@ def first_decision(batch: int, gen: int, profiles: list[list[float]]) -> str:
     behind, left = batch * PROMPT_TOKENS, batch * gen
     policy = AdaptivePolicy(costs, planning_estimator(4, None, settings), 4, settings,
                             catch_up=CatchUpCost(4.41e-6, fixed_seconds=9.35e-3), backlog=lambda: (behind, left))
-    rng = random.Random(0)
+    draws = KeyedDraws(0)
     warm = [f"w{i}" for i in range(batch)]
-    for _ in range(12):
-        accepted = [_accepted(rng, profiles[i % 2], 4) for i in range(batch)]
+    for step in range(12):  # a draft of 4 at each of 12 positions a request (not its accepted path: a warm-up)
+        accepted = [draws.accepted(rid, profiles[i % 2], step * 5, 4) for i, rid in enumerate(warm)]
         policy.observe(StepOutcome(warm, 4, drafted=[4] * batch, accepted=accepted, draft_lens=[4] * batch))
     for rid in warm:
         policy.release(rid)

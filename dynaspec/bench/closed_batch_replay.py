@@ -23,8 +23,6 @@ adds (host work, prefill steps).
 
 from __future__ import annotations
 
-import random
-from array import array
 from collections.abc import Callable, Hashable, Sequence
 
 from dynaspec.runtime.cost_model import StepCostModel
@@ -32,6 +30,7 @@ from dynaspec.spec.acceptance_estimator import planning_estimator
 from dynaspec.spec.adaptive import AdaptivePolicy
 from dynaspec.spec.planner_settings import PlannerSettings
 from dynaspec.spec.policy import DraftLenPolicy, StepOutcome
+from dynaspec.spec.replay import KeyedUniforms
 
 
 def closed_batch_tokens_per_ms(
@@ -114,21 +113,15 @@ def steady_batch_tokens_per_ms(
 
 class KeyedDraws:
     """Accepted lengths drawn as `dynaspec bench` replays them (spec/replay.py, common random numbers): request r's
-    uniform at generated position p is the p-th number of its own stream, seeded by (seed, r); its draft position j
+    uniform at generated position p is the p-th number of its own stream (KeyedUniforms); its draft position j
     (0-based) at p survives with alphas[j] once the ones before it did."""
 
     def __init__(self, seed: int) -> None:
-        self.seed = seed
-        self._streams: dict[Hashable, tuple[array, random.Random]] = {}
+        self._uniforms = KeyedUniforms(seed)
 
     def accepted(self, request_id: Hashable, alphas: Sequence[float], position: int, k: int) -> int:
         """Drafts accepted of k drafted at `position` (tokens the request generated so far)."""
-        stream = self._streams.get(request_id)
-        if stream is None:
-            stream = self._streams[request_id] = (array("d"), random.Random(f"{self.seed}:{request_id}"))
-        uniforms, rng = stream
-        while len(uniforms) < position + k:
-            uniforms.append(rng.random())
+        uniforms = self._uniforms.at_least(request_id, position + k)
         accepted, last = 0, len(alphas) - 1
         while accepted < k and uniforms[position + accepted] < alphas[min(accepted, last)]:
             accepted += 1

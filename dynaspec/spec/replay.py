@@ -90,8 +90,8 @@ class AcceptanceReplay:
         self.alphas = self.profiles[0]
         self.seed = seed
         self.rng = random.Random(seed)
-        # request id -> (u(request, 0..), grown on demand; the generator that grows it; its profile's alphas)
-        self._requests: dict[Hashable, tuple[array, random.Random, list[float]]] = {}
+        self._uniforms = KeyedUniforms(seed)
+        self._alphas: dict[Hashable, list[float]] = {}  # request id -> its profile's alphas
 
     @property
     def is_mixed(self) -> bool:
@@ -129,19 +129,40 @@ class AcceptanceReplay:
     def _request(self, request_id: Hashable, length: int) -> tuple[array, list[float]]:
         """u(request_id, 0..length-1) at least, and the alphas of the profile it replays; the stream continues
         where it stopped when grown."""
-        entry = self._requests.get(request_id)
-        if entry is None:
-            entry = self._requests[request_id] = (array("d"), random.Random(f"{self.seed}:{request_id}"),
-                                                  self.profiles[self.profile_for(request_id)])
-        uniforms, stream, alphas = entry
-        if len(uniforms) < length:
-            draw = stream.random
-            uniforms.extend(draw() for _ in range(max(length - len(uniforms), UNIFORM_BLOCK)))
-        return uniforms, alphas
+        alphas = self._alphas.get(request_id)
+        if alphas is None:
+            alphas = self._alphas[request_id] = self.profiles[self.profile_for(request_id)]
+        return self._uniforms.at_least(request_id, length), alphas
 
     def release(self, request_id: Hashable) -> None:
         """Forget a finished request's uniforms (a request id used again starts its stream afresh)."""
-        self._requests.pop(request_id, None)
+        self._uniforms.release(request_id)
+        self._alphas.pop(request_id, None)
+
+
+class KeyedUniforms:
+    """Each request's own uniforms u(request, 0..), from a stream seeded by (seed, request id) and grown in blocks as
+    asked: common random numbers, the same at a position whatever was drawn before or for other requests (the
+    replays of `dynaspec bench` and of bench/closed_batch_replay.py draw from it)."""
+
+    def __init__(self, seed: int) -> None:
+        self.seed = seed
+        self._streams: dict[Hashable, tuple[array, random.Random]] = {}  # request id -> (u so far, its generator)
+
+    def at_least(self, request_id: Hashable, length: int) -> array:
+        """u(request_id, 0..length-1) at least; the stream continues where it stopped when grown."""
+        entry = self._streams.get(request_id)
+        if entry is None:
+            entry = self._streams[request_id] = (array("d"), random.Random(f"{self.seed}:{request_id}"))
+        uniforms, stream = entry
+        if len(uniforms) < length:
+            draw = stream.random
+            uniforms.extend(draw() for _ in range(max(length - len(uniforms), UNIFORM_BLOCK)))
+        return uniforms
+
+    def release(self, request_id: Hashable) -> None:
+        """Forget a request's uniforms."""
+        self._streams.pop(request_id, None)
 
 
 class ReplayedAcceptance(TargetAcceptance):
